@@ -1,0 +1,322 @@
+//! `novabox init`: state dir, config, database, users and projects, flavors, clouds.yaml and
+//! host packages. Safe to run again: nothing stored is lost, passwords are kept.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use dialoguer::{Confirm, Input, Select};
+
+use novabox::cidr::Ipv4Cidr;
+use novabox::clouds_yaml::{self, CloudEntry};
+use novabox::config::{Accel, BusKind, Config, Driver, NetworkMode};
+use novabox::db::{Db, OpenOptions};
+use novabox::home::Home;
+use novabox::hostpkgs;
+use novabox::secrets::{self, Secrets};
+
+use super::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Accept every default and consent to installing host packages; never prompt
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Rewrite the config from defaults and these flags (the database and images are kept)
+    #[arg(long)]
+    pub force: bool,
+    /// Do not install missing host packages, only list them
+    #[arg(long)]
+    pub no_install: bool,
+    /// API port (all services share one listener)
+    #[arg(long, value_name = "PORT")]
+    pub api_port: Option<u16>,
+    /// Port of the private RabbitMQ
+    #[arg(long, value_name = "PORT")]
+    pub bus_port: Option<u16>,
+    /// Message bus: auto (RabbitMQ when installed), rabbitmq, local
+    #[arg(long, value_enum)]
+    pub bus: Option<BusArg>,
+    /// Virt driver: auto (qemu when installed), fake, qemu, libvirt
+    #[arg(long, value_enum)]
+    pub driver: Option<DriverArg>,
+    /// Accelerator: auto (KVM when a probe guest boots under it), kvm, tcg
+    #[arg(long, value_enum)]
+    pub accel: Option<AccelArg>,
+    /// Guest networking: auto (bridge when permitted), bridge, user
+    #[arg(long, value_enum)]
+    pub network_mode: Option<NetworkModeArg>,
+    /// Bridge of the default network
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
+    /// CIDR of the default network
+    #[arg(long, value_name = "CIDR")]
+    pub cidr: Option<String>,
+    /// Where to write the client config [default: ~/.config/openstack/clouds.yaml]
+    #[arg(long, value_name = "PATH", env = "OS_CLIENT_CONFIG_FILE")]
+    pub clouds_yaml: Option<PathBuf>,
+    /// Name of the cloud entry (an admin entry NAME-admin is written too)
+    #[arg(long, value_name = "NAME", default_value = "novabox")]
+    pub cloud_name: String,
+    /// Do not write clouds.yaml
+    #[arg(long)]
+    pub no_clouds_yaml: bool,
+}
+
+macro_rules! value_enum_mirror {
+    ($arg:ident => $target:ty { $($variant:ident),+ }) => {
+        #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+        pub enum $arg { $($variant),+ }
+        impl From<$arg> for $target {
+            fn from(a: $arg) -> $target {
+                match a { $($arg::$variant => <$target>::$variant),+ }
+            }
+        }
+    };
+}
+value_enum_mirror!(BusArg => BusKind { Auto, Rabbitmq, Local });
+value_enum_mirror!(DriverArg => Driver { Auto, Fake, Qemu, Libvirt });
+value_enum_mirror!(AccelArg => Accel { Auto, Kvm, Tcg });
+value_enum_mirror!(NetworkModeArg => NetworkMode { Auto, Bridge, User });
+
+impl InitArgs {
+    /// Applies the flags that were given to `config`.
+    fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
+        if let Some(p) = self.api_port {
+            config.api.port = p;
+        }
+        if let Some(p) = self.bus_port {
+            config.bus.port = p;
+        }
+        if let Some(b) = self.bus {
+            config.bus.kind = b.into();
+        }
+        if let Some(d) = self.driver {
+            config.compute.driver = d.into();
+        }
+        if let Some(a) = self.accel {
+            config.compute.accel = a.into();
+        }
+        if let Some(m) = self.network_mode {
+            config.network.mode = m.into();
+        }
+        if let Some(b) = &self.bridge {
+            config.network.bridge = b.clone();
+        }
+        if let Some(c) = &self.cidr {
+            config.network.cidr = c.parse::<Ipv4Cidr>().with_context(|| format!("--cidr {c}"))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let home = super::home(global)?;
+    let interactive = !args.yes && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+
+    // 1. Decide the config, refusing bad input before anything is written.
+    let existing = if home.is_initialized() { Some(Config::load(&home.config_file())?) } else { None };
+    let (config, write_config) = match (&existing, args.force) {
+        (Some(current), false) => {
+            let mut wanted = current.clone();
+            args.apply(&mut wanted)?;
+            if &wanted != current {
+                bail!(
+                    "{} already exists and differs from the flags given. Nothing was changed. \
+                     Edit the file, or run `novabox init --force` with the flags to rewrite it \
+                     (the database, passwords and images are kept).",
+                    home.config_file().display()
+                );
+            }
+            (wanted, false)
+        }
+        _ => {
+            let mut config = Config::default();
+            args.apply(&mut config)?;
+            if interactive {
+                ask(&mut config)?;
+            }
+            (config, true)
+        }
+    };
+    config.validate(&home.config_file())?;
+    if write_config {
+        check_port_free(&config)?;
+    }
+
+    // 2. The state dir and database (the database refuses to be newer, damaged or foreign).
+    home.create_dirs()?;
+    let db = Db::open(&home.db_file(), OpenOptions { echo: global.sql_echo || config.db.echo })?;
+    db.check_integrity()?;
+    if write_config {
+        config.save(&home.config_file())?;
+    }
+
+    // 3. Users, projects, roles, flavors.
+    let secrets = provision_identity(&home, &db)?;
+    let added = db.seed_default_flavors()?;
+
+    // 4. clouds.yaml for standard clients.
+    let clouds_file = if args.no_clouds_yaml {
+        None
+    } else {
+        let file = args.clouds_yaml.clone().or_else(clouds_yaml::default_path);
+        match file {
+            Some(f) => {
+                write_clouds_yaml(&f, &args.cloud_name, &config, &secrets)?;
+                Some(f)
+            }
+            None => {
+                eprintln!("warning: no HOME to put clouds.yaml in; pass --clouds-yaml PATH");
+                None
+            }
+        }
+    };
+
+    // 5. Host packages.
+    let missing = hostpkgs::missing(&hostpkgs::requirements(&config));
+    if !missing.is_empty() {
+        eprintln!("Host packages this setup needs but does not have:");
+        for r in &missing {
+            eprintln!("  {:<18} for {} ({})", r.package, r.needed_for, r.program);
+        }
+        let names = hostpkgs::package_names(&missing);
+        let consent = if args.no_install {
+            false
+        } else if args.yes {
+            true
+        } else if interactive {
+            Confirm::new()
+                .with_prompt(format!("Install them now with apt-get ({})?", names.join(" ")))
+                .default(true)
+                .interact()?
+        } else {
+            false
+        };
+        if consent {
+            hostpkgs::apt_install(&names)?;
+        } else {
+            eprintln!(
+                "Skipped. Install later with `apt-get install {}`; until then novabox falls back \
+                 where it can (local bus, fake driver, user networking).",
+                names.join(" ")
+            );
+        }
+    }
+
+    println!("novabox home   {}", home.root().display());
+    println!("config         {}{}", home.config_file().display(), if write_config { "" } else { " (kept)" });
+    println!("database       {} (schema v{})", home.db_file().display(), db.schema_version()?);
+    println!("flavors        {added} added");
+    println!("credentials    {} (admin and demo passwords)", home.secrets_file().display());
+    if let Some(f) = clouds_file {
+        println!("clouds.yaml    {} (clouds `{}` and `{}-admin`)", f.display(), args.cloud_name, args.cloud_name);
+    }
+    println!("auth url       {}", config.auth_url());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ask(config: &mut Config) -> anyhow::Result<()> {
+    config.api.port = Input::new().with_prompt("API port").default(config.api.port).interact_text()?;
+    let bus = [BusKind::Auto, BusKind::Rabbitmq, BusKind::Local];
+    let i = Select::new()
+        .with_prompt("Message bus")
+        .items(&["auto (RabbitMQ when installed)", "rabbitmq", "local (in-process)"])
+        .default(bus.iter().position(|b| *b == config.bus.kind).unwrap_or(0))
+        .interact()?;
+    config.bus.kind = bus[i];
+    let drivers = [Driver::Auto, Driver::Qemu, Driver::Libvirt, Driver::Fake];
+    let i = Select::new()
+        .with_prompt("Virt driver")
+        .items(&["auto (qemu when installed)", "qemu", "libvirt", "fake (no real guests)"])
+        .default(drivers.iter().position(|d| *d == config.compute.driver).unwrap_or(0))
+        .interact()?;
+    config.compute.driver = drivers[i];
+    let modes = [NetworkMode::Auto, NetworkMode::Bridge, NetworkMode::User];
+    let i = Select::new()
+        .with_prompt("Guest networking")
+        .items(&["auto (bridge when permitted)", "bridge", "user (no root needed)"])
+        .default(modes.iter().position(|m| *m == config.network.mode).unwrap_or(0))
+        .interact()?;
+    config.network.mode = modes[i];
+    Ok(())
+}
+
+/// A port taken by another program is reported now, not when `up` fails to bind.
+fn check_port_free(config: &Config) -> anyhow::Result<()> {
+    let addr = std::net::SocketAddr::new(config.api.listen, config.api.port);
+    if let Err(e) = std::net::TcpListener::bind(addr) {
+        bail!(
+            "the API port {addr} cannot be used ({e}). Nothing was changed. Choose another with \
+             `novabox init --api-port PORT`."
+        );
+    }
+    Ok(())
+}
+
+/// Creates admin and demo users and projects with generated passwords, keeping existing ones.
+fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
+    let stored = Secrets::load(&home.secrets_file())?;
+    let lost = stored.is_none() && db.user_by_name("admin")?.is_some();
+    let secrets = match stored {
+        Some(s) => s,
+        None => {
+            let s = Secrets::generate();
+            s.save(&home.secrets_file())?;
+            s
+        }
+    };
+    let admin_project = db.ensure_project("admin", "Bootstrap project for the admin user")?;
+    let demo_project = db.ensure_project("demo", "Project for the demo user")?;
+    db.ensure_project("service", "Project for novabox's own services")?;
+    let admin_role = db.ensure_role("admin")?;
+    let member_role = db.ensure_role("member")?;
+    let reader_role = db.ensure_role("reader")?;
+    for (name, password, project, roles) in [
+        ("admin", &secrets.admin_password, &admin_project, vec![&admin_role, &member_role, &reader_role]),
+        ("demo", &secrets.demo_password, &demo_project, vec![&member_role, &reader_role]),
+    ] {
+        let (user_id, created) = db.ensure_user(name, &secrets::hash_password(password)?, project)?;
+        if lost && !created {
+            db.set_password_hash(&user_id, &secrets::hash_password(password)?)?;
+            eprintln!("warning: {} was missing; the {name} password was reset", home.secrets_file().display());
+        }
+        for role in roles {
+            db.assign_role(&user_id, project, role)?;
+        }
+    }
+    // admin can act in the demo project too, as in DevStack.
+    if let Some(admin) = db.user_by_name("admin")? {
+        db.assign_role(&admin.id, &demo_project, &admin_role)?;
+    }
+    Ok(secrets)
+}
+
+fn write_clouds_yaml(file: &std::path::Path, name: &str, config: &Config, secrets: &Secrets) -> anyhow::Result<()> {
+    let auth_url = config.auth_url();
+    let admin_name = format!("{name}-admin");
+    clouds_yaml::merge(
+        file,
+        &[
+            CloudEntry {
+                name,
+                auth_url: &auth_url,
+                username: "demo",
+                password: &secrets.demo_password,
+                project_name: "demo",
+                region: &config.host.region,
+            },
+            CloudEntry {
+                name: &admin_name,
+                auth_url: &auth_url,
+                username: "admin",
+                password: &secrets.admin_password,
+                project_name: "admin",
+                region: &config.host.region,
+            },
+        ],
+    )?;
+    Ok(())
+}

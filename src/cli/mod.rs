@@ -1,0 +1,65 @@
+//! Command-line interface: one file per subcommand. `anyhow` lives here and nowhere else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod config;
+pub mod init;
+pub mod logging;
+
+/// Generic failure: the message printed says what went wrong and what to do.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "novabox", version, about = "A single-host OpenStack-style compute cloud", propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// State directory [default: ~/.local/share/novabox, or /var/lib/novabox for root]
+    #[arg(long, global = true, env = "NOVABOX_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Log every SQL statement with its duration
+    #[arg(long, global = true)]
+    pub sql_echo: bool,
+    /// More log output (-v info, -vv debug, -vvv trace); NOVABOX_LOG takes a full filter
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update the state directory, config, database, users and clouds.yaml
+    Init(init::InitArgs),
+    /// Show the effective configuration
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init(args) => init::run(&cli.global, args),
+        Command::Config(cmd) => config::run(&cli.global, cmd),
+    }
+}
+
+/// The home named by the global flags.
+pub fn home(global: &GlobalArgs) -> anyhow::Result<novabox::home::Home> {
+    Ok(novabox::home::Home::resolve(global.home.as_deref())?)
+}
+
+/// The home's config, or the defaults before `init` has written one.
+pub fn load_config(home: &novabox::home::Home) -> anyhow::Result<novabox::config::Config> {
+    if home.is_initialized() {
+        Ok(novabox::config::Config::load(&home.config_file())?)
+    } else {
+        Ok(novabox::config::Config::default())
+    }
+}

@@ -1,0 +1,440 @@
+//! `novabox.toml`: every key has a default, unknown keys and bad values are errors that name
+//! the file, the key and the value.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cidr::Ipv4Cidr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {file}: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error(
+        "{file} is not a valid novabox config: {message}\n\
+         Fix that line, or run `novabox init --force` to rewrite the config with defaults \
+         (the database and images are kept)."
+    )]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: `{key} = {value}` is not allowed: {reason}. Fix it in that file.")]
+    Invalid { file: PathBuf, key: &'static str, value: String, reason: String },
+    #[error("cannot write {file}: {source}")]
+    Write { file: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub host: HostConfig,
+    pub api: ApiConfig,
+    pub bus: BusConfig,
+    pub compute: ComputeConfig,
+    pub network: NetworkConfig,
+    pub images: ImagesConfig,
+    pub db: DbConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// The compute host name, as `os-services` and `os-hypervisors` show it.
+    pub name: String,
+    pub region: String,
+    pub availability_zone: String,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig { name: local_hostname(), region: "RegionOne".into(), availability_zone: "nova".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Loopback unless a user decides otherwise; `doctor` warns when it is not.
+    pub listen: IpAddr,
+    pub port: u16,
+    pub token_ttl_secs: u64,
+    /// Requests with larger bodies get 413. Image uploads have their own limit.
+    pub max_body_kb: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: IpAddr::from([127, 0, 0, 1]), port: 8774, token_ttl_secs: 3600, max_body_kb: 256 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// RabbitMQ when `rabbitmq-server` is installed, the in-process bus otherwise.
+    Auto,
+    Rabbitmq,
+    Local,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    pub kind: BusKind,
+    /// The port of the private RabbitMQ that novabox starts for this home.
+    pub port: u16,
+    /// An external broker (`amqp://user:pass@host:port/vhost`); novabox then starts none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How many messages one service handles at once, like nova's consumer pool.
+    pub pool_size: u32,
+    pub call_timeout_secs: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig { kind: BusKind::Auto, port: 5672, url: None, pool_size: 64, call_timeout_secs: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// qemu when qemu-system-x86_64 is installed, fake otherwise.
+    Auto,
+    Fake,
+    Qemu,
+    Libvirt,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when `doctor` proved a normal guest boots under it, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeConfig {
+    pub driver: Driver,
+    pub accel: Accel,
+    pub cpu_allocation_ratio: f64,
+    pub ram_allocation_ratio: f64,
+    pub disk_allocation_ratio: f64,
+    pub reserved_host_memory_mb: u64,
+    /// What the fake driver waits before a guest is "running", to mimic a slow hypervisor.
+    pub fake_delay_ms: u64,
+    pub heartbeat_secs: u64,
+    /// A service whose last heartbeat is older than this is down for the scheduler.
+    pub service_down_secs: u64,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        // nova's defaults for the allocation ratios.
+        ComputeConfig {
+            driver: Driver::Auto,
+            accel: Accel::Auto,
+            cpu_allocation_ratio: 16.0,
+            ram_allocation_ratio: 1.5,
+            disk_allocation_ratio: 1.0,
+            reserved_host_memory_mb: 512,
+            fake_delay_ms: 0,
+            heartbeat_secs: 10,
+            service_down_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Bridge when novabox has CAP_NET_ADMIN, QEMU user networking otherwise.
+    Auto,
+    Bridge,
+    User,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub mode: NetworkMode,
+    pub bridge: String,
+    #[serde(with = "cidr_string")]
+    pub cidr: Ipv4Cidr,
+    pub dns_domain: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            mode: NetworkMode::Auto,
+            bridge: "nbr0".into(),
+            cidr: Ipv4Cidr::DEFAULT_GUEST_NET,
+            dns_domain: "novalocal".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Import the offline-built test image as `tiny` when the image store is empty.
+    pub import_test_image: bool,
+    pub max_upload_mb: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig { import_test_image: true, max_upload_mb: 20 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbConfig {
+    /// Log every SQL statement with its duration (like sqlalchemy's echo).
+    pub echo: bool,
+}
+
+mod cidr_string {
+    use super::Ipv4Cidr;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &Ipv4Cidr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(c)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Cidr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Ipv4Cidr {
+    pub const DEFAULT_GUEST_NET: Ipv4Cidr = match Ipv4Cidr::new_const([10, 42, 0, 0], 24) {
+        Some(c) => c,
+        None => panic!("bad default network"),
+    };
+}
+
+impl Config {
+    /// Reads and validates `file`. A missing file is an error here: callers that accept
+    /// defaults (before `init`) check `Home::is_initialized` first.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
+        Config::parse(&text, file)
+    }
+
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: ranges, names and combinations.
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: &dyn fmt::Display, reason: &str| {
+            Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                key,
+                value: value.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        if !is_valid_hostname(&self.host.name) {
+            return invalid("host.name", &self.host.name, "use letters, digits, '-' and '.' (at most 255)");
+        }
+        if self.host.region.trim().is_empty() {
+            return invalid("host.region", &"\"\"", "a region name is required");
+        }
+        if self.host.availability_zone.trim().is_empty() {
+            return invalid("host.availability_zone", &"\"\"", "an availability zone name is required");
+        }
+        if self.api.port == 0 {
+            return invalid("api.port", &0, "use a port from 1 to 65535");
+        }
+        if self.api.token_ttl_secs < 60 {
+            return invalid("api.token_ttl_secs", &self.api.token_ttl_secs, "tokens must live at least 60 s");
+        }
+        if self.api.max_body_kb == 0 {
+            return invalid("api.max_body_kb", &0, "must be at least 1");
+        }
+        if self.bus.port == 0 {
+            return invalid("bus.port", &0, "use a port from 1 to 65535");
+        }
+        if self.bus.port == self.api.port {
+            return invalid("bus.port", &self.bus.port, "the broker and the API need different ports");
+        }
+        if let Some(url) = &self.bus.url {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return invalid("bus.url", &format!("{url:?}"), "an AMQP URL starts with amqp:// or amqps://");
+            }
+        }
+        if self.bus.pool_size == 0 || self.bus.pool_size > 4096 {
+            return invalid("bus.pool_size", &self.bus.pool_size, "use 1 to 4096");
+        }
+        if self.bus.call_timeout_secs == 0 {
+            return invalid("bus.call_timeout_secs", &0, "must be at least 1");
+        }
+        for (key, v) in [
+            ("compute.cpu_allocation_ratio", self.compute.cpu_allocation_ratio),
+            ("compute.ram_allocation_ratio", self.compute.ram_allocation_ratio),
+            ("compute.disk_allocation_ratio", self.compute.disk_allocation_ratio),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1000.0) {
+                return invalid(key, &v, "use a ratio above 0 and at most 1000");
+            }
+        }
+        if self.compute.heartbeat_secs == 0 {
+            return invalid("compute.heartbeat_secs", &0, "must be at least 1");
+        }
+        if self.compute.service_down_secs <= self.compute.heartbeat_secs {
+            return invalid(
+                "compute.service_down_secs",
+                &self.compute.service_down_secs,
+                "must be longer than compute.heartbeat_secs, or every service looks down",
+            );
+        }
+        if !is_valid_ifname(&self.network.bridge) {
+            return invalid(
+                "network.bridge",
+                &format!("{:?}", self.network.bridge),
+                "an interface name has 1 to 15 letters, digits, '-' or '_'",
+            );
+        }
+        if self.images.max_upload_mb == 0 {
+            return invalid("images.max_upload_mb", &0, "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string(self).unwrap_or_default();
+        format!(
+            "# novabox configuration. Every key is optional; `novabox config show` prints the\n\
+             # effective values. Unknown keys are errors.\n\n{body}"
+        )
+    }
+
+    /// Writes the config atomically, owner-readable only.
+    pub fn save(&self, file: &Path) -> Result<(), ConfigError> {
+        crate::home::write_atomic(file, self.to_toml().as_bytes(), 0o600)
+            .map_err(|source| ConfigError::Write { file: file.to_path_buf(), source })
+    }
+
+    /// The URL clients use for the identity service.
+    pub fn auth_url(&self) -> String {
+        let host = match self.api.listen {
+            IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+            IpAddr::V4(a) => a.to_string(),
+        };
+        format!("http://{host}:{}/identity/v3", self.api.port)
+    }
+}
+
+fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+fn is_valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn local_hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = raw.trim();
+    if is_valid_hostname(name) {
+        name.to_string()
+    } else {
+        "localhost".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/x/novabox.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.api.port, 8774);
+        assert_eq!(c.bus.kind, BusKind::Auto);
+        assert_eq!(c.network.cidr.to_string(), "10.42.0.0/24");
+        assert!(c.api.listen.is_loopback());
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let mut c = Config::default();
+        c.api.port = 9999;
+        c.compute.driver = Driver::Fake;
+        c.bus.url = Some("amqp://u:p@127.0.0.1:5999/%2f".into());
+        let back = parse(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err = parse("[api]\nprot = 1\n").unwrap_err().to_string();
+        assert!(err.contains("/x/novabox.toml"), "{err}");
+        assert!(err.contains("prot"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = parse("[api]\nport = \"eighty\"\n").unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
+        let err = parse("[api]\nport = 70000\n").unwrap_err().to_string();
+        assert!(err.contains("70000"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_lists_choices() {
+        let err = parse("[compute]\ndriver = \"xen\"\n").unwrap_err().to_string();
+        assert!(err.contains("xen") && err.contains("qemu"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_key_and_value() {
+        let err = parse("[api]\nport = 0\n").unwrap_err().to_string();
+        assert!(err.contains("`api.port = 0`"), "{err}");
+        let err = parse("[network]\nbridge = \"this-name-is-too-long\"\n").unwrap_err().to_string();
+        assert!(err.contains("network.bridge"), "{err}");
+        let err = parse("[network]\ncidr = \"10.42.0.1/24\"\n").unwrap_err().to_string();
+        assert!(err.contains("did you mean 10.42.0.0/24"), "{err}");
+        let err = parse("[compute]\nram_allocation_ratio = -1.0\n").unwrap_err().to_string();
+        assert!(err.contains("compute.ram_allocation_ratio"), "{err}");
+        let err = parse("[bus]\nport = 8774\n").unwrap_err().to_string();
+        assert!(err.contains("bus.port"), "{err}");
+    }
+
+    #[test]
+    fn auth_url_avoids_unspecified_address() {
+        let mut c = Config::default();
+        c.api.listen = "0.0.0.0".parse().unwrap();
+        c.api.port = 1234;
+        assert_eq!(c.auth_url(), "http://127.0.0.1:1234/identity/v3");
+    }
+}

@@ -1,0 +1,141 @@
+//! Flavors (instance types) and their extra specs.
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{now, Db, DbError, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flavor {
+    pub id: i64,
+    pub flavorid: String,
+    pub name: String,
+    pub memory_mb: i64,
+    pub vcpus: i64,
+    pub root_gb: i64,
+    pub ephemeral_gb: i64,
+    pub swap: i64,
+    pub rxtx_factor: f64,
+    pub is_public: bool,
+    pub description: Option<String>,
+}
+
+/// What a new flavor needs; the row id is the database's.
+#[derive(Debug, Clone)]
+pub struct NewFlavor<'a> {
+    pub flavorid: &'a str,
+    pub name: &'a str,
+    pub memory_mb: i64,
+    pub vcpus: i64,
+    pub root_gb: i64,
+    pub ephemeral_gb: i64,
+    pub swap: i64,
+    pub is_public: bool,
+}
+
+/// DevStack's flavors, plus m1.nano for tiny test guests.
+pub const DEFAULT_FLAVORS: &[(&str, &str, i64, i64, i64)] = &[
+    // (flavorid, name, memory_mb, vcpus, root_gb)
+    ("1", "m1.tiny", 512, 1, 1),
+    ("2", "m1.small", 2048, 1, 20),
+    ("3", "m1.medium", 4096, 2, 40),
+    ("4", "m1.large", 8192, 4, 80),
+    ("5", "m1.xlarge", 16384, 8, 160),
+    ("42", "m1.nano", 64, 1, 1),
+];
+
+const COLUMNS: &str =
+    "id, flavorid, name, memory_mb, vcpus, root_gb, ephemeral_gb, swap, rxtx_factor, is_public, description";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Flavor> {
+    Ok(Flavor {
+        id: r.get(0)?,
+        flavorid: r.get(1)?,
+        name: r.get(2)?,
+        memory_mb: r.get(3)?,
+        vcpus: r.get(4)?,
+        root_gb: r.get(5)?,
+        ephemeral_gb: r.get(6)?,
+        swap: r.get(7)?,
+        rxtx_factor: r.get(8)?,
+        is_public: r.get(9)?,
+        description: r.get(10)?,
+    })
+}
+
+impl Db {
+    /// Adds the default flavors that are missing (by id or name); returns how many it added.
+    pub fn seed_default_flavors(&self) -> Result<usize> {
+        let mut added = 0;
+        for &(flavorid, name, memory_mb, vcpus, root_gb) in DEFAULT_FLAVORS {
+            let exists: bool = self.conn().query_row(
+                "SELECT EXISTS (SELECT 1 FROM flavors WHERE flavorid = ?1 OR name = ?2)",
+                params![flavorid, name],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                self.create_flavor(&NewFlavor {
+                    flavorid,
+                    name,
+                    memory_mb,
+                    vcpus,
+                    root_gb,
+                    ephemeral_gb: 0,
+                    swap: 0,
+                    is_public: true,
+                })?;
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    pub fn create_flavor(&self, f: &NewFlavor<'_>) -> Result<Flavor> {
+        let inserted = self.conn().execute(
+            "INSERT INTO flavors (flavorid, name, memory_mb, vcpus, root_gb, ephemeral_gb, swap, is_public, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![f.flavorid, f.name, f.memory_mb, f.vcpus, f.root_gb, f.ephemeral_gb, f.swap, f.is_public, now()],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(DbError::Conflict(format!(
+                    "a flavor with id {} or name {} already exists",
+                    f.flavorid, f.name
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.flavor_by_flavorid(f.flavorid)?.ok_or_else(|| DbError::Conflict("flavor vanished".into()))
+    }
+
+    pub fn flavor_by_flavorid(&self, flavorid: &str) -> Result<Option<Flavor>> {
+        Ok(self
+            .conn()
+            .query_row(&format!("SELECT {COLUMNS} FROM flavors WHERE flavorid = ?1"), [flavorid], from_row)
+            .optional()?)
+    }
+
+    pub fn flavors(&self) -> Result<Vec<Flavor>> {
+        let mut stmt = self
+            .conn()
+            .prepare(&format!("SELECT {COLUMNS} FROM flavors WHERE disabled = 0 ORDER BY memory_mb, flavorid"))?;
+        let rows = stmt.query_map([], from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db::{Db, OpenOptions};
+
+    #[test]
+    fn seeding_twice_adds_nothing_the_second_time() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
+        assert_eq!(db.seed_default_flavors().unwrap(), 6);
+        assert_eq!(db.seed_default_flavors().unwrap(), 0);
+        let nano = db.flavor_by_flavorid("42").unwrap().unwrap();
+        assert_eq!((nano.name.as_str(), nano.memory_mb), ("m1.nano", 64));
+        assert_eq!(db.flavors().unwrap().first().unwrap().name, "m1.nano");
+    }
+}

@@ -1,0 +1,12 @@
+//! novabox: a single-host OpenStack-style compute cloud.
+//!
+//! The library holds everything the `novabox` binary does; `src/main.rs` and `src/cli/` only
+//! parse arguments, print and map errors to exit codes.
+
+pub mod cidr;
+pub mod clouds_yaml;
+pub mod config;
+pub mod db;
+pub mod home;
+pub mod hostpkgs;
+pub mod secrets;
