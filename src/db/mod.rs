@@ -70,12 +70,9 @@ impl Db {
         if !existed {
             // Create it owner-only before SQLite does (SQLite copies the mode to -wal and -shm).
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| DbError::Open { path: path.to_path_buf(), source: rusqlite::Error::InvalidPath(e.to_string().into()) })?;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+                DbError::Open { path: path.to_path_buf(), source: rusqlite::Error::InvalidPath(e.to_string().into()) }
+            })?;
         }
         if existed {
             check_sqlite_header(path)?;

@@ -1,0 +1,140 @@
+//! The message bus, with nova's `rpc` semantics:
+//!
+//! - `cast`: fire and forget to a topic; one of its consumers handles it.
+//! - `call`: request and reply; the caller waits up to a timeout, and an error raised by the
+//!   remote handler comes back as [`BusError::Remote`].
+//! - `fanout`: to every consumer of a topic.
+//!
+//! Two implementations share this trait and one conformance suite: `local` (in-process) and
+//! `amqp` (RabbitMQ through lapin).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who asked, carried by every message like nova's request context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    pub request_id: String,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub is_admin: bool,
+    #[serde(default)]
+    pub remote_address: Option<String>,
+    /// When the request entered the system, RFC 3339 UTC.
+    pub timestamp: String,
+}
+
+impl Context {
+    /// A context for work novabox starts itself (periodic tasks, start-up reconciliation).
+    pub fn admin(request_id: impl Into<String>) -> Context {
+        Context {
+            request_id: request_id.into(),
+            roles: vec!["admin".into()],
+            is_admin: true,
+            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ..Context::default()
+        }
+    }
+
+    /// A fresh nova-style request id: `req-<uuid4>`.
+    pub fn new_request_id() -> String {
+        format!("req-{}", uuid::Uuid::new_v4())
+    }
+}
+
+/// The envelope on the wire: the method to run, its arguments and the context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub method: String,
+    #[serde(default)]
+    pub args: Value,
+    pub context: Context,
+}
+
+impl Message {
+    pub fn new(method: impl Into<String>, args: Value, context: Context) -> Message {
+        Message { method: method.into(), args, context }
+    }
+}
+
+/// An error raised by a handler, sent back to the caller of `call`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct RemoteError {
+    /// A stable name for the failure (`InstanceNotFound`, `NoValidHost`, ...).
+    pub kind: String,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> RemoteError {
+        RemoteError { kind: kind.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("no reply to {method} on topic {topic} within {}s; is the {topic} service running?", timeout.as_secs_f64())]
+    Timeout { topic: String, method: String, timeout: Duration },
+    #[error("{method} on topic {topic} failed remotely: {error}")]
+    Remote { topic: String, method: String, error: RemoteError },
+    #[error("the message bus is closed")]
+    Closed,
+    #[error("message bus transport error: {0}")]
+    Transport(String),
+    #[error("cannot encode or decode a message: {0}")]
+    Codec(#[from] serde_json::Error),
+}
+
+/// What a service does with the messages of its topic. For a cast the result is only logged;
+/// for a call it is the reply.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, message: Message) -> Result<Value, RemoteError>;
+}
+
+/// Stops consuming when dropped or when `stop` is awaited.
+pub struct Subscription {
+    stop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Subscription {
+    pub fn new(stop: impl FnOnce() + Send + 'static) -> Subscription {
+        Subscription { stop: Some(Box::new(stop)) }
+    }
+    pub fn stop(mut self) {
+        if let Some(f) = self.stop.take() {
+            f()
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(f) = self.stop.take() {
+            f()
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Delivers `message` to one consumer of `topic`. Returns once the bus has accepted it
+    /// (for AMQP: the broker confirmed it), not when it was handled.
+    async fn cast(&self, topic: &str, message: Message) -> Result<(), BusError>;
+    /// Delivers `message` to one consumer of `topic` and waits for its reply.
+    async fn call(&self, topic: &str, message: Message, timeout: Duration) -> Result<Value, BusError>;
+    /// Delivers `message` to every consumer of `topic`.
+    async fn fanout(&self, topic: &str, message: Message) -> Result<(), BusError>;
+    /// Starts consuming `topic` (its casts, calls and fanouts) with `handler`, running up to
+    /// the configured pool size of messages at once.
+    async fn serve(&self, topic: &str, handler: Arc<dyn Handler>) -> Result<Subscription, BusError>;
+}
