@@ -3,6 +3,7 @@
 //! The library holds everything the `novabox` binary does; `src/main.rs` and `src/cli/` only
 //! parse arguments, print and map errors to exit codes.
 
+pub mod api;
 pub mod bus;
 pub mod cidr;
 pub mod clouds_yaml;

@@ -9,6 +9,7 @@ use rusqlite_migration::{Migrations, M};
 
 pub mod flavors;
 pub mod identity;
+pub mod tokens;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never
 /// mistaken for ours and migrated.
@@ -230,5 +231,23 @@ mod tests {
         Connection::open(&q).unwrap().execute_batch("CREATE TABLE x(a)").unwrap();
         let err = Db::open(&q, OpenOptions::default()).err().unwrap();
         assert!(matches!(err, DbError::Foreign { .. }), "{err}");
+    }
+}
+
+/// The database shared by the services of one process. SQLite serialises writers anyway;
+/// one connection behind a mutex keeps every query short and every transaction whole.
+#[derive(Clone)]
+pub struct SharedDb(std::sync::Arc<std::sync::Mutex<Db>>);
+
+impl SharedDb {
+    pub fn new(db: Db) -> SharedDb {
+        SharedDb(std::sync::Arc::new(std::sync::Mutex::new(db)))
+    }
+
+    /// Runs `f` with the connection. A panic in another holder does not make the data
+    /// unusable (every change is a transaction), so a poisoned lock is taken over.
+    pub fn with<T>(&self, f: impl FnOnce(&Db) -> T) -> T {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
     }
 }
