@@ -11,3 +11,4 @@ pub mod db;
 pub mod home;
 pub mod hostpkgs;
 pub mod secrets;
+pub mod supervise;
