@@ -227,6 +227,11 @@ fn read_state(file: &Path) -> Option<RunState> {
     serde_json::from_slice(&std::fs::read(file).ok()?).ok()
 }
 
+/// True when a rabbitmq-server novabox can start is installed.
+pub fn is_installed() -> bool {
+    find_server().is_ok()
+}
+
 fn find_server() -> Result<PathBuf, RabbitError> {
     if Path::new(DEBIAN_SERVER).is_file() {
         return Ok(PathBuf::from(DEBIAN_SERVER));
