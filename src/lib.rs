@@ -12,3 +12,4 @@ pub mod db;
 pub mod home;
 pub mod hostpkgs;
 pub mod secrets;
+pub mod supervise;

@@ -6,10 +6,21 @@
 //! - `fanout`: to every consumer of a topic.
 //!
 //! Two implementations share this trait and one conformance suite: `local` (in-process) and
-//! `amqp` (RabbitMQ through lapin).
+//! `amqp` (RabbitMQ through lapin). [`connect`] builds the one the config asks for.
+//!
+//! Both deliver at least once and keep casts to a topic nobody serves yet until a server
+//! appears (so start-up order does not matter); fanouts reach only the servers present when
+//! they are sent, and calls that wait longer than their timeout are dropped unhandled.
+
+pub mod amqp;
+#[cfg(test)]
+mod conformance;
+pub mod local;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tracing::Instrument;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -137,4 +148,67 @@ pub trait Bus: Send + Sync + 'static {
     /// Starts consuming `topic` (its casts, calls and fanouts) with `handler`, running up to
     /// the configured pool size of messages at once.
     async fn serve(&self, topic: &str, handler: Arc<dyn Handler>) -> Result<Subscription, BusError>;
+}
+
+/// Runs `handler` on `message` inside a span carrying the request id, turning a panic into a
+/// [`RemoteError`] so one bad message cannot take a consumer (and its unacked messages) down.
+pub(crate) async fn run_handler(handler: &dyn Handler, topic: &str, message: Message) -> Result<Value, RemoteError> {
+    use futures_util::FutureExt;
+    let span = tracing::info_span!("rpc", topic, method = %message.method, request_id = %message.context.request_id);
+    let method = message.method.clone();
+    let outcome = std::panic::AssertUnwindSafe(handler.handle(message)).catch_unwind().instrument(span.clone()).await;
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            span.in_scope(|| tracing::error!("handler for {method} on {topic} panicked: {what}"));
+            Err(RemoteError::new("HandlerPanicked", format!("the {method} handler on {topic} panicked: {what}")))
+        }
+    }
+}
+
+/// Which bus `kind = "auto"` means on this host: RabbitMQ when an external broker is configured
+/// or rabbitmq-server is installed, the in-process bus otherwise.
+pub fn resolve_kind(config: &crate::config::Config) -> crate::config::BusKind {
+    use crate::config::BusKind;
+    match config.bus.kind {
+        BusKind::Auto if config.bus.url.is_some() || crate::supervise::rabbitmq::is_installed() => BusKind::Rabbitmq,
+        BusKind::Auto => BusKind::Local,
+        kind => kind,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Broker(#[from] crate::supervise::rabbitmq::RabbitError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Builds the bus the config asks for. For RabbitMQ without `[bus] url` this starts the home's
+/// private broker when it is not running yet (see [`crate::supervise::rabbitmq`]).
+pub async fn connect(
+    config: &crate::config::Config,
+    home: &crate::home::Home,
+    secrets: &crate::secrets::Secrets,
+) -> Result<Arc<dyn Bus>, ConnectError> {
+    use crate::config::BusKind;
+    let pool_size = config.bus.pool_size as usize;
+    match resolve_kind(config) {
+        BusKind::Local | BusKind::Auto => Ok(Arc::new(local::LocalBus::new(pool_size))),
+        BusKind::Rabbitmq => {
+            let broker = crate::supervise::rabbitmq::RabbitMq::ensure_running(home, config, secrets).await?;
+            let options = amqp::AmqpOptions {
+                pool_size,
+                publish_timeout: Duration::from_secs(config.bus.call_timeout_secs),
+                ..amqp::AmqpOptions::default()
+            };
+            Ok(Arc::new(amqp::AmqpBus::connect(&broker.url, options).await?))
+        }
+    }
 }

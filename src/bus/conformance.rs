@@ -1,0 +1,509 @@
+//! One conformance suite for every [`Bus`]: each check is an async fn taking the bus, and
+//! `conformance_tests!` turns them into `#[tokio::test]`s for one implementation.
+//!
+//! The AMQP tests start a private RabbitMQ in a temp home on free loopback ports. Tests of one
+//! process share it while any of them runs (each uses its own topics, so they cannot meet) and
+//! the last one to finish stops it by pid, even when it failed. The broker-restart test has a
+//! broker of its own. They need rabbitmq-server installed; set `NOVABOX_SKIP_RABBITMQ=1` to
+//! skip them on a machine without it (CI installs it and never skips).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::amqp::{AmqpBus, AmqpOptions};
+use super::local::LocalBus;
+use super::{Bus, BusError, Context, Handler, Message, RemoteError};
+use crate::config::Config;
+use crate::home::Home;
+use crate::secrets::Secrets;
+use crate::supervise::rabbitmq::RabbitMq;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A topic no other test uses.
+fn topic(name: &str) -> String {
+    format!("test.{name}.{}", uuid::Uuid::new_v4().simple())
+}
+
+fn msg(method: &str, args: Value) -> Message {
+    let mut context = Context::admin(Context::new_request_id());
+    context.user_id = Some("u1".into());
+    context.project_id = Some("p1".into());
+    context.remote_address = Some("127.0.0.1".into());
+    Message::new(method, args, context)
+}
+
+/// A handler made of a closure.
+struct FnHandler<F>(F);
+
+#[async_trait::async_trait]
+impl<F, Fut> Handler for FnHandler<F>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, RemoteError>> + Send,
+{
+    async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
+        (self.0)(message).await
+    }
+}
+
+fn handler<F, Fut>(f: F) -> Arc<dyn Handler>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, RemoteError>> + Send + 'static,
+{
+    Arc::new(FnHandler(f))
+}
+
+/// A handler that forwards every message it gets to a channel.
+fn recorder() -> (Arc<dyn Handler>, mpsc::UnboundedReceiver<Message>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let h = handler(move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(m);
+            Ok(Value::Null)
+        }
+    });
+    (h, rx)
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("no message within 30 s").expect("handler gone")
+}
+
+pub(super) async fn cast_delivery(bus: Arc<dyn Bus>) {
+    let t = topic("cast");
+    let (h, mut rx) = recorder();
+    let _sub = bus.serve(&t, h).await.unwrap();
+    let sent = msg("build_instances", json!({"instance": {"uuid": "abc"}, "n": 1}));
+    bus.cast(&t, sent.clone()).await.unwrap();
+    let got = recv(&mut rx).await;
+    assert_eq!(got, sent, "the envelope, context included, arrives unchanged");
+}
+
+pub(super) async fn cast_before_serve_waits_for_a_server(bus: Arc<dyn Bus>) {
+    let t = topic("early");
+    bus.cast(&t, msg("early", json!(1))).await.unwrap();
+    let (h, mut rx) = recorder();
+    let _sub = bus.serve(&t, h).await.unwrap();
+    assert_eq!(recv(&mut rx).await.method, "early");
+}
+
+pub(super) async fn call_round_trip(bus: Arc<dyn Bus>) {
+    let t = topic("call");
+    let h = handler(|m: Message| async move {
+        Ok(json!({"echo": m.args, "request_id": m.context.request_id, "project": m.context.project_id}))
+    });
+    let _sub = bus.serve(&t, h).await.unwrap();
+    let sent = msg("ping", json!({"x": [1, 2, 3]}));
+    let reply = bus.call(&t, sent.clone(), WAIT).await.unwrap();
+    assert_eq!(reply, json!({"echo": {"x": [1, 2, 3]}, "request_id": sent.context.request_id, "project": "p1"}));
+}
+
+pub(super) async fn concurrent_calls(bus: Arc<dyn Bus>) {
+    let t = topic("concurrent");
+    let h = handler(|m: Message| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(m.args)
+    });
+    let _sub = bus.serve(&t, h).await.unwrap();
+    let started = Instant::now();
+    let calls = (0..200).map(|i| {
+        let bus = bus.clone();
+        let t = t.clone();
+        async move { (i, bus.call(&t, msg("slow", json!(i)), WAIT).await) }
+    });
+    for (i, reply) in futures_util::future::join_all(calls).await {
+        assert_eq!(reply.unwrap(), json!(i), "each caller gets its own reply");
+    }
+    // 200 calls of 50 ms one at a time would take 10 s; a pool of 64 needs about 4 rounds.
+    assert!(started.elapsed() < Duration::from_secs(5), "calls were not handled concurrently: {:?}", started.elapsed());
+}
+
+/// Built with a pool of 4: never more than 4 handlers at once, and all 4 are used.
+pub(super) async fn pool_limits_concurrency(bus: Arc<dyn Bus>) {
+    let t = topic("pool");
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let h = handler(move |_m: Message| {
+        let (r, p) = (r.clone(), p.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok(Value::Null)
+        }
+    });
+    let _sub = bus.serve(&t, h).await.unwrap();
+    let calls = (0..24).map(|i| {
+        let bus = bus.clone();
+        let t = t.clone();
+        async move { bus.call(&t, msg("work", json!(i)), WAIT).await }
+    });
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 4);
+}
+
+pub(super) async fn remote_error(bus: Arc<dyn Bus>) {
+    let t = topic("error");
+    let h = handler(|m: Message| async move {
+        Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", m.args["uuid"])))
+    });
+    let _sub = bus.serve(&t, h).await.unwrap();
+    let err = bus.call(&t, msg("get_instance", json!({"uuid": "i-1"})), WAIT).await.unwrap_err();
+    match &err {
+        BusError::Remote { topic: et, method, error } => {
+            assert_eq!(et, &t);
+            assert_eq!(method, "get_instance");
+            assert_eq!(error, &RemoteError::new("InstanceNotFound", "Instance \"i-1\" could not be found."));
+        }
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("InstanceNotFound"), "{err}");
+}
+
+pub(super) async fn handler_panic_is_a_remote_error(bus: Arc<dyn Bus>) {
+    let t = topic("panic");
+    let h = handler(|m: Message| async move {
+        if m.method == "boom" {
+            panic!("kaboom");
+        }
+        Ok(json!("fine"))
+    });
+    let _sub = bus.serve(&t, h).await.unwrap();
+    let err = bus.call(&t, msg("boom", Value::Null), WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, BusError::Remote { error, .. } if error.kind == "HandlerPanicked" && error.message.contains("kaboom")),
+        "{err:?}"
+    );
+    // The server survives its handler's panic.
+    assert_eq!(bus.call(&t, msg("ok", Value::Null), WAIT).await.unwrap(), json!("fine"));
+}
+
+pub(super) async fn timeout_names_topic_and_method(bus: Arc<dyn Bus>) {
+    // Nobody serves this topic.
+    let t = topic("nobody");
+    let started = Instant::now();
+    let err = bus.call(&t, msg("select_destinations", Value::Null), Duration::from_millis(300)).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(&err, BusError::Timeout { topic: et, method, .. } if et == &t && method == "select_destinations"));
+    let text = err.to_string();
+    assert!(text.contains(&t) && text.contains("select_destinations"), "{text}");
+
+    // A server that answers too late is a timeout too, and its late reply goes nowhere.
+    let slow = topic("slow");
+    let h = handler(|_m: Message| async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Ok(json!("late"))
+    });
+    let _sub = bus.serve(&slow, h).await.unwrap();
+    let err = bus.call(&slow, msg("slowpoke", Value::Null), Duration::from_millis(200)).await.unwrap_err();
+    assert!(matches!(err, BusError::Timeout { .. }), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // The earlier call to `nobody` expired: a server that starts now does not get it.
+    let (h, mut rx) = recorder();
+    let _late = bus.serve(&t, h).await.unwrap();
+    bus.cast(&t, msg("after", Value::Null)).await.unwrap();
+    assert_eq!(recv(&mut rx).await.method, "after", "the expired call was delivered");
+}
+
+pub(super) async fn fanout_reaches_every_server(bus: Arc<dyn Bus>) {
+    let t = topic("fanout");
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String)>();
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        let tx = tx.clone();
+        let h = handler(move |m: Message| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((i, m.method));
+                Ok(Value::Null)
+            }
+        });
+        subs.push(bus.serve(&t, h).await.unwrap());
+    }
+    bus.fanout(&t, msg("refresh", Value::Null)).await.unwrap();
+    let mut got = HashSet::new();
+    for _ in 0..3 {
+        let (i, method) = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(method, "refresh");
+        assert!(got.insert(i), "server {i} got the fanout twice");
+    }
+    // A cast on the same topic still goes to exactly one of them.
+    bus.cast(&t, msg("once", Value::Null)).await.unwrap();
+    let (_, method) = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(method, "once");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "a message arrived more often than it should");
+
+    // A stopped server no longer gets fanouts.
+    subs.pop().unwrap().stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bus.fanout(&t, msg("again", Value::Null)).await.unwrap();
+    let mut again = HashSet::new();
+    for _ in 0..2 {
+        let (i, _) = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        again.insert(i);
+    }
+    assert_eq!(again, HashSet::from([0, 1]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "the stopped server got a fanout");
+}
+
+/// Casts `n` numbered messages from 16 tasks and checks each is handled exactly once.
+pub(super) async fn many_casts_none_lost_or_duplicated(bus: Arc<dyn Bus>, n: usize) {
+    let t = topic("many");
+    let seen = Arc::new(Mutex::new((HashSet::new(), 0usize)));
+    let s = seen.clone();
+    let h = handler(move |m: Message| {
+        let s = s.clone();
+        async move {
+            let seq = m.args["seq"].as_u64().unwrap_or(u64::MAX);
+            let mut g = s.lock().unwrap();
+            g.0.insert(seq);
+            g.1 += 1;
+            Ok(Value::Null)
+        }
+    });
+    let _sub = bus.serve(&t, h).await.unwrap();
+    let senders = (0..16).map(|k| {
+        let bus = bus.clone();
+        let t = t.clone();
+        tokio::spawn(async move {
+            for seq in (k..n).step_by(16) {
+                bus.cast(&t, msg("count", json!({"seq": seq}))).await.unwrap();
+            }
+        })
+    });
+    for s in futures_util::future::join_all(senders).await {
+        s.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap().1 < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give duplicates a moment to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let g = seen.lock().unwrap();
+    assert_eq!(g.0.len(), n, "lost {} messages", n - g.0.len());
+    assert_eq!(g.1, n, "{} duplicates", g.1 - n);
+    assert!(g.0.iter().all(|s| (*s as usize) < n));
+}
+
+macro_rules! conformance_tests {
+    ($make:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cast_delivery() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::cast_delivery(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cast_before_serve_waits_for_a_server() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::cast_before_serve_waits_for_a_server(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn call_round_trip() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::call_round_trip(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_calls() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::concurrent_calls(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn pool_limits_concurrency() {
+            let Some((bus, _guard)) = $make(4).await else { return };
+            super::pool_limits_concurrency(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn remote_error() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::remote_error(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn handler_panic_is_a_remote_error() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::handler_panic_is_a_remote_error(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn timeout_names_topic_and_method() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::timeout_names_topic_and_method(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn fanout_reaches_every_server() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::fanout_reaches_every_server(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn ten_thousand_casts_none_lost_or_duplicated() {
+            let Some((bus, _guard)) = $make(64).await else { return };
+            super::many_casts_none_lost_or_duplicated(bus, 10_000).await
+        }
+    };
+}
+
+async fn make_local(pool_size: usize) -> Option<(Arc<dyn Bus>, ())> {
+    Some((Arc::new(LocalBus::new(pool_size)), ()))
+}
+
+mod local {
+    conformance_tests!(super::make_local);
+}
+
+/// A private broker in a temp home, stopped by pid when dropped.
+pub(crate) struct TestBroker {
+    pub home: Home,
+    pub config: Config,
+    pub secrets: Secrets,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    /// Starts a broker, or returns `None` (after saying so) when RabbitMQ is not installed and
+    /// `NOVABOX_SKIP_RABBITMQ=1` allows skipping.
+    pub(crate) async fn start() -> Option<TestBroker> {
+        if !crate::supervise::rabbitmq::is_installed() {
+            if std::env::var_os("NOVABOX_SKIP_RABBITMQ").is_some_and(|v| v == "1") {
+                eprintln!("rabbitmq-server is not installed and NOVABOX_SKIP_RABBITMQ=1: skipping an AMQP test");
+                return None;
+            }
+            panic!(
+                "the AMQP tests need rabbitmq-server (scripts/install-deps installs it); \
+                 set NOVABOX_SKIP_RABBITMQ=1 to skip them"
+            );
+        }
+        let dir = tempfile::Builder::new().prefix("novabox-bus-test-").tempdir().unwrap();
+        let home = Home::at(dir.path());
+        home.create_dirs().unwrap();
+        let mut config = Config::default();
+        config.bus.port = crate::supervise::free_port().unwrap();
+        let secrets = Secrets::generate();
+        let handle = RabbitMq::ensure_running(&home, &config, &secrets).await.unwrap();
+        eprintln!("test broker on port {} ready in {:?}", config.bus.port, handle.startup);
+        Some(TestBroker { home, config, secrets, url: handle.url, _dir: dir })
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Err(e) = RabbitMq::stop(&self.home) {
+            eprintln!("stopping the test broker failed: {e}");
+        }
+    }
+}
+
+/// The broker shared by the AMQP tests running now.
+async fn shared_broker() -> Option<Arc<TestBroker>> {
+    static SHARED: OnceLock<tokio::sync::Mutex<Weak<TestBroker>>> = OnceLock::new();
+    let mut slot = SHARED.get_or_init(|| tokio::sync::Mutex::new(Weak::new())).lock().await;
+    if let Some(b) = slot.upgrade() {
+        return Some(b);
+    }
+    let b = Arc::new(TestBroker::start().await?);
+    *slot = Arc::downgrade(&b);
+    Some(b)
+}
+
+fn test_options(pool_size: usize) -> AmqpOptions {
+    AmqpOptions { pool_size, publish_timeout: Duration::from_secs(60), ..AmqpOptions::default() }
+}
+
+async fn make_amqp(pool_size: usize) -> Option<(Arc<dyn Bus>, Arc<TestBroker>)> {
+    let broker = shared_broker().await?;
+    let bus = AmqpBus::connect(&broker.url, test_options(pool_size)).await.unwrap();
+    Some((Arc::new(bus), broker))
+}
+
+mod amqp {
+    use super::*;
+
+    conformance_tests!(super::make_amqp);
+
+    /// Casts a stream of messages, restarts the broker in the middle, and checks every cast
+    /// the broker confirmed is handled (at least once) by a server on another connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broker_restart_loses_no_acknowledged_cast() {
+        let Some(broker) = TestBroker::start().await else { return };
+        let consumer = AmqpBus::connect(&broker.url, test_options(64)).await.unwrap();
+        let producer = Arc::new(AmqpBus::connect(&broker.url, test_options(64)).await.unwrap());
+        let t = topic("restart");
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let s = seen.clone();
+        let h = handler(move |m: Message| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().insert(m.args["seq"].as_u64().unwrap_or(u64::MAX));
+                Ok(Value::Null)
+            }
+        });
+        let _sub = consumer.serve(&t, h).await.unwrap();
+
+        let total = 3000u64;
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (a, p, tt) = (acked.clone(), producer.clone(), t.clone());
+        let stream = tokio::spawn(async move {
+            let mut failed = 0;
+            for seq in 0..total {
+                match p.cast(&tt, msg("count", json!({"seq": seq}))).await {
+                    Ok(()) => a.lock().unwrap().push(seq),
+                    Err(_) => failed += 1,
+                }
+                if seq % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            failed
+        });
+        // Restart once a few hundred casts are through.
+        while acked.lock().unwrap().len() < 300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let home = broker.home.clone();
+        tokio::task::spawn_blocking(move || RabbitMq::stop(&home).unwrap()).await.unwrap();
+        let acked_before_restart = acked.lock().unwrap().len();
+        RabbitMq::ensure_running(&broker.home, &broker.config, &broker.secrets).await.unwrap();
+        let failed = stream.await.unwrap();
+
+        let acked: Vec<u64> = acked.lock().unwrap().clone();
+        assert!(acked.len() as u64 > acked_before_restart as u64, "nothing was sent after the restart");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let missing: Vec<u64> = {
+                let seen = seen.lock().unwrap();
+                acked.iter().copied().filter(|s| !seen.contains(s)).collect()
+            };
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} acknowledged casts were lost, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "restart: {} casts acknowledged ({} before the restart), {} failed, all handled",
+            acked.len(),
+            acked_before_restart,
+            failed
+        );
+    }
+}
