@@ -11,4 +11,5 @@ pub mod config;
 pub mod db;
 pub mod home;
 pub mod hostpkgs;
+pub mod images;
 pub mod secrets;
