@@ -53,7 +53,7 @@ pub enum DbError {
     #[error("{0}")]
     NotFound(String),
     /// Every address of the network's subnets is taken.
-    #[error("no free IP address is left on network {network_id}; delete unused ports or add a subnet")]
+    #[error("No more IP addresses available on network {network_id}.")]
     NoFreeIp { network_id: String },
 }
 
