@@ -11,5 +11,6 @@ pub mod config;
 pub mod db;
 pub mod home;
 pub mod hostpkgs;
+pub mod images;
 pub mod secrets;
 pub mod supervise;

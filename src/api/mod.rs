@@ -17,6 +17,10 @@ use crate::home::Home;
 pub mod context;
 pub mod fault;
 pub mod identity;
+pub mod image;
+pub mod network;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use fault::{render_faults, Family};
 
@@ -39,6 +43,10 @@ pub fn router(state: AppState) -> Router {
     let body_limit = (state.config.api.max_body_kb as usize) * 1024;
     Router::new()
         .nest("/identity", service(identity::router(), Family::Identity))
+        .nest("/image", service(image::router(), Family::Image))
+        // A nested "/" matches only "/image", but clients also ask for "/image/".
+        .route("/image/", axum::routing::get(image::versions))
+        .nest("/network", service(network::router(), Family::Network))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(context::request_id))
         .with_state(state)

@@ -157,6 +157,8 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
     // 3. Users, projects, roles, flavors.
     let secrets = provision_identity(&home, &db)?;
     let added = db.seed_default_flavors()?;
+    // The shared network every project's guests boot on.
+    let network = db.ensure_default_network(&config)?;
 
     // 4. clouds.yaml for standard clients.
     let clouds_file = if args.no_clouds_yaml {
@@ -210,6 +212,7 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
     println!("config         {}{}", home.config_file().display(), if write_config { "" } else { " (kept)" });
     println!("database       {} (schema v{})", home.db_file().display(), db.schema_version()?);
     println!("flavors        {added} added");
+    println!("network        {} ({}, shared)", network.name, config.network.cidr);
     println!("credentials    {} (admin and demo passwords)", home.secrets_file().display());
     if let Some(f) = clouds_file {
         println!("clouds.yaml    {} (clouds `{}` and `{}-admin`)", f.display(), args.cloud_name, args.cloud_name);

@@ -9,6 +9,8 @@ use rusqlite_migration::{Migrations, M};
 
 pub mod flavors;
 pub mod identity;
+pub mod images;
+pub mod network;
 pub mod tokens;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never
@@ -16,7 +18,8 @@ pub mod tokens;
 const APPLICATION_ID: i32 = 0x4e4f_5641;
 
 /// Every migration, oldest first. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_neutron_attributes.sql")];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -47,6 +50,11 @@ pub enum DbError {
     Sql(#[from] rusqlite::Error),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Every address of the network's subnets is taken.
+    #[error("No more IP addresses available on network {network_id}.")]
+    NoFreeIp { network_id: String },
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
