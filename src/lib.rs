@@ -6,11 +6,17 @@
 pub mod api;
 pub mod bus;
 pub mod cidr;
+pub mod client;
 pub mod clouds_yaml;
+pub mod compute;
+pub mod conductor;
 pub mod config;
 pub mod db;
 pub mod home;
 pub mod hostpkgs;
 pub mod images;
+pub mod rpcapi;
+pub mod scheduler;
 pub mod secrets;
+pub mod stack;
 pub mod supervise;

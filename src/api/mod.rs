@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::db::SharedDb;
 use crate::home::Home;
 
+pub mod compute;
 pub mod context;
 pub mod fault;
 pub mod identity;
@@ -43,6 +44,8 @@ pub fn router(state: AppState) -> Router {
     let body_limit = (state.config.api.max_body_kb as usize) * 1024;
     Router::new()
         .nest("/identity", service(identity::router(), Family::Identity))
+        .nest("/compute", service(compute::router(), Family::Compute))
+        .route("/compute/", axum::routing::get(compute::versions))
         .nest("/image", service(image::router(), Family::Image))
         // A nested "/" matches only "/image", but clients also ask for "/image/".
         .route("/image/", axum::routing::get(image::versions))
@@ -65,12 +68,12 @@ pub fn base_url(headers: &HeaderMap, config: &Config) -> String {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves `app` (from [`router`]) on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -82,6 +82,27 @@ value_enum_mirror!(AccelArg => Accel { Auto, Kvm, Tcg });
 value_enum_mirror!(NetworkModeArg => NetworkMode { Auto, Bridge, User });
 
 impl InitArgs {
+    /// What `up` uses to initialize a new home: defaults, no prompts, and package installs
+    /// only with the user's `--yes`.
+    pub fn for_up(yes: bool) -> InitArgs {
+        InitArgs {
+            yes,
+            force: false,
+            no_install: !yes,
+            api_port: None,
+            bus_port: None,
+            bus: None,
+            driver: None,
+            accel: None,
+            network_mode: None,
+            bridge: None,
+            cidr: None,
+            clouds_yaml: std::env::var_os("OS_CLIENT_CONFIG_FILE").map(PathBuf::from),
+            cloud_name: "novabox".into(),
+            no_clouds_yaml: false,
+        }
+    }
+
     /// Applies the flags that were given to `config`.
     fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
         if let Some(p) = self.api_port {

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 pub mod config;
 pub mod init;
 pub mod logging;
+pub mod server;
+pub mod up;
 
 /// Generic failure: the message printed says what went wrong and what to do.
 pub const EXIT_FAILURE: u8 = 1;
@@ -41,12 +43,24 @@ pub enum Command {
     /// Show the effective configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Start the cloud: broker, conductor, scheduler, compute and the API
+    Up(up::UpArgs),
+    /// Stop what `up` started for this home
+    Down,
+    /// Run one service alone (it joins the others over RabbitMQ)
+    Service(up::ServiceArgs),
+    /// Create, list, show, delete servers and read their console
+    Server(server::ServerArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init::run(&cli.global, args),
         Command::Config(cmd) => config::run(&cli.global, cmd),
+        Command::Up(args) => up::up(&cli.global, args),
+        Command::Down => up::down(&cli.global),
+        Command::Service(args) => up::service(&cli.global, args),
+        Command::Server(args) => server::run(&cli.global, args),
     }
 }
 

@@ -10,7 +10,12 @@ use rusqlite_migration::{Migrations, M};
 pub mod flavors;
 pub mod identity;
 pub mod images;
+pub mod instances;
+pub mod keypairs;
 pub mod network;
+pub mod notifications;
+pub mod quotas;
+pub mod services;
 pub mod tokens;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never
@@ -18,8 +23,11 @@ pub mod tokens;
 const APPLICATION_ID: i32 = 0x4e4f_5641;
 
 /// Every migration, oldest first. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_neutron_attributes.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_neutron_attributes.sql"),
+    include_str!("migrations/0003_port_preserve_on_delete.sql"),
+];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
