@@ -8,6 +8,7 @@ pub mod cidr;
 pub mod clouds_yaml;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod home;
 pub mod hostpkgs;
 pub mod secrets;
