@@ -54,7 +54,7 @@ pub fn exit_code(report: &Report) -> ExitCode {
 pub fn print_table(report: &Report) {
     let env = &report.environment;
     println!(
-        "host      {}{}",
+        "host           {}{}",
         env.name,
         env.container.as_ref().map(|c| format!(" ({c} container)")).unwrap_or_default()
     );

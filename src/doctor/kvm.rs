@@ -4,7 +4,7 @@
 use std::io;
 
 use super::cpu::{CpuInfo, Vendor};
-use super::environment::{self, Environment, Platform};
+use super::environment::{Environment, Platform};
 use super::host::{param_is_on, HostRoot};
 use super::kvm_ioctl::{KvmDevice, EXPECTED_API_VERSION};
 use super::{Check, Status};
@@ -124,7 +124,7 @@ fn check_modules(host: &HostRoot, cpu: &CpuInfo, env: &Environment, facts: &KvmF
         return Check::fail(
             ID,
             format!("no KVM module is loaded (KVM modules: {list}) and the CPU shows no vmx/svm"),
-            environment::virt_extensions_fix(env, cpu),
+            format!("fix cpu.virt_extensions first: {module} loads once the CPU shows vmx/svm"),
         );
     }
     if env.container.is_some() {
@@ -213,7 +213,7 @@ fn check_device(cpu: &CpuInfo, env: &Environment, facts: &KvmFacts) -> Check {
         let module = if cpu.vendor == Vendor::Amd { "kvm_amd" } else { "kvm_intel" };
         format!("sudo modprobe {module}; if that fails, enable the extension in the firmware")
     } else {
-        environment::virt_extensions_fix(env, cpu)
+        "fix cpu.virt_extensions first: /dev/kvm appears when kvm_intel or kvm_amd loads".to_string()
     };
     Check::fail(ID, format!("/dev/kvm does not exist {}", env.here()), fix)
 }

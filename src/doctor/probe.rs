@@ -144,7 +144,7 @@ pub fn boot(image: &TestImage, accel: Accel, timeout: Duration, console: &Path) 
             break BootOutcome {
                 reached_init: false,
                 elapsed: start.elapsed(),
-                detail: format!("no init marker within {} s", timeout.as_secs()),
+                detail: format!("no init marker within {}", human_duration(timeout)),
             };
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -155,6 +155,14 @@ pub fn boot(image: &TestImage, accel: Accel, timeout: Duration, console: &Path) 
     }
     let _ = child.wait();
     Ok(outcome)
+}
+
+fn human_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 #[cfg(test)]
