@@ -357,19 +357,33 @@ fn decide(
     Decision { accel, driver, network, reason: reasons.join("; ") }
 }
 
-/// The accelerator guests use: the config's when it names one, otherwise the decision of the
-/// report `init` saved in the home, otherwise a quick doctor run without a probe boot.
-/// Always `Kvm` or `Tcg`, never `Auto`.
+/// What `up` uses: the decision of the report `init` saved in the home (or, without one, of a
+/// quick doctor run without a probe boot), with every setting the config names explicitly
+/// taking precedence. Never `Auto` in any field.
+pub fn effective_decision(home: &Home, config: &Config) -> Decision {
+    let saved = Report::load(&home.root().join(REPORT_FILE)).filter(|r| r.host_root == Path::new("/"));
+    let mut decision = match saved {
+        Some(report) => report.decision,
+        None => run(config, &Options::for_home(home, Path::new("/"), false)).decision,
+    };
+    if config.compute.accel != Accel::Auto {
+        decision.accel = config.compute.accel;
+    }
+    if config.compute.driver != Driver::Auto {
+        decision.driver = config.compute.driver;
+    }
+    if config.network.mode != NetworkMode::Auto {
+        decision.network = config.network.mode;
+    }
+    decision
+}
+
+/// The accelerator guests use (`Kvm` or `Tcg`); see `effective_decision`.
 pub fn effective_accel(home: &Home, config: &Config) -> Accel {
     if config.compute.accel != Accel::Auto {
         return config.compute.accel;
     }
-    if let Some(report) = Report::load(&home.root().join(REPORT_FILE)) {
-        if report.host_root == Path::new("/") {
-            return report.decision.accel;
-        }
-    }
-    run(config, &Options::for_home(home, Path::new("/"), false)).decision.accel
+    effective_decision(home, config).accel
 }
 
 #[cfg(test)]
