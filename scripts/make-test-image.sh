@@ -70,7 +70,7 @@ for applet in $("$busybox" --list); do
   [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
 done
 
-# Drivers for later guests (disks, NICs, the config drive) and what they depend on, in an
+# Drivers for later guests (disks, NICs, the config drive as iso9660 or vfat) and what they depend on, in an
 # order insmod can follow. The .deb ships no modules.dep (depmod writes it on install) and the
 # host may have no kmod, so dependencies come from each module's own `depends=` field.
 moddir=$work/pkg/lib/modules/$kver
@@ -102,7 +102,7 @@ load_module() {
   ko_cat "$f" >"$root/lib/modules/$1.ko"
   echo "$1.ko" >>"$root/etc/modules"
 }
-for want in virtio_pci virtio_blk virtio_net virtio_scsi ata_piix sr_mod sd_mod cdrom isofs; do
+for want in virtio_pci virtio_blk virtio_net virtio_scsi ata_piix sr_mod sd_mod cdrom isofs vfat nls_cp437 nls_ascii; do
   load_module "$want"
 done
 
@@ -127,8 +127,9 @@ if [ -n "$dev" ] && mount -o ro "$dev" /mnt/config 2>/dev/null; then
   meta=/mnt/config/openstack/latest/meta_data.json
   if [ -f "$meta" ]; then
     # meta_data.json is one line of JSON; busybox has no JSON parser, sed is enough here.
-    tr -d '\n' <"$meta" | sed -n 's/.*"hostname": *"\([^"]*\)".*/novabox-guest: hostname \1/p'
-    tr -d '\n' <"$meta" | sed -n 's/.*"public_keys": *{ *"[^"]*": *"\([^"]*\)".*/novabox-guest: public-key \1/p'
+    json=$(tr -d '\n' <"$meta")
+    echo "$json" | sed -n 's/.*"hostname": *"\([^"]*\)".*/novabox-guest: hostname \1/p'
+    echo "$json" | sed -n 's/.*"public_keys": *{ *"[^"]*": *"\([^"]*\)".*/novabox-guest: public-key \1/p'
   fi
 fi
 echo "novabox-guest: ready"

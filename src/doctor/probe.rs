@@ -86,7 +86,7 @@ pub fn ensure_test_image(dir: &Path) -> Result<TestImage, ProbeError> {
 
 #[derive(Debug, Clone)]
 pub struct BootOutcome {
-    /// The guest printed `INIT_MARKER` before the timeout.
+    /// The guest printed the marker (`INIT_MARKER` for `boot`) before the timeout.
     pub reached_init: bool,
     /// Time to the marker, or until qemu exited or the timeout.
     pub elapsed: Duration,
@@ -97,6 +97,19 @@ pub struct BootOutcome {
 /// Boots the test guest under `accel` (`Kvm` or `Tcg`), waits for the init marker on the serial
 /// console (written to `console`), and stops the qemu it started, by its pid.
 pub fn boot(image: &TestImage, accel: Accel, timeout: Duration, console: &Path) -> Result<BootOutcome, ProbeError> {
+    boot_until(image, accel, timeout, console, &[], INIT_MARKER)
+}
+
+/// Like `boot`, with extra qemu arguments (drives, NICs) and another console line to wait for
+/// (`novabox-guest: ready` once the guest has read its config drive).
+pub fn boot_until(
+    image: &TestImage,
+    accel: Accel,
+    timeout: Duration,
+    console: &Path,
+    extra_args: &[std::ffi::OsString],
+    marker: &str,
+) -> Result<BootOutcome, ProbeError> {
     let qemu = hostpkgs::find_program("qemu-system-x86_64").ok_or(ProbeError::NoQemu)?;
     let accel_name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
     let _ = std::fs::remove_file(console);
@@ -112,6 +125,7 @@ pub fn boot(image: &TestImage, accel: Accel, timeout: Duration, console: &Path) 
         .arg("-initrd")
         .arg(&image.initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -120,7 +134,7 @@ pub fn boot(image: &TestImage, accel: Accel, timeout: Duration, console: &Path) 
     tracing::debug!(pid = child.id(), accel = accel_name, "probe guest started");
     let outcome = loop {
         let text = std::fs::read_to_string(console).unwrap_or_default();
-        if text.contains(INIT_MARKER) {
+        if text.contains(marker) {
             break BootOutcome { reached_init: true, elapsed: start.elapsed(), detail: String::new() };
         }
         match child.try_wait() {
@@ -144,7 +158,7 @@ pub fn boot(image: &TestImage, accel: Accel, timeout: Duration, console: &Path) 
             break BootOutcome {
                 reached_init: false,
                 elapsed: start.elapsed(),
-                detail: format!("no init marker within {}", human_duration(timeout)),
+                detail: format!("no {marker:?} within {}", human_duration(timeout)),
             };
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -280,13 +280,44 @@ fn probe_reports_a_timeout_without_leaving_qemu_behind_needs_qemu() {
     let console = dir.path().join("c.log");
     let outcome = probe::boot(image, Accel::Tcg, Duration::from_millis(300), &console).unwrap();
     assert!(!outcome.reached_init);
-    assert_eq!(outcome.detail, "no init marker within 300 ms");
+    assert_eq!(outcome.detail, "no \"novabox-guest: init reached\" within 300 ms");
     // The console path is unique to this test: no process may still have it on its command line.
     let needle = console.to_string_lossy().into_owned();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         assert!(!String::from_utf8_lossy(&cmdline).contains(&needle), "qemu left running: {:?}", entry.path());
     }
+}
+
+/// The test guest reads hostname and key from a config drive (here a vfat one that qemu builds
+/// from a directory, which needs no ISO tool on the host).
+#[test]
+fn test_guest_reads_its_config_drive_needs_qemu() {
+    require_qemu();
+    let image = test_guest();
+    let dir = tempfile::tempdir().unwrap();
+    let latest = dir.path().join("drive/openstack/latest");
+    std::fs::create_dir_all(&latest).unwrap();
+    std::fs::write(
+        latest.join("meta_data.json"),
+        r#"{"uuid": "6f1c", "hostname": "demo-1", "name": "demo",
+           "public_keys": {"mykey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 test@novabox"}}"#,
+    )
+    .unwrap();
+    let drive =
+        format!("driver=vvfat,node-name=cfg,dir={},label=config-2,read-only=on", dir.path().join("drive").display());
+    let args: Vec<std::ffi::OsString> =
+        ["-blockdev", &drive, "-device", "virtio-blk-pci,drive=cfg"].iter().map(|a| a.into()).collect();
+    let console = dir.path().join("console.log");
+    let outcome =
+        probe::boot_until(image, Accel::Tcg, probe::TCG_TIMEOUT, &console, &args, "novabox-guest: ready").unwrap();
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(outcome.reached_init, "{outcome:?}\n{text}");
+    assert!(
+        text.contains("novabox-guest: hostname demo-1\n") || text.contains("novabox-guest: hostname demo-1\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("novabox-guest: public-key ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 test@novabox"), "{text}");
 }
 
 /// The done criterion of `novabox doctor --boot-probe` on any host: one of KVM and TCG boots the
