@@ -188,6 +188,21 @@ fn fixture_container_says_to_pass_the_device() {
 }
 
 #[test]
+fn fixture_other_hypervisors_get_their_own_fix() {
+    for (scenario, platform, needle) in [
+        ("kvm-cloud-guest", "kvm-guest", "GCP: --enable-nested-virtualization"),
+        ("wsl2", "wsl2", "nestedVirtualization=true under [wsl2]"),
+        ("virtualbox", "virtualbox", "--nested-hw-virt on"),
+    ] {
+        let (r, _) = doctor_fixture(scenario);
+        assert_eq!(r["environment"]["platform"], platform, "{scenario}");
+        assert_eq!(status(&r, "cpu.virt_extensions"), "FAIL", "{scenario}");
+        assert!(fix(&r, "cpu.virt_extensions").contains(needle), "{scenario}: {}", fix(&r, "cpu.virt_extensions"));
+        assert_eq!(r["decision"]["accel"], "tcg", "{scenario}");
+    }
+}
+
+#[test]
 fn fixture_roots_skip_live_only_checks_with_a_note() {
     for scenario in SCENARIOS {
         let (r, _) = doctor_fixture(scenario);
