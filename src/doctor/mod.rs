@@ -165,8 +165,7 @@ pub fn run(config: &Config, opts: &Options) -> Report {
     let cpu = cpu::CpuInfo::read(&host);
     let env = environment::detect(&host, &cpu);
     let mut checks = vec![environment::check_platform(&env), environment::check_container(&env)];
-    let kvm_facts_pvm = host.module_loaded("kvm_pvm");
-    checks.push(cpu::check_virt_extensions(&cpu, &env, kvm_facts_pvm));
+    checks.push(cpu::check_virt_extensions(&cpu, &env, host.module_loaded("kvm_pvm")));
     checks.push(cpu::check_cores(&cpu));
     let kvm = kvm::run_checks(&host, &cpu, &env, &mut checks);
     let qemu_present = resources::program_present(&host, "qemu-system-x86_64");
@@ -311,6 +310,10 @@ fn decide(
             Some(true) => {
                 reasons.push("a test guest booted under KVM".to_string());
                 Accel::Kvm
+            }
+            Some(false) if probes.tcg == Some(false) => {
+                reasons.push("the test guest booted under neither KVM nor TCG (see probe.tcg)".to_string());
+                Accel::Tcg
             }
             Some(false) => {
                 reasons.push("a test guest did not boot under KVM, TCG is the fallback".to_string());
