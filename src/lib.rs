@@ -12,6 +12,7 @@ pub mod compute;
 pub mod conductor;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod home;
 pub mod hostpkgs;
 pub mod images;

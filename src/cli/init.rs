@@ -63,6 +63,9 @@ pub struct InitArgs {
     /// Do not write clouds.yaml
     #[arg(long)]
     pub no_clouds_yaml: bool,
+    /// Do not boot the test guest to choose between KVM and TCG (the choice is then unproven)
+    #[arg(long)]
+    pub no_boot_probe: bool,
 }
 
 macro_rules! value_enum_mirror {
@@ -84,9 +87,10 @@ value_enum_mirror!(NetworkModeArg => NetworkMode { Auto, Bridge, User });
 impl InitArgs {
     /// What `up` uses to initialize a new home: defaults, no prompts, and package installs
     /// only with the user's `--yes`.
-    pub fn for_up(yes: bool) -> InitArgs {
+    pub fn for_up(yes: bool, no_boot_probe: bool) -> InitArgs {
         InitArgs {
             yes,
+            no_boot_probe,
             force: false,
             no_install: !yes,
             api_port: None,
@@ -228,6 +232,10 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+
+    // 6. What this host can run; `auto` accel, driver and network come from this report.
+    let probe = !args.no_boot_probe && config.compute.driver != Driver::Fake;
+    super::doctor::run_for_init(&home, &config, probe)?;
 
     println!("novabox home   {}", home.root().display());
     println!("config         {}{}", home.config_file().display(), if write_config { "" } else { " (kept)" });

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub mod config;
+pub mod doctor;
 pub mod init;
 pub mod logging;
 pub mod server;
@@ -13,6 +14,8 @@ pub mod up;
 
 /// Generic failure: the message printed says what went wrong and what to do.
 pub const EXIT_FAILURE: u8 = 1;
+/// `novabox doctor`: the checks ran and at least one is FAIL.
+pub const EXIT_CHECKS_FAILED: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "novabox", version, about = "A single-host OpenStack-style compute cloud", propagate_version = true)]
@@ -38,6 +41,8 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check whether this host can run guests (KVM or TCG) and print the fix when not
+    Doctor(doctor::DoctorArgs),
     /// Create or update the state directory, config, database, users and clouds.yaml
     Init(init::InitArgs),
     /// Show the effective configuration
@@ -55,6 +60,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Doctor(args) => doctor::run(&cli.global, args),
         Command::Init(args) => init::run(&cli.global, args),
         Command::Config(cmd) => config::run(&cli.global, cmd),
         Command::Up(args) => up::up(&cli.global, args),

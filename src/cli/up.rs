@@ -83,7 +83,9 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     if !home.is_initialized() {
         eprintln!("{} is new: initializing it first", home.root().display());
-        super::init::run(global, InitArgs::for_up(args.yes))?;
+        // A run on the fake driver has no use for the (slow) probe boot.
+        let fake = matches!(args.driver, Some(DriverArg::Fake));
+        super::init::run(global, InitArgs::for_up(args.yes, fake))?;
     }
     let config = effective_config(&home, args.bus, args.driver)?;
     if args.detach {

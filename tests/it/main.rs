@@ -1,4 +1,5 @@
 //! The end-to-end tests: one binary (one link step) that drives the real `novabox` binary.
 
 mod common;
+mod doctor;
 mod init;
