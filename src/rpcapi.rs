@@ -50,6 +50,9 @@ pub struct RequestSpec {
     #[serde(default)]
     pub image_properties: Value,
     pub requested_networks: RequestedNetworks,
+    /// The boot image as the compute host will read it.
+    #[serde(default)]
+    pub image: Option<crate::compute::virt::ImageMeta>,
 }
 
 /// Decodes a reply, mapping a shape mismatch to a bus codec error.
@@ -119,6 +122,14 @@ impl ConductorApi {
     /// The interfaces an instance already has (for restarting a guest).
     pub async fn network_info(&self, ctx: &Context, uuid: &str) -> Result<Vec<Vif>, BusError> {
         self.call(ctx, "network_info", json!({"uuid": uuid})).await
+    }
+    /// An image as a compute host reads it (for restarting guests).
+    pub async fn image_meta(
+        &self,
+        ctx: &Context,
+        image_id: &str,
+    ) -> Result<Option<crate::compute::virt::ImageMeta>, BusError> {
+        self.call(ctx, "image_meta", json!({"image_id": image_id})).await
     }
     pub async fn deallocate_network(&self, ctx: &Context, uuid: &str) -> Result<(), BusError> {
         self.call(ctx, "deallocate_network", json!({"uuid": uuid})).await

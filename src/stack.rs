@@ -117,7 +117,7 @@ pub async fn run(
     let mut ready = Ready { api_url: None, driver: "none", services: Vec::new() };
 
     if let (Some(db), true) = (&db, services.contains(&Service::Conductor)) {
-        let conductor = Arc::new(Conductor::new(db.clone(), config.clone()));
+        let conductor = Arc::new(Conductor::new(db.clone(), config.clone(), home.clone()));
         subscriptions.push(bus.serve(CONDUCTOR_TOPIC, conductor).await?);
         subscriptions.push(bus.serve(NOTIFICATIONS_TOPIC, Arc::new(NotificationStore::new(db.clone()))).await?);
         db.with(|d| d.service_heartbeat(&host, crate::conductor::BINARY, CONDUCTOR_TOPIC))?;

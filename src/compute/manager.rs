@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::virt::{GuestSpec, Vif, VirtDriver};
+use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver};
 use crate::bus::{BusError, Context, Handler, Message, RemoteError};
 use crate::config::Config;
 use crate::db::instances::{power, Instance, InstanceUpdate};
@@ -170,20 +170,14 @@ impl ComputeManager {
         }
     }
 
+    /// The spec of a guest that exists already (restarting it after a host restart).
     async fn guest_spec(&self, ctx: &Context, inst: &Instance) -> Result<GuestSpec, BusError> {
         let vifs: Vec<Vif> = self.conductor.network_info(ctx, &inst.uuid).await?;
-        Ok(GuestSpec {
-            uuid: inst.uuid.clone(),
-            name: inst.display_name.clone(),
-            hostname: inst.hostname.clone(),
-            memory_mb: inst.flavor.memory_mb,
-            vcpus: inst.flavor.vcpus,
-            root_gb: inst.flavor.root_gb,
-            image_id: inst.image_ref.clone(),
-            user_data: inst.user_data.clone(),
-            key_data: inst.key_data.clone(),
-            network_info: vifs,
-        })
+        let image = match &inst.image_ref {
+            Some(id) if !id.is_empty() => self.conductor.image_meta(ctx, id).await?,
+            _ => None,
+        };
+        Ok(guest_spec(inst, image, vifs))
     }
 
     async fn build_and_run(&self, ctx: &Context, inst: Instance, spec: RequestSpec) {
@@ -221,18 +215,7 @@ impl ComputeManager {
             })?;
         self.conductor.instance_update(ctx, uuid, &task_update("block_device_mapping", "networking")).await?;
         self.conductor.instance_update(ctx, uuid, &task_update("spawning", "block_device_mapping")).await?;
-        let guest = GuestSpec {
-            uuid: uuid.clone(),
-            name: inst.display_name.clone(),
-            hostname: inst.hostname.clone(),
-            memory_mb: inst.flavor.memory_mb,
-            vcpus: inst.flavor.vcpus,
-            root_gb: inst.flavor.root_gb,
-            image_id: inst.image_ref.clone(),
-            user_data: inst.user_data.clone(),
-            key_data: inst.key_data.clone(),
-            network_info: vifs,
-        };
+        let guest = guest_spec(inst, spec.image.clone(), vifs);
         self.driver.spawn(&guest).await.map_err(|e| Abort::Failed(e.to_string()))?;
         let done = InstanceUpdate {
             vm_state: Some("active".into()),
@@ -367,6 +350,28 @@ impl ComputeManager {
     }
 }
 
+fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
+    GuestSpec {
+        uuid: inst.uuid.clone(),
+        name: inst.display_name.clone(),
+        hostname: inst.hostname.clone(),
+        project_id: inst.project_id.clone(),
+        memory_mb: inst.flavor.memory_mb,
+        vcpus: inst.flavor.vcpus,
+        root_gb: inst.flavor.root_gb,
+        ephemeral_gb: inst.flavor.ephemeral_gb,
+        swap_mb: inst.flavor.swap,
+        image,
+        user_data: inst.user_data.clone(),
+        key_name: inst.key_name.clone(),
+        key_data: inst.key_data.clone(),
+        metadata: inst.metadata.clone(),
+        config_drive: !inst.config_drive.is_empty(),
+        availability_zone: inst.availability_zone.clone(),
+        network_info,
+    }
+}
+
 #[derive(Clone, Copy)]
 enum PowerAction {
     Stop,
@@ -398,6 +403,7 @@ impl Handler for ComputeManager {
                     scheduler_hints: Value::Null,
                     image_properties: Value::Null,
                     requested_networks: RequestedNetworks::Auto,
+                    image: None,
                 });
                 self.build_and_run(&ctx, a.instance, spec).await;
             }

@@ -23,6 +23,7 @@ pub const BINARY: &str = "novabox-conductor";
 pub struct Conductor {
     db: SharedDb,
     config: Arc<Config>,
+    home: crate::home::Home,
 }
 
 fn db_error(e: DbError) -> RemoteError {
@@ -39,8 +40,8 @@ struct Uuid {
 }
 
 impl Conductor {
-    pub fn new(db: SharedDb, config: Arc<Config>) -> Conductor {
-        Conductor { db, config }
+    pub fn new(db: SharedDb, config: Arc<Config>, home: crate::home::Home) -> Conductor {
+        Conductor { db, config, home }
     }
 
     fn instance_update(&self, a: Value) -> Result<Value, RemoteError> {
@@ -161,6 +162,16 @@ impl Conductor {
         Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
     }
 
+    fn image_meta(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            image_id: String,
+        }
+        let a: A = args(a)?;
+        let meta = self.db.with(|db| crate::images::image_meta(db, &self.home, &a.image_id)).map_err(db_error)?;
+        Ok(serde_json::to_value(meta).unwrap_or(Value::Null))
+    }
+
     fn deallocate_network(&self, a: Value) -> Result<Value, RemoteError> {
         let a: Uuid = args(a)?;
         self.db.with(|db| network::deallocate(db, &a.uuid))?;
@@ -182,6 +193,7 @@ impl Handler for Conductor {
             "allocate_network" => self.allocate_network(args),
             "deallocate_network" => self.deallocate_network(args),
             "network_info" => self.network_info(args),
+            "image_meta" => self.image_meta(args),
             other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
         }
     }

@@ -50,10 +50,19 @@ impl TestHome {
     pub fn init(&self, extra: &[&str]) -> Output {
         let port = free_port().to_string();
         let mut cmd = self.novabox();
-        cmd.args(["init", "--yes", "--no-install", "--no-boot-probe", "--api-port", &port, "--bus-port", &free_port().to_string()])
-            .arg("--clouds-yaml")
-            .arg(self.clouds_yaml())
-            .args(extra);
+        cmd.args([
+            "init",
+            "--yes",
+            "--no-install",
+            "--no-boot-probe",
+            "--api-port",
+            &port,
+            "--bus-port",
+            &free_port().to_string(),
+        ])
+        .arg("--clouds-yaml")
+        .arg(self.clouds_yaml())
+        .args(extra);
         run(&mut cmd)
     }
 }

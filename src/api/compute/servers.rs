@@ -447,6 +447,7 @@ fn sanitize_hostname(name: &str) -> String {
     }
 }
 
+#[derive(Debug)]
 struct ParsedCreate {
     name: String,
     description: Option<String>,
@@ -725,7 +726,8 @@ pub async fn create(
 
     // Validate against the database and write the instances, all in one critical section so
     // quotas hold under concurrent creates.
-    let (instances, image_props) = state.db.with(|db| -> ApiResult<(Vec<Instance>, Value)> {
+    type Created = (Vec<Instance>, Value, Option<crate::compute::virt::ImageMeta>);
+    let (instances, image_props, image_meta) = state.db.with(|db| -> ApiResult<Created> {
         let flavor = db
             .flavor_by_flavorid(&p.flavor_ref)?
             .ok_or_else(|| ApiError::bad_request(format!("Flavor {} could not be found.", p.flavor_ref)))?;
@@ -816,7 +818,8 @@ pub async fn create(
             created.push(db.create_instance(&new)?);
         }
         let props = json!(image.properties);
-        Ok((created, props))
+        let meta = crate::images::image_meta(db, &state.home, &image.id)?;
+        Ok((created, props, meta))
     })?;
 
     let spec = RequestSpec {
@@ -824,6 +827,7 @@ pub async fn create(
         scheduler_hints: p.hints.clone(),
         image_properties: image_props,
         requested_networks: p.networks.clone(),
+        image: image_meta,
     };
     let uuids: Vec<String> = instances.iter().map(|i| i.uuid.clone()).collect();
     if let Err(e) = SchedulerApi::new(state.bus.clone()).build_instances(&ctx, &uuids, &spec).await {

@@ -115,18 +115,7 @@ mod tests {
     #[tokio::test]
     async fn lifecycle() {
         let d = FakeDriver::new(Duration::ZERO, 2, 2048, 10);
-        let spec = GuestSpec {
-            uuid: "u1".into(),
-            name: "vm".into(),
-            hostname: "vm".into(),
-            memory_mb: 64,
-            vcpus: 1,
-            root_gb: 1,
-            image_id: None,
-            user_data: None,
-            key_data: None,
-            network_info: vec![],
-        };
+        let spec = GuestSpec::for_test("u1", "vm");
         d.spawn(&spec).await.unwrap();
         assert_eq!(d.power_state("u1").await, power::RUNNING);
         d.power_off("u1").await.unwrap();

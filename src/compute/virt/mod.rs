@@ -19,13 +19,39 @@ pub struct GuestSpec {
     pub uuid: String,
     pub name: String,
     pub hostname: String,
+    pub project_id: String,
     pub memory_mb: i64,
     pub vcpus: i64,
     pub root_gb: i64,
-    pub image_id: Option<String>,
+    pub ephemeral_gb: i64,
+    pub swap_mb: i64,
+    /// The boot image, when booting from one.
+    pub image: Option<ImageMeta>,
+    /// Base64 as the API received it.
     pub user_data: Option<String>,
+    pub key_name: Option<String>,
     pub key_data: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub config_drive: bool,
+    pub availability_zone: Option<String>,
     pub network_info: Vec<Vif>,
+}
+
+/// What a driver needs of an image: where its bytes are on this host and how to read them.
+/// Kernel and ramdisk images (AMI style, `kernel_id`/`ramdisk_id`) come resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    pub id: String,
+    pub name: Option<String>,
+    pub disk_format: Option<String>,
+    pub container_format: Option<String>,
+    pub size: Option<i64>,
+    /// Absolute path of the image file in the home's image store.
+    pub file: Option<String>,
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+    pub kernel: Option<Box<ImageMeta>>,
+    pub ramdisk: Option<Box<ImageMeta>>,
 }
 
 /// One network interface of a guest, as the network side allocated it.
@@ -93,4 +119,29 @@ fn disk_gb(path: &std::path::Path) -> Option<i64> {
         return None;
     }
     Some((st.f_blocks as i64).saturating_mul(st.f_frsize as i64) / (1 << 30))
+}
+
+impl GuestSpec {
+    /// A minimal spec for driver tests.
+    pub fn for_test(uuid: &str, name: &str) -> GuestSpec {
+        GuestSpec {
+            uuid: uuid.into(),
+            name: name.into(),
+            hostname: name.into(),
+            project_id: "p".into(),
+            memory_mb: 64,
+            vcpus: 1,
+            root_gb: 1,
+            ephemeral_gb: 0,
+            swap_mb: 0,
+            image: None,
+            user_data: None,
+            key_name: None,
+            key_data: None,
+            metadata: Default::default(),
+            config_drive: false,
+            availability_zone: None,
+            network_info: vec![],
+        }
+    }
 }
