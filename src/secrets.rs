@@ -27,6 +27,10 @@ pub enum SecretsError {
 pub struct Secrets {
     pub admin_password: String,
     pub demo_password: String,
+    /// A second unprivileged user in its own project (DevStack's alt_demo), for trying
+    /// isolation between projects. Empty in homes made before it existed: `init` fills it.
+    #[serde(default)]
+    pub alt_demo_password: String,
     pub rabbit_password: String,
     pub erlang_cookie: String,
 }
@@ -36,6 +40,7 @@ impl Secrets {
         Secrets {
             admin_password: random_token(20),
             demo_password: random_token(20),
+            alt_demo_password: random_token(20),
             rabbit_password: random_token(24),
             // Erlang cookies must be plain uppercase letters to be safe in every shell.
             erlang_cookie: random_token(32).to_ascii_uppercase(),

@@ -293,6 +293,11 @@ fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
     let stored = Secrets::load(&home.secrets_file())?;
     let lost = stored.is_none() && db.user_by_name("admin")?.is_some();
     let secrets = match stored {
+        Some(mut s) if s.alt_demo_password.is_empty() => {
+            s.alt_demo_password = secrets::random_token(20);
+            s.save(&home.secrets_file())?;
+            s
+        }
         Some(s) => s,
         None => {
             let s = Secrets::generate();
@@ -302,6 +307,7 @@ fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
     };
     let admin_project = db.ensure_project("admin", "Bootstrap project for the admin user")?;
     let demo_project = db.ensure_project("demo", "Project for the demo user")?;
+    let alt_project = db.ensure_project("alt_demo", "A second project, to try isolation between projects")?;
     db.ensure_project("service", "Project for novabox's own services")?;
     let admin_role = db.ensure_role("admin")?;
     let member_role = db.ensure_role("member")?;
@@ -309,6 +315,7 @@ fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
     for (name, password, project, roles) in [
         ("admin", &secrets.admin_password, &admin_project, vec![&admin_role, &member_role, &reader_role]),
         ("demo", &secrets.demo_password, &demo_project, vec![&member_role, &reader_role]),
+        ("alt_demo", &secrets.alt_demo_password, &alt_project, vec![&member_role, &reader_role]),
     ] {
         let (user_id, created) = db.ensure_user(name, &secrets::hash_password(password)?, project)?;
         if lost && !created {

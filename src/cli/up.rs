@@ -232,6 +232,7 @@ fn ready_document(
         "credentials": {
             "admin": {"username": "admin", "password": secrets.admin_password, "project_name": "admin"},
             "demo": {"username": "demo", "password": secrets.demo_password, "project_name": "demo"},
+            "alt_demo": {"username": "alt_demo", "password": secrets.alt_demo_password, "project_name": "alt_demo"},
         },
     })
 }

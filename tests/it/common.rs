@@ -85,3 +85,96 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A running `novabox up` of a test home, stopped (SIGTERM, by pid) when dropped.
+pub struct Stack {
+    child: std::process::Child,
+    /// The ready document `up --json` printed.
+    pub ready: serde_json::Value,
+}
+
+impl TestHome {
+    /// Starts `novabox up --json` with the extra flags and waits for it to be ready.
+    pub fn up(&self, extra: &[&str]) -> Stack {
+        use std::io::BufRead;
+        let mut cmd = self.novabox();
+        cmd.args(["up", "--json"]).args(extra);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("start novabox up");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        // Keep draining stderr so a chatty stack never blocks on a full pipe; keep it for failures.
+        let log = self.path().join("up.stderr");
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(log).expect("log");
+            let _ = std::io::copy(&mut std::io::BufReader::new(stderr), &mut f);
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let err = std::fs::read_to_string(self.path().join("up.stderr")).unwrap_or_default();
+                panic!("novabox up did not become ready:\n{err}");
+            }
+        };
+        let ready = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad ready line {line:?}: {e}"));
+        Stack { child, ready }
+    }
+
+    /// The stack's log so far, for assertion messages.
+    pub fn up_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("up.stderr")).unwrap_or_default()
+    }
+}
+
+impl Stack {
+    pub fn auth_url(&self) -> String {
+        self.ready["auth_url"].as_str().expect("auth_url").to_string()
+    }
+
+    pub fn password(&self, user: &str) -> String {
+        self.ready["credentials"][user]["password"].as_str().expect("password").to_string()
+    }
+
+    /// A logged-in API client as `user` (demo or admin) in the project of the same name.
+    pub async fn client(&self, user: &str) -> novabox::client::Client {
+        novabox::client::Client::login(&self.auth_url(), user, &self.password(user), user).await.expect("login")
+    }
+
+    /// Stops the stack gracefully and returns its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}

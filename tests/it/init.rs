@@ -14,8 +14,7 @@ fn init_twice_keeps_data_and_passwords() {
     assert_ok(&out);
     let db = home.path().join("novabox.db");
     let secrets = std::fs::read_to_string(home.path().join("secrets.toml")).unwrap();
-    let hash_before: i64 = sqlite_count(&db, "SELECT count(*) FROM users");
-    assert_eq!(hash_before, 2);
+    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM users"), 3);
     assert_eq!(sqlite_count(&db, "SELECT count(*) FROM flavors"), 6);
     // Data a user made must survive a second init.
     rusqlite::Connection::open(&db)
@@ -32,9 +31,9 @@ fn init_twice_keeps_data_and_passwords() {
     assert!(stdout(&out).contains("(kept)"), "{}", stdout(&out));
     assert_eq!(std::fs::read_to_string(home.path().join("secrets.toml")).unwrap(), secrets);
     assert_eq!(std::fs::read_to_string(home.path().join("novabox.toml")).unwrap(), config_before);
-    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM users"), 2);
+    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM users"), 3);
     assert_eq!(sqlite_count(&db, "SELECT count(*) FROM flavors"), 7);
-    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM projects"), 3);
+    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM projects"), 4);
 }
 
 #[test]
@@ -55,7 +54,7 @@ fn changed_flags_need_force_and_force_keeps_the_database() {
     assert_ok(&run(&mut cmd));
     let config = std::fs::read_to_string(home.path().join("novabox.toml")).unwrap();
     assert!(config.contains(&format!("port = {port}")), "{config}");
-    assert_eq!(sqlite_count(&home.path().join("novabox.db"), "SELECT count(*) FROM users"), 2);
+    assert_eq!(sqlite_count(&home.path().join("novabox.db"), "SELECT count(*) FROM users"), 3);
 }
 
 #[test]

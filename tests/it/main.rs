@@ -1,5 +1,7 @@
 //! The end-to-end tests: one binary (one link step) that drives the real `novabox` binary.
 
+mod clients;
 mod common;
+mod compute;
 mod doctor;
 mod init;

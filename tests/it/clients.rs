@@ -1,0 +1,155 @@
+//! Standard OpenStack clients, unchanged, against `novabox up`: python-openstackclient and an
+//! openstacksdk script, installed from PyPI by `scripts/install-clients`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::*;
+
+fn venv_bin(name: &str) -> PathBuf {
+    let p = manifest_dir().join(".build/venv/bin").join(name);
+    assert!(p.exists(), "{} is missing: run scripts/install-clients (scripts/test does)", p.display());
+    p
+}
+
+fn image_file(home: &TestHome) -> PathBuf {
+    let p = home.path().join("disk.raw");
+    let bytes: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn osc(home: &TestHome, args: &[&str]) -> String {
+    let out = run(Command::new(venv_bin("openstack"))
+        .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .args(["--os-cloud", "novabox"])
+        .args(args));
+    assert!(
+        out.status.success(),
+        "openstack {args:?} failed:\n{}\n{}\nstack log:\n{}",
+        stdout(&out),
+        stderr(&out),
+        home.up_log()
+    );
+    stdout(&out)
+}
+
+fn osc_json(home: &TestHome, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["-f", "json"]);
+    let text = osc(home, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("openstack {args:?}: not JSON ({e}): {text}"))
+}
+
+fn wait_status(home: &TestHome, name: &str, want: &str) {
+    for _ in 0..300 {
+        let s = osc_json(home, &["server", "show", name]);
+        if s["status"] == want {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{name} never reached {want}");
+}
+
+#[test]
+fn openstackclient_flow_on_the_local_bus() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let _stack = home.up(&[]);
+    let file = image_file(&home);
+
+    let flavors = osc_json(&home, &["flavor", "list"]);
+    assert!(flavors.as_array().unwrap().iter().any(|f| f["Name"] == "m1.nano"), "{flavors}");
+    let image = osc_json(
+        &home,
+        &[
+            "image",
+            "create",
+            "--file",
+            file.to_str().unwrap(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "osc-image",
+        ],
+    );
+    assert_eq!(image["status"], "active", "{image}");
+    let images = osc_json(&home, &["image", "list"]);
+    assert!(images.as_array().unwrap().iter().any(|i| i["Name"] == "osc-image"), "{images}");
+    let networks = osc_json(&home, &["network", "list"]);
+    assert!(networks.as_array().unwrap().iter().any(|n| n["Name"] == "private"), "{networks}");
+    let key = osc(&home, &["keypair", "create", "osc-key"]);
+    assert!(key.contains("PRIVATE KEY"), "{key}");
+
+    let server = osc_json(
+        &home,
+        &[
+            "server",
+            "create",
+            "--image",
+            "osc-image",
+            "--flavor",
+            "m1.nano",
+            "--network",
+            "private",
+            "--key-name",
+            "osc-key",
+            "--wait",
+            "vm1",
+        ],
+    );
+    assert_eq!(server["status"], "ACTIVE", "{server}");
+    let list = osc_json(&home, &["server", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let shown = osc_json(&home, &["server", "show", "vm1"]);
+    assert!(shown["addresses"].to_string().contains("private"), "{shown}");
+    assert_eq!(shown["key_name"], "osc-key");
+
+    let console = osc(&home, &["console", "log", "show", "vm1"]);
+    assert!(console.contains("vm1"), "{console}");
+
+    osc(&home, &["server", "stop", "vm1"]);
+    wait_status(&home, "vm1", "SHUTOFF");
+    osc(&home, &["server", "start", "vm1"]);
+    wait_status(&home, "vm1", "ACTIVE");
+    osc(&home, &["server", "delete", "--wait", "vm1"]);
+    let list = osc_json(&home, &["server", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+}
+
+#[test]
+fn openstacksdk_flow_on_rabbitmq() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "rabbitmq"]));
+    let stack = home.up(&[]);
+    assert_eq!(stack.ready["bus"], "rabbitmq");
+    let file = image_file(&home);
+    let script = manifest_dir().join("tests/clients/sdk_flow.py");
+    let out = run(Command::new(venv_bin("python"))
+        .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
+        .arg(script)
+        .arg("novabox")
+        .arg(&file));
+    assert!(
+        out.status.success(),
+        "sdk flow failed:\n{}\n{}\nstack log:\n{}",
+        stdout(&out),
+        stderr(&out),
+        home.up_log()
+    );
+    assert!(stdout(&out).contains("sdk flow: ok"));
+    let status = stack.stop();
+    assert!(status.success(), "up did not exit cleanly: {status:?}");
+    // The private broker (and its epmd) went with the stack.
+    for entry in std::fs::read_dir(home.path().join("run")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "pid") {
+            if let Ok(Some(pid)) = novabox::supervise::read_pid_file(&path) {
+                assert!(!novabox::supervise::is_alive(pid), "{} still running", path.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The compute API against a real `novabox up` (fake driver, local bus): nova's error
+//! shapes and codes, tenancy, quotas, scheduling failures, microversions.
+
+use std::time::Duration;
+
+use novabox::client::ClientError;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+async fn raw(
+    stack: &Stack,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let base = stack.auth_url().replace("/identity/v3", "");
+    let mut req = reqwest::Client::new().request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.header("x-auth-token", t);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn token(stack: &Stack, user: &str) -> String {
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"id": "default"}, "password": stack.password(user)}}},
+        "scope": {"project": {"name": user, "domain": {"id": "default"}}},
+    }});
+    let base = stack.auth_url();
+    let resp = reqwest::Client::new().post(format!("{base}/auth/tokens")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.headers()["x-subject-token"].to_str().unwrap().to_string()
+}
+
+async fn first_image(stack: &Stack, tok: &str) -> String {
+    let (status, _, v) = raw(stack, Some(tok), Method::GET, "/image/v2/images", None, &[]).await;
+    assert_eq!(status, 200);
+    if let Some(id) = v["images"].as_array().and_then(|l| l.first()).and_then(|i| i["id"].as_str()) {
+        return id.to_string();
+    }
+    let (status, _, img) = raw(
+        stack,
+        Some(tok),
+        Method::POST,
+        "/image/v2/images",
+        Some(r#"{"name": "blob", "disk_format": "raw", "container_format": "bare", "visibility": "public"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{img}");
+    let id = img["id"].as_str().unwrap().to_string();
+    let base = stack.auth_url().replace("/identity/v3", "");
+    let resp = reqwest::Client::new()
+        .put(format!("{base}/image/v2/images/{id}/file"))
+        .header("x-auth-token", tok)
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    id
+}
+
+fn server_body(image: &str, flavor: &str, name: &str) -> String {
+    json!({"server": {"name": name, "imageRef": image, "flavorRef": flavor, "networks": "none"}}).to_string()
+}
+
+const V279: (&str, &str) = ("openstack-api-version", "compute 2.79");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nova_errors_tenancy_quotas_and_microversions() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let admin = token(&stack, "admin").await;
+    let demo = token(&stack, "demo").await;
+    let alt = token(&stack, "alt_demo").await;
+    let image = first_image(&stack, &admin).await;
+
+    // Version documents need no token; microversion negotiation.
+    let (s, _, v) = raw(&stack, None, Method::GET, "/compute/", None, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["versions"][0]["version"], "2.79");
+    let (s, h, v) = raw(
+        &stack,
+        Some(&demo),
+        Method::GET,
+        "/compute/v2.1/flavors",
+        None,
+        &[("openstack-api-version", "compute 2.999")],
+    )
+    .await;
+    assert_eq!(s, 406, "{v}");
+    assert!(v["notAcceptable"]["message"].as_str().unwrap().contains("2.79"), "{v}");
+    assert_eq!(h["openstack-api-version"], "compute 2.1");
+    let (s, h, _) = raw(&stack, Some(&demo), Method::GET, "/compute/v2.1/flavors", None, &[V279]).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["openstack-api-version"], "compute 2.79");
+    assert!(h["vary"].to_str().unwrap().contains("OpenStack-API-Version"));
+
+    // Authentication.
+    let (s, _, v) = raw(&stack, Some("not-a-token"), Method::GET, "/compute/v2.1/servers", None, &[]).await;
+    assert_eq!(s, 401);
+    assert!(v["unauthorized"]["message"].is_string(), "{v}");
+    let (s, h, v) = raw(&stack, None, Method::POST, "/identity/v3/auth/tokens",
+        Some(r#"{"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "demo", "domain": {"id": "default"}, "password": "wrong"}}}}}"#), &[]).await;
+    assert_eq!(s, 401);
+    assert_eq!(v["error"]["code"], 401);
+    assert!(h.contains_key("www-authenticate"));
+
+    // Malformed and invalid bodies: 400 with the field named.
+    let (s, _, v) = raw(&stack, Some(&demo), Method::POST, "/compute/v2.1/servers", Some("{not json"), &[V279]).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["badRequest"]["message"].is_string(), "{v}");
+    let extra =
+        json!({"server": {"name": "a", "imageRef": image, "flavorRef": "42", "networks": "none", "colour": "red"}});
+    let (s, _, v) =
+        raw(&stack, Some(&demo), Method::POST, "/compute/v2.1/servers", Some(&extra.to_string()), &[V279]).await;
+    assert_eq!(s, 400);
+    assert!(v["badRequest"]["message"].as_str().unwrap().contains("colour"), "{v}");
+    let long = server_body(&image, "42", &"x".repeat(256));
+    let (s, _, _) = raw(&stack, Some(&demo), Method::POST, "/compute/v2.1/servers", Some(&long), &[V279]).await;
+    assert_eq!(s, 400);
+    let (s, _, v) = raw(
+        &stack,
+        Some(&demo),
+        Method::POST,
+        "/compute/v2.1/servers",
+        Some(&server_body("no-such-image", "42", "a")),
+        &[V279],
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(v["badRequest"]["message"].as_str().unwrap().contains("no-such-image"), "{v}");
+    let (s, _, v) = raw(
+        &stack,
+        Some(&demo),
+        Method::POST,
+        "/compute/v2.1/servers",
+        Some(&server_body(&image, "999", "a")),
+        &[V279],
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(v["badRequest"]["message"].as_str().unwrap().contains("Flavor 999"), "{v}");
+    let (s, _, _) = raw(&stack, Some(&demo), Method::GET, "/compute/v2.1/no-such-thing", None, &[]).await;
+    assert_eq!(s, 404);
+    let (s, _, v) = raw(&stack, Some(&demo), Method::PATCH, "/compute/v2.1/servers", None, &[]).await;
+    assert_eq!(s, 405, "{v}");
+
+    // A server of demo's is invisible to alt_demo, visible to admin with all_tenants.
+    let (s, _, v) = raw(
+        &stack,
+        Some(&demo),
+        Method::POST,
+        "/compute/v2.1/servers",
+        Some(&server_body(&image, "42", "mine")),
+        &[V279],
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    assert!(v["server"]["adminPass"].is_string());
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    let client = stack.client("demo").await;
+    let server = client.wait_for(&id, "ACTIVE", Duration::from_secs(30)).await.expect("ACTIVE");
+    assert_eq!(server["OS-EXT-STS:vm_state"], "active");
+    assert!(server["OS-SRV-USG:launched_at"].as_str().unwrap().ends_with(".000000"), "{server}");
+    assert!(server["created"].as_str().unwrap().ends_with('Z'));
+    for path in [format!("/compute/v2.1/servers/{id}")] {
+        let (s, _, v) = raw(&stack, Some(&alt), Method::GET, &path, None, &[]).await;
+        assert_eq!(s, 404, "{v}");
+        assert!(v["itemNotFound"].is_object(), "{v}");
+        let (s, _, _) = raw(&stack, Some(&alt), Method::DELETE, &path, None, &[]).await;
+        assert_eq!(s, 404);
+    }
+    let (_, _, v) = raw(&stack, Some(&alt), Method::GET, "/compute/v2.1/servers", None, &[]).await;
+    assert_eq!(v["servers"].as_array().unwrap().len(), 0);
+    let (_, _, v) = raw(&stack, Some(&admin), Method::GET, "/compute/v2.1/servers?all_tenants=1", None, &[]).await;
+    assert_eq!(v["servers"].as_array().unwrap().len(), 1);
+    let (s, _, _) = raw(&stack, Some(&demo), Method::GET, "/compute/v2.1/os-hypervisors", None, &[]).await;
+    assert_eq!(s, 403, "non-admins cannot use admin APIs");
+    let (s, _, v) = raw(&stack, Some(&admin), Method::GET, "/compute/v2.1/os-hypervisors/detail", None, &[V279]).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["hypervisors"][0]["running_vms"], 1, "{v}");
+
+    // Actions in the wrong state are 409.
+    let (s, _, v) = raw(
+        &stack,
+        Some(&demo),
+        Method::POST,
+        &format!("/compute/v2.1/servers/{id}/action"),
+        Some(r#"{"os-start": null}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["conflictingRequest"]["message"].as_str().unwrap().contains("vm_state active"), "{v}");
+    let (s, _, _) = raw(
+        &stack,
+        Some(&demo),
+        Method::POST,
+        &format!("/compute/v2.1/servers/{id}/action"),
+        Some(r#"{"os-fly": null}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    // Quotas: m1.xlarge x3 is 24 cores, over the default 20.
+    let three =
+        json!({"server": {"name": "big", "imageRef": image, "flavorRef": "5", "networks": "none", "min_count": 3}});
+    let (s, _, v) =
+        raw(&stack, Some(&demo), Method::POST, "/compute/v2.1/servers", Some(&three.to_string()), &[V279]).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["forbidden"]["message"].as_str().unwrap().contains("Quota exceeded for cores"), "{v}");
+
+    // A flavor no host can hold ends in ERROR with nova's fault, not in BUILD forever.
+    let huge = json!({"flavor": {"name": "huge", "ram": 64, "vcpus": 1, "disk": 1_000_000_000, "id": "huge"}});
+    let (s, _, v) =
+        raw(&stack, Some(&admin), Method::POST, "/compute/v2.1/flavors", Some(&huge.to_string()), &[]).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, v) = raw(
+        &stack,
+        Some(&admin),
+        Method::POST,
+        "/compute/v2.1/servers",
+        Some(&server_body(&image, "huge", "nohost")),
+        &[V279],
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let nohost = v["server"]["id"].as_str().unwrap().to_string();
+    let admin_client = stack.client("admin").await;
+    let err = admin_client.wait_for(&nohost, "ACTIVE", Duration::from_secs(30)).await.unwrap_err();
+    assert!(err.to_string().contains("No valid host"), "{err}");
+    let shown = admin_client.compute(Method::GET, &format!("/servers/{nohost}"), None).await.unwrap();
+    assert_eq!(shown["server"]["status"], "ERROR");
+    assert_eq!(shown["server"]["fault"]["code"], 500);
+    // An ERROR server with no host is deleted at once.
+    admin_client.compute(Method::DELETE, &format!("/servers/{nohost}"), None).await.unwrap();
+    match admin_client.compute(Method::GET, &format!("/servers/{nohost}"), None).await {
+        Err(ClientError::Api { status, .. }) => assert_eq!(status, 404),
+        other => panic!("still there: {other:?}"),
+    }
+
+    // Delete and wait until it is gone.
+    client.compute(Method::DELETE, &format!("/servers/{id}"), None).await.unwrap();
+    client.wait_for(&id, "DELETED", Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_stored_and_compute_restart_reconciles() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let admin = token(&stack, "admin").await;
+    let image = first_image(&stack, &admin).await;
+    let client = stack.client("demo").await;
+    let created = client
+        .compute(Method::POST, "/servers", Some(serde_json::from_str(&server_body(&image, "42", "keeper")).unwrap()))
+        .await
+        .unwrap();
+    let id = created["server"]["id"].as_str().unwrap().to_string();
+    client.wait_for(&id, "ACTIVE", Duration::from_secs(30)).await.unwrap();
+
+    // The fake driver forgets its guests when the process goes; on the next `up` the compute
+    // manager finds the instance ACTIVE in the database and starts it again.
+    let status = stack.stop();
+    assert!(status.success());
+    let stack = home.up(&[]);
+    let client = stack.client("demo").await;
+    let s = client.wait_for(&id, "ACTIVE", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s["OS-EXT-STS:power_state"], 1);
+    let out = client
+        .compute(Method::POST, &format!("/servers/{id}/action"), Some(json!({"os-getConsoleOutput": {}})))
+        .await
+        .unwrap();
+    assert!(out["output"].as_str().unwrap().contains("keeper"), "{out}");
+
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).unwrap();
+    let events: Vec<String> = db
+        .prepare("SELECT event_type FROM notifications WHERE instance_uuid = ?1 ORDER BY id")
+        .unwrap()
+        .query_map([&id], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(events, vec!["compute.instance.create.start", "compute.instance.create.end"]);
+}
