@@ -20,6 +20,7 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     token: String,
+    identity: String,
     compute: String,
     image: String,
     network: String,
@@ -115,6 +116,31 @@ impl Client {
 
     pub async fn network(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         self.request(method, format!("{}/v2.0{path}", self.network), body).await
+    }
+
+    /// GET on the identity service, e.g. `/projects` (admins).
+    pub async fn request_identity(&self, path: &str) -> Result<Value, ClientError> {
+        self.request(Method::GET, format!("{}/v3{path}", self.identity), None).await
+    }
+
+    /// Uploads image data (`PUT /v2/images/{id}/file`).
+    pub async fn upload_image(&self, id: &str, data: Vec<u8>) -> Result<(), ClientError> {
+        let url = format!("{}/v2/images/{id}/file", self.image);
+        let resp = self
+            .http
+            .put(&url)
+            .header("x-auth-token", &self.token)
+            .header("content-type", "application/octet-stream")
+            .body(data)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api { method: "PUT".into(), url, status, message: error_message(&text) });
+        }
+        Ok(())
     }
 
     /// A server by id or by exact name.

@@ -128,6 +128,11 @@ pub struct ComputeConfig {
     pub reserved_host_memory_mb: u64,
     /// What the fake driver waits before a guest is "running", to mimic a slow hypervisor.
     pub fake_delay_ms: u64,
+    /// The host the fake driver pretends to be (nova's fake driver is similarly roomy), so
+    /// benchmarks and CI can place thousands of fake guests.
+    pub fake_vcpus: u64,
+    pub fake_memory_mb: u64,
+    pub fake_local_gb: u64,
     pub heartbeat_secs: u64,
     /// A service whose last heartbeat is older than this is down for the scheduler.
     pub service_down_secs: u64,
@@ -144,6 +149,9 @@ impl Default for ComputeConfig {
             disk_allocation_ratio: 1.0,
             reserved_host_memory_mb: 512,
             fake_delay_ms: 0,
+            fake_vcpus: 1000,
+            fake_memory_mb: 1024 * 1024,
+            fake_local_gb: 100_000,
             heartbeat_secs: 10,
             service_down_secs: 60,
         }
@@ -291,6 +299,15 @@ impl Config {
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 1000.0) {
                 return invalid(key, &v, "use a ratio above 0 and at most 1000");
+            }
+        }
+        for (key, v) in [
+            ("compute.fake_vcpus", self.compute.fake_vcpus),
+            ("compute.fake_memory_mb", self.compute.fake_memory_mb),
+            ("compute.fake_local_gb", self.compute.fake_local_gb),
+        ] {
+            if v == 0 || v > i32::MAX as u64 {
+                return invalid(key, &v, "use a positive number");
             }
         }
         if self.compute.heartbeat_secs == 0 {

@@ -60,12 +60,12 @@ pub struct Ready {
 }
 
 /// The virt driver the config asks for.
-pub fn make_driver(config: &Config, home: &Home) -> Result<Arc<dyn VirtDriver>, StackError> {
+pub fn make_driver(config: &Config, _home: &Home) -> Result<Arc<dyn VirtDriver>, StackError> {
     match config.compute.driver {
         Driver::Fake | Driver::Auto => {
-            let (vcpus, memory_mb, local_gb) = crate::compute::virt::probe_host(home.root());
-            let delay = Duration::from_millis(config.compute.fake_delay_ms);
-            Ok(Arc::new(FakeDriver::new(delay, vcpus, memory_mb, local_gb)))
+            let c = &config.compute;
+            let delay = Duration::from_millis(c.fake_delay_ms);
+            Ok(Arc::new(FakeDriver::new(delay, c.fake_vcpus as i64, c.fake_memory_mb as i64, c.fake_local_gb as i64)))
         }
         Driver::Qemu => Err(StackError::DriverUnavailable("qemu")),
         Driver::Libvirt => Err(StackError::DriverUnavailable("libvirt")),

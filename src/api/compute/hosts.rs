@@ -303,3 +303,49 @@ pub async fn quota_set_detail(
     }
     Ok(Json(json!({"quota_set": quota_view(&state, &project, v, true)?})))
 }
+
+/// PUT /os-quota-sets/{project}: admins set a project's limits (-1 is unlimited).
+pub async fn update_quota_set(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(project): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let (body, _) = parse_body::<Value>(body)?;
+    let set = body
+        .get("quota_set")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_request("'quota_set' is a required property"))?;
+    let known: Vec<&str> = crate::db::quotas::DEFAULTS.iter().map(|(k, _)| *k).collect();
+    let mut changes = Vec::new();
+    for (k, val) in set {
+        if k == "force" {
+            continue;
+        }
+        if !known.contains(&k.as_str()) || (v.at_least(57) && k.starts_with("injected_file")) {
+            return Err(ApiError::bad_request(format!("Additional properties are not allowed ('{k}' was unexpected)")));
+        }
+        let n = val
+            .as_i64()
+            .or_else(|| val.as_str().and_then(|s| s.parse().ok()))
+            .filter(|n| *n >= -1 && *n <= i32::MAX as i64)
+            .ok_or_else(|| ApiError::bad_request(format!("Invalid input for field/attribute {k}: {val}")))?;
+        changes.push((k.clone(), n));
+    }
+    if state.db.with(|db| db.project_by_id(&project))?.is_none() {
+        return Err(ApiError::bad_request(format!("Project {project} could not be found.")));
+    }
+    state.db.with(|db| -> crate::db::Result<()> {
+        for (k, n) in &changes {
+            db.set_quota(&project, k, *n)?;
+        }
+        Ok(())
+    })?;
+    let mut view = quota_view(&state, &project, v, false)?;
+    if let Some(o) = view.as_object_mut() {
+        o.remove("id");
+    }
+    Ok(Json(json!({ "quota_set": view })))
+}

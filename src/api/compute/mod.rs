@@ -41,7 +41,7 @@ pub fn router() -> Router<AppState> {
         .route("/os-availability-zone", get(hosts::availability_zones))
         .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
         .route("/limits", get(hosts::limits))
-        .route("/os-quota-sets/{project}", get(hosts::quota_set))
+        .route("/os-quota-sets/{project}", get(hosts::quota_set).put(hosts::update_quota_set))
         .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail));
     Router::new()
         .route("/", get(versions))
