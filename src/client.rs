@@ -77,6 +77,7 @@ impl Client {
                 .ok_or_else(|| ClientError::Protocol(format!("no {kind} endpoint in the catalog")))
         };
         Ok(Client {
+            identity: endpoint("identity")?,
             compute: endpoint("compute")?,
             image: endpoint("image")?,
             network: endpoint("network")?,
