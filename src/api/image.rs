@@ -22,6 +22,8 @@ use crate::images::{self, ImageError, ImageWriter};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        // A fallback of our own, so unknown paths under the prefix get this service's error body.
+        .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .route("/", get(versions))
         .route("/versions", get(versions_explicit))
         .route("/v2", get(versions))

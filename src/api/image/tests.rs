@@ -465,3 +465,15 @@ async fn list_pages_sorts_and_filters() {
         assert!(r.json()["name"].is_string());
     }
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_glance_errors() {
+    let cloud = Cloud::new();
+    let demo = cloud.token("demo").await;
+    let r = cloud.get("/image/v2/bogus", &demo).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().starts_with("404 Not Found"), "{}", r.text());
+    let r = cloud.call(Method::POST, "/image/v2/schemas/image", Some(&demo), None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.text().starts_with("405 Method Not Allowed"), "{}", r.text());
+}
