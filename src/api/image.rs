@@ -545,15 +545,21 @@ fn compare(a: &Image, b: &Image, sort: &[(String, bool)]) -> Ordering {
     Ordering::Equal
 }
 
-/// Filters, sorts and pages `all` for `auth`; returns the page and whether another follows.
-pub fn select_images(auth: &Auth, q: &ListQuery, all: Vec<Image>) -> ApiResult<(Vec<Image>, bool)> {
+/// Filters, sorts and pages `all` for `auth`, continuing after `marker` (the image the
+/// previous page ended with); returns the page and whether another follows.
+pub fn select_images(
+    auth: &Auth,
+    q: &ListQuery,
+    all: Vec<Image>,
+    marker: Option<&Image>,
+) -> ApiResult<(Vec<Image>, bool)> {
     let mut list: Vec<Image> = all.into_iter().filter(|i| listed(auth, q, i)).collect();
     list.sort_by(|a, b| compare(a, b, &q.sort));
-    let start = match &q.marker {
-        Some(m) => {
-            let pos = list.iter().position(|i| &i.id == m);
-            pos.map(|p| p + 1).ok_or_else(|| bad(format!("Invalid marker. Image {m} could not be found.")))?
-        }
+    // Position by the marker's sort values, not its place in the list: the marker may have
+    // been deleted (or have left the filter) since the previous page, as when a client
+    // deletes while it pages.
+    let start = match marker {
+        Some(m) => list.iter().position(|i| compare(i, m, &q.sort) == Ordering::Greater).unwrap_or(list.len()),
         None => 0,
     };
     let page: Vec<Image> = list.into_iter().skip(start).take(q.limit).collect();
@@ -578,8 +584,18 @@ async fn list_images(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     let q = parse_list_query(&pairs)?;
-    let all = state.db.with(|db| db.images())?;
-    let (page, more) = select_images(&auth, &q, all)?;
+    let (all, marker) = state.db.with(|db| -> ApiResult<_> {
+        let marker = match &q.marker {
+            Some(m) => Some(
+                db.image_row_including_deleted(m)?
+                    .filter(|i| i.status == "deleted" || can_see(&auth, i))
+                    .ok_or_else(|| bad(format!("Invalid marker. Image {m} could not be found.")))?,
+            ),
+            None => None,
+        };
+        Ok((db.images()?, marker))
+    })?;
+    let (page, more) = select_images(&auth, &q, all, marker.as_ref())?;
     let mut body = json!({
         "images": page.iter().map(image_json).collect::<Vec<_>>(),
         "first": "/v2/images",
