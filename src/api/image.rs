@@ -684,18 +684,16 @@ pub fn apply_patch(auth: &Auth, img: &mut Image, ops: &Value) -> ApiResult<()> {
             }
             continue;
         }
-        let exists = img.properties.contains_key(&key);
-        match (kind, value) {
-            ("remove", _) | ("replace", _) if !exists => {
-                return Err(ApiError::conflict(format!("Property {key} does not exist.")));
-            }
-            ("remove", _) => {
-                img.properties.remove(&key);
-            }
-            (_, Some(v)) => {
+        if kind != "add" && !img.properties.contains_key(&key) {
+            return Err(ApiError::conflict(format!("Property {key} does not exist.")));
+        }
+        match value.filter(|_| kind != "remove") {
+            Some(v) => {
                 img.properties.insert(key.clone(), string_property(&key, v)?);
             }
-            (_, None) => unreachable!("checked above: add and replace carry a value"),
+            None => {
+                img.properties.remove(&key);
+            }
         }
     }
     Ok(())
@@ -752,13 +750,14 @@ async fn upload(
         )));
     }
 
+    // From here on, any way out but success (an error, or the client going away, which drops
+    // this future) puts the image back to queued so the client can simply try again; the
+    // writer removes its partial file the same way.
+    let saving = BackToQueued { state: &state, id: &id, armed: true };
     let result = store_body(&state, &id, body, img.disk_format.clone(), limit_mb).await;
     let data = match result {
         Ok(d) => d,
         Err(e) => {
-            // Back to queued, so the client can simply try again; the writer already removed
-            // its partial file.
-            let _ = state.db.with(|db| db.set_image_status(&id, "saving", "queued"));
             tracing::warn!(image_id = %id, error = %e, "image upload failed");
             return Err(match e {
                 ImageError::TooLarge { .. } => too_large(),
@@ -767,12 +766,38 @@ async fn upload(
             });
         }
     };
-    if !state.db.with(|db| db.finish_image_upload(&id, &data))? {
+    let finished = state.db.with(|db| db.finish_image_upload(&id, &data));
+    if !matches!(finished, Ok(true)) {
         let _ = images::remove_file(&state.home, &data.path);
+        finished?;
         return Err(ApiError::new(StatusCode::GONE, format!("Image {id} was deleted during the upload.")));
     }
+    saving.disarm();
     tracing::info!(image_id = %id, size = data.size, checksum = %data.md5, "image data stored");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Returns a `saving` image to `queued` when dropped armed.
+struct BackToQueued<'a> {
+    state: &'a AppState,
+    id: &'a str,
+    armed: bool,
+}
+
+impl BackToQueued<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for BackToQueued<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.state.db.with(|db| db.set_image_status(self.id, "saving", "queued")) {
+                tracing::error!(image_id = %self.id, error = %e, "could not return a failed upload to queued");
+            }
+        }
+    }
 }
 
 /// Streams the request body into the store. File writes and hashing run on the blocking pool,
