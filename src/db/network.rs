@@ -1135,6 +1135,14 @@ mod tests {
     }
 
     #[test]
+    fn default_network_needs_the_admin_project() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let err = db.ensure_default_network(&Config::default()).unwrap_err();
+        assert!(matches!(err, DbError::NotFound(ref m) if m.contains("novabox init")), "{err}");
+    }
+
+    #[test]
     fn default_network_is_created_once() {
         let (_t, db) = db();
         let config = Config::default();

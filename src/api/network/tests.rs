@@ -208,6 +208,8 @@ async fn discovery_and_error_shapes() {
     assert_eq!(msg, "Network nope could not be found.");
     let r = cloud.get("/network/v2.0/bogus", &demo).await;
     neutron_error(&r, StatusCode::NOT_FOUND, "HTTPNotFound");
+    let r = cloud.call(Method::PATCH, "/network/v2.0/networks", Some(&demo), None).await;
+    neutron_error(&r, StatusCode::METHOD_NOT_ALLOWED, "HTTPMethodNotAllowed");
     let r = cloud.post("/network/v2.0/networks", &demo, json!({"network": {"name": "x", "color": "red"}})).await;
     neutron_error(&r, StatusCode::BAD_REQUEST, "HTTPBadRequest");
     let r = cloud.post("/network/v2.0/networks", &demo, json!({"net": {}})).await;
