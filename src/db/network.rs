@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use rand::Rng;
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use super::{now, Db, DbError, Result};
@@ -402,6 +402,13 @@ fn json_text<T: Serialize>(v: &T) -> String {
 }
 
 impl Db {
+    /// A transaction that takes the write lock at once. Checks followed by writes (the next
+    /// free address, "is there a default group yet") must not interleave with another
+    /// process's (the API and the conductor may be separate processes on one database).
+    fn write_transaction(&self) -> Result<Transaction<'_>> {
+        Ok(Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)?)
+    }
+
     // -----------------------------------------------------------------------------------
     // Networks
 
@@ -703,7 +710,7 @@ impl Db {
     /// `NotFound` for a missing network, subnet or group; an address outside its subnet is
     /// `Conflict` with neutron's message too.
     pub fn allocate_port(&self, new: &NewPort) -> Result<Port> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_transaction()?;
         let net_security: Option<bool> = tx
             .query_row("SELECT port_security_enabled FROM networks WHERE id = ?1", [&new.network_id], |r| r.get(0))
             .optional()?;
@@ -929,10 +936,10 @@ impl Db {
     /// (egress anywhere over IPv4 and IPv6; ingress from members of the group itself) the
     /// first time it is needed.
     pub fn ensure_default_security_group(&self, project_id: &str) -> Result<String> {
+        let tx = self.write_transaction()?;
         if let Some(g) = self.security_group_by_name(project_id, DEFAULT_SECURITY_GROUP)? {
             return Ok(g.id);
         }
-        let tx = self.conn().unchecked_transaction()?;
         let id = new_id();
         let ts = now();
         tx.execute(
