@@ -699,6 +699,11 @@ impl Db {
         self.query_ports("WHERE p.device_id = ?1", &[&device_id])
     }
 
+    /// The ports of one network, oldest first (what a DHCP server for it hands out).
+    pub fn ports_on_network(&self, network_id: &str) -> Result<Vec<Port>> {
+        self.query_ports("WHERE p.network_id = ?1", &[&network_id])
+    }
+
     /// Deletes every port of `device_id` with its addresses; returns how many went.
     pub fn release_ports_for_device(&self, device_id: &str) -> Result<usize> {
         Ok(self.conn().execute("DELETE FROM ports WHERE device_id = ?1", [device_id])?)
@@ -1198,6 +1203,7 @@ mod tests {
             macs.insert(p.mac_address);
         }
         assert_eq!(macs.len(), 5, "MACs must be unique");
+        assert_eq!(db.ports_on_network(&net.id).unwrap().len(), 5);
         let err = db.allocate_port(&new("vm9")).unwrap_err();
         assert!(matches!(err, DbError::NoFreeIp { .. }), "{err}");
         assert!(db.ports_for_device("vm9").unwrap().is_empty(), "a failed allocation leaves no port");
