@@ -200,6 +200,7 @@ pub fn import_file(
         if !db.set_image_status(&image.id, "queued", "saving")? {
             return Err(ImageError::NotQueued(image.id.clone()));
         }
+        // A local import is the operator's own file: `[images] max_upload_mb` guards the API only.
         let mut writer = ImageWriter::create(&home.images_dir(), &image.id, u64::MAX / (1024 * 1024))?;
         let mut buf = vec![0u8; 1024 * 1024];
         loop {

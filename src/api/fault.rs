@@ -117,7 +117,11 @@ impl Family {
                     401 => "HTTPUnauthorized",
                     403 => "HTTPForbidden",
                     404 => "HTTPNotFound",
+                    405 => "HTTPMethodNotAllowed",
                     409 => "Conflict",
+                    413 => "HTTPRequestEntityTooLarge",
+                    415 => "HTTPUnsupportedMediaType",
+                    503 => "HTTPServiceUnavailable",
                     _ => "HTTPInternalServerError",
                 });
                 (status, axum::Json(json!({"NeutronError": {"type": kind, "message": err.message, "detail": ""}})))

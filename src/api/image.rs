@@ -22,6 +22,8 @@ use crate::images::{self, ImageError, ImageWriter};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        // A fallback of our own, so unknown paths under the prefix get this service's error body.
+        .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .route("/", get(versions))
         .route("/versions", get(versions_explicit))
         .route("/v2", get(versions))
@@ -543,15 +545,21 @@ fn compare(a: &Image, b: &Image, sort: &[(String, bool)]) -> Ordering {
     Ordering::Equal
 }
 
-/// Filters, sorts and pages `all` for `auth`; returns the page and whether another follows.
-pub fn select_images(auth: &Auth, q: &ListQuery, all: Vec<Image>) -> ApiResult<(Vec<Image>, bool)> {
+/// Filters, sorts and pages `all` for `auth`, continuing after `marker` (the image the
+/// previous page ended with); returns the page and whether another follows.
+pub fn select_images(
+    auth: &Auth,
+    q: &ListQuery,
+    all: Vec<Image>,
+    marker: Option<&Image>,
+) -> ApiResult<(Vec<Image>, bool)> {
     let mut list: Vec<Image> = all.into_iter().filter(|i| listed(auth, q, i)).collect();
     list.sort_by(|a, b| compare(a, b, &q.sort));
-    let start = match &q.marker {
-        Some(m) => {
-            let pos = list.iter().position(|i| &i.id == m);
-            pos.map(|p| p + 1).ok_or_else(|| bad(format!("Invalid marker. Image {m} could not be found.")))?
-        }
+    // Position by the marker's sort values, not its place in the list: the marker may have
+    // been deleted (or have left the filter) since the previous page, as when a client
+    // deletes while it pages.
+    let start = match marker {
+        Some(m) => list.iter().position(|i| compare(i, m, &q.sort) == Ordering::Greater).unwrap_or(list.len()),
         None => 0,
     };
     let page: Vec<Image> = list.into_iter().skip(start).take(q.limit).collect();
@@ -576,8 +584,18 @@ async fn list_images(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     let q = parse_list_query(&pairs)?;
-    let all = state.db.with(|db| db.images())?;
-    let (page, more) = select_images(&auth, &q, all)?;
+    let (all, marker) = state.db.with(|db| -> ApiResult<_> {
+        let marker = match &q.marker {
+            Some(m) => Some(
+                db.image_row_including_deleted(m)?
+                    .filter(|i| i.status == "deleted" || can_see(&auth, i))
+                    .ok_or_else(|| bad(format!("Invalid marker. Image {m} could not be found.")))?,
+            ),
+            None => None,
+        };
+        Ok((db.images()?, marker))
+    })?;
+    let (page, more) = select_images(&auth, &q, all, marker.as_ref())?;
     let mut body = json!({
         "images": page.iter().map(image_json).collect::<Vec<_>>(),
         "first": "/v2/images",
@@ -666,18 +684,16 @@ pub fn apply_patch(auth: &Auth, img: &mut Image, ops: &Value) -> ApiResult<()> {
             }
             continue;
         }
-        let exists = img.properties.contains_key(&key);
-        match (kind, value) {
-            ("remove", _) | ("replace", _) if !exists => {
-                return Err(ApiError::conflict(format!("Property {key} does not exist.")));
-            }
-            ("remove", _) => {
-                img.properties.remove(&key);
-            }
-            (_, Some(v)) => {
+        if kind != "add" && !img.properties.contains_key(&key) {
+            return Err(ApiError::conflict(format!("Property {key} does not exist.")));
+        }
+        match value.filter(|_| kind != "remove") {
+            Some(v) => {
                 img.properties.insert(key.clone(), string_property(&key, v)?);
             }
-            (_, None) => unreachable!("checked above: add and replace carry a value"),
+            None => {
+                img.properties.remove(&key);
+            }
         }
     }
     Ok(())
@@ -734,13 +750,14 @@ async fn upload(
         )));
     }
 
+    // From here on, any way out but success (an error, or the client going away, which drops
+    // this future) puts the image back to queued so the client can simply try again; the
+    // writer removes its partial file the same way.
+    let saving = BackToQueued { state: &state, id: &id, armed: true };
     let result = store_body(&state, &id, body, img.disk_format.clone(), limit_mb).await;
     let data = match result {
         Ok(d) => d,
         Err(e) => {
-            // Back to queued, so the client can simply try again; the writer already removed
-            // its partial file.
-            let _ = state.db.with(|db| db.set_image_status(&id, "saving", "queued"));
             tracing::warn!(image_id = %id, error = %e, "image upload failed");
             return Err(match e {
                 ImageError::TooLarge { .. } => too_large(),
@@ -749,12 +766,38 @@ async fn upload(
             });
         }
     };
-    if !state.db.with(|db| db.finish_image_upload(&id, &data))? {
+    let finished = state.db.with(|db| db.finish_image_upload(&id, &data));
+    if !matches!(finished, Ok(true)) {
         let _ = images::remove_file(&state.home, &data.path);
+        finished?;
         return Err(ApiError::new(StatusCode::GONE, format!("Image {id} was deleted during the upload.")));
     }
+    saving.disarm();
     tracing::info!(image_id = %id, size = data.size, checksum = %data.md5, "image data stored");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Returns a `saving` image to `queued` when dropped armed.
+struct BackToQueued<'a> {
+    state: &'a AppState,
+    id: &'a str,
+    armed: bool,
+}
+
+impl BackToQueued<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for BackToQueued<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.state.db.with(|db| db.set_image_status(self.id, "saving", "queued")) {
+                tracing::error!(image_id = %self.id, error = %e, "could not return a failed upload to queued");
+            }
+        }
+    }
 }
 
 /// Streams the request body into the store. File writes and hashing run on the blocking pool,

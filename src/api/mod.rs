@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         // A nested "/" matches only "/image", but clients also ask for "/image/".
         .route("/image/", axum::routing::get(image::versions))
         .nest("/network", service(network::router(), Family::Network))
+        .route("/network/", axum::routing::get(network::versions))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(context::request_id))
         .with_state(state)

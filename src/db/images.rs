@@ -176,6 +176,12 @@ impl Db {
         }
     }
 
+    /// An image even if it was deleted (as a paging marker, which glance accepts deleted);
+    /// without properties, tags or members.
+    pub fn image_row_including_deleted(&self, id: &str) -> Result<Option<Image>> {
+        Ok(self.conn().query_row(&format!("SELECT {COLUMNS} FROM images WHERE id = ?1"), [id], from_row).optional()?)
+    }
+
     /// Every live image, oldest first. A sandbox holds tens of images, so the API filters,
     /// sorts and pages in memory rather than building SQL per filter.
     pub fn images(&self) -> Result<Vec<Image>> {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use rand::Rng;
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use super::{now, Db, DbError, Result};
@@ -402,6 +402,13 @@ fn json_text<T: Serialize>(v: &T) -> String {
 }
 
 impl Db {
+    /// A transaction that takes the write lock at once. Checks followed by writes (the next
+    /// free address, "is there a default group yet") must not interleave with another
+    /// process's (the API and the conductor may be separate processes on one database).
+    fn write_transaction(&self) -> Result<Transaction<'_>> {
+        Ok(Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)?)
+    }
+
     // -----------------------------------------------------------------------------------
     // Networks
 
@@ -692,6 +699,11 @@ impl Db {
         self.query_ports("WHERE p.device_id = ?1", &[&device_id])
     }
 
+    /// The ports of one network, oldest first (what a DHCP server for it hands out).
+    pub fn ports_on_network(&self, network_id: &str) -> Result<Vec<Port>> {
+        self.query_ports("WHERE p.network_id = ?1", &[&network_id])
+    }
+
     /// Deletes every port of `device_id` with its addresses; returns how many went.
     pub fn release_ports_for_device(&self, device_id: &str) -> Result<usize> {
         Ok(self.conn().execute("DELETE FROM ports WHERE device_id = ?1", [device_id])?)
@@ -703,7 +715,7 @@ impl Db {
     /// `NotFound` for a missing network, subnet or group; an address outside its subnet is
     /// `Conflict` with neutron's message too.
     pub fn allocate_port(&self, new: &NewPort) -> Result<Port> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_transaction()?;
         let net_security: Option<bool> = tx
             .query_row("SELECT port_security_enabled FROM networks WHERE id = ?1", [&new.network_id], |r| r.get(0))
             .optional()?;
@@ -929,10 +941,10 @@ impl Db {
     /// (egress anywhere over IPv4 and IPv6; ingress from members of the group itself) the
     /// first time it is needed.
     pub fn ensure_default_security_group(&self, project_id: &str) -> Result<String> {
+        let tx = self.write_transaction()?;
         if let Some(g) = self.security_group_by_name(project_id, DEFAULT_SECURITY_GROUP)? {
             return Ok(g.id);
         }
-        let tx = self.conn().unchecked_transaction()?;
         let id = new_id();
         let ts = now();
         tx.execute(
@@ -1135,6 +1147,14 @@ mod tests {
     }
 
     #[test]
+    fn default_network_needs_the_admin_project() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let err = db.ensure_default_network(&Config::default()).unwrap_err();
+        assert!(matches!(err, DbError::NotFound(ref m) if m.contains("novabox init")), "{err}");
+    }
+
+    #[test]
     fn default_network_is_created_once() {
         let (_t, db) = db();
         let config = Config::default();
@@ -1183,6 +1203,7 @@ mod tests {
             macs.insert(p.mac_address);
         }
         assert_eq!(macs.len(), 5, "MACs must be unique");
+        assert_eq!(db.ports_on_network(&net.id).unwrap().len(), 5);
         let err = db.allocate_port(&new("vm9")).unwrap_err();
         assert!(matches!(err, DbError::NoFreeIp { .. }), "{err}");
         assert!(db.ports_for_device("vm9").unwrap().is_empty(), "a failed allocation leaves no port");

@@ -92,7 +92,7 @@ fn list_visibility_rules() {
     ];
     let names = |a: &Auth, q: &str| -> Vec<String> {
         let q = parse_list_query(&pairs(q)).unwrap();
-        let (page, _) = select_images(a, &q, all.clone()).unwrap();
+        let (page, _) = select_images(a, &q, all.clone(), None).unwrap();
         let mut v: Vec<String> = page.into_iter().map(|i| i.id).collect();
         v.sort();
         v
@@ -455,6 +455,13 @@ async fn list_pages_sorts_and_filters() {
     let v = cloud.get("/image/v2/images?name=in:a,c&sort=name:desc", &demo).await.json();
     let names: Vec<&str> = v["images"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["c", "a"]);
+    // Paging goes on after the marker is deleted, as in glance.
+    let v = cloud.get("/image/v2/images?sort_key=name&sort_dir=asc&limit=1", &demo).await.json();
+    let first = v["images"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(cloud.delete(&format!("/image/v2/images/{first}"), &demo).await.status, StatusCode::NO_CONTENT);
+    let v = cloud.get(&format!("/image{}", v["next"].as_str().unwrap()), &demo).await.json();
+    let names: Vec<&str> = v["images"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["b"]);
     let r = cloud.get("/image/v2/images?marker=nope", &demo).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.text().starts_with("400 Bad Request"), "{}", r.text());
@@ -464,4 +471,57 @@ async fn list_pages_sorts_and_filters() {
         assert_eq!(r.status, StatusCode::OK, "{s}");
         assert!(r.json()["name"].is_string());
     }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_glance_errors() {
+    let cloud = Cloud::new();
+    let demo = cloud.token("demo").await;
+    let r = cloud.get("/image/v2/bogus", &demo).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().starts_with("404 Not Found"), "{}", r.text());
+    let r = cloud.call(Method::POST, "/image/v2/schemas/image", Some(&demo), None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.text().starts_with("405 Method Not Allowed"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn short_upload_returns_to_queued_and_leaves_nothing() {
+    let cloud = Cloud::new();
+    let demo = cloud.token("demo").await;
+    let img = create(&cloud, &demo, json!({"name": "cut", "disk_format": "raw", "container_format": "bare"})).await;
+    let id = img["id"].as_str().unwrap();
+    // The client sends some data, then the connection breaks.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(vec![1u8; 64 * 1024]), Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "gone"))];
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/image/v2/images/{id}/file"))
+        .header("x-auth-token", &demo)
+        .header("content-type", "application/octet-stream")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let r = cloud.send(req).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(image_files(&cloud).is_empty(), "partial data left: {:?}", image_files(&cloud));
+    assert_eq!(cloud.get(&format!("/image/v2/images/{id}"), &demo).await.json()["status"], "queued");
+
+    // A client that goes away mid-upload drops the handler: the image must not stay saving.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Vec<u8>, std::io::Error>>();
+    tx.send(Ok(vec![2u8; 1024])).unwrap();
+    let rx = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/image/v2/images/{id}/file"))
+        .header("x-auth-token", &demo)
+        .header("content-type", "application/octet-stream")
+        .body(Body::from_stream(rx))
+        .unwrap();
+    let pending = tower::ServiceExt::oneshot(cloud.app.clone(), req);
+    // Let the handler start and mark the image saving, then abandon the request.
+    let abandoned = tokio::time::timeout(std::time::Duration::from_millis(300), pending).await;
+    assert!(abandoned.is_err(), "the upload cannot finish while the body is open");
+    drop(tx);
+    assert_eq!(cloud.get(&format!("/image/v2/images/{id}"), &demo).await.json()["status"], "queued");
+    assert!(image_files(&cloud).is_empty(), "partial data left: {:?}", image_files(&cloud));
 }

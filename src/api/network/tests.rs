@@ -1,0 +1,658 @@
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::api::testing::{Cloud, Reply};
+
+fn neutron_error(r: &Reply, status: StatusCode, kind: &str) -> String {
+    assert_eq!(r.status, status, "{}", r.text());
+    let v = r.json();
+    let err = &v["NeutronError"];
+    assert_eq!(err["type"], kind, "{v}");
+    assert_eq!(err["detail"], "", "{v}");
+    err["message"].as_str().unwrap_or_default().to_string()
+}
+
+fn ids(v: &Value, collection: &str) -> Vec<String> {
+    v[collection].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect()
+}
+
+async fn created(cloud: &Cloud, token: &str, uri: &str, body: Value, key: &str) -> Value {
+    let r = cloud.post(uri, token, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{uri}: {}", r.text());
+    r.json()[key].clone()
+}
+
+#[test]
+fn list_body_filters_sorts_pages_and_selects_fields() {
+    let items = vec![
+        json!({"id": "a", "name": "x", "shared": true, "fixed_ips": [{"ip_address": "10.0.0.2", "subnet_id": "s"}]}),
+        json!({"id": "b", "name": "y", "shared": false, "fixed_ips": []}),
+        json!({"id": "c", "name": "x", "shared": false, "fixed_ips": [{"ip_address": "10.0.0.3", "subnet_id": "s"}]}),
+    ];
+    let q = |s: &str| -> Vec<(String, String)> {
+        s.split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap())
+            .map(|(a, b)| (a.into(), b.into()))
+            .collect()
+    };
+    let run = |s: &str| list_body("things", items.clone(), &q(s), "http://h/network/v2.0/things", "NotFound").unwrap();
+    assert_eq!(ids(&run("name=x"), "things"), vec!["a", "c"]);
+    assert_eq!(ids(&run("name=x&name=y&shared=False"), "things"), vec!["b", "c"]);
+    assert_eq!(ids(&run("unknown=1"), "things"), vec!["a", "b", "c"]);
+    let v = list_body("things", items.clone(), &[("fixed_ips".into(), "ip_address=10.0.0.3".into())], "u", "NotFound")
+        .unwrap();
+    assert_eq!(ids(&v, "things"), vec!["c"]);
+    assert_eq!(ids(&run("sort_key=name&sort_dir=desc&sort_key=id&sort_dir=desc"), "things"), vec!["b", "c", "a"]);
+    let v = run("limit=2");
+    assert_eq!(ids(&v, "things"), vec!["a", "b"]);
+    assert_eq!(v["things_links"][0]["href"], "http://h/network/v2.0/things?limit=2&marker=b");
+    let v = run("limit=2&marker=b");
+    assert_eq!(ids(&v, "things"), vec!["c"]);
+    assert!(v.get("things_links").is_none());
+    let v = run("fields=id&fields=name");
+    assert_eq!(v["things"][0], json!({"id": "a", "name": "x"}));
+    assert!(list_body("t", items.clone(), &q("marker=zzz"), "u", "NotFound").is_err());
+    assert!(list_body("t", items, &q("sort_dir=sideways"), "u", "NotFound").is_err());
+}
+
+#[test]
+fn rule_validation() {
+    let ok = |v: Value| validate_rule(v.as_object().unwrap(), "p").unwrap();
+    let r = ok(
+        json!({"security_group_id": "g", "direction": "ingress", "protocol": "TCP", "port_range_min": 22, "port_range_max": "22"}),
+    );
+    assert_eq!(
+        (r.protocol.as_deref(), r.port_range_min, r.port_range_max, r.ethertype.as_str()),
+        (Some("tcp"), Some(22), Some(22), "IPv4")
+    );
+    let r = ok(
+        json!({"security_group_id": "g", "direction": "egress", "ethertype": "ipv6", "protocol": "any", "remote_ip_prefix": "::/0"}),
+    );
+    assert_eq!((r.protocol, r.ethertype.as_str()), (None, "IPv6"));
+    let r = ok(
+        json!({"security_group_id": "g", "direction": "ingress", "protocol": 1, "port_range_min": 8, "port_range_max": 0}),
+    );
+    assert_eq!(r.protocol.as_deref(), Some("1"));
+    let r = ok(json!({"security_group_id": "g", "direction": "ingress", "remote_ip_prefix": "10.0.0.5"}));
+    assert_eq!(r.remote_ip_prefix.as_deref(), Some("10.0.0.5/32"));
+
+    let cases = [
+        (json!({"security_group_id": "g", "direction": "sideways"}), "InvalidInput"),
+        (json!({"security_group_id": "g", "direction": "ingress", "ethertype": "IPX"}), "InvalidInput"),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "protocol": "bogus"}),
+            "SecurityGroupRuleInvalidProtocol",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "protocol": 256}),
+            "SecurityGroupRuleInvalidProtocol",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "port_range_min": 22}),
+            "SecurityGroupProtocolRequiredWithPorts",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "protocol": "tcp", "port_range_min": 90, "port_range_max": 80}),
+            "SecurityGroupInvalidPortRange",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "protocol": "udp", "port_range_min": 0, "port_range_max": 80}),
+            "SecurityGroupInvalidPortValue",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "protocol": "tcp", "port_range_min": 1, "port_range_max": 70000}),
+            "SecurityGroupInvalidPortValue",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "protocol": "icmp", "port_range_max": 0}),
+            "SecurityGroupMissingIcmpType",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "protocol": "icmp", "port_range_min": 300}),
+            "SecurityGroupInvalidIcmpValue",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "protocol": "gre", "port_range_min": 1}),
+            "SecurityGroupInvalidProtocolForPortRange",
+        ),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "remote_ip_prefix": "::/0"}),
+            "SecurityGroupRuleParameterConflict",
+        ),
+        (json!({"security_group_id": "g", "direction": "ingress", "remote_ip_prefix": "10.0.0.0/33"}), "InvalidInput"),
+        (
+            json!({"security_group_id": "g", "direction": "ingress", "remote_ip_prefix": "10.0.0.0/8", "remote_group_id": "g"}),
+            "SecurityGroupRemoteGroupAndRemoteIpPrefix",
+        ),
+        (json!({"direction": "ingress"}), "HTTPBadRequest"),
+    ];
+    for (body, kind) in cases {
+        let e = validate_rule(body.as_object().unwrap(), "p").unwrap_err();
+        assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, Some(kind)), "{body}: {}", e.message);
+    }
+}
+
+#[test]
+fn subnet_validation() {
+    let obj = |v: Value| v.as_object().unwrap().clone();
+    let s = new_subnet(&obj(json!({"network_id": "n", "cidr": "10.1.0.0/24", "ip_version": 4})), "p".into()).unwrap();
+    assert_eq!(s.gateway_ip, Some("10.1.0.1".parse().unwrap()));
+    assert_eq!(
+        s.allocation_pools,
+        vec![Pool { start: "10.1.0.2".parse().unwrap(), end: "10.1.0.254".parse().unwrap() }]
+    );
+    let s =
+        new_subnet(&obj(json!({"network_id": "n", "cidr": "10.1.0.0/24", "gateway_ip": null})), "p".into()).unwrap();
+    assert_eq!((s.gateway_ip, s.allocation_pools[0].start), (None, "10.1.0.1".parse().unwrap()));
+    let cases = [
+        (json!({"network_id": "n", "cidr": "fd00::/64", "ip_version": 6}), StatusCode::BAD_REQUEST, "IPv6"),
+        (json!({"network_id": "n", "cidr": "10.1.0.5/24"}), StatusCode::BAD_REQUEST, "did you mean 10.1.0.0/24"),
+        (json!({"network_id": "n", "cidr": "banana"}), StatusCode::BAD_REQUEST, "banana"),
+        (json!({"network_id": "n"}), StatusCode::BAD_REQUEST, "cidr"),
+        (json!({"cidr": "10.1.0.0/24"}), StatusCode::BAD_REQUEST, "network_id"),
+        (
+            json!({"network_id": "n", "cidr": "10.1.0.0/24", "gateway_ip": "10.2.0.1"}),
+            StatusCode::BAD_REQUEST,
+            "Gateway",
+        ),
+        (
+            json!({"network_id": "n", "cidr": "10.1.0.0/24", "allocation_pools": [{"start": "10.1.0.1", "end": "10.1.0.9"}]}),
+            StatusCode::CONFLICT,
+            "conflicts",
+        ),
+        (
+            json!({"network_id": "n", "cidr": "10.1.0.0/24", "allocation_pools": [{"start": "10.1.0.9", "end": "10.1.0.3"}]}),
+            StatusCode::BAD_REQUEST,
+            "start is after",
+        ),
+        (
+            json!({"network_id": "n", "cidr": "10.1.0.0/24", "dns_nameservers": ["8.8.8.8", "8.8.8.8"]}),
+            StatusCode::BAD_REQUEST,
+            "Duplicate",
+        ),
+        (
+            json!({"network_id": "n", "cidr": "10.1.0.0/24", "host_routes": [{"destination": "x", "nexthop": "10.1.0.1"}]}),
+            StatusCode::BAD_REQUEST,
+            "host_routes",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let e = new_subnet(&obj(body.clone()), "p".into()).unwrap_err();
+        assert_eq!(e.status, status, "{body}: {}", e.message);
+        assert!(e.message.contains(needle), "{body}: {}", e.message);
+    }
+}
+
+#[tokio::test]
+async fn discovery_and_error_shapes() {
+    let cloud = Cloud::new();
+    for uri in ["/network", "/network/"] {
+        let r = cloud.call(Method::GET, uri, None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+        assert_eq!(r.json()["versions"][0]["id"], "v2.0");
+        assert_eq!(r.json()["versions"][0]["links"][0]["href"], "http://127.0.0.1:8774/network/v2.0/");
+    }
+    let r = cloud.call(Method::GET, "/network/v2.0/networks", None, None).await;
+    neutron_error(&r, StatusCode::UNAUTHORIZED, "HTTPUnauthorized");
+    let demo = cloud.token("demo").await;
+    let v = cloud.get("/network/v2.0/extensions", &demo).await.json();
+    let aliases: Vec<&str> = v["extensions"].as_array().unwrap().iter().map(|e| e["alias"].as_str().unwrap()).collect();
+    for a in ["security-group", "port-security", "binding", "standard-attr-description", "standard-attr-timestamp"] {
+        assert!(aliases.contains(&a), "{a} missing from {aliases:?}");
+    }
+    assert_eq!(cloud.get("/network/v2.0/extensions/security-group", &demo).await.status, StatusCode::OK);
+    let r = cloud.get("/network/v2.0/networks/nope", &demo).await;
+    let msg = neutron_error(&r, StatusCode::NOT_FOUND, "NetworkNotFound");
+    assert_eq!(msg, "Network nope could not be found.");
+    let r = cloud.get("/network/v2.0/bogus", &demo).await;
+    neutron_error(&r, StatusCode::NOT_FOUND, "HTTPNotFound");
+    let r = cloud.call(Method::PATCH, "/network/v2.0/networks", Some(&demo), None).await;
+    neutron_error(&r, StatusCode::METHOD_NOT_ALLOWED, "HTTPMethodNotAllowed");
+    let r = cloud.post("/network/v2.0/networks", &demo, json!({"network": {"name": "x", "color": "red"}})).await;
+    neutron_error(&r, StatusCode::BAD_REQUEST, "HTTPBadRequest");
+    let r = cloud.post("/network/v2.0/networks", &demo, json!({"net": {}})).await;
+    neutron_error(&r, StatusCode::BAD_REQUEST, "HTTPBadRequest");
+}
+
+#[tokio::test]
+async fn networks_subnets_and_tenancy() {
+    let cloud = Cloud::new();
+    let config = cloud.state.config.clone();
+    let private = cloud.state.db.with(|db| db.ensure_default_network(&config)).unwrap();
+    let (demo, alt, admin) = (cloud.token("demo").await, cloud.token("alt").await, cloud.token("admin").await);
+
+    // The shared default network is visible to everyone; provider details to admins only.
+    let v = cloud.get("/network/v2.0/networks", &demo).await.json();
+    assert_eq!(ids(&v, "networks"), vec![private.id.clone()]);
+    let n = &v["networks"][0];
+    assert_eq!(
+        (n["name"].as_str(), n["shared"].as_bool(), n["status"].as_str()),
+        (Some("private"), Some(true), Some("ACTIVE"))
+    );
+    assert!(n.get("provider:network_type").is_none());
+    let n = cloud.get(&format!("/network/v2.0/networks/{}", private.id), &admin).await.json();
+    assert_eq!(n["network"]["provider:network_type"], "flat");
+    assert_eq!(n["network"]["provider:physical_network"], "nbr0");
+
+    let net = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/networks",
+        json!({"network": {"name": "mine", "description": "d"}}),
+        "network",
+    )
+    .await;
+    let net_id = net["id"].as_str().unwrap().to_string();
+    for key in [
+        "id",
+        "name",
+        "status",
+        "admin_state_up",
+        "shared",
+        "subnets",
+        "project_id",
+        "tenant_id",
+        "mtu",
+        "router:external",
+        "availability_zones",
+        "description",
+        "tags",
+        "created_at",
+        "updated_at",
+        "revision_number",
+        "port_security_enabled",
+    ] {
+        assert!(net.get(key).is_some(), "network lacks {key}: {net}");
+    }
+    assert_eq!(net["project_id"], cloud.demo_project.as_str());
+    assert!(net["created_at"].as_str().unwrap().ends_with('Z'));
+    let r = cloud.post("/network/v2.0/networks", &demo, json!({"network": {"name": "s", "shared": true}})).await;
+    neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+    let r = cloud
+        .post("/network/v2.0/networks", &demo, json!({"network": {"name": "s", "project_id": cloud.alt_project}}))
+        .await;
+    neutron_error(&r, StatusCode::BAD_REQUEST, "HTTPBadRequest");
+
+    // Another project's network does not exist for alt.
+    neutron_error(
+        &cloud.get(&format!("/network/v2.0/networks/{net_id}"), &alt).await,
+        StatusCode::NOT_FOUND,
+        "NetworkNotFound",
+    );
+    neutron_error(
+        &cloud.delete(&format!("/network/v2.0/networks/{net_id}"), &alt).await,
+        StatusCode::NOT_FOUND,
+        "NetworkNotFound",
+    );
+    assert_eq!(ids(&cloud.get("/network/v2.0/networks", &alt).await.json(), "networks"), vec![private.id.clone()]);
+    let all = cloud.get("/network/v2.0/networks", &admin).await.json();
+    assert_eq!(ids(&all, "networks").len(), 2);
+    // A shared network can be used but not changed by others.
+    let r =
+        cloud.put(&format!("/network/v2.0/networks/{}", private.id), &demo, json!({"network": {"name": "x"}})).await;
+    neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+
+    let v = cloud.get("/network/v2.0/networks?name=mine&fields=id&fields=name", &demo).await.json();
+    assert_eq!(v["networks"], json!([{"id": net_id, "name": "mine"}]));
+    let v = cloud.get("/network/v2.0/networks?shared=true", &demo).await.json();
+    assert_eq!(ids(&v, "networks"), vec![private.id.clone()]);
+    let v = cloud.get("/network/v2.0/networks?limit=1", &demo).await.json();
+    assert_eq!(v["networks"].as_array().unwrap().len(), 1);
+    assert!(v["networks_links"][0]["href"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:8774/network/v2.0/networks?"));
+
+    let r = cloud
+        .put(&format!("/network/v2.0/networks/{net_id}"), &demo, json!({"network": {"name": "renamed", "mtu": 1400}}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        (r.json()["network"]["name"].as_str(), r.json()["network"]["mtu"].as_i64()),
+        (Some("renamed"), Some(1400))
+    );
+    assert!(r.json()["network"]["revision_number"].as_i64().unwrap() > net["revision_number"].as_i64().unwrap());
+    let r = cloud.put(&format!("/network/v2.0/networks/{net_id}"), &demo, json!({"network": {"id": "x"}})).await;
+    neutron_error(&r, StatusCode::BAD_REQUEST, "HTTPBadRequest");
+
+    // Subnets.
+    let subnet = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "cidr": "10.9.0.0/24", "ip_version": 4, "name": "sn", "dns_nameservers": ["10.9.0.1"]}}),
+        "subnet",
+    )
+    .await;
+    assert_eq!(subnet["gateway_ip"], "10.9.0.1");
+    assert_eq!(subnet["allocation_pools"], json!([{"start": "10.9.0.2", "end": "10.9.0.254"}]));
+    assert_eq!(subnet["enable_dhcp"], true);
+    assert_eq!(subnet["ip_version"], 4);
+    let subnet_id = subnet["id"].as_str().unwrap().to_string();
+    let r = cloud
+        .post(
+            "/network/v2.0/subnets",
+            &demo,
+            json!({"subnet": {"network_id": net_id, "cidr": "10.9.0.0/16", "ip_version": 4}}),
+        )
+        .await;
+    let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+    assert!(msg.contains("overlaps"), "{msg}");
+    let r = cloud
+        .post(
+            "/network/v2.0/subnets",
+            &demo,
+            json!({"subnet": {"network_id": net_id, "cidr": "fd00::/64", "ip_version": 6}}),
+        )
+        .await;
+    let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+    assert!(msg.contains("IPv6"), "{msg}");
+    let r = cloud
+        .post(
+            "/network/v2.0/subnets",
+            &alt,
+            json!({"subnet": {"network_id": private.id, "cidr": "10.8.0.0/24", "ip_version": 4}}),
+        )
+        .await;
+    neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+    let n = cloud.get(&format!("/network/v2.0/networks/{net_id}"), &demo).await.json();
+    assert_eq!(n["network"]["subnets"], json!([subnet_id]));
+    let v = cloud.get("/network/v2.0/subnets", &alt).await.json();
+    assert_eq!(v["subnets"].as_array().unwrap().len(), 1, "alt sees the shared network's subnet only");
+    neutron_error(
+        &cloud.get(&format!("/network/v2.0/subnets/{subnet_id}"), &alt).await,
+        StatusCode::NOT_FOUND,
+        "SubnetNotFound",
+    );
+    let r = cloud
+        .put(
+            &format!("/network/v2.0/subnets/{subnet_id}"),
+            &demo,
+            json!({"subnet": {"name": "sn2", "enable_dhcp": false}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["subnet"]["enable_dhcp"], false);
+    let r = cloud
+        .put(&format!("/network/v2.0/subnets/{subnet_id}"), &demo, json!({"subnet": {"cidr": "10.7.0.0/24"}}))
+        .await;
+    neutron_error(&r, StatusCode::BAD_REQUEST, "HTTPBadRequest");
+
+    // In use: a port keeps the network and the subnet.
+    let port = created(&cloud, &demo, "/network/v2.0/ports", json!({"port": {"network_id": net_id}}), "port").await;
+    let r = cloud.delete(&format!("/network/v2.0/networks/{net_id}"), &demo).await;
+    neutron_error(&r, StatusCode::CONFLICT, "NetworkInUse");
+    let r = cloud.delete(&format!("/network/v2.0/subnets/{subnet_id}"), &demo).await;
+    neutron_error(&r, StatusCode::CONFLICT, "SubnetInUse");
+    assert_eq!(
+        cloud.delete(&format!("/network/v2.0/ports/{}", port["id"].as_str().unwrap()), &demo).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(cloud.delete(&format!("/network/v2.0/subnets/{subnet_id}"), &demo).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(cloud.delete(&format!("/network/v2.0/networks/{net_id}"), &demo).await.status, StatusCode::NO_CONTENT);
+    neutron_error(
+        &cloud.get(&format!("/network/v2.0/networks/{net_id}"), &demo).await,
+        StatusCode::NOT_FOUND,
+        "NetworkNotFound",
+    );
+}
+
+#[tokio::test]
+async fn ports_allocate_filter_and_exhaust() {
+    let cloud = Cloud::new();
+    let (demo, alt, admin) = (cloud.token("demo").await, cloud.token("alt").await, cloud.token("admin").await);
+    let net = created(&cloud, &demo, "/network/v2.0/networks", json!({"network": {"name": "small"}}), "network").await;
+    let net_id = net["id"].as_str().unwrap().to_string();
+    // .1 gateway, .2-.6 to hand out.
+    let subnet = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "cidr": "10.5.0.0/29", "ip_version": 4}}),
+        "subnet",
+    )
+    .await;
+    let subnet_id = subnet["id"].as_str().unwrap().to_string();
+
+    let p1 = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net_id, "name": "p1", "device_id": "vm-1", "device_owner": "compute:nova"}}),
+        "port",
+    )
+    .await;
+    assert_eq!(p1["fixed_ips"], json!([{"subnet_id": subnet_id, "ip_address": "10.5.0.2"}]));
+    assert!(p1["mac_address"].as_str().unwrap().starts_with("fa:16:3e:"));
+    assert_eq!(
+        (p1["status"].as_str(), p1["admin_state_up"].as_bool(), p1["port_security_enabled"].as_bool()),
+        (Some("DOWN"), Some(true), Some(true))
+    );
+    assert!(p1.get("binding:host_id").is_none(), "binding details are admin-only");
+    assert_eq!(p1["binding:vnic_type"], "normal");
+    // The project's default group was created for it.
+    let groups = cloud.get("/network/v2.0/security-groups?name=default", &demo).await.json();
+    assert_eq!(p1["security_groups"], json!([groups["security_groups"][0]["id"]]));
+
+    let p2 = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net_id, "fixed_ips": [{"ip_address": "10.5.0.5"}]}}),
+        "port",
+    )
+    .await;
+    assert_eq!(p2["fixed_ips"][0]["ip_address"], "10.5.0.5");
+    let r = cloud
+        .post(
+            "/network/v2.0/ports",
+            &demo,
+            json!({"port": {"network_id": net_id, "fixed_ips": [{"ip_address": "10.5.0.5"}]}}),
+        )
+        .await;
+    neutron_error(&r, StatusCode::CONFLICT, "IpAddressAlreadyAllocated");
+    let r = cloud
+        .post(
+            "/network/v2.0/ports",
+            &demo,
+            json!({"port": {"network_id": net_id, "fixed_ips": [{"subnet_id": subnet_id, "ip_address": "10.5.0.1"}]}}),
+        )
+        .await;
+    neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidIpForSubnet");
+    let r = cloud
+        .post("/network/v2.0/ports", &demo, json!({"port": {"network_id": net_id, "mac_address": p1["mac_address"]}}))
+        .await;
+    neutron_error(&r, StatusCode::CONFLICT, "MacAddressInUse");
+    for want in ["10.5.0.3", "10.5.0.4", "10.5.0.6"] {
+        let p = created(&cloud, &demo, "/network/v2.0/ports", json!({"port": {"network_id": net_id}}), "port").await;
+        assert_eq!(p["fixed_ips"][0]["ip_address"], want);
+    }
+    let r = cloud.post("/network/v2.0/ports", &demo, json!({"port": {"network_id": net_id}})).await;
+    neutron_error(&r, StatusCode::CONFLICT, "IpAddressGenerationFailure");
+
+    let v = cloud.get("/network/v2.0/ports?fixed_ips=ip_address%3D10.5.0.5", &demo).await.json();
+    assert_eq!(ids(&v, "ports"), vec![p2["id"].as_str().unwrap()]);
+    let v = cloud.get("/network/v2.0/ports?device_id=vm-1", &demo).await.json();
+    assert_eq!(ids(&v, "ports"), vec![p1["id"].as_str().unwrap()]);
+    let v =
+        cloud.get(&format!("/network/v2.0/ports?network_id={net_id}&device_owner=compute:nova"), &demo).await.json();
+    assert_eq!(v["ports"].as_array().unwrap().len(), 1);
+    let v = cloud
+        .get(&format!("/network/v2.0/ports?mac_address={}", p1["mac_address"].as_str().unwrap()), &demo)
+        .await
+        .json();
+    assert_eq!(v["ports"].as_array().unwrap().len(), 1);
+    assert!(cloud.get("/network/v2.0/ports", &alt).await.json()["ports"].as_array().unwrap().is_empty());
+    let p1_uri = format!("/network/v2.0/ports/{}", p1["id"].as_str().unwrap());
+    neutron_error(&cloud.get(&p1_uri, &alt).await, StatusCode::NOT_FOUND, "PortNotFound");
+    let admin_view = cloud.get(&p1_uri, &admin).await.json();
+    assert_eq!(admin_view["port"]["binding:vif_type"], "unbound");
+    assert_eq!(admin_view["port"]["binding:host_id"], "");
+
+    // Updates: name, groups, port security, binding (admin only).
+    let sg = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/security-groups",
+        json!({"security_group": {"name": "web"}}),
+        "security_group",
+    )
+    .await;
+    let r = cloud.put(&p1_uri, &demo, json!({"port": {"name": "renamed", "security_groups": [sg["id"]]}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["port"]["security_groups"], json!([sg["id"]]));
+    let r = cloud.put(&p1_uri, &demo, json!({"port": {"port_security_enabled": false}})).await;
+    neutron_error(&r, StatusCode::CONFLICT, "PortSecurityPortHasSecurityGroup");
+    let r = cloud.put(&p1_uri, &demo, json!({"port": {"port_security_enabled": false, "security_groups": []}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = cloud.put(&p1_uri, &demo, json!({"port": {"binding:host_id": "h1"}})).await;
+    neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+    let r = cloud.put(&p1_uri, &admin, json!({"port": {"binding:host_id": "h1"}})).await;
+    assert_eq!(r.json()["port"]["binding:vif_type"], "bridge");
+    let r = cloud.put(&p1_uri, &demo, json!({"port": {"security_groups": ["no-such-group"]}})).await;
+    neutron_error(&r, StatusCode::NOT_FOUND, "SecurityGroupNotFound");
+
+    // The library view the boot path uses.
+    let ports = cloud.state.db.with(|db| db.ports_for_device("vm-1")).unwrap();
+    assert_eq!((ports.len(), ports[0].network_name.as_str()), (1, "small"));
+    assert_eq!(cloud.state.db.with(|db| db.release_ports_for_device("vm-1")).unwrap(), 1);
+    neutron_error(&cloud.get(&p1_uri, &demo).await, StatusCode::NOT_FOUND, "PortNotFound");
+    let p = created(&cloud, &demo, "/network/v2.0/ports", json!({"port": {"network_id": net_id}}), "port").await;
+    assert_eq!(p["fixed_ips"][0]["ip_address"], "10.5.0.2", "released addresses come back");
+}
+
+#[tokio::test]
+async fn security_groups_and_rules() {
+    let cloud = Cloud::new();
+    let (demo, alt) = (cloud.token("demo").await, cloud.token("alt").await);
+    let v = cloud.get("/network/v2.0/security-groups", &demo).await.json();
+    let groups = v["security_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1);
+    let default = &groups[0];
+    assert_eq!(default["name"], "default");
+    let default_id = default["id"].as_str().unwrap().to_string();
+    let mut rules: Vec<(String, String, Value)> = default["security_group_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["direction"].as_str().unwrap().into(),
+                r["ethertype"].as_str().unwrap().into(),
+                r["remote_group_id"].clone(),
+            )
+        })
+        .collect();
+    rules.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
+    assert_eq!(
+        rules,
+        vec![
+            ("egress".into(), "IPv4".into(), Value::Null),
+            ("egress".into(), "IPv6".into(), Value::Null),
+            ("ingress".into(), "IPv4".into(), json!(default_id)),
+            ("ingress".into(), "IPv6".into(), json!(default_id)),
+        ]
+    );
+    // Listing again does not make a second default group.
+    let v = cloud.get("/network/v2.0/security-groups", &demo).await.json();
+    assert_eq!(v["security_groups"].as_array().unwrap().len(), 1);
+    let v = cloud.get("/network/v2.0/security-group-rules", &demo).await.json();
+    assert_eq!(v["security_group_rules"].as_array().unwrap().len(), 4);
+
+    let r = cloud.post("/network/v2.0/security-groups", &demo, json!({"security_group": {"name": "default"}})).await;
+    neutron_error(&r, StatusCode::CONFLICT, "SecurityGroupDefaultAlreadyExists");
+    let r = cloud.delete(&format!("/network/v2.0/security-groups/{default_id}"), &demo).await;
+    neutron_error(&r, StatusCode::CONFLICT, "SecurityGroupCannotRemoveDefault");
+    let r = cloud
+        .put(
+            &format!("/network/v2.0/security-groups/{default_id}"),
+            &demo,
+            json!({"security_group": {"name": "other"}}),
+        )
+        .await;
+    neutron_error(&r, StatusCode::CONFLICT, "SecurityGroupCannotUpdateDefault");
+
+    let web = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/security-groups",
+        json!({"security_group": {"name": "web", "description": "http"}}),
+        "security_group",
+    )
+    .await;
+    let web_id = web["id"].as_str().unwrap().to_string();
+    assert_eq!(web["security_group_rules"].as_array().unwrap().len(), 2, "a new group lets everything out");
+    let rule_body = json!({"security_group_rule": {"security_group_id": web_id, "direction": "ingress", "protocol": "tcp",
+                                                    "port_range_min": 80, "port_range_max": 80, "remote_ip_prefix": "0.0.0.0/0"}});
+    let rule =
+        created(&cloud, &demo, "/network/v2.0/security-group-rules", rule_body.clone(), "security_group_rule").await;
+    assert_eq!(
+        (rule["protocol"].as_str(), rule["port_range_min"].as_i64(), rule["ethertype"].as_str()),
+        (Some("tcp"), Some(80), Some("IPv4"))
+    );
+    let r = cloud.post("/network/v2.0/security-group-rules", &demo, rule_body).await;
+    let msg = neutron_error(&r, StatusCode::CONFLICT, "SecurityGroupRuleExists");
+    assert!(msg.contains(rule["id"].as_str().unwrap()), "{msg}");
+    let r = cloud
+        .post("/network/v2.0/security-group-rules", &demo, json!({"security_group_rule": {"security_group_id": web_id, "direction": "ingress", "protocol": "tcp", "port_range_min": 90, "port_range_max": 80}}))
+        .await;
+    neutron_error(&r, StatusCode::BAD_REQUEST, "SecurityGroupInvalidPortRange");
+    let r = cloud
+        .post("/network/v2.0/security-group-rules", &demo, json!({"security_group_rule": {"security_group_id": web_id, "direction": "ingress", "protocol": "icmp", "port_range_max": 0}}))
+        .await;
+    neutron_error(&r, StatusCode::BAD_REQUEST, "SecurityGroupMissingIcmpType");
+    let r = cloud
+        .post("/network/v2.0/security-group-rules", &demo, json!({"security_group_rule": {"security_group_id": web_id, "direction": "ingress", "remote_group_id": "nope"}}))
+        .await;
+    neutron_error(&r, StatusCode::NOT_FOUND, "SecurityGroupNotFound");
+
+    // Tenancy: alt sees neither the group nor its rules, and cannot add to it.
+    neutron_error(
+        &cloud.get(&format!("/network/v2.0/security-groups/{web_id}"), &alt).await,
+        StatusCode::NOT_FOUND,
+        "SecurityGroupNotFound",
+    );
+    neutron_error(
+        &cloud.get(&format!("/network/v2.0/security-group-rules/{}", rule["id"].as_str().unwrap()), &alt).await,
+        StatusCode::NOT_FOUND,
+        "SecurityGroupRuleNotFound",
+    );
+    let r = cloud
+        .post(
+            "/network/v2.0/security-group-rules",
+            &alt,
+            json!({"security_group_rule": {"security_group_id": web_id, "direction": "ingress"}}),
+        )
+        .await;
+    neutron_error(&r, StatusCode::NOT_FOUND, "SecurityGroupNotFound");
+    let alt_groups = cloud.get("/network/v2.0/security-groups", &alt).await.json();
+    assert_eq!(alt_groups["security_groups"].as_array().unwrap().len(), 1, "alt has only its own default");
+    assert_ne!(alt_groups["security_groups"][0]["id"], json!(default_id));
+
+    let r = cloud
+        .put(
+            &format!("/network/v2.0/security-groups/{web_id}"),
+            &demo,
+            json!({"security_group": {"description": "https"}}),
+        )
+        .await;
+    assert_eq!(r.json()["security_group"]["description"], "https");
+    assert_eq!(
+        cloud
+            .delete(&format!("/network/v2.0/security-group-rules/{}", rule["id"].as_str().unwrap()), &demo)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        cloud.delete(&format!("/network/v2.0/security-groups/{web_id}"), &demo).await.status,
+        StatusCode::NO_CONTENT
+    );
+    neutron_error(
+        &cloud.get(&format!("/network/v2.0/security-groups/{web_id}"), &demo).await,
+        StatusCode::NOT_FOUND,
+        "SecurityGroupNotFound",
+    );
+}
