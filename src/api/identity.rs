@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/v3/projects/{id}", get(show_project))
         .route("/v3/users", get(list_users))
         .route("/v3/users/{id}/projects", get(user_projects))
+        .fallback(|| async { ApiError::not_found("The resource could not be found.") })
 }
 
 fn version_doc(base: &str) -> Value {

@@ -158,8 +158,9 @@ async fn nova_errors_tenancy_quotas_and_microversions() {
     .await;
     assert_eq!(s, 400);
     assert!(v["badRequest"]["message"].as_str().unwrap().contains("Flavor 999"), "{v}");
-    let (s, _, _) = raw(&stack, Some(&demo), Method::GET, "/compute/v2.1/no-such-thing", None, &[]).await;
+    let (s, _, v) = raw(&stack, Some(&demo), Method::GET, "/compute/v2.1/no-such-thing", None, &[]).await;
     assert_eq!(s, 404);
+    assert!(v["itemNotFound"].is_object(), "{v}");
     let (s, _, v) = raw(&stack, Some(&demo), Method::PATCH, "/compute/v2.1/servers", None, &[]).await;
     assert_eq!(s, 405, "{v}");
 

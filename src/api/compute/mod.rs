@@ -47,6 +47,8 @@ pub fn router() -> Router<AppState> {
         .route("/", get(versions))
         .route("/v2.1/", get(version))
         .nest("/v2.1", v21)
+        // A fallback of our own, so unknown paths under the prefix get nova's error body.
+        .fallback(|| async { super::fault::ApiError::not_found("The resource could not be found.") })
         .layer(middleware::from_fn(microversion::negotiate))
 }
 
