@@ -159,6 +159,20 @@ impl AmqpBus {
         Ok(AmqpBus { shared })
     }
 
+    /// Stops every server and closes the connection now. Dropping the bus does the same in the
+    /// background; call this when the broker is about to stop, so the broker sees a clean
+    /// close instead of a reset.
+    pub async fn close(&self) {
+        let _ = self.shared.shutdown.send(true);
+        let servers: Vec<Arc<Server>> = lock(&self.shared.servers).drain().map(|(_, s)| s).collect();
+        for server in servers {
+            let _ = server.stop.send(true);
+        }
+        if let Some(link) = self.shared.link.send_replace(None) {
+            let _ = link.conn.close(200, "closing".into()).await;
+        }
+    }
+
     async fn publish(
         &self,
         route: Route<'_>,

@@ -2,14 +2,14 @@
 //! `conformance_tests!` turns them into `#[tokio::test]`s for one implementation.
 //!
 //! The AMQP tests start a private RabbitMQ in a temp home on free loopback ports. Tests of one
-//! process share it while any of them runs (each uses its own topics, so they cannot meet) and
-//! the last one to finish stops it by pid, even when it failed. The broker-restart test has a
-//! broker of its own. They need rabbitmq-server installed; set `NOVABOX_SKIP_RABBITMQ=1` to
+//! process share one (each uses its own topics, so they cannot meet), stopped by pid when the
+//! test binary exits, even after failures. The broker-restart test has a broker of its own,
+//! stopped by a drop guard. They need rabbitmq-server installed; set `NOVABOX_SKIP_RABBITMQ=1` to
 //! skip them on a machine without it (CI installs it and never skips).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -408,23 +408,37 @@ impl Drop for TestBroker {
     }
 }
 
-/// The broker shared by the AMQP tests running now.
-async fn shared_broker() -> Option<Arc<TestBroker>> {
-    static SHARED: OnceLock<tokio::sync::Mutex<Weak<TestBroker>>> = OnceLock::new();
-    let mut slot = SHARED.get_or_init(|| tokio::sync::Mutex::new(Weak::new())).lock().await;
-    if let Some(b) = slot.upgrade() {
-        return Some(b);
+/// The broker shared by every AMQP test of this process, started by the first one. Statics
+/// are never dropped, so an `atexit` hook stops it (and removes its home) when the test binary
+/// exits, whether tests passed or failed.
+async fn shared_broker() -> Option<&'static TestBroker> {
+    static SHARED: tokio::sync::OnceCell<Option<TestBroker>> = tokio::sync::OnceCell::const_new();
+    extern "C" fn stop_shared() {
+        if let Some(Some(b)) = SHARED.get() {
+            if let Err(e) = RabbitMq::stop(&b.home) {
+                eprintln!("stopping the shared test broker failed: {e}");
+            }
+            let _ = std::fs::remove_dir_all(b.home.root());
+        }
     }
-    let b = Arc::new(TestBroker::start().await?);
-    *slot = Arc::downgrade(&b);
-    Some(b)
+    SHARED
+        .get_or_init(|| async {
+            let broker = TestBroker::start().await;
+            if broker.is_some() {
+                // SAFETY: registers a plain function with no arguments; it runs once at exit.
+                unsafe { libc::atexit(stop_shared) };
+            }
+            broker
+        })
+        .await
+        .as_ref()
 }
 
 fn test_options(pool_size: usize) -> AmqpOptions {
     AmqpOptions { pool_size, publish_timeout: Duration::from_secs(60), ..AmqpOptions::default() }
 }
 
-async fn make_amqp(pool_size: usize) -> Option<(Arc<dyn Bus>, Arc<TestBroker>)> {
+async fn make_amqp(pool_size: usize) -> Option<(Arc<dyn Bus>, &'static TestBroker)> {
     let broker = shared_broker().await?;
     let bus = AmqpBus::connect(&broker.url, test_options(pool_size)).await.unwrap();
     Some((Arc::new(bus), broker))

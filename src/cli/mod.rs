@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod bench;
 pub mod config;
 pub mod init;
 pub mod logging;
@@ -41,12 +42,16 @@ pub enum Command {
     /// Show the effective configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Measure parts of novabox (`bench bus`: message bus throughput and latency)
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init::run(&cli.global, args),
         Command::Config(cmd) => config::run(&cli.global, cmd),
+        Command::Bench(cmd) => bench::run(&cli.global, cmd),
     }
 }
 
