@@ -449,10 +449,20 @@ mod amqp {
 
     conformance_tests!(super::make_amqp);
 
-    /// Casts a stream of messages, restarts the broker in the middle, and checks every cast
-    /// the broker confirmed is handled (at least once) by a server on another connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn broker_restart_loses_no_acknowledged_cast() {
+        restart_during_cast_stream(false).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broker_crash_loses_no_acknowledged_cast() {
+        restart_during_cast_stream(true).await
+    }
+
+    /// Casts a stream of messages, restarts the broker in the middle (gracefully, or by
+    /// SIGKILL), and checks every cast the broker confirmed is handled, at least once, by a
+    /// server on another connection.
+    async fn restart_during_cast_stream(crash: bool) {
         let Some(broker) = TestBroker::start().await else { return };
         let consumer = AmqpBus::connect(&broker.url, test_options(64)).await.unwrap();
         let producer = Arc::new(AmqpBus::connect(&broker.url, test_options(64)).await.unwrap());
@@ -489,13 +499,32 @@ mod amqp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let home = broker.home.clone();
-        tokio::task::spawn_blocking(move || RabbitMq::stop(&home).unwrap()).await.unwrap();
+        let config = broker.config.clone();
+        tokio::task::spawn_blocking(move || {
+            if crash {
+                let crate::supervise::rabbitmq::BrokerStatus::Running { pid, .. } =
+                    RabbitMq::status(&home, &config).unwrap()
+                else {
+                    panic!("the broker is not running")
+                };
+                // The whole group: the wrapper script and the Erlang VM.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                // The VM dies a moment after the script; its port is what matters.
+                while !crate::supervise::port_is_free(config.bus.port) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            } else {
+                RabbitMq::stop(&home).unwrap();
+            }
+        })
+        .await
+        .unwrap();
         let acked_before_restart = acked.lock().unwrap().len();
         RabbitMq::ensure_running(&broker.home, &broker.config, &broker.secrets).await.unwrap();
         let failed = stream.await.unwrap();
 
         let acked: Vec<u64> = acked.lock().unwrap().clone();
-        assert!(acked.len() as u64 > acked_before_restart as u64, "nothing was sent after the restart");
+        assert!(acked.len() > acked_before_restart, "nothing was sent after the restart");
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let missing: Vec<u64> = {
@@ -514,10 +543,13 @@ mod amqp {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!(
-            "restart: {} casts acknowledged ({} before the restart), {} failed, all handled",
+            "{}: {} casts acknowledged ({} before it), {} failed, all handled",
+            if crash { "crash" } else { "restart" },
             acked.len(),
             acked_before_restart,
             failed
         );
+        producer.close().await;
+        consumer.close().await;
     }
 }
