@@ -111,8 +111,10 @@ struct Link {
     confirmed: Channel,
     /// No confirms: call requests and replies, where the reply (or its timeout) is the proof.
     fast: Channel,
-    /// Queues and exchanges declared on this connection, so each is declared once.
-    declared: Mutex<HashSet<String>>,
+    /// Topic queues and fanout exchanges declared on this connection, so each is declared
+    /// once per connection rather than once per message.
+    declared_queues: Mutex<HashSet<String>>,
+    declared_fanouts: Mutex<HashSet<String>>,
     broken: Notify,
 }
 
@@ -253,18 +255,18 @@ enum Route<'a> {
 
 impl Link {
     async fn declare(&self, what: Route<'_>) -> Result<(), lapin::Error> {
-        let key = match what {
-            Route::Topic(t) => format!("q:{t}"),
-            Route::Fanout(t) => format!("x:{t}"),
+        let (set, name) = match what {
+            Route::Topic(t) => (&self.declared_queues, t),
+            Route::Fanout(t) => (&self.declared_fanouts, t),
         };
-        if lock(&self.declared).contains(&key) {
+        if lock(set).contains(name) {
             return Ok(());
         }
         match what {
             Route::Topic(topic) => declare_topic_queue(&self.confirmed, topic).await?,
             Route::Fanout(topic) => declare_fanout_exchange(&self.confirmed, topic).await?,
         }
-        lock(&self.declared).insert(key);
+        lock(set).insert(name.to_string());
         Ok(())
     }
 }
@@ -342,7 +344,8 @@ async fn establish(shared: &Arc<Shared>, generation: u64) -> Result<Arc<Link>, l
         conn,
         confirmed,
         fast,
-        declared: Mutex::new(HashSet::new()),
+        declared_queues: Mutex::new(HashSet::new()),
+        declared_fanouts: Mutex::new(HashSet::new()),
         broken: Notify::new(),
     });
     let _topology = shared.topology.lock().await;
