@@ -172,10 +172,10 @@ impl AmqpBus {
     /// background; call this when the broker is about to stop, so the broker sees a clean
     /// close instead of a reset.
     pub async fn close(&self) {
-        let _ = self.shared.shutdown.send(true);
+        let _ = self.shared.shutdown.send_replace(true);
         let servers: Vec<Arc<Server>> = lock(&self.shared.servers).drain().map(|(_, s)| s).collect();
         for server in servers {
-            let _ = server.stop.send(true);
+            let _ = server.stop.send_replace(true);
         }
         if let Some(link) = self.shared.link.send_replace(None) {
             let _ = link.conn.close(200, "closing".into()).await;
@@ -237,9 +237,9 @@ impl AmqpBus {
 
 impl Drop for AmqpBus {
     fn drop(&mut self) {
-        let _ = self.shared.shutdown.send(true);
+        let _ = self.shared.shutdown.send_replace(true);
         for (_, server) in lock(&self.shared.servers).drain() {
-            let _ = server.stop.send(true);
+            let _ = server.stop.send_replace(true);
         }
     }
 }
@@ -664,7 +664,7 @@ impl Bus for AmqpBus {
             if let Some(shared) = shared.upgrade() {
                 lock(&shared.servers).remove(&id);
             }
-            let _ = server.stop.send(true);
+            let _ = server.stop.send_replace(true);
         }))
     }
 }

@@ -154,6 +154,53 @@ pub(super) async fn pool_limits_concurrency(bus: Arc<dyn Bus>) {
     assert_eq!(peak.load(Ordering::SeqCst), 4);
 }
 
+/// Built with a pool of 4: a server stuck in slow handlers holds at most 4 messages, and
+/// another server of the topic handles everything else meanwhile.
+pub(super) async fn slow_server_does_not_starve_others(bus: Arc<dyn Bus>) {
+    let t = topic("starve");
+    let slow = Arc::new(AtomicUsize::new(0));
+    let fast = Arc::new(AtomicUsize::new(0));
+    let s = slow.clone();
+    let _slow = bus
+        .serve(
+            &t,
+            handler(move |_m: Message| {
+                let s = s.clone();
+                async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    Ok(Value::Null)
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let f = fast.clone();
+    let _fast = bus
+        .serve(
+            &t,
+            handler(move |_m: Message| {
+                let f = f.clone();
+                async move {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    Ok(Value::Null)
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    for i in 0..40 {
+        bus.cast(&t, msg("work", json!(i))).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.load(Ordering::SeqCst) + fast.load(Ordering::SeqCst) < 40 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, f) = (slow.load(Ordering::SeqCst), fast.load(Ordering::SeqCst));
+    assert!(s <= 4, "the slow server took {s} messages with a pool of 4");
+    assert_eq!(s + f, 40, "only {f} handled by the fast server and {s} stuck in the slow one");
+}
+
 pub(super) async fn remote_error(bus: Arc<dyn Bus>) {
     let t = topic("error");
     let h = handler(|m: Message| async move {
@@ -328,6 +375,11 @@ macro_rules! conformance_tests {
         async fn pool_limits_concurrency() {
             let Some((bus, _guard)) = $make(4).await else { return };
             super::pool_limits_concurrency(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn slow_server_does_not_starve_others() {
+            let Some((bus, _guard)) = $make(4).await else { return };
+            super::slow_server_does_not_starve_others(bus).await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn remote_error() {

@@ -123,7 +123,7 @@ impl Bus for LocalBus {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let topic = topic.to_string();
         Ok(Subscription::new(move || {
-            let _ = stop_tx.send(true);
+            let _ = stop_tx.send_replace(true);
             if let Some(inner) = weak.upgrade() {
                 if let Some(t) = inner.topics().get_mut(&topic) {
                     t.fanout.retain(|(i, _)| *i != id);
