@@ -3,12 +3,21 @@
 //! The library holds everything the `novabox` binary does; `src/main.rs` and `src/cli/` only
 //! parse arguments, print and map errors to exit codes.
 
+pub mod api;
 pub mod bus;
 pub mod cidr;
+pub mod client;
 pub mod clouds_yaml;
+pub mod compute;
+pub mod conductor;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod home;
 pub mod hostpkgs;
+pub mod images;
+pub mod rpcapi;
+pub mod scheduler;
 pub mod secrets;
+pub mod stack;
 pub mod supervise;

@@ -63,6 +63,9 @@ pub struct InitArgs {
     /// Do not write clouds.yaml
     #[arg(long)]
     pub no_clouds_yaml: bool,
+    /// Do not boot the test guest to choose between KVM and TCG (the choice is then unproven)
+    #[arg(long)]
+    pub no_boot_probe: bool,
 }
 
 macro_rules! value_enum_mirror {
@@ -82,6 +85,28 @@ value_enum_mirror!(AccelArg => Accel { Auto, Kvm, Tcg });
 value_enum_mirror!(NetworkModeArg => NetworkMode { Auto, Bridge, User });
 
 impl InitArgs {
+    /// What `up` uses to initialize a new home: defaults, no prompts, and package installs
+    /// only with the user's `--yes`.
+    pub fn for_up(yes: bool, no_boot_probe: bool) -> InitArgs {
+        InitArgs {
+            yes,
+            no_boot_probe,
+            force: false,
+            no_install: !yes,
+            api_port: None,
+            bus_port: None,
+            bus: None,
+            driver: None,
+            accel: None,
+            network_mode: None,
+            bridge: None,
+            cidr: None,
+            clouds_yaml: std::env::var_os("OS_CLIENT_CONFIG_FILE").map(PathBuf::from),
+            cloud_name: "novabox".into(),
+            no_clouds_yaml: false,
+        }
+    }
+
     /// Applies the flags that were given to `config`.
     fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
         if let Some(p) = self.api_port {
@@ -157,6 +182,8 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
     // 3. Users, projects, roles, flavors.
     let secrets = provision_identity(&home, &db)?;
     let added = db.seed_default_flavors()?;
+    // The shared network every project's guests boot on.
+    let network = db.ensure_default_network(&config)?;
 
     // 4. clouds.yaml for standard clients.
     let clouds_file = if args.no_clouds_yaml {
@@ -206,10 +233,15 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // 6. What this host can run; `auto` accel, driver and network come from this report.
+    let probe = !args.no_boot_probe && config.compute.driver != Driver::Fake;
+    super::doctor::run_for_init(&home, &config, probe)?;
+
     println!("novabox home   {}", home.root().display());
     println!("config         {}{}", home.config_file().display(), if write_config { "" } else { " (kept)" });
     println!("database       {} (schema v{})", home.db_file().display(), db.schema_version()?);
     println!("flavors        {added} added");
+    println!("network        {} ({}, shared)", network.name, config.network.cidr);
     println!("credentials    {} (admin and demo passwords)", home.secrets_file().display());
     if let Some(f) = clouds_file {
         println!("clouds.yaml    {} (clouds `{}` and `{}-admin`)", f.display(), args.cloud_name, args.cloud_name);

@@ -7,11 +7,16 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod bench;
 pub mod config;
+pub mod doctor;
 pub mod init;
 pub mod logging;
+pub mod server;
+pub mod up;
 
 /// Generic failure: the message printed says what went wrong and what to do.
 pub const EXIT_FAILURE: u8 = 1;
+/// `novabox doctor`: the checks ran and at least one is FAIL.
+pub const EXIT_CHECKS_FAILED: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "novabox", version, about = "A single-host OpenStack-style compute cloud", propagate_version = true)]
@@ -37,11 +42,21 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check whether this host can run guests (KVM or TCG) and print the fix when not
+    Doctor(doctor::DoctorArgs),
     /// Create or update the state directory, config, database, users and clouds.yaml
     Init(init::InitArgs),
     /// Show the effective configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Start the cloud: broker, conductor, scheduler, compute and the API
+    Up(up::UpArgs),
+    /// Stop what `up` started for this home
+    Down,
+    /// Run one service alone (it joins the others over RabbitMQ)
+    Service(up::ServiceArgs),
+    /// Create, list, show, delete servers and read their console
+    Server(server::ServerArgs),
     /// Measure parts of novabox (`bench bus`: message bus throughput and latency)
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -49,8 +64,13 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Doctor(args) => doctor::run(&cli.global, args),
         Command::Init(args) => init::run(&cli.global, args),
         Command::Config(cmd) => config::run(&cli.global, cmd),
+        Command::Up(args) => up::up(&cli.global, args),
+        Command::Down => up::down(&cli.global),
+        Command::Service(args) => up::service(&cli.global, args),
+        Command::Server(args) => server::run(&cli.global, args),
         Command::Bench(cmd) => bench::run(&cli.global, cmd),
     }
 }

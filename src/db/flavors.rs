@@ -29,7 +29,9 @@ pub struct NewFlavor<'a> {
     pub root_gb: i64,
     pub ephemeral_gb: i64,
     pub swap: i64,
+    pub rxtx_factor: f64,
     pub is_public: bool,
+    pub description: Option<&'a str>,
 }
 
 /// DevStack's flavors, plus m1.nano for tiny test guests.
@@ -81,7 +83,9 @@ impl Db {
                     root_gb,
                     ephemeral_gb: 0,
                     swap: 0,
+                    rxtx_factor: 1.0,
                     is_public: true,
+                    description: None,
                 })?;
                 added += 1;
             }
@@ -91,9 +95,22 @@ impl Db {
 
     pub fn create_flavor(&self, f: &NewFlavor<'_>) -> Result<Flavor> {
         let inserted = self.conn().execute(
-            "INSERT INTO flavors (flavorid, name, memory_mb, vcpus, root_gb, ephemeral_gb, swap, is_public, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![f.flavorid, f.name, f.memory_mb, f.vcpus, f.root_gb, f.ephemeral_gb, f.swap, f.is_public, now()],
+            "INSERT INTO flavors (flavorid, name, memory_mb, vcpus, root_gb, ephemeral_gb, swap, rxtx_factor, is_public,
+                description, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                f.flavorid,
+                f.name,
+                f.memory_mb,
+                f.vcpus,
+                f.root_gb,
+                f.ephemeral_gb,
+                f.swap,
+                f.rxtx_factor,
+                f.is_public,
+                f.description,
+                now()
+            ],
         );
         match inserted {
             Ok(_) => {}
@@ -137,5 +154,44 @@ mod tests {
         let nano = db.flavor_by_flavorid("42").unwrap().unwrap();
         assert_eq!((nano.name.as_str(), nano.memory_mb), ("m1.nano", 64));
         assert_eq!(db.flavors().unwrap().first().unwrap().name, "m1.nano");
+    }
+}
+
+impl Db {
+    /// Removes a flavor; instances keep their snapshot of it.
+    pub fn delete_flavor(&self, flavorid: &str) -> Result<bool> {
+        Ok(self.conn().execute("DELETE FROM flavors WHERE flavorid = ?1", [flavorid])? > 0)
+    }
+
+    pub fn flavor_extra_specs(&self, flavor_row_id: i64) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT key, value FROM flavor_extra_specs WHERE flavor_id = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([flavor_row_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_flavor_extra_specs(
+        &self,
+        flavor_row_id: i64,
+        specs: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let tx = self.conn().unchecked_transaction()?;
+        for (k, v) in specs {
+            tx.execute(
+                "INSERT INTO flavor_extra_specs (flavor_id, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (flavor_id, key) DO UPDATE SET value = excluded.value",
+                params![flavor_row_id, k, v],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_flavor_extra_spec(&self, flavor_row_id: i64, key: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM flavor_extra_specs WHERE flavor_id = ?1 AND key = ?2", params![flavor_row_id, key])?
+            > 0)
     }
 }

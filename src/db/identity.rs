@@ -21,6 +21,23 @@ pub struct User {
     pub enabled: bool,
 }
 
+const PROJECT_COLUMNS: &str = "id, name, description, enabled";
+const USER_COLUMNS: &str = "id, name, password_hash, default_project_id, enabled";
+
+fn project_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project { id: r.get(0)?, name: r.get(1)?, description: r.get(2)?, enabled: r.get(3)? })
+}
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        password_hash: r.get(2)?,
+        default_project_id: r.get(3)?,
+        enabled: r.get(4)?,
+    })
+}
+
 impl Db {
     /// Returns the project's id, creating it when absent. Existing rows are never changed.
     pub fn ensure_project(&self, name: &str, description: &str) -> Result<String> {
@@ -36,19 +53,18 @@ impl Db {
     }
 
     pub fn project_by_name(&self, name: &str) -> Result<Option<Project>> {
-        Ok(self
-            .conn()
-            .query_row("SELECT id, name, description, enabled FROM projects WHERE name = ?1", [name], |r| {
-                Ok(Project { id: r.get(0)?, name: r.get(1)?, description: r.get(2)?, enabled: r.get(3)? })
-            })
-            .optional()?)
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE name = ?1");
+        Ok(self.conn().query_row(&sql, [name], project_from_row).optional()?)
+    }
+
+    pub fn project_by_id(&self, id: &str) -> Result<Option<Project>> {
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1");
+        Ok(self.conn().query_row(&sql, [id], project_from_row).optional()?)
     }
 
     pub fn projects(&self) -> Result<Vec<Project>> {
-        let mut stmt = self.conn().prepare("SELECT id, name, description, enabled FROM projects ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Project { id: r.get(0)?, name: r.get(1)?, description: r.get(2)?, enabled: r.get(3)? })
-        })?;
+        let mut stmt = self.conn().prepare(&format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name"))?;
+        let rows = stmt.query_map([], project_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -67,22 +83,19 @@ impl Db {
     }
 
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT id, name, password_hash, default_project_id, enabled FROM users WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        password_hash: r.get(2)?,
-                        default_project_id: r.get(3)?,
-                        enabled: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?)
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1");
+        Ok(self.conn().query_row(&sql, [name], user_from_row).optional()?)
+    }
+
+    pub fn user_by_id(&self, id: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1");
+        Ok(self.conn().query_row(&sql, [id], user_from_row).optional()?)
+    }
+
+    pub fn users(&self) -> Result<Vec<User>> {
+        let mut stmt = self.conn().prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))?;
+        let rows = stmt.query_map([], user_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Replaces a user's password hash (used when the plain password was lost).

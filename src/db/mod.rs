@@ -9,13 +9,25 @@ use rusqlite_migration::{Migrations, M};
 
 pub mod flavors;
 pub mod identity;
+pub mod images;
+pub mod instances;
+pub mod keypairs;
+pub mod network;
+pub mod notifications;
+pub mod quotas;
+pub mod services;
+pub mod tokens;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never
 /// mistaken for ours and migrated.
 const APPLICATION_ID: i32 = 0x4e4f_5641;
 
 /// Every migration, oldest first. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_neutron_attributes.sql"),
+    include_str!("migrations/0003_port_preserve_on_delete.sql"),
+];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -46,6 +58,11 @@ pub enum DbError {
     Sql(#[from] rusqlite::Error),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Every address of the network's subnets is taken.
+    #[error("No more IP addresses available on network {network_id}.")]
+    NoFreeIp { network_id: String },
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -230,5 +247,23 @@ mod tests {
         Connection::open(&q).unwrap().execute_batch("CREATE TABLE x(a)").unwrap();
         let err = Db::open(&q, OpenOptions::default()).err().unwrap();
         assert!(matches!(err, DbError::Foreign { .. }), "{err}");
+    }
+}
+
+/// The database shared by the services of one process. SQLite serialises writers anyway;
+/// one connection behind a mutex keeps every query short and every transaction whole.
+#[derive(Clone)]
+pub struct SharedDb(std::sync::Arc<std::sync::Mutex<Db>>);
+
+impl SharedDb {
+    pub fn new(db: Db) -> SharedDb {
+        SharedDb(std::sync::Arc::new(std::sync::Mutex::new(db)))
+    }
+
+    /// Runs `f` with the connection. A panic in another holder does not make the data
+    /// unusable (every change is a transaction), so a poisoned lock is taken over.
+    pub fn with<T>(&self, f: impl FnOnce(&Db) -> T) -> T {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
     }
 }

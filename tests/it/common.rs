@@ -1,37 +1,87 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: the binary, a private home, free ports.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The `novabox` binary under test, with its home in `home` and no inherited log filter.
-pub fn novabox(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_novabox"));
-    cmd.env("NOVABOX_HOME", home).env_remove("NOVABOX_LOG").env_remove("RUST_LOG");
-    cmd
+/// A temporary home; removed when dropped.
+pub struct TestHome {
+    dir: tempfile::TempDir,
 }
 
-/// Runs `cmd` and fails the test with its output when it does not exit 0.
-pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("cannot run novabox");
+impl TestHome {
+    pub fn new() -> TestHome {
+        TestHome { dir: tempfile::tempdir().expect("temp home") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `novabox --home <this home>`, with nothing inherited that could point elsewhere.
+    pub fn novabox(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_novabox"));
+        cmd.env_remove("NOVABOX_HOME").env_remove("NOVABOX_LOG").arg("--home").arg(self.path());
+        cmd
+    }
+}
+
+/// The source tree, so fixture paths work whatever the test's working directory.
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Runs the command and returns its output, panicking with stderr when it could not start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+impl TestHome {
+    /// Where this home's clouds.yaml goes (never the user's own).
+    pub fn clouds_yaml(&self) -> PathBuf {
+        self.path().join("clouds.yaml")
+    }
+
+    /// `novabox init` for tests: no prompts, no apt, its own clouds.yaml and API port.
+    pub fn init(&self, extra: &[&str]) -> Output {
+        let port = free_port().to_string();
+        let mut cmd = self.novabox();
+        cmd.args([
+            "init",
+            "--yes",
+            "--no-install",
+            "--no-boot-probe",
+            "--api-port",
+            &port,
+            "--bus-port",
+            &free_port().to_string(),
+        ])
+        .arg("--clouds-yaml")
+        .arg(self.clouds_yaml())
+        .args(extra);
+        run(&mut cmd)
+    }
+}
+
+/// Asserts the command succeeded, showing its output when it did not.
+pub fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
-        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    out
 }
 
-/// True when rabbitmq-server is installed; otherwise panics unless NOVABOX_SKIP_RABBITMQ=1,
-/// so CI (which installs it) never skips silently.
-pub fn rabbitmq_available() -> bool {
-    if novabox::supervise::rabbitmq::is_installed() {
-        return true;
-    }
-    if std::env::var_os("NOVABOX_SKIP_RABBITMQ").is_some_and(|v| v == "1") {
-        eprintln!("rabbitmq-server is not installed and NOVABOX_SKIP_RABBITMQ=1: skipping");
-        return false;
-    }
-    panic!("this test needs rabbitmq-server (scripts/install-deps); set NOVABOX_SKIP_RABBITMQ=1 to skip it");
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

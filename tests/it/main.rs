@@ -1,4 +1,6 @@
-//! End-to-end tests: one test binary that drives the real `novabox` binary (one link step).
+//! The end-to-end tests: one binary (one link step) that drives the real `novabox` binary.
 
 mod bus;
 mod common;
+mod doctor;
+mod init;

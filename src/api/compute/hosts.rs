@@ -1,0 +1,305 @@
+//! What the cloud is made of and how much a project may use: hypervisors, services,
+//! availability zones, limits and quota sets.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::microversion::Microversion;
+use super::parse_body;
+use crate::api::context::Auth;
+use crate::api::fault::{ApiError, ApiResult};
+use crate::api::AppState;
+use crate::db::services::{is_up, ComputeNode, Service};
+
+/// nova's service timestamps: no zone suffix, microseconds.
+fn nova_time(ts: &Option<String>) -> Value {
+    match ts {
+        Some(t) => json!(format!("{}.000000", t.trim_end_matches('Z'))),
+        None => Value::Null,
+    }
+}
+
+fn service_json(s: &Service, state: &AppState, v: Microversion) -> Value {
+    let up = is_up(s, state.config.compute.service_down_secs);
+    let zone =
+        if s.binary == crate::compute::BINARY { state.config.host.availability_zone.as_str() } else { "internal" };
+    let mut o = json!({
+        "id": if v.at_least(53) { json!(s.uuid) } else { json!(s.id) },
+        "binary": s.binary,
+        "host": s.host,
+        "zone": zone,
+        "status": if s.disabled { "disabled" } else { "enabled" },
+        "state": if up { "up" } else { "down" },
+        "updated_at": nova_time(&s.last_seen_at),
+        "disabled_reason": s.disabled_reason,
+    });
+    if v.at_least(11) {
+        o["forced_down"] = json!(s.forced_down);
+    }
+    o
+}
+
+pub async fn services(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let list = state.db.with(|db| db.services())?;
+    Ok(Json(json!({"services": list.iter().map(|s| service_json(s, &state, v)).collect::<Vec<_>>()})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceUpdate {
+    status: Option<String>,
+    disabled_reason: Option<String>,
+    forced_down: Option<bool>,
+}
+
+/// PUT /os-services/{id} (2.53+): enable, disable, force down.
+pub async fn update_service(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    if !v.at_least(53) {
+        return Err(ApiError::not_found("Use microversion 2.53 or later to update a service by id."));
+    }
+    let (_, u) = parse_body::<ServiceUpdate>(body)?;
+    let svc = state
+        .db
+        .with(|db| db.service_by_id_or_uuid(&id))?
+        .ok_or_else(|| ApiError::not_found(format!("Service {id} could not be found.")))?;
+    let disabled = match u.status.as_deref() {
+        None => svc.disabled,
+        Some("enabled") => false,
+        Some("disabled") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("Invalid status {other:?}: use enabled or disabled"))),
+    };
+    let reason = if disabled { u.disabled_reason.or(svc.disabled_reason.clone()) } else { None };
+    let forced = u.forced_down.unwrap_or(svc.forced_down);
+    state.db.with(|db| db.set_service_status(svc.id, disabled, reason.as_deref(), forced))?;
+    let svc = state.db.with(|db| db.service_by_id_or_uuid(&id))?.unwrap_or(svc);
+    Ok(Json(json!({"service": service_json(&svc, &state, v)})))
+}
+
+fn hypervisor_json(
+    n: &ComputeNode,
+    svc: Option<&Service>,
+    state: &AppState,
+    v: Microversion,
+    detail: bool,
+) -> ApiResult<Value> {
+    let up = svc.is_some_and(|s| is_up(s, state.config.compute.service_down_secs));
+    let disabled = svc.is_some_and(|s| s.disabled);
+    let mut o = json!({
+        "id": if v.at_least(53) { json!(n.uuid) } else { json!(n.id) },
+        "hypervisor_hostname": n.report.hypervisor_hostname,
+        "state": if up { "up" } else { "down" },
+        "status": if disabled { "disabled" } else { "enabled" },
+    });
+    if detail {
+        let (vcpus_used, mem_used, disk_used, running) = state.db.with(|db| db.host_usage(&n.host))?;
+        let r = &n.report;
+        let memory_used = mem_used + r.reserved_host_memory_mb;
+        o["cpu_info"] = json!("{}");
+        o["current_workload"] = json!(0);
+        o["disk_available_least"] = json!(r.local_gb - disk_used);
+        o["free_disk_gb"] = json!(r.local_gb - disk_used);
+        o["free_ram_mb"] = json!(r.memory_mb - memory_used);
+        o["host_ip"] = json!(r.host_ip);
+        o["hypervisor_type"] = json!(r.hypervisor_type);
+        o["hypervisor_version"] = json!(r.hypervisor_version);
+        o["local_gb"] = json!(r.local_gb);
+        o["local_gb_used"] = json!(disk_used);
+        o["memory_mb"] = json!(r.memory_mb);
+        o["memory_mb_used"] = json!(memory_used);
+        o["running_vms"] = json!(running);
+        o["vcpus"] = json!(r.vcpus);
+        o["vcpus_used"] = json!(vcpus_used);
+        o["service"] = json!({
+            "host": n.host,
+            "id": svc.map(|s| if v.at_least(53) { json!(s.uuid) } else { json!(s.id) }),
+            "disabled_reason": svc.and_then(|s| s.disabled_reason.clone()),
+        });
+    }
+    Ok(o)
+}
+
+fn hypervisor_list(state: &AppState, v: Microversion, detail: bool) -> ApiResult<Vec<Value>> {
+    let (nodes, services) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.compute_nodes()?, db.services()?)) })?;
+    nodes
+        .iter()
+        .map(|n| {
+            let svc = services.iter().find(|s| s.host == n.host && s.binary == crate::compute::BINARY);
+            hypervisor_json(n, svc, state, v, detail)
+        })
+        .collect()
+}
+
+pub async fn hypervisors(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    Ok(Json(json!({"hypervisors": hypervisor_list(&state, v, false)?})))
+}
+
+pub async fn hypervisors_detail(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    Ok(Json(json!({"hypervisors": hypervisor_list(&state, v, true)?})))
+}
+
+pub async fn hypervisor(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let list = hypervisor_list(&state, v, true)?;
+    let found = list
+        .into_iter()
+        .find(|h| h["id"].as_str() == Some(&id) || h["id"].as_i64().map(|i| i.to_string()) == Some(id.clone()))
+        .ok_or_else(|| ApiError::not_found(format!("Hypervisor with ID {id} could not be found.")))?;
+    Ok(Json(json!({ "hypervisor": found })))
+}
+
+pub async fn hypervisor_statistics(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let list = hypervisor_list(&state, v, true)?;
+    let sum = |k: &str| list.iter().map(|h| h[k].as_i64().unwrap_or(0)).sum::<i64>();
+    let keys = [
+        "current_workload",
+        "disk_available_least",
+        "free_disk_gb",
+        "free_ram_mb",
+        "local_gb",
+        "local_gb_used",
+        "memory_mb",
+        "memory_mb_used",
+        "running_vms",
+        "vcpus",
+        "vcpus_used",
+    ];
+    let mut stats = serde_json::Map::new();
+    stats.insert("count".into(), json!(list.len()));
+    for k in keys {
+        stats.insert(k.into(), json!(sum(k)));
+    }
+    Ok(Json(json!({ "hypervisor_statistics": stats })))
+}
+
+pub async fn availability_zones(State(state): State<AppState>, _auth: Auth) -> Json<Value> {
+    Json(json!({"availabilityZoneInfo": [
+        {"zoneName": state.config.host.availability_zone, "zoneState": {"available": true}, "hosts": null}
+    ]}))
+}
+
+pub async fn availability_zones_detail(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let services = state.db.with(|db| db.services())?;
+    let down_after = state.config.compute.service_down_secs;
+    let mut zones: Vec<Value> = Vec::new();
+    for (zone, compute) in [(state.config.host.availability_zone.as_str(), true), ("internal", false)] {
+        let mut hosts = serde_json::Map::new();
+        for s in services.iter().filter(|s| (s.binary == crate::compute::BINARY) == compute) {
+            let entry = hosts.entry(s.host.clone()).or_insert_with(|| json!({}));
+            entry[s.binary.replace("novabox-", "nova-")] = json!({
+                "available": is_up(s, down_after) && !s.disabled,
+                "active": !s.disabled,
+                "updated_at": nova_time(&s.last_seen_at),
+            });
+        }
+        if compute || !hosts.is_empty() {
+            zones.push(json!({"zoneName": zone, "zoneState": {"available": true}, "hosts": hosts}));
+        }
+    }
+    Ok(Json(json!({ "availabilityZoneInfo": zones })))
+}
+
+pub async fn limits(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
+    let (q, (instances, cores, ram), keypairs) = state.db.with(|db| -> crate::db::Result<_> {
+        Ok((
+            db.quota_limits(auth.project_id())?,
+            db.project_usage(auth.project_id())?,
+            db.keypairs(auth.user_id())?.len(),
+        ))
+    })?;
+    let get = |k: &str| q.get(k).copied().unwrap_or(-1);
+    let mut absolute = json!({
+        "maxServerMeta": get("metadata_items"),
+        "maxImageMeta": get("metadata_items"),
+        "maxTotalKeypairs": get("key_pairs"),
+        "maxTotalInstances": get("instances"),
+        "maxTotalCores": get("cores"),
+        "maxTotalRAMSize": get("ram"),
+        "maxServerGroups": get("server_groups"),
+        "maxServerGroupMembers": get("server_group_members"),
+        "totalInstancesUsed": instances,
+        "totalCoresUsed": cores,
+        "totalRAMUsed": ram,
+        "totalServerGroupsUsed": 0,
+    });
+    let _ = keypairs;
+    if !v.at_least(57) {
+        absolute["maxPersonality"] = json!(get("injected_files"));
+        absolute["maxPersonalitySize"] = json!(get("injected_file_content_bytes"));
+    }
+    if !v.at_least(36) {
+        for k in ["maxSecurityGroups", "maxSecurityGroupRules", "maxTotalFloatingIps"] {
+            absolute[k] = json!(-1);
+        }
+        for k in ["totalSecurityGroupsUsed", "totalFloatingIpsUsed"] {
+            absolute[k] = json!(0);
+        }
+    }
+    Ok(Json(json!({"limits": {"rate": [], "absolute": absolute}})))
+}
+
+fn quota_view(state: &AppState, project: &str, v: Microversion, detail: bool) -> ApiResult<Value> {
+    let (q, (instances, cores, ram)) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.quota_limits(project)?, db.project_usage(project)?)) })?;
+    let mut o = json!({ "id": project });
+    for (k, limit) in &q {
+        if v.at_least(57) && k.starts_with("injected_file") {
+            continue;
+        }
+        let used = match k.as_str() {
+            "instances" => instances,
+            "cores" => cores,
+            "ram" => ram,
+            _ => 0,
+        };
+        o[k] = if detail { json!({"limit": limit, "in_use": used, "reserved": 0}) } else { json!(limit) };
+    }
+    Ok(o)
+}
+
+pub async fn quota_set(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if project != auth.project_id() {
+        auth.require_admin()?;
+    }
+    Ok(Json(json!({"quota_set": quota_view(&state, &project, v, false)?})))
+}
+
+pub async fn quota_set_detail(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if project != auth.project_id() {
+        auth.require_admin()?;
+    }
+    Ok(Json(json!({"quota_set": quota_view(&state, &project, v, true)?})))
+}

@@ -1,0 +1,93 @@
+//! Compute v2.1 (nova): version documents, servers, flavors, keypairs, hosts and limits.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{base_url, AppState};
+
+pub mod flavors;
+pub mod hosts;
+pub mod keypairs;
+pub mod microversion;
+pub mod servers;
+
+pub fn router() -> Router<AppState> {
+    let v21 = Router::new()
+        .route("/", get(version))
+        .route("/servers", get(servers::list).post(servers::create))
+        .route("/servers/detail", get(servers::list_detail))
+        .route("/servers/{id}", get(servers::show).put(servers::update).delete(servers::delete))
+        .route("/servers/{id}/action", post(servers::action))
+        .route("/servers/{id}/ips", get(servers::ips))
+        .route("/servers/{id}/metadata", get(servers::metadata))
+        .route("/servers/{id}/os-instance-actions", get(servers::instance_actions))
+        .route("/flavors", get(flavors::list).post(flavors::create))
+        .route("/flavors/detail", get(flavors::list_detail))
+        .route("/flavors/{id}", get(flavors::show).delete(flavors::delete))
+        .route("/flavors/{id}/os-extra_specs", get(flavors::extra_specs).post(flavors::set_extra_specs))
+        .route("/flavors/{id}/os-extra_specs/{key}", get(flavors::extra_spec).delete(flavors::delete_extra_spec))
+        .route("/os-keypairs", get(keypairs::list).post(keypairs::create))
+        .route("/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
+        .route("/os-hypervisors", get(hosts::hypervisors))
+        .route("/os-hypervisors/detail", get(hosts::hypervisors_detail))
+        .route("/os-hypervisors/statistics", get(hosts::hypervisor_statistics))
+        .route("/os-hypervisors/{id}", get(hosts::hypervisor))
+        .route("/os-services", get(hosts::services))
+        .route("/os-services/{id}", axum::routing::put(hosts::update_service))
+        .route("/os-availability-zone", get(hosts::availability_zones))
+        .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
+        .route("/limits", get(hosts::limits))
+        .route("/os-quota-sets/{project}", get(hosts::quota_set))
+        .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail));
+    Router::new()
+        .route("/", get(versions))
+        .route("/v2.1/", get(version))
+        .nest("/v2.1", v21)
+        .layer(middleware::from_fn(microversion::negotiate))
+}
+
+fn version_doc(base: &str) -> Value {
+    json!({
+        "id": "v2.1",
+        "status": "CURRENT",
+        "version": microversion::MAX.to_string(),
+        "min_version": microversion::MIN.to_string(),
+        "updated": "2013-07-23T11:33:21Z",
+        "links": [
+            {"rel": "self", "href": format!("{base}/compute/v2.1/")},
+            {"rel": "describedby", "type": "text/html", "href": "https://docs.openstack.org/"},
+        ],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2.1"}],
+    })
+}
+
+pub async fn versions(headers: HeaderMap, State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"versions": [version_doc(&base_url(&headers, &state.config))]}))
+}
+
+async fn version(headers: HeaderMap, State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"version": version_doc(&base_url(&headers, &state.config))}))
+}
+
+/// `{base}/compute/v2.1/{project}/{kind}/{id}` and its bookmark, as nova's links.
+pub fn links(base: &str, kind: &str, id: &str) -> Value {
+    json!([
+        {"rel": "self", "href": format!("{base}/compute/v2.1/{kind}/{id}")},
+        {"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")},
+    ])
+}
+
+/// Parses a JSON body, turning syntax and type errors into nova's 400.
+pub fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(Value, T), super::fault::ApiError> {
+    let Json(v) =
+        body.map_err(|e| super::fault::ApiError::bad_request(format!("Malformed request body: {}", e.body_text())))?;
+    let t = serde_json::from_value(v.clone())
+        .map_err(|e| super::fault::ApiError::bad_request(format!("Invalid input for field/attribute: {e}")))?;
+    Ok((v, t))
+}

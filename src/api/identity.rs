@@ -1,0 +1,410 @@
+//! Identity v3 (keystone): version discovery, password and token authentication with project
+//! scope, token validation and revocation, and the admin listings clients use.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::context::{token_hash, Auth};
+use super::fault::{ApiError, ApiResult};
+use super::{base_url, AppState};
+use crate::db::tokens::TokenRecord;
+use crate::db::Db;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(versions))
+        .route("/v3", get(version))
+        .route("/v3/", get(version))
+        .route("/v3/auth/tokens", get(validate_token).head(check_token).post(issue_token).delete(revoke_token))
+        .route("/v3/auth/catalog", get(auth_catalog))
+        .route("/v3/auth/projects", get(auth_projects))
+        .route("/v3/projects", get(list_projects))
+        .route("/v3/projects/{id}", get(show_project))
+        .route("/v3/users", get(list_users))
+        .route("/v3/users/{id}/projects", get(user_projects))
+}
+
+fn version_doc(base: &str) -> Value {
+    json!({
+        "id": "v3.14",
+        "status": "stable",
+        "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{base}/identity/v3/")}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+    })
+}
+
+async fn versions(headers: HeaderMap, State(state): State<AppState>) -> Response {
+    let base = base_url(&headers, &state.config);
+    (StatusCode::MULTIPLE_CHOICES, Json(json!({"versions": {"values": [version_doc(&base)]}}))).into_response()
+}
+
+async fn version(headers: HeaderMap, State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"version": version_doc(&base_url(&headers, &state.config))}))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthRequest {
+    auth: AuthBody,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthBody {
+    identity: Identity,
+    #[serde(default)]
+    scope: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Identity {
+    methods: Vec<String>,
+    #[serde(default)]
+    password: Option<PasswordMethod>,
+    #[serde(default)]
+    token: Option<TokenMethod>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PasswordMethod {
+    user: UserRef,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserRef {
+    id: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    domain: Option<DomainRef>,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DomainRef {
+    id: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenMethod {
+    id: String,
+}
+
+/// novabox has the one domain keystone starts with.
+fn check_domain(domain: Option<&DomainRef>) -> ApiResult<()> {
+    match domain {
+        None => Ok(()),
+        Some(d)
+            if d.id.as_deref().is_none_or(|id| id == "default") && d.name.as_deref().is_none_or(|n| n == "Default") =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(ApiError::unauthorized("The request you have made requires authentication.")),
+    }
+}
+
+async fn issue_token(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    body: Result<Json<AuthRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(req) =
+        body.map_err(|e| ApiError::bad_request(format!("Invalid authentication request: {}", e.body_text())))?;
+    let unauthorized = || ApiError::unauthorized("The request you have made requires authentication.");
+    let methods = req.auth.identity.methods.clone();
+    let ttl = state.config.api.token_ttl_secs;
+
+    let (token, record) = state.db.with(|db| -> ApiResult<(String, TokenRecord)> {
+        // Who is asking.
+        let (user_id, inherited_project, inherited_expiry) = if methods.iter().any(|m| m == "password") {
+            let pw = req.auth.identity.password.as_ref().ok_or_else(|| {
+                ApiError::bad_request("Expecting to find password in identity: the password method needs it.")
+            })?;
+            check_domain(pw.user.domain.as_ref())?;
+            let user = match (&pw.user.id, &pw.user.name) {
+                (Some(id), _) => db.user_by_id(id)?,
+                (None, Some(name)) => db.user_by_name(name)?,
+                (None, None) => return Err(ApiError::bad_request("Expecting to find id or name in user.")),
+            };
+            let user = user.filter(|u| u.enabled).ok_or_else(unauthorized)?;
+            if !crate::secrets::verify_password(&pw.user.password, &user.password_hash) {
+                return Err(unauthorized());
+            }
+            (user.id, user.default_project_id, None)
+        } else if methods.iter().any(|m| m == "token") {
+            let t = req
+                .auth
+                .identity
+                .token
+                .as_ref()
+                .ok_or_else(|| ApiError::bad_request("Expecting to find token in identity."))?;
+            let rec = db.valid_token(&token_hash(&t.id))?.ok_or_else(unauthorized)?;
+            // A token made from a token never outlives it, as in keystone.
+            (rec.user_id, rec.project_id, Some(rec.expires_at))
+        } else {
+            return Err(ApiError::unauthorized("Only the password and token methods are supported."));
+        };
+
+        // Which project.
+        let project_id = match &req.auth.scope {
+            None => inherited_project,
+            Some(scope) => Some(resolve_project_scope(db, scope)?),
+        };
+        if let Some(p) = &project_id {
+            let enabled = db.project_by_id(p)?.map(|p| p.enabled).unwrap_or(false);
+            if !enabled || db.roles_of(&user_id, p)?.is_empty() {
+                return Err(ApiError::unauthorized("The user has no role on the requested project."));
+            }
+        }
+
+        let mut raw = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let audit_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw[..16]);
+        let issued_at = chrono::Utc::now();
+        let mut expires_at =
+            (issued_at + chrono::Duration::seconds(ttl as i64)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        if let Some(parent) = inherited_expiry {
+            expires_at = expires_at.min(parent);
+        }
+        db.insert_token(
+            &token_hash(&token),
+            &audit_id,
+            &user_id,
+            project_id.as_deref(),
+            &methods,
+            &issued_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            &expires_at,
+        )?;
+        let record = db.valid_token(&token_hash(&token))?.ok_or_else(|| ApiError::internal("token vanished"))?;
+        Ok((token, record))
+    })?;
+
+    let body = token_body(&record, &base_url(&headers, &state.config), &state.config.host.region);
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    resp.headers_mut().insert("x-subject-token", token.parse().map_err(|_| ApiError::internal("bad token"))?);
+    Ok(resp)
+}
+
+fn resolve_project_scope(db: &Db, scope: &Value) -> ApiResult<String> {
+    let project = scope.get("project").ok_or_else(|| {
+        ApiError::unauthorized("Only project scope is supported; ask for a token scoped to a project.")
+    })?;
+    let not_found = || ApiError::unauthorized("The requested project was not found.");
+    if let Some(id) = project.get("id").and_then(Value::as_str) {
+        return db.project_by_id(id)?.map(|p| p.id).ok_or_else(not_found);
+    }
+    if let Some(name) = project.get("name").and_then(Value::as_str) {
+        let domain = project.get("domain").map(|d| DomainRef {
+            id: d.get("id").and_then(Value::as_str).map(str::to_string),
+            name: d.get("name").and_then(Value::as_str).map(str::to_string),
+        });
+        check_domain(domain.as_ref())?;
+        return db.project_by_name(name)?.map(|p| p.id).ok_or_else(not_found);
+    }
+    Err(ApiError::bad_request("Expecting to find id or name in project scope."))
+}
+
+fn token_body(rec: &TokenRecord, base: &str, region: &str) -> Value {
+    let domain = json!({"id": "default", "name": "Default"});
+    let mut token = json!({
+        "methods": rec.methods,
+        "user": {"id": rec.user_id, "name": rec.user_name, "domain": domain, "password_expires_at": null},
+        "audit_ids": [rec.audit_id],
+        "issued_at": with_micros(&rec.issued_at),
+        "expires_at": with_micros(&rec.expires_at),
+    });
+    if let (Some(pid), Some(pname)) = (&rec.project_id, &rec.project_name) {
+        token["project"] = json!({"id": pid, "name": pname, "domain": domain});
+        token["is_domain"] = json!(false);
+        token["roles"] = rec.roles.iter().map(|(id, name)| json!({"id": id, "name": name})).collect();
+        token["catalog"] = catalog(base, region, pid);
+    }
+    json!({ "token": token })
+}
+
+/// keystone writes token times with microseconds: `2026-11-27T10:00:00.000000Z`.
+fn with_micros(ts: &str) -> String {
+    match ts.strip_suffix('Z') {
+        Some(s) if !s.contains('.') => format!("{s}.000000Z"),
+        _ => ts.to_string(),
+    }
+}
+
+/// The service catalog. Compute's URL includes its version; image and network do not, since
+/// clients append `v2/` and `v2.0/` themselves.
+fn catalog(base: &str, region: &str, _project_id: &str) -> Value {
+    let services = [
+        ("identity", "keystone", format!("{base}/identity")),
+        ("compute", "nova", format!("{base}/compute/v2.1")),
+        ("image", "glance", format!("{base}/image")),
+        ("network", "neutron", format!("{base}/network")),
+    ];
+    services
+        .iter()
+        .map(|(kind, name, url)| {
+            let endpoints: Vec<Value> = ["public", "internal", "admin"]
+                .iter()
+                .map(|iface| {
+                    json!({
+                        "id": stable_id(&format!("{kind}-{iface}")),
+                        "interface": iface,
+                        "region": region,
+                        "region_id": region,
+                        "url": url,
+                    })
+                })
+                .collect();
+            json!({"id": stable_id(kind), "type": kind, "name": name, "endpoints": endpoints})
+        })
+        .collect()
+}
+
+/// An id that stays the same across restarts without being stored.
+fn stable_id(seed: &str) -> String {
+    token_hash(seed)[..32].to_string()
+}
+
+fn subject(headers: &HeaderMap) -> ApiResult<String> {
+    headers
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_request("The X-Subject-Token header is required."))
+}
+
+async fn validate_token(headers: HeaderMap, State(state): State<AppState>, _auth: Auth) -> ApiResult<Response> {
+    let subject = subject(&headers)?;
+    let record = state
+        .db
+        .with(|db| db.valid_token(&token_hash(&subject)))?
+        .ok_or_else(|| ApiError::not_found("Could not find token."))?;
+    let body = token_body(&record, &base_url(&headers, &state.config), &state.config.host.region);
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert("x-subject-token", subject.parse().map_err(|_| ApiError::internal("bad token"))?);
+    Ok(resp)
+}
+
+async fn check_token(headers: HeaderMap, State(state): State<AppState>, _auth: Auth) -> ApiResult<StatusCode> {
+    let subject = subject(&headers)?;
+    match state.db.with(|db| db.valid_token(&token_hash(&subject)))? {
+        Some(_) => Ok(StatusCode::OK),
+        None => Err(ApiError::not_found("Could not find token.")),
+    }
+}
+
+async fn revoke_token(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
+    let subject = subject(&headers)?;
+    let hash = token_hash(&subject);
+    let owner =
+        state.db.with(|db| db.valid_token(&hash))?.ok_or_else(|| ApiError::not_found("Could not find token."))?;
+    if owner.user_id != auth.user_id() && !auth.is_admin() {
+        return Err(ApiError::forbidden("You may revoke only your own tokens."));
+    }
+    state.db.with(|db| db.revoke_token(&hash))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn auth_catalog(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> Json<Value> {
+    let base = base_url(&headers, &state.config);
+    Json(json!({"catalog": catalog(&base, &state.config.host.region, auth.project_id()), "links": {"self": null}}))
+}
+
+fn project_json(p: &crate::db::identity::Project) -> Value {
+    json!({
+        "id": p.id, "name": p.name, "description": p.description, "enabled": p.enabled,
+        "domain_id": "default", "is_domain": false, "parent_id": "default", "tags": [], "options": {},
+        "links": {"self": null},
+    })
+}
+
+/// The projects the caller has a role on.
+async fn auth_projects(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
+    let projects = state.db.with(|db| -> ApiResult<Vec<Value>> {
+        let mut out = Vec::new();
+        for p in db.projects()? {
+            if !db.roles_of(auth.user_id(), &p.id)?.is_empty() {
+                out.push(project_json(&p));
+            }
+        }
+        Ok(out)
+    })?;
+    Ok(Json(json!({"projects": projects, "links": {"self": null, "next": null, "previous": null}})))
+}
+
+async fn user_projects(
+    State(state): State<AppState>,
+    auth: Auth,
+    axum::extract::Path(user_id): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    if user_id != auth.user_id() {
+        auth.require_admin()?;
+    }
+    let projects = state.db.with(|db| -> ApiResult<Vec<Value>> {
+        let mut out = Vec::new();
+        for p in db.projects()? {
+            if !db.roles_of(&user_id, &p.id)?.is_empty() {
+                out.push(project_json(&p));
+            }
+        }
+        Ok(out)
+    })?;
+    Ok(Json(json!({"projects": projects, "links": {"self": null, "next": null, "previous": null}})))
+}
+
+async fn list_projects(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let projects = state.db.with(|db| db.projects())?;
+    Ok(Json(json!({
+        "projects": projects.iter().map(project_json).collect::<Vec<_>>(),
+        "links": {"self": null, "next": null, "previous": null},
+    })))
+}
+
+async fn show_project(
+    State(state): State<AppState>,
+    auth: Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    if id != auth.project_id() {
+        auth.require_admin()?;
+    }
+    let p = state
+        .db
+        .with(|db| db.project_by_id(&id))?
+        .ok_or_else(|| ApiError::not_found(format!("Could not find project: {id}.")))?;
+    Ok(Json(json!({"project": project_json(&p)})))
+}
+
+async fn list_users(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let users = state.db.with(|db| db.users())?;
+    let users: Vec<Value> = users
+        .iter()
+        .map(|u| {
+            json!({
+                "id": u.id, "name": u.name, "enabled": u.enabled, "domain_id": "default",
+                "default_project_id": u.default_project_id, "password_expires_at": null, "options": {},
+                "links": {"self": null},
+            })
+        })
+        .collect();
+    Ok(Json(json!({"users": users, "links": {"self": null, "next": null, "previous": null}})))
+}
+
+/// Checks that the stored `now()` format compares correctly with expiry strings.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn micros_are_added_once() {
+        assert_eq!(super::with_micros("2026-01-01T00:00:00Z"), "2026-01-01T00:00:00.000000Z");
+        assert_eq!(super::with_micros("2026-01-01T00:00:00.5Z"), "2026-01-01T00:00:00.5Z");
+        assert!(crate::db::now().ends_with('Z'));
+    }
+}

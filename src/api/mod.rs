@@ -1,0 +1,79 @@
+//! The HTTP API: one listener, DevStack-style prefixes (`/identity`, `/compute`, `/image`,
+//! `/network`), each service with its own error format.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::middleware;
+use axum::Router;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::db::SharedDb;
+use crate::home::Home;
+
+pub mod compute;
+pub mod context;
+pub mod fault;
+pub mod identity;
+pub mod image;
+pub mod network;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use fault::{render_faults, Family};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: SharedDb,
+    pub config: Arc<Config>,
+    pub bus: Arc<dyn Bus>,
+    pub home: Home,
+}
+
+/// Wraps a service's router so its errors, unknown routes and wrong methods get the
+/// service's error body.
+fn service(router: Router<AppState>, family: Family) -> Router<AppState> {
+    router.layer(middleware::from_fn(move |req, next| render_faults(family, req, next)))
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = (state.config.api.max_body_kb as usize) * 1024;
+    Router::new()
+        .nest("/identity", service(identity::router(), Family::Identity))
+        .nest("/compute", service(compute::router(), Family::Compute))
+        .route("/compute/", axum::routing::get(compute::versions))
+        .nest("/image", service(image::router(), Family::Image))
+        // A nested "/" matches only "/image", but clients also ask for "/image/".
+        .route("/image/", axum::routing::get(image::versions))
+        .nest("/network", service(network::router(), Family::Network))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(context::request_id))
+        .with_state(state)
+}
+
+/// The scheme and authority clients used to reach us, for links and the catalog: the Host
+/// header when there is one (port forwards and Vagrant keep working), the config otherwise.
+pub fn base_url(headers: &HeaderMap, config: &Config) -> String {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c)));
+    match host {
+        Some(h) => format!("http://{h}"),
+        None => config.auth_url().trim_end_matches("/identity/v3").to_string(),
+    }
+}
+
+/// Serves `app` (from [`router`]) on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,214 @@
+//! `novabox server ...`: a thin client of the compute API, as the demo user (or `--admin`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use novabox::client::Client;
+use novabox::config::Config;
+use novabox::secrets::Secrets;
+
+use super::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Act as the admin user (in the admin project) instead of demo
+    #[arg(long, global = true)]
+    pub admin: bool,
+    /// Print JSON
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: ServerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Boot a server
+    Create {
+        name: String,
+        /// Image name or id
+        #[arg(long)]
+        image: String,
+        /// Flavor name or id
+        #[arg(long, default_value = "m1.nano")]
+        flavor: String,
+        /// Network name or id (default: the default network)
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        key_name: Option<String>,
+        /// Wait until ACTIVE
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List servers
+    List,
+    /// Show one server
+    Show { server: String },
+    /// Delete a server
+    Delete {
+        server: String,
+        /// Wait until it is gone
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print the server's console log
+    ConsoleLog {
+        server: String,
+        /// Only the last N lines
+        #[arg(long)]
+        lines: Option<usize>,
+    },
+    /// Stop a server
+    Stop { server: String },
+    /// Start a stopped server
+    Start { server: String },
+    /// Reboot a server
+    Reboot {
+        server: String,
+        #[arg(long)]
+        hard: bool,
+    },
+}
+
+pub async fn login(global: &GlobalArgs, admin: bool) -> anyhow::Result<Client> {
+    let home = super::home(global)?;
+    let config = Config::load(&home.config_file())?;
+    let secrets = Secrets::load(&home.secrets_file())?
+        .with_context(|| format!("{} is missing: run `novabox init`", home.secrets_file().display()))?;
+    let (user, password) = if admin { ("admin", &secrets.admin_password) } else { ("demo", &secrets.demo_password) };
+    Ok(Client::login(&config.auth_url(), user, password, user).await?)
+}
+
+async fn find_id(client: &Client, kind: &str, list_path: &str, key: &str, wanted: &str) -> anyhow::Result<String> {
+    let list = match kind {
+        "image" => client.image(Method::GET, list_path, None).await?,
+        "network" => client.network(Method::GET, list_path, None).await?,
+        _ => client.compute(Method::GET, list_path, None).await?,
+    };
+    let items = list[key].as_array().cloned().unwrap_or_default();
+    let found: Vec<&Value> = items.iter().filter(|i| i["id"] == wanted || i["name"] == wanted).collect();
+    match found.as_slice() {
+        [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
+        [] => bail!("no {kind} named or with id {wanted}"),
+        _ => bail!("several {kind}s are named {wanted}; use its id"),
+    }
+}
+
+fn print_server(s: &Value, json_out: bool) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        return;
+    }
+    let addresses: Vec<String> = s["addresses"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(net, ips)| {
+            let ips: Vec<&str> = ips.as_array().into_iter().flatten().filter_map(|i| i["addr"].as_str()).collect();
+            format!("{net}={}", ips.join(","))
+        })
+        .collect();
+    println!("id        {}", s["id"].as_str().unwrap_or_default());
+    println!("name      {}", s["name"].as_str().unwrap_or_default());
+    println!("status    {}", s["status"].as_str().unwrap_or_default());
+    println!("task      {}", s["OS-EXT-STS:task_state"].as_str().unwrap_or("-"));
+    println!("flavor    {}", s["flavor"]["original_name"].as_str().unwrap_or_default());
+    println!("addresses {}", addresses.join("; "));
+    if let Some(f) = s["fault"]["message"].as_str() {
+        println!("fault     {f}");
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run_async(global, args))
+}
+
+async fn run_async(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let client = login(global, args.admin).await?;
+    let wait = Duration::from_secs(600);
+    match args.command {
+        ServerCommand::Create { name, image, flavor, network, key_name, wait: do_wait } => {
+            let image_id = find_id(&client, "image", "/images", "images", &image).await?;
+            let flavor_id = find_id(&client, "flavor", "/flavors", "flavors", &flavor).await?;
+            let networks = match network {
+                Some(n) => json!([{ "uuid": find_id(&client, "network", "/networks", "networks", &n).await? }]),
+                None => json!("auto"),
+            };
+            let mut server = json!({"name": name, "imageRef": image_id, "flavorRef": flavor_id, "networks": networks});
+            if let Some(k) = key_name {
+                server["key_name"] = json!(k);
+            }
+            let created = client.compute(Method::POST, "/servers", Some(json!({ "server": server }))).await?;
+            let id = created["server"]["id"].as_str().unwrap_or_default().to_string();
+            let shown = if do_wait {
+                client.wait_for(&id, "ACTIVE", wait).await?
+            } else {
+                client.compute(Method::GET, &format!("/servers/{id}"), None).await?["server"].clone()
+            };
+            print_server(&shown, args.json);
+        }
+        ServerCommand::List => {
+            let list = client.compute(Method::GET, "/servers/detail", None).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&list["servers"])?);
+            } else {
+                println!("{:<36}  {:<20}  {:<8}  addresses", "id", "name", "status");
+                for s in list["servers"].as_array().into_iter().flatten() {
+                    let addrs: Vec<&str> = s["addresses"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|o| o.values())
+                        .flat_map(|v| v.as_array().into_iter().flatten())
+                        .filter_map(|a| a["addr"].as_str())
+                        .collect();
+                    println!(
+                        "{:<36}  {:<20}  {:<8}  {}",
+                        s["id"].as_str().unwrap_or_default(),
+                        s["name"].as_str().unwrap_or_default(),
+                        s["status"].as_str().unwrap_or_default(),
+                        addrs.join(",")
+                    );
+                }
+            }
+        }
+        ServerCommand::Show { server } => print_server(&client.find_server(&server).await?, args.json),
+        ServerCommand::Delete { server, wait: do_wait } => {
+            let s = client.find_server(&server).await?;
+            let id = s["id"].as_str().unwrap_or_default();
+            client.compute(Method::DELETE, &format!("/servers/{id}"), None).await?;
+            if do_wait {
+                client.wait_for(id, "DELETED", wait).await?;
+            }
+            println!("deleted {id}");
+        }
+        ServerCommand::ConsoleLog { server, lines } => {
+            let s = client.find_server(&server).await?;
+            let id = s["id"].as_str().unwrap_or_default();
+            let body = json!({"os-getConsoleOutput": {"length": lines.map(|l| l as i64).unwrap_or(-1)}});
+            let out = client.compute(Method::POST, &format!("/servers/{id}/action"), Some(body)).await?;
+            print!("{}", out["output"].as_str().unwrap_or_default());
+        }
+        ServerCommand::Stop { server } => server_action(&client, &server, json!({"os-stop": null})).await?,
+        ServerCommand::Start { server } => server_action(&client, &server, json!({"os-start": null})).await?,
+        ServerCommand::Reboot { server, hard } => {
+            let body = json!({"reboot": {"type": if hard { "HARD" } else { "SOFT" }}});
+            server_action(&client, &server, body).await?
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn server_action(client: &Client, server: &str, body: Value) -> anyhow::Result<()> {
+    let s = client.find_server(server).await?;
+    let id = s["id"].as_str().unwrap_or_default();
+    client.compute(Method::POST, &format!("/servers/{id}/action"), Some(body)).await?;
+    println!("accepted");
+    Ok(())
+}

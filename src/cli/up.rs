@@ -1,0 +1,295 @@
+//! `novabox up`: start the whole stack (broker when RabbitMQ, conductor, scheduler, compute,
+//! API) in the foreground, or in the background with `--detach`; `novabox down` stops it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use novabox::config::{BusKind, Config};
+use novabox::home::Home;
+use novabox::secrets::Secrets;
+use novabox::stack::{self, Ready, Service};
+use novabox::supervise;
+
+use super::init::{BusArg, DriverArg, InitArgs};
+use super::GlobalArgs;
+
+/// Exit code when the stack could not start (the message says which step and why).
+pub const EXIT_START_FAILED: u8 = 3;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Run in the background; return once the API answers
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Print the endpoints and credentials as JSON once ready
+    #[arg(long)]
+    pub json: bool,
+    /// Consent to installing missing host packages when the home is new
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Message bus for this run (overrides the config)
+    #[arg(long, value_enum)]
+    pub bus: Option<BusArg>,
+    /// Virt driver for this run (overrides the config)
+    #[arg(long, value_enum)]
+    pub driver: Option<DriverArg>,
+    /// Seconds `--detach` waits for the stack to be ready
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Which service to run
+    #[arg(value_enum)]
+    pub service: Service,
+}
+
+fn pid_file(home: &Home) -> PathBuf {
+    home.run_dir().join("novabox.pid")
+}
+
+fn ready_file(home: &Home) -> PathBuf {
+    home.run_dir().join("ready.json")
+}
+
+/// The pid of this home's running stack, if any.
+pub fn running(home: &Home) -> anyhow::Result<Option<i32>> {
+    Ok(supervise::running_pid(&pid_file(home), "novabox")?)
+}
+
+fn effective_config(home: &Home, bus: Option<BusArg>, driver: Option<DriverArg>) -> anyhow::Result<Config> {
+    let mut config = Config::load(&home.config_file())?;
+    if let Some(b) = bus {
+        config.bus.kind = b.into();
+    }
+    if let Some(d) = driver {
+        config.compute.driver = d.into();
+    }
+    Ok(config)
+}
+
+pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let home = super::home(global)?;
+    if let Some(pid) = running(&home)? {
+        println!("novabox is already running for {} (pid {pid}); `novabox down` stops it", home.root().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !home.is_initialized() {
+        eprintln!("{} is new: initializing it first", home.root().display());
+        // A run on the fake driver has no use for the (slow) probe boot.
+        let fake = matches!(args.driver, Some(DriverArg::Fake));
+        super::init::run(global, InitArgs::for_up(args.yes, fake))?;
+    }
+    let config = effective_config(&home, args.bus, args.driver)?;
+    if args.detach {
+        return detach(&home, global, &args);
+    }
+    run_foreground(&home, global, config, &Service::ALL, args.json)
+}
+
+/// Starts `novabox up` again as a background process with its output in logs/, and waits for
+/// the ready file it writes.
+fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the novabox executable")?;
+    let log_path = home.logs_dir().join("novabox.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let _ = std::fs::remove_file(ready_file(home));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--home").arg(home.root()).arg("up");
+    if global.sql_echo {
+        cmd.arg("--sql-echo");
+    }
+    for _ in 0..global.verbose.max(1) {
+        cmd.arg("-v");
+    }
+    if let Some(b) = args.bus {
+        cmd.arg("--bus").arg(format!("{b:?}").to_lowercase());
+    }
+    if let Some(d) = args.driver {
+        cmd.arg("--driver").arg(format!("{d:?}").to_lowercase());
+    }
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+    let mut child = cmd.spawn().context("cannot start novabox in the background")?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready_file(home)) {
+            if args.json {
+                println!("{text}");
+            } else {
+                let ready: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                println!("novabox is up (pid {}), logs in {}", child.id(), log_path.display());
+                println!("  api     {}", ready["api_url"].as_str().unwrap_or("-"));
+                println!("  driver  {}", ready["driver"].as_str().unwrap_or("-"));
+                println!("  stop it with `novabox --home {} down`", home.root().display());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("novabox up exited during start-up ({status}); read {} for why", log_path.display());
+        }
+        if Instant::now() > deadline {
+            let _ = supervise::stop_pid(child.id() as i32, Duration::from_secs(10));
+            bail!("novabox up was not ready within {} s; read {}", args.timeout, log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_foreground(
+    home: &Home,
+    global: &GlobalArgs,
+    config: Config,
+    services: &[Service],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    home.check_writable()?;
+    let started = Instant::now();
+    let secrets = Secrets::load(&home.secrets_file())?
+        .ok_or_else(|| anyhow::anyhow!("{} is missing: run `novabox init`", home.secrets_file().display()))?;
+    let owns_stack = services.len() == Service::ALL.len();
+    if owns_stack {
+        supervise::write_pid_file(&pid_file(home), std::process::id())?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let config = Arc::new(config);
+    let result = runtime.block_on(async {
+        let bus_kind = novabox::bus::resolve_kind(&config);
+        let bus = novabox::bus::connect(&config, home, &secrets).await.context("starting the message bus")?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let ready_path = ready_file(home);
+        let secrets_for_ready = secrets.clone();
+        let config_for_ready = config.clone();
+        let on_ready = move |ready: Ready| {
+            let doc = ready_document(&ready, &config_for_ready, &secrets_for_ready, bus_kind, started.elapsed());
+            if owns_stack {
+                let _ = novabox::home::write_atomic(&ready_path, doc.to_string().as_bytes(), 0o600);
+            }
+            if json {
+                println!("{doc}");
+            } else {
+                println!(
+                    "novabox up in {} ms: {} on the {} bus, driver {}",
+                    started.elapsed().as_millis(),
+                    ready.services.join(", "),
+                    format!("{bus_kind:?}").to_lowercase(),
+                    ready.driver
+                );
+                if let Some(url) = &ready.api_url {
+                    println!("  api {url}  (clouds.yaml entries `novabox`, `novabox-admin`; Ctrl-C stops)");
+                }
+            }
+            let _ = std::io::stdout().flush();
+        };
+        let outcome = stack::run(home.clone(), config.clone(), bus, services, global.sql_echo, on_ready, stop_rx).await;
+        if owns_stack && bus_kind == BusKind::Rabbitmq && config.bus.url.is_none() {
+            if let Err(e) = novabox::supervise::rabbitmq::RabbitMq::stop(home) {
+                eprintln!("warning: stopping RabbitMQ: {e}");
+            }
+        }
+        outcome.map_err(anyhow::Error::from)
+    });
+    if owns_stack {
+        let _ = std::fs::remove_file(ready_file(home));
+        let _ = std::fs::remove_file(pid_file(home));
+    }
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(EXIT_START_FAILED))
+        }
+    }
+}
+
+fn ready_document(
+    ready: &Ready,
+    config: &Config,
+    secrets: &Secrets,
+    bus: BusKind,
+    took: Duration,
+) -> serde_json::Value {
+    serde_json::json!({
+        "api_url": ready.api_url,
+        "auth_url": config.auth_url(),
+        "region": config.host.region,
+        "driver": ready.driver,
+        "bus": format!("{bus:?}").to_lowercase(),
+        "services": ready.services,
+        "pid": std::process::id(),
+        "ready_ms": took.as_millis() as u64,
+        "credentials": {
+            "admin": {"username": "admin", "password": secrets.admin_password, "project_name": "admin"},
+            "demo": {"username": "demo", "password": secrets.demo_password, "project_name": "demo"},
+        },
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `novabox service NAME`: one service in this process, joining the stack over RabbitMQ.
+pub fn service(global: &GlobalArgs, args: ServiceArgs) -> anyhow::Result<ExitCode> {
+    let home = super::home(global)?;
+    let config = Config::load(&home.config_file())?;
+    if novabox::bus::resolve_kind(&config) != BusKind::Rabbitmq {
+        bail!(
+            "running one service alone needs the RabbitMQ bus so the others can reach it; set `[bus] kind = \
+             \"rabbitmq\"` (or give `[bus] url`) in {}",
+            home.config_file().display()
+        );
+    }
+    run_foreground(&home, global, config, &[args.service], false)
+}
+
+/// `novabox down`: stop this home's stack (it stops its broker itself), then anything it
+/// left behind after a crash.
+pub fn down(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let home = super::home(global)?;
+    let mut stopped_any = false;
+    if let Some(pid) = running(&home)? {
+        supervise::stop_pid(pid, Duration::from_secs(30))?;
+        println!("stopped novabox (pid {pid})");
+        stopped_any = true;
+    }
+    // A stack killed with -9 cannot stop its broker; do it here.
+    if let Ok(supervise::Stopped::Gracefully) | Ok(supervise::Stopped::Killed) =
+        novabox::supervise::rabbitmq::RabbitMq::stop(&home)
+    {
+        println!("stopped RabbitMQ");
+        stopped_any = true;
+    }
+    remove_if_exists(&ready_file(&home));
+    remove_if_exists(&pid_file(&home));
+    if !stopped_any {
+        println!("nothing was running for {}", home.root().display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove_if_exists(p: &Path) {
+    let _ = std::fs::remove_file(p);
+}

@@ -1,0 +1,164 @@
+//! A small client of novabox's own REST API, for the CLI, `smoke` and the benchmarks. It
+//! speaks exactly what python-openstackclient speaks: a password token, then the catalog.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the API at {url}: {source}. Is `novabox up` running?")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("{method} {url} answered {status}: {message}")]
+    Api { method: String, url: String, status: StatusCode, message: String },
+    #[error("the API answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    token: String,
+    compute: String,
+    image: String,
+    network: String,
+}
+
+/// The message inside an OpenStack error body, whatever the service's format.
+fn error_message(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(body) else { return body.trim().to_string() };
+    if let Some(obj) = v.as_object() {
+        for inner in obj.values() {
+            if let Some(m) = inner.get("message").and_then(Value::as_str) {
+                return m.to_string();
+            }
+        }
+    }
+    body.trim().to_string()
+}
+
+impl Client {
+    /// Authenticates with a password, scoped to `project`, and reads the catalog.
+    pub async fn login(auth_url: &str, user: &str, password: &str, project: &str) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let url = format!("{}/auth/tokens", auth_url.trim_end_matches('/'));
+        let body = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"id": "default"}, "password": password}}},
+            "scope": {"project": {"name": project, "domain": {"id": "default"}}},
+        }});
+        let resp = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let status = resp.status();
+        let token = resp.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ClientError::Api { method: "POST".into(), url, status, message: error_message(&text) });
+        }
+        let token = token.ok_or_else(|| ClientError::Protocol("no X-Subject-Token header".into()))?;
+        let doc: Value = serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let endpoint = |kind: &str| -> Result<String, ClientError> {
+            doc["token"]["catalog"]
+                .as_array()
+                .and_then(|c| c.iter().find(|s| s["type"] == kind))
+                .and_then(|s| s["endpoints"].as_array())
+                .and_then(|eps| eps.iter().find(|e| e["interface"] == "public"))
+                .and_then(|e| e["url"].as_str())
+                .map(str::to_string)
+                .ok_or_else(|| ClientError::Protocol(format!("no {kind} endpoint in the catalog")))
+        };
+        Ok(Client {
+            compute: endpoint("compute")?,
+            image: endpoint("image")?,
+            network: endpoint("network")?,
+            http,
+            token,
+        })
+    }
+
+    async fn request(&self, method: Method, url: String, body: Option<Value>) -> Result<Value, ClientError> {
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("x-auth-token", &self.token)
+            .header("openstack-api-version", "compute 2.79");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ClientError::Api { method: method.to_string(), url, status, message: error_message(&text) });
+        }
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol(format!("{url}: {e}")))
+    }
+
+    pub async fn compute(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        self.request(method, format!("{}{path}", self.compute), body).await
+    }
+
+    pub async fn image(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        self.request(method, format!("{}/v2{path}", self.image), body).await
+    }
+
+    pub async fn network(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        self.request(method, format!("{}/v2.0{path}", self.network), body).await
+    }
+
+    /// A server by id or by exact name.
+    pub async fn find_server(&self, name_or_id: &str) -> Result<Value, ClientError> {
+        if let Ok(v) = self.compute(Method::GET, &format!("/servers/{name_or_id}"), None).await {
+            return Ok(v["server"].clone());
+        }
+        let list = self.compute(Method::GET, "/servers/detail", None).await?;
+        let matches: Vec<&Value> =
+            list["servers"].as_array().into_iter().flatten().filter(|s| s["name"] == name_or_id).collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ClientError::Protocol(format!("no server named or with id {name_or_id}"))),
+            _ => Err(ClientError::Protocol(format!("several servers are named {name_or_id}; use its id"))),
+        }
+    }
+
+    /// Polls until the server reaches `status` (or ERROR, or disappears when `status` is
+    /// "DELETED").
+    pub async fn wait_for(&self, id: &str, status: &str, timeout: Duration) -> Result<Value, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.compute(Method::GET, &format!("/servers/{id}"), None).await {
+                Ok(v) => {
+                    let s = &v["server"];
+                    if s["status"] == status {
+                        return Ok(s.clone());
+                    }
+                    if s["status"] == "ERROR" {
+                        let why = s["fault"]["message"].as_str().unwrap_or("no fault recorded");
+                        return Err(ClientError::Protocol(format!("server {id} went to ERROR: {why}")));
+                    }
+                }
+                Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) if status == "DELETED" => {
+                    return Ok(Value::Null)
+                }
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ClientError::Protocol(format!("server {id} did not reach {status} within {timeout:?}")));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+}

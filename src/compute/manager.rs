@@ -1,0 +1,456 @@
+//! The compute manager: nova's state machine for one host. A build walks task_state
+//! networking -> block_device_mapping -> spawning -> None; stop, start, reboot and delete go
+//! through the driver and report back through the conductor. Work on one instance is
+//! serialized by a per-instance lock, so a delete that arrives mid-build waits for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver};
+use crate::bus::{BusError, Context, Handler, Message, RemoteError};
+use crate::config::Config;
+use crate::db::instances::{power, Instance, InstanceUpdate};
+use crate::db::now;
+use crate::db::services::NodeReport;
+use crate::rpcapi::{compute_topic, ConductorApi, Notifier, RequestSpec, RequestedNetworks};
+
+pub struct ComputeManager {
+    host: String,
+    driver: Arc<dyn VirtDriver>,
+    conductor: ConductorApi,
+    notifier: Notifier,
+    config: Arc<Config>,
+    instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Why a step of a build stopped.
+enum Abort {
+    /// The instance was deleted (or is being deleted): stop quietly, the delete cleans up.
+    Deleted,
+    /// A real failure: the instance goes to ERROR with this message.
+    Failed(String),
+}
+
+impl From<BusError> for Abort {
+    fn from(e: BusError) -> Abort {
+        match &e {
+            BusError::Remote { error, .. }
+                if error.kind == "InstanceNotFound" || error.kind == "UnexpectedDeletingTaskState" =>
+            {
+                Abort::Deleted
+            }
+            _ => Abort::Failed(e.to_string()),
+        }
+    }
+}
+
+fn task_update(task: &str, expected: &str) -> InstanceUpdate {
+    InstanceUpdate {
+        task_state: Some(Some(task.into())),
+        expected_task_state: Some(vec![Some(expected.into())]),
+        ..Default::default()
+    }
+}
+
+impl ComputeManager {
+    pub fn new(
+        host: String,
+        driver: Arc<dyn VirtDriver>,
+        conductor: ConductorApi,
+        notifier: Notifier,
+        config: Arc<Config>,
+    ) -> ComputeManager {
+        ComputeManager { host, driver, conductor, notifier, config, instance_locks: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn topic(&self) -> String {
+        compute_topic(&self.host)
+    }
+
+    fn lock_for(&self, uuid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.instance_locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Drop locks nobody holds any more, so the map does not grow with every instance ever built.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(uuid.to_string()).or_default().clone()
+    }
+
+    pub fn node_report(&self) -> NodeReport {
+        let r = self.driver.host_resources();
+        let c = &self.config.compute;
+        NodeReport {
+            hypervisor_hostname: self.host.clone(),
+            hypervisor_type: r.hypervisor_type,
+            hypervisor_version: r.hypervisor_version,
+            accel: r.accel,
+            host_ip: "127.0.0.1".into(),
+            vcpus: r.vcpus,
+            memory_mb: r.memory_mb,
+            local_gb: r.local_gb,
+            cpu_allocation_ratio: c.cpu_allocation_ratio,
+            ram_allocation_ratio: c.ram_allocation_ratio,
+            disk_allocation_ratio: c.disk_allocation_ratio,
+            reserved_host_memory_mb: c.reserved_host_memory_mb as i64,
+        }
+    }
+
+    /// Heartbeat with this node's resources.
+    pub async fn report(&self) -> Result<(), BusError> {
+        let ctx = Context::admin(Context::new_request_id());
+        self.conductor.service_report(&ctx, &self.host, super::BINARY, &self.topic(), Some(&self.node_report())).await
+    }
+
+    /// Registers the service and reconciles what the database says with what the driver has,
+    /// as nova's `init_host` does after a restart.
+    pub async fn init_host(&self) -> Result<(), BusError> {
+        self.report().await?;
+        let ctx = Context::admin(Context::new_request_id());
+        let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
+        let guests = self.driver.guests().await;
+        for inst in instances {
+            let lock = self.lock_for(&inst.uuid);
+            let _held = lock.lock().await;
+            self.reconcile(&ctx, &inst, guests.contains(&inst.uuid)).await;
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&self, ctx: &Context, inst: &Instance, driver_has_it: bool) {
+        let uuid = &inst.uuid;
+        match (inst.vm_state.as_str(), inst.task_state.as_deref()) {
+            (_, Some("deleting")) => {
+                tracing::info!(instance = %uuid, "finishing a delete interrupted by a restart");
+                self.terminate(ctx, inst).await;
+            }
+            ("building", _) => {
+                tracing::warn!(instance = %uuid, "build interrupted by a compute restart");
+                let _ = self.driver.destroy(uuid).await;
+                let _ = self.conductor.deallocate_network(ctx, uuid).await;
+                self.set_error(ctx, inst, "The compute service restarted while this instance was being built.").await;
+            }
+            ("active", _) => {
+                let state = if driver_has_it { self.driver.power_state(uuid).await } else { power::NOSTATE };
+                let result = match (driver_has_it, state) {
+                    (true, power::RUNNING) => Ok(()),
+                    (true, _) => self.driver.power_on(uuid).await.map_err(|e| e.to_string()),
+                    // Nova's resume_guests_state_on_host_boot: guests that were running run again.
+                    (false, _) => match self.guest_spec(ctx, inst).await {
+                        Ok(spec) => self.driver.spawn(&spec).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                match result {
+                    Ok(()) => {
+                        let u = InstanceUpdate {
+                            power_state: Some(power::RUNNING),
+                            task_state: Some(None),
+                            ..Default::default()
+                        };
+                        let _ = self.conductor.instance_update(ctx, uuid, &u).await;
+                    }
+                    Err(e) => {
+                        self.set_error(ctx, inst, &format!("Could not resume the guest after a restart: {e}")).await
+                    }
+                }
+            }
+            ("stopped", task) => {
+                if task.is_some() {
+                    let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
+                    let _ = self.conductor.instance_update(ctx, uuid, &u).await;
+                }
+            }
+            (_, Some(_)) => {
+                let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
+                let _ = self.conductor.instance_update(ctx, uuid, &u).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// The spec of a guest that exists already (restarting it after a host restart).
+    async fn guest_spec(&self, ctx: &Context, inst: &Instance) -> Result<GuestSpec, BusError> {
+        let vifs: Vec<Vif> = self.conductor.network_info(ctx, &inst.uuid).await?;
+        let image = match &inst.image_ref {
+            Some(id) if !id.is_empty() => self.conductor.image_meta(ctx, id).await?,
+            _ => None,
+        };
+        Ok(guest_spec(inst, image, vifs))
+    }
+
+    async fn build_and_run(&self, ctx: &Context, inst: Instance, spec: RequestSpec) {
+        let lock = self.lock_for(&inst.uuid);
+        let _held = lock.lock().await;
+        self.notifier.instance(ctx, "compute.instance.create.start", &inst).await;
+        match self.build_steps(ctx, &inst, &spec).await {
+            Ok(active) => {
+                self.notifier.instance(ctx, "compute.instance.create.end", &active).await;
+                let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
+            }
+            Err(Abort::Deleted) => {
+                tracing::info!(instance = %inst.uuid, "deleted during its build; the delete cleans up");
+            }
+            Err(Abort::Failed(why)) => {
+                tracing::warn!(instance = %inst.uuid, "build failed: {why}");
+                let _ = self.driver.destroy(&inst.uuid).await;
+                let _ = self.conductor.deallocate_network(ctx, &inst.uuid).await;
+                let message = format!("Build of instance {} aborted: {why}", inst.uuid);
+                self.set_error(ctx, &inst, &message).await;
+                self.notifier.instance(ctx, "compute.instance.create.error", &inst).await;
+            }
+        }
+    }
+
+    async fn build_steps(&self, ctx: &Context, inst: &Instance, spec: &RequestSpec) -> Result<Instance, Abort> {
+        let uuid = &inst.uuid;
+        self.conductor.instance_update(ctx, uuid, &task_update("networking", "scheduling")).await?;
+        let vifs =
+            self.conductor.allocate_network(ctx, uuid, &spec.requested_networks, &self.host).await.map_err(|e| {
+                match Abort::from(e) {
+                    Abort::Failed(why) => Abort::Failed(format!("network allocation failed: {why}")),
+                    other => other,
+                }
+            })?;
+        self.conductor.instance_update(ctx, uuid, &task_update("block_device_mapping", "networking")).await?;
+        self.conductor.instance_update(ctx, uuid, &task_update("spawning", "block_device_mapping")).await?;
+        let guest = guest_spec(inst, spec.image.clone(), vifs);
+        self.driver.spawn(&guest).await.map_err(|e| Abort::Failed(e.to_string()))?;
+        let done = InstanceUpdate {
+            vm_state: Some("active".into()),
+            task_state: Some(None),
+            power_state: Some(power::RUNNING),
+            launched_at: Some(now()),
+            expected_task_state: Some(vec![Some("spawning".into())]),
+            ..Default::default()
+        };
+        Ok(self.conductor.instance_update(ctx, uuid, &done).await?)
+    }
+
+    async fn set_error(&self, ctx: &Context, inst: &Instance, message: &str) {
+        let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, message, &self.host).await;
+        let u = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
+        let _ = self.conductor.instance_update(ctx, &inst.uuid, &u).await;
+        let _ = self.conductor.action_finish(ctx, &inst.uuid, Some(message)).await;
+    }
+
+    async fn terminate(&self, ctx: &Context, inst: &Instance) {
+        self.notifier.instance(ctx, "compute.instance.delete.start", inst).await;
+        if let Err(e) = self.driver.destroy(&inst.uuid).await {
+            // The row stays in `deleting`; the next restart or delete tries again.
+            tracing::error!(instance = %inst.uuid, error = %e, "could not destroy the guest");
+            let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &e.to_string(), &self.host).await;
+            return;
+        }
+        let _ = self.conductor.deallocate_network(ctx, &inst.uuid).await;
+        if let Err(e) = self.conductor.instance_destroy(ctx, &inst.uuid).await {
+            tracing::error!(instance = %inst.uuid, error = %e, "guest destroyed but the row was not");
+            return;
+        }
+        self.notifier.instance(ctx, "compute.instance.delete.end", inst).await;
+    }
+
+    /// Stop, start and reboot: run the driver call, then clear the task state.
+    async fn power_action(&self, ctx: &Context, inst: &Instance, action: PowerAction) {
+        let lock = self.lock_for(&inst.uuid);
+        let _held = lock.lock().await;
+        let (event, expected, vm_state, power_after) = match action {
+            PowerAction::Stop => ("power_off", vec!["powering-off"], "stopped", power::SHUTDOWN),
+            PowerAction::Start => ("power_on", vec!["powering-on"], "active", power::RUNNING),
+            PowerAction::Reboot { .. } => (
+                "reboot",
+                vec!["rebooting", "reboot_pending", "reboot_started", "rebooting_hard"],
+                "active",
+                power::RUNNING,
+            ),
+        };
+        self.notifier.instance(ctx, &format!("compute.instance.{event}.start"), inst).await;
+        let result = match action {
+            PowerAction::Stop => self.driver.power_off(&inst.uuid).await,
+            PowerAction::Start => self.driver.power_on(&inst.uuid).await,
+            PowerAction::Reboot { hard } => self.driver.reboot(&inst.uuid, hard).await,
+        };
+        let expected = Some(expected.into_iter().map(|s| Some(s.to_string())).collect());
+        match result {
+            Ok(()) => {
+                let u = InstanceUpdate {
+                    vm_state: Some(vm_state.into()),
+                    power_state: Some(power_after),
+                    task_state: Some(None),
+                    expected_task_state: expected,
+                    ..Default::default()
+                };
+                match self.conductor.instance_update(ctx, &inst.uuid, &u).await {
+                    Ok(updated) => {
+                        self.notifier.instance(ctx, &format!("compute.instance.{event}.end"), &updated).await;
+                        let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
+                    }
+                    Err(e) => tracing::info!(instance = %inst.uuid, error = %e, "{event} result not recorded"),
+                }
+            }
+            Err(e) => {
+                let message = format!("{event} failed: {e}");
+                tracing::warn!(instance = %inst.uuid, "{message}");
+                let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &message, &self.host).await;
+                let u = InstanceUpdate { task_state: Some(None), expected_task_state: expected, ..Default::default() };
+                let _ = self.conductor.instance_update(ctx, &inst.uuid, &u).await;
+                let _ = self.conductor.action_finish(ctx, &inst.uuid, Some(&message)).await;
+            }
+        }
+    }
+
+    /// Brings the database in line with guests that stopped on their own (nova's
+    /// `_sync_power_states`): a running instance whose guest is gone or off becomes SHUTOFF.
+    pub async fn sync_power_states(&self) -> Result<(), BusError> {
+        let ctx = Context::admin(Context::new_request_id());
+        for inst in self.conductor.instances_on_host(&ctx, &self.host).await? {
+            if inst.task_state.is_some() || inst.vm_state != "active" {
+                continue;
+            }
+            let lock = self.lock_for(&inst.uuid);
+            let _held = lock.lock().await;
+            let actual = self.driver.power_state(&inst.uuid).await;
+            if actual != inst.power_state {
+                tracing::warn!(instance = %inst.uuid, db = inst.power_state, driver = actual, "power state changed");
+                let stopped = actual != power::RUNNING;
+                let u = InstanceUpdate {
+                    power_state: Some(actual),
+                    vm_state: stopped.then(|| "stopped".to_string()),
+                    expected_task_state: Some(vec![None]),
+                    ..Default::default()
+                };
+                let _ = self.conductor.instance_update(&ctx, &inst.uuid, &u).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Heartbeats and power-state sync until `shutdown` turns true.
+    pub async fn run_periodic_tasks(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let period = Duration::from_secs(self.config.compute.heartbeat_secs);
+        let mut ticker = tokio::time::interval(period);
+        ticker.tick().await;
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            n += 1;
+            if let Err(e) = self.report().await {
+                tracing::warn!(error = %e, "heartbeat not delivered");
+            }
+            if n % 3 == 0 {
+                if let Err(e) = self.sync_power_states().await {
+                    tracing::warn!(error = %e, "power state sync failed");
+                }
+            }
+        }
+    }
+}
+
+fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
+    GuestSpec {
+        uuid: inst.uuid.clone(),
+        name: inst.display_name.clone(),
+        hostname: inst.hostname.clone(),
+        project_id: inst.project_id.clone(),
+        memory_mb: inst.flavor.memory_mb,
+        vcpus: inst.flavor.vcpus,
+        root_gb: inst.flavor.root_gb,
+        ephemeral_gb: inst.flavor.ephemeral_gb,
+        swap_mb: inst.flavor.swap,
+        image,
+        user_data: inst.user_data.clone(),
+        key_name: inst.key_name.clone(),
+        key_data: inst.key_data.clone(),
+        metadata: inst.metadata.clone(),
+        config_drive: !inst.config_drive.is_empty(),
+        availability_zone: inst.availability_zone.clone(),
+        network_info,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PowerAction {
+    Stop,
+    Start,
+    Reboot { hard: bool },
+}
+
+#[derive(Deserialize)]
+struct InstanceArgs {
+    instance: Instance,
+    #[serde(default)]
+    hard: bool,
+    #[serde(default)]
+    length: Option<usize>,
+    #[serde(default)]
+    request_spec: Option<RequestSpec>,
+}
+
+#[async_trait::async_trait]
+impl Handler for ComputeManager {
+    async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
+        let ctx = message.context;
+        let a: InstanceArgs =
+            serde_json::from_value(message.args).map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
+        match message.method.as_str() {
+            "build_and_run_instance" => {
+                let spec = a.request_spec.unwrap_or(RequestSpec {
+                    availability_zone: None,
+                    scheduler_hints: Value::Null,
+                    image_properties: Value::Null,
+                    requested_networks: RequestedNetworks::Auto,
+                    image: None,
+                });
+                self.build_and_run(&ctx, a.instance, spec).await;
+            }
+            "terminate_instance" => {
+                let lock = self.lock_for(&a.instance.uuid);
+                let _held = lock.lock().await;
+                self.terminate(&ctx, &a.instance).await;
+            }
+            "stop_instance" => self.power_action(&ctx, &a.instance, PowerAction::Stop).await,
+            "start_instance" => self.power_action(&ctx, &a.instance, PowerAction::Start).await,
+            "reboot_instance" => self.power_action(&ctx, &a.instance, PowerAction::Reboot { hard: a.hard }).await,
+            "get_console_output" => {
+                let out = self
+                    .driver
+                    .console_output(&a.instance.uuid)
+                    .await
+                    .map_err(|e| RemoteError::new("ConsoleNotAvailable", e.to_string()))?;
+                return Ok(json!(tail_lines(&out, a.length)));
+            }
+            other => return Err(RemoteError::new("UnknownMethod", format!("compute has no method {other}"))),
+        }
+        Ok(Value::Null)
+    }
+}
+
+/// The last `length` lines of `text` (all when None), as nova's console output.
+fn tail_lines(text: &str, length: Option<usize>) -> String {
+    match length {
+        None => text.to_string(),
+        Some(n) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines.len().saturating_sub(n);
+            let mut out = lines[start..].join("\n");
+            if text.ends_with('\n') && !out.is_empty() {
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tail_lines_keeps_the_end() {
+        assert_eq!(super::tail_lines("a\nb\nc\n", Some(2)), "b\nc\n");
+        assert_eq!(super::tail_lines("a\nb\nc\n", None), "a\nb\nc\n");
+        assert_eq!(super::tail_lines("a\nb", Some(0)), "");
+    }
+}

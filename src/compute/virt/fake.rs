@@ -1,0 +1,130 @@
+//! The fake driver: guests are entries in memory, optionally slow to start. It lets CI and
+//! benchmarks exercise the whole control plane without a hypervisor.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{GuestSpec, HostResources, VirtDriver, VirtError};
+use crate::db::instances::power;
+
+struct FakeGuest {
+    power_state: i64,
+    console: String,
+}
+
+pub struct FakeDriver {
+    guests: Mutex<HashMap<String, FakeGuest>>,
+    delay: Duration,
+    resources: HostResources,
+}
+
+impl FakeDriver {
+    pub fn new(delay: Duration, vcpus: i64, memory_mb: i64, local_gb: i64) -> FakeDriver {
+        FakeDriver {
+            guests: Mutex::new(HashMap::new()),
+            delay,
+            resources: HostResources {
+                hypervisor_type: "fake".into(),
+                hypervisor_version: 1000,
+                accel: "none".into(),
+                vcpus,
+                memory_mb,
+                local_gb,
+            },
+        }
+    }
+
+    fn with_guest<T>(&self, uuid: &str, f: impl FnOnce(&mut FakeGuest) -> T) -> Result<T, VirtError> {
+        let mut guests = self.guests.lock().unwrap_or_else(|e| e.into_inner());
+        guests.get_mut(uuid).map(f).ok_or_else(|| VirtError::NotFound(uuid.to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl VirtDriver for FakeDriver {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn host_resources(&self) -> HostResources {
+        self.resources.clone()
+    }
+
+    async fn spawn(&self, spec: &GuestSpec) -> Result<(), VirtError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let console = format!(
+            "fake console of {} ({})\nhostname: {}\naddresses: {}\n",
+            spec.name,
+            spec.uuid,
+            spec.hostname,
+            spec.network_info.iter().flat_map(|v| v.ips.iter().cloned()).collect::<Vec<_>>().join(" ")
+        );
+        self.guests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.uuid.clone(), FakeGuest { power_state: power::RUNNING, console });
+        Ok(())
+    }
+
+    async fn destroy(&self, uuid: &str) -> Result<(), VirtError> {
+        self.guests.lock().unwrap_or_else(|e| e.into_inner()).remove(uuid);
+        Ok(())
+    }
+
+    async fn power_off(&self, uuid: &str) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| {
+            g.power_state = power::SHUTDOWN;
+            g.console.push_str("reboot: Power down\n");
+        })
+    }
+
+    async fn power_on(&self, uuid: &str) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| {
+            g.power_state = power::RUNNING;
+            g.console.push_str("booting again\n");
+        })
+    }
+
+    async fn reboot(&self, uuid: &str, hard: bool) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| {
+            g.power_state = power::RUNNING;
+            g.console.push_str(if hard { "hard reset\n" } else { "reboot: Restarting system\n" });
+        })
+    }
+
+    async fn power_state(&self, uuid: &str) -> i64 {
+        self.with_guest(uuid, |g| g.power_state).unwrap_or(power::NOSTATE)
+    }
+
+    async fn console_output(&self, uuid: &str) -> Result<String, VirtError> {
+        self.with_guest(uuid, |g| g.console.clone())
+    }
+
+    async fn guests(&self) -> Vec<String> {
+        self.guests.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lifecycle() {
+        let d = FakeDriver::new(Duration::ZERO, 2, 2048, 10);
+        let spec = GuestSpec::for_test("u1", "vm");
+        d.spawn(&spec).await.unwrap();
+        assert_eq!(d.power_state("u1").await, power::RUNNING);
+        d.power_off("u1").await.unwrap();
+        assert_eq!(d.power_state("u1").await, power::SHUTDOWN);
+        d.power_on("u1").await.unwrap();
+        assert!(d.console_output("u1").await.unwrap().contains("hostname: vm"));
+        d.destroy("u1").await.unwrap();
+        d.destroy("u1").await.unwrap();
+        assert_eq!(d.power_state("u1").await, power::NOSTATE);
+        assert!(matches!(d.power_off("u1").await, Err(VirtError::NotFound(_))));
+    }
+}

@@ -1,0 +1,147 @@
+//! Virt drivers: what the compute manager asks of a hypervisor. `fake` keeps guests in
+//! memory (CI, benchmarks); real drivers run qemu.
+
+use serde::{Deserialize, Serialize};
+
+pub mod fake;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtError {
+    #[error("guest {0} does not exist on this host")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Everything a driver needs to create a guest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestSpec {
+    pub uuid: String,
+    pub name: String,
+    pub hostname: String,
+    pub project_id: String,
+    pub memory_mb: i64,
+    pub vcpus: i64,
+    pub root_gb: i64,
+    pub ephemeral_gb: i64,
+    pub swap_mb: i64,
+    /// The boot image, when booting from one.
+    pub image: Option<ImageMeta>,
+    /// Base64 as the API received it.
+    pub user_data: Option<String>,
+    pub key_name: Option<String>,
+    pub key_data: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub config_drive: bool,
+    pub availability_zone: Option<String>,
+    pub network_info: Vec<Vif>,
+}
+
+/// What a driver needs of an image: where its bytes are on this host and how to read them.
+/// Kernel and ramdisk images (AMI style, `kernel_id`/`ramdisk_id`) come resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    pub id: String,
+    pub name: Option<String>,
+    pub disk_format: Option<String>,
+    pub container_format: Option<String>,
+    pub size: Option<i64>,
+    /// Absolute path of the image file in the home's image store.
+    pub file: Option<String>,
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+    pub kernel: Option<Box<ImageMeta>>,
+    pub ramdisk: Option<Box<ImageMeta>>,
+}
+
+/// One network interface of a guest, as the network side allocated it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vif {
+    pub port_id: String,
+    pub network_id: String,
+    pub network_name: String,
+    pub mac: String,
+    pub ips: Vec<String>,
+}
+
+/// The host's capacity as a driver sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostResources {
+    pub hypervisor_type: String,
+    pub hypervisor_version: i64,
+    pub accel: String,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub local_gb: i64,
+}
+
+#[async_trait::async_trait]
+pub trait VirtDriver: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn host_resources(&self) -> HostResources;
+    /// Creates and starts the guest; returns when it is running.
+    async fn spawn(&self, spec: &GuestSpec) -> Result<(), VirtError>;
+    /// Stops and removes the guest and everything the driver made for it. Idempotent.
+    async fn destroy(&self, uuid: &str) -> Result<(), VirtError>;
+    async fn power_off(&self, uuid: &str) -> Result<(), VirtError>;
+    async fn power_on(&self, uuid: &str) -> Result<(), VirtError>;
+    async fn reboot(&self, uuid: &str, hard: bool) -> Result<(), VirtError>;
+    /// Nova's power state of the guest (`db::instances::power`), NOSTATE when unknown.
+    async fn power_state(&self, uuid: &str) -> i64;
+    async fn console_output(&self, uuid: &str) -> Result<String, VirtError>;
+    /// The uuids of the guests the driver knows.
+    async fn guests(&self) -> Vec<String>;
+}
+
+/// What this host has: cores from the scheduler's view of the OS, memory from /proc/meminfo,
+/// disk from the state directory's filesystem.
+pub fn probe_host(state_dir: &std::path::Path) -> (i64, i64, i64) {
+    let vcpus = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<i64>().ok()))
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(1024);
+    let local_gb = disk_gb(state_dir).unwrap_or(10);
+    (vcpus, memory_mb, local_gb)
+}
+
+fn disk_gb(path: &std::path::Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_blocks as i64).saturating_mul(st.f_frsize as i64) / (1 << 30))
+}
+
+impl GuestSpec {
+    /// A minimal spec for driver tests.
+    pub fn for_test(uuid: &str, name: &str) -> GuestSpec {
+        GuestSpec {
+            uuid: uuid.into(),
+            name: name.into(),
+            hostname: name.into(),
+            project_id: "p".into(),
+            memory_mb: 64,
+            vcpus: 1,
+            root_gb: 1,
+            ephemeral_gb: 0,
+            swap_mb: 0,
+            image: None,
+            user_data: None,
+            key_name: None,
+            key_data: None,
+            metadata: Default::default(),
+            config_drive: false,
+            availability_zone: None,
+            network_info: vec![],
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The conductor: the only way compute hosts change the database (nova's rule). Compute
+//! services call it over the bus; it also stores the notifications published on the bus.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::bus::{Context, Handler, Message, RemoteError};
+use crate::config::Config;
+use crate::db::instances::{InstanceFilter, InstanceUpdate, UpdateError};
+use crate::db::notifications::Notification;
+use crate::db::services::NodeReport;
+use crate::db::{DbError, SharedDb};
+use crate::rpcapi::RequestedNetworks;
+
+mod network;
+
+pub use network::{addresses, release_network};
+
+pub const BINARY: &str = "novabox-conductor";
+
+pub struct Conductor {
+    db: SharedDb,
+    config: Arc<Config>,
+    home: crate::home::Home,
+}
+
+fn db_error(e: DbError) -> RemoteError {
+    RemoteError::new("DBError", e.to_string())
+}
+
+fn args<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, RemoteError> {
+    serde_json::from_value(v).map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct Uuid {
+    uuid: String,
+}
+
+impl Conductor {
+    pub fn new(db: SharedDb, config: Arc<Config>, home: crate::home::Home) -> Conductor {
+        Conductor { db, config, home }
+    }
+
+    fn instance_update(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            uuid: String,
+            update: InstanceUpdate,
+        }
+        let a: A = args(a)?;
+        match self.db.with(|db| db.update_instance(&a.uuid, &a.update)).map_err(db_error)? {
+            Ok(i) => Ok(serde_json::to_value(i).unwrap_or(Value::Null)),
+            Err(UpdateError::NotFound) => {
+                Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))
+            }
+            Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
+                let kind = if task_state.as_deref() == Some("deleting") {
+                    "UnexpectedDeletingTaskState"
+                } else {
+                    "UnexpectedTaskState"
+                };
+                Err(RemoteError::new(
+                    kind,
+                    format!("Instance {} is in vm_state {vm_state}, task_state {task_state:?}", a.uuid),
+                ))
+            }
+        }
+    }
+
+    fn instance_fault_create(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            uuid: String,
+            code: i64,
+            message: String,
+            host: Option<String>,
+        }
+        let a: A = args(a)?;
+        self.db
+            .with(|db| db.add_instance_fault(&a.uuid, a.code, &a.message, "", a.host.as_deref()))
+            .map_err(db_error)?;
+        Ok(Value::Null)
+    }
+
+    fn instance_destroy(&self, ctx: &Context, a: Value) -> Result<Value, RemoteError> {
+        let a: Uuid = args(a)?;
+        self.db
+            .with(|db| -> Result<(), DbError> {
+                db.destroy_instance(&a.uuid)?;
+                db.finish_instance_action(&ctx.request_id, &a.uuid, None)
+            })
+            .map_err(db_error)?;
+        Ok(Value::Null)
+    }
+
+    fn instances_on_host(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            host: String,
+        }
+        let a: A = args(a)?;
+        let list = self
+            .db
+            .with(|db| db.list_instances(&InstanceFilter { host: Some(a.host), ..Default::default() }))
+            .map_err(db_error)?;
+        Ok(serde_json::to_value(list).unwrap_or(Value::Null))
+    }
+
+    fn action_finish(&self, ctx: &Context, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            uuid: String,
+            message: Option<String>,
+        }
+        let a: A = args(a)?;
+        self.db
+            .with(|db| db.finish_instance_action(&ctx.request_id, &a.uuid, a.message.as_deref()))
+            .map_err(db_error)?;
+        Ok(Value::Null)
+    }
+
+    fn service_report(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            host: String,
+            binary: String,
+            topic: String,
+            node: Option<NodeReport>,
+        }
+        let a: A = args(a)?;
+        let service = self
+            .db
+            .with(|db| -> Result<_, DbError> {
+                let s = db.service_heartbeat(&a.host, &a.binary, &a.topic)?;
+                if let Some(node) = &a.node {
+                    db.upsert_compute_node(&a.host, node)?;
+                }
+                Ok(s)
+            })
+            .map_err(db_error)?;
+        Ok(json!({"disabled": service.disabled}))
+    }
+
+    fn allocate_network(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            uuid: String,
+            requested_networks: RequestedNetworks,
+            host: String,
+        }
+        let a: A = args(a)?;
+        let vifs = self.db.with(|db| network::allocate(db, &self.config, &a.uuid, &a.requested_networks, &a.host))?;
+        Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
+    }
+
+    fn network_info(&self, a: Value) -> Result<Value, RemoteError> {
+        let a: Uuid = args(a)?;
+        let vifs = self.db.with(|db| network::vifs(db, &a.uuid))?;
+        Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
+    }
+
+    fn image_meta(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            image_id: String,
+        }
+        let a: A = args(a)?;
+        let meta = self.db.with(|db| crate::images::image_meta(db, &self.home, &a.image_id)).map_err(db_error)?;
+        Ok(serde_json::to_value(meta).unwrap_or(Value::Null))
+    }
+
+    fn deallocate_network(&self, a: Value) -> Result<Value, RemoteError> {
+        let a: Uuid = args(a)?;
+        self.db.with(|db| network::deallocate(db, &a.uuid))?;
+        Ok(Value::Null)
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Conductor {
+    async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
+        let Message { method, args, context } = message;
+        match method.as_str() {
+            "instance_update" => self.instance_update(args),
+            "instance_fault_create" => self.instance_fault_create(args),
+            "instance_destroy" => self.instance_destroy(&context, args),
+            "instances_on_host" => self.instances_on_host(args),
+            "action_finish" => self.action_finish(&context, args),
+            "service_report" => self.service_report(args),
+            "allocate_network" => self.allocate_network(args),
+            "deallocate_network" => self.deallocate_network(args),
+            "network_info" => self.network_info(args),
+            "image_meta" => self.image_meta(args),
+            other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
+        }
+    }
+}
+
+/// Stores the notifications published on `notifications.info` for `novabox events`.
+pub struct NotificationStore {
+    db: SharedDb,
+}
+
+impl NotificationStore {
+    pub fn new(db: SharedDb) -> Self {
+        NotificationStore { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for NotificationStore {
+    async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
+        let n: Notification = args(message.args)?;
+        self.db.with(|db| db.insert_notification(&n)).map_err(db_error)?;
+        Ok(Value::Null)
+    }
+}

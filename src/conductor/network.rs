@@ -1,0 +1,115 @@
+//! The network side of a boot, done where the database is: ports for an instance's
+//! requested networks, released on delete, and the `addresses` view built from them.
+
+use serde_json::{json, Map, Value};
+
+use crate::bus::RemoteError;
+use crate::compute::virt::Vif;
+use crate::config::Config;
+use crate::db::network::{FixedIpRequest, NewPort, Port};
+use crate::db::{Db, DbError};
+use crate::rpcapi::RequestedNetworks;
+
+fn remote(e: DbError) -> RemoteError {
+    RemoteError::new("NetworkError", e.to_string())
+}
+
+fn vif(p: &Port) -> Vif {
+    Vif {
+        port_id: p.id.clone(),
+        network_id: p.network_id.clone(),
+        network_name: p.network_name.clone(),
+        mac: p.mac_address.clone(),
+        ips: p.fixed_ips.iter().map(|f| f.ip_address.to_string()).collect(),
+    }
+}
+
+/// Creates (or binds) the ports of a new instance, all in one transaction.
+pub fn allocate(
+    db: &Db,
+    config: &Config,
+    uuid: &str,
+    requested: &RequestedNetworks,
+    host: &str,
+) -> Result<Vec<Vif>, RemoteError> {
+    let inst = db
+        .instance_by_uuid(uuid, false)
+        .map_err(remote)?
+        .ok_or_else(|| RemoteError::new("InstanceNotFound", format!("Instance {uuid} could not be found.")))?;
+    // Ports made by an interrupted earlier attempt are reused, not duplicated.
+    let existing = db.ports_for_device(uuid).map_err(remote)?;
+    if !existing.is_empty() {
+        return Ok(existing.iter().map(vif).collect());
+    }
+    let sg_ids = db.instance_security_group_ids(uuid).map_err(remote)?;
+    let new_port = |network_id: String| NewPort {
+        network_id,
+        project_id: inst.project_id.clone(),
+        device_id: uuid.to_string(),
+        device_owner: "compute:nova".into(),
+        security_group_ids: sg_ids.clone(),
+        binding_host: Some(host.to_string()),
+        ..NewPort::default()
+    };
+    let ports = match requested {
+        RequestedNetworks::None => Vec::new(),
+        RequestedNetworks::Auto => {
+            let net = db.ensure_default_network(config).map_err(remote)?;
+            vec![db.allocate_port(&new_port(net.id)).map_err(remote)?]
+        }
+        RequestedNetworks::List(list) => {
+            let mut out = Vec::new();
+            for r in list {
+                let port = match (&r.port_id, &r.network_id) {
+                    (Some(port_id), _) => db.bind_port(port_id, uuid, "compute:nova", host).map_err(remote)?,
+                    (None, Some(net)) => {
+                        let mut p = new_port(net.clone());
+                        if let Some(ip) = &r.fixed_ip {
+                            let ip_address = ip.parse().map_err(|_| {
+                                RemoteError::new("InvalidRequest", format!("fixed_ip {ip} is not an IPv4 address"))
+                            })?;
+                            p.fixed_ips = vec![FixedIpRequest { subnet_id: None, ip_address: Some(ip_address) }];
+                        }
+                        db.allocate_port(&p).map_err(remote)?
+                    }
+                    (None, None) => return Err(RemoteError::new("InvalidRequest", "network or port required")),
+                };
+                out.push(port);
+            }
+            out
+        }
+    };
+    Ok(ports.iter().map(vif).collect())
+}
+
+pub fn vifs(db: &Db, uuid: &str) -> Result<Vec<Vif>, RemoteError> {
+    Ok(db.ports_for_device(uuid).map_err(remote)?.iter().map(vif).collect())
+}
+
+pub fn deallocate(db: &Db, uuid: &str) -> Result<(), RemoteError> {
+    release_network(db, uuid).map_err(remote)
+}
+
+/// Deletes the ports novabox made for the instance and unbinds those the user brought.
+pub fn release_network(db: &Db, uuid: &str) -> Result<(), DbError> {
+    db.release_instance_ports(uuid)
+}
+
+/// nova's `addresses`: network name -> list of fixed IPs with their MAC.
+pub fn addresses(db: &Db, uuid: &str) -> Result<Value, DbError> {
+    let mut out = Map::new();
+    for p in db.ports_for_device(uuid)? {
+        let entry = out.entry(p.network_name.clone()).or_insert_with(|| json!([]));
+        if let Some(list) = entry.as_array_mut() {
+            for f in &p.fixed_ips {
+                list.push(json!({
+                    "version": 4,
+                    "addr": f.ip_address.to_string(),
+                    "OS-EXT-IPS:type": "fixed",
+                    "OS-EXT-IPS-MAC:mac_addr": p.mac_address,
+                }));
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}

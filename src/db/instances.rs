@@ -1,0 +1,712 @@
+//! Instances, their faults, actions and metadata. State changes are single transactions;
+//! `update_instance` can insist on the task state it expects (nova's `expected_task_state`),
+//! which is how a delete that races a build is noticed instead of overwritten.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use super::{now, Db, DbError, Result};
+
+/// Nova's power states.
+pub mod power {
+    pub const NOSTATE: i64 = 0;
+    pub const RUNNING: i64 = 1;
+    pub const PAUSED: i64 = 3;
+    pub const SHUTDOWN: i64 = 4;
+    pub const CRASHED: i64 = 6;
+    pub const SUSPENDED: i64 = 7;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub uuid: String,
+    pub display_name: String,
+    pub display_description: Option<String>,
+    pub hostname: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub host: Option<String>,
+    pub node: Option<String>,
+    pub availability_zone: Option<String>,
+    pub vm_state: String,
+    pub task_state: Option<String>,
+    pub power_state: i64,
+    pub flavor_id: i64,
+    pub flavor: FlavorSnapshot,
+    pub image_ref: Option<String>,
+    pub kernel_id: Option<String>,
+    pub ramdisk_id: Option<String>,
+    pub key_name: Option<String>,
+    pub key_data: Option<String>,
+    pub user_data: Option<String>,
+    pub config_drive: String,
+    pub access_ip_v4: Option<String>,
+    pub access_ip_v6: Option<String>,
+    pub locked: bool,
+    pub progress: i64,
+    pub request_id: Option<String>,
+    pub launched_at: Option<String>,
+    pub terminated_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: Option<String>,
+    pub deleted: bool,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The flavor as it was at boot; flavors may change or be deleted afterwards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlavorSnapshot {
+    pub flavorid: String,
+    pub name: String,
+    pub memory_mb: i64,
+    pub vcpus: i64,
+    pub root_gb: i64,
+    pub ephemeral_gb: i64,
+    pub swap: i64,
+    #[serde(default)]
+    pub extra_specs: BTreeMap<String, String>,
+}
+
+/// A new instance row and what is created with it.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub uuid: String,
+    pub display_name: String,
+    pub display_description: Option<String>,
+    pub hostname: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub availability_zone: Option<String>,
+    pub flavor_id: i64,
+    pub flavor: FlavorSnapshot,
+    pub image_ref: Option<String>,
+    pub kernel_id: Option<String>,
+    pub ramdisk_id: Option<String>,
+    pub key_name: Option<String>,
+    pub key_data: Option<String>,
+    pub user_data: Option<String>,
+    pub config_drive: bool,
+    pub access_ip_v4: Option<String>,
+    pub access_ip_v6: Option<String>,
+    pub request_id: String,
+    pub metadata: BTreeMap<String, String>,
+    pub security_group_ids: Vec<String>,
+    pub block_devices: Vec<NewBlockDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewBlockDevice {
+    pub source_type: String,
+    pub destination_type: String,
+    pub boot_index: Option<i64>,
+    pub image_id: Option<String>,
+    pub volume_id: Option<String>,
+    pub volume_size: Option<i64>,
+    pub delete_on_termination: bool,
+}
+
+/// A change to an instance. `None` fields are left alone; `task_state: Some(None)` clears it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InstanceUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    pub task_state: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_state: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    pub display_description: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_ip_v4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_ip_v6: Option<String>,
+    /// Refuse the update unless the current task state is one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_task_state: Option<Vec<Option<String>>>,
+    /// Refuse the update unless the current vm state is one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_vm_state: Option<Vec<String>>,
+}
+
+/// Distinguishes "absent" from "null" for fields that can be cleared.
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().and_then(|inner| inner.as_ref()).serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Ok(Some(Option::<String>::deserialize(d)?))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub code: i64,
+    pub message: String,
+    pub details: String,
+    pub created_at: String,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub project_id: Option<String>,
+    pub host: Option<String>,
+    /// Substring of the name (nova treats `name` as a regex; a substring covers its common use).
+    pub name: Option<String>,
+    pub vm_states: Option<Vec<String>>,
+    pub uuids: Option<Vec<String>>,
+    pub changes_since: Option<String>,
+    pub include_deleted: bool,
+    pub limit: Option<usize>,
+    /// The uuid after which to continue, in the list's order.
+    pub marker: Option<String>,
+}
+
+const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
+    availability_zone, vm_state, task_state, power_state, flavor_id, flavor, image_ref, kernel_id, ramdisk_id,
+    key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
+    launched_at, terminated_at, created_at, updated_at, deleted, id";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
+    let flavor: String = r.get(13)?;
+    Ok(Instance {
+        uuid: r.get(0)?,
+        display_name: r.get(1)?,
+        display_description: r.get(2)?,
+        hostname: r.get(3)?,
+        project_id: r.get(4)?,
+        user_id: r.get(5)?,
+        host: r.get(6)?,
+        node: r.get(7)?,
+        availability_zone: r.get(8)?,
+        vm_state: r.get(9)?,
+        task_state: r.get(10)?,
+        power_state: r.get(11)?,
+        flavor_id: r.get(12)?,
+        flavor: serde_json::from_str(&flavor)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
+        image_ref: r.get(14)?,
+        kernel_id: r.get(15)?,
+        ramdisk_id: r.get(16)?,
+        key_name: r.get(17)?,
+        key_data: r.get(18)?,
+        user_data: r.get(19)?,
+        config_drive: r.get(20)?,
+        access_ip_v4: r.get(21)?,
+        access_ip_v6: r.get(22)?,
+        locked: r.get(23)?,
+        progress: r.get(24)?,
+        request_id: r.get(25)?,
+        launched_at: r.get(26)?,
+        terminated_at: r.get(27)?,
+        created_at: r.get(28)?,
+        updated_at: r.get(29)?,
+        deleted: r.get::<_, i64>(30)? != 0,
+        metadata: BTreeMap::new(),
+    })
+}
+
+impl Db {
+    /// Creates the instance with its metadata, block devices, security groups and the
+    /// `create` action, all or nothing.
+    pub fn create_instance(&self, n: &NewInstance) -> Result<Instance> {
+        let tx = self.conn().unchecked_transaction()?;
+        let ts = now();
+        tx.execute(
+            "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
+                availability_zone, vm_state, task_state, power_state, flavor_id, flavor, memory_mb, vcpus, root_gb,
+                ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data, config_drive,
+                access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'building', 'scheduling', 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?24)",
+            params![
+                n.uuid,
+                n.display_name,
+                n.display_description,
+                n.hostname,
+                n.project_id,
+                n.user_id,
+                n.availability_zone,
+                n.flavor_id,
+                serde_json::to_string(&n.flavor).unwrap_or_default(),
+                n.flavor.memory_mb,
+                n.flavor.vcpus,
+                n.flavor.root_gb,
+                n.flavor.ephemeral_gb,
+                n.image_ref,
+                n.kernel_id,
+                n.ramdisk_id,
+                n.key_name,
+                n.key_data,
+                n.user_data,
+                if n.config_drive { "True" } else { "" },
+                n.access_ip_v4,
+                n.access_ip_v6,
+                n.request_id,
+                ts,
+            ],
+        )?;
+        for (k, v) in &n.metadata {
+            tx.execute(
+                "INSERT INTO instance_metadata (instance_uuid, key, value) VALUES (?1, ?2, ?3)",
+                params![n.uuid, k, v],
+            )?;
+        }
+        for sg in &n.security_group_ids {
+            tx.execute(
+                "INSERT OR IGNORE INTO instance_security_groups (instance_uuid, security_group_id) VALUES (?1, ?2)",
+                params![n.uuid, sg],
+            )?;
+        }
+        for b in &n.block_devices {
+            tx.execute(
+                "INSERT INTO block_device_mappings (instance_uuid, source_type, destination_type, boot_index,
+                    image_id, volume_id, volume_size, delete_on_termination, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    n.uuid,
+                    b.source_type,
+                    b.destination_type,
+                    b.boot_index,
+                    b.image_id,
+                    b.volume_id,
+                    b.volume_size,
+                    b.delete_on_termination,
+                    ts
+                ],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
+             VALUES ('create', ?1, ?2, ?3, ?4, ?5)",
+            params![n.uuid, n.request_id, n.user_id, n.project_id, ts],
+        )?;
+        tx.commit()?;
+        self.instance_by_uuid(&n.uuid, false)?.ok_or_else(|| DbError::Conflict("instance vanished".into()))
+    }
+
+    pub fn instance_by_uuid(&self, uuid: &str, include_deleted: bool) -> Result<Option<Instance>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM instances WHERE uuid = ?1 {}",
+            if include_deleted { "" } else { "AND deleted = 0" }
+        );
+        let inst = self.conn().query_row(&sql, [uuid], from_row).optional()?;
+        match inst {
+            Some(mut i) => {
+                i.metadata = self.instance_metadata(&i.uuid)?;
+                Ok(Some(i))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn instance_metadata(&self, uuid: &str) -> Result<BTreeMap<String, String>> {
+        let mut stmt =
+            self.conn().prepare_cached("SELECT key, value FROM instance_metadata WHERE instance_uuid = ?1")?;
+        let rows = stmt.query_map([uuid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Instances newest first, as nova lists them.
+    pub fn list_instances(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM instances WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut push = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if !f.include_deleted {
+            sql.push_str(" AND deleted = 0");
+        }
+        if let Some(p) = &f.project_id {
+            push(&mut sql, " AND project_id = ?", p.clone().into());
+        }
+        if let Some(h) = &f.host {
+            push(&mut sql, " AND host = ?", h.clone().into());
+        }
+        if let Some(n) = &f.name {
+            push(&mut sql, " AND instr(display_name, ?) > 0", n.clone().into());
+        }
+        if let Some(c) = &f.changes_since {
+            push(&mut sql, " AND updated_at >= ?", c.clone().into());
+        }
+        if let Some(states) = &f.vm_states {
+            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect();
+            sql.push_str(&format!(" AND vm_state IN ({})", list.join(",")));
+        }
+        if let Some(uuids) = &f.uuids {
+            let list: Vec<String> = uuids.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect();
+            sql.push_str(&format!(" AND uuid IN ({})", list.join(",")));
+        }
+        if let Some(marker) = &f.marker {
+            let id: Option<i64> =
+                self.conn().query_row("SELECT id FROM instances WHERE uuid = ?1", [marker], |r| r.get(0)).optional()?;
+            let id = id.ok_or_else(|| DbError::Conflict(format!("marker [{marker}] not found")))?;
+            push(&mut sql, " AND id < ?", id.into());
+        }
+        sql.push_str(" ORDER BY id DESC");
+        if let Some(l) = f.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        let mut stmt = self.conn().prepare(&sql)?;
+        let mut list: Vec<Instance> =
+            stmt.query_map(rusqlite::params_from_iter(args), from_row)?.collect::<rusqlite::Result<_>>()?;
+        for i in &mut list {
+            i.metadata = self.instance_metadata(&i.uuid)?;
+        }
+        Ok(list)
+    }
+
+    /// Applies `u` if the expectations hold. Returns the updated instance, or
+    /// `UpdateError::NotFound` / `UpdateError::UnexpectedState` (with what was found).
+    pub fn update_instance(&self, uuid: &str, u: &InstanceUpdate) -> Result<Result<Instance, UpdateError>> {
+        let tx = self.conn().unchecked_transaction()?;
+        let current: Option<(String, Option<String>)> = tx
+            .query_row("SELECT vm_state, task_state FROM instances WHERE uuid = ?1 AND deleted = 0", [uuid], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((vm_state, task_state)) = current else { return Ok(Err(UpdateError::NotFound)) };
+        if let Some(expected) = &u.expected_task_state {
+            if !expected.contains(&task_state) {
+                return Ok(Err(UpdateError::UnexpectedState { vm_state, task_state }));
+            }
+        }
+        if let Some(expected) = &u.expected_vm_state {
+            if !expected.contains(&vm_state) {
+                return Ok(Err(UpdateError::UnexpectedState { vm_state, task_state }));
+            }
+        }
+        let mut sets: Vec<String> = vec!["updated_at = ?1".into()];
+        let mut args: Vec<rusqlite::types::Value> = vec![now().into()];
+        let mut set = |col: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sets.push(format!("{col} = ?{}", args.len()));
+        };
+        if let Some(v) = &u.vm_state {
+            set("vm_state", v.clone().into());
+        }
+        if let Some(t) = &u.task_state {
+            set("task_state", t.clone().map_or(rusqlite::types::Value::Null, Into::into));
+        }
+        if let Some(p) = u.power_state {
+            set("power_state", p.into());
+        }
+        if let Some(h) = &u.host {
+            set("host", h.clone().into());
+        }
+        if let Some(n) = &u.node {
+            set("node", n.clone().into());
+        }
+        if let Some(l) = &u.launched_at {
+            set("launched_at", l.clone().into());
+        }
+        if let Some(s) = &u.scheduled_at {
+            set("scheduled_at", s.clone().into());
+        }
+        if let Some(n) = &u.display_name {
+            set("display_name", n.clone().into());
+        }
+        if let Some(d) = &u.display_description {
+            set("display_description", d.clone().map_or(rusqlite::types::Value::Null, Into::into));
+        }
+        if let Some(a) = &u.access_ip_v4 {
+            set("access_ip_v4", a.clone().into());
+        }
+        if let Some(a) = &u.access_ip_v6 {
+            set("access_ip_v6", a.clone().into());
+        }
+        args.push(uuid.to_string().into());
+        let sql = format!("UPDATE instances SET {} WHERE uuid = ?{} AND deleted = 0", sets.join(", "), args.len());
+        tx.execute(&sql, rusqlite::params_from_iter(args))?;
+        tx.commit()?;
+        match self.instance_by_uuid(uuid, false)? {
+            Some(i) => Ok(Ok(i)),
+            None => Ok(Err(UpdateError::NotFound)),
+        }
+    }
+
+    /// Marks the instance deleted (nova's soft delete: the row stays, `deleted` = its id),
+    /// with its block device mappings. Returns false when it was already gone.
+    pub fn destroy_instance(&self, uuid: &str) -> Result<bool> {
+        let tx = self.conn().unchecked_transaction()?;
+        let ts = now();
+        let n = tx.execute(
+            "UPDATE instances SET deleted = id, deleted_at = ?2, terminated_at = ?2, updated_at = ?2,
+                vm_state = 'deleted', task_state = NULL, power_state = 0
+             WHERE uuid = ?1 AND deleted = 0",
+            params![uuid, ts],
+        )?;
+        tx.execute(
+            "UPDATE block_device_mappings SET deleted = id, deleted_at = ?2 WHERE instance_uuid = ?1 AND deleted = 0",
+            params![uuid, ts],
+        )?;
+        tx.execute("DELETE FROM instance_security_groups WHERE instance_uuid = ?1", [uuid])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    pub fn add_instance_fault(
+        &self,
+        uuid: &str,
+        code: i64,
+        message: &str,
+        details: &str,
+        host: Option<&str>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO instance_faults (instance_uuid, code, message, details, host, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![uuid, code, message, details, host, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn latest_instance_fault(&self, uuid: &str) -> Result<Option<Fault>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT code, message, details, created_at FROM instance_faults WHERE instance_uuid = ?1
+                 ORDER BY id DESC LIMIT 1",
+                [uuid],
+                |r| Ok(Fault { code: r.get(0)?, message: r.get(1)?, details: r.get(2)?, created_at: r.get(3)? }),
+            )
+            .optional()?)
+    }
+
+    /// Records that an action (stop, start, reboot, delete, ...) was asked for.
+    pub fn start_instance_action(
+        &self,
+        uuid: &str,
+        action: &str,
+        request_id: &str,
+        user_id: &str,
+        project_id: &str,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![action, uuid, request_id, user_id, project_id, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Closes the action a request started, with a message when it failed.
+    pub fn finish_instance_action(&self, request_id: &str, uuid: &str, message: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE instance_actions SET finish_time = ?3, message = ?4
+             WHERE request_id = ?1 AND instance_uuid = ?2 AND finish_time IS NULL",
+            params![request_id, uuid, now(), message],
+        )?;
+        Ok(())
+    }
+
+    /// (instances, vcpus, memory_mb) a project uses, for quotas.
+    pub fn project_usage(&self, project_id: &str) -> Result<(i64, i64, i64)> {
+        Ok(self.conn().query_row(
+            "SELECT count(*), coalesce(sum(vcpus), 0), coalesce(sum(memory_mb), 0) FROM instances
+             WHERE project_id = ?1 AND deleted = 0",
+            [project_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
+    /// (vcpus, memory_mb, root_gb + ephemeral_gb, instances) placed on a host: derived from the
+    /// instances themselves, so usage can never drift from what exists.
+    pub fn host_usage(&self, host: &str) -> Result<(i64, i64, i64, i64)> {
+        Ok(self.conn().query_row(
+            "SELECT coalesce(sum(vcpus), 0), coalesce(sum(memory_mb), 0), coalesce(sum(root_gb + ephemeral_gb), 0),
+                    count(*)
+             FROM instances WHERE host = ?1 AND deleted = 0",
+            [host],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?)
+    }
+
+    pub fn block_devices(&self, uuid: &str) -> Result<Vec<NewBlockDevice>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT source_type, destination_type, boot_index, image_id, volume_id, volume_size, delete_on_termination
+             FROM block_device_mappings WHERE instance_uuid = ?1 AND deleted = 0 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([uuid], |r| {
+            Ok(NewBlockDevice {
+                source_type: r.get(0)?,
+                destination_type: r.get(1)?,
+                boot_index: r.get(2)?,
+                image_id: r.get(3)?,
+                volume_id: r.get(4)?,
+                volume_size: r.get(5)?,
+                delete_on_termination: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn instance_security_group_ids(&self, uuid: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT security_group_id FROM instance_security_groups WHERE instance_uuid = ?1")?;
+        let rows = stmt.query_map([uuid], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// nova's `os-instance-actions` entries, newest first.
+    pub fn instance_actions(&self, uuid: &str) -> Result<Vec<serde_json::Value>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT action, request_id, user_id, project_id, start_time, finish_time, message FROM instance_actions
+             WHERE instance_uuid = ?1 ORDER BY id DESC",
+        )?;
+        let rows = stmt.query_map([uuid], |r| {
+            Ok(serde_json::json!({
+                "action": r.get::<_, String>(0)?,
+                "instance_uuid": uuid,
+                "request_id": r.get::<_, String>(1)?,
+                "user_id": r.get::<_, Option<String>>(2)?,
+                "project_id": r.get::<_, Option<String>>(3)?,
+                "start_time": r.get::<_, String>(4)?,
+                "updated_at": r.get::<_, Option<String>>(5)?,
+                "message": r.get::<_, Option<String>>(6)?,
+            }))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The names of the security groups of an instance.
+    pub fn instance_security_group_names(&self, uuid: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT g.name FROM instance_security_groups a JOIN security_groups g ON g.id = a.security_group_id
+             WHERE a.instance_uuid = ?1 ORDER BY g.name",
+        )?;
+        let rows = stmt.query_map([uuid], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// Why `update_instance` refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateError {
+    NotFound,
+    UnexpectedState { vm_state: String, task_state: Option<String> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, OpenOptions};
+
+    pub(crate) fn new_instance(db: &Db, name: &str) -> NewInstance {
+        let project = db.ensure_project("p", "").unwrap();
+        let (user, _) = db.ensure_user("u", "h", &project).unwrap();
+        db.seed_default_flavors().unwrap();
+        let f = db.flavor_by_flavorid("42").unwrap().unwrap();
+        NewInstance {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            display_name: name.into(),
+            display_description: None,
+            hostname: name.into(),
+            project_id: project,
+            user_id: user,
+            availability_zone: None,
+            flavor_id: f.id,
+            flavor: FlavorSnapshot {
+                flavorid: f.flavorid,
+                name: f.name,
+                memory_mb: f.memory_mb,
+                vcpus: f.vcpus,
+                root_gb: f.root_gb,
+                ephemeral_gb: 0,
+                swap: 0,
+                extra_specs: BTreeMap::new(),
+            },
+            image_ref: Some("img".into()),
+            kernel_id: None,
+            ramdisk_id: None,
+            key_name: None,
+            key_data: None,
+            user_data: None,
+            config_drive: false,
+            access_ip_v4: None,
+            access_ip_v6: None,
+            request_id: "req-1".into(),
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            security_group_ids: vec![],
+            block_devices: vec![NewBlockDevice {
+                source_type: "image".into(),
+                destination_type: "local".into(),
+                boot_index: Some(0),
+                image_id: Some("img".into()),
+                volume_id: None,
+                volume_size: None,
+                delete_on_termination: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn create_update_with_expectations_and_destroy() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
+        let n = new_instance(&db, "vm1");
+        let i = db.create_instance(&n).unwrap();
+        assert_eq!((i.vm_state.as_str(), i.task_state.as_deref()), ("building", Some("scheduling")));
+        assert_eq!(i.metadata.get("k").map(String::as_str), Some("v"));
+        assert_eq!(db.block_devices(&i.uuid).unwrap().len(), 1);
+
+        let u = InstanceUpdate {
+            task_state: Some(Some("networking".into())),
+            expected_task_state: Some(vec![Some("scheduling".into())]),
+            ..Default::default()
+        };
+        let i = db.update_instance(&i.uuid, &u).unwrap().unwrap();
+        assert_eq!(i.task_state.as_deref(), Some("networking"));
+        // The same expectation no longer holds.
+        let err = db.update_instance(&i.uuid, &u).unwrap().unwrap_err();
+        assert!(matches!(err, UpdateError::UnexpectedState { .. }));
+
+        let done = InstanceUpdate {
+            vm_state: Some("active".into()),
+            task_state: Some(None),
+            power_state: Some(power::RUNNING),
+            ..Default::default()
+        };
+        let i = db.update_instance(&i.uuid, &done).unwrap().unwrap();
+        assert_eq!(i.task_state, None);
+        assert_eq!(db.project_usage(&i.project_id).unwrap(), (1, 1, 64));
+
+        assert!(db.destroy_instance(&i.uuid).unwrap());
+        assert!(!db.destroy_instance(&i.uuid).unwrap());
+        assert!(db.instance_by_uuid(&i.uuid, false).unwrap().is_none());
+        assert_eq!(db.instance_by_uuid(&i.uuid, true).unwrap().unwrap().vm_state, "deleted");
+        assert_eq!(db.update_instance(&i.uuid, &done).unwrap().unwrap_err(), UpdateError::NotFound);
+        assert_eq!(db.project_usage(&i.project_id).unwrap(), (0, 0, 0));
+    }
+
+    #[test]
+    fn list_pages_newest_first() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
+        let uuids: Vec<String> =
+            (0..5).map(|i| db.create_instance(&new_instance(&db, &format!("vm{i}"))).unwrap().uuid).collect();
+        let page = db.list_instances(&InstanceFilter { limit: Some(2), ..Default::default() }).unwrap();
+        assert_eq!(page.iter().map(|i| i.uuid.clone()).collect::<Vec<_>>(), vec![uuids[4].clone(), uuids[3].clone()]);
+        let next = db
+            .list_instances(&InstanceFilter { limit: Some(2), marker: Some(uuids[3].clone()), ..Default::default() })
+            .unwrap();
+        assert_eq!(next[0].uuid, uuids[2]);
+        let named = db.list_instances(&InstanceFilter { name: Some("vm4".into()), ..Default::default() }).unwrap();
+        assert_eq!(named.len(), 1);
+    }
+}

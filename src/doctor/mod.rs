@@ -1,0 +1,428 @@
+//! `novabox doctor`: can this host run guests, under which accelerator, with which networking,
+//! and the exact fix when it cannot.
+//!
+//! Every check has a stable id, a status, one line of finding and one line of fix. Files are
+//! read below a host root (`/`, or a fixture tree in tests); what only the live host can
+//! answer (KVM ioctls, the probe boot, ports, disk) is a NOTE under a fixture root.
+
+pub mod cpu;
+pub mod environment;
+pub mod host;
+pub mod kvm;
+mod kvm_ioctl;
+pub mod network;
+pub mod probe;
+pub mod resources;
+mod sys;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Accel, Config, Driver, NetworkMode};
+use crate::home::Home;
+use environment::Environment;
+use host::HostRoot;
+
+/// Version of the JSON report. Bumped only when a field is removed or changes meaning; new
+/// fields and new check ids may appear within a version.
+pub const SCHEMA: u32 = 1;
+
+/// The report `init` keeps in the home, which `up` reads back.
+pub const REPORT_FILE: &str = "doctor.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Pass,
+    Note,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Note => "NOTE",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub id: String,
+    pub status: Status,
+    pub finding: String,
+    /// Empty when there is nothing to do.
+    pub fix: String,
+}
+
+impl Check {
+    pub fn new(id: &str, status: Status, finding: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check { id: id.to_string(), status, finding: finding.into(), fix: fix.into() }
+    }
+    pub fn pass(id: &str, finding: impl Into<String>) -> Check {
+        Check::new(id, Status::Pass, finding, "")
+    }
+    pub fn warn(id: &str, finding: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::new(id, Status::Warn, finding, fix)
+    }
+    pub fn fail(id: &str, finding: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::new(id, Status::Fail, finding, fix)
+    }
+}
+
+/// What novabox will use on this host, for settings left at `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// `kvm` or `tcg`.
+    pub accel: Accel,
+    /// `qemu`, `libvirt` or `fake`.
+    pub driver: Driver,
+    /// `bridge` or `user`.
+    pub network: NetworkMode,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: u32,
+    pub host_root: PathBuf,
+    pub environment: Environment,
+    pub checks: Vec<Check>,
+    pub decision: Decision,
+}
+
+impl Report {
+    pub fn has_failures(&self) -> bool {
+        self.checks.iter().any(|c| c.status == Status::Fail)
+    }
+
+    pub fn check(&self, id: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.id == id)
+    }
+
+    pub fn save(&self, file: &Path) -> Result<(), DoctorError> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| DoctorError::Encode(e.to_string()))?;
+        json.push(b'\n');
+        crate::home::write_atomic(file, &json, 0o600).map_err(|source| DoctorError::Write { file: file.into(), source })
+    }
+
+    /// `None` when there is no report (yet) or it is from another schema version.
+    pub fn load(file: &Path) -> Option<Report> {
+        let text = std::fs::read_to_string(file).ok()?;
+        let report: Report = serde_json::from_str(&text).ok()?;
+        (report.schema == SCHEMA).then_some(report)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    #[error("cannot encode the doctor report: {0}")]
+    Encode(String),
+    #[error("cannot write {file}: {source}")]
+    Write { file: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host_root: PathBuf,
+    /// Boot the test guest (only on the live host).
+    pub boot_probe: bool,
+    /// Where the test guest is built and cached (`<home>/images/test-guest`).
+    pub image_dir: PathBuf,
+    /// Where the probe's serial console logs go.
+    pub log_dir: PathBuf,
+    /// Where guest disks will live, for the disk check.
+    pub home_dir: PathBuf,
+}
+
+impl Options {
+    pub fn for_home(home: &Home, host_root: &Path, boot_probe: bool) -> Options {
+        Options {
+            host_root: host_root.to_path_buf(),
+            boot_probe,
+            image_dir: home.images_dir().join(probe::TEST_IMAGE_DIR),
+            log_dir: home.logs_dir(),
+            home_dir: home.root().to_path_buf(),
+        }
+    }
+}
+
+/// Result of the probe boots: `None` when that accelerator was not tried.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProbeFacts {
+    kvm: Option<bool>,
+    tcg: Option<bool>,
+}
+
+/// Runs every check and decides accel, driver and network mode.
+pub fn run(config: &Config, opts: &Options) -> Report {
+    let host = HostRoot::new(&opts.host_root);
+    let cpu = cpu::CpuInfo::read(&host);
+    let env = environment::detect(&host, &cpu);
+    let mut checks = vec![environment::check_platform(&env), environment::check_container(&env)];
+    checks.push(cpu::check_virt_extensions(&cpu, &env, host.module_loaded("kvm_pvm")));
+    checks.push(cpu::check_cores(&cpu));
+    let kvm = kvm::run_checks(&host, &cpu, &env, &mut checks);
+    let qemu_present = resources::program_present(&host, "qemu-system-x86_64");
+    let probes = run_probes(&host, &cpu, &kvm, qemu_present, opts, &mut checks);
+    let net = network::run_checks(&host, &env, &mut checks);
+    checks.push(resources::check_memory(&host));
+    checks.push(resources::check_disk(&host, &opts.home_dir));
+    resources::check_ports(&host, config, &mut checks);
+    resources::check_programs(&host, config, &mut checks);
+    let decision = decide(&host, config, &cpu, &kvm, probes, net, qemu_present);
+    Report { schema: SCHEMA, host_root: opts.host_root.clone(), environment: env, checks, decision }
+}
+
+fn run_probes(
+    host: &HostRoot,
+    cpu: &cpu::CpuInfo,
+    kvm: &kvm::KvmFacts,
+    qemu_present: bool,
+    opts: &Options,
+    checks: &mut Vec<Check>,
+) -> ProbeFacts {
+    let mut facts = ProbeFacts::default();
+    let skip = |checks: &mut Vec<Check>, status, finding: &str, fix: &str| {
+        checks.push(Check::new("probe.kvm", status, finding, fix));
+        checks.push(Check::new("probe.tcg", status, finding, fix));
+    };
+    if !host.is_live() {
+        skip(checks, Status::Note, "not run against a fixture root", "");
+        return facts;
+    }
+    if !opts.boot_probe {
+        skip(checks, Status::Note, "not run (novabox doctor --boot-probe, or novabox init, boots a test guest)", "");
+        return facts;
+    }
+    if !qemu_present {
+        skip(checks, Status::Warn, "not run: qemu-system-x86_64 is missing", "sudo apt-get install qemu-system-x86");
+        return facts;
+    }
+    let image = match probe::ensure_test_image(&opts.image_dir) {
+        Ok(i) => i,
+        Err(e) => {
+            skip(
+                checks,
+                Status::Warn,
+                &format!("not run: {e}"),
+                "install busybox-static, then run novabox doctor --boot-probe again",
+            );
+            return facts;
+        }
+    };
+    let _ = std::fs::create_dir_all(&opts.log_dir);
+    let boot = |accel: Accel, timeout| {
+        let name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+        let console = opts.log_dir.join(format!("doctor-probe-{name}.console.log"));
+        (probe::boot(&image, accel, timeout, &console), console)
+    };
+    // KVM is tried whenever /dev/kvm works, PVM included: only a boot shows whether a normal
+    // guest kernel runs there.
+    if kvm.device_exists && kvm.ioctls_ok == Some(true) {
+        let (outcome, console) = boot(Accel::Kvm, probe::KVM_TIMEOUT);
+        checks.push(match outcome {
+            Ok(o) if o.reached_init => {
+                facts.kvm = Some(true);
+                Check::pass(
+                    "probe.kvm",
+                    format!("the test guest reached its init under KVM in {:.1} s", o.elapsed.as_secs_f64()),
+                )
+            }
+            Ok(o) => {
+                facts.kvm = Some(false);
+                let why = if kvm.pvm && cpu.virt_flag().is_none() {
+                    " (expected with PVM: only PVM guest kernels run under this KVM)"
+                } else {
+                    ""
+                };
+                Check::fail(
+                    "probe.kvm",
+                    format!("a normal guest kernel did not boot under KVM: {}{why}", o.detail),
+                    format!("guests run under TCG instead; the serial console is in {}", console.display()),
+                )
+            }
+            Err(e) => {
+                facts.kvm = Some(false);
+                Check::fail("probe.kvm", format!("cannot run the KVM probe: {e}"), "guests run under TCG instead")
+            }
+        });
+    } else {
+        checks.push(Check::new("probe.kvm", Status::Note, "not run: KVM is not usable (see the kvm.* checks)", ""));
+    }
+    if facts.kvm == Some(true) {
+        checks.push(Check::new("probe.tcg", Status::Note, "not needed: guests boot under KVM", ""));
+        return facts;
+    }
+    let (outcome, console) = boot(Accel::Tcg, probe::TCG_TIMEOUT);
+    checks.push(match outcome {
+        Ok(o) if o.reached_init => {
+            facts.tcg = Some(true);
+            Check::pass(
+                "probe.tcg",
+                format!(
+                    "the test guest reached its init under TCG in {:.1} s (software emulation: slow but working)",
+                    o.elapsed.as_secs_f64()
+                ),
+            )
+        }
+        Ok(o) => {
+            facts.tcg = Some(false);
+            Check::fail(
+                "probe.tcg",
+                format!("the test guest did not boot under TCG either: {}", o.detail),
+                format!("see the serial console in {} and the qemu installation", console.display()),
+            )
+        }
+        Err(e) => {
+            facts.tcg = Some(false);
+            Check::fail("probe.tcg", format!("cannot run the TCG probe: {e}"), "check the qemu installation")
+        }
+    });
+    facts
+}
+
+fn decide(
+    host: &HostRoot,
+    config: &Config,
+    cpu: &cpu::CpuInfo,
+    kvm: &kvm::KvmFacts,
+    probes: ProbeFacts,
+    net: network::NetFacts,
+    qemu_present: bool,
+) -> Decision {
+    let mut reasons = Vec::new();
+    let accel = match config.compute.accel {
+        Accel::Kvm => {
+            reasons.push("accel kvm set in the config".to_string());
+            Accel::Kvm
+        }
+        Accel::Tcg => {
+            reasons.push("accel tcg set in the config".to_string());
+            Accel::Tcg
+        }
+        Accel::Auto => match probes.kvm {
+            Some(true) => {
+                reasons.push("a test guest booted under KVM".to_string());
+                Accel::Kvm
+            }
+            Some(false) if probes.tcg == Some(false) => {
+                reasons.push("the test guest booted under neither KVM nor TCG (see probe.tcg)".to_string());
+                Accel::Tcg
+            }
+            Some(false) => {
+                reasons.push("a test guest did not boot under KVM, TCG is the fallback".to_string());
+                Accel::Tcg
+            }
+            None if kvm.pvm && cpu.virt_flag().is_none() => {
+                reasons.push("/dev/kvm is PVM-only, normal guests need TCG".to_string());
+                Accel::Tcg
+            }
+            None if kvm.looks_usable(cpu) => {
+                reasons.push("KVM looks usable (not proven by a probe boot)".to_string());
+                Accel::Kvm
+            }
+            None => {
+                reasons.push("KVM is not usable, guests run under TCG".to_string());
+                Accel::Tcg
+            }
+        },
+    };
+    let driver = match config.compute.driver {
+        Driver::Auto if qemu_present => Driver::Qemu,
+        Driver::Auto => {
+            reasons.push("qemu-system-x86_64 is missing, so the fake driver".to_string());
+            Driver::Fake
+        }
+        d => d,
+    };
+    let bridge_programs = ["ip", "dnsmasq", "nft"].iter().all(|p| resources::program_present(host, p));
+    let network = match config.network.mode {
+        NetworkMode::Auto if net.cap_net_admin && net.tun && bridge_programs => NetworkMode::Bridge,
+        NetworkMode::Auto => {
+            let why = if !net.cap_net_admin {
+                "no CAP_NET_ADMIN"
+            } else if !net.tun {
+                "no /dev/net/tun"
+            } else {
+                "ip, dnsmasq or nft missing"
+            };
+            reasons.push(format!("user networking ({why})"));
+            NetworkMode::User
+        }
+        m => m,
+    };
+    Decision { accel, driver, network, reason: reasons.join("; ") }
+}
+
+/// What `up` uses: the decision of the report `init` saved in the home (or, without one, of a
+/// quick doctor run without a probe boot), with every setting the config names explicitly
+/// taking precedence. Never `Auto` in any field.
+pub fn effective_decision(home: &Home, config: &Config) -> Decision {
+    let saved = Report::load(&home.root().join(REPORT_FILE)).filter(|r| r.host_root == Path::new("/"));
+    let mut decision = match saved {
+        Some(report) => report.decision,
+        None => run(config, &Options::for_home(home, Path::new("/"), false)).decision,
+    };
+    if config.compute.accel != Accel::Auto {
+        decision.accel = config.compute.accel;
+    }
+    if config.compute.driver != Driver::Auto {
+        decision.driver = config.compute.driver;
+    }
+    if config.network.mode != NetworkMode::Auto {
+        decision.network = config.network.mode;
+    }
+    decision
+}
+
+/// The accelerator guests use (`Kvm` or `Tcg`); see `effective_decision`.
+pub fn effective_accel(home: &Home, config: &Config) -> Accel {
+    if config.compute.accel != Accel::Auto {
+        return config.compute.accel;
+    }
+    effective_decision(home, config).accel
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_serializes_uppercase_and_orders_by_severity() {
+        assert_eq!(serde_json::to_string(&Status::Fail).unwrap(), "\"FAIL\"");
+        assert!(Status::Fail > Status::Warn && Status::Warn > Status::Note && Status::Note > Status::Pass);
+    }
+
+    #[test]
+    fn report_round_trips_and_other_schemas_are_ignored() {
+        let t = tempfile::tempdir().unwrap();
+        let opts = Options {
+            host_root: t.path().to_path_buf(),
+            boot_probe: false,
+            image_dir: t.path().join("img"),
+            log_dir: t.path().join("logs"),
+            home_dir: t.path().to_path_buf(),
+        };
+        let report = run(&Config::default(), &opts);
+        let file = t.path().join("doctor.json");
+        report.save(&file).unwrap();
+        assert_eq!(Report::load(&file), Some(report.clone()));
+        let text = std::fs::read_to_string(&file).unwrap().replace("\"schema\": 1", "\"schema\": 99");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(Report::load(&file), None);
+    }
+
+    #[test]
+    fn configured_accel_wins() {
+        let t = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.compute.accel = Accel::Tcg;
+        assert_eq!(effective_accel(&Home::at(t.path()), &c), Accel::Tcg);
+    }
+}

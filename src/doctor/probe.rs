@@ -1,0 +1,201 @@
+//! The probe boot: the offline test guest (a Debian kernel and a busybox initramfs) started
+//! under qemu with a chosen accelerator, watched for its init marker on the serial console.
+//! It is the final word on KVM, since a working /dev/kvm (PVM, broken nesting) may still hang
+//! a normal guest kernel.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::Accel;
+use crate::hostpkgs;
+
+/// The recipe, embedded so an installed binary can build the guest without the source tree.
+pub const MAKE_TEST_IMAGE_SCRIPT: &str = include_str!("../../scripts/make-test-image.sh");
+/// Printed by the guest's /init once the kernel has handed over to user space.
+pub const INIT_MARKER: &str = "novabox-guest: init reached";
+/// The directory below `<home>/images` that holds the built guest.
+pub const TEST_IMAGE_DIR: &str = "test-guest";
+
+pub const KVM_TIMEOUT: Duration = Duration::from_secs(20);
+pub const TCG_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "cannot build the test guest in {dir}: {detail}. Run `sh scripts/make-test-image.sh {dir}` to see why \
+         (it needs busybox-static and dpkg-deb, and apt access the first time); the full log is {log}"
+    )]
+    Build { dir: PathBuf, log: PathBuf, detail: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("qemu-system-x86_64 is not installed: sudo apt-get install qemu-system-x86")]
+    NoQemu,
+    #[error("cannot start {program}: {source}")]
+    Spawn { program: PathBuf, source: io::Error },
+}
+
+/// The kernel and initramfs of the test guest.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+impl TestImage {
+    pub fn in_dir(dir: &Path) -> TestImage {
+        TestImage { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.img") }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.kernel.is_file() && self.initrd.is_file()
+    }
+}
+
+/// Builds the test guest into `dir` with the embedded script unless it is there already.
+/// `NOVABOX_DEB_CACHE` (honoured by the script) lets tests share one kernel download.
+pub fn ensure_test_image(dir: &Path) -> Result<TestImage, ProbeError> {
+    let image = TestImage::in_dir(dir);
+    if image.exists() {
+        return Ok(image);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ProbeError::Write { path: dir.to_path_buf(), source })?;
+    let script = dir.join("make-test-image.sh");
+    std::fs::write(&script, MAKE_TEST_IMAGE_SCRIPT)
+        .map_err(|source| ProbeError::Write { path: script.clone(), source })?;
+    let log = dir.join("build.log");
+    let log_file = std::fs::File::create(&log).map_err(|source| ProbeError::Write { path: log.clone(), source })?;
+    let log_err = log_file.try_clone().map_err(|source| ProbeError::Write { path: log.clone(), source })?;
+    tracing::info!(dir = %dir.display(), "building the test guest");
+    let status = Command::new("sh")
+        .arg(&script)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .status()
+        .map_err(|source| ProbeError::Spawn { program: "sh".into(), source })?;
+    if !status.success() || !image.exists() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let detail = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the script failed").to_string();
+        return Err(ProbeError::Build { dir: dir.to_path_buf(), log, detail });
+    }
+    Ok(image)
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOutcome {
+    /// The guest printed the marker (`INIT_MARKER` for `boot`) before the timeout.
+    pub reached_init: bool,
+    /// Time to the marker, or until qemu exited or the timeout.
+    pub elapsed: Duration,
+    /// When it failed: qemu's exit and last words, or "timed out".
+    pub detail: String,
+}
+
+/// Boots the test guest under `accel` (`Kvm` or `Tcg`), waits for the init marker on the serial
+/// console (written to `console`), and stops the qemu it started, by its pid.
+pub fn boot(image: &TestImage, accel: Accel, timeout: Duration, console: &Path) -> Result<BootOutcome, ProbeError> {
+    boot_until(image, accel, timeout, console, &[], INIT_MARKER)
+}
+
+/// Like `boot`, with extra qemu arguments (drives, NICs) and another console line to wait for
+/// (`novabox-guest: ready` once the guest has read its config drive).
+pub fn boot_until(
+    image: &TestImage,
+    accel: Accel,
+    timeout: Duration,
+    console: &Path,
+    extra_args: &[std::ffi::OsString],
+    marker: &str,
+) -> Result<BootOutcome, ProbeError> {
+    let qemu = hostpkgs::find_program("qemu-system-x86_64").ok_or(ProbeError::NoQemu)?;
+    let accel_name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+    let _ = std::fs::remove_file(console);
+    std::fs::write(console, b"").map_err(|source| ProbeError::Write { path: console.to_path_buf(), source })?;
+    let mut serial = std::ffi::OsString::from("file:");
+    serial.push(console);
+    let mut cmd = Command::new(&qemu);
+    cmd.args(["-accel", accel_name, "-m", "256", "-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(serial)
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| ProbeError::Spawn { program: qemu.clone(), source })?;
+    tracing::debug!(pid = child.id(), accel = accel_name, "probe guest started");
+    let outcome = loop {
+        let text = std::fs::read_to_string(console).unwrap_or_default();
+        if text.contains(marker) {
+            break BootOutcome { reached_init: true, elapsed: start.elapsed(), detail: String::new() };
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+                let detail =
+                    if last.is_empty() { format!("qemu exited ({status})") } else { format!("qemu exited: {last}") };
+                return Ok(BootOutcome { reached_init: false, elapsed: start.elapsed(), detail });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot poll the probe qemu");
+            }
+        }
+        if start.elapsed() >= timeout {
+            break BootOutcome {
+                reached_init: false,
+                elapsed: start.elapsed(),
+                detail: format!("no {marker:?} within {}", human_duration(timeout)),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Our own child, stopped through its pid; reaped so no zombie is left.
+    if let Err(e) = child.kill() {
+        tracing::warn!(error = %e, pid = child.id(), "cannot stop the probe qemu");
+    }
+    let _ = child.wait();
+    Ok(outcome)
+}
+
+fn human_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_script_prints_the_marker_it_is_watched_for() {
+        assert!(MAKE_TEST_IMAGE_SCRIPT.contains(&format!("echo \"{INIT_MARKER}\"")));
+        assert!(MAKE_TEST_IMAGE_SCRIPT.contains("novabox-guest: ready"));
+    }
+
+    #[test]
+    fn existing_image_is_reused_without_building() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("vmlinuz"), b"k").unwrap();
+        std::fs::write(t.path().join("initrd.img"), b"i").unwrap();
+        let image = ensure_test_image(t.path()).unwrap();
+        assert_eq!(image.kernel, t.path().join("vmlinuz"));
+        assert!(!t.path().join("build.log").exists());
+    }
+}

@@ -1,0 +1,334 @@
+//! The image store: image bytes live in `<home>/images/<id>`, written through a temporary
+//! file and a rename, hashed (md5 for glance's `checksum`, sha512 for `os_hash_value`) on the
+//! way in. The upload handler and `novabox init`'s import share [`ImageWriter`], so there is
+//! one code path for storing bytes and their hashes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+use sha2::Sha512;
+
+use crate::db::images::{Image, NewImage, StoredData};
+use crate::db::{Db, DbError};
+use crate::home::Home;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "cannot write image data to {path}: {source}. Check the free space and permissions of the state directory."
+    )]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the image data is larger than the limit of {limit_mb} MiB (`[images] max_upload_mb`)")]
+    TooLarge { limit_mb: u64 },
+    #[error("`{0}` is not a valid image id; image ids are uuids")]
+    BadId(String),
+    #[error("image {0} is not queued for data (another upload is running, or it has data already)")]
+    NotQueued(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Writes one image's bytes to a temporary file beside their final place, hashing as it
+/// goes. Nothing is visible under the final name until [`ImageWriter::finish`]; a writer
+/// dropped before that (an error, a client gone mid-upload) removes its temporary file.
+pub struct ImageWriter {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    rel: String,
+    md5: Md5,
+    sha512: Sha512,
+    size: u64,
+    max_bytes: u64,
+    limit_mb: u64,
+    /// The first bytes, enough to read a qcow2 header's virtual size.
+    head: Vec<u8>,
+}
+
+const HEAD_LEN: usize = 32;
+
+impl ImageWriter {
+    /// Starts writing the data of `image_id` into `images_dir`, refusing more than
+    /// `limit_mb` MiB.
+    pub fn create(images_dir: &Path, image_id: &str, limit_mb: u64) -> Result<ImageWriter, ImageError> {
+        // The id becomes a file name: only a uuid can never escape the directory.
+        if uuid::Uuid::parse_str(image_id).is_err() || image_id.contains(['/', '.']) {
+            return Err(ImageError::BadId(image_id.to_string()));
+        }
+        let write_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ImageError::Write { path, source }
+        };
+        std::fs::create_dir_all(images_dir).map_err(write_err(images_dir))?;
+        let dest = images_dir.join(image_id);
+        let tmp = images_dir.join(format!(".{image_id}.part-{}", uuid::Uuid::new_v4().simple()));
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(write_err(&tmp))?
+        };
+        Ok(ImageWriter {
+            file: Some(file),
+            tmp,
+            dest,
+            rel: image_id.to_string(),
+            md5: Md5::new(),
+            sha512: Sha512::new(),
+            size: 0,
+            max_bytes: limit_mb.saturating_mul(1024 * 1024),
+            limit_mb,
+            head: Vec::with_capacity(HEAD_LEN),
+        })
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
+        let size = self.size + chunk.len() as u64;
+        if size > self.max_bytes {
+            return Err(ImageError::TooLarge { limit_mb: self.limit_mb });
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(ImageError::Write { path: self.tmp.clone(), source: std::io::ErrorKind::BrokenPipe.into() });
+        };
+        file.write_all(chunk).map_err(|source| ImageError::Write { path: self.tmp.clone(), source })?;
+        if self.head.len() < HEAD_LEN {
+            let take = (HEAD_LEN - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+        }
+        self.md5.update(chunk);
+        self.sha512.update(chunk);
+        self.size = size;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Flushes the data to disk and moves it to its final name.
+    pub fn finish(mut self, disk_format: Option<&str>) -> Result<StoredData, ImageError> {
+        let file = self.file.take();
+        if let Some(f) = file {
+            f.sync_all().map_err(|source| ImageError::Write { path: self.tmp.clone(), source })?;
+        }
+        std::fs::rename(&self.tmp, &self.dest)
+            .map_err(|source| ImageError::Write { path: self.dest.clone(), source })?;
+        let virtual_size = virtual_size(disk_format, &self.head, self.size).map(|v| v as i64);
+        Ok(StoredData {
+            path: self.rel.clone(),
+            size: self.size as i64,
+            virtual_size,
+            md5: hex::encode(self.md5.clone().finalize()),
+            sha512: hex::encode(self.sha512.clone().finalize()),
+        })
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        // Still holding the file means finish() never ran: nothing partial may stay behind.
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The size the guest sees: raw-like formats are their own size; qcow2 says it in its
+/// header (big-endian u64 at offset 24, after the `QFI\xfb` magic). Unknown otherwise.
+fn virtual_size(disk_format: Option<&str>, head: &[u8], size: u64) -> Option<u64> {
+    if head.len() >= 32 && head[..4] == *b"QFI\xfb" {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&head[24..32]);
+        return Some(u64::from_be_bytes(b));
+    }
+    match disk_format {
+        Some("raw" | "iso" | "aki" | "ari" | "ami") => Some(size),
+        _ => None,
+    }
+}
+
+/// The data file of an active image, or `None` when it has no data yet (or was deleted).
+pub fn file_path(home: &Home, image: &Image) -> Option<PathBuf> {
+    match (&image.status[..], &image.path) {
+        ("active", Some(rel)) => Some(home.images_dir().join(rel)),
+        _ => None,
+    }
+}
+
+/// Removes an image's data file; a file already gone is fine.
+pub fn remove_file(home: &Home, rel: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(home.images_dir().join(rel)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Imports the local file `path` as a new active image (what `novabox init` does with the
+/// test image). The record and the data appear together: on any failure the half-made image
+/// is deleted again.
+#[allow(clippy::too_many_arguments)]
+pub fn import_file(
+    db: &Db,
+    home: &Home,
+    path: &Path,
+    name: &str,
+    disk_format: &str,
+    container_format: &str,
+    properties: &BTreeMap<String, String>,
+    visibility: &str,
+    owner: &str,
+) -> Result<Image, ImageError> {
+    let mut src = File::open(path).map_err(|source| ImageError::Read { path: path.to_path_buf(), source })?;
+    let image = db.create_image(&NewImage {
+        id: None,
+        name: Some(name.to_string()),
+        owner: Some(owner.to_string()),
+        visibility: visibility.to_string(),
+        protected: false,
+        disk_format: Some(disk_format.to_string()),
+        container_format: Some(container_format.to_string()),
+        min_disk: 0,
+        min_ram: 0,
+        properties: properties.clone(),
+        tags: Default::default(),
+    })?;
+    let stored = (|| {
+        if !db.set_image_status(&image.id, "queued", "saving")? {
+            return Err(ImageError::NotQueued(image.id.clone()));
+        }
+        let mut writer = ImageWriter::create(&home.images_dir(), &image.id, u64::MAX / (1024 * 1024))?;
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = src.read(&mut buf).map_err(|source| ImageError::Read { path: path.to_path_buf(), source })?;
+            if n == 0 {
+                break;
+            }
+            writer.write(&buf[..n])?;
+        }
+        let data = writer.finish(Some(disk_format))?;
+        if !db.finish_image_upload(&image.id, &data)? {
+            let _ = remove_file(home, &data.path);
+            return Err(ImageError::NotQueued(image.id.clone()));
+        }
+        Ok(())
+    })();
+    if let Err(e) = stored {
+        let _ = db.delete_image(&image.id);
+        return Err(e);
+    }
+    Ok(db.image_by_id(&image.id)?.ok_or_else(|| DbError::NotFound(format!("image {} vanished", image.id)))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::OpenOptions;
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn writer_hashes_and_renames() {
+        let t = tempfile::tempdir().unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut w = ImageWriter::create(t.path(), &id, 1).unwrap();
+        w.write(b"hello ").unwrap();
+        w.write(b"world").unwrap();
+        let d = w.finish(Some("raw")).unwrap();
+        assert_eq!(d.md5, "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        assert!(d.sha512.starts_with("309ecc489c12d6eb4cc40f50c902f2b4d0ed77ee511a7c7a9bcd3ca86d4cd86f"));
+        assert_eq!((d.size, d.virtual_size), (11, Some(11)));
+        assert_eq!(files_in(t.path()), vec![id.clone()]);
+        assert_eq!(std::fs::read(t.path().join(&id)).unwrap(), b"hello world");
+    }
+
+    #[test]
+    fn writer_over_limit_or_dropped_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut w = ImageWriter::create(t.path(), &id, 1).unwrap();
+        w.write(&vec![0u8; 1024 * 1024]).unwrap();
+        assert!(matches!(w.write(b"x"), Err(ImageError::TooLarge { limit_mb: 1 })));
+        drop(w);
+        assert!(files_in(t.path()).is_empty());
+        assert!(matches!(ImageWriter::create(t.path(), "../etc", 1), Err(ImageError::BadId(_))));
+    }
+
+    #[test]
+    fn reads_qcow2_virtual_size() {
+        let mut head = b"QFI\xfb".to_vec();
+        head.extend_from_slice(&[0, 0, 0, 3]);
+        head.extend_from_slice(&[0u8; 16]);
+        head.extend_from_slice(&(1u64 << 30).to_be_bytes());
+        assert_eq!(virtual_size(Some("qcow2"), &head, 200), Some(1 << 30));
+        assert_eq!(virtual_size(Some("qcow2"), b"short", 5), None);
+        assert_eq!(virtual_size(Some("raw"), b"short", 5), Some(5));
+    }
+
+    #[test]
+    fn import_file_makes_an_active_image() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path());
+        home.create_dirs().unwrap();
+        let db = Db::open(&home.db_file(), OpenOptions::default()).unwrap();
+        let owner = db.ensure_project("admin", "").unwrap();
+        let src = t.path().join("tiny.img");
+        std::fs::write(&src, b"guest bytes").unwrap();
+        let props: BTreeMap<String, String> = [("hw_rng_model".to_string(), "virtio".to_string())].into();
+        let img = import_file(&db, &home, &src, "tiny", "raw", "bare", &props, "public", &owner).unwrap();
+        assert_eq!(img.status, "active");
+        assert_eq!(img.size, Some(11));
+        assert_eq!(img.properties["hw_rng_model"], "virtio");
+        let path = file_path(&home, &img).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"guest bytes");
+
+        let missing = import_file(&db, &home, &t.path().join("nope"), "x", "raw", "bare", &props, "public", &owner);
+        assert!(matches!(missing, Err(ImageError::Read { .. })));
+        assert_eq!(db.images().unwrap().len(), 1, "a failed import must leave no record");
+    }
+}
+
+/// An image as a compute host reads it: its file's absolute path, with AMI-style kernel and
+/// ramdisk images (the `kernel_id` / `ramdisk_id` properties) resolved the same way.
+/// None when the image does not exist.
+pub fn image_meta(
+    db: &crate::db::Db,
+    home: &Home,
+    id: &str,
+) -> Result<Option<crate::compute::virt::ImageMeta>, crate::db::DbError> {
+    fn one(
+        db: &crate::db::Db,
+        home: &Home,
+        id: &str,
+        depth: u8,
+    ) -> Result<Option<crate::compute::virt::ImageMeta>, crate::db::DbError> {
+        let Some(img) = db.image_by_id(id)? else { return Ok(None) };
+        let linked = |key: &str| -> Result<Option<Box<crate::compute::virt::ImageMeta>>, crate::db::DbError> {
+            match img.properties.get(key) {
+                // An AMI's kernel is an AKI, never another AMI: one level is all there is.
+                Some(other) if depth == 0 => Ok(one(db, home, other, 1)?.map(Box::new)),
+                _ => Ok(None),
+            }
+        };
+        Ok(Some(crate::compute::virt::ImageMeta {
+            id: img.id.clone(),
+            name: img.name.clone(),
+            disk_format: img.disk_format.clone(),
+            container_format: img.container_format.clone(),
+            size: img.size,
+            file: file_path(home, &img).map(|p| p.to_string_lossy().into_owned()),
+            kernel: linked("kernel_id")?,
+            ramdisk: linked("ramdisk_id")?,
+            properties: img.properties.clone(),
+        }))
+    }
+    one(db, home, id, 0)
+}

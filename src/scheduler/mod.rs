@@ -1,0 +1,175 @@
+//! The scheduler service: places instances on compute hosts. It reads hosts and their usage
+//! from the database, runs the filters and weighers, records the choice on the instance and
+//! casts the build to that host's compute service.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::bus::{Context, Handler, Message, RemoteError};
+use crate::config::Config;
+use crate::db::instances::{Instance, InstanceUpdate, UpdateError};
+use crate::db::services::is_up;
+use crate::db::{now, SharedDb};
+use crate::rpcapi::{ComputeApi, Notifier, RequestSpec};
+
+pub mod filters;
+pub mod weighers;
+
+use filters::{filter_hosts, HostState, Request};
+
+pub const BINARY: &str = "novabox-scheduler";
+
+pub struct Scheduler {
+    db: SharedDb,
+    config: Arc<Config>,
+    compute: ComputeApi,
+    notifier: Notifier,
+    /// Placement reads usage and then writes the choice; one placement at a time keeps two
+    /// concurrent boots from both taking the last slot of a host.
+    placing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BuildInstances {
+    instance_uuids: Vec<String>,
+    request_spec: RequestSpec,
+}
+
+impl Scheduler {
+    pub fn new(db: SharedDb, config: Arc<Config>, compute: ComputeApi, notifier: Notifier) -> Scheduler {
+        Scheduler { db, config, compute, notifier, placing: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Every compute host with its capacity and what is placed on it now.
+    fn host_states(&self) -> Result<Vec<HostState>, crate::db::DbError> {
+        let down_after = self.config.compute.service_down_secs;
+        self.db.with(|db| {
+            let services = db.services()?;
+            let mut states = Vec::new();
+            for node in db.compute_nodes()? {
+                let Some(svc) = services.iter().find(|s| s.host == node.host && s.binary == crate::compute::BINARY)
+                else {
+                    continue;
+                };
+                let (vcpus_used, memory_used, disk_used, instances) = db.host_usage(&node.host)?;
+                let r = &node.report;
+                states.push(HostState {
+                    host: node.host.clone(),
+                    node: r.hypervisor_hostname.clone(),
+                    enabled: !svc.disabled,
+                    up: is_up(svc, down_after),
+                    availability_zone: self.config.host.availability_zone.clone(),
+                    hypervisor_type: r.hypervisor_type.clone(),
+                    vcpus: r.vcpus,
+                    memory_mb: r.memory_mb,
+                    local_gb: r.local_gb,
+                    reserved_memory_mb: r.reserved_host_memory_mb,
+                    vcpus_used,
+                    memory_mb_used: memory_used,
+                    local_gb_used: disk_used,
+                    instances,
+                    cpu_allocation_ratio: r.cpu_allocation_ratio,
+                    ram_allocation_ratio: r.ram_allocation_ratio,
+                    disk_allocation_ratio: r.disk_allocation_ratio,
+                });
+            }
+            Ok(states)
+        })
+    }
+
+    /// Chooses a host and records it on the instance. Err is the "no valid host" reason.
+    async fn place(&self, instance: &Instance, spec: &RequestSpec) -> Result<Result<Instance, String>, RemoteError> {
+        let _one_at_a_time = self.placing.lock().await;
+        let hosts = self.host_states().map_err(|e| RemoteError::new("DBError", e.to_string()))?;
+        let hint = |key: &str| spec.scheduler_hints.get(key).and_then(Value::as_str);
+        let req = Request {
+            flavor: &instance.flavor,
+            availability_zone: spec.availability_zone.as_deref().filter(|az| !az.is_empty()),
+            hypervisor_type: spec.image_properties.get("hypervisor_type").and_then(Value::as_str),
+            force_host: hint("force_host"),
+        };
+        let (passed, reasons) = filter_hosts(&hosts, &req);
+        let Some(chosen) = weighers::best(&passed) else {
+            let why =
+                if hosts.is_empty() { "no compute host has registered yet".to_string() } else { reasons.join("; ") };
+            return Ok(Err(why));
+        };
+        tracing::info!(instance = %instance.uuid, host = %chosen.host, candidates = passed.len(), "host selected");
+        let update = InstanceUpdate {
+            host: Some(chosen.host.clone()),
+            node: Some(chosen.node.clone()),
+            scheduled_at: Some(now()),
+            expected_task_state: Some(vec![Some("scheduling".into())]),
+            ..Default::default()
+        };
+        match self.db.with(|db| db.update_instance(&instance.uuid, &update)) {
+            Ok(Ok(i)) => Ok(Ok(i)),
+            Ok(Err(UpdateError::NotFound)) => Err(RemoteError::new("InstanceNotFound", "deleted while scheduling")),
+            Ok(Err(UpdateError::UnexpectedState { task_state, .. })) => Err(RemoteError::new(
+                "UnexpectedTaskState",
+                format!("task state changed to {task_state:?} while scheduling"),
+            )),
+            Err(e) => Err(RemoteError::new("DBError", e.to_string())),
+        }
+    }
+
+    async fn build_instances(&self, ctx: &Context, args: BuildInstances) -> Result<Value, RemoteError> {
+        for uuid in &args.instance_uuids {
+            let instance = self
+                .db
+                .with(|db| db.instance_by_uuid(uuid, false))
+                .map_err(|e| RemoteError::new("DBError", e.to_string()))?;
+            let Some(instance) = instance else {
+                tracing::info!(instance = %uuid, "deleted before it was scheduled");
+                continue;
+            };
+            match self.place(&instance, &args.request_spec).await {
+                Ok(Ok(placed)) => {
+                    let host = placed.host.clone().unwrap_or_default();
+                    if let Err(e) = self.compute.build_and_run_instance(ctx, &host, &placed, &args.request_spec).await {
+                        self.fail(ctx, &placed, &format!("Build request could not reach compute host {host}: {e}"))
+                            .await;
+                    }
+                }
+                Ok(Err(why)) => {
+                    let msg = format!("No valid host was found. There are not enough hosts available. ({why})");
+                    self.fail(ctx, &instance, &msg).await;
+                }
+                Err(e) => tracing::info!(instance = %uuid, error = %e, "not scheduled"),
+            }
+        }
+        Ok(Value::Null)
+    }
+
+    /// Puts an instance that cannot be built into ERROR with a fault, as nova's conductor does.
+    async fn fail(&self, ctx: &Context, instance: &Instance, message: &str) {
+        tracing::warn!(instance = %instance.uuid, "{message}");
+        let update = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
+        let result = self.db.with(|db| -> Result<Option<Instance>, crate::db::DbError> {
+            db.add_instance_fault(&instance.uuid, 500, message, "", None)?;
+            db.finish_instance_action(&ctx.request_id, &instance.uuid, Some(message))?;
+            Ok(db.update_instance(&instance.uuid, &update)?.ok())
+        });
+        match result {
+            Ok(Some(i)) => self.notifier.instance(ctx, "compute.instance.create.error", &i).await,
+            Ok(None) => {}
+            Err(e) => tracing::error!(instance = %instance.uuid, error = %e, "could not record the failure"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Scheduler {
+    async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
+        match message.method.as_str() {
+            "build_instances" => {
+                let args: BuildInstances = serde_json::from_value(message.args)
+                    .map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
+                self.build_instances(&message.context, args).await
+            }
+            other => Err(RemoteError::new("UnknownMethod", format!("the scheduler has no method {other}"))),
+        }
+    }
+}
