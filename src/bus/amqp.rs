@@ -6,9 +6,10 @@
 //!   before any server started waits for one. Casts are persistent and confirmed by the broker
 //!   before `cast` returns, so a confirmed cast survives a broker restart.
 //! - fanouts go to a fanout exchange per topic, `<topic>_fanout`; every server binds its own
-//!   exclusive, auto-deleted queue `<topic>_fanout_<uuid>` to it.
-//! - calls carry `reply_to` (one exclusive queue per process, `reply_<uuid>`) and a
-//!   correlation id; the reply body is `{"result": ...}` or `{"failure": {kind, message}}`.
+//!   exclusive, auto-deleted queue `<topic>_fanout_<uuid>_<generation>` to it.
+//! - calls carry `reply_to` (one exclusive queue per process and connection,
+//!   `reply_<uuid>_<generation>`) and a correlation id; the reply body is `{"result": ...}`
+//!   or `{"failure": {kind, message}}`.
 //!   Calls expire in the queue after their timeout, so nobody handles a call nobody awaits.
 //! - servers ack after the handler returns (and after the reply is sent); the channel's
 //!   prefetch equals the pool size, so a slow server holds at most that many messages.
@@ -86,7 +87,10 @@ pub struct AmqpBus {
 struct Shared {
     url: String,
     options: AmqpOptions,
-    reply_queue: String,
+    /// Prefix of this process's reply queue; each connection adds its generation, so a new
+    /// connection never waits for the broker to notice that the old one (and its exclusive
+    /// queue) is gone.
+    reply_prefix: String,
     /// The live connection; `None` while reconnecting.
     link: watch::Sender<Option<Arc<Link>>>,
     pending: Mutex<HashMap<String, oneshot::Sender<WireReply>>>,
@@ -100,20 +104,25 @@ struct Shared {
 
 struct Link {
     generation: u64,
+    /// Where replies to calls sent on this connection go.
+    reply_queue: ShortString,
     conn: Connection,
     /// In confirm mode: casts and fanouts, which must survive a broker restart.
     confirmed: Channel,
     /// No confirms: call requests and replies, where the reply (or its timeout) is the proof.
     fast: Channel,
-    /// Queues and exchanges declared on this connection, so each is declared once.
-    declared: Mutex<HashSet<String>>,
+    /// Topic queues and fanout exchanges declared on this connection, so each is declared
+    /// once per connection rather than once per message.
+    declared_queues: Mutex<HashSet<String>>,
+    declared_fanouts: Mutex<HashSet<String>>,
     broken: Notify,
 }
 
 struct Server {
     id: u64,
     topic: String,
-    fanout_queue: String,
+    /// Prefix of the server's exclusive fanout queue; each connection adds its generation.
+    fanout_prefix: String,
     handler: Arc<dyn Handler>,
     pool: Arc<Semaphore>,
     stop: watch::Sender<bool>,
@@ -144,7 +153,7 @@ impl AmqpBus {
         let shared = Arc::new(Shared {
             url: url.to_string(),
             options,
-            reply_queue: format!("reply_{}", uuid::Uuid::new_v4().simple()),
+            reply_prefix: format!("reply_{}", uuid::Uuid::new_v4().simple()),
             link,
             pending: Mutex::new(HashMap::new()),
             servers: Mutex::new(HashMap::new()),
@@ -159,12 +168,27 @@ impl AmqpBus {
         Ok(AmqpBus { shared })
     }
 
+    /// Stops every server and closes the connection now. Dropping the bus does the same in the
+    /// background; call this when the broker is about to stop, so the broker sees a clean
+    /// close instead of a reset.
+    pub async fn close(&self) {
+        let _ = self.shared.shutdown.send_replace(true);
+        let servers: Vec<Arc<Server>> = lock(&self.shared.servers).drain().map(|(_, s)| s).collect();
+        for server in servers {
+            let _ = server.stop.send_replace(true);
+        }
+        if let Some(link) = self.shared.link.send_replace(None) {
+            let _ = link.conn.close(200, "closing".into()).await;
+        }
+    }
+
     async fn publish(
         &self,
         route: Route<'_>,
         payload: &[u8],
         properties: BasicProperties,
         confirmed: bool,
+        with_reply_to: bool,
         deadline: Instant,
     ) -> Result<(), PublishError> {
         let (exchange, routing_key) = match route {
@@ -178,14 +202,13 @@ impl AmqpBus {
             let attempt = async {
                 link.declare(route).await?;
                 let channel = if confirmed { &link.confirmed } else { &link.fast };
+                let properties = if with_reply_to {
+                    properties.clone().with_reply_to(link.reply_queue.clone())
+                } else {
+                    properties.clone()
+                };
                 let confirm = channel
-                    .basic_publish(
-                        exchange_s.clone(),
-                        key.clone(),
-                        BasicPublishOptions::default(),
-                        payload,
-                        properties.clone(),
-                    )
+                    .basic_publish(exchange_s.clone(), key.clone(), BasicPublishOptions::default(), payload, properties)
                     .await?;
                 if confirmed {
                     let confirmation = confirm.await?;
@@ -214,9 +237,9 @@ impl AmqpBus {
 
 impl Drop for AmqpBus {
     fn drop(&mut self) {
-        let _ = self.shared.shutdown.send(true);
+        let _ = self.shared.shutdown.send_replace(true);
         for (_, server) in lock(&self.shared.servers).drain() {
-            let _ = server.stop.send(true);
+            let _ = server.stop.send_replace(true);
         }
     }
 }
@@ -232,18 +255,18 @@ enum Route<'a> {
 
 impl Link {
     async fn declare(&self, what: Route<'_>) -> Result<(), lapin::Error> {
-        let key = match what {
-            Route::Topic(t) => format!("q:{t}"),
-            Route::Fanout(t) => format!("x:{t}"),
+        let (set, name) = match what {
+            Route::Topic(t) => (&self.declared_queues, t),
+            Route::Fanout(t) => (&self.declared_fanouts, t),
         };
-        if lock(&self.declared).contains(&key) {
+        if lock(set).contains(name) {
             return Ok(());
         }
         match what {
             Route::Topic(topic) => declare_topic_queue(&self.confirmed, topic).await?,
             Route::Fanout(topic) => declare_fanout_exchange(&self.confirmed, topic).await?,
         }
-        lock(&self.declared).insert(key);
+        lock(set).insert(name.to_string());
         Ok(())
     }
 }
@@ -296,7 +319,7 @@ impl Shared {
 /// consumer, and the queues and consumers of every server. Publishes the new link when done.
 async fn establish(shared: &Arc<Shared>, generation: u64) -> Result<Arc<Link>, lapin::Error> {
     let properties = ConnectionProperties::default()
-        .with_connection_name(format!("novabox pid {} ({})", std::process::id(), shared.reply_queue).into());
+        .with_connection_name(format!("novabox pid {} ({})", std::process::id(), shared.reply_prefix).into());
     let conn = Connection::connect(&shared.url, properties).await?;
     let confirmed = conn.create_channel().await?;
     confirmed.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -305,21 +328,24 @@ async fn establish(shared: &Arc<Shared>, generation: u64) -> Result<Arc<Link>, l
     confirmed.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, exchange_options, FieldTable::default()).await?;
 
     let replies = conn.create_channel().await?;
-    let reply_queue: ShortString = shared.reply_queue.as_str().into();
+    let reply_queue = ShortString::try_new(format!("{}_{generation}", shared.reply_prefix))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     replies
         .queue_declare(reply_queue.clone(), QueueDeclareOptions::exclusive().auto_delete(), FieldTable::default())
         .await?;
     // Replies are not acked: a reply lost with the connection is a call that times out.
     let consume = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
-    let consumer = replies.basic_consume(reply_queue, "".into(), consume, FieldTable::default()).await?;
+    let consumer = replies.basic_consume(reply_queue.clone(), "".into(), consume, FieldTable::default()).await?;
     tokio::spawn(read_replies(Arc::downgrade(shared), consumer, replies));
 
     let link = Arc::new(Link {
         generation,
+        reply_queue: reply_queue.clone(),
         conn,
         confirmed,
         fast,
-        declared: Mutex::new(HashSet::new()),
+        declared_queues: Mutex::new(HashSet::new()),
+        declared_fanouts: Mutex::new(HashSet::new()),
         broken: Notify::new(),
     });
     let _topology = shared.topology.lock().await;
@@ -416,8 +442,8 @@ async fn start_server(shared: &Arc<Shared>, link: &Arc<Link>, server: &Arc<Serve
     channel.basic_qos(prefetch, BasicQosOptions { global: true }).await?;
     declare_topic_queue(&channel, &server.topic).await?;
     declare_fanout_exchange(&channel, &server.topic).await?;
-    let fanout_queue: ShortString =
-        ShortString::try_new(server.fanout_queue.as_str()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let fanout_queue = ShortString::try_new(format!("{}_{}", server.fanout_prefix, link.generation))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     channel
         .queue_declare(fanout_queue.clone(), QueueDeclareOptions::exclusive().auto_delete(), FieldTable::default())
         .await?;
@@ -552,7 +578,7 @@ impl Bus for AmqpBus {
         let payload = serde_json::to_vec(&message)?;
         let deadline = Instant::now() + self.shared.options.publish_timeout;
         let properties = json_properties(PERSISTENT);
-        self.publish(Route::Topic(topic), &payload, properties, true, deadline)
+        self.publish(Route::Topic(topic), &payload, properties, true, false, deadline)
             .await
             .map_err(|e| unavailable(e, topic, &message.method, self.shared.options.publish_timeout))
     }
@@ -567,12 +593,11 @@ impl Bus for AmqpBus {
         // Forget the waiter however this call ends (timeout, error, or the caller dropping it).
         let _pending = PendingGuard { shared: &self.shared, correlation: &correlation };
         let properties = json_properties(TRANSIENT)
-            .with_reply_to(short(&self.shared.reply_queue)?)
             .with_correlation_id(short(&correlation)?)
             // The broker drops the call when nobody has taken it before the caller gives up.
             .with_expiration(timeout.as_millis().max(1).to_string().into());
         let timed_out = || BusError::Timeout { topic: topic.to_string(), method: method.clone(), timeout };
-        match self.publish(Route::Topic(topic), &payload, properties, false, deadline).await {
+        match self.publish(Route::Topic(topic), &payload, properties, false, true, deadline).await {
             Ok(()) => {}
             Err(PublishError::Unavailable) => return Err(timed_out()),
             Err(PublishError::Fatal(e)) => return Err(e),
@@ -589,7 +614,7 @@ impl Bus for AmqpBus {
         let payload = serde_json::to_vec(&message)?;
         let deadline = Instant::now() + self.shared.options.publish_timeout;
         let properties = json_properties(TRANSIENT);
-        self.publish(Route::Fanout(topic), &payload, properties, true, deadline)
+        self.publish(Route::Fanout(topic), &payload, properties, true, false, deadline)
             .await
             .map_err(|e| unavailable(e, topic, &message.method, self.shared.options.publish_timeout))
     }
@@ -597,13 +622,14 @@ impl Bus for AmqpBus {
     async fn serve(&self, topic: &str, handler: Arc<dyn Handler>) -> Result<Subscription, BusError> {
         short(topic)?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let fanout_queue = format!("{}_{}", fanout_exchange(topic), uuid::Uuid::new_v4().simple());
-        short(&fanout_queue)?;
+        let fanout_prefix = format!("{}_{}", fanout_exchange(topic), uuid::Uuid::new_v4().simple());
+        // Leave room for the generation suffix.
+        short(&format!("{fanout_prefix}_{}", u64::MAX))?;
         let (stop, _) = watch::channel(false);
         let server = Arc::new(Server {
             id,
             topic: topic.to_string(),
-            fanout_queue,
+            fanout_prefix,
             handler,
             pool: Arc::new(Semaphore::new(self.shared.options.pool_size.max(1))),
             stop,
@@ -638,7 +664,7 @@ impl Bus for AmqpBus {
             if let Some(shared) = shared.upgrade() {
                 lock(&shared.servers).remove(&id);
             }
-            let _ = server.stop.send(true);
+            let _ = server.stop.send_replace(true);
         }))
     }
 }

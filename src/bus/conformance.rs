@@ -2,14 +2,14 @@
 //! `conformance_tests!` turns them into `#[tokio::test]`s for one implementation.
 //!
 //! The AMQP tests start a private RabbitMQ in a temp home on free loopback ports. Tests of one
-//! process share it while any of them runs (each uses its own topics, so they cannot meet) and
-//! the last one to finish stops it by pid, even when it failed. The broker-restart test has a
-//! broker of its own. They need rabbitmq-server installed; set `NOVABOX_SKIP_RABBITMQ=1` to
+//! process share one (each uses its own topics, so they cannot meet), stopped by pid when the
+//! test binary exits, even after failures. The broker-restart test has a broker of its own,
+//! stopped by a drop guard. They need rabbitmq-server installed; set `NOVABOX_SKIP_RABBITMQ=1` to
 //! skip them on a machine without it (CI installs it and never skips).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -152,6 +152,53 @@ pub(super) async fn pool_limits_concurrency(bus: Arc<dyn Bus>) {
         r.unwrap();
     }
     assert_eq!(peak.load(Ordering::SeqCst), 4);
+}
+
+/// Built with a pool of 4: a server stuck in slow handlers holds at most 4 messages, and
+/// another server of the topic handles everything else meanwhile.
+pub(super) async fn slow_server_does_not_starve_others(bus: Arc<dyn Bus>) {
+    let t = topic("starve");
+    let slow = Arc::new(AtomicUsize::new(0));
+    let fast = Arc::new(AtomicUsize::new(0));
+    let s = slow.clone();
+    let _slow = bus
+        .serve(
+            &t,
+            handler(move |_m: Message| {
+                let s = s.clone();
+                async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    Ok(Value::Null)
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let f = fast.clone();
+    let _fast = bus
+        .serve(
+            &t,
+            handler(move |_m: Message| {
+                let f = f.clone();
+                async move {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    Ok(Value::Null)
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    for i in 0..40 {
+        bus.cast(&t, msg("work", json!(i))).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.load(Ordering::SeqCst) + fast.load(Ordering::SeqCst) < 40 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, f) = (slow.load(Ordering::SeqCst), fast.load(Ordering::SeqCst));
+    assert!(s <= 4, "the slow server took {s} messages with a pool of 4");
+    assert_eq!(s + f, 40, "only {f} handled by the fast server and {s} stuck in the slow one");
 }
 
 pub(super) async fn remote_error(bus: Arc<dyn Bus>) {
@@ -330,6 +377,11 @@ macro_rules! conformance_tests {
             super::pool_limits_concurrency(bus).await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn slow_server_does_not_starve_others() {
+            let Some((bus, _guard)) = $make(4).await else { return };
+            super::slow_server_does_not_starve_others(bus).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn remote_error() {
             let Some((bus, _guard)) = $make(64).await else { return };
             super::remote_error(bus).await
@@ -408,23 +460,37 @@ impl Drop for TestBroker {
     }
 }
 
-/// The broker shared by the AMQP tests running now.
-async fn shared_broker() -> Option<Arc<TestBroker>> {
-    static SHARED: OnceLock<tokio::sync::Mutex<Weak<TestBroker>>> = OnceLock::new();
-    let mut slot = SHARED.get_or_init(|| tokio::sync::Mutex::new(Weak::new())).lock().await;
-    if let Some(b) = slot.upgrade() {
-        return Some(b);
+/// The broker shared by every AMQP test of this process, started by the first one. Statics
+/// are never dropped, so an `atexit` hook stops it (and removes its home) when the test binary
+/// exits, whether tests passed or failed.
+async fn shared_broker() -> Option<&'static TestBroker> {
+    static SHARED: tokio::sync::OnceCell<Option<TestBroker>> = tokio::sync::OnceCell::const_new();
+    extern "C" fn stop_shared() {
+        if let Some(Some(b)) = SHARED.get() {
+            if let Err(e) = RabbitMq::stop(&b.home) {
+                eprintln!("stopping the shared test broker failed: {e}");
+            }
+            let _ = std::fs::remove_dir_all(b.home.root());
+        }
     }
-    let b = Arc::new(TestBroker::start().await?);
-    *slot = Arc::downgrade(&b);
-    Some(b)
+    SHARED
+        .get_or_init(|| async {
+            let broker = TestBroker::start().await;
+            if broker.is_some() {
+                // SAFETY: registers a plain function with no arguments; it runs once at exit.
+                unsafe { libc::atexit(stop_shared) };
+            }
+            broker
+        })
+        .await
+        .as_ref()
 }
 
 fn test_options(pool_size: usize) -> AmqpOptions {
     AmqpOptions { pool_size, publish_timeout: Duration::from_secs(60), ..AmqpOptions::default() }
 }
 
-async fn make_amqp(pool_size: usize) -> Option<(Arc<dyn Bus>, Arc<TestBroker>)> {
+async fn make_amqp(pool_size: usize) -> Option<(Arc<dyn Bus>, &'static TestBroker)> {
     let broker = shared_broker().await?;
     let bus = AmqpBus::connect(&broker.url, test_options(pool_size)).await.unwrap();
     Some((Arc::new(bus), broker))
@@ -435,10 +501,20 @@ mod amqp {
 
     conformance_tests!(super::make_amqp);
 
-    /// Casts a stream of messages, restarts the broker in the middle, and checks every cast
-    /// the broker confirmed is handled (at least once) by a server on another connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn broker_restart_loses_no_acknowledged_cast() {
+        restart_during_cast_stream(false).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broker_crash_loses_no_acknowledged_cast() {
+        restart_during_cast_stream(true).await
+    }
+
+    /// Casts a stream of messages, restarts the broker in the middle (gracefully, or by
+    /// SIGKILL), and checks every cast the broker confirmed is handled, at least once, by a
+    /// server on another connection.
+    async fn restart_during_cast_stream(crash: bool) {
         let Some(broker) = TestBroker::start().await else { return };
         let consumer = AmqpBus::connect(&broker.url, test_options(64)).await.unwrap();
         let producer = Arc::new(AmqpBus::connect(&broker.url, test_options(64)).await.unwrap());
@@ -475,13 +551,32 @@ mod amqp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let home = broker.home.clone();
-        tokio::task::spawn_blocking(move || RabbitMq::stop(&home).unwrap()).await.unwrap();
+        let config = broker.config.clone();
+        tokio::task::spawn_blocking(move || {
+            if crash {
+                let crate::supervise::rabbitmq::BrokerStatus::Running { pid, .. } =
+                    RabbitMq::status(&home, &config).unwrap()
+                else {
+                    panic!("the broker is not running")
+                };
+                // The whole group: the wrapper script and the Erlang VM.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                // The VM dies a moment after the script; its port is what matters.
+                while !crate::supervise::port_is_free(config.bus.port) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            } else {
+                RabbitMq::stop(&home).unwrap();
+            }
+        })
+        .await
+        .unwrap();
         let acked_before_restart = acked.lock().unwrap().len();
         RabbitMq::ensure_running(&broker.home, &broker.config, &broker.secrets).await.unwrap();
         let failed = stream.await.unwrap();
 
         let acked: Vec<u64> = acked.lock().unwrap().clone();
-        assert!(acked.len() as u64 > acked_before_restart as u64, "nothing was sent after the restart");
+        assert!(acked.len() > acked_before_restart, "nothing was sent after the restart");
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let missing: Vec<u64> = {
@@ -500,10 +595,13 @@ mod amqp {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!(
-            "restart: {} casts acknowledged ({} before the restart), {} failed, all handled",
+            "{}: {} casts acknowledged ({} before it), {} failed, all handled",
+            if crash { "crash" } else { "restart" },
             acked.len(),
             acked_before_restart,
             failed
         );
+        producer.close().await;
+        consumer.close().await;
     }
 }

@@ -61,7 +61,11 @@ impl LocalBus {
 
     fn enqueue(&self, topic: &str, delivery: Delivery) -> Result<(), BusError> {
         let mut topics = self.inner.topics();
-        let t = topics.entry(topic.to_string()).or_insert_with(Topic::new);
+        // Look up before inserting: `entry` would allocate the topic name on every message.
+        let t = match topics.get(topic) {
+            Some(t) => t,
+            None => topics.entry(topic.to_string()).or_insert_with(Topic::new),
+        };
         // The receiver lives in the map as long as the sender, so this cannot fail.
         t.tx.send(delivery).map_err(|_| BusError::Closed)
     }
@@ -119,7 +123,7 @@ impl Bus for LocalBus {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let topic = topic.to_string();
         Ok(Subscription::new(move || {
-            let _ = stop_tx.send(true);
+            let _ = stop_tx.send_replace(true);
             if let Some(inner) = weak.upgrade() {
                 if let Some(t) = inner.topics().get_mut(&topic) {
                     t.fanout.retain(|(i, _)| *i != id);

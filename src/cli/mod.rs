@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod bench;
+pub mod bench_boot;
 pub mod config;
 pub mod doctor;
 pub mod init;
@@ -56,6 +58,9 @@ pub enum Command {
     Service(up::ServiceArgs),
     /// Create, list, show, delete servers and read their console
     Server(server::ServerArgs),
+    /// Measure parts of novabox (`bench bus`: message bus throughput and latency)
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -67,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down => up::down(&cli.global),
         Command::Service(args) => up::service(&cli.global, args),
         Command::Server(args) => server::run(&cli.global, args),
+        Command::Bench(cmd) => bench::run(&cli.global, cmd),
     }
 }
 

@@ -36,6 +36,7 @@ const TEMPLATE: &str = include_str!("../../templates/rabbitmq.conf");
 const DEBIAN_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const SERVER_NEEDLE: &str = "rabbitmq-server";
 const EPMD_NEEDLE: &str = "epmd";
+const BEAM_NEEDLE: &str = "beam";
 /// Measured on a 2-core VM: about 7 s to start, 3 s to stop. Generous, as CI machines are slow.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -155,9 +156,10 @@ impl RabbitMq {
     pub fn stop(home: &Home) -> Result<Stopped, RabbitError> {
         let paths = Paths::new(home);
         let outcome = super::stop_pid_file(&paths.pid_file, SERVER_NEEDLE, STOP_TIMEOUT)?;
+        // Normally gone with its process group; an orphaned VM is not.
+        super::stop_pid_file(&paths.beam_pid_file, BEAM_NEEDLE, STOP_TIMEOUT)?;
         super::stop_pid_file(&paths.epmd_pid_file, EPMD_NEEDLE, Duration::from_secs(5))?;
         let _ = std::fs::remove_file(&paths.state_file);
-        let _ = std::fs::remove_file(&paths.beam_pid_file);
         Ok(outcome)
     }
 
@@ -256,6 +258,9 @@ fn start(home: &Home, config: &Config, secrets: &Secrets, paths: &Paths) -> Resu
     let server = find_server()?;
     let epmd = find_epmd()?;
     let port = config.bus.port;
+    // When only the wrapper script was killed, the Erlang VM it started lives on, orphaned,
+    // and holds the port: stop it by the pid it wrote.
+    super::stop_pid_file(&paths.beam_pid_file, BEAM_NEEDLE, STOP_TIMEOUT)?;
     if !super::port_is_free(port) {
         return Err(RabbitError::PortInUse { port, config: home.config_file() });
     }
@@ -454,6 +459,72 @@ mod tests {
         assert!(matches!(err, RabbitError::PortInUse { .. }), "{err}");
         assert!(err.to_string().contains("[bus] port"), "{err}");
         assert_eq!(RabbitMq::status(&home, &config).unwrap(), BrokerStatus::Stopped);
+    }
+
+    /// Stops the broker of a test home even when the test fails.
+    struct StopOnDrop(Home);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = RabbitMq::stop(&self.0);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lifecycle_start_reuse_recover_orphan_stop() {
+        if !is_installed() {
+            assert!(
+                std::env::var_os("NOVABOX_SKIP_RABBITMQ").is_some_and(|v| v == "1"),
+                "this test needs rabbitmq-server (scripts/install-deps); set NOVABOX_SKIP_RABBITMQ=1 to skip it"
+            );
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path());
+        home.create_dirs().unwrap();
+        let _guard = StopOnDrop(home.clone());
+        let mut config = Config::default();
+        config.bus.port = super::super::free_port().unwrap();
+        let secrets = Secrets::generate();
+
+        let first = RabbitMq::ensure_running(&home, &config, &secrets).await.unwrap();
+        assert!(first.started);
+        let pid = first.pid.unwrap();
+        assert!(first.url.contains(&format!("novabox:{}@127.0.0.1:{}", secrets.rabbit_password, config.bus.port)));
+        let BrokerStatus::Running { pid: spid, port, .. } = RabbitMq::status(&home, &config).unwrap() else {
+            panic!("not running")
+        };
+        assert_eq!((spid, port), (pid, config.bus.port));
+        // Everything lives in the home.
+        assert!(t.path().join("rabbitmq/mnesia").read_dir().unwrap().next().is_some());
+        assert!(t.path().join("logs/rabbitmq/startup.log").is_file());
+        use std::os::unix::fs::PermissionsExt;
+        let cookie = std::fs::metadata(t.path().join("rabbitmq/.erlang.cookie")).unwrap();
+        assert_eq!(cookie.permissions().mode() & 0o777, 0o400);
+        // No guest user.
+        let guest = format!("amqp://guest:guest@127.0.0.1:{}/%2f", config.bus.port);
+        assert!(lapin::Connection::connect(&guest, lapin::ConnectionProperties::default()).await.is_err());
+
+        let again = RabbitMq::ensure_running(&home, &config, &secrets).await.unwrap();
+        assert!(!again.started);
+        assert_eq!(again.pid, Some(pid));
+
+        // Kill only the wrapper script: the VM lives on, orphaned, holding the port. The next
+        // start must clean that up instead of failing with "port in use".
+        // SAFETY: pid is the broker's wrapper script, started by this test.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        while super::super::is_alive(pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!super::super::port_is_free(config.bus.port), "the VM should still hold the port");
+        let third = RabbitMq::ensure_running(&home, &config, &secrets).await.unwrap();
+        assert!(third.started);
+
+        assert_eq!(RabbitMq::stop(&home).unwrap(), Stopped::Gracefully);
+        assert_eq!(RabbitMq::status(&home, &config).unwrap(), BrokerStatus::Stopped);
+        assert!(super::super::port_is_free(config.bus.port));
+        for f in ["rabbitmq.pid", "rabbitmq-epmd.pid", "rabbitmq-beam.pid", "rabbitmq.json"] {
+            assert!(!home.run_dir().join(f).exists(), "{f} left behind");
+        }
     }
 
     #[test]
