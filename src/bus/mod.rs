@@ -148,6 +148,10 @@ pub trait Bus: Send + Sync + 'static {
     /// Starts consuming `topic` (its casts, calls and fanouts) with `handler`, running up to
     /// the configured pool size of messages at once.
     async fn serve(&self, topic: &str, handler: Arc<dyn Handler>) -> Result<Subscription, BusError>;
+    /// Stops this bus's servers and disconnects now, so a broker stopped next sees a clean
+    /// close rather than a reset (and the bus does not try to reconnect to it). Dropping the
+    /// last handle does the same in the background. The default does nothing.
+    async fn close(&self) {}
 }
 
 /// Runs `handler` on `message` inside a span carrying the request id, turning a panic into a
