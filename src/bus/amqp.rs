@@ -168,20 +168,6 @@ impl AmqpBus {
         Ok(AmqpBus { shared })
     }
 
-    /// Stops every server and closes the connection now. Dropping the bus does the same in the
-    /// background; call this when the broker is about to stop, so the broker sees a clean
-    /// close instead of a reset.
-    pub async fn close(&self) {
-        let _ = self.shared.shutdown.send_replace(true);
-        let servers: Vec<Arc<Server>> = lock(&self.shared.servers).drain().map(|(_, s)| s).collect();
-        for server in servers {
-            let _ = server.stop.send_replace(true);
-        }
-        if let Some(link) = self.shared.link.send_replace(None) {
-            let _ = link.conn.close(200, "closing".into()).await;
-        }
-    }
-
     async fn publish(
         &self,
         route: Route<'_>,
@@ -617,6 +603,17 @@ impl Bus for AmqpBus {
         self.publish(Route::Fanout(topic), &payload, properties, true, false, deadline)
             .await
             .map_err(|e| unavailable(e, topic, &message.method, self.shared.options.publish_timeout))
+    }
+
+    async fn close(&self) {
+        let _ = self.shared.shutdown.send_replace(true);
+        let servers: Vec<Arc<Server>> = lock(&self.shared.servers).drain().map(|(_, s)| s).collect();
+        for server in servers {
+            let _ = server.stop.send_replace(true);
+        }
+        if let Some(link) = self.shared.link.send_replace(None) {
+            let _ = link.conn.close(200, "closing".into()).await;
+        }
     }
 
     async fn serve(&self, topic: &str, handler: Arc<dyn Handler>) -> Result<Subscription, BusError> {

@@ -529,6 +529,14 @@ mod amqp {
             }
         });
         let _sub = consumer.serve(&t, h).await.unwrap();
+        // Calls and fanouts must work again after the restart too: the reply queue, the
+        // server's queues and the fanout queue are all re-declared.
+        let echo_topic = topic("restart-echo");
+        let _echo = consumer.serve(&echo_topic, handler(|m: Message| async move { Ok(m.args) })).await.unwrap();
+        let fan_topic = topic("restart-fanout");
+        let (fan, mut fanned) = recorder();
+        let _fan = consumer.serve(&fan_topic, fan).await.unwrap();
+        assert_eq!(producer.call(&echo_topic, msg("echo", json!("before")), WAIT).await.unwrap(), json!("before"));
 
         let total = 3000u64;
         let acked = Arc::new(Mutex::new(Vec::new()));
@@ -594,6 +602,9 @@ mod amqp {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        assert_eq!(producer.call(&echo_topic, msg("echo", json!("after")), WAIT).await.unwrap(), json!("after"));
+        producer.fanout(&fan_topic, msg("hello", Value::Null)).await.unwrap();
+        assert_eq!(recv(&mut fanned).await.method, "hello");
         eprintln!(
             "{}: {} casts acknowledged ({} before it), {} failed, all handled",
             if crash { "crash" } else { "restart" },

@@ -148,6 +148,10 @@ pub trait Bus: Send + Sync + 'static {
     /// Starts consuming `topic` (its casts, calls and fanouts) with `handler`, running up to
     /// the configured pool size of messages at once.
     async fn serve(&self, topic: &str, handler: Arc<dyn Handler>) -> Result<Subscription, BusError>;
+    /// Stops this bus's servers and disconnects now, so a broker stopped next sees a clean
+    /// close rather than a reset (and the bus does not try to reconnect to it). Dropping the
+    /// last handle does the same in the background. The default does nothing.
+    async fn close(&self) {}
 }
 
 /// Runs `handler` on `message` inside a span carrying the request id, turning a panic into a
@@ -210,5 +214,67 @@ pub async fn connect(
             };
             Ok(Arc::new(amqp::AmqpBus::connect(&broker.url, options).await?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BusKind, Config};
+
+    #[test]
+    fn auto_means_rabbitmq_with_a_url_or_when_installed() {
+        let mut config = Config::default();
+        config.bus.kind = BusKind::Local;
+        assert_eq!(resolve_kind(&config), BusKind::Local);
+        config.bus.kind = BusKind::Rabbitmq;
+        assert_eq!(resolve_kind(&config), BusKind::Rabbitmq);
+        config.bus.kind = BusKind::Auto;
+        let expected = if crate::supervise::rabbitmq::is_installed() { BusKind::Rabbitmq } else { BusKind::Local };
+        assert_eq!(resolve_kind(&config), expected);
+        config.bus.url = Some("amqp://u:p@127.0.0.1:5999/%2f".into());
+        assert_eq!(resolve_kind(&config), BusKind::Rabbitmq);
+    }
+
+    #[tokio::test]
+    async fn connect_local_gives_a_working_bus() {
+        struct Echo;
+        #[async_trait::async_trait]
+        impl Handler for Echo {
+            async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
+                Ok(message.args)
+            }
+        }
+        let t = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.bus.kind = BusKind::Local;
+        let home = crate::home::Home::at(t.path());
+        let bus = connect(&config, &home, &crate::secrets::Secrets::generate()).await.unwrap();
+        let _sub = bus.serve("scheduler", Arc::new(Echo)).await.unwrap();
+        let reply = bus
+            .call(
+                "scheduler",
+                Message::new("ping", serde_json::json!(7), Context::admin("req-1")),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, serde_json::json!(7));
+        bus.close().await;
+    }
+
+    #[tokio::test]
+    async fn connect_to_an_unreachable_external_broker_names_it_without_the_password() {
+        let mut config = Config::default();
+        config.bus.kind = BusKind::Rabbitmq;
+        let port = crate::supervise::free_port().unwrap();
+        config.bus.url = Some(format!("amqp://novabox:hunter2@127.0.0.1:{port}/%2f"));
+        let home = crate::home::Home::at(std::path::Path::new("/nonexistent"));
+        let err = match connect(&config, &home, &crate::secrets::Secrets::generate()).await {
+            Ok(_) => panic!("connected to nothing"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

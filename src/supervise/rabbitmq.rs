@@ -12,8 +12,9 @@
 //!   `HOME`), and `mnesia/` (durable queues and persistent messages survive restarts here)
 //! - `logs/rabbitmq/`: the broker's logs, `startup.log` (its stdout and stderr), `epmd.log`
 //! - `run/rabbitmq.pid` (the wrapper script, leader of the broker's process group),
-//!   `run/rabbitmq-epmd.pid`, `run/rabbitmq-beam.pid` (written by RabbitMQ itself) and
-//!   `run/rabbitmq.json` (ports and node name of the running broker)
+//!   `run/rabbitmq-epmd.pid`, `run/rabbitmq-beam.pid` (written by RabbitMQ itself),
+//!   `run/rabbitmq.json` (ports and node name of the running broker) and `run/rabbitmq.lock`
+//!   (serializes starting and stopping between processes of one home)
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -129,6 +130,11 @@ impl RabbitMq {
             return Ok(BrokerHandle { url: url.clone(), pid: None, started: false, startup: None });
         }
         let paths = Paths::new(home);
+        // Two processes of one home (`up` and `service compute`) must not both start one.
+        let lock_file = paths.lock_file.clone();
+        let _lock = tokio::task::spawn_blocking(move || HomeLock::acquire(&lock_file))
+            .await
+            .map_err(|e| RabbitError::Io { what: "wait for the broker lock".into(), source: io::Error::other(e) })??;
         let url = amqp_url(&secrets.rabbit_password, config.bus.port);
         if let Some(pid) = super::running_pid(&paths.pid_file, SERVER_NEEDLE)? {
             let state = read_state(&paths.state_file);
@@ -138,12 +144,12 @@ impl RabbitMq {
             }
             // Running with another port than the config now says: restart it on the new one.
             tracing::info!(pid, "the private RabbitMQ listens on another port than [bus] port; restarting it");
-            RabbitMq::stop(home)?;
+            stop_unlocked(&paths)?;
         }
         let started = Instant::now();
         let pid = start(home, config, secrets, &paths)?;
         if let Err(e) = wait_ready(&url, config.bus.port, Some(pid), START_TIMEOUT, &paths).await {
-            let _ = RabbitMq::stop(home);
+            let _ = stop_unlocked(&paths);
             return Err(e);
         }
         let startup = started.elapsed();
@@ -155,12 +161,8 @@ impl RabbitMq {
     /// Blocking; safe to call when nothing runs.
     pub fn stop(home: &Home) -> Result<Stopped, RabbitError> {
         let paths = Paths::new(home);
-        let outcome = super::stop_pid_file(&paths.pid_file, SERVER_NEEDLE, STOP_TIMEOUT)?;
-        // Normally gone with its process group; an orphaned VM is not.
-        super::stop_pid_file(&paths.beam_pid_file, BEAM_NEEDLE, STOP_TIMEOUT)?;
-        super::stop_pid_file(&paths.epmd_pid_file, EPMD_NEEDLE, Duration::from_secs(5))?;
-        let _ = std::fs::remove_file(&paths.state_file);
-        Ok(outcome)
+        let _lock = HomeLock::acquire(&paths.lock_file)?;
+        stop_unlocked(&paths)
     }
 
     pub fn status(home: &Home, config: &Config) -> Result<BrokerStatus, RabbitError> {
@@ -186,6 +188,44 @@ impl RabbitMq {
     }
 }
 
+fn stop_unlocked(paths: &Paths) -> Result<Stopped, RabbitError> {
+    let outcome = super::stop_pid_file(&paths.pid_file, SERVER_NEEDLE, STOP_TIMEOUT)?;
+    // Normally gone with its process group; an orphaned VM is not.
+    super::stop_pid_file(&paths.beam_pid_file, BEAM_NEEDLE, STOP_TIMEOUT)?;
+    super::stop_pid_file(&paths.epmd_pid_file, EPMD_NEEDLE, Duration::from_secs(5))?;
+    let _ = std::fs::remove_file(&paths.state_file);
+    Ok(outcome)
+}
+
+/// An exclusive `flock` on `run/rabbitmq.lock`, held while the broker of a home is started or
+/// stopped; released when dropped (or when the process dies).
+struct HomeLock {
+    _file: std::fs::File,
+}
+
+impl HomeLock {
+    fn acquire(path: &Path) -> Result<HomeLock, RabbitError> {
+        use std::os::fd::AsRawFd;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        // SAFETY: flock on a descriptor we own; blocks until the other holder is done.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(RabbitError::Io { what: format!("lock {}", path.display()), source: e });
+            }
+        }
+        Ok(HomeLock { _file: file })
+    }
+}
+
 struct Paths {
     base: PathBuf,
     mnesia: PathBuf,
@@ -195,6 +235,7 @@ struct Paths {
     epmd_pid_file: PathBuf,
     beam_pid_file: PathBuf,
     state_file: PathBuf,
+    lock_file: PathBuf,
 }
 
 impl Paths {
@@ -208,6 +249,7 @@ impl Paths {
             epmd_pid_file: home.run_dir().join("rabbitmq-epmd.pid"),
             beam_pid_file: home.run_dir().join("rabbitmq-beam.pid"),
             state_file: home.run_dir().join("rabbitmq.json"),
+            lock_file: home.run_dir().join("rabbitmq.lock"),
             base,
             log_dir,
         }
@@ -486,8 +528,15 @@ mod tests {
         config.bus.port = super::super::free_port().unwrap();
         let secrets = Secrets::generate();
 
-        let first = RabbitMq::ensure_running(&home, &config, &secrets).await.unwrap();
-        assert!(first.started);
+        // Two at once (say `up` and `service compute`): one starts it, the other reuses it.
+        let (a, b) = tokio::join!(
+            RabbitMq::ensure_running(&home, &config, &secrets),
+            RabbitMq::ensure_running(&home, &config, &secrets)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.started != b.started, "started twice or not at all");
+        assert_eq!(a.pid, b.pid);
+        let first = if a.started { a } else { b };
         let pid = first.pid.unwrap();
         assert!(first.url.contains(&format!("novabox:{}@127.0.0.1:{}", secrets.rabbit_password, config.bus.port)));
         let BrokerStatus::Running { pid: spid, port, .. } = RabbitMq::status(&home, &config).unwrap() else {
