@@ -224,6 +224,43 @@ pub fn import_file(
     Ok(db.image_by_id(&image.id)?.ok_or_else(|| DbError::NotFound(format!("image {} vanished", image.id)))?)
 }
 
+/// An image as a compute host reads it: its file's absolute path, with AMI-style kernel and
+/// ramdisk images (the `kernel_id` / `ramdisk_id` properties) resolved the same way.
+/// None when the image does not exist.
+pub fn image_meta(
+    db: &crate::db::Db,
+    home: &Home,
+    id: &str,
+) -> Result<Option<crate::compute::virt::ImageMeta>, crate::db::DbError> {
+    fn one(
+        db: &crate::db::Db,
+        home: &Home,
+        id: &str,
+        depth: u8,
+    ) -> Result<Option<crate::compute::virt::ImageMeta>, crate::db::DbError> {
+        let Some(img) = db.image_by_id(id)? else { return Ok(None) };
+        let linked = |key: &str| -> Result<Option<Box<crate::compute::virt::ImageMeta>>, crate::db::DbError> {
+            match img.properties.get(key) {
+                // An AMI's kernel is an AKI, never another AMI: one level is all there is.
+                Some(other) if depth == 0 => Ok(one(db, home, other, 1)?.map(Box::new)),
+                _ => Ok(None),
+            }
+        };
+        Ok(Some(crate::compute::virt::ImageMeta {
+            id: img.id.clone(),
+            name: img.name.clone(),
+            disk_format: img.disk_format.clone(),
+            container_format: img.container_format.clone(),
+            size: img.size,
+            file: file_path(home, &img).map(|p| p.to_string_lossy().into_owned()),
+            kernel: linked("kernel_id")?,
+            ramdisk: linked("ramdisk_id")?,
+            properties: img.properties.clone(),
+        }))
+    }
+    one(db, home, id, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,41 +332,4 @@ mod tests {
         assert!(matches!(missing, Err(ImageError::Read { .. })));
         assert_eq!(db.images().unwrap().len(), 1, "a failed import must leave no record");
     }
-}
-
-/// An image as a compute host reads it: its file's absolute path, with AMI-style kernel and
-/// ramdisk images (the `kernel_id` / `ramdisk_id` properties) resolved the same way.
-/// None when the image does not exist.
-pub fn image_meta(
-    db: &crate::db::Db,
-    home: &Home,
-    id: &str,
-) -> Result<Option<crate::compute::virt::ImageMeta>, crate::db::DbError> {
-    fn one(
-        db: &crate::db::Db,
-        home: &Home,
-        id: &str,
-        depth: u8,
-    ) -> Result<Option<crate::compute::virt::ImageMeta>, crate::db::DbError> {
-        let Some(img) = db.image_by_id(id)? else { return Ok(None) };
-        let linked = |key: &str| -> Result<Option<Box<crate::compute::virt::ImageMeta>>, crate::db::DbError> {
-            match img.properties.get(key) {
-                // An AMI's kernel is an AKI, never another AMI: one level is all there is.
-                Some(other) if depth == 0 => Ok(one(db, home, other, 1)?.map(Box::new)),
-                _ => Ok(None),
-            }
-        };
-        Ok(Some(crate::compute::virt::ImageMeta {
-            id: img.id.clone(),
-            name: img.name.clone(),
-            disk_format: img.disk_format.clone(),
-            container_format: img.container_format.clone(),
-            size: img.size,
-            file: file_path(home, &img).map(|p| p.to_string_lossy().into_owned()),
-            kernel: linked("kernel_id")?,
-            ramdisk: linked("ramdisk_id")?,
-            properties: img.properties.clone(),
-        }))
-    }
-    one(db, home, id, 0)
 }

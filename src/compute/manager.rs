@@ -156,12 +156,7 @@ impl ComputeManager {
                     }
                 }
             }
-            ("stopped", task) => {
-                if task.is_some() {
-                    let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
-                    let _ = self.conductor.instance_update(ctx, uuid, &u).await;
-                }
-            }
+            ("stopped", None) => {}
             (_, Some(_)) => {
                 let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
                 let _ = self.conductor.instance_update(ctx, uuid, &u).await;

@@ -141,22 +141,6 @@ impl Db {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::db::{Db, OpenOptions};
-
-    #[test]
-    fn seeding_twice_adds_nothing_the_second_time() {
-        let t = tempfile::tempdir().unwrap();
-        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
-        assert_eq!(db.seed_default_flavors().unwrap(), 6);
-        assert_eq!(db.seed_default_flavors().unwrap(), 0);
-        let nano = db.flavor_by_flavorid("42").unwrap().unwrap();
-        assert_eq!((nano.name.as_str(), nano.memory_mb), ("m1.nano", 64));
-        assert_eq!(db.flavors().unwrap().first().unwrap().name, "m1.nano");
-    }
-}
-
 impl Db {
     /// Removes a flavor; instances keep their snapshot of it.
     pub fn delete_flavor(&self, flavorid: &str) -> Result<bool> {
@@ -193,5 +177,21 @@ impl Db {
             .conn()
             .execute("DELETE FROM flavor_extra_specs WHERE flavor_id = ?1 AND key = ?2", params![flavor_row_id, key])?
             > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db::{Db, OpenOptions};
+
+    #[test]
+    fn seeding_twice_adds_nothing_the_second_time() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
+        assert_eq!(db.seed_default_flavors().unwrap(), 6);
+        assert_eq!(db.seed_default_flavors().unwrap(), 0);
+        let nano = db.flavor_by_flavorid("42").unwrap().unwrap();
+        assert_eq!((nano.name.as_str(), nano.memory_mb), ("m1.nano", 64));
+        assert_eq!(db.flavors().unwrap().first().unwrap().name, "m1.nano");
     }
 }

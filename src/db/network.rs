@@ -1094,6 +1094,37 @@ fn set_port_groups(tx: &Transaction<'_>, port_id: &str, groups: &[String]) -> Re
     Ok(())
 }
 
+/// Ports and instances: binding a user's port to a server, and letting go of them all.
+impl Db {
+    /// Hands an existing, unbound port to an instance; it survives the instance's deletion.
+    pub fn bind_port(&self, port_id: &str, device_id: &str, device_owner: &str, host: &str) -> Result<Port> {
+        let n = self.conn().execute(
+            "UPDATE ports SET device_id = ?2, device_owner = ?3, binding_host = ?4, preserve_on_delete = 1,
+                revision_number = revision_number + 1, updated_at = ?5
+             WHERE id = ?1 AND device_id = ''",
+            params![port_id, device_id, device_owner, host, now()],
+        )?;
+        if n == 0 {
+            return Err(DbError::Conflict(format!("Port {port_id} is not free to be bound.")));
+        }
+        self.port_by_id(port_id)?.ok_or_else(|| DbError::NotFound(format!("Port {port_id} could not be found.")))
+    }
+
+    /// Deletes the ports novabox made for `device_id` and unbinds the ones a user brought.
+    pub fn release_instance_ports(&self, device_id: &str) -> Result<()> {
+        let tx = self.conn().unchecked_transaction()?;
+        tx.execute("DELETE FROM ports WHERE device_id = ?1 AND preserve_on_delete = 0", [device_id])?;
+        tx.execute(
+            "UPDATE ports SET device_id = '', device_owner = '', binding_host = NULL, status = 'DOWN',
+                preserve_on_delete = 0, revision_number = revision_number + 1, updated_at = ?2
+             WHERE device_id = ?1",
+            params![device_id, now()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1262,36 +1293,5 @@ mod tests {
         rule.port_range_max = Some(22);
         db.create_security_group_rule(&rule).unwrap();
         assert_eq!(db.security_group_by_id(&id).unwrap().unwrap().rules.len(), 5);
-    }
-}
-
-/// Ports and instances: binding a user's port to a server, and letting go of them all.
-impl Db {
-    /// Hands an existing, unbound port to an instance; it survives the instance's deletion.
-    pub fn bind_port(&self, port_id: &str, device_id: &str, device_owner: &str, host: &str) -> Result<Port> {
-        let n = self.conn().execute(
-            "UPDATE ports SET device_id = ?2, device_owner = ?3, binding_host = ?4, preserve_on_delete = 1,
-                revision_number = revision_number + 1, updated_at = ?5
-             WHERE id = ?1 AND device_id = ''",
-            params![port_id, device_id, device_owner, host, now()],
-        )?;
-        if n == 0 {
-            return Err(DbError::Conflict(format!("Port {port_id} is not free to be bound.")));
-        }
-        self.port_by_id(port_id)?.ok_or_else(|| DbError::NotFound(format!("Port {port_id} could not be found.")))
-    }
-
-    /// Deletes the ports novabox made for `device_id` and unbinds the ones a user brought.
-    pub fn release_instance_ports(&self, device_id: &str) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?;
-        tx.execute("DELETE FROM ports WHERE device_id = ?1 AND preserve_on_delete = 0", [device_id])?;
-        tx.execute(
-            "UPDATE ports SET device_id = '', device_owner = '', binding_host = NULL, status = 'DOWN',
-                preserve_on_delete = 0, revision_number = revision_number + 1, updated_at = ?2
-             WHERE device_id = ?1",
-            params![device_id, now()],
-        )?;
-        tx.commit()?;
-        Ok(())
     }
 }

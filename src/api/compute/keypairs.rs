@@ -138,7 +138,8 @@ pub async fn show(
     let mut o = view(&k, v);
     o["user_id"] = json!(k.user_id);
     o["id"] = json!(k.id);
-    o["created_at"] = json!(k.created_at.trim_end_matches('Z').replace('T', "T"));
+    // nova shows keypair times without a zone suffix.
+    o["created_at"] = json!(format!("{}.000000", k.created_at.trim_end_matches('Z')));
     o["updated_at"] = Value::Null;
     o["deleted"] = json!(false);
     o["deleted_at"] = Value::Null;

@@ -735,10 +735,8 @@ pub async fn create(
         let image_id = p.image_id.clone().unwrap_or_default();
         let image = bootable_image(db, &image_id, auth.project_id(), auth.is_admin())?;
         let root_bytes = flavor.root_gb * (1 << 30);
-        if flavor.root_gb > 0 {
-            if image.size.unwrap_or(0) > root_bytes || image.min_disk > flavor.root_gb {
-                return Err(ApiError::bad_request("Flavor's disk is too small for requested image."));
-            }
+        if flavor.root_gb > 0 && (image.size.unwrap_or(0) > root_bytes || image.min_disk > flavor.root_gb) {
+            return Err(ApiError::bad_request("Flavor's disk is too small for requested image."));
         }
         if image.min_ram > flavor.memory_mb {
             return Err(ApiError::bad_request("Flavor's memory is too small for requested image."));
