@@ -67,6 +67,8 @@ fn start_stack(home: &Path, bus: &str) -> anyhow::Result<(Stack, Value, Duration
         .arg("--home")
         .arg(home)
         .args(["init", "--yes", "--no-install", "--no-boot-probe", "--driver", "fake", "--bus", bus])
+        // Room for thousands of ports; the fake driver plumbs nothing, so no host route is touched.
+        .args(["--cidr", "10.200.0.0/16", "--network-mode", "user"])
         .args(["--api-port", &port.to_string(), "--bus-port", &bus_port.to_string()])
         .arg("--clouds-yaml")
         .arg(home.join("clouds.yaml"))

@@ -192,7 +192,10 @@ fn run_foreground(
             }
             let _ = std::io::stdout().flush();
         };
-        let outcome = stack::run(home.clone(), config.clone(), bus, services, global.sql_echo, on_ready, stop_rx).await;
+        let outcome =
+            stack::run(home.clone(), config.clone(), bus.clone(), services, global.sql_echo, on_ready, stop_rx).await;
+        // Close our side first, so stopping the broker is not seen as a fault to recover from.
+        bus.close().await;
         if owns_stack && bus_kind == BusKind::Rabbitmq && config.bus.url.is_none() {
             if let Err(e) = novabox::supervise::rabbitmq::RabbitMq::stop(home) {
                 eprintln!("warning: stopping RabbitMQ: {e}");
