@@ -303,3 +303,63 @@ async fn events_are_stored_and_compute_restart_reconciles() {
         .collect();
     assert_eq!(events, vec!["compute.instance.create.start", "compute.instance.create.end"]);
 }
+
+/// A second compute host is another process (another home, another host name) pointed at the
+/// first home's broker: it registers, the scheduler sees it, and a boot can land on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_compute_host_joins_over_rabbitmq() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "rabbitmq"]));
+    let stack = home.up(&[]);
+    let config = std::fs::read_to_string(home.path().join("novabox.toml")).unwrap();
+    let bus_port = config
+        .lines()
+        .skip_while(|l| l.trim() != "[bus]")
+        .find_map(|l| l.trim().strip_prefix("port = "))
+        .unwrap()
+        .to_string();
+    let secrets: toml::Value = toml::from_str(&std::fs::read_to_string(home.path().join("secrets.toml")).unwrap()).unwrap();
+    let url = format!("amqp://novabox:{}@127.0.0.1:{bus_port}/%2f", secrets["rabbit_password"].as_str().unwrap());
+
+    let second = TestHome::new();
+    assert_ok(&second.init(&["--driver", "fake", "--bus", "rabbitmq"]));
+    let cfg = second.path().join("novabox.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replacen("[host]\n", "[host]\nname = \"second-host\"\n", 1);
+    let text = text.lines().filter(|l| !l.starts_with("name = ") || l.contains("second-host")).collect::<Vec<_>>().join("\n");
+    let text = text.replacen("[bus]\n", &format!("[bus]\nurl = \"{url}\"\n"), 1);
+    std::fs::write(&cfg, text).unwrap();
+    let mut compute = second.novabox();
+    compute.args(["service", "compute"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = novabox::supervise::stop_pid(self.0.id() as i32, Duration::from_secs(10));
+            let _ = self.0.wait();
+        }
+    }
+    let _reap = Reap(compute.spawn().unwrap());
+
+    let admin = stack.client("admin").await;
+    let mut hosts = Vec::new();
+    for _ in 0..200 {
+        let h = admin.compute(Method::GET, "/os-hypervisors", None).await.unwrap();
+        hosts = h["hypervisors"].as_array().unwrap().iter().map(|x| x["hypervisor_hostname"].as_str().unwrap().to_string()).collect();
+        if hosts.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hosts.contains(&"second-host".to_string()), "{hosts:?}\n{}", home.up_log());
+
+    let tok = token(&stack, "admin").await;
+    let image = first_image(&stack, &tok).await;
+    let body = json!({"server": {"name": "remote", "imageRef": image, "flavorRef": "42", "networks": "none"},
+        "OS-SCH-HNT:scheduler_hints": {"force_host": "second-host"}});
+    let created = admin.compute(Method::POST, "/servers", Some(body)).await.unwrap();
+    let id = created["server"]["id"].as_str().unwrap().to_string();
+    let server = admin.wait_for(&id, "ACTIVE", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(server["OS-EXT-SRV-ATTR:host"], "second-host");
+    admin.compute(Method::DELETE, &format!("/servers/{id}"), None).await.unwrap();
+    admin.wait_for(&id, "DELETED", Duration::from_secs(60)).await.unwrap();
+}
