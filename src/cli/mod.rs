@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod bench_guest;
 pub mod config;
 pub mod doctor;
 pub mod init;
@@ -56,6 +57,8 @@ pub enum Command {
     Service(up::ServiceArgs),
     /// Create, list, show, delete servers and read their console
     Server(server::ServerArgs),
+    /// Measure novabox (`bench guest`: a real guest's boot next to a bare qemu boot)
+    Bench(bench_guest::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down => up::down(&cli.global),
         Command::Service(args) => up::service(&cli.global, args),
         Command::Server(args) => server::run(&cli.global, args),
+        Command::Bench(args) => bench_guest::run(&cli.global, args),
     }
 }
 

@@ -542,6 +542,19 @@ impl VirtDriver for QemuDriver {
     }
 }
 
+/// The qemu arguments a guest was started with (its `launch.json`), for `novabox bench guest`
+/// to boot the very same machine without novabox around it.
+pub fn saved_args(instances_dir: &Path, uuid: &str) -> Result<Vec<String>, VirtError> {
+    if uuid::Uuid::parse_str(uuid).is_err() {
+        return Err(VirtError::NotFound(uuid.to_string()));
+    }
+    let file = instances_dir.join(uuid).join("launch.json");
+    let text = std::fs::read(&file).map_err(|e| failed(format!("cannot read {}: {e}", file.display())))?;
+    let launch: Launch =
+        serde_json::from_slice(&text).map_err(|e| failed(format!("{} is damaged: {e}", file.display())))?;
+    Ok(launch.args)
+}
+
 /// What to boot: a root image, a kernel, or both.
 #[derive(Debug)]
 struct BootPlan {
