@@ -621,10 +621,12 @@ fn accel_name(accel: Accel) -> &'static str {
     }
 }
 
-/// True while `pid` is a qemu of this guest. A zombie has an empty command line, so it counts
-/// as dead without being reaped here (the waiter thread reaps it and records the exit).
+/// True while `pid` is the qemu of this guest (its `-name guest=<uuid>`, which a pager or
+/// `tail` on the guest's files would not have). A zombie has an empty command line, so it
+/// counts as dead without being reaped here (the waiter thread reaps it and records the exit).
 fn qemu_alive(pid: i32, uuid: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(uuid))
+    let needle = format!("guest={uuid},");
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
 }
 
 /// libvirt's version encoding (7.2.22 is 7002022), from `qemu-system-x86_64 --version`.
