@@ -189,3 +189,16 @@ fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
     assert!(status.success(), "{status:?}\n{}", up.log());
     assert!(pids_mentioning(&home.path().to_string_lossy()).is_empty());
 }
+
+/// Asking for the qemu driver on a host without qemu fails `up` with the package to install.
+#[test]
+fn qemu_driver_without_qemu_names_the_package() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    // qemu lives in /usr/bin, which this PATH lacks (the sbin fallbacks do not hold it).
+    let out = common::run(home.novabox().env("PATH", "/nonexistent").args(["up", "--driver", "qemu"]));
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(err.contains("sudo apt-get install qemu-system-x86"), "{err}");
+    assert!(!home.path().join("run/ready.json").exists());
+}
