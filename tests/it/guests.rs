@@ -155,6 +155,12 @@ fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
     assert_ok(&again);
     assert!(!stdout(&again).contains("tiny (test guest"));
 
+    // Heartbeats every second, so the power-state sync (every third) notices a dead qemu soon.
+    let config_file = home.path().join("novabox.toml");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    assert!(config.contains("heartbeat_secs = 10"), "{config}");
+    std::fs::write(&config_file, config.replace("heartbeat_secs = 10", "heartbeat_secs = 1")).unwrap();
+
     let mut up = Up::start(&home);
     assert!(up.log().contains("driver qemu"), "{}", up.log());
 
@@ -179,6 +185,14 @@ fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
     assert_ok(&server(&home, &["start", "e2e-guest"]));
     wait_status(&home, &up, "e2e-guest", "ACTIVE");
     wait_console(&home, "e2e-guest", "novabox-guest: ready", 2);
+
+    // qemu dies behind novabox's back: the periodic sync marks the server SHUTOFF (crashed).
+    let pids = qemu_of(&id);
+    assert_eq!(pids.len(), 1);
+    // SAFETY: signalling the qemu this test's stack started, by its pid.
+    assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
+    let s = wait_status(&home, &up, "e2e-guest", "SHUTOFF");
+    assert_eq!(s["OS-EXT-STS:power_state"], 6, "crashed: {s:#}");
 
     assert_ok(&server(&home, &["delete", "e2e-guest", "--wait"]));
     assert!(qemu_of(&id).is_empty(), "qemu left after delete");
