@@ -966,6 +966,8 @@ mod tests {
                 .output()
                 .unwrap();
             assert!(out.status.success());
+            let not_a_kernel = store.join("not-a-kernel");
+            std::fs::write(&not_a_kernel, b"not a kernel").unwrap();
             let truncated = store.join("truncated.qcow2");
             std::fs::write(&truncated, &std::fs::read(&full).unwrap()[..1000]).unwrap();
             let mut no_kernel = meta(&new_uuid(), "ami", Some(&random));
@@ -980,6 +982,10 @@ mod tests {
                 ),
                 (no_kernel, 1, "the kernel image 0000-gone named by kernel_id"),
                 (meta(&new_uuid(), "qcow2", None), 1, "has no data on this host"),
+                // Gets as far as starting qemu, which refuses the kernel. (qemu takes most
+                // header-less garbage as an old zImage and runs it: only a guest that never
+                // boots shows that.)
+                (meta(&new_uuid(), "aki", Some(&not_a_kernel)), 1, "qemu exited at start: qemu: invalid kernel header"),
             ]
         };
         for (image, root_gb, why) in cases {
