@@ -808,6 +808,23 @@ mod tests {
         driver: QemuDriver,
     }
 
+    impl Drop for Fixture {
+        /// A failed assertion must not leave a guest running: stop, by pid, every qemu whose
+        /// command line names this fixture's home.
+        fn drop(&mut self) {
+            let needle = self.home.root().to_string_lossy().into_owned();
+            let Ok(entries) = std::fs::read_dir("/proc") else { return };
+            for pid in entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok())) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.contains("guest=") && cmdline.contains(&needle) {
+                    // SAFETY: a qemu this test started (its command line names the test's home).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+
     fn fixture() -> Fixture {
         assert!(QemuDriver::available(), "qemu-system-x86_64 and qemu-img are needed: run scripts/install-deps");
         let tmp = tempfile::tempdir().unwrap();
