@@ -21,8 +21,10 @@
 //! Every guest gets a config drive, as nova's `force_config_drive = True`: novabox has no
 //! metadata service yet, and the drive is how a guest learns its hostname and keys.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +64,8 @@ struct Launch {
 }
 
 pub struct QemuDriver {
+    /// How each guest's last qemu exited, by uuid: (pid, exited cleanly).
+    exits: Arc<Mutex<HashMap<String, (i32, bool)>>>,
     instances: PathBuf,
     qemu: PathBuf,
     qemu_img: PathBuf,
@@ -90,7 +94,7 @@ impl QemuDriver {
             memory_mb,
             local_gb,
         };
-        Ok(QemuDriver { instances: home.instances_dir(), qemu, qemu_img, accel, resources })
+        Ok(QemuDriver { exits: Default::default(), instances: home.instances_dir(), qemu, qemu_img, accel, resources })
     }
 
     /// True when both programs the driver runs are installed.
@@ -301,7 +305,7 @@ impl QemuDriver {
     /// Starts qemu for the guest in `dir` and waits until the machine runs.
     async fn start(&self, uuid: &str, dir: &Path, launch: &Launch) -> Result<(), VirtError> {
         use std::os::unix::process::CommandExt;
-        for stale in ["qmp.sock", "exit", "stopped"] {
+        for stale in ["qmp.sock", "stopped"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let log_path = dir.join("qemu.log");
@@ -328,21 +332,15 @@ impl QemuDriver {
             let _ = child.wait();
             return Err(failed(e.to_string()));
         }
-        // Reap qemu when it exits and note how, so a crash can be told from a shutdown.
-        let exit_file = dir.join("exit");
+        // Reap qemu when it exits and note how, so a crash can be told from a shutdown. In
+        // memory, not in the instance dir: a file written there could race a destroy's removal.
+        let exits = self.exits.clone();
         let id = uuid.to_string();
         std::thread::spawn(move || {
             if let Ok(status) = child.wait() {
-                use std::os::unix::process::ExitStatusExt;
-                let text = match (status.code(), status.signal()) {
-                    (Some(code), _) => format!("code {code}\n"),
-                    (None, Some(sig)) => format!("signal {sig}\n"),
-                    _ => "unknown\n".to_string(),
-                };
-                tracing::info!(instance = %id, pid, status = text.trim(), "qemu exited");
-                if exit_file.parent().is_some_and(Path::is_dir) {
-                    let _ = std::fs::write(&exit_file, text);
-                }
+                let clean = status.success();
+                tracing::info!(instance = %id, pid, %status, "qemu exited");
+                exits.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (pid as i32, clean));
             }
         });
         let qmp = dir.join("qmp.sock");
@@ -515,11 +513,12 @@ impl VirtDriver for QemuDriver {
             return power::SHUTDOWN;
         }
         // Not stopped by us: qemu exited on its own. Killed by a signal (or failed) is a crash;
-        // a clean exit is the guest powering itself off.
-        match std::fs::read_to_string(dir.join("exit")) {
-            Ok(s) if s.trim() == "code 0" => power::SHUTDOWN,
-            Ok(_) => power::CRASHED,
-            Err(_) => power::SHUTDOWN,
+        // a clean exit is the guest powering itself off. Without a record (qemu started by an
+        // earlier novabox process, or not reaped yet) it is simply off.
+        let pid = crate::supervise::read_pid_file(&dir.join("qemu.pid")).ok().flatten();
+        match self.exits.lock().unwrap_or_else(|e| e.into_inner()).get(uuid) {
+            Some((exited, false)) if Some(*exited) == pid => power::CRASHED,
+            _ => power::SHUTDOWN,
         }
     }
 
