@@ -29,6 +29,8 @@ pub enum ImageError {
     BadId(String),
     #[error("image {0} is not queued for data (another upload is running, or it has data already)")]
     NotQueued(String),
+    #[error("cannot build the test image: {0}")]
+    TestImage(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -261,6 +263,68 @@ pub fn image_meta(
     one(db, home, id, 0)
 }
 
+/// The images `import_test_image` made.
+#[derive(Debug, Clone)]
+pub struct TestImages {
+    /// `tiny`, the one to boot.
+    pub ami: Image,
+    pub kernel: Image,
+    pub ramdisk: Image,
+}
+
+/// The name users boot the test guest by.
+pub const TEST_IMAGE_NAME: &str = "tiny";
+/// The test guest's kernel needs more than m1.nano's 64 MB to unpack itself.
+pub const TEST_IMAGE_MIN_RAM_MB: i64 = 128;
+
+/// Imports the offline test guest (built with the doctor's embedded script unless already in
+/// `<home>/images/test-guest`) when the image store is empty; `None` when it is not.
+///
+/// The guest is a kernel and an initramfs with no disk, so it is stored the way DevStack stores
+/// CirrOS's UEC tarball: `tiny-kernel` (aki), `tiny-ramdisk` (ari), and `tiny` (ami), whose
+/// data is a blank 1 MiB raw disk and whose `kernel_id`/`ramdisk_id` name the other two. All
+/// three are public and owned by the admin project. `os_shutdown_timeout` is 0 because the
+/// busybox guest has no ACPI handler: waiting for a clean shutdown would only waste a minute.
+pub fn import_test_image(db: &Db, home: &Home) -> Result<Option<TestImages>, ImageError> {
+    if !db.images()?.is_empty() {
+        return Ok(None);
+    }
+    let dir = home.images_dir().join(crate::doctor::probe::TEST_IMAGE_DIR);
+    let guest = crate::doctor::probe::ensure_test_image(&dir).map_err(|e| ImageError::TestImage(e.to_string()))?;
+    let blank = dir.join("blank.img");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).map_err(|source| ImageError::Write { path: blank.clone(), source })?;
+    let owner = db.ensure_project("admin", "Bootstrap project for the admin user")?;
+    let mut made: Vec<Image> = Vec::new();
+    let result = (|| {
+        let none = BTreeMap::new();
+        let kernel = import_file(db, home, &guest.kernel, "tiny-kernel", "aki", "aki", &none, "public", &owner)?;
+        made.push(kernel.clone());
+        let ramdisk = import_file(db, home, &guest.initrd, "tiny-ramdisk", "ari", "ari", &none, "public", &owner)?;
+        made.push(ramdisk.clone());
+        let props: BTreeMap<String, String> = [
+            ("kernel_id".to_string(), kernel.id.clone()),
+            ("ramdisk_id".to_string(), ramdisk.id.clone()),
+            ("os_shutdown_timeout".to_string(), "0".to_string()),
+        ]
+        .into();
+        let mut ami = import_file(db, home, &blank, TEST_IMAGE_NAME, "ami", "ami", &props, "public", &owner)?;
+        made.push(ami.clone());
+        ami.min_ram = TEST_IMAGE_MIN_RAM_MB;
+        let ami = db.save_image(&ami)?;
+        Ok(Some(TestImages { ami, kernel, ramdisk }))
+    })();
+    let _ = std::fs::remove_file(&blank);
+    if result.is_err() {
+        // All three or none: a lone kernel would keep the next `init` from trying again.
+        for img in made {
+            if let Ok(Some(rel)) = db.delete_image(&img.id) {
+                let _ = remove_file(home, &rel);
+            }
+        }
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +373,32 @@ mod tests {
         assert_eq!(virtual_size(Some("qcow2"), &head, 200), Some(1 << 30));
         assert_eq!(virtual_size(Some("qcow2"), b"short", 5), None);
         assert_eq!(virtual_size(Some("raw"), b"short", 5), Some(5));
+    }
+
+    #[test]
+    fn test_image_is_imported_once_as_ami_aki_ari() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path());
+        home.create_dirs().unwrap();
+        // A built guest is reused: no script runs in this test.
+        let guest = home.images_dir().join(crate::doctor::probe::TEST_IMAGE_DIR);
+        std::fs::create_dir_all(&guest).unwrap();
+        std::fs::write(guest.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(guest.join("initrd.img"), b"initrd").unwrap();
+        let db = Db::open(&home.db_file(), OpenOptions::default()).unwrap();
+        let made = import_test_image(&db, &home).unwrap().unwrap();
+        assert_eq!(made.ami.name.as_deref(), Some("tiny"));
+        assert_eq!((made.ami.visibility.as_str(), made.ami.min_ram), ("public", TEST_IMAGE_MIN_RAM_MB));
+        assert_eq!(made.ami.size, Some(1 << 20));
+        let meta = image_meta(&db, &home, &made.ami.id).unwrap().unwrap();
+        assert_eq!(meta.disk_format.as_deref(), Some("ami"));
+        let kernel = meta.kernel.unwrap();
+        assert_eq!(std::fs::read(kernel.file.unwrap()).unwrap(), b"kernel");
+        assert_eq!(kernel.disk_format.as_deref(), Some("aki"));
+        assert_eq!(std::fs::read(meta.ramdisk.unwrap().file.unwrap()).unwrap(), b"initrd");
+        assert!(!guest.join("blank.img").exists());
+        assert!(import_test_image(&db, &home).unwrap().is_none(), "only into an empty store");
+        assert_eq!(db.images().unwrap().len(), 3);
     }
 
     #[test]

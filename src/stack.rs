@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState};
 use crate::bus::{Bus, BusError, Subscription};
 use crate::compute::virt::fake::FakeDriver;
+use crate::compute::virt::qemu::{QemuDriver, QemuUnavailable};
 use crate::compute::virt::VirtDriver;
 use crate::compute::ComputeManager;
 use crate::conductor::{Conductor, NotificationStore};
@@ -45,6 +46,8 @@ pub enum StackError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("the compute service could not register with the conductor: {0}. Is the conductor running on this bus?")]
     Register(BusError),
+    #[error(transparent)]
+    Qemu(#[from] QemuUnavailable),
     #[error(
         "compute driver `{0}` is not available in this novabox yet; set `[compute] driver = \"fake\"` (or \"auto\")"
     )]
@@ -59,15 +62,36 @@ pub struct Ready {
     pub services: Vec<String>,
 }
 
-/// The virt driver the config asks for.
-pub fn make_driver(config: &Config, _home: &Home) -> Result<Arc<dyn VirtDriver>, StackError> {
+/// The virt driver the config asks for. `auto` is qemu when qemu-system-x86_64 and qemu-img
+/// are both installed, fake otherwise; the accelerator comes from the doctor's decision (KVM
+/// only when its probe boot proved a normal guest runs under it).
+pub fn make_driver(config: &Config, home: &Home) -> Result<Arc<dyn VirtDriver>, StackError> {
+    let fake = || {
+        let c = &config.compute;
+        let delay = Duration::from_millis(c.fake_delay_ms);
+        Arc::new(FakeDriver::new(delay, c.fake_vcpus as i64, c.fake_memory_mb as i64, c.fake_local_gb as i64))
+            as Arc<dyn VirtDriver>
+    };
+    let qemu = || -> Result<Arc<dyn VirtDriver>, StackError> {
+        let accel = crate::doctor::effective_accel(home, config);
+        let driver = QemuDriver::new(home, accel)?;
+        tracing::info!(accel = %driver.host_resources().accel, "guests run under qemu");
+        Ok(Arc::new(driver))
+    };
     match config.compute.driver {
-        Driver::Fake | Driver::Auto => {
-            let c = &config.compute;
-            let delay = Duration::from_millis(c.fake_delay_ms);
-            Ok(Arc::new(FakeDriver::new(delay, c.fake_vcpus as i64, c.fake_memory_mb as i64, c.fake_local_gb as i64)))
+        Driver::Fake => Ok(fake()),
+        Driver::Auto if QemuDriver::available() => {
+            tracing::info!("compute driver auto: qemu (qemu-system-x86_64 and qemu-img are installed)");
+            qemu()
         }
-        Driver::Qemu => Err(StackError::DriverUnavailable("qemu")),
+        Driver::Auto => {
+            tracing::warn!(
+                "compute driver auto: fake, no real guests (qemu-system-x86_64 or qemu-img is missing: \
+                 sudo apt-get install qemu-system-x86 qemu-utils)"
+            );
+            Ok(fake())
+        }
+        Driver::Qemu => qemu(),
         Driver::Libvirt => Err(StackError::DriverUnavailable("libvirt")),
     }
 }
@@ -178,4 +202,33 @@ pub async fn run(
         s.stop();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Accel;
+
+    #[test]
+    fn driver_follows_the_config() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path());
+        let mut config = Config::default();
+        config.compute.driver = Driver::Fake;
+        assert_eq!(make_driver(&config, &home).unwrap().name(), "fake");
+        config.compute.driver = Driver::Auto;
+        config.compute.accel = Accel::Tcg;
+        let auto = make_driver(&config, &home).unwrap();
+        let qemu = QemuDriver::available();
+        assert_eq!(auto.name(), if qemu { "qemu" } else { "fake" });
+        config.compute.driver = Driver::Qemu;
+        match make_driver(&config, &home) {
+            Ok(d) => {
+                assert!(qemu);
+                let r = d.host_resources();
+                assert_eq!((r.hypervisor_type.as_str(), r.accel.as_str()), ("QEMU", "tcg"));
+            }
+            Err(e) => assert!(!qemu && e.to_string().contains("sudo apt-get install"), "{e}"),
+        }
+    }
 }

@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Bus(BusArgs),
     /// Boot N servers with C concurrent clients through the REST API on the fake driver
     Boot(super::bench_boot::BootArgs),
+    /// A real guest's boot through novabox next to a bare qemu boot of the same guest
+    Guest(super::bench_guest::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,10 +55,11 @@ pub struct BusArgs {
     pub pool_size: usize,
 }
 
-pub fn run(_global: &GlobalArgs, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalArgs, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     let args = match cmd {
         BenchCommand::Bus(args) => args,
         BenchCommand::Boot(args) => return super::bench_boot::run(args),
+        BenchCommand::Guest(args) => return super::bench_guest::run(global, args),
     };
     if args.messages == 0 || args.calls == 0 {
         bail!("--messages and --calls must be at least 1");

@@ -237,12 +237,36 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
     let probe = !args.no_boot_probe && config.compute.driver != Driver::Fake;
     super::doctor::run_for_init(&home, &config, probe)?;
 
+    // 7. The test guest as image `tiny`, when this cloud can boot real guests.
+    let real_guests = match config.compute.driver {
+        Driver::Fake => false,
+        Driver::Auto => novabox::compute::virt::qemu::QemuDriver::available(),
+        Driver::Qemu | Driver::Libvirt => true,
+    };
+    let test_image = if config.images.import_test_image && real_guests {
+        novabox::images::import_test_image(&db, &home).unwrap_or_else(|e| {
+            eprintln!("warning: {e}. Servers need an image: upload one, or fix this and run `novabox init` again.");
+            None
+        })
+    } else {
+        None
+    };
+
     println!("novabox home   {}", home.root().display());
     println!("config         {}{}", home.config_file().display(), if write_config { "" } else { " (kept)" });
     println!("database       {} (schema v{})", home.db_file().display(), db.schema_version()?);
     println!("flavors        {added} added");
     println!("network        {} ({}, shared)", network.name, config.network.cidr);
     println!("credentials    {} (admin and demo passwords)", home.secrets_file().display());
+    if let Some(t) = &test_image {
+        println!(
+            "image          {} {} (test guest: kernel {}, ramdisk {})",
+            t.ami.id,
+            novabox::images::TEST_IMAGE_NAME,
+            t.kernel.id,
+            t.ramdisk.id
+        );
+    }
     if let Some(f) = clouds_file {
         println!("clouds.yaml    {} (clouds `{}` and `{}-admin`)", f.display(), args.cloud_name, args.cloud_name);
     }

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod bench;
 pub mod bench_boot;
+pub mod bench_guest;
 pub mod config;
 pub mod doctor;
 pub mod init;
@@ -58,7 +59,7 @@ pub enum Command {
     Service(up::ServiceArgs),
     /// Create, list, show, delete servers and read their console
     Server(server::ServerArgs),
-    /// Measure parts of novabox (`bench bus`: message bus throughput and latency)
+    /// Measure novabox: `bench bus`, `bench boot`, `bench guest`
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

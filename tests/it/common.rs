@@ -48,6 +48,11 @@ impl TestHome {
 
     /// `novabox init` for tests: no prompts, no apt, its own clouds.yaml and API port.
     pub fn init(&self, extra: &[&str]) -> Output {
+        run(&mut self.init_cmd(extra))
+    }
+
+    /// The command `init` runs, for tests that need to add to its environment.
+    pub fn init_cmd(&self, extra: &[&str]) -> Command {
         let port = free_port().to_string();
         let mut cmd = self.novabox();
         cmd.args([
@@ -63,7 +68,7 @@ impl TestHome {
         .arg("--clouds-yaml")
         .arg(self.clouds_yaml())
         .args(extra);
-        run(&mut cmd)
+        cmd
     }
 }
 

@@ -318,7 +318,8 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
         .find_map(|l| l.trim().strip_prefix("port = "))
         .unwrap()
         .to_string();
-    let secrets: toml::Value = toml::from_str(&std::fs::read_to_string(home.path().join("secrets.toml")).unwrap()).unwrap();
+    let secrets: toml::Value =
+        toml::from_str(&std::fs::read_to_string(home.path().join("secrets.toml")).unwrap()).unwrap();
     let url = format!("amqp://novabox:{}@127.0.0.1:{bus_port}/%2f", secrets["rabbit_password"].as_str().unwrap());
 
     let second = TestHome::new();
@@ -326,7 +327,8 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
     let cfg = second.path().join("novabox.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let text = text.replacen("[host]\n", "[host]\nname = \"second-host\"\n", 1);
-    let text = text.lines().filter(|l| !l.starts_with("name = ") || l.contains("second-host")).collect::<Vec<_>>().join("\n");
+    let text =
+        text.lines().filter(|l| !l.starts_with("name = ") || l.contains("second-host")).collect::<Vec<_>>().join("\n");
     let text = text.replacen("[bus]\n", &format!("[bus]\nurl = \"{url}\"\n"), 1);
     std::fs::write(&cfg, text).unwrap();
     let mut compute = second.novabox();
@@ -344,7 +346,12 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
     let mut hosts = Vec::new();
     for _ in 0..200 {
         let h = admin.compute(Method::GET, "/os-hypervisors", None).await.unwrap();
-        hosts = h["hypervisors"].as_array().unwrap().iter().map(|x| x["hypervisor_hostname"].as_str().unwrap().to_string()).collect();
+        hosts = h["hypervisors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["hypervisor_hostname"].as_str().unwrap().to_string())
+            .collect();
         if hosts.len() == 2 {
             break;
         }

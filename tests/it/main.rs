@@ -5,4 +5,5 @@ mod clients;
 mod common;
 mod compute;
 mod doctor;
+mod guests;
 mod init;

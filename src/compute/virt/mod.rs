@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod configdrive;
 pub mod fake;
+pub mod qemu;
+mod qmp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtError {

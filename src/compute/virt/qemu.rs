@@ -1,0 +1,1027 @@
+//! The qemu driver: one `qemu-system-x86_64` process per guest, no libvirt.
+//!
+//! Everything of a guest lives in `<home>/instances/<uuid>/`:
+//!
+//! | file            | what                                                            |
+//! |-----------------|-----------------------------------------------------------------|
+//! | `launch.json`   | the qemu arguments, so power-on starts the same machine again   |
+//! | `qemu.pid`      | the pid (qemu runs in the foreground, in its own process group) |
+//! | `qmp.sock`      | the QMP monitor (status, ACPI power button, reset, quit)        |
+//! | `console.log`   | the serial console, appended across power cycles                |
+//! | `qemu.log`      | qemu's own stderr                                               |
+//! | `disk`          | root disk: a qcow2 overlay on the cached base image             |
+//! | `disk.eph0`, `disk.swap` | blank qcow2 disks when the flavor has them (not formatted) |
+//! | `kernel`, `ramdisk` | copies (hard links) of AMI-style kernel and ramdisk images  |
+//! | `config-drive/` | the config drive's files, shown to the guest as vfat `config-2` |
+//! | `stopped`       | present while the guest is off because novabox turned it off    |
+//!
+//! Base images are hard links in `<home>/instances/_base/<image id>`, checked with `qemu-img`
+//! once, and kept when guests are destroyed (and when the image is deleted from the store).
+//!
+//! Every guest gets a config drive, as nova's `force_config_drive = True`: novabox has no
+//! metadata service yet, and the drive is how a guest learns its hostname and keys.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{configdrive, qmp, GuestSpec, HostResources, ImageMeta, VirtDriver, VirtError};
+use crate::config::Accel;
+use crate::db::instances::power;
+use crate::hostpkgs;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+pub const QEMU_IMG: &str = "qemu-img";
+
+/// How long a guest gets to shut down after the ACPI power button before it is stopped hard
+/// (nova's `shutdown_timeout`). The image property `os_shutdown_timeout` overrides it.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long qemu may take from exec to a running machine.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Kept of the console for `console_output` (nova's MAX_CONSOLE_BYTES).
+const MAX_CONSOLE_BYTES: u64 = 100 * 1024;
+/// The kernel command line of AMI-style boots unless the image sets `os_command_line`.
+const DEFAULT_CMDLINE: &str = "root=/dev/vda console=tty0 console=ttyS0";
+/// A unix socket path longer than this cannot be bound (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuUnavailable {
+    #[error("the qemu driver needs {program}, which is not installed: sudo apt-get install {package}")]
+    Missing { program: &'static str, package: &'static str },
+}
+
+/// What power-on needs to start the same machine again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Launch {
+    args: Vec<String>,
+    shutdown_timeout_secs: u64,
+}
+
+pub struct QemuDriver {
+    /// How each guest's last qemu exited, by uuid: (pid, exited cleanly).
+    exits: Arc<Mutex<HashMap<String, (i32, bool)>>>,
+    instances: PathBuf,
+    qemu: PathBuf,
+    qemu_img: PathBuf,
+    accel: Accel,
+    resources: HostResources,
+}
+
+fn failed(message: impl Into<String>) -> VirtError {
+    VirtError::Failed(message.into())
+}
+
+impl QemuDriver {
+    /// The driver for the home's `instances/` directory; fails when qemu or qemu-img is missing.
+    pub fn new(home: &crate::home::Home, accel: Accel) -> Result<QemuDriver, QemuUnavailable> {
+        let qemu = hostpkgs::find_program(QEMU)
+            .ok_or(QemuUnavailable::Missing { program: QEMU, package: "qemu-system-x86" })?;
+        let qemu_img = hostpkgs::find_program(QEMU_IMG)
+            .ok_or(QemuUnavailable::Missing { program: QEMU_IMG, package: "qemu-utils" })?;
+        let accel = if accel == Accel::Kvm { Accel::Kvm } else { Accel::Tcg };
+        let (vcpus, memory_mb, local_gb) = super::probe_host(home.root());
+        let resources = HostResources {
+            hypervisor_type: "QEMU".into(),
+            hypervisor_version: qemu_version(&qemu).unwrap_or(0),
+            accel: accel_name(accel).into(),
+            vcpus,
+            memory_mb,
+            local_gb,
+        };
+        Ok(QemuDriver { exits: Default::default(), instances: home.instances_dir(), qemu, qemu_img, accel, resources })
+    }
+
+    /// True when both programs the driver runs are installed.
+    pub fn available() -> bool {
+        hostpkgs::find_program(QEMU).is_some() && hostpkgs::find_program(QEMU_IMG).is_some()
+    }
+
+    fn dir(&self, uuid: &str) -> Result<PathBuf, VirtError> {
+        // The uuid becomes a directory name: only a real uuid can never escape `instances/`.
+        if uuid::Uuid::parse_str(uuid).is_err() {
+            return Err(VirtError::NotFound(uuid.to_string()));
+        }
+        Ok(self.instances.join(uuid))
+    }
+
+    fn base_dir(&self) -> PathBuf {
+        self.instances.join("_base")
+    }
+
+    /// The pid of the guest's qemu while it runs.
+    fn live_pid(&self, dir: &Path, uuid: &str) -> Option<i32> {
+        let pid = crate::supervise::read_pid_file(&dir.join("qemu.pid")).ok().flatten()?;
+        qemu_alive(pid, uuid).then_some(pid)
+    }
+
+    async fn qemu_img(&self, args: &[&str]) -> Result<std::process::Output, VirtError> {
+        tokio::process::Command::new(&self.qemu_img)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| failed(format!("cannot run {}: {e}", self.qemu_img.display())))
+    }
+
+    /// `qemu-img info` of a file in the given format, refusing what is not a plain disk image.
+    async fn inspect(&self, file: &Path, format: &str, what: &str) -> Result<Value, VirtError> {
+        let path = path_str(file)?;
+        let out = self.qemu_img(&["info", "-f", format, "--output=json", path]).await?;
+        if !out.status.success() {
+            return Err(failed(format!("{what} is not a valid {format} image: {}", last_line(&out.stderr))));
+        }
+        let info: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| failed(format!("cannot read qemu-img's description of {what}: {e}")))?;
+        // A backing file or external data file in an uploaded image would let it read any file
+        // on this host.
+        if info.get("backing-filename").is_some() {
+            return Err(failed(format!("{what} has a backing file; upload a self-contained image")));
+        }
+        if info.pointer("/format-specific/data/data-file").is_some() {
+            return Err(failed(format!("{what} has an external data file; upload a self-contained image")));
+        }
+        if format == "qcow2" {
+            let out = self.qemu_img(&["check", "-f", "qcow2", path]).await?;
+            // 0: clean, 3: only leaked clusters (harmless). 1 and 2: damaged or truncated.
+            if !matches!(out.status.code(), Some(0) | Some(3)) {
+                let why = last_line(&out.stderr);
+                let why = if why.is_empty() { last_line(&out.stdout) } else { why };
+                return Err(failed(format!("{what} is damaged or truncated (qemu-img check: {why})")));
+            }
+        }
+        Ok(info)
+    }
+
+    /// The checked base image for `image`, cached as a hard link so that deleting the image
+    /// from the store does not pull the disk from under running guests.
+    async fn base_image(&self, image: &ImageMeta, file: &Path, format: &str) -> Result<(PathBuf, u64), VirtError> {
+        if uuid::Uuid::parse_str(&image.id).is_err() {
+            return Err(failed(format!("image id {} is not a uuid", image.id)));
+        }
+        let base_dir = self.base_dir();
+        std::fs::create_dir_all(&base_dir).map_err(|e| failed(format!("cannot create {}: {e}", base_dir.display())))?;
+        let base = base_dir.join(&image.id);
+        if base.is_file() {
+            let info = self.inspect(&base, format, &format!("image {}", image.id)).await?;
+            return Ok((base, virtual_size(&info)));
+        }
+        let tmp = base_dir.join(format!(".{}.{}", image.id, uuid::Uuid::new_v4().simple()));
+        link_or_copy(file, &tmp)?;
+        let checked = self.inspect(&tmp, format, &format!("image {}", image.id)).await;
+        let info = match checked {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&tmp, &base).map_err(|e| failed(format!("cannot create {}: {e}", base.display())))?;
+        Ok((base, virtual_size(&info)))
+    }
+
+    /// Builds the guest's files and its qemu arguments.
+    async fn prepare(&self, spec: &GuestSpec, dir: &Path) -> Result<Launch, VirtError> {
+        let image = spec.image.as_ref().ok_or_else(|| {
+            failed("the qemu driver boots from images only; booting from a volume is not supported yet")
+        })?;
+        if spec.memory_mb <= 0 || spec.vcpus <= 0 {
+            return Err(failed(format!("the flavor has {} MB and {} vCPUs", spec.memory_mb, spec.vcpus)));
+        }
+        let plan = boot_plan(image)?;
+        let root_bytes = (spec.root_gb.max(0) as u64) << 30;
+        let disk = dir.join("disk");
+        let mut disks: Vec<PathBuf> = Vec::new();
+        if let Some((file, format)) = &plan.root {
+            let (base, vsize) = self.base_image(image, file, format).await?;
+            if root_bytes > 0 && vsize > root_bytes {
+                return Err(failed(format!(
+                    "the flavor's root disk ({} GiB) is smaller than the image ({})",
+                    spec.root_gb,
+                    human_bytes(vsize)
+                )));
+            }
+            let mut args = vec!["create", "-q", "-f", "qcow2", "-F", format, "-b", path_str(&base)?, path_str(&disk)?];
+            let size = root_bytes.to_string();
+            if root_bytes > vsize {
+                args.push(&size);
+            }
+            self.run_qemu_img(&args, "the root disk").await?;
+            disks.push(disk);
+        } else if root_bytes > 0 {
+            // A kernel image boots without a root image; the flavor's root disk is blank.
+            self.blank_disk(&disk, root_bytes).await?;
+            disks.push(disk);
+        }
+        if spec.ephemeral_gb > 0 {
+            let eph = dir.join("disk.eph0");
+            self.blank_disk(&eph, (spec.ephemeral_gb as u64) << 30).await?;
+            disks.push(eph);
+        }
+        if spec.swap_mb > 0 {
+            let swap = dir.join("disk.swap");
+            self.blank_disk(&swap, (spec.swap_mb as u64) << 20).await?;
+            disks.push(swap);
+        }
+        let config_drive = dir.join("config-drive");
+        configdrive::write(&config_drive, spec).map_err(|e| failed(e.to_string()))?;
+
+        let qmp = dir.join("qmp.sock");
+        if qmp.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(failed(format!(
+                "the QMP socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --home",
+                qmp.display()
+            )));
+        }
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+        push(&["-name", &format!("guest={},debug-threads=on", spec.uuid), "-uuid", &spec.uuid]);
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-msg", "timestamp=on"]);
+        push(&["-machine", "pc", "-accel", accel_name(self.accel)]);
+        if self.accel == Accel::Kvm {
+            push(&["-cpu", "host"]);
+        }
+        push(&["-m", &spec.memory_mb.to_string(), "-smp", &spec.vcpus.to_string(), "-rtc", "base=utc"]);
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&qmp)?)]);
+        push(&["-chardev", &format!("file,id=serial0,path={},append=on", opt_path(&dir.join("console.log"))?)]);
+        push(&["-serial", "chardev:serial0"]);
+        if let Some(k) = &plan.kernel {
+            let kernel = dir.join("kernel");
+            link_or_copy(&k.kernel, &kernel)?;
+            push(&["-kernel", path_str(&kernel)?]);
+            if let Some(r) = &k.ramdisk {
+                let ramdisk = dir.join("ramdisk");
+                link_or_copy(r, &ramdisk)?;
+                push(&["-initrd", path_str(&ramdisk)?]);
+            }
+            push(&["-append", &k.cmdline]);
+        }
+        for (i, d) in disks.iter().enumerate() {
+            push(&["-drive", &format!("if=none,id=disk{i},format=qcow2,file={}", opt_path(d)?)]);
+            let boot = if i == 0 { ",bootindex=1" } else { "" };
+            push(&["-device", &format!("virtio-blk-pci,drive=disk{i}{boot}")]);
+        }
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver=vvfat,node-name=config,dir={},label={},read-only=on",
+                opt_path(&config_drive)?,
+                configdrive::LABEL
+            ),
+        ]);
+        push(&["-device", "virtio-blk-pci,drive=config"]);
+        // QEMU user networking per port until the networking work brings bridges and taps.
+        for (i, vif) in spec.network_info.iter().enumerate() {
+            let mac = valid_mac(&vif.mac)
+                .ok_or_else(|| failed(format!("port {} has a bad MAC {:?}", vif.port_id, vif.mac)))?;
+            push(&["-netdev", &format!("user,id=net{i}")]);
+            push(&["-device", &format!("virtio-net-pci,netdev=net{i},mac={mac}")]);
+        }
+        let shutdown_timeout_secs = image
+            .properties
+            .get("os_shutdown_timeout")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT.as_secs());
+        Ok(Launch { args, shutdown_timeout_secs })
+    }
+
+    async fn blank_disk(&self, path: &Path, bytes: u64) -> Result<(), VirtError> {
+        self.run_qemu_img(&["create", "-q", "-f", "qcow2", path_str(path)?, &bytes.to_string()], "a blank disk").await
+    }
+
+    async fn run_qemu_img(&self, args: &[&str], what: &str) -> Result<(), VirtError> {
+        let out = self.qemu_img(args).await?;
+        if !out.status.success() {
+            return Err(failed(format!("cannot create {what}: {}", last_line(&out.stderr))));
+        }
+        Ok(())
+    }
+
+    /// Starts qemu for the guest in `dir` and waits until the machine runs.
+    async fn start(&self, uuid: &str, dir: &Path, launch: &Launch) -> Result<(), VirtError> {
+        use std::os::unix::process::CommandExt;
+        for stale in ["qmp.sock", "stopped"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let log_path = dir.join("qemu.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| failed(format!("cannot open {}: {e}", log_path.display())))?;
+        let log_err = log.try_clone().map_err(|e| failed(format!("cannot open {}: {e}", log_path.display())))?;
+        let mut child = std::process::Command::new(&self.qemu)
+            .args(&launch.args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own process group: a Ctrl-C meant for `novabox up` must not kill the guests.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| failed(format!("cannot start {}: {e}", self.qemu.display())))?;
+        let pid = child.id();
+        tracing::info!(instance = %uuid, pid, accel = accel_name(self.accel), "qemu started");
+        if let Err(e) = crate::supervise::write_pid_file(&dir.join("qemu.pid"), pid) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(e.to_string()));
+        }
+        // Reap qemu when it exits and note how, so a crash can be told from a shutdown. In
+        // memory, not in the instance dir: a file written there could race a destroy's removal.
+        let exits = self.exits.clone();
+        let id = uuid.to_string();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let clean = status.success();
+                tracing::info!(instance = %id, pid, %status, "qemu exited");
+                exits.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (pid as i32, clean));
+            }
+        });
+        let qmp = dir.join("qmp.sock");
+        let started = Instant::now();
+        loop {
+            if !qemu_alive(pid as i32, uuid) {
+                let log = std::fs::read(&log_path).unwrap_or_default();
+                return Err(failed(format!("qemu exited at start: {}", last_line(&log))));
+            }
+            if let Ok(status) = qmp::status(&qmp).await {
+                if status == "running" {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > START_TIMEOUT {
+                self.kill(uuid, dir).await;
+                return Err(failed(format!("qemu did not start the machine within {}s", START_TIMEOUT.as_secs())));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the guest's qemu now: QMP `quit`, then signals by pid.
+    async fn kill(&self, uuid: &str, dir: &Path) {
+        let Some(pid) = self.live_pid(dir, uuid) else { return };
+        let _ = qmp::execute(&dir.join("qmp.sock"), "quit").await;
+        if self.wait_dead(dir, uuid, Duration::from_secs(3)).await {
+            return;
+        }
+        let stopped =
+            tokio::task::spawn_blocking(move || crate::supervise::stop_pid(pid, Duration::from_secs(3))).await;
+        if let Ok(Err(e)) = stopped {
+            tracing::warn!(instance = %uuid, pid, error = %e, "cannot stop qemu");
+        }
+    }
+
+    async fn wait_dead(&self, dir: &Path, uuid: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.live_pid(dir, uuid).is_none() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn launch(&self, dir: &Path, uuid: &str) -> Result<Launch, VirtError> {
+        let file = dir.join("launch.json");
+        let text = match std::fs::read(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(VirtError::NotFound(uuid.to_string())),
+            Err(e) => return Err(failed(format!("cannot read {}: {e}", file.display()))),
+        };
+        serde_json::from_slice(&text).map_err(|e| failed(format!("{} is damaged: {e}", file.display())))
+    }
+
+    async fn spawn_in(&self, spec: &GuestSpec, dir: &Path) -> Result<(), VirtError> {
+        let launch = self.prepare(spec, dir).await?;
+        let text = serde_json::to_vec_pretty(&launch).map_err(|e| failed(e.to_string()))?;
+        crate::home::write_atomic(&dir.join("launch.json"), &text, 0o600)
+            .map_err(|e| failed(format!("cannot write {}: {e}", dir.join("launch.json").display())))?;
+        self.start(&spec.uuid, dir, &launch).await
+    }
+}
+
+#[async_trait::async_trait]
+impl VirtDriver for QemuDriver {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn host_resources(&self) -> HostResources {
+        self.resources.clone()
+    }
+
+    async fn spawn(&self, spec: &GuestSpec) -> Result<(), VirtError> {
+        let dir = self.dir(&spec.uuid).map_err(|_| failed(format!("instance id {:?} is not a uuid", spec.uuid)))?;
+        if self.live_pid(&dir, &spec.uuid).is_some() {
+            return Err(failed(format!("guest {} is already running on this host", spec.uuid)));
+        }
+        // Left over from an earlier attempt: the spec wins.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        let result = self.spawn_in(spec, &dir).await;
+        if result.is_err() {
+            // Nothing of a failed build stays in `instances/`.
+            self.kill(&spec.uuid, &dir).await;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    async fn destroy(&self, uuid: &str) -> Result<(), VirtError> {
+        let Ok(dir) = self.dir(uuid) else { return Ok(()) };
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.kill(uuid, &dir).await;
+        if let Some(pid) = self.live_pid(&dir, uuid) {
+            return Err(failed(format!("qemu (pid {pid}) of guest {uuid} does not stop")));
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| failed(format!("cannot remove {}: {e}", dir.display())))
+    }
+
+    async fn power_off(&self, uuid: &str) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        let launch = self.launch(&dir, uuid)?;
+        if self.live_pid(&dir, uuid).is_some() {
+            // The ACPI power button first, as nova's clean shutdown; a guest that ignores it
+            // (no acpid, as the busybox test guest) is stopped hard after the timeout.
+            let _ = qmp::execute(&dir.join("qmp.sock"), "system_powerdown").await;
+            let timeout = Duration::from_secs(launch.shutdown_timeout_secs);
+            if !self.wait_dead(&dir, uuid, timeout).await {
+                tracing::info!(instance = %uuid, "no clean shutdown within {}s; stopping qemu", timeout.as_secs());
+                self.kill(uuid, &dir).await;
+            }
+            if let Some(pid) = self.live_pid(&dir, uuid) {
+                return Err(failed(format!("qemu (pid {pid}) does not stop")));
+            }
+        }
+        std::fs::write(dir.join("stopped"), b"").map_err(|e| failed(format!("cannot mark the guest stopped: {e}")))
+    }
+
+    async fn power_on(&self, uuid: &str) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        let launch = self.launch(&dir, uuid)?;
+        if self.live_pid(&dir, uuid).is_some() {
+            return Ok(());
+        }
+        self.start(uuid, &dir, &launch).await
+    }
+
+    /// Soft and hard reboots differ in how: a soft one resets the running machine (QMP
+    /// `system_reset`; nova would press ACPI reboot first, which the busybox test guest
+    /// cannot handle), a hard one starts a new qemu process with the same disks, as nova
+    /// recreates the domain. A guest that is not running is started either way.
+    async fn reboot(&self, uuid: &str, hard: bool) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        let launch = self.launch(&dir, uuid)?;
+        if self.live_pid(&dir, uuid).is_some() {
+            if !hard {
+                return qmp::execute(&dir.join("qmp.sock"), "system_reset")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| failed(format!("cannot reset the guest: {e}")));
+            }
+            self.kill(uuid, &dir).await;
+        }
+        self.start(uuid, &dir, &launch).await
+    }
+
+    async fn power_state(&self, uuid: &str) -> i64 {
+        let Ok(dir) = self.dir(uuid) else { return power::NOSTATE };
+        if !dir.join("launch.json").is_file() {
+            return power::NOSTATE;
+        }
+        if self.live_pid(&dir, uuid).is_some() {
+            return match qmp::status(&dir.join("qmp.sock")).await.as_deref() {
+                Ok("paused") | Ok("suspended") => power::PAUSED,
+                Ok("shutdown") => power::SHUTDOWN,
+                Ok("guest-panicked") | Ok("internal-error") | Ok("io-error") => power::CRASHED,
+                // Running, or a monitor busy with another client: the process is there.
+                _ => power::RUNNING,
+            };
+        }
+        if dir.join("stopped").exists() {
+            return power::SHUTDOWN;
+        }
+        // Not stopped by us: qemu exited on its own. Killed by a signal (or failed) is a crash;
+        // a clean exit is the guest powering itself off. Without a record (qemu started by an
+        // earlier novabox process, or not reaped yet) it is simply off.
+        let pid = crate::supervise::read_pid_file(&dir.join("qemu.pid")).ok().flatten();
+        match self.exits.lock().unwrap_or_else(|e| e.into_inner()).get(uuid) {
+            Some((exited, false)) if Some(*exited) == pid => power::CRASHED,
+            _ => power::SHUTDOWN,
+        }
+    }
+
+    async fn console_output(&self, uuid: &str) -> Result<String, VirtError> {
+        let dir = self.dir(uuid)?;
+        if !dir.join("launch.json").is_file() {
+            return Err(VirtError::NotFound(uuid.to_string()));
+        }
+        read_tail(&dir.join("console.log"), MAX_CONSOLE_BYTES)
+    }
+
+    async fn guests(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.instances) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|name| uuid::Uuid::parse_str(name).is_ok())
+            .filter(|name| self.instances.join(name).join("launch.json").is_file())
+            .collect()
+    }
+}
+
+/// The qemu arguments a guest was started with (its `launch.json`), for `novabox bench guest`
+/// to boot the very same machine without novabox around it.
+pub fn saved_args(instances_dir: &Path, uuid: &str) -> Result<Vec<String>, VirtError> {
+    if uuid::Uuid::parse_str(uuid).is_err() {
+        return Err(VirtError::NotFound(uuid.to_string()));
+    }
+    let file = instances_dir.join(uuid).join("launch.json");
+    let text = std::fs::read(&file).map_err(|e| failed(format!("cannot read {}: {e}", file.display())))?;
+    let launch: Launch =
+        serde_json::from_slice(&text).map_err(|e| failed(format!("{} is damaged: {e}", file.display())))?;
+    Ok(launch.args)
+}
+
+/// What to boot: a root image, a kernel, or both.
+#[derive(Debug)]
+struct BootPlan {
+    root: Option<(PathBuf, &'static str)>,
+    kernel: Option<KernelBoot>,
+}
+
+#[derive(Debug)]
+struct KernelBoot {
+    kernel: PathBuf,
+    ramdisk: Option<PathBuf>,
+    cmdline: String,
+}
+
+fn image_file(image: &ImageMeta, role: &str) -> Result<PathBuf, VirtError> {
+    match &image.file {
+        Some(f) if Path::new(f).is_file() => Ok(PathBuf::from(f)),
+        _ => Err(failed(format!("the {role} image {} has no data on this host (is it active?)", image.id))),
+    }
+}
+
+/// Reads the image's format and its AMI links: `qcow2` and `raw` boot from disk, `ami` from
+/// its kernel (`kernel_id`) with its raw image as root disk, `aki` is itself the kernel
+/// (with `ramdisk_id`), and any image with `kernel_id` boots that kernel directly.
+fn boot_plan(image: &ImageMeta) -> Result<BootPlan, VirtError> {
+    let format = image.disk_format.as_deref().unwrap_or("");
+    let linked = |key: &str, resolved: &Option<Box<ImageMeta>>, role: &str| -> Result<Option<PathBuf>, VirtError> {
+        match (image.properties.get(key), resolved) {
+            (None, _) => Ok(None),
+            (Some(id), None) => {
+                Err(failed(format!("the {role} image {id} named by {key} of image {} does not exist", image.id)))
+            }
+            (Some(_), Some(meta)) => image_file(meta, role).map(Some),
+        }
+    };
+    let cmdline = image.properties.get("os_command_line").cloned().unwrap_or_else(|| DEFAULT_CMDLINE.into());
+    let ramdisk = linked("ramdisk_id", &image.ramdisk, "ramdisk")?;
+    match format {
+        "qcow2" | "raw" | "ami" => {
+            let root = Some((image_file(image, "boot")?, if format == "qcow2" { "qcow2" } else { "raw" }));
+            let kernel = linked("kernel_id", &image.kernel, "kernel")?;
+            if format == "ami" && kernel.is_none() {
+                return Err(failed(format!("the AMI image {} has no kernel_id", image.id)));
+            }
+            Ok(BootPlan { root, kernel: kernel.map(|kernel| KernelBoot { kernel, ramdisk, cmdline }) })
+        }
+        "aki" => Ok(BootPlan {
+            root: None,
+            kernel: Some(KernelBoot { kernel: image_file(image, "kernel")?, ramdisk, cmdline }),
+        }),
+        "ari" => Err(failed(format!("image {} is a ramdisk (ari); boot its AMI or kernel image instead", image.id))),
+        other => Err(failed(format!(
+            "the qemu driver cannot boot disk_format {other:?} (image {}); use qcow2, raw, ami or aki",
+            image.id
+        ))),
+    }
+}
+
+fn accel_name(accel: Accel) -> &'static str {
+    if accel == Accel::Kvm {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+/// True while `pid` is the qemu of this guest (its `-name guest=<uuid>`, which a pager or
+/// `tail` on the guest's files would not have). A zombie has an empty command line, so it
+/// counts as dead without being reaped here (the waiter thread reaps it and records the exit).
+fn qemu_alive(pid: i32, uuid: &str) -> bool {
+    let needle = format!("guest={uuid},");
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+}
+
+/// libvirt's version encoding (7.2.22 is 7002022), from `qemu-system-x86_64 --version`.
+fn qemu_version(qemu: &Path) -> Option<i64> {
+    let out = std::process::Command::new(qemu).arg("--version").stdin(Stdio::null()).output().ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_version(text: &str) -> Option<i64> {
+    let v = text.split_whitespace().skip_while(|w| *w != "version").nth(1)?;
+    let mut parts = v.split(['.', '-', '(']).map(|p| p.parse::<i64>().ok());
+    let (major, minor, micro) = (parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0));
+    Some(major * 1_000_000 + minor * 1000 + micro)
+}
+
+fn virtual_size(info: &Value) -> u64 {
+    info.get("virtual-size").and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn path_str(p: &Path) -> Result<&str, VirtError> {
+    p.to_str().ok_or_else(|| failed(format!("the path {} is not UTF-8", p.display())))
+}
+
+/// A path inside a qemu `key=value,...` option: commas are doubled.
+fn opt_path(p: &Path) -> Result<String, VirtError> {
+    Ok(path_str(p)?.replace(',', ",,"))
+}
+
+/// The MAC in canonical lower case when it is six hex pairs; anything else could smuggle
+/// options into qemu's command line.
+fn valid_mac(mac: &str) -> Option<String> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| mac.to_ascii_lowercase())
+}
+
+/// Hard-links `from` to `to` (same filesystem, no copy), copying when that is not possible.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), VirtError> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| failed(format!("cannot copy {} to {}: {e}", from.display(), to.display())))
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// The last `max` bytes of the file, starting at a line boundary; empty when it is missing.
+fn read_tail(path: &Path, max: u64) -> Result<String, VirtError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(failed(format!("cannot read {}: {e}", path.display()))),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    f.seek(SeekFrom::Start(start)).map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+    if start > 0 {
+        if let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            buf.drain(..=nl);
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::virt::Vif;
+    use crate::doctor::probe::{self, TestImage};
+    use crate::home::Home;
+
+    #[test]
+    fn parses_qemu_versions() {
+        let text = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright";
+        assert_eq!(parse_version(text), Some(7_002_022));
+        assert_eq!(parse_version("QEMU emulator version 9.1.0\n"), Some(9_001_000));
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn macs_are_checked_and_paths_escaped() {
+        assert_eq!(valid_mac("FA:16:3e:00:00:0a").as_deref(), Some("fa:16:3e:00:00:0a"));
+        assert_eq!(valid_mac("fa:16:3e:00:00:0a,id=x"), None);
+        assert_eq!(valid_mac("fa:16:3e:00:00"), None);
+        assert_eq!(opt_path(Path::new("/a,b/c")).unwrap(), "/a,,b/c");
+    }
+
+    fn meta(id: &str, format: &str, file: Option<&Path>) -> ImageMeta {
+        ImageMeta {
+            id: id.into(),
+            name: Some(format!("{format} image")),
+            disk_format: Some(format.into()),
+            container_format: Some(format.into()),
+            size: None,
+            file: file.map(|f| f.to_string_lossy().into_owned()),
+            properties: Default::default(),
+            kernel: None,
+            ramdisk: None,
+        }
+    }
+
+    #[test]
+    fn boot_plans() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let plan = boot_plan(&meta("q", "qcow2", Some(&f))).unwrap();
+        assert_eq!(plan.root.as_ref().map(|r| r.1), Some("qcow2"));
+        assert!(plan.kernel.is_none());
+
+        let mut aki = meta("k", "aki", Some(&f));
+        aki.properties.insert("ramdisk_id".into(), "r".into());
+        aki.ramdisk = Some(Box::new(meta("r", "ari", Some(&f))));
+        let plan = boot_plan(&aki).unwrap();
+        assert!(plan.root.is_none());
+        let k = plan.kernel.unwrap();
+        assert_eq!(k.ramdisk.as_deref(), Some(f.as_path()));
+        assert_eq!(k.cmdline, DEFAULT_CMDLINE);
+
+        let mut ami = meta("a", "ami", Some(&f));
+        let e = boot_plan(&ami).unwrap_err().to_string();
+        assert!(e.contains("has no kernel_id"), "{e}");
+        ami.properties.insert("kernel_id".into(), "gone".into());
+        let e = boot_plan(&ami).unwrap_err().to_string();
+        assert!(e.contains("the kernel image gone named by kernel_id of image a does not exist"), "{e}");
+        ami.kernel = Some(Box::new(meta("gone", "aki", None)));
+        let e = boot_plan(&ami).unwrap_err().to_string();
+        assert!(e.contains("has no data on this host"), "{e}");
+
+        let e = boot_plan(&meta("v", "vmdk", Some(&f))).unwrap_err().to_string();
+        assert!(e.contains("cannot boot disk_format \"vmdk\""), "{e}");
+        assert!(boot_plan(&meta("r", "ari", Some(&f))).is_err());
+    }
+
+    #[test]
+    fn console_tail_starts_at_a_line() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("console.log");
+        assert_eq!(read_tail(&f, 10).unwrap(), "");
+        std::fs::write(&f, "first line\nsecond\nthird\n").unwrap();
+        assert_eq!(read_tail(&f, 10).unwrap(), "third\n");
+        assert_eq!(read_tail(&f, 1000).unwrap(), "first line\nsecond\nthird\n");
+    }
+
+    #[test]
+    fn unavailable_names_the_package() {
+        let e = QemuUnavailable::Missing { program: QEMU_IMG, package: "qemu-utils" };
+        assert!(e.to_string().ends_with("sudo apt-get install qemu-utils"));
+    }
+
+    // ---- Real guests (TCG). One boot at a time is all this host can afford.
+
+    /// The test guest, built with the doctor's script into the target dir (the kernel .deb is
+    /// cached there too, so only the first run needs apt).
+    fn test_guest() -> TestImage {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp/test-guest");
+        probe::ensure_test_image(&dir).expect("the test guest builds (busybox-static, apt)")
+    }
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        home: Home,
+        driver: QemuDriver,
+    }
+
+    impl Drop for Fixture {
+        /// A failed assertion must not leave a guest running: stop, by pid, every qemu whose
+        /// command line names this fixture's home.
+        fn drop(&mut self) {
+            let needle = self.home.root().to_string_lossy().into_owned();
+            let Ok(entries) = std::fs::read_dir("/proc") else { return };
+            for pid in entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok())) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.contains("guest=") && cmdline.contains(&needle) {
+                    // SAFETY: a qemu this test started (its command line names the test's home).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+
+    fn fixture() -> Fixture {
+        assert!(QemuDriver::available(), "qemu-system-x86_64 and qemu-img are needed: run scripts/install-deps");
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        home.create_dirs().unwrap();
+        let driver = QemuDriver::new(&home, Accel::Tcg).unwrap();
+        Fixture { _tmp: tmp, home, driver }
+    }
+
+    fn new_uuid() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    /// The test guest as the store holds it after `import_test_image`: an AMI (blank raw root)
+    /// linked to an AKI kernel and an ARI ramdisk.
+    fn ami(home: &Home) -> ImageMeta {
+        let guest = test_guest();
+        let blank = home.images_dir().join("blank.img");
+        std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+        let mut ami = meta(&new_uuid(), "ami", Some(&blank));
+        let kernel = meta(&new_uuid(), "aki", Some(&guest.kernel));
+        let ramdisk = meta(&new_uuid(), "ari", Some(&guest.initrd));
+        ami.properties.insert("kernel_id".into(), kernel.id.clone());
+        ami.properties.insert("ramdisk_id".into(), ramdisk.id.clone());
+        // The busybox guest has no ACPI handler: do not wait a minute for it at power-off.
+        ami.properties.insert("os_shutdown_timeout".into(), "1".into());
+        ami.kernel = Some(Box::new(kernel));
+        ami.ramdisk = Some(Box::new(ramdisk));
+        ami
+    }
+
+    fn spec_with(image: ImageMeta) -> GuestSpec {
+        let mut spec = GuestSpec::for_test(&new_uuid(), "qemu-test");
+        spec.hostname = "qemu-test-1".into();
+        spec.memory_mb = 128;
+        spec.swap_mb = 16;
+        spec.key_name = Some("k".into());
+        spec.key_data = Some("ssh-ed25519 AAAAtest driver@novabox".into());
+        spec.image = Some(image);
+        spec.network_info = vec![Vif {
+            port_id: new_uuid(),
+            network_id: new_uuid(),
+            network_name: "private".into(),
+            mac: "fa:16:3e:12:34:56".into(),
+            ips: vec!["10.42.0.9".into()],
+        }];
+        spec
+    }
+
+    /// Waits until `marker` appears `count` times on the console.
+    async fn wait_console(d: &QemuDriver, uuid: &str, marker: &str, count: usize) -> String {
+        let deadline = Instant::now() + probe::TCG_TIMEOUT;
+        loop {
+            let text = d.console_output(uuid).await.unwrap();
+            if text.matches(marker).count() >= count {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {count}x {marker:?} on the console:\n{text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn qemu_pid(home: &Home, uuid: &str) -> i32 {
+        crate::supervise::read_pid_file(&home.instances_dir().join(uuid).join("qemu.pid")).unwrap().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn guest_boots_power_cycles_reboots_and_is_destroyed_needs_qemu() {
+        let f = fixture();
+        let d = &f.driver;
+        let image = ami(&f.home);
+        let base = f.home.instances_dir().join("_base").join(&image.id);
+        let spec = spec_with(image);
+        let uuid = spec.uuid.clone();
+        let dir = f.home.instances_dir().join(&uuid);
+
+        d.spawn(&spec).await.unwrap();
+        assert_eq!(d.power_state(&uuid).await, power::RUNNING);
+        assert_eq!(d.guests().await, vec![uuid.clone()]);
+        let text = wait_console(d, &uuid, "novabox-guest: ready", 1).await;
+        assert!(text.contains("novabox-guest: init reached"), "{text}");
+        assert!(text.contains("novabox-guest: hostname qemu-test-1"), "{text}");
+        assert!(text.contains("novabox-guest: public-key ssh-ed25519 AAAAtest driver@novabox"), "{text}");
+        for file in ["disk", "disk.swap", "kernel", "ramdisk", "qmp.sock", "qemu.pid", "launch.json"] {
+            assert!(dir.join(file).exists(), "{file} missing");
+        }
+        assert!(base.is_file());
+        let args = std::fs::read_to_string(dir.join("launch.json")).unwrap();
+        assert!(args.contains("mac=fa:16:3e:12:34:56") && args.contains("tcg"), "{args}");
+
+        let pid = qemu_pid(&f.home, &uuid);
+        d.power_off(&uuid).await.unwrap();
+        assert!(!qemu_alive(pid, &uuid));
+        assert_eq!(d.power_state(&uuid).await, power::SHUTDOWN);
+        d.power_off(&uuid).await.unwrap();
+        assert_eq!(d.guests().await, vec![uuid.clone()], "a stopped guest is still a guest");
+
+        d.power_on(&uuid).await.unwrap();
+        assert_eq!(d.power_state(&uuid).await, power::RUNNING);
+        wait_console(d, &uuid, "novabox-guest: ready", 2).await;
+
+        d.reboot(&uuid, false).await.unwrap();
+        wait_console(d, &uuid, "novabox-guest: ready", 3).await;
+        let pid = qemu_pid(&f.home, &uuid);
+        d.reboot(&uuid, true).await.unwrap();
+        assert_ne!(qemu_pid(&f.home, &uuid), pid, "a hard reboot starts a new qemu");
+        let text = wait_console(d, &uuid, "novabox-guest: ready", 4).await;
+        assert_eq!(text.matches("novabox-guest: hostname qemu-test-1").count(), 4);
+
+        // qemu dies behind the driver's back: the guest is no longer running.
+        let pid = qemu_pid(&f.home, &uuid);
+        // SAFETY: signalling the qemu this test started, by its pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.power_state(&uuid).await == power::RUNNING {
+            assert!(Instant::now() < deadline, "a killed qemu still shows as running");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.power_state(&uuid).await != power::CRASHED {
+            assert!(Instant::now() < deadline, "a killed qemu is a crash: {}", d.power_state(&uuid).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        d.power_on(&uuid).await.unwrap();
+        let pid = qemu_pid(&f.home, &uuid);
+        d.destroy(&uuid).await.unwrap();
+        assert!(!qemu_alive(pid, &uuid));
+        assert!(!dir.exists());
+        assert!(base.is_file(), "the base image is kept");
+        assert_eq!(d.power_state(&uuid).await, power::NOSTATE);
+        assert!(d.guests().await.is_empty());
+        d.destroy(&uuid).await.unwrap();
+        assert!(matches!(d.power_on(&uuid).await, Err(VirtError::NotFound(_))));
+    }
+
+    /// Bad images and flavors fail the spawn with the reason, and leave nothing behind.
+    #[tokio::test]
+    async fn bad_input_fails_cleanly_needs_qemu() {
+        let f = fixture();
+        let d = &f.driver;
+        let store = f.home.images_dir();
+        let too_big_id = new_uuid();
+        let cases: Vec<(ImageMeta, i64, &str)> = {
+            let random = store.join("random");
+            std::fs::write(
+                &random,
+                (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let full = store.join("full.qcow2");
+            let out = std::process::Command::new(QEMU_IMG)
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&full)
+                .arg("2G")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let not_a_kernel = store.join("not-a-kernel");
+            std::fs::write(&not_a_kernel, b"not a kernel").unwrap();
+            let truncated = store.join("truncated.qcow2");
+            std::fs::write(&truncated, &std::fs::read(&full).unwrap()[..1000]).unwrap();
+            let mut no_kernel = meta(&new_uuid(), "ami", Some(&random));
+            no_kernel.properties.insert("kernel_id".into(), "0000-gone".into());
+            vec![
+                (meta(&new_uuid(), "qcow2", Some(&random)), 1, "is not a valid qcow2 image"),
+                (meta(&new_uuid(), "qcow2", Some(&truncated)), 1, "is damaged or truncated"),
+                (
+                    meta(&too_big_id, "qcow2", Some(&full)),
+                    1,
+                    "the flavor's root disk (1 GiB) is smaller than the image (2.0 GiB)",
+                ),
+                (no_kernel, 1, "the kernel image 0000-gone named by kernel_id"),
+                (meta(&new_uuid(), "qcow2", None), 1, "has no data on this host"),
+                // Gets as far as starting qemu, which refuses the kernel. (qemu takes most
+                // header-less garbage as an old zImage and runs it: only a guest that never
+                // boots shows that.)
+                (meta(&new_uuid(), "aki", Some(&not_a_kernel)), 1, "qemu exited at start: qemu: invalid kernel header"),
+            ]
+        };
+        for (image, root_gb, why) in cases {
+            let mut spec = spec_with(image);
+            spec.root_gb = root_gb;
+            match d.spawn(&spec).await {
+                Err(VirtError::Failed(m)) => assert!(m.contains(why), "{m:?} should say {why:?}"),
+                other => panic!("{why}: {other:?}"),
+            }
+            assert!(!f.home.instances_dir().join(&spec.uuid).exists(), "{why}: the instance dir stayed");
+        }
+        let mut spec = spec_with(meta(&new_uuid(), "qcow2", None));
+        spec.uuid = "../escape".into();
+        assert!(d.spawn(&spec).await.is_err());
+        // Only the good (if too big) image is cached; no half-checked copies stay.
+        let cached: Vec<String> = std::fs::read_dir(f.home.instances_dir().join("_base"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(cached, vec![too_big_id], "bad images must not be cached");
+    }
+}
