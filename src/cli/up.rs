@@ -21,12 +21,35 @@ use super::GlobalArgs;
 
 /// Exit code when the stack could not start (the message says which step and why).
 pub const EXIT_START_FAILED: u8 = 3;
+/// Exit code when a detached stack did not become ready within `--timeout` (it was stopped).
+pub const EXIT_NOT_READY: u8 = 6;
+/// Exit code of `down --purge` when the removal was not confirmed.
+pub const EXIT_NOT_CONFIRMED: u8 = 7;
+
+/// The last `error:` line a failed detached start-up wrote to its log, for the one-line reason.
+fn last_error_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|l| l.strip_prefix("error: ")).map(str::to_string)
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Also delete this home (database, images, guests, logs) after confirmation
+    #[arg(long)]
+    pub purge: bool,
+    /// Do not ask before --purge (for scripts)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Run in the background; return once the API answers
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// The explicit form of --detach for scripts: return once the stack is ready
+    #[arg(long)]
+    pub wait: bool,
     /// Print the endpoints and credentials as JSON once ready
     #[arg(long)]
     pub json: bool,
@@ -88,7 +111,7 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
         super::init::run(global, InitArgs::for_up(args.yes, fake))?;
     }
     let config = effective_config(&home, args.bus, args.driver)?;
-    if args.detach {
+    if args.detach || args.wait {
         return detach(&home, global, &args);
     }
     run_foreground(&home, global, config, &Service::ALL, args.json)
@@ -133,11 +156,17 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(status) = child.try_wait()? {
-            bail!("novabox up exited during start-up ({status}); read {} for why", log_path.display());
+            let why = last_error_line(&log_path).unwrap_or_else(|| format!("it exited with {status}"));
+            eprintln!(
+                "error: novabox up failed during start-up: {why}\n  read {} for the whole story",
+                log_path.display()
+            );
+            return Ok(ExitCode::from(EXIT_START_FAILED));
         }
         if Instant::now() > deadline {
             let _ = supervise::stop_pid(child.id() as i32, Duration::from_secs(10));
-            bail!("novabox up was not ready within {} s; read {}", args.timeout, log_path.display());
+            eprintln!("error: novabox up was not ready within {} s; read {}", args.timeout, log_path.display());
+            return Ok(ExitCode::from(EXIT_NOT_READY));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -268,7 +297,7 @@ pub fn service(global: &GlobalArgs, args: ServiceArgs) -> anyhow::Result<ExitCod
 
 /// `novabox down`: stop this home's stack (it stops its broker itself), then anything it
 /// left behind after a crash.
-pub fn down(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     let home = super::home(global)?;
     let mut stopped_any = false;
     if let Some(pid) = running(&home)? {
@@ -288,6 +317,40 @@ pub fn down(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if !stopped_any {
         println!("nothing was running for {}", home.root().display());
     }
+    if args.purge {
+        return purge(&home, args.yes);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes the home once the stack is down. Refuses a directory that is not a novabox home, so
+/// a mistyped `--home` cannot remove someone's files.
+fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let root = home.root();
+    if !root.exists() {
+        println!("{} does not exist; nothing to purge", root.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !home.is_initialized() && !home.db_file().exists() {
+        bail!("{} does not look like a novabox home (no novabox.toml); not deleting it", root.display());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!("not deleting {} without confirmation: add --yes", root.display());
+            return Ok(ExitCode::from(EXIT_NOT_CONFIRMED));
+        }
+        let confirmed = dialoguer::Confirm::new()
+            .with_prompt(format!("Delete {} and everything in it (database, images, guests, logs)?", root.display()))
+            .default(false)
+            .interact()?;
+        if !confirmed {
+            eprintln!("kept {}", root.display());
+            return Ok(ExitCode::from(EXIT_NOT_CONFIRMED));
+        }
+    }
+    std::fs::remove_dir_all(root).with_context(|| format!("cannot delete {}", root.display()))?;
+    println!("deleted {}", root.display());
     Ok(ExitCode::SUCCESS)
 }
 
