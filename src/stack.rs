@@ -167,6 +167,9 @@ pub async fn run(
         ready.api_url = Some(config.auth_url().trim_end_matches("/identity/v3").to_string());
         ready.services.push("api".into());
     }
+    if let Some(db) = &db {
+        spawn_trace_flusher(db.clone(), shutdown.clone());
+    }
     on_ready(ready);
 
     let _ = shutdown.changed().await;
@@ -177,5 +180,25 @@ pub async fn run(
     for s in subscriptions {
         s.stop();
     }
+    if let Some(db) = &db {
+        crate::trace::flush_to(db);
+    }
     Ok(())
+}
+
+/// Writes the recorded spans to `trace_spans` in batches, a few times a second, so recording
+/// stays off the request path.
+fn spawn_trace_flusher(db: SharedDb, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let db = db.clone();
+            // SQLite is blocking; keep it off the runtime's worker threads.
+            let _ = tokio::task::spawn_blocking(move || crate::trace::flush_to(&db)).await;
+        }
+    });
 }

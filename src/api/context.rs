@@ -97,6 +97,7 @@ impl FromRequestParts<AppState> for Auth {
                 roles,
                 remote_address,
                 timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                trace_parent: None,
             },
             user_name: record.user_name,
             project_name: record.project_name.unwrap_or_default(),

@@ -41,6 +41,10 @@ pub struct Context {
     pub remote_address: Option<String>,
     /// When the request entered the system, RFC 3339 UTC.
     pub timestamp: String,
+    /// The recorded span that sent this message (see `crate::trace`), so the handler's span
+    /// hangs under it in `novabox trace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl Context {
@@ -71,7 +75,8 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(method: impl Into<String>, args: Value, context: Context) -> Message {
+    pub fn new(method: impl Into<String>, args: Value, mut context: Context) -> Message {
+        context.trace_parent = crate::trace::current_span_id();
         Message { method: method.into(), args, context }
     }
 }
@@ -163,7 +168,8 @@ pub(crate) async fn run_handler(handler: &dyn Handler, topic: &str, message: Mes
         service = service_of_topic(topic),
         topic,
         method = %message.method,
-        request_id = %message.context.request_id
+        request_id = %message.context.request_id,
+        trace_parent = message.context.trace_parent.as_deref().unwrap_or_default(),
     );
     let method = message.method.clone();
     let outcome = std::panic::AssertUnwindSafe(handler.handle(message)).catch_unwind().instrument(span.clone()).await;

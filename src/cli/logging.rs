@@ -34,5 +34,8 @@ pub fn init(global: &GlobalArgs) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
-    let _ = tracing_subscriber::registry().with(fmt).try_init();
+    // The span recorder sees novabox's spans whatever the log level, for `novabox trace`.
+    let recorder = novabox::trace::SpanRecorder::new()
+        .with_filter(tracing_subscriber::filter::Targets::new().with_target("novabox", tracing::Level::INFO));
+    let _ = tracing_subscriber::registry().with(recorder).with(fmt).try_init();
 }

@@ -16,6 +16,7 @@ pub mod logs;
 pub mod server;
 pub mod smoke;
 pub mod status;
+pub mod trace;
 pub mod up;
 
 /// Generic failure: the message printed says what went wrong and what to do.
@@ -64,6 +65,8 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// The compute.instance.* notifications, as they are published
     Events(events::EventsArgs),
+    /// The boot of a server (or any request) as a numbered tree across services
+    Trace(trace::TraceArgs),
     /// Boot, check and delete one server; non-zero with the failing step when one fails
     Smoke(smoke::SmokeArgs),
     /// Run one service alone (it joins the others over RabbitMQ)
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => logs::run(&cli.global, args),
         Command::Events(args) => events::run(&cli.global, args),
         Command::Smoke(args) => smoke::run(&cli.global, args),
+        Command::Trace(args) => trace::run(&cli.global, args),
         Command::Service(args) => up::service(&cli.global, args),
         Command::Server(args) => server::run(&cli.global, args),
         Command::Bench(cmd) => bench::run(&cli.global, cmd),

@@ -91,6 +91,26 @@ fn sandbox_lifecycle_up_status_boot_trace_events_logs_smoke_down() {
     let guest = st["guests"].as_array().unwrap().iter().find(|g| g["id"] == id.as_str()).cloned();
     assert_eq!(guest.as_ref().map(|g| g["vm_state"].clone()), Some(Value::from("active")), "{st}");
 
+    // Trace: the api, scheduler and compute steps of the boot, in order, with durations.
+    std::thread::sleep(Duration::from_millis(600));
+    let out = run(home.novabox().args(["trace", "demo1", "--sql"]));
+    assert_ok(&out);
+    let tree = stdout(&out);
+    eprintln!("{tree}");
+    let pos = |needle: &str| tree.find(needle).unwrap_or_else(|| panic!("no {needle:?} in\n{tree}"));
+    let api = pos("1. [api] POST");
+    let validate = pos("[api] validate");
+    let create = pos("[api] db.instance_create");
+    let cast = pos("[api] rpc.cast scheduler build_instances");
+    let select = pos("[scheduler] select_host");
+    let build = pos("[compute] handle build_and_run_instance");
+    let networking = pos("[compute] networking");
+    let spawning = pos("[compute] spawning");
+    assert!(api < validate && validate < create && create < cast && cast < select, "{tree}");
+    assert!(select < build && build < networking && networking < spawning, "{tree}");
+    assert!(tree.contains(" ms\n"), "{tree}");
+    assert!(tree.contains("sql "), "{tree}");
+
     // Events: the create.start/end of that server.
     let out = run(home.novabox().args(["events", "--json", "--server", &id]));
     assert_ok(&out);
