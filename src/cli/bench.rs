@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Bus(BusArgs),
     /// Boot N servers with C concurrent clients through the REST API on the fake driver
     Boot(super::bench_boot::BootArgs),
+    /// Time CI mode: `up --driver fake --bus local --detach --wait --json` until ready
+    Up(super::bench_up::UpBenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,6 +59,7 @@ pub fn run(_global: &GlobalArgs, cmd: BenchCommand) -> anyhow::Result<ExitCode> 
     let args = match cmd {
         BenchCommand::Bus(args) => args,
         BenchCommand::Boot(args) => return super::bench_boot::run(args),
+        BenchCommand::Up(args) => return super::bench_up::run(args),
     };
     if args.messages == 0 || args.calls == 0 {
         bail!("--messages and --calls must be at least 1");

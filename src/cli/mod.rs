@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod bench;
 pub mod bench_boot;
+pub mod bench_up;
 pub mod config;
 pub mod doctor;
 pub mod events;
