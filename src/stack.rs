@@ -51,6 +51,16 @@ pub enum StackError {
     DriverUnavailable(&'static str),
 }
 
+/// Reports each start-up phase as it begins (`database`, `services`, `first compute
+/// registered`, `api`), so `up` can show progress and say where a failure happened.
+pub type PhaseFn = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// What `run` tells its caller while starting: each phase, then readiness (once).
+pub struct Hooks<R: FnOnce(Ready) + Send> {
+    pub phase: PhaseFn,
+    pub on_ready: R,
+}
+
 /// What `up` prints once everything is ready.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Ready {
@@ -102,9 +112,11 @@ pub async fn run(
     bus: Arc<dyn Bus>,
     services: &[Service],
     sql_echo: bool,
-    on_ready: impl FnOnce(Ready) + Send,
+    hooks: Hooks<impl FnOnce(Ready) + Send>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StackError> {
+    let Hooks { phase, on_ready } = hooks;
+    phase("database");
     let needs_db = services.iter().any(|s| *s != Service::Compute);
     let db = if needs_db {
         Some(SharedDb::new(Db::open(&home.db_file(), OpenOptions { echo: sql_echo || config.db.echo })?))
@@ -116,6 +128,7 @@ pub async fn run(
     let host = config.host.name.clone();
     let mut ready = Ready { api_url: None, driver: "none", services: Vec::new() };
 
+    phase("services");
     if let (Some(db), true) = (&db, services.contains(&Service::Conductor)) {
         let conductor = Arc::new(Conductor::new(db.clone(), config.clone(), home.clone()));
         subscriptions.push(bus.serve(CONDUCTOR_TOPIC, conductor).await?);
@@ -148,12 +161,14 @@ pub async fn run(
         ));
         // Serve first so builds cast during start-up queue for us, then register and reconcile.
         subscriptions.push(bus.serve(&manager.topic(), manager.clone()).await?);
+        phase("first compute registered");
         manager.init_host().await.map_err(StackError::Register)?;
         tokio::spawn(manager.clone().run_periodic_tasks(shutdown.clone()));
         ready.services.push("compute".into());
     }
     let mut api_task = None;
     if let (Some(db), true) = (&db, services.contains(&Service::Api)) {
+        phase("api");
         let addr = SocketAddr::new(config.api.listen, config.api.port);
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| StackError::Listen { addr, source })?;

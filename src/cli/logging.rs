@@ -34,8 +34,12 @@ pub fn init(global: &GlobalArgs) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
-    // The span recorder sees novabox's spans whatever the log level, for `novabox trace`.
-    let recorder = novabox::trace::SpanRecorder::new()
-        .with_filter(tracing_subscriber::filter::Targets::new().with_target("novabox", tracing::Level::INFO));
+    // The span recorder sees novabox's spans whatever the log level, for `novabox trace`;
+    // NOVABOX_TRACE=off leaves it out (to measure what it costs, or to save that cost).
+    let recording = std::env::var("NOVABOX_TRACE").map_or(true, |v| v != "off" && v != "0");
+    let recorder = recording.then(|| {
+        novabox::trace::SpanRecorder::new()
+            .with_filter(tracing_subscriber::filter::Targets::new().with_target("novabox", tracing::Level::INFO))
+    });
     let _ = tracing_subscriber::registry().with(recorder).with(fmt).try_init();
 }

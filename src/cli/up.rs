@@ -82,6 +82,54 @@ fn ready_file(home: &Home) -> PathBuf {
     home.run_dir().join("ready.json")
 }
 
+/// The start-up phase a (detached) stack is in, for the progress its parent shows.
+fn phase_file(home: &Home) -> PathBuf {
+    home.run_dir().join("phase")
+}
+
+/// Shows start-up phases with their elapsed times on stderr (drawn only on a terminal).
+struct Phases {
+    bar: indicatif::ProgressBar,
+    current: Option<(String, Instant)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Phases { bar, current: None }
+    }
+
+    fn enter(&mut self, name: &str) {
+        if self.current.as_ref().is_some_and(|(n, _)| n == name) {
+            return;
+        }
+        self.finish_current("ok");
+        self.bar.reset_elapsed();
+        self.bar.set_message(name.to_string());
+        self.current = Some((name.to_string(), Instant::now()));
+    }
+
+    fn finish_current(&mut self, mark: &str) {
+        if let Some((name, at)) = self.current.take() {
+            self.bar.println(format!("{mark:>4}  {name:<26} {:>6} ms", at.elapsed().as_millis()));
+        }
+    }
+
+    fn current(&self) -> Option<&str> {
+        self.current.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    fn done(mut self, mark: &str) {
+        self.finish_current(mark);
+        self.bar.finish_and_clear();
+    }
+}
+
 /// The pid of this home's running stack, if any.
 pub fn running(home: &Home) -> anyhow::Result<Option<i32>> {
     Ok(supervise::running_pid(&pid_file(home), "novabox")?)
@@ -105,7 +153,7 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !home.is_initialized() {
-        eprintln!("{} is new: initializing it first", home.root().display());
+        eprintln!("{} is new: initializing it first (phase provision)", home.root().display());
         // A run on the fake driver has no use for the (slow) probe boot.
         let fake = matches!(args.driver, Some(DriverArg::Fake));
         super::init::run(global, InitArgs::for_up(args.yes, fake))?;
@@ -124,6 +172,7 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
     let log_path = home.logs_dir().join("novabox.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let _ = std::fs::remove_file(ready_file(home));
+    let _ = std::fs::remove_file(phase_file(home));
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--home").arg(home.root()).arg("up");
     if global.sql_echo {
@@ -142,8 +191,14 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
     let mut child = cmd.spawn().context("cannot start novabox in the background")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut phases = Phases::new();
+    phases.enter("start");
     loop {
+        if let Ok(name) = std::fs::read_to_string(phase_file(home)) {
+            phases.enter(name.trim());
+        }
         if let Ok(text) = std::fs::read_to_string(ready_file(home)) {
+            phases.done("ok");
             if args.json {
                 println!("{text}");
             } else {
@@ -156,14 +211,22 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(status) = child.try_wait()? {
+            // A failed stack leaves its last phase on disk for exactly this message.
+            if let Ok(name) = std::fs::read_to_string(phase_file(home)) {
+                phases.enter(name.trim());
+            }
+            let phase = phases.current().unwrap_or("start").to_string();
+            phases.done("FAIL");
+            let _ = std::fs::remove_file(phase_file(home));
             let why = last_error_line(&log_path).unwrap_or_else(|| format!("it exited with {status}"));
             eprintln!(
-                "error: novabox up failed during start-up: {why}\n  read {} for the whole story",
+                "error: novabox up failed in phase `{phase}`: {why}\n  read {} for the whole story",
                 log_path.display()
             );
             return Ok(ExitCode::from(EXIT_START_FAILED));
         }
         if Instant::now() > deadline {
+            phases.done("FAIL");
             let _ = supervise::stop_pid(child.id() as i32, Duration::from_secs(10));
             eprintln!("error: novabox up was not ready within {} s; read {}", args.timeout, log_path.display());
             return Ok(ExitCode::from(EXIT_NOT_READY));
@@ -191,6 +254,14 @@ fn run_foreground(
     let config = Arc::new(config);
     let result = runtime.block_on(async {
         let bus_kind = novabox::bus::resolve_kind(&config);
+        let phase_path = phase_file(home);
+        let phase: stack::PhaseFn = Arc::new(move |name: &'static str| {
+            tracing::info!(phase = name, "starting");
+            if owns_stack {
+                let _ = novabox::home::write_atomic(&phase_path, name.as_bytes(), 0o600);
+            }
+        });
+        phase("broker");
         let bus = novabox::bus::connect(&config, home, &secrets).await.context("starting the message bus")?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -221,7 +292,16 @@ fn run_foreground(
             }
             let _ = std::io::stdout().flush();
         };
-        let outcome = stack::run(home.clone(), config.clone(), bus, services, global.sql_echo, on_ready, stop_rx).await;
+        let outcome = stack::run(
+            home.clone(),
+            config.clone(),
+            bus,
+            services,
+            global.sql_echo,
+            stack::Hooks { phase, on_ready },
+            stop_rx,
+        )
+        .await;
         if owns_stack && bus_kind == BusKind::Rabbitmq && config.bus.url.is_none() {
             if let Err(e) = novabox::supervise::rabbitmq::RabbitMq::stop(home) {
                 eprintln!("warning: stopping RabbitMQ: {e}");
@@ -231,6 +311,9 @@ fn run_foreground(
     });
     if owns_stack {
         let _ = std::fs::remove_file(ready_file(home));
+        if result.is_ok() {
+            let _ = std::fs::remove_file(phase_file(home));
+        }
         let _ = std::fs::remove_file(pid_file(home));
     }
     match result {

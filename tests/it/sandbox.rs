@@ -181,3 +181,60 @@ fn sandbox_two_homes_side_by_side() {
     wait_dead(pb);
     drop((sa, sb));
 }
+
+#[test]
+fn sandbox_up_fails_fast_with_phase_reason_and_log() {
+    let home = TestHome::new();
+    let port = free_port().to_string();
+    let out = run(home
+        .novabox()
+        .args([
+            "init",
+            "--yes",
+            "--no-install",
+            "--no-boot-probe",
+            "--driver",
+            "fake",
+            "--bus",
+            "local",
+            "--api-port",
+            &port,
+            "--bus-port",
+            &free_port().to_string(),
+        ])
+        .arg("--clouds-yaml")
+        .arg(home.clouds_yaml()));
+    assert_ok(&out);
+    // Something else takes the port after init checked it.
+    let _taken = std::net::TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind");
+    let out = run(home.novabox().args(["up", "--detach", "--wait", "--json"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("phase `api`"), "{err}");
+    assert!(err.contains(&port) && err.contains("novabox.log"), "{err}");
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert!(!home.path().join("run/novabox.pid").exists());
+}
+
+#[test]
+fn sandbox_up_after_a_crash_resumes_from_disk() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let (stack, _) = up_detached(&home);
+    assert_ok(&run(home.novabox().arg("smoke")));
+    let out = run(home.novabox().args(["server", "create", "keep", "--image", "smoke-blob", "--wait", "--json"]));
+    assert_ok(&out);
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    // SAFETY: kill(2) on the stack we started; -9 is the crash being simulated.
+    unsafe { libc::kill(stack.pid, libc::SIGKILL) };
+    wait_dead(stack.pid);
+    // The pid file is stale now; up must not believe it.
+    let (stack2, _) = up_detached(&home);
+    assert_ne!(stack2.pid, stack.pid);
+    let out = run(home.novabox().args(["server", "show", &id, "--json"]));
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["status"], "ACTIVE", "{}", stdout(&out));
+    assert_ok(&run(home.novabox().arg("down")));
+    wait_dead(stack2.pid);
+    drop((stack, stack2));
+}
