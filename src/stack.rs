@@ -183,6 +183,8 @@ pub async fn run(
         ready.services.push("api".into());
     }
     if let Some(db) = &db {
+        // The services' connection, not a second one: a second writer makes their deferred
+        // read-then-write transactions fail with "database is locked" under load.
         spawn_trace_flusher(db.clone(), shutdown.clone());
     }
     on_ready(ready);
@@ -205,7 +207,7 @@ pub async fn run(
 /// stays off the request path.
 fn spawn_trace_flusher(db: SharedDb, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(200));
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}

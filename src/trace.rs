@@ -10,7 +10,8 @@
 //! buffer, which nothing flushes (it has no database): its steps are missing from the trace.
 //!
 //! The cost on the hot path is one field visit per new span, a mutex push per closed span and
-//! nothing for spans outside a request.
+//! nothing for spans outside a request. Keeping each span's SQL is opt-in ([`SpanRecorder::with_sql`],
+//! `NOVABOX_TRACE=sql`) because copying every statement costs much more than the spans.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -45,12 +46,13 @@ const BUFFER_LIMIT: usize = 50_000;
 static BUFFER: Mutex<Vec<SpanRow>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+static SQL: AtomicBool = AtomicBool::new(false);
 
 /// A span being recorded (kept in the span's extensions until it closes).
 struct Open {
     row: SpanRow,
     started: Instant,
-    sql: Vec<Value>,
+    sql: Vec<(String, u64)>,
 }
 
 /// The tracing layer that records request spans. Install it once per process.
@@ -63,6 +65,13 @@ impl SpanRecorder {
         NEXT_ID.store((uuid::Uuid::new_v4().as_u64_pair().0 & 0xffff_ffff) << 32, Ordering::Relaxed);
         ACTIVE.store(true, Ordering::Relaxed);
         SpanRecorder
+    }
+
+    /// Also keep the SQL statements of each span. Off by default: copying every statement's
+    /// text costs about a fifth of the fake-driver boot throughput (`novabox bench boot`).
+    pub fn with_sql(self, on: bool) -> SpanRecorder {
+        SQL.store(on, Ordering::Relaxed);
+        self
     }
 }
 
@@ -166,7 +175,8 @@ where
         row.duration_us = open.started.elapsed().as_micros() as i64;
         if !open.sql.is_empty() {
             if let Value::Object(m) = &mut row.attrs {
-                m.insert("sql".into(), Value::Array(open.sql));
+                let sql = open.sql.into_iter().map(|(sql, us)| serde_json::json!({"sql": sql, "us": us})).collect();
+                m.insert("sql".into(), Value::Array(sql));
             }
         }
         let mut buffer = BUFFER.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,9 +209,12 @@ pub fn current_span_id() -> Option<String> {
 
 /// Notes an SQL statement run inside the current recorded span (for `trace --sql`).
 pub fn record_sql(sql: &str, micros: u64) {
+    if !SQL.load(Ordering::Relaxed) {
+        return;
+    }
     with_current(|o| {
         if o.sql.len() < 200 {
-            o.sql.push(serde_json::json!({"sql": sql.trim(), "us": micros}));
+            o.sql.push((sql.trim().to_string(), micros));
         }
     });
 }

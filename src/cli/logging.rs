@@ -34,11 +34,14 @@ pub fn init(global: &GlobalArgs) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
-    // The span recorder sees novabox's spans whatever the log level, for `novabox trace`;
-    // NOVABOX_TRACE=off leaves it out (to measure what it costs, or to save that cost).
-    let recording = std::env::var("NOVABOX_TRACE").map_or(true, |v| v != "off" && v != "0");
+    // The span recorder sees novabox's spans whatever the log level, for `novabox trace`.
+    // NOVABOX_TRACE=off leaves it out (to measure what it costs, or to save that cost);
+    // NOVABOX_TRACE=sql also keeps each span's SQL statements for `trace --sql`.
+    let mode = std::env::var("NOVABOX_TRACE").unwrap_or_default();
+    let recording = mode != "off" && mode != "0";
     let recorder = recording.then(|| {
         novabox::trace::SpanRecorder::new()
+            .with_sql(mode == "sql")
             .with_filter(tracing_subscriber::filter::Targets::new().with_target("novabox", tracing::Level::INFO))
     });
     let _ = tracing_subscriber::registry().with(recorder).with(fmt).try_init();

@@ -140,6 +140,9 @@ pub fn run(global: &GlobalArgs, args: TraceArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("request {request_id}: {} spans (step, service, start offset, duration)", spans.len());
+    if args.sql && !spans.iter().any(|s| s.attrs.get("sql").is_some()) {
+        println!("(no SQL was recorded: start the stack with NOVABOX_TRACE=sql to keep it)");
+    }
     print!("{}", render(&spans, args.sql));
     Ok(ExitCode::SUCCESS)
 }

@@ -21,7 +21,11 @@ impl Drop for Detached<'_> {
 }
 
 fn up_detached(home: &TestHome) -> (Detached<'_>, Value) {
-    let out = run(home.novabox().args(["up", "--driver", "fake", "--bus", "local", "--detach", "--wait", "--json"]));
+    // The detached stack inherits the environment: keep SQL in the trace for `trace --sql`.
+    let out = run(home
+        .novabox()
+        .env("NOVABOX_TRACE", "sql")
+        .args(["up", "--driver", "fake", "--bus", "local", "--detach", "--wait", "--json"]));
     assert_ok(&out);
     let ready: Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
     let pid = ready["pid"].as_i64().expect("pid") as i32;
