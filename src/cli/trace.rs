@@ -35,7 +35,9 @@ fn request_of(db: &Db, target: &str) -> anyhow::Result<Option<String>> {
     }
     let all = db.list_instances(&InstanceFilter { include_deleted: true, ..Default::default() })?;
     let by_id = all.iter().find(|i| i.uuid == target);
-    let by_name: Vec<_> = all.iter().filter(|i| i.display_name == target && !i.deleted).collect();
+    // A live server wins; a deleted one is still traceable by name when it is the only one.
+    let live: Vec<_> = all.iter().filter(|i| i.display_name == target && !i.deleted).collect();
+    let by_name = if live.is_empty() { all.iter().filter(|i| i.display_name == target).collect() } else { live };
     let inst = match (by_id, by_name.as_slice()) {
         (Some(i), _) => i,
         (None, [one]) => *one,

@@ -133,6 +133,15 @@ fn sandbox_lifecycle_up_status_boot_trace_events_logs_smoke_down() {
     assert!(stdout(&out).lines().count() > 0, "no compute lines for {request_id}");
     assert!(stdout(&out).lines().all(|l| l.contains("service=\"compute\"")));
 
+    // A deleted server is still traceable by name.
+    let out = run(home.novabox().args(["server", "delete", "demo1", "--wait"]));
+    assert_ok(&out);
+    let out = run(home.novabox().args(["trace", "demo1"]));
+    assert_ok(&out);
+    assert!(stdout(&out).contains("[compute] spawning"), "{}", stdout(&out));
+    let out = run(home.novabox().args(["trace", "no-such-server"]));
+    assert_eq!(out.status.code(), Some(8));
+
     // Down stops the process; nothing is left running; status says it is down.
     let pid = stack.pid;
     let out = run(home.novabox().arg("down"));
