@@ -21,3 +21,4 @@ pub mod scheduler;
 pub mod secrets;
 pub mod stack;
 pub mod supervise;
+pub mod trace;

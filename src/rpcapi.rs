@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::bus::{Bus, BusError, Context, Message};
 use crate::compute::virt::Vif;
@@ -71,7 +72,10 @@ impl SchedulerApi {
     }
     pub async fn build_instances(&self, ctx: &Context, uuids: &[String], spec: &RequestSpec) -> Result<(), BusError> {
         let args = json!({"instance_uuids": uuids, "request_spec": spec});
-        self.bus.cast(SCHEDULER_TOPIC, Message::new("build_instances", args, ctx.clone())).await
+        let span = tracing::info_span!("rpc.cast", topic = SCHEDULER_TOPIC, method = "build_instances");
+        async { self.bus.cast(SCHEDULER_TOPIC, Message::new("build_instances", args, ctx.clone())).await }
+            .instrument(span)
+            .await
     }
 }
 
@@ -86,7 +90,12 @@ impl ConductorApi {
         ConductorApi { bus, timeout }
     }
     async fn call<T: DeserializeOwned>(&self, ctx: &Context, method: &str, args: Value) -> Result<T, BusError> {
-        decode(self.bus.call(CONDUCTOR_TOPIC, Message::new(method, args, ctx.clone()), self.timeout).await?)
+        let span = tracing::info_span!("rpc.call", topic = CONDUCTOR_TOPIC, method);
+        let reply =
+            async { self.bus.call(CONDUCTOR_TOPIC, Message::new(method, args, ctx.clone()), self.timeout).await }
+                .instrument(span)
+                .await?;
+        decode(reply)
     }
     pub async fn instance_update(
         &self,
@@ -171,7 +180,9 @@ impl ComputeApi {
         ComputeApi { bus, timeout }
     }
     async fn cast(&self, ctx: &Context, host: &str, method: &str, args: Value) -> Result<(), BusError> {
-        self.bus.cast(&compute_topic(host), Message::new(method, args, ctx.clone())).await
+        let topic = compute_topic(host);
+        let span = tracing::info_span!("rpc.cast", topic = %topic, method);
+        async { self.bus.cast(&topic, Message::new(method, args, ctx.clone())).await }.instrument(span).await
     }
     pub async fn build_and_run_instance(
         &self,

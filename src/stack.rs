@@ -54,6 +54,16 @@ pub enum StackError {
     DriverUnavailable(&'static str),
 }
 
+/// Reports each start-up phase as it begins (`database`, `services`, `first compute
+/// registered`, `api`), so `up` can show progress and say where a failure happened.
+pub type PhaseFn = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// What `run` tells its caller while starting: each phase, then readiness (once).
+pub struct Hooks<R: FnOnce(Ready) + Send> {
+    pub phase: PhaseFn,
+    pub on_ready: R,
+}
+
 /// What `up` prints once everything is ready.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Ready {
@@ -126,9 +136,11 @@ pub async fn run(
     bus: Arc<dyn Bus>,
     services: &[Service],
     sql_echo: bool,
-    on_ready: impl FnOnce(Ready) + Send,
+    hooks: Hooks<impl FnOnce(Ready) + Send>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StackError> {
+    let Hooks { phase, on_ready } = hooks;
+    phase("database");
     let needs_db = services.iter().any(|s| *s != Service::Compute);
     let db = if needs_db {
         Some(SharedDb::new(Db::open(&home.db_file(), OpenOptions { echo: sql_echo || config.db.echo })?))
@@ -140,6 +152,7 @@ pub async fn run(
     let host = config.host.name.clone();
     let mut ready = Ready { api_url: None, driver: "none", services: Vec::new() };
 
+    phase("services");
     if let (Some(db), true) = (&db, services.contains(&Service::Conductor)) {
         let conductor = Arc::new(Conductor::new(db.clone(), config.clone(), home.clone()));
         subscriptions.push(bus.serve(CONDUCTOR_TOPIC, conductor).await?);
@@ -172,12 +185,14 @@ pub async fn run(
         ));
         // Serve first so builds cast during start-up queue for us, then register and reconcile.
         subscriptions.push(bus.serve(&manager.topic(), manager.clone()).await?);
+        phase("first compute registered");
         manager.init_host().await.map_err(StackError::Register)?;
         tokio::spawn(manager.clone().run_periodic_tasks(shutdown.clone()));
         ready.services.push("compute".into());
     }
     let mut api_task = None;
     if let (Some(db), true) = (&db, services.contains(&Service::Api)) {
+        phase("api");
         let addr = SocketAddr::new(config.api.listen, config.api.port);
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| StackError::Listen { addr, source })?;
@@ -191,6 +206,11 @@ pub async fn run(
         ready.api_url = Some(config.auth_url().trim_end_matches("/identity/v3").to_string());
         ready.services.push("api".into());
     }
+    if let Some(db) = &db {
+        // The services' connection, not a second one: a second writer makes their deferred
+        // read-then-write transactions fail with "database is locked" under load.
+        spawn_trace_flusher(db.clone(), shutdown.clone());
+    }
     on_ready(ready);
 
     let _ = shutdown.changed().await;
@@ -201,7 +221,27 @@ pub async fn run(
     for s in subscriptions {
         s.stop();
     }
+    if let Some(db) = &db {
+        crate::trace::flush_to(db);
+    }
     Ok(())
+}
+
+/// Writes the recorded spans to `trace_spans` in batches, a few times a second, so recording
+/// stays off the request path.
+fn spawn_trace_flusher(db: SharedDb, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let db = db.clone();
+            // SQLite is blocking; keep it off the runtime's worker threads.
+            let _ = tokio::task::spawn_blocking(move || crate::trace::flush_to(&db)).await;
+        }
+    });
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ pub struct RequestId(pub String);
 pub async fn request_id(mut req: Request<Body>, next: Next) -> Response {
     let id = Context::new_request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("api", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let span =
+        tracing::info_span!("api", service = "api", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut resp = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-openstack-request-id", v.clone());
@@ -96,6 +97,7 @@ impl FromRequestParts<AppState> for Auth {
                 roles,
                 remote_address,
                 timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                trace_parent: None,
             },
             user_name: record.user_name,
             project_name: record.project_name.unwrap_or_default(),

@@ -41,6 +41,10 @@ pub struct Context {
     pub remote_address: Option<String>,
     /// When the request entered the system, RFC 3339 UTC.
     pub timestamp: String,
+    /// The recorded span that sent this message (see `crate::trace`), so the handler's span
+    /// hangs under it in `novabox trace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl Context {
@@ -71,7 +75,8 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(method: impl Into<String>, args: Value, context: Context) -> Message {
+    pub fn new(method: impl Into<String>, args: Value, mut context: Context) -> Message {
+        context.trace_parent = crate::trace::current_span_id();
         Message { method: method.into(), args, context }
     }
 }
@@ -158,7 +163,14 @@ pub trait Bus: Send + Sync + 'static {
 /// [`RemoteError`] so one bad message cannot take a consumer (and its unacked messages) down.
 pub(crate) async fn run_handler(handler: &dyn Handler, topic: &str, message: Message) -> Result<Value, RemoteError> {
     use futures_util::FutureExt;
-    let span = tracing::info_span!("rpc", topic, method = %message.method, request_id = %message.context.request_id);
+    let span = tracing::info_span!(
+        "rpc",
+        service = service_of_topic(topic),
+        topic,
+        method = %message.method,
+        request_id = %message.context.request_id,
+        trace_parent = message.context.trace_parent.as_deref().unwrap_or_default(),
+    );
     let method = message.method.clone();
     let outcome = std::panic::AssertUnwindSafe(handler.handle(message)).catch_unwind().instrument(span.clone()).await;
     match outcome {
@@ -172,6 +184,17 @@ pub(crate) async fn run_handler(handler: &dyn Handler, topic: &str, message: Mes
             span.in_scope(|| tracing::error!("handler for {method} on {topic} panicked: {what}"));
             Err(RemoteError::new("HandlerPanicked", format!("the {method} handler on {topic} panicked: {what}")))
         }
+    }
+}
+
+/// The service that consumes `topic`, as log lines and traces name it. Notifications are
+/// stored by the conductor, so their handling is the conductor's work.
+pub fn service_of_topic(topic: &str) -> &'static str {
+    match topic.split('.').next().unwrap_or_default() {
+        "scheduler" => "scheduler",
+        "compute" => "compute",
+        "conductor" | "notifications" => "conductor",
+        _ => "bus",
     }
 }
 

@@ -27,6 +27,8 @@ pub enum BenchCommand {
     Boot(super::bench_boot::BootArgs),
     /// A real guest's boot through novabox next to a bare qemu boot of the same guest
     Guest(super::bench_guest::BenchArgs),
+    /// Time CI mode: `up --driver fake --bus local --detach --wait --json` until ready
+    Up(super::bench_up::UpBenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,6 +62,7 @@ pub fn run(global: &GlobalArgs, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Bus(args) => args,
         BenchCommand::Boot(args) => return super::bench_boot::run(args),
         BenchCommand::Guest(args) => return super::bench_guest::run(global, args),
+        BenchCommand::Up(args) => return super::bench_up::run(args),
     };
     if args.messages == 0 || args.calls == 0 {
         bail!("--messages and --calls must be at least 1");

@@ -118,8 +118,11 @@ async fn bench(home: Home, config: Arc<Config>, secrets: Secrets, args: &GuestAr
         bus,
         &Service::ALL,
         false,
-        move |ready| {
-            let _ = ready_tx.send(ready);
+        stack::Hooks {
+            phase: Arc::new(|_| {}),
+            on_ready: move |ready| {
+                let _ = ready_tx.send(ready);
+            },
         },
         stop_rx,
     ));

@@ -8,11 +8,17 @@ use clap::{Args, Parser, Subcommand};
 pub mod bench;
 pub mod bench_boot;
 pub mod bench_guest;
+pub mod bench_up;
 pub mod config;
 pub mod doctor;
+pub mod events;
 pub mod init;
 pub mod logging;
+pub mod logs;
 pub mod server;
+pub mod smoke;
+pub mod status;
+pub mod trace;
 pub mod up;
 
 /// Generic failure: the message printed says what went wrong and what to do.
@@ -54,7 +60,17 @@ pub enum Command {
     /// Start the cloud: broker, conductor, scheduler, compute and the API
     Up(up::UpArgs),
     /// Stop what `up` started for this home
-    Down,
+    Down(up::DownArgs),
+    /// Services, heartbeats, endpoints, guests and disk use of this home (running or not)
+    Status(status::StatusArgs),
+    /// The stack's log, by service and by request id
+    Logs(logs::LogsArgs),
+    /// The compute.instance.* notifications, as they are published
+    Events(events::EventsArgs),
+    /// The boot of a server (or any request) as a numbered tree across services
+    Trace(trace::TraceArgs),
+    /// Boot, check and delete one server; non-zero with the failing step when one fails
+    Smoke(smoke::SmokeArgs),
     /// Run one service alone (it joins the others over RabbitMQ)
     Service(up::ServiceArgs),
     /// Create, list, show, delete servers and read their console
@@ -70,7 +86,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init::run(&cli.global, args),
         Command::Config(cmd) => config::run(&cli.global, cmd),
         Command::Up(args) => up::up(&cli.global, args),
-        Command::Down => up::down(&cli.global),
+        Command::Down(args) => up::down(&cli.global, args),
+        Command::Status(args) => status::run(&cli.global, args),
+        Command::Logs(args) => logs::run(&cli.global, args),
+        Command::Events(args) => events::run(&cli.global, args),
+        Command::Smoke(args) => smoke::run(&cli.global, args),
+        Command::Trace(args) => trace::run(&cli.global, args),
         Command::Service(args) => up::service(&cli.global, args),
         Command::Server(args) => server::run(&cli.global, args),
         Command::Bench(cmd) => bench::run(&cli.global, cmd),

@@ -21,12 +21,35 @@ use super::GlobalArgs;
 
 /// Exit code when the stack could not start (the message says which step and why).
 pub const EXIT_START_FAILED: u8 = 3;
+/// Exit code when a detached stack did not become ready within `--timeout` (it was stopped).
+pub const EXIT_NOT_READY: u8 = 6;
+/// Exit code of `down --purge` when the removal was not confirmed.
+pub const EXIT_NOT_CONFIRMED: u8 = 7;
+
+/// The last `error:` line a failed detached start-up wrote to its log, for the one-line reason.
+fn last_error_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|l| l.strip_prefix("error: ")).map(str::to_string)
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Also delete this home (database, images, guests, logs) after confirmation
+    #[arg(long)]
+    pub purge: bool,
+    /// Do not ask before --purge (for scripts)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Run in the background; return once the API answers
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// The explicit form of --detach for scripts: return once the stack is ready
+    #[arg(long)]
+    pub wait: bool,
     /// Print the endpoints and credentials as JSON once ready
     #[arg(long)]
     pub json: bool,
@@ -59,6 +82,54 @@ fn ready_file(home: &Home) -> PathBuf {
     home.run_dir().join("ready.json")
 }
 
+/// The start-up phase a (detached) stack is in, for the progress its parent shows.
+fn phase_file(home: &Home) -> PathBuf {
+    home.run_dir().join("phase")
+}
+
+/// Shows start-up phases with their elapsed times on stderr (drawn only on a terminal).
+struct Phases {
+    bar: indicatif::ProgressBar,
+    current: Option<(String, Instant)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Phases { bar, current: None }
+    }
+
+    fn enter(&mut self, name: &str) {
+        if self.current.as_ref().is_some_and(|(n, _)| n == name) {
+            return;
+        }
+        self.finish_current("ok");
+        self.bar.reset_elapsed();
+        self.bar.set_message(name.to_string());
+        self.current = Some((name.to_string(), Instant::now()));
+    }
+
+    fn finish_current(&mut self, mark: &str) {
+        if let Some((name, at)) = self.current.take() {
+            self.bar.println(format!("{mark:>4}  {name:<26} {:>6} ms", at.elapsed().as_millis()));
+        }
+    }
+
+    fn current(&self) -> Option<&str> {
+        self.current.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    fn done(mut self, mark: &str) {
+        self.finish_current(mark);
+        self.bar.finish_and_clear();
+    }
+}
+
 /// The pid of this home's running stack, if any.
 pub fn running(home: &Home) -> anyhow::Result<Option<i32>> {
     Ok(supervise::running_pid(&pid_file(home), "novabox")?)
@@ -82,13 +153,13 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !home.is_initialized() {
-        eprintln!("{} is new: initializing it first", home.root().display());
+        eprintln!("{} is new: initializing it first (phase provision)", home.root().display());
         // A run on the fake driver has no use for the (slow) probe boot.
         let fake = matches!(args.driver, Some(DriverArg::Fake));
         super::init::run(global, InitArgs::for_up(args.yes, fake))?;
     }
     let config = effective_config(&home, args.bus, args.driver)?;
-    if args.detach {
+    if args.detach || args.wait {
         return detach(&home, global, &args);
     }
     run_foreground(&home, global, config, &Service::ALL, args.json)
@@ -101,6 +172,7 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
     let log_path = home.logs_dir().join("novabox.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let _ = std::fs::remove_file(ready_file(home));
+    let _ = std::fs::remove_file(phase_file(home));
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--home").arg(home.root()).arg("up");
     if global.sql_echo {
@@ -119,8 +191,14 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
     let mut child = cmd.spawn().context("cannot start novabox in the background")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut phases = Phases::new();
+    phases.enter("start");
     loop {
+        if let Ok(name) = std::fs::read_to_string(phase_file(home)) {
+            phases.enter(name.trim());
+        }
         if let Ok(text) = std::fs::read_to_string(ready_file(home)) {
+            phases.done("ok");
             if args.json {
                 println!("{text}");
             } else {
@@ -133,11 +211,25 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(status) = child.try_wait()? {
-            bail!("novabox up exited during start-up ({status}); read {} for why", log_path.display());
+            // A failed stack leaves its last phase on disk for exactly this message.
+            if let Ok(name) = std::fs::read_to_string(phase_file(home)) {
+                phases.enter(name.trim());
+            }
+            let phase = phases.current().unwrap_or("start").to_string();
+            phases.done("FAIL");
+            let _ = std::fs::remove_file(phase_file(home));
+            let why = last_error_line(&log_path).unwrap_or_else(|| format!("it exited with {status}"));
+            eprintln!(
+                "error: novabox up failed in phase `{phase}`: {why}\n  read {} for the whole story",
+                log_path.display()
+            );
+            return Ok(ExitCode::from(EXIT_START_FAILED));
         }
         if Instant::now() > deadline {
+            phases.done("FAIL");
             let _ = supervise::stop_pid(child.id() as i32, Duration::from_secs(10));
-            bail!("novabox up was not ready within {} s; read {}", args.timeout, log_path.display());
+            eprintln!("error: novabox up was not ready within {} s; read {}", args.timeout, log_path.display());
+            return Ok(ExitCode::from(EXIT_NOT_READY));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -162,6 +254,14 @@ fn run_foreground(
     let config = Arc::new(config);
     let result = runtime.block_on(async {
         let bus_kind = novabox::bus::resolve_kind(&config);
+        let phase_path = phase_file(home);
+        let phase: stack::PhaseFn = Arc::new(move |name: &'static str| {
+            tracing::info!(phase = name, "starting");
+            if owns_stack {
+                let _ = novabox::home::write_atomic(&phase_path, name.as_bytes(), 0o600);
+            }
+        });
+        phase("broker");
         let bus = novabox::bus::connect(&config, home, &secrets).await.context("starting the message bus")?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -192,8 +292,16 @@ fn run_foreground(
             }
             let _ = std::io::stdout().flush();
         };
-        let outcome =
-            stack::run(home.clone(), config.clone(), bus.clone(), services, global.sql_echo, on_ready, stop_rx).await;
+        let outcome = stack::run(
+            home.clone(),
+            config.clone(),
+            bus.clone(),
+            services,
+            global.sql_echo,
+            stack::Hooks { phase, on_ready },
+            stop_rx,
+        )
+        .await;
         // Close our side first, so stopping the broker is not seen as a fault to recover from.
         bus.close().await;
         if owns_stack && bus_kind == BusKind::Rabbitmq && config.bus.url.is_none() {
@@ -205,6 +313,9 @@ fn run_foreground(
     });
     if owns_stack {
         let _ = std::fs::remove_file(ready_file(home));
+        if result.is_ok() {
+            let _ = std::fs::remove_file(phase_file(home));
+        }
         let _ = std::fs::remove_file(pid_file(home));
     }
     match result {
@@ -271,7 +382,7 @@ pub fn service(global: &GlobalArgs, args: ServiceArgs) -> anyhow::Result<ExitCod
 
 /// `novabox down`: stop this home's stack (it stops its broker itself), then anything it
 /// left behind after a crash.
-pub fn down(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     let home = super::home(global)?;
     let mut stopped_any = false;
     if let Some(pid) = running(&home)? {
@@ -291,6 +402,40 @@ pub fn down(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if !stopped_any {
         println!("nothing was running for {}", home.root().display());
     }
+    if args.purge {
+        return purge(&home, args.yes);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes the home once the stack is down. Refuses a directory that is not a novabox home, so
+/// a mistyped `--home` cannot remove someone's files.
+fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let root = home.root();
+    if !root.exists() {
+        println!("{} does not exist; nothing to purge", root.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !home.is_initialized() && !home.db_file().exists() {
+        bail!("{} does not look like a novabox home (no novabox.toml); not deleting it", root.display());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!("not deleting {} without confirmation: add --yes", root.display());
+            return Ok(ExitCode::from(EXIT_NOT_CONFIRMED));
+        }
+        let confirmed = dialoguer::Confirm::new()
+            .with_prompt(format!("Delete {} and everything in it (database, images, guests, logs)?", root.display()))
+            .default(false)
+            .interact()?;
+        if !confirmed {
+            eprintln!("kept {}", root.display());
+            return Ok(ExitCode::from(EXIT_NOT_CONFIRMED));
+        }
+    }
+    std::fs::remove_dir_all(root).with_context(|| format!("cannot delete {}", root.display()))?;
+    println!("deleted {}", root.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver};
 use crate::bus::{BusError, Context, Handler, Message, RemoteError};
@@ -175,12 +176,15 @@ impl ComputeManager {
         Ok(guest_spec(inst, image, vifs))
     }
 
+    #[tracing::instrument(name = "build_and_run_instance", skip_all, fields(instance = %inst.uuid))]
     async fn build_and_run(&self, ctx: &Context, inst: Instance, spec: RequestSpec) {
         let lock = self.lock_for(&inst.uuid);
         let _held = lock.lock().await;
+        tracing::info!(instance = %inst.uuid, "building");
         self.notifier.instance(ctx, "compute.instance.create.start", &inst).await;
         match self.build_steps(ctx, &inst, &spec).await {
             Ok(active) => {
+                tracing::info!(instance = %inst.uuid, "active");
                 self.notifier.instance(ctx, "compute.instance.create.end", &active).await;
                 let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
             }
@@ -200,27 +204,41 @@ impl ComputeManager {
 
     async fn build_steps(&self, ctx: &Context, inst: &Instance, spec: &RequestSpec) -> Result<Instance, Abort> {
         let uuid = &inst.uuid;
-        self.conductor.instance_update(ctx, uuid, &task_update("networking", "scheduling")).await?;
-        let vifs =
+        let vifs = async {
+            self.conductor.instance_update(ctx, uuid, &task_update("networking", "scheduling")).await?;
             self.conductor.allocate_network(ctx, uuid, &spec.requested_networks, &self.host).await.map_err(|e| {
                 match Abort::from(e) {
                     Abort::Failed(why) => Abort::Failed(format!("network allocation failed: {why}")),
                     other => other,
                 }
-            })?;
-        self.conductor.instance_update(ctx, uuid, &task_update("block_device_mapping", "networking")).await?;
-        self.conductor.instance_update(ctx, uuid, &task_update("spawning", "block_device_mapping")).await?;
-        let guest = guest_spec(inst, spec.image.clone(), vifs);
-        self.driver.spawn(&guest).await.map_err(|e| Abort::Failed(e.to_string()))?;
-        let done = InstanceUpdate {
-            vm_state: Some("active".into()),
-            task_state: Some(None),
-            power_state: Some(power::RUNNING),
-            launched_at: Some(now()),
-            expected_task_state: Some(vec![Some("spawning".into())]),
-            ..Default::default()
-        };
-        Ok(self.conductor.instance_update(ctx, uuid, &done).await?)
+            })
+        }
+        .instrument(tracing::info_span!("networking"))
+        .await?;
+        self.conductor
+            .instance_update(ctx, uuid, &task_update("block_device_mapping", "networking"))
+            .instrument(tracing::info_span!("block_device_mapping"))
+            .await?;
+        async {
+            self.conductor.instance_update(ctx, uuid, &task_update("spawning", "block_device_mapping")).await?;
+            let guest = guest_spec(inst, spec.image.clone(), vifs);
+            self.driver
+                .spawn(&guest)
+                .instrument(tracing::info_span!("driver.spawn", driver = self.driver.name()))
+                .await
+                .map_err(|e| Abort::Failed(e.to_string()))?;
+            let done = InstanceUpdate {
+                vm_state: Some("active".into()),
+                task_state: Some(None),
+                power_state: Some(power::RUNNING),
+                launched_at: Some(now()),
+                expected_task_state: Some(vec![Some("spawning".into())]),
+                ..Default::default()
+            };
+            Ok(self.conductor.instance_update(ctx, uuid, &done).await?)
+        }
+        .instrument(tracing::info_span!("spawning"))
+        .await
     }
 
     async fn set_error(&self, ctx: &Context, inst: &Instance, message: &str) {

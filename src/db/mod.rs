@@ -17,6 +17,7 @@ pub mod notifications;
 pub mod quotas;
 pub mod services;
 pub mod tokens;
+pub mod trace;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never
 /// mistaken for ours and migrated.
@@ -100,9 +101,10 @@ impl Db {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(open_err)?;
-        if opts.echo {
-            conn.trace_v2(rusqlite::trace::TraceEventCodes::SQLITE_TRACE_PROFILE, Some(echo_statement));
-        }
+        // Statements are always profiled so `novabox trace --sql` can show what each step ran;
+        // outside a recorded span that costs one thread-local lookup per statement.
+        let profile = if opts.echo { echo_statement } else { record_statement };
+        conn.trace_v2(rusqlite::trace::TraceEventCodes::SQLITE_TRACE_PROFILE, Some(profile));
         conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
         let corrupt = |e: rusqlite::Error| DbError::Corrupt { path: path.to_path_buf(), detail: e.to_string() };
 
@@ -184,6 +186,13 @@ fn echo_statement(event: rusqlite::trace::TraceEvent<'_>) {
         // Expanded SQL shows the bound values, which is what one wants when reading a trace.
         let sql = stmt.expanded_sql().unwrap_or_else(|| stmt.sql().into_owned());
         tracing::info!(target: "novabox::sql", micros = took.as_micros() as u64, "{}", sql.trim());
+        crate::trace::record_sql(&sql, took.as_micros() as u64);
+    }
+}
+
+fn record_statement(event: rusqlite::trace::TraceEvent<'_>) {
+    if let rusqlite::trace::TraceEvent::Profile(stmt, took) = event {
+        crate::trace::record_sql(&stmt.sql(), took.as_micros() as u64);
     }
 }
 

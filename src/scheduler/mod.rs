@@ -11,6 +11,8 @@ use crate::bus::{Context, Handler, Message, RemoteError};
 use crate::config::Config;
 use crate::db::instances::{Instance, InstanceUpdate, UpdateError};
 use crate::db::services::is_up;
+use tracing::Instrument;
+
 use crate::db::{now, SharedDb};
 use crate::rpcapi::{ComputeApi, Notifier, RequestSpec};
 
@@ -125,7 +127,8 @@ impl Scheduler {
                 tracing::info!(instance = %uuid, "deleted before it was scheduled");
                 continue;
             };
-            match self.place(&instance, &args.request_spec).await {
+            let selecting = tracing::info_span!("select_host", instance = %uuid);
+            match self.place(&instance, &args.request_spec).instrument(selecting).await {
                 Ok(Ok(placed)) => {
                     let host = placed.host.clone().unwrap_or_default();
                     if let Err(e) = self.compute.build_and_run_instance(ctx, &host, &placed, &args.request_spec).await {

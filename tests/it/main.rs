@@ -7,3 +7,4 @@ mod compute;
 mod doctor;
 mod guests;
 mod init;
+mod sandbox;

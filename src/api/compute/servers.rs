@@ -713,6 +713,7 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
     })
 }
 
+#[tracing::instrument(name = "create_server", skip_all)]
 pub async fn create(
     headers: HeaderMap,
     State(state): State<AppState>,
@@ -720,14 +721,17 @@ pub async fn create(
     v: Microversion,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
+    let parsing = tracing::info_span!("parse_request").entered();
     let (body, _) = parse_body::<Value>(body)?;
     let p = parse_create(&body, v)?;
+    drop(parsing);
     let ctx = auth.context.clone();
 
     // Validate against the database and write the instances, all in one critical section so
     // quotas hold under concurrent creates.
     type Created = (Vec<Instance>, Value, Option<crate::compute::virt::ImageMeta>);
     let (instances, image_props, image_meta) = state.db.with(|db| -> ApiResult<Created> {
+        let validating = tracing::info_span!("validate", what = "flavor, image, keypair, networks, quotas").entered();
         let flavor = db
             .flavor_by_flavorid(&p.flavor_ref)?
             .ok_or_else(|| ApiError::bad_request(format!("Flavor {} could not be found.", p.flavor_ref)))?;
@@ -776,6 +780,8 @@ pub async fn create(
             }
         }
 
+        drop(validating);
+        let _creating = tracing::info_span!("db.instance_create", count = p.max_count).entered();
         let snapshot = FlavorSnapshot {
             flavorid: flavor.flavorid.clone(),
             name: flavor.name.clone(),

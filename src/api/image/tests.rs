@@ -17,6 +17,7 @@ fn auth(project: &str, admin: bool) -> Auth {
             is_admin: admin,
             remote_address: None,
             timestamp: String::new(),
+            trace_parent: None,
         },
         user_name: "u".into(),
         project_name: project.into(),

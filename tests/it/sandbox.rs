@@ -1,0 +1,253 @@
+//! The sandbox experience end to end, driving the binary as a user does: `up --detach`,
+//! `status`, a boot, `trace`, `events`, `logs`, `smoke`, `down`, with the fake driver and the
+//! in-process bus; and two homes side by side.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Detached stacks are stopped by pid at the end of each test even when it fails halfway.
+struct Detached<'a> {
+    home: &'a TestHome,
+    pid: i32,
+}
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        let _ = run(self.home.novabox().arg("down"));
+    }
+}
+
+fn up_detached(home: &TestHome) -> (Detached<'_>, Value) {
+    // The detached stack inherits the environment: keep SQL in the trace for `trace --sql`.
+    let out = run(home
+        .novabox()
+        .env("NOVABOX_TRACE", "sql")
+        .args(["up", "--driver", "fake", "--bus", "local", "--detach", "--wait", "--json"]));
+    assert_ok(&out);
+    let ready: Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    let pid = ready["pid"].as_i64().expect("pid") as i32;
+    (Detached { home, pid }, ready)
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn wait_dead(pid: i32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while alive(pid) && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(std::time::Instant::now() < deadline, "pid {pid} still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_str(stdout(out).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+#[test]
+fn sandbox_lifecycle_up_status_boot_trace_events_logs_smoke_down() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+
+    // Down: status says so, with its documented exit code.
+    let out = run(home.novabox().args(["status", "--json"]));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["running"], false);
+
+    let (stack, ready) = up_detached(&home);
+    assert!(ready["api_url"].is_string() && ready["credentials"]["demo"]["password"].is_string(), "{ready}");
+
+    // A second up says so and succeeds.
+    let out = run(home.novabox().args(["up", "--detach"]));
+    assert_ok(&out);
+    assert!(stdout(&out).contains("already running"), "{}", stdout(&out));
+
+    let out = run(home.novabox().args(["status", "--json"]));
+    assert_ok(&out);
+    let st = json_of(&out);
+    assert_eq!(st["running"], true);
+    assert_eq!(st["pid"].as_i64(), Some(stack.pid as i64));
+    let binaries: Vec<&str> = st["services"].as_array().unwrap().iter().filter_map(|s| s["binary"].as_str()).collect();
+    for b in ["novabox-conductor", "novabox-scheduler", "novabox-compute"] {
+        assert!(binaries.contains(&b), "{binaries:?}");
+    }
+    assert!(st["services"].as_array().unwrap().iter().all(|s| s["up"] == true), "{st}");
+
+    // Smoke on the running stack (it leaves its image, `smoke-blob`, for the boot below).
+    let out = run(home.novabox().arg("smoke"));
+    assert_ok(&out);
+    assert!(stdout(&out).contains("smoke passed"), "{}", stdout(&out));
+
+    // Boot a server through the CLI.
+    let out = run(home.novabox().args(["server", "create", "demo1", "--image", "smoke-blob", "--wait", "--json"]));
+    assert_ok(&out);
+    let server = json_of(&out);
+    assert_eq!(server["status"], "ACTIVE", "{server}");
+    let id = server["id"].as_str().unwrap().to_string();
+
+    let out = run(home.novabox().args(["status", "--json"]));
+    let st = json_of(&out);
+    let guest = st["guests"].as_array().unwrap().iter().find(|g| g["id"] == id.as_str()).cloned();
+    assert_eq!(guest.as_ref().map(|g| g["vm_state"].clone()), Some(Value::from("active")), "{st}");
+
+    // Trace: the api, scheduler and compute steps of the boot, in order, with durations.
+    std::thread::sleep(Duration::from_millis(600));
+    let out = run(home.novabox().args(["trace", "demo1", "--sql"]));
+    assert_ok(&out);
+    let tree = stdout(&out);
+    eprintln!("{tree}");
+    let pos = |needle: &str| tree.find(needle).unwrap_or_else(|| panic!("no {needle:?} in\n{tree}"));
+    let api = pos("1. [api] POST");
+    let validate = pos("[api] validate");
+    let create = pos("[api] db.instance_create");
+    let cast = pos("[api] rpc.cast scheduler build_instances");
+    let select = pos("[scheduler] select_host");
+    let build = pos("[compute] handle build_and_run_instance");
+    let networking = pos("[compute] networking");
+    let spawning = pos("[compute] spawning");
+    assert!(api < validate && validate < create && create < cast && cast < select, "{tree}");
+    assert!(select < build && build < networking && networking < spawning, "{tree}");
+    assert!(tree.contains(" ms\n"), "{tree}");
+    assert!(tree.contains("sql "), "{tree}");
+
+    // Events: the create.start/end of that server.
+    let out = run(home.novabox().args(["events", "--json", "--server", &id]));
+    assert_ok(&out);
+    let events: Vec<Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let types: Vec<&str> = events.iter().filter_map(|e| e["event_type"].as_str()).collect();
+    assert_eq!(types, ["compute.instance.create.start", "compute.instance.create.end"]);
+    let request_id = events[0]["request_id"].as_str().expect("request id").to_string();
+
+    // Logs of that request: compute lines, each with that request id only.
+    let out = run(home.novabox().args(["logs", "--request-id", &request_id]));
+    assert_ok(&out);
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert!(!lines.is_empty(), "no log lines for {request_id}");
+    assert!(lines.iter().all(|l| l.contains(&format!("request_id={request_id}"))), "{lines:#?}");
+    let out = run(home.novabox().args(["logs", "compute", "--request-id", &request_id]));
+    assert!(stdout(&out).lines().count() > 0, "no compute lines for {request_id}");
+    assert!(stdout(&out).lines().all(|l| l.contains("service=\"compute\"")));
+
+    // A deleted server is still traceable by name.
+    let out = run(home.novabox().args(["server", "delete", "demo1", "--wait"]));
+    assert_ok(&out);
+    let out = run(home.novabox().args(["trace", "demo1"]));
+    assert_ok(&out);
+    assert!(stdout(&out).contains("[compute] spawning"), "{}", stdout(&out));
+    let out = run(home.novabox().args(["trace", "no-such-server"]));
+    assert_eq!(out.status.code(), Some(8));
+
+    // Down stops the process; nothing is left running; status says it is down.
+    let pid = stack.pid;
+    let out = run(home.novabox().arg("down"));
+    assert_ok(&out);
+    wait_dead(pid);
+    assert!(!home.path().join("run/novabox.pid").exists());
+    let out = run(home.novabox().arg("status"));
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stdout(&out).contains("not running"), "{}", stdout(&out));
+
+    // Purge needs confirmation; --yes gives it.
+    let out = run(home.novabox().args(["down", "--purge"]).stdin(std::process::Stdio::null()));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(home.path().join("novabox.toml").exists());
+    let out = run(home.novabox().args(["down", "--purge", "--yes"]));
+    assert_ok(&out);
+    assert!(!home.path().exists());
+    drop(stack);
+}
+
+#[test]
+fn sandbox_smoke_fails_with_the_step_when_nothing_runs() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let out = run(home.novabox().arg("smoke"));
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    assert!(stdout(&out).contains("FAIL  login"), "{}", stdout(&out));
+}
+
+#[test]
+fn sandbox_two_homes_side_by_side() {
+    let a = TestHome::new();
+    let b = TestHome::new();
+    assert_ok(&a.init(&["--driver", "fake", "--bus", "local"]));
+    assert_ok(&b.init(&["--driver", "fake", "--bus", "local"]));
+    let (sa, ra) = up_detached(&a);
+    let (sb, rb) = up_detached(&b);
+    assert_ne!(ra["api_url"], rb["api_url"]);
+    assert_ne!(sa.pid, sb.pid);
+    for h in [&a, &b] {
+        let out = run(h.novabox().arg("smoke"));
+        assert_ok(&out);
+    }
+    let (pa, pb) = (sa.pid, sb.pid);
+    assert_ok(&run(a.novabox().arg("down")));
+    wait_dead(pa);
+    assert!(alive(pb), "stopping home a stopped home b");
+    assert_ok(&run(b.novabox().args(["status"])));
+    assert_ok(&run(b.novabox().arg("down")));
+    wait_dead(pb);
+    drop((sa, sb));
+}
+
+#[test]
+fn sandbox_up_fails_fast_with_phase_reason_and_log() {
+    let home = TestHome::new();
+    let port = free_port().to_string();
+    let out = run(home
+        .novabox()
+        .args([
+            "init",
+            "--yes",
+            "--no-install",
+            "--no-boot-probe",
+            "--driver",
+            "fake",
+            "--bus",
+            "local",
+            "--api-port",
+            &port,
+            "--bus-port",
+            &free_port().to_string(),
+        ])
+        .arg("--clouds-yaml")
+        .arg(home.clouds_yaml()));
+    assert_ok(&out);
+    // Something else takes the port after init checked it.
+    let _taken = std::net::TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind");
+    let out = run(home.novabox().args(["up", "--detach", "--wait", "--json"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("phase `api`"), "{err}");
+    assert!(err.contains(&port) && err.contains("novabox.log"), "{err}");
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert!(!home.path().join("run/novabox.pid").exists());
+}
+
+#[test]
+fn sandbox_up_after_a_crash_resumes_from_disk() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let (stack, _) = up_detached(&home);
+    assert_ok(&run(home.novabox().arg("smoke")));
+    let out = run(home.novabox().args(["server", "create", "keep", "--image", "smoke-blob", "--wait", "--json"]));
+    assert_ok(&out);
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    // SAFETY: kill(2) on the stack we started; -9 is the crash being simulated.
+    unsafe { libc::kill(stack.pid, libc::SIGKILL) };
+    wait_dead(stack.pid);
+    // The pid file is stale now; up must not believe it.
+    let (stack2, _) = up_detached(&home);
+    assert_ne!(stack2.pid, stack.pid);
+    let out = run(home.novabox().args(["server", "show", &id, "--json"]));
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["status"], "ACTIVE", "{}", stdout(&out));
+    assert_ok(&run(home.novabox().arg("down")));
+    wait_dead(stack2.pid);
+    drop((stack, stack2));
+}
