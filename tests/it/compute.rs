@@ -278,6 +278,14 @@ async fn events_are_stored_and_compute_restart_reconciles() {
         .unwrap();
     let id = created["server"]["id"].as_str().unwrap().to_string();
     client.wait_for(&id, "ACTIVE", Duration::from_secs(30)).await.unwrap();
+    // create.end is published after the instance turns ACTIVE; the in-process bus keeps
+    // nothing across a stop, so let it be stored before stopping.
+    for _ in 0..100 {
+        if events_of(&home, &id).len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The fake driver forgets its guests when the process goes; on the next `up` the compute
     // manager finds the instance ACTIVE in the database and starts it again.
@@ -293,15 +301,15 @@ async fn events_are_stored_and_compute_restart_reconciles() {
         .unwrap();
     assert!(out["output"].as_str().unwrap().contains("keeper"), "{out}");
 
+    assert_eq!(events_of(&home, &id), vec!["compute.instance.create.start", "compute.instance.create.end"]);
+}
+
+/// The notifications stored for an instance, oldest first.
+fn events_of(home: &TestHome, id: &str) -> Vec<String> {
     let db = rusqlite::Connection::open(home.path().join("novabox.db")).unwrap();
-    let events: Vec<String> = db
-        .prepare("SELECT event_type FROM notifications WHERE instance_uuid = ?1 ORDER BY id")
-        .unwrap()
-        .query_map([&id], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    assert_eq!(events, vec!["compute.instance.create.start", "compute.instance.create.end"]);
+    let mut stmt = db.prepare("SELECT event_type FROM notifications WHERE instance_uuid = ?1 ORDER BY id").unwrap();
+    let events = stmt.query_map([id], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    events
 }
 
 /// A second compute host is another process (another home, another host name) pointed at the
