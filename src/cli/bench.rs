@@ -26,7 +26,7 @@ pub enum BenchCommand {
     /// Boot N servers with C concurrent clients through the REST API on the fake driver
     Boot(super::bench_boot::BootArgs),
     /// A real guest's boot through novabox next to a bare qemu boot of the same guest
-    Guest(super::bench_guest::BenchArgs),
+    Guest(super::bench_guest::GuestArgs),
     /// Time CI mode: `up --driver fake --bus local --detach --wait --json` until ready
     Up(super::bench_up::UpBenchArgs),
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -31,18 +31,6 @@ const READY: &str = "novabox-guest: ready";
 const TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: BenchCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Boot time of a real guest through novabox next to a bare qemu boot of the same guest
-    Guest(GuestArgs),
-}
-
-#[derive(Debug, Args)]
 pub struct GuestArgs {
     /// Accelerator: auto (the doctor's choice), kvm, tcg
     #[arg(long, value_enum, default_value = "auto")]
@@ -55,13 +43,8 @@ pub struct GuestArgs {
     pub keep: bool,
 }
 
-pub fn run(global: &GlobalArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
-        BenchCommand::Guest(a) => guest(global, a),
-    }
-}
-
-fn guest(global: &GlobalArgs, args: GuestArgs) -> anyhow::Result<ExitCode> {
+/// `novabox bench guest`.
+pub fn run(global: &GlobalArgs, args: GuestArgs) -> anyhow::Result<ExitCode> {
     if !novabox::compute::virt::qemu::QemuDriver::available() {
         bail!("the guest benchmark needs qemu-system-x86_64 and qemu-img: sudo apt-get install qemu-system-x86 qemu-utils");
     }
