@@ -6,3 +6,4 @@ mod common;
 mod compute;
 mod doctor;
 mod init;
+mod reliability;
