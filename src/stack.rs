@@ -105,12 +105,20 @@ pub async fn run(
     on_ready: impl FnOnce(Ready) + Send,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StackError> {
+    let started_at = crate::db::now();
     let needs_db = services.iter().any(|s| *s != Service::Compute);
     let db = if needs_db {
         Some(SharedDb::new(Db::open(&home.db_file(), OpenOptions { echo: sql_echo || config.db.echo })?))
     } else {
         None
     };
+    // With API, scheduler and conductor all here and none serving yet, no build or delete
+    // begun before this start can still be in flight: finish or fail what a crash left.
+    if let (Some(db), true) =
+        (&db, [Service::Api, Service::Scheduler, Service::Conductor].iter().all(|s| services.contains(s)))
+    {
+        crate::conductor::recover_after_restart(db, &started_at)?;
+    }
     let timeout = Duration::from_secs(config.bus.call_timeout_secs);
     let mut subscriptions: Vec<Subscription> = Vec::new();
     let host = config.host.name.clone();

@@ -199,6 +199,42 @@ impl Handler for Conductor {
     }
 }
 
+/// The fault of a build whose request died with the process that carried it.
+pub const LOST_BUILD_MESSAGE: &str =
+    "The build request was lost: novabox stopped before the scheduler placed this instance. Delete it and boot again.";
+
+/// What a restart of the whole stack must clean up before it accepts work, beyond what each
+/// compute service's `init_host` does for the instances on its host (nova leaves both cases
+/// stuck forever; novabox does not):
+/// - builds cast to the scheduler but never placed (a kill between the API's insert and the
+///   scheduler's choice): nothing will ever move them, so they go to ERROR with
+///   [`LOST_BUILD_MESSAGE`];
+/// - deletes of instances with no host that the API had begun (ports released, row not yet
+///   destroyed): the API answers 204 to a second delete of a `deleting` instance, so no one
+///   else would finish them.
+///
+/// Only `novabox up` calls this, when API, scheduler and conductor run in this one process and
+/// before they serve: then no build request for these instances can still be on its way.
+/// Both steps are idempotent, so a kill during this cleanup is finished by the next start.
+pub fn recover_after_restart(db: &SharedDb, started_at: &str) -> Result<(), DbError> {
+    let failed = db.with(|db| db.fail_lost_builds(started_at, LOST_BUILD_MESSAGE))?;
+    for uuid in &failed {
+        tracing::warn!(instance = %uuid, "build request lost in a restart; instance set to ERROR");
+    }
+    let deletes = db.with(|db| db.hostless_deletes())?;
+    for uuid in &deletes {
+        tracing::info!(instance = %uuid, "finishing a delete interrupted by a restart");
+        // Ports first: a kill between the two leaves a `deleting` row, which the next start
+        // finishes, never a port pointing at a destroyed instance.
+        db.with(|db| -> Result<(), DbError> {
+            release_network(db, uuid)?;
+            db.destroy_instance(uuid)?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// Stores the notifications published on `notifications.info` for `novabox events`.
 pub struct NotificationStore {
     db: SharedDb,
