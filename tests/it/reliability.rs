@@ -417,3 +417,286 @@ async fn hostile_input_gets_clear_4xx_never_500() {
     assert!(!log.contains("panicked"), "a handler panicked:\n{log}");
     println!("RELIABILITY hostile-input: {tried} hostile requests: invalid ones 4xx (413 over the limit), none 5xx, no panic");
 }
+
+/// What one client saw being accepted during the crash rounds.
+#[derive(Default)]
+struct Accepted {
+    /// Creates answered 202: these rows exist and must end ACTIVE, ERROR with a fault, or deleted.
+    created: Vec<String>,
+    /// Deletes answered 204: these must be gone after the restart, whatever was killed when.
+    deleted: Vec<String>,
+    /// Requests whose answer never came (the stack died under them): allowed either way.
+    cut: usize,
+}
+
+/// Boots and deletes as `token` until the stack dies under it.
+async fn boots_and_deletes(api: Api, token: String, image: String, seed: u64) -> Accepted {
+    let mut acc = Accepted::default();
+    let mut mine: Vec<String> = Vec::new();
+    let mut n = seed;
+    for i in 0.. {
+        // A tiny LCG: each client its own reproducible mix, no extra dependency.
+        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delete = !mine.is_empty() && (n >> 33) % 3 == 0;
+        let sent = if delete {
+            let id = mine.swap_remove(((n >> 40) as usize) % mine.len());
+            let req = api.http.delete(format!("{}/compute/v2.1/servers/{id}", api.base)).header("x-auth-token", &token);
+            match req.send().await {
+                Ok(r) if r.status() == 204 => {
+                    acc.deleted.push(id);
+                    true
+                }
+                Ok(r) if r.status().is_server_error() => panic!("delete answered {}", r.status()),
+                Ok(_) => true,
+                Err(_) => false,
+            }
+        } else {
+            let networks = if i % 2 == 0 { json!("auto") } else { json!("none") };
+            let body = server(&image, &format!("crash-{seed}-{i}"), networks);
+            let req = api
+                .http
+                .post(format!("{}/compute/v2.1/servers", api.base))
+                .header("x-auth-token", &token)
+                .header("openstack-api-version", "compute 2.79")
+                .json(&body);
+            match req.send().await {
+                Ok(r) if r.status() == 202 => {
+                    let v: Value = r.json().await.unwrap_or_default();
+                    if let Some(id) = v["server"]["id"].as_str() {
+                        acc.created.push(id.to_string());
+                        mine.push(id.to_string());
+                    }
+                    true
+                }
+                Ok(r) if r.status().is_server_error() => panic!("create answered {}", r.status()),
+                Ok(_) => true,
+                Err(_) => false,
+            }
+        };
+        if !sent {
+            acc.cut += 1;
+            return acc;
+        }
+    }
+    acc
+}
+
+/// Waits until no instance is in a transitional state (BUILD or a task state) and returns
+/// every instance row that is not deleted: (uuid, status, fault message).
+async fn settled(api: &Api, admin: &str, within: Duration) -> Vec<(String, String, Option<String>)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = api.call(admin, Method::GET, "/compute/v2.1/servers/detail?all_tenants=1&limit=1000", None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let servers = r.body["servers"].as_array().cloned().unwrap_or_default();
+        let busy: Vec<&Value> =
+            servers.iter().filter(|s| s["status"] == "BUILD" || !s["OS-EXT-STS:task_state"].is_null()).collect();
+        if busy.is_empty() {
+            return servers
+                .iter()
+                .map(|s| {
+                    (
+                        s["id"].as_str().unwrap_or_default().to_string(),
+                        s["status"].as_str().unwrap_or_default().to_string(),
+                        s["fault"]["message"].as_str().map(str::to_string),
+                    )
+                })
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "still busy after {within:?}: {busy:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The database's own view: no port, security group binding or block device of an instance
+/// that is gone, and no instance row in a state nothing will move it out of.
+fn assert_no_dangling_rows(home: &TestHome) {
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}")) };
+    let dangling_ports = count(
+        "SELECT count(*) FROM ports p WHERE p.device_owner LIKE 'compute:%'
+           AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.uuid = p.device_id AND i.deleted = 0)",
+    );
+    assert_eq!(dangling_ports, 0, "ports of instances that are gone");
+    let dangling_sg = count(
+        "SELECT count(*) FROM instance_security_groups g
+           WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.uuid = g.instance_uuid AND i.deleted = 0)",
+    );
+    assert_eq!(dangling_sg, 0, "security group bindings of instances that are gone");
+    let dangling_bdm = count(
+        "SELECT count(*) FROM block_device_mappings b WHERE b.deleted = 0
+           AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.uuid = b.instance_uuid AND i.deleted = 0)",
+    );
+    assert_eq!(dangling_bdm, 0, "block devices of instances that are gone");
+    let faultless_errors = count(
+        "SELECT count(*) FROM instances i WHERE i.deleted = 0 AND i.vm_state = 'error'
+           AND NOT EXISTS (SELECT 1 FROM instance_faults f WHERE f.instance_uuid = i.uuid)",
+    );
+    assert_eq!(faultless_errors, 0, "instances in ERROR without a fault");
+    let verdict: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity");
+    assert_eq!(verdict, "ok");
+}
+
+/// What the crash rounds found, for the report line and docs/reliability.md.
+#[derive(Default, Debug)]
+struct CrashReport {
+    rounds: usize,
+    creates_accepted: usize,
+    deletes_accepted: usize,
+    cut: usize,
+    active: usize,
+    error_with_fault: usize,
+    lost_builds: usize,
+    lost: usize,
+}
+
+/// `rounds` times: start the stack, boot and delete from 4 clients, kill -9 the stack at a
+/// random moment, start it again and check that nothing was lost or left dangling.
+async fn kill9_rounds(home: &TestHome, up_args: &[&str], rounds: usize, settle: Duration) -> CrashReport {
+    let mut report = CrashReport { rounds, ..Default::default() };
+    let mut seed = std::process::id() as u64;
+    let mut all_deleted: Vec<String> = Vec::new();
+    let mut all_created: Vec<String> = Vec::new();
+    for round in 0..rounds {
+        let stack = home.up(up_args);
+        let api = Api::new(&stack);
+        let admin = api.token(&stack, "admin").await;
+        let demo = api.token(&stack, "demo").await;
+        if round == 0 {
+            unlimited_quota(&api, &admin, &project_id(&api, &demo).await).await;
+        }
+        // What the previous crash left must already be consistent.
+        settled(&api, &admin, settle).await;
+        assert_no_dangling_rows(home);
+        let image = api.public_image(&admin).await;
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                seed = seed.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+                tokio::spawn(boots_and_deletes(api.clone(), demo.clone(), image.clone(), seed ^ c))
+            })
+            .collect();
+        // Anywhere from mid-request to a steady stream.
+        seed = seed.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+        let after = Duration::from_millis(150 + (seed >> 33) % 1500);
+        tokio::time::sleep(after).await;
+        stack.kill9();
+        for c in clients {
+            let acc = c.await.expect("client task");
+            report.creates_accepted += acc.created.len();
+            report.deletes_accepted += acc.deleted.len();
+            report.cut += acc.cut;
+            all_created.extend(acc.created);
+            all_deleted.extend(acc.deleted);
+        }
+    }
+    // The last crash, recovered.
+    let stack = home.up(up_args);
+    let api = Api::new(&stack);
+    let admin = api.token(&stack, "admin").await;
+    let left = settled(&api, &admin, settle).await;
+    assert_no_dangling_rows(home);
+    let present: std::collections::HashMap<&str, (&str, Option<&str>)> =
+        left.iter().map(|(id, st, f)| (id.as_str(), (st.as_str(), f.as_deref()))).collect();
+    for id in &all_deleted {
+        if present.contains_key(id.as_str()) {
+            report.lost += 1;
+            eprintln!("delete of {id} was accepted (204) but it is still there: {:?}", present[id.as_str()]);
+        }
+    }
+    for (id, status, fault) in &left {
+        match (status.as_str(), fault) {
+            ("ACTIVE", _) => report.active += 1,
+            ("ERROR", Some(f)) => {
+                report.error_with_fault += 1;
+                if f.contains("build request was lost") {
+                    report.lost_builds += 1;
+                }
+            }
+            other => {
+                report.lost += 1;
+                eprintln!("{id} ended as {other:?}");
+            }
+        }
+    }
+    // Every accepted create is accounted for: still there (checked above) or deleted.
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    for id in &all_created {
+        let known: i64 = db.query_row("SELECT count(*) FROM instances WHERE uuid = ?1", [id], |r| r.get(0)).unwrap();
+        if known != 1 {
+            report.lost += 1;
+            eprintln!("create of {id} was accepted (202) but no row exists");
+        }
+    }
+    // And everything still left can be deleted cleanly, ports and all.
+    let ids: Vec<String> = left.iter().map(|(id, _, _)| id.clone()).collect();
+    for id in &ids {
+        let r = api.call(&admin, Method::DELETE, &format!("/compute/v2.1/servers/{id}"), None).await;
+        assert!(r.status == 204 || r.status == 404, "delete {id}: {} {}", r.status, r.body);
+    }
+    let rest = settled(&api, &admin, settle).await;
+    assert!(rest.is_empty(), "left after deleting everything: {rest:?}");
+    assert_no_dangling_rows(home);
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    let ports: i64 = db
+        .query_row("SELECT count(*) FROM ports WHERE device_owner LIKE 'compute:%'", [], |r| r.get(0))
+        .expect("ports");
+    assert_eq!(ports, 0, "compute ports left after every instance was deleted");
+    assert!(stack.stop().success());
+    report
+}
+
+/// Crash safety with the fake driver: `NOVABOX_SOAK=1` runs 40 rounds, CI runs 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_boots_and_deletes_loses_nothing() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    // A short spawn keeps builds in flight, so kills land in every step of the state machine.
+    let config = home.path().join("novabox.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("fake_delay_ms = 0", "fake_delay_ms = 40")).expect("config");
+    let rounds = if soak() { 40 } else { 6 };
+    let r = kill9_rounds(&home, &[], rounds, Duration::from_secs(60)).await;
+    println!(
+        "RELIABILITY kill9-fake: {} rounds, {} creates and {} deletes accepted, {} requests cut by the kill; \
+         ended {} ACTIVE, {} ERROR with a fault ({} 'build request was lost'), all then deleted; lost {}",
+        r.rounds, r.creates_accepted, r.deletes_accepted, r.cut, r.active, r.error_with_fault, r.lost_builds, r.lost
+    );
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert!(r.creates_accepted > 0, "{r:?}");
+}
+
+/// Crash safety with real qemu guests: the hook for the qemu driver (being written
+/// separately). Set `NOVABOX_QEMU_KILL9_ROUNDS=N` to run N rounds with `--driver qemu`; then,
+/// besides every check of the fake rounds, no qemu process of this home may run without an
+/// ACTIVE instance behind it (see `qemu_guests_without_instances`). Skipped (it passes with a
+/// note) while the variable is unset, which is the CI default until the driver lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_qemu_rounds() {
+    let Some(rounds) = std::env::var("NOVABOX_QEMU_KILL9_ROUNDS").ok().and_then(|v| v.parse::<usize>().ok()) else {
+        eprintln!("NOVABOX_QEMU_KILL9_ROUNDS is not set: skipping the kill -9 rounds with qemu guests");
+        return;
+    };
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "qemu", "--bus", "local"]));
+    let r = kill9_rounds(&home, &["--driver", "qemu"], rounds, Duration::from_secs(300)).await;
+    let strays = qemu_guests_without_instances(home.path());
+    println!("RELIABILITY kill9-qemu: {r:?}; stray qemu processes {}", strays.len());
+    assert!(strays.is_empty(), "qemu processes with no instance: {strays:?}");
+    assert_eq!(r.lost, 0, "{r:?}");
+}
+
+/// Pids of qemu processes started for `home` (their command line names the home) that are
+/// still running after every instance was deleted.
+fn qemu_guests_without_instances(home: &std::path::Path) -> Vec<u32> {
+    let needle = home.to_string_lossy().to_string();
+    let mut strays = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+            strays.push(pid);
+        }
+    }
+    strays
+}
