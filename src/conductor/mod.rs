@@ -56,6 +56,21 @@ impl Conductor {
             Err(UpdateError::NotFound) => {
                 Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))
             }
+            // The same update applied twice: the broker went away after the conductor
+            // committed it but before the caller had the reply, and the call was delivered
+            // again. The state is already what the caller asked for, so say so, instead of an
+            // UnexpectedTaskState that made compute destroy a guest that had just gone ACTIVE.
+            Err(UpdateError::UnexpectedState { vm_state, task_state })
+                if already_applied(&a.update, &vm_state, &task_state) =>
+            {
+                tracing::info!(instance = %a.uuid, "instance update already applied (a redelivered call)");
+                match self.db.with(|db| db.instance_by_uuid(&a.uuid, false)).map_err(db_error)? {
+                    Some(i) => Ok(serde_json::to_value(i).unwrap_or(Value::Null)),
+                    None => {
+                        Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))
+                    }
+                }
+            }
             Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
                 let kind = if task_state.as_deref() == Some("deleting") {
                     "UnexpectedDeletingTaskState"
@@ -197,6 +212,15 @@ impl Handler for Conductor {
             other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
         }
     }
+}
+
+/// True when `u` moves state (vm_state or task_state) and the instance is already in exactly
+/// the state `u` would leave it in: a repeat of an update that was applied.
+fn already_applied(u: &InstanceUpdate, vm_state: &str, task_state: &Option<String>) -> bool {
+    let moves = u.vm_state.is_some() || u.task_state.is_some();
+    moves
+        && u.vm_state.as_deref().is_none_or(|v| v == vm_state)
+        && u.task_state.as_ref().is_none_or(|t| t == task_state)
 }
 
 /// The fault of a build whose request died with the process that carried it.
