@@ -5,7 +5,6 @@
 //! `docs/reliability.md` is filled from those lines. Long variants run with `NOVABOX_SOAK=1`
 //! (see that document); the CI variant of the whole file stays within a few minutes on 2 cores.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -547,6 +546,8 @@ struct CrashReport {
     active: usize,
     error_with_fault: usize,
     lost_builds: usize,
+    /// Builds the compute service was in the middle of when killed (its `init_host` fault).
+    mid_spawn: usize,
     lost: usize,
 }
 
@@ -611,6 +612,9 @@ async fn kill9_rounds(home: &TestHome, up_args: &[&str], rounds: usize, settle: 
                 if f.contains("build request was lost") {
                     report.lost_builds += 1;
                 }
+                if f.contains("compute service restarted while this instance was being built") {
+                    report.mid_spawn += 1;
+                }
             }
             other => {
                 report.lost += 1;
@@ -658,8 +662,17 @@ async fn kill9_during_boots_and_deletes_loses_nothing() {
     let r = kill9_rounds(&home, &[], rounds, Duration::from_secs(60)).await;
     println!(
         "RELIABILITY kill9-fake: {} rounds, {} creates and {} deletes accepted, {} requests cut by the kill; \
-         ended {} ACTIVE, {} ERROR with a fault ({} 'build request was lost'), all then deleted; lost {}",
-        r.rounds, r.creates_accepted, r.deletes_accepted, r.cut, r.active, r.error_with_fault, r.lost_builds, r.lost
+         ended {} ACTIVE, {} ERROR with a fault ({} 'build request was lost', {} compute killed mid-build), \
+         all then deleted; lost {}",
+        r.rounds,
+        r.creates_accepted,
+        r.deletes_accepted,
+        r.cut,
+        r.active,
+        r.error_with_fault,
+        r.lost_builds,
+        r.mid_spawn,
+        r.lost
     );
     assert_eq!(r.lost, 0, "{r:?}");
     assert!(r.creates_accepted > 0, "{r:?}");
