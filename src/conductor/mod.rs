@@ -238,7 +238,9 @@ pub const LOST_BUILD_MESSAGE: &str =
 ///   else would finish them.
 ///
 /// Only `novabox up` calls this, when API, scheduler and conductor run in this one process and
-/// before they serve: then no build request for these instances can still be on its way.
+/// before they serve: then no process can still be handling these instances. (With RabbitMQ a
+/// confirmed build request may still wait in the broker's queue; the scheduler then finds the
+/// instance no longer `scheduling` and drops the request, so the ERROR and its fault stand.)
 /// Both steps are idempotent, so a kill during this cleanup is finished by the next start.
 pub fn recover_after_restart(db: &SharedDb, started_at: &str) -> Result<(), DbError> {
     let failed = db.with(|db| db.fail_lost_builds(started_at, LOST_BUILD_MESSAGE))?;
