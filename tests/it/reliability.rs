@@ -929,6 +929,7 @@ async fn rabbitmq_restart_during_boots_loses_nothing() {
     let api = Api::new(&stack);
     let admin = api.token(&stack, "admin").await;
     let demo = api.token(&stack, "demo").await;
+    unlimited_quota(&api, &admin, &project_id(&api, &demo).await).await;
     let image = api.public_image(&admin).await;
     let nb_home = novabox::home::Home::at(home.path());
     let config = novabox::config::Config::load(&nb_home.config_file()).expect("config");
