@@ -140,6 +140,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StackError> {
     let Hooks { phase, on_ready } = hooks;
+    let started_at = crate::db::now();
     phase("database");
     let needs_db = services.iter().any(|s| *s != Service::Compute);
     let db = if needs_db {
@@ -147,6 +148,13 @@ pub async fn run(
     } else {
         None
     };
+    // With API, scheduler and conductor all here and none serving yet, no build or delete
+    // begun before this start can still be in flight: finish or fail what a crash left.
+    if let (Some(db), true) =
+        (&db, [Service::Api, Service::Scheduler, Service::Conductor].iter().all(|s| services.contains(s)))
+    {
+        crate::conductor::recover_after_restart(db, &started_at)?;
+    }
     let timeout = Duration::from_secs(config.bus.call_timeout_secs);
     let mut subscriptions: Vec<Subscription> = Vec::new();
     let host = config.host.name.clone();

@@ -43,6 +43,15 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
+    /// A JSON body axum could not take: 413 when it was over `[api] max_body_kb` (axum reports
+    /// that as a failure to buffer the body, which read as a malformed body, 400, before), 400
+    /// with `context` and the reason otherwise.
+    pub fn from_json_rejection(e: axum::extract::rejection::JsonRejection, context: &str) -> ApiError {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request is too large.");
+        }
+        ApiError::bad_request(format!("{context}: {}", e.body_text()))
+    }
     pub fn with_kind(mut self, kind: &'static str) -> ApiError {
         self.kind = Some(kind);
         self

@@ -115,8 +115,7 @@ async fn issue_token(
     State(state): State<AppState>,
     body: Result<Json<AuthRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(req) =
-        body.map_err(|e| ApiError::bad_request(format!("Invalid authentication request: {}", e.body_text())))?;
+    let Json(req) = body.map_err(|e| ApiError::from_json_rejection(e, "Invalid authentication request"))?;
     let unauthorized = || ApiError::unauthorized("The request you have made requires authentication.");
     let methods = req.auth.identity.methods.clone();
     let ttl = state.config.api.token_ttl_secs;

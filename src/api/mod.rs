@@ -17,6 +17,8 @@ use crate::home::Home;
 pub mod compute;
 pub mod context;
 pub mod fault;
+#[cfg(test)]
+mod hostile_input;
 pub mod identity;
 pub mod image;
 pub mod network;

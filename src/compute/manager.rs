@@ -34,6 +34,9 @@ enum Abort {
     Deleted,
     /// A real failure: the instance goes to ERROR with this message.
     Failed(String),
+    /// The instance was no longer waiting for a build: this request came twice (the broker
+    /// delivers a cast again when it went away before the ack). Stop without touching it.
+    Duplicate,
 }
 
 impl From<BusError> for Abort {
@@ -191,6 +194,9 @@ impl ComputeManager {
             Err(Abort::Deleted) => {
                 tracing::info!(instance = %inst.uuid, "deleted during its build; the delete cleans up");
             }
+            Err(Abort::Duplicate) => {
+                tracing::info!(instance = %inst.uuid, "build request delivered again; the instance has moved on");
+            }
             Err(Abort::Failed(why)) => {
                 tracing::warn!(instance = %inst.uuid, "build failed: {why}");
                 let _ = self.driver.destroy(&inst.uuid).await;
@@ -205,7 +211,13 @@ impl ComputeManager {
     async fn build_steps(&self, ctx: &Context, inst: &Instance, spec: &RequestSpec) -> Result<Instance, Abort> {
         let uuid = &inst.uuid;
         let vifs = async {
-            self.conductor.instance_update(ctx, uuid, &task_update("networking", "scheduling")).await?;
+            // A build delivered twice finds its instance no longer `scheduling`: leave it alone.
+            self.conductor.instance_update(ctx, uuid, &task_update("networking", "scheduling")).await.map_err(|e| {
+                match e {
+                    BusError::Remote { error, .. } if error.kind == "UnexpectedTaskState" => Abort::Duplicate,
+                    other => Abort::from(other),
+                }
+            })?;
             self.conductor.allocate_network(ctx, uuid, &spec.requested_networks, &self.host).await.map_err(|e| {
                 match Abort::from(e) {
                     Abort::Failed(why) => Abort::Failed(format!("network allocation failed: {why}")),

@@ -56,6 +56,21 @@ impl Conductor {
             Err(UpdateError::NotFound) => {
                 Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))
             }
+            // The same update applied twice: the broker went away after the conductor
+            // committed it but before the caller had the reply, and the call was delivered
+            // again. The state is already what the caller asked for, so say so, instead of an
+            // UnexpectedTaskState that made compute destroy a guest that had just gone ACTIVE.
+            Err(UpdateError::UnexpectedState { vm_state, task_state })
+                if already_applied(&a.update, &vm_state, &task_state) =>
+            {
+                tracing::info!(instance = %a.uuid, "instance update already applied (a redelivered call)");
+                match self.db.with(|db| db.instance_by_uuid(&a.uuid, false)).map_err(db_error)? {
+                    Some(i) => Ok(serde_json::to_value(i).unwrap_or(Value::Null)),
+                    None => {
+                        Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))
+                    }
+                }
+            }
             Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
                 let kind = if task_state.as_deref() == Some("deleting") {
                     "UnexpectedDeletingTaskState"
@@ -197,6 +212,53 @@ impl Handler for Conductor {
             other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
         }
     }
+}
+
+/// True when `u` moves state (vm_state or task_state) and the instance is already in exactly
+/// the state `u` would leave it in: a repeat of an update that was applied.
+fn already_applied(u: &InstanceUpdate, vm_state: &str, task_state: &Option<String>) -> bool {
+    let moves = u.vm_state.is_some() || u.task_state.is_some();
+    moves
+        && u.vm_state.as_deref().is_none_or(|v| v == vm_state)
+        && u.task_state.as_ref().is_none_or(|t| t == task_state)
+}
+
+/// The fault of a build whose request died with the process that carried it.
+pub const LOST_BUILD_MESSAGE: &str =
+    "The build request was lost: novabox stopped before the scheduler placed this instance. Delete it and boot again.";
+
+/// What a restart of the whole stack must clean up before it accepts work, beyond what each
+/// compute service's `init_host` does for the instances on its host (nova leaves both cases
+/// stuck forever; novabox does not):
+/// - builds cast to the scheduler but never placed (a kill between the API's insert and the
+///   scheduler's choice): nothing will ever move them, so they go to ERROR with
+///   [`LOST_BUILD_MESSAGE`];
+/// - deletes of instances with no host that the API had begun (ports released, row not yet
+///   destroyed): the API answers 204 to a second delete of a `deleting` instance, so no one
+///   else would finish them.
+///
+/// Only `novabox up` calls this, when API, scheduler and conductor run in this one process and
+/// before they serve: then no process can still be handling these instances. (With RabbitMQ a
+/// confirmed build request may still wait in the broker's queue; the scheduler then finds the
+/// instance no longer `scheduling` and drops the request, so the ERROR and its fault stand.)
+/// Both steps are idempotent, so a kill during this cleanup is finished by the next start.
+pub fn recover_after_restart(db: &SharedDb, started_at: &str) -> Result<(), DbError> {
+    let failed = db.with(|db| db.fail_lost_builds(started_at, LOST_BUILD_MESSAGE))?;
+    for uuid in &failed {
+        tracing::warn!(instance = %uuid, "build request lost in a restart; instance set to ERROR");
+    }
+    let deletes = db.with(|db| db.hostless_deletes())?;
+    for uuid in &deletes {
+        tracing::info!(instance = %uuid, "finishing a delete interrupted by a restart");
+        // Ports first: a kill between the two leaves a `deleting` row, which the next start
+        // finishes, never a port pointing at a destroyed instance.
+        db.with(|db| -> Result<(), DbError> {
+            release_network(db, uuid)?;
+            db.destroy_instance(uuid)?;
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// Stores the notifications published on `notifications.info` for `novabox events`.

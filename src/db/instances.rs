@@ -459,6 +459,57 @@ impl Db {
         Ok(n > 0)
     }
 
+    /// Builds whose request was lost: instances still `building`/`scheduling` with no host
+    /// that were created no later than `before` (as `now()` writes it: whole seconds, so a
+    /// kill and a restart within one second still count; the caller guarantees no new build
+    /// can appear in that second). They go to
+    /// ERROR with a fault saying so, each in one transaction with its fault and its action.
+    /// Returns their uuids.
+    ///
+    /// Only safe when nothing else can be carrying their build request: `novabox up` calls it
+    /// at start-up, before its API and scheduler accept work (see `stack::run`).
+    pub fn fail_lost_builds(&self, before: &str, message: &str) -> Result<Vec<String>> {
+        let tx = self.conn().unchecked_transaction()?;
+        let uuids: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT uuid FROM instances WHERE deleted = 0 AND vm_state = 'building'
+                   AND task_state = 'scheduling' AND host IS NULL AND created_at <= ?1",
+            )?;
+            let rows = stmt.query_map([before], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let ts = now();
+        for uuid in &uuids {
+            tx.execute(
+                "UPDATE instances SET vm_state = 'error', task_state = NULL, updated_at = ?2
+                 WHERE uuid = ?1 AND deleted = 0",
+                params![uuid, ts],
+            )?;
+            tx.execute(
+                "INSERT INTO instance_faults (instance_uuid, code, message, details, host, created_at)
+                 VALUES (?1, 500, ?2, '', NULL, ?3)",
+                params![uuid, message, ts],
+            )?;
+            tx.execute(
+                "UPDATE instance_actions SET finish_time = ?2, message = ?3
+                 WHERE instance_uuid = ?1 AND finish_time IS NULL",
+                params![uuid, ts, message],
+            )?;
+        }
+        tx.commit()?;
+        Ok(uuids)
+    }
+
+    /// Deletes that no compute service will finish: `deleting` instances with no host (the
+    /// API's local delete was interrupted). The caller releases their ports and destroys them.
+    pub fn hostless_deletes(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT uuid FROM instances WHERE deleted = 0 AND task_state = 'deleting' AND host IS NULL")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn add_instance_fault(
         &self,
         uuid: &str,

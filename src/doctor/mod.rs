@@ -174,6 +174,7 @@ pub fn run(config: &Config, opts: &Options) -> Report {
     checks.push(resources::check_memory(&host));
     checks.push(resources::check_disk(&host, &opts.home_dir));
     resources::check_ports(&host, config, &mut checks);
+    resources::check_listen(config, &mut checks);
     resources::check_programs(&host, config, &mut checks);
     let decision = decide(&host, config, &cpu, &kvm, probes, net, qemu_present);
     Report { schema: SCHEMA, host_root: opts.host_root.clone(), environment: env, checks, decision }

@@ -87,6 +87,29 @@ pub fn check_ports(host: &HostRoot, config: &Config, checks: &mut Vec<Check>) {
     }
 }
 
+/// `host.listen`: every listener on loopback unless the config says otherwise. The API listens
+/// on `[api] listen`; the private RabbitMQ, its epmd and Erlang distribution are always bound to
+/// 127.0.0.1. A listener on another address is reachable from the network: WARN, so a user who
+/// did not mean it sees it (tokens and passwords then cross the network without TLS).
+pub fn check_listen(config: &Config, checks: &mut Vec<Check>) {
+    const ID: &str = "host.listen";
+    let listen = config.api.listen;
+    if listen.is_loopback() {
+        checks.push(Check::pass(
+            ID,
+            format!("the API listens on {listen} (loopback only); so does the private RabbitMQ"),
+        ));
+    } else {
+        checks.push(Check::warn(
+            ID,
+            format!(
+                "api.listen is {listen}: the API (and the passwords and tokens sent to it, over plain HTTP) is                  reachable from other hosts"
+            ),
+            "if that is not what you want, set `listen = \"127.0.0.1\"` under [api] in novabox.toml",
+        ));
+    }
+}
+
 /// Programs found under a fixture root are looked up in the usual directories below it; on the
 /// live host `hostpkgs::find_program` (PATH and sbin) decides.
 pub fn program_present(host: &HostRoot, program: &str) -> bool {
@@ -128,6 +151,19 @@ fn explicitly_required(config: &Config, req: &Requirement) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_beyond_loopback_is_a_warning() {
+        let mut c = Config::default();
+        let mut checks = Vec::new();
+        check_listen(&c, &mut checks);
+        assert_eq!(checks[0].status, Status::Pass);
+        c.api.listen = "0.0.0.0".parse().unwrap();
+        checks.clear();
+        check_listen(&c, &mut checks);
+        assert_eq!(checks[0].status, Status::Warn);
+        assert!(checks[0].finding.contains("0.0.0.0"), "{:?}", checks[0]);
+    }
 
     #[test]
     fn memory_thresholds() {

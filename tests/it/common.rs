@@ -154,6 +154,17 @@ impl Stack {
         novabox::client::Client::login(&self.auth_url(), user, &self.password(user), user).await.expect("login")
     }
 
+    /// The pid of the `novabox up` process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the stack with SIGKILL (no clean-up of any kind, as a crash or power cut) and reaps it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the stack gracefully and returns its exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()

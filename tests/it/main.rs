@@ -7,4 +7,5 @@ mod compute;
 mod doctor;
 mod guests;
 mod init;
+mod reliability;
 mod sandbox;

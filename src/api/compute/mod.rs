@@ -83,12 +83,11 @@ pub fn links(base: &str, kind: &str, id: &str) -> Value {
     ])
 }
 
-/// Parses a JSON body, turning syntax and type errors into nova's 400.
+/// Parses a JSON body, turning syntax and type errors into nova's 400 (and too large into 413).
 pub fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(Value, T), super::fault::ApiError> {
-    let Json(v) =
-        body.map_err(|e| super::fault::ApiError::bad_request(format!("Malformed request body: {}", e.body_text())))?;
+    let Json(v) = body.map_err(|e| super::fault::ApiError::from_json_rejection(e, "Malformed request body"))?;
     let t = serde_json::from_value(v.clone())
         .map_err(|e| super::fault::ApiError::bad_request(format!("Invalid input for field/attribute: {e}")))?;
     Ok((v, t))

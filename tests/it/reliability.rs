@@ -1,0 +1,999 @@
+//! Reliability and security (issue 10), against a real `novabox up`: isolation between projects,
+//! tokens, hostile input, kill -9 during boots and deletes, load, and broker restarts.
+//!
+//! Every test prints one `RELIABILITY <name>: ...` line with what it tried and what was lost;
+//! `docs/reliability.md` is filled from those lines. Long variants run with `NOVABOX_SOAK=1`
+//! (see that document); the CI variant of the whole file stays within a few minutes on 2 cores.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// True when the long (soak) variants were asked for.
+fn soak() -> bool {
+    std::env::var("NOVABOX_SOAK").is_ok_and(|v| v == "1")
+}
+
+/// A raw HTTP view of one stack: exact status codes and bodies, no client-side cleverness.
+#[derive(Clone)]
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Value,
+}
+
+impl Api {
+    fn new(stack: &Stack) -> Api {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client");
+        Api { base: stack.auth_url().replace("/identity/v3", ""), http }
+    }
+
+    async fn send(&self, token: Option<&str>, method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
+        let patch = method == Method::PATCH;
+        let mut req =
+            self.http.request(method, format!("{}{path}", self.base)).header("openstack-api-version", "compute 2.79");
+        if let Some(t) = token {
+            req = req.header("x-auth-token", t);
+        }
+        if let Some(b) = body {
+            let ct = if path.ends_with("/file") {
+                "application/octet-stream"
+            } else if patch {
+                "application/openstack-images-v2.1-json-patch"
+            } else {
+                "application/json"
+            };
+            req = req.header("content-type", ct).body(b);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+    }
+
+    async fn call(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.send(Some(token), method, path, body.map(|b| b.to_string().into_bytes())).await
+    }
+
+    /// A project-scoped token for `user` in the project of the same name.
+    async fn token(&self, stack: &Stack, user: &str) -> String {
+        let body = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"id": "default"}, "password": stack.password(user)}}},
+            "scope": {"project": {"name": user, "domain": {"id": "default"}}},
+        }});
+        let resp = self
+            .http
+            .post(format!("{}/identity/v3/auth/tokens", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(resp.status(), 201, "login as {user}");
+        resp.headers()["x-subject-token"].to_str().expect("token").to_string()
+    }
+
+    /// The id of a public image every project can boot.
+    async fn public_image(&self, admin: &str) -> String {
+        let r = self.call(admin, Method::GET, "/image/v2/images?visibility=public", None).await;
+        if let Some(id) = r.body["images"].as_array().and_then(|l| l.first()).and_then(|i| i["id"].as_str()) {
+            return id.to_string();
+        }
+        let body = json!({"name": "blob", "disk_format": "raw", "container_format": "bare", "visibility": "public"});
+        let r = self.call(admin, Method::POST, "/image/v2/images", Some(body)).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.body["id"].as_str().expect("image id").to_string();
+        let r =
+            self.send(Some(admin), Method::PUT, &format!("/image/v2/images/{id}/file"), Some(vec![0u8; 4096])).await;
+        assert_eq!(r.status, 204, "{}", r.body);
+        id
+    }
+}
+
+fn server(image: &str, name: &str, networks: Value) -> Value {
+    json!({"server": {"name": name, "imageRef": image, "flavorRef": "1", "networks": networks}})
+}
+
+/// Quotas out of the way, so load and crash tests measure what they mean to.
+async fn unlimited_quota(api: &Api, admin: &str, project_id: &str) {
+    let body = json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}});
+    let r = api.call(admin, Method::PUT, &format!("/compute/v2.1/os-quota-sets/{project_id}"), Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+async fn project_id(api: &Api, token: &str) -> String {
+    let r = api.send(Some(token), Method::GET, "/identity/v3/auth/projects", None).await;
+    r.body["projects"][0]["id"].as_str().expect("project id").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_between_projects_admin_apis_and_tokens() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let api = Api::new(&stack);
+    let demo = api.token(&stack, "demo").await;
+    let alt = api.token(&stack, "alt_demo").await;
+    let admin = api.token(&stack, "admin").await;
+    let image = api.public_image(&admin).await;
+    let tried = std::cell::Cell::new(0);
+    let expect = |r: &Reply, want: u16, what: &str| {
+        tried.set(tried.get() + 1);
+        assert_eq!(r.status.as_u16(), want, "{what}: {}", r.body);
+    };
+
+    // Servers.
+    let r = api.call(&demo, Method::POST, "/compute/v2.1/servers", Some(server(&image, "mine", json!("auto")))).await;
+    expect(&r, 202, "demo boots");
+    let sid = r.body["server"]["id"].as_str().expect("id").to_string();
+    let client = stack.client("demo").await;
+    client.wait_for(&sid, "ACTIVE", Duration::from_secs(30)).await.expect("ACTIVE");
+    let spath = format!("/compute/v2.1/servers/{sid}");
+    expect(&api.call(&alt, Method::GET, &spath, None).await, 404, "alt shows demo's server");
+    expect(&api.call(&alt, Method::PUT, &spath, Some(json!({"server": {"name": "x"}}))).await, 404, "alt renames");
+    let stop = json!({"os-stop": null});
+    expect(&api.call(&alt, Method::POST, &format!("{spath}/action"), Some(stop)).await, 404, "alt stops");
+    expect(&api.call(&alt, Method::GET, &format!("{spath}/ips"), None).await, 404, "alt reads ips");
+    expect(&api.call(&alt, Method::DELETE, &spath, None).await, 404, "alt deletes");
+    for list in ["/compute/v2.1/servers", "/compute/v2.1/servers/detail", "/compute/v2.1/servers?all_tenants=1"] {
+        let r = api.call(&alt, Method::GET, list, None).await;
+        expect(&r, 200, list);
+        assert_eq!(r.body["servers"].as_array().map(Vec::len), Some(0), "alt lists {list}: {}", r.body);
+    }
+    // demo's port on the shared network is not alt's to see or change.
+    let r = api.call(&demo, Method::GET, &format!("/network/v2.0/ports?device_id={sid}"), None).await;
+    let port = r.body["ports"][0]["id"].as_str().expect("demo's port").to_string();
+    let ppath = format!("/network/v2.0/ports/{port}");
+    expect(&api.call(&alt, Method::GET, &ppath, None).await, 404, "alt shows demo's port");
+    expect(&api.call(&alt, Method::PUT, &ppath, Some(json!({"port": {"name": "x"}}))).await, 404, "alt changes port");
+    expect(&api.call(&alt, Method::DELETE, &ppath, None).await, 404, "alt deletes port");
+
+    // Images: private ones are invisible, public ones visible but not alt's to change.
+    let body = json!({"name": "private", "disk_format": "raw", "container_format": "bare"});
+    let r = api.call(&demo, Method::POST, "/image/v2/images", Some(body)).await;
+    expect(&r, 201, "demo makes an image");
+    let iid = r.body["id"].as_str().expect("image id").to_string();
+    let ipath = format!("/image/v2/images/{iid}");
+    expect(&api.call(&alt, Method::GET, &ipath, None).await, 404, "alt shows demo's image");
+    let patch = json!([{"op": "replace", "path": "/name", "value": "x"}]);
+    expect(&api.call(&alt, Method::PATCH, &ipath, Some(patch)).await, 404, "alt patches demo's image");
+    let r = api.send(Some(&alt), Method::PUT, &format!("{ipath}/file"), Some(vec![1u8; 64])).await;
+    expect(&r, 404, "alt uploads to demo's image");
+    expect(&api.call(&alt, Method::DELETE, &ipath, None).await, 404, "alt deletes demo's image");
+    let r = api.call(&alt, Method::GET, "/image/v2/images", None).await;
+    let ids: Vec<&str> = r.body["images"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()).collect();
+    assert!(!ids.contains(&iid.as_str()) && ids.contains(&image.as_str()), "alt's image list: {ids:?}");
+    expect(&api.call(&alt, Method::GET, &format!("/image/v2/images/{image}"), None).await, 200, "public image");
+    expect(
+        &api.call(&alt, Method::DELETE, &format!("/image/v2/images/{image}"), None).await,
+        403,
+        "alt deletes public",
+    );
+
+    // Networks, subnets and security groups.
+    let r = api.call(&demo, Method::POST, "/network/v2.0/networks", Some(json!({"network": {"name": "dnet"}}))).await;
+    expect(&r, 201, "demo makes a network");
+    let nid = r.body["network"]["id"].as_str().expect("network id").to_string();
+    let npath = format!("/network/v2.0/networks/{nid}");
+    expect(&api.call(&alt, Method::GET, &npath, None).await, 404, "alt shows demo's network");
+    let upd = json!({"network": {"name": "x"}});
+    expect(&api.call(&alt, Method::PUT, &npath, Some(upd)).await, 404, "alt renames demo's network");
+    expect(&api.call(&alt, Method::DELETE, &npath, None).await, 404, "alt deletes demo's network");
+    let sub = json!({"subnet": {"network_id": nid, "cidr": "10.99.0.0/24", "ip_version": 4}});
+    let r = api.call(&alt, Method::POST, "/network/v2.0/subnets", Some(sub)).await;
+    assert!(r.status == 404 || r.status == 403, "alt adds a subnet to demo's network: {} {}", r.status, r.body);
+    tried.set(tried.get() + 1);
+    let r = api.call(&alt, Method::GET, "/network/v2.0/networks", None).await;
+    assert!(!r.body.to_string().contains(&nid), "alt lists demo's network: {}", r.body);
+    let r = api
+        .call(&demo, Method::POST, "/network/v2.0/security-groups", Some(json!({"security_group": {"name": "dsg"}})))
+        .await;
+    expect(&r, 201, "demo makes a security group");
+    let gid = r.body["security_group"]["id"].as_str().expect("group id").to_string();
+    let gpath = format!("/network/v2.0/security-groups/{gid}");
+    expect(&api.call(&alt, Method::GET, &gpath, None).await, 404, "alt shows demo's group");
+    expect(&api.call(&alt, Method::DELETE, &gpath, None).await, 404, "alt deletes demo's group");
+
+    // Keypairs belong to users.
+    let r = api.call(&demo, Method::POST, "/compute/v2.1/os-keypairs", Some(json!({"keypair": {"name": "dk"}}))).await;
+    expect(&r, 201, "demo makes a keypair");
+    expect(&api.call(&alt, Method::GET, "/compute/v2.1/os-keypairs/dk", None).await, 404, "alt shows demo's key");
+    expect(&api.call(&alt, Method::DELETE, "/compute/v2.1/os-keypairs/dk", None).await, 404, "alt deletes demo's key");
+    let r = api.call(&alt, Method::GET, "/compute/v2.1/os-keypairs", None).await;
+    assert_eq!(r.body["keypairs"].as_array().map(Vec::len), Some(0), "{}", r.body);
+    let boot =
+        json!({"server": {"name": "k", "imageRef": image, "flavorRef": "1", "networks": "none", "key_name": "dk"}});
+    expect(&api.call(&alt, Method::POST, "/compute/v2.1/servers", Some(boot)).await, 400, "alt boots with demo's key");
+
+    // Admin APIs.
+    let demo_pid = project_id(&api, &demo).await;
+    for (method, path, body) in [
+        (Method::GET, "/compute/v2.1/os-hypervisors".to_string(), None),
+        (Method::GET, "/compute/v2.1/os-hypervisors/detail".to_string(), None),
+        (Method::GET, "/compute/v2.1/os-services".to_string(), None),
+        (
+            Method::POST,
+            "/compute/v2.1/flavors".to_string(),
+            Some(json!({"flavor": {"name": "f", "ram": 64, "vcpus": 1, "disk": 1}})),
+        ),
+        (Method::DELETE, "/compute/v2.1/flavors/1".to_string(), None),
+        (
+            Method::PUT,
+            format!("/compute/v2.1/os-quota-sets/{demo_pid}"),
+            Some(json!({"quota_set": {"instances": 1000}})),
+        ),
+        (Method::GET, "/identity/v3/users".to_string(), None),
+        (Method::GET, "/identity/v3/projects".to_string(), None),
+    ] {
+        let r = api.call(&demo, method.clone(), &path, body).await;
+        expect(&r, 403, &format!("demo {method} {path}"));
+    }
+    // Admin may, and sees demo's server with all_tenants.
+    let r = api.call(&admin, Method::GET, "/compute/v2.1/servers?all_tenants=1", None).await;
+    assert!(r.body.to_string().contains(&sid), "{}", r.body);
+
+    // Tokens: none, garbage, revoked, expired are all refused.
+    let r = api.send(None, Method::GET, "/compute/v2.1/servers", None).await;
+    expect(&r, 401, "no token");
+    expect(&api.call("not-a-token", Method::GET, "/compute/v2.1/servers", None).await, 401, "garbage token");
+    let revoked = api.token(&stack, "demo").await;
+    expect(&api.call(&revoked, Method::GET, "/compute/v2.1/servers", None).await, 200, "fresh token works");
+    let r = api
+        .http
+        .delete(format!("{}/identity/v3/auth/tokens", api.base))
+        .header("x-auth-token", &revoked)
+        .header("x-subject-token", &revoked)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204, "revoke");
+    for path in ["/compute/v2.1/servers", "/image/v2/images", "/network/v2.0/networks"] {
+        expect(&api.call(&revoked, Method::GET, path, None).await, 401, &format!("revoked token on {path}"));
+    }
+    let expired = api.token(&stack, "demo").await;
+    {
+        // Expire it in the database (the TTL is an hour): the same row a real expiry leaves.
+        let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+        let hash = novabox::api::context::token_hash(&expired);
+        let n = db
+            .execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE token_hash = ?1", [&hash])
+            .expect("expire");
+        assert_eq!(n, 1);
+    }
+    for path in ["/compute/v2.1/servers", "/image/v2/images", "/network/v2.0/networks"] {
+        expect(&api.call(&expired, Method::GET, path, None).await, 401, &format!("expired token on {path}"));
+    }
+    let rescope = json!({"auth": {"identity": {"methods": ["token"], "token": {"id": expired}}}});
+    let r = api.send(None, Method::POST, "/identity/v3/auth/tokens", Some(rescope.to_string().into_bytes())).await;
+    expect(&r, 401, "an expired token cannot buy a new one");
+
+    // Secrets at rest: argon2 hashes, token hashes, owner-only files.
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    let hashes: Vec<String> = db
+        .prepare("SELECT password_hash FROM users")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    for user in ["admin", "demo", "alt_demo"] {
+        let pw = stack.password(user);
+        assert!(hashes.iter().all(|h| !h.contains(&pw)), "{user}'s password stored in clear");
+    }
+    assert!(hashes.iter().all(|h| h.starts_with("$argon2")), "{hashes:?}");
+    let stored: i64 = db.query_row("SELECT count(*) FROM tokens WHERE token_hash = ?1", [&demo], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 0, "a token is stored as itself");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    assert_eq!(mode(home.path().to_path_buf()), 0o700, "state dir");
+    for f in ["novabox.db", "novabox.toml", "secrets.toml"] {
+        let m = mode(home.path().join(f));
+        assert_eq!(m & 0o077, 0, "{f} is readable by others: {m:o}");
+    }
+    // Every listener of this stack is on loopback.
+    assert!(stack.auth_url().starts_with("http://127.0.0.1:"), "{}", stack.auth_url());
+    println!(
+        "RELIABILITY isolation: {} cross-project, admin-API and token checks, all answered as expected (404/403/401)",
+        tried.get()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_clear_4xx_never_500() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let api = Api::new(&stack);
+    let demo = api.token(&stack, "demo").await;
+    let admin = api.token(&stack, "admin").await;
+    let image = api.public_image(&admin).await;
+    let mut tried = 0;
+    let mut check = |what: &str, r: &Reply, allowed: &[u16]| {
+        tried += 1;
+        assert!(allowed.contains(&r.status.as_u16()), "{what}: {} {}", r.status, r.body);
+    };
+
+    // Over the body limit (256 KiB by default): 413 in each service's error format.
+    let big = |key: &str| format!("{{\"{key}\": {{\"name\": \"{}\"}}}}", "x".repeat(300 * 1024)).into_bytes();
+    for (path, key) in [
+        ("/compute/v2.1/servers", "server"),
+        ("/compute/v2.1/os-keypairs", "keypair"),
+        ("/network/v2.0/networks", "network"),
+        ("/image/v2/images", "image"),
+        ("/identity/v3/auth/tokens", "auth"),
+    ] {
+        let r = api.send(Some(&demo), Method::POST, path, Some(big(key))).await;
+        check(&format!("oversized body to {path}"), &r, &[413]);
+    }
+
+    // Deeply nested JSON, wrong types, not JSON at all.
+    let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000)).into_bytes();
+    let nested_obj = format!("{{\"server\": {}1{}}}", "{\"a\":".repeat(5_000), "}".repeat(5_000)).into_bytes();
+    let bodies: Vec<Vec<u8>> = vec![
+        deep,
+        nested_obj,
+        b"{\"server\": {\"name\": 5, \"imageRef\": [], \"flavorRef\": {}}}".to_vec(),
+        b"{\"server\": \"x\"}".to_vec(),
+        b"[]".to_vec(),
+        b"null".to_vec(),
+        b"".to_vec(),
+        b"{\"server\": {\"name\": \"a\"".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x7b],
+        json!({"server": {"name": "x".repeat(100_000), "imageRef": image, "flavorRef": "1", "networks": "none"}})
+            .to_string()
+            .into_bytes(),
+        json!({"server": {"name": "ok", "imageRef": image, "flavorRef": "1", "networks": "none", "min_count": -1}})
+            .to_string()
+            .into_bytes(),
+        json!({"server": {"name": "ok", "imageRef": image, "flavorRef": "1", "networks": "none", "max_count": 1e300}})
+            .to_string()
+            .into_bytes(),
+        json!({"server": {"name": "ok", "imageRef": "../../../etc/passwd", "flavorRef": "1", "networks": "none"}})
+            .to_string()
+            .into_bytes(),
+        json!({"server": {"name": "ok", "imageRef": image, "flavorRef": "../1", "networks": [{"uuid": "../x"}]}})
+            .to_string()
+            .into_bytes(),
+    ];
+    for b in &bodies {
+        for path in ["/compute/v2.1/servers", "/network/v2.0/networks", "/image/v2/images", "/compute/v2.1/os-keypairs"]
+        {
+            let r = api.send(Some(&demo), Method::POST, path, Some(b.clone())).await;
+            let shown = String::from_utf8_lossy(&b[..b.len().min(60)]).to_string();
+            // glance keeps unknown top-level keys as image properties, as glance does: an
+            // object there may be a valid (odd) image.
+            let allowed: &[u16] = if path.starts_with("/image") { &[201, 400, 413, 415] } else { &[400, 413, 415] };
+            check(&format!("POST {path} {shown}"), &r, allowed);
+        }
+    }
+
+    // Huge names and path traversal in names and ids.
+    let long = "n".repeat(10_000);
+    for (path, body) in [
+        ("/compute/v2.1/os-keypairs", json!({"keypair": {"name": "../../etc/passwd"}})),
+        ("/compute/v2.1/os-keypairs", json!({"keypair": {"name": long}})),
+        ("/network/v2.0/networks", json!({"network": {"name": long}})),
+        ("/image/v2/images", json!({"image": {"name": long}})),
+        ("/image/v2/images", json!({"name": long, "disk_format": "raw", "container_format": "bare"})),
+        ("/image/v2/images", json!({"name": "x", "id": "../../../../tmp/escape", "disk_format": "raw"})),
+        ("/network/v2.0/security-groups", json!({"security_group": {"name": long}})),
+    ] {
+        let r = api.call(&demo, Method::POST, path, Some(body)).await;
+        check(&format!("POST {path} hostile name"), &r, &[400]);
+    }
+    for path in [
+        "/compute/v2.1/servers/..%2F..%2Fetc%2Fpasswd",
+        "/compute/v2.1/os-keypairs/..%2F..%2Fetc%2Fpasswd",
+        "/image/v2/images/..%2F..%2Fsecrets.toml",
+        "/image/v2/images/..%2F..%2Fsecrets.toml/file",
+        "/network/v2.0/networks/..%2F..",
+    ] {
+        let r = api.call(&demo, Method::GET, path, None).await;
+        check(&format!("GET {path}"), &r, &[400, 404]);
+    }
+    let r = api.send(Some(&demo), Method::PUT, "/image/v2/images/..%2F..%2Fsecrets.toml/file", Some(vec![7; 16])).await;
+    check("upload to a traversal id", &r, &[400, 404]);
+    // An image whose *name* is a path is only a name: its data lands in the image store by id.
+    let body = json!({"name": "../../../secrets.toml", "disk_format": "raw", "container_format": "bare"});
+    let r = api.call(&demo, Method::POST, "/image/v2/images", Some(body)).await;
+    check("image named like a path", &r, &[201]);
+    let id = r.body["id"].as_str().expect("image id").to_string();
+    let secrets_before = std::fs::read(home.path().join("secrets.toml")).expect("secrets");
+    let r = api.send(Some(&demo), Method::PUT, &format!("/image/v2/images/{id}/file"), Some(b"evil".to_vec())).await;
+    check("upload to the path-named image", &r, &[204]);
+    assert_eq!(std::fs::read(home.path().join("secrets.toml")).expect("secrets"), secrets_before);
+
+    // Nothing above hurt the service.
+    let r = api.call(&demo, Method::GET, "/compute/v2.1/servers", None).await;
+    assert_eq!(r.status, 200);
+    let log = home.up_log();
+    assert!(!log.contains("panicked"), "a handler panicked:\n{log}");
+    println!("RELIABILITY hostile-input: {tried} hostile requests: invalid ones 4xx (413 over the limit), none 5xx, no panic");
+}
+
+/// Like [`settled`], from the database, so it sees every instance however many there are
+/// (the API lists at most 1000 at a time, and the soak makes more).
+async fn settled_rows(home: &TestHome, within: Duration) -> Vec<(String, String, Option<String>)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+        let busy: i64 = db
+            .query_row(
+                "SELECT count(*) FROM instances WHERE deleted = 0 AND (vm_state = 'building' OR task_state IS NOT NULL)",
+                [],
+                |r| r.get(0),
+            )
+            .expect("busy");
+        if busy == 0 {
+            let mut stmt = db
+                .prepare(
+                    "SELECT i.uuid, i.vm_state, (SELECT f.message FROM instance_faults f WHERE f.instance_uuid = i.uuid
+                       ORDER BY f.id DESC LIMIT 1) FROM instances i WHERE i.deleted = 0",
+                )
+                .expect("query");
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).expect("rows");
+            return rows
+                .map(|r| {
+                    let (id, vm, fault): (String, String, Option<String>) = r.expect("row");
+                    (id, vm.to_uppercase(), fault)
+                })
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "{busy} instances still busy after {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What one client saw being accepted during the crash rounds.
+#[derive(Default)]
+struct Accepted {
+    /// Creates answered 202: these rows exist and must end ACTIVE, ERROR with a fault, or deleted.
+    created: Vec<String>,
+    /// Deletes answered 204: these must be gone after the restart, whatever was killed when.
+    deleted: Vec<String>,
+    /// Requests whose answer never came (the stack died under them): allowed either way.
+    cut: usize,
+}
+
+/// Boots and deletes as `token` until the stack dies under it.
+async fn boots_and_deletes(api: Api, token: String, image: String, seed: u64) -> Accepted {
+    let mut acc = Accepted::default();
+    let mut mine: Vec<String> = Vec::new();
+    let mut n = seed;
+    for i in 0.. {
+        // A tiny LCG: each client its own reproducible mix, no extra dependency.
+        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delete = !mine.is_empty() && (n >> 33) % 3 == 0;
+        let sent = if delete {
+            let id = mine.swap_remove(((n >> 40) as usize) % mine.len());
+            let req = api.http.delete(format!("{}/compute/v2.1/servers/{id}", api.base)).header("x-auth-token", &token);
+            match req.send().await {
+                Ok(r) if r.status() == 204 => {
+                    acc.deleted.push(id);
+                    true
+                }
+                Ok(r) if r.status().is_server_error() => panic!("delete answered {}", r.status()),
+                Ok(_) => true,
+                Err(_) => false,
+            }
+        } else {
+            let networks = if i % 2 == 0 { json!("auto") } else { json!("none") };
+            let body = server(&image, &format!("crash-{seed}-{i}"), networks);
+            let req = api
+                .http
+                .post(format!("{}/compute/v2.1/servers", api.base))
+                .header("x-auth-token", &token)
+                .header("openstack-api-version", "compute 2.79")
+                .json(&body);
+            match req.send().await {
+                Ok(r) if r.status() == 202 => {
+                    let v: Value = r.json().await.unwrap_or_default();
+                    if let Some(id) = v["server"]["id"].as_str() {
+                        acc.created.push(id.to_string());
+                        mine.push(id.to_string());
+                    }
+                    true
+                }
+                Ok(r) if r.status().is_server_error() => panic!("create answered {}", r.status()),
+                Ok(_) => true,
+                Err(_) => false,
+            }
+        };
+        if !sent {
+            acc.cut += 1;
+            return acc;
+        }
+    }
+    acc
+}
+
+/// Waits until no instance is in a transitional state (BUILD or a task state) and returns
+/// every instance row that is not deleted: (uuid, status, fault message).
+async fn settled(api: &Api, admin: &str, within: Duration) -> Vec<(String, String, Option<String>)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = api.call(admin, Method::GET, "/compute/v2.1/servers/detail?all_tenants=1&limit=1000", None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let servers = r.body["servers"].as_array().cloned().unwrap_or_default();
+        let busy: Vec<&Value> =
+            servers.iter().filter(|s| s["status"] == "BUILD" || !s["OS-EXT-STS:task_state"].is_null()).collect();
+        if busy.is_empty() {
+            return servers
+                .iter()
+                .map(|s| {
+                    (
+                        s["id"].as_str().unwrap_or_default().to_string(),
+                        s["status"].as_str().unwrap_or_default().to_string(),
+                        s["fault"]["message"].as_str().map(str::to_string),
+                    )
+                })
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "still busy after {within:?}: {busy:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The database's own view: no port, security group binding or block device of an instance
+/// that is gone, and no instance row in a state nothing will move it out of.
+fn assert_no_dangling_rows(home: &TestHome) {
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}")) };
+    let dangling_ports = count(
+        "SELECT count(*) FROM ports p WHERE p.device_owner LIKE 'compute:%'
+           AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.uuid = p.device_id AND i.deleted = 0)",
+    );
+    assert_eq!(dangling_ports, 0, "ports of instances that are gone");
+    let dangling_sg = count(
+        "SELECT count(*) FROM instance_security_groups g
+           WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.uuid = g.instance_uuid AND i.deleted = 0)",
+    );
+    assert_eq!(dangling_sg, 0, "security group bindings of instances that are gone");
+    let dangling_bdm = count(
+        "SELECT count(*) FROM block_device_mappings b WHERE b.deleted = 0
+           AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.uuid = b.instance_uuid AND i.deleted = 0)",
+    );
+    assert_eq!(dangling_bdm, 0, "block devices of instances that are gone");
+    let faultless_errors = count(
+        "SELECT count(*) FROM instances i WHERE i.deleted = 0 AND i.vm_state = 'error'
+           AND NOT EXISTS (SELECT 1 FROM instance_faults f WHERE f.instance_uuid = i.uuid)",
+    );
+    assert_eq!(faultless_errors, 0, "instances in ERROR without a fault");
+    let verdict: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity");
+    assert_eq!(verdict, "ok");
+}
+
+/// What the crash rounds found, for the report line and docs/reliability.md.
+#[derive(Default, Debug)]
+struct CrashReport {
+    rounds: usize,
+    creates_accepted: usize,
+    deletes_accepted: usize,
+    cut: usize,
+    active: usize,
+    error_with_fault: usize,
+    lost_builds: usize,
+    /// Builds the compute service was in the middle of when killed (its `init_host` fault).
+    mid_spawn: usize,
+    lost: usize,
+}
+
+/// `rounds` times: start the stack, boot and delete from 4 clients, kill -9 the stack at a
+/// random moment, start it again and check that nothing was lost or left dangling.
+async fn kill9_rounds(home: &TestHome, up_args: &[&str], rounds: usize, settle: Duration) -> CrashReport {
+    let mut report = CrashReport { rounds, ..Default::default() };
+    let mut seed = std::process::id() as u64;
+    let mut all_deleted: Vec<String> = Vec::new();
+    let mut all_created: Vec<String> = Vec::new();
+    for round in 0..rounds {
+        let stack = home.up(up_args);
+        let api = Api::new(&stack);
+        let admin = api.token(&stack, "admin").await;
+        let demo = api.token(&stack, "demo").await;
+        if round == 0 {
+            unlimited_quota(&api, &admin, &project_id(&api, &demo).await).await;
+        }
+        // What the previous crash left must already be consistent.
+        settled_rows(home, settle).await;
+        assert_no_dangling_rows(home);
+        let image = api.public_image(&admin).await;
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                seed = seed.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+                tokio::spawn(boots_and_deletes(api.clone(), demo.clone(), image.clone(), seed ^ c))
+            })
+            .collect();
+        // Anywhere from mid-request to a steady stream.
+        seed = seed.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+        let after = Duration::from_millis(150 + (seed >> 33) % 1500);
+        tokio::time::sleep(after).await;
+        stack.kill9();
+        for c in clients {
+            let acc = c.await.expect("client task");
+            report.creates_accepted += acc.created.len();
+            report.deletes_accepted += acc.deleted.len();
+            report.cut += acc.cut;
+            all_created.extend(acc.created);
+            all_deleted.extend(acc.deleted);
+        }
+    }
+    // The last crash, recovered.
+    let stack = home.up(up_args);
+    let api = Api::new(&stack);
+    let admin = api.token(&stack, "admin").await;
+    let left = settled_rows(home, settle).await;
+    assert_no_dangling_rows(home);
+    let present: std::collections::HashMap<&str, (&str, Option<&str>)> =
+        left.iter().map(|(id, st, f)| (id.as_str(), (st.as_str(), f.as_deref()))).collect();
+    for id in &all_deleted {
+        if present.contains_key(id.as_str()) {
+            report.lost += 1;
+            eprintln!("delete of {id} was accepted (204) but it is still there: {:?}", present[id.as_str()]);
+        }
+    }
+    for (id, status, fault) in &left {
+        match (status.as_str(), fault) {
+            ("ACTIVE", _) => report.active += 1,
+            ("ERROR", Some(f)) => {
+                report.error_with_fault += 1;
+                if f.contains("build request was lost") {
+                    report.lost_builds += 1;
+                }
+                if f.contains("compute service restarted while this instance was being built") {
+                    report.mid_spawn += 1;
+                }
+            }
+            other => {
+                report.lost += 1;
+                eprintln!("{id} ended as {other:?}");
+            }
+        }
+    }
+    // Every accepted create is accounted for: still there (checked above) or deleted.
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    for id in &all_created {
+        let known: i64 = db.query_row("SELECT count(*) FROM instances WHERE uuid = ?1", [id], |r| r.get(0)).unwrap();
+        if known != 1 {
+            report.lost += 1;
+            eprintln!("create of {id} was accepted (202) but no row exists");
+        }
+    }
+    // And everything still left can be deleted cleanly, ports and all.
+    let ids: Vec<String> = left.iter().map(|(id, _, _)| id.clone()).collect();
+    for id in &ids {
+        let r = api.call(&admin, Method::DELETE, &format!("/compute/v2.1/servers/{id}"), None).await;
+        assert!(r.status == 204 || r.status == 404, "delete {id}: {} {}", r.status, r.body);
+    }
+    let rest = settled_rows(home, settle).await;
+    assert!(rest.is_empty(), "left after deleting everything: {rest:?}");
+    assert_no_dangling_rows(home);
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    let ports: i64 = db
+        .query_row("SELECT count(*) FROM ports WHERE device_owner LIKE 'compute:%'", [], |r| r.get(0))
+        .expect("ports");
+    assert_eq!(ports, 0, "compute ports left after every instance was deleted");
+    assert!(stack.stop().success());
+    report
+}
+
+/// Crash safety with the fake driver: `NOVABOX_SOAK=1` runs 40 rounds, CI runs 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_boots_and_deletes_loses_nothing() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    // A short spawn keeps builds in flight, so kills land in every step of the state machine.
+    let config = home.path().join("novabox.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("fake_delay_ms = 0", "fake_delay_ms = 40")).expect("config");
+    let rounds = if soak() { 40 } else { 6 };
+    let r = kill9_rounds(&home, &[], rounds, Duration::from_secs(60)).await;
+    println!(
+        "RELIABILITY kill9-fake: {} rounds, {} creates and {} deletes accepted, {} requests cut by the kill; \
+         ended {} ACTIVE, {} ERROR with a fault ({} 'build request was lost', {} compute killed mid-build), \
+         all then deleted; lost {}",
+        r.rounds,
+        r.creates_accepted,
+        r.deletes_accepted,
+        r.cut,
+        r.active,
+        r.error_with_fault,
+        r.lost_builds,
+        r.mid_spawn,
+        r.lost
+    );
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert!(r.creates_accepted > 0, "{r:?}");
+}
+
+/// Crash safety with real qemu guests: the hook for the qemu driver (being written
+/// separately). Set `NOVABOX_QEMU_KILL9_ROUNDS=N` to run N rounds with `--driver qemu`; then,
+/// besides every check of the fake rounds, no qemu process of this home may run without an
+/// ACTIVE instance behind it (see `qemu_guests_without_instances`). Skipped (it passes with a
+/// note) while the variable is unset, which is the CI default until the driver lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_qemu_rounds() {
+    let Some(rounds) = std::env::var("NOVABOX_QEMU_KILL9_ROUNDS").ok().and_then(|v| v.parse::<usize>().ok()) else {
+        eprintln!("NOVABOX_QEMU_KILL9_ROUNDS is not set: skipping the kill -9 rounds with qemu guests");
+        return;
+    };
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "qemu", "--bus", "local"]));
+    let r = kill9_rounds(&home, &["--driver", "qemu"], rounds, Duration::from_secs(300)).await;
+    let strays = qemu_guests_without_instances(home.path());
+    println!("RELIABILITY kill9-qemu: {r:?}; stray qemu processes {}", strays.len());
+    assert!(strays.is_empty(), "qemu processes with no instance: {strays:?}");
+    assert_eq!(r.lost, 0, "{r:?}");
+}
+
+/// Pids of qemu processes started for `home` (their command line names the home) that are
+/// still running after every instance was deleted.
+fn qemu_guests_without_instances(home: &std::path::Path) -> Vec<u32> {
+    let needle = home.to_string_lossy().to_string();
+    let mut strays = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+            strays.push(pid);
+        }
+    }
+    strays
+}
+
+/// Resident memory (KiB) and open file descriptors of a process.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").count();
+    (rss, fds)
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct LoadCounts {
+    requests: usize,
+    ok: usize,
+    client_errors: usize,
+    server_errors: usize,
+}
+
+/// One API client of the load test: create, list, show and delete its own servers until `until`.
+async fn load_client(api: Api, token: String, image: String, until: Instant, seed: u64) -> LoadCounts {
+    let mut c = LoadCounts::default();
+    let mut mine: Vec<String> = Vec::new();
+    let mut n = seed;
+    while Instant::now() < until {
+        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let pick = (n >> 33) % 10;
+        let r = match pick {
+            0..=2 if mine.len() < 4 => {
+                let networks = if pick == 0 { json!("auto") } else { json!("none") };
+                let r = api
+                    .call(&token, Method::POST, "/compute/v2.1/servers", Some(server(&image, "load", networks)))
+                    .await;
+                if let Some(id) = r.body["server"]["id"].as_str() {
+                    mine.push(id.to_string());
+                }
+                r
+            }
+            3..=5 => api.call(&token, Method::GET, "/compute/v2.1/servers/detail", None).await,
+            6..=7 if !mine.is_empty() => {
+                let id = &mine[(n >> 40) as usize % mine.len()];
+                api.call(&token, Method::GET, &format!("/compute/v2.1/servers/{id}"), None).await
+            }
+            _ if !mine.is_empty() => {
+                let id = mine.swap_remove((n >> 40) as usize % mine.len());
+                api.call(&token, Method::DELETE, &format!("/compute/v2.1/servers/{id}"), None).await
+            }
+            _ => api.call(&token, Method::GET, "/compute/v2.1/servers", None).await,
+        };
+        c.requests += 1;
+        match r.status.as_u16() {
+            200..=299 => c.ok += 1,
+            400..=499 => c.client_errors += 1,
+            s => {
+                c.server_errors += 1;
+                eprintln!("load: {s} {}", r.body);
+            }
+        }
+    }
+    // Leave nothing behind, so memory and descriptors can be compared with an empty cloud.
+    for id in mine {
+        let _ = api.call(&token, Method::DELETE, &format!("/compute/v2.1/servers/{id}"), None).await;
+    }
+    c
+}
+
+async fn load_phase(api: &Api, token: &str, image: &str, clients: usize, length: Duration) -> LoadCounts {
+    let until = Instant::now() + length;
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| tokio::spawn(load_client(api.clone(), token.to_string(), image.to_string(), until, 0x9e37 + i as u64)))
+        .collect();
+    let mut total = LoadCounts::default();
+    for t in tasks {
+        let c = t.await.expect("load client");
+        total.requests += c.requests;
+        total.ok += c.ok;
+        total.client_errors += c.client_errors;
+        total.server_errors += c.server_errors;
+    }
+    total
+}
+
+/// 50 concurrent clients of mixed create/list/show/delete on the fake driver: zero 5xx, and no
+/// growth of memory or file descriptors once the load is over. 15 s in CI, 60 s with
+/// `NOVABOX_SOAK=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_50_clients_no_5xx_no_leaks() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let api = Api::new(&stack);
+    let admin = api.token(&stack, "admin").await;
+    let demo = api.token(&stack, "demo").await;
+    unlimited_quota(&api, &admin, &project_id(&api, &demo).await).await;
+    let image = api.public_image(&admin).await;
+    let length = if soak() { Duration::from_secs(60) } else { Duration::from_secs(15) };
+
+    // Warm-up: pools, caches and the allocator reach their working size; then the baseline.
+    let warm = load_phase(&api, &demo, &image, 50, Duration::from_secs(3)).await;
+    assert!(settled(&api, &admin, Duration::from_secs(60)).await.is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss0, fds0) = rss_and_fds(stack.pid());
+
+    let load = load_phase(&api, &demo, &image, 50, length).await;
+    assert!(settled(&api, &admin, Duration::from_secs(60)).await.is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss1, fds1) = rss_and_fds(stack.pid());
+    println!(
+        "RELIABILITY load: 50 clients for {}s: {} requests ({} 2xx, {} 4xx, {} 5xx) after {} warm-up requests; \
+         RSS {} -> {} KiB, fds {} -> {}",
+        length.as_secs(),
+        load.requests,
+        load.ok,
+        load.client_errors,
+        load.server_errors,
+        warm.requests,
+        rss0,
+        rss1,
+        fds0,
+        fds1
+    );
+    assert_eq!(warm.server_errors + load.server_errors, 0, "5xx under load");
+    assert!(load.requests > 50, "the load did not run: {load:?}");
+    // Idle HTTP connections may still be closing; a leak grows with the requests (thousands).
+    assert!(fds1 <= fds0 + 10, "file descriptors grew from {fds0} to {fds1}");
+    // The allocator keeps some of what a longer phase touched; a leak grows with the requests.
+    assert!(rss1 <= rss0 + rss0 / 4 + 16 * 1024, "RSS grew from {rss0} KiB to {rss1} KiB");
+    let log = home.up_log();
+    assert!(!log.contains("panicked"), "a task panicked:\n{log}");
+}
+
+/// Boots `n` servers named `prefix-i` as `token`; returns (accepted ids, requests refused with
+/// 5xx and their message). A 5xx here must be the API saying the request could not be sent.
+async fn boot_many(api: &Api, token: &str, image: &str, prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
+    let mut ids = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..n {
+        let r = api
+            .call(
+                token,
+                Method::POST,
+                "/compute/v2.1/servers",
+                Some(server(image, &format!("{prefix}-{i}"), json!("auto"))),
+            )
+            .await;
+        match r.status.as_u16() {
+            202 => ids.push(r.body["server"]["id"].as_str().expect("id").to_string()),
+            503 => refused.push(r.body.to_string()),
+            s => panic!("boot during a broker fault answered {s}: {}", r.body),
+        }
+    }
+    (ids, refused)
+}
+
+/// RabbitMQ stopped and started again while boots are in flight: every accepted boot ends
+/// ACTIVE (delivered after the reconnection) or in ERROR with a fault that says what was lost;
+/// none stays in BUILD. 1 restart in CI, 3 with `NOVABOX_SOAK=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_during_boots_loses_nothing() {
+    if !novabox::supervise::rabbitmq::is_installed() {
+        assert!(
+            std::env::var("NOVABOX_SKIP_RABBITMQ").is_ok_and(|v| v == "1"),
+            "this test needs rabbitmq-server (scripts/install-deps); set NOVABOX_SKIP_RABBITMQ=1 to skip it"
+        );
+        eprintln!("rabbitmq-server is not installed and NOVABOX_SKIP_RABBITMQ=1: skipping");
+        return;
+    }
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "rabbitmq"]));
+    let config_file = home.path().join("novabox.toml");
+    let text = std::fs::read_to_string(&config_file).expect("config");
+    // Calls whose reply died with the broker time out: 15 s instead of 60 keeps the test short.
+    let text = text
+        .replace("fake_delay_ms = 0", "fake_delay_ms = 200")
+        .replace("call_timeout_secs = 60", "call_timeout_secs = 15");
+    std::fs::write(&config_file, text).expect("config");
+    let stack = home.up(&[]);
+    let api = Api::new(&stack);
+    let admin = api.token(&stack, "admin").await;
+    let demo = api.token(&stack, "demo").await;
+    unlimited_quota(&api, &admin, &project_id(&api, &demo).await).await;
+    let image = api.public_image(&admin).await;
+    let nb_home = novabox::home::Home::at(home.path());
+    let config = novabox::config::Config::load(&nb_home.config_file()).expect("config");
+    let secrets = novabox::secrets::Secrets::load(&nb_home.secrets_file()).expect("secrets").expect("secrets file");
+
+    let restarts = if soak() { 3 } else { 1 };
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for round in 0..restarts {
+        // Boots in flight, then the broker goes away under them (SIGTERM by its pid file).
+        let (ids, r) = boot_many(&api, &demo, &image, &format!("before-{round}"), 4).await;
+        accepted.extend(ids);
+        refused.extend(r);
+        let h = nb_home.clone();
+        tokio::task::spawn_blocking(move || novabox::supervise::rabbitmq::RabbitMq::stop(&h))
+            .await
+            .expect("join")
+            .expect("stop the broker");
+        // Boots while it is down: the API's cast waits for the broker (or fails with 503 and
+        // an ERROR instance); start the broker again while they wait.
+        let during = {
+            let (api, demo, image) = (api.clone(), demo.clone(), image.clone());
+            tokio::spawn(async move { boot_many(&api, &demo, &image, &format!("during-{round}"), 3).await })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        novabox::supervise::rabbitmq::RabbitMq::ensure_running(&nb_home, &config, &secrets)
+            .await
+            .expect("restart the broker");
+        let (ids, r) = during.await.expect("boots during the outage");
+        accepted.extend(ids);
+        refused.extend(r);
+        let (ids, r) = boot_many(&api, &demo, &image, &format!("after-{round}"), 2).await;
+        accepted.extend(ids);
+        refused.extend(r);
+    }
+    let left = settled(&api, &admin, Duration::from_secs(180)).await;
+    assert_no_dangling_rows(&home);
+    let (mut active, mut errors, mut lost) = (0, Vec::new(), 0);
+    for id in &accepted {
+        match left.iter().find(|(i, _, _)| i == id) {
+            Some((_, s, _)) if s == "ACTIVE" => active += 1,
+            Some((_, s, Some(fault))) if s == "ERROR" => errors.push(fault.clone()),
+            other => {
+                lost += 1;
+                eprintln!("{id}: {other:?}");
+            }
+        }
+    }
+    // Boots refused with 503 left an instance in ERROR with the reason: find them too.
+    let refused_rows = left
+        .iter()
+        .filter(|(_, s, f)| s == "ERROR" && f.as_deref().is_some_and(|f| f.contains("could not be sent")))
+        .count();
+    println!(
+        "RELIABILITY broker-restart: {restarts} RabbitMQ restarts during {} boots: {} accepted -> {active} ACTIVE, \
+         {} ERROR with a fault {:?}; {} refused with 503 ({} ERROR rows saying so); lost {lost}",
+        accepted.len() + refused.len(),
+        accepted.len(),
+        errors.len(),
+        errors,
+        refused.len(),
+        refused_rows
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(refused_rows, refused.len(), "a 503 left no ERROR instance saying why: {refused:?}");
+    assert!(stack.stop().success());
+}
