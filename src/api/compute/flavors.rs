@@ -90,9 +90,7 @@ pub async fn list(
     v: Microversion,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let base = base_url(&headers, &state.config);
-    let flavors: Vec<Value> = listed(&state, &q)?.iter().map(|(f, s)| view(f, Some(s), &base, v, false)).collect();
-    Ok(Json(json!({ "flavors": flavors })))
+    flavor_list(&headers, &state, v, &q, false)
 }
 
 pub async fn list_detail(
@@ -102,8 +100,18 @@ pub async fn list_detail(
     v: Microversion,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let base = base_url(&headers, &state.config);
-    let flavors: Vec<Value> = listed(&state, &q)?.iter().map(|(f, s)| view(f, Some(s), &base, v, true)).collect();
+    flavor_list(&headers, &state, v, &q, true)
+}
+
+fn flavor_list(
+    headers: &HeaderMap,
+    state: &AppState,
+    v: Microversion,
+    q: &ListQuery,
+    detail: bool,
+) -> ApiResult<Json<Value>> {
+    let base = base_url(headers, &state.config);
+    let flavors: Vec<Value> = listed(state, q)?.iter().map(|(f, s)| view(f, Some(s), &base, v, detail)).collect();
     Ok(Json(json!({ "flavors": flavors })))
 }
 

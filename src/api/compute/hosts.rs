@@ -223,12 +223,8 @@ pub async fn availability_zones_detail(State(state): State<AppState>, auth: Auth
 }
 
 pub async fn limits(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
-    let (q, (instances, cores, ram), keypairs) = state.db.with(|db| -> crate::db::Result<_> {
-        Ok((
-            db.quota_limits(auth.project_id())?,
-            db.project_usage(auth.project_id())?,
-            db.keypairs(auth.user_id())?.len(),
-        ))
+    let (q, (instances, cores, ram)) = state.db.with(|db| -> crate::db::Result<_> {
+        Ok((db.quota_limits(auth.project_id())?, db.project_usage(auth.project_id())?))
     })?;
     let get = |k: &str| q.get(k).copied().unwrap_or(-1);
     let mut absolute = json!({
@@ -245,7 +241,6 @@ pub async fn limits(State(state): State<AppState>, auth: Auth, v: Microversion) 
         "totalRAMUsed": ram,
         "totalServerGroupsUsed": 0,
     });
-    let _ = keypairs;
     if !v.at_least(57) {
         absolute["maxPersonality"] = json!(get("injected_files"));
         absolute["maxPersonalitySize"] = json!(get("injected_file_content_bytes"));
@@ -286,10 +281,7 @@ pub async fn quota_set(
     v: Microversion,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if project != auth.project_id() {
-        auth.require_admin()?;
-    }
-    Ok(Json(json!({"quota_set": quota_view(&state, &project, v, false)?})))
+    own_quota_set(&state, &auth, v, &project, false)
 }
 
 pub async fn quota_set_detail(
@@ -298,10 +290,21 @@ pub async fn quota_set_detail(
     v: Microversion,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    own_quota_set(&state, &auth, v, &project, true)
+}
+
+/// A project reads its own quotas; admins read anyone's.
+fn own_quota_set(
+    state: &AppState,
+    auth: &Auth,
+    v: Microversion,
+    project: &str,
+    detail: bool,
+) -> ApiResult<Json<Value>> {
     if project != auth.project_id() {
         auth.require_admin()?;
     }
-    Ok(Json(json!({"quota_set": quota_view(&state, &project, v, true)?})))
+    Ok(Json(json!({"quota_set": quota_view(state, project, v, detail)?})))
 }
 
 /// PUT /os-quota-sets/{project}: admins set a project's limits (-1 is unlimited).

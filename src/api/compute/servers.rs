@@ -20,7 +20,7 @@ use crate::api::{base_url, AppState};
 use crate::db::instances::{
     FlavorSnapshot, Instance, InstanceFilter, InstanceUpdate, NewBlockDevice, NewInstance, UpdateError,
 };
-use crate::db::services::is_up;
+use crate::db::services::{is_up, Service};
 use crate::db::Db;
 use crate::rpcapi::{ComputeApi, RequestSpec, RequestedNetwork, RequestedNetworks, SchedulerApi};
 
@@ -82,13 +82,16 @@ struct ViewData {
     volumes: Vec<String>,
 }
 
-fn view_data(state: &AppState, db: &Db, inst: &Instance) -> crate::db::Result<ViewData> {
-    let host_up = match &inst.host {
-        Some(h) => Some(db.services()?.iter().any(|s| {
-            &s.host == h && s.binary == crate::compute::BINARY && is_up(s, state.config.compute.service_down_secs)
-        })),
-        None => None,
-    };
+/// True when the compute service of `host` is among `services` and alive.
+fn compute_up(state: &AppState, services: &[Service], host: &str) -> bool {
+    services.iter().any(|s| {
+        s.host == host && s.binary == crate::compute::BINARY && is_up(s, state.config.compute.service_down_secs)
+    })
+}
+
+/// `services` is read once by the caller, not once per server of a listing.
+fn view_data(state: &AppState, db: &Db, services: &[Service], inst: &Instance) -> crate::db::Result<ViewData> {
+    let host_up = inst.host.as_deref().map(|h| compute_up(state, services, h));
     let volumes = db
         .block_devices(&inst.uuid)?
         .into_iter()
@@ -324,7 +327,8 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<(Vec<Instan
     };
     let result = state.db.with(|db| -> crate::db::Result<_> {
         let list = db.list_instances(&filter)?;
-        let data = list.iter().map(|i| view_data(state, db, i)).collect::<crate::db::Result<Vec<_>>>()?;
+        let services = db.services()?;
+        let data = list.iter().map(|i| view_data(state, db, &services, i)).collect::<crate::db::Result<Vec<_>>>()?;
         Ok((list, data))
     });
     match result {
@@ -385,7 +389,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let inst = find(&state, &auth, &id)?;
-    let d = state.db.with(|db| view_data(&state, db, &inst))?;
+    let d = state.db.with(|db| view_data(&state, db, &db.services()?, &inst))?;
     let mut server = server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth);
     if v.at_least(71) {
         server["server_groups"] = json!([]);
@@ -915,7 +919,7 @@ pub async fn update(
         Ok(i) => i,
         Err(_) => return Err(ApiError::not_found(format!("Instance {id} could not be found."))),
     };
-    let d = state.db.with(|db| view_data(&state, db, &inst))?;
+    let d = state.db.with(|db| view_data(&state, db, &db.services()?, &inst))?;
     Ok(Json(json!({"server": server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth)})))
 }
 
@@ -923,10 +927,7 @@ pub async fn update(
 fn live_host(state: &AppState, inst: &Instance) -> ApiResult<Option<String>> {
     let Some(host) = inst.host.clone() else { return Ok(None) };
     let services = state.db.with(|db| db.services())?;
-    let up = services.iter().any(|s| {
-        s.host == host && s.binary == crate::compute::BINARY && is_up(s, state.config.compute.service_down_secs)
-    });
-    Ok(up.then_some(host))
+    Ok(compute_up(state, &services, &host).then_some(host))
 }
 
 fn compute_api(state: &AppState) -> ComputeApi {
