@@ -75,7 +75,7 @@ pub enum Command {
     Service(up::ServiceArgs),
     /// Create, list, show, delete servers and read their console
     Server(server::ServerArgs),
-    /// Measure novabox: `bench bus`, `bench boot`, `bench guest`
+    /// Measure novabox: `bench bus`, `bench boot`, `bench guest`, `bench up`
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
