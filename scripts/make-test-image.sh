@@ -12,6 +12,8 @@
 #   novabox-guest: init reached
 #   novabox-guest: hostname <name>          (when a config drive labelled config-2 is attached)
 #   novabox-guest: public-key <key>         (idem, the first key)
+#   novabox-guest: disk <name> <sectors>    (every virtio/scsi disk at boot, and each one
+#                                           hot-plugged later, e.g. an attached volume)
 #   novabox-guest: ready
 # and then keeps a shell on the console.
 #
@@ -116,6 +118,21 @@ echo "novabox-guest: init reached"
 while read -r m; do
   insmod "/lib/modules/$m" 2>/dev/null
 done </etc/modules
+# Report every disk once: those present at boot and those hot-plugged later (volume attach),
+# so tests can see the guest notice a new device. Polling is enough; busybox has no udev.
+(
+  seen=" "
+  while true; do
+    for b in /sys/block/vd* /sys/block/sd*; do
+      [ -e "$b" ] || continue
+      n=${b##*/}
+      case "$seen" in *" $n "*) continue ;; esac
+      seen="$seen$n "
+      echo "novabox-guest: disk $n $(cat "$b/size")"
+    done
+    sleep 1
+  done
+) &
 # Block devices appear asynchronously after their driver loads.
 dev=""
 for i in 1 2 3 4 5 6 7 8 9 10; do
