@@ -8,11 +8,14 @@
 //! | `qemu.pid`      | the pid (qemu runs in the foreground, in its own process group) |
 //! | `qmp.sock`      | the QMP monitor (status, ACPI power button, reset, quit)        |
 //! | `console.log`   | the serial console, appended across power cycles                |
+//! | `console.sock`  | the serial console's socket, for `novabox console`              |
 //! | `qemu.log`      | qemu's own stderr                                               |
 //! | `disk`          | root disk: a qcow2 overlay on the cached base image             |
-//! | `disk.eph0`, `disk.swap` | blank qcow2 disks when the flavor has them (not formatted) |
+//! | `disk.eph0`     | the flavor's ephemeral disk: raw, ext4 labelled `ephemeral0`    |
+//! | `disk.swap`     | the flavor's swap disk: raw, mkswap'ed                          |
 //! | `kernel`, `ramdisk` | copies (hard links) of AMI-style kernel and ramdisk images  |
-//! | `config-drive/` | the config drive's files, shown to the guest as vfat `config-2` |
+//! | `disk.config`   | the config drive, ISO9660 `config-2` on a CD-ROM (iso9660 format) |
+//! | `config-drive/` | the config drive's files, shown as vfat `config-2` (vfat format)  |
 //! | `stopped`       | present while the guest is off because novabox turned it off    |
 //!
 //! Base images are hard links in `<home>/instances/_base/<image id>`, checked with `qemu-img`
@@ -30,8 +33,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{configdrive, qmp, GuestSpec, HostResources, ImageMeta, VirtDriver, VirtError};
-use crate::config::Accel;
+use super::{configdrive, disks, imagecache, qmp, GuestSpec, HostResources, ImageMeta, VirtDriver, VirtError};
+use crate::config::{Accel, ConfigDriveFormat};
 use crate::db::instances::power;
 use crate::hostpkgs;
 
@@ -47,6 +50,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONSOLE_BYTES: u64 = 100 * 1024;
 /// The kernel command line of AMI-style boots unless the image sets `os_command_line`.
 const DEFAULT_CMDLINE: &str = "root=/dev/vda console=tty0 console=ttyS0";
+/// The serial console's socket in the instance dir (`novabox console` connects to it).
+pub const CONSOLE_SOCKET: &str = "console.sock";
 /// A unix socket path longer than this cannot be bound (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -71,6 +76,10 @@ pub struct QemuDriver {
     qemu_img: PathBuf,
     accel: Accel,
     resources: HostResources,
+    /// The ISO builder when config drives are ISO9660; None means vfat (asked for, or the
+    /// fallback when no ISO tool is installed).
+    iso_tool: Option<disks::IsoTool>,
+    image_cache_max_age: Duration,
 }
 
 fn failed(message: impl Into<String>) -> VirtError {
@@ -94,7 +103,50 @@ impl QemuDriver {
             memory_mb,
             local_gb,
         };
-        Ok(QemuDriver { exits: Default::default(), instances: home.instances_dir(), qemu, qemu_img, accel, resources })
+        let mut driver = QemuDriver {
+            exits: Default::default(),
+            instances: home.instances_dir(),
+            qemu,
+            qemu_img,
+            accel,
+            resources,
+            iso_tool: None,
+            image_cache_max_age: Duration::from_secs(86400),
+        };
+        driver.set_config_drive_format(ConfigDriveFormat::Iso9660);
+        Ok(driver)
+    }
+
+    /// Applies the `[compute]` settings the driver reads: config drive format, image cache age.
+    pub fn configure(mut self, compute: &crate::config::ComputeConfig) -> QemuDriver {
+        self.set_config_drive_format(compute.config_drive_format);
+        self.image_cache_max_age = Duration::from_secs(compute.image_cache_max_age_secs);
+        self
+    }
+
+    fn set_config_drive_format(&mut self, format: ConfigDriveFormat) {
+        self.iso_tool = match format {
+            ConfigDriveFormat::Vfat => None,
+            ConfigDriveFormat::Iso9660 => {
+                let tool = disks::find_iso_tool();
+                if tool.is_none() {
+                    tracing::warn!(
+                        "config drives are vfat, not iso9660: neither genisoimage nor xorriso is installed \
+                         (sudo apt-get install genisoimage)"
+                    );
+                }
+                tool
+            }
+        };
+    }
+
+    /// The config drive format guests of this driver get (after any fallback).
+    pub fn config_drive_format(&self) -> ConfigDriveFormat {
+        if self.iso_tool.is_some() {
+            ConfigDriveFormat::Iso9660
+        } else {
+            ConfigDriveFormat::Vfat
+        }
     }
 
     /// True when both programs the driver runs are installed.
@@ -168,6 +220,9 @@ impl QemuDriver {
         std::fs::create_dir_all(&base_dir).map_err(|e| failed(format!("cannot create {}: {e}", base_dir.display())))?;
         let base = base_dir.join(&image.id);
         if base.is_file() {
+            // Used now: the image cache keeps it at least image_cache_max_age_secs from here,
+            // also in the moment before the guest's overlay names it.
+            imagecache::touch(&base, std::time::SystemTime::now());
             let info = self.inspect(&base, format, &format!("image {}", image.id)).await?;
             return Ok((base, virtual_size(&info)));
         }
@@ -196,7 +251,8 @@ impl QemuDriver {
         let plan = boot_plan(image)?;
         let root_bytes = (spec.root_gb.max(0) as u64) << 30;
         let disk = dir.join("disk");
-        let mut disks: Vec<PathBuf> = Vec::new();
+        // (file, qemu format), in the order the guest sees them: vda, vdb, ...
+        let mut disks: Vec<(PathBuf, &str)> = Vec::new();
         if let Some((file, format)) = &plan.root {
             let (base, vsize) = self.base_image(image, file, format).await?;
             if root_bytes > 0 && vsize > root_bytes {
@@ -212,30 +268,22 @@ impl QemuDriver {
                 args.push(&size);
             }
             self.run_qemu_img(&args, "the root disk").await?;
-            disks.push(disk);
+            disks.push((disk, "qcow2"));
         } else if root_bytes > 0 {
             // A kernel image boots without a root image; the flavor's root disk is blank.
             self.blank_disk(&disk, root_bytes).await?;
-            disks.push(disk);
+            disks.push((disk, "qcow2"));
         }
-        if spec.ephemeral_gb > 0 {
-            let eph = dir.join("disk.eph0");
-            self.blank_disk(&eph, (spec.ephemeral_gb as u64) << 30).await?;
-            disks.push(eph);
-        }
-        if spec.swap_mb > 0 {
-            let swap = dir.join("disk.swap");
-            self.blank_disk(&swap, (spec.swap_mb as u64) << 20).await?;
-            disks.push(swap);
-        }
-        let config_drive = dir.join("config-drive");
-        configdrive::write(&config_drive, spec).map_err(|e| failed(e.to_string()))?;
+        disks.extend(flavor_disks(spec, dir).await?);
+        let config_drive = self.config_drive(spec, dir).await?;
 
         let qmp = dir.join("qmp.sock");
-        if qmp.as_os_str().len() > MAX_SOCKET_PATH {
+        // console.sock is the longer of the two sockets.
+        let console = dir.join(CONSOLE_SOCKET);
+        if console.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(failed(format!(
-                "the QMP socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --home",
-                qmp.display()
+                "the console socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --home",
+                console.display()
             )));
         }
         let mut args: Vec<String> = Vec::new();
@@ -248,7 +296,7 @@ impl QemuDriver {
         }
         push(&["-m", &spec.memory_mb.to_string(), "-smp", &spec.vcpus.to_string(), "-rtc", "base=utc"]);
         push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&qmp)?)]);
-        push(&["-chardev", &format!("file,id=serial0,path={},append=on", opt_path(&dir.join("console.log"))?)]);
+        push(&["-chardev", &serial_chardev(dir)?]);
         push(&["-serial", "chardev:serial0"]);
         if let Some(k) = &plan.kernel {
             let kernel = dir.join("kernel");
@@ -261,20 +309,13 @@ impl QemuDriver {
             }
             push(&["-append", &k.cmdline]);
         }
-        for (i, d) in disks.iter().enumerate() {
-            push(&["-drive", &format!("if=none,id=disk{i},format=qcow2,file={}", opt_path(d)?)]);
+        for (i, (d, format)) in disks.iter().enumerate() {
+            push(&["-drive", &format!("if=none,id=disk{i},format={format},file={}", opt_path(d)?)]);
             let boot = if i == 0 { ",bootindex=1" } else { "" };
             push(&["-device", &format!("virtio-blk-pci,drive=disk{i}{boot}")]);
         }
-        push(&[
-            "-blockdev",
-            &format!(
-                "driver=vvfat,node-name=config,dir={},label={},read-only=on",
-                opt_path(&config_drive)?,
-                configdrive::LABEL
-            ),
-        ]);
-        push(&["-device", "virtio-blk-pci,drive=config"]);
+        let config_drive: Vec<&str> = config_drive.iter().map(String::as_str).collect();
+        push(&config_drive);
         // QEMU user networking per port until the networking work brings bridges and taps.
         for (i, vif) in spec.network_info.iter().enumerate() {
             let mac = valid_mac(&vif.mac)
@@ -288,6 +329,32 @@ impl QemuDriver {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT.as_secs());
         Ok(Launch { args, shutdown_timeout_secs })
+    }
+
+    /// Writes the config drive and returns the qemu arguments that attach it: an ISO9660
+    /// image on an IDE CD-ROM as nova attaches it (so it takes no virtio disk name and the
+    /// flavor's disks stay vdb, vdc), or qemu's read-only vvfat view of the directory.
+    async fn config_drive(&self, spec: &GuestSpec, dir: &Path) -> Result<Vec<String>, VirtError> {
+        let tree = dir.join("config-drive");
+        configdrive::write(&tree, spec).map_err(|e| failed(e.to_string()))?;
+        let Some(tool) = &self.iso_tool else {
+            let blockdev = format!(
+                "driver=vvfat,node-name=config,dir={},label={},read-only=on",
+                opt_path(&tree)?,
+                configdrive::LABEL
+            );
+            return Ok(vec!["-blockdev".into(), blockdev, "-device".into(), "virtio-blk-pci,drive=config".into()]);
+        };
+        let iso = dir.join("disk.config");
+        disks::build_iso(tool, &tree, &iso, configdrive::LABEL).await.map_err(|e| failed(e.to_string()))?;
+        // The ISO holds everything now; one copy of the user data on disk is enough.
+        let _ = std::fs::remove_dir_all(&tree);
+        Ok(vec![
+            "-drive".into(),
+            format!("if=none,id=config,media=cdrom,readonly=on,format=raw,file={}", opt_path(&iso)?),
+            "-device".into(),
+            "ide-cd,drive=config,bus=ide.1".into(),
+        ])
     }
 
     async fn blank_disk(&self, path: &Path, bytes: u64) -> Result<(), VirtError> {
@@ -539,6 +606,22 @@ impl VirtDriver for QemuDriver {
             .filter(|name| self.instances.join(name).join("launch.json").is_file())
             .collect()
     }
+
+    async fn manage_image_cache(&self) {
+        let (instances, max_age) = (self.instances.clone(), self.image_cache_max_age);
+        let pass =
+            tokio::task::spawn_blocking(move || imagecache::cleanup(&instances, max_age, std::time::SystemTime::now()));
+        match pass.await {
+            Ok(Ok(report)) => tracing::debug!(
+                removed = report.removed.len(),
+                in_use = report.in_use,
+                kept = report.kept,
+                "image cache checked"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the image cache"),
+            Err(e) => tracing::warn!(error = %e, "the image cache check failed"),
+        }
+    }
 }
 
 /// The qemu arguments a guest was started with (its `launch.json`), for `novabox bench guest`
@@ -552,6 +635,40 @@ pub fn saved_args(instances_dir: &Path, uuid: &str) -> Result<Vec<String>, VirtE
     let launch: Launch =
         serde_json::from_slice(&text).map_err(|e| failed(format!("{} is damaged: {e}", file.display())))?;
     Ok(launch.args)
+}
+
+/// The serial console: a unix socket for `novabox console` that also logs everything the
+/// guest writes to `console.log` (appended across power cycles), connected or not.
+fn serial_chardev(dir: &Path) -> Result<String, VirtError> {
+    Ok(format!(
+        "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+        opt_path(&dir.join(CONSOLE_SOCKET))?,
+        opt_path(&dir.join("console.log"))?
+    ))
+}
+
+/// The flavor's ephemeral disk (`disk.eph0`, ext4 `ephemeral0`) and swap disk (`disk.swap`),
+/// in nova's order after the root disk. A full host disk says so.
+async fn flavor_disks(spec: &GuestSpec, dir: &Path) -> Result<Vec<(PathBuf, &'static str)>, VirtError> {
+    let why = |e: disks::DiskError| {
+        if e.is_no_space() {
+            failed(format!("{e} (the disk holding {} is full: free space there)", dir.display()))
+        } else {
+            failed(e.to_string())
+        }
+    };
+    let mut out = Vec::new();
+    if spec.ephemeral_gb > 0 {
+        let eph = dir.join("disk.eph0");
+        disks::ephemeral_disk(&eph, (spec.ephemeral_gb as u64) << 30, disks::EPHEMERAL_LABEL).await.map_err(why)?;
+        out.push((eph, "raw"));
+    }
+    if spec.swap_mb > 0 {
+        let swap = dir.join("disk.swap");
+        disks::swap_disk(&swap, (spec.swap_mb as u64) << 20).await.map_err(why)?;
+        out.push((swap, "raw"));
+    }
+    Ok(out)
 }
 
 /// What to boot: a root image, a kernel, or both.
@@ -860,6 +977,7 @@ mod tests {
         spec.hostname = "qemu-test-1".into();
         spec.memory_mb = 128;
         spec.swap_mb = 16;
+        spec.ephemeral_gb = 1;
         spec.key_name = Some("k".into());
         spec.key_data = Some("ssh-ed25519 AAAAtest driver@novabox".into());
         spec.image = Some(image);
@@ -907,9 +1025,18 @@ mod tests {
         assert!(text.contains("novabox-guest: init reached"), "{text}");
         assert!(text.contains("novabox-guest: hostname qemu-test-1"), "{text}");
         assert!(text.contains("novabox-guest: public-key ssh-ed25519 AAAAtest driver@novabox"), "{text}");
-        for file in ["disk", "disk.swap", "kernel", "ramdisk", "qmp.sock", "qemu.pid", "launch.json"] {
+        for file in ["disk", "disk.eph0", "disk.swap", "disk.config", "kernel", "ramdisk", "qmp.sock", "qemu.pid"] {
             assert!(dir.join(file).exists(), "{file} missing");
         }
+        assert!(dir.join(CONSOLE_SOCKET).exists() && dir.join("launch.json").exists());
+        assert!(!dir.join("config-drive").exists(), "the ISO replaces the tree");
+        // Root (1 GiB blank, AMI), then ephemeral (1 GiB) and swap (16 MiB), in 512-byte sectors;
+        // the ISO config drive is a CD-ROM, not a virtio disk.
+        let text = wait_console(d, &uuid, "novabox-guest: disk vdc", 1).await;
+        assert!(text.contains("novabox-guest: disk vda 2097152"), "{text}");
+        assert!(text.contains("novabox-guest: disk vdb 2097152"), "{text}");
+        assert!(text.contains("novabox-guest: disk vdc 32768"), "{text}");
+        assert!(!text.contains("novabox-guest: disk vdd"), "{text}");
         assert!(base.is_file());
         let args = std::fs::read_to_string(dir.join("launch.json")).unwrap();
         assert!(args.contains("mac=fa:16:3e:12:34:56") && args.contains("tcg"), "{args}");
