@@ -7,8 +7,10 @@
 //!   (nova's `virt_mkfs` default for Linux guests), so cloud-init mounts it as /mnt;
 //! - the flavor's swap disk: a sparse raw file set up with `mkswap`.
 //!
-//! Raw, not qcow2: these disks are blank and private to one guest, a sparse raw file costs
-//! no more space and the guest sees exactly the flavor's size.
+//! Like nova, the formatted ephemeral and swap disks are built once per size as raw files in
+//! the image cache (`_base/ephemeral_<N>G_ext4`, `_base/swap_<N>M`) and each guest gets a
+//! qcow2 overlay on them: formatting happens once per size, not once per boot, and the image
+//! cache removes such a base when no guest has used it for its maximum age.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -112,6 +114,42 @@ pub async fn swap_disk(path: &Path, bytes: u64) -> Result<(), DiskError> {
     result
 }
 
+/// The cached formatted ephemeral disk of `gb` GiB in `base_dir`, built when missing.
+pub async fn ephemeral_base(base_dir: &Path, gb: u64) -> Result<PathBuf, DiskError> {
+    let name = format!("ephemeral_{gb}G_ext4");
+    cached(base_dir, &name, |tmp| async move { ephemeral_disk(&tmp, gb << 30, EPHEMERAL_LABEL).await }).await
+}
+
+/// The cached swap disk of `mb` MiB in `base_dir`, built when missing.
+pub async fn swap_base(base_dir: &Path, mb: u64) -> Result<PathBuf, DiskError> {
+    let name = format!("swap_{mb}M");
+    cached(base_dir, &name, |tmp| async move { swap_disk(&tmp, mb << 20).await }).await
+}
+
+/// `base_dir/name`, built by `build` under a temporary name and then linked into place, which
+/// fails when another build got there first (that one is kept: guests may already use it).
+async fn cached<F, Fut>(base_dir: &Path, name: &str, build: F) -> Result<PathBuf, DiskError>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<(), DiskError>>,
+{
+    let base = base_dir.join(name);
+    if base.is_file() {
+        super::imagecache::touch(&base, std::time::SystemTime::now());
+        return Ok(base);
+    }
+    std::fs::create_dir_all(base_dir).map_err(|source| DiskError::Create { path: base_dir.to_path_buf(), source })?;
+    let tmp = base_dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+    build(tmp.clone()).await?;
+    let linked = std::fs::hard_link(&tmp, &base);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(base),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(base),
+        Err(source) => Err(DiskError::Create { path: base, source }),
+    }
+}
+
 fn sparse_file(path: &Path, bytes: u64) -> Result<(), DiskError> {
     let error = |source| DiskError::Create { path: path.to_path_buf(), source };
     // create_new: an existing disk (another guest's, or this one's) is never overwritten.
@@ -170,6 +208,25 @@ mod tests {
         // Never over an existing file (a guest's disk must not be formatted twice).
         assert!(matches!(ephemeral_disk(&p, 1 << 20, "x").await, Err(DiskError::Create { .. })));
         assert!(p.exists(), "the existing disk is left alone");
+    }
+
+    #[tokio::test]
+    async fn bases_are_built_once_and_reused() {
+        let t = tempfile::tempdir().unwrap();
+        let a = ephemeral_base(t.path(), 1).await.unwrap();
+        assert_eq!(a, t.path().join("ephemeral_1G_ext4"));
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let first = ino(&a);
+        assert_eq!(ephemeral_base(t.path(), 1).await.unwrap(), a);
+        assert_eq!(ino(&a), first, "the cached base is reused, not rebuilt");
+        let s = swap_base(t.path(), 64).await.unwrap();
+        assert_eq!(std::fs::metadata(&s).unwrap().len(), 64 << 20);
+        let names: Vec<String> = std::fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary files stay: {names:?}");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 pub mod configdrive;
 pub mod disks;
 pub mod fake;
+pub mod guestfiles;
 pub mod imagecache;
 pub mod qemu;
 mod qmp;
