@@ -61,7 +61,7 @@ pub fn requirements(config: &Config) -> Vec<Requirement> {
     if config.compute.driver != Driver::Fake {
         add("busybox", "busybox-static", "building the offline test image");
         if config.compute.config_drive_format == crate::config::ConfigDriveFormat::Iso9660 {
-            add("genisoimage", "genisoimage", "ISO9660 config drives (vfat without it)");
+            add("genisoimage", "genisoimage", "ISO9660 config drives; vfat ones without it");
         }
     }
     if config.compute.driver != Driver::Fake && config.network.mode != NetworkMode::User {

@@ -254,6 +254,24 @@ fn image_import_from_file_and_http_checks_format_and_checksum() {
     let names: Vec<String> = images().iter().filter_map(|i| i["name"].as_str().map(str::to_string)).collect();
     assert_eq!(names.len(), before + 2, "{names:?}");
     assert!(names.contains(&"local.qcow2".to_string()) && names.contains(&"from-http".to_string()), "{names:?}");
+    // What a user sees with the standard client.
+    let venv = common::manifest_dir().join(".build/venv/bin/openstack");
+    assert!(venv.exists(), "{} is missing: run scripts/install-clients", venv.display());
+    let out =
+        common::run(Command::new(venv).env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml()).env_remove("OS_CLOUD").args([
+            "--os-cloud",
+            "novabox",
+            "image",
+            "list",
+            "-f",
+            "value",
+            "-c",
+            "Name",
+        ]));
+    assert_ok(&out);
+    let listed = stdout(&out);
+    assert!(listed.lines().any(|l| l == "from-http") && listed.lines().any(|l| l == "local.qcow2"), "{listed}");
+    assert!(!listed.contains("bad-sum"), "{listed}");
     let leftovers: Vec<_> = std::fs::read_dir(home.path())
         .unwrap()
         .flatten()
