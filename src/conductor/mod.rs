@@ -289,3 +289,41 @@ impl Handler for NotificationStore {
         Ok(Value::Null)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, OpenOptions};
+
+    /// The second requested network does not exist: the port made for the first must not
+    /// stay behind, or a retry would take it for a finished allocation and boot the guest
+    /// with one NIC instead of two.
+    #[test]
+    fn a_failed_second_port_leaves_no_first_port() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        db.ensure_project("admin", "").unwrap();
+        let config = Config::default();
+        let net = db.ensure_default_network(&config).unwrap();
+        let inst = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
+        let db = SharedDb::new(db);
+        let conductor = Conductor::new(db.clone(), Arc::new(config), crate::home::Home::at(t.path()));
+        let args = |second: &str| {
+            json!({
+                "uuid": inst.uuid,
+                "host": "h1",
+                "requested_networks": {"list": [
+                    {"network_id": net.id, "port_id": null, "fixed_ip": null},
+                    {"network_id": second, "port_id": null, "fixed_ip": null},
+                ]},
+            })
+        };
+
+        let err = conductor.allocate_network(args("no-such-network")).unwrap_err();
+        assert_eq!(err.kind, "NetworkError", "{err}");
+        assert_eq!(db.with(|d| d.ports_for_device(&inst.uuid)).unwrap(), vec![], "a half allocation was stored");
+
+        let vifs = conductor.allocate_network(args(&net.id)).unwrap();
+        assert_eq!(vifs.as_array().map(Vec::len), Some(2), "{vifs}");
+    }
+}
