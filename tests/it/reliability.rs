@@ -1395,19 +1395,28 @@ async fn rabbitmq_stopped_during_deletes_needs_qemu() {
     assert_no_dangling_rows(&home);
     let gone: Vec<&String> = ids[..2].iter().filter(|id| !left.iter().any(|(l, _, _)| l == *id)).collect();
     assert_eq!(gone.len(), 2, "accepted deletes still there: {left:?}");
-    // The guest of the locally deleted instance is reaped by the compute's periodic sync.
+    // The guest of the locally deleted instance is reaped by the compute's periodic sync:
+    // its qemu stopped, then its dir removed.
     let deadline = Instant::now() + Duration::from_secs(60);
+    let guest_dirs = || {
+        std::fs::read_dir(home.path().join("instances"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name() != "_base")
+            .count()
+    };
     let strays = loop {
-        let ours: Vec<u32> = qemu_guests_without_instances(home.path());
-        if ours.len() == 1 {
+        let (qemus, dirs) = (qemu_guests_without_instances(home.path()).len(), guest_dirs());
+        if qemus == 1 && dirs == 1 {
             break 0;
         }
         if Instant::now() > deadline {
-            break ours.len() - 1;
+            break qemus.max(dirs) - 1;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(strays, 0, "qemu of deleted instances still running:\n{}", home.up_log());
+    assert_eq!(strays, 0, "qemu or instance dirs of deleted instances left:\n{}", home.up_log());
     // The paths this test means to take were taken: a local delete, and a reaped guest.
     let log = home.up_log();
     assert!(log.contains("deleting locally"), "no delete outlasted the bus timeout:\n{log}");
