@@ -136,6 +136,10 @@ pub struct ComputeConfig {
     pub heartbeat_secs: u64,
     /// A service whose last heartbeat is older than this is down for the scheduler.
     pub service_down_secs: u64,
+    /// How long `down` (or Ctrl-C on `up`) lets guests shut down after the ACPI power button
+    /// before stopping their qemu hard. Short on purpose: a sandbox is stopped often, and a
+    /// guest without acpid would hold every `down` for nova's 60 s.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for ComputeConfig {
@@ -154,6 +158,7 @@ impl Default for ComputeConfig {
             fake_local_gb: 100_000,
             heartbeat_secs: 10,
             service_down_secs: 60,
+            shutdown_timeout_secs: 10,
         }
     }
 }

@@ -31,6 +31,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{configdrive, qmp, GuestSpec, HostResources, ImageMeta, VirtDriver, VirtError};
+
+mod shutdown;
+pub use shutdown::stop_leftover_guests;
 use crate::config::Accel;
 use crate::db::instances::power;
 use crate::hostpkgs;
@@ -538,6 +541,10 @@ impl VirtDriver for QemuDriver {
             .filter(|name| uuid::Uuid::parse_str(name).is_ok())
             .filter(|name| self.instances.join(name).join("launch.json").is_file())
             .collect()
+    }
+
+    async fn shutdown_all(&self, timeout: Duration) -> Result<super::ShutdownReport, VirtError> {
+        self.shutdown_guests(timeout).await
     }
 }
 
