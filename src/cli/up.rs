@@ -396,7 +396,8 @@ pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     }
     // Guests of a stack killed with -9 are still running; stop them by their pid files. They
     // stay ACTIVE in the database and the next `up` starts them again.
-    for (uuid, pid) in novabox::compute::virt::qemu::stop_leftover_guests(&home.instances_dir(), Duration::from_secs(5)) {
+    for (uuid, pid) in novabox::compute::virt::qemu::stop_leftover_guests(&home.instances_dir(), Duration::from_secs(5))
+    {
         println!("stopped guest {uuid} (qemu pid {pid}) left by a stack that did not stop cleanly");
         stopped_any = true;
     }

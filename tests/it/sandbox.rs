@@ -251,3 +251,125 @@ fn sandbox_up_after_a_crash_resumes_from_disk() {
     wait_dead(stack2.pid);
     drop((stack, stack2));
 }
+
+/// The pids of the processes whose command line mentions `needle`.
+fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+/// Kills (by pid) every process left with this home on its command line, even when the test
+/// failed halfway: detached stacks and their qemu guests.
+struct KillLeftovers(std::path::PathBuf);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        for pid in pids_mentioning(&self.0.to_string_lossy()) {
+            // SAFETY: a process this test started (its command line names this test's home).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The live qemu of a guest, by its pid file.
+fn guest_qemu(home: &TestHome, id: &str) -> Option<i32> {
+    let pid: i32 =
+        std::fs::read_to_string(home.path().join("instances").join(id).join("qemu.pid")).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline).contains(&format!("guest={id},")).then_some(pid)
+}
+
+fn console_count(home: &TestHome, id: &str, marker: &str) -> usize {
+    std::fs::read_to_string(home.path().join("instances").join(id).join("console.log"))
+        .map(|t| t.matches(marker).count())
+        .unwrap_or(0)
+}
+
+/// `down` stops a real (TCG) guest: ACPI first, then hard after `shutdown_timeout_secs` (the
+/// busybox test guest has no acpid); the server stays ACTIVE, and the next `up` boots it again.
+#[test]
+fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
+    assert!(
+        novabox::compute::virt::qemu::QemuDriver::available(),
+        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
+    );
+    let home = TestHome::new();
+    let _cleanup = KillLeftovers(home.path().to_path_buf());
+    let deb_cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache");
+    let out = run(home
+        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg"])
+        .env("NOVABOX_DEB_CACHE", deb_cache));
+    assert_ok(&out);
+    let config_file = home.path().join("novabox.toml");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    assert!(config.contains("shutdown_timeout_secs = 10"), "{config}");
+    std::fs::write(&config_file, config.replace("shutdown_timeout_secs = 10", "shutdown_timeout_secs = 2")).unwrap();
+
+    let up = || {
+        let out = run(home.novabox().args(["up", "--detach", "--wait", "--json"]));
+        assert_ok(&out);
+        json_of(&out)["pid"].as_i64().expect("pid") as i32
+    };
+    let stack = up();
+    let out = run(home
+        .novabox()
+        .args(["server", "create", "g1", "--image", "tiny", "--flavor", "m1.tiny", "--wait", "--json"]));
+    assert_ok(&out);
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    let qemu = guest_qemu(&home, &id).expect("the guest's qemu runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while console_count(&home, &id, "novabox-guest: ready") < 1 {
+        assert!(std::time::Instant::now() < deadline, "the guest never booted");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let out = run(home.novabox().arg("down"));
+    assert_ok(&out);
+    wait_dead(stack);
+    wait_dead(qemu);
+    assert_eq!(guest_qemu(&home, &id), None, "qemu left running after down");
+    assert!(pids_mentioning(&home.path().to_string_lossy()).is_empty(), "something of this home still runs");
+    let log = std::fs::read_to_string(home.path().join("logs/novabox.log")).unwrap();
+    assert!(log.contains("no clean shutdown within 2s"), "the hard path was not taken:\n{log}");
+    // Stopped by the host going down, not by the user: still ACTIVE (read with the stack down).
+    let st = json_of(&run(home.novabox().args(["status", "--json"])));
+    let guest = st["guests"].as_array().unwrap().iter().find(|g| g["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(guest["vm_state"], "active", "{st}");
+
+    let stack = up();
+    let out = run(home.novabox().args(["server", "show", &id, "--json"]));
+    assert_ok(&out);
+    let server = json_of(&out);
+    assert_eq!(
+        (server["status"].as_str(), server["OS-EXT-STS:power_state"].as_i64()),
+        (Some("ACTIVE"), Some(1)),
+        "{server}"
+    );
+    let again = guest_qemu(&home, &id).expect("up starts the guest again");
+    assert_ne!(again, qemu);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while console_count(&home, &id, "novabox-guest: ready") < 2 {
+        assert!(std::time::Instant::now() < deadline, "the guest did not boot again");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // A stack killed with -9 cannot stop its guests: down does, by their pid files.
+    // SAFETY: kill(2) on the stack this test started; -9 is the crash being simulated.
+    unsafe { libc::kill(stack, libc::SIGKILL) };
+    wait_dead(stack);
+    assert!(guest_qemu(&home, &id).is_some(), "the guest died with the stack");
+    let out = run(home.novabox().arg("down"));
+    assert_ok(&out);
+    assert!(stdout(&out).contains(&format!("stopped guest {id}")), "{}", stdout(&out));
+    wait_dead(again);
+    assert!(pids_mentioning(&home.path().to_string_lossy()).is_empty(), "something of this home still runs");
+}

@@ -33,10 +33,10 @@ use serde_json::Value;
 use super::{configdrive, qmp, GuestSpec, HostResources, ImageMeta, VirtDriver, VirtError};
 
 mod shutdown;
-pub use shutdown::stop_leftover_guests;
 use crate::config::Accel;
 use crate::db::instances::power;
 use crate::hostpkgs;
+pub use shutdown::stop_leftover_guests;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const QEMU_IMG: &str = "qemu-img";

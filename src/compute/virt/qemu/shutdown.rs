@@ -103,11 +103,7 @@ mod tests {
         let guest = uuid::Uuid::new_v4().to_string();
         let other = uuid::Uuid::new_v4().to_string();
         let spawn = |arg: &str| {
-            std::process::Command::new("sh")
-                .args(["-c", "sleep 300 & wait", arg])
-                .process_group(0)
-                .spawn()
-                .unwrap()
+            std::process::Command::new("sh").args(["-c", "sleep 300 & wait", arg]).process_group(0).spawn().unwrap()
         };
         let mut looks_like_qemu = spawn(&format!("guest={guest},debug-threads=on"));
         let mut unrelated = spawn("something-else");
@@ -118,7 +114,9 @@ mod tests {
         std::fs::create_dir_all(t.path().join("_base")).unwrap();
         let stopped = stop_leftover_guests(t.path(), Duration::from_secs(5));
         assert_eq!(stopped, vec![(guest.clone(), looks_like_qemu.id() as i32)]);
-        assert!(looks_like_qemu.try_wait().unwrap().is_some() || !crate::supervise::is_alive(looks_like_qemu.id() as i32));
+        assert!(
+            looks_like_qemu.try_wait().unwrap().is_some() || !crate::supervise::is_alive(looks_like_qemu.id() as i32)
+        );
         assert!(crate::supervise::is_alive(unrelated.id() as i32), "an unrelated process was stopped");
         unrelated.kill().unwrap();
         let _ = unrelated.wait();
