@@ -249,6 +249,15 @@ fn run_foreground(
     let owns_stack = services.len() == Service::ALL.len();
     if owns_stack {
         supervise::write_pid_file(&pid_file(home), std::process::id())?;
+        let _ = novabox::home::write_atomic(&phase_file(home), b"doctor", 0o600);
+    }
+    tracing::info!(phase = "doctor", "starting");
+    if let Err(e) = super::up_doctor::run(home, &config) {
+        if owns_stack {
+            let _ = std::fs::remove_file(pid_file(home));
+        }
+        eprintln!("error: {e:#}");
+        return Ok(ExitCode::from(EXIT_START_FAILED));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let config = Arc::new(config);

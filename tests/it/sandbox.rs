@@ -373,3 +373,123 @@ fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
     wait_dead(again);
     assert!(pids_mentioning(&home.path().to_string_lossy()).is_empty(), "something of this home still runs");
 }
+
+/// A `novabox logs -f` / `events -f` running in the background; its lines arrive on a channel.
+/// Stopped by pid (SIGTERM, as Ctrl-C would) when dropped, also when the test fails.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(cmd: &mut std::process::Command) -> Follower {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the follower");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// Waits for a line containing every needle; returns the lines seen so far.
+    fn wait_for(&self, needles: &[&str], seen: &mut Vec<String>) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {needles:?} within 30 s; got:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling the follower this test started, by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait for the follower")
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `logs -f compute` and `events -f` started before a boot print that boot's lines and events
+/// as they happen, and stop on SIGTERM.
+#[test]
+fn sandbox_logs_and_events_follow_a_boot() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    // Started before the stack: the follower waits for the log file to appear.
+    let mut logs = Follower::start(home.novabox().args(["logs", "-f", "compute"]));
+    let (stack, _) = up_detached(&home);
+    assert_ok(&run(home.novabox().arg("smoke")));
+    let mut events = Follower::start(home.novabox().args(["events", "-f", "--json"]));
+    // What smoke did is printed first; wait for its last event so only new ones follow.
+    let mut seen = Vec::new();
+    events.wait_for(&["compute.instance.delete.end"], &mut seen);
+
+    let out = run(home.novabox().args(["server", "create", "followed", "--image", "smoke-blob", "--wait", "--json"]));
+    assert_ok(&out);
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    let end = events.wait_for(&["compute.instance.create.end", &id], &mut seen);
+    let event: Value = serde_json::from_str(&end).unwrap();
+    let request_id = event["request_id"].as_str().expect("request id").to_string();
+    let mut log_lines = Vec::new();
+    let line = logs.wait_for(&[&format!("request_id={request_id}"), &id], &mut log_lines);
+    assert!(line.contains("service=\"compute\""), "{line}");
+    assert!(log_lines.iter().all(|l| logs_service_is_compute(l)), "{log_lines:#?}");
+
+    for f in [&mut logs, &mut events] {
+        let status = f.stop();
+        use std::os::unix::process::ExitStatusExt;
+        assert!(status.success() || status.signal() == Some(libc::SIGTERM), "{status:?}");
+    }
+    assert_ok(&run(home.novabox().arg("down")));
+    wait_dead(stack.pid);
+    drop(stack);
+}
+
+/// The innermost span of a log line is the compute service's.
+fn logs_service_is_compute(line: &str) -> bool {
+    line.rfind("service=").is_some_and(|at| line[at..].starts_with("service=\"compute\""))
+}
+
+/// The doctor phase comes first and stops `up` before anything starts when the configured
+/// driver cannot run here, with the phase, the reason and the fix.
+#[test]
+fn sandbox_up_doctor_phase_fails_fast_when_the_driver_cannot_run() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    // qemu lives in /usr/bin, which this PATH lacks.
+    let out = run(home.novabox().env("PATH", "/nonexistent").args(["up", "--driver", "qemu", "--detach", "--wait"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("phase `doctor`"), "{err}");
+    assert!(err.contains("qemu-system-x86_64 is missing") && err.contains("sudo apt-get install qemu-system-x86"), "{err}");
+    let log = std::fs::read_to_string(home.path().join("logs/novabox.log")).unwrap();
+    assert!(!log.contains("phase=\"broker\""), "it went on after the doctor:\n{log}");
+    assert!(!home.path().join("run/novabox.pid").exists());
+    assert!(!home.path().join("run/ready.json").exists());
+}
