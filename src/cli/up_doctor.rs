@@ -57,7 +57,10 @@ pub fn run(home: &Home, config: &Config) -> anyhow::Result<()> {
     let blockers = blocking(&quick);
     if !blockers.is_empty() {
         let what: Vec<String> = blockers.iter().map(|c| format!("{}; fix: {}", c.finding, c.fix)).collect();
-        anyhow::bail!("this host cannot run the configured stack: {} (novabox doctor shows every check)", what.join(". "));
+        anyhow::bail!(
+            "this host cannot run the configured stack: {} (novabox doctor shows every check)",
+            what.join(". ")
+        );
     }
     let saved = Report::load(&file).filter(|r| r.host_root == Path::new("/"));
     if let Some(why) = probe_reason(saved.as_ref(), &quick, config) {
@@ -68,7 +71,9 @@ pub fn run(home: &Home, config: &Config) -> anyhow::Result<()> {
     }
     let warnings = quick.checks.iter().filter(|c| c.status == Status::Fail).count();
     if warnings > 0 {
-        tracing::warn!("doctor: {warnings} check(s) FAIL with a fallback; `novabox doctor` says which and how to fix them");
+        tracing::warn!(
+            "doctor: {warnings} check(s) FAIL with a fallback; `novabox doctor` says which and how to fix them"
+        );
     }
     Ok(())
 }

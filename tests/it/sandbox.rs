@@ -487,9 +487,102 @@ fn sandbox_up_doctor_phase_fails_fast_when_the_driver_cannot_run() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("phase `doctor`"), "{err}");
-    assert!(err.contains("qemu-system-x86_64 is missing") && err.contains("sudo apt-get install qemu-system-x86"), "{err}");
+    assert!(
+        err.contains("qemu-system-x86_64 is missing") && err.contains("sudo apt-get install qemu-system-x86"),
+        "{err}"
+    );
     let log = std::fs::read_to_string(home.path().join("logs/novabox.log")).unwrap();
     assert!(!log.contains("phase=\"broker\""), "it went on after the doctor:\n{log}");
     assert!(!home.path().join("run/novabox.pid").exists());
     assert!(!home.path().join("run/ready.json").exists());
+}
+
+/// The Vagrantfile cannot be run here (no vagrant, no nested hypervisor), so check what can be:
+/// Ruby syntax; what it configures, by evaluating it against a stub of Vagrant's config API
+/// (tests/fixtures/vagrant/stub.rb); the provisioning shell's syntax; and its pure part, the
+/// edit of `[api] listen`, against a config the real `init` wrote.
+#[test]
+fn sandbox_vagrantfile_parses_configures_nested_virt_and_its_listen_edit_works() {
+    let vagrantfile = manifest_dir().join("Vagrantfile");
+    let ruby = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("ruby")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ruby ({e}): run scripts/install-deps"))
+    };
+    let out = ruby(&["-c".as_ref(), vagrantfile.as_os_str()]);
+    assert_ok(&out);
+    let stub = manifest_dir().join("tests/fixtures/vagrant/stub.rb");
+    let out = ruby(&[stub.as_os_str(), vagrantfile.as_os_str()]);
+    assert_ok(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stub output");
+    let vm = &v["vm"];
+    assert!(vm["box"].as_str().is_some_and(|b| b.contains("debian")), "{vm}");
+
+    let port = novabox::config::Config::default().api.port;
+    let forward = &vm["network"][0];
+    assert_eq!(forward["args"][0], "forwarded_port", "{forward}");
+    assert_eq!(forward["kw"]["guest"], port, "the forward must reach novabox's default API port: {forward}");
+    assert_eq!(forward["kw"]["host_ip"], "127.0.0.1", "the host side stays on loopback: {forward}");
+
+    let provider = |name: &str| -> Value {
+        vm["provider"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["args"][0] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} provider: {vm}"))
+    };
+    assert_eq!(provider("vmware_desktop")["block"]["vmx"]["vhv.enable"], "TRUE");
+    let libvirt = provider("libvirt")["block"].clone();
+    assert_eq!((libvirt["nested"].as_bool(), libvirt["cpu_mode"].as_str()), (Some(true), Some("host-passthrough")));
+    let customize = provider("virtualbox")["block"]["customize"][0]["args"][0].clone();
+    assert_eq!(customize, serde_json::json!(["modifyvm", "id", "--nested-hw-virt", "on"]));
+
+    // Provisioning: valid shell; installs, inits, then starts the stack on every boot.
+    let scripts: Vec<(String, String)> = vm["provision"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (p["args"][0].as_str().unwrap_or("").to_string(), p["kw"]["inline"].as_str().expect("inline").to_string())
+        })
+        .collect();
+    for (name, script) in &scripts {
+        let mut sh = std::process::Command::new("bash");
+        sh.arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = sh.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "provisioner {name}: {}", stderr(&out));
+    }
+    let install = &scripts.iter().find(|(n, _)| n == "install").expect("install provisioner").1;
+    assert!(install.contains("novabox init --yes"), "{install}");
+    let up = vm["provision"].as_array().unwrap().iter().find(|p| p["args"][0] == "up").expect("up provisioner");
+    assert_eq!(up["kw"]["run"], "always");
+    assert!(up["kw"]["inline"].as_str().unwrap().contains("novabox up --detach --wait"));
+
+    // The listen edit, from `sed` to the end of its check, on a config `init` wrote.
+    let start = install.find("sed -i").expect("the listen edit");
+    let end = install[start..].find("\n    }").expect("the end of its check") + start + "\n    }".len();
+    let edit = &install[start..end];
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let run_edit = || run(std::process::Command::new("bash").args(["-euc", edit]).env("NOVABOX_HOME", home.path()));
+    assert_ok(&run_edit());
+    let out = run(home.novabox().args(["config", "show", "--json"]));
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["api"]["listen"], "0.0.0.0");
+    // A config it cannot edit fails the provisioning with what to do, instead of going on.
+    let config = home.path().join("novabox.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("listen = \"0.0.0.0\"", "listen = \"::1\"");
+    std::fs::write(&config, text).unwrap();
+    let out = run_edit();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("set it to \"0.0.0.0\" by hand"), "{}", stderr(&out));
 }
