@@ -332,6 +332,19 @@ fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
         std::thread::sleep(Duration::from_millis(250));
     }
 
+    // Status shows the guest with its accelerator, addresses and the disk it uses.
+    let st = json_of(&run(home.novabox().args(["status", "--json"])));
+    let guest = st["guests"].as_array().unwrap().iter().find(|g| g["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(guest["accel"], "tcg", "{guest}");
+    assert!(guest["disk_used_bytes"].as_u64().is_some_and(|b| b > 0), "{guest}");
+    assert!(guest["addresses"].as_object().is_some_and(|a| !a.is_empty()), "{guest}");
+    let out = run(home.novabox().arg("status"));
+    assert!(
+        stdout(&out).lines().any(|l| l.contains(&id) && l.contains(" tcg ") && l.contains(" MiB")),
+        "{}",
+        stdout(&out)
+    );
+
     let out = run(home.novabox().arg("down"));
     assert_ok(&out);
     wait_dead(stack);
