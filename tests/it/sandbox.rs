@@ -358,7 +358,26 @@ fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
     let guest = st["guests"].as_array().unwrap().iter().find(|g| g["id"] == id.as_str()).cloned().unwrap();
     assert_eq!(guest["vm_state"], "active", "{st}");
 
-    let stack = up();
+    // In the foreground this time: SIGTERM (as Ctrl-C) stops the guest the same way.
+    let log = std::fs::File::create(home.path().join("up.log")).unwrap();
+    let mut foreground = home
+        .novabox()
+        .arg("up")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("novabox up");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !home.path().join("run/ready.json").exists() {
+        assert!(
+            foreground.try_wait().unwrap().is_none(),
+            "up exited: {}",
+            std::fs::read_to_string(home.path().join("up.log")).unwrap()
+        );
+        assert!(std::time::Instant::now() < deadline, "up not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = run(home.novabox().args(["server", "show", &id, "--json"]));
     assert_ok(&out);
     let server = json_of(&out);
@@ -374,7 +393,15 @@ fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
         assert!(std::time::Instant::now() < deadline, "the guest did not boot again");
         std::thread::sleep(Duration::from_millis(250));
     }
+    // SAFETY: signalling the `novabox up` this test started, by its pid.
+    unsafe { libc::kill(foreground.id() as i32, libc::SIGTERM) };
+    let status = foreground.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(home.path().join("up.log")).unwrap());
+    wait_dead(again);
+    assert_eq!(guest_qemu(&home, &id), None, "qemu left running after Ctrl-C");
 
+    let stack = up();
+    let again = guest_qemu(&home, &id).expect("up starts the guest again");
     // A stack killed with -9 cannot stop its guests: down does, by their pid files.
     // SAFETY: kill(2) on the stack this test started; -9 is the crash being simulated.
     unsafe { libc::kill(stack, libc::SIGKILL) };
