@@ -190,6 +190,16 @@ fn sandbox_two_homes_side_by_side() {
     wait_dead(pa);
     assert!(alive(pb), "stopping home a stopped home b");
     assert_ok(&run(b.novabox().args(["status"])));
+    // NOVABOX_HOME names a home as --home does.
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_novabox"))
+        .env("NOVABOX_HOME", b.path())
+        .args(["status", "--json"]));
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["pid"].as_i64(), Some(pb as i64));
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_novabox"))
+        .env("NOVABOX_HOME", a.path())
+        .args(["status", "--json"]));
+    assert_eq!(json_of(&out)["running"], false, "home a is down");
     assert_ok(&run(b.novabox().arg("down")));
     wait_dead(pb);
     drop((sa, sb));
