@@ -151,6 +151,10 @@ pub struct ComputeConfig {
     /// A cached base image no guest on this host has used for this long is removed (nova's
     /// `remove_unused_original_minimum_age_seconds`).
     pub image_cache_max_age_secs: u64,
+    /// How long `down` (or Ctrl-C on `up`) lets guests shut down after the ACPI power button
+    /// before stopping their qemu hard. Short on purpose: a sandbox is stopped often, and a
+    /// guest without acpid would hold every `down` for nova's 60 s.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for ComputeConfig {
@@ -171,6 +175,7 @@ impl Default for ComputeConfig {
             service_down_secs: 60,
             config_drive_format: ConfigDriveFormat::Iso9660,
             image_cache_max_age_secs: 86400,
+            shutdown_timeout_secs: 10,
         }
     }
 }

@@ -20,6 +20,10 @@ pub const SCHEDULER_TOPIC: &str = "scheduler";
 pub const CONDUCTOR_TOPIC: &str = "conductor";
 pub const NOTIFICATIONS_TOPIC: &str = "notifications.info";
 
+/// The most spans one `record_spans` cast carries, so a busy compute host sends messages of a
+/// bounded size (a span row is a few hundred bytes; more with `NOVABOX_TRACE=sql`).
+pub const SPAN_BATCH: usize = 500;
+
 pub fn compute_topic(host: &str) -> String {
     format!("compute.{host}")
 }
@@ -153,6 +157,13 @@ impl ConductorApi {
                 Message::new("action_finish", json!({"uuid": uuid, "message": message}), ctx.clone()),
             )
             .await
+    }
+    /// Spans recorded by a compute service without a database, for the conductor to store
+    /// (see `crate::trace`). Cast under an empty request id, which the span recorder ignores:
+    /// shipping spans must not record spans of its own to ship.
+    pub async fn record_spans(&self, spans: &[crate::trace::SpanRow]) -> Result<(), BusError> {
+        let msg = Message::new("record_spans", json!({"spans": spans}), Context::admin(""));
+        self.bus.cast(CONDUCTOR_TOPIC, msg).await
     }
     /// A compute service's heartbeat with its node's resources.
     pub async fn service_report(

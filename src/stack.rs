@@ -159,6 +159,7 @@ pub async fn run(
     let mut subscriptions: Vec<Subscription> = Vec::new();
     let host = config.host.name.clone();
     let mut ready = Ready { api_url: None, driver: "none", services: Vec::new() };
+    let mut compute = None;
 
     phase("services");
     if let (Some(db), true) = (&db, services.contains(&Service::Conductor)) {
@@ -197,6 +198,7 @@ pub async fn run(
         manager.init_host().await.map_err(StackError::Register)?;
         tokio::spawn(manager.clone().run_periodic_tasks(shutdown.clone()));
         ready.services.push("compute".into());
+        compute = Some(manager);
     }
     let mut api_task = None;
     if let (Some(db), true) = (&db, services.contains(&Service::Api)) {
@@ -220,10 +222,18 @@ pub async fn run(
         ready.api_url = Some(config.auth_url().trim_end_matches("/identity/v3").to_string());
         ready.services.push("api".into());
     }
-    if let Some(db) = &db {
+    let span_shipper = match &db {
         // The services' connection, not a second one: a second writer makes their deferred
         // read-then-write transactions fail with "database is locked" under load.
-        spawn_trace_flusher(db.clone(), shutdown.clone());
+        Some(db) => {
+            spawn_trace_flusher(db.clone(), shutdown.clone());
+            None
+        }
+        // No database here (a compute service of its own): the conductor stores our spans.
+        None => Some(ConductorApi::new(bus.clone(), timeout)),
+    };
+    if let Some(conductor) = &span_shipper {
+        spawn_span_shipper(conductor.clone(), shutdown.clone());
     }
     on_ready(ready);
 
@@ -235,10 +245,49 @@ pub async fn run(
     for s in subscriptions {
         s.stop();
     }
+    if let Some(manager) = compute {
+        if let Err(e) = manager.shutdown_guests().await {
+            tracing::error!(error = %e, "guests left running");
+        }
+    }
     if let Some(db) = &db {
         crate::trace::flush_to(db);
     }
+    if let Some(conductor) = &span_shipper {
+        ship_spans(conductor).await;
+    }
     Ok(())
+}
+
+/// Sends the recorded spans to the conductor every 250 ms, from a compute service that has no
+/// database, so `novabox trace` shows a remote host's steps too.
+fn spawn_span_shipper(conductor: ConductorApi, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            ship_spans(&conductor).await;
+        }
+    });
+}
+
+/// One round of shipping: the buffered spans in casts of at most `SPAN_BATCH`. Spans a cast
+/// could not deliver go back to the buffer for the next round.
+async fn ship_spans(conductor: &ConductorApi) {
+    let mut rows = crate::trace::drain();
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(crate::rpcapi::SPAN_BATCH));
+        if let Err(e) = conductor.record_spans(&rows).await {
+            tracing::warn!(error = %e, spans = rows.len() + rest.len(), "trace spans not shipped; retrying later");
+            rows.extend(rest);
+            crate::trace::requeue(rows);
+            return;
+        }
+        rows = rest;
+    }
 }
 
 /// Writes the recorded spans to `trace_spans` in batches, a few times a second, so recording

@@ -6,8 +6,9 @@
 //!
 //! Across the bus the parent link travels in the message context (`trace_parent`), so a
 //! handler's span hangs under the `rpc.cast`/`rpc.call` span that sent it. A compute service
-//! running in another process (`novabox service compute`) records its spans into its own
-//! buffer, which nothing flushes (it has no database): its steps are missing from the trace.
+//! running in another process (`novabox service compute`, or on another host) has no
+//! database: it ships its buffer to the conductor in `record_spans` casts instead (see
+//! `stack`), and the conductor stores them.
 //!
 //! The cost on the hot path is one field visit per new span, a mutex push per closed span and
 //! nothing for spans outside a request. Keeping each span's SQL is opt-in ([`SpanRecorder::with_sql`],
@@ -142,6 +143,8 @@ where
                 .map(|o| (o.row.span_id.clone(), o.row.request_id.clone(), o.row.service.clone()))
         });
         let request_id = match (fields.request_id, &parent) {
+            // Work under an empty request id is novabox's own plumbing (shipping spans).
+            (Some(r), _) if r.is_empty() => return,
             (Some(r), _) => r,
             (None, Some((_, r, _))) => r.clone(),
             (None, None) => return,
@@ -217,6 +220,15 @@ pub fn record_sql(sql: &str, micros: u64) {
             o.sql.push((sql.trim().to_string(), micros));
         }
     });
+}
+
+/// Puts back spans that could not be delivered (oldest first), within the buffer's limit.
+pub fn requeue(mut rows: Vec<SpanRow>) {
+    let mut buffer = BUFFER.lock().unwrap_or_else(|e| e.into_inner());
+    let room = BUFFER_LIMIT.saturating_sub(buffer.len());
+    rows.truncate(room);
+    rows.append(&mut buffer);
+    *buffer = rows;
 }
 
 /// Takes the closed spans waiting to be written.

@@ -67,13 +67,24 @@ fn wanted(line: &str, args: &LogsArgs) -> bool {
 pub fn run(global: &GlobalArgs, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let home = super::home(global)?;
     let path = home.logs_dir().join("novabox.log");
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !args.follow => {
-            eprintln!("no log yet at {} (a detached `novabox up` writes it)", path.display());
-            return Ok(ExitCode::SUCCESS);
+    let mut waiting = false;
+    let file = loop {
+        match std::fs::File::open(&path) {
+            Ok(f) => break f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !args.follow => {
+                eprintln!("no log yet at {} (a detached `novabox up` writes it)", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Following before the first `up --detach`: wait for the log to appear.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !waiting {
+                    eprintln!("waiting for {} (a detached `novabox up` writes it)", path.display());
+                    waiting = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         }
-        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
     };
     let mut reader = std::io::BufReader::new(file);
     let mut out = std::io::stdout().lock();

@@ -75,14 +75,21 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .collect();
+    // A guest runs under its host's accelerator (kvm or tcg; "none" for the fake driver).
+    let accel_of: std::collections::HashMap<String, String> =
+        db.compute_nodes()?.into_iter().map(|n| (n.host, n.report.accel)).collect();
     let guests: Vec<Value> = db
         .list_instances(&InstanceFilter::default())?
         .iter()
         .map(|i| {
             let addresses = novabox::conductor::addresses(&db, &i.uuid).unwrap_or(Value::Null);
+            let accel = i.host.as_ref().and_then(|h| accel_of.get(h));
+            // Only guests of this host have files here; another host's are not counted.
+            let dir = home.instances_dir().join(&i.uuid);
+            let disk = dir.is_dir().then(|| disk_used(&dir));
             json!({
                 "id": i.uuid, "name": i.display_name, "vm_state": i.vm_state, "task_state": i.task_state,
-                "host": i.host, "addresses": addresses,
+                "host": i.host, "accel": accel, "addresses": addresses, "disk_used_bytes": disk,
             })
         })
         .collect();
@@ -155,12 +162,15 @@ fn print_human(doc: &Value) {
                     .map(move |a| format!("{net}={a}"))
             })
             .collect();
+        let disk = g["disk_used_bytes"].as_f64().map(|b| format!("{:.1} MiB", b / 1048576.0));
         println!(
-            "  {}  {:<16} {:<9} {:<12} {}",
+            "  {}  {:<16} {:<9} {:<12} {:<5} {:>10}  {}",
             s(&g["id"]),
             s(&g["name"]),
             s(&g["vm_state"]),
             s(&g["task_state"]),
+            s(&g["accel"]),
+            disk.unwrap_or_else(|| "-".into()),
             addrs.join(",")
         );
     }

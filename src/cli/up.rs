@@ -249,6 +249,15 @@ fn run_foreground(
     let owns_stack = services.len() == Service::ALL.len();
     if owns_stack {
         supervise::write_pid_file(&pid_file(home), std::process::id())?;
+        let _ = novabox::home::write_atomic(&phase_file(home), b"doctor", 0o600);
+    }
+    tracing::info!(phase = "doctor", "starting");
+    if let Err(e) = super::up_doctor::run(home, &config) {
+        if owns_stack {
+            let _ = std::fs::remove_file(pid_file(home));
+        }
+        eprintln!("error: {e:#}");
+        return Ok(ExitCode::from(EXIT_START_FAILED));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let config = Arc::new(config);
@@ -386,8 +395,19 @@ pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     let home = super::home(global)?;
     let mut stopped_any = false;
     if let Some(pid) = running(&home)? {
-        supervise::stop_pid(pid, Duration::from_secs(30))?;
+        // The stack stops its guests first (ACPI, then hard after shutdown_timeout_secs), then
+        // its services and broker: give it that long and some, before SIGKILL.
+        let grace = super::load_config(&home).map(|c| c.compute.shutdown_timeout_secs).unwrap_or(10);
+        println!("stopping novabox (pid {pid}): guests (ACPI, up to {grace} s, then hard), services, broker");
+        supervise::stop_pid(pid, Duration::from_secs(grace + 30))?;
         println!("stopped novabox (pid {pid})");
+        stopped_any = true;
+    }
+    // Guests of a stack killed with -9 are still running; stop them by their pid files. They
+    // stay ACTIVE in the database and the next `up` starts them again.
+    for (uuid, pid) in novabox::compute::virt::qemu::stop_leftover_guests(&home.instances_dir(), Duration::from_secs(5))
+    {
+        println!("stopped guest {uuid} (qemu pid {pid}) left by a stack that did not stop cleanly");
         stopped_any = true;
     }
     // A stack killed with -9 cannot stop its broker; do it here.

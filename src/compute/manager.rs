@@ -26,6 +26,9 @@ pub struct ComputeManager {
     notifier: Notifier,
     config: Arc<Config>,
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set once the service is stopping its guests: from then on a guest that is off is off
+    /// because of the shutdown, and the power-state sync must not record it as SHUTOFF.
+    host_stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Why a step of a build stopped.
@@ -68,7 +71,15 @@ impl ComputeManager {
         notifier: Notifier,
         config: Arc<Config>,
     ) -> ComputeManager {
-        ComputeManager { host, driver, conductor, notifier, config, instance_locks: Mutex::new(HashMap::new()) }
+        ComputeManager {
+            host,
+            driver,
+            conductor,
+            notifier,
+            config,
+            instance_locks: Mutex::new(HashMap::new()),
+            host_stopping: Default::default(),
+        }
     }
 
     pub fn topic(&self) -> String {
@@ -346,6 +357,29 @@ impl ComputeManager {
         }
     }
 
+    /// Stops this host's guests as the service goes down (`novabox down`, Ctrl-C): ACPI, then
+    /// hard after `[compute] shutdown_timeout_secs`. Their instances stay ACTIVE in the
+    /// database, as nova leaves them across a host reboot, and `init_host` starts them again.
+    pub async fn shutdown_guests(&self) -> Result<super::virt::ShutdownReport, super::virt::VirtError> {
+        // Wait for work in progress on each guest (a build, a power-state sync) and keep it out.
+        let mut held = Vec::new();
+        for uuid in self.driver.guests().await {
+            held.push(self.lock_for(&uuid).lock_owned().await);
+        }
+        self.host_stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        let timeout = Duration::from_secs(self.config.compute.shutdown_timeout_secs);
+        let report = self.driver.shutdown_all(timeout).await?;
+        drop(held);
+        if !report.clean.is_empty() || !report.hard.is_empty() {
+            tracing::info!(
+                clean = report.clean.len(),
+                hard = report.hard.len(),
+                "guests stopped for the service shutdown; they start again with the service"
+            );
+        }
+        Ok(report)
+    }
+
     /// Brings the database in line with guests that stopped on their own (nova's
     /// `_sync_power_states`): a running instance whose guest is gone or off becomes SHUTOFF;
     /// guests of deleted instances are destroyed.
@@ -360,6 +394,9 @@ impl ComputeManager {
             }
             let lock = self.lock_for(&inst.uuid);
             let _held = lock.lock().await;
+            if self.host_stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
             let actual = self.driver.power_state(&inst.uuid).await;
             if actual != inst.power_state {
                 tracing::warn!(instance = %inst.uuid, db = inst.power_state, driver = actual, "power state changed");

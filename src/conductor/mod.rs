@@ -196,6 +196,25 @@ impl Conductor {
         Ok(serde_json::to_value(meta).unwrap_or(Value::Null))
     }
 
+    /// Stores spans a compute service in another process recorded (it has no database), so
+    /// `novabox trace` shows that host's steps too.
+    fn record_spans(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            spans: Vec<crate::trace::SpanRow>,
+        }
+        let a: A = args(a)?;
+        if a.spans.len() > crate::rpcapi::SPAN_BATCH {
+            return Err(RemoteError::new(
+                "InvalidArguments",
+                format!("{} spans in one record_spans; at most {}", a.spans.len(), crate::rpcapi::SPAN_BATCH),
+            ));
+        }
+        let spans: Vec<_> = a.spans.into_iter().filter(|s| !s.request_id.is_empty()).collect();
+        self.db.with(|db| db.insert_trace_spans(&spans)).map_err(db_error)?;
+        Ok(Value::Null)
+    }
+
     fn deallocate_network(&self, a: Value) -> Result<Value, RemoteError> {
         let a: Uuid = args(a)?;
         self.db.with(|db| network::deallocate(db, &a.uuid))?;
@@ -218,6 +237,7 @@ impl Handler for Conductor {
             "deallocate_network" => self.deallocate_network(args),
             "network_info" => self.network_info(args),
             "image_meta" => self.image_meta(args),
+            "record_spans" => self.record_spans(args),
             other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
         }
     }

@@ -375,6 +375,20 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
     let id = created["server"]["id"].as_str().unwrap().to_string();
     let server = admin.wait_for(&id, "ACTIVE", Duration::from_secs(60)).await.unwrap();
     assert_eq!(server["OS-EXT-SRV-ATTR:host"], "second-host");
+    // The remote compute has no database: its spans reach the trace through the conductor.
+    let mut tree = String::new();
+    for _ in 0..100 {
+        let out = run(home.novabox().args(["trace", &id]));
+        tree = stdout(&out);
+        if tree.contains("[compute] spawning") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let select = tree.find("[scheduler] select_host").unwrap_or_else(|| panic!("no scheduler step:\n{tree}"));
+    let build = tree.find("[compute] handle build_and_run_instance on compute.second-host");
+    let spawning = tree.find("[compute] spawning");
+    assert!(build.is_some_and(|b| select < b) && spawning > build, "the remote compute's steps are missing:\n{tree}");
     admin.compute(Method::DELETE, &format!("/servers/{id}"), None).await.unwrap();
     admin.wait_for(&id, "DELETED", Duration::from_secs(60)).await.unwrap();
 }

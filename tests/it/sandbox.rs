@@ -190,6 +190,16 @@ fn sandbox_two_homes_side_by_side() {
     wait_dead(pa);
     assert!(alive(pb), "stopping home a stopped home b");
     assert_ok(&run(b.novabox().args(["status"])));
+    // NOVABOX_HOME names a home as --home does.
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_novabox"))
+        .env("NOVABOX_HOME", b.path())
+        .args(["status", "--json"]));
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["pid"].as_i64(), Some(pb as i64));
+    let out = run(std::process::Command::new(env!("CARGO_BIN_EXE_novabox"))
+        .env("NOVABOX_HOME", a.path())
+        .args(["status", "--json"]));
+    assert_eq!(json_of(&out)["running"], false, "home a is down");
     assert_ok(&run(b.novabox().arg("down")));
     wait_dead(pb);
     drop((sa, sb));
@@ -250,4 +260,379 @@ fn sandbox_up_after_a_crash_resumes_from_disk() {
     assert_ok(&run(home.novabox().arg("down")));
     wait_dead(stack2.pid);
     drop((stack, stack2));
+}
+
+/// The pids of the processes whose command line mentions `needle`.
+fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+/// Kills (by pid) every process left with this home on its command line, even when the test
+/// failed halfway: detached stacks and their qemu guests.
+struct KillLeftovers(std::path::PathBuf);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        for pid in pids_mentioning(&self.0.to_string_lossy()) {
+            // SAFETY: a process this test started (its command line names this test's home).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The live qemu of a guest, by its pid file.
+fn guest_qemu(home: &TestHome, id: &str) -> Option<i32> {
+    let pid: i32 =
+        std::fs::read_to_string(home.path().join("instances").join(id).join("qemu.pid")).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline).contains(&format!("guest={id},")).then_some(pid)
+}
+
+fn console_count(home: &TestHome, id: &str, marker: &str) -> usize {
+    std::fs::read_to_string(home.path().join("instances").join(id).join("console.log"))
+        .map(|t| t.matches(marker).count())
+        .unwrap_or(0)
+}
+
+/// `down` stops a real (TCG) guest: ACPI first, then hard after `shutdown_timeout_secs` (the
+/// busybox test guest has no acpid); the server stays ACTIVE, and the next `up` boots it again.
+#[test]
+fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
+    assert!(
+        novabox::compute::virt::qemu::QemuDriver::available(),
+        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
+    );
+    let home = TestHome::new();
+    let _cleanup = KillLeftovers(home.path().to_path_buf());
+    let deb_cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache");
+    let out = run(home
+        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg"])
+        .env("NOVABOX_DEB_CACHE", deb_cache));
+    assert_ok(&out);
+    let config_file = home.path().join("novabox.toml");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    assert!(config.contains("shutdown_timeout_secs = 10"), "{config}");
+    std::fs::write(&config_file, config.replace("shutdown_timeout_secs = 10", "shutdown_timeout_secs = 2")).unwrap();
+
+    let up = || {
+        let out = run(home.novabox().args(["up", "--detach", "--wait", "--json"]));
+        assert_ok(&out);
+        json_of(&out)["pid"].as_i64().expect("pid") as i32
+    };
+    let stack = up();
+    let out = run(home
+        .novabox()
+        .args(["server", "create", "g1", "--image", "tiny", "--flavor", "m1.tiny", "--wait", "--json"]));
+    assert_ok(&out);
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    let qemu = guest_qemu(&home, &id).expect("the guest's qemu runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while console_count(&home, &id, "novabox-guest: ready") < 1 {
+        assert!(std::time::Instant::now() < deadline, "the guest never booted");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Status shows the guest with its accelerator, addresses and the disk it uses.
+    let st = json_of(&run(home.novabox().args(["status", "--json"])));
+    let guest = st["guests"].as_array().unwrap().iter().find(|g| g["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(guest["accel"], "tcg", "{guest}");
+    assert!(guest["disk_used_bytes"].as_u64().is_some_and(|b| b > 0), "{guest}");
+    assert!(guest["addresses"].as_object().is_some_and(|a| !a.is_empty()), "{guest}");
+    let out = run(home.novabox().arg("status"));
+    assert!(
+        stdout(&out).lines().any(|l| l.contains(&id) && l.contains(" tcg ") && l.contains(" MiB")),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(home.novabox().arg("down"));
+    assert_ok(&out);
+    wait_dead(stack);
+    wait_dead(qemu);
+    assert_eq!(guest_qemu(&home, &id), None, "qemu left running after down");
+    assert!(pids_mentioning(&home.path().to_string_lossy()).is_empty(), "something of this home still runs");
+    let log = std::fs::read_to_string(home.path().join("logs/novabox.log")).unwrap();
+    assert!(log.contains("no clean shutdown within 2s"), "the hard path was not taken:\n{log}");
+    // Stopped by the host going down, not by the user: still ACTIVE (read with the stack down).
+    let st = json_of(&run(home.novabox().args(["status", "--json"])));
+    let guest = st["guests"].as_array().unwrap().iter().find(|g| g["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(guest["vm_state"], "active", "{st}");
+
+    // In the foreground this time: SIGTERM (as Ctrl-C) stops the guest the same way.
+    let log = std::fs::File::create(home.path().join("up.log")).unwrap();
+    let mut foreground = home
+        .novabox()
+        .arg("up")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("novabox up");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !home.path().join("run/ready.json").exists() {
+        assert!(
+            foreground.try_wait().unwrap().is_none(),
+            "up exited: {}",
+            std::fs::read_to_string(home.path().join("up.log")).unwrap()
+        );
+        assert!(std::time::Instant::now() < deadline, "up not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run(home.novabox().args(["server", "show", &id, "--json"]));
+    assert_ok(&out);
+    let server = json_of(&out);
+    assert_eq!(
+        (server["status"].as_str(), server["OS-EXT-STS:power_state"].as_i64()),
+        (Some("ACTIVE"), Some(1)),
+        "{server}"
+    );
+    let again = guest_qemu(&home, &id).expect("up starts the guest again");
+    assert_ne!(again, qemu);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while console_count(&home, &id, "novabox-guest: ready") < 2 {
+        assert!(std::time::Instant::now() < deadline, "the guest did not boot again");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // SAFETY: signalling the `novabox up` this test started, by its pid.
+    unsafe { libc::kill(foreground.id() as i32, libc::SIGTERM) };
+    let status = foreground.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(home.path().join("up.log")).unwrap());
+    wait_dead(again);
+    assert_eq!(guest_qemu(&home, &id), None, "qemu left running after Ctrl-C");
+
+    let stack = up();
+    let again = guest_qemu(&home, &id).expect("up starts the guest again");
+    // A stack killed with -9 cannot stop its guests: down does, by their pid files.
+    // SAFETY: kill(2) on the stack this test started; -9 is the crash being simulated.
+    unsafe { libc::kill(stack, libc::SIGKILL) };
+    wait_dead(stack);
+    assert!(guest_qemu(&home, &id).is_some(), "the guest died with the stack");
+    let out = run(home.novabox().arg("down"));
+    assert_ok(&out);
+    assert!(stdout(&out).contains(&format!("stopped guest {id}")), "{}", stdout(&out));
+    wait_dead(again);
+    assert!(pids_mentioning(&home.path().to_string_lossy()).is_empty(), "something of this home still runs");
+}
+
+/// A `novabox logs -f` / `events -f` running in the background; its lines arrive on a channel.
+/// Stopped by pid (SIGTERM, as Ctrl-C would) when dropped, also when the test fails.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(cmd: &mut std::process::Command) -> Follower {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the follower");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// Waits for a line containing every needle; returns the lines seen so far.
+    fn wait_for(&self, needles: &[&str], seen: &mut Vec<String>) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {needles:?} within 30 s; got:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling the follower this test started, by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait for the follower")
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `logs -f compute` and `events -f` started before a boot print that boot's lines and events
+/// as they happen, and stop on SIGTERM.
+#[test]
+fn sandbox_logs_and_events_follow_a_boot() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    // Started before the stack: the follower waits for the log file to appear.
+    let mut logs = Follower::start(home.novabox().args(["logs", "-f", "compute"]));
+    let (stack, _) = up_detached(&home);
+    assert_ok(&run(home.novabox().arg("smoke")));
+    let mut events = Follower::start(home.novabox().args(["events", "-f", "--json"]));
+    // What smoke did is printed first; wait for its last event so only new ones follow.
+    let mut seen = Vec::new();
+    events.wait_for(&["compute.instance.delete.end"], &mut seen);
+
+    let out = run(home.novabox().args(["server", "create", "followed", "--image", "smoke-blob", "--wait", "--json"]));
+    assert_ok(&out);
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    let end = events.wait_for(&["compute.instance.create.end", &id], &mut seen);
+    let event: Value = serde_json::from_str(&end).unwrap();
+    let request_id = event["request_id"].as_str().expect("request id").to_string();
+    let mut log_lines = Vec::new();
+    let line = logs.wait_for(&[&format!("request_id={request_id}"), &id], &mut log_lines);
+    assert!(line.contains("service=\"compute\""), "{line}");
+    assert!(log_lines.iter().all(|l| logs_service_is_compute(l)), "{log_lines:#?}");
+
+    for f in [&mut logs, &mut events] {
+        let status = f.stop();
+        use std::os::unix::process::ExitStatusExt;
+        assert!(status.success() || status.signal() == Some(libc::SIGTERM), "{status:?}");
+    }
+    assert_ok(&run(home.novabox().arg("down")));
+    wait_dead(stack.pid);
+    drop(stack);
+}
+
+/// The innermost span of a log line is the compute service's.
+fn logs_service_is_compute(line: &str) -> bool {
+    line.rfind("service=").is_some_and(|at| line[at..].starts_with("service=\"compute\""))
+}
+
+/// The doctor phase comes first and stops `up` before anything starts when the configured
+/// driver cannot run here, with the phase, the reason and the fix.
+#[test]
+fn sandbox_up_doctor_phase_fails_fast_when_the_driver_cannot_run() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    // qemu lives in /usr/bin, which this PATH lacks.
+    let out = run(home.novabox().env("PATH", "/nonexistent").args(["up", "--driver", "qemu", "--detach", "--wait"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("phase `doctor`"), "{err}");
+    assert!(
+        err.contains("qemu-system-x86_64 is missing") && err.contains("sudo apt-get install qemu-system-x86"),
+        "{err}"
+    );
+    let log = std::fs::read_to_string(home.path().join("logs/novabox.log")).unwrap();
+    assert!(!log.contains("phase=\"broker\""), "it went on after the doctor:\n{log}");
+    assert!(!home.path().join("run/novabox.pid").exists());
+    assert!(!home.path().join("run/ready.json").exists());
+}
+
+/// The Vagrantfile cannot be run here (no vagrant, no nested hypervisor), so check what can be:
+/// Ruby syntax; what it configures, by evaluating it against a stub of Vagrant's config API
+/// (tests/fixtures/vagrant/stub.rb); the provisioning shell's syntax; and its pure part, the
+/// edit of `[api] listen`, against a config the real `init` wrote.
+#[test]
+fn sandbox_vagrantfile_parses_configures_nested_virt_and_its_listen_edit_works() {
+    let vagrantfile = manifest_dir().join("Vagrantfile");
+    let ruby = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("ruby")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ruby ({e}): run scripts/install-deps"))
+    };
+    let out = ruby(&["-c".as_ref(), vagrantfile.as_os_str()]);
+    assert_ok(&out);
+    let stub = manifest_dir().join("tests/fixtures/vagrant/stub.rb");
+    let out = ruby(&[stub.as_os_str(), vagrantfile.as_os_str()]);
+    assert_ok(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stub output");
+    let vm = &v["vm"];
+    assert!(vm["box"].as_str().is_some_and(|b| b.contains("debian")), "{vm}");
+
+    let port = novabox::config::Config::default().api.port;
+    let forward = &vm["network"][0];
+    assert_eq!(forward["args"][0], "forwarded_port", "{forward}");
+    assert_eq!(forward["kw"]["guest"], port, "the forward must reach novabox's default API port: {forward}");
+    assert_eq!(forward["kw"]["host_ip"], "127.0.0.1", "the host side stays on loopback: {forward}");
+
+    let provider = |name: &str| -> Value {
+        vm["provider"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["args"][0] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} provider: {vm}"))
+    };
+    assert_eq!(provider("vmware_desktop")["block"]["vmx"]["vhv.enable"], "TRUE");
+    let libvirt = provider("libvirt")["block"].clone();
+    assert_eq!((libvirt["nested"].as_bool(), libvirt["cpu_mode"].as_str()), (Some(true), Some("host-passthrough")));
+    let customize = provider("virtualbox")["block"]["customize"][0]["args"][0].clone();
+    assert_eq!(customize, serde_json::json!(["modifyvm", "id", "--nested-hw-virt", "on"]));
+
+    // Provisioning: valid shell; installs, inits, then starts the stack on every boot.
+    let scripts: Vec<(String, String)> = vm["provision"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (p["args"][0].as_str().unwrap_or("").to_string(), p["kw"]["inline"].as_str().expect("inline").to_string())
+        })
+        .collect();
+    for (name, script) in &scripts {
+        let mut sh = std::process::Command::new("bash");
+        sh.arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = sh.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "provisioner {name}: {}", stderr(&out));
+    }
+    let install = &scripts.iter().find(|(n, _)| n == "install").expect("install provisioner").1;
+    assert!(install.contains("novabox init --yes"), "{install}");
+    let up = vm["provision"].as_array().unwrap().iter().find(|p| p["args"][0] == "up").expect("up provisioner");
+    assert_eq!(up["kw"]["run"], "always");
+    assert!(up["kw"]["inline"].as_str().unwrap().contains("novabox up --detach --wait"));
+
+    // The listen edit, from `sed` to the end of its check, on a config `init` wrote.
+    let start = install.find("sed -i").expect("the listen edit");
+    let end = install[start..].find("\n    }").expect("the end of its check") + start + "\n    }".len();
+    let edit = &install[start..end];
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let run_edit = || run(std::process::Command::new("bash").args(["-euc", edit]).env("NOVABOX_HOME", home.path()));
+    assert_ok(&run_edit());
+    let out = run(home.novabox().args(["config", "show", "--json"]));
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["api"]["listen"], "0.0.0.0");
+    // A config it cannot edit fails the provisioning with what to do, instead of going on.
+    let config = home.path().join("novabox.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("listen = \"0.0.0.0\"", "listen = \"::1\"");
+    std::fs::write(&config, text).unwrap();
+    let out = run_edit();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("set it to \"0.0.0.0\" by hand"), "{}", stderr(&out));
 }

@@ -100,6 +100,21 @@ pub trait VirtDriver: Send + Sync + 'static {
     /// Periodic housekeeping of cached images (nova's image cache manager). Drivers without
     /// an image cache have nothing to do.
     async fn manage_image_cache(&self) {}
+    /// Stops every running guest because this compute service is going down (`novabox down`,
+    /// Ctrl-C): the ACPI power button for all of them at once, up to `timeout`, then hard.
+    /// Unlike `power_off` nothing marks them stopped, so the service's next start runs them
+    /// again (nova's behaviour across a host reboot). Drivers whose guests end with the
+    /// process (fake) have nothing to do.
+    async fn shutdown_all(&self, _timeout: std::time::Duration) -> Result<ShutdownReport, VirtError> {
+        Ok(ShutdownReport::default())
+    }
+}
+
+/// How `shutdown_all` went: which guests shut down on the power button, which were stopped hard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub clean: Vec<String>,
+    pub hard: Vec<String>,
 }
 
 /// What this host has: cores from the scheduler's view of the OS, memory from /proc/meminfo,

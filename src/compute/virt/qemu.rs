@@ -36,8 +36,11 @@ use super::guestfiles::{last_line, path_str, read_tail, GuestFiles};
 use super::{configdrive, qmp, GuestSpec, HostResources, VirtDriver, VirtError};
 use super::{disks, imagecache};
 use crate::config::{Accel, ConfigDriveFormat};
+
+mod shutdown;
 use crate::db::instances::power;
 use crate::hostpkgs;
+pub use shutdown::stop_leftover_guests;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const QEMU_IMG: &str = "qemu-img";
@@ -466,6 +469,10 @@ impl VirtDriver for QemuDriver {
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the image cache"),
             Err(e) => tracing::warn!(error = %e, "the image cache check failed"),
         }
+    }
+
+    async fn shutdown_all(&self, timeout: Duration) -> Result<super::ShutdownReport, VirtError> {
+        self.shutdown_guests(timeout).await
     }
 }
 
