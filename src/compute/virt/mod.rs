@@ -1,11 +1,14 @@
 //! Virt drivers: what the compute manager asks of a hypervisor. `fake` keeps guests in
-//! memory (CI, benchmarks); real drivers run qemu.
+//! memory (CI, benchmarks); real drivers run qemu, directly (`qemu`) or through libvirt
+//! (`libvirt`, behind the cargo feature of that name).
 
 use serde::{Deserialize, Serialize};
 
 pub mod configdrive;
 pub mod fake;
 pub mod guestfiles;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod qemu;
 mod qmp;
 
