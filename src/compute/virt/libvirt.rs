@@ -89,6 +89,8 @@ impl LibvirtDriver {
             .ok_or(LibvirtUnavailable::Missing { program: super::qemu::QEMU_IMG, package: "qemu-utils" })?;
         let iso_tool = hostpkgs::find_program(ISO_TOOL)
             .ok_or(LibvirtUnavailable::Missing { program: ISO_TOOL, package: "genisoimage" })?;
+        // libvirt prints every error to stderr by default; the driver returns them instead.
+        virt::error::clear_error_callback();
         let conn = open(uri)?;
         let accel = if accel == Accel::Kvm { Accel::Kvm } else { Accel::Tcg };
         let (vcpus, memory_mb, local_gb) = super::probe_host(home.root());
