@@ -80,10 +80,8 @@ mod with_libvirt {
         if root {
             for name in ["virtlogd", "libvirtd"] {
                 let pid_file = d._dir.path().join(format!("{name}.pid"));
-                let program = ["/usr/sbin", "/usr/bin", "/sbin"]
-                    .iter()
-                    .map(|p| Path::new(p).join(name))
-                    .find(|p| p.is_file());
+                let program =
+                    ["/usr/sbin", "/usr/bin", "/sbin"].iter().map(|p| Path::new(p).join(name)).find(|p| p.is_file());
                 let Some(program) = program else {
                     eprintln!("libvirt test: {name} is not installed (libvirt-daemon-system)");
                     break;
@@ -151,6 +149,8 @@ mod with_libvirt {
 
     #[test]
     fn libvirt_guest_boots_stops_starts_and_is_deleted_needs_libvirt() {
+        let t0 = Instant::now();
+        let step = |what: &str| eprintln!("libvirt test: {what} at {:.1}s", t0.elapsed().as_secs_f64());
         let daemon = daemon();
         let uri = daemon.uri.clone();
         let home = TestHome::new();
@@ -178,6 +178,7 @@ mod with_libvirt {
             return;
         }
 
+        step("created");
         let created = create(&home, "lv-guest");
         let id = created["id"].as_str().unwrap_or_default().to_string();
         domains.ids.push(id.clone());
@@ -195,15 +196,20 @@ mod with_libvirt {
         assert!(text.contains("novabox-guest: init reached"), "{text}");
         assert!(text.contains("novabox-guest: hostname lv-guest"), "config drive: {text}");
 
+        step("booted");
         // A host reboot while novabox is down: libvirt keeps the domain defined but not running;
         // `up` starts it again (nova's resume_guests_state_on_host_boot).
         assert!(up.stop().is_some_and(|s| s.success()), "{}", up.log());
         assert_ok(&virsh(&uri, &["destroy", &name]));
-        up = Up::start(&home);
+        // Up::start waits for ready.json: not the one the last `up` left.
+        let _ = std::fs::remove_file(home.path().join("run/ready.json"));
+        // Shadowed, not dropped: dropping an Up kills every process naming this home.
+        let mut up = Up::start(&home);
         wait_status(&home, &up, "lv-guest", "ACTIVE");
         assert_eq!(stdout(&virsh(&uri, &["domstate", &name])).trim(), "running");
         wait_console(&home, "lv-guest", "novabox-guest: ready", 2);
 
+        step("resumed");
         assert_ok(&server(&home, &["stop", "lv-guest"]));
         let s = wait_status(&home, &up, "lv-guest", "SHUTOFF");
         assert_eq!(s["OS-EXT-STS:power_state"], 4, "{s:#}");
@@ -213,6 +219,7 @@ mod with_libvirt {
         wait_status(&home, &up, "lv-guest", "ACTIVE");
         wait_console(&home, "lv-guest", "novabox-guest: ready", 3);
 
+        step("restarted");
         // qemu dies behind libvirt's back: libvirt says crashed, the power sync shows it.
         let pids = pids_mentioning(&format!("guest={name}"));
         assert_eq!(pids.len(), 1, "one qemu per guest");
@@ -221,6 +228,7 @@ mod with_libvirt {
         let s = wait_status(&home, &up, "lv-guest", "SHUTOFF");
         assert_eq!(s["OS-EXT-STS:power_state"], 6, "crashed: {s:#}");
 
+        step("crash seen");
         assert_ok(&server(&home, &["delete", "lv-guest", "--wait"]));
         let all = stdout(&virsh(&uri, &["list", "--all", "--name"]));
         assert!(!all.contains(&name), "the domain is still defined: {all}");

@@ -539,3 +539,92 @@ fn render(template: &str, values: &[(&str, Value)]) -> Result<String, VirtError>
     out.push_str(rest);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::Home;
+
+    fn all_values(title: &str) -> Vec<(&'static str, Value)> {
+        let text = |s: &str| Value::Text(s.to_string());
+        vec![
+            ("domain_type", text("qemu")),
+            ("name", text("novabox-x")),
+            ("uuid", text("u")),
+            ("title", text(title)),
+            ("memory_mb", text("64")),
+            ("vcpus", text("1")),
+            ("kernel", Value::Xml(String::new())),
+            ("cpu", Value::Xml(String::new())),
+            ("disks", Value::Xml("    <disk/>\n".into())),
+            ("interfaces", Value::Xml(String::new())),
+            ("console_log", text("/h/it's <here>/console.log")),
+            ("seclabel", Value::Xml(String::new())),
+        ]
+    }
+
+    #[test]
+    fn the_template_renders_with_values_escaped() {
+        let xml = render(TEMPLATE, &all_values("a&b <c> \"d\"")).unwrap();
+        assert!(!xml.contains("{{") && !xml.contains("}}"), "{xml}");
+        assert!(xml.contains("<title>a&amp;b &lt;c&gt; &quot;d&quot;</title>"), "{xml}");
+        assert!(xml.contains("<source path='/h/it&apos;s &lt;here&gt;/console.log' append='on'/>"), "{xml}");
+        assert!(xml.contains("<domain type='qemu'>") && xml.contains("    <disk/>\n"), "{xml}");
+    }
+
+    #[test]
+    fn a_placeholder_without_its_value_is_an_error() {
+        let mut values = all_values("t");
+        values.retain(|(k, _)| *k != "vcpus");
+        let e = render(TEMPLATE, &values).unwrap_err().to_string();
+        assert!(e.contains("\"vcpus\" has no value"), "{e}");
+        let e = render("<a>{{{title}}}</a>", &all_values("t")).unwrap_err().to_string();
+        assert!(e.contains("wrong number of braces"), "{e}");
+        assert!(render("<a>{{title</a>", &all_values("t")).is_err());
+    }
+
+    #[test]
+    fn libvirt_states_map_to_nova_power_states() {
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_RUNNING, 1), power::RUNNING);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_BLOCKED, 0), power::RUNNING);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_PAUSED, 0), power::PAUSED);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_SHUTOFF, sys::VIR_DOMAIN_SHUTOFF_DESTROYED as i32), power::SHUTDOWN);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_SHUTOFF, sys::VIR_DOMAIN_SHUTOFF_CRASHED as i32), power::CRASHED);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_CRASHED, 0), power::CRASHED);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_PMSUSPENDED, 0), power::SUSPENDED);
+        assert_eq!(power_state_of(0, 0), power::NOSTATE);
+        assert_eq!(disk_name(0).as_deref(), Some("vda"));
+        assert_eq!(disk_name(25).as_deref(), Some("vdz"));
+        assert_eq!(disk_name(26), None);
+        assert_eq!(valid_mac("fa:16:3e:00:00:0a'/>").as_deref(), None);
+    }
+
+    /// libvirt's in-process test driver: no daemon, no qemu, but a real connection.
+    #[tokio::test]
+    async fn connects_and_knows_no_guest_yet_on_the_test_driver() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path());
+        home.create_dirs().unwrap();
+        let d = LibvirtDriver::new(&home, Accel::Tcg, "test:///default").expect("genisoimage and qemu-img installed");
+        assert_eq!(d.name(), "libvirt");
+        assert_eq!(d.host_resources().accel, "tcg");
+        assert!(d.host_resources().hypervisor_version > 0);
+        let uuid = uuid::Uuid::new_v4().to_string();
+        assert_eq!(d.power_state(&uuid).await, power::NOSTATE);
+        assert!(matches!(d.power_on(&uuid).await, Err(VirtError::NotFound(_))));
+        assert!(matches!(d.console_output(&uuid).await, Err(VirtError::NotFound(_))));
+        d.destroy(&uuid).await.unwrap();
+        d.destroy("../escape").await.unwrap();
+        assert!(d.guests().await.is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_libvirt_says_how_to_start_it() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path());
+        let uri = format!("qemu+unix:///system?socket={}/none.sock", t.path().display());
+        let Err(e) = LibvirtDriver::new(&home, Accel::Tcg, &uri) else { panic!("connected to {uri}") };
+        let e = e.to_string();
+        assert!(e.contains("cannot connect to libvirt at qemu+unix") && e.contains("libvirtd --daemon"), "{e}");
+    }
+}
