@@ -9,7 +9,7 @@
 //! |----------------|-------------------------------------------------------------------|
 //! | `domain.xml`   | the domain as defined (`templates/libvirt-domain.xml`), so a libvirt that lost it gets it again at power-on |
 //! | `libvirt.json` | the domain name and the shutdown timeout; marks a guest of this driver |
-//! | `disk.config`  | the config drive as ISO9660 `config-2` on an IDE CD-ROM (libvirt cannot label qemu's vvfat disks) |
+//! | `disk.config`  | the config drive as ISO9660 `config-2` (built by `guestfiles`) on an IDE CD-ROM: libvirt cannot label qemu's vvfat disks |
 //! | `console.log`  | the serial console (a libvirt `file` chardev, appended across power cycles) |
 //!
 //! libvirt calls block, so each runs on tokio's blocking pool. Domain type `kvm` when the
@@ -25,7 +25,8 @@ use virt::domain::Domain;
 use virt::error::ErrorNumber;
 use virt::sys;
 
-use super::guestfiles::{last_line, path_str, read_tail, GuestFiles, Prepared};
+use super::disks;
+use super::guestfiles::{path_str, read_tail, GuestFiles, Prepared};
 use super::{GuestSpec, HostResources, VirtDriver, VirtError};
 use crate::config::Accel;
 use crate::db::instances::power;
@@ -64,7 +65,6 @@ pub struct LibvirtDriver {
     conn: Mutex<Arc<Connect>>,
     instances: PathBuf,
     files: GuestFiles,
-    iso_tool: PathBuf,
     accel: Accel,
     resources: HostResources,
 }
@@ -87,8 +87,9 @@ impl LibvirtDriver {
     pub fn new(home: &crate::home::Home, accel: Accel, uri: &str) -> Result<LibvirtDriver, LibvirtUnavailable> {
         let qemu_img = hostpkgs::find_program(super::qemu::QEMU_IMG)
             .ok_or(LibvirtUnavailable::Missing { program: super::qemu::QEMU_IMG, package: "qemu-utils" })?;
-        let iso_tool = hostpkgs::find_program(ISO_TOOL)
-            .ok_or(LibvirtUnavailable::Missing { program: ISO_TOOL, package: "genisoimage" })?;
+        // libvirt cannot label qemu's vvfat disks, so the config drive is always ISO9660.
+        let iso_tool =
+            disks::find_iso_tool().ok_or(LibvirtUnavailable::Missing { program: ISO_TOOL, package: "genisoimage" })?;
         // libvirt prints every error to stderr by default; the driver returns them instead.
         virt::error::clear_error_callback();
         let conn = open(uri)?;
@@ -104,15 +105,9 @@ impl LibvirtDriver {
             local_gb,
         };
         let instances = home.instances_dir();
-        Ok(LibvirtDriver {
-            uri: uri.to_string(),
-            conn: Mutex::new(Arc::new(conn)),
-            files: GuestFiles::new(qemu_img, &instances),
-            instances,
-            iso_tool,
-            accel,
-            resources,
-        })
+        let mut files = GuestFiles::new(qemu_img, &instances);
+        files.set_iso_tool(Some(iso_tool));
+        Ok(LibvirtDriver { uri: uri.to_string(), conn: Mutex::new(Arc::new(conn)), files, instances, accel, resources })
     }
 
     pub fn uri(&self) -> &str {
@@ -155,21 +150,6 @@ impl LibvirtDriver {
             Err(e) => return Err(failed(format!("cannot read {}: {e}", file.display()))),
         };
         serde_json::from_slice(&text).map_err(|e| failed(format!("{} is damaged: {e}", file.display())))
-    }
-
-    /// The config drive tree as an ISO9660 image labelled `config-2`, as nova's libvirt driver
-    /// makes it (genisoimage, Joliet and Rock Ridge).
-    async fn config_drive_iso(&self, tree: &Path, iso: &Path) -> Result<(), VirtError> {
-        let out = tokio::process::Command::new(&self.iso_tool)
-            .args(["-o", path_str(iso)?, "-quiet", "-J", "-r", "-V", super::configdrive::LABEL, path_str(tree)?])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| failed(format!("cannot run {}: {e}", self.iso_tool.display())))?;
-        if !out.status.success() {
-            return Err(failed(format!("cannot build the config drive: {}", last_line(&out.stderr))));
-        }
-        Ok(())
     }
 
     /// The domain XML of a prepared guest.
@@ -244,9 +224,10 @@ impl LibvirtDriver {
 
     async fn spawn_in(&self, spec: &GuestSpec, dir: &Path) -> Result<(), VirtError> {
         let prepared = self.files.prepare(spec, dir).await?;
-        let iso = dir.join("disk.config");
-        self.config_drive_iso(&prepared.config_drive, &iso).await?;
-        let xml = self.domain_xml(spec, dir, &prepared, &iso)?;
+        let iso = prepared.config_drive_iso.as_deref().ok_or_else(|| {
+            failed("the libvirt driver needs an ISO9660 config drive: sudo apt-get install genisoimage")
+        })?;
+        let xml = self.domain_xml(spec, dir, &prepared, iso)?;
         crate::home::write_atomic(&dir.join("domain.xml"), xml.as_bytes(), 0o600)
             .map_err(|e| failed(format!("cannot write {}: {e}", dir.join("domain.xml").display())))?;
         let record =
