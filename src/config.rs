@@ -132,6 +132,8 @@ pub enum ConfigDriveFormat {
 pub struct ComputeConfig {
     pub driver: Driver,
     pub accel: Accel,
+    /// Where the libvirt driver connects (`qemu:///system`, `qemu:///session`, `test:///default`).
+    pub libvirt_uri: String,
     pub cpu_allocation_ratio: f64,
     pub ram_allocation_ratio: f64,
     pub disk_allocation_ratio: f64,
@@ -163,6 +165,7 @@ impl Default for ComputeConfig {
         ComputeConfig {
             driver: Driver::Auto,
             accel: Accel::Auto,
+            libvirt_uri: "qemu:///system".into(),
             cpu_allocation_ratio: 16.0,
             ram_allocation_ratio: 1.5,
             disk_allocation_ratio: 1.0,
@@ -313,6 +316,18 @@ impl Config {
         }
         if self.bus.call_timeout_secs == 0 {
             return invalid("bus.call_timeout_secs", &0, "must be at least 1");
+        }
+        // A libvirt URI is `driver[+transport]://[host]/path`, e.g. qemu:///system.
+        let uri = &self.compute.libvirt_uri;
+        if !uri.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+        }) || uri.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return invalid(
+                "compute.libvirt_uri",
+                &format!("{uri:?}"),
+                "use a libvirt URI such as \"qemu:///system\" or \"qemu:///session\"",
+            );
         }
         for (key, v) in [
             ("compute.cpu_allocation_ratio", self.compute.cpu_allocation_ratio),

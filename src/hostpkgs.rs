@@ -55,7 +55,9 @@ pub fn requirements(config: &Config) -> Vec<Requirement> {
         Driver::Libvirt => {
             add("libvirtd", "libvirt-daemon-system", "running guests through libvirt");
             add("virsh", "libvirt-clients", "running guests through libvirt");
+            add("qemu-system-x86_64", "qemu-system-x86", "running guests");
             add("qemu-img", "qemu-utils", "guest disks");
+            add("genisoimage", "genisoimage", "config drives (ISO9660)");
         }
     }
     if config.compute.driver != Driver::Fake {

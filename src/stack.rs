@@ -48,8 +48,12 @@ pub enum StackError {
     Register(BusError),
     #[error(transparent)]
     Qemu(#[from] QemuUnavailable),
+    #[cfg(feature = "libvirt")]
+    #[error(transparent)]
+    Libvirt(#[from] crate::compute::virt::libvirt::LibvirtUnavailable),
     #[error(
-        "compute driver `{0}` is not available in this novabox yet; set `[compute] driver = \"fake\"` (or \"auto\")"
+        "compute driver `{0}` is not built into this novabox: rebuild it with `cargo build --release --features {0}` \
+         (needs libvirt-dev and pkg-config), or set `[compute] driver = \"qemu\"` (or \"auto\")"
     )]
     DriverUnavailable(&'static str),
 }
@@ -102,6 +106,15 @@ pub fn make_driver(config: &Config, home: &Home) -> Result<Arc<dyn VirtDriver>, 
             Ok(fake())
         }
         Driver::Qemu => qemu(),
+        #[cfg(feature = "libvirt")]
+        Driver::Libvirt => {
+            use crate::compute::virt::libvirt::LibvirtDriver;
+            let accel = crate::doctor::effective_accel(home, config);
+            let driver = LibvirtDriver::new(home, accel, &config.compute.libvirt_uri)?;
+            tracing::info!(uri = %driver.uri(), accel = %driver.host_resources().accel, "guests run under libvirt");
+            Ok(Arc::new(driver))
+        }
+        #[cfg(not(feature = "libvirt"))]
         Driver::Libvirt => Err(StackError::DriverUnavailable("libvirt")),
     }
 }

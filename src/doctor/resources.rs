@@ -140,9 +140,10 @@ pub fn check_programs(host: &HostRoot, config: &Config, checks: &mut Vec<Check>)
 fn explicitly_required(config: &Config, req: &Requirement) -> bool {
     match req.program {
         "rabbitmq-server" => config.bus.kind == BusKind::Rabbitmq,
-        "qemu-system-x86_64" => config.compute.driver == Driver::Qemu,
+        "qemu-system-x86_64" => matches!(config.compute.driver, Driver::Qemu | Driver::Libvirt),
         "libvirtd" | "virsh" => config.compute.driver == Driver::Libvirt,
         "qemu-img" => matches!(config.compute.driver, Driver::Qemu | Driver::Libvirt),
+        "genisoimage" => config.compute.driver == Driver::Libvirt,
         "ip" | "dnsmasq" | "nft" => config.network.mode == NetworkMode::Bridge,
         _ => false,
     }

@@ -11,12 +11,12 @@ use serde_json::Value;
 use crate::common::{self, assert_ok, stdout, TestHome};
 
 /// The kernel .deb cache shared with the doctor tests, so only the first run needs apt.
-fn deb_cache() -> PathBuf {
+pub fn deb_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache")
 }
 
 /// Every process whose command line mentions `needle` (here: a test's own home).
-fn pids_mentioning(needle: &str) -> Vec<i32> {
+pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
     std::fs::read_dir("/proc")
         .map(|entries| {
@@ -35,13 +35,13 @@ fn pids_mentioning(needle: &str) -> Vec<i32> {
 
 /// `novabox up` for one home; on drop (also when the test fails) it is stopped by its pid, and
 /// so is any qemu left with this home's path on its command line.
-struct Up {
+pub struct Up {
     child: Child,
     home: PathBuf,
 }
 
 impl Up {
-    fn start(home: &TestHome) -> Up {
+    pub fn start(home: &TestHome) -> Up {
         let log = std::fs::File::create(home.path().join("up.log")).unwrap();
         let child = home
             .novabox()
@@ -61,12 +61,12 @@ impl Up {
         up
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.home.join("up.log")).unwrap_or_default()
     }
 
     /// SIGTERM by pid, then wait for the exit.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         // SAFETY: signalling the child this test started, by its pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -96,17 +96,17 @@ impl Drop for Up {
     }
 }
 
-fn server(home: &TestHome, args: &[&str]) -> std::process::Output {
+pub fn server(home: &TestHome, args: &[&str]) -> std::process::Output {
     common::run(home.novabox().arg("server").args(args))
 }
 
-fn status(home: &TestHome, name: &str) -> Value {
+pub fn status(home: &TestHome, name: &str) -> Value {
     let out = server(home, &["show", name, "--json"]);
     assert_ok(&out);
     serde_json::from_slice(&out.stdout).expect("server show --json")
 }
 
-fn wait_status(home: &TestHome, up: &Up, name: &str, want: &str) -> Value {
+pub fn wait_status(home: &TestHome, up: &Up, name: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let s = status(home, name);
@@ -119,7 +119,7 @@ fn wait_status(home: &TestHome, up: &Up, name: &str, want: &str) -> Value {
 }
 
 /// Waits for `marker` to be on the console `count` times, through the compute API.
-fn wait_console(home: &TestHome, name: &str, marker: &str, count: usize) -> String {
+pub fn wait_console(home: &TestHome, name: &str, marker: &str, count: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let out = server(home, &["console-log", name]);

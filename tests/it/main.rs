@@ -8,5 +8,6 @@ mod doctor;
 mod guestkit;
 mod guests;
 mod init;
+mod libvirt;
 mod reliability;
 mod sandbox;

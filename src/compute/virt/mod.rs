@@ -1,5 +1,6 @@
 //! Virt drivers: what the compute manager asks of a hypervisor. `fake` keeps guests in
-//! memory (CI, benchmarks); real drivers run qemu.
+//! memory (CI, benchmarks); real drivers run qemu, directly (`qemu`) or through libvirt
+//! (`libvirt`, behind the cargo feature of that name).
 
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +9,8 @@ pub mod disks;
 pub mod fake;
 pub mod guestfiles;
 pub mod imagecache;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod qemu;
 mod qmp;
 
