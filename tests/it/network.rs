@@ -281,7 +281,12 @@ fn two_guests_get_dhcp_addresses_ping_and_survive_down_up_needs_root_qemu() {
     assert!(!names.iter().any(|n| n == "nbr0" || n.starts_with("tap")), "{names:?}\n{}", stdout(&out));
     assert!(!ns.nft_tables().contains("novabox_"), "{}", ns.nft_tables());
     assert!(dnsmasq_pid(&home).is_none());
-    assert!(!ns.exec("pgrep", &["-x", "dnsmasq"]).status.success(), "a dnsmasq is left in the namespace");
+    let left: Vec<i32> = ns
+        .pids()
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "dnsmasq"))
+        .collect();
+    assert!(left.is_empty(), "dnsmasq left in the namespace: {left:?}");
 
     // ...and up restores them: the running guests get their taps back (restarted onto them)
     // and lease their addresses again.
