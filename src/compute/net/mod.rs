@@ -1,0 +1,3 @@
+//! Guest networking on a compute host.
+
+pub mod secgroups;
