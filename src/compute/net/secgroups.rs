@@ -220,7 +220,7 @@ pub fn host_filters(
 
 /// The table of one home: `novabox_sg_<tag>`, family `bridge`.
 pub fn table_name(tag: &str) -> String {
-    format!("novabox_sg_{tag}")
+    super::sg_table(tag)
 }
 
 /// nft identifiers: letters, digits and `_`; ids are uuids, so this is one-to-one for them.
