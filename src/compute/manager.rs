@@ -375,7 +375,7 @@ impl ComputeManager {
     }
 }
 
-fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
+pub(crate) fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
     GuestSpec {
         uuid: inst.uuid.clone(),
         name: inst.display_name.clone(),

@@ -14,7 +14,7 @@ use crate::db::services::NodeReport;
 use crate::db::{DbError, SharedDb};
 use crate::rpcapi::RequestedNetworks;
 
-mod network;
+pub(crate) mod network;
 
 pub use network::{addresses, release_network};
 
