@@ -445,6 +445,40 @@ impl Nft {
     }
 }
 
+/// A compute host's view: the nft runner, its home's tag and the bridge its guests use.
+/// Filters are applied only when the bridge exists; with QEMU user networking (or the fake
+/// driver) there are no taps, so nothing to filter and nothing is written.
+pub struct Firewall {
+    nft: Nft,
+    tag: String,
+    bridge: String,
+    /// One apply at a time, in the order the updates arrived.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl Firewall {
+    pub fn new(tag: String, bridge: String) -> Firewall {
+        Firewall { nft: Nft::default(), tag, bridge, applying: tokio::sync::Mutex::new(()) }
+    }
+
+    pub fn active(&self) -> bool {
+        std::path::Path::new("/sys/class/net").join(&self.bridge).exists()
+    }
+
+    /// Applies `filters` when active; `Ok(false)` when there was nothing to do.
+    pub async fn refresh(&self, filters: HostFilters) -> Result<bool> {
+        if !self.active() {
+            return Ok(false);
+        }
+        let _held = self.applying.lock().await;
+        let (nft, tag) = (self.nft.clone(), self.tag.clone());
+        tokio::task::spawn_blocking(move || nft.apply(&tag, &filters))
+            .await
+            .map_err(|e| SecGroupError::Nft { table: table_name(&self.tag), stderr: e.to_string() })??;
+        Ok(true)
+    }
+}
+
 /// What `novabox down` calls: removes the security group table of the home tagged `tag`.
 pub fn teardown(tag: &str) -> Result<()> {
     Nft::default().teardown(tag)
