@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::bus::{Bus, BusError, Subscription};
+use crate::compute::net::{self, HostNet};
 use crate::compute::virt::fake::FakeDriver;
 use crate::compute::virt::qemu::{QemuDriver, QemuUnavailable};
 use crate::compute::virt::VirtDriver;
@@ -59,6 +60,8 @@ pub enum StackError {
         "compute driver `{0}` is not available in this novabox yet; set `[compute] driver = \"fake\"` (or \"auto\")"
     )]
     DriverUnavailable(&'static str),
+    #[error("guest networking: {0}")]
+    Network(#[from] crate::compute::net::NetError),
 }
 
 /// Reports each start-up phase as it begins (`database`, `services`, `first compute
@@ -76,6 +79,8 @@ pub struct Hooks<R: FnOnce(Ready) + Send> {
 pub struct Ready {
     pub api_url: Option<String>,
     pub driver: &'static str,
+    /// How guests get their network: `bridge`, `user`, or `none` (no compute here).
+    pub network: &'static str,
     pub services: Vec<String>,
 }
 
@@ -135,6 +140,25 @@ fn db_heartbeats(
     });
 }
 
+/// Bridge mode's plumbing with the default network set up (checked before any change), or
+/// `None` for QEMU user networking: mode `user`, mode `auto` without CAP_NET_ADMIN, or the
+/// fake driver, whose guests have no network devices to plug.
+async fn host_network(config: &Config, home: &Home, driver: &str) -> Result<Option<Arc<HostNet>>, StackError> {
+    let mode = net::resolve_mode(config.network.mode, net::host::has_net_admin())?;
+    if mode == net::Mode::User || driver == "fake" {
+        tracing::info!(mode = mode.as_str(), driver, "guest networking: QEMU user networking, no bridge");
+        return Ok(None);
+    }
+    let host_net = Arc::new(HostNet::new(home, config));
+    let default = HostNet::default_net(config);
+    let setup = host_net.clone();
+    tokio::task::spawn_blocking(move || setup.ensure_network(&default)).await.map_err(|e| {
+        StackError::Network(net::NetError::Command { command: "network setup".into(), detail: e.to_string() })
+    })??;
+    tracing::info!(bridge = %config.network.bridge, cidr = %config.network.cidr, tag = host_net.tag(), "guest networking: bridge mode");
+    Ok(Some(host_net))
+}
+
 /// Starts the given services and runs until `shutdown` turns true. Calls `on_ready` once all
 /// of them accept work.
 pub async fn run(
@@ -165,7 +189,7 @@ pub async fn run(
     let timeout = Duration::from_secs(config.bus.call_timeout_secs);
     let mut subscriptions: Vec<Subscription> = Vec::new();
     let host = config.host.name.clone();
-    let mut ready = Ready { api_url: None, driver: "none", services: Vec::new() };
+    let mut ready = Ready { api_url: None, driver: "none", network: "none", services: Vec::new() };
 
     phase("services");
     if let (Some(db), true) = (&db, services.contains(&Service::Conductor)) {
@@ -191,19 +215,22 @@ pub async fn run(
     if services.contains(&Service::Compute) {
         let driver = make_driver(&config, &home)?;
         ready.driver = driver.name();
-        let manager = Arc::new(
-            ComputeManager::new(
-                host.clone(),
-                driver,
-                ConductorApi::new(bus.clone(), timeout),
-                Notifier::new(bus.clone(), format!("compute.{host}")),
-                config.clone(),
-            )
-            .with_firewall(crate::compute::net::secgroups::Firewall::new(
+        let net = host_network(&config, &home, driver.name()).await?;
+        ready.network = if net.is_some() { "bridge" } else { "user" };
+        let mut manager = ComputeManager::new(
+            host.clone(),
+            driver,
+            ConductorApi::new(bus.clone(), timeout),
+            Notifier::new(bus.clone(), format!("compute.{host}")),
+            config.clone(),
+        );
+        if let Some(net) = net {
+            manager = manager.with_net(net).with_firewall(crate::compute::net::secgroups::Firewall::new(
                 crate::compute::net::home_tag(home.root()),
                 config.network.bridge.clone(),
-            )),
-        );
+            ));
+        }
+        let manager = Arc::new(manager);
         // Serve first so builds cast during start-up queue for us, then register and reconcile.
         subscriptions.push(bus.serve(&manager.topic(), manager.clone()).await?);
         phase("first compute registered");

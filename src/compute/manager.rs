@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
+use super::net::HostNet;
 use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver};
 use crate::bus::{BusError, Context, Handler, Message, RemoteError};
 use crate::config::Config;
@@ -27,6 +28,8 @@ pub struct ComputeManager {
     config: Arc<Config>,
     /// Security groups on this host's taps; `None` where nothing is filtered (tests).
     firewall: Option<Arc<super::net::secgroups::Firewall>>,
+    /// Bridge-mode plumbing; `None` in user mode (guests get QEMU user networking).
+    net: Option<Arc<HostNet>>,
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -77,6 +80,7 @@ impl ComputeManager {
             notifier,
             config,
             firewall: None,
+            net: None,
             instance_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -96,6 +100,46 @@ impl ComputeManager {
         }
         let filters = self.conductor.security_group_filters(ctx, &self.host).await.map_err(|e| e.to_string())?;
         fw.refresh(filters).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Bridge mode: guests' ports are plugged into bridges through `net`.
+    pub fn with_net(mut self, net: Arc<HostNet>) -> ComputeManager {
+        self.net = Some(net);
+        self
+    }
+
+    /// Plugs the guest's ports (bridge mode) or drops their taps so the driver uses user
+    /// networking. True when a tap had to be made anew.
+    async fn plug(&self, spec: &mut GuestSpec) -> Result<bool, String> {
+        let Some(net) = self.net.clone() else {
+            for vif in &mut spec.network_info {
+                vif.tap = None;
+            }
+            return Ok(false);
+        };
+        let hostname = spec.hostname.clone();
+        let vifs = spec.network_info.clone();
+        tokio::task::spawn_blocking(move || net.plug(&hostname, &vifs))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("plugging the network failed: {e}"))
+    }
+
+    /// Removes the guest's taps and DHCP entries (bridge mode); failures are logged only.
+    async fn unplug(&self, ctx: &Context, uuid: &str) {
+        let Some(net) = self.net.clone() else { return };
+        let vifs: Vec<Vif> = match self.conductor.network_info(ctx, uuid).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(instance = %uuid, error = %e, "cannot learn the ports to unplug");
+                return;
+            }
+        };
+        match tokio::task::spawn_blocking(move || net.unplug(&vifs)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(instance = %uuid, error = %e, "unplugging the network failed"),
+            Err(e) => tracing::warn!(instance = %uuid, error = %e, "unplug task failed"),
+        }
     }
 
     pub fn topic(&self) -> String {
@@ -162,19 +206,27 @@ impl ComputeManager {
             ("building", _) => {
                 tracing::warn!(instance = %uuid, "build interrupted by a compute restart");
                 let _ = self.driver.destroy(uuid).await;
+                self.unplug(ctx, uuid).await;
                 let _ = self.conductor.deallocate_network(ctx, uuid).await;
                 self.set_error(ctx, inst, "The compute service restarted while this instance was being built.").await;
             }
             ("active", _) => {
                 let state = if driver_has_it { self.driver.power_state(uuid).await } else { power::NOSTATE };
-                let result = match (driver_has_it, state) {
-                    (true, power::RUNNING) => Ok(()),
-                    (true, _) => self.driver.power_on(uuid).await.map_err(|e| e.to_string()),
+                // Taps come back first (after `down` removed them), so the guest finds its link.
+                let plugged = match self.guest_spec(ctx, inst).await {
+                    Ok(mut spec) => self.plug(&mut spec).await.map(|fresh| (spec, fresh)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let result = match (plugged, driver_has_it, state) {
+                    (Err(e), _, _) => Err(e),
+                    // A running qemu holding a tap that `down` deleted has no link: restart it.
+                    (Ok((_, true)), true, power::RUNNING) => {
+                        self.driver.reboot(uuid, true).await.map_err(|e| e.to_string())
+                    }
+                    (Ok(_), true, power::RUNNING) => Ok(()),
+                    (Ok(_), true, _) => self.driver.power_on(uuid).await.map_err(|e| e.to_string()),
                     // Nova's resume_guests_state_on_host_boot: guests that were running run again.
-                    (false, _) => match self.guest_spec(ctx, inst).await {
-                        Ok(spec) => self.driver.spawn(&spec).await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    },
+                    (Ok((spec, _)), false, _) => self.driver.spawn(&spec).await.map_err(|e| e.to_string()),
                 };
                 match result {
                     Ok(()) => {
@@ -190,7 +242,14 @@ impl ComputeManager {
                     }
                 }
             }
-            ("stopped", None) => {}
+            ("stopped", None) => {
+                // Its taps are needed again when it is started.
+                if let Ok(mut spec) = self.guest_spec(ctx, inst).await {
+                    if let Err(e) = self.plug(&mut spec).await {
+                        tracing::warn!(instance = %uuid, error = %e, "cannot plug a stopped guest's ports");
+                    }
+                }
+            }
             (_, Some(_)) => {
                 let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
                 let _ = self.conductor.instance_update(ctx, uuid, &u).await;
@@ -230,6 +289,7 @@ impl ComputeManager {
             Err(Abort::Failed(why)) => {
                 tracing::warn!(instance = %inst.uuid, "build failed: {why}");
                 let _ = self.driver.destroy(&inst.uuid).await;
+                self.unplug(ctx, &inst.uuid).await;
                 let _ = self.conductor.deallocate_network(ctx, &inst.uuid).await;
                 let message = format!("Build of instance {} aborted: {why}", inst.uuid);
                 self.set_error(ctx, &inst, &message).await;
@@ -268,7 +328,8 @@ impl ComputeManager {
             .await?;
         async {
             self.conductor.instance_update(ctx, uuid, &task_update("spawning", "block_device_mapping")).await?;
-            let guest = guest_spec(inst, spec.image.clone(), vifs);
+            let mut guest = guest_spec(inst, spec.image.clone(), vifs);
+            self.plug(&mut guest).await.map_err(Abort::Failed)?;
             self.driver
                 .spawn(&guest)
                 .instrument(tracing::info_span!("driver.spawn", driver = self.driver.name()))
@@ -303,6 +364,7 @@ impl ComputeManager {
             let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &e.to_string(), &self.host).await;
             return;
         }
+        self.unplug(ctx, &inst.uuid).await;
         let _ = self.conductor.deallocate_network(ctx, &inst.uuid).await;
         if let Err(e) = self.refresh_security_groups(ctx).await {
             tracing::warn!(instance = %inst.uuid, error = %e, "security groups not refreshed after delete");
@@ -408,6 +470,10 @@ impl ComputeManager {
                 if let Err(e) = self.sync_power_states().await {
                     tracing::warn!(error = %e, "power state sync failed");
                 }
+            }
+            // A crashed dnsmasq leaves guests without DHCP renewals and DNS: start it again.
+            if let Some(net) = self.net.clone() {
+                let _ = tokio::task::spawn_blocking(move || net.check_dnsmasq()).await;
             }
         }
     }

@@ -7,5 +7,6 @@ mod compute;
 mod doctor;
 mod guests;
 mod init;
+mod network;
 mod reliability;
 mod sandbox;

@@ -7,6 +7,7 @@
 //! | `launch.json`   | the qemu arguments, so power-on starts the same machine again   |
 //! | `qemu.pid`      | the pid (qemu runs in the foreground, in its own process group) |
 //! | `qmp.sock`      | the QMP monitor (status, ACPI power button, reset, quit)        |
+//! | `console.sock`  | the serial console's input (and output), for typing commands    |
 //! | `console.log`   | the serial console, appended across power cycles                |
 //! | `qemu.log`      | qemu's own stderr                                               |
 //! | `disk`          | root disk: a qcow2 overlay on the cached base image             |
@@ -248,7 +249,22 @@ impl QemuDriver {
         }
         push(&["-m", &spec.memory_mb.to_string(), "-smp", &spec.vcpus.to_string(), "-rtc", "base=utc"]);
         push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&qmp)?)]);
-        push(&["-chardev", &format!("file,id=serial0,path={},append=on", opt_path(&dir.join("console.log"))?)]);
+        // The serial console: logged to console.log and open for typing on console.sock.
+        let console_sock = dir.join("console.sock");
+        if console_sock.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(failed(format!(
+                "the console socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --home",
+                console_sock.display()
+            )));
+        }
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+                opt_path(&console_sock)?,
+                opt_path(&dir.join("console.log"))?
+            ),
+        ]);
         push(&["-serial", "chardev:serial0"]);
         if let Some(k) = &plan.kernel {
             let kernel = dir.join("kernel");
@@ -275,11 +291,18 @@ impl QemuDriver {
             ),
         ]);
         push(&["-device", "virtio-blk-pci,drive=config"]);
-        // QEMU user networking per port until the networking work brings bridges and taps.
+        // A port with a tap (bridge mode, plugged by compute::net before the spawn) uses it;
+        // without one the guest gets QEMU user networking (mode user, no CAP_NET_ADMIN).
         for (i, vif) in spec.network_info.iter().enumerate() {
             let mac = valid_mac(&vif.mac)
                 .ok_or_else(|| failed(format!("port {} has a bad MAC {:?}", vif.port_id, vif.mac)))?;
-            push(&["-netdev", &format!("user,id=net{i}")]);
+            match &vif.tap {
+                Some(tap) if crate::compute::net::bridge::valid_ifname(tap) => {
+                    push(&["-netdev", &format!("tap,id=net{i},ifname={tap},script=no,downscript=no")])
+                }
+                Some(tap) => return Err(failed(format!("port {} has a bad tap name {tap:?}", vif.port_id))),
+                None => push(&["-netdev", &format!("user,id=net{i}")]),
+            }
             push(&["-device", &format!("virtio-net-pci,netdev=net{i},mac={mac}")]);
         }
         let shutdown_timeout_secs = image
@@ -305,7 +328,7 @@ impl QemuDriver {
     /// Starts qemu for the guest in `dir` and waits until the machine runs.
     async fn start(&self, uuid: &str, dir: &Path, launch: &Launch) -> Result<(), VirtError> {
         use std::os::unix::process::CommandExt;
-        for stale in ["qmp.sock", "stopped"] {
+        for stale in ["qmp.sock", "console.sock", "stopped"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let log_path = dir.join("qemu.log");
@@ -869,6 +892,7 @@ mod tests {
             network_name: "private".into(),
             mac: "fa:16:3e:12:34:56".into(),
             ips: vec!["10.42.0.9".into()],
+            ..Default::default()
         }];
         spec
     }
