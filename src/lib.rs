@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod home;
 pub mod hostpkgs;
 pub mod images;
+pub mod metadata;
 pub mod rpcapi;
 pub mod scheduler;
 pub mod secrets;

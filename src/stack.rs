@@ -45,6 +45,13 @@ pub enum StackError {
          that port; choose another with `[api] port` in the config or `novabox init --force --api-port PORT`."
     )]
     Listen { addr: SocketAddr, reason: std::io::Error },
+    #[error(
+        "the metadata service cannot listen on {addr}: {source}. Set another `[metadata] listen` \
+         or `enabled = false` in the config."
+    )]
+    MetadataListen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
     #[error("the compute service could not register with the conductor: {0}. Is the conductor running on this bus?")]
     Register(BusError),
     #[error(transparent)]
@@ -218,7 +225,10 @@ pub async fn run(
             config.clone(),
         );
         if let Some(net) = net {
-            manager = manager.with_net(net);
+            manager = manager.with_net(net).with_firewall(crate::compute::net::secgroups::Firewall::new(
+                crate::compute::net::home_tag(home.root()),
+                config.network.bridge.clone(),
+            ));
         }
         let manager = Arc::new(manager);
         // Serve first so builds cast during start-up queue for us, then register and reconcile.
@@ -244,6 +254,10 @@ pub async fn run(
         ready.api_url = Some(config.auth_url().trim_end_matches("/identity/v3").to_string());
         ready.services.push("api".into());
     }
+    let mut metadata_task = None;
+    if let (Some(db), true) = (&db, services.contains(&Service::Api) && config.metadata.enabled) {
+        metadata_task = start_metadata(&config, db.clone(), shutdown.clone()).await?;
+    }
     if let Some(db) = &db {
         // The services' connection, not a second one: a second writer makes their deferred
         // read-then-write transactions fail with "database is locked" under load.
@@ -256,6 +270,9 @@ pub async fn run(
     if let Some(task) = api_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
+    if let Some(task) = metadata_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     for s in subscriptions {
         s.stop();
     }
@@ -263,6 +280,30 @@ pub async fn run(
         crate::trace::flush_to(db);
     }
     Ok(())
+}
+
+/// Starts the metadata service beside the API. At 169.254.169.254 it needs the bridge: with
+/// no bridge (user networking) guests reach no metadata service anyway, so it is skipped.
+async fn start_metadata(
+    config: &Config,
+    db: SharedDb,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>, StackError> {
+    let addr = config.metadata.listen;
+    if addr.ip() == std::net::IpAddr::V4(crate::metadata::ADDRESS) {
+        let bridge = &config.network.bridge;
+        if !std::path::Path::new("/sys/class/net").join(bridge).exists() {
+            tracing::info!(bridge, "no bridge, so no metadata service (guests use the config drive)");
+            return Ok(None);
+        }
+        crate::metadata::ensure_address(bridge)?;
+    }
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| StackError::MetadataListen { addr, source })?;
+    tracing::info!(%addr, "metadata service listening");
+    Ok(Some(tokio::spawn(crate::metadata::serve(listener, db, async move {
+        let _ = stop.changed().await;
+    }))))
 }
 
 /// Writes the recorded spans to `trace_spans` in batches, a few times a second, so recording

@@ -26,6 +26,8 @@ pub struct ComputeManager {
     conductor: ConductorApi,
     notifier: Notifier,
     config: Arc<Config>,
+    /// Security groups on this host's taps; `None` where nothing is filtered (tests).
+    firewall: Option<Arc<super::net::secgroups::Firewall>>,
     /// Bridge-mode plumbing; `None` in user mode (guests get QEMU user networking).
     net: Option<Arc<HostNet>>,
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -77,9 +79,27 @@ impl ComputeManager {
             conductor,
             notifier,
             config,
+            firewall: None,
             net: None,
             instance_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Enforces security groups on this host's taps with `firewall`.
+    pub fn with_firewall(mut self, firewall: super::net::secgroups::Firewall) -> ComputeManager {
+        self.firewall = Some(Arc::new(firewall));
+        self
+    }
+
+    /// Fetches this host's filters from the conductor and applies them (a no-op without a
+    /// bridge). Errors say what failed; callers decide whether that stops them.
+    async fn refresh_security_groups(&self, ctx: &Context) -> Result<(), String> {
+        let Some(fw) = &self.firewall else { return Ok(()) };
+        if !fw.active() {
+            return Ok(());
+        }
+        let filters = self.conductor.security_group_filters(ctx, &self.host).await.map_err(|e| e.to_string())?;
+        fw.refresh(filters).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Bridge mode: guests' ports are plugged into bridges through `net`.
@@ -163,6 +183,9 @@ impl ComputeManager {
     pub async fn init_host(&self) -> Result<(), BusError> {
         self.report().await?;
         let ctx = Context::admin(Context::new_request_id());
+        if let Err(e) = self.refresh_security_groups(&ctx).await {
+            tracing::error!(error = %e, "security groups not applied at start");
+        }
         let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
         let guests = self.driver.guests().await;
         for inst in instances {
@@ -294,6 +317,11 @@ impl ComputeManager {
         }
         .instrument(tracing::info_span!("networking"))
         .await?;
+        // Before the guest exists, so its tap is never unfiltered.
+        self.refresh_security_groups(ctx)
+            .instrument(tracing::info_span!("security_groups"))
+            .await
+            .map_err(|e| Abort::Failed(format!("security groups could not be applied: {e}")))?;
         self.conductor
             .instance_update(ctx, uuid, &task_update("block_device_mapping", "networking"))
             .instrument(tracing::info_span!("block_device_mapping"))
@@ -338,6 +366,9 @@ impl ComputeManager {
         }
         self.unplug(ctx, &inst.uuid).await;
         let _ = self.conductor.deallocate_network(ctx, &inst.uuid).await;
+        if let Err(e) = self.refresh_security_groups(ctx).await {
+            tracing::warn!(instance = %inst.uuid, error = %e, "security groups not refreshed after delete");
+        }
         if let Err(e) = self.conductor.instance_destroy(ctx, &inst.uuid).await {
             tracing::error!(instance = %inst.uuid, error = %e, "guest destroyed but the row was not");
             return;
@@ -448,7 +479,7 @@ impl ComputeManager {
     }
 }
 
-fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
+pub(crate) fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
     GuestSpec {
         uuid: inst.uuid.clone(),
         name: inst.display_name.clone(),
@@ -492,6 +523,18 @@ struct InstanceArgs {
 impl Handler for ComputeManager {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
         let ctx = message.context;
+        if message.method == "refresh_security_groups" {
+            #[derive(Deserialize)]
+            struct A {
+                filters: super::net::secgroups::HostFilters,
+            }
+            let a: A = serde_json::from_value(message.args)
+                .map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
+            if let Some(fw) = &self.firewall {
+                fw.refresh(a.filters).await.map_err(|e| RemoteError::new("SecurityGroupError", e.to_string()))?;
+            }
+            return Ok(Value::Null);
+        }
         let a: InstanceArgs =
             serde_json::from_value(message.args).map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
         match message.method.as_str() {

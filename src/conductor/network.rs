@@ -3,7 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::bus::RemoteError;
+use crate::bus::{Context, RemoteError};
+use crate::compute::net::secgroups::{self, HostFilters};
 use crate::compute::virt::Vif;
 use crate::config::Config;
 use crate::db::network::{FixedIpRequest, NewPort, Port};
@@ -134,4 +135,37 @@ pub fn addresses(db: &Db, uuid: &str) -> Result<Value, DbError> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// The security group filters of every port bound to `host`, as its compute applies them.
+pub fn host_filters(db: &Db, host: &str) -> Result<HostFilters, DbError> {
+    let all = db.ports()?;
+    let on_host: Vec<Port> =
+        all.iter().filter(|p| p.binding_host.as_deref() == Some(host) && !p.device_id.is_empty()).cloned().collect();
+    let groups = db.security_groups()?;
+    Ok(secgroups::host_filters(&on_host, &all, &groups, |p| crate::compute::net::tap_name(&p.id)))
+}
+
+/// After a rule, a port's groups or a group's members changed: sends every compute host its
+/// new filters (neutron's security group agent notification). A host that misses it gets
+/// the current filters again at its next build, delete or restart; the API request that
+/// caused it does not fail.
+pub async fn push_security_groups(db: &crate::db::SharedDb, compute: &crate::rpcapi::ComputeApi, ctx: &Context) {
+    let per_host = db.with(|db| -> Result<Vec<(String, HostFilters)>, DbError> {
+        let mut hosts: Vec<String> =
+            db.services()?.into_iter().filter(|s| s.binary == crate::compute::BINARY).map(|s| s.host).collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts.into_iter().map(|h| Ok((h.clone(), host_filters(db, &h)?))).collect()
+    });
+    match per_host {
+        Ok(list) => {
+            for (host, filters) in list {
+                if let Err(e) = compute.refresh_security_groups(ctx, &host, &filters).await {
+                    tracing::warn!(host, error = %e, "security group update not sent");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot compute security group filters"),
+    }
 }

@@ -654,7 +654,7 @@ pub enum UpdateError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::db::{Db, OpenOptions};
 

@@ -4,6 +4,8 @@
 //! created is marked as novabox's, so `down` removes exactly that and nothing of docker or
 //! libvirt.
 
+pub mod secgroups;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
