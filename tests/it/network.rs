@@ -151,6 +151,14 @@ impl Drop for Up {
     }
 }
 
+/// The tests of this file that boot guests take turns: several TCG guests at once on a small
+/// CI machine slow every boot past the console timeouts.
+static GUEST_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn guest_turn() -> std::sync::MutexGuard<'static, ()> {
+    GUEST_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn server(ns: &Netns, home: &TestHome, args: &[&str]) -> Output {
     common::run(ns.novabox(home).arg("server").args(args))
 }
@@ -161,7 +169,7 @@ fn console(home: &TestHome, id: &str) -> String {
 
 /// Waits until `marker` is on the guest's serial console `count` times; returns the console.
 fn wait_console(home: &TestHome, id: &str, marker: &str, count: usize, up: &Up) -> String {
-    let deadline = Instant::now() + Duration::from_secs(150);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let text = console(home, id);
         if text.matches(marker).count() >= count {
@@ -237,6 +245,7 @@ fn dnsmasq_pid(home: &TestHome) -> Option<i32> {
 
 #[test]
 fn two_guests_get_dhcp_addresses_ping_and_survive_down_up_needs_root_qemu() {
+    let _turn = guest_turn();
     assert!(
         novabox::compute::virt::qemu::QemuDriver::available(),
         "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
@@ -433,6 +442,7 @@ fn osc(ns: &Netns, home: &TestHome, args: &[&str]) -> String {
 /// service read by a guest over HTTP.
 #[test]
 fn security_groups_enforced_live_and_metadata_served_to_guests_needs_root_qemu() {
+    let _turn = guest_turn();
     assert!(
         novabox::compute::virt::qemu::QemuDriver::available(),
         "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
