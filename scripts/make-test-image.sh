@@ -15,6 +15,7 @@
 #   novabox-guest: disk <name> <sectors>    (every virtio/scsi disk at boot, and each one
 #                                           hot-plugged later, e.g. an attached volume)
 #   novabox-guest: ready
+#   novabox-guest: ip <addr>                (once eth0 has a DHCP lease, any time after boot)
 # and then keeps a shell on the console.
 #
 # novabox embeds this file (include_str!) and runs it with sh, so it must stay POSIX sh and
@@ -149,12 +150,42 @@ if [ -n "$dev" ] && mount -o ro "$dev" /mnt/config 2>/dev/null; then
     echo "$json" | sed -n 's/.*"public_keys": *{ *"[^"]*": *"\([^"]*\)".*/novabox-guest: public-key \1/p'
   fi
 fi
+# The first NIC asks for an address (bridge mode: novabox's dnsmasq; user mode: qemu's own DHCP)
+# in the background, so the console is ready without waiting for it.
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set lo up
+  udhcpc -f -i eth0 -s /etc/udhcpc.script -t 5 -T 1 -A 1 >/dev/null 2>&1 &
+fi
 echo "novabox-guest: ready"
 while true; do
   setsid cttyhack sh
 done
 EOF
 chmod 755 "$root/init"
+
+# busybox udhcpc runs this on each lease event: set the address, the default route and DNS.
+cat >"$root/etc/udhcpc.script" <<'EOF'
+#!/bin/sh
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    if [ -n "${router:-}" ]; then
+      ip route add default via "${router%% *}" dev "$interface" 2>/dev/null
+    fi
+    : >/etc/resolv.conf
+    [ -n "${domain:-}" ] && echo "search $domain" >>/etc/resolv.conf
+    for d in ${dns:-}; do echo "nameserver $d" >>/etc/resolv.conf; done
+    [ "$1" = bound ] && echo "novabox-guest: ip $ip" >/dev/console
+    ;;
+esac
+exit 0
+EOF
+chmod 755 "$root/etc/udhcpc.script"
 
 # 3. newc cpio, gzip. GNU cpio when present, busybox's otherwise (both write newc).
 if command -v cpio >/dev/null; then

@@ -35,6 +35,7 @@ pub struct Config {
     pub network: NetworkConfig,
     pub images: ImagesConfig,
     pub db: DbConfig,
+    pub metadata: MetadataConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -209,6 +210,26 @@ impl Default for NetworkConfig {
             bridge: "nbr0".into(),
             cidr: Ipv4Cidr::DEFAULT_GUEST_NET,
             dns_domain: "novalocal".into(),
+        }
+    }
+}
+
+/// The metadata service guests read at 169.254.169.254 (see `src/metadata.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    pub enabled: bool,
+    /// Where it listens. At the default address, `up` serves it only when the bridge exists
+    /// (bridge mode) and gives the bridge that address; anywhere else (tests: loopback) it
+    /// simply binds there.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            enabled: true,
+            listen: std::net::SocketAddr::new(std::net::IpAddr::V4(crate::metadata::ADDRESS), 80),
         }
     }
 }

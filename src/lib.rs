@@ -17,6 +17,7 @@ pub mod home;
 pub mod hostpkgs;
 pub mod image_import;
 pub mod images;
+pub mod metadata;
 pub mod rpcapi;
 pub mod scheduler;
 pub mod secrets;

@@ -144,6 +144,14 @@ impl ConductorApi {
     ) -> Result<Option<crate::compute::virt::ImageMeta>, BusError> {
         self.call(ctx, "image_meta", json!({"image_id": image_id})).await
     }
+    /// The security group filters of every port bound to `host`.
+    pub async fn security_group_filters(
+        &self,
+        ctx: &Context,
+        host: &str,
+    ) -> Result<crate::compute::net::secgroups::HostFilters, BusError> {
+        self.call(ctx, "security_group_filters", json!({"host": host})).await
+    }
     pub async fn deallocate_network(&self, ctx: &Context, uuid: &str) -> Result<(), BusError> {
         self.call(ctx, "deallocate_network", json!({"uuid": uuid})).await
     }
@@ -221,6 +229,15 @@ impl ComputeApi {
         hard: bool,
     ) -> Result<(), BusError> {
         self.cast(ctx, host, "reboot_instance", json!({"instance": instance, "hard": hard})).await
+    }
+    /// Replaces the host's security group filters with `filters`.
+    pub async fn refresh_security_groups(
+        &self,
+        ctx: &Context,
+        host: &str,
+        filters: &crate::compute::net::secgroups::HostFilters,
+    ) -> Result<(), BusError> {
+        self.cast(ctx, host, "refresh_security_groups", json!({"filters": filters})).await
     }
     pub async fn get_console_output(
         &self,

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::bus::{Bus, BusError, Subscription};
+use crate::compute::net::{self, HostNet};
 use crate::compute::virt::fake::FakeDriver;
 use crate::compute::virt::qemu::{QemuDriver, QemuUnavailable};
 use crate::compute::virt::VirtDriver;
@@ -44,6 +45,13 @@ pub enum StackError {
          that port; choose another with `[api] port` in the config or `novabox init --force --api-port PORT`."
     )]
     Listen { addr: SocketAddr, reason: std::io::Error },
+    #[error(
+        "the metadata service cannot listen on {addr}: {source}. Set another `[metadata] listen` \
+         or `enabled = false` in the config."
+    )]
+    MetadataListen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
     #[error("the compute service could not register with the conductor: {0}. Is the conductor running on this bus?")]
     Register(BusError),
     #[error(transparent)]
@@ -56,6 +64,8 @@ pub enum StackError {
          (needs libvirt-dev and pkg-config), or set `[compute] driver = \"qemu\"` (or \"auto\")"
     )]
     DriverUnavailable(&'static str),
+    #[error("guest networking: {0}")]
+    Network(#[from] crate::compute::net::NetError),
 }
 
 /// Reports each start-up phase as it begins (`database`, `services`, `first compute
@@ -73,6 +83,8 @@ pub struct Hooks<R: FnOnce(Ready) + Send> {
 pub struct Ready {
     pub api_url: Option<String>,
     pub driver: &'static str,
+    /// How guests get their network: `bridge`, `user`, or `none` (no compute here).
+    pub network: &'static str,
     pub services: Vec<String>,
 }
 
@@ -141,6 +153,25 @@ fn db_heartbeats(
     });
 }
 
+/// Bridge mode's plumbing with the default network set up (checked before any change), or
+/// `None` for QEMU user networking: mode `user`, mode `auto` without CAP_NET_ADMIN, or the
+/// fake driver, whose guests have no network devices to plug.
+async fn host_network(config: &Config, home: &Home, driver: &str) -> Result<Option<Arc<HostNet>>, StackError> {
+    let mode = net::resolve_mode(config.network.mode, net::host::has_net_admin())?;
+    if mode == net::Mode::User || driver == "fake" {
+        tracing::info!(mode = mode.as_str(), driver, "guest networking: QEMU user networking, no bridge");
+        return Ok(None);
+    }
+    let host_net = Arc::new(HostNet::new(home, config));
+    let default = HostNet::default_net(config);
+    let setup = host_net.clone();
+    tokio::task::spawn_blocking(move || setup.ensure_network(&default)).await.map_err(|e| {
+        StackError::Network(net::NetError::Command { command: "network setup".into(), detail: e.to_string() })
+    })??;
+    tracing::info!(bridge = %config.network.bridge, cidr = %config.network.cidr, tag = host_net.tag(), "guest networking: bridge mode");
+    Ok(Some(host_net))
+}
+
 /// Starts the given services and runs until `shutdown` turns true. Calls `on_ready` once all
 /// of them accept work.
 pub async fn run(
@@ -171,7 +202,7 @@ pub async fn run(
     let timeout = Duration::from_secs(config.bus.call_timeout_secs);
     let mut subscriptions: Vec<Subscription> = Vec::new();
     let host = config.host.name.clone();
-    let mut ready = Ready { api_url: None, driver: "none", services: Vec::new() };
+    let mut ready = Ready { api_url: None, driver: "none", network: "none", services: Vec::new() };
     let mut compute = None;
 
     phase("services");
@@ -198,13 +229,22 @@ pub async fn run(
     if services.contains(&Service::Compute) {
         let driver = make_driver(&config, &home)?;
         ready.driver = driver.name();
-        let manager = Arc::new(ComputeManager::new(
+        let net = host_network(&config, &home, driver.name()).await?;
+        ready.network = if net.is_some() { "bridge" } else { "user" };
+        let mut manager = ComputeManager::new(
             host.clone(),
             driver,
             ConductorApi::new(bus.clone(), timeout),
             Notifier::new(bus.clone(), format!("compute.{host}")),
             config.clone(),
-        ));
+        );
+        if let Some(net) = net {
+            manager = manager.with_net(net).with_firewall(crate::compute::net::secgroups::Firewall::new(
+                crate::compute::net::home_tag(home.root()),
+                config.network.bridge.clone(),
+            ));
+        }
+        let manager = Arc::new(manager);
         // Serve first so builds cast during start-up queue for us, then register and reconcile.
         subscriptions.push(bus.serve(&manager.topic(), manager.clone()).await?);
         phase("first compute registered");
@@ -235,6 +275,10 @@ pub async fn run(
         ready.api_url = Some(config.auth_url().trim_end_matches("/identity/v3").to_string());
         ready.services.push("api".into());
     }
+    let mut metadata_task = None;
+    if let (Some(db), true) = (&db, services.contains(&Service::Api) && config.metadata.enabled) {
+        metadata_task = start_metadata(&config, db.clone(), shutdown.clone()).await?;
+    }
     let span_shipper = match &db {
         // The services' connection, not a second one: a second writer makes their deferred
         // read-then-write transactions fail with "database is locked" under load.
@@ -253,6 +297,9 @@ pub async fn run(
     let _ = shutdown.changed().await;
     tracing::info!("shutting down");
     if let Some(task) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    if let Some(task) = metadata_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     for s in subscriptions {
@@ -301,6 +348,30 @@ async fn ship_spans(conductor: &ConductorApi) {
         }
         rows = rest;
     }
+}
+
+/// Starts the metadata service beside the API. At 169.254.169.254 it needs the bridge: with
+/// no bridge (user networking) guests reach no metadata service anyway, so it is skipped.
+async fn start_metadata(
+    config: &Config,
+    db: SharedDb,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>, StackError> {
+    let addr = config.metadata.listen;
+    if addr.ip() == std::net::IpAddr::V4(crate::metadata::ADDRESS) {
+        let bridge = &config.network.bridge;
+        if !std::path::Path::new("/sys/class/net").join(bridge).exists() {
+            tracing::info!(bridge, "no bridge, so no metadata service (guests use the config drive)");
+            return Ok(None);
+        }
+        crate::metadata::ensure_address(bridge)?;
+    }
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| StackError::MetadataListen { addr, source })?;
+    tracing::info!(%addr, "metadata service listening");
+    Ok(Some(tokio::spawn(crate::metadata::serve(listener, db, async move {
+        let _ = stop.changed().await;
+    }))))
 }
 
 /// Writes the recorded spans to `trace_spans` in batches, a few times a second, so recording

@@ -1049,6 +1049,7 @@ async fn create_port(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
         .map_err(allocation_error)
     })?;
     tracing::info!(port_id = %p.id, network_id = %p.network_id, mac = %p.mac_address, "port created");
+    push_security_groups(&state, &auth).await;
     Ok((StatusCode::CREATED, Json(json!({"port": port_json(&p, auth.is_admin())}))).into_response())
 }
 
@@ -1100,6 +1101,7 @@ async fn update_port(
         }
         db.save_port(&p).map_err(allocation_error)
     })?;
+    push_security_groups(&state, &auth).await;
     Ok(Json(json!({"port": port_json(&p, auth.is_admin())})))
 }
 
@@ -1111,11 +1113,22 @@ async fn delete_port(State(state): State<AppState>, auth: Auth, Path(id): Path<S
         }
         Ok(db.delete_port(&id)?)
     })?;
+    push_security_groups(&state, &auth).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 // ---------------------------------------------------------------------------------------
 // Security groups
+
+/// Tells the compute hosts about a change to rules, a port's groups or a group's members,
+/// so it takes effect on running guests without a restart.
+async fn push_security_groups(state: &AppState, auth: &Auth) {
+    let compute = crate::rpcapi::ComputeApi::new(
+        state.bus.clone(),
+        std::time::Duration::from_secs(state.config.bus.call_timeout_secs),
+    );
+    crate::conductor::network::push_security_groups(&state.db, &compute, &auth.context).await;
+}
 
 fn rule_json(r: &SecurityGroupRule) -> Value {
     json!({
@@ -1486,6 +1499,7 @@ async fn create_rule(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
             other => other.into(),
         })
     })?;
+    push_security_groups(&state, &auth).await;
     Ok((StatusCode::CREATED, Json(json!({"security_group_rule": rule_json(&rule)}))).into_response())
 }
 
@@ -1494,6 +1508,7 @@ async fn delete_rule(State(state): State<AppState>, auth: Auth, Path(id): Path<S
         load_rule(db, &auth, &id)?;
         Ok(db.delete_security_group_rule(&id)?)
     })?;
+    push_security_groups(&state, &auth).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

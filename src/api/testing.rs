@@ -112,6 +112,13 @@ impl Cloud {
         }
     }
 
+    /// The same cloud talking to `bus` (for tests that watch what the API sends).
+    pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Cloud {
+        self.state.bus = bus;
+        self.app = super::router(self.state.clone());
+        self
+    }
+
     /// A project-scoped token for `user` (admin, demo or alt), through the identity API.
     pub async fn token(&self, user: &str) -> String {
         let body = json!({"auth": {

@@ -107,6 +107,7 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
         "bus": bus,
         "broker_pid": broker_pid,
         "driver": ready["driver"],
+        "network": ready["network"],
         "endpoints": {"api": ready["api_url"], "auth_url": config.auth_url()},
         "services": services,
         "guests": guests,
@@ -134,6 +135,7 @@ fn print_human(doc: &Value) {
         println!("  broker    pid {}", s(&doc["broker_pid"]));
     }
     println!("  driver    {}", s(&doc["driver"]));
+    println!("  network   {}", s(&doc["network"]));
     println!("  api       {}", s(&doc["endpoints"]["api"]));
     println!("  auth_url  {}", s(&doc["endpoints"]["auth_url"]));
     println!("  logs      {}", s(&doc["logs"]));

@@ -206,6 +206,7 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
                 println!("novabox is up (pid {}), logs in {}", child.id(), log_path.display());
                 println!("  api     {}", ready["api_url"].as_str().unwrap_or("-"));
                 println!("  driver  {}", ready["driver"].as_str().unwrap_or("-"));
+                println!("  network {}", ready["network"].as_str().unwrap_or("-"));
                 println!("  stop it with `novabox --home {} down`", home.root().display());
             }
             return Ok(ExitCode::SUCCESS);
@@ -289,11 +290,12 @@ fn run_foreground(
                 println!("{doc}");
             } else {
                 println!(
-                    "novabox up in {} ms: {} on the {} bus, driver {}",
+                    "novabox up in {} ms: {} on the {} bus, driver {}, network {}",
                     started.elapsed().as_millis(),
                     ready.services.join(", "),
                     format!("{bus_kind:?}").to_lowercase(),
-                    ready.driver
+                    ready.driver,
+                    ready.network
                 );
                 if let Some(url) = &ready.api_url {
                     println!("  api {url}  (clouds.yaml entries `novabox`, `novabox-admin`; Ctrl-C stops)");
@@ -348,6 +350,7 @@ fn ready_document(
         "auth_url": config.auth_url(),
         "region": config.host.region,
         "driver": ready.driver,
+        "network": ready.network,
         "bus": format!("{bus:?}").to_lowercase(),
         "services": ready.services,
         "pid": std::process::id(),
@@ -416,6 +419,27 @@ pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     {
         println!("stopped RabbitMQ");
         stopped_any = true;
+    }
+    // Bridges, taps, dnsmasqs, nft tables and DOCKER-USER rules of this home: all of them, and
+    // nothing another program made.
+    match novabox::compute::net::down(&home) {
+        Ok(r) => {
+            if r.dnsmasqs > 0 {
+                println!("stopped {} dnsmasq", r.dnsmasqs);
+                stopped_any = true;
+            }
+            if !r.links.is_empty() {
+                println!("removed {}", r.links.join(", "));
+                stopped_any = true;
+            }
+            for t in &r.tables {
+                println!("removed nft table {t}");
+            }
+            if r.docker_rules > 0 {
+                println!("removed {} DOCKER-USER rules", r.docker_rules);
+            }
+        }
+        Err(e) => eprintln!("warning: removing the guest network: {e}"),
     }
     remove_if_exists(&ready_file(&home));
     remove_if_exists(&pid_file(&home));

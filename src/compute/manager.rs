@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
+use super::net::HostNet;
 use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver};
 use crate::bus::{BusError, Context, Handler, Message, RemoteError};
 use crate::config::Config;
@@ -25,6 +26,10 @@ pub struct ComputeManager {
     conductor: ConductorApi,
     notifier: Notifier,
     config: Arc<Config>,
+    /// Security groups on this host's taps; `None` where nothing is filtered (tests).
+    firewall: Option<Arc<super::net::secgroups::Firewall>>,
+    /// Bridge-mode plumbing; `None` in user mode (guests get QEMU user networking).
+    net: Option<Arc<HostNet>>,
     instance_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set once the service is stopping its guests: from then on a guest that is off is off
     /// because of the shutdown, and the power-state sync must not record it as SHUTOFF.
@@ -77,8 +82,67 @@ impl ComputeManager {
             conductor,
             notifier,
             config,
+            firewall: None,
+            net: None,
             instance_locks: Mutex::new(HashMap::new()),
             host_stopping: Default::default(),
+        }
+    }
+
+    /// Enforces security groups on this host's taps with `firewall`.
+    pub fn with_firewall(mut self, firewall: super::net::secgroups::Firewall) -> ComputeManager {
+        self.firewall = Some(Arc::new(firewall));
+        self
+    }
+
+    /// Fetches this host's filters from the conductor and applies them (a no-op without a
+    /// bridge). Errors say what failed; callers decide whether that stops them.
+    async fn refresh_security_groups(&self, ctx: &Context) -> Result<(), String> {
+        let Some(fw) = &self.firewall else { return Ok(()) };
+        if !fw.active() {
+            return Ok(());
+        }
+        let filters = self.conductor.security_group_filters(ctx, &self.host).await.map_err(|e| e.to_string())?;
+        fw.refresh(filters).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Bridge mode: guests' ports are plugged into bridges through `net`.
+    pub fn with_net(mut self, net: Arc<HostNet>) -> ComputeManager {
+        self.net = Some(net);
+        self
+    }
+
+    /// Plugs the guest's ports (bridge mode) or drops their taps so the driver uses user
+    /// networking. True when a tap had to be made anew.
+    async fn plug(&self, spec: &mut GuestSpec) -> Result<bool, String> {
+        let Some(net) = self.net.clone() else {
+            for vif in &mut spec.network_info {
+                vif.tap = None;
+            }
+            return Ok(false);
+        };
+        let hostname = spec.hostname.clone();
+        let vifs = spec.network_info.clone();
+        tokio::task::spawn_blocking(move || net.plug(&hostname, &vifs))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("plugging the network failed: {e}"))
+    }
+
+    /// Removes the guest's taps and DHCP entries (bridge mode); failures are logged only.
+    async fn unplug(&self, ctx: &Context, uuid: &str) {
+        let Some(net) = self.net.clone() else { return };
+        let vifs: Vec<Vif> = match self.conductor.network_info(ctx, uuid).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(instance = %uuid, error = %e, "cannot learn the ports to unplug");
+                return;
+            }
+        };
+        match tokio::task::spawn_blocking(move || net.unplug(&vifs)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(instance = %uuid, error = %e, "unplugging the network failed"),
+            Err(e) => tracing::warn!(instance = %uuid, error = %e, "unplug task failed"),
         }
     }
 
@@ -123,6 +187,9 @@ impl ComputeManager {
     pub async fn init_host(&self) -> Result<(), BusError> {
         self.report().await?;
         let ctx = Context::admin(Context::new_request_id());
+        if let Err(e) = self.refresh_security_groups(&ctx).await {
+            tracing::error!(error = %e, "security groups not applied at start");
+        }
         // Guests first: a guest is only made after its row names this host, so every guest in
         // this list is in the instance list that follows unless its row is gone.
         let guests = self.driver.guests().await;
@@ -164,19 +231,27 @@ impl ComputeManager {
             ("building", _) => {
                 tracing::warn!(instance = %uuid, "build interrupted by a compute restart");
                 let _ = self.driver.destroy(uuid).await;
+                self.unplug(ctx, uuid).await;
                 let _ = self.conductor.deallocate_network(ctx, uuid).await;
                 self.set_error(ctx, inst, "The compute service restarted while this instance was being built.").await;
             }
             ("active", _) => {
                 let state = if driver_has_it { self.driver.power_state(uuid).await } else { power::NOSTATE };
-                let result = match (driver_has_it, state) {
-                    (true, power::RUNNING) => Ok(()),
-                    (true, _) => self.driver.power_on(uuid).await.map_err(|e| e.to_string()),
+                // Taps come back first (after `down` removed them), so the guest finds its link.
+                let plugged = match self.guest_spec(ctx, inst).await {
+                    Ok(mut spec) => self.plug(&mut spec).await.map(|fresh| (spec, fresh)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let result = match (plugged, driver_has_it, state) {
+                    (Err(e), _, _) => Err(e),
+                    // A running qemu holding a tap that `down` deleted has no link: restart it.
+                    (Ok((_, true)), true, power::RUNNING) => {
+                        self.driver.reboot(uuid, true).await.map_err(|e| e.to_string())
+                    }
+                    (Ok(_), true, power::RUNNING) => Ok(()),
+                    (Ok(_), true, _) => self.driver.power_on(uuid).await.map_err(|e| e.to_string()),
                     // Nova's resume_guests_state_on_host_boot: guests that were running run again.
-                    (false, _) => match self.guest_spec(ctx, inst).await {
-                        Ok(spec) => self.driver.spawn(&spec).await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    },
+                    (Ok((spec, _)), false, _) => self.driver.spawn(&spec).await.map_err(|e| e.to_string()),
                 };
                 match result {
                     Ok(()) => {
@@ -192,7 +267,14 @@ impl ComputeManager {
                     }
                 }
             }
-            ("stopped", None) => {}
+            ("stopped", None) => {
+                // Its taps are needed again when it is started.
+                if let Ok(mut spec) = self.guest_spec(ctx, inst).await {
+                    if let Err(e) = self.plug(&mut spec).await {
+                        tracing::warn!(instance = %uuid, error = %e, "cannot plug a stopped guest's ports");
+                    }
+                }
+            }
             (_, Some(_)) => {
                 let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
                 let _ = self.conductor.instance_update(ctx, uuid, &u).await;
@@ -232,6 +314,7 @@ impl ComputeManager {
             Err(Abort::Failed(why)) => {
                 tracing::warn!(instance = %inst.uuid, "build failed: {why}");
                 let _ = self.driver.destroy(&inst.uuid).await;
+                self.unplug(ctx, &inst.uuid).await;
                 let _ = self.conductor.deallocate_network(ctx, &inst.uuid).await;
                 let message = format!("Build of instance {} aborted: {why}", inst.uuid);
                 self.set_error(ctx, &inst, &message).await;
@@ -259,13 +342,19 @@ impl ComputeManager {
         }
         .instrument(tracing::info_span!("networking"))
         .await?;
+        // Before the guest exists, so its tap is never unfiltered.
+        self.refresh_security_groups(ctx)
+            .instrument(tracing::info_span!("security_groups"))
+            .await
+            .map_err(|e| Abort::Failed(format!("security groups could not be applied: {e}")))?;
         self.conductor
             .instance_update(ctx, uuid, &task_update("block_device_mapping", "networking"))
             .instrument(tracing::info_span!("block_device_mapping"))
             .await?;
         async {
             self.conductor.instance_update(ctx, uuid, &task_update("spawning", "block_device_mapping")).await?;
-            let guest = guest_spec(inst, spec.image.clone(), vifs);
+            let mut guest = guest_spec(inst, spec.image.clone(), vifs);
+            self.plug(&mut guest).await.map_err(Abort::Failed)?;
             self.driver
                 .spawn(&guest)
                 .instrument(tracing::info_span!("driver.spawn", driver = self.driver.name()))
@@ -300,7 +389,11 @@ impl ComputeManager {
             let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &e.to_string(), &self.host).await;
             return;
         }
+        self.unplug(ctx, &inst.uuid).await;
         let _ = self.conductor.deallocate_network(ctx, &inst.uuid).await;
+        if let Err(e) = self.refresh_security_groups(ctx).await {
+            tracing::warn!(instance = %inst.uuid, error = %e, "security groups not refreshed after delete");
+        }
         if let Err(e) = self.conductor.instance_destroy(ctx, &inst.uuid).await {
             tracing::error!(instance = %inst.uuid, error = %e, "guest destroyed but the row was not");
             return;
@@ -433,6 +526,10 @@ impl ComputeManager {
                     tracing::warn!(error = %e, "power state sync failed");
                 }
             }
+            // A crashed dnsmasq leaves guests without DHCP renewals and DNS: start it again.
+            if let Some(net) = self.net.clone() {
+                let _ = tokio::task::spawn_blocking(move || net.check_dnsmasq()).await;
+            }
             // The image cache every 60 heartbeats (10 min by default; nova checks every 40),
             // first soon after start-up.
             if n % 60 == 2 {
@@ -442,7 +539,7 @@ impl ComputeManager {
     }
 }
 
-fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
+pub(crate) fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
     GuestSpec {
         uuid: inst.uuid.clone(),
         name: inst.display_name.clone(),
@@ -486,6 +583,18 @@ struct InstanceArgs {
 impl Handler for ComputeManager {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
         let ctx = message.context;
+        if message.method == "refresh_security_groups" {
+            #[derive(Deserialize)]
+            struct A {
+                filters: super::net::secgroups::HostFilters,
+            }
+            let a: A = serde_json::from_value(message.args)
+                .map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
+            if let Some(fw) = &self.firewall {
+                fw.refresh(a.filters).await.map_err(|e| RemoteError::new("SecurityGroupError", e.to_string()))?;
+            }
+            return Ok(Value::Null);
+        }
         let a: InstanceArgs =
             serde_json::from_value(message.args).map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
         match message.method.as_str() {

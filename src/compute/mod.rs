@@ -2,6 +2,7 @@
 //! database: instance state goes to the conductor over the bus.
 
 pub mod manager;
+pub mod net;
 pub mod virt;
 
 pub use manager::ComputeManager;

@@ -14,7 +14,7 @@ use crate::db::services::NodeReport;
 use crate::db::{DbError, SharedDb};
 use crate::rpcapi::RequestedNetworks;
 
-mod network;
+pub(crate) mod network;
 
 pub use network::{addresses, release_network};
 
@@ -186,6 +186,16 @@ impl Conductor {
         Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
     }
 
+    fn security_group_filters(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            host: String,
+        }
+        let a: A = args(a)?;
+        let filters = self.db.with(|db| network::host_filters(db, &a.host)).map_err(db_error)?;
+        Ok(serde_json::to_value(filters).unwrap_or(Value::Null))
+    }
+
     fn image_meta(&self, a: Value) -> Result<Value, RemoteError> {
         #[derive(Deserialize)]
         struct A {
@@ -236,6 +246,7 @@ impl Handler for Conductor {
             "allocate_network" => self.allocate_network(args),
             "deallocate_network" => self.deallocate_network(args),
             "network_info" => self.network_info(args),
+            "security_group_filters" => self.security_group_filters(args),
             "image_meta" => self.image_meta(args),
             "record_spans" => self.record_spans(args),
             other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),

@@ -3,7 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::bus::RemoteError;
+use crate::bus::{Context, RemoteError};
+use crate::compute::net::secgroups::{self, HostFilters};
 use crate::compute::virt::Vif;
 use crate::config::Config;
 use crate::db::network::{FixedIpRequest, NewPort, Port};
@@ -14,14 +15,36 @@ fn remote(e: DbError) -> RemoteError {
     RemoteError::new("NetworkError", e.to_string())
 }
 
-fn vif(p: &Port) -> Vif {
-    Vif {
+/// The bridge of a network: the one recorded on it (the default network's is `[network]
+/// bridge`), else `nbr` + the first 8 characters of its id.
+pub fn bridge_name(network_id: &str, recorded: Option<&str>) -> String {
+    match recorded {
+        Some(b) if !b.is_empty() => b.to_string(),
+        _ => format!("nbr{}", network_id.chars().filter(|c| *c != '-').take(8).collect::<String>()),
+    }
+}
+
+fn vif(db: &Db, p: &Port) -> Result<Vif, DbError> {
+    let network = db.network_by_id(&p.network_id)?;
+    let subnet = match p.fixed_ips.first() {
+        Some(f) => db.subnet_by_id(&f.subnet_id)?,
+        None => None,
+    };
+    Ok(Vif {
         port_id: p.id.clone(),
         network_id: p.network_id.clone(),
         network_name: p.network_name.clone(),
         mac: p.mac_address.clone(),
         ips: p.fixed_ips.iter().map(|f| f.ip_address.to_string()).collect(),
-    }
+        bridge: Some(bridge_name(&p.network_id, network.as_ref().and_then(|n| n.bridge.as_deref()))),
+        cidr: subnet.as_ref().map(|s| s.cidr.to_string()),
+        gateway: subnet.as_ref().and_then(|s| s.gateway_ip).map(|g| g.to_string()),
+        tap: Some(crate::compute::net::tap_name(&p.id)),
+    })
+}
+
+fn vifs_of(db: &Db, ports: &[Port]) -> Result<Vec<Vif>, RemoteError> {
+    ports.iter().map(|p| vif(db, p).map_err(remote)).collect()
 }
 
 /// Creates (or binds) the ports of a new instance, all in one transaction.
@@ -39,7 +62,7 @@ pub fn allocate(
     // Ports made by an interrupted earlier attempt are reused, not duplicated.
     let existing = db.ports_for_device(uuid).map_err(remote)?;
     if !existing.is_empty() {
-        return Ok(existing.iter().map(vif).collect());
+        return vifs_of(db, &existing);
     }
     let sg_ids = db.instance_security_group_ids(uuid).map_err(remote)?;
     let new_port = |network_id: String| NewPort {
@@ -79,11 +102,11 @@ pub fn allocate(
             out
         }
     };
-    Ok(ports.iter().map(vif).collect())
+    vifs_of(db, &ports)
 }
 
 pub fn vifs(db: &Db, uuid: &str) -> Result<Vec<Vif>, RemoteError> {
-    Ok(db.ports_for_device(uuid).map_err(remote)?.iter().map(vif).collect())
+    vifs_of(db, &db.ports_for_device(uuid).map_err(remote)?)
 }
 
 pub fn deallocate(db: &Db, uuid: &str) -> Result<(), RemoteError> {
@@ -112,4 +135,37 @@ pub fn addresses(db: &Db, uuid: &str) -> Result<Value, DbError> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// The security group filters of every port bound to `host`, as its compute applies them.
+pub fn host_filters(db: &Db, host: &str) -> Result<HostFilters, DbError> {
+    let all = db.ports()?;
+    let on_host: Vec<Port> =
+        all.iter().filter(|p| p.binding_host.as_deref() == Some(host) && !p.device_id.is_empty()).cloned().collect();
+    let groups = db.security_groups()?;
+    Ok(secgroups::host_filters(&on_host, &all, &groups, |p| crate::compute::net::tap_name(&p.id)))
+}
+
+/// After a rule, a port's groups or a group's members changed: sends every compute host its
+/// new filters (neutron's security group agent notification). A host that misses it gets
+/// the current filters again at its next build, delete or restart; the API request that
+/// caused it does not fail.
+pub async fn push_security_groups(db: &crate::db::SharedDb, compute: &crate::rpcapi::ComputeApi, ctx: &Context) {
+    let per_host = db.with(|db| -> Result<Vec<(String, HostFilters)>, DbError> {
+        let mut hosts: Vec<String> =
+            db.services()?.into_iter().filter(|s| s.binary == crate::compute::BINARY).map(|s| s.host).collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts.into_iter().map(|h| Ok((h.clone(), host_filters(db, &h)?))).collect()
+    });
+    match per_host {
+        Ok(list) => {
+            for (host, filters) in list {
+                if let Err(e) = compute.refresh_security_groups(ctx, &host, &filters).await {
+                    tracing::warn!(host, error = %e, "security group update not sent");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot compute security group filters"),
+    }
 }

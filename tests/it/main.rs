@@ -9,5 +9,6 @@ mod guestkit;
 mod guests;
 mod init;
 mod libvirt;
+mod network;
 mod reliability;
 mod sandbox;

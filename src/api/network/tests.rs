@@ -656,3 +656,70 @@ async fn security_groups_and_rules() {
         "SecurityGroupNotFound",
     );
 }
+
+/// Rule and membership changes reach the compute host of the affected ports as new filters
+/// over the bus (the real in-process bus), so they apply to running guests without restart.
+#[tokio::test]
+async fn security_group_changes_are_pushed_to_compute_hosts() {
+    use crate::bus::{Bus, Handler, Message, RemoteError};
+    use crate::compute::net::secgroups::{Direction, HostFilters, Remote};
+
+    struct Recorder(tokio::sync::mpsc::UnboundedSender<HostFilters>);
+    #[async_trait::async_trait]
+    impl Handler for Recorder {
+        async fn handle(&self, m: Message) -> Result<Value, RemoteError> {
+            assert_eq!(m.method, "refresh_security_groups");
+            let f: HostFilters = serde_json::from_value(m.args["filters"].clone()).unwrap();
+            let _ = self.0.send(f);
+            Ok(Value::Null)
+        }
+    }
+    let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(crate::bus::local::LocalBus::new(2));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = bus.serve("compute.h1", std::sync::Arc::new(Recorder(tx))).await.unwrap();
+    let cloud = Cloud::new().with_bus(bus);
+    cloud.state.db.with(|db| db.service_heartbeat("h1", crate::compute::BINARY, "compute.h1")).unwrap();
+    let (demo, admin) = (cloud.token("demo").await, cloud.token("admin").await);
+    async fn recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<HostFilters>) -> HostFilters {
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap()
+    }
+
+    let net = created(&cloud, &demo, "/network/v2.0/networks", json!({"network": {"name": "n"}}), "network").await;
+    let body = json!({"subnet": {"network_id": net["id"], "cidr": "10.6.0.0/24", "ip_version": 4}});
+    created(&cloud, &demo, "/network/v2.0/subnets", body, "subnet").await;
+    let body = json!({"port": {"network_id": net["id"], "device_id": "vm-1", "device_owner": "compute:nova",
+        "binding:host_id": "h1"}});
+    let port = created(&cloud, &admin, "/network/v2.0/ports", body, "port").await;
+    let port_id = port["id"].as_str().unwrap().to_string();
+    let f = recv(&mut rx).await;
+    assert_eq!(f.ports.len(), 1, "the new bound port is filtered on h1: {f:?}");
+    assert_eq!(f.ports[0].device, crate::compute::net::tap_name(&port_id));
+    assert_eq!(f.ports[0].ips, vec!["10.6.0.2".parse::<std::net::Ipv4Addr>().unwrap()]);
+    // The port's project's default group: egress anywhere, ingress from itself, whose members are this port.
+    let sg = port["security_groups"][0].as_str().unwrap().to_string();
+    assert!(f.ports[0].rules.iter().any(|r| r.remote == Remote::Group(sg.clone())));
+    assert_eq!(f.groups[&sg].len(), 1);
+
+    let body = json!({"security_group_rule": {"security_group_id": sg, "direction": "ingress", "protocol": "icmp",
+        "remote_ip_prefix": "192.168.7.0/24"}});
+    let rule = created(&cloud, &admin, "/network/v2.0/security-group-rules", body, "security_group_rule").await;
+    let f = recv(&mut rx).await;
+    let icmp = |f: &HostFilters| {
+        f.ports[0].rules.iter().any(|r| {
+            r.direction == Direction::Ingress
+                && r.protocol == Some(1)
+                && r.remote == Remote::Cidr { addr: "192.168.7.0".parse().unwrap(), prefix: 24 }
+        })
+    };
+    assert!(icmp(&f), "the new rule is on the port: {f:?}");
+
+    let r = cloud.delete(&format!("/network/v2.0/security-group-rules/{}", rule["id"].as_str().unwrap()), &admin).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(!icmp(&recv(&mut rx).await), "the deleted rule is gone");
+
+    // Leaving every group (port security off) takes the port out of the table.
+    let body = json!({"port": {"security_groups": [], "port_security_enabled": false}});
+    let r = cloud.put(&format!("/network/v2.0/ports/{port_id}"), &admin, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(recv(&mut rx).await.ports.is_empty());
+}

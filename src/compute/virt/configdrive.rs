@@ -113,6 +113,7 @@ mod tests {
             network_name: "private".into(),
             mac: "fa:16:3e:00:00:01".into(),
             ips: vec!["10.42.0.5".into()],
+            ..Default::default()
         }];
         s
     }

@@ -207,11 +207,18 @@ impl QemuDriver {
         let config_drive = config_drive_args(&prepared)?;
         let config_drive: Vec<&str> = config_drive.iter().map(String::as_str).collect();
         push(&config_drive);
-        // QEMU user networking per port until the networking work brings bridges and taps.
+        // A port with a tap (bridge mode, plugged by compute::net before the spawn) uses it;
+        // without one the guest gets QEMU user networking (mode user, no CAP_NET_ADMIN).
         for (i, vif) in spec.network_info.iter().enumerate() {
             let mac = valid_mac(&vif.mac)
                 .ok_or_else(|| failed(format!("port {} has a bad MAC {:?}", vif.port_id, vif.mac)))?;
-            push(&["-netdev", &format!("user,id=net{i}")]);
+            match &vif.tap {
+                Some(tap) if crate::compute::net::bridge::valid_ifname(tap) => {
+                    push(&["-netdev", &format!("tap,id=net{i},ifname={tap},script=no,downscript=no")])
+                }
+                Some(tap) => return Err(failed(format!("port {} has a bad tap name {tap:?}", vif.port_id))),
+                None => push(&["-netdev", &format!("user,id=net{i}")]),
+            }
             push(&["-device", &format!("virtio-net-pci,netdev=net{i},mac={mac}")]);
         }
         Ok(Launch { args, shutdown_timeout_secs: prepared.shutdown_timeout_secs })
@@ -220,7 +227,7 @@ impl QemuDriver {
     /// Starts qemu for the guest in `dir` and waits until the machine runs.
     async fn start(&self, uuid: &str, dir: &Path, launch: &Launch) -> Result<(), VirtError> {
         use std::os::unix::process::CommandExt;
-        for stale in ["qmp.sock", "stopped"] {
+        for stale in ["qmp.sock", "console.sock", "stopped"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let log_path = dir.join("qemu.log");
@@ -686,6 +693,7 @@ mod tests {
             network_name: "private".into(),
             mac: "fa:16:3e:12:34:56".into(),
             ips: vec!["10.42.0.9".into()],
+            ..Default::default()
         }];
         spec
     }
