@@ -214,7 +214,7 @@ fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth:
 }
 
 /// An image a project may boot: visible to it and active.
-fn bootable_image(db: &Db, id: &str, project: &str, is_admin: bool) -> ApiResult<crate::db::images::Image> {
+pub(crate) fn bootable_image(db: &Db, id: &str, project: &str, is_admin: bool) -> ApiResult<crate::db::images::Image> {
     let visible = |i: &crate::db::images::Image| {
         is_admin
             || i.owner.as_deref() == Some(project)
