@@ -15,6 +15,7 @@ use crate::db::{DbError, SharedDb};
 use crate::rpcapi::RequestedNetworks;
 
 mod network;
+mod volumes;
 
 pub use network::{addresses, release_network};
 
@@ -102,6 +103,11 @@ impl Conductor {
 
     fn instance_destroy(&self, ctx: &Context, a: Value) -> Result<Value, RemoteError> {
         let a: Uuid = args(a)?;
+        // Volumes first: a volume file that cannot be removed leaves the instance in
+        // `deleting` for the next try, rather than a volume attached to nothing.
+        self.db
+            .with(|db| crate::volumes::release_instance_volumes(db, &self.home, &a.uuid))
+            .map_err(|e| RemoteError::new("VolumeError", e.to_string()))?;
         self.db
             .with(|db| -> Result<(), DbError> {
                 db.destroy_instance(&a.uuid)?;
@@ -209,6 +215,10 @@ impl Handler for Conductor {
             "deallocate_network" => self.deallocate_network(args),
             "network_info" => self.network_info(args),
             "image_meta" => self.image_meta(args),
+            "instance_volumes" => self.instance_volumes(args),
+            "prepare_block_devices" => self.prepare_block_devices(args).await,
+            "volume_attach_done" => self.volume_attach_done(args),
+            "volume_detach_done" => self.volume_detach_done(args),
             other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
         }
     }

@@ -240,6 +240,16 @@ impl Db {
         Ok(true)
     }
 
+    /// Takes an `available` volume for an instance whose mapping names it (boot from volume).
+    pub fn claim_volume(&self, volume_id: &str, instance_uuid: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE volumes SET status = 'attaching', instance_uuid = ?2, updated_at = ?3
+             WHERE id = ?1 AND deleted = 0 AND (status = 'available' OR (status = 'attaching' AND instance_uuid = ?2))",
+            params![volume_id, instance_uuid, now()],
+        )?;
+        Ok(n > 0)
+    }
+
     /// The attach went through: the volume is `in-use` by the instance.
     pub fn finish_volume_attachment(&self, volume_id: &str, instance_uuid: &str) -> Result<bool> {
         let ts = now();
