@@ -9,3 +9,4 @@ mod guests;
 mod init;
 mod reliability;
 mod sandbox;
+mod volumes;
