@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::common::{self, assert_ok, stdout, TestHome};
 
 /// The kernel .deb cache shared with the doctor tests, so only the first run needs apt.
-fn deb_cache() -> PathBuf {
+pub(super) fn deb_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache")
 }
 
@@ -35,13 +35,13 @@ fn pids_mentioning(needle: &str) -> Vec<i32> {
 
 /// `novabox up` for one home; on drop (also when the test fails) it is stopped by its pid, and
 /// so is any qemu left with this home's path on its command line.
-struct Up {
+pub(super) struct Up {
     child: Child,
     home: PathBuf,
 }
 
 impl Up {
-    fn start(home: &TestHome) -> Up {
+    pub(super) fn start(home: &TestHome) -> Up {
         let log = std::fs::File::create(home.path().join("up.log")).unwrap();
         let child = home
             .novabox()
@@ -61,7 +61,7 @@ impl Up {
         up
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.home.join("up.log")).unwrap_or_default()
     }
 
@@ -96,7 +96,7 @@ impl Drop for Up {
     }
 }
 
-fn server(home: &TestHome, args: &[&str]) -> std::process::Output {
+pub(super) fn server(home: &TestHome, args: &[&str]) -> std::process::Output {
     common::run(home.novabox().arg("server").args(args))
 }
 
@@ -119,7 +119,7 @@ fn wait_status(home: &TestHome, up: &Up, name: &str, want: &str) -> Value {
 }
 
 /// Waits for `marker` to be on the console `count` times, through the compute API.
-fn wait_console(home: &TestHome, name: &str, marker: &str, count: usize) -> String {
+pub(super) fn wait_console(home: &TestHome, name: &str, marker: &str, count: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let out = server(home, &["console-log", name]);
@@ -133,7 +133,7 @@ fn wait_console(home: &TestHome, name: &str, marker: &str, count: usize) -> Stri
     }
 }
 
-fn qemu_of(instance: &str) -> Vec<i32> {
+pub(super) fn qemu_of(instance: &str) -> Vec<i32> {
     pids_mentioning(&format!("guest={instance}"))
 }
 

@@ -108,10 +108,6 @@ impl Api {
         id
     }
 
-    async fn image(&self, name: &str) -> String {
-        let (_, v) = self.call(Method::GET, &format!("/image/v2/images?name={name}"), None).await;
-        v["images"][0]["id"].as_str().unwrap_or_else(|| panic!("no image {name}: {v}")).to_string()
-    }
 }
 
 fn volume_file(home: &Path, id: &str) -> std::path::PathBuf {
@@ -250,6 +246,60 @@ async fn attach_detach_boot_from_volume_and_delete_on_the_fake_driver() {
     for id in [&keep, &boot] {
         assert_eq!(demo.call(Method::DELETE, &format!("/volume/v3/{{project}}/volumes/{id}"), None).await.0, 202);
     }
+    let left: Vec<_> = std::fs::read_dir(home.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "volume files left: {left:?}");
+}
+
+/// A real guest (TCG) notices a hot-plugged volume, and lets it go on detach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_guest_sees_a_volume_attached_and_detached_needs_qemu() {
+    use crate::guests::{deb_cache, qemu_of, server, wait_console, Up};
+    assert!(
+        novabox::compute::virt::qemu::QemuDriver::available(),
+        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
+    );
+    let home = TestHome::new();
+    // TCG without the probe boot: the guest boots below anyway.
+    let out = run(home
+        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--no-boot-probe"])
+        .env("NOVABOX_DEB_CACHE", deb_cache()));
+    assert_ok(&out);
+    let up = Up::start(&home);
+    let ready: Value = serde_json::from_str(&std::fs::read_to_string(home.path().join("run/ready.json")).unwrap()).unwrap();
+    let demo = Api::login(&ready, "demo").await;
+
+    let out = server(&home, &["create", "vol-guest", "--image", "tiny", "--flavor", "m1.tiny", "--wait", "--json"]);
+    assert_ok(&out);
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let text = wait_console(&home, "vol-guest", "novabox-guest: ready", 1);
+    let disks_at_boot = text.matches("novabox-guest: disk ").count();
+
+    let vol = demo.create_volume(json!({"volume": {"size": 1, "name": "hotplug"}})).await;
+    demo.wait_volume(&vol, "available").await;
+    let attachments = format!("/compute/v2.1/servers/{id}/os-volume_attachments");
+    let (s, v) = demo.call(Method::POST, &attachments, Some(json!({"volumeAttachment": {"volumeId": vol}}))).await;
+    assert_eq!(s, 200, "{v}\n{}", up.log());
+    demo.wait_volume(&vol, "in-use").await;
+    let text = wait_console(&home, "vol-guest", "novabox-guest: disk ", disks_at_boot + 1);
+    let new_disk = text.lines().filter(|l| l.contains("novabox-guest: disk ")).nth(disks_at_boot).unwrap().to_string();
+    assert!(new_disk.contains("novabox-guest: disk vd") && new_disk.trim_end().ends_with(" 2097152"), "{new_disk}");
+    let launch = std::fs::read_to_string(home.path().join("instances").join(&id).join("launch.json")).unwrap();
+    assert!(launch.contains(&vol), "the volume is kept for the next start: {launch}");
+
+    let (s, v) = demo.call(Method::DELETE, &format!("{attachments}/{vol}"), None).await;
+    assert_eq!(s, 202, "{v}");
+    let v = demo.wait_volume(&vol, "available").await;
+    assert_eq!(v["attachments"], json!([]), "{}", up.log());
+    let launch = std::fs::read_to_string(home.path().join("instances").join(&id).join("launch.json")).unwrap();
+    assert!(!launch.contains(&vol), "{launch}");
+    assert_eq!(qemu_of(&id).len(), 1, "the guest kept running");
+
+    assert_eq!(demo.call(Method::DELETE, &format!("/volume/v3/{{project}}/volumes/{vol}"), None).await.0, 202);
+    demo.wait_volume(&vol, "gone").await;
+    assert!(!volume_file(home.path(), &vol).exists());
+    assert_ok(&server(&home, &["delete", "vol-guest", "--wait"]));
+    assert!(qemu_of(&id).is_empty());
     let left: Vec<_> = std::fs::read_dir(home.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "volume files left: {left:?}");
 }
