@@ -92,8 +92,11 @@ pub async fn create_file(path: &Path, size_gb: i64, image: Option<&ImageMeta>) -
 async fn write_tmp(tmp: &Path, size_gb: i64, image: Option<&ImageMeta>) -> Result<(), VolumeError> {
     let size = format!("{}G", size_gb);
     let Some(image) = image else {
-        run("create", &["create".as_ref(), "-q".as_ref(), "-f".as_ref(), "qcow2".as_ref(), tmp.as_os_str(), size.as_ref()])
-            .await?;
+        run(
+            "create",
+            &["create".as_ref(), "-q".as_ref(), "-f".as_ref(), "qcow2".as_ref(), tmp.as_os_str(), size.as_ref()],
+        )
+        .await?;
         return Ok(());
     };
     let src = image
@@ -103,11 +106,9 @@ async fn write_tmp(tmp: &Path, size_gb: i64, image: Option<&ImageMeta>) -> Resul
         .filter(|f| f.is_file())
         .ok_or_else(|| VolumeError::NoImageData { id: image.id.clone() })?;
     let format = image_format(image)?;
-    let info = run(
-        "info",
-        &["info".as_ref(), "-f".as_ref(), format.as_ref(), "--output=json".as_ref(), src.as_os_str()],
-    )
-    .await?;
+    let info =
+        run("info", &["info".as_ref(), "-f".as_ref(), format.as_ref(), "--output=json".as_ref(), src.as_os_str()])
+            .await?;
     let info: Value = serde_json::from_slice(&info)
         .map_err(|e| VolumeError::QemuImg { what: "info", detail: format!("unreadable output: {e}") })?;
     // A backing or data file named inside an uploaded image would let it read any host file.
@@ -121,7 +122,16 @@ async fn write_tmp(tmp: &Path, size_gb: i64, image: Option<&ImageMeta>) -> Resul
     }
     run(
         "convert",
-        &["convert".as_ref(), "-q".as_ref(), "-f".as_ref(), format.as_ref(), "-O".as_ref(), "qcow2".as_ref(), src.as_os_str(), tmp.as_os_str()],
+        &[
+            "convert".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            format.as_ref(),
+            "-O".as_ref(),
+            "qcow2".as_ref(),
+            src.as_os_str(),
+            tmp.as_os_str(),
+        ],
     )
     .await?;
     run("resize", &["resize".as_ref(), "-q".as_ref(), "-f".as_ref(), "qcow2".as_ref(), tmp.as_os_str(), size.as_ref()])
@@ -133,7 +143,9 @@ async fn write_tmp(tmp: &Path, size_gb: i64, image: Option<&ImageMeta>) -> Resul
 /// the reason (logged, and shown by `novabox status`).
 pub async fn build(db: &SharedDb, home: &Home, volume_id: &str, image: Option<&ImageMeta>) -> Result<(), VolumeError> {
     let volume = db.with(|db| db.volume(volume_id))?;
-    let Some(volume) = volume else { return Err(DbError::NotFound(format!("Volume {volume_id} could not be found.")).into()) };
+    let Some(volume) = volume else {
+        return Err(DbError::NotFound(format!("Volume {volume_id} could not be found.")).into());
+    };
     let rel = volume.path.clone().unwrap_or_else(|| file_name(volume_id));
     let path = file_path(home, &rel)
         .ok_or_else(|| VolumeError::Io { path: rel.clone().into(), source: std::io::ErrorKind::InvalidInput.into() })?;
@@ -233,10 +245,16 @@ mod tests {
         assert!(e.to_string().contains("disk_format \"vmdk\""), "{e}");
         let mut gone = image.clone();
         gone.file = None;
-        assert!(matches!(create_file(&t.path().join("v4"), 1, Some(&gone)).await, Err(VolumeError::NoImageData { .. })));
+        assert!(matches!(
+            create_file(&t.path().join("v4"), 1, Some(&gone)).await,
+            Err(VolumeError::NoImageData { .. })
+        ));
         // Nothing half-written stays.
-        let mut names: Vec<String> =
-            std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["img.raw", "v1.qcow2", "v2.qcow2"]);
     }

@@ -22,9 +22,9 @@ mod hostile_input;
 pub mod identity;
 pub mod image;
 pub mod network;
-pub mod volume;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod volume;
 
 use fault::{render_faults, Family};
 

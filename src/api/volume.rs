@@ -233,18 +233,20 @@ fn text_field(o: &Map<String, Value>, key: &str, max: usize) -> ApiResult<Option
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
-        Some(Value::String(_)) => {
-            Err(ApiError::bad_request(format!("Invalid input for field/attribute {key}: longer than {max} characters.")))
-        }
-        Some(other) => {
-            Err(ApiError::bad_request(format!("Invalid input for field/attribute {key}. Value: {other}. It is not a string.")))
-        }
+        Some(Value::String(_)) => Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute {key}: longer than {max} characters."
+        ))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute {key}. Value: {other}. It is not a string."
+        ))),
     }
 }
 
 /// `size` as cinder's schema takes it: an integer, or a string of one, at least 1.
 fn size_field(o: &Map<String, Value>) -> ApiResult<i64> {
-    let bad = |v: &Value, why: &str| ApiError::bad_request(format!("Invalid input for field/attribute size. Value: {v}. {why}"));
+    let bad = |v: &Value, why: &str| {
+        ApiError::bad_request(format!("Invalid input for field/attribute size. Value: {v}. {why}"))
+    };
     let v = o.get("size").ok_or_else(|| {
         ApiError::bad_request("Invalid input for field/attribute size: it is required (the volume's size in GiB).")
     })?;
@@ -368,7 +370,9 @@ pub async fn update(
     check_project(&auth, &project_id)?;
     let o = body_object(body)?;
     find(&state, &auth, &id)?;
-    if let Some(key) = o.keys().find(|k| !["name", "description", "display_name", "display_description"].contains(&k.as_str())) {
+    if let Some(key) =
+        o.keys().find(|k| !["name", "description", "display_name", "display_description"].contains(&k.as_str()))
+    {
         return Err(ApiError::bad_request(format!(
             "Invalid input for field/attribute {key}: only name and description can be updated."
         )));
@@ -396,7 +400,8 @@ pub async fn delete(
         if !db.set_volume_status(&id, &["available", "error"], "deleting")? {
             return Err(ApiError::bad_request(format!("{DELETE_REFUSED} (volume {id} is {})", v.status)));
         }
-        let deleting = db.volume(&id)?.ok_or_else(|| ApiError::not_found(format!("Volume {id} could not be found.")))?;
+        let deleting =
+            db.volume(&id)?.ok_or_else(|| ApiError::not_found(format!("Volume {id} could not be found.")))?;
         crate::volumes::delete(db, &state.home, &deleting).map_err(|e| {
             tracing::error!(volume = %id, error = %e, "volume delete failed");
             // Back to error: the user can see it failed and try again.

@@ -412,7 +412,12 @@ impl ComputeManager {
     }
 }
 
-fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>, volumes: Vec<VolumeDisk>) -> GuestSpec {
+fn guest_spec(
+    inst: &Instance,
+    image: Option<ImageMeta>,
+    network_info: Vec<Vif>,
+    volumes: Vec<VolumeDisk>,
+) -> GuestSpec {
     GuestSpec {
         uuid: inst.uuid.clone(),
         name: inst.display_name.clone(),
@@ -483,11 +488,14 @@ impl Handler for ComputeManager {
             "start_instance" => self.power_action(&ctx, &a.instance, PowerAction::Start).await,
             "reboot_instance" => self.power_action(&ctx, &a.instance, PowerAction::Reboot { hard: a.hard }).await,
             "attach_volume" => {
-                let volume = a.volume.ok_or_else(|| RemoteError::new("InvalidArguments", "attach_volume needs a volume"))?;
+                let volume =
+                    a.volume.ok_or_else(|| RemoteError::new("InvalidArguments", "attach_volume needs a volume"))?;
                 self.attach_volume(&ctx, &a.instance, &volume).await;
             }
             "detach_volume" => {
-                let id = a.volume_id.ok_or_else(|| RemoteError::new("InvalidArguments", "detach_volume needs a volume_id"))?;
+                let id = a
+                    .volume_id
+                    .ok_or_else(|| RemoteError::new("InvalidArguments", "detach_volume needs a volume_id"))?;
                 self.detach_volume(&ctx, &a.instance, &id).await;
             }
             "get_console_output" => {

@@ -51,12 +51,19 @@ impl Conductor {
         let failed = |m: String| RemoteError::new("VolumeNotCreated", m);
         let (inst, bdms) = self
             .db
-            .with(|db| -> crate::db::Result<_> { Ok((db.instance_by_uuid(&a.uuid, false)?, db.block_devices(&a.uuid)?)) })
+            .with(|db| -> crate::db::Result<_> {
+                Ok((db.instance_by_uuid(&a.uuid, false)?, db.block_devices(&a.uuid)?))
+            })
             .map_err(db_error)?;
-        let inst = inst.ok_or_else(|| RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))?;
+        let inst = inst
+            .ok_or_else(|| RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))?;
         for b in bdms.iter().filter(|b| b.destination_type == "volume") {
             let boot_index = b.boot_index.unwrap_or(-1);
-            let device = if boot_index == 0 { "/dev/vda".to_string() } else { format!("/dev/vd{}", (b'b' + boot_index.clamp(0, 20) as u8) as char) };
+            let device = if boot_index == 0 {
+                "/dev/vda".to_string()
+            } else {
+                format!("/dev/vd{}", (b'b' + boot_index.clamp(0, 20) as u8) as char)
+            };
             let volume_id = match (&b.volume_id, b.source_type.as_str()) {
                 (Some(id), _) => id.clone(),
                 (None, "image") => {
@@ -112,7 +119,13 @@ impl Conductor {
                     }
                     Some(why) => {
                         db.release_volume_attachment(&a.volume_id, &a.instance_uuid)?;
-                        db.add_instance_fault(&a.instance_uuid, 500, &format!("Volume attach failed: {why}"), "", None)?;
+                        db.add_instance_fault(
+                            &a.instance_uuid,
+                            500,
+                            &format!("Volume attach failed: {why}"),
+                            "",
+                            None,
+                        )?;
                     }
                 }
                 Ok(())

@@ -169,9 +169,10 @@ impl Db {
     pub fn volume_quotas(&self, project_id: &str) -> Result<(i64, i64)> {
         let limits = self.quota_limits(project_id)?;
         let get = |k: &str| {
-            limits.get(k).copied().unwrap_or_else(|| {
-                DEFAULT_QUOTAS.iter().find(|(name, _)| *name == k).map(|(_, v)| *v).unwrap_or(-1)
-            })
+            limits
+                .get(k)
+                .copied()
+                .unwrap_or_else(|| DEFAULT_QUOTAS.iter().find(|(name, _)| *name == k).map(|(_, v)| *v).unwrap_or(-1))
         };
         Ok((get("volumes"), get("gigabytes")))
     }
@@ -318,7 +319,13 @@ impl Db {
     }
 
     /// Boot-from-volume: the mapping of source `image` gets the volume created for it.
-    pub fn set_mapping_volume(&self, instance_uuid: &str, boot_index: i64, volume_id: &str, device: &str) -> Result<()> {
+    pub fn set_mapping_volume(
+        &self,
+        instance_uuid: &str,
+        boot_index: i64,
+        volume_id: &str,
+        device: &str,
+    ) -> Result<()> {
         self.conn().execute(
             "UPDATE block_device_mappings SET volume_id = ?3, device_name = ?4, updated_at = ?5
              WHERE instance_uuid = ?1 AND boot_index = ?2 AND deleted = 0 AND destination_type = 'volume'",

@@ -107,7 +107,6 @@ impl Api {
         assert_eq!(resp.status(), 204);
         id
     }
-
 }
 
 fn volume_file(home: &Path, id: &str) -> std::path::PathBuf {
@@ -194,7 +193,10 @@ async fn attach_detach_boot_from_volume_and_delete_on_the_fake_driver() {
     demo.wait_volume(&vol, "in-use").await;
     let keep = demo.create_volume(json!({"volume": {"size": 1}})).await;
     demo.wait_volume(&keep, "available").await;
-    assert_eq!(demo.call(Method::POST, &attachments, Some(json!({"volumeAttachment": {"volumeId": keep}}))).await.0, 200);
+    assert_eq!(
+        demo.call(Method::POST, &attachments, Some(json!({"volumeAttachment": {"volumeId": keep}}))).await.0,
+        200
+    );
     demo.wait_volume(&keep, "in-use").await;
     let (s, _) = demo.call(Method::DELETE, &format!("/compute/v2.1/servers/{server}"), None).await;
     assert_eq!(s, 204);
@@ -218,7 +220,9 @@ async fn attach_detach_boot_from_volume_and_delete_on_the_fake_driver() {
     let rv = demo.wait_volume(&root_id, "in-use").await;
     assert_eq!(rv["bootable"], "true");
     assert_eq!(rv["volume_image_metadata"]["image_id"], image.as_str());
-    let (s, v) = demo.call(Method::DELETE, &format!("/compute/v2.1/servers/{server}/os-volume_attachments/{root_id}"), None).await;
+    let (s, v) = demo
+        .call(Method::DELETE, &format!("/compute/v2.1/servers/{server}/os-volume_attachments/{root_id}"), None)
+        .await;
     assert_eq!(s, 400, "the root volume stays: {v}");
     assert_eq!(demo.call(Method::DELETE, &format!("/compute/v2.1/servers/{server}"), None).await.0, 204);
     demo.wait_server(&server, "gone").await;
@@ -228,9 +232,11 @@ async fn attach_detach_boot_from_volume_and_delete_on_the_fake_driver() {
     // source volume); a blank one is refused with the reason.
     let boot = demo.create_volume(json!({"volume": {"size": 1, "imageRef": image}})).await;
     demo.wait_volume(&boot, "available").await;
-    let body = |id: &str| json!({"server": {"name": "from-vol", "flavorRef": "1", "networks": "none", "block_device_mapping_v2": [
-        {"boot_index": 0, "uuid": id, "source_type": "volume", "destination_type": "volume"}
-    ]}});
+    let body = |id: &str| {
+        json!({"server": {"name": "from-vol", "flavorRef": "1", "networks": "none", "block_device_mapping_v2": [
+            {"boot_index": 0, "uuid": id, "source_type": "volume", "destination_type": "volume"}
+        ]}})
+    };
     let (s, v) = demo.call(Method::POST, "/compute/v2.1/servers", Some(body(&keep))).await;
     assert_eq!(s, 400);
     assert!(v["badRequest"]["message"].as_str().unwrap().contains("not bootable"), "{v}");
@@ -246,7 +252,8 @@ async fn attach_detach_boot_from_volume_and_delete_on_the_fake_driver() {
     for id in [&keep, &boot] {
         assert_eq!(demo.call(Method::DELETE, &format!("/volume/v3/{{project}}/volumes/{id}"), None).await.0, 202);
     }
-    let left: Vec<_> = std::fs::read_dir(home.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> =
+        std::fs::read_dir(home.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "volume files left: {left:?}");
 }
 
@@ -265,7 +272,8 @@ async fn a_real_guest_sees_a_volume_attached_and_detached_needs_qemu() {
         .env("NOVABOX_DEB_CACHE", deb_cache()));
     assert_ok(&out);
     let up = Up::start(&home);
-    let ready: Value = serde_json::from_str(&std::fs::read_to_string(home.path().join("run/ready.json")).unwrap()).unwrap();
+    let ready: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.path().join("run/ready.json")).unwrap()).unwrap();
     let demo = Api::login(&ready, "demo").await;
 
     let out = server(&home, &["create", "vol-guest", "--image", "tiny", "--flavor", "m1.tiny", "--wait", "--json"]);
@@ -300,6 +308,7 @@ async fn a_real_guest_sees_a_volume_attached_and_detached_needs_qemu() {
     assert!(!volume_file(home.path(), &vol).exists());
     assert_ok(&server(&home, &["delete", "vol-guest", "--wait"]));
     assert!(qemu_of(&id).is_empty());
-    let left: Vec<_> = std::fs::read_dir(home.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> =
+        std::fs::read_dir(home.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "volume files left: {left:?}");
 }

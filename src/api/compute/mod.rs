@@ -26,10 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}/ips", get(servers::ips))
         .route("/servers/{id}/metadata", get(servers::metadata))
         .route("/servers/{id}/os-instance-actions", get(servers::instance_actions))
-        .route(
-            "/servers/{id}/os-volume_attachments",
-            get(volume_attachments::list).post(volume_attachments::create),
-        )
+        .route("/servers/{id}/os-volume_attachments", get(volume_attachments::list).post(volume_attachments::create))
         .route(
             "/servers/{id}/os-volume_attachments/{volume_id}",
             get(volume_attachments::show).delete(volume_attachments::delete),

@@ -247,7 +247,9 @@ fn check_boot_volumes(
         match (b.source_type.as_str(), &b.volume_id) {
             ("volume", Some(id)) => {
                 if count > 1 {
-                    return Err(ApiError::bad_request("Block Device Mapping is Invalid: one volume cannot boot several servers"));
+                    return Err(ApiError::bad_request(
+                        "Block Device Mapping is Invalid: one volume cannot boot several servers",
+                    ));
                 }
                 let vol = db.volume(id)?.filter(|v| v.project_id == project).ok_or_else(|| {
                     ApiError::bad_request(format!("Block Device Mapping is Invalid: failed to get volume {id}."))
@@ -608,11 +610,9 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
             };
             if dest == "volume" {
                 match source.as_str() {
-                    "image" if volume_size.is_none() => {
-                        return Err(ApiError::bad_request(
-                            "Block Device Mapping is Invalid: volume_size is required for source image, destination volume",
-                        ))
-                    }
+                    "image" if volume_size.is_none() => return Err(ApiError::bad_request(
+                        "Block Device Mapping is Invalid: volume_size is required for source image, destination volume",
+                    )),
                     "image" => {}
                     "volume" if uuid.as_deref().is_some_and(|u| uuid::Uuid::parse_str(u).is_ok()) => {}
                     "volume" => {
@@ -837,7 +837,8 @@ pub async fn create(
             .ok_or_else(|| ApiError::bad_request(format!("Flavor {} could not be found.", p.flavor_ref)))?;
         let extra_specs = db.flavor_extra_specs(flavor.id)?;
         let mut image_id = p.image_id.clone().unwrap_or_default();
-        let boot_from_volume = p.block_devices.iter().any(|b| b.destination_type == "volume" && b.boot_index == Some(0));
+        let boot_from_volume =
+            p.block_devices.iter().any(|b| b.destination_type == "volume" && b.boot_index == Some(0));
         check_boot_volumes(db, &p.block_devices, auth.project_id(), p.max_count as i64, &mut image_id)?;
         let image = bootable_image(db, &image_id, auth.project_id(), auth.is_admin())?;
         let root_bytes = flavor.root_gb * (1 << 30);

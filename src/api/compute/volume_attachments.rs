@@ -111,7 +111,11 @@ pub async fn create(
     let (body, _) = super::parse_body::<Value>(body)?;
     let o: Map<String, Value> = match body.get("volumeAttachment") {
         Some(Value::Object(o)) => o.clone(),
-        _ => return Err(ApiError::bad_request("Invalid input for field/attribute volumeAttachment: it is required and must be an object.")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field/attribute volumeAttachment: it is required and must be an object.",
+            ))
+        }
     };
     let mut allowed = vec!["volumeId", "device"];
     if v.at_least(49) {
@@ -128,27 +132,39 @@ pub async fn create(
     let volume_id = match o.get("volumeId") {
         Some(Value::String(s)) if uuid::Uuid::parse_str(s).is_ok() => s.clone(),
         Some(other) => {
-            return Err(ApiError::bad_request(format!("Invalid input for field/attribute volumeId. Value: {other}. It is not a uuid.")))
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute volumeId. Value: {other}. It is not a uuid."
+            )))
         }
-        None => return Err(ApiError::bad_request("Invalid input for field/attribute volumeId: 'volumeId' is a required property")),
+        None => {
+            return Err(ApiError::bad_request(
+                "Invalid input for field/attribute volumeId: 'volumeId' is a required property",
+            ))
+        }
     };
     let device = match o.get("device") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.starts_with("/dev/") && s.len() <= 20 && !s.contains(',') => Some(s.clone()),
         Some(other) => {
-            return Err(ApiError::bad_request(format!("Invalid input for field/attribute device. Value: {other}. Give a path like /dev/vdb or null.")))
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute device. Value: {other}. Give a path like /dev/vdb or null."
+            )))
         }
     };
     let tag = match o.get("tag") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 60 && !s.contains(['/', ',']) => Some(s.clone()),
-        Some(other) => return Err(ApiError::bad_request(format!("Invalid input for field/attribute tag. Value: {other}."))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("Invalid input for field/attribute tag. Value: {other}.")))
+        }
     };
     let delete_on_termination = match o.get("delete_on_termination") {
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            return Err(ApiError::bad_request(format!("Invalid input for field/attribute delete_on_termination. Value: {other}. It is not a boolean.")))
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute delete_on_termination. Value: {other}. It is not a boolean."
+            )))
         }
     };
 
@@ -206,7 +222,10 @@ pub async fn create(
     if let Err(e) = compute_api(&state).attach_volume(&auth.context, &host, &inst, &disk).await {
         tracing::warn!(volume = %volume_id, error = %e, "attach not delivered");
         state.db.with(|db| db.release_volume_attachment(&volume_id, &inst.uuid))?;
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("The compute service did not take the request: {e}")));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("The compute service did not take the request: {e}"),
+        ));
     }
     Ok(Json(json!({"volumeAttachment": view(&attachment, v)})))
 }
@@ -237,7 +256,10 @@ pub async fn delete(
     if let Err(e) = compute_api(&state).detach_volume(&auth.context, &host, &inst, &volume_id).await {
         tracing::warn!(error = %e, "detach not delivered");
         state.db.with(|db| db.set_volume_status(&volume_id, &["detaching"], "in-use"))?;
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("The compute service did not take the request: {e}")));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("The compute service did not take the request: {e}"),
+        ));
     }
     Ok(StatusCode::ACCEPTED)
 }

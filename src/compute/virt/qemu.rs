@@ -470,8 +470,15 @@ impl QemuDriver {
         if self.live_pid(&dir, uuid).is_some() {
             let qmp = dir.join("qmp.sock");
             let args = serde_json::json!({"id": device});
-            match qmp::execute_and_wait_device_event(&qmp, "device_del", args, "DEVICE_DELETED", &device, DETACH_TIMEOUT)
-                .await
+            match qmp::execute_and_wait_device_event(
+                &qmp,
+                "device_del",
+                args,
+                "DEVICE_DELETED",
+                &device,
+                DETACH_TIMEOUT,
+            )
+            .await
             {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(instance = %uuid, volume = %volume_id, "no DEVICE_DELETED in time"),

@@ -50,7 +50,8 @@ pub async fn execute_and_wait_device_event(
     wait: Duration,
 ) -> Result<bool, QmpError> {
     let run = execute_inner(socket, command, arguments, Some((event, device, wait)));
-    let (_, seen) = tokio::time::timeout(TIMEOUT + wait, run).await.map_err(|_| QmpError::Timeout(TIMEOUT + wait))??;
+    let (_, seen) =
+        tokio::time::timeout(TIMEOUT + wait, run).await.map_err(|_| QmpError::Timeout(TIMEOUT + wait))??;
     Ok(seen)
 }
 
