@@ -641,11 +641,11 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
                 image_id: if source == "image" { uuid.clone() } else { None },
                 volume_id: if source == "volume" { uuid.clone() } else { None },
                 volume_size,
-                // nova's default: false for volumes the user made, true for anything else.
+                // nova's default for volumes is false: a volume outlives its server unless asked.
                 delete_on_termination: b
                     .get("delete_on_termination")
                     .and_then(Value::as_bool)
-                    .unwrap_or(source != "volume"),
+                    .unwrap_or(dest != "volume"),
             });
         }
     }
