@@ -636,7 +636,7 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
             }
             block_devices.push(NewBlockDevice {
                 source_type: source.clone(),
-                destination_type: dest,
+                destination_type: dest.clone(),
                 boot_index,
                 image_id: if source == "image" { uuid.clone() } else { None },
                 volume_id: if source == "volume" { uuid.clone() } else { None },
