@@ -266,9 +266,8 @@ async fn a_real_guest_sees_a_volume_attached_and_detached_needs_qemu() {
         "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
     );
     let home = TestHome::new();
-    // TCG without the probe boot: the guest boots below anyway.
     let out = run(home
-        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--no-boot-probe"])
+        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg"])
         .env("NOVABOX_DEB_CACHE", deb_cache()));
     assert_ok(&out);
     let up = Up::start(&home);
