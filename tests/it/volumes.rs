@@ -307,6 +307,24 @@ async fn a_real_guest_sees_a_volume_attached_and_detached_needs_qemu() {
     assert!(!volume_file(home.path(), &vol).exists());
     assert_ok(&server(&home, &["delete", "vol-guest", "--wait"]));
     assert!(qemu_of(&id).is_empty());
+
+    // Boot from volume: the AMI's kernel and ramdisk boot, the new 1 GiB volume is the root disk.
+    let image = {
+        let (_, v) = demo.call(Method::GET, "/image/v2/images?name=tiny", None).await;
+        v["images"][0]["id"].as_str().expect("image tiny").to_string()
+    };
+    let bfv = json!({"server": {"name": "bfv-guest", "flavorRef": "1", "networks": "none", "block_device_mapping_v2": [
+        {"boot_index": 0, "uuid": image, "source_type": "image", "destination_type": "volume", "volume_size": 1, "delete_on_termination": true}
+    ]}});
+    let (s, v) = demo.call(Method::POST, "/compute/v2.1/servers", Some(bfv)).await;
+    assert_eq!(s, 202, "{v}");
+    let bfv_id = v["server"]["id"].as_str().unwrap().to_string();
+    demo.wait_server(&bfv_id, "ACTIVE").await;
+    let text = wait_console(&home, "bfv-guest", "novabox-guest: ready", 1);
+    assert!(text.contains("novabox-guest: disk vda 2097152"), "the volume is the root disk:\n{text}");
+    assert!(!home.path().join("instances").join(&bfv_id).join("disk").exists(), "no root overlay");
+    assert_ok(&server(&home, &["delete", "bfv-guest", "--wait"]));
+    assert!(qemu_of(&bfv_id).is_empty());
     let left: Vec<_> =
         std::fs::read_dir(home.path().join("volumes")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "volume files left: {left:?}");
