@@ -221,7 +221,7 @@ impl Db {
     /// Reserves an `available` volume for an instance (`attaching`) and records the mapping,
     /// in one transaction. False when the volume was not available.
     pub fn reserve_volume_attachment(&self, a: &NewAttachment) -> Result<bool> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let ts = now();
         let n = tx.execute(
             "UPDATE volumes SET status = 'attaching', instance_uuid = ?2, updated_at = ?3
@@ -268,7 +268,7 @@ impl Db {
     /// The volume is no longer attached to the instance (a detach finished, an attach failed,
     /// the instance went): `available`, and its mapping gone.
     pub fn release_volume_attachment(&self, volume_id: &str, instance_uuid: &str) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let ts = now();
         tx.execute(
             "UPDATE volumes SET status = 'available', attach_status = 'detached', instance_uuid = NULL,
