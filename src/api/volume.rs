@@ -302,7 +302,7 @@ pub async fn create(
         }
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let (volume, image) = state.db.with(|db| -> ApiResult<_> {
+    let (volume, image) = state.db.tx(|db| -> ApiResult<_> {
         let image = match &image_ref {
             Some(image_id) => {
                 let img = super::compute::servers::bootable_image(db, image_id, auth.project_id(), auth.is_admin())

@@ -170,7 +170,7 @@ pub async fn create(
 
     let inst = find_server(&state, &auth, &id)?;
     let host = ready_host(&state, &inst, "attach_volume")?;
-    let attachment = state.db.with(|db| -> ApiResult<VolumeAttachment> {
+    let attachment = state.db.tx(|db| -> ApiResult<VolumeAttachment> {
         let volume = db
             .volume(&volume_id)?
             .filter(|vol| vol.project_id == inst.project_id)
