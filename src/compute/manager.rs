@@ -433,6 +433,11 @@ impl ComputeManager {
                     tracing::warn!(error = %e, "power state sync failed");
                 }
             }
+            // The image cache every 60 heartbeats (10 min by default; nova checks every 40),
+            // first soon after start-up.
+            if n % 60 == 2 {
+                self.driver.manage_image_cache().await;
+            }
         }
     }
 }

@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 pub mod configdrive;
+pub mod disks;
 pub mod fake;
 pub mod guestfiles;
+pub mod imagecache;
 pub mod qemu;
 mod qmp;
 
@@ -119,6 +121,9 @@ pub trait VirtDriver: Send + Sync + 'static {
         let _ = (uuid, volume_id);
         Err(VirtError::Failed(format!("the {} driver cannot detach volumes", self.name())))
     }
+    /// Periodic housekeeping of cached images (nova's image cache manager). Drivers without
+    /// an image cache have nothing to do.
+    async fn manage_image_cache(&self) {}
 }
 
 /// What this host has: cores from the scheduler's view of the OS, memory from /proc/meminfo,
