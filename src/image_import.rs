@@ -195,18 +195,22 @@ pub async fn fetch(
         Source::Url(url) => {
             use futures_util::StreamExt;
             let failed = |detail: String| ImportError::Download { url: url.clone(), detail };
-            if url.starts_with("https://") {
-                // reqwest is built without a TLS stack (its default one needs a C toolchain).
-                return Err(failed(
-                    "this novabox is built without TLS; download it first (curl -LO URL) and import the file".into(),
-                ));
-            }
             let http = reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(30))
                 .read_timeout(std::time::Duration::from_secs(120))
                 .build()
                 .map_err(|e| failed(e.to_string()))?;
-            let resp = http.get(url).send().await.map_err(|e| failed(error_chain(&e)))?;
+            let resp = http.get(url).send().await.map_err(|e| {
+                let mut detail = error_chain(&e);
+                if detail.contains("certificate") {
+                    // openssl reads SSL_CERT_FILE/SSL_CERT_DIR, so a private CA needs no rebuild.
+                    detail.push_str(
+                        ". The server's certificate is not trusted here: add its CA to the system store \
+                         (update-ca-certificates) or point SSL_CERT_FILE at it",
+                    );
+                }
+                failed(detail)
+            })?;
             if !resp.status().is_success() {
                 return Err(failed(format!("the server answered {}", resp.status())));
             }

@@ -280,3 +280,82 @@ fn image_import_from_file_and_http_checks_format_and_checksum() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     drop(stack);
 }
+
+/// An https server on loopback with a self-signed certificate made for this test, serving
+/// `body` at /disk.qcow2. Returns the base URL, the certificate's path and the server process.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn https_server(dir: &Path, body: &[u8]) -> (String, PathBuf, KillOnDrop) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = common::run(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    assert_ok(&out);
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("disk.qcow2"), body).unwrap();
+    let script = "import http.server, ssl, sys, functools\n\
+        h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])\n\
+        s = http.server.HTTPServer(('127.0.0.1', 0), h)\n\
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[1], sys.argv[2])\n\
+        s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+        print(s.server_address[1], flush=True)\n\
+        s.serve_forever()\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(&cert)
+        .arg(&key)
+        .arg(&root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("https server said {line:?}"));
+    (format!("https://127.0.0.1:{port}"), cert, KillOnDrop(child))
+}
+
+#[test]
+fn image_import_over_https_trusts_only_known_certificates() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let demo = rt.block_on(stack.client("demo"));
+    let image_names = || -> Vec<String> {
+        let list = rt.block_on(demo.image(reqwest::Method::GET, "/images", None)).unwrap();
+        list["images"].as_array().into_iter().flatten().filter_map(|i| i["name"].as_str().map(str::to_string)).collect()
+    };
+    let src = tempfile::tempdir().unwrap();
+    let data = std::fs::read(qcow2(src.path(), "remote.qcow2")).unwrap();
+    let (base, cert, _server) = https_server(src.path(), &data);
+    let url = format!("{base}/disk.qcow2");
+
+    // A certificate nobody vouches for: refused with what to do, nothing stored.
+    let out = novabox(&home, &["image", "import", &url, "--name", "untrusted"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("SSL_CERT_FILE"), "{}", stderr(&out));
+    assert!(!image_names().contains(&"untrusted".to_string()), "{:?}", image_names());
+
+    // Trusted through SSL_CERT_FILE: downloaded over TLS and stored.
+    let sum = format!("sha256:{}", sha256_hex(&data));
+    let mut cmd = home.novabox();
+    cmd.env("SSL_CERT_FILE", &cert).args(["image", "import", &url, "--name", "over-tls", "--checksum", &sum, "--json"]);
+    let out = common::run(&mut cmd);
+    assert_ok(&out);
+    let img: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((img["name"].as_str(), img["status"].as_str()), (Some("over-tls"), Some("active")));
+}
