@@ -24,3 +24,4 @@ pub mod secrets;
 pub mod stack;
 pub mod supervise;
 pub mod trace;
+pub mod volumes;

@@ -79,7 +79,7 @@ fn guest_at(db: &SharedDb, ip: Ipv4Addr) -> Option<Guest> {
         };
         let inst = db.instance_by_uuid(&port.device_id, false).ok().flatten()?;
         let vifs = crate::conductor::network::vifs(db, &inst.uuid).ok()?;
-        Some(Guest { spec: crate::compute::manager::guest_spec(&inst, None, vifs), ip })
+        Some(Guest { spec: crate::compute::manager::guest_spec(&inst, None, vifs, Vec::new()), ip })
     })
 }
 

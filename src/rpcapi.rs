@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::bus::{Bus, BusError, Context, Message};
-use crate::compute::virt::Vif;
+use crate::compute::virt::{Vif, VolumeDisk};
 use crate::db::instances::{Instance, InstanceUpdate};
 use crate::db::notifications::Notification;
 use crate::db::services::NodeReport;
@@ -152,6 +152,35 @@ impl ConductorApi {
     ) -> Result<crate::compute::net::secgroups::HostFilters, BusError> {
         self.call(ctx, "security_group_filters", json!({"host": host})).await
     }
+    /// The volumes an instance has attached (for restarting a guest).
+    pub async fn instance_volumes(&self, ctx: &Context, uuid: &str) -> Result<Vec<VolumeDisk>, BusError> {
+        self.call(ctx, "instance_volumes", json!({"uuid": uuid})).await
+    }
+    /// Creates and attaches the volumes a build maps (boot from volume); returns them all.
+    pub async fn prepare_block_devices(&self, ctx: &Context, uuid: &str) -> Result<Vec<VolumeDisk>, BusError> {
+        self.call(ctx, "prepare_block_devices", json!({"uuid": uuid})).await
+    }
+    /// The outcome of an attach: `error` None means the guest has the volume.
+    pub async fn volume_attach_done(
+        &self,
+        ctx: &Context,
+        volume_id: &str,
+        instance_uuid: &str,
+        error: Option<&str>,
+    ) -> Result<(), BusError> {
+        let args = json!({"volume_id": volume_id, "instance_uuid": instance_uuid, "error": error});
+        self.call::<Value>(ctx, "volume_attach_done", args).await.map(|_| ())
+    }
+    pub async fn volume_detach_done(
+        &self,
+        ctx: &Context,
+        volume_id: &str,
+        instance_uuid: &str,
+        error: Option<&str>,
+    ) -> Result<(), BusError> {
+        let args = json!({"volume_id": volume_id, "instance_uuid": instance_uuid, "error": error});
+        self.call::<Value>(ctx, "volume_detach_done", args).await.map(|_| ())
+    }
     pub async fn deallocate_network(&self, ctx: &Context, uuid: &str) -> Result<(), BusError> {
         self.call(ctx, "deallocate_network", json!({"uuid": uuid})).await
     }
@@ -238,6 +267,26 @@ impl ComputeApi {
         filters: &crate::compute::net::secgroups::HostFilters,
     ) -> Result<(), BusError> {
         self.cast(ctx, host, "refresh_security_groups", json!({"filters": filters})).await
+    }
+    /// Cast, as nova's: the API reserved the volume (`attaching`); compute reports the outcome
+    /// to the conductor.
+    pub async fn attach_volume(
+        &self,
+        ctx: &Context,
+        host: &str,
+        instance: &Instance,
+        volume: &VolumeDisk,
+    ) -> Result<(), BusError> {
+        self.cast(ctx, host, "attach_volume", json!({"instance": instance, "volume": volume})).await
+    }
+    pub async fn detach_volume(
+        &self,
+        ctx: &Context,
+        host: &str,
+        instance: &Instance,
+        volume_id: &str,
+    ) -> Result<(), BusError> {
+        self.cast(ctx, host, "detach_volume", json!({"instance": instance, "volume_id": volume_id})).await
     }
     pub async fn get_console_output(
         &self,

@@ -91,6 +91,8 @@ pub enum Family {
     Compute,
     Image,
     Network,
+    /// cinder: the same fault body as nova's.
+    Volume,
 }
 
 impl Family {
@@ -103,7 +105,7 @@ impl Family {
                 (status, axum::Json(json!({"error": {"code": code, "title": title, "message": err.message}})))
                     .into_response()
             }
-            Family::Compute => {
+            Family::Compute | Family::Volume => {
                 let key = match code {
                     400 => "badRequest",
                     401 => "unauthorized",

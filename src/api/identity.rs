@@ -239,12 +239,16 @@ fn with_micros(ts: &str) -> String {
 
 /// The service catalog. Compute's URL includes its version; image and network do not, since
 /// clients append `v2/` and `v2.0/` themselves.
-fn catalog(base: &str, region: &str, _project_id: &str) -> Value {
+/// Block storage is listed twice, as DevStack does: `block-storage` (what openstacksdk looks
+/// for first) and the older `volumev3`, both with the project in the URL.
+fn catalog(base: &str, region: &str, project_id: &str) -> Value {
     let services = [
         ("identity", "keystone", format!("{base}/identity")),
         ("compute", "nova", format!("{base}/compute/v2.1")),
         ("image", "glance", format!("{base}/image")),
         ("network", "neutron", format!("{base}/network")),
+        ("block-storage", "cinder", format!("{base}/volume/v3/{project_id}")),
+        ("volumev3", "cinderv3", format!("{base}/volume/v3/{project_id}")),
     ];
     services
         .iter()

@@ -1,5 +1,5 @@
 //! The HTTP API: one listener, DevStack-style prefixes (`/identity`, `/compute`, `/image`,
-//! `/network`), each service with its own error format.
+//! `/network`, `/volume`), each service with its own error format.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ pub mod image;
 pub mod network;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod volume;
 
 use fault::{render_faults, Family};
 
@@ -53,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/image/", axum::routing::get(image::versions))
         .nest("/network", service(network::router(), Family::Network))
         .route("/network/", axum::routing::get(network::versions))
+        .nest("/volume", service(volume::router(), Family::Volume))
+        .route("/volume/", axum::routing::get(volume::versions))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(context::request_id))
         .with_state(state)

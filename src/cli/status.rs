@@ -93,6 +93,7 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .collect();
+    let (volume_count, volume_gb) = db.volume_totals()?;
     let bus = if ready["bus"].is_string() {
         ready["bus"].clone()
     } else {
@@ -111,6 +112,7 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
         "endpoints": {"api": ready["api_url"], "auth_url": config.auth_url()},
         "services": services,
         "guests": guests,
+        "volumes": {"count": volume_count, "gigabytes": volume_gb},
         "disk_used_bytes": disk_used(home.root()),
         "logs": home.logs_dir().join("novabox.log"),
     });
@@ -146,6 +148,11 @@ fn print_human(doc: &Value) {
         let age = svc["heartbeat_age_secs"].as_i64().map(|a| format!("{a}s ago")).unwrap_or_else(|| "never".into());
         println!("  {:<20} {:<12} {:<5} heartbeat {age}", s(&svc["binary"]), s(&svc["host"]), state);
     }
+    println!(
+        "  volumes   {} ({} GiB)",
+        doc["volumes"]["count"].as_i64().unwrap_or(0),
+        doc["volumes"]["gigabytes"].as_i64().unwrap_or(0)
+    );
     println!("guests:");
     let guests = doc["guests"].as_array().cloned().unwrap_or_default();
     if guests.is_empty() {

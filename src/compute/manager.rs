@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::net::HostNet;
-use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver};
+use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver, VolumeDisk};
 use crate::bus::{BusError, Context, Handler, Message, RemoteError};
 use crate::config::Config;
 use crate::db::instances::{power, Instance, InstanceUpdate};
@@ -290,7 +290,8 @@ impl ComputeManager {
             Some(id) if !id.is_empty() => self.conductor.image_meta(ctx, id).await?,
             _ => None,
         };
-        Ok(guest_spec(inst, image, vifs))
+        let volumes = self.conductor.instance_volumes(ctx, &inst.uuid).await?;
+        Ok(guest_spec(inst, image, vifs, volumes))
     }
 
     #[tracing::instrument(name = "build_and_run_instance", skip_all, fields(instance = %inst.uuid))]
@@ -347,13 +348,18 @@ impl ComputeManager {
             .instrument(tracing::info_span!("security_groups"))
             .await
             .map_err(|e| Abort::Failed(format!("security groups could not be applied: {e}")))?;
-        self.conductor
-            .instance_update(ctx, uuid, &task_update("block_device_mapping", "networking"))
-            .instrument(tracing::info_span!("block_device_mapping"))
-            .await?;
+        let volumes = async {
+            self.conductor.instance_update(ctx, uuid, &task_update("block_device_mapping", "networking")).await?;
+            self.conductor.prepare_block_devices(ctx, uuid).await.map_err(|e| match Abort::from(e) {
+                Abort::Failed(why) => Abort::Failed(format!("block device setup failed: {why}")),
+                other => other,
+            })
+        }
+        .instrument(tracing::info_span!("block_device_mapping"))
+        .await?;
         async {
             self.conductor.instance_update(ctx, uuid, &task_update("spawning", "block_device_mapping")).await?;
-            let mut guest = guest_spec(inst, spec.image.clone(), vifs);
+            let mut guest = guest_spec(inst, spec.image.clone(), vifs, volumes);
             self.plug(&mut guest).await.map_err(Abort::Failed)?;
             self.driver
                 .spawn(&guest)
@@ -473,6 +479,37 @@ impl ComputeManager {
         Ok(report)
     }
 
+    /// Plugs a reserved volume into the guest and reports the outcome to the conductor.
+    #[tracing::instrument(name = "attach_volume", skip_all, fields(instance = %inst.uuid, volume = %volume.volume_id))]
+    async fn attach_volume(&self, ctx: &Context, inst: &Instance, volume: &VolumeDisk) {
+        let lock = self.lock_for(&inst.uuid);
+        let _held = lock.lock().await;
+        let result = self.driver.attach_volume(&inst.uuid, volume).await;
+        let error = result.err().map(|e| e.to_string());
+        match &error {
+            None => tracing::info!("volume attached"),
+            Some(why) => tracing::warn!("volume attach failed: {why}"),
+        }
+        if let Err(e) = self.conductor.volume_attach_done(ctx, &volume.volume_id, &inst.uuid, error.as_deref()).await {
+            tracing::error!(error = %e, "attach outcome not recorded");
+        }
+    }
+
+    #[tracing::instrument(name = "detach_volume", skip_all, fields(instance = %inst.uuid, volume = %volume_id))]
+    async fn detach_volume(&self, ctx: &Context, inst: &Instance, volume_id: &str) {
+        let lock = self.lock_for(&inst.uuid);
+        let _held = lock.lock().await;
+        let result = self.driver.detach_volume(&inst.uuid, volume_id).await;
+        let error = result.err().map(|e| e.to_string());
+        match &error {
+            None => tracing::info!("volume detached"),
+            Some(why) => tracing::warn!("volume detach failed: {why}"),
+        }
+        if let Err(e) = self.conductor.volume_detach_done(ctx, volume_id, &inst.uuid, error.as_deref()).await {
+            tracing::error!(error = %e, "detach outcome not recorded");
+        }
+    }
+
     /// Brings the database in line with guests that stopped on their own (nova's
     /// `_sync_power_states`): a running instance whose guest is gone or off becomes SHUTOFF;
     /// guests of deleted instances are destroyed.
@@ -539,7 +576,12 @@ impl ComputeManager {
     }
 }
 
-pub(crate) fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info: Vec<Vif>) -> GuestSpec {
+pub(crate) fn guest_spec(
+    inst: &Instance,
+    image: Option<ImageMeta>,
+    network_info: Vec<Vif>,
+    volumes: Vec<VolumeDisk>,
+) -> GuestSpec {
     GuestSpec {
         uuid: inst.uuid.clone(),
         name: inst.display_name.clone(),
@@ -558,6 +600,7 @@ pub(crate) fn guest_spec(inst: &Instance, image: Option<ImageMeta>, network_info
         config_drive: !inst.config_drive.is_empty(),
         availability_zone: inst.availability_zone.clone(),
         network_info,
+        volumes,
     }
 }
 
@@ -577,6 +620,10 @@ struct InstanceArgs {
     length: Option<usize>,
     #[serde(default)]
     request_spec: Option<RequestSpec>,
+    #[serde(default)]
+    volume: Option<VolumeDisk>,
+    #[serde(default)]
+    volume_id: Option<String>,
 }
 
 #[async_trait::async_trait]
@@ -616,6 +663,17 @@ impl Handler for ComputeManager {
             "stop_instance" => self.power_action(&ctx, &a.instance, PowerAction::Stop).await,
             "start_instance" => self.power_action(&ctx, &a.instance, PowerAction::Start).await,
             "reboot_instance" => self.power_action(&ctx, &a.instance, PowerAction::Reboot { hard: a.hard }).await,
+            "attach_volume" => {
+                let volume =
+                    a.volume.ok_or_else(|| RemoteError::new("InvalidArguments", "attach_volume needs a volume"))?;
+                self.attach_volume(&ctx, &a.instance, &volume).await;
+            }
+            "detach_volume" => {
+                let id = a
+                    .volume_id
+                    .ok_or_else(|| RemoteError::new("InvalidArguments", "detach_volume needs a volume_id"))?;
+                self.detach_volume(&ctx, &a.instance, &id).await;
+            }
             "get_console_output" => {
                 let out = self
                     .driver

@@ -15,6 +15,7 @@ use crate::db::{DbError, SharedDb};
 use crate::rpcapi::RequestedNetworks;
 
 pub(crate) mod network;
+mod volumes;
 
 pub use network::{addresses, release_network};
 
@@ -109,6 +110,11 @@ impl Conductor {
 
     fn instance_destroy(&self, ctx: &Context, a: Value) -> Result<Value, RemoteError> {
         let a: Uuid = args(a)?;
+        // Volumes first: a volume file that cannot be removed leaves the instance in
+        // `deleting` for the next try, rather than a volume attached to nothing.
+        self.db
+            .with(|db| crate::volumes::release_instance_volumes(db, &self.home, &a.uuid))
+            .map_err(|e| RemoteError::new("VolumeError", e.to_string()))?;
         self.db
             .tx(|db| -> Result<(), DbError> {
                 db.destroy_instance(&a.uuid)?;
@@ -249,6 +255,10 @@ impl Handler for Conductor {
             "security_group_filters" => self.security_group_filters(args),
             "image_meta" => self.image_meta(args),
             "record_spans" => self.record_spans(args),
+            "instance_volumes" => self.instance_volumes(args),
+            "prepare_block_devices" => self.prepare_block_devices(args).await,
+            "volume_attach_done" => self.volume_attach_done(args),
+            "volume_detach_done" => self.volume_detach_done(args),
             other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
         }
     }

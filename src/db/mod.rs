@@ -19,6 +19,7 @@ pub mod services;
 pub mod tokens;
 pub mod trace;
 mod tx;
+pub mod volumes;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never
 /// mistaken for ours and migrated.
@@ -29,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_neutron_attributes.sql"),
     include_str!("migrations/0003_port_preserve_on_delete.sql"),
+    include_str!("migrations/0004_volumes.sql"),
 ];
 
 /// The schema version this build writes and understands.

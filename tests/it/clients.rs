@@ -153,3 +153,48 @@ fn openstacksdk_flow_on_rabbitmq() {
         }
     }
 }
+
+fn wait_volume(home: &TestHome, name: &str, want: &str) -> serde_json::Value {
+    for _ in 0..300 {
+        let v = osc_json(home, &["volume", "show", name]);
+        if v["status"] == want {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("volume {name} never reached {want}");
+}
+
+/// python-openstackclient's volume commands (through openstacksdk's block-storage service)
+/// and `server add/remove volume` (compute's os-volume_attachments).
+#[test]
+fn openstackclient_volumes() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let _stack = home.up(&[]);
+    let file = image_file(&home);
+    osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "osc-image"]);
+    let server = osc_json(
+        &home,
+        &["server", "create", "--image", "osc-image", "--flavor", "m1.nano", "--network", "private", "--wait", "vm1"],
+    );
+    assert_eq!(server["status"], "ACTIVE", "{server}");
+
+    let created = osc_json(&home, &["volume", "create", "--size", "1", "--description", "from osc", "osc-vol"]);
+    assert_eq!(created["size"], 1, "{created}");
+    let shown = wait_volume(&home, "osc-vol", "available");
+    assert_eq!(shown["description"], "from osc");
+    let list = osc_json(&home, &["volume", "list"]);
+    assert!(list.as_array().unwrap().iter().any(|v| v["Name"] == "osc-vol" && v["Size"] == 1), "{list}");
+
+    osc(&home, &["server", "add", "volume", "vm1", "osc-vol"]);
+    let shown = wait_volume(&home, "osc-vol", "in-use");
+    assert!(shown["attachments"].to_string().contains(server["id"].as_str().unwrap()), "{shown}");
+
+    osc(&home, &["server", "remove", "volume", "vm1", "osc-vol"]);
+    wait_volume(&home, "osc-vol", "available");
+    osc(&home, &["volume", "delete", "osc-vol"]);
+    let list = osc_json(&home, &["volume", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    osc(&home, &["server", "delete", "--wait", "vm1"]);
+}

@@ -133,7 +133,7 @@ pub fn wait_console(home: &TestHome, name: &str, marker: &str, count: usize) -> 
     }
 }
 
-fn qemu_of(instance: &str) -> Vec<i32> {
+pub(super) fn qemu_of(instance: &str) -> Vec<i32> {
     pids_mentioning(&format!("guest={instance}"))
 }
 

@@ -12,3 +12,4 @@ mod libvirt;
 mod network;
 mod reliability;
 mod sandbox;
+mod volumes;

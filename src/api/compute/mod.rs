@@ -14,6 +14,7 @@ pub mod hosts;
 pub mod keypairs;
 pub mod microversion;
 pub mod servers;
+pub mod volume_attachments;
 
 pub fn router() -> Router<AppState> {
     let v21 = Router::new()
@@ -25,6 +26,11 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}/ips", get(servers::ips))
         .route("/servers/{id}/metadata", get(servers::metadata))
         .route("/servers/{id}/os-instance-actions", get(servers::instance_actions))
+        .route("/servers/{id}/os-volume_attachments", get(volume_attachments::list).post(volume_attachments::create))
+        .route(
+            "/servers/{id}/os-volume_attachments/{volume_id}",
+            get(volume_attachments::show).delete(volume_attachments::delete),
+        )
         .route("/flavors", get(flavors::list).post(flavors::create))
         .route("/flavors/detail", get(flavors::list_detail))
         .route("/flavors/{id}", get(flavors::show).delete(flavors::delete))

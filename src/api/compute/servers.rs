@@ -214,7 +214,7 @@ fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth:
 }
 
 /// An image a project may boot: visible to it and active.
-fn bootable_image(db: &Db, id: &str, project: &str, is_admin: bool) -> ApiResult<crate::db::images::Image> {
+pub(crate) fn bootable_image(db: &Db, id: &str, project: &str, is_admin: bool) -> ApiResult<crate::db::images::Image> {
     let visible = |i: &crate::db::images::Image| {
         is_admin
             || i.owner.as_deref() == Some(project)
@@ -229,6 +229,63 @@ fn bootable_image(db: &Db, id: &str, project: &str, is_admin: bool) -> ApiResult
         return Err(ApiError::bad_request(format!("Image {id} is not active.")));
     }
     Ok(image)
+}
+
+/// Boot from volume: an existing volume must be the caller's, available, and made from an
+/// image (whose kernel and properties the guest boots with: `image_id` becomes it); new
+/// volumes from an image must fit the project's volume quotas.
+fn check_boot_volumes(
+    db: &Db,
+    bdms: &[NewBlockDevice],
+    project: &str,
+    count: i64,
+    image_id: &mut String,
+) -> ApiResult<()> {
+    let mut new_gb = 0;
+    let mut new_count = 0;
+    for b in bdms.iter().filter(|b| b.destination_type == "volume") {
+        match (b.source_type.as_str(), &b.volume_id) {
+            ("volume", Some(id)) => {
+                if count > 1 {
+                    return Err(ApiError::bad_request(
+                        "Block Device Mapping is Invalid: one volume cannot boot several servers",
+                    ));
+                }
+                let vol = db.volume(id)?.filter(|v| v.project_id == project).ok_or_else(|| {
+                    ApiError::bad_request(format!("Block Device Mapping is Invalid: failed to get volume {id}."))
+                })?;
+                if vol.status != "available" {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid volume: volume '{id}' status must be 'available'. Currently in '{}'",
+                        vol.status
+                    )));
+                }
+                let source = vol.source_image_id.filter(|_| vol.bootable).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Block Device Mapping is Invalid: volume {id} is not bootable; novabox boots volumes made from an image"
+                    ))
+                })?;
+                if image_id.is_empty() {
+                    *image_id = source;
+                }
+            }
+            _ => {
+                new_count += count;
+                new_gb += b.volume_size.unwrap_or(1) * count;
+            }
+        }
+    }
+    if new_count > 0 {
+        let (used, used_gb) = db.volume_usage(project)?;
+        let (max, max_gb) = db.volume_quotas(project)?;
+        if (max >= 0 && used + new_count > max) || (max_gb >= 0 && used_gb + new_gb > max_gb) {
+            return Err(ApiError::forbidden(format!(
+                "Quota exceeded for volumes: Requested {new_count} ({new_gb}G), but already used {used} of {max} volumes \
+                 and {used_gb}G of {max_gb}G"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The id of a security group named (or identified) on create; `default` is made on demand.
@@ -541,26 +598,65 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
                 }
                 image_id = image_id.or(uuid.clone());
             }
+            let volume_size = match b.get("volume_size") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n >= 1) => n.as_i64(),
+                Some(Value::String(s)) if s.parse::<i64>().is_ok_and(|n| n >= 1) => s.parse().ok(),
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid input for field/attribute volume_size. Value: {other}. It must be an integer of at least 1."
+                    )))
+                }
+            };
             if dest == "volume" {
-                return Err(ApiError::bad_request(
-                    "Block Device Mapping is Invalid: volumes are not available in this novabox yet; boot from an image",
-                ));
+                match source.as_str() {
+                    "image" if volume_size.is_none() => return Err(ApiError::bad_request(
+                        "Block Device Mapping is Invalid: volume_size is required for source image, destination volume",
+                    )),
+                    "image" => {}
+                    "volume" if uuid.as_deref().is_some_and(|u| uuid::Uuid::parse_str(u).is_ok()) => {}
+                    "volume" => {
+                        return Err(ApiError::bad_request(
+                            "Block Device Mapping is Invalid: source volume needs the volume's id in uuid",
+                        ))
+                    }
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "Block Device Mapping is Invalid: source {other}, destination volume is not supported; \
+                             use source image or volume"
+                        )))
+                    }
+                }
+                if boot_index != Some(0) {
+                    return Err(ApiError::bad_request(
+                        "Block Device Mapping is Invalid: only the boot volume (boot_index 0) can be mapped at create; \
+                         attach other volumes with os-volume_attachments",
+                    ));
+                }
             }
             block_devices.push(NewBlockDevice {
                 source_type: source.clone(),
-                destination_type: dest,
+                destination_type: dest.clone(),
                 boot_index,
                 image_id: if source == "image" { uuid.clone() } else { None },
-                volume_id: None,
-                volume_size: b.get("volume_size").and_then(Value::as_i64),
-                delete_on_termination: b.get("delete_on_termination").and_then(Value::as_bool).unwrap_or(true),
+                volume_id: if source == "volume" { uuid.clone() } else { None },
+                volume_size,
+                // nova's default for volumes is false: a volume outlives its server unless asked.
+                delete_on_termination: b
+                    .get("delete_on_termination")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(dest != "volume"),
             });
         }
     }
     if server.contains_key("block_device_mapping") {
         return Err(ApiError::bad_request("block_device_mapping (v1) is not supported; use block_device_mapping_v2"));
     }
-    let Some(image) = image_id.clone() else {
+    let boot_volume = block_devices
+        .iter()
+        .find(|b| b.source_type == "volume" && b.destination_type == "volume")
+        .and_then(|b| b.volume_id.clone());
+    let Some(image) = image_id.clone().or(boot_volume.as_ref().map(|_| String::new())) else {
         return Err(ApiError::bad_request(
             "An image is required: give imageRef or a boot block device of source image",
         ));
@@ -741,10 +837,17 @@ pub async fn create(
             .flavor_by_flavorid(&p.flavor_ref)?
             .ok_or_else(|| ApiError::bad_request(format!("Flavor {} could not be found.", p.flavor_ref)))?;
         let extra_specs = db.flavor_extra_specs(flavor.id)?;
-        let image_id = p.image_id.clone().unwrap_or_default();
+        let mut image_id = p.image_id.clone().unwrap_or_default();
+        let boot_from_volume =
+            p.block_devices.iter().any(|b| b.destination_type == "volume" && b.boot_index == Some(0));
+        check_boot_volumes(db, &p.block_devices, auth.project_id(), p.max_count as i64, &mut image_id)?;
         let image = bootable_image(db, &image_id, auth.project_id(), auth.is_admin())?;
         let root_bytes = flavor.root_gb * (1 << 30);
-        if flavor.root_gb > 0 && (image.size.unwrap_or(0) > root_bytes || image.min_disk > flavor.root_gb) {
+        // Booted from a volume, the flavor's root disk is not used (nova's rule).
+        if !boot_from_volume
+            && flavor.root_gb > 0
+            && (image.size.unwrap_or(0) > root_bytes || image.min_disk > flavor.root_gb)
+        {
             return Err(ApiError::bad_request("Flavor's disk is too small for requested image."));
         }
         if image.min_ram > flavor.memory_mb {
@@ -924,6 +1027,11 @@ pub async fn update(
     Ok(Json(json!({"server": server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth)})))
 }
 
+/// The compute host of an instance when its service is alive (for volume attachments).
+pub(crate) fn compute_up_host(state: &AppState, inst: &Instance) -> ApiResult<Option<String>> {
+    live_host(state, inst)
+}
+
 /// The compute host of an instance when its service is alive; None means "handle it here".
 fn live_host(state: &AppState, inst: &Instance) -> ApiResult<Option<String>> {
     let Some(host) = inst.host.clone() else { return Ok(None) };
@@ -1007,6 +1115,10 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
 }
 
 fn local_delete(state: &AppState, auth: &Auth, inst: &Instance) -> ApiResult<()> {
+    state.db.with(|db| crate::volumes::release_instance_volumes(db, &state.home, &inst.uuid)).map_err(|e| {
+        tracing::error!(instance = %inst.uuid, error = %e, "volumes not released");
+        ApiError::internal(format!("The server's volumes could not be released: {e}"))
+    })?;
     state.db.tx(|db| -> crate::db::Result<()> {
         crate::conductor::release_network(db, &inst.uuid)?;
         db.destroy_instance(&inst.uuid)?;

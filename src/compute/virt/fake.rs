@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{GuestSpec, HostResources, VirtDriver, VirtError};
+use super::{GuestSpec, HostResources, VirtDriver, VirtError, VolumeDisk};
 use crate::db::instances::power;
 
 struct FakeGuest {
     power_state: i64,
     console: String,
+    volumes: Vec<String>,
 }
 
 pub struct FakeDriver {
@@ -62,10 +63,11 @@ impl VirtDriver for FakeDriver {
             spec.hostname,
             spec.network_info.iter().flat_map(|v| v.ips.iter().cloned()).collect::<Vec<_>>().join(" ")
         );
+        let volumes = spec.volumes.iter().map(|v| v.volume_id.clone()).collect();
         self.guests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.uuid.clone(), FakeGuest { power_state: power::RUNNING, console });
+            .insert(spec.uuid.clone(), FakeGuest { power_state: power::RUNNING, console, volumes });
         Ok(())
     }
 
@@ -106,6 +108,31 @@ impl VirtDriver for FakeDriver {
     async fn guests(&self) -> Vec<String> {
         self.guests.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
+
+    async fn attach_volume(&self, uuid: &str, disk: &VolumeDisk) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| {
+            if !g.volumes.contains(&disk.volume_id) {
+                g.volumes.push(disk.volume_id.clone());
+                g.console.push_str(&format!("volume {} attached\n", disk.volume_id));
+            }
+        })
+    }
+
+    async fn detach_volume(&self, uuid: &str, volume_id: &str) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| {
+            if let Some(at) = g.volumes.iter().position(|v| v == volume_id) {
+                g.volumes.remove(at);
+                g.console.push_str(&format!("volume {volume_id} detached\n"));
+            }
+        })
+    }
+}
+
+impl FakeDriver {
+    /// The volumes a guest has, for tests.
+    pub fn volumes(&self, uuid: &str) -> Vec<String> {
+        self.with_guest(uuid, |g| g.volumes.clone()).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +149,13 @@ mod tests {
         assert_eq!(d.power_state("u1").await, power::SHUTDOWN);
         d.power_on("u1").await.unwrap();
         assert!(d.console_output("u1").await.unwrap().contains("hostname: vm"));
+        let disk = VolumeDisk { volume_id: "v1".into(), path: "/nowhere".into(), boot: false };
+        d.attach_volume("u1", &disk).await.unwrap();
+        d.attach_volume("u1", &disk).await.unwrap();
+        assert_eq!(d.volumes("u1"), vec!["v1".to_string()]);
+        d.detach_volume("u1", "v1").await.unwrap();
+        assert!(d.volumes("u1").is_empty());
+        assert!(d.attach_volume("nobody", &disk).await.is_err());
         d.destroy("u1").await.unwrap();
         d.destroy("u1").await.unwrap();
         assert_eq!(d.power_state("u1").await, power::NOSTATE);

@@ -151,7 +151,14 @@ impl GuestFiles {
         let root_bytes = (spec.root_gb.max(0) as u64) << 30;
         let disk = dir.join("disk");
         let mut disks: Vec<PathBuf> = Vec::new();
-        if let Some((file, format)) = &plan.root {
+        if let Some(boot) = spec.volumes.iter().find(|v| v.boot) {
+            // Boot from volume: the volume is the root disk; a kernel image still boots it.
+            let file = PathBuf::from(&boot.path);
+            if !file.is_absolute() || !file.is_file() {
+                return Err(failed(format!("boot volume {} has no file at {}", boot.volume_id, boot.path)));
+            }
+            disks.push(file);
+        } else if let Some((file, format)) = &plan.root {
             let (base, vsize) = self.base_image(image, file, format).await?;
             if root_bytes > 0 && vsize > root_bytes {
                 return Err(failed(format!(

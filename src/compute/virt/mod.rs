@@ -44,6 +44,20 @@ pub struct GuestSpec {
     pub config_drive: bool,
     pub availability_zone: Option<String>,
     pub network_info: Vec<Vif>,
+    /// Attached volumes; the one with `boot` is the root disk (boot from volume).
+    #[serde(default)]
+    pub volumes: Vec<VolumeDisk>,
+}
+
+/// A volume as a driver plugs it in: a qcow2 file on this host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeDisk {
+    pub volume_id: String,
+    /// Absolute path of the volume's qcow2 file.
+    pub path: String,
+    /// The guest boots from it (nova's boot_index 0).
+    #[serde(default)]
+    pub boot: bool,
 }
 
 /// What a driver needs of an image: where its bytes are on this host and how to read them.
@@ -112,6 +126,16 @@ pub trait VirtDriver: Send + Sync + 'static {
     async fn console_output(&self, uuid: &str) -> Result<String, VirtError>;
     /// The uuids of the guests the driver knows.
     async fn guests(&self) -> Vec<String>;
+    /// Plugs a volume into the guest (hotplug when it runs) and keeps it across restarts.
+    async fn attach_volume(&self, uuid: &str, disk: &VolumeDisk) -> Result<(), VirtError> {
+        let _ = (uuid, disk);
+        Err(VirtError::Failed(format!("the {} driver cannot attach volumes", self.name())))
+    }
+    /// Unplugs a volume; the guest no longer has it, now or after a restart. Idempotent.
+    async fn detach_volume(&self, uuid: &str, volume_id: &str) -> Result<(), VirtError> {
+        let _ = (uuid, volume_id);
+        Err(VirtError::Failed(format!("the {} driver cannot detach volumes", self.name())))
+    }
     /// Periodic housekeeping of cached images (nova's image cache manager). Drivers without
     /// an image cache have nothing to do.
     async fn manage_image_cache(&self) {}
@@ -181,6 +205,7 @@ impl GuestSpec {
             config_drive: false,
             availability_zone: None,
             network_info: vec![],
+            volumes: vec![],
         }
     }
 }

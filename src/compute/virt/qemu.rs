@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::guestfiles::{last_line, path_str, read_tail, GuestFiles};
-use super::{configdrive, qmp, GuestSpec, HostResources, VirtDriver, VirtError};
+use super::{configdrive, qmp, GuestSpec, HostResources, VirtDriver, VirtError, VolumeDisk};
 use super::{disks, imagecache};
 use crate::config::{Accel, ConfigDriveFormat};
 
@@ -66,6 +66,9 @@ pub enum QemuUnavailable {
 struct Launch {
     args: Vec<String>,
     shutdown_timeout_secs: u64,
+    /// Volumes attached after the boot disk (hot-pluggable), added to `args` at each start.
+    #[serde(default)]
+    volumes: Vec<VolumeDisk>,
 }
 
 pub struct QemuDriver {
@@ -221,7 +224,8 @@ impl QemuDriver {
             }
             push(&["-device", &format!("virtio-net-pci,netdev=net{i},mac={mac}")]);
         }
-        Ok(Launch { args, shutdown_timeout_secs: prepared.shutdown_timeout_secs })
+        let volumes = spec.volumes.iter().filter(|v| !v.boot).cloned().collect();
+        Ok(Launch { args, shutdown_timeout_secs: prepared.shutdown_timeout_secs, volumes })
     }
 
     /// Starts qemu for the guest in `dir` and waits until the machine runs.
@@ -239,6 +243,7 @@ impl QemuDriver {
         let log_err = log.try_clone().map_err(|e| failed(format!("cannot open {}: {e}", log_path.display())))?;
         let mut child = std::process::Command::new(&self.qemu)
             .args(&launch.args)
+            .args(volume_args(&launch.volumes)?)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -329,6 +334,128 @@ impl QemuDriver {
             .map_err(|e| failed(format!("cannot write {}: {e}", dir.join("launch.json").display())))?;
         self.start(&spec.uuid, dir, &launch).await
     }
+}
+
+/// How long a guest gets to let go of a volume after `device_del` (the guest's ACPI hotplug
+/// handler ejects it; a TCG guest can be slow) before novabox gives up on the detach.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Volumes: the qcow2 file as a `-blockdev` node with a virtio-blk device, both named after
+/// the volume, hot-plugged through QMP while the guest runs and kept in `launch.json` so that
+/// every later start of the guest has them.
+impl QemuDriver {
+    fn save_launch(&self, dir: &Path, launch: &Launch) -> Result<(), VirtError> {
+        let text = serde_json::to_vec_pretty(launch).map_err(|e| failed(e.to_string()))?;
+        crate::home::write_atomic(&dir.join("launch.json"), &text, 0o600)
+            .map_err(|e| failed(format!("cannot write {}: {e}", dir.join("launch.json").display())))
+    }
+
+    async fn attach_volume_to(&self, uuid: &str, disk: &VolumeDisk) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        let mut launch = self.launch(&dir, uuid)?;
+        if launch.volumes.iter().any(|v| v.volume_id == disk.volume_id) {
+            return Ok(());
+        }
+        let file = volume_file(disk)?;
+        let (node, device) = volume_names(&disk.volume_id)?;
+        if self.live_pid(&dir, uuid).is_some() {
+            let qmp = dir.join("qmp.sock");
+            let filename = path_str(&file)?;
+            let node_args = serde_json::json!({
+                "driver": "qcow2", "node-name": node, "file": {"driver": "file", "filename": filename},
+            });
+            qmp::execute_with(&qmp, "blockdev-add", node_args)
+                .await
+                .map_err(|e| failed(format!("cannot open volume {}: {e}", disk.volume_id)))?;
+            let dev_args = serde_json::json!({
+                "driver": "virtio-blk-pci", "drive": node, "id": device, "serial": serial(&disk.volume_id),
+            });
+            if let Err(e) = qmp::execute_with(&qmp, "device_add", dev_args).await {
+                let _ = qmp::execute_with(&qmp, "blockdev-del", serde_json::json!({"node-name": node})).await;
+                return Err(failed(format!("cannot plug volume {} into the guest: {e}", disk.volume_id)));
+            }
+        }
+        launch.volumes.push(disk.clone());
+        self.save_launch(&dir, &launch)
+    }
+
+    async fn detach_volume_from(&self, uuid: &str, volume_id: &str) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        let mut launch = self.launch(&dir, uuid)?;
+        if !launch.volumes.iter().any(|v| v.volume_id == volume_id) {
+            return Ok(());
+        }
+        let (node, device) = volume_names(volume_id)?;
+        if self.live_pid(&dir, uuid).is_some() {
+            let qmp = dir.join("qmp.sock");
+            let args = serde_json::json!({"id": device});
+            match qmp::execute_and_wait_device_event(
+                &qmp,
+                "device_del",
+                args,
+                "DEVICE_DELETED",
+                &device,
+                DETACH_TIMEOUT,
+            )
+            .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(instance = %uuid, volume = %volume_id, "no DEVICE_DELETED in time"),
+                // Not there any more (a detach that timed out before finished since).
+                Err(qmp::QmpError::Command(m)) if m.contains("not found") => {}
+                Err(e) => return Err(failed(format!("cannot unplug volume {volume_id}: {e}"))),
+            }
+            // Refused while the guest still holds the device: the detach failed, say so.
+            if let Err(e) = qmp::execute_with(&qmp, "blockdev-del", serde_json::json!({"node-name": node})).await {
+                let gone = matches!(&e, qmp::QmpError::Command(m) if m.contains("not found"));
+                if !gone {
+                    return Err(failed(format!(
+                        "the guest did not release volume {volume_id} within {}s ({e}); try again",
+                        DETACH_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        }
+        launch.volumes.retain(|v| v.volume_id != volume_id);
+        self.save_launch(&dir, &launch)
+    }
+}
+
+/// The block node and device ids of a volume: a letter and 24 hex digits of its id (node
+/// names are at most 31 characters).
+fn volume_names(volume_id: &str) -> Result<(String, String), VirtError> {
+    let hex = uuid::Uuid::parse_str(volume_id)
+        .map_err(|_| failed(format!("volume id {volume_id:?} is not a uuid")))?
+        .simple()
+        .to_string();
+    Ok((format!("n{}", &hex[..24]), format!("v{}", &hex[..24])))
+}
+
+/// The disk serial the guest sees (virtio-blk keeps 20 characters), as nova sets it.
+fn serial(volume_id: &str) -> String {
+    volume_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(20).collect()
+}
+
+fn volume_file(disk: &VolumeDisk) -> Result<PathBuf, VirtError> {
+    let file = PathBuf::from(&disk.path);
+    if !file.is_absolute() || !file.is_file() {
+        return Err(failed(format!("volume {} has no file at {}", disk.volume_id, disk.path)));
+    }
+    Ok(file)
+}
+
+/// The command-line arguments of the attached (not boot) volumes.
+fn volume_args(volumes: &[VolumeDisk]) -> Result<Vec<String>, VirtError> {
+    let mut args = Vec::new();
+    for v in volumes {
+        let (node, device) = volume_names(&v.volume_id)?;
+        let file = opt_path(&volume_file(v)?)?;
+        args.push("-blockdev".to_string());
+        args.push(format!("driver=qcow2,node-name={node},file.driver=file,file.filename={file}"));
+        args.push("-device".to_string());
+        args.push(format!("virtio-blk-pci,drive={node},id={device},serial={}", serial(&v.volume_id)));
+    }
+    Ok(args)
 }
 
 #[async_trait::async_trait]
@@ -450,6 +577,14 @@ impl VirtDriver for QemuDriver {
             return Err(VirtError::NotFound(uuid.to_string()));
         }
         read_tail(&dir.join("console.log"), MAX_CONSOLE_BYTES)
+    }
+
+    async fn attach_volume(&self, uuid: &str, disk: &VolumeDisk) -> Result<(), VirtError> {
+        self.attach_volume_to(uuid, disk).await
+    }
+
+    async fn detach_volume(&self, uuid: &str, volume_id: &str) -> Result<(), VirtError> {
+        self.detach_volume_from(uuid, volume_id).await
     }
 
     async fn guests(&self) -> Vec<String> {

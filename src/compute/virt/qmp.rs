@@ -26,10 +26,41 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `command` and returns its `return` value. Events arriving meanwhile are skipped.
 pub async fn execute(socket: &Path, command: &str) -> Result<Value, QmpError> {
-    tokio::time::timeout(TIMEOUT, execute_inner(socket, command)).await.map_err(|_| QmpError::Timeout(TIMEOUT))?
+    execute_with(socket, command, Value::Null).await
 }
 
-async fn execute_inner(socket: &Path, command: &str) -> Result<Value, QmpError> {
+/// Runs `command` with `arguments` (an object, or Null for none).
+pub async fn execute_with(socket: &Path, command: &str, arguments: Value) -> Result<Value, QmpError> {
+    let run = async {
+        let (ret, _) = execute_inner(socket, command, arguments, None).await?;
+        Ok(ret)
+    };
+    tokio::time::timeout(TIMEOUT, run).await.map_err(|_| QmpError::Timeout(TIMEOUT))?
+}
+
+/// Runs `command`, then waits up to `wait` for the event `event` whose `data.device` is
+/// `device` (device_del answers at once; the device is gone only when the guest let it go
+/// and qemu says DEVICE_DELETED). Returns whether the event came.
+pub async fn execute_and_wait_device_event(
+    socket: &Path,
+    command: &str,
+    arguments: Value,
+    event: &str,
+    device: &str,
+    wait: Duration,
+) -> Result<bool, QmpError> {
+    let run = execute_inner(socket, command, arguments, Some((event, device, wait)));
+    let (_, seen) =
+        tokio::time::timeout(TIMEOUT + wait, run).await.map_err(|_| QmpError::Timeout(TIMEOUT + wait))??;
+    Ok(seen)
+}
+
+async fn execute_inner(
+    socket: &Path,
+    command: &str,
+    arguments: Value,
+    wait_for: Option<(&str, &str, Duration)>,
+) -> Result<(Value, bool), QmpError> {
     let io = |e| QmpError::Io(socket.display().to_string(), e);
     let stream = UnixStream::connect(socket).await.map_err(io)?;
     let (read, mut write) = stream.into_split();
@@ -42,15 +73,35 @@ async fn execute_inner(socket: &Path, command: &str) -> Result<Value, QmpError> 
     if greeting.get("QMP").is_none() {
         return Err(QmpError::Protocol(greeting.to_string()));
     }
+    let is_event = |msg: &Value, event: &str, device: &str| {
+        msg.get("event").and_then(Value::as_str) == Some(event)
+            && msg.pointer("/data/device").and_then(Value::as_str) == Some(device)
+    };
     for cmd in ["qmp_capabilities", command] {
-        let mut line = json!({"execute": cmd}).to_string();
+        let mut request = json!({"execute": cmd});
+        if cmd == command && !arguments.is_null() {
+            request["arguments"] = arguments.clone();
+        }
+        let mut line = request.to_string();
         line.push('\n');
         write.write_all(line.as_bytes()).await.map_err(io)?;
+        let mut seen = false;
         loop {
             let msg = next_message(&mut lines).await?;
+            if let Some((event, device, _)) = wait_for {
+                seen |= is_event(&msg, event, device);
+            }
             if let Some(ret) = msg.get("return") {
                 if cmd == command {
-                    return Ok(ret.clone());
+                    let Some((event, device, wait)) = wait_for else { return Ok((ret.clone(), false)) };
+                    let deadline = tokio::time::Instant::now() + wait;
+                    while !seen {
+                        match tokio::time::timeout_at(deadline, next_message(&mut lines)).await {
+                            Ok(msg) => seen = is_event(&msg?, event, device),
+                            Err(_) => break,
+                        }
+                    }
+                    return Ok((ret.clone(), seen));
                 }
                 break;
             }

@@ -1,0 +1,397 @@
+//! Volumes (cinder's table) and their attachments to instances (nova's block device
+//! mappings with destination `volume`). One volume has at most one attachment (no multiattach).
+//!
+//! Status moves as cinder's: `creating -> available | error`, `available -> attaching ->
+//! in-use`, `in-use -> detaching -> available`, `available | error -> deleting -> (gone)`.
+//! Every move is a compare-and-set on the status, so two requests racing for one volume
+//! cannot both win.
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use super::{now, Db, Result};
+
+/// cinder's default quotas, used when a project has no row of its own.
+pub const DEFAULT_QUOTAS: &[(&str, i64)] = &[("volumes", 10), ("gigabytes", 1000)];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub project_id: String,
+    pub user_id: String,
+    /// GiB.
+    pub size: i64,
+    pub status: String,
+    pub attach_status: String,
+    pub instance_uuid: Option<String>,
+    pub mountpoint: Option<String>,
+    pub attachment_id: Option<String>,
+    pub attached_at: Option<String>,
+    pub source_image_id: Option<String>,
+    pub bootable: bool,
+    pub availability_zone: String,
+    /// The qcow2 file, relative to the home's `volumes/`.
+    pub path: Option<String>,
+    pub fault: Option<String>,
+    pub created_at: String,
+    pub updated_at: Option<String>,
+}
+
+const COLUMNS: &str = "id, name, description, project_id, user_id, size, status, attach_status, instance_uuid,
+    mountpoint, attachment_id, attached_at, source_image_id, bootable, availability_zone, path, fault,
+    created_at, updated_at";
+
+fn volume_row(r: &Row<'_>) -> rusqlite::Result<Volume> {
+    Ok(Volume {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        project_id: r.get(3)?,
+        user_id: r.get(4)?,
+        size: r.get(5)?,
+        status: r.get(6)?,
+        attach_status: r.get(7)?,
+        instance_uuid: r.get(8)?,
+        mountpoint: r.get(9)?,
+        attachment_id: r.get(10)?,
+        attached_at: r.get(11)?,
+        source_image_id: r.get(12)?,
+        bootable: r.get(13)?,
+        availability_zone: r.get(14)?,
+        path: r.get(15)?,
+        fault: r.get(16)?,
+        created_at: r.get(17)?,
+        updated_at: r.get(18)?,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct NewVolume {
+    pub id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub project_id: String,
+    pub user_id: String,
+    pub size: i64,
+    pub source_image_id: Option<String>,
+    pub availability_zone: String,
+    pub path: String,
+}
+
+/// A volume as an instance has it: what the driver needs to plug it in, and what nova's
+/// `os-volume_attachments` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    pub volume_id: String,
+    pub instance_uuid: String,
+    /// `/dev/vdX` as nova reports it (the guest names its disks itself).
+    pub device: Option<String>,
+    pub tag: Option<String>,
+    pub delete_on_termination: bool,
+    pub boot_index: Option<i64>,
+    /// The volume's status (`attaching`, `in-use`, `detaching`).
+    pub status: String,
+    pub path: Option<String>,
+}
+
+/// What a new attachment records in the block device mappings.
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    pub volume_id: String,
+    pub instance_uuid: String,
+    pub device: String,
+    pub tag: Option<String>,
+    pub delete_on_termination: bool,
+}
+
+impl Db {
+    pub fn insert_volume(&self, v: &NewVolume) -> Result<Volume> {
+        let ts = now();
+        self.conn().execute(
+            "INSERT INTO volumes (id, name, description, project_id, user_id, size, status, source_image_id,
+                bootable, availability_zone, path, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'creating', ?7, ?8, ?9, ?10, ?11, ?11)",
+            params![
+                v.id,
+                v.name,
+                v.description,
+                v.project_id,
+                v.user_id,
+                v.size,
+                v.source_image_id,
+                v.source_image_id.is_some(),
+                v.availability_zone,
+                v.path,
+                ts
+            ],
+        )?;
+        self.volume(&v.id)?.ok_or_else(|| super::DbError::NotFound(format!("Volume {} vanished", v.id)))
+    }
+
+    /// The volume unless deleted.
+    pub fn volume(&self, id: &str) -> Result<Option<Volume>> {
+        let sql = format!("SELECT {COLUMNS} FROM volumes WHERE id = ?1 AND deleted = 0");
+        Ok(self.conn().query_row(&sql, [id], volume_row).optional()?)
+    }
+
+    /// Volumes of one project (all projects with None), newest first as cinder lists them.
+    pub fn volumes(&self, project_id: Option<&str>) -> Result<Vec<Volume>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM volumes WHERE deleted = 0 AND (?1 IS NULL OR project_id = ?1)
+             ORDER BY created_at DESC, rowid DESC"
+        );
+        let mut stmt = self.conn().prepare(&sql)?;
+        let rows = stmt.query_map([project_id], volume_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// (volumes, gigabytes) the project holds, for its quotas.
+    pub fn volume_usage(&self, project_id: &str) -> Result<(i64, i64)> {
+        Ok(self.conn().query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM volumes WHERE project_id = ?1 AND deleted = 0",
+            [project_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
+    /// (count, GiB) of every volume, for `novabox status`.
+    pub fn volume_totals(&self) -> Result<(i64, i64)> {
+        Ok(self.conn().query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM volumes WHERE deleted = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
+    /// The project's `volumes` and `gigabytes` limits (-1: unlimited).
+    pub fn volume_quotas(&self, project_id: &str) -> Result<(i64, i64)> {
+        let limits = self.quota_limits(project_id)?;
+        let get = |k: &str| {
+            limits
+                .get(k)
+                .copied()
+                .unwrap_or_else(|| DEFAULT_QUOTAS.iter().find(|(name, _)| *name == k).map(|(_, v)| *v).unwrap_or(-1))
+        };
+        Ok((get("volumes"), get("gigabytes")))
+    }
+
+    /// Moves the status from one of `from` to `to`; false when it was in none of them.
+    pub fn set_volume_status(&self, id: &str, from: &[&str], to: &str) -> Result<bool> {
+        let from = serde_json::to_string(from).unwrap_or_default();
+        let n = self.conn().execute(
+            "UPDATE volumes SET status = ?2, updated_at = ?3
+             WHERE id = ?1 AND deleted = 0 AND status IN (SELECT value FROM json_each(?4))",
+            params![id, to, now(), from],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The end of a create: `available` with the image's bootable flag, or `error` with why.
+    pub fn finish_volume_create(&self, id: &str, fault: Option<&str>) -> Result<bool> {
+        let status = if fault.is_some() { "error" } else { "available" };
+        let n = self.conn().execute(
+            "UPDATE volumes SET status = ?2, fault = ?3, updated_at = ?4 WHERE id = ?1 AND deleted = 0 AND status = 'creating'",
+            params![id, status, fault, now()],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn update_volume_text(&self, id: &str, name: Option<&str>, description: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE volumes SET name = coalesce(?2, name), description = coalesce(?3, description), updated_at = ?4
+             WHERE id = ?1 AND deleted = 0",
+            params![id, name, description, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Soft-deletes a volume that is `deleting`.
+    pub fn delete_volume_row(&self, id: &str) -> Result<bool> {
+        let ts = now();
+        let n = self.conn().execute(
+            "UPDATE volumes SET deleted = 1, deleted_at = ?2, updated_at = ?2, status = 'deleted'
+             WHERE id = ?1 AND deleted = 0 AND status = 'deleting'",
+            params![id, ts],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Reserves an `available` volume for an instance (`attaching`) and records the mapping,
+    /// in one transaction. False when the volume was not available.
+    pub fn reserve_volume_attachment(&self, a: &NewAttachment) -> Result<bool> {
+        let tx = self.begin()?;
+        let ts = now();
+        let n = tx.execute(
+            "UPDATE volumes SET status = 'attaching', instance_uuid = ?2, updated_at = ?3
+             WHERE id = ?1 AND deleted = 0 AND status = 'available'",
+            params![a.volume_id, a.instance_uuid, ts],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO block_device_mappings (instance_uuid, source_type, destination_type, device_name,
+                volume_id, delete_on_termination, tag, created_at)
+             VALUES (?1, 'volume', 'volume', ?2, ?3, ?4, ?5, ?6)",
+            params![a.instance_uuid, a.device, a.volume_id, a.delete_on_termination, a.tag, ts],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Takes an `available` volume for an instance whose mapping names it (boot from volume).
+    pub fn claim_volume(&self, volume_id: &str, instance_uuid: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE volumes SET status = 'attaching', instance_uuid = ?2, updated_at = ?3
+             WHERE id = ?1 AND deleted = 0 AND (status = 'available' OR (status = 'attaching' AND instance_uuid = ?2))",
+            params![volume_id, instance_uuid, now()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The attach went through: the volume is `in-use` by the instance.
+    pub fn finish_volume_attachment(&self, volume_id: &str, instance_uuid: &str) -> Result<bool> {
+        let ts = now();
+        let n = self.conn().execute(
+            "UPDATE volumes SET status = 'in-use', attach_status = 'attached', attachment_id = ?3, attached_at = ?4,
+                mountpoint = (SELECT device_name FROM block_device_mappings
+                              WHERE volume_id = ?1 AND instance_uuid = ?2 AND deleted = 0),
+                updated_at = ?4
+             WHERE id = ?1 AND deleted = 0 AND instance_uuid = ?2 AND status IN ('attaching', 'available')",
+            params![volume_id, instance_uuid, uuid::Uuid::new_v4().to_string(), ts],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The volume is no longer attached to the instance (a detach finished, an attach failed,
+    /// the instance went): `available`, and its mapping gone.
+    pub fn release_volume_attachment(&self, volume_id: &str, instance_uuid: &str) -> Result<()> {
+        let tx = self.begin()?;
+        let ts = now();
+        tx.execute(
+            "UPDATE volumes SET status = 'available', attach_status = 'detached', instance_uuid = NULL,
+                mountpoint = NULL, attachment_id = NULL, attached_at = NULL, updated_at = ?3
+             WHERE id = ?1 AND deleted = 0 AND instance_uuid = ?2",
+            params![volume_id, instance_uuid, ts],
+        )?;
+        tx.execute(
+            "UPDATE block_device_mappings SET deleted = id, deleted_at = ?3
+             WHERE volume_id = ?1 AND instance_uuid = ?2 AND deleted = 0",
+            params![volume_id, instance_uuid, ts],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The volumes an instance has (attached or on their way), in mapping order.
+    pub fn instance_volume_attachments(&self, instance_uuid: &str) -> Result<Vec<VolumeAttachment>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT b.volume_id, b.device_name, b.tag, b.delete_on_termination, b.boot_index, v.status, v.path
+             FROM block_device_mappings b JOIN volumes v ON v.id = b.volume_id AND v.deleted = 0
+             WHERE b.instance_uuid = ?1 AND b.deleted = 0 AND b.destination_type = 'volume'
+             ORDER BY coalesce(b.boot_index, 1000), b.id",
+        )?;
+        let rows = stmt.query_map([instance_uuid], |r| {
+            Ok(VolumeAttachment {
+                volume_id: r.get(0)?,
+                instance_uuid: instance_uuid.to_string(),
+                device: r.get(1)?,
+                tag: r.get(2)?,
+                delete_on_termination: r.get(3)?,
+                boot_index: r.get(4)?,
+                status: r.get(5)?,
+                path: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Device names the instance's mappings use already.
+    pub fn instance_device_names(&self, instance_uuid: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT device_name FROM block_device_mappings
+             WHERE instance_uuid = ?1 AND deleted = 0 AND device_name IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([instance_uuid], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Boot-from-volume: the mapping of source `image` gets the volume created for it.
+    pub fn set_mapping_volume(
+        &self,
+        instance_uuid: &str,
+        boot_index: i64,
+        volume_id: &str,
+        device: &str,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE block_device_mappings SET volume_id = ?3, device_name = ?4, updated_at = ?5
+             WHERE instance_uuid = ?1 AND boot_index = ?2 AND deleted = 0 AND destination_type = 'volume'",
+            params![instance_uuid, boot_index, volume_id, device, now()],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::OpenOptions;
+
+    fn db_with_project() -> (tempfile::TempDir, Db) {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        db.conn()
+            .execute_batch(
+                "INSERT INTO projects (id, name, created_at) VALUES ('p', 'p', 'now');
+                 INSERT INTO users (id, name, password_hash, created_at) VALUES ('u', 'u', 'x', 'now');",
+            )
+            .unwrap();
+        (t, db)
+    }
+
+    fn new_volume(id: &str, size: i64) -> NewVolume {
+        NewVolume {
+            id: id.into(),
+            name: Some(id.into()),
+            description: None,
+            project_id: "p".into(),
+            user_id: "u".into(),
+            size,
+            source_image_id: None,
+            availability_zone: "nova".into(),
+            path: format!("{id}.qcow2"),
+        }
+    }
+
+    #[test]
+    fn status_moves_are_compare_and_set() {
+        let (_t, db) = db_with_project();
+        let v = db.insert_volume(&new_volume("v1", 2)).unwrap();
+        assert_eq!(v.status, "creating");
+        assert_eq!(db.volume_usage("p").unwrap(), (1, 2));
+        assert!(db.finish_volume_create("v1", None).unwrap());
+        assert!(!db.finish_volume_create("v1", Some("late")).unwrap(), "only a creating volume finishes");
+        let a = NewAttachment {
+            volume_id: "v1".into(),
+            instance_uuid: "i1".into(),
+            device: "/dev/vdb".into(),
+            tag: Some("t".into()),
+            delete_on_termination: false,
+        };
+        // The mapping references an instance: without one the foreign key refuses it, and the
+        // reservation rolls back whole.
+        assert!(db.reserve_volume_attachment(&a).is_err());
+        assert_eq!(db.volume("v1").unwrap().unwrap().status, "available");
+        assert!(!db.set_volume_status("v1", &["in-use"], "detaching").unwrap());
+        assert!(db.set_volume_status("v1", &["available", "error"], "deleting").unwrap());
+        assert!(db.delete_volume_row("v1").unwrap());
+        assert!(db.volume("v1").unwrap().is_none());
+        assert_eq!(db.volume_usage("p").unwrap(), (0, 0));
+        assert_eq!(db.volume_quotas("p").unwrap(), (10, 1000));
+        db.set_quota("p", "volumes", 1).unwrap();
+        assert_eq!(db.volume_quotas("p").unwrap(), (1, 1000));
+    }
+}
