@@ -616,7 +616,8 @@ mod tests {
     #[test]
     fn filters_cross_the_bus_as_json() {
         let a = port("aaaa-1", "10.42.0.5", &["default-id"]);
-        let f = host_filters(std::slice::from_ref(&a), &[a.clone()], &[default_group()], |_| "tapaaaa".into());
+        let f =
+            host_filters(std::slice::from_ref(&a), std::slice::from_ref(&a), &[default_group()], |_| "tapaaaa".into());
         let back: HostFilters = serde_json::from_value(serde_json::to_value(&f).unwrap()).unwrap();
         assert_eq!(back, f);
     }
@@ -650,7 +651,9 @@ mod tests {
         let mut cidr = rule("ingress", Some("udp"), None, None);
         cidr.remote_ip_prefix = Some("192.168.0.0/16".into());
         web.rules.push(cidr);
-        let f = host_filters(std::slice::from_ref(&a), &[a.clone()], &[default_group(), web], |_| "tapaaaa".into());
+        let f = host_filters(std::slice::from_ref(&a), std::slice::from_ref(&a), &[default_group(), web], |_| {
+            "tapaaaa".into()
+        });
         nft.check(&render("chk", &f, false)).unwrap();
         if nft.bridge_conntrack() {
             nft.check(&render("chk", &f, true)).unwrap();
