@@ -41,10 +41,10 @@ pub enum StackError {
     #[error("message bus: {0}")]
     Bus(#[from] BusError),
     #[error(
-        "the API cannot listen on {addr}: {source}. Another program (or another novabox home) uses \
+        "the API cannot listen on {addr}: {reason}. Another program (or another novabox home) uses \
          that port; choose another with `[api] port` in the config or `novabox init --force --api-port PORT`."
     )]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen { addr: SocketAddr, reason: std::io::Error },
     #[error(
         "the metadata service cannot listen on {addr}: {source}. Set another `[metadata] listen` \
          or `enabled = false` in the config."
@@ -243,7 +243,7 @@ pub async fn run(
         phase("api");
         let addr = SocketAddr::new(config.api.listen, config.api.port);
         let listener =
-            tokio::net::TcpListener::bind(addr).await.map_err(|source| StackError::Listen { addr, source })?;
+            tokio::net::TcpListener::bind(addr).await.map_err(|reason| StackError::Listen { addr, reason })?;
         let state = AppState { db: db.clone(), config: config.clone(), bus: bus.clone(), home: home.clone() };
         // Built here, not in the task, so a routing mistake fails `up` instead of one request.
         let app = api::router(state);

@@ -174,3 +174,20 @@ fn api_port_in_use_is_refused() {
     assert!(stderr(&out).contains("cannot be used"), "{}", stderr(&out));
     assert!(!home.path().join("novabox.toml").exists());
 }
+
+#[test]
+fn up_on_a_port_taken_after_init_says_why_once() {
+    let home = TestHome::new();
+    let port = free_port().to_string();
+    let mut cmd = home.novabox();
+    cmd.args(["init", "--yes", "--no-install", "--driver", "fake", "--bus", "local", "--api-port", &port])
+        .arg("--clouds-yaml")
+        .arg(home.clouds_yaml());
+    assert_ok(&run(&mut cmd));
+    let _taken = std::net::TcpListener::bind(format!("127.0.0.1:{port}")).unwrap();
+    let out = run(home.novabox().args(["up"]));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&port), "the message names the port: {err}");
+    assert_eq!(err.matches("in use").count(), 1, "the reason is said once: {err}");
+}

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod configdrive;
 pub mod fake;
+pub mod guestfiles;
 pub mod qemu;
 mod qmp;
 
