@@ -144,9 +144,11 @@ fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
         "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
     );
     let home = TestHome::new();
-    // TCG on purpose: without a probe boot, KVM would be a guess.
+    // TCG on purpose: without a probe boot, KVM would be a guess. User networking: this test
+    // runs in the host's own network namespace, where it must not create bridges.
     let out = common::run(
-        home.init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg"]).env("NOVABOX_DEB_CACHE", deb_cache()),
+        home.init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
+            .env("NOVABOX_DEB_CACHE", deb_cache()),
     );
     assert_ok(&out);
     assert!(stdout(&out).contains(" tiny (test guest"), "{}", stdout(&out));

@@ -151,6 +151,14 @@ impl Drop for Up {
     }
 }
 
+/// The tests of this file that boot guests take turns: several TCG guests at once on a small
+/// CI machine slow every boot past the console timeouts.
+static GUEST_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn guest_turn() -> std::sync::MutexGuard<'static, ()> {
+    GUEST_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn server(ns: &Netns, home: &TestHome, args: &[&str]) -> Output {
     common::run(ns.novabox(home).arg("server").args(args))
 }
@@ -161,7 +169,7 @@ fn console(home: &TestHome, id: &str) -> String {
 
 /// Waits until `marker` is on the guest's serial console `count` times; returns the console.
 fn wait_console(home: &TestHome, id: &str, marker: &str, count: usize, up: &Up) -> String {
-    let deadline = Instant::now() + Duration::from_secs(150);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let text = console(home, id);
         if text.matches(marker).count() >= count {
@@ -211,6 +219,22 @@ fn fixed_ip(s: &Value) -> String {
     s["addresses"]["private"][0]["addr"].as_str().unwrap_or_else(|| panic!("no private address: {s:#}")).to_string()
 }
 
+/// Runs `f` on a thread that has joined the namespace, so its sockets (an API client) live there.
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).expect("netns file");
+                // SAFETY: setns on this thread only, with an open namespace fd; the thread ends after `f`.
+                assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+                f()
+            })
+            .join()
+            .expect("netns thread")
+    })
+}
+
 fn has_alias(ns: &Netns, name: &str) -> bool {
     ns.links().iter().any(|l| l["ifname"] == name && l["ifalias"].as_str().is_some_and(|a| a.starts_with("novabox:")))
 }
@@ -221,6 +245,7 @@ fn dnsmasq_pid(home: &TestHome) -> Option<i32> {
 
 #[test]
 fn two_guests_get_dhcp_addresses_ping_and_survive_down_up_needs_root_qemu() {
+    let _turn = guest_turn();
     assert!(
         novabox::compute::virt::qemu::QemuDriver::available(),
         "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
@@ -263,6 +288,40 @@ fn two_guests_get_dhcp_addresses_ping_and_survive_down_up_needs_root_qemu() {
     assert!(ping(&home, &a_id, &b_ip, &up), "a cannot ping b:\n{}", console(&home, &a_id));
     assert!(ping(&home, &b_id, &a_ip, &up), "b cannot ping a:\n{}", console(&home, &b_id));
 
+    // A second network made through the API is a second bridge; `server create --network` uses it.
+    let net_id = in_netns(&ns, || {
+        let ready: Value = serde_json::from_slice(&std::fs::read(home.path().join("run/ready.json")).unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let auth = ready["auth_url"].as_str().unwrap();
+            let password = ready["credentials"]["demo"]["password"].as_str().unwrap();
+            let c = novabox::client::Client::login(auth, "demo", password, "demo").await.expect("login");
+            let net = c
+                .network(reqwest::Method::POST, "/networks", Some(serde_json::json!({"network": {"name": "second"}})))
+                .await
+                .expect("network create");
+            let id = net["network"]["id"].as_str().unwrap().to_string();
+            let body = serde_json::json!({"subnet": {"network_id": id, "cidr": "10.43.0.0/24", "ip_version": 4}});
+            c.network(reqwest::Method::POST, "/subnets", Some(body)).await.expect("subnet create");
+            id
+        })
+    });
+    let out = server(
+        &ns,
+        &home,
+        &["create", "net-c", "--image", "tiny", "--flavor", "m1.tiny", "--network", "second", "--wait", "--json"],
+    );
+    assert_ok(&out);
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c_id = c["id"].as_str().unwrap().to_string();
+    let second_bridge = format!("nbr{}", &net_id.replace('-', "")[..8]);
+    assert!(has_alias(&ns, &second_bridge), "{second_bridge} missing: {:?}", ns.links());
+    let addrs = stdout(&ns.ip(&["-4", "addr", "show", "dev", &second_bridge]));
+    assert!(addrs.contains("10.43.0.1/24"), "{addrs}");
+    let c_console = wait_console(&home, &c_id, "novabox-guest: ip ", 1, &up);
+    assert!(leased_ip(&c_console, 1).starts_with("10.43.0."), "{c_console}");
+    assert_ok(&server(&ns, &home, &["delete", "net-c", "--wait"]));
+
     // A crashed dnsmasq is started again by the compute's periodic check.
     let pid = dnsmasq_pid(&home).expect("dnsmasq runs");
     // SAFETY: the dnsmasq this test's stack started, by the pid in its pid file.
@@ -278,10 +337,15 @@ fn two_guests_get_dhcp_addresses_ping_and_survive_down_up_needs_root_qemu() {
     assert_ok(&out);
     up.wait_exit();
     let names = ns.link_names();
-    assert!(!names.iter().any(|n| n == "nbr0" || n.starts_with("tap")), "{names:?}\n{}", stdout(&out));
+    assert!(!names.iter().any(|n| n.starts_with("nbr") || n.starts_with("tap")), "{names:?}\n{}", stdout(&out));
     assert!(!ns.nft_tables().contains("novabox_"), "{}", ns.nft_tables());
     assert!(dnsmasq_pid(&home).is_none());
-    assert!(!ns.exec("pgrep", &["-x", "dnsmasq"]).status.success(), "a dnsmasq is left in the namespace");
+    let left: Vec<i32> = ns
+        .pids()
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "dnsmasq"))
+        .collect();
+    assert!(left.is_empty(), "dnsmasq left in the namespace: {left:?}");
 
     // ...and up restores them: the running guests get their taps back (restarted onto them)
     // and lease their addresses again.
@@ -378,6 +442,7 @@ fn osc(ns: &Netns, home: &TestHome, args: &[&str]) -> String {
 /// service read by a guest over HTTP.
 #[test]
 fn security_groups_enforced_live_and_metadata_served_to_guests_needs_root_qemu() {
+    let _turn = guest_turn();
     assert!(
         novabox::compute::virt::qemu::QemuDriver::available(),
         "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"

@@ -723,7 +723,8 @@ async fn kill9_qemu_rounds() {
         return;
     };
     let home = TestHome::new();
-    assert_ok(&home.init(&["--driver", "qemu", "--bus", "local"]));
+    // User networking: this runs in the host's own network namespace, where bridges are off limits.
+    assert_ok(&home.init(&["--driver", "qemu", "--bus", "local", "--network-mode", "user"]));
     let r = kill9_rounds(&home, &["--driver", "qemu"], rounds, Duration::from_secs(300)).await;
     let strays = qemu_guests_without_instances(home.path());
     println!("RELIABILITY kill9-qemu: {r:?}; stray qemu processes {}", strays.len());

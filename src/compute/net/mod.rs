@@ -78,6 +78,12 @@ pub fn sg_table(tag: &str) -> String {
     format!("novabox_sg_{tag}")
 }
 
+/// Loads an nft script in one transaction (all of it or nothing): for the security-group
+/// chains in `sg_table`, which hang off the same plumbing.
+pub fn apply_nft(script: &str) -> Result<(), NetError> {
+    host::run_input("nft", &["-f", "-"], Some(script)).map(|_| ())
+}
+
 /// How guests get their network on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

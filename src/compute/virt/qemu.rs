@@ -170,7 +170,7 @@ impl QemuDriver {
             "-blockdev",
             &format!(
                 "driver=vvfat,node-name=config,dir={},label={},read-only=on",
-                opt_path(&config_drive)?,
+                opt_path(config_drive)?,
                 configdrive::LABEL
             ),
         ]);
