@@ -562,7 +562,7 @@ async fn update_network(
     allowed.extend(["id", "status", "subnets"]);
     let obj = resource_body(&body, "network", &allowed)?;
     read_only(&obj, &["id", "project_id", "tenant_id", "status", "subnets"])?;
-    let n = state.db.with(|db| -> ApiResult<Network> {
+    let n = state.db.tx(|db| -> ApiResult<Network> {
         let mut n = load_network(db, &auth, &id)?;
         if !auth.owns(&n.project_id) {
             return Err(policy("update_network"));
@@ -574,7 +574,7 @@ async fn update_network(
 }
 
 async fn delete_network(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    state.db.with(|db| -> ApiResult<()> {
+    state.db.tx(|db| -> ApiResult<()> {
         let n = load_network(db, &auth, &id)?;
         if !auth.owns(&n.project_id) {
             return Err(policy("delete_network"));
@@ -781,7 +781,7 @@ async fn show_subnet(
 async fn create_subnet(State(state): State<AppState>, auth: Auth, body: Bytes) -> ApiResult<Response> {
     let obj = resource_body(&body, "subnet", SUBNET_ATTRS)?;
     let new = new_subnet(&obj, owner_project(&auth, &obj)?)?;
-    let s = state.db.with(|db| -> ApiResult<Subnet> {
+    let s = state.db.tx(|db| -> ApiResult<Subnet> {
         let net = load_network(db, &auth, &new.network_id)?;
         if !auth.owns(&net.project_id) {
             return Err(policy("create_subnet"));
@@ -810,7 +810,7 @@ async fn update_subnet(
     {
         return Err(invalid(format!("updating {k} is not supported by novabox; create a new subnet")));
     }
-    let s = state.db.with(|db| -> ApiResult<Subnet> {
+    let s = state.db.tx(|db| -> ApiResult<Subnet> {
         let mut s = load_subnet(db, &auth, &id)?;
         if !auth.owns(&s.project_id) {
             return Err(policy("update_subnet"));
@@ -836,7 +836,7 @@ async fn update_subnet(
 }
 
 async fn delete_subnet(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    state.db.with(|db| -> ApiResult<()> {
+    state.db.tx(|db| -> ApiResult<()> {
         let s = load_subnet(db, &auth, &id)?;
         if !auth.owns(&s.project_id) {
             return Err(policy("delete_subnet"));
@@ -1024,7 +1024,7 @@ async fn create_port(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
     }
     let fixed_ips = obj.get("fixed_ips").map(parse_fixed_ips).transpose()?.unwrap_or_default();
     let port_security = get_bool(&obj, "port_security_enabled")?;
-    let p = state.db.with(|db| -> ApiResult<Port> {
+    let p = state.db.tx(|db| -> ApiResult<Port> {
         let net = load_network(db, &auth, &network_id)?;
         let security = port_security.unwrap_or(net.port_security_enabled);
         let groups = match (security, obj.get("security_groups")) {
@@ -1067,7 +1067,7 @@ async fn update_port(
     if let Some(k) = ["fixed_ips", "mac_address"].iter().find(|k| obj.contains_key(**k)) {
         return Err(invalid(format!("updating {k} is not supported by novabox; create a new port")));
     }
-    let p = state.db.with(|db| -> ApiResult<Port> {
+    let p = state.db.tx(|db| -> ApiResult<Port> {
         let mut p = load_port(db, &auth, &id)?;
         if !auth.owns(&p.project_id) {
             return Err(policy("update_port"));
@@ -1106,7 +1106,7 @@ async fn update_port(
 }
 
 async fn delete_port(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    state.db.with(|db| -> ApiResult<()> {
+    state.db.tx(|db| -> ApiResult<()> {
         let p = load_port(db, &auth, &id)?;
         if !auth.owns(&p.project_id) {
             return Err(policy("delete_port"));
@@ -1206,7 +1206,7 @@ async fn create_group(State(state): State<AppState>, auth: Auth, body: Bytes) ->
             ApiError::conflict("Default security group already exists.").with_kind("SecurityGroupDefaultAlreadyExists")
         );
     }
-    let g = state.db.with(|db| -> ApiResult<SecurityGroup> {
+    let g = state.db.tx(|db| -> ApiResult<SecurityGroup> {
         db.ensure_default_security_group(&project_id)?;
         Ok(db.create_security_group(&project_id, &name, &description)?)
     })?;
@@ -1221,7 +1221,7 @@ async fn update_group(
 ) -> ApiResult<Json<Value>> {
     let obj = resource_body(&body, "security_group", &["name", "description", "id", "project_id", "tenant_id"])?;
     read_only(&obj, &["id", "project_id", "tenant_id"])?;
-    let g = state.db.with(|db| -> ApiResult<SecurityGroup> {
+    let g = state.db.tx(|db| -> ApiResult<SecurityGroup> {
         let mut g = load_group(db, &auth, &id)?;
         if let Some(n) = get_str(&obj, "name", 255)? {
             if g.name == DEFAULT_SECURITY_GROUP && n != g.name {
@@ -1243,7 +1243,7 @@ async fn update_group(
 }
 
 async fn delete_group(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    state.db.with(|db| -> ApiResult<()> {
+    state.db.tx(|db| -> ApiResult<()> {
         let g = load_group(db, &auth, &id)?;
         // As neutron: only an admin may remove a project's default group.
         if g.name == DEFAULT_SECURITY_GROUP && !auth.is_admin() {
@@ -1482,7 +1482,7 @@ async fn show_rule(
 
 async fn create_rule(State(state): State<AppState>, auth: Auth, body: Bytes) -> ApiResult<Response> {
     let obj = resource_body(&body, "security_group_rule", RULE_ATTRS)?;
-    let rule = state.db.with(|db| -> ApiResult<SecurityGroupRule> {
+    let rule = state.db.tx(|db| -> ApiResult<SecurityGroupRule> {
         let group_id = get_str(&obj, "security_group_id", 255)?.unwrap_or_default();
         // The rule belongs to the group's project, whoever (an admin) creates it.
         let group = db.security_group_by_id(&group_id)?.filter(|g| auth.owns(&g.project_id));
@@ -1504,7 +1504,7 @@ async fn create_rule(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
 }
 
 async fn delete_rule(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    state.db.with(|db| -> ApiResult<()> {
+    state.db.tx(|db| -> ApiResult<()> {
         load_rule(db, &auth, &id)?;
         Ok(db.delete_security_group_rule(&id)?)
     })?;

@@ -183,17 +183,42 @@ impl ComputeManager {
     pub async fn init_host(&self) -> Result<(), BusError> {
         self.report().await?;
         let ctx = Context::admin(Context::new_request_id());
+<<<<<<< HEAD
         if let Err(e) = self.refresh_security_groups(&ctx).await {
             tracing::error!(error = %e, "security groups not applied at start");
         }
         let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
+=======
+        // Guests first: a guest is only made after its row names this host, so every guest in
+        // this list is in the instance list that follows unless its row is gone.
+>>>>>>> main
         let guests = self.driver.guests().await;
+        let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
+        self.reap_deleted_guests(&guests, &instances).await;
         for inst in instances {
             let lock = self.lock_for(&inst.uuid);
             let _held = lock.lock().await;
             self.reconcile(&ctx, &inst, guests.contains(&inst.uuid)).await;
         }
         Ok(())
+    }
+
+    /// Destroys guests whose instance is deleted or was never on this host, as nova's
+    /// `running_deleted_instance_action = reap`. The API deletes locally when the terminate
+    /// cannot be delivered (broker down, this service down), and nothing else would stop
+    /// those guests or free their disks.
+    async fn reap_deleted_guests(&self, guests: &[String], instances: &[Instance]) {
+        for uuid in guests {
+            if instances.iter().any(|i| &i.uuid == uuid) {
+                continue;
+            }
+            let lock = self.lock_for(uuid);
+            let _held = lock.lock().await;
+            tracing::warn!(instance = %uuid, "guest of a deleted instance still here; destroying it");
+            if let Err(e) = self.driver.destroy(uuid).await {
+                tracing::warn!(instance = %uuid, error = %e, "cannot destroy the guest of a deleted instance");
+            }
+        }
     }
 
     async fn reconcile(&self, ctx: &Context, inst: &Instance, driver_has_it: bool) {
@@ -426,10 +451,14 @@ impl ComputeManager {
     }
 
     /// Brings the database in line with guests that stopped on their own (nova's
-    /// `_sync_power_states`): a running instance whose guest is gone or off becomes SHUTOFF.
+    /// `_sync_power_states`): a running instance whose guest is gone or off becomes SHUTOFF;
+    /// guests of deleted instances are destroyed.
     pub async fn sync_power_states(&self) -> Result<(), BusError> {
         let ctx = Context::admin(Context::new_request_id());
-        for inst in self.conductor.instances_on_host(&ctx, &self.host).await? {
+        let guests = self.driver.guests().await;
+        let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
+        self.reap_deleted_guests(&guests, &instances).await;
+        for inst in instances {
             if inst.task_state.is_some() || inst.vm_state != "active" {
                 continue;
             }

@@ -30,6 +30,13 @@ fn db_error(e: DbError) -> RemoteError {
     RemoteError::new("DBError", e.to_string())
 }
 
+/// So a handler's transaction (`SharedDb::tx`) can fail with either kind of error.
+impl From<DbError> for RemoteError {
+    fn from(e: DbError) -> RemoteError {
+        db_error(e)
+    }
+}
+
 fn args<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, RemoteError> {
     serde_json::from_value(v).map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))
 }
@@ -103,7 +110,7 @@ impl Conductor {
     fn instance_destroy(&self, ctx: &Context, a: Value) -> Result<Value, RemoteError> {
         let a: Uuid = args(a)?;
         self.db
-            .with(|db| -> Result<(), DbError> {
+            .tx(|db| -> Result<(), DbError> {
                 db.destroy_instance(&a.uuid)?;
                 db.finish_instance_action(&ctx.request_id, &a.uuid, None)
             })
@@ -148,7 +155,7 @@ impl Conductor {
         let a: A = args(a)?;
         let service = self
             .db
-            .with(|db| -> Result<_, DbError> {
+            .tx(|db| -> Result<_, DbError> {
                 let s = db.service_heartbeat(&a.host, &a.binary, &a.topic)?;
                 if let Some(node) = &a.node {
                     db.upsert_compute_node(&a.host, node)?;
@@ -167,7 +174,9 @@ impl Conductor {
             host: String,
         }
         let a: A = args(a)?;
-        let vifs = self.db.with(|db| network::allocate(db, &self.config, &a.uuid, &a.requested_networks, &a.host))?;
+        // One transaction: a failure on the second port must not leave the first behind, or
+        // the retry would take it for a finished allocation.
+        let vifs = self.db.tx(|db| network::allocate(db, &self.config, &a.uuid, &a.requested_networks, &a.host))?;
         Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
     }
 
@@ -261,9 +270,9 @@ pub fn recover_after_restart(db: &SharedDb, started_at: &str) -> Result<(), DbEr
     let deletes = db.with(|db| db.hostless_deletes())?;
     for uuid in &deletes {
         tracing::info!(instance = %uuid, "finishing a delete interrupted by a restart");
-        // Ports first: a kill between the two leaves a `deleting` row, which the next start
-        // finishes, never a port pointing at a destroyed instance.
-        db.with(|db| -> Result<(), DbError> {
+        // One transaction, so a kill leaves either the `deleting` row with its ports (the
+        // next start finishes it) or neither.
+        db.tx(|db| -> Result<(), DbError> {
             release_network(db, uuid)?;
             db.destroy_instance(uuid)?;
             Ok(())
@@ -289,5 +298,43 @@ impl Handler for NotificationStore {
         let n: Notification = args(message.args)?;
         self.db.with(|db| db.insert_notification(&n)).map_err(db_error)?;
         Ok(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, OpenOptions};
+
+    /// The second requested network does not exist: the port made for the first must not
+    /// stay behind, or a retry would take it for a finished allocation and boot the guest
+    /// with one NIC instead of two.
+    #[test]
+    fn a_failed_second_port_leaves_no_first_port() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        db.ensure_project("admin", "").unwrap();
+        let config = Config::default();
+        let net = db.ensure_default_network(&config).unwrap();
+        let inst = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
+        let db = SharedDb::new(db);
+        let conductor = Conductor::new(db.clone(), Arc::new(config), crate::home::Home::at(t.path()));
+        let args = |second: &str| {
+            json!({
+                "uuid": inst.uuid,
+                "host": "h1",
+                "requested_networks": {"list": [
+                    {"network_id": net.id, "port_id": null, "fixed_ip": null},
+                    {"network_id": second, "port_id": null, "fixed_ip": null},
+                ]},
+            })
+        };
+
+        let err = conductor.allocate_network(args("no-such-network")).unwrap_err();
+        assert_eq!(err.kind, "NetworkError", "{err}");
+        assert_eq!(db.with(|d| d.ports_for_device(&inst.uuid)).unwrap(), vec![], "a half allocation was stored");
+
+        let vifs = conductor.allocate_network(args(&net.id)).unwrap();
+        assert_eq!(vifs.as_array().map(Vec::len), Some(2), "{vifs}");
     }
 }

@@ -160,7 +160,7 @@ impl Db {
         flavor_row_id: i64,
         specs: &std::collections::BTreeMap<String, String>,
     ) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         for (k, v) in specs {
             tx.execute(
                 "INSERT INTO flavor_extra_specs (flavor_id, key, value) VALUES (?1, ?2, ?3)

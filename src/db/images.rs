@@ -123,7 +123,7 @@ impl Db {
     /// Creates a `queued` image without data. A taken id is a `Conflict`.
     pub fn create_image(&self, new: &NewImage) -> Result<Image> {
         let id = new.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let ts = now();
         let inserted = tx.execute(
             "INSERT INTO images (id, name, owner, status, visibility, protected, disk_format, container_format,
@@ -215,7 +215,7 @@ impl Db {
     /// Writes back what a client may change (name, visibility, protected, formats, min_*,
     /// owner, properties, tags), in one transaction. Returns the stored image.
     pub fn save_image(&self, img: &Image) -> Result<Image> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let changed = tx.execute(
             "UPDATE images SET name = ?2, visibility = ?3, protected = ?4, disk_format = ?5, container_format = ?6,
                     min_disk = ?7, min_ram = ?8, owner = ?9, updated_at = ?10
@@ -276,7 +276,7 @@ impl Db {
     /// Soft-deletes a live image; returns its data file (relative to `images/`), if it had
     /// one, for the caller to remove. `NotFound` when there is no such live image.
     pub fn delete_image(&self, id: &str) -> Result<Option<String>> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let path: Option<Option<String>> =
             tx.query_row("SELECT path FROM images WHERE id = ?1 AND deleted = 0", [id], |r| r.get(0)).optional()?;
         let Some(path) = path else {

@@ -223,7 +223,7 @@ impl Db {
     /// Creates the instance with its metadata, block devices, security groups and the
     /// `create` action, all or nothing.
     pub fn create_instance(&self, n: &NewInstance) -> Result<Instance> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let ts = now();
         tx.execute(
             "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
@@ -373,7 +373,7 @@ impl Db {
     /// Applies `u` if the expectations hold. Returns the updated instance, or
     /// `UpdateError::NotFound` / `UpdateError::UnexpectedState` (with what was found).
     pub fn update_instance(&self, uuid: &str, u: &InstanceUpdate) -> Result<Result<Instance, UpdateError>> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let current: Option<(String, Option<String>)> = tx
             .query_row("SELECT vm_state, task_state FROM instances WHERE uuid = ?1 AND deleted = 0", [uuid], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -442,7 +442,7 @@ impl Db {
     /// Marks the instance deleted (nova's soft delete: the row stays, `deleted` = its id),
     /// with its block device mappings. Returns false when it was already gone.
     pub fn destroy_instance(&self, uuid: &str) -> Result<bool> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let ts = now();
         let n = tx.execute(
             "UPDATE instances SET deleted = id, deleted_at = ?2, terminated_at = ?2, updated_at = ?2,
@@ -469,7 +469,7 @@ impl Db {
     /// Only safe when nothing else can be carrying their build request: `novabox up` calls it
     /// at start-up, before its API and scheduler accept work (see `stack::run`).
     pub fn fail_lost_builds(&self, before: &str, message: &str) -> Result<Vec<String>> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let uuids: Vec<String> = {
             let mut stmt = tx.prepare(
                 "SELECT uuid FROM instances WHERE deleted = 0 AND vm_state = 'building'

@@ -18,6 +18,7 @@ pub mod quotas;
 pub mod services;
 pub mod tokens;
 pub mod trace;
+mod tx;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never
 /// mistaken for ours and migrated.
@@ -260,7 +261,8 @@ mod tests {
 }
 
 /// The database shared by the services of one process. SQLite serialises writers anyway;
-/// one connection behind a mutex keeps every query short and every transaction whole.
+/// one connection behind a mutex keeps every query short, and [`SharedDb::tx`] makes a state
+/// change of several queries one transaction.
 #[derive(Clone)]
 pub struct SharedDb(std::sync::Arc<std::sync::Mutex<Db>>);
 
@@ -269,8 +271,10 @@ impl SharedDb {
         SharedDb(std::sync::Arc::new(std::sync::Mutex::new(db)))
     }
 
-    /// Runs `f` with the connection. A panic in another holder does not make the data
-    /// unusable (every change is a transaction), so a poisoned lock is taken over.
+    /// Runs `f` with the connection, outside any transaction of its own: for reads and for
+    /// single writes. A change of more than one statement goes through [`SharedDb::tx`].
+    /// A panic in another holder does not make the data unusable (its transaction was rolled
+    /// back), so a poisoned lock is taken over.
     pub fn with<T>(&self, f: impl FnOnce(&Db) -> T) -> T {
         let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         f(&guard)

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use rand::Rng;
-use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{now, Db, DbError, Result};
@@ -402,13 +402,6 @@ fn json_text<T: Serialize>(v: &T) -> String {
 }
 
 impl Db {
-    /// A transaction that takes the write lock at once. Checks followed by writes (the next
-    /// free address, "is there a default group yet") must not interleave with another
-    /// process's (the API and the conductor may be separate processes on one database).
-    fn write_transaction(&self) -> Result<Transaction<'_>> {
-        Ok(Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)?)
-    }
-
     // -----------------------------------------------------------------------------------
     // Networks
 
@@ -485,7 +478,7 @@ impl Db {
 
     /// Deletes a network and its subnets. A `Conflict` while any port is on it.
     pub fn delete_network(&self, id: &str) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let ports: i64 = tx.query_row("SELECT count(*) FROM ports WHERE network_id = ?1", [id], |r| r.get(0))?;
         if ports > 0 {
             return Err(DbError::Conflict(format!(
@@ -503,6 +496,16 @@ impl Db {
     /// (gateway .1, pool .2 to the last host), owned by the `admin` project. Created once;
     /// later calls return it. `init` calls this; the boot path may too.
     pub fn ensure_default_network(&self, config: &Config) -> Result<Network> {
+        // One transaction with the write lock taken first: two boots racing (or a kill
+        // between network and subnet) must not leave two default networks or one without
+        // its subnet.
+        let tx = self.begin()?;
+        let net = self.ensure_default_network_locked(config)?;
+        tx.commit()?;
+        Ok(net)
+    }
+
+    fn ensure_default_network_locked(&self, config: &Config) -> Result<Network> {
         let admin = self.project_by_name("admin")?.ok_or_else(|| {
             DbError::NotFound("the admin project does not exist yet; run `novabox init` first".into())
         })?;
@@ -572,7 +575,7 @@ impl Db {
     /// Creates a subnet. Checks that the network exists and that the CIDR overlaps none of its
     /// other subnets (`Conflict` otherwise); the pools are the caller's to validate.
     pub fn create_subnet(&self, s: &NewSubnet) -> Result<Subnet> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let net: Option<String> =
             tx.query_row("SELECT id FROM networks WHERE id = ?1", [&s.network_id], |r| r.get(0)).optional()?;
         if net.is_none() {
@@ -640,7 +643,7 @@ impl Db {
 
     /// A `Conflict` while any port holds an address from it.
     pub fn delete_subnet(&self, id: &str) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let used: i64 = tx.query_row("SELECT count(*) FROM ip_allocations WHERE subnet_id = ?1", [id], |r| r.get(0))?;
         if used > 0 {
             return Err(DbError::Conflict(format!(
@@ -715,7 +718,7 @@ impl Db {
     /// `NotFound` for a missing network, subnet or group; an address outside its subnet is
     /// `Conflict` with neutron's message too.
     pub fn allocate_port(&self, new: &NewPort) -> Result<Port> {
-        let tx = self.write_transaction()?;
+        let tx = self.begin()?;
         let net_security: Option<bool> = tx
             .query_row("SELECT port_security_enabled FROM networks WHERE id = ?1", [&new.network_id], |r| r.get(0))
             .optional()?;
@@ -831,7 +834,7 @@ impl Db {
     /// Writes back name, description, admin_state_up, port_security_enabled, device_id,
     /// device_owner, binding host and the security groups; bumps the revision.
     pub fn save_port(&self, p: &Port) -> Result<Port> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let n = tx.execute(
             "UPDATE ports SET name = ?2, description = ?3, admin_state_up = ?4, port_security_enabled = ?5,
                     device_id = ?6, device_owner = ?7, binding_host = ?8, status = ?9,
@@ -941,7 +944,7 @@ impl Db {
     /// (egress anywhere over IPv4 and IPv6; ingress from members of the group itself) the
     /// first time it is needed.
     pub fn ensure_default_security_group(&self, project_id: &str) -> Result<String> {
-        let tx = self.write_transaction()?;
+        let tx = self.begin()?;
         if let Some(g) = self.security_group_by_name(project_id, DEFAULT_SECURITY_GROUP)? {
             return Ok(g.id);
         }
@@ -972,7 +975,7 @@ impl Db {
 
     /// Creates a group with neutron's two egress rules (a new group lets everything out).
     pub fn create_security_group(&self, project_id: &str, name: &str, description: &str) -> Result<SecurityGroup> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let id = new_id();
         let ts = now();
         tx.execute(
@@ -1007,7 +1010,7 @@ impl Db {
 
     /// A `Conflict` while a port uses the group.
     pub fn delete_security_group(&self, id: &str) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let used: i64 =
             tx.query_row("SELECT count(*) FROM port_security_groups WHERE security_group_id = ?1", [id], |r| r.get(0))?;
         if used > 0 {
@@ -1029,7 +1032,7 @@ impl Db {
 
     /// Adds a validated rule; a rule matching the same traffic is a `Conflict` naming it.
     pub fn create_security_group_rule(&self, rule: &SecurityGroupRule) -> Result<SecurityGroupRule> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         let group = self
             .security_group_by_id(&rule.security_group_id)?
             .ok_or_else(|| DbError::NotFound(format!("Security group {} does not exist", rule.security_group_id)))?;
@@ -1074,11 +1077,11 @@ impl Db {
     }
 }
 
-fn mac_taken(tx: &Transaction<'_>, mac: &str) -> Result<bool> {
+fn mac_taken(tx: &Connection, mac: &str) -> Result<bool> {
     Ok(tx.query_row("SELECT EXISTS (SELECT 1 FROM ports WHERE lower(mac_address) = lower(?1))", [mac], |r| r.get(0))?)
 }
 
-fn set_port_groups(tx: &Transaction<'_>, port_id: &str, groups: &[String]) -> Result<()> {
+fn set_port_groups(tx: &Connection, port_id: &str, groups: &[String]) -> Result<()> {
     tx.execute("DELETE FROM port_security_groups WHERE port_id = ?1", [port_id])?;
     for g in groups {
         let exists: bool =
@@ -1112,7 +1115,7 @@ impl Db {
 
     /// Deletes the ports novabox made for `device_id` and unbinds the ones a user brought.
     pub fn release_instance_ports(&self, device_id: &str) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         tx.execute("DELETE FROM ports WHERE device_id = ?1 AND preserve_on_delete = 0", [device_id])?;
         tx.execute(
             "UPDATE ports SET device_id = '', device_owner = '', binding_host = NULL, status = 'DOWN',

@@ -8,7 +8,7 @@ use crate::trace::SpanRow;
 impl Db {
     /// Stores a batch of spans in one transaction.
     pub fn insert_trace_spans(&self, rows: &[SpanRow]) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.begin()?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO trace_spans (request_id, span_id, parent_id, service, name, start_us, duration_us, attrs)

@@ -150,7 +150,7 @@ impl Scheduler {
     async fn fail(&self, ctx: &Context, instance: &Instance, message: &str) {
         tracing::warn!(instance = %instance.uuid, "{message}");
         let update = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
-        let result = self.db.with(|db| -> Result<Option<Instance>, crate::db::DbError> {
+        let result = self.db.tx(|db| -> Result<Option<Instance>, crate::db::DbError> {
             db.add_instance_fault(&instance.uuid, 500, message, "", None)?;
             db.finish_instance_action(&ctx.request_id, &instance.uuid, Some(message))?;
             Ok(db.update_instance(&instance.uuid, &update)?.ok())

@@ -340,7 +340,7 @@ pub async fn update_quota_set(
     if state.db.with(|db| db.project_by_id(&project))?.is_none() {
         return Err(ApiError::bad_request(format!("Project {project} could not be found.")));
     }
-    state.db.with(|db| -> crate::db::Result<()> {
+    state.db.tx(|db| -> crate::db::Result<()> {
         for (k, n) in &changes {
             db.set_quota(&project, k, *n)?;
         }

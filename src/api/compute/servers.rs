@@ -731,10 +731,11 @@ pub async fn create(
     drop(parsing);
     let ctx = auth.context.clone();
 
-    // Validate against the database and write the instances, all in one critical section so
-    // quotas hold under concurrent creates.
+    // Validate against the database and write the instances, all in one transaction so quotas
+    // hold under concurrent creates (from this process or another on the same database) and
+    // a failure on the second of several instances stores none of them.
     type Created = (Vec<Instance>, Value, Option<crate::compute::virt::ImageMeta>);
-    let (instances, image_props, image_meta) = state.db.with(|db| -> ApiResult<Created> {
+    let (instances, image_props, image_meta) = state.db.tx(|db| -> ApiResult<Created> {
         let validating = tracing::info_span!("validate", what = "flavor, image, keypair, networks, quotas").entered();
         let flavor = db
             .flavor_by_flavorid(&p.flavor_ref)?
@@ -842,7 +843,7 @@ pub async fn create(
         // The request never reached the scheduler: say so on the instances rather than
         // leaving them in BUILD forever.
         let message = format!("The build request could not be sent to the scheduler: {e}");
-        state.db.with(|db| -> crate::db::Result<()> {
+        state.db.tx(|db| -> crate::db::Result<()> {
             for uuid in &uuids {
                 db.add_instance_fault(uuid, 500, &message, "", None)?;
                 let u = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
@@ -953,7 +954,7 @@ fn begin_action(
         expected_vm_state: Some(vm_states.iter().map(|s| s.to_string()).collect()),
         ..Default::default()
     };
-    let result = state.db.with(|db| -> crate::db::Result<_> {
+    let result = state.db.tx(|db| -> crate::db::Result<_> {
         let r = db.update_instance(&inst.uuid, &u)?;
         if r.is_ok() {
             db.start_instance_action(&inst.uuid, action, &auth.context.request_id, auth.user_id(), auth.project_id())?;
@@ -984,7 +985,7 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     }
     let host = live_host(&state, &inst)?;
     let u = InstanceUpdate { task_state: Some(Some("deleting".into())), ..Default::default() };
-    let inst = match state.db.with(|db| -> crate::db::Result<_> {
+    let inst = match state.db.tx(|db| -> crate::db::Result<_> {
         let r = db.update_instance(&id, &u)?;
         db.start_instance_action(&id, "delete", &auth.context.request_id, auth.user_id(), auth.project_id())?;
         Ok(r)
@@ -1006,7 +1007,7 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
 }
 
 fn local_delete(state: &AppState, auth: &Auth, inst: &Instance) -> ApiResult<()> {
-    state.db.with(|db| -> crate::db::Result<()> {
+    state.db.tx(|db| -> crate::db::Result<()> {
         crate::conductor::release_network(db, &inst.uuid)?;
         db.destroy_instance(&inst.uuid)?;
         db.finish_instance_action(&auth.context.request_id, &inst.uuid, None)
