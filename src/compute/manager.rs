@@ -183,15 +183,11 @@ impl ComputeManager {
     pub async fn init_host(&self) -> Result<(), BusError> {
         self.report().await?;
         let ctx = Context::admin(Context::new_request_id());
-<<<<<<< HEAD
         if let Err(e) = self.refresh_security_groups(&ctx).await {
             tracing::error!(error = %e, "security groups not applied at start");
         }
-        let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
-=======
         // Guests first: a guest is only made after its row names this host, so every guest in
         // this list is in the instance list that follows unless its row is gone.
->>>>>>> main
         let guests = self.driver.guests().await;
         let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
         self.reap_deleted_guests(&guests, &instances).await;
