@@ -144,6 +144,28 @@ impl Client {
         Ok(())
     }
 
+    /// Uploads image data from a stream (`PUT /v2/images/{id}/file`), for images too large to
+    /// hold in memory. No overall timeout: a large image takes as long as it takes.
+    pub async fn upload_image_body(&self, id: &str, body: reqwest::Body) -> Result<(), ClientError> {
+        let url = format!("{}/v2/images/{id}/file", self.image);
+        let resp = self
+            .http
+            .put(&url)
+            .header("x-auth-token", &self.token)
+            .header("content-type", "application/octet-stream")
+            .timeout(Duration::from_secs(7 * 24 * 3600))
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api { method: "PUT".into(), url, status, message: error_message(&text) });
+        }
+        Ok(())
+    }
+
     /// A server by id or by exact name.
     pub async fn find_server(&self, name_or_id: &str) -> Result<Value, ClientError> {
         if let Ok(v) = self.compute(Method::GET, &format!("/servers/{name_or_id}"), None).await {

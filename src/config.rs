@@ -118,6 +118,16 @@ pub enum Accel {
     Tcg,
 }
 
+/// How the config drive is presented to guests (nova's `config_drive_format`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigDriveFormat {
+    /// An ISO9660 image built with genisoimage or xorriso, attached as a CD-ROM (nova's default).
+    Iso9660,
+    /// A read-only FAT disk made by qemu from the directory (no host tool needed).
+    Vfat,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ComputeConfig {
@@ -137,6 +147,11 @@ pub struct ComputeConfig {
     pub heartbeat_secs: u64,
     /// A service whose last heartbeat is older than this is down for the scheduler.
     pub service_down_secs: u64,
+    /// `iso9660` (falls back to `vfat`, with a warning, when no ISO tool is installed) or `vfat`.
+    pub config_drive_format: ConfigDriveFormat,
+    /// A cached base image no guest on this host has used for this long is removed (nova's
+    /// `remove_unused_original_minimum_age_seconds`).
+    pub image_cache_max_age_secs: u64,
 }
 
 impl Default for ComputeConfig {
@@ -155,6 +170,8 @@ impl Default for ComputeConfig {
             fake_local_gb: 100_000,
             heartbeat_secs: 10,
             service_down_secs: 60,
+            config_drive_format: ConfigDriveFormat::Iso9660,
+            image_cache_max_age_secs: 86400,
         }
     }
 }
@@ -341,6 +358,13 @@ impl Config {
                 "must be longer than compute.heartbeat_secs, or every service looks down",
             );
         }
+        if self.compute.image_cache_max_age_secs < 60 {
+            return invalid(
+                "compute.image_cache_max_age_secs",
+                &self.compute.image_cache_max_age_secs,
+                "use at least 60 seconds, or a base image could go between two boots of it",
+            );
+        }
         if !is_valid_ifname(&self.network.bridge) {
             return invalid(
                 "network.bridge",
@@ -466,6 +490,19 @@ mod tests {
         assert!(err.contains("compute.ram_allocation_ratio"), "{err}");
         let err = parse("[bus]\nport = 8774\n").unwrap_err().to_string();
         assert!(err.contains("bus.port"), "{err}");
+    }
+
+    #[test]
+    fn config_drive_format_and_image_cache_age() {
+        let c = parse("").unwrap();
+        assert_eq!(c.compute.config_drive_format, ConfigDriveFormat::Iso9660);
+        assert_eq!(c.compute.image_cache_max_age_secs, 86400);
+        let c = parse("[compute]\nconfig_drive_format = \"vfat\"\n").unwrap();
+        assert_eq!(c.compute.config_drive_format, ConfigDriveFormat::Vfat);
+        let err = parse("[compute]\nconfig_drive_format = \"udf\"\n").unwrap_err().to_string();
+        assert!(err.contains("udf") && err.contains("iso9660") && err.contains("vfat"), "{err}");
+        let err = parse("[compute]\nimage_cache_max_age_secs = 5\n").unwrap_err().to_string();
+        assert!(err.contains("compute.image_cache_max_age_secs = 5"), "{err}");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub fn requirements(config: &Config) -> Vec<Requirement> {
     }
     if config.compute.driver != Driver::Fake {
         add("busybox", "busybox-static", "building the offline test image");
+        if config.compute.config_drive_format == crate::config::ConfigDriveFormat::Iso9660 {
+            add("genisoimage", "genisoimage", "ISO9660 config drives; vfat ones without it");
+        }
     }
     if config.compute.driver != Driver::Fake && config.network.mode != NetworkMode::User {
         add("ip", "iproute2", "bridges and taps");
@@ -124,7 +127,15 @@ mod tests {
     fn defaults_ask_for_the_full_stack_once_each() {
         let reqs = requirements(&Config::default());
         let pkgs = package_names(&reqs);
-        for p in ["rabbitmq-server", "qemu-system-x86", "qemu-utils", "dnsmasq-base", "nftables", "busybox-static"] {
+        for p in [
+            "rabbitmq-server",
+            "qemu-system-x86",
+            "qemu-utils",
+            "dnsmasq-base",
+            "nftables",
+            "busybox-static",
+            "genisoimage",
+        ] {
             assert!(pkgs.contains(&p), "{p} missing from {pkgs:?}");
         }
         let mut dedup = pkgs.clone();

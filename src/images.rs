@@ -141,6 +141,37 @@ impl Drop for ImageWriter {
 
 /// The size the guest sees: raw-like formats are their own size; qcow2 says it in its
 /// header (big-endian u64 at offset 24, after the `QFI\xfb` magic). Unknown otherwise.
+/// Upload temp files (`.<image id>.part-<random>`) untouched for this long belong to no live
+/// upload: every write updates an upload's mtime.
+pub const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes upload temp files in `images_dir` whose mtime is older than `max_age` at `now`:
+/// what an upload left when its process was killed (a clean failure removes its own). Returns
+/// the removed files.
+pub fn sweep_stale_uploads(
+    images_dir: &Path,
+    max_age: std::time::Duration,
+    now: std::time::SystemTime,
+) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(images_dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with('.') && name.contains(".part-")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > max_age));
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "stale image upload removed");
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
 fn virtual_size(disk_format: Option<&str>, head: &[u8], size: u64) -> Option<u64> {
     if head.len() >= 32 && head[..4] == *b"QFI\xfb" {
         let mut b = [0u8; 8];
@@ -362,6 +393,25 @@ mod tests {
         drop(w);
         assert!(files_in(t.path()).is_empty());
         assert!(matches!(ImageWriter::create(t.path(), "../etc", 1), Err(ImageError::BadId(_))));
+    }
+
+    #[test]
+    fn sweeps_only_stale_upload_parts() {
+        let t = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        let hour = STALE_UPLOAD_AGE;
+        let id = "6f1c7a3e-0000-4000-8000-000000000001";
+        let stale = t.path().join(format!(".{id}.part-aaaa"));
+        let live = t.path().join(format!(".{id}.part-bbbb"));
+        let image = t.path().join(id);
+        let other = t.path().join(".keep");
+        for (p, age) in [(&stale, hour * 2), (&live, hour / 2), (&image, hour * 48), (&other, hour * 48)] {
+            std::fs::write(p, b"x").unwrap();
+            std::fs::File::options().write(true).open(p).unwrap().set_modified(now - age).unwrap();
+        }
+        assert_eq!(sweep_stale_uploads(t.path(), hour, now), vec![stale.clone()]);
+        assert!(!stale.exists() && live.exists() && image.exists() && other.exists());
+        assert!(sweep_stale_uploads(&t.path().join("missing"), hour, now).is_empty());
     }
 
     #[test]

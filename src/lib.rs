@@ -15,6 +15,7 @@ pub mod db;
 pub mod doctor;
 pub mod home;
 pub mod hostpkgs;
+pub mod image_import;
 pub mod images;
 pub mod metadata;
 pub mod rpcapi;

@@ -96,7 +96,7 @@ pub fn make_driver(config: &Config, home: &Home) -> Result<Arc<dyn VirtDriver>, 
     };
     let qemu = || -> Result<Arc<dyn VirtDriver>, StackError> {
         let accel = crate::doctor::effective_accel(home, config);
-        let driver = QemuDriver::new(home, accel)?;
+        let driver = QemuDriver::new(home, accel)?.configure(&config.compute);
         tracing::info!(accel = %driver.host_resources().accel, "guests run under qemu");
         Ok(Arc::new(driver))
     };
@@ -244,6 +244,12 @@ pub async fn run(
         let addr = SocketAddr::new(config.api.listen, config.api.port);
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|reason| StackError::Listen { addr, reason })?;
+        // Uploads a killed API process left half-written (a live upload's writes keep its mtime fresh).
+        crate::images::sweep_stale_uploads(
+            &home.images_dir(),
+            crate::images::STALE_UPLOAD_AGE,
+            std::time::SystemTime::now(),
+        );
         let state = AppState { db: db.clone(), config: config.clone(), bus: bus.clone(), home: home.clone() };
         // Built here, not in the task, so a routing mistake fails `up` instead of one request.
         let app = api::router(state);

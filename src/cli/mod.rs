@@ -10,8 +10,10 @@ pub mod bench_boot;
 pub mod bench_guest;
 pub mod bench_up;
 pub mod config;
+pub mod console;
 pub mod doctor;
 pub mod events;
+pub mod image;
 pub mod init;
 pub mod logging;
 pub mod logs;
@@ -75,6 +77,10 @@ pub enum Command {
     Service(up::ServiceArgs),
     /// Create, list, show, delete servers and read their console
     Server(server::ServerArgs),
+    /// Attach to a server's serial console (detach with Ctrl-])
+    Console(console::ConsoleArgs),
+    /// Import disk images: `image import FILE|URL`
+    Image(image::ImageArgs),
     /// Measure novabox: `bench bus`, `bench boot`, `bench guest`, `bench up`
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -94,6 +100,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(args) => trace::run(&cli.global, args),
         Command::Service(args) => up::service(&cli.global, args),
         Command::Server(args) => server::run(&cli.global, args),
+        Command::Console(args) => console::run(&cli.global, args),
+        Command::Image(args) => image::run(&cli.global, args),
         Command::Bench(cmd) => bench::run(&cli.global, cmd),
     }
 }

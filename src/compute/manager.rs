@@ -500,6 +500,11 @@ impl ComputeManager {
             if let Some(net) = self.net.clone() {
                 let _ = tokio::task::spawn_blocking(move || net.check_dnsmasq()).await;
             }
+            // The image cache every 60 heartbeats (10 min by default; nova checks every 40),
+            // first soon after start-up.
+            if n % 60 == 2 {
+                self.driver.manage_image_cache().await;
+            }
         }
     }
 }

@@ -57,11 +57,14 @@ impl TestImage {
 /// `NOVABOX_DEB_CACHE` (honoured by the script) lets tests share one kernel download.
 pub fn ensure_test_image(dir: &Path) -> Result<TestImage, ProbeError> {
     let image = TestImage::in_dir(dir);
-    if image.exists() {
+    let script = dir.join("make-test-image.sh");
+    // Built by an older recipe (the script is kept beside the image): it lacks newer markers,
+    // so build again. An image without the script came from elsewhere and is used as it is.
+    let older_recipe = std::fs::read_to_string(&script).is_ok_and(|s| s != MAKE_TEST_IMAGE_SCRIPT);
+    if image.exists() && !older_recipe {
         return Ok(image);
     }
     std::fs::create_dir_all(dir).map_err(|source| ProbeError::Write { path: dir.to_path_buf(), source })?;
-    let script = dir.join("make-test-image.sh");
     std::fs::write(&script, MAKE_TEST_IMAGE_SCRIPT)
         .map_err(|source| ProbeError::Write { path: script.clone(), source })?;
     let log = dir.join("build.log");

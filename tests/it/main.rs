@@ -5,6 +5,7 @@ mod clients;
 mod common;
 mod compute;
 mod doctor;
+mod guestkit;
 mod guests;
 mod init;
 mod network;

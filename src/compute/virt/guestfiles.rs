@@ -6,9 +6,11 @@
 //! | file            | what                                                            |
 //! |-----------------|-----------------------------------------------------------------|
 //! | `disk`          | root disk: a qcow2 overlay on the cached base image             |
-//! | `disk.eph0`, `disk.swap` | blank qcow2 disks when the flavor has them (not formatted) |
+//! | `disk.eph0`     | ephemeral disk: qcow2 overlay on `_base/ephemeral_<N>G_ext4` (ext4 `ephemeral0`) |
+//! | `disk.swap`     | swap disk: qcow2 overlay on `_base/swap_<N>M` (mkswap'ed)       |
 //! | `kernel`, `ramdisk` | copies (hard links) of AMI-style kernel and ramdisk images  |
 //! | `config-drive/` | the config drive's files (`configdrive::write`)                 |
+//! | `disk.config`   | the same files as an ISO9660 image labelled `config-2` (iso9660 format) |
 //!
 //! Base images are hard links in `<instances>/_base/<image id>`, checked with `qemu-img` once,
 //! and kept when guests are destroyed (and when the image is deleted from the store).
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{configdrive, GuestSpec, ImageMeta, VirtError};
+use super::{configdrive, disks, imagecache, GuestSpec, ImageMeta, VirtError};
 
 /// How long a guest gets to shut down after the ACPI power button before it is stopped hard
 /// (nova's `shutdown_timeout`). The image property `os_shutdown_timeout` overrides it.
@@ -40,6 +42,8 @@ pub struct Prepared {
     pub kernel: Option<KernelBoot>,
     /// The config drive's tree.
     pub config_drive: PathBuf,
+    /// The config drive as an ISO9660 image (`disk.config`), when the driver asked for one.
+    pub config_drive_iso: Option<PathBuf>,
     pub shutdown_timeout_secs: u64,
 }
 
@@ -47,11 +51,22 @@ pub struct Prepared {
 pub struct GuestFiles {
     qemu_img: PathBuf,
     base_dir: PathBuf,
+    /// Builds `disk.config` when set (config_drive_format = iso9660).
+    iso_tool: Option<disks::IsoTool>,
 }
 
 impl GuestFiles {
     pub fn new(qemu_img: PathBuf, instances_dir: &Path) -> GuestFiles {
-        GuestFiles { qemu_img, base_dir: instances_dir.join("_base") }
+        GuestFiles { qemu_img, base_dir: instances_dir.join("_base"), iso_tool: None }
+    }
+
+    /// ISO9660 config drives with this tool from now on; None for the tree only (vfat).
+    pub fn set_iso_tool(&mut self, tool: Option<disks::IsoTool>) {
+        self.iso_tool = tool;
+    }
+
+    pub fn iso_tool(&self) -> Option<&disks::IsoTool> {
+        self.iso_tool.as_ref()
     }
 
     async fn qemu_img(&self, args: &[&str]) -> Result<std::process::Output, VirtError> {
@@ -102,6 +117,9 @@ impl GuestFiles {
         std::fs::create_dir_all(base_dir).map_err(|e| failed(format!("cannot create {}: {e}", base_dir.display())))?;
         let base = base_dir.join(&image.id);
         if base.is_file() {
+            // Used now: the image cache keeps it at least image_cache_max_age_secs from here,
+            // also in the moment before the guest's overlay names it.
+            imagecache::touch(&base, std::time::SystemTime::now());
             let info = self.inspect(&base, format, &format!("image {}", image.id)).await?;
             return Ok((base, virtual_size(&info)));
         }
@@ -154,18 +172,19 @@ impl GuestFiles {
             self.blank_disk(&disk, root_bytes).await?;
             disks.push(disk);
         }
-        if spec.ephemeral_gb > 0 {
-            let eph = dir.join("disk.eph0");
-            self.blank_disk(&eph, (spec.ephemeral_gb as u64) << 30).await?;
-            disks.push(eph);
-        }
-        if spec.swap_mb > 0 {
-            let swap = dir.join("disk.swap");
-            self.blank_disk(&swap, (spec.swap_mb as u64) << 20).await?;
-            disks.push(swap);
-        }
+        disks.extend(self.flavor_disks(spec, dir).await?);
         let config_drive = dir.join("config-drive");
         configdrive::write(&config_drive, spec).map_err(|e| failed(e.to_string()))?;
+        let config_drive_iso = match &self.iso_tool {
+            Some(tool) => {
+                let iso = dir.join("disk.config");
+                disks::build_iso(tool, &config_drive, &iso, configdrive::LABEL)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                Some(iso)
+            }
+            None => None,
+        };
 
         let kernel = match plan.kernel {
             Some(k) => {
@@ -188,7 +207,39 @@ impl GuestFiles {
             .get("os_shutdown_timeout")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT.as_secs());
-        Ok(Prepared { disks, kernel, config_drive, shutdown_timeout_secs })
+        Ok(Prepared { disks, kernel, config_drive, config_drive_iso, shutdown_timeout_secs })
+    }
+
+    /// The flavor's ephemeral disk (`disk.eph0`, ext4 `ephemeral0`) and swap disk
+    /// (`disk.swap`), in nova's order after the root disk: qcow2 overlays on formatted bases
+    /// in the image cache. A full host disk says so.
+    async fn flavor_disks(&self, spec: &GuestSpec, dir: &Path) -> Result<Vec<PathBuf>, VirtError> {
+        let why = |e: disks::DiskError| {
+            if e.is_no_space() {
+                failed(format!("{e} (the disk holding {} is full: free space there)", self.base_dir.display()))
+            } else {
+                failed(e.to_string())
+            }
+        };
+        let mut out = Vec::new();
+        if spec.ephemeral_gb > 0 {
+            let base = disks::ephemeral_base(&self.base_dir, spec.ephemeral_gb as u64).await.map_err(why)?;
+            let eph = dir.join("disk.eph0");
+            self.overlay(&base, &eph, "the ephemeral disk").await?;
+            out.push(eph);
+        }
+        if spec.swap_mb > 0 {
+            let base = disks::swap_base(&self.base_dir, spec.swap_mb as u64).await.map_err(why)?;
+            let swap = dir.join("disk.swap");
+            self.overlay(&base, &swap, "the swap disk").await?;
+            out.push(swap);
+        }
+        Ok(out)
+    }
+
+    async fn overlay(&self, base: &Path, disk: &Path, what: &str) -> Result<(), VirtError> {
+        self.run_qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", path_str(base)?, path_str(disk)?], what)
+            .await
     }
 
     async fn blank_disk(&self, path: &Path, bytes: u64) -> Result<(), VirtError> {

@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 pub mod configdrive;
+pub mod disks;
 pub mod fake;
 pub mod guestfiles;
+pub mod imagecache;
 pub mod qemu;
 mod qmp;
 
@@ -107,6 +109,9 @@ pub trait VirtDriver: Send + Sync + 'static {
     async fn console_output(&self, uuid: &str) -> Result<String, VirtError>;
     /// The uuids of the guests the driver knows.
     async fn guests(&self) -> Vec<String>;
+    /// Periodic housekeeping of cached images (nova's image cache manager). Drivers without
+    /// an image cache have nothing to do.
+    async fn manage_image_cache(&self) {}
 }
 
 /// What this host has: cores from the scheduler's view of the OS, memory from /proc/meminfo,

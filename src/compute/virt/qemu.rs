@@ -7,13 +7,15 @@
 //! | `launch.json`   | the qemu arguments, so power-on starts the same machine again   |
 //! | `qemu.pid`      | the pid (qemu runs in the foreground, in its own process group) |
 //! | `qmp.sock`      | the QMP monitor (status, ACPI power button, reset, quit)        |
-//! | `console.sock`  | the serial console's input (and output), for typing commands    |
 //! | `console.log`   | the serial console, appended across power cycles                |
+//! | `console.sock`  | the serial console's socket, for `novabox console`              |
 //! | `qemu.log`      | qemu's own stderr                                               |
 //! | `disk`          | root disk: a qcow2 overlay on the cached base image             |
-//! | `disk.eph0`, `disk.swap` | blank qcow2 disks when the flavor has them (not formatted) |
+//! | `disk.eph0`     | the flavor's ephemeral disk (ext4 `ephemeral0`), see `guestfiles` |
+//! | `disk.swap`     | the flavor's swap disk                                          |
 //! | `kernel`, `ramdisk` | copies (hard links) of AMI-style kernel and ramdisk images  |
-//! | `config-drive/` | the config drive's files, shown to the guest as vfat `config-2` |
+//! | `disk.config`   | the config drive, ISO9660 `config-2` on a CD-ROM (iso9660 format) |
+//! | `config-drive/` | its files; shown as a vfat `config-2` disk with format vfat     |
 //! | `stopped`       | present while the guest is off because novabox turned it off    |
 //!
 //! Base images are hard links in `<home>/instances/_base/<image id>`, checked with `qemu-img`
@@ -32,7 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use super::guestfiles::{last_line, path_str, read_tail, GuestFiles};
 use super::{configdrive, qmp, GuestSpec, HostResources, VirtDriver, VirtError};
-use crate::config::Accel;
+use super::{disks, imagecache};
+use crate::config::{Accel, ConfigDriveFormat};
 use crate::db::instances::power;
 use crate::hostpkgs;
 
@@ -46,6 +49,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONSOLE_BYTES: u64 = 100 * 1024;
 /// A unix socket path longer than this cannot be bound (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// The serial console's socket in the instance dir (`novabox console` connects to it).
+pub const CONSOLE_SOCKET: &str = "console.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuUnavailable {
@@ -68,6 +73,7 @@ pub struct QemuDriver {
     files: GuestFiles,
     accel: Accel,
     resources: HostResources,
+    image_cache_max_age: Duration,
 }
 
 fn failed(message: impl Into<String>) -> VirtError {
@@ -93,7 +99,50 @@ impl QemuDriver {
         };
         let instances = home.instances_dir();
         let files = GuestFiles::new(qemu_img, &instances);
-        Ok(QemuDriver { exits: Default::default(), instances, qemu, files, accel, resources })
+        let mut driver = QemuDriver {
+            exits: Default::default(),
+            instances,
+            qemu,
+            files,
+            accel,
+            resources,
+            image_cache_max_age: Duration::from_secs(86400),
+        };
+        driver.set_config_drive_format(ConfigDriveFormat::Iso9660);
+        Ok(driver)
+    }
+
+    /// Applies the `[compute]` settings the driver reads: config drive format, image cache age.
+    pub fn configure(mut self, compute: &crate::config::ComputeConfig) -> QemuDriver {
+        self.set_config_drive_format(compute.config_drive_format);
+        self.image_cache_max_age = Duration::from_secs(compute.image_cache_max_age_secs);
+        self
+    }
+
+    fn set_config_drive_format(&mut self, format: ConfigDriveFormat) {
+        let tool = match format {
+            ConfigDriveFormat::Vfat => None,
+            ConfigDriveFormat::Iso9660 => {
+                let tool = disks::find_iso_tool();
+                if tool.is_none() {
+                    tracing::warn!(
+                        "config drives are vfat, not iso9660: neither genisoimage nor xorriso is installed \
+                         (sudo apt-get install genisoimage)"
+                    );
+                }
+                tool
+            }
+        };
+        self.files.set_iso_tool(tool);
+    }
+
+    /// The config drive format guests of this driver get (after any fallback).
+    pub fn config_drive_format(&self) -> ConfigDriveFormat {
+        if self.files.iso_tool().is_some() {
+            ConfigDriveFormat::Iso9660
+        } else {
+            ConfigDriveFormat::Vfat
+        }
     }
 
     /// True when both programs the driver runs are installed.
@@ -119,12 +168,13 @@ impl QemuDriver {
     async fn prepare(&self, spec: &GuestSpec, dir: &Path) -> Result<Launch, VirtError> {
         let prepared = self.files.prepare(spec, dir).await?;
         let disks = &prepared.disks;
-        let config_drive = &prepared.config_drive;
         let qmp = dir.join("qmp.sock");
-        if qmp.as_os_str().len() > MAX_SOCKET_PATH {
+        // console.sock is the longer of the two sockets.
+        let console = dir.join(CONSOLE_SOCKET);
+        if console.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(failed(format!(
-                "the QMP socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --home",
-                qmp.display()
+                "the console socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --home",
+                console.display()
             )));
         }
         let mut args: Vec<String> = Vec::new();
@@ -137,22 +187,7 @@ impl QemuDriver {
         }
         push(&["-m", &spec.memory_mb.to_string(), "-smp", &spec.vcpus.to_string(), "-rtc", "base=utc"]);
         push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&qmp)?)]);
-        // The serial console: logged to console.log and open for typing on console.sock.
-        let console_sock = dir.join("console.sock");
-        if console_sock.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(failed(format!(
-                "the console socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --home",
-                console_sock.display()
-            )));
-        }
-        push(&[
-            "-chardev",
-            &format!(
-                "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
-                opt_path(&console_sock)?,
-                opt_path(&dir.join("console.log"))?
-            ),
-        ]);
+        push(&["-chardev", &serial_chardev(dir)?]);
         push(&["-serial", "chardev:serial0"]);
         if let Some(k) = &prepared.kernel {
             push(&["-kernel", path_str(&k.kernel)?]);
@@ -166,15 +201,9 @@ impl QemuDriver {
             let boot = if i == 0 { ",bootindex=1" } else { "" };
             push(&["-device", &format!("virtio-blk-pci,drive=disk{i}{boot}")]);
         }
-        push(&[
-            "-blockdev",
-            &format!(
-                "driver=vvfat,node-name=config,dir={},label={},read-only=on",
-                opt_path(config_drive)?,
-                configdrive::LABEL
-            ),
-        ]);
-        push(&["-device", "virtio-blk-pci,drive=config"]);
+        let config_drive = config_drive_args(&prepared)?;
+        let config_drive: Vec<&str> = config_drive.iter().map(String::as_str).collect();
+        push(&config_drive);
         // A port with a tap (bridge mode, plugged by compute::net before the spawn) uses it;
         // without one the guest gets QEMU user networking (mode user, no CAP_NET_ADMIN).
         for (i, vif) in spec.network_info.iter().enumerate() {
@@ -429,6 +458,22 @@ impl VirtDriver for QemuDriver {
             .filter(|name| self.instances.join(name).join("launch.json").is_file())
             .collect()
     }
+
+    async fn manage_image_cache(&self) {
+        let (instances, max_age) = (self.instances.clone(), self.image_cache_max_age);
+        let pass =
+            tokio::task::spawn_blocking(move || imagecache::cleanup(&instances, max_age, std::time::SystemTime::now()));
+        match pass.await {
+            Ok(Ok(report)) => tracing::debug!(
+                removed = report.removed.len(),
+                in_use = report.in_use,
+                kept = report.kept,
+                "image cache checked"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the image cache"),
+            Err(e) => tracing::warn!(error = %e, "the image cache check failed"),
+        }
+    }
 }
 
 /// The qemu arguments a guest was started with (its `launch.json`), for `novabox bench guest`
@@ -442,6 +487,40 @@ pub fn saved_args(instances_dir: &Path, uuid: &str) -> Result<Vec<String>, VirtE
     let launch: Launch =
         serde_json::from_slice(&text).map_err(|e| failed(format!("{} is damaged: {e}", file.display())))?;
     Ok(launch.args)
+}
+
+/// The serial console: a unix socket for `novabox console` that also logs everything the
+/// guest writes to `console.log` (appended across power cycles), connected or not.
+fn serial_chardev(dir: &Path) -> Result<String, VirtError> {
+    Ok(format!(
+        "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+        opt_path(&dir.join(CONSOLE_SOCKET))?,
+        opt_path(&dir.join("console.log"))?
+    ))
+}
+
+/// The config drive's qemu arguments: the ISO9660 image on an IDE CD-ROM as nova attaches it
+/// (it takes no virtio disk name, so the flavor's disks stay vdb, vdc), or qemu's read-only
+/// vvfat view of the tree as a virtio disk after them.
+fn config_drive_args(prepared: &super::guestfiles::Prepared) -> Result<Vec<String>, VirtError> {
+    Ok(match &prepared.config_drive_iso {
+        Some(iso) => vec![
+            "-drive".into(),
+            format!("if=none,id=config,media=cdrom,readonly=on,format=raw,file={}", opt_path(iso)?),
+            "-device".into(),
+            "ide-cd,drive=config,bus=ide.1".into(),
+        ],
+        None => vec![
+            "-blockdev".into(),
+            format!(
+                "driver=vvfat,node-name=config,dir={},label={},read-only=on",
+                opt_path(&prepared.config_drive)?,
+                configdrive::LABEL
+            ),
+            "-device".into(),
+            "virtio-blk-pci,drive=config".into(),
+        ],
+    })
 }
 
 fn accel_name(accel: Accel) -> &'static str {
@@ -597,6 +676,7 @@ mod tests {
         spec.hostname = "qemu-test-1".into();
         spec.memory_mb = 128;
         spec.swap_mb = 16;
+        spec.ephemeral_gb = 1;
         spec.key_name = Some("k".into());
         spec.key_data = Some("ssh-ed25519 AAAAtest driver@novabox".into());
         spec.image = Some(image);
@@ -645,9 +725,20 @@ mod tests {
         assert!(text.contains("novabox-guest: init reached"), "{text}");
         assert!(text.contains("novabox-guest: hostname qemu-test-1"), "{text}");
         assert!(text.contains("novabox-guest: public-key ssh-ed25519 AAAAtest driver@novabox"), "{text}");
-        for file in ["disk", "disk.swap", "kernel", "ramdisk", "qmp.sock", "qemu.pid", "launch.json"] {
+        for file in ["disk", "disk.eph0", "disk.swap", "disk.config", "kernel", "ramdisk", "qmp.sock", "qemu.pid"] {
             assert!(dir.join(file).exists(), "{file} missing");
         }
+        assert!(dir.join(CONSOLE_SOCKET).exists() && dir.join("launch.json").exists());
+        for base in ["ephemeral_1G_ext4", "swap_16M"] {
+            assert!(f.home.instances_dir().join("_base").join(base).is_file(), "{base} not cached");
+        }
+        // Root (1 GiB blank, AMI), then ephemeral (1 GiB) and swap (16 MiB), in 512-byte sectors;
+        // the ISO config drive is a CD-ROM, not a virtio disk.
+        let text = wait_console(d, &uuid, "novabox-guest: disk vdc", 1).await;
+        assert!(text.contains("novabox-guest: disk vda 2097152"), "{text}");
+        assert!(text.contains("novabox-guest: disk vdb 2097152"), "{text}");
+        assert!(text.contains("novabox-guest: disk vdc 32768"), "{text}");
+        assert!(!text.contains("novabox-guest: disk vdd"), "{text}");
         assert!(base.is_file());
         let args = std::fs::read_to_string(dir.join("launch.json")).unwrap();
         assert!(args.contains("mac=fa:16:3e:12:34:56") && args.contains("tcg"), "{args}");
@@ -759,6 +850,8 @@ mod tests {
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
+            // The flavor's formatted disks are cached too once a build gets that far.
+            .filter(|n| !n.starts_with("ephemeral_") && !n.starts_with("swap_"))
             .collect();
         assert_eq!(cached, vec![too_big_id], "bad images must not be cached");
     }
