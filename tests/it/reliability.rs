@@ -750,7 +750,6 @@ async fn kill9_qemu_rounds_needs_qemu() {
     let rounds = std::env::var("NOVABOX_QEMU_KILL9_ROUNDS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(2);
     let home = TestHome::new();
     let _reaper = QemuReaper(home.path().to_path_buf());
-    // User networking: this runs in the host's own network namespace, where bridges are off limits.
     // The kernel .deb cache shared with the guests tests: only the first run needs apt.
     let debs = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache");
     assert_ok(&run(home
