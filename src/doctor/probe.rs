@@ -127,7 +127,7 @@ pub fn boot_until(
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", "console=ttyS0 panic=-1 quiet no_timer_check"])
         .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -27,7 +27,9 @@ use super::{configdrive, disks, imagecache, GuestSpec, ImageMeta, VirtError};
 /// (nova's `shutdown_timeout`). The image property `os_shutdown_timeout` overrides it.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The kernel command line of AMI-style boots unless the image sets `os_command_line`.
-pub const DEFAULT_CMDLINE: &str = "root=/dev/vda console=tty0 console=ttyS0";
+/// `no_timer_check`: under TCG on a loaded host the kernel can time its IO-APIC timer check out
+/// and panic ("IO-APIC + timer doesn't work"); cloud images (cirros) boot with it for that reason.
+pub const DEFAULT_CMDLINE: &str = "root=/dev/vda console=tty0 console=ttyS0 no_timer_check";
 
 fn failed(message: impl Into<String>) -> VirtError {
     VirtError::Failed(message.into())
