@@ -155,6 +155,8 @@ fi
 if [ -e /sys/class/net/eth0 ]; then
   ip link set lo up
   udhcpc -f -i eth0 -s /etc/udhcpc.script -t 5 -T 1 -A 1 >/dev/null 2>&1 &
+  # An ssh-like banner on port 22, so tests can check the user-mode ssh forward reaches the guest.
+  nc -ll -p 22 -e /bin/ssh-banner >/dev/null 2>&1 &
 fi
 echo "novabox-guest: ready"
 while true; do
@@ -162,6 +164,8 @@ while true; do
 done
 EOF
 chmod 755 "$root/init"
+printf '#!/bin/sh\necho SSH-2.0-novabox-test\n' >"$root/bin/ssh-banner"
+chmod 755 "$root/bin/ssh-banner"
 
 # busybox udhcpc runs this on each lease event: set the address, the default route and DNS.
 cat >"$root/etc/udhcpc.script" <<'EOF'

@@ -69,6 +69,44 @@ struct Launch {
     /// Volumes attached after the boot disk (hot-pluggable), added to `args` at each start.
     #[serde(default)]
     volumes: Vec<VolumeDisk>,
+    /// The host port forwarded to the guest's port 22 (user networking only). Kept here so a
+    /// guest keeps its port across power cycles and `down`/`up`; freed with the instance dir.
+    #[serde(default)]
+    ssh_port: Option<u16>,
+}
+
+/// Where ssh forwards of user-mode guests listen: loopback only, as the API does by default,
+/// so a laptop's guests are not reachable from its network.
+pub const SSH_FORWARD_ADDR: &str = "127.0.0.1";
+
+/// A free TCP port on the forward address, or None when the OS gives none.
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind((SSH_FORWARD_ADDR, 0)).ok()?.local_addr().ok().map(|a| a.port())
+}
+
+/// Whether `port` can be bound now on the forward address.
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind((SSH_FORWARD_ADDR, port)).is_ok()
+}
+
+/// The qemu arguments with the ssh forward added to the first user-mode NIC (`net0`).
+fn with_ssh_forward(args: &[String], port: Option<u16>) -> Vec<String> {
+    let Some(port) = port else { return args.to_vec() };
+    args.iter()
+        .map(|a| {
+            if a == "user,id=net0" {
+                format!("{a},hostfwd=tcp:{SSH_FORWARD_ADDR}:{port}-:22")
+            } else {
+                a.clone()
+            }
+        })
+        .collect()
+}
+
+/// The host port forwarded to the guest's ssh port, from its `launch.json` (user mode only).
+pub fn ssh_port(instances_dir: &Path, uuid: &str) -> Option<u16> {
+    let text = std::fs::read(instances_dir.join(uuid).join("launch.json")).ok()?;
+    serde_json::from_slice::<Launch>(&text).ok()?.ssh_port
 }
 
 pub struct QemuDriver {
@@ -225,12 +263,16 @@ impl QemuDriver {
             push(&["-device", &format!("virtio-net-pci,netdev=net{i},mac={mac}")]);
         }
         let volumes = spec.volumes.iter().filter(|v| !v.boot).cloned().collect();
-        Ok(Launch { args, shutdown_timeout_secs: prepared.shutdown_timeout_secs, volumes })
+        // The port itself is picked (and re-checked) at each start, see `start`.
+        let user_nic = spec.network_info.first().is_some_and(|vif| vif.tap.is_none());
+        let ssh_port = if user_nic { Some(0) } else { None };
+        Ok(Launch { args, shutdown_timeout_secs: prepared.shutdown_timeout_secs, volumes, ssh_port })
     }
 
     /// Starts qemu for the guest in `dir` and waits until the machine runs.
     async fn start(&self, uuid: &str, dir: &Path, launch: &Launch) -> Result<(), VirtError> {
         use std::os::unix::process::CommandExt;
+        let launch = &self.keep_ssh_port(uuid, dir, launch)?;
         for stale in ["qmp.sock", "console.sock", "stopped"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
@@ -242,7 +284,7 @@ impl QemuDriver {
             .map_err(|e| failed(format!("cannot open {}: {e}", log_path.display())))?;
         let log_err = log.try_clone().map_err(|e| failed(format!("cannot open {}: {e}", log_path.display())))?;
         let mut child = std::process::Command::new(&self.qemu)
-            .args(&launch.args)
+            .args(with_ssh_forward(&launch.args, launch.ssh_port))
             .args(volume_args(&launch.volumes)?)
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -288,6 +330,24 @@ impl QemuDriver {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The launch with a usable ssh forward port: the saved one while it is free, else a new
+    /// one (saved, and logged, since a user's ssh config may name the old one).
+    fn keep_ssh_port(&self, uuid: &str, dir: &Path, launch: &Launch) -> Result<Launch, VirtError> {
+        let mut launch = launch.clone();
+        let Some(saved) = launch.ssh_port else { return Ok(launch) };
+        if saved != 0 && port_free(saved) {
+            return Ok(launch);
+        }
+        let port = free_port().ok_or_else(|| failed(format!("no free TCP port on {SSH_FORWARD_ADDR} for ssh")))?;
+        if saved != 0 {
+            tracing::warn!(instance = %uuid, old = saved, new = port, "the guest's ssh port is taken by another program; forwarding a new one");
+        }
+        launch.ssh_port = Some(port);
+        self.save_launch(dir, &launch)?;
+        tracing::info!(instance = %uuid, port, addr = SSH_FORWARD_ADDR, "ssh forward");
+        Ok(launch)
     }
 
     /// Stops the guest's qemu now: QMP `quit`, then signals by pid.
@@ -720,6 +780,34 @@ mod tests {
         assert_eq!(parse_version(text), Some(7_002_022));
         assert_eq!(parse_version("QEMU emulator version 9.1.0\n"), Some(9_001_000));
         assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn ssh_forward_goes_on_the_first_user_nic_only() {
+        let args: Vec<String> =
+            ["-netdev", "user,id=net0", "-netdev", "user,id=net1"].iter().map(|s| s.to_string()).collect();
+        let fwd = with_ssh_forward(&args, Some(2222));
+        assert_eq!(fwd[1], "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22");
+        assert_eq!(fwd[3], "user,id=net1");
+        assert_eq!(with_ssh_forward(&args, None), args);
+    }
+
+    #[test]
+    fn a_busy_saved_ssh_port_is_replaced_and_saved() {
+        let fx = fixture();
+        let uuid = new_uuid();
+        let dir = fx.home.instances_dir().join(&uuid);
+        std::fs::create_dir_all(&dir).unwrap();
+        let busy = std::net::TcpListener::bind((SSH_FORWARD_ADDR, 0)).unwrap();
+        let busy_port = busy.local_addr().unwrap().port();
+        let launch = Launch { args: vec![], shutdown_timeout_secs: 1, volumes: vec![], ssh_port: Some(busy_port) };
+        let kept = fx.driver.keep_ssh_port(&uuid, &dir, &launch).unwrap();
+        let port = kept.ssh_port.unwrap();
+        assert!(port != busy_port && port != 0);
+        assert_eq!(ssh_port(&fx.home.instances_dir(), &uuid), Some(port));
+        // A free saved port is kept as it is.
+        let again = fx.driver.keep_ssh_port(&uuid, &dir, &kept).unwrap();
+        assert_eq!(again.ssh_port, Some(port));
     }
 
     #[test]
