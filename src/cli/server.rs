@@ -120,6 +120,9 @@ fn print_server(s: &Value, json_out: bool) {
     println!("task      {}", s["OS-EXT-STS:task_state"].as_str().unwrap_or("-"));
     println!("flavor    {}", s["flavor"]["original_name"].as_str().unwrap_or_default());
     println!("addresses {}", addresses.join("; "));
+    if let Some(ssh) = s["novabox:ssh_forward"].as_str() {
+        println!("ssh       {ssh} (forwarded to the guest's port 22)");
+    }
     if let Some(f) = s["fault"]["message"].as_str() {
         println!("fault     {f}");
     }

@@ -90,6 +90,7 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
             json!({
                 "id": i.uuid, "name": i.display_name, "vm_state": i.vm_state, "task_state": i.task_state,
                 "host": i.host, "accel": accel, "addresses": addresses, "disk_used_bytes": disk,
+                "ssh": i.ssh_forward,
             })
         })
         .collect();
@@ -182,5 +183,8 @@ fn print_human(doc: &Value) {
             disk.unwrap_or_else(|| "-".into()),
             addrs.join(",")
         );
+        if let Some(ssh) = g["ssh"].as_str() {
+            println!("      ssh {ssh}");
+        }
     }
 }

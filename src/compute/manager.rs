@@ -258,6 +258,7 @@ impl ComputeManager {
                         let u = InstanceUpdate {
                             power_state: Some(power::RUNNING),
                             task_state: Some(None),
+                            ssh_forward: self.driver.ssh_forward(uuid).await,
                             ..Default::default()
                         };
                         let _ = self.conductor.instance_update(ctx, uuid, &u).await;
@@ -372,6 +373,7 @@ impl ComputeManager {
                 power_state: Some(power::RUNNING),
                 launched_at: Some(now()),
                 expected_task_state: Some(vec![Some("spawning".into())]),
+                ssh_forward: self.driver.ssh_forward(uuid).await,
                 ..Default::default()
             };
             Ok(self.conductor.instance_update(ctx, uuid, &done).await?)
@@ -435,6 +437,8 @@ impl ComputeManager {
                     power_state: Some(power_after),
                     task_state: Some(None),
                     expected_task_state: expected,
+                    // A start may have had to pick a new port (the saved one was taken).
+                    ssh_forward: self.driver.ssh_forward(&inst.uuid).await,
                     ..Default::default()
                 };
                 match self.conductor.instance_update(ctx, &inst.uuid, &u).await {

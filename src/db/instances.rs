@@ -53,6 +53,9 @@ pub struct Instance {
     pub updated_at: Option<String>,
     pub deleted: bool,
     pub metadata: BTreeMap<String, String>,
+    /// User networking: `addr:port` on the compute host forwarded to the guest's port 22.
+    #[serde(default)]
+    pub ssh_forward: Option<String>,
 }
 
 /// The flavor as it was at boot; flavors may change or be deleted afterwards.
@@ -132,6 +135,8 @@ pub struct InstanceUpdate {
     pub access_ip_v4: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_ip_v6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_forward: Option<String>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_task_state: Option<Vec<Option<String>>>,
@@ -178,7 +183,7 @@ pub struct InstanceFilter {
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
     availability_zone, vm_state, task_state, power_state, flavor_id, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
-    launched_at, terminated_at, created_at, updated_at, deleted, id";
+    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
     let flavor: String = r.get(13)?;
@@ -216,6 +221,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         updated_at: r.get(29)?,
         deleted: r.get::<_, i64>(30)? != 0,
         metadata: BTreeMap::new(),
+        ssh_forward: r.get(32)?,
     })
 }
 
@@ -428,6 +434,9 @@ impl Db {
         }
         if let Some(a) = &u.access_ip_v6 {
             set("access_ip_v6", a.clone().into());
+        }
+        if let Some(f) = &u.ssh_forward {
+            set("ssh_forward", f.clone().into());
         }
         args.push(uuid.to_string().into());
         let sql = format!("UPDATE instances SET {} WHERE uuid = ?{} AND deleted = 0", sets.join(", "), args.len());

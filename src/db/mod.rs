@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_neutron_attributes.sql"),
     include_str!("migrations/0003_port_preserve_on_delete.sql"),
     include_str!("migrations/0004_volumes.sql"),
+    include_str!("migrations/0005_instance_ssh_forward.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -179,6 +179,18 @@ fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
     assert!(text.contains("novabox-guest: init reached"), "{text}");
     assert!(text.contains("novabox-guest: hostname e2e-guest"), "{text}");
 
+    // User networking: a loopback port forwarded to the guest's port 22, where the test
+    // image answers an ssh banner; reported by the API, `server show` and `status`.
+    let forward = status(&home, "e2e-guest")["novabox:ssh_forward"].as_str().map(str::to_string);
+    let forward = forward.expect("a user-mode guest has an ssh forward");
+    assert!(forward.starts_with("127.0.0.1:"), "{forward}");
+    assert_eq!(read_banner(&forward), "SSH-2.0-novabox-test");
+    let shown = server(&home, &["show", "e2e-guest"]);
+    assert!(stdout(&shown).contains(&format!("ssh       {forward}")), "{}", stdout(&shown));
+    let st = common::run(home.novabox().args(["status", "--json"]));
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["guests"][0]["ssh"], forward.as_str(), "{st:#}");
+
     assert_ok(&server(&home, &["stop", "e2e-guest"]));
     let s = wait_status(&home, &up, "e2e-guest", "SHUTOFF");
     assert_eq!(s["OS-EXT-STS:power_state"], 4, "{s:#}");
@@ -187,6 +199,8 @@ fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
     assert_ok(&server(&home, &["start", "e2e-guest"]));
     wait_status(&home, &up, "e2e-guest", "ACTIVE");
     wait_console(&home, "e2e-guest", "novabox-guest: ready", 2);
+    // The port stays the guest's across power cycles (an ssh config may name it).
+    assert_eq!(status(&home, "e2e-guest")["novabox:ssh_forward"], forward.as_str());
 
     // qemu dies behind novabox's back: the periodic sync marks the server SHUTOFF (crashed).
     let pids = qemu_of(&id);
@@ -199,11 +213,35 @@ fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
     assert_ok(&server(&home, &["delete", "e2e-guest", "--wait"]));
     assert!(qemu_of(&id).is_empty(), "qemu left after delete");
     assert!(!dir.exists(), "instance dir left after delete");
+    assert!(std::net::TcpStream::connect(&forward).is_err(), "{forward} still listens after delete");
     assert!(home.path().join("instances/_base").read_dir().unwrap().next().is_some(), "base image kept");
 
     let status = up.stop().expect("novabox up stops on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", up.log());
     assert!(pids_mentioning(&home.path().to_string_lossy()).is_empty());
+}
+
+/// The first line a TCP server at `addr` sends, retried while the guest's network comes up
+/// (its DHCP client and listener start in the background after boot).
+fn read_banner(addr: &str) -> String {
+    use std::io::BufRead;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match std::net::TcpStream::connect(addr) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut line = String::new();
+                match std::io::BufReader::new(stream).read_line(&mut line) {
+                    Ok(n) if n > 0 => return line.trim_end().to_string(),
+                    other => last = format!("{other:?}"),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("no banner from {addr} within 60s: {last}");
 }
 
 /// Asking for the qemu driver on a host without qemu fails `up` with the package to install.

@@ -147,6 +147,8 @@ fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth:
         "addresses": d.addresses,
         "accessIPv4": inst.access_ip_v4.clone().unwrap_or_default(),
         "accessIPv6": inst.access_ip_v6.clone().unwrap_or_default(),
+        // novabox's own key (not `metadata`, which is the user's): clients ignore unknown keys.
+        "novabox:ssh_forward": inst.ssh_forward,
         "links": links(base, "servers", &inst.uuid),
         "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-AZ:availability_zone": inst.availability_zone.clone().unwrap_or_default(),

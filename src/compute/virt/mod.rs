@@ -126,6 +126,10 @@ pub trait VirtDriver: Send + Sync + 'static {
     async fn console_output(&self, uuid: &str) -> Result<String, VirtError>;
     /// The uuids of the guests the driver knows.
     async fn guests(&self) -> Vec<String>;
+    /// User networking: the host `addr:port` forwarded to the guest's port 22, if any.
+    async fn ssh_forward(&self, _uuid: &str) -> Option<String> {
+        None
+    }
     /// Plugs a volume into the guest (hotplug when it runs) and keeps it across restarts.
     async fn attach_volume(&self, uuid: &str, disk: &VolumeDisk) -> Result<(), VirtError> {
         let _ = (uuid, disk);

@@ -93,13 +93,7 @@ fn port_free(port: u16) -> bool {
 fn with_ssh_forward(args: &[String], port: Option<u16>) -> Vec<String> {
     let Some(port) = port else { return args.to_vec() };
     args.iter()
-        .map(|a| {
-            if a == "user,id=net0" {
-                format!("{a},hostfwd=tcp:{SSH_FORWARD_ADDR}:{port}-:22")
-            } else {
-                a.clone()
-            }
-        })
+        .map(|a| if a == "user,id=net0" { format!("{a},hostfwd=tcp:{SSH_FORWARD_ADDR}:{port}-:22") } else { a.clone() })
         .collect()
 }
 
@@ -645,6 +639,10 @@ impl VirtDriver for QemuDriver {
 
     async fn detach_volume(&self, uuid: &str, volume_id: &str) -> Result<(), VirtError> {
         self.detach_volume_from(uuid, volume_id).await
+    }
+
+    async fn ssh_forward(&self, uuid: &str) -> Option<String> {
+        ssh_port(&self.instances, uuid).map(|port| format!("{SSH_FORWARD_ADDR}:{port}"))
     }
 
     async fn guests(&self) -> Vec<String> {
