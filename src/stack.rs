@@ -64,6 +64,8 @@ pub enum StackError {
          (needs libvirt-dev and pkg-config), or set `[compute] driver = \"qemu\"` (or \"auto\")"
     )]
     DriverUnavailable(&'static str),
+    #[error("volumes: {0}")]
+    Volumes(#[from] crate::volumes::VolumeError),
     #[error("guest networking: {0}")]
     Network(#[from] crate::compute::net::NetError),
 }
@@ -198,6 +200,7 @@ pub async fn run(
         (&db, [Service::Api, Service::Scheduler, Service::Conductor].iter().all(|s| services.contains(s)))
     {
         crate::conductor::recover_after_restart(db, &started_at)?;
+        crate::volumes::recover(db, &home)?;
     }
     let timeout = Duration::from_secs(config.bus.call_timeout_secs);
     let mut subscriptions: Vec<Subscription> = Vec::new();

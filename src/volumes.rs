@@ -176,6 +176,43 @@ pub fn delete(db: &crate::db::Db, home: &Home, volume: &crate::db::volumes::Volu
     Ok(())
 }
 
+/// Why a volume that was being written when novabox stopped is `error` now.
+pub const LOST_CREATE: &str = "novabox stopped while this volume was being created; delete it and create it again";
+
+/// Finishes what a crash interrupted, as cinder-volume's start-up does: a volume still
+/// `creating` lost the task writing it (it ran in the stopped process) and becomes `error`
+/// with its half-written file gone; a volume `deleting` is deleted. Runs before any service
+/// serves, so nothing else can be writing a volume. Attach and detach in flight are left
+/// alone: on RabbitMQ their cast to compute survives the restart and finishes them.
+pub fn recover(db: &SharedDb, home: &Home) -> Result<(), VolumeError> {
+    let volumes = db.with(|db| db.volumes(None))?;
+    for v in volumes {
+        let Some(path) = v.path.as_deref().and_then(|rel| file_path(home, rel)) else { continue };
+        match v.status.as_str() {
+            "creating" => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("volume");
+                for f in [path.clone(), dir.join(format!(".{name}.part"))] {
+                    match std::fs::remove_file(&f) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(VolumeError::Io { path: f, source }),
+                    }
+                }
+                if db.with(|db| db.finish_volume_create(&v.id, Some(LOST_CREATE)))? {
+                    tracing::warn!(volume = %v.id, "volume create lost in a restart; volume set to error");
+                }
+            }
+            "deleting" => {
+                db.with(|db| delete(db, home, &v))?;
+                tracing::info!(volume = %v.id, "finished a volume delete interrupted by a restart");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// An instance is going away: its volumes are detached, and those with
 /// `delete_on_termination` deleted with their files.
 pub fn release_instance_volumes(db: &crate::db::Db, home: &Home, instance_uuid: &str) -> Result<(), VolumeError> {
@@ -202,6 +239,40 @@ mod tests {
         assert!(file_path(&home, "../x").is_none());
         assert!(file_path(&home, ".hidden").is_none());
         assert!(file_path(&home, "").is_none());
+    }
+
+    #[test]
+    fn a_restart_fails_lost_creates_and_finishes_deletes() {
+        let (t, db) = crate::db::volumes::tests::db_with_project();
+        let db = SharedDb::new(db);
+        let home = Home::at(t.path());
+        let dir = t.path().join("volumes");
+        std::fs::create_dir_all(&dir).unwrap();
+        let add = |id: &str, status: &str| {
+            let mut v = crate::db::volumes::tests::new_volume(id, 1);
+            v.path = file_name(id);
+            db.with(|db| {
+                db.insert_volume(&v)?;
+                db.set_volume_status(id, &["creating"], status)
+            })
+            .unwrap();
+            std::fs::write(dir.join(file_name(id)), b"x").unwrap();
+        };
+        add("creating-one", "creating");
+        std::fs::write(dir.join(format!(".{}.part", file_name("creating-one"))), b"half").unwrap();
+        add("deleting-one", "deleting");
+        add("kept-one", "available");
+
+        recover(&db, &home).unwrap();
+        let lost = db.with(|db| db.volume("creating-one")).unwrap().unwrap();
+        assert_eq!(lost.status, "error");
+        assert_eq!(lost.fault.as_deref(), Some(LOST_CREATE));
+        assert!(db.with(|db| db.volume("deleting-one")).unwrap().is_none());
+        assert_eq!(db.with(|db| db.volume("kept-one")).unwrap().unwrap().status, "available");
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, vec![file_name("kept-one")], "only the kept volume's file stays");
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use novabox::home::Home;
 use novabox::secrets::Secrets;
 use novabox::stack::{self, Service};
 
-use super::init::{AccelArg, BusArg, DriverArg, InitArgs};
+use super::init::{AccelArg, BusArg, DriverArg, InitArgs, NetworkModeArg};
 use super::GlobalArgs;
 
 const READY: &str = "novabox-guest: ready";
@@ -78,6 +78,8 @@ fn guest_in(global: &GlobalArgs, args: &GuestArgs, dir: &Path) -> anyhow::Result
     init.no_clouds_yaml = true;
     init.driver = Some(DriverArg::Qemu);
     init.bus = Some(BusArg::Local);
+    // A benchmark must not build bridges on the host; the bare qemu run uses the same NIC.
+    init.network_mode = Some(NetworkModeArg::User);
     init.accel = Some(args.accel);
     init.api_port = Some(novabox::supervise::free_port()?);
     eprintln!("preparing a throwaway home in {}", dir.display());

@@ -336,11 +336,11 @@ impl Db {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::db::OpenOptions;
 
-    fn db_with_project() -> (tempfile::TempDir, Db) {
+    pub(crate) fn db_with_project() -> (tempfile::TempDir, Db) {
         let t = tempfile::tempdir().unwrap();
         let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
         db.conn()
@@ -352,7 +352,7 @@ mod tests {
         (t, db)
     }
 
-    fn new_volume(id: &str, size: i64) -> NewVolume {
+    pub(crate) fn new_volume(id: &str, size: i64) -> NewVolume {
         NewVolume {
             id: id.into(),
             name: Some(id.into()),

@@ -380,7 +380,9 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
     for _ in 0..100 {
         let out = run(home.novabox().args(["trace", &id]));
         tree = stdout(&out);
-        if tree.contains("[compute] spawning") {
+        // Both writers flush a few times a second: the local one (api, scheduler) and the
+        // conductor storing what the remote compute ships; wait for both.
+        if tree.contains("[compute] spawning") && tree.contains("[scheduler] select_host") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -90,7 +90,8 @@ fn flavor_disks_iso_config_drive_and_console_needs_qemu() {
     let _reaper = Reaper(home.path().to_path_buf());
     let deb_cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache");
     let out = common::run(
-        home.init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg"]).env("NOVABOX_DEB_CACHE", deb_cache),
+        home.init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
+            .env("NOVABOX_DEB_CACHE", deb_cache),
     );
     assert_ok(&out);
     let stack = home.up(&[]);

@@ -126,7 +126,7 @@ mod with_libvirt {
 
     fn init(home: &TestHome, uri: &str) {
         let out = common::run(
-            home.init_cmd(&["--driver", "libvirt", "--bus", "local", "--accel", "tcg"])
+            home.init_cmd(&["--driver", "libvirt", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
                 .env("NOVABOX_DEB_CACHE", deb_cache()),
         );
         assert_ok(&out);
@@ -137,7 +137,8 @@ mod with_libvirt {
         // Heartbeats every second, so the power-state sync (every third) notices a dead qemu soon.
         let config = config
             .replace("libvirt_uri = \"qemu:///system\"", &format!("libvirt_uri = \"{uri}\""))
-            .replace("heartbeat_secs = 10", "heartbeat_secs = 1");
+            .replace("heartbeat_secs = 10", "heartbeat_secs = 1")
+            .replace("shutdown_timeout_secs = 10", "shutdown_timeout_secs = 2");
         std::fs::write(&file, config).unwrap();
     }
 
@@ -197,10 +198,10 @@ mod with_libvirt {
         assert!(text.contains("novabox-guest: hostname lv-guest"), "config drive: {text}");
 
         step("booted");
-        // A host reboot while novabox is down: libvirt keeps the domain defined but not running;
-        // `up` starts it again (nova's resume_guests_state_on_host_boot).
+        // Stopping the stack stops its guests (ACPI, then hard); libvirt keeps the domain
+        // defined, and `up` starts it again (nova's resume_guests_state_on_host_boot).
         assert!(up.stop().is_some_and(|s| s.success()), "{}", up.log());
-        assert_ok(&virsh(&uri, &["destroy", &name]));
+        assert_eq!(stdout(&virsh(&uri, &["domstate", &name])).trim(), "shut off", "stopped with the stack");
         // Up::start waits for ready.json: not the one the last `up` left.
         let _ = std::fs::remove_file(home.path().join("run/ready.json"));
         // Shadowed, not dropped: dropping an Up kills every process naming this home.
@@ -220,6 +221,30 @@ mod with_libvirt {
         wait_console(&home, "lv-guest", "novabox-guest: ready", 3);
 
         step("restarted");
+        // A volume hot-plugged through libvirt: the guest sees a new disk; detached again, it
+        // is available, and libvirt's persistent definition no longer has it.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ready: Value =
+            serde_json::from_str(&std::fs::read_to_string(home.path().join("run/ready.json")).unwrap()).unwrap();
+        let demo = rt.block_on(crate::volumes::Api::login(&ready, "demo"));
+        let disks_before =
+            wait_console(&home, "lv-guest", "novabox-guest: ready", 3).matches("novabox-guest: disk ").count();
+        let vol = rt.block_on(demo.create_volume(serde_json::json!({"volume": {"size": 1, "name": "lv-vol"}})));
+        rt.block_on(demo.wait_volume(&vol, "available"));
+        let attachments = format!("/compute/v2.1/servers/{id}/os-volume_attachments");
+        let body = serde_json::json!({"volumeAttachment": {"volumeId": vol}});
+        let (s, v) = rt.block_on(demo.call(reqwest::Method::POST, &attachments, Some(body)));
+        assert_eq!(s, 200, "{v}\n{}", up.log());
+        rt.block_on(demo.wait_volume(&vol, "in-use"));
+        let text = wait_console(&home, "lv-guest", "novabox-guest: disk ", disks_before + 1);
+        let new_disk = text.lines().filter(|l| l.contains("novabox-guest: disk ")).nth(disks_before).unwrap();
+        assert!(new_disk.trim_end().ends_with(" 2097152"), "{new_disk}");
+        assert!(stdout(&virsh(&uri, &["dumpxml", "--inactive", &name])).contains(&vol[..20]), "persistent");
+        let (s, v) = rt.block_on(demo.call(reqwest::Method::DELETE, &format!("{attachments}/{vol}"), None));
+        assert_eq!(s, 202, "{v}");
+        rt.block_on(demo.wait_volume(&vol, "available"));
+        assert!(!stdout(&virsh(&uri, &["dumpxml", "--inactive", &name])).contains(&vol[..20]), "detached");
+        step("volume attached and detached");
         // qemu dies behind libvirt's back: libvirt says crashed, the power sync shows it.
         let pids = pids_mentioning(&format!("guest={name}"));
         assert_eq!(pids.len(), 1, "one qemu per guest");

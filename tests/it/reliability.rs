@@ -1338,7 +1338,7 @@ async fn rabbitmq_stopped_during_deletes_needs_qemu() {
     let _reaper = QemuReaper(home.path().to_path_buf());
     let debs = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache");
     assert_ok(&run(home
-        .init_cmd(&["--driver", "qemu", "--bus", "rabbitmq", "--accel", "tcg"])
+        .init_cmd(&["--driver", "qemu", "--bus", "rabbitmq", "--accel", "tcg", "--network-mode", "user"])
         .env("NOVABOX_DEB_CACHE", debs)));
     let config_file = home.path().join("novabox.toml");
     let text = std::fs::read_to_string(&config_file).expect("config");

@@ -316,7 +316,7 @@ fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
     let _cleanup = KillLeftovers(home.path().to_path_buf());
     let deb_cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache");
     let out = run(home
-        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg"])
+        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
         .env("NOVABOX_DEB_CACHE", deb_cache));
     assert_ok(&out);
     let config_file = home.path().join("novabox.toml");

@@ -11,14 +11,14 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 /// An API session against a running stack, from its ready document.
-struct Api {
+pub(super) struct Api {
     base: String,
     token: String,
     project: String,
 }
 
 impl Api {
-    async fn login(ready: &Value, user: &str) -> Api {
+    pub(super) async fn login(ready: &Value, user: &str) -> Api {
         let auth_url = ready["auth_url"].as_str().expect("auth_url").to_string();
         let password = ready["credentials"][user]["password"].as_str().expect("password");
         let body = json!({"auth": {
@@ -33,7 +33,7 @@ impl Api {
         Api { base: auth_url.replace("/identity/v3", ""), token, project }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub(super) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let path = path.replace("{project}", &self.project);
         let mut req = reqwest::Client::new()
             .request(method, format!("{}{path}", self.base))
@@ -48,7 +48,7 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    async fn create_volume(&self, body: Value) -> String {
+    pub(super) async fn create_volume(&self, body: Value) -> String {
         let (s, v) = self.call(Method::POST, "/volume/v3/{project}/volumes", Some(body)).await;
         assert_eq!(s, 202, "{v}");
         v["volume"]["id"].as_str().unwrap().to_string()
@@ -59,7 +59,7 @@ impl Api {
         (s, v["volume"].clone())
     }
 
-    async fn wait_volume(&self, id: &str, want: &str) -> Value {
+    pub(super) async fn wait_volume(&self, id: &str, want: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (s, v) = self.volume(id).await;
@@ -267,7 +267,7 @@ async fn a_real_guest_sees_a_volume_attached_and_detached_needs_qemu() {
     );
     let home = TestHome::new();
     let out = run(home
-        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg"])
+        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
         .env("NOVABOX_DEB_CACHE", deb_cache()));
     assert_ok(&out);
     let up = Up::start(&home);

@@ -27,7 +27,7 @@ use virt::sys;
 
 use super::disks;
 use super::guestfiles::{path_str, read_tail, GuestFiles, Prepared};
-use super::{GuestSpec, HostResources, VirtDriver, VirtError};
+use super::{GuestSpec, HostResources, ShutdownReport, VirtDriver, VirtError, VolumeDisk};
 use crate::config::Accel;
 use crate::db::instances::power;
 use crate::hostpkgs;
@@ -171,19 +171,27 @@ impl LibvirtDriver {
                 escape(path_str(d)?)
             ));
         }
+        for (n, v) in spec.volumes.iter().filter(|v| !v.boot).enumerate() {
+            let dev = disk_name(prepared.disks.len() + n).ok_or_else(|| failed("a guest has at most 26 disks"))?;
+            disks.push_str(&volume_xml(v, &dev)?);
+        }
         disks.push_str(&format!(
             "    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      \
              <source file='{}'/>\n      <target dev='hdc' bus='ide'/>\n      <readonly/>\n    </disk>\n",
             escape(path_str(iso)?)
         ));
-        // QEMU user networking per port until the networking work brings bridges and taps,
-        // as the qemu driver.
+        // As the qemu driver: the tap compute plugged into the bridge (bridge mode; libvirt
+        // must not manage it, novabox does), else QEMU user networking.
         let mut interfaces = String::new();
         for vif in &spec.network_info {
             let mac = valid_mac(&vif.mac)
                 .ok_or_else(|| failed(format!("port {} has a bad MAC {:?}", vif.port_id, vif.mac)))?;
+            let (kind, target) = match &vif.tap {
+                Some(tap) => ("ethernet", format!("      <target dev='{}' managed='no'/>\n", escape(tap))),
+                None => ("user", String::new()),
+            };
             interfaces.push_str(&format!(
-                "    <interface type='user'>\n      <mac address='{mac}'/>\n      <model type='virtio'/>\n    \
+                "    <interface type='{kind}'>\n      <mac address='{mac}'/>\n{target}      <model type='virtio'/>\n    \
                  </interface>\n"
             ));
         }
@@ -425,6 +433,89 @@ impl VirtDriver for LibvirtDriver {
         read_tail(&dir.join("console.log"), MAX_CONSOLE_BYTES)
     }
 
+    /// Plugs the volume in (live when the domain runs) and into its persistent definition,
+    /// so later starts have it; `domain.xml` follows for a libvirt that loses the domain.
+    async fn attach_volume(&self, uuid: &str, disk: &VolumeDisk) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        self.record(&dir, uuid)?;
+        if !Path::new(&disk.path).is_file() {
+            return Err(failed(format!("volume {} has no file at {}", disk.volume_id, disk.path)));
+        }
+        let (id, disk) = (uuid.to_string(), disk.clone());
+        self.blocking(move |conn| {
+            let dom = lookup_or_define(conn, &id, &dir)?;
+            let xml = dom.get_xml_desc(0).map_err(|e| lv("cannot read the domain", e))?;
+            if xml.contains(&format!("<serial>{}</serial>", serial(&disk.volume_id))) {
+                return Ok(());
+            }
+            let dev = (0..26)
+                .filter_map(disk_name)
+                .find(|d| !xml.contains(&format!("dev='{d}'")))
+                .ok_or_else(|| failed("a guest has at most 26 disks"))?;
+            let fragment = volume_xml(&disk, &dev)?;
+            dom.attach_device_flags(&fragment, affect(&dom)).map_err(|e| lv("cannot attach the volume", e))?;
+            save_definition(&dom, &dir)
+        })
+        .await
+    }
+
+    /// Asks the guest to let the disk go (ACPI hotplug) and waits for it, as the qemu driver.
+    async fn detach_volume(&self, uuid: &str, volume_id: &str) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        self.record(&dir, uuid)?;
+        let (id, volume_id) = (uuid.to_string(), volume_id.to_string());
+        self.blocking(move |conn| {
+            let dom = lookup_or_define(conn, &id, &dir)?;
+            let xml = dom.get_xml_desc(0).map_err(|e| lv("cannot read the domain", e))?;
+            let Some(fragment) = disk_element(&xml, &serial(&volume_id)) else { return Ok(()) };
+            dom.detach_device_flags(&fragment, affect(&dom)).map_err(|e| lv("cannot detach the volume", e))?;
+            let deadline = Instant::now() + VOLUME_RELEASE_TIMEOUT;
+            while disk_element(&dom.get_xml_desc(0).unwrap_or_default(), &serial(&volume_id)).is_some() {
+                if Instant::now() >= deadline {
+                    return Err(failed(format!(
+                        "the guest did not release volume {volume_id} within {}s; try again",
+                        VOLUME_RELEASE_TIMEOUT.as_secs()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            save_definition(&dom, &dir)
+        })
+        .await
+    }
+
+    /// `novabox down`: the ACPI power button for every running guest at once, then destroy
+    /// what is still running after `timeout`. The domains stay defined and their instances
+    /// ACTIVE, so the next `up` starts them (nova's resume_guests_state_on_host_boot).
+    async fn shutdown_all(&self, timeout: Duration) -> Result<ShutdownReport, VirtError> {
+        let uuids = self.guests().await;
+        self.blocking(move |conn| {
+            let mut running = Vec::new();
+            for uuid in uuids {
+                if let Some(dom) = lookup(conn, &uuid)? {
+                    if dom.is_active().unwrap_or(false) {
+                        let _ = dom.shutdown();
+                        running.push((uuid, dom));
+                    }
+                }
+            }
+            let deadline = Instant::now() + timeout;
+            let mut report = ShutdownReport::default();
+            for (uuid, dom) in running {
+                if wait_inactive(&dom, deadline.saturating_duration_since(Instant::now())) {
+                    report.clean.push(uuid);
+                } else {
+                    if let Err(e) = dom.destroy() {
+                        tracing::warn!(instance = %uuid, error = %e, "cannot stop the domain");
+                    }
+                    report.hard.push(uuid);
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
     async fn guests(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.instances) else { return Vec::new() };
         entries
@@ -450,6 +541,49 @@ fn power_state_of(state: sys::virDomainState, reason: i32) -> i64 {
         sys::VIR_DOMAIN_PMSUSPENDED => power::SUSPENDED,
         _ => power::NOSTATE,
     }
+}
+
+/// How long a guest gets to let go of a volume after the detach request.
+const VOLUME_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A volume as a virtio disk; its serial (the volume id, as nova sets it) finds it again.
+fn volume_xml(v: &VolumeDisk, dev: &str) -> Result<String, VirtError> {
+    Ok(format!(
+        "    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      \
+         <source file='{}'/>\n      <target dev='{dev}' bus='virtio'/>\n      <serial>{}</serial>\n    </disk>\n",
+        escape(path_str(Path::new(&v.path))?),
+        escape(&serial(&v.volume_id))
+    ))
+}
+
+/// The serial a volume's disk carries: the first 20 characters of its id (virtio's limit).
+fn serial(volume_id: &str) -> String {
+    volume_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(20).collect()
+}
+
+/// The `<disk>` element of the domain XML that carries `serial`, as libvirt wrote it.
+fn disk_element(xml: &str, serial: &str) -> Option<String> {
+    let needle = format!("<serial>{serial}</serial>");
+    let at = xml.find(&needle)?;
+    let start = xml[..at].rfind("<disk ")?;
+    let end = at + xml[at..].find("</disk>")? + "</disk>".len();
+    Some(xml[start..end].to_string())
+}
+
+/// Live and persistent for a running domain, persistent only for a stopped one.
+fn affect(dom: &Domain) -> u32 {
+    if dom.is_active().unwrap_or(false) {
+        sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+    } else {
+        sys::VIR_DOMAIN_AFFECT_CONFIG
+    }
+}
+
+/// Keeps `domain.xml` equal to libvirt's persistent definition after a device change.
+fn save_definition(dom: &Domain, dir: &Path) -> Result<(), VirtError> {
+    let xml = dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(|e| lv("cannot read the domain", e))?;
+    crate::home::write_atomic(&dir.join("domain.xml"), xml.as_bytes(), 0o600)
+        .map_err(|e| failed(format!("cannot write {}: {e}", dir.join("domain.xml").display())))
 }
 
 fn domain_name(uuid: &str) -> String {
