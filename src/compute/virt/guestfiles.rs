@@ -374,11 +374,25 @@ pub fn read_tail(path: &Path, max: u64) -> Result<String, VirtError> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// The serial a volume's disk carries, so the guest (and the driver) can find it again: the
+/// first 20 characters of the volume id, virtio-blk's limit, as nova sets it.
+pub fn volume_serial(volume_id: &str) -> String {
+    volume_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(20).collect()
+}
+
+/// The MAC in canonical lower case when it is six hex pairs; anything else could smuggle
+/// options into a qemu argument or XML.
+pub fn valid_mac(mac: &str) -> Option<String> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| mac.to_ascii_lowercase())
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn meta(id: &str, format: &str, file: Option<&Path>) -> ImageMeta {
+    pub(crate) fn meta(id: &str, format: &str, file: Option<&Path>) -> ImageMeta {
         ImageMeta {
             id: id.into(),
             name: Some(format!("{format} image")),

@@ -26,7 +26,7 @@ use virt::error::ErrorNumber;
 use virt::sys;
 
 use super::disks;
-use super::guestfiles::{path_str, read_tail, GuestFiles, Prepared};
+use super::guestfiles::{path_str, read_tail, valid_mac, volume_serial as serial, GuestFiles, Prepared};
 use super::{GuestSpec, HostResources, ShutdownReport, VirtDriver, VirtError, VolumeDisk};
 use crate::config::Accel;
 use crate::db::instances::power;
@@ -556,11 +556,6 @@ fn volume_xml(v: &VolumeDisk, dev: &str) -> Result<String, VirtError> {
     ))
 }
 
-/// The serial a volume's disk carries: the first 20 characters of its id (virtio's limit).
-fn serial(volume_id: &str) -> String {
-    volume_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(20).collect()
-}
-
 /// The `<disk>` element of the domain XML that carries `serial`, as libvirt wrote it.
 fn disk_element(xml: &str, serial: &str) -> Option<String> {
     let needle = format!("<serial>{serial}</serial>");
@@ -593,13 +588,6 @@ fn domain_name(uuid: &str) -> String {
 /// `vda`, `vdb`, ... for the i-th virtio disk.
 fn disk_name(i: usize) -> Option<String> {
     (i < 26).then(|| format!("vd{}", (b'a' + i as u8) as char))
-}
-
-/// The MAC in canonical lower case when it is six hex pairs.
-fn valid_mac(mac: &str) -> Option<String> {
-    let parts: Vec<&str> = mac.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
-    ok.then(|| mac.to_ascii_lowercase())
 }
 
 /// A value for the domain template.

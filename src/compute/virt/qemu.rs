@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::guestfiles::{last_line, path_str, read_tail, GuestFiles};
+use super::guestfiles::{last_line, path_str, read_tail, valid_mac, volume_serial as serial, GuestFiles};
 use super::{configdrive, qmp, GuestSpec, HostResources, VirtDriver, VirtError, VolumeDisk};
 use super::{disks, imagecache};
 use crate::config::{Accel, ConfigDriveFormat};
@@ -485,11 +485,6 @@ fn volume_names(volume_id: &str) -> Result<(String, String), VirtError> {
     Ok((format!("n{}", &hex[..24]), format!("v{}", &hex[..24])))
 }
 
-/// The disk serial the guest sees (virtio-blk keeps 20 characters), as nova sets it.
-fn serial(volume_id: &str) -> String {
-    volume_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(20).collect()
-}
-
 fn volume_file(disk: &VolumeDisk) -> Result<PathBuf, VirtError> {
     let file = PathBuf::from(&disk.path);
     if !file.is_absolute() || !file.is_file() {
@@ -757,14 +752,6 @@ fn opt_path(p: &Path) -> Result<String, VirtError> {
     Ok(path_str(p)?.replace(',', ",,"))
 }
 
-/// The MAC in canonical lower case when it is six hex pairs; anything else could smuggle
-/// options into qemu's command line.
-fn valid_mac(mac: &str) -> Option<String> {
-    let parts: Vec<&str> = mac.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
-    ok.then(|| mac.to_ascii_lowercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -816,19 +803,7 @@ mod tests {
         assert_eq!(opt_path(Path::new("/a,b/c")).unwrap(), "/a,,b/c");
     }
 
-    fn meta(id: &str, format: &str, file: Option<&Path>) -> ImageMeta {
-        ImageMeta {
-            id: id.into(),
-            name: Some(format!("{format} image")),
-            disk_format: Some(format.into()),
-            container_format: Some(format.into()),
-            size: None,
-            file: file.map(|f| f.to_string_lossy().into_owned()),
-            properties: Default::default(),
-            kernel: None,
-            ramdisk: None,
-        }
-    }
+    use crate::compute::virt::guestfiles::tests::meta;
 
     #[test]
     fn unavailable_names_the_package() {
