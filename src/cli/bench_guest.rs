@@ -48,7 +48,10 @@ pub fn run(global: &GlobalArgs, args: GuestArgs) -> anyhow::Result<ExitCode> {
     if !novabox::compute::virt::qemu::QemuDriver::available() {
         bail!("the guest benchmark needs qemu-system-x86_64 and qemu-img: sudo apt-get install qemu-system-x86 qemu-utils");
     }
-    let dir = std::env::temp_dir().join(format!("novabox-bench-{}", uuid::Uuid::new_v4().simple()));
+    // Short: the guest's console and QMP sockets live under it, and a unix socket path has
+    // 107 bytes at most.
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("nbb-{}", &tag[..12]));
     let result = guest_in(global, &args, &dir);
     if args.keep {
         eprintln!("kept the benchmark home {}", dir.display());
