@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::{self, assert_ok, stderr, stdout, TestHome};
+use crate::guests::pids_mentioning;
 
 /// Kills, by pid, every process whose command line names the test's home (its guests' qemu),
 /// also when the test fails; `novabox up` itself is stopped by `Stack`'s own drop.
@@ -26,19 +27,6 @@ impl Drop for Reaper {
 
 fn cmdline(pid: i32) -> String {
     String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).into_owned()
-}
-
-fn pids_mentioning(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-                .filter(|pid| *pid != me && cmdline(*pid).contains(needle))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn novabox(home: &TestHome, args: &[&str]) -> std::process::Output {

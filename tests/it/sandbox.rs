@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::*;
+use crate::guests::pids_mentioning;
 
 /// Detached stacks are stopped by pid at the end of each test even when it fails halfway.
 struct Detached<'a> {
@@ -260,21 +261,6 @@ fn sandbox_up_after_a_crash_resumes_from_disk() {
     assert_ok(&run(home.novabox().arg("down")));
     wait_dead(stack2.pid);
     drop((stack, stack2));
-}
-
-/// The pids of the processes whose command line mentions `needle`.
-fn pids_mentioning(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(needle)
-        })
-        .collect()
 }
 
 /// Kills (by pid) every process left with this home on its command line, even when the test
