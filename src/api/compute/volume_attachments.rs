@@ -5,7 +5,7 @@
 //! from 2.79.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
@@ -101,7 +101,6 @@ fn next_device(used: &[String]) -> String {
 
 #[tracing::instrument(name = "attach_volume", skip_all, fields(instance = %id))]
 pub async fn create(
-    _headers: HeaderMap,
     State(state): State<AppState>,
     auth: Auth,
     v: Microversion,
