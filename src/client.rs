@@ -24,6 +24,8 @@ pub struct Client {
     compute: String,
     image: String,
     network: String,
+    /// Block Storage v3, project-scoped; `None` when the catalog has none (not novabox).
+    volume: Option<String>,
 }
 
 /// The message inside an OpenStack error body, whatever the service's format.
@@ -81,6 +83,7 @@ impl Client {
             compute: endpoint("compute")?,
             image: endpoint("image")?,
             network: endpoint("network")?,
+            volume: endpoint("block-storage").ok(),
             http,
             token,
         })
@@ -117,6 +120,15 @@ impl Client {
 
     pub async fn network(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         self.request(method, format!("{}/v2.0{path}", self.network), body).await
+    }
+
+    /// A Block Storage v3 call; `path` follows the project, e.g. `/volumes`.
+    pub async fn volume(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let base = self
+            .volume
+            .as_deref()
+            .ok_or_else(|| ClientError::Protocol("no block-storage endpoint in the catalog".into()))?;
+        self.request(method, format!("{}{path}", base.trim_end_matches('/')), body).await
     }
 
     /// GET on the identity service, e.g. `/projects` (admins).

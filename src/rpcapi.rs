@@ -46,6 +46,15 @@ pub struct RequestedNetwork {
     pub fixed_ip: Option<String>,
 }
 
+/// An attach (`attaching`) or detach (`detaching`) that a restart cut off, for the compute
+/// host of its instance to finish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeInFlight {
+    pub instance_uuid: String,
+    pub status: String,
+    pub disk: VolumeDisk,
+}
+
 /// What the scheduler needs to place one instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestSpec {
@@ -152,6 +161,10 @@ impl ConductorApi {
     ) -> Result<crate::compute::net::secgroups::HostFilters, BusError> {
         self.call(ctx, "security_group_filters", json!({"host": host})).await
     }
+    /// Every port's tap and MAC, for sweeping what deleted ports left plugged.
+    pub async fn port_devices(&self, ctx: &Context) -> Result<Vec<crate::compute::net::PortDevice>, BusError> {
+        self.call(ctx, "port_devices", json!({})).await
+    }
     /// The volumes an instance has attached (for restarting a guest).
     pub async fn instance_volumes(&self, ctx: &Context, uuid: &str) -> Result<Vec<VolumeDisk>, BusError> {
         self.call(ctx, "instance_volumes", json!({"uuid": uuid})).await
@@ -159,6 +172,10 @@ impl ConductorApi {
     /// Creates and attaches the volumes a build maps (boot from volume); returns them all.
     pub async fn prepare_block_devices(&self, ctx: &Context, uuid: &str) -> Result<Vec<VolumeDisk>, BusError> {
         self.call(ctx, "prepare_block_devices", json!({"uuid": uuid})).await
+    }
+    /// Attaches and detaches on `host` that a restart cut off.
+    pub async fn volumes_in_flight(&self, ctx: &Context, host: &str) -> Result<Vec<VolumeInFlight>, BusError> {
+        self.call(ctx, "volumes_in_flight", json!({"host": host})).await
     }
     /// The outcome of an attach: `error` None means the guest has the volume.
     pub async fn volume_attach_done(

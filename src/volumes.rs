@@ -182,8 +182,8 @@ pub const LOST_CREATE: &str = "novabox stopped while this volume was being creat
 /// Finishes what a crash interrupted, as cinder-volume's start-up does: a volume still
 /// `creating` lost the task writing it (it ran in the stopped process) and becomes `error`
 /// with its half-written file gone; a volume `deleting` is deleted. Runs before any service
-/// serves, so nothing else can be writing a volume. Attach and detach in flight are left
-/// alone: on RabbitMQ their cast to compute survives the restart and finishes them.
+/// serves, so nothing else can be writing a volume. Attaches and detaches in flight are for
+/// their compute host, which finishes them when it starts (`ComputeManager::init_host`).
 pub fn recover(db: &SharedDb, home: &Home) -> Result<(), VolumeError> {
     let volumes = db.with(|db| db.volumes(None))?;
     for v in volumes {

@@ -200,6 +200,61 @@ impl ComputeManager {
             let _held = lock.lock().await;
             self.reconcile(&ctx, &inst, guests.contains(&inst.uuid)).await;
         }
+        self.finish_volume_work(&ctx).await;
+        self.sweep_network(&ctx).await;
+        Ok(())
+    }
+
+    /// Finishes the attaches and detaches a restart cut off, as the user asked for them: the
+    /// cast that carried them died with an in-process bus, or comes again on RabbitMQ and
+    /// then finds them done (the drivers' attach and detach are idempotent, and a second
+    /// outcome changes nothing in the database).
+    async fn finish_volume_work(&self, ctx: &Context) {
+        let work = match self.conductor.volumes_in_flight(ctx, &self.host).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot learn the volume attaches and detaches to finish");
+                return;
+            }
+        };
+        for w in work {
+            tracing::info!(instance = %w.instance_uuid, volume = %w.disk.volume_id, status = %w.status,
+                "finishing a volume operation interrupted by a restart");
+            match w.status.as_str() {
+                "attaching" => self.attach_volume(ctx, &w.instance_uuid, &w.disk).await,
+                "detaching" => self.detach_volume(ctx, &w.instance_uuid, &w.disk.volume_id).await,
+                other => tracing::warn!(volume = %w.disk.volume_id, status = other, "not a volume operation"),
+            }
+        }
+    }
+
+    /// Bridge mode: removes taps and DHCP entries whose port is gone. A guest reaped without
+    /// its row, or an unplug that a crash cut short, leaves them, and no delete will come for
+    /// them. Errors are logged; the next sweep tries again.
+    async fn sweep_network(&self, ctx: &Context) {
+        let Some(net) = self.net.clone() else { return };
+        if let Err(e) = self.try_sweep_network(ctx, net).await {
+            tracing::warn!(error = %e, "stale taps not swept; the next sweep tries again");
+        }
+    }
+
+    async fn try_sweep_network(&self, ctx: &Context, net: Arc<HostNet>) -> Result<(), String> {
+        let lister = net.clone();
+        let before = tokio::task::spawn_blocking(move || lister.plugged())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if before.is_empty() {
+            return Ok(());
+        }
+        let ports = self.conductor.port_devices(ctx).await.map_err(|e| e.to_string())?;
+        let stale = tokio::task::spawn_blocking(move || net.sweep(&before, &ports))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if !stale.is_empty() {
+            tracing::info!(taps = stale.taps.len(), dhcp_entries = stale.macs.len(), "swept what deleted ports left");
+        }
         Ok(())
     }
 
@@ -484,32 +539,32 @@ impl ComputeManager {
     }
 
     /// Plugs a reserved volume into the guest and reports the outcome to the conductor.
-    #[tracing::instrument(name = "attach_volume", skip_all, fields(instance = %inst.uuid, volume = %volume.volume_id))]
-    async fn attach_volume(&self, ctx: &Context, inst: &Instance, volume: &VolumeDisk) {
-        let lock = self.lock_for(&inst.uuid);
+    #[tracing::instrument(name = "attach_volume", skip_all, fields(instance = %uuid, volume = %volume.volume_id))]
+    async fn attach_volume(&self, ctx: &Context, uuid: &str, volume: &VolumeDisk) {
+        let lock = self.lock_for(uuid);
         let _held = lock.lock().await;
-        let result = self.driver.attach_volume(&inst.uuid, volume).await;
+        let result = self.driver.attach_volume(uuid, volume).await;
         let error = result.err().map(|e| e.to_string());
         match &error {
             None => tracing::info!("volume attached"),
             Some(why) => tracing::warn!("volume attach failed: {why}"),
         }
-        if let Err(e) = self.conductor.volume_attach_done(ctx, &volume.volume_id, &inst.uuid, error.as_deref()).await {
+        if let Err(e) = self.conductor.volume_attach_done(ctx, &volume.volume_id, uuid, error.as_deref()).await {
             tracing::error!(error = %e, "attach outcome not recorded");
         }
     }
 
-    #[tracing::instrument(name = "detach_volume", skip_all, fields(instance = %inst.uuid, volume = %volume_id))]
-    async fn detach_volume(&self, ctx: &Context, inst: &Instance, volume_id: &str) {
-        let lock = self.lock_for(&inst.uuid);
+    #[tracing::instrument(name = "detach_volume", skip_all, fields(instance = %uuid, volume = %volume_id))]
+    async fn detach_volume(&self, ctx: &Context, uuid: &str, volume_id: &str) {
+        let lock = self.lock_for(uuid);
         let _held = lock.lock().await;
-        let result = self.driver.detach_volume(&inst.uuid, volume_id).await;
+        let result = self.driver.detach_volume(uuid, volume_id).await;
         let error = result.err().map(|e| e.to_string());
         match &error {
             None => tracing::info!("volume detached"),
             Some(why) => tracing::warn!("volume detach failed: {why}"),
         }
-        if let Err(e) = self.conductor.volume_detach_done(ctx, volume_id, &inst.uuid, error.as_deref()).await {
+        if let Err(e) = self.conductor.volume_detach_done(ctx, volume_id, uuid, error.as_deref()).await {
             tracing::error!(error = %e, "detach outcome not recorded");
         }
     }
@@ -566,6 +621,8 @@ impl ComputeManager {
                 if let Err(e) = self.sync_power_states().await {
                     tracing::warn!(error = %e, "power state sync failed");
                 }
+                // After the sync, which reaps guests whose rows are gone: their taps go next.
+                self.sweep_network(&Context::admin(Context::new_request_id())).await;
             }
             // A crashed dnsmasq leaves guests without DHCP renewals and DNS: start it again.
             if let Some(net) = self.net.clone() {
@@ -670,13 +727,13 @@ impl Handler for ComputeManager {
             "attach_volume" => {
                 let volume =
                     a.volume.ok_or_else(|| RemoteError::new("InvalidArguments", "attach_volume needs a volume"))?;
-                self.attach_volume(&ctx, &a.instance, &volume).await;
+                self.attach_volume(&ctx, &a.instance.uuid, &volume).await;
             }
             "detach_volume" => {
                 let id = a
                     .volume_id
                     .ok_or_else(|| RemoteError::new("InvalidArguments", "detach_volume needs a volume_id"))?;
-                self.detach_volume(&ctx, &a.instance, &id).await;
+                self.detach_volume(&ctx, &a.instance.uuid, &id).await;
             }
             "get_console_output" => {
                 let out = self

@@ -202,6 +202,11 @@ impl Conductor {
         Ok(serde_json::to_value(filters).unwrap_or(Value::Null))
     }
 
+    fn port_devices(&self) -> Result<Value, RemoteError> {
+        let ports = self.db.with(network::port_devices).map_err(db_error)?;
+        Ok(serde_json::to_value(ports).unwrap_or(Value::Null))
+    }
+
     fn image_meta(&self, a: Value) -> Result<Value, RemoteError> {
         #[derive(Deserialize)]
         struct A {
@@ -253,12 +258,14 @@ impl Handler for Conductor {
             "deallocate_network" => self.deallocate_network(args),
             "network_info" => self.network_info(args),
             "security_group_filters" => self.security_group_filters(args),
+            "port_devices" => self.port_devices(),
             "image_meta" => self.image_meta(args),
             "record_spans" => self.record_spans(args),
             "instance_volumes" => self.instance_volumes(args),
             "prepare_block_devices" => self.prepare_block_devices(args).await,
             "volume_attach_done" => self.volume_attach_done(args),
             "volume_detach_done" => self.volume_detach_done(args),
+            "volumes_in_flight" => self.volumes_in_flight(args),
             other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
         }
     }

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::bus::{Context, RemoteError};
 use crate::compute::net::secgroups::{self, HostFilters};
+use crate::compute::net::PortDevice;
 use crate::compute::virt::Vif;
 use crate::config::Config;
 use crate::db::network::{FixedIpRequest, NewPort, Port};
@@ -144,6 +145,16 @@ pub fn host_filters(db: &Db, host: &str) -> Result<HostFilters, DbError> {
         all.iter().filter(|p| p.binding_host.as_deref() == Some(host) && !p.device_id.is_empty()).cloned().collect();
     let groups = db.security_groups()?;
     Ok(secgroups::host_filters(&on_host, &all, &groups, |p| crate::compute::net::tap_name(&p.id)))
+}
+
+/// Every port's tap and MAC, on any host: what a compute's sweep must leave plugged. All
+/// ports, bound or not, so that nothing a port could still use is ever swept.
+pub fn port_devices(db: &Db) -> Result<Vec<PortDevice>, DbError> {
+    Ok(db
+        .ports()?
+        .into_iter()
+        .map(|p| PortDevice { tap: crate::compute::net::tap_name(&p.id), mac: p.mac_address })
+        .collect())
 }
 
 /// After a rule, a port's groups or a group's members changed: sends every compute host its

@@ -8,9 +8,10 @@ use serde_json::Value;
 use super::{args, db_error, Conductor};
 use crate::bus::RemoteError;
 use crate::compute::virt::VolumeDisk;
-use crate::db::volumes::NewVolume;
+use crate::db::volumes::{NewVolume, VolumeAttachment};
 use crate::db::Db;
 use crate::home::Home;
+use crate::rpcapi::VolumeInFlight;
 
 /// The disks of an instance's attached volumes, as a driver plugs them in.
 pub fn volume_disks(db: &Db, home: &Home, instance_uuid: &str) -> crate::db::Result<Vec<VolumeDisk>> {
@@ -18,15 +19,18 @@ pub fn volume_disks(db: &Db, home: &Home, instance_uuid: &str) -> crate::db::Res
         .instance_volume_attachments(instance_uuid)?
         .into_iter()
         .filter(|a| a.status == "in-use")
-        .filter_map(|a| {
-            let path = a.path.as_deref().and_then(|rel| crate::volumes::file_path(home, rel))?;
-            Some(VolumeDisk {
-                volume_id: a.volume_id,
-                path: path.to_string_lossy().into_owned(),
-                boot: a.boot_index == Some(0),
-            })
-        })
+        .filter_map(|a| disk(home, a))
         .collect())
+}
+
+/// The disk a driver plugs in for one attachment; `None` when its file path is not one of ours.
+fn disk(home: &Home, a: VolumeAttachment) -> Option<VolumeDisk> {
+    let path = a.path.as_deref().and_then(|rel| crate::volumes::file_path(home, rel))?;
+    Some(VolumeDisk {
+        volume_id: a.volume_id,
+        path: path.to_string_lossy().into_owned(),
+        boot: a.boot_index == Some(0),
+    })
 }
 
 #[derive(Deserialize)]
@@ -108,6 +112,24 @@ impl Conductor {
         self.instance_volumes(serde_json::json!({"uuid": a.uuid}))
     }
 
+    /// Attaches and detaches on a host that a restart cut off, for its compute to finish.
+    pub(super) fn volumes_in_flight(&self, a: Value) -> Result<Value, RemoteError> {
+        #[derive(Deserialize)]
+        struct A {
+            host: String,
+        }
+        let a: A = args(a)?;
+        let list = self.db.with(|db| db.volumes_in_flight(&a.host)).map_err(db_error)?;
+        let work: Vec<VolumeInFlight> = list
+            .into_iter()
+            .filter_map(|att| {
+                let (instance_uuid, status) = (att.instance_uuid.clone(), att.status.clone());
+                disk(&self.home, att).map(|disk| VolumeInFlight { instance_uuid, status, disk })
+            })
+            .collect();
+        Ok(serde_json::to_value(work).unwrap_or(Value::Null))
+    }
+
     /// Compute plugged the volume in (or could not: `error`).
     pub(super) fn volume_attach_done(&self, a: Value) -> Result<Value, RemoteError> {
         let a: VolumeArgs = args(a)?;
@@ -117,8 +139,11 @@ impl Conductor {
                     None => {
                         db.finish_volume_attachment(&a.volume_id, &a.instance_uuid)?;
                     }
-                    Some(why) => {
-                        db.release_volume_attachment(&a.volume_id, &a.instance_uuid)?;
+                    // Only an attach still pending fails: a second report of one that went
+                    // through (a redelivered cast) must not take the volume from the guest.
+                    Some(why)
+                        if db.release_volume_attachment_from(&a.volume_id, &a.instance_uuid, Some("attaching"))? =>
+                    {
                         db.add_instance_fault(
                             &a.instance_uuid,
                             500,
@@ -127,6 +152,7 @@ impl Conductor {
                             None,
                         )?;
                     }
+                    Some(why) => tracing::info!(volume = %a.volume_id, "late attach failure ignored: {why}"),
                 }
                 Ok(())
             })
@@ -140,7 +166,9 @@ impl Conductor {
         self.db
             .with(|db| -> crate::db::Result<()> {
                 match &a.error {
-                    None => db.release_volume_attachment(&a.volume_id, &a.instance_uuid),
+                    None => {
+                        db.release_volume_attachment_from(&a.volume_id, &a.instance_uuid, Some("detaching")).map(|_| ())
+                    }
                     Some(why) => {
                         db.set_volume_status(&a.volume_id, &["detaching"], "in-use")?;
                         db.add_instance_fault(&a.instance_uuid, 500, &format!("Volume detach failed: {why}"), "", None)

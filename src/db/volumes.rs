@@ -268,21 +268,63 @@ impl Db {
     /// The volume is no longer attached to the instance (a detach finished, an attach failed,
     /// the instance went): `available`, and its mapping gone.
     pub fn release_volume_attachment(&self, volume_id: &str, instance_uuid: &str) -> Result<()> {
+        self.release_volume_attachment_from(volume_id, instance_uuid, None).map(|_| ())
+    }
+
+    /// As [`Db::release_volume_attachment`], but only while the volume is in `status` when one
+    /// is given: the outcome of an attach or detach that arrives twice (a redelivered cast, a
+    /// restart finishing it too) must not undo what happened in between. False when the
+    /// volume was not attached to the instance in that status.
+    pub fn release_volume_attachment_from(
+        &self,
+        volume_id: &str,
+        instance_uuid: &str,
+        status: Option<&str>,
+    ) -> Result<bool> {
         let tx = self.begin()?;
         let ts = now();
-        tx.execute(
+        let n = tx.execute(
             "UPDATE volumes SET status = 'available', attach_status = 'detached', instance_uuid = NULL,
                 mountpoint = NULL, attachment_id = NULL, attached_at = NULL, updated_at = ?3
-             WHERE id = ?1 AND deleted = 0 AND instance_uuid = ?2",
-            params![volume_id, instance_uuid, ts],
+             WHERE id = ?1 AND deleted = 0 AND instance_uuid = ?2 AND (?4 IS NULL OR status = ?4)",
+            params![volume_id, instance_uuid, ts, status],
         )?;
+        if n == 0 && status.is_some() {
+            return Ok(false);
+        }
         tx.execute(
             "UPDATE block_device_mappings SET deleted = id, deleted_at = ?3
              WHERE volume_id = ?1 AND instance_uuid = ?2 AND deleted = 0",
             params![volume_id, instance_uuid, ts],
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(n > 0)
+    }
+
+    /// Attaches and detaches a restart cut off on `host`: volumes `attaching` or `detaching`
+    /// for an instance there that is settled (ACTIVE or SHUTOFF, no task). A boot volume
+    /// `attaching` for an instance still building is the build's, which its reconcile ends.
+    pub fn volumes_in_flight(&self, host: &str) -> Result<Vec<VolumeAttachment>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT v.id, v.instance_uuid FROM volumes v JOIN instances i ON i.uuid = v.instance_uuid AND i.deleted = 0
+             WHERE v.deleted = 0 AND v.status IN ('attaching', 'detaching') AND i.host = ?1
+               AND i.vm_state IN ('active', 'stopped') AND i.task_state IS NULL
+             ORDER BY v.updated_at, v.id",
+        )?;
+        let pairs = stmt
+            .query_map([host], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for (volume_id, instance_uuid) in pairs {
+            // The mapping carries the device and flags; a volume without one (its reservation
+            // half-written, which one transaction rules out) is skipped, not guessed at.
+            if let Some(a) =
+                self.instance_volume_attachments(&instance_uuid)?.into_iter().find(|a| a.volume_id == volume_id)
+            {
+                out.push(a);
+            }
+        }
+        Ok(out)
     }
 
     /// The volumes an instance has (attached or on their way), in mapping order.
@@ -364,6 +406,59 @@ pub(crate) mod tests {
             availability_zone: "nova".into(),
             path: format!("{id}.qcow2"),
         }
+    }
+
+    #[test]
+    fn in_flight_work_is_listed_and_a_late_outcome_undoes_nothing() {
+        use crate::db::instances::InstanceUpdate;
+        let (_t, db) = db_with_project();
+        let inst = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
+        let settle = |vm: &str, task: Option<&str>| {
+            let u = InstanceUpdate {
+                vm_state: Some(vm.into()),
+                task_state: Some(task.map(Into::into)),
+                host: Some("h1".into()),
+                ..Default::default()
+            };
+            db.update_instance(&inst.uuid, &u).unwrap().unwrap();
+        };
+        settle("active", None);
+        for id in ["v1", "v2"] {
+            db.insert_volume(&new_volume(id, 1)).unwrap();
+            assert!(db.finish_volume_create(id, None).unwrap());
+            let a = NewAttachment {
+                volume_id: id.into(),
+                instance_uuid: inst.uuid.clone(),
+                device: format!("/dev/vd{}", if id == "v1" { 'b' } else { 'c' }),
+                tag: None,
+                delete_on_termination: false,
+            };
+            assert!(db.reserve_volume_attachment(&a).unwrap());
+        }
+        assert!(db.finish_volume_attachment("v2", &inst.uuid).unwrap());
+        assert!(db.set_volume_status("v2", &["in-use"], "detaching").unwrap());
+        let in_flight = |host: &str| -> Vec<(String, String)> {
+            db.volumes_in_flight(host).unwrap().into_iter().map(|a| (a.volume_id, a.status)).collect()
+        };
+        assert_eq!(in_flight("h1"), [("v1".into(), "attaching".into()), ("v2".into(), "detaching".into())]);
+        assert!(in_flight("h2").is_empty(), "another host's volumes are not this host's work");
+        // A build or a delete in progress owns its volumes.
+        settle("active", Some("deleting"));
+        assert!(in_flight("h1").is_empty());
+        settle("stopped", None);
+        assert_eq!(in_flight("h1").len(), 2);
+
+        // The attach finished; the same outcome reported as a failure later releases nothing.
+        assert!(db.finish_volume_attachment("v1", &inst.uuid).unwrap());
+        assert!(!db.release_volume_attachment_from("v1", &inst.uuid, Some("attaching")).unwrap());
+        assert_eq!(db.volume("v1").unwrap().unwrap().status, "in-use");
+        assert_eq!(db.instance_volume_attachments(&inst.uuid).unwrap().len(), 2);
+        // The detach finishes once; a second report finds nothing to do.
+        assert!(db.release_volume_attachment_from("v2", &inst.uuid, Some("detaching")).unwrap());
+        assert!(!db.release_volume_attachment_from("v2", &inst.uuid, Some("detaching")).unwrap());
+        assert_eq!(db.volume("v2").unwrap().unwrap().status, "available");
+        assert_eq!(db.instance_volume_attachments(&inst.uuid).unwrap().len(), 1);
+        assert!(in_flight("h1").is_empty());
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
 pub struct Up {
     child: Child,
     home: PathBuf,
+    /// Whether dropping this also kills the home's guests (not after `kill9`: they outlive it).
+    reap_guests: bool,
 }
 
 impl Up {
@@ -51,7 +53,7 @@ impl Up {
             .stderr(log)
             .spawn()
             .expect("novabox up starts");
-        let up = Up { child, home: home.path().to_path_buf() };
+        let up = Up { child, home: home.path().to_path_buf(), reap_guests: true };
         let ready = home.path().join("run/ready.json");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready.exists() {
@@ -63,6 +65,15 @@ impl Up {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.home.join("up.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL by pid, as a crash: the guests, in their own processes, go on running. The
+    /// stale `run/ready.json` is removed so the next `start` waits for the new stack.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.home.join("run/ready.json"));
+        self.reap_guests = false;
     }
 
     /// SIGTERM by pid, then wait for the exit.
@@ -88,6 +99,9 @@ impl Drop for Up {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.stop();
+        }
+        if !self.reap_guests {
+            return;
         }
         for pid in pids_mentioning(&self.home.to_string_lossy()) {
             // SAFETY: a qemu this test's stack started (its command line names this test's home).

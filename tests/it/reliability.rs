@@ -857,7 +857,7 @@ impl Drop for QemuReaper {
 /// The guests on the host agree with the database: every ACTIVE instance has its qemu running
 /// (the pid in its `qemu.pid` is alive and is this guest's), every qemu of this home belongs to
 /// an ACTIVE instance, and every instance dir to an instance row that is not deleted.
-fn assert_guests_match_rows(home: &std::path::Path) {
+pub(crate) fn assert_guests_match_rows(home: &std::path::Path) {
     let db = rusqlite::Connection::open(home.join("novabox.db")).expect("db");
     let mut stmt = db.prepare("SELECT uuid, vm_state FROM instances WHERE deleted = 0").expect("query");
     let rows: std::collections::HashMap<String, String> = stmt

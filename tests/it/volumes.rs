@@ -109,6 +109,15 @@ impl Api {
     }
 }
 
+/// Sets the status of a volume still attached to its instance behind the stack's back, as a
+/// crash before the outcome was recorded leaves it (the stack is not running). False when the
+/// volume was no longer attached (the operation finished before the kill).
+fn set_volume_status(home: &Path, id: &str, status: &str) -> bool {
+    let db = rusqlite::Connection::open(home.join("novabox.db")).unwrap();
+    let sql = "UPDATE volumes SET status = ?2 WHERE id = ?1 AND instance_uuid IS NOT NULL";
+    db.execute(sql, [id, status]).unwrap() == 1
+}
+
 fn volume_file(home: &Path, id: &str) -> std::path::PathBuf {
     home.join("volumes").join(format!("volume-{id}.qcow2"))
 }
@@ -291,16 +300,40 @@ async fn a_real_guest_sees_a_volume_attached_and_detached_needs_qemu() {
     let text = wait_console(&home, "vol-guest", "novabox-guest: disk ", disks_at_boot + 1);
     let new_disk = text.lines().filter(|l| l.contains("novabox-guest: disk ")).nth(disks_at_boot).unwrap().to_string();
     assert!(new_disk.contains("novabox-guest: disk vd") && new_disk.trim_end().ends_with(" 2097152"), "{new_disk}");
-    let launch = std::fs::read_to_string(home.path().join("instances").join(&id).join("launch.json")).unwrap();
+    let launch_file = home.path().join("instances").join(&id).join("launch.json");
+    let launch = std::fs::read_to_string(&launch_file).unwrap();
     assert!(launch.contains(&vol), "the volume is kept for the next start: {launch}");
+    let guest_pid = qemu_of(&id);
 
+    // kill -9 right after the hot-plug, before launch.json or the database heard of it: the
+    // state such a crash leaves is made exactly (the guest has the disk, nothing else knows).
+    // The restart finishes the attach, and the guest keeps its one new disk.
+    up.kill9();
+    let mut saved: Value = serde_json::from_str(&launch).unwrap();
+    saved["volumes"].as_array_mut().unwrap().retain(|v| v["volume_id"] != json!(vol));
+    std::fs::write(&launch_file, serde_json::to_vec(&saved).unwrap()).unwrap();
+    assert!(set_volume_status(home.path(), &vol, "attaching"));
+    let up = Up::start(&home);
+    // Without the restart finishing it the volume would stay `attaching`; had the retry
+    // refused the disk the guest has already, it would be `available`.
+    demo.wait_volume(&vol, "in-use").await;
+    assert!(std::fs::read_to_string(&launch_file).unwrap().contains(&vol), "{}", up.log());
+    assert_eq!(qemu_of(&id), guest_pid, "the guest ran on through the crash");
+
+    // A detach whose outcome the crash kept from the database: finished at the restart.
     let (s, v) = demo.call(Method::DELETE, &format!("{attachments}/{vol}"), None).await;
     assert_eq!(s, 202, "{v}");
+    up.kill9();
+    // (Already `available` when the detach beat the kill: the end state is the same.)
+    set_volume_status(home.path(), &vol, "detaching");
+    let up = Up::start(&home);
     let v = demo.wait_volume(&vol, "available").await;
     assert_eq!(v["attachments"], json!([]), "{}", up.log());
-    let launch = std::fs::read_to_string(home.path().join("instances").join(&id).join("launch.json")).unwrap();
+    let launch = std::fs::read_to_string(&launch_file).unwrap();
     assert!(!launch.contains(&vol), "{launch}");
-    assert_eq!(qemu_of(&id).len(), 1, "the guest kept running");
+    assert_eq!(qemu_of(&id), guest_pid, "the guest kept running");
+    let text = wait_console(&home, "vol-guest", "novabox-guest: ready", 1);
+    assert_eq!(text.matches("novabox-guest: disk ").count(), disks_at_boot + 1, "one hot-plug, not two:\n{text}");
 
     assert_eq!(demo.call(Method::DELETE, &format!("/volume/v3/{{project}}/volumes/{vol}"), None).await.0, 202);
     demo.wait_volume(&vol, "gone").await;

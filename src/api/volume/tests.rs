@@ -84,6 +84,8 @@ async fn create_list_show_update_delete_needs_qemu() {
     assert!(r.json()["itemNotFound"]["message"].as_str().unwrap().contains(&id));
     assert_eq!(c.get(&alt_base, &alt).await.json()["volumes"], json!([]));
     assert_eq!(c.delete(&format!("{alt_base}/{id}"), &alt).await.status, StatusCode::NOT_FOUND);
+    let rename = json!({"volume": {"name": "taken"}});
+    assert_eq!(c.put(&format!("{alt_base}/{id}"), &alt, rename).await.status, StatusCode::NOT_FOUND);
     assert_eq!(c.get(&url, &alt).await.status, StatusCode::BAD_REQUEST, "someone else's project in the URL");
     // The admin sees it with all_tenants.
     let admin = c.token("admin").await;

@@ -6,7 +6,7 @@
 
 pub mod secgroups;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -284,6 +284,53 @@ impl HostNet {
         Ok(())
     }
 
+    /// What this home has plugged right now: its taps and the MACs in its DHCP hosts files.
+    /// The first half of a sweep; see [`HostNet::sweep`].
+    pub fn plugged(&self) -> Result<Plugged, NetError> {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let bridges: BTreeSet<String> = self.networks().into_iter().map(|n| n.bridge).collect();
+        let taps = bridge::ours(&host::links()?, &self.tag)
+            .into_iter()
+            .filter(|l| l.ifname.starts_with("tap") && !bridges.contains(&l.ifname))
+            .map(|l| l.ifname.clone())
+            .collect();
+        let macs = bridges
+            .iter()
+            .flat_map(|b| dnsmasq::load_entries(&dnsmasq::Files::new(&Self::dir(&self.home, b))).into_keys())
+            .collect();
+        Ok(Plugged { taps, macs })
+    }
+
+    /// Removes the taps and DHCP entries of `before` whose port is not in `ports`: what a guest
+    /// reaped without its row (or an unplug cut short by a crash) left behind. `before` must
+    /// be taken before `ports` was read: everything in it was plugged for a port that existed
+    /// then, so one missing from `ports` was deleted since, never one a build is plugging now.
+    pub fn sweep(&self, before: &Plugged, ports: &[PortDevice]) -> Result<Plugged, NetError> {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = before.stale(ports);
+        if !stale.taps.is_empty() {
+            let links = host::links()?;
+            for tap in &stale.taps {
+                bridge::delete_if_ours(&links, tap, &self.tag)?;
+                tracing::warn!(%tap, "removed a tap whose port is gone");
+            }
+        }
+        if !stale.macs.is_empty() {
+            for net in self.networks() {
+                let files = dnsmasq::Files::new(&Self::dir(&self.home, &net.bridge));
+                let mut entries = dnsmasq::load_entries(&files);
+                let count = entries.len();
+                entries.retain(|mac, _| !stale.macs.contains(mac));
+                if entries.len() != count {
+                    dnsmasq::store_entries(&files, &entries, &self.dns_domain)?;
+                    dnsmasq::reload(&files);
+                    tracing::warn!(bridge = %net.bridge, removed = count - entries.len(), "removed DHCP entries of ports that are gone");
+                }
+            }
+        }
+        Ok(stale)
+    }
+
     /// Restarts any dnsmasq of this home that died (the compute's periodic task calls this).
     pub fn check_dnsmasq(&self) -> Vec<String> {
         let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -300,6 +347,36 @@ impl HostNet {
             }
         }
         restarted
+    }
+}
+
+/// A port as the sweep sees it: the tap and MAC it is plugged with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortDevice {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// Taps and DHCP entries (by lower-case MAC) of one home.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plugged {
+    pub taps: BTreeSet<String>,
+    pub macs: BTreeSet<String>,
+}
+
+impl Plugged {
+    /// What of this belongs to none of `ports`.
+    pub fn stale(&self, ports: &[PortDevice]) -> Plugged {
+        let taps: BTreeSet<&str> = ports.iter().map(|p| p.tap.as_str()).collect();
+        let macs: BTreeSet<String> = ports.iter().map(|p| p.mac.to_ascii_lowercase()).collect();
+        Plugged {
+            taps: self.taps.iter().filter(|t| !taps.contains(t.as_str())).cloned().collect(),
+            macs: self.macs.iter().filter(|m| !macs.contains(*m)).cloned().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.taps.is_empty() && self.macs.is_empty()
     }
 }
 
@@ -379,6 +456,23 @@ mod tests {
         assert_eq!(resolve_mode(NetworkMode::User, true).unwrap(), Mode::User);
         let err = resolve_mode(NetworkMode::Bridge, false).unwrap_err().to_string();
         assert!(err.contains("CAP_NET_ADMIN") && err.contains("mode = \"user\""), "{err}");
+    }
+
+    #[test]
+    fn only_what_no_port_has_is_stale() {
+        let plugged = Plugged {
+            taps: ["tapaaaaaaaaaaa", "tapbbbbbbbbbbb"].map(String::from).into(),
+            macs: ["fa:16:3e:00:00:01", "fa:16:3e:00:00:02"].map(String::from).into(),
+        };
+        let ports = [PortDevice { tap: "tapaaaaaaaaaaa".into(), mac: "FA:16:3E:00:00:01".into() }];
+        let stale = plugged.stale(&ports);
+        assert_eq!(stale.taps, ["tapbbbbbbbbbbb".to_string()].into());
+        assert_eq!(stale.macs, ["fa:16:3e:00:00:02".to_string()].into());
+        assert!(plugged
+            .stale(&[ports[0].clone(), PortDevice { tap: "tapbbbbbbbbbbb".into(), mac: "fa:16:3e:00:00:02".into() }])
+            .is_empty());
+        // A port that was never plugged (user mode, port security off) changes nothing.
+        assert_eq!(Plugged::default().stale(&ports), Plugged::default());
     }
 
     #[test]
