@@ -133,8 +133,9 @@ impl Conductor {
     /// Compute plugged the volume in (or could not: `error`).
     pub(super) fn volume_attach_done(&self, a: Value) -> Result<Value, RemoteError> {
         let a: VolumeArgs = args(a)?;
+        // The outcome and its fault together, or neither.
         self.db
-            .with(|db| -> crate::db::Result<()> {
+            .tx(|db| -> crate::db::Result<()> {
                 match &a.error {
                     None => {
                         db.finish_volume_attachment(&a.volume_id, &a.instance_uuid)?;
@@ -163,8 +164,9 @@ impl Conductor {
     /// Compute unplugged the volume (or could not: it stays in-use).
     pub(super) fn volume_detach_done(&self, a: Value) -> Result<Value, RemoteError> {
         let a: VolumeArgs = args(a)?;
+        // The outcome and its fault together, or neither.
         self.db
-            .with(|db| -> crate::db::Result<()> {
+            .tx(|db| -> crate::db::Result<()> {
                 match &a.error {
                     None => {
                         db.release_volume_attachment_from(&a.volume_id, &a.instance_uuid, Some("detaching")).map(|_| ())

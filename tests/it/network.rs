@@ -297,22 +297,15 @@ fn two_guests_get_dhcp_addresses_ping_and_survive_down_up_needs_root_qemu() {
     assert!(ping(&home, &b_id, &a_ip, &up), "b cannot ping a:\n{}", console(&home, &b_id));
 
     // A second network made through the API is a second bridge; `server create --network` uses it.
-    let net_id = in_netns(&ns, || {
-        let ready: Value = serde_json::from_slice(&std::fs::read(home.path().join("run/ready.json")).unwrap()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let auth = ready["auth_url"].as_str().unwrap();
-            let password = ready["credentials"]["demo"]["password"].as_str().unwrap();
-            let c = novabox::client::Client::login(auth, "demo", password, "demo").await.expect("login");
-            let net = c
-                .network(reqwest::Method::POST, "/networks", Some(serde_json::json!({"network": {"name": "second"}})))
-                .await
-                .expect("network create");
-            let id = net["network"]["id"].as_str().unwrap().to_string();
-            let body = serde_json::json!({"subnet": {"network_id": id, "cidr": "10.43.0.0/24", "ip_version": 4}});
-            c.network(reqwest::Method::POST, "/subnets", Some(body)).await.expect("subnet create");
-            id
-        })
+    let net_id = with_demo(&ns, &home, async |c| {
+        let net = c
+            .network(reqwest::Method::POST, "/networks", Some(serde_json::json!({"network": {"name": "second"}})))
+            .await
+            .expect("network create");
+        let id = net["network"]["id"].as_str().unwrap().to_string();
+        let body = serde_json::json!({"subnet": {"network_id": id, "cidr": "10.43.0.0/24", "ip_version": 4}});
+        c.network(reqwest::Method::POST, "/subnets", Some(body)).await.expect("subnet create");
+        id
     });
     let out = server(
         &ns,
