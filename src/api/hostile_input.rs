@@ -129,6 +129,15 @@ const FIELDS: &[&str] = &[
     "scope",
     "project",
     "token",
+    "volume",
+    "size",
+    "volume_type",
+    "snapshot_id",
+    "source_volid",
+    "volumeAttachment",
+    "volumeId",
+    "device",
+    "delete_on_termination",
 ];
 
 fn leaf() -> impl Strategy<Value = Value> {
@@ -176,7 +185,13 @@ fn body_for(key: &'static str) -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// Every route that takes a JSON body: method, path, top-level key, who calls it.
-fn endpoints(server: &str, image: &str, network: &str, project: &str) -> Vec<(Method, String, &'static str, bool)> {
+fn endpoints(
+    server: &str,
+    image: &str,
+    network: &str,
+    volume: &str,
+    project: &str,
+) -> Vec<(Method, String, &'static str, bool)> {
     vec![
         (Method::POST, "/identity/v3/auth/tokens".into(), "auth", false),
         (Method::POST, "/compute/v2.1/servers".into(), "server", false),
@@ -196,6 +211,9 @@ fn endpoints(server: &str, image: &str, network: &str, project: &str) -> Vec<(Me
         (Method::POST, "/network/v2.0/ports".into(), "port", false),
         (Method::POST, "/network/v2.0/security-groups".into(), "security_group", false),
         (Method::POST, "/network/v2.0/security-group-rules".into(), "security_group_rule", false),
+        (Method::POST, format!("/volume/v3/{project}/volumes"), "volume", false),
+        (Method::PUT, format!("/volume/v3/{project}/volumes/{volume}"), "volume", false),
+        (Method::POST, format!("/compute/v2.1/servers/{server}/os-volume_attachments"), "volumeAttachment", false),
     ]
 }
 
@@ -233,7 +251,21 @@ fn every_json_body_gets_2xx_or_a_clear_4xx() {
         let v: Value = serde_json::from_slice(&bytes).expect("json");
         (v["server"]["id"].as_str().unwrap_or_else(|| panic!("server: {v}")).to_string(), image, network)
     });
-    let routes = endpoints(&server, &image, &network, &cloud.demo_project);
+    // A volume row is enough for its update route (no qemu-img needed to make its file).
+    let volume = uuid::Uuid::new_v4().to_string();
+    let row = crate::db::volumes::NewVolume {
+        id: volume.clone(),
+        name: Some("v".into()),
+        description: None,
+        project_id: cloud.demo_project.clone(),
+        user_id: cloud.state.db.with(|db| db.user_by_name("demo")).expect("db").expect("demo").id,
+        size: 1,
+        source_image_id: None,
+        availability_zone: "nova".into(),
+        path: crate::volumes::file_name(&volume),
+    };
+    cloud.state.db.with(|db| db.insert_volume(&row)).expect("volume row");
+    let routes = endpoints(&server, &image, &network, &volume, &cloud.demo_project);
     let cases = std::env::var("NOVABOX_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let mut runner = TestRunner::new(RunnerConfig { cases, failure_persistence: None, ..RunnerConfig::default() });
     let strategy = (0..routes.len()).prop_flat_map(|i| (Just(i), body_for(routes[i].2)));
