@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_port_preserve_on_delete.sql"),
     include_str!("migrations/0004_volumes.sql"),
     include_str!("migrations/0005_instance_ssh_forward.sql"),
+    include_str!("migrations/0006_trace_spans_unique.sql"),
 ];
 
 /// The schema version this build writes and understands.
