@@ -161,9 +161,23 @@ impl AmqpBus {
             topology: tokio::sync::Mutex::new(()),
             shutdown,
         });
-        let first = establish(&shared, 1).await.map_err(|e| {
-            BusError::Transport(format!("cannot connect to the message broker at {}: {e}", redact(url)))
-        })?;
+        let mut attempt = 1;
+        let first = loop {
+            match establish_within(&shared, 1).await {
+                Ok(link) => break link,
+                // A handshake that stalls (seen under load) is worth another try; a refusal is not.
+                Err(Establish::Stalled) if attempt < HANDSHAKE_ATTEMPTS => {
+                    tracing::warn!(attempt, "the message broker did not finish the handshake in time; trying again");
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(BusError::Transport(format!(
+                        "cannot connect to the message broker at {}: {e}",
+                        redact(url)
+                    )))
+                }
+            }
+        };
         tokio::spawn(supervise(shared.clone(), first));
         Ok(AmqpBus { shared })
     }
@@ -303,6 +317,30 @@ impl Shared {
 
 /// Connects and declares everything this bus needs: the exchange, the reply queue and its
 /// consumer, and the queues and consumers of every server. Publishes the new link when done.
+/// How long opening a connection with its channels, exchange and reply queue may take.
+/// Without a bound, a broker that accepts the socket but stops answering mid-handshake
+/// (seen once in CI, with two brokers starting at once) hangs the caller for good.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Attempts `connect` makes when handshakes stall.
+const HANDSHAKE_ATTEMPTS: u32 = 3;
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+enum Establish {
+    #[error("the broker did not finish the handshake within {}s", HANDSHAKE_TIMEOUT.as_secs())]
+    Stalled,
+    #[error(transparent)]
+    Failed(#[from] lapin::Error),
+}
+
+/// [`establish`], bounded by [`HANDSHAKE_TIMEOUT`].
+async fn establish_within(shared: &Arc<Shared>, generation: u64) -> Result<Arc<Link>, Establish> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, establish(shared, generation)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Establish::Stalled),
+    }
+}
+
 async fn establish(shared: &Arc<Shared>, generation: u64) -> Result<Arc<Link>, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("novabox pid {} ({})", std::process::id(), shared.reply_prefix).into());
@@ -344,6 +382,14 @@ async fn establish(shared: &Arc<Shared>, generation: u64) -> Result<Arc<Link>, l
     Ok(link)
 }
 
+/// Closes a link's connection, giving the broker a moment to confirm and no more.
+async fn close_quietly(link: &Link, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.conn.close(code, reason.into())).await;
+}
+
+/// How long a close waits for the broker's close-ok.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Watches the connection and replaces it whenever it fails, until the bus is dropped.
 async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
     let mut shutdown = shared.shutdown.subscribe();
@@ -354,7 +400,7 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
             tokio::select! {
                 _ = shutdown.changed() => {
                     shared.link.send_replace(None);
-                    let _ = link.conn.close(200, "bye".into()).await;
+                    close_quietly(&link, 200, "bye").await;
                     return;
                 }
                 _ = link.broken.notified() => break,
@@ -371,14 +417,17 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
             }
         }
         shared.mark_broken(&link);
-        let _ = link.conn.close(320, "reconnecting".into()).await;
+        // The socket of a broken link may be dead: a close waiting for the broker's close-ok
+        // would wait for good, and this host would never reconnect (seen in CI after a
+        // broker SIGKILL: one of two clients stayed disconnected).
+        close_quietly(&link, 320, "reconnecting").await;
         let mut delay = shared.options.backoff_min;
         let generation = link.generation + 1;
         link = loop {
             if *shutdown.borrow() {
                 return;
             }
-            match establish(&shared, generation).await {
+            match establish_within(&shared, generation).await {
                 Ok(new) => break new,
                 Err(e) => {
                     tracing::warn!("cannot reconnect to the message broker, retrying in {delay:?}: {e}");
@@ -612,7 +661,7 @@ impl Bus for AmqpBus {
             let _ = server.stop.send_replace(true);
         }
         if let Some(link) = self.shared.link.send_replace(None) {
-            let _ = link.conn.close(200, "closing".into()).await;
+            close_quietly(&link, 200, "closing").await;
         }
     }
 
