@@ -41,6 +41,19 @@ pub fn run(cmd: &mut Command) -> Output {
 }
 
 impl TestHome {
+    /// Replaces each `from` with its `to` in this home's novabox.toml, failing when a `from` is
+    /// not there: an edit that matched nothing would leave the test on the defaults it meant
+    /// to change, and passing for the wrong reason.
+    pub fn edit_config(&self, edits: &[(&str, &str)]) {
+        let file = self.path().join("novabox.toml");
+        let mut text = std::fs::read_to_string(&file).expect("novabox.toml");
+        for (from, to) in edits {
+            assert!(text.contains(from), "{from:?} is not in novabox.toml:\n{text}");
+            text = text.replace(from, to);
+        }
+        std::fs::write(&file, text).expect("novabox.toml");
+    }
+
     /// Where this home's clouds.yaml goes (never the user's own).
     pub fn clouds_yaml(&self) -> PathBuf {
         self.path().join("clouds.yaml")

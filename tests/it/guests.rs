@@ -172,10 +172,7 @@ fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
     assert!(!stdout(&again).contains("tiny (test guest"));
 
     // Heartbeats every second, so the power-state sync (every third) notices a dead qemu soon.
-    let config_file = home.path().join("novabox.toml");
-    let config = std::fs::read_to_string(&config_file).unwrap();
-    assert!(config.contains("heartbeat_secs = 10"), "{config}");
-    std::fs::write(&config_file, config.replace("heartbeat_secs = 10", "heartbeat_secs = 1")).unwrap();
+    home.edit_config(&[("heartbeat_secs = 10", "heartbeat_secs = 1")]);
 
     let mut up = Up::start(&home);
     assert!(up.log().contains("driver qemu"), "{}", up.log());

@@ -131,15 +131,12 @@ mod with_libvirt {
         );
         assert_ok(&out);
         assert!(stdout(&out).contains(" tiny (test guest"), "{}", stdout(&out));
-        let file = home.path().join("novabox.toml");
-        let config = std::fs::read_to_string(&file).unwrap();
-        assert!(config.contains("libvirt_uri = \"qemu:///system\""), "{config}");
         // Heartbeats every second, so the power-state sync (every third) notices a dead qemu soon.
-        let config = config
-            .replace("libvirt_uri = \"qemu:///system\"", &format!("libvirt_uri = \"{uri}\""))
-            .replace("heartbeat_secs = 10", "heartbeat_secs = 1")
-            .replace("shutdown_timeout_secs = 10", "shutdown_timeout_secs = 2");
-        std::fs::write(&file, config).unwrap();
+        home.edit_config(&[
+            ("libvirt_uri = \"qemu:///system\"", &format!("libvirt_uri = \"{uri}\"")),
+            ("heartbeat_secs = 10", "heartbeat_secs = 1"),
+            ("shutdown_timeout_secs = 10", "shutdown_timeout_secs = 2"),
+        ]);
     }
 
     fn create(home: &TestHome, name: &str) -> Value {

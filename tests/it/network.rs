@@ -91,9 +91,7 @@ fn init(home: &TestHome, driver: &str) {
             .env("NOVABOX_DEB_CACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache")),
     );
     assert_ok(&out);
-    let file = home.path().join("novabox.toml");
-    let config = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, config.replace("heartbeat_secs = 10", "heartbeat_secs = 1")).unwrap();
+    home.edit_config(&[("heartbeat_secs = 10", "heartbeat_secs = 1")]);
 }
 
 /// `novabox up` in the namespace, stopped by pid on drop.

@@ -714,9 +714,7 @@ async fn kill9_during_boots_and_deletes_loses_nothing() {
     let home = TestHome::new();
     assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
     // A short spawn keeps builds in flight, so kills land in every step of the state machine.
-    let config = home.path().join("novabox.toml");
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, text.replace("fake_delay_ms = 0", "fake_delay_ms = 40")).expect("config");
+    home.edit_config(&[("fake_delay_ms = 0", "fake_delay_ms = 40")]);
     let rounds = if soak() { 40 } else { 6 };
     let r = kill9_rounds(&home, &[], rounds, Duration::from_secs(60)).await;
     println!(
@@ -1079,13 +1077,11 @@ async fn rabbitmq_restart_during_boots_loses_nothing() {
     }
     let home = TestHome::new();
     assert_ok(&home.init(&["--driver", "fake", "--bus", "rabbitmq"]));
-    let config_file = home.path().join("novabox.toml");
-    let text = std::fs::read_to_string(&config_file).expect("config");
     // Calls whose reply died with the broker time out: 15 s instead of 60 keeps the test short.
-    let text = text
-        .replace("fake_delay_ms = 0", "fake_delay_ms = 200")
-        .replace("call_timeout_secs = 60", "call_timeout_secs = 15");
-    std::fs::write(&config_file, text).expect("config");
+    home.edit_config(&[
+        ("fake_delay_ms = 0", "fake_delay_ms = 200"),
+        ("call_timeout_secs = 60", "call_timeout_secs = 15"),
+    ]);
     let stack = home.up(&[]);
     let api = Api::new(&stack);
     let admin = api.token(&stack, "admin").await;
@@ -1340,14 +1336,12 @@ async fn rabbitmq_stopped_during_deletes_needs_qemu() {
     assert_ok(&run(home
         .init_cmd(&["--driver", "qemu", "--bus", "rabbitmq", "--accel", "tcg", "--network-mode", "user"])
         .env("NOVABOX_DEB_CACHE", debs)));
-    let config_file = home.path().join("novabox.toml");
-    let text = std::fs::read_to_string(&config_file).expect("config");
     // A 5 s bus timeout makes the outage outlast it; heartbeats every second run the
     // compute's periodic sync (which reaps) every 3 s.
-    let text = text
-        .replace("call_timeout_secs = 60", "call_timeout_secs = 5")
-        .replace("heartbeat_secs = 10", "heartbeat_secs = 1");
-    std::fs::write(&config_file, text).expect("config");
+    home.edit_config(&[
+        ("call_timeout_secs = 60", "call_timeout_secs = 5"),
+        ("heartbeat_secs = 10", "heartbeat_secs = 1"),
+    ]);
     let stack = home.up(&[]);
     let api = Api::new(&stack);
     let admin = api.token(&stack, "admin").await;

@@ -305,10 +305,7 @@ fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
         .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
         .env("NOVABOX_DEB_CACHE", deb_cache));
     assert_ok(&out);
-    let config_file = home.path().join("novabox.toml");
-    let config = std::fs::read_to_string(&config_file).unwrap();
-    assert!(config.contains("shutdown_timeout_secs = 10"), "{config}");
-    std::fs::write(&config_file, config.replace("shutdown_timeout_secs = 10", "shutdown_timeout_secs = 2")).unwrap();
+    home.edit_config(&[("shutdown_timeout_secs = 10", "shutdown_timeout_secs = 2")]);
 
     let up = || {
         let out = run(home.novabox().args(["up", "--detach", "--wait", "--json"]));
@@ -615,9 +612,7 @@ fn sandbox_vagrantfile_parses_configures_nested_virt_and_its_listen_edit_works()
     assert_ok(&out);
     assert_eq!(json_of(&out)["api"]["listen"], "0.0.0.0");
     // A config it cannot edit fails the provisioning with what to do, instead of going on.
-    let config = home.path().join("novabox.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace("listen = \"0.0.0.0\"", "listen = \"::1\"");
-    std::fs::write(&config, text).unwrap();
+    home.edit_config(&[("listen = \"0.0.0.0\"", "listen = \"::1\"")]);
     let out = run_edit();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("set it to \"0.0.0.0\" by hand"), "{}", stderr(&out));
