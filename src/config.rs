@@ -248,11 +248,21 @@ impl Default for ImagesConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DbConfig {
     /// Log every SQL statement with its duration (like sqlalchemy's echo).
     pub echo: bool,
+    /// Boot traces (`novabox trace`) and notifications (`novabox events`) older than this many
+    /// days are deleted, at start and hourly; 0 keeps them all. A sandbox left running for
+    /// months would otherwise grow its database with every request.
+    pub history_days: u32,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig { echo: false, history_days: 14 }
+    }
 }
 
 mod cidr_string {

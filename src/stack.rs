@@ -286,7 +286,7 @@ pub async fn run(
         // The services' connection, not a second one: a second writer makes their deferred
         // read-then-write transactions fail with "database is locked" under load.
         Some(db) => {
-            spawn_trace_flusher(db.clone(), shutdown.clone());
+            spawn_trace_flusher(db.clone(), config.db.history_days, shutdown.clone());
             None
         }
         // No database here (a compute service of its own): the conductor stores our spans.
@@ -378,20 +378,41 @@ async fn start_metadata(
 }
 
 /// Writes the recorded spans to `trace_spans` in batches, a few times a second, so recording
-/// stays off the request path.
-fn spawn_trace_flusher(db: SharedDb, mut stop: watch::Receiver<bool>) {
+/// stays off the request path; at start and hourly, deletes spans and notifications older
+/// than `[db] history_days`.
+fn spawn_trace_flusher(db: SharedDb, history_days: u32, mut stop: watch::Receiver<bool>) {
+    const TICK: Duration = Duration::from_millis(250);
+    const PRUNE_EVERY: u64 = 3600 * 1000 / TICK.as_millis() as u64;
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(250));
-        loop {
+        let mut ticker = tokio::time::interval(TICK);
+        for n in 0u64.. {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
             let db = db.clone();
             // SQLite is blocking; keep it off the runtime's worker threads.
-            let _ = tokio::task::spawn_blocking(move || crate::trace::flush_to(&db)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::trace::flush_to(&db);
+                if history_days > 0 && n % PRUNE_EVERY == 0 {
+                    prune_history(&db, history_days);
+                }
+            })
+            .await;
         }
     });
+}
+
+fn prune_history(db: &SharedDb, days: u32) {
+    // Days before the calendar's start (a huge setting) leave nothing to delete.
+    let Some(cutoff) = chrono::Utc::now().checked_sub_signed(chrono::Duration::days(i64::from(days))) else { return };
+    match db.with(|db| db.prune_history(cutoff)) {
+        Ok((0, 0)) => {}
+        Ok((spans, notifications)) => {
+            tracing::info!(spans, notifications, days, "deleted history older than [db] history_days")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot delete old traces and notifications"),
+    }
 }
 
 #[cfg(test)]

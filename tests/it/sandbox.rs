@@ -617,3 +617,45 @@ fn sandbox_vagrantfile_parses_configures_nested_virt_and_its_listen_edit_works()
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("set it to \"0.0.0.0\" by hand"), "{}", stderr(&out));
 }
+
+/// A sandbox left running keeps its history bounded: traces and notifications older than
+/// `[db] history_days` go at start (and hourly); recent ones stay.
+#[test]
+fn history_older_than_history_days_is_deleted() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    home.edit_config(&[("history_days = 14", "history_days = 3")]);
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).unwrap();
+    let now = chrono::Utc::now();
+    for (id, at) in [("old", now - chrono::Duration::days(4)), ("recent", now - chrono::Duration::days(2))] {
+        db.execute(
+            "INSERT INTO trace_spans (request_id, span_id, service, name, start_us, duration_us)
+             VALUES (?1, ?1, 'api', 'create', ?2, 1)",
+            rusqlite::params![format!("req-{id}"), at.timestamp_micros()],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO notifications (message_id, event_type, publisher_id, payload, created_at)
+             VALUES (?1, 'compute.instance.create.end', 'compute.test', '{}', ?2)",
+            rusqlite::params![format!("m-{id}"), at.format("%Y-%m-%d %H:%M:%S%.6f").to_string()],
+        )
+        .unwrap();
+    }
+    let left = |table: &str, column: &str| -> Vec<String> {
+        let mut stmt = db
+            .prepare(&format!(
+                "SELECT {column} FROM {table} WHERE {column} LIKE '%-old' OR {column} LIKE '%-recent' ORDER BY 1"
+            ))
+            .unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    };
+    let stack = home.up(&[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while left("trace_spans", "request_id").len() > 1 {
+        assert!(std::time::Instant::now() < deadline, "old spans not deleted: {:?}", left("trace_spans", "request_id"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left("trace_spans", "request_id"), ["req-recent"]);
+    assert_eq!(left("notifications", "message_id"), ["m-recent"]);
+    assert!(stack.stop().success());
+}
