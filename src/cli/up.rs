@@ -165,11 +165,27 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
     run_foreground(&home, global, config, &Service::ALL, args.json)
 }
 
+/// A detached stack's log at least this big is moved aside when the next one starts.
+const LOG_ROTATE_BYTES: u64 = 64 << 20;
+
+/// Moves a log of [`LOG_ROTATE_BYTES`] or more to `<name>.1` (replacing the one there), so
+/// stacks started again and again keep at most about twice that.
+fn rotate_log(path: &std::path::Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() >= LOG_ROTATE_BYTES) {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        if let Err(e) = std::fs::rename(path, &old) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot rotate the log");
+        }
+    }
+}
+
 /// Starts `novabox up` again as a background process with its output in logs/, and waits for
 /// the ready file it writes.
 fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the novabox executable")?;
     let log_path = home.logs_dir().join("novabox.log");
+    rotate_log(&log_path);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let _ = std::fs::remove_file(ready_file(home));
     let _ = std::fs::remove_file(phase_file(home));
@@ -485,4 +501,23 @@ fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
 
 fn remove_if_exists(p: &Path) {
     let _ = std::fs::remove_file(p);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_big_log_is_moved_aside_and_a_small_one_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("novabox.log");
+        std::fs::write(&log, b"small").unwrap();
+        rotate_log(&log);
+        assert_eq!(std::fs::read(&log).unwrap(), b"small");
+        std::fs::File::create(&log).unwrap().set_len(LOG_ROTATE_BYTES).unwrap();
+        std::fs::write(t.path().join("novabox.log.1"), b"older").unwrap();
+        rotate_log(&log);
+        assert!(!log.exists());
+        assert_eq!(std::fs::metadata(t.path().join("novabox.log.1")).unwrap().len(), LOG_ROTATE_BYTES);
+    }
 }
