@@ -138,6 +138,8 @@ const FIELDS: &[&str] = &[
     "volumeId",
     "device",
     "delete_on_termination",
+    "addSecurityGroup",
+    "removeSecurityGroup",
 ];
 
 fn leaf() -> impl Strategy<Value = Value> {
@@ -197,6 +199,7 @@ fn endpoints(
         (Method::POST, "/compute/v2.1/servers".into(), "server", false),
         (Method::PUT, format!("/compute/v2.1/servers/{server}"), "server", false),
         (Method::POST, format!("/compute/v2.1/servers/{server}/action"), "os-stop", false),
+        (Method::POST, format!("/compute/v2.1/servers/{server}/action"), "addSecurityGroup", false),
         (Method::POST, "/compute/v2.1/os-keypairs".into(), "keypair", false),
         (Method::POST, "/compute/v2.1/flavors".into(), "flavor", true),
         (Method::POST, "/compute/v2.1/flavors/1/os-extra_specs".into(), "extra_specs", true),

@@ -1122,7 +1122,7 @@ async fn delete_port(State(state): State<AppState>, auth: Auth, Path(id): Path<S
 
 /// Tells the compute hosts about a change to rules, a port's groups or a group's members,
 /// so it takes effect on running guests without a restart.
-async fn push_security_groups(state: &AppState, auth: &Auth) {
+pub(crate) async fn push_security_groups(state: &AppState, auth: &Auth) {
     let compute = crate::rpcapi::ComputeApi::new(
         state.bus.clone(),
         std::time::Duration::from_secs(state.config.bus.call_timeout_secs),

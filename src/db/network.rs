@@ -702,6 +702,40 @@ impl Db {
         self.query_ports("WHERE p.device_id = ?1", &[&device_id])
     }
 
+    /// nova's add/removeSecurityGroup: the group joins (or leaves) the instance and every port
+    /// it has, in one transaction; each port's revision goes up.
+    pub fn change_instance_security_group(&self, instance_uuid: &str, group_id: &str, add: bool) -> Result<()> {
+        let tx = self.begin()?;
+        let ts = now();
+        if add {
+            tx.execute(
+                "INSERT OR IGNORE INTO instance_security_groups (instance_uuid, security_group_id) VALUES (?1, ?2)",
+                params![instance_uuid, group_id],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO port_security_groups (port_id, security_group_id)
+                 SELECT id, ?2 FROM ports WHERE device_id = ?1",
+                params![instance_uuid, group_id],
+            )?;
+        } else {
+            tx.execute(
+                "DELETE FROM instance_security_groups WHERE instance_uuid = ?1 AND security_group_id = ?2",
+                params![instance_uuid, group_id],
+            )?;
+            tx.execute(
+                "DELETE FROM port_security_groups WHERE security_group_id = ?2
+                   AND port_id IN (SELECT id FROM ports WHERE device_id = ?1)",
+                params![instance_uuid, group_id],
+            )?;
+        }
+        tx.execute(
+            "UPDATE ports SET revision_number = revision_number + 1, updated_at = ?2 WHERE device_id = ?1",
+            params![instance_uuid, ts],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The ports of one network, oldest first (what a DHCP server for it hands out).
     pub fn ports_on_network(&self, network_id: &str) -> Result<Vec<Port>> {
         self.query_ports("WHERE p.network_id = ?1", &[&network_id])

@@ -198,3 +198,55 @@ fn openstackclient_volumes() {
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
     osc(&home, &["server", "delete", "--wait", "vm1"]);
 }
+
+/// `openstack server add/remove security group` (compute's addSecurityGroup and
+/// removeSecurityGroup actions): the group follows onto the server's port, and the refusals
+/// are nova's.
+#[test]
+fn openstackclient_server_security_groups() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let _stack = home.up(&[]);
+    let file = image_file(&home);
+    osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "osc-image"]);
+    for (name, net) in [("vm1", "private"), ("bare", "none")] {
+        let mut args = vec!["server", "create", "--image", "osc-image", "--flavor", "m1.nano", "--wait"];
+        args.extend(if net == "none" { ["--nic", "none"] } else { ["--network", net] });
+        args.push(name);
+        assert_eq!(osc_json(&home, &args)["status"], "ACTIVE");
+    }
+    let web = osc_json(&home, &["security", "group", "create", "web"]);
+    let web_id = web["id"].as_str().unwrap().to_string();
+    let port_groups = || -> Vec<String> {
+        let ports = osc_json(&home, &["port", "list", "--server", "vm1"]);
+        let id = ports[0]["ID"].as_str().expect("vm1 has a port").to_string();
+        let port = osc_json(&home, &["port", "show", &id]);
+        port["security_group_ids"].as_array().unwrap().iter().map(|g| g.as_str().unwrap().to_string()).collect()
+    };
+    let server_groups = || osc_json(&home, &["server", "show", "vm1"])["security_groups"].to_string();
+
+    osc(&home, &["server", "add", "security", "group", "vm1", "web"]);
+    assert!(port_groups().contains(&web_id), "{:?}", port_groups());
+    assert!(server_groups().contains("web") && server_groups().contains("default"), "{}", server_groups());
+
+    let refused = |args: &[&str]| -> String {
+        let out = run(Command::new(venv_bin("openstack"))
+            .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
+            .env_remove("OS_CLOUD")
+            .args(["--os-cloud", "novabox"])
+            .args(args));
+        assert!(!out.status.success(), "openstack {args:?} should have failed:\n{}", stdout(&out));
+        stderr(&out)
+    };
+    let err = refused(&["server", "add", "security", "group", "vm1", "web"]);
+    assert!(err.contains("already associated"), "{err}");
+    let err = refused(&["server", "add", "security", "group", "bare", "web"]);
+    assert!(err.contains("port_security_enabled"), "{err}");
+
+    osc(&home, &["server", "remove", "security", "group", "vm1", "web"]);
+    assert!(!port_groups().contains(&web_id), "{:?}", port_groups());
+    assert!(!server_groups().contains("web"), "{}", server_groups());
+    let err = refused(&["server", "remove", "security", "group", "vm1", "web"]);
+    assert!(err.contains("not associated"), "{err}");
+    osc(&home, &["server", "delete", "--wait", "vm1", "bare"]);
+}

@@ -13,6 +13,7 @@ pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
 pub mod microversion;
+pub mod server_security_groups;
 pub mod servers;
 pub mod volume_attachments;
 
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}/ips", get(servers::ips))
         .route("/servers/{id}/metadata", get(servers::metadata))
         .route("/servers/{id}/os-instance-actions", get(servers::instance_actions))
+        .route("/servers/{id}/os-security-groups", get(server_security_groups::list))
         .route("/servers/{id}/os-volume_attachments", get(volume_attachments::list).post(volume_attachments::create))
         .route(
             "/servers/{id}/os-volume_attachments/{volume_id}",

@@ -328,7 +328,7 @@ fn check_requested_networks(db: &Db, requested: &RequestedNetworks, project: &st
 }
 
 /// The instance, when the caller may see it. Another project's server is "not found".
-fn find(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Instance> {
+pub(super) fn find(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Instance> {
     let inst = state.db.with(|db| db.instance_by_uuid(id, false))?;
     match inst {
         Some(i) if auth.owns(&i.project_id) => Ok(i),
@@ -1193,6 +1193,8 @@ pub async fn action(
             })?;
             return Ok(Json(json!({ "output": output })).into_response());
         }
+        "addSecurityGroup" => super::server_security_groups::add(&state, &auth, &inst, args).await?,
+        "removeSecurityGroup" => super::server_security_groups::remove(&state, &auth, &inst, args).await?,
         other => return Err(ApiError::bad_request(format!("There is no such action: {other}"))),
     }
     Ok(StatusCode::ACCEPTED.into_response())

@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::microversion::Microversion;
-use super::servers::compute_up_host;
+use super::servers::{compute_up_host, find};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::AppState;
@@ -33,13 +33,6 @@ fn view(a: &VolumeAttachment, v: Microversion) -> Value {
         out["delete_on_termination"] = json!(a.delete_on_termination);
     }
     out
-}
-
-fn find_server(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Instance> {
-    match state.db.with(|db| db.instance_by_uuid(id, false))? {
-        Some(i) if auth.owns(&i.project_id) => Ok(i),
-        _ => Err(ApiError::not_found(format!("Instance {id} could not be found."))),
-    }
 }
 
 /// The instance must be settled (no task) in a state nova attaches in, on a live host.
@@ -71,7 +64,7 @@ pub async fn list(
     v: Microversion,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let inst = find_server(&state, &auth, &id)?;
+    let inst = find(&state, &auth, &id)?;
     let list = state.db.with(|db| db.instance_volume_attachments(&inst.uuid))?;
     Ok(Json(json!({"volumeAttachments": list.iter().map(|a| view(a, v)).collect::<Vec<_>>()})))
 }
@@ -82,7 +75,7 @@ pub async fn show(
     v: Microversion,
     Path((id, volume_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let inst = find_server(&state, &auth, &id)?;
+    let inst = find(&state, &auth, &id)?;
     let list = state.db.with(|db| db.instance_volume_attachments(&inst.uuid))?;
     let a = list
         .iter()
@@ -167,7 +160,7 @@ pub async fn create(
         }
     };
 
-    let inst = find_server(&state, &auth, &id)?;
+    let inst = find(&state, &auth, &id)?;
     let host = ready_host(&state, &inst, "attach_volume")?;
     let attachment = state.db.tx(|db| -> ApiResult<VolumeAttachment> {
         let volume = db
@@ -235,7 +228,7 @@ pub async fn delete(
     auth: Auth,
     Path((id, volume_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let inst = find_server(&state, &auth, &id)?;
+    let inst = find(&state, &auth, &id)?;
     let list = state.db.with(|db| db.instance_volume_attachments(&inst.uuid))?;
     let a = list
         .iter()
