@@ -19,12 +19,17 @@ fn image_file(home: &TestHome) -> PathBuf {
     p
 }
 
-fn osc(home: &TestHome, args: &[&str]) -> String {
-    let out = run(Command::new(venv_bin("openstack"))
+/// `openstack --os-cloud novabox args..` against this home, whatever its outcome.
+fn osc_output(home: &TestHome, args: &[&str]) -> std::process::Output {
+    run(Command::new(venv_bin("openstack"))
         .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
         .env_remove("OS_CLOUD")
         .args(["--os-cloud", "novabox"])
-        .args(args));
+        .args(args))
+}
+
+fn osc(home: &TestHome, args: &[&str]) -> String {
+    let out = osc_output(home, args);
     assert!(
         out.status.success(),
         "openstack {args:?} failed:\n{}\n{}\nstack log:\n{}",
@@ -230,11 +235,7 @@ fn openstackclient_server_security_groups() {
     assert!(server_groups().contains("web") && server_groups().contains("default"), "{}", server_groups());
 
     let refused = |args: &[&str]| -> String {
-        let out = run(Command::new(venv_bin("openstack"))
-            .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
-            .env_remove("OS_CLOUD")
-            .args(["--os-cloud", "novabox"])
-            .args(args));
+        let out = osc_output(&home, args);
         assert!(!out.status.success(), "openstack {args:?} should have failed:\n{}", stdout(&out));
         stderr(&out)
     };
