@@ -138,38 +138,33 @@ impl Client {
 
     /// Uploads image data (`PUT /v2/images/{id}/file`).
     pub async fn upload_image(&self, id: &str, data: Vec<u8>) -> Result<(), ClientError> {
-        let url = format!("{}/v2/images/{id}/file", self.image);
-        let resp = self
-            .http
-            .put(&url)
-            .header("x-auth-token", &self.token)
-            .header("content-type", "application/octet-stream")
-            .body(data)
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Api { method: "PUT".into(), url, status, message: error_message(&text) });
-        }
-        Ok(())
+        self.put_image_file(id, data.into(), None).await
     }
 
     /// Uploads image data from a stream (`PUT /v2/images/{id}/file`), for images too large to
     /// hold in memory. No overall timeout: a large image takes as long as it takes.
     pub async fn upload_image_body(&self, id: &str, body: reqwest::Body) -> Result<(), ClientError> {
+        self.put_image_file(id, body, Some(Duration::from_secs(7 * 24 * 3600))).await
+    }
+
+    /// `PUT /v2/images/{id}/file`, with `timeout` instead of the client's when given.
+    async fn put_image_file(
+        &self,
+        id: &str,
+        body: reqwest::Body,
+        timeout: Option<Duration>,
+    ) -> Result<(), ClientError> {
         let url = format!("{}/v2/images/{id}/file", self.image);
-        let resp = self
+        let mut req = self
             .http
             .put(&url)
             .header("x-auth-token", &self.token)
             .header("content-type", "application/octet-stream")
-            .timeout(Duration::from_secs(7 * 24 * 3600))
-            .body(body)
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+            .body(body);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();

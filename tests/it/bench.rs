@@ -34,10 +34,7 @@ fn bench_boot_and_bench_up_print_their_tables() {
 
 #[test]
 fn bench_guest_boots_the_test_guest_both_ways_needs_qemu() {
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     let home = TestHome::new();
     let out = run(home
         .novabox()

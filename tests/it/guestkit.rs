@@ -66,10 +66,7 @@ fn console(home: &TestHome, server: &str, input: &[u8]) -> (bool, String, String
 
 #[test]
 fn flavor_disks_iso_config_drive_and_console_needs_qemu() {
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     assert!(
         novabox::compute::virt::disks::find_iso_tool().is_some(),
         "genisoimage or xorriso is missing: run scripts/install-deps"

@@ -147,16 +147,22 @@ pub fn wait_console(home: &TestHome, name: &str, marker: &str, count: usize) -> 
     }
 }
 
+/// Fails (never skips) when qemu is not installed: CI installs it, and a skipped guest test
+/// would pass for the wrong reason.
+pub fn require_qemu() {
+    assert!(
+        novabox::compute::virt::qemu::QemuDriver::available(),
+        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
+    );
+}
+
 pub(super) fn qemu_of(instance: &str) -> Vec<i32> {
     pids_mentioning(&format!("guest={instance}"))
 }
 
 #[test]
 fn boots_stops_starts_and_deletes_a_real_guest_needs_qemu() {
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    require_qemu();
     let home = TestHome::new();
     // TCG on purpose: without a probe boot, KVM would be a guess. User networking: this test
     // runs in the host's own network namespace, where it must not create bridges.

@@ -252,10 +252,7 @@ fn dnsmasq_pid(home: &TestHome) -> Option<i32> {
 #[test]
 fn two_guests_get_dhcp_addresses_ping_and_survive_down_up_needs_root_qemu() {
     let _turn = guest_turn();
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     let ns = Netns::new();
     let home = TestHome::new();
     init(&home, "qemu");
@@ -442,10 +439,7 @@ fn osc(ns: &Netns, home: &TestHome, args: &[&str]) -> String {
 #[test]
 fn security_groups_enforced_live_and_metadata_served_to_guests_needs_root_qemu() {
     let _turn = guest_turn();
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     let ns = Netns::new();
     let home = TestHome::new();
     init(&home, "qemu");
@@ -600,10 +594,7 @@ fn with_demo<T: Send>(ns: &Netns, home: &TestHome, f: impl AsyncFnOnce(&novabox:
 #[test]
 fn kill9_in_bridge_mode_leaves_no_tap_or_volume_without_a_row_needs_root_qemu() {
     let _turn = guest_turn();
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     let rounds = std::env::var("NOVABOX_BRIDGE_KILL9_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let ns = Netns::new();
     let home = TestHome::new();

@@ -741,10 +741,7 @@ async fn kill9_during_boots_and_deletes_loses_nothing() {
 /// row (see `assert_guests_match_rows`). 2 rounds in CI; `NOVABOX_QEMU_KILL9_ROUNDS=N` for N.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_qemu_rounds_needs_qemu() {
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     let rounds = std::env::var("NOVABOX_QEMU_KILL9_ROUNDS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(2);
     let home = TestHome::new();
     let _reaper = QemuReaper(home.path().to_path_buf());
@@ -1326,10 +1323,7 @@ async fn rabbitmq_stopped_during_deletes_needs_qemu() {
     if !rabbitmq_or_skip() {
         return;
     }
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     let home = TestHome::new();
     let _reaper = QemuReaper(home.path().to_path_buf());
     let debs = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache");

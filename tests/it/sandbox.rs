@@ -294,10 +294,7 @@ fn console_count(home: &TestHome, id: &str, marker: &str) -> usize {
 /// busybox test guest has no acpid); the server stays ACTIVE, and the next `up` boots it again.
 #[test]
 fn sandbox_down_stops_guests_and_up_starts_them_again_needs_qemu() {
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     let home = TestHome::new();
     let _cleanup = KillLeftovers(home.path().to_path_buf());
     let deb_cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deb-cache");

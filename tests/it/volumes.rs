@@ -270,10 +270,7 @@ async fn attach_detach_boot_from_volume_and_delete_on_the_fake_driver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_guest_sees_a_volume_attached_and_detached_needs_qemu() {
     use crate::guests::{deb_cache, qemu_of, server, wait_console, Up};
-    assert!(
-        novabox::compute::virt::qemu::QemuDriver::available(),
-        "qemu-system-x86_64 and qemu-img are missing: run scripts/install-deps"
-    );
+    crate::guests::require_qemu();
     let home = TestHome::new();
     let out = run(home
         .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
