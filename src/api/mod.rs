@@ -37,6 +37,16 @@ pub struct AppState {
     pub home: Home,
 }
 
+impl AppState {
+    /// The typed client for compute hosts, with the configured call timeout.
+    pub fn compute_api(&self) -> crate::rpcapi::ComputeApi {
+        crate::rpcapi::ComputeApi::new(
+            self.bus.clone(),
+            std::time::Duration::from_secs(self.config.bus.call_timeout_secs),
+        )
+    }
+}
+
 /// Wraps a service's router so its errors, unknown routes and wrong methods get the
 /// service's error body.
 fn service(router: Router<AppState>, family: Family) -> Router<AppState> {

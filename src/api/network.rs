@@ -1123,11 +1123,7 @@ async fn delete_port(State(state): State<AppState>, auth: Auth, Path(id): Path<S
 /// Tells the compute hosts about a change to rules, a port's groups or a group's members,
 /// so it takes effect on running guests without a restart.
 pub(crate) async fn push_security_groups(state: &AppState, auth: &Auth) {
-    let compute = crate::rpcapi::ComputeApi::new(
-        state.bus.clone(),
-        std::time::Duration::from_secs(state.config.bus.call_timeout_secs),
-    );
-    crate::conductor::network::push_security_groups(&state.db, &compute, &auth.context).await;
+    crate::conductor::network::push_security_groups(&state.db, &state.compute_api(), &auth.context).await;
 }
 
 fn rule_json(r: &SecurityGroupRule) -> Value {

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::servers::find;
+use super::servers::{find, project_security_group};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::AppState;
@@ -48,7 +48,7 @@ fn nova_rule(g: &SecurityGroup, r: &SecurityGroupRule) -> Value {
     })
 }
 
-/// The group `{"name": ...}` names, by name or id, among the caller's project's groups.
+/// The group `{"name": ...}` names, by name or id, among the instance's project's groups.
 fn named_group(state: &AppState, inst: &Instance, args: &Value) -> ApiResult<SecurityGroup> {
     let name = args
         .get("name")
@@ -56,57 +56,40 @@ fn named_group(state: &AppState, inst: &Instance, args: &Value) -> ApiResult<Sec
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("Security group name cannot be empty: give {\"name\": \"...\"}"))?;
     let project = &inst.project_id;
-    let group = state.db.with(|db| -> crate::db::Result<Option<SecurityGroup>> {
-        if name == "default" {
-            db.ensure_default_security_group(project)?;
-        }
-        match db.security_group_by_name(project, name)? {
-            Some(g) => Ok(Some(g)),
-            None => Ok(db.security_group_by_id(name)?.filter(|g| &g.project_id == project)),
-        }
-    })?;
-    group.ok_or_else(|| ApiError::not_found(format!("Security group {name} not found for project {project}.")))
+    state
+        .db
+        .with(|db| project_security_group(db, project, name))?
+        .ok_or_else(|| ApiError::not_found(format!("Security group {name} not found for project {project}.")))
 }
 
-/// Groups apply through ports, as in nova with neutron: an instance without one, or with port
-/// security off on one, cannot take a group.
-fn check_ports(state: &AppState, inst: &Instance) -> ApiResult<()> {
+/// The `addSecurityGroup` (`add`) and `removeSecurityGroup` actions.
+pub(super) async fn change(state: &AppState, auth: &Auth, inst: &Instance, args: &Value, add: bool) -> ApiResult<()> {
+    let group = named_group(state, inst, args)?;
     let ports = state.db.with(|db| db.ports_for_device(&inst.uuid))?;
-    if ports.is_empty() || ports.iter().any(|p| !p.port_security_enabled) {
+    // Groups apply through ports, as in nova with neutron: an instance without one, or with
+    // port security off on one, cannot take a group.
+    if add && (ports.is_empty() || ports.iter().any(|p| !p.port_security_enabled)) {
         return Err(ApiError::bad_request(
             "Network requires port_security_enabled and subnet associated in order to apply security groups.",
         ));
     }
-    Ok(())
-}
-
-/// The `addSecurityGroup` action.
-pub(super) async fn add(state: &AppState, auth: &Auth, inst: &Instance, args: &Value) -> ApiResult<()> {
-    let group = named_group(state, inst, args)?;
-    check_ports(state, inst)?;
-    let current = state.db.with(|db| db.instance_security_group_ids(&inst.uuid))?;
-    if current.contains(&group.id) {
-        return Err(ApiError::bad_request(format!(
-            "Security group {} is already associated with the instance {}",
-            group.name, inst.uuid
-        )));
+    let member = state.db.with(|db| db.instance_security_group_ids(&inst.uuid))?.contains(&group.id);
+    match (add, member) {
+        (true, true) => {
+            return Err(ApiError::bad_request(format!(
+                "Security group {} is already associated with the instance {}",
+                group.name, inst.uuid
+            )))
+        }
+        (false, false) => {
+            return Err(ApiError::bad_request(format!(
+                "Security group {} not associated with the instance {}",
+                group.name, inst.uuid
+            )))
+        }
+        _ => {}
     }
-    state.db.with(|db| db.change_instance_security_group(&inst.uuid, &group.id, true))?;
-    crate::api::network::push_security_groups(state, auth).await;
-    Ok(())
-}
-
-/// The `removeSecurityGroup` action.
-pub(super) async fn remove(state: &AppState, auth: &Auth, inst: &Instance, args: &Value) -> ApiResult<()> {
-    let group = named_group(state, inst, args)?;
-    let current = state.db.with(|db| db.instance_security_group_ids(&inst.uuid))?;
-    if !current.contains(&group.id) {
-        return Err(ApiError::bad_request(format!(
-            "Security group {} not associated with the instance {}",
-            group.name, inst.uuid
-        )));
-    }
-    state.db.with(|db| db.change_instance_security_group(&inst.uuid, &group.id, false))?;
+    state.db.with(|db| db.change_instance_security_group(&inst.uuid, &group.id, add))?;
     crate::api::network::push_security_groups(state, auth).await;
     Ok(())
 }

@@ -22,7 +22,7 @@ use crate::db::instances::{
 };
 use crate::db::services::{is_up, Service};
 use crate::db::Db;
-use crate::rpcapi::{ComputeApi, RequestSpec, RequestedNetwork, RequestedNetworks, SchedulerApi};
+use crate::rpcapi::{RequestSpec, RequestedNetwork, RequestedNetworks, SchedulerApi};
 
 /// nova's API status for a (vm_state, task_state) pair.
 pub fn status(vm_state: &str, task_state: Option<&str>) -> &'static str {
@@ -292,18 +292,26 @@ fn check_boot_volumes(
 
 /// The id of a security group named (or identified) on create; `default` is made on demand.
 fn security_group_id(db: &Db, project: &str, name: &str) -> ApiResult<String> {
-    if name == "default" {
-        return Ok(db.ensure_default_security_group(project)?);
-    }
-    let by_name = db.security_group_by_name(project, name)?;
-    let by_id = || db.security_group_by_id(name).map(|g| g.filter(|g| g.project_id == project));
-    let group = match by_name {
-        Some(g) => Some(g),
-        None => by_id()?,
-    };
-    group
+    project_security_group(db, project, name)?
         .map(|g| g.id)
         .ok_or_else(|| ApiError::bad_request(format!("Security group {name} not found for project {project}.")))
+}
+
+/// A project's security group named by name or id, as nova's create and its
+/// add/removeSecurityGroup actions name them; `default` is made when the project has none yet.
+pub(super) fn project_security_group(
+    db: &Db,
+    project: &str,
+    name: &str,
+) -> crate::db::Result<Option<crate::db::network::SecurityGroup>> {
+    if name == "default" {
+        let id = db.ensure_default_security_group(project)?;
+        return db.security_group_by_id(&id);
+    }
+    match db.security_group_by_name(project, name)? {
+        Some(g) => Ok(Some(g)),
+        None => Ok(db.security_group_by_id(name)?.filter(|g| g.project_id == project)),
+    }
 }
 
 /// Networks and ports named on create must exist, be visible, and (ports) be free.
@@ -1041,10 +1049,6 @@ fn live_host(state: &AppState, inst: &Instance) -> ApiResult<Option<String>> {
     Ok(compute_up(state, &services, &host).then_some(host))
 }
 
-fn compute_api(state: &AppState) -> ComputeApi {
-    ComputeApi::new(state.bus.clone(), std::time::Duration::from_secs(state.config.bus.call_timeout_secs))
-}
-
 /// Sets the task state of an action, refusing as nova does when the instance is not in a
 /// state that allows it (409).
 fn begin_action(
@@ -1105,7 +1109,7 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     };
     match host {
         Some(h) => {
-            if let Err(e) = compute_api(&state).terminate_instance(&auth.context, &h, &inst).await {
+            if let Err(e) = state.compute_api().terminate_instance(&auth.context, &h, &inst).await {
                 tracing::warn!(instance = %id, error = %e, "terminate not delivered; deleting locally");
                 local_delete(&state, &auth, &inst)?;
             }
@@ -1142,7 +1146,7 @@ pub async fn action(
         .ok_or_else(|| ApiError::bad_request("Malformed request body: one action expected"))?;
     let (name, args) = obj.iter().next().ok_or_else(|| ApiError::bad_request("Malformed request body"))?;
     let inst = find(&state, &auth, &id)?;
-    let compute = compute_api(&state);
+    let compute = state.compute_api();
     let ctx = &auth.context;
     let needs_host = || {
         live_host(&state, &inst)?.ok_or_else(|| {
@@ -1193,8 +1197,8 @@ pub async fn action(
             })?;
             return Ok(Json(json!({ "output": output })).into_response());
         }
-        "addSecurityGroup" => super::server_security_groups::add(&state, &auth, &inst, args).await?,
-        "removeSecurityGroup" => super::server_security_groups::remove(&state, &auth, &inst, args).await?,
+        "addSecurityGroup" => super::server_security_groups::change(&state, &auth, &inst, args, true).await?,
+        "removeSecurityGroup" => super::server_security_groups::change(&state, &auth, &inst, args, false).await?,
         other => return Err(ApiError::bad_request(format!("There is no such action: {other}"))),
     }
     Ok(StatusCode::ACCEPTED.into_response())

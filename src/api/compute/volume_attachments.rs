@@ -17,7 +17,6 @@ use crate::api::AppState;
 use crate::compute::virt::VolumeDisk;
 use crate::db::instances::Instance;
 use crate::db::volumes::{NewAttachment, VolumeAttachment};
-use crate::rpcapi::ComputeApi;
 
 fn view(a: &VolumeAttachment, v: Microversion) -> Value {
     let mut out = json!({
@@ -54,10 +53,6 @@ fn ready_host(state: &AppState, inst: &Instance, action: &str) -> ApiResult<Stri
     }
 }
 
-fn compute_api(state: &AppState) -> ComputeApi {
-    ComputeApi::new(state.bus.clone(), std::time::Duration::from_secs(state.config.bus.call_timeout_secs))
-}
-
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -76,12 +71,16 @@ pub async fn show(
     Path((id, volume_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let inst = find(&state, &auth, &id)?;
+    let a = attachment(&state, &inst, &volume_id)?;
+    Ok(Json(json!({"volumeAttachment": view(&a, v)})))
+}
+
+/// The attachment of `volume_id` to the instance, or nova's 404.
+fn attachment(state: &AppState, inst: &Instance, volume_id: &str) -> ApiResult<VolumeAttachment> {
     let list = state.db.with(|db| db.instance_volume_attachments(&inst.uuid))?;
-    let a = list
-        .iter()
+    list.into_iter()
         .find(|a| a.volume_id == volume_id)
-        .ok_or_else(|| ApiError::not_found(format!("volume_id not found: {volume_id}")))?;
-    Ok(Json(json!({"volumeAttachment": view(a, v)})))
+        .ok_or_else(|| ApiError::not_found(format!("volume_id not found: {volume_id}")))
 }
 
 /// The next free `/dev/vdX` after the root disk, as nova's device name guess.
@@ -211,7 +210,7 @@ pub async fn create(
         .and_then(|rel| crate::volumes::file_path(&state.home, rel))
         .ok_or_else(|| ApiError::internal(format!("volume {volume_id} has no file")))?;
     let disk = VolumeDisk { volume_id: volume_id.clone(), path: path.to_string_lossy().into_owned(), boot: false };
-    if let Err(e) = compute_api(&state).attach_volume(&auth.context, &host, &inst, &disk).await {
+    if let Err(e) = state.compute_api().attach_volume(&auth.context, &host, &inst, &disk).await {
         tracing::warn!(volume = %volume_id, error = %e, "attach not delivered");
         state.db.with(|db| db.release_volume_attachment(&volume_id, &inst.uuid))?;
         return Err(ApiError::new(
@@ -229,11 +228,7 @@ pub async fn delete(
     Path((id, volume_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let inst = find(&state, &auth, &id)?;
-    let list = state.db.with(|db| db.instance_volume_attachments(&inst.uuid))?;
-    let a = list
-        .iter()
-        .find(|a| a.volume_id == volume_id)
-        .ok_or_else(|| ApiError::not_found(format!("volume_id not found: {volume_id}")))?;
+    let a = attachment(&state, &inst, &volume_id)?;
     if a.boot_index == Some(0) {
         return Err(ApiError::bad_request("Cannot detach a root device volume"));
     }
@@ -245,7 +240,7 @@ pub async fn delete(
             a.status
         )));
     }
-    if let Err(e) = compute_api(&state).detach_volume(&auth.context, &host, &inst, &volume_id).await {
+    if let Err(e) = state.compute_api().detach_volume(&auth.context, &host, &inst, &volume_id).await {
         tracing::warn!(error = %e, "detach not delivered");
         state.db.with(|db| db.set_volume_status(&volume_id, &["detaching"], "in-use"))?;
         return Err(ApiError::new(
