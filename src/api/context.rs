@@ -64,6 +64,11 @@ impl Auth {
             Err(ApiError::forbidden("Policy doesn't allow this operation to be performed; it needs the admin role."))
         }
     }
+    /// Asks the policy table whether the caller may take `action` on `target`; a denial is a
+    /// 403 in the service's own words.
+    pub fn authorize(&self, action: crate::policy::Action, target: &crate::policy::Target<'_>) -> Result<(), ApiError> {
+        Ok(crate::policy::check(&self.context, action, target)?)
+    }
     /// True when the caller may act on a resource owned by `project_id`.
     pub fn owns(&self, project_id: &str) -> bool {
         self.is_admin() || self.project_id() == project_id

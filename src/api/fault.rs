@@ -72,6 +72,12 @@ impl From<DbError> for ApiError {
     }
 }
 
+impl From<crate::policy::Denied> for ApiError {
+    fn from(denied: crate::policy::Denied) -> ApiError {
+        ApiError::forbidden(denied.to_string()).with_kind("PolicyNotAuthorized")
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The body is written by the service's renderer (`render_faults`); this default only

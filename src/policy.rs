@@ -1,0 +1,224 @@
+//! Who may do what: the persona and ownership rules of the upstream services' default policy
+//! files (nova's, neutron's, glance's, cinder's and keystone's), in one table.
+//!
+//! A handler names the [`Action`] it is about to take and the [`Target`] it acts on, and asks
+//! [`check`]. The table says which [`Rule`] guards the action; the answer is either nothing or a
+//! [`Denied`], which becomes a 403 in the service's own words (nova: "Policy doesn't allow X to
+//! be performed.", neutron: "(rule:X) is disallowed by policy", ...). Handlers never test roles
+//! themselves for these actions, so the table is the one place to read or change the rules.
+//!
+//! Listing what a caller may *see* (another project's resource answers 404, not 403) stays with
+//! each service's visibility filter: that is ownership of rows, not policy of actions.
+
+use crate::bus::Context;
+
+/// Who may take an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Any authenticated caller.
+    Anyone,
+    /// Project-scoped with the admin role (nova's `admin_api`, neutron's `context_is_admin`).
+    Admin,
+    /// The admin, or a caller of the project that owns the target.
+    AdminOrOwner,
+    /// The admin, or a caller of the project that owns the target's *network* (neutron's
+    /// `admin_or_network_owner`, which guards a port's address, MAC, security and owner).
+    AdminOrNetworkOwner,
+    /// The admin, or the user the target (a token) was issued to (keystone's
+    /// `identity:validate_token`: `admin_required or token_subject`).
+    AdminOrTokenSubject,
+}
+
+/// The service whose policy file names an action; it decides the wording of a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Compute,
+    Network,
+    Image,
+    Volume,
+    Identity,
+}
+
+/// Every action guarded by more than "any authenticated caller who can see the resource".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `os:scheduler_hints` `force_host`/`force_nodes`, or `availability_zone` `zone:host`.
+    ComputeForcedHost,
+    /// `host`/`hypervisor_hostname` in a create body (2.74).
+    ComputeRequestedDestination,
+    /// Booting a flavor that is not public, and seeing it when the project has no access.
+    ComputeFlavorPrivate,
+    /// Creating, deleting and changing flavors and their access.
+    ComputeFlavorManage,
+    /// Acting on a server that is locked.
+    ComputeLockOverride,
+    /// A port's `fixed_ips` chosen by the caller.
+    NetworkPortFixedIps,
+    /// A port's `mac_address` chosen by the caller.
+    NetworkPortMacAddress,
+    /// A port's `port_security_enabled`.
+    NetworkPortSecurity,
+    /// A port's `device_owner` set to a `network:` owner (the network's own ports: DHCP,
+    /// router interfaces), which neutron trusts.
+    NetworkPortDeviceOwner,
+    /// A port's `binding:host_id` and `binding:profile`.
+    NetworkPortBinding,
+    /// Seeing and changing another project's quota (`/v2.0/quotas/{project}`).
+    NetworkQuotaManage,
+    /// `GET`/`HEAD /v3/auth/tokens` for another user's token.
+    IdentityValidateToken,
+    /// Publishing an image (`visibility: public`).
+    ImagePublicize,
+}
+
+impl Action {
+    /// The name of the action in its service's policy file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::ComputeForcedHost => "os_compute_api:servers:create:forced_host",
+            Action::ComputeRequestedDestination => "compute:servers:create:requested_destination",
+            Action::ComputeFlavorPrivate => "os_compute_api:os-flavor-access",
+            Action::ComputeFlavorManage => "os_compute_api:os-flavor-manage:create",
+            Action::ComputeLockOverride => "os_compute_api:os-lock-server:unlock:unlock_override",
+            Action::NetworkPortFixedIps => "create_port:fixed_ips:ip_address",
+            Action::NetworkPortMacAddress => "create_port:mac_address",
+            Action::NetworkPortSecurity => "create_port:port_security_enabled",
+            Action::NetworkPortDeviceOwner => "create_port:device_owner",
+            Action::NetworkPortBinding => "create_port:binding:host_id",
+            Action::NetworkQuotaManage => "update_quota",
+            Action::IdentityValidateToken => "identity:validate_token",
+            Action::ImagePublicize => "publicize_image",
+        }
+    }
+
+    pub fn service(self) -> Service {
+        use Action::*;
+        match self {
+            ComputeForcedHost
+            | ComputeRequestedDestination
+            | ComputeFlavorPrivate
+            | ComputeFlavorManage
+            | ComputeLockOverride => Service::Compute,
+            NetworkPortFixedIps
+            | NetworkPortMacAddress
+            | NetworkPortSecurity
+            | NetworkPortDeviceOwner
+            | NetworkPortBinding
+            | NetworkQuotaManage => Service::Network,
+            IdentityValidateToken => Service::Identity,
+            ImagePublicize => Service::Image,
+        }
+    }
+
+    /// The table: the rule of each action, as the upstream default policy has it.
+    pub fn rule(self) -> Rule {
+        use Action::*;
+        match self {
+            ComputeForcedHost
+            | ComputeRequestedDestination
+            | ComputeFlavorPrivate
+            | ComputeFlavorManage
+            | ComputeLockOverride
+            | NetworkPortBinding
+            | NetworkQuotaManage
+            | ImagePublicize => Rule::Admin,
+            NetworkPortFixedIps | NetworkPortMacAddress | NetworkPortSecurity | NetworkPortDeviceOwner => {
+                Rule::AdminOrNetworkOwner
+            }
+            IdentityValidateToken => Rule::AdminOrTokenSubject,
+        }
+    }
+}
+
+/// What an action is taken on: whichever owners the rule needs. Empty fields never match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    /// The project that owns the resource.
+    pub project_id: Option<&'a str>,
+    /// The project that owns the resource's network (for ports).
+    pub network_project_id: Option<&'a str>,
+    /// The user a token was issued to.
+    pub user_id: Option<&'a str>,
+}
+
+/// A caller the table said no to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", denial_message(*.0))]
+pub struct Denied(pub Action);
+
+/// Whether `caller` may take `action` on `target`.
+pub fn check(caller: &Context, action: Action, target: &Target<'_>) -> Result<(), Denied> {
+    let same = |owner: Option<&str>, mine: Option<&str>| matches!((owner, mine), (Some(o), Some(m)) if !o.is_empty() && o == m);
+    let allowed = match action.rule() {
+        Rule::Anyone => true,
+        Rule::Admin => caller.is_admin,
+        Rule::AdminOrOwner => caller.is_admin || same(target.project_id, caller.project_id.as_deref()),
+        Rule::AdminOrNetworkOwner => caller.is_admin || same(target.network_project_id, caller.project_id.as_deref()),
+        Rule::AdminOrTokenSubject => caller.is_admin || same(target.user_id, caller.user_id.as_deref()),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Denied(action))
+    }
+}
+
+/// The 403's text, in the words of the service whose policy said no.
+fn denial_message(action: Action) -> String {
+    let name = action.name();
+    match action.service() {
+        Service::Compute | Service::Volume => format!("Policy doesn't allow {name} to be performed."),
+        Service::Network => format!("(rule:{name}) is disallowed by policy"),
+        Service::Identity => format!("You are not authorized to perform the requested action: {name}."),
+        Service::Image => format!("You are not authorized to complete {name} action."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(project: &str, user: &str, admin: bool) -> Context {
+        Context {
+            project_id: Some(project.into()),
+            user_id: Some(user.into()),
+            is_admin: admin,
+            roles: if admin { vec!["admin".into()] } else { vec!["member".into()] },
+            ..Context::default()
+        }
+    }
+
+    #[test]
+    fn admin_only_actions_refuse_members_in_their_service_words() {
+        let member = caller("p1", "u1", false);
+        let err = check(&member, Action::ComputeForcedHost, &Target::default()).unwrap_err();
+        assert_eq!(err.to_string(), "Policy doesn't allow os_compute_api:servers:create:forced_host to be performed.");
+        assert!(check(&caller("p1", "u1", true), Action::ComputeForcedHost, &Target::default()).is_ok());
+    }
+
+    #[test]
+    fn network_owner_rules_look_at_the_network_not_the_port() {
+        let alt = caller("alt", "u2", false);
+        let shared_of_demo = Target { project_id: Some("alt"), network_project_id: Some("demo"), user_id: None };
+        let err = check(&alt, Action::NetworkPortSecurity, &shared_of_demo).unwrap_err();
+        assert_eq!(err.to_string(), "(rule:create_port:port_security_enabled) is disallowed by policy");
+        let own = Target { network_project_id: Some("alt"), ..shared_of_demo };
+        assert!(check(&alt, Action::NetworkPortSecurity, &own).is_ok());
+    }
+
+    #[test]
+    fn token_validation_is_for_the_subject_or_an_admin() {
+        let u1 = caller("p1", "u1", false);
+        assert!(check(&u1, Action::IdentityValidateToken, &Target { user_id: Some("u1"), ..Target::default() }).is_ok());
+        let err = check(&u1, Action::IdentityValidateToken, &Target { user_id: Some("u2"), ..Target::default() });
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "You are not authorized to perform the requested action: identity:validate_token."
+        );
+        // An empty owner never matches an empty caller.
+        let nobody = Context { user_id: Some(String::new()), ..caller("p1", "", false) };
+        assert!(
+            check(&nobody, Action::IdentityValidateToken, &Target { user_id: Some(""), ..Target::default() }).is_err()
+        );
+    }
+}
