@@ -62,11 +62,40 @@ pub struct ApiConfig {
     pub token_ttl_secs: u64,
     /// Requests with larger bodies get 413. Image uploads have their own limit.
     pub max_body_kb: u64,
+    /// Live tokens one user may hold; issuing one more retires that user's oldest. Keeps the
+    /// token table bounded however fast a client logs in (keystone's fernet tokens are not
+    /// stored at all; ours are, so that revocation and `down` stay simple). 0: no bound.
+    pub max_tokens_per_user: u32,
+    /// keystone's `[security_compliance] lockout_failure_attempts`: wrong passwords in a row
+    /// before the account is locked for `lockout_duration_secs`. 0 turns the lockout off.
+    pub lockout_failure_attempts: u32,
+    /// keystone's `lockout_duration`, in seconds.
+    pub lockout_duration_secs: u64,
+    /// Wrong passwords one source address may send within `lockout_duration_secs` before its
+    /// password logins are refused for that long, whichever users they name. 0: no limit.
+    pub lockout_source_failures: u32,
+    /// A client must send a request's headers within this many seconds, or the connection is
+    /// closed (a half-sent header otherwise holds a connection forever).
+    pub header_read_timeout_secs: u64,
+    /// A request body (a JSON body, an image upload) may pause at most this long between two
+    /// pieces; a stalled upload fails and its image goes back to `queued`.
+    pub body_read_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: IpAddr::from([127, 0, 0, 1]), port: 8774, token_ttl_secs: 3600, max_body_kb: 256 }
+        ApiConfig {
+            listen: IpAddr::from([127, 0, 0, 1]),
+            port: 8774,
+            token_ttl_secs: 3600,
+            max_body_kb: 256,
+            max_tokens_per_user: 1000,
+            lockout_failure_attempts: 10,
+            lockout_duration_secs: 60,
+            lockout_source_failures: 100,
+            header_read_timeout_secs: 30,
+            body_read_timeout_secs: 60,
+        }
     }
 }
 
@@ -330,6 +359,15 @@ impl Config {
         }
         if self.api.max_body_kb == 0 {
             return invalid("api.max_body_kb", &0, "must be at least 1");
+        }
+        if self.api.lockout_failure_attempts > 0 && self.api.lockout_duration_secs == 0 {
+            return invalid("api.lockout_duration_secs", &0, "a lockout needs a duration of at least 1 s");
+        }
+        if self.api.header_read_timeout_secs == 0 {
+            return invalid("api.header_read_timeout_secs", &0, "give clients at least 1 s to send headers");
+        }
+        if self.api.body_read_timeout_secs == 0 {
+            return invalid("api.body_read_timeout_secs", &0, "give clients at least 1 s between body pieces");
         }
         if self.bus.port == 0 {
             return invalid("bus.port", &0, "use a port from 1 to 65535");

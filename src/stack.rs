@@ -268,11 +268,18 @@ pub async fn run(
             crate::images::STALE_UPLOAD_AGE,
             std::time::SystemTime::now(),
         );
-        let state = AppState { db: db.clone(), config: config.clone(), bus: bus.clone(), home: home.clone() };
+        let state = AppState {
+            db: db.clone(),
+            config: config.clone(),
+            bus: bus.clone(),
+            home: home.clone(),
+            logins: Arc::new(crate::api::logins::Logins::new(&config.api)),
+        };
         // Built here, not in the task, so a routing mistake fails `up` instead of one request.
         let app = api::router(state);
         let mut stop = shutdown.clone();
-        api_task = Some(tokio::spawn(api::serve(listener, app, async move {
+        let timeouts = api::server::Timeouts::from_config(&config.api);
+        api_task = Some(tokio::spawn(api::serve(listener, app, timeouts, async move {
             let _ = stop.changed().await;
         })));
         ready.api_url = Some(config.auth_url().trim_end_matches("/identity/v3").to_string());

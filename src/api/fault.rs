@@ -17,13 +17,15 @@ pub struct ApiError {
     pub message: String,
     /// A machine name for the error, where a service has them (neutron's `type`).
     pub kind: Option<&'static str>,
+    /// Seconds a client should wait before asking again (`Retry-After`, with 429 and 503).
+    pub retry_after: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), kind: None }
+        ApiError { status, message: message.into(), kind: None, retry_after: None }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -54,6 +56,10 @@ impl ApiError {
     }
     pub fn with_kind(mut self, kind: &'static str) -> ApiError {
         self.kind = Some(kind);
+        self
+    }
+    pub fn with_retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
         self
     }
 }
@@ -119,7 +125,7 @@ impl Family {
                     404 => "itemNotFound",
                     405 => "badMethod",
                     409 => "conflictingRequest",
-                    413 => "overLimit",
+                    413 | 429 => "overLimit",
                     415 => "badMediaType",
                     406 => "notAcceptable",
                     501 => "notImplemented",
@@ -138,6 +144,7 @@ impl Family {
                     409 => "Conflict",
                     413 => "HTTPRequestEntityTooLarge",
                     415 => "HTTPUnsupportedMediaType",
+                    429 => "HTTPTooManyRequests",
                     503 => "HTTPServiceUnavailable",
                     _ => "HTTPInternalServerError",
                 });
@@ -150,6 +157,9 @@ impl Family {
                 (status, [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], text).into_response()
             }
         };
+        if let Some(secs) = err.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED && self == Family::Identity {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Keystone uri=\"/identity\""));
         }

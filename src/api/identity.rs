@@ -1,11 +1,13 @@
 //! Identity v3 (keystone): version discovery, password and token authentication with project
 //! scope, token validation and revocation, and the admin listings clients use.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
@@ -14,8 +16,9 @@ use serde_json::{json, Value};
 use super::context::{token_hash, Auth};
 use super::fault::{ApiError, ApiResult};
 use super::{base_url, AppState};
-use crate::db::tokens::TokenRecord;
+use crate::db::tokens::{NewToken, TokenRecord};
 use crate::db::Db;
+use crate::policy::{Action, Target};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -110,55 +113,34 @@ fn check_domain(domain: Option<&DomainRef>) -> ApiResult<()> {
     }
 }
 
+/// Who the request says it is: a user, the project a token scope would default to, and (for
+/// a token made from a token) the expiry it may not outlive.
+struct Subject {
+    user_id: String,
+    default_project: Option<String>,
+    expires_no_later_than: Option<String>,
+}
+
 async fn issue_token(
     headers: HeaderMap,
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Json<AuthRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body.map_err(|e| ApiError::from_json_rejection(e, "Invalid authentication request"))?;
-    let unauthorized = || ApiError::unauthorized("The request you have made requires authentication.");
     let methods = req.auth.identity.methods.clone();
+    let subject = authenticate(&state, &req.auth.identity, peer.map(|Extension(ConnectInfo(addr))| addr.ip())).await?;
     let ttl = state.config.api.token_ttl_secs;
+    let per_user = state.config.api.max_tokens_per_user;
 
-    let (token, record) = state.db.with(|db| -> ApiResult<(String, TokenRecord)> {
-        // Who is asking.
-        let (user_id, inherited_project, inherited_expiry) = if methods.iter().any(|m| m == "password") {
-            let pw = req.auth.identity.password.as_ref().ok_or_else(|| {
-                ApiError::bad_request("Expecting to find password in identity: the password method needs it.")
-            })?;
-            check_domain(pw.user.domain.as_ref())?;
-            let user = match (&pw.user.id, &pw.user.name) {
-                (Some(id), _) => db.user_by_id(id)?,
-                (None, Some(name)) => db.user_by_name(name)?,
-                (None, None) => return Err(ApiError::bad_request("Expecting to find id or name in user.")),
-            };
-            let user = user.filter(|u| u.enabled).ok_or_else(unauthorized)?;
-            if !crate::secrets::verify_password(&pw.user.password, &user.password_hash) {
-                return Err(unauthorized());
-            }
-            (user.id, user.default_project_id, None)
-        } else if methods.iter().any(|m| m == "token") {
-            let t = req
-                .auth
-                .identity
-                .token
-                .as_ref()
-                .ok_or_else(|| ApiError::bad_request("Expecting to find token in identity."))?;
-            let rec = db.valid_token(&token_hash(&t.id))?.ok_or_else(unauthorized)?;
-            // A token made from a token never outlives it, as in keystone.
-            (rec.user_id, rec.project_id, Some(rec.expires_at))
-        } else {
-            return Err(ApiError::unauthorized("Only the password and token methods are supported."));
-        };
-
-        // Which project.
+    let (token, record) = state.db.tx(|db| -> ApiResult<(String, TokenRecord)> {
         let project_id = match &req.auth.scope {
-            None => inherited_project,
+            None => subject.default_project.clone(),
             Some(scope) => Some(resolve_project_scope(db, scope)?),
         };
         if let Some(p) = &project_id {
             let enabled = db.project_by_id(p)?.map(|p| p.enabled).unwrap_or(false);
-            if !enabled || db.roles_of(&user_id, p)?.is_empty() {
+            if !enabled || db.roles_of(&subject.user_id, p)?.is_empty() {
                 return Err(ApiError::unauthorized("The user has no role on the requested project."));
             }
         }
@@ -170,17 +152,20 @@ async fn issue_token(
         let issued_at = chrono::Utc::now();
         let mut expires_at =
             (issued_at + chrono::Duration::seconds(ttl as i64)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        if let Some(parent) = inherited_expiry {
-            expires_at = expires_at.min(parent);
+        if let Some(parent) = &subject.expires_no_later_than {
+            expires_at = expires_at.min(parent.clone());
         }
         db.insert_token(
-            &token_hash(&token),
-            &audit_id,
-            &user_id,
-            project_id.as_deref(),
-            &methods,
-            &issued_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            &expires_at,
+            &NewToken {
+                token_hash: &token_hash(&token),
+                audit_id: &audit_id,
+                user_id: &subject.user_id,
+                project_id: project_id.as_deref(),
+                methods: &methods,
+                issued_at: &issued_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                expires_at: &expires_at,
+            },
+            per_user,
         )?;
         let record = db.valid_token(&token_hash(&token))?.ok_or_else(|| ApiError::internal("token vanished"))?;
         Ok((token, record))
@@ -190,6 +175,57 @@ async fn issue_token(
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     resp.headers_mut().insert("x-subject-token", token.parse().map_err(|_| ApiError::internal("bad token"))?);
     Ok(resp)
+}
+
+/// Checks the password or the token of an auth request. A password is checked off the async
+/// threads and outside the database lock, and only while neither the user nor the source is
+/// locked out ([`super::logins`]).
+async fn authenticate(state: &AppState, identity: &Identity, source: Option<std::net::IpAddr>) -> ApiResult<Subject> {
+    let unauthorized = || ApiError::unauthorized("The request you have made requires authentication.");
+    if identity.methods.iter().any(|m| m == "password") {
+        let pw = identity.password.as_ref().ok_or_else(|| {
+            ApiError::bad_request("Expecting to find password in identity: the password method needs it.")
+        })?;
+        check_domain(pw.user.domain.as_ref())?;
+        let user = match (&pw.user.id, &pw.user.name) {
+            (Some(id), _) => state.db.with(|db| db.user_by_id(id))?,
+            (None, Some(name)) => state.db.with(|db| db.user_by_name(name))?,
+            (None, None) => return Err(ApiError::bad_request("Expecting to find id or name in user.")),
+        };
+        state.logins.check(user.as_ref().map(|u| u.id.as_str()), source).map_err(refused)?;
+        let Some(user) = user.filter(|u| u.enabled) else {
+            state.logins.failed(None, source);
+            return Err(unauthorized());
+        };
+        if !state.logins.verify(pw.user.password.clone(), user.password_hash.clone()).await {
+            state.logins.failed(Some(&user.id), source);
+            return Err(unauthorized());
+        }
+        state.logins.succeeded(&user.id);
+        Ok(Subject { user_id: user.id, default_project: user.default_project_id, expires_no_later_than: None })
+    } else if identity.methods.iter().any(|m| m == "token") {
+        let t = identity.token.as_ref().ok_or_else(|| ApiError::bad_request("Expecting to find token in identity."))?;
+        let rec = state.db.with(|db| db.valid_token(&token_hash(&t.id)))?.ok_or_else(unauthorized)?;
+        // A token made from a token never outlives it, as in keystone.
+        Ok(Subject {
+            user_id: rec.user_id,
+            default_project: rec.project_id,
+            expires_no_later_than: Some(rec.expires_at),
+        })
+    } else {
+        Err(ApiError::unauthorized("Only the password and token methods are supported."))
+    }
+}
+
+/// A login refused before its password was looked at, as keystone (or, for a flooding
+/// address, any HTTP service) answers it.
+fn refused(r: super::logins::Refused) -> ApiError {
+    match r {
+        super::logins::Refused::AccountLocked { .. } => ApiError::unauthorized(r.to_string()),
+        super::logins::Refused::SourceThrottled { retry_after_secs, .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, r.to_string()).with_retry_after(retry_after_secs)
+        }
+    }
 }
 
 fn resolve_project_scope(db: &Db, scope: &Value) -> ApiResult<String> {
@@ -283,24 +319,28 @@ fn subject(headers: &HeaderMap) -> ApiResult<String> {
         .ok_or_else(|| ApiError::bad_request("The X-Subject-Token header is required."))
 }
 
-async fn validate_token(headers: HeaderMap, State(state): State<AppState>, _auth: Auth) -> ApiResult<Response> {
-    let subject = subject(&headers)?;
+/// The subject token's record, for a caller the policy lets see it: keystone's
+/// `identity:validate_token` allows the token's own user, and admins.
+fn subject_record(state: &AppState, headers: &HeaderMap, auth: &Auth) -> ApiResult<(String, TokenRecord)> {
+    let subject = subject(headers)?;
     let record = state
         .db
         .with(|db| db.valid_token(&token_hash(&subject)))?
         .ok_or_else(|| ApiError::not_found("Could not find token."))?;
+    auth.authorize(Action::IdentityValidateToken, &Target { user_id: Some(&record.user_id), ..Target::default() })?;
+    Ok((subject, record))
+}
+
+async fn validate_token(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> ApiResult<Response> {
+    let (subject, record) = subject_record(&state, &headers, &auth)?;
     let body = token_body(&record, &base_url(&headers, &state.config), &state.config.host.region);
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert("x-subject-token", subject.parse().map_err(|_| ApiError::internal("bad token"))?);
     Ok(resp)
 }
 
-async fn check_token(headers: HeaderMap, State(state): State<AppState>, _auth: Auth) -> ApiResult<StatusCode> {
-    let subject = subject(&headers)?;
-    match state.db.with(|db| db.valid_token(&token_hash(&subject)))? {
-        Some(_) => Ok(StatusCode::OK),
-        None => Err(ApiError::not_found("Could not find token.")),
-    }
+async fn check_token(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
+    subject_record(&state, &headers, &auth).map(|_| StatusCode::OK)
 }
 
 async fn revoke_token(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {

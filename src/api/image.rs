@@ -202,12 +202,30 @@ fn non_negative(key: &str, v: &Value) -> ApiResult<i64> {
     v.as_i64().filter(|n| *n >= 0).ok_or_else(|| schema_error(format!("{key}: {v} is not a non-negative integer")))
 }
 
+/// A NUL cannot be stored faithfully by the databases glance runs on (PostgreSQL refuses it,
+/// C clients cut the string there), so a text field holding one is refused before it is stored.
+fn without_nul<'a>(key: &str, s: &'a str) -> ApiResult<&'a str> {
+    if s.contains('\0') {
+        return Err(schema_error(format!("{key}: {s:?} contains a NUL character")));
+    }
+    Ok(s)
+}
+
+fn name_value(v: &Value) -> ApiResult<Option<String>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.len() <= 255 => Ok(Some(without_nul("name", s)?.to_string())),
+        other => Err(schema_error(format!("name: {other} is not a string of at most 255"))),
+    }
+}
+
 fn string_property(key: &str, v: &Value) -> ApiResult<String> {
     if key.is_empty() || key.len() > 255 {
         return Err(schema_error(format!("property name {key:?} must have 1 to 255 characters")));
     }
+    without_nul("property name", key)?;
     match v {
-        Value::String(s) if s.len() <= 65535 => Ok(s.clone()),
+        Value::String(s) if s.len() <= 65535 => Ok(without_nul(key, s)?.to_string()),
         other => Err(schema_error(format!("{key}: {other} is not of type 'string'"))),
     }
 }
@@ -216,7 +234,7 @@ fn tags_value(v: &Value) -> ApiResult<BTreeSet<String>> {
     let arr = v.as_array().ok_or_else(|| schema_error(format!("tags: {v} is not of type 'array'")))?;
     arr.iter()
         .map(|t| match t.as_str() {
-            Some(s) if !s.is_empty() && s.len() <= 255 => Ok(s.to_string()),
+            Some(s) if !s.is_empty() && s.len() <= 255 => Ok(without_nul("tags", s)?.to_string()),
             _ => Err(schema_error(format!("tags: {t} is not a string of 1 to 255 characters"))),
         })
         .collect()
@@ -224,8 +242,8 @@ fn tags_value(v: &Value) -> ApiResult<BTreeSet<String>> {
 
 fn visibility_value(auth: &Auth, v: &Value) -> ApiResult<String> {
     let vis = enum_value(v, VISIBILITIES, false)?.unwrap_or_default();
-    if vis == "public" && !auth.is_admin() {
-        return Err(ApiError::forbidden("You are not authorized to complete publicize_image action."));
+    if vis == "public" {
+        auth.authorize(crate::policy::Action::ImagePublicize, &crate::policy::Target::default())?;
     }
     Ok(vis)
 }
@@ -265,13 +283,7 @@ async fn create_image(State(state): State<AppState>, auth: Auth, body: Bytes) ->
                 let id = v.as_str().filter(|s| uuid::Uuid::parse_str(s).is_ok());
                 new.id = Some(id.ok_or_else(|| schema_error(format!("id: {v} is not a valid uuid")))?.to_string());
             }
-            "name" => {
-                new.name = match v {
-                    Value::Null => None,
-                    Value::String(s) if s.len() <= 255 => Some(s.clone()),
-                    other => return Err(schema_error(format!("name: {other} is not a string of at most 255"))),
-                }
-            }
+            "name" => new.name = name_value(v)?,
             "visibility" => new.visibility = visibility_value(&auth, v)?,
             "protected" => {
                 new.protected = v.as_bool().ok_or_else(|| schema_error(format!("{v} is not of type 'boolean'")))?
@@ -654,13 +666,7 @@ pub fn apply_patch(auth: &Auth, img: &mut Image, ops: &Value) -> ApiResult<()> {
             };
             match key.as_str() {
                 "id" => return Err(ApiError::forbidden("Attribute 'id' is read-only.")),
-                "name" => {
-                    img.name = match v {
-                        Value::Null => None,
-                        Value::String(s) if s.len() <= 255 => Some(s.clone()),
-                        other => return Err(schema_error(format!("name: {other} is not a string of at most 255"))),
-                    }
-                }
+                "name" => img.name = name_value(v)?,
                 "visibility" => img.visibility = visibility_value(auth, v)?,
                 "protected" => {
                     img.protected = v.as_bool().ok_or_else(|| schema_error(format!("{v} is not of type 'boolean'")))?
@@ -731,6 +737,15 @@ async fn upload(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let img = load_owned(&state, &auth, &id)?;
+    // glance takes image data only as application/octet-stream, and says so with a 415.
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let media = ctype.and_then(|c| c.split(';').next()).map(str::trim);
+    if !media.is_some_and(|m| m.eq_ignore_ascii_case("application/octet-stream")) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Invalid content type {}", ctype.unwrap_or("None")),
+        ));
+    }
     let limit_mb = state.config.images.max_upload_mb;
     let too_large = || {
         ApiError::new(

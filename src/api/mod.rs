@@ -1,7 +1,6 @@
 //! The HTTP API: one listener, DevStack-style prefixes (`/identity`, `/compute`, `/image`,
 //! `/network`, `/volume`), each service with its own error format.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -21,7 +20,9 @@ pub mod fault;
 mod hostile_input;
 pub mod identity;
 pub mod image;
+pub mod logins;
 pub mod network;
+pub mod server;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod volume;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub bus: Arc<dyn Bus>,
     pub home: Home,
+    /// Password checks and the login lockout, shared by every request.
+    pub logins: Arc<logins::Logins>,
 }
 
 impl AppState {
@@ -88,8 +91,8 @@ pub fn base_url(headers: &HeaderMap, config: &Config) -> String {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    timeouts: server::Timeouts,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    server::serve(listener, app, timeouts, shutdown).await
 }

@@ -101,7 +101,9 @@ impl Cloud {
         db.seed_default_flavors().unwrap();
         let mut config = Config::default();
         tweak(&mut config);
-        let state = AppState { db: SharedDb::new(db), config: Arc::new(config), bus: Arc::new(ClosedBus), home };
+        let logins = Arc::new(crate::api::logins::Logins::new(&config.api));
+        let state =
+            AppState { db: SharedDb::new(db), config: Arc::new(config), bus: Arc::new(ClosedBus), home, logins };
         Cloud {
             app: super::router(state.clone()),
             state,

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_volumes.sql"),
     include_str!("migrations/0005_instance_ssh_forward.sql"),
     include_str!("migrations/0006_trace_spans_unique.sql"),
+    include_str!("migrations/0007_tokens_per_user.sql"),
 ];
 
 /// The schema version this build writes and understands.
@@ -279,8 +280,25 @@ impl SharedDb {
     /// single writes. A change of more than one statement goes through [`SharedDb::tx`].
     /// A panic in another holder does not make the data unusable (its transaction was rolled
     /// back), so a poisoned lock is taken over.
+    ///
+    /// Called from an async task, waiting for the connection would stall the tokio worker and
+    /// every task queued on it, so when the connection is busy the wait and the query move off
+    /// the async threads (`block_in_place` hands the worker's tasks to another thread first).
+    /// An idle connection is taken at once: most queries take microseconds, less than the hand-off.
     pub fn with<T>(&self, f: impl FnOnce(&Db) -> T) -> T {
-        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(&guard)
+        if let Ok(guard) = self.0.try_lock() {
+            return f(&guard);
+        }
+        let wait_and_run = || {
+            let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            f(&guard)
+        };
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(wait_and_run)
+        } else {
+            wait_and_run()
+        }
     }
 }

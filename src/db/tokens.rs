@@ -18,27 +18,46 @@ pub struct TokenRecord {
     pub roles: Vec<(String, String)>,
 }
 
+/// A token to store: only its hash, never the token.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    pub token_hash: &'a str,
+    pub audit_id: &'a str,
+    pub user_id: &'a str,
+    pub project_id: Option<&'a str>,
+    pub methods: &'a [String],
+    pub issued_at: &'a str,
+    pub expires_at: &'a str,
+}
+
 impl Db {
-    #[allow(clippy::too_many_arguments)] // one column each; a struct would only rename them
-    pub fn insert_token(
-        &self,
-        token_hash: &str,
-        audit_id: &str,
-        user_id: &str,
-        project_id: Option<&str>,
-        methods: &[String],
-        issued_at: &str,
-        expires_at: &str,
-    ) -> Result<()> {
-        let methods = serde_json::to_string(methods).unwrap_or_else(|_| "[]".into());
-        self.conn().execute(
+    /// Stores a token, and retires the user's oldest tokens beyond `max_per_user` (0: keep
+    /// all), so however fast one user logs in the table stays bounded by users x the cap.
+    pub fn insert_token(&self, t: &NewToken<'_>, max_per_user: u32) -> Result<()> {
+        let methods = serde_json::to_string(t.methods).unwrap_or_else(|_| "[]".into());
+        let tx = self.begin()?;
+        tx.execute(
             "INSERT INTO tokens (token_hash, audit_id, user_id, project_id, methods, issued_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![token_hash, audit_id, user_id, project_id, methods, issued_at, expires_at],
+            params![t.token_hash, t.audit_id, t.user_id, t.project_id, methods, t.issued_at, t.expires_at],
         )?;
         // Expired tokens are useless; dropping them here keeps the table small without a timer.
-        self.conn().execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
+        tx.execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
+        if max_per_user > 0 {
+            tx.execute(
+                "DELETE FROM tokens WHERE token_hash IN (
+                     SELECT token_hash FROM tokens WHERE user_id = ?1
+                     ORDER BY issued_at DESC, rowid DESC LIMIT -1 OFFSET ?2)",
+                params![t.user_id, max_per_user],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// How many tokens the table holds for `user_id`, revoked ones included.
+    pub fn token_count(&self, user_id: &str) -> Result<u64> {
+        Ok(self.conn().query_row("SELECT count(*) FROM tokens WHERE user_id = ?1", [user_id], |r| r.get(0))?)
     }
 
     /// The token's record when it is known, not revoked, not expired, and its user and
@@ -82,5 +101,46 @@ impl Db {
 
     pub fn revoke_token(&self, token_hash: &str) -> Result<bool> {
         Ok(self.conn().execute("UPDATE tokens SET revoked = 1 WHERE token_hash = ?1", [token_hash])? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, OpenOptions};
+
+    #[test]
+    fn a_user_keeps_only_its_newest_tokens_and_others_are_untouched() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let project = db.ensure_project("p", "").unwrap();
+        let (u1, _) = db.ensure_user("u1", "x", &project).unwrap();
+        let (u2, _) = db.ensure_user("u2", "x", &project).unwrap();
+        let methods = vec!["password".to_string()];
+        let insert = |hash: &str, user: &str, second: u32| {
+            let issued = format!("2099-01-01T00:00:{second:02}Z");
+            let token = NewToken {
+                token_hash: hash,
+                audit_id: hash,
+                user_id: user,
+                project_id: None,
+                methods: &methods,
+                issued_at: &issued,
+                expires_at: "2099-12-31T00:00:00Z",
+            };
+            db.insert_token(&token, 3).unwrap();
+        };
+        insert("other", &u2, 0);
+        for i in 0..6 {
+            insert(&format!("t{i}"), &u1, i + 1);
+        }
+        assert_eq!(db.token_count(&u1).unwrap(), 3);
+        assert_eq!(db.token_count(&u2).unwrap(), 1);
+        for i in 0..3 {
+            assert!(db.valid_token(&format!("t{i}")).unwrap().is_none(), "t{i} should be retired");
+        }
+        for i in 3..6 {
+            assert!(db.valid_token(&format!("t{i}")).unwrap().is_some(), "t{i} should be kept");
+        }
     }
 }

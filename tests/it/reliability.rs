@@ -1419,3 +1419,184 @@ async fn rabbitmq_stopped_during_deletes_needs_qemu() {
     );
     assert!(stack.stop().success());
 }
+
+/// One password login, as a client sends it; the raw status, body and headers.
+async fn login(api: &Api, user: &str, password: &str) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"id": "default"}, "password": password}}},
+        "scope": {"project": {"name": user, "domain": {"id": "default"}}},
+    }});
+    let resp = api.http.post(format!("{}/identity/v3/auth/tokens", api.base)).json(&body).send().await.expect("login");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
+}
+
+/// Issue 14, items 5, 8 and 9 (identity and HTTP): password floods, token growth, token
+/// validation by others, half-sent headers and stalled uploads, as a hostile client sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_tokens_and_stalled_clients_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    home.edit_config(&[
+        ("max_tokens_per_user = 1000", "max_tokens_per_user = 5"),
+        ("lockout_failure_attempts = 10", "lockout_failure_attempts = 3"),
+        ("lockout_duration_secs = 60", "lockout_duration_secs = 3"),
+        ("lockout_source_failures = 100", "lockout_source_failures = 8"),
+        ("header_read_timeout_secs = 30", "header_read_timeout_secs = 2"),
+        ("body_read_timeout_secs = 60", "body_read_timeout_secs = 2"),
+    ]);
+    let stack = home.up(&[]);
+    let api = Api::new(&stack);
+    let mut tried = 0;
+
+    // Token growth: one user logging in over and over keeps only its newest 5 tokens.
+    let mut demo_tokens = Vec::new();
+    for _ in 0..8 {
+        demo_tokens.push(api.token(&stack, "demo").await);
+    }
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM tokens t JOIN users u ON u.id = t.user_id WHERE u.name = 'demo'", [], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    assert_eq!(rows, 5, "demo's tokens are bounded by max_tokens_per_user");
+    let flavors = "/compute/v2.1/flavors";
+    assert_eq!(api.call(&demo_tokens[0], Method::GET, flavors, None).await.status, 401, "the oldest was retired");
+    assert_eq!(api.call(&demo_tokens[7], Method::GET, flavors, None).await.status, 200, "the newest works");
+    tried += 3;
+
+    // Token validation: only the token's own user, or an admin (keystone's token_subject rule).
+    let demo = demo_tokens[7].clone();
+    let alt = api.token(&stack, "alt_demo").await;
+    let admin = api.token(&stack, "admin").await;
+    let validate = |caller: String| {
+        let api = api.clone();
+        let subject = demo.clone();
+        async move {
+            let resp = api
+                .http
+                .get(format!("{}/identity/v3/auth/tokens", api.base))
+                .header("x-auth-token", caller)
+                .header("x-subject-token", subject)
+                .send()
+                .await
+                .expect("validate");
+            (resp.status(), resp.text().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = validate(alt.clone()).await;
+    assert_eq!(status, 403, "alt validates demo's token: {body}");
+    assert!(body.contains("identity:validate_token"), "{body}");
+    assert_eq!(validate(demo.clone()).await.0, 200, "demo validates its own token");
+    assert_eq!(validate(admin.clone()).await.0, 200, "admin validates demo's token");
+    tried += 3;
+
+    // Lockout: 3 wrong passwords lock alt_demo, even against the right one, for 3 s.
+    let alt_password = stack.password("alt_demo");
+    for _ in 0..3 {
+        assert_eq!(login(&api, "alt_demo", "wrong").await.0, 401);
+    }
+    let (status, body, _) = login(&api, "alt_demo", &alt_password).await;
+    assert_eq!(status, 401, "a locked account refuses the right password: {body}");
+    assert!(body.to_string().contains("The account is locked for user"), "{body}");
+    assert_eq!(login(&api, "demo", &stack.password("demo")).await.0, 201, "other users are not locked");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(login(&api, "alt_demo", &alt_password).await.0, 201, "the lock ends after lockout_duration_secs");
+    tried += 6;
+
+    // One source sending wrong passwords for whatever users is refused for a while: 429.
+    for i in 0..8 {
+        assert_eq!(login(&api, &format!("nobody{i}"), "wrong").await.0, 401);
+    }
+    let (status, body, headers) = login(&api, "demo", &stack.password("demo")).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(headers.get("retry-after").is_some(), "429 carries Retry-After: {headers:?}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("Too many failed logins"), "{body}");
+    assert_eq!(api.call(&demo, Method::GET, flavors, None).await.status, 200, "tokens keep working meanwhile");
+    tried += 10;
+
+    // A half-sent header: the server closes the connection after header_read_timeout_secs.
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    conn.write_all(b"GET /compute/v2.1/flavors HTTP/1.1\r\nHost: x\r\nX-Auth-Tok").await.expect("write");
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a half-sent header held its connection for 15 s");
+    let closed_after = started.elapsed();
+    assert!(closed_after >= Duration::from_millis(1500), "closed before the timeout: {closed_after:?}");
+    tried += 1;
+
+    // The server closed this client's idle pooled connection too (the header timeout covers
+    // keep-alive idling, as a server's keep-alive timeout does): start a fresh pool rather than
+    // race that close.
+    let api = Api::new(&stack);
+
+    // A stalled upload: the image goes back to queued while the client still holds the socket.
+    let r = api
+        .call(
+            &demo,
+            Method::POST,
+            "/image/v2/images",
+            Some(json!({"name": "stall", "disk_format": "raw", "container_format": "bare"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let image = r.body["id"].as_str().expect("id").to_string();
+    let mut upload = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "PUT /image/v2/images/{image}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {demo}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1048576\r\n\r\n"
+    );
+    upload.write_all(head.as_bytes()).await.expect("write");
+    upload.write_all(&[0u8; 4096]).await.expect("write");
+    let image_path = format!("/image/v2/images/{image}");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let s = api.call(&demo, Method::GET, &image_path, None).await.body["status"].as_str().unwrap_or("").to_string();
+        if seen.last() != Some(&s) {
+            seen.push(s.clone());
+        }
+        if (s == "queued" && seen.iter().any(|x| x == "saving")) || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, "queued", "a stalled upload must go back to queued; statuses seen: {seen:?}");
+    drop(upload);
+    tried += 1;
+
+    // Image data in another media type: 415, as glance.
+    let r = api
+        .http
+        .put(format!("{}{image_path}/file", api.base))
+        .header("x-auth-token", &demo)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 415);
+    tried += 1;
+
+    println!(
+        "RELIABILITY identity-and-http: {tried} checks: tokens bounded per user (8 logins, 5 kept, the oldest 401), \
+         validation by another project 403, lockout after 3 wrong passwords (right password refused until it ends), \
+         a flooding source 429 with Retry-After, a half-sent header closed after {:?}, a stalled upload back to \
+         queued ({seen:?}), image data as JSON 415",
+        closed_after
+    );
+    assert!(stack.stop().success());
+}

@@ -315,6 +315,9 @@ async fn create_validates_like_glance() {
         (json!({"id": "not-a-uuid"}), StatusCode::BAD_REQUEST, "uuid"),
         (json!({"owner": "someone-else"}), StatusCode::FORBIDDEN, "someone-else"),
         (json!(["x"]), StatusCode::BAD_REQUEST, "JSON object"),
+        (json!({"name": "a\0b"}), StatusCode::BAD_REQUEST, "NUL"),
+        (json!({"name": "x", "os_distro": "deb\0ian"}), StatusCode::BAD_REQUEST, "NUL"),
+        (json!({"name": "x", "tags": ["t\0"]}), StatusCode::BAD_REQUEST, "NUL"),
     ];
     for (body, status, needle) in cases {
         let r = cloud.post("/image/v2/images", &demo, body.clone()).await;
