@@ -89,6 +89,11 @@ impl Client {
         })
     }
 
+    /// The token this client sends, for requests it has no method for.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     async fn request(&self, method: Method, url: String, body: Option<Value>) -> Result<Value, ClientError> {
         let mut req = self
             .http

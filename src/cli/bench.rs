@@ -29,6 +29,8 @@ pub enum BenchCommand {
     Guest(super::bench_guest::GuestArgs),
     /// Time CI mode: `up --driver fake --bus local --detach --wait --json` until ready
     Up(super::bench_up::UpBenchArgs),
+    /// Unrelated requests' latency while clients flood the API with wrong passwords
+    Logins(super::bench_logins::LoginsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,6 +65,7 @@ pub fn run(global: &GlobalArgs, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Boot(args) => return super::bench_boot::run(args),
         BenchCommand::Guest(args) => return super::bench_guest::run(global, args),
         BenchCommand::Up(args) => return super::bench_up::run(args),
+        BenchCommand::Logins(args) => return super::bench_logins::run(args),
     };
     if args.messages == 0 || args.calls == 0 {
         bail!("--messages and --calls must be at least 1");

@@ -29,8 +29,8 @@ pub struct BootArgs {
 }
 
 /// The stack under test, stopped by pid when dropped.
-struct Stack {
-    child: Child,
+pub(super) struct Stack {
+    pub(super) child: Child,
 }
 
 impl Drop for Stack {
@@ -51,7 +51,7 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -59,7 +59,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn start_stack(home: &Path, bus: &str) -> anyhow::Result<(Stack, Value, Duration)> {
+/// Initializes `home` for the fake driver, applies `config_edits` (each `from` replaced by its
+/// `to` in novabox.toml) and starts `up`.
+pub(super) fn start_stack(
+    home: &Path,
+    bus: &str,
+    config_edits: &[(&str, &str)],
+) -> anyhow::Result<(Stack, Value, Duration)> {
     let exe = std::env::current_exe()?;
     let port = free_port()?;
     let bus_port = free_port()?;
@@ -75,6 +81,17 @@ fn start_stack(home: &Path, bus: &str) -> anyhow::Result<(Stack, Value, Duration
         .output()?;
     if !init.status.success() {
         bail!("init failed: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    if !config_edits.is_empty() {
+        let file = home.join("novabox.toml");
+        let mut text = std::fs::read_to_string(&file)?;
+        for (from, to) in config_edits {
+            if !text.contains(from) {
+                bail!("{from:?} is not in {}", file.display());
+            }
+            text = text.replace(from, to);
+        }
+        std::fs::write(&file, text)?;
     }
     let started = Instant::now();
     let mut child = Command::new(&exe)
@@ -101,7 +118,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<std::process::ExitCode> {
         bail!("-n and -c must be at least 1");
     }
     let dir = tempfile::tempdir()?;
-    let (stack, ready, up_took) = start_stack(dir.path(), &args.bus)?;
+    let (stack, ready, up_took) = start_stack(dir.path(), &args.bus, &[])?;
     let pid = stack.child.id();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod bench;
 pub mod bench_boot;
 pub mod bench_guest;
+pub mod bench_logins;
 pub mod bench_up;
 pub mod config;
 pub mod console;
@@ -82,7 +83,7 @@ pub enum Command {
     Console(console::ConsoleArgs),
     /// Import disk images: `image import FILE|URL`
     Image(image::ImageArgs),
-    /// Measure novabox: `bench bus`, `bench boot`, `bench guest`, `bench up`
+    /// Measure novabox: `bench bus`, `bench boot`, `bench guest`, `bench up`, `bench logins`
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
