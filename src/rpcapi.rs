@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::bus::{Bus, BusError, Context, Message};
+use crate::bus::{Bus, BusError, Context, Message, RemoteError, RemoteErrorKind};
 use crate::compute::virt::{Vif, VolumeDisk};
 use crate::db::instances::{Instance, InstanceUpdate};
 use crate::db::notifications::Notification;
@@ -69,6 +69,169 @@ pub struct RequestSpec {
     pub image: Option<crate::compute::virt::ImageMeta>,
 }
 
+/// What the scheduler is asked (nova's `scheduler/rpcapi.py`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", content = "args", rename_all = "snake_case")]
+pub enum SchedulerRequest {
+    BuildInstances { instance_uuids: Vec<String>, request_spec: RequestSpec },
+}
+
+/// What compute hosts ask the conductor (nova's `conductor/rpcapi.py`), one variant per method.
+/// On the wire a request is the `method` and `args` of a [`Message`], exactly as before the
+/// requests were typed, so an older peer and a newer one still understand each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", content = "args", rename_all = "snake_case")]
+pub enum ConductorRequest {
+    InstanceUpdate {
+        uuid: String,
+        update: InstanceUpdate,
+    },
+    InstanceFaultCreate {
+        uuid: String,
+        code: i64,
+        message: String,
+        #[serde(default)]
+        host: Option<String>,
+    },
+    InstanceDestroy {
+        uuid: String,
+    },
+    InstancesOnHost {
+        host: String,
+    },
+    ActionFinish {
+        uuid: String,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    ServiceReport {
+        host: String,
+        binary: String,
+        topic: String,
+        #[serde(default)]
+        node: Option<NodeReport>,
+    },
+    AllocateNetwork {
+        uuid: String,
+        requested_networks: RequestedNetworks,
+        host: String,
+    },
+    DeallocateNetwork {
+        uuid: String,
+    },
+    NetworkInfo {
+        uuid: String,
+    },
+    SecurityGroupFilters {
+        host: String,
+    },
+    PortDevices {},
+    ImageMeta {
+        image_id: String,
+    },
+    RecordSpans {
+        spans: Vec<crate::trace::SpanRow>,
+    },
+    InstanceVolumes {
+        uuid: String,
+    },
+    PrepareBlockDevices {
+        uuid: String,
+    },
+    VolumeAttachDone {
+        volume_id: String,
+        instance_uuid: String,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    VolumeDetachDone {
+        volume_id: String,
+        instance_uuid: String,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    VolumesInFlight {
+        host: String,
+    },
+}
+
+/// What the API and the scheduler ask a compute host (nova's `compute/rpcapi.py`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", content = "args", rename_all = "snake_case")]
+pub enum ComputeRequest {
+    BuildAndRunInstance {
+        instance: Instance,
+        /// Boxed: a request spec is large, and the other requests should not pay for it.
+        #[serde(default)]
+        request_spec: Option<Box<RequestSpec>>,
+    },
+    TerminateInstance {
+        instance: Instance,
+    },
+    StopInstance {
+        instance: Instance,
+    },
+    StartInstance {
+        instance: Instance,
+    },
+    RebootInstance {
+        instance: Instance,
+        #[serde(default)]
+        hard: bool,
+    },
+    RefreshSecurityGroups {
+        filters: crate::compute::net::secgroups::HostFilters,
+    },
+    AttachVolume {
+        instance: Instance,
+        volume: VolumeDisk,
+    },
+    DetachVolume {
+        instance: Instance,
+        volume_id: String,
+    },
+    GetConsoleOutput {
+        instance: Instance,
+        #[serde(default)]
+        length: Option<usize>,
+    },
+}
+
+/// What is published on [`NOTIFICATIONS_TOPIC`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", content = "args", rename_all = "snake_case")]
+pub enum NotificationMessage {
+    Notify(Notification),
+}
+
+/// A typed request of one topic: an enum whose variants are the topic's methods.
+pub trait RpcRequest: Serialize + DeserializeOwned {
+    /// The request as a bus message: its variant name is the method, its fields the args.
+    fn to_message(&self, ctx: &Context) -> Result<Message, BusError> {
+        let mut value = serde_json::to_value(self)?;
+        let method = value.get("method").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+            BusError::Codec(serde::ser::Error::custom("a request must serialize to {\"method\", \"args\"}"))
+        })?;
+        let args = value.get_mut("args").map(Value::take).unwrap_or_else(|| json!({}));
+        Ok(Message::new(method, args, ctx.clone()))
+    }
+
+    /// The request a message carries, with its context; a method the topic does not have, or
+    /// args that do not fit it, is a [`RemoteErrorKind::InvalidArguments`] naming both.
+    fn from_message(message: Message) -> Result<(Self, Context), RemoteError> {
+        let Message { method, args, context } = message;
+        let args = if args.is_null() { json!({}) } else { args };
+        serde_json::from_value(json!({"method": method, "args": args})).map(|r| (r, context)).map_err(|e| {
+            RemoteError::new(RemoteErrorKind::InvalidArguments, format!("cannot take {method} with these args: {e}"))
+        })
+    }
+}
+
+impl RpcRequest for SchedulerRequest {}
+impl RpcRequest for ConductorRequest {}
+impl RpcRequest for ComputeRequest {}
+impl RpcRequest for NotificationMessage {}
+
 /// Decodes a reply, mapping a shape mismatch to a bus codec error.
 fn decode<T: DeserializeOwned>(v: Value) -> Result<T, BusError> {
     Ok(serde_json::from_value(v)?)
@@ -84,11 +247,10 @@ impl SchedulerApi {
         SchedulerApi { bus }
     }
     pub async fn build_instances(&self, ctx: &Context, uuids: &[String], spec: &RequestSpec) -> Result<(), BusError> {
-        let args = json!({"instance_uuids": uuids, "request_spec": spec});
+        let request = SchedulerRequest::BuildInstances { instance_uuids: uuids.to_vec(), request_spec: spec.clone() };
+        let message = request.to_message(ctx)?;
         let span = tracing::info_span!("rpc.cast", topic = SCHEDULER_TOPIC, method = "build_instances");
-        async { self.bus.cast(SCHEDULER_TOPIC, Message::new("build_instances", args, ctx.clone())).await }
-            .instrument(span)
-            .await
+        async { self.bus.cast(SCHEDULER_TOPIC, message).await }.instrument(span).await
     }
 }
 
@@ -102,12 +264,10 @@ impl ConductorApi {
     pub fn new(bus: Arc<dyn Bus>, timeout: Duration) -> Self {
         ConductorApi { bus, timeout }
     }
-    async fn call<T: DeserializeOwned>(&self, ctx: &Context, method: &str, args: Value) -> Result<T, BusError> {
-        let span = tracing::info_span!("rpc.call", topic = CONDUCTOR_TOPIC, method);
-        let reply =
-            async { self.bus.call(CONDUCTOR_TOPIC, Message::new(method, args, ctx.clone()), self.timeout).await }
-                .instrument(span)
-                .await?;
+    async fn call<T: DeserializeOwned>(&self, ctx: &Context, request: ConductorRequest) -> Result<T, BusError> {
+        let message = request.to_message(ctx)?;
+        let span = tracing::info_span!("rpc.call", topic = CONDUCTOR_TOPIC, method = %message.method);
+        let reply = async { self.bus.call(CONDUCTOR_TOPIC, message, self.timeout).await }.instrument(span).await?;
         decode(reply)
     }
     pub async fn instance_update(
@@ -116,7 +276,7 @@ impl ConductorApi {
         uuid: &str,
         update: &InstanceUpdate,
     ) -> Result<Instance, BusError> {
-        self.call(ctx, "instance_update", json!({"uuid": uuid, "update": update})).await
+        self.call(ctx, ConductorRequest::InstanceUpdate { uuid: uuid.into(), update: update.clone() }).await
     }
     pub async fn instance_fault_create(
         &self,
@@ -126,11 +286,16 @@ impl ConductorApi {
         message: &str,
         host: &str,
     ) -> Result<(), BusError> {
-        self.call(ctx, "instance_fault_create", json!({"uuid": uuid, "code": code, "message": message, "host": host}))
-            .await
+        let request = ConductorRequest::InstanceFaultCreate {
+            uuid: uuid.into(),
+            code,
+            message: message.into(),
+            host: Some(host.into()),
+        };
+        self.call(ctx, request).await
     }
     pub async fn instance_destroy(&self, ctx: &Context, uuid: &str) -> Result<(), BusError> {
-        self.call(ctx, "instance_destroy", json!({"uuid": uuid})).await
+        self.call(ctx, ConductorRequest::InstanceDestroy { uuid: uuid.into() }).await
     }
     pub async fn allocate_network(
         &self,
@@ -139,11 +304,16 @@ impl ConductorApi {
         requested: &RequestedNetworks,
         host: &str,
     ) -> Result<Vec<Vif>, BusError> {
-        self.call(ctx, "allocate_network", json!({"uuid": uuid, "requested_networks": requested, "host": host})).await
+        let request = ConductorRequest::AllocateNetwork {
+            uuid: uuid.into(),
+            requested_networks: requested.clone(),
+            host: host.into(),
+        };
+        self.call(ctx, request).await
     }
     /// The interfaces an instance already has (for restarting a guest).
     pub async fn network_info(&self, ctx: &Context, uuid: &str) -> Result<Vec<Vif>, BusError> {
-        self.call(ctx, "network_info", json!({"uuid": uuid})).await
+        self.call(ctx, ConductorRequest::NetworkInfo { uuid: uuid.into() }).await
     }
     /// An image as a compute host reads it (for restarting guests).
     pub async fn image_meta(
@@ -151,7 +321,7 @@ impl ConductorApi {
         ctx: &Context,
         image_id: &str,
     ) -> Result<Option<crate::compute::virt::ImageMeta>, BusError> {
-        self.call(ctx, "image_meta", json!({"image_id": image_id})).await
+        self.call(ctx, ConductorRequest::ImageMeta { image_id: image_id.into() }).await
     }
     /// The security group filters of every port bound to `host`.
     pub async fn security_group_filters(
@@ -159,23 +329,23 @@ impl ConductorApi {
         ctx: &Context,
         host: &str,
     ) -> Result<crate::compute::net::secgroups::HostFilters, BusError> {
-        self.call(ctx, "security_group_filters", json!({"host": host})).await
+        self.call(ctx, ConductorRequest::SecurityGroupFilters { host: host.into() }).await
     }
     /// Every port's tap and MAC, for sweeping what deleted ports left plugged.
     pub async fn port_devices(&self, ctx: &Context) -> Result<Vec<crate::compute::net::PortDevice>, BusError> {
-        self.call(ctx, "port_devices", json!({})).await
+        self.call(ctx, ConductorRequest::PortDevices {}).await
     }
     /// The volumes an instance has attached (for restarting a guest).
     pub async fn instance_volumes(&self, ctx: &Context, uuid: &str) -> Result<Vec<VolumeDisk>, BusError> {
-        self.call(ctx, "instance_volumes", json!({"uuid": uuid})).await
+        self.call(ctx, ConductorRequest::InstanceVolumes { uuid: uuid.into() }).await
     }
     /// Creates and attaches the volumes a build maps (boot from volume); returns them all.
     pub async fn prepare_block_devices(&self, ctx: &Context, uuid: &str) -> Result<Vec<VolumeDisk>, BusError> {
-        self.call(ctx, "prepare_block_devices", json!({"uuid": uuid})).await
+        self.call(ctx, ConductorRequest::PrepareBlockDevices { uuid: uuid.into() }).await
     }
     /// Attaches and detaches on `host` that a restart cut off.
     pub async fn volumes_in_flight(&self, ctx: &Context, host: &str) -> Result<Vec<VolumeInFlight>, BusError> {
-        self.call(ctx, "volumes_in_flight", json!({"host": host})).await
+        self.call(ctx, ConductorRequest::VolumesInFlight { host: host.into() }).await
     }
     /// The outcome of an attach: `error` None means the guest has the volume.
     pub async fn volume_attach_done(
@@ -185,8 +355,12 @@ impl ConductorApi {
         instance_uuid: &str,
         error: Option<&str>,
     ) -> Result<(), BusError> {
-        let args = json!({"volume_id": volume_id, "instance_uuid": instance_uuid, "error": error});
-        self.call::<Value>(ctx, "volume_attach_done", args).await.map(|_| ())
+        let request = ConductorRequest::VolumeAttachDone {
+            volume_id: volume_id.into(),
+            instance_uuid: instance_uuid.into(),
+            error: error.map(str::to_string),
+        };
+        self.call::<Value>(ctx, request).await.map(|_| ())
     }
     pub async fn volume_detach_done(
         &self,
@@ -195,29 +369,29 @@ impl ConductorApi {
         instance_uuid: &str,
         error: Option<&str>,
     ) -> Result<(), BusError> {
-        let args = json!({"volume_id": volume_id, "instance_uuid": instance_uuid, "error": error});
-        self.call::<Value>(ctx, "volume_detach_done", args).await.map(|_| ())
+        let request = ConductorRequest::VolumeDetachDone {
+            volume_id: volume_id.into(),
+            instance_uuid: instance_uuid.into(),
+            error: error.map(str::to_string),
+        };
+        self.call::<Value>(ctx, request).await.map(|_| ())
     }
     pub async fn deallocate_network(&self, ctx: &Context, uuid: &str) -> Result<(), BusError> {
-        self.call(ctx, "deallocate_network", json!({"uuid": uuid})).await
+        self.call(ctx, ConductorRequest::DeallocateNetwork { uuid: uuid.into() }).await
     }
     pub async fn instances_on_host(&self, ctx: &Context, host: &str) -> Result<Vec<Instance>, BusError> {
-        self.call(ctx, "instances_on_host", json!({"host": host})).await
+        self.call(ctx, ConductorRequest::InstancesOnHost { host: host.into() }).await
     }
     pub async fn action_finish(&self, ctx: &Context, uuid: &str, message: Option<&str>) -> Result<(), BusError> {
-        self.bus
-            .cast(
-                CONDUCTOR_TOPIC,
-                Message::new("action_finish", json!({"uuid": uuid, "message": message}), ctx.clone()),
-            )
-            .await
+        let request = ConductorRequest::ActionFinish { uuid: uuid.into(), message: message.map(str::to_string) };
+        self.bus.cast(CONDUCTOR_TOPIC, request.to_message(ctx)?).await
     }
     /// Spans recorded by a compute service without a database, for the conductor to store
     /// (see `crate::trace`). Cast under an empty request id, which the span recorder ignores:
     /// shipping spans must not record spans of its own to ship.
     pub async fn record_spans(&self, spans: &[crate::trace::SpanRow]) -> Result<(), BusError> {
-        let msg = Message::new("record_spans", json!({"spans": spans}), Context::admin(""));
-        self.bus.cast(CONDUCTOR_TOPIC, msg).await
+        let request = ConductorRequest::RecordSpans { spans: spans.to_vec() };
+        self.bus.cast(CONDUCTOR_TOPIC, request.to_message(&Context::admin(""))?).await
     }
     /// A compute service's heartbeat with its node's resources.
     pub async fn service_report(
@@ -228,8 +402,13 @@ impl ConductorApi {
         topic: &str,
         node: Option<&NodeReport>,
     ) -> Result<(), BusError> {
-        let args = json!({"host": host, "binary": binary, "topic": topic, "node": node});
-        self.call::<Value>(ctx, "service_report", args).await.map(|_| ())
+        let request = ConductorRequest::ServiceReport {
+            host: host.into(),
+            binary: binary.into(),
+            topic: topic.into(),
+            node: node.cloned(),
+        };
+        self.call::<Value>(ctx, request).await.map(|_| ())
     }
 }
 
@@ -244,10 +423,11 @@ impl ComputeApi {
     pub fn new(bus: Arc<dyn Bus>, timeout: Duration) -> Self {
         ComputeApi { bus, timeout }
     }
-    async fn cast(&self, ctx: &Context, host: &str, method: &str, args: Value) -> Result<(), BusError> {
+    async fn cast(&self, ctx: &Context, host: &str, request: ComputeRequest) -> Result<(), BusError> {
         let topic = compute_topic(host);
-        let span = tracing::info_span!("rpc.cast", topic = %topic, method);
-        async { self.bus.cast(&topic, Message::new(method, args, ctx.clone())).await }.instrument(span).await
+        let message = request.to_message(ctx)?;
+        let span = tracing::info_span!("rpc.cast", topic = %topic, method = %message.method);
+        async { self.bus.cast(&topic, message).await }.instrument(span).await
     }
     pub async fn build_and_run_instance(
         &self,
@@ -256,16 +436,20 @@ impl ComputeApi {
         instance: &Instance,
         spec: &RequestSpec,
     ) -> Result<(), BusError> {
-        self.cast(ctx, host, "build_and_run_instance", json!({"instance": instance, "request_spec": spec})).await
+        let request = ComputeRequest::BuildAndRunInstance {
+            instance: instance.clone(),
+            request_spec: Some(Box::new(spec.clone())),
+        };
+        self.cast(ctx, host, request).await
     }
     pub async fn terminate_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
-        self.cast(ctx, host, "terminate_instance", json!({"instance": instance})).await
+        self.cast(ctx, host, ComputeRequest::TerminateInstance { instance: instance.clone() }).await
     }
     pub async fn stop_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
-        self.cast(ctx, host, "stop_instance", json!({"instance": instance})).await
+        self.cast(ctx, host, ComputeRequest::StopInstance { instance: instance.clone() }).await
     }
     pub async fn start_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
-        self.cast(ctx, host, "start_instance", json!({"instance": instance})).await
+        self.cast(ctx, host, ComputeRequest::StartInstance { instance: instance.clone() }).await
     }
     pub async fn reboot_instance(
         &self,
@@ -274,7 +458,7 @@ impl ComputeApi {
         instance: &Instance,
         hard: bool,
     ) -> Result<(), BusError> {
-        self.cast(ctx, host, "reboot_instance", json!({"instance": instance, "hard": hard})).await
+        self.cast(ctx, host, ComputeRequest::RebootInstance { instance: instance.clone(), hard }).await
     }
     /// Replaces the host's security group filters with `filters`.
     pub async fn refresh_security_groups(
@@ -283,7 +467,7 @@ impl ComputeApi {
         host: &str,
         filters: &crate::compute::net::secgroups::HostFilters,
     ) -> Result<(), BusError> {
-        self.cast(ctx, host, "refresh_security_groups", json!({"filters": filters})).await
+        self.cast(ctx, host, ComputeRequest::RefreshSecurityGroups { filters: filters.clone() }).await
     }
     /// Cast, as nova's: the API reserved the volume (`attaching`); compute reports the outcome
     /// to the conductor.
@@ -294,7 +478,7 @@ impl ComputeApi {
         instance: &Instance,
         volume: &VolumeDisk,
     ) -> Result<(), BusError> {
-        self.cast(ctx, host, "attach_volume", json!({"instance": instance, "volume": volume})).await
+        self.cast(ctx, host, ComputeRequest::AttachVolume { instance: instance.clone(), volume: volume.clone() }).await
     }
     pub async fn detach_volume(
         &self,
@@ -303,7 +487,8 @@ impl ComputeApi {
         instance: &Instance,
         volume_id: &str,
     ) -> Result<(), BusError> {
-        self.cast(ctx, host, "detach_volume", json!({"instance": instance, "volume_id": volume_id})).await
+        let request = ComputeRequest::DetachVolume { instance: instance.clone(), volume_id: volume_id.into() };
+        self.cast(ctx, host, request).await
     }
     pub async fn get_console_output(
         &self,
@@ -312,8 +497,8 @@ impl ComputeApi {
         instance: &Instance,
         length: Option<usize>,
     ) -> Result<String, BusError> {
-        let msg = Message::new("get_console_output", json!({"instance": instance, "length": length}), ctx.clone());
-        decode(self.bus.call(&compute_topic(host), msg, self.timeout).await?)
+        let request = ComputeRequest::GetConsoleOutput { instance: instance.clone(), length };
+        decode(self.bus.call(&compute_topic(host), request.to_message(ctx)?, self.timeout).await?)
     }
 }
 
@@ -356,9 +541,131 @@ impl Notifier {
             payload,
             timestamp: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
         };
-        let args = serde_json::to_value(&n).unwrap_or(Value::Null);
-        if let Err(e) = self.bus.cast(NOTIFICATIONS_TOPIC, Message::new("notify", args, ctx.clone())).await {
+        let message = match NotificationMessage::Notify(n).to_message(ctx) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(event_type, error = %e, "notification not encoded");
+                return;
+            }
+        };
+        if let Err(e) = self.bus.cast(NOTIFICATIONS_TOPIC, message).await {
             tracing::warn!(event_type, error = %e, "notification not published");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, OpenOptions};
+
+    /// A message as the build before typed requests wrote it: `args` built field by field with
+    /// `json!`, exactly as its clients did.
+    fn old(method: &str, args: Value) -> Message {
+        Message { method: method.into(), args, context: Context::admin("req-old") }
+    }
+
+    /// Decodes an old message into the typed request, encodes that again, and checks the
+    /// result is the same message: an old compute talks to a new conductor, and back.
+    fn round_trips<R: RpcRequest>(message: Message) -> R {
+        let (method, args) = (message.method.clone(), message.args.clone());
+        let (request, ctx) = R::from_message(message).unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(ctx.request_id, "req-old");
+        let again = request.to_message(&ctx).expect("encode");
+        assert_eq!(again.method, method);
+        assert_eq!(again.args, args, "{method}: the args changed shape");
+        request
+    }
+
+    #[test]
+    fn messages_in_the_old_format_decode_and_encode_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let instance = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
+        let spec = RequestSpec {
+            availability_zone: Some("nova".into()),
+            scheduler_hints: json!({"group": "g1"}),
+            image_properties: json!({}),
+            requested_networks: RequestedNetworks::List(vec![RequestedNetwork {
+                network_id: Some("n1".into()),
+                port_id: None,
+                fixed_ip: Some("10.0.0.5".into()),
+            }]),
+            image: None,
+        };
+        let update = InstanceUpdate { vm_state: Some("active".into()), task_state: Some(None), ..Default::default() };
+        let disk = VolumeDisk { volume_id: "v1".into(), path: "/tmp/v1.qcow2".into(), boot: false };
+
+        round_trips::<SchedulerRequest>(old(
+            "build_instances",
+            json!({"instance_uuids": [instance.uuid], "request_spec": spec}),
+        ));
+        for (method, args) in [
+            ("instance_update", json!({"uuid": "u1", "update": update})),
+            ("instance_fault_create", json!({"uuid": "u1", "code": 500, "message": "boom", "host": "h1"})),
+            ("instance_destroy", json!({"uuid": "u1"})),
+            ("allocate_network", json!({"uuid": "u1", "requested_networks": "auto", "host": "h1"})),
+            ("allocate_network", json!({"uuid": "u1", "requested_networks": spec.requested_networks, "host": "h1"})),
+            ("network_info", json!({"uuid": "u1"})),
+            ("image_meta", json!({"image_id": "i1"})),
+            ("security_group_filters", json!({"host": "h1"})),
+            ("port_devices", json!({})),
+            ("instance_volumes", json!({"uuid": "u1"})),
+            ("prepare_block_devices", json!({"uuid": "u1"})),
+            ("volumes_in_flight", json!({"host": "h1"})),
+            ("volume_attach_done", json!({"volume_id": "v1", "instance_uuid": "u1", "error": null})),
+            ("volume_detach_done", json!({"volume_id": "v1", "instance_uuid": "u1", "error": "gone"})),
+            ("deallocate_network", json!({"uuid": "u1"})),
+            ("instances_on_host", json!({"host": "h1"})),
+            ("action_finish", json!({"uuid": "u1", "message": null})),
+            ("record_spans", json!({"spans": []})),
+            ("service_report", json!({"host": "h1", "binary": "novabox-compute", "topic": "compute", "node": null})),
+        ] {
+            round_trips::<ConductorRequest>(old(method, args));
+        }
+        for (method, args) in [
+            ("build_and_run_instance", json!({"instance": instance, "request_spec": spec})),
+            ("terminate_instance", json!({"instance": instance})),
+            ("stop_instance", json!({"instance": instance})),
+            ("start_instance", json!({"instance": instance})),
+            ("reboot_instance", json!({"instance": instance, "hard": true})),
+            ("attach_volume", json!({"instance": instance, "volume": disk})),
+            ("detach_volume", json!({"instance": instance, "volume_id": "v1"})),
+            ("get_console_output", json!({"instance": instance, "length": 10})),
+            ("refresh_security_groups", json!({"filters": {"ports": [], "groups": {}}})),
+        ] {
+            round_trips::<ComputeRequest>(old(method, args));
+        }
+    }
+
+    #[test]
+    fn a_message_recorded_off_the_wire_decodes() {
+        // The bytes of a cast as the previous build put them on RabbitMQ.
+        let wire = r#"{"method":"instance_destroy","args":{"uuid":"5a1c"},
+            "context":{"request_id":"req-1","user_id":"u","project_id":"p","roles":["member"],
+                       "is_admin":false,"remote_address":"127.0.0.1","timestamp":"2026-11-28T10:00:00.000000Z"}}"#;
+        let message: Message = serde_json::from_str(wire).unwrap();
+        let (request, ctx) = ConductorRequest::from_message(message).unwrap();
+        assert!(matches!(request, ConductorRequest::InstanceDestroy { uuid } if uuid == "5a1c"));
+        assert_eq!(ctx.project_id.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn an_unknown_method_or_wrong_args_is_a_typed_error_naming_them() {
+        let err = ConductorRequest::from_message(old("launch_rockets", json!({}))).unwrap_err();
+        assert_eq!(err.kind, RemoteErrorKind::InvalidArguments);
+        assert!(err.message.contains("launch_rockets"), "{err}");
+        let err = ConductorRequest::from_message(old("instance_destroy", json!({"uuid": 7}))).unwrap_err();
+        assert_eq!(err.kind, RemoteErrorKind::InvalidArguments);
+        assert!(err.message.contains("instance_destroy"), "{err}");
+    }
+
+    #[test]
+    fn remote_error_kinds_keep_their_wire_names() {
+        let e = RemoteError::new(RemoteErrorKind::DbError, "x");
+        assert_eq!(serde_json::to_value(&e).unwrap(), json!({"kind": "DBError", "message": "x"}));
+        assert_eq!(e.to_string(), "DBError: x");
+        let newer: RemoteError = serde_json::from_value(json!({"kind": "SomethingNew", "message": "y"})).unwrap();
+        assert_eq!(newer.kind, RemoteErrorKind::Other);
     }
 }

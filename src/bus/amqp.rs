@@ -38,7 +38,7 @@ use serde_json::Value;
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
-use super::{Bus, BusError, Handler, Message, RemoteError, Subscription};
+use super::{Bus, BusError, Handler, Message, RemoteError, RemoteErrorKind, Subscription};
 
 /// The topic exchange every cast and call goes through.
 pub const EXCHANGE: &str = "novabox";
@@ -461,7 +461,7 @@ async fn read_replies(shared: std::sync::Weak<Shared>, mut consumer: lapin::Cons
             }
             Err(e) => {
                 let _ = waiter.send(WireReply::Failure(RemoteError::new(
-                    "MalformedReply",
+                    RemoteErrorKind::MalformedReply,
                     format!("the reply could not be decoded: {e}"),
                 )));
             }
@@ -558,7 +558,7 @@ async fn handle(shared: &Shared, server: &Server, delivery: Delivery) {
         }
         Err(e) => {
             tracing::warn!(topic, "dropping a message that is not a novabox envelope: {e}");
-            Err(RemoteError::new("MalformedMessage", format!("the message could not be decoded: {e}")))
+            Err(RemoteError::new(RemoteErrorKind::MalformedMessage, format!("the message could not be decoded: {e}")))
         }
     };
     if let (Some(reply_to), Some(correlation)) = (reply_to, correlation) {
@@ -750,7 +750,8 @@ mod tests {
     fn reply_wire_format() {
         let ok = serde_json::to_string(&WireReply::Result(serde_json::json!({"a": 1}))).unwrap();
         assert_eq!(ok, r#"{"result":{"a":1}}"#);
-        let err = serde_json::to_string(&WireReply::Failure(RemoteError::new("NoValidHost", "none"))).unwrap();
+        let err =
+            serde_json::to_string(&WireReply::Failure(RemoteError::new(RemoteErrorKind::NoValidHost, "none"))).unwrap();
         assert_eq!(err, r#"{"failure":{"kind":"NoValidHost","message":"none"}}"#);
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::amqp::{AmqpBus, AmqpOptions};
 use super::local::LocalBus;
-use super::{Bus, BusError, Context, Handler, Message, RemoteError};
+use super::{Bus, BusError, Context, Handler, Message, RemoteError, RemoteErrorKind};
 use crate::config::Config;
 use crate::home::Home;
 use crate::secrets::Secrets;
@@ -204,7 +204,10 @@ pub(super) async fn slow_server_does_not_starve_others(bus: Arc<dyn Bus>) {
 pub(super) async fn remote_error(bus: Arc<dyn Bus>) {
     let t = topic("error");
     let h = handler(|m: Message| async move {
-        Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", m.args["uuid"])))
+        Err(RemoteError::new(
+            RemoteErrorKind::InstanceNotFound,
+            format!("Instance {} could not be found.", m.args["uuid"]),
+        ))
     });
     let _sub = bus.serve(&t, h).await.unwrap();
     let err = bus.call(&t, msg("get_instance", json!({"uuid": "i-1"})), WAIT).await.unwrap_err();
@@ -212,7 +215,10 @@ pub(super) async fn remote_error(bus: Arc<dyn Bus>) {
         BusError::Remote { topic: et, method, error } => {
             assert_eq!(et, &t);
             assert_eq!(method, "get_instance");
-            assert_eq!(error, &RemoteError::new("InstanceNotFound", "Instance \"i-1\" could not be found."));
+            assert_eq!(
+                error,
+                &RemoteError::new(RemoteErrorKind::InstanceNotFound, "Instance \"i-1\" could not be found.")
+            );
         }
         other => panic!("expected a remote error, got {other:?}"),
     }
@@ -230,7 +236,7 @@ pub(super) async fn handler_panic_is_a_remote_error(bus: Arc<dyn Bus>) {
     let _sub = bus.serve(&t, h).await.unwrap();
     let err = bus.call(&t, msg("boom", Value::Null), WAIT).await.unwrap_err();
     assert!(
-        matches!(&err, BusError::Remote { error, .. } if error.kind == "HandlerPanicked" && error.message.contains("kaboom")),
+        matches!(&err, BusError::Remote { error, .. } if error.kind == RemoteErrorKind::HandlerPanicked && error.message.contains("kaboom")),
         "{err:?}"
     );
     // The server survives its handler's panic.

@@ -81,18 +81,55 @@ impl Message {
     }
 }
 
+/// What went wrong in a remote handler, named as nova's exceptions are. On the wire it is the
+/// variant's name, as the string it was before it was typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteErrorKind {
+    InstanceNotFound,
+    UnexpectedTaskState,
+    UnexpectedDeletingTaskState,
+    NoValidHost,
+    #[serde(rename = "DBError")]
+    DbError,
+    /// The method exists but its arguments do not fit it.
+    InvalidArguments,
+    InvalidRequest,
+    /// The message is not a request of the topic at all (an unknown method, a broken body).
+    MalformedMessage,
+    /// A reply that is not a reply.
+    MalformedReply,
+    UnknownMethod,
+    HandlerPanicked,
+    NetworkError,
+    SecurityGroupError,
+    VolumeError,
+    VolumeNotCreated,
+    ConsoleNotAvailable,
+    /// A kind this build does not know (a newer peer's).
+    #[serde(other)]
+    Other,
+}
+
+impl std::fmt::Display for RemoteErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RemoteErrorKind::DbError => f.write_str("DBError"),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
 /// An error raised by a handler, sent back to the caller of `call`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct RemoteError {
-    /// A stable name for the failure (`InstanceNotFound`, `NoValidHost`, ...).
-    pub kind: String,
+    pub kind: RemoteErrorKind,
     pub message: String,
 }
 
 impl RemoteError {
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> RemoteError {
-        RemoteError { kind: kind.into(), message: message.into() }
+    pub fn new(kind: RemoteErrorKind, message: impl Into<String>) -> RemoteError {
+        RemoteError { kind, message: message.into() }
     }
 }
 
@@ -182,7 +219,10 @@ pub(crate) async fn run_handler(handler: &dyn Handler, topic: &str, message: Mes
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             span.in_scope(|| tracing::error!("handler for {method} on {topic} panicked: {what}"));
-            Err(RemoteError::new("HandlerPanicked", format!("the {method} handler on {topic} panicked: {what}")))
+            Err(RemoteError::new(
+                RemoteErrorKind::HandlerPanicked,
+                format!("the {method} handler on {topic} panicked: {what}"),
+            ))
         }
     }
 }

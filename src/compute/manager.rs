@@ -7,18 +7,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::net::HostNet;
 use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver, VolumeDisk};
-use crate::bus::{BusError, Context, Handler, Message, RemoteError};
+use crate::bus::{BusError, Context, Handler, Message, RemoteError, RemoteErrorKind};
 use crate::config::Config;
 use crate::db::instances::{power, Instance, InstanceUpdate};
 use crate::db::now;
 use crate::db::services::NodeReport;
-use crate::rpcapi::{compute_topic, ConductorApi, Notifier, RequestSpec, RequestedNetworks};
+use crate::rpcapi::{
+    compute_topic, ComputeRequest, ConductorApi, Notifier, RequestSpec, RequestedNetworks, RpcRequest,
+};
 
 pub struct ComputeManager {
     host: String,
@@ -51,7 +52,8 @@ impl From<BusError> for Abort {
     fn from(e: BusError) -> Abort {
         match &e {
             BusError::Remote { error, .. }
-                if error.kind == "InstanceNotFound" || error.kind == "UnexpectedDeletingTaskState" =>
+                if error.kind == RemoteErrorKind::InstanceNotFound
+                    || error.kind == RemoteErrorKind::UnexpectedDeletingTaskState =>
             {
                 Abort::Deleted
             }
@@ -386,7 +388,9 @@ impl ComputeManager {
             // A build delivered twice finds its instance no longer `scheduling`: leave it alone.
             self.conductor.instance_update(ctx, uuid, &task_update("networking", "scheduling")).await.map_err(|e| {
                 match e {
-                    BusError::Remote { error, .. } if error.kind == "UnexpectedTaskState" => Abort::Duplicate,
+                    BusError::Remote { error, .. } if error.kind == RemoteErrorKind::UnexpectedTaskState => {
+                        Abort::Duplicate
+                    }
                     other => Abort::from(other),
                 }
             })?;
@@ -672,78 +676,49 @@ enum PowerAction {
     Reboot { hard: bool },
 }
 
-#[derive(Deserialize)]
-struct InstanceArgs {
-    instance: Instance,
-    #[serde(default)]
-    hard: bool,
-    #[serde(default)]
-    length: Option<usize>,
-    #[serde(default)]
-    request_spec: Option<RequestSpec>,
-    #[serde(default)]
-    volume: Option<VolumeDisk>,
-    #[serde(default)]
-    volume_id: Option<String>,
-}
-
 #[async_trait::async_trait]
 impl Handler for ComputeManager {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
-        let ctx = message.context;
-        if message.method == "refresh_security_groups" {
-            #[derive(Deserialize)]
-            struct A {
-                filters: super::net::secgroups::HostFilters,
-            }
-            let a: A = serde_json::from_value(message.args)
-                .map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
-            if let Some(fw) = &self.firewall {
-                fw.refresh(a.filters).await.map_err(|e| RemoteError::new("SecurityGroupError", e.to_string()))?;
-            }
-            return Ok(Value::Null);
-        }
-        let a: InstanceArgs =
-            serde_json::from_value(message.args).map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
-        match message.method.as_str() {
-            "build_and_run_instance" => {
-                let spec = a.request_spec.unwrap_or(RequestSpec {
+        use ComputeRequest as R;
+        let (request, ctx) = ComputeRequest::from_message(message)?;
+        match request {
+            R::BuildAndRunInstance { instance, request_spec } => {
+                let spec = request_spec.map(|spec| *spec).unwrap_or(RequestSpec {
                     availability_zone: None,
                     scheduler_hints: Value::Null,
                     image_properties: Value::Null,
                     requested_networks: RequestedNetworks::Auto,
                     image: None,
                 });
-                self.build_and_run(&ctx, a.instance, spec).await;
+                self.build_and_run(&ctx, instance, spec).await;
             }
-            "terminate_instance" => {
-                let lock = self.lock_for(&a.instance.uuid);
+            R::TerminateInstance { instance } => {
+                let lock = self.lock_for(&instance.uuid);
                 let _held = lock.lock().await;
-                self.terminate(&ctx, &a.instance).await;
+                self.terminate(&ctx, &instance).await;
             }
-            "stop_instance" => self.power_action(&ctx, &a.instance, PowerAction::Stop).await,
-            "start_instance" => self.power_action(&ctx, &a.instance, PowerAction::Start).await,
-            "reboot_instance" => self.power_action(&ctx, &a.instance, PowerAction::Reboot { hard: a.hard }).await,
-            "attach_volume" => {
-                let volume =
-                    a.volume.ok_or_else(|| RemoteError::new("InvalidArguments", "attach_volume needs a volume"))?;
-                self.attach_volume(&ctx, &a.instance.uuid, &volume).await;
+            R::StopInstance { instance } => self.power_action(&ctx, &instance, PowerAction::Stop).await,
+            R::StartInstance { instance } => self.power_action(&ctx, &instance, PowerAction::Start).await,
+            R::RebootInstance { instance, hard } => {
+                self.power_action(&ctx, &instance, PowerAction::Reboot { hard }).await
             }
-            "detach_volume" => {
-                let id = a
-                    .volume_id
-                    .ok_or_else(|| RemoteError::new("InvalidArguments", "detach_volume needs a volume_id"))?;
-                self.detach_volume(&ctx, &a.instance.uuid, &id).await;
+            R::RefreshSecurityGroups { filters } => {
+                if let Some(fw) = &self.firewall {
+                    fw.refresh(filters)
+                        .await
+                        .map_err(|e| RemoteError::new(RemoteErrorKind::SecurityGroupError, e.to_string()))?;
+                }
             }
-            "get_console_output" => {
+            R::AttachVolume { instance, volume } => self.attach_volume(&ctx, &instance.uuid, &volume).await,
+            R::DetachVolume { instance, volume_id } => self.detach_volume(&ctx, &instance.uuid, &volume_id).await,
+            R::GetConsoleOutput { instance, length } => {
                 let out = self
                     .driver
-                    .console_output(&a.instance.uuid)
+                    .console_output(&instance.uuid)
                     .await
-                    .map_err(|e| RemoteError::new("ConsoleNotAvailable", e.to_string()))?;
-                return Ok(json!(tail_lines(&out, a.length)));
+                    .map_err(|e| RemoteError::new(RemoteErrorKind::ConsoleNotAvailable, e.to_string()))?;
+                return Ok(json!(tail_lines(&out, length)));
             }
-            other => return Err(RemoteError::new("UnknownMethod", format!("compute has no method {other}"))),
         }
         Ok(Value::Null)
     }

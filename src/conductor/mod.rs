@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::bus::{Context, Handler, Message, RemoteError};
+use crate::bus::{Context, Handler, Message, RemoteError, RemoteErrorKind};
 use crate::config::Config;
 use crate::db::instances::{InstanceFilter, InstanceUpdate, UpdateError};
-use crate::db::notifications::Notification;
 use crate::db::services::NodeReport;
 use crate::db::{DbError, SharedDb};
-use crate::rpcapi::RequestedNetworks;
+use crate::rpcapi::{ConductorRequest, NotificationMessage, RequestedNetworks, RpcRequest};
 
 pub(crate) mod network;
 mod volumes;
@@ -28,7 +26,7 @@ pub struct Conductor {
 }
 
 fn db_error(e: DbError) -> RemoteError {
-    RemoteError::new("DBError", e.to_string())
+    RemoteError::new(RemoteErrorKind::DbError, e.to_string())
 }
 
 /// So a handler's transaction (`SharedDb::tx`) can fail with either kind of error.
@@ -38,133 +36,99 @@ impl From<DbError> for RemoteError {
     }
 }
 
-fn args<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, RemoteError> {
-    serde_json::from_value(v).map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))
-}
-
-#[derive(Deserialize)]
-struct Uuid {
-    uuid: String,
-}
-
 impl Conductor {
     pub fn new(db: SharedDb, config: Arc<Config>, home: crate::home::Home) -> Conductor {
         Conductor { db, config, home }
     }
 
-    fn instance_update(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            uuid: String,
-            update: InstanceUpdate,
-        }
-        let a: A = args(a)?;
-        match self.db.with(|db| db.update_instance(&a.uuid, &a.update)).map_err(db_error)? {
+    fn instance_update(&self, uuid: &str, update: &InstanceUpdate) -> Result<Value, RemoteError> {
+        match self.db.with(|db| db.update_instance(uuid, update)).map_err(db_error)? {
             Ok(i) => Ok(serde_json::to_value(i).unwrap_or(Value::Null)),
             Err(UpdateError::NotFound) => {
-                Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))
+                Err(RemoteError::new(RemoteErrorKind::InstanceNotFound, format!("Instance {uuid} could not be found.")))
             }
             // The same update applied twice: the broker went away after the conductor
             // committed it but before the caller had the reply, and the call was delivered
             // again. The state is already what the caller asked for, so say so, instead of an
             // UnexpectedTaskState that made compute destroy a guest that had just gone ACTIVE.
             Err(UpdateError::UnexpectedState { vm_state, task_state })
-                if already_applied(&a.update, &vm_state, &task_state) =>
+                if already_applied(update, &vm_state, &task_state) =>
             {
-                tracing::info!(instance = %a.uuid, "instance update already applied (a redelivered call)");
-                match self.db.with(|db| db.instance_by_uuid(&a.uuid, false)).map_err(db_error)? {
+                tracing::info!(instance = %uuid, "instance update already applied (a redelivered call)");
+                match self.db.with(|db| db.instance_by_uuid(uuid, false)).map_err(db_error)? {
                     Some(i) => Ok(serde_json::to_value(i).unwrap_or(Value::Null)),
-                    None => {
-                        Err(RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))
-                    }
+                    None => Err(RemoteError::new(
+                        RemoteErrorKind::InstanceNotFound,
+                        format!("Instance {uuid} could not be found."),
+                    )),
                 }
             }
             Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
                 let kind = if task_state.as_deref() == Some("deleting") {
-                    "UnexpectedDeletingTaskState"
+                    RemoteErrorKind::UnexpectedDeletingTaskState
                 } else {
-                    "UnexpectedTaskState"
+                    RemoteErrorKind::UnexpectedTaskState
                 };
                 Err(RemoteError::new(
                     kind,
-                    format!("Instance {} is in vm_state {vm_state}, task_state {task_state:?}", a.uuid),
+                    format!("Instance {uuid} is in vm_state {vm_state}, task_state {task_state:?}"),
                 ))
             }
         }
     }
 
-    fn instance_fault_create(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            uuid: String,
-            code: i64,
-            message: String,
-            host: Option<String>,
-        }
-        let a: A = args(a)?;
-        self.db
-            .with(|db| db.add_instance_fault(&a.uuid, a.code, &a.message, "", a.host.as_deref()))
-            .map_err(db_error)?;
+    fn instance_fault_create(
+        &self,
+        uuid: &str,
+        code: i64,
+        message: &str,
+        host: Option<&str>,
+    ) -> Result<Value, RemoteError> {
+        self.db.with(|db| db.add_instance_fault(uuid, code, message, "", host)).map_err(db_error)?;
         Ok(Value::Null)
     }
 
-    fn instance_destroy(&self, ctx: &Context, a: Value) -> Result<Value, RemoteError> {
-        let a: Uuid = args(a)?;
+    fn instance_destroy(&self, ctx: &Context, uuid: &str) -> Result<Value, RemoteError> {
         // Volumes first: a volume file that cannot be removed leaves the instance in
         // `deleting` for the next try, rather than a volume attached to nothing.
         self.db
-            .with(|db| crate::volumes::release_instance_volumes(db, &self.home, &a.uuid))
-            .map_err(|e| RemoteError::new("VolumeError", e.to_string()))?;
+            .with(|db| crate::volumes::release_instance_volumes(db, &self.home, uuid))
+            .map_err(|e| RemoteError::new(RemoteErrorKind::VolumeError, e.to_string()))?;
         self.db
             .tx(|db| -> Result<(), DbError> {
-                db.destroy_instance(&a.uuid)?;
-                db.finish_instance_action(&ctx.request_id, &a.uuid, None)
+                db.destroy_instance(uuid)?;
+                db.finish_instance_action(&ctx.request_id, uuid, None)
             })
             .map_err(db_error)?;
         Ok(Value::Null)
     }
 
-    fn instances_on_host(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            host: String,
-        }
-        let a: A = args(a)?;
+    fn instances_on_host(&self, host: String) -> Result<Value, RemoteError> {
         let list = self
             .db
-            .with(|db| db.list_instances(&InstanceFilter { host: Some(a.host), ..Default::default() }))
+            .with(|db| db.list_instances(&InstanceFilter { host: Some(host), ..Default::default() }))
             .map_err(db_error)?;
         Ok(serde_json::to_value(list).unwrap_or(Value::Null))
     }
 
-    fn action_finish(&self, ctx: &Context, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            uuid: String,
-            message: Option<String>,
-        }
-        let a: A = args(a)?;
-        self.db
-            .with(|db| db.finish_instance_action(&ctx.request_id, &a.uuid, a.message.as_deref()))
-            .map_err(db_error)?;
+    fn action_finish(&self, ctx: &Context, uuid: &str, message: Option<&str>) -> Result<Value, RemoteError> {
+        self.db.with(|db| db.finish_instance_action(&ctx.request_id, uuid, message)).map_err(db_error)?;
         Ok(Value::Null)
     }
 
-    fn service_report(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            host: String,
-            binary: String,
-            topic: String,
-            node: Option<NodeReport>,
-        }
-        let a: A = args(a)?;
+    fn service_report(
+        &self,
+        host: &str,
+        binary: &str,
+        topic: &str,
+        node: Option<&NodeReport>,
+    ) -> Result<Value, RemoteError> {
         let service = self
             .db
             .tx(|db| -> Result<_, DbError> {
-                let s = db.service_heartbeat(&a.host, &a.binary, &a.topic)?;
-                if let Some(node) = &a.node {
-                    db.upsert_compute_node(&a.host, node)?;
+                let s = db.service_heartbeat(host, binary, topic)?;
+                if let Some(node) = node {
+                    db.upsert_compute_node(host, node)?;
                 }
                 Ok(s)
             })
@@ -172,33 +136,20 @@ impl Conductor {
         Ok(json!({"disabled": service.disabled}))
     }
 
-    fn allocate_network(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            uuid: String,
-            requested_networks: RequestedNetworks,
-            host: String,
-        }
-        let a: A = args(a)?;
+    fn allocate_network(&self, uuid: &str, requested: &RequestedNetworks, host: &str) -> Result<Value, RemoteError> {
         // One transaction: a failure on the second port must not leave the first behind, or
         // the retry would take it for a finished allocation.
-        let vifs = self.db.tx(|db| network::allocate(db, &self.config, &a.uuid, &a.requested_networks, &a.host))?;
+        let vifs = self.db.tx(|db| network::allocate(db, &self.config, uuid, requested, host))?;
         Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
     }
 
-    fn network_info(&self, a: Value) -> Result<Value, RemoteError> {
-        let a: Uuid = args(a)?;
-        let vifs = self.db.with(|db| network::vifs(db, &a.uuid))?;
+    fn network_info(&self, uuid: &str) -> Result<Value, RemoteError> {
+        let vifs = self.db.with(|db| network::vifs(db, uuid))?;
         Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
     }
 
-    fn security_group_filters(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            host: String,
-        }
-        let a: A = args(a)?;
-        let filters = self.db.with(|db| network::host_filters(db, &a.host)).map_err(db_error)?;
+    fn security_group_filters(&self, host: &str) -> Result<Value, RemoteError> {
+        let filters = self.db.with(|db| network::host_filters(db, host)).map_err(db_error)?;
         Ok(serde_json::to_value(filters).unwrap_or(Value::Null))
     }
 
@@ -207,38 +158,27 @@ impl Conductor {
         Ok(serde_json::to_value(ports).unwrap_or(Value::Null))
     }
 
-    fn image_meta(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            image_id: String,
-        }
-        let a: A = args(a)?;
-        let meta = self.db.with(|db| crate::images::image_meta(db, &self.home, &a.image_id)).map_err(db_error)?;
+    fn image_meta(&self, image_id: &str) -> Result<Value, RemoteError> {
+        let meta = self.db.with(|db| crate::images::image_meta(db, &self.home, image_id)).map_err(db_error)?;
         Ok(serde_json::to_value(meta).unwrap_or(Value::Null))
     }
 
     /// Stores spans a compute service in another process recorded (it has no database), so
     /// `novabox trace` shows that host's steps too.
-    fn record_spans(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            spans: Vec<crate::trace::SpanRow>,
-        }
-        let a: A = args(a)?;
-        if a.spans.len() > crate::rpcapi::SPAN_BATCH {
+    fn record_spans(&self, spans: Vec<crate::trace::SpanRow>) -> Result<Value, RemoteError> {
+        if spans.len() > crate::rpcapi::SPAN_BATCH {
             return Err(RemoteError::new(
-                "InvalidArguments",
-                format!("{} spans in one record_spans; at most {}", a.spans.len(), crate::rpcapi::SPAN_BATCH),
+                RemoteErrorKind::InvalidArguments,
+                format!("{} spans in one record_spans; at most {}", spans.len(), crate::rpcapi::SPAN_BATCH),
             ));
         }
-        let spans: Vec<_> = a.spans.into_iter().filter(|s| !s.request_id.is_empty()).collect();
+        let spans: Vec<_> = spans.into_iter().filter(|s| !s.request_id.is_empty()).collect();
         self.db.with(|db| db.insert_trace_spans(&spans)).map_err(db_error)?;
         Ok(Value::Null)
     }
 
-    fn deallocate_network(&self, a: Value) -> Result<Value, RemoteError> {
-        let a: Uuid = args(a)?;
-        self.db.with(|db| network::deallocate(db, &a.uuid))?;
+    fn deallocate_network(&self, uuid: &str) -> Result<Value, RemoteError> {
+        self.db.with(|db| network::deallocate(db, uuid))?;
         Ok(Value::Null)
     }
 }
@@ -246,27 +186,45 @@ impl Conductor {
 #[async_trait::async_trait]
 impl Handler for Conductor {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
-        let Message { method, args, context } = message;
-        match method.as_str() {
-            "instance_update" => self.instance_update(args),
-            "instance_fault_create" => self.instance_fault_create(args),
-            "instance_destroy" => self.instance_destroy(&context, args),
-            "instances_on_host" => self.instances_on_host(args),
-            "action_finish" => self.action_finish(&context, args),
-            "service_report" => self.service_report(args),
-            "allocate_network" => self.allocate_network(args),
-            "deallocate_network" => self.deallocate_network(args),
-            "network_info" => self.network_info(args),
-            "security_group_filters" => self.security_group_filters(args),
-            "port_devices" => self.port_devices(),
-            "image_meta" => self.image_meta(args),
-            "record_spans" => self.record_spans(args),
-            "instance_volumes" => self.instance_volumes(args),
-            "prepare_block_devices" => self.prepare_block_devices(args).await,
-            "volume_attach_done" => self.volume_attach_done(args),
-            "volume_detach_done" => self.volume_detach_done(args),
-            "volumes_in_flight" => self.volumes_in_flight(args),
-            other => Err(RemoteError::new("UnknownMethod", format!("the conductor has no method {other}"))),
+        use ConductorRequest as R;
+        let (request, ctx) = ConductorRequest::from_message(message)?;
+        match request {
+            R::InstanceUpdate { uuid, update } => self.instance_update(&uuid, &update),
+            R::InstanceFaultCreate { uuid, code, message, host } => {
+                self.instance_fault_create(&uuid, code, &message, host.as_deref())
+            }
+            R::InstanceDestroy { uuid } => self.instance_destroy(&ctx, &uuid),
+            R::InstancesOnHost { host } => self.instances_on_host(host),
+            R::ActionFinish { uuid, message } => self.action_finish(&ctx, &uuid, message.as_deref()),
+            R::ServiceReport { host, binary, topic, node } => {
+                self.service_report(&host, &binary, &topic, node.as_ref())
+            }
+            R::AllocateNetwork { uuid, requested_networks, host } => {
+                self.allocate_network(&uuid, &requested_networks, &host)
+            }
+            R::DeallocateNetwork { uuid } => self.deallocate_network(&uuid),
+            R::NetworkInfo { uuid } => self.network_info(&uuid),
+            R::SecurityGroupFilters { host } => self.security_group_filters(&host),
+            R::PortDevices {} => self.port_devices(),
+            R::ImageMeta { image_id } => self.image_meta(&image_id),
+            R::RecordSpans { spans } => self.record_spans(spans),
+            R::InstanceVolumes { uuid } => self.instance_volumes(&uuid),
+            R::PrepareBlockDevices { uuid } => self.prepare_block_devices(&uuid).await,
+            R::VolumeAttachDone { volume_id, instance_uuid, error } => {
+                self.volume_attach_done(volumes::VolumeOutcome {
+                    volume_id: &volume_id,
+                    instance_uuid: &instance_uuid,
+                    error: error.as_deref(),
+                })
+            }
+            R::VolumeDetachDone { volume_id, instance_uuid, error } => {
+                self.volume_detach_done(volumes::VolumeOutcome {
+                    volume_id: &volume_id,
+                    instance_uuid: &instance_uuid,
+                    error: error.as_deref(),
+                })
+            }
+            R::VolumesInFlight { host } => self.volumes_in_flight(&host),
         }
     }
 }
@@ -332,7 +290,7 @@ impl NotificationStore {
 #[async_trait::async_trait]
 impl Handler for NotificationStore {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
-        let n: Notification = args(message.args)?;
+        let (NotificationMessage::Notify(n), _) = NotificationMessage::from_message(message)?;
         self.db.with(|db| db.insert_notification(&n)).map_err(db_error)?;
         Ok(Value::Null)
     }
@@ -356,22 +314,24 @@ mod tests {
         let inst = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
         let db = SharedDb::new(db);
         let conductor = Conductor::new(db.clone(), Arc::new(config), crate::home::Home::at(t.path()));
-        let args = |second: &str| {
-            json!({
-                "uuid": inst.uuid,
-                "host": "h1",
-                "requested_networks": {"list": [
-                    {"network_id": net.id, "port_id": null, "fixed_ip": null},
-                    {"network_id": second, "port_id": null, "fixed_ip": null},
-                ]},
-            })
+        let requested = |second: &str| {
+            RequestedNetworks::List(
+                [net.id.as_str(), second]
+                    .iter()
+                    .map(|id| crate::rpcapi::RequestedNetwork {
+                        network_id: Some(id.to_string()),
+                        port_id: None,
+                        fixed_ip: None,
+                    })
+                    .collect(),
+            )
         };
 
-        let err = conductor.allocate_network(args("no-such-network")).unwrap_err();
-        assert_eq!(err.kind, "NetworkError", "{err}");
+        let err = conductor.allocate_network(&inst.uuid, &requested("no-such-network"), "h1").unwrap_err();
+        assert_eq!(err.kind, RemoteErrorKind::NetworkError, "{err}");
         assert_eq!(db.with(|d| d.ports_for_device(&inst.uuid)).unwrap(), vec![], "a half allocation was stored");
 
-        let vifs = conductor.allocate_network(args(&net.id)).unwrap();
+        let vifs = conductor.allocate_network(&inst.uuid, &requested(&net.id), "h1").unwrap();
         assert_eq!(vifs.as_array().map(Vec::len), Some(2), "{vifs}");
     }
 }

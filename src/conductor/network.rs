@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::bus::{Context, RemoteError};
+use crate::bus::{Context, RemoteError, RemoteErrorKind};
 use crate::compute::net::secgroups::{self, HostFilters};
 use crate::compute::net::PortDevice;
 use crate::compute::virt::Vif;
@@ -13,7 +13,7 @@ use crate::db::{Db, DbError};
 use crate::rpcapi::RequestedNetworks;
 
 fn remote(e: DbError) -> RemoteError {
-    RemoteError::new("NetworkError", e.to_string())
+    RemoteError::new(RemoteErrorKind::NetworkError, e.to_string())
 }
 
 /// The bridge of a network: the one recorded on it (the default network's is `[network]
@@ -56,10 +56,9 @@ pub fn allocate(
     requested: &RequestedNetworks,
     host: &str,
 ) -> Result<Vec<Vif>, RemoteError> {
-    let inst = db
-        .instance_by_uuid(uuid, false)
-        .map_err(remote)?
-        .ok_or_else(|| RemoteError::new("InstanceNotFound", format!("Instance {uuid} could not be found.")))?;
+    let inst = db.instance_by_uuid(uuid, false).map_err(remote)?.ok_or_else(|| {
+        RemoteError::new(RemoteErrorKind::InstanceNotFound, format!("Instance {uuid} could not be found."))
+    })?;
     // Ports made by an interrupted earlier attempt are reused, not duplicated.
     let existing = db.ports_for_device(uuid).map_err(remote)?;
     if !existing.is_empty() {
@@ -90,13 +89,18 @@ pub fn allocate(
                         let mut p = new_port(net.clone());
                         if let Some(ip) = &r.fixed_ip {
                             let ip_address = ip.parse().map_err(|_| {
-                                RemoteError::new("InvalidRequest", format!("fixed_ip {ip} is not an IPv4 address"))
+                                RemoteError::new(
+                                    RemoteErrorKind::InvalidRequest,
+                                    format!("fixed_ip {ip} is not an IPv4 address"),
+                                )
                             })?;
                             p.fixed_ips = vec![FixedIpRequest { subnet_id: None, ip_address: Some(ip_address) }];
                         }
                         db.allocate_port(&p).map_err(remote)?
                     }
-                    (None, None) => return Err(RemoteError::new("InvalidRequest", "network or port required")),
+                    (None, None) => {
+                        return Err(RemoteError::new(RemoteErrorKind::InvalidRequest, "network or port required"))
+                    }
                 };
                 out.push(port);
             }

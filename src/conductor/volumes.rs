@@ -2,11 +2,10 @@
 //! build or a restart), boot volumes made from their image during a build's
 //! block_device_mapping step, and the outcome of attaches and detaches that compute did.
 
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::{args, db_error, Conductor};
-use crate::bus::RemoteError;
+use super::{db_error, Conductor};
+use crate::bus::{RemoteError, RemoteErrorKind};
 use crate::compute::virt::VolumeDisk;
 use crate::db::volumes::{NewVolume, VolumeAttachment};
 use crate::db::Db;
@@ -33,34 +32,31 @@ fn disk(home: &Home, a: VolumeAttachment) -> Option<VolumeDisk> {
     })
 }
 
-#[derive(Deserialize)]
-struct VolumeArgs {
-    volume_id: String,
-    instance_uuid: String,
-    #[serde(default)]
-    error: Option<String>,
+/// The outcome of an attach or a detach that compute did.
+pub(super) struct VolumeOutcome<'a> {
+    pub volume_id: &'a str,
+    pub instance_uuid: &'a str,
+    /// `None` when it went through.
+    pub error: Option<&'a str>,
 }
 
 impl Conductor {
-    pub(super) fn instance_volumes(&self, a: Value) -> Result<Value, RemoteError> {
-        let a: super::Uuid = args(a)?;
-        let disks = self.db.with(|db| volume_disks(db, &self.home, &a.uuid)).map_err(db_error)?;
+    pub(super) fn instance_volumes(&self, uuid: &str) -> Result<Value, RemoteError> {
+        let disks = self.db.with(|db| volume_disks(db, &self.home, uuid)).map_err(db_error)?;
         Ok(serde_json::to_value(disks).unwrap_or(Value::Null))
     }
 
     /// Nova's `_prep_block_device`: every mapping with destination volume gets its volume,
     /// made from the image when its source is one, attached to the instance.
-    pub(super) async fn prepare_block_devices(&self, a: Value) -> Result<Value, RemoteError> {
-        let a: super::Uuid = args(a)?;
-        let failed = |m: String| RemoteError::new("VolumeNotCreated", m);
+    pub(super) async fn prepare_block_devices(&self, uuid: &str) -> Result<Value, RemoteError> {
+        let failed = |m: String| RemoteError::new(RemoteErrorKind::VolumeNotCreated, m);
         let (inst, bdms) = self
             .db
-            .with(|db| -> crate::db::Result<_> {
-                Ok((db.instance_by_uuid(&a.uuid, false)?, db.block_devices(&a.uuid)?))
-            })
+            .with(|db| -> crate::db::Result<_> { Ok((db.instance_by_uuid(uuid, false)?, db.block_devices(uuid)?)) })
             .map_err(db_error)?;
-        let inst = inst
-            .ok_or_else(|| RemoteError::new("InstanceNotFound", format!("Instance {} could not be found.", a.uuid)))?;
+        let inst = inst.ok_or_else(|| {
+            RemoteError::new(RemoteErrorKind::InstanceNotFound, format!("Instance {uuid} could not be found."))
+        })?;
         for b in bdms.iter().filter(|b| b.destination_type == "volume") {
             let boot_index = b.boot_index.unwrap_or(-1);
             let device = if boot_index == 0 {
@@ -87,7 +83,7 @@ impl Conductor {
                                 availability_zone: self.config.host.availability_zone.clone(),
                                 path: crate::volumes::file_name(&id),
                             })?;
-                            db.set_mapping_volume(&a.uuid, boot_index, &id, &device)?;
+                            db.set_mapping_volume(uuid, boot_index, &id, &device)?;
                             crate::images::image_meta(db, &self.home, &image_id)
                         })
                         .map_err(db_error)?;
@@ -101,25 +97,20 @@ impl Conductor {
             let attached = self
                 .db
                 .with(|db| -> crate::db::Result<bool> {
-                    db.set_mapping_volume(&a.uuid, boot_index, &volume_id, &device)?;
-                    Ok(db.claim_volume(&volume_id, &a.uuid)? && db.finish_volume_attachment(&volume_id, &a.uuid)?)
+                    db.set_mapping_volume(uuid, boot_index, &volume_id, &device)?;
+                    Ok(db.claim_volume(&volume_id, uuid)? && db.finish_volume_attachment(&volume_id, uuid)?)
                 })
                 .map_err(db_error)?;
             if !attached {
                 return Err(failed(format!("volume {volume_id} is not available")));
             }
         }
-        self.instance_volumes(serde_json::json!({"uuid": a.uuid}))
+        self.instance_volumes(uuid)
     }
 
     /// Attaches and detaches on a host that a restart cut off, for its compute to finish.
-    pub(super) fn volumes_in_flight(&self, a: Value) -> Result<Value, RemoteError> {
-        #[derive(Deserialize)]
-        struct A {
-            host: String,
-        }
-        let a: A = args(a)?;
-        let list = self.db.with(|db| db.volumes_in_flight(&a.host)).map_err(db_error)?;
+    pub(super) fn volumes_in_flight(&self, host: &str) -> Result<Value, RemoteError> {
+        let list = self.db.with(|db| db.volumes_in_flight(host)).map_err(db_error)?;
         let work: Vec<VolumeInFlight> = list
             .into_iter()
             .filter_map(|att| {
@@ -131,27 +122,20 @@ impl Conductor {
     }
 
     /// Compute plugged the volume in (or could not: `error`).
-    pub(super) fn volume_attach_done(&self, a: Value) -> Result<Value, RemoteError> {
-        let a: VolumeArgs = args(a)?;
+    pub(super) fn volume_attach_done(&self, a: VolumeOutcome<'_>) -> Result<Value, RemoteError> {
         // The outcome and its fault together, or neither.
         self.db
             .tx(|db| -> crate::db::Result<()> {
-                match &a.error {
+                match a.error {
                     None => {
-                        db.finish_volume_attachment(&a.volume_id, &a.instance_uuid)?;
+                        db.finish_volume_attachment(a.volume_id, a.instance_uuid)?;
                     }
                     // Only an attach still pending fails: a second report of one that went
                     // through (a redelivered cast) must not take the volume from the guest.
                     Some(why)
-                        if db.release_volume_attachment_from(&a.volume_id, &a.instance_uuid, Some("attaching"))? =>
+                        if db.release_volume_attachment_from(a.volume_id, a.instance_uuid, Some("attaching"))? =>
                     {
-                        db.add_instance_fault(
-                            &a.instance_uuid,
-                            500,
-                            &format!("Volume attach failed: {why}"),
-                            "",
-                            None,
-                        )?;
+                        db.add_instance_fault(a.instance_uuid, 500, &format!("Volume attach failed: {why}"), "", None)?;
                     }
                     Some(why) => tracing::info!(volume = %a.volume_id, "late attach failure ignored: {why}"),
                 }
@@ -162,18 +146,17 @@ impl Conductor {
     }
 
     /// Compute unplugged the volume (or could not: it stays in-use).
-    pub(super) fn volume_detach_done(&self, a: Value) -> Result<Value, RemoteError> {
-        let a: VolumeArgs = args(a)?;
+    pub(super) fn volume_detach_done(&self, a: VolumeOutcome<'_>) -> Result<Value, RemoteError> {
         // The outcome and its fault together, or neither.
         self.db
             .tx(|db| -> crate::db::Result<()> {
-                match &a.error {
+                match a.error {
                     None => {
-                        db.release_volume_attachment_from(&a.volume_id, &a.instance_uuid, Some("detaching")).map(|_| ())
+                        db.release_volume_attachment_from(a.volume_id, a.instance_uuid, Some("detaching")).map(|_| ())
                     }
                     Some(why) => {
-                        db.set_volume_status(&a.volume_id, &["detaching"], "in-use")?;
-                        db.add_instance_fault(&a.instance_uuid, 500, &format!("Volume detach failed: {why}"), "", None)
+                        db.set_volume_status(a.volume_id, &["detaching"], "in-use")?;
+                        db.add_instance_fault(a.instance_uuid, 500, &format!("Volume detach failed: {why}"), "", None)
                     }
                 }
             })

@@ -4,17 +4,16 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::Value;
 
-use crate::bus::{Context, Handler, Message, RemoteError};
+use crate::bus::{Context, Handler, Message, RemoteError, RemoteErrorKind};
 use crate::config::Config;
 use crate::db::instances::{Instance, InstanceUpdate, UpdateError};
 use crate::db::services::is_up;
 use tracing::Instrument;
 
 use crate::db::{now, SharedDb};
-use crate::rpcapi::{ComputeApi, Notifier, RequestSpec};
+use crate::rpcapi::{ComputeApi, Notifier, RequestSpec, RpcRequest, SchedulerRequest};
 
 pub mod filters;
 pub mod weighers;
@@ -31,12 +30,6 @@ pub struct Scheduler {
     /// Placement reads usage and then writes the choice; one placement at a time keeps two
     /// concurrent boots from both taking the last slot of a host.
     placing: tokio::sync::Mutex<()>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BuildInstances {
-    instance_uuids: Vec<String>,
-    request_spec: RequestSpec,
 }
 
 impl Scheduler {
@@ -84,7 +77,7 @@ impl Scheduler {
     /// Chooses a host and records it on the instance. Err is the "no valid host" reason.
     async fn place(&self, instance: &Instance, spec: &RequestSpec) -> Result<Result<Instance, String>, RemoteError> {
         let _one_at_a_time = self.placing.lock().await;
-        let hosts = self.host_states().map_err(|e| RemoteError::new("DBError", e.to_string()))?;
+        let hosts = self.host_states().map_err(|e| RemoteError::new(RemoteErrorKind::DbError, e.to_string()))?;
         let hint = |key: &str| spec.scheduler_hints.get(key).and_then(Value::as_str);
         let req = Request {
             flavor: &instance.flavor,
@@ -108,30 +101,32 @@ impl Scheduler {
         };
         match self.db.with(|db| db.update_instance(&instance.uuid, &update)) {
             Ok(Ok(i)) => Ok(Ok(i)),
-            Ok(Err(UpdateError::NotFound)) => Err(RemoteError::new("InstanceNotFound", "deleted while scheduling")),
+            Ok(Err(UpdateError::NotFound)) => {
+                Err(RemoteError::new(RemoteErrorKind::InstanceNotFound, "deleted while scheduling"))
+            }
             Ok(Err(UpdateError::UnexpectedState { task_state, .. })) => Err(RemoteError::new(
-                "UnexpectedTaskState",
+                RemoteErrorKind::UnexpectedTaskState,
                 format!("task state changed to {task_state:?} while scheduling"),
             )),
-            Err(e) => Err(RemoteError::new("DBError", e.to_string())),
+            Err(e) => Err(RemoteError::new(RemoteErrorKind::DbError, e.to_string())),
         }
     }
 
-    async fn build_instances(&self, ctx: &Context, args: BuildInstances) -> Result<Value, RemoteError> {
-        for uuid in &args.instance_uuids {
+    async fn build_instances(&self, ctx: &Context, uuids: &[String], spec: &RequestSpec) -> Result<Value, RemoteError> {
+        for uuid in uuids {
             let instance = self
                 .db
                 .with(|db| db.instance_by_uuid(uuid, false))
-                .map_err(|e| RemoteError::new("DBError", e.to_string()))?;
+                .map_err(|e| RemoteError::new(RemoteErrorKind::DbError, e.to_string()))?;
             let Some(instance) = instance else {
                 tracing::info!(instance = %uuid, "deleted before it was scheduled");
                 continue;
             };
             let selecting = tracing::info_span!("select_host", instance = %uuid);
-            match self.place(&instance, &args.request_spec).instrument(selecting).await {
+            match self.place(&instance, spec).instrument(selecting).await {
                 Ok(Ok(placed)) => {
                     let host = placed.host.clone().unwrap_or_default();
-                    if let Err(e) = self.compute.build_and_run_instance(ctx, &host, &placed, &args.request_spec).await {
+                    if let Err(e) = self.compute.build_and_run_instance(ctx, &host, &placed, spec).await {
                         self.fail(ctx, &placed, &format!("Build request could not reach compute host {host}: {e}"))
                             .await;
                     }
@@ -166,13 +161,10 @@ impl Scheduler {
 #[async_trait::async_trait]
 impl Handler for Scheduler {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
-        match message.method.as_str() {
-            "build_instances" => {
-                let args: BuildInstances = serde_json::from_value(message.args)
-                    .map_err(|e| RemoteError::new("InvalidArguments", e.to_string()))?;
-                self.build_instances(&message.context, args).await
+        match SchedulerRequest::from_message(message)? {
+            (SchedulerRequest::BuildInstances { instance_uuids, request_spec }, ctx) => {
+                self.build_instances(&ctx, &instance_uuids, &request_spec).await
             }
-            other => Err(RemoteError::new("UnknownMethod", format!("the scheduler has no method {other}"))),
         }
     }
 }
