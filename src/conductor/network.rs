@@ -61,7 +61,7 @@ pub fn allocate(
         .map_err(remote)?
         .ok_or_else(|| RemoteError::new("InstanceNotFound", format!("Instance {uuid} could not be found.")))?;
     // Ports made by an interrupted earlier attempt are reused, not duplicated.
-    let existing = db.ports_for_device(uuid).map_err(remote)?;
+    let existing = db.instance_ports(uuid).map_err(remote)?;
     if !existing.is_empty() {
         return vifs_of(db, &existing);
     }
@@ -85,7 +85,19 @@ pub fn allocate(
             let mut out = Vec::new();
             for r in list {
                 let port = match (&r.port_id, &r.network_id) {
-                    (Some(port_id), _) => db.bind_port(port_id, uuid, "compute:nova", host).map_err(remote)?,
+                    (Some(port_id), _) => {
+                        // As nova: a port of another project is never the instance's, even
+                        // when an admin asked for it.
+                        let usable =
+                            db.port_by_id(port_id).map_err(remote)?.is_some_and(|p| p.project_id == inst.project_id);
+                        if !usable {
+                            return Err(RemoteError::new(
+                                "PortNotUsable",
+                                format!("Port {port_id} not usable for instance {uuid}."),
+                            ));
+                        }
+                        db.bind_port(port_id, uuid, "compute:nova", host).map_err(remote)?
+                    }
                     (None, Some(net)) => {
                         let mut p = new_port(net.clone());
                         if let Some(ip) = &r.fixed_ip {
@@ -107,7 +119,7 @@ pub fn allocate(
 }
 
 pub fn vifs(db: &Db, uuid: &str) -> Result<Vec<Vif>, RemoteError> {
-    vifs_of(db, &db.ports_for_device(uuid).map_err(remote)?)
+    vifs_of(db, &db.instance_ports(uuid).map_err(remote)?)
 }
 
 pub fn deallocate(db: &Db, uuid: &str) -> Result<(), RemoteError> {
@@ -122,7 +134,7 @@ pub fn release_network(db: &Db, uuid: &str) -> Result<(), DbError> {
 /// nova's `addresses`: network name -> list of fixed IPs with their MAC.
 pub fn addresses(db: &Db, uuid: &str) -> Result<Value, DbError> {
     let mut out = Map::new();
-    for p in db.ports_for_device(uuid)? {
+    for p in db.instance_ports(uuid)? {
         let entry = out.entry(p.network_name.clone()).or_insert_with(|| json!([]));
         if let Some(list) = entry.as_array_mut() {
             for f in &p.fixed_ips {
