@@ -723,3 +723,230 @@ async fn security_group_changes_are_pushed_to_compute_hosts() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(recv(&mut rx).await.ports.is_empty());
 }
+
+/// A server row of `project` (no boot: the network API only needs it to exist).
+fn server_of(cloud: &Cloud, project: &str, name: &str) -> String {
+    cloud.state.db.with(|db| {
+        let mut n = crate::db::instances::tests::new_instance(db, name);
+        n.project_id = project.to_string();
+        db.create_instance(&n).unwrap().uuid
+    })
+}
+
+/// Issue 14: alt pointed its own port's device_id at demo's server, then read demo's
+/// metadata from the port's address. neutron's answer for another project's device is 409
+/// DeviceIDNotOwnedByTenant; the server's addresses never show another project's port.
+#[tokio::test]
+async fn device_id_may_name_only_a_server_of_the_ports_project() {
+    let cloud = Cloud::new();
+    let config = cloud.state.config.clone();
+    let private = cloud.state.db.with(|db| db.ensure_default_network(&config)).unwrap();
+    let (demo, alt, admin) = (cloud.token("demo").await, cloud.token("alt").await, cloud.token("admin").await);
+    let victim = server_of(&cloud, &cloud.demo_project, "victim");
+    let mine = server_of(&cloud, &cloud.alt_project, "mine");
+
+    let port = created(&cloud, &alt, "/network/v2.0/ports", json!({"port": {"network_id": private.id}}), "port").await;
+    let port_id = port["id"].as_str().unwrap().to_string();
+    let r = cloud.put(&format!("/network/v2.0/ports/{port_id}"), &alt, json!({"port": {"device_id": victim}})).await;
+    let msg = neutron_error(&r, StatusCode::CONFLICT, "DeviceIDNotOwnedByTenant");
+    assert_eq!(
+        msg,
+        format!("The following device_id {victim} is not owned by your tenant or matches another tenants router.")
+    );
+    let r = cloud
+        .post(
+            "/network/v2.0/ports",
+            &alt,
+            json!({"port": {"network_id": private.id, "device_id": victim, "device_owner": "compute:nova"}}),
+        )
+        .await;
+    neutron_error(&r, StatusCode::CONFLICT, "DeviceIDNotOwnedByTenant");
+    let p = cloud.get(&format!("/network/v2.0/ports/{port_id}"), &alt).await.json();
+    assert_eq!(p["port"]["device_id"], "", "the refused update changed nothing");
+
+    // Its own server, or any string that is no server (neutron keeps device_id free-form).
+    for device in [mine.as_str(), "dhcp-agent-1", ""] {
+        let r =
+            cloud.put(&format!("/network/v2.0/ports/{port_id}"), &alt, json!({"port": {"device_id": device}})).await;
+        assert_eq!(r.status, StatusCode::OK, "{device}: {}", r.text());
+    }
+    // Admins may (nova binds ports as admin), but such a port is still not the server's.
+    let r = cloud.put(&format!("/network/v2.0/ports/{port_id}"), &admin, json!({"port": {"device_id": victim}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let own = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": private.id, "device_id": victim, "device_owner": "compute:nova"}}),
+        "port",
+    )
+    .await;
+    let addresses = cloud.state.db.with(|db| crate::conductor::addresses(db, &victim)).unwrap();
+    let shown: Vec<&str> = addresses["private"].as_array().unwrap().iter().filter_map(|a| a["addr"].as_str()).collect();
+    assert_eq!(shown, vec![own["fixed_ips"][0]["ip_address"].as_str().unwrap()], "{addresses}");
+    let nics = cloud.state.db.with(|db| crate::conductor::network::vifs(db, &victim)).unwrap();
+    assert_eq!(nics.iter().map(|v| v.port_id.as_str()).collect::<Vec<_>>(), vec![own["id"].as_str().unwrap()]);
+    // The server's end takes its own port only; alt's stays.
+    cloud.state.db.with(|db| crate::conductor::release_network(db, &victim)).unwrap();
+    assert_eq!(cloud.get(&format!("/network/v2.0/ports/{port_id}"), &alt).await.status, StatusCode::OK);
+}
+
+/// Issue 14: a project that does not own the shared network created ports without port
+/// security, with a chosen address and as the network's DHCP port. neutron leaves those to
+/// the network's owner and admins (`admin_or_network_owner`), on create and on update.
+#[tokio::test]
+async fn port_attributes_of_a_shared_network_belong_to_its_owner() {
+    let cloud = Cloud::new();
+    let config = cloud.state.config.clone();
+    let private = cloud.state.db.with(|db| db.ensure_default_network(&config)).unwrap();
+    let subnet_id = private.subnets[0].clone();
+    let (alt, admin) = (cloud.token("alt").await, cloud.token("admin").await);
+    let net = private.id.as_str();
+
+    let denied = [
+        (json!({"port_security_enabled": false}), "create_port:port_security_enabled"),
+        (json!({"port_security_enabled": true}), "create_port:port_security_enabled"),
+        (json!({"fixed_ips": [{"ip_address": "10.42.0.77"}]}), "create_port:fixed_ips:ip_address"),
+        (
+            json!({"fixed_ips": [{"subnet_id": subnet_id, "ip_address": "10.42.0.77"}]}),
+            "create_port:fixed_ips:ip_address",
+        ),
+        (json!({"device_owner": "network:dhcp"}), "create_port:device_owner"),
+        (json!({"mac_address": "fa:16:3e:00:00:01"}), "create_port:mac_address"),
+        (json!({"binding:host_id": "elsewhere"}), "create_port:binding:host_id"),
+    ];
+    for (extra, rule) in &denied {
+        let mut body = json!({"network_id": net});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let r = cloud.post("/network/v2.0/ports", &alt, json!({"port": body})).await;
+        let msg = neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+        assert_eq!(msg, format!("(rule:{rule}) is disallowed by policy"), "{extra}");
+    }
+    let ports = cloud.get("/network/v2.0/ports", &alt).await.json();
+    assert_eq!(ids(&ports, "ports"), Vec::<String>::new(), "a refused create left a port");
+
+    // What a user of a shared network may choose: the subnet, and a compute device owner.
+    let p = created(
+        &cloud,
+        &alt,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": subnet_id}], "device_owner": "compute:nova"}}),
+        "port",
+    )
+    .await;
+    let port_id = p["id"].as_str().unwrap();
+    for (extra, rule) in [
+        (json!({"port_security_enabled": false, "security_groups": []}), "update_port:port_security_enabled"),
+        (json!({"device_owner": "network:router_interface"}), "update_port:device_owner"),
+        (json!({"fixed_ips": [{"ip_address": "10.42.0.78"}]}), "update_port:fixed_ips:ip_address"),
+        (json!({"mac_address": "fa:16:3e:00:00:02"}), "update_port:mac_address"),
+        (json!({"binding:host_id": "elsewhere"}), "update_port:binding:host_id"),
+    ] {
+        let r = cloud.put(&format!("/network/v2.0/ports/{port_id}"), &alt, json!({"port": extra})).await;
+        let msg = neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+        assert_eq!(msg, format!("(rule:{rule}) is disallowed by policy"));
+    }
+    let p = cloud.get(&format!("/network/v2.0/ports/{port_id}"), &alt).await.json();
+    assert_eq!(
+        (p["port"]["port_security_enabled"].as_bool(), p["port"]["device_owner"].as_str()),
+        (Some(true), Some("compute:nova"))
+    );
+
+    // The network's owner (here the admin) may do all of it...
+    let p = created(
+        &cloud,
+        &admin,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net, "port_security_enabled": false, "fixed_ips": [{"ip_address": "10.42.0.77"}],
+                        "device_owner": "network:dhcp", "mac_address": "fa:16:3e:00:00:01"}}),
+        "port",
+    )
+    .await;
+    assert_eq!(p["fixed_ips"][0]["ip_address"], "10.42.0.77");
+    // ...and so may alt on a network of its own.
+    let own = created(&cloud, &alt, "/network/v2.0/networks", json!({"network": {"name": "own"}}), "network").await;
+    let own_id = own["id"].as_str().unwrap();
+    created(
+        &cloud,
+        &alt,
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": own_id, "cidr": "10.9.0.0/24", "ip_version": 4}}),
+        "subnet",
+    )
+    .await;
+    let p = created(
+        &cloud,
+        &alt,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": own_id, "port_security_enabled": false, "fixed_ips": [{"ip_address": "10.9.0.9"}],
+                        "device_owner": "network:dhcp", "mac_address": "fa:16:3e:00:00:03"}}),
+        "port",
+    )
+    .await;
+    assert_eq!(p["port_security_enabled"], false);
+    // The binding host stays the admin's (nova's), even on one's own network.
+    let r =
+        cloud.post("/network/v2.0/ports", &alt, json!({"port": {"network_id": own_id, "binding:host_id": "h"}})).await;
+    neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+}
+
+/// Issue 14: names with NUL bytes were stored. neutron's `name_string` refuses control and
+/// format characters and surrounding spaces in network, subnet and port names; free text
+/// (descriptions, security group names) refuses NUL.
+#[tokio::test]
+async fn names_with_control_characters_are_refused() {
+    let cloud = Cloud::new();
+    let demo = cloud.token("demo").await;
+    let net = created(&cloud, &demo, "/network/v2.0/networks", json!({"network": {"name": "n"}}), "network").await;
+    let net_id = net["id"].as_str().unwrap();
+    let bad_names = ["a\u{0}b", "tab\tin", " lead", "trail ", "zero\u{200B}width", "line\u{2028}sep", "\u{7f}"];
+    for name in bad_names {
+        let cases = [
+            ("/network/v2.0/networks", json!({"network": {"name": name}})),
+            ("/network/v2.0/subnets", json!({"subnet": {"name": name, "network_id": net_id, "cidr": "10.8.0.0/24"}})),
+            ("/network/v2.0/ports", json!({"port": {"name": name, "network_id": net_id}})),
+        ];
+        for (uri, body) in cases {
+            let r = cloud.post(uri, &demo, body).await;
+            let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+            assert_eq!(msg, format!("Invalid input for name. Reason: '{name}' is not a valid string."), "{uri}");
+        }
+        let r = cloud.put(&format!("/network/v2.0/networks/{net_id}"), &demo, json!({"network": {"name": name}})).await;
+        neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+    }
+    for (uri, key) in [
+        ("/network/v2.0/networks", "network"),
+        ("/network/v2.0/security-groups", "security_group"),
+        ("/network/v2.0/ports", "port"),
+    ] {
+        for field in ["description", "name"] {
+            if key != "security_group" && field == "name" {
+                continue;
+            }
+            let mut body = json!({field: "x\u{0}y"});
+            if key == "port" {
+                body["network_id"] = json!(net_id);
+            }
+            let r = cloud.post(uri, &demo, json!({key: body})).await;
+            let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+            assert_eq!(msg, format!("Invalid input for {field}. Reason: 'x\u{0}y' is not a valid string."));
+        }
+    }
+    // Spaces inside a name, any script, and multi-line descriptions are fine.
+    let ok = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/networks",
+        json!({"network": {"name": "réseau de test", "description": "line 1\nline 2"}}),
+        "network",
+    )
+    .await;
+    assert_eq!(ok["name"], "réseau de test");
+    let names: Vec<String> = cloud.get("/network/v2.0/networks", &demo).await.json()["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains('\u{0}')), "{names:?}");
+}
