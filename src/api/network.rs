@@ -46,7 +46,15 @@ pub fn router() -> Router<AppState> {
         .route("/v2.0/security-groups/{id}", get(show_group).put(update_group).delete(delete_group))
         .route("/v2.0/security-group-rules", get(list_rules).post(create_rule))
         .route("/v2.0/security-group-rules/{id}", get(show_rule).delete(delete_rule))
+        .route("/v2.0/quotas", get(quotas::list))
+        .route("/v2.0/quotas/project", get(quotas::own_project))
+        .route("/v2.0/quotas/tenant", get(quotas::own_tenant))
+        .route("/v2.0/quotas/{id}", get(quotas::show).put(quotas::update).delete(quotas::delete))
+        .route("/v2.0/quotas/{id}/default", get(quotas::defaults))
+        .route("/v2.0/quotas/{id}/details", get(quotas::details))
 }
+
+mod quotas;
 
 // ---------------------------------------------------------------------------------------
 // Discovery
@@ -104,6 +112,8 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "This extension will display the revision number of neutron resources.",
     ),
     ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
+    ("quotas", "Quota management support", "Expose functions for quotas management per project"),
+    ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
 ];
 
 fn extension_json(alias: &str, name: &str, description: &str) -> Value {
@@ -589,7 +599,10 @@ async fn create_network(State(state): State<AppState>, auth: Auth, body: Bytes) 
         subnets: Vec::new(),
     };
     apply_network_attrs(&auth, &mut n, &obj, true)?;
-    let n = state.db.with(|db| db.create_network(&n))?;
+    let n = state.db.tx(|db| -> ApiResult<Network> {
+        quotas::ensure_room(db, &n.project_id, "network")?;
+        Ok(db.create_network(&n)?)
+    })?;
     tracing::info!(network_id = %n.id, name = %n.name, "network created");
     Ok((StatusCode::CREATED, Json(json!({"network": network_json(&n, auth.is_admin())}))).into_response())
 }
@@ -828,6 +841,7 @@ async fn create_subnet(State(state): State<AppState>, auth: Auth, body: Bytes) -
         if !auth.owns(&net.project_id) {
             return Err(policy("create_subnet"));
         }
+        quotas::ensure_room(db, &new.project_id, "subnet")?;
         db.create_subnet(&new).map_err(|e| match e {
             DbError::Conflict(m) => ApiError::bad_request(m).with_kind("InvalidInput"),
             other => other.into(),
@@ -1111,6 +1125,7 @@ async fn create_port(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
         authorize_port_attrs(&auth, &obj, &net, false)?;
         let device_id = get_str(&obj, "device_id", 255)?.unwrap_or_default();
         check_device_id(db, &auth, &device_id, &project_id)?;
+        quotas::ensure_room(db, &project_id, "port")?;
         let security = port_security.unwrap_or(net.port_security_enabled);
         let groups = match (security, obj.get("security_groups")) {
             (false, Some(v)) if v.as_array().is_some_and(|a| !a.is_empty()) => return Err(port_security_conflict()),
@@ -1292,6 +1307,7 @@ async fn create_group(State(state): State<AppState>, auth: Auth, body: Bytes) ->
     }
     let g = state.db.tx(|db| -> ApiResult<SecurityGroup> {
         db.ensure_default_security_group(&project_id)?;
+        quotas::ensure_room(db, &project_id, "security_group")?;
         Ok(db.create_security_group(&project_id, &name, &description)?)
     })?;
     Ok((StatusCode::CREATED, Json(json!({"security_group": group_json(&g)}))).into_response())
@@ -1575,6 +1591,7 @@ async fn create_rule(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
         if group.is_none() {
             return Err(group_not_found(&rule.security_group_id));
         }
+        quotas::ensure_room(db, &project, "security_group_rule")?;
         if let Some(remote) = &rule.remote_group_id {
             load_group(db, &auth, remote)?;
         }

@@ -25,6 +25,20 @@ pub fn bridge_name(network_id: &str, recorded: Option<&str>) -> String {
     }
 }
 
+/// neutron's `OverQuota` text, which a boot's fault repeats when its port is over quota.
+pub fn over_quota_message(resource: &str) -> String {
+    format!("Quota exceeded for resources: ['{resource}'].")
+}
+
+/// One more port for the instance's project, or neutron's refusal.
+fn port_quota(db: &Db, project_id: &str) -> Result<(), RemoteError> {
+    if db.network_quota_allows(project_id, "port", 1).map_err(remote)? {
+        Ok(())
+    } else {
+        Err(RemoteError::new("OverQuota", over_quota_message("port")))
+    }
+}
+
 fn vif(db: &Db, p: &Port) -> Result<Vif, DbError> {
     let network = db.network_by_id(&p.network_id)?;
     let subnet = match p.fixed_ips.first() {
@@ -79,6 +93,7 @@ pub fn allocate(
         RequestedNetworks::None => Vec::new(),
         RequestedNetworks::Auto => {
             let net = db.ensure_default_network(config).map_err(remote)?;
+            port_quota(db, &inst.project_id)?;
             vec![db.allocate_port(&new_port(net.id)).map_err(remote)?]
         }
         RequestedNetworks::List(list) => {
@@ -106,6 +121,7 @@ pub fn allocate(
                             })?;
                             p.fixed_ips = vec![FixedIpRequest { subnet_id: None, ip_address: Some(ip_address) }];
                         }
+                        port_quota(db, &inst.project_id)?;
                         db.allocate_port(&p).map_err(remote)?
                     }
                     (None, None) => return Err(RemoteError::new("InvalidRequest", "network or port required")),

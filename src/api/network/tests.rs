@@ -950,3 +950,147 @@ async fn names_with_control_characters_are_refused() {
         .collect();
     assert!(names.iter().all(|n| !n.contains('\u{0}')), "{names:?}");
 }
+
+/// Issue 14: networks, subnets, ports and security groups had no quota. neutron's defaults
+/// apply per project, a create past the limit is 409 OverQuota, and the quota API is
+/// neutron's (`quotas`, `quota_details`).
+#[tokio::test]
+async fn quotas_limit_each_project_with_neutrons_api() {
+    let cloud = Cloud::new();
+    let (demo, alt, admin) = (cloud.token("demo").await, cloud.token("alt").await, cloud.token("admin").await);
+    let (d, a) = (cloud.demo_project.clone(), cloud.alt_project.clone());
+    let exts = cloud.get("/network/v2.0/extensions", &demo).await.json();
+    for alias in ["quotas", "quota_details"] {
+        assert!(exts["extensions"].as_array().unwrap().iter().any(|e| e["alias"] == alias), "{alias}");
+    }
+
+    let q = cloud.get(&format!("/network/v2.0/quotas/{d}"), &demo).await.json();
+    assert_eq!(
+        q["quota"],
+        json!({"network": 100, "subnet": 100, "port": 500, "router": 10, "floatingip": 50,
+               "security_group": 10, "security_group_rule": 100})
+    );
+    assert_eq!(cloud.get(&format!("/network/v2.0/quotas/{d}/default"), &demo).await.json(), q);
+    assert_eq!(cloud.get("/network/v2.0/quotas/project", &demo).await.json(), json!({"project": {"project_id": d}}));
+    // Another project's quota, and the list of all, are the admin's.
+    let r = cloud.get(&format!("/network/v2.0/quotas/{a}"), &demo).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized"),
+        "(rule:get_quota) is disallowed by policy"
+    );
+    neutron_error(&cloud.get("/network/v2.0/quotas", &demo).await, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+    neutron_error(
+        &cloud.get(&format!("/network/v2.0/quotas/{a}/details"), &demo).await,
+        StatusCode::FORBIDDEN,
+        "AdminRequired",
+    );
+    let r = cloud.put(&format!("/network/v2.0/quotas/{d}"), &demo, json!({"quota": {"port": 1000}})).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized"),
+        "(rule:update_quota) is disallowed by policy"
+    );
+
+    // The admin sets demo's ports to 2: the third is refused, alt is not affected.
+    let r =
+        cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"port": 2, "network": "3"}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((r.json()["quota"]["port"].as_i64(), r.json()["quota"]["network"].as_i64()), (Some(2), Some(3)));
+    let net = created(&cloud, &demo, "/network/v2.0/networks", json!({"network": {"name": "q"}}), "network").await;
+    let net_id = net["id"].as_str().unwrap();
+    created(
+        &cloud,
+        &demo,
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "cidr": "10.7.0.0/24"}}),
+        "subnet",
+    )
+    .await;
+    for _ in 0..2 {
+        created(&cloud, &demo, "/network/v2.0/ports", json!({"port": {"network_id": net_id}}), "port").await;
+    }
+    let r = cloud.post("/network/v2.0/ports", &demo, json!({"port": {"network_id": net_id}})).await;
+    assert_eq!(neutron_error(&r, StatusCode::CONFLICT, "OverQuota"), "Quota exceeded for resources: ['port'].");
+    assert_eq!(ids(&cloud.get("/network/v2.0/ports", &demo).await.json(), "ports").len(), 2);
+    let alt_net = created(&cloud, &alt, "/network/v2.0/networks", json!({"network": {"name": "a"}}), "network").await;
+    assert_eq!(alt_net["project_id"], a.as_str());
+
+    // Below what is used: refused unless forced.
+    let r = cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"port": 1}})).await;
+    let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "HTTPBadRequest");
+    assert_eq!(msg, "Quota limit 1 for port must be greater than or equal to already used 2");
+    for (body, kind) in [
+        (json!({"quota": {"port": -2}}), "InvalidInput"),
+        (json!({"quota": {"port": "many"}}), "InvalidInput"),
+        (json!({"quota": {"port": 2_147_483_648_i64}}), "InvalidInput"),
+        (json!({"quota": {"ports": 5}}), "HTTPBadRequest"),
+    ] {
+        neutron_error(
+            &cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, body).await,
+            StatusCode::BAD_REQUEST,
+            kind,
+        );
+    }
+    let r = cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"port": 1, "force": true}})).await;
+    assert_eq!(r.json()["quota"]["port"], 1);
+    let details = cloud.get(&format!("/network/v2.0/quotas/{d}/details"), &demo).await.json();
+    assert_eq!(details["quota"]["port"], json!({"limit": 1, "used": 2, "reserved": 0}));
+    assert_eq!(details["quota"]["network"], json!({"limit": 3, "used": 1, "reserved": 0}));
+    let all = cloud.get("/network/v2.0/quotas", &admin).await.json();
+    let listed: Vec<&str> = all["quotas"].as_array().unwrap().iter().filter_map(|q| q["project_id"].as_str()).collect();
+    assert_eq!(listed, vec![d.as_str()], "only projects with limits of their own");
+    // nova's quota set does not see neutron's limits.
+    let nova = cloud.get(&format!("/compute/v2.1/os-quota-sets/{d}"), &demo).await.json();
+    assert!(nova["quota_set"].get("port").is_none() && nova["quota_set"].get("network.port").is_none(), "{nova}");
+
+    // Security groups count the project's default one; rules count every group's.
+    let r = cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"security_group": 2}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let g = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/security-groups",
+        json!({"security_group": {"name": "g1"}}),
+        "security_group",
+    )
+    .await;
+    let r = cloud.post("/network/v2.0/security-groups", &demo, json!({"security_group": {"name": "g2"}})).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::CONFLICT, "OverQuota"),
+        "Quota exceeded for resources: ['security_group']."
+    );
+    let details = cloud.get(&format!("/network/v2.0/quotas/{d}/details"), &demo).await.json();
+    let used = details["quota"]["security_group_rule"]["used"].as_i64().unwrap();
+    assert_eq!(used, 6, "the default group's 4 rules and g1's 2 egress rules: {details}");
+    let r = cloud
+        .put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"security_group_rule": used + 2}}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let gid = g["id"].as_str().unwrap();
+    let rule = |port: i64| {
+        json!({"security_group_rule": {"security_group_id": gid, "direction": "ingress",
+        "protocol": "tcp", "port_range_min": port, "port_range_max": port}})
+    };
+    for port in [22, 80] {
+        let r = cloud.post("/network/v2.0/security-group-rules", &demo, rule(port)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let r = cloud.post("/network/v2.0/security-group-rules", &demo, rule(443)).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::CONFLICT, "OverQuota"),
+        "Quota exceeded for resources: ['security_group_rule']."
+    );
+
+    // DELETE goes back to the defaults; a second one finds nothing.
+    assert_eq!(cloud.delete(&format!("/network/v2.0/quotas/{d}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(cloud.get(&format!("/network/v2.0/quotas/{d}"), &demo).await.json()["quota"]["port"], 500);
+    neutron_error(
+        &cloud.delete(&format!("/network/v2.0/quotas/{d}"), &admin).await,
+        StatusCode::NOT_FOUND,
+        "TenantQuotaNotFound",
+    );
+    neutron_error(
+        &cloud.delete(&format!("/network/v2.0/quotas/{a}"), &demo).await,
+        StatusCode::FORBIDDEN,
+        "PolicyNotAuthorized",
+    );
+}
