@@ -1552,6 +1552,14 @@ async fn hostile_tenant_on_the_network_side_issue_14() {
             .expect("quota show JSON");
     let ports_row = shown.as_array().and_then(|rows| rows.iter().find(|r| r["Resource"] == "ports")).cloned();
     assert_eq!(ports_row.map(|r| r["Limit"].clone()), Some(json!(demo_ports)), "{shown}");
+    let usage: Value = serde_json::from_str(&openstack(
+        &home,
+        "novabox-admin",
+        &["quota", "show", "demo", "--network", "--usage", "-f", "json"],
+    ))
+    .expect("quota show --usage JSON");
+    let ports_row = usage.as_array().and_then(|rows| rows.iter().find(|r| r["Resource"] == "ports")).cloned();
+    assert_eq!(ports_row.map(|r| r["In Use"].clone()), Some(json!(demo_ports)), "{usage}");
     let r = api.call(&demo, Method::POST, "/network/v2.0/ports", Some(json!({"port": {"network_id": private}}))).await;
     assert_eq!((r.status.as_u16(), r.body["NeutronError"]["type"].as_str()), (409, Some("OverQuota")), "{}", r.body);
     let r = api
