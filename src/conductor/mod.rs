@@ -172,7 +172,7 @@ impl Conductor {
         Ok(json!({"disabled": service.disabled}))
     }
 
-    fn allocate_network(&self, a: Value) -> Result<Value, RemoteError> {
+    fn allocate_network(&self, context: &Context, a: Value) -> Result<Value, RemoteError> {
         #[derive(Deserialize)]
         struct A {
             uuid: String,
@@ -182,7 +182,8 @@ impl Conductor {
         let a: A = args(a)?;
         // One transaction: a failure on the second port must not leave the first behind, or
         // the retry would take it for a finished allocation.
-        let vifs = self.db.tx(|db| network::allocate(db, &self.config, &a.uuid, &a.requested_networks, &a.host))?;
+        let vifs =
+            self.db.tx(|db| network::allocate(db, &self.config, &a.uuid, &a.requested_networks, &a.host, context))?;
         Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
     }
 
@@ -254,7 +255,7 @@ impl Handler for Conductor {
             "instances_on_host" => self.instances_on_host(args),
             "action_finish" => self.action_finish(&context, args),
             "service_report" => self.service_report(args),
-            "allocate_network" => self.allocate_network(args),
+            "allocate_network" => self.allocate_network(&context, args),
             "deallocate_network" => self.deallocate_network(args),
             "network_info" => self.network_info(args),
             "security_group_filters" => self.security_group_filters(args),
@@ -367,11 +368,55 @@ mod tests {
             })
         };
 
-        let err = conductor.allocate_network(args("no-such-network")).unwrap_err();
+        let ctx = Context::default();
+        let err = conductor.allocate_network(&ctx, args("no-such-network")).unwrap_err();
         assert_eq!(err.kind, "NetworkError", "{err}");
         assert_eq!(db.with(|d| d.ports_for_device(&inst.uuid)).unwrap(), vec![], "a half allocation was stored");
 
-        let vifs = conductor.allocate_network(args(&net.id)).unwrap();
+        let vifs = conductor.allocate_network(&ctx, args(&net.id)).unwrap();
         assert_eq!(vifs.as_array().map(Vec::len), Some(2), "{vifs}");
+    }
+
+    /// Issue 14: what a boot may not do with the network, as nova and neutron refuse it: bind
+    /// another project's port, choose an address on a network of another project, or make a
+    /// port past the project's port quota. Each fails the allocation, leaving no port.
+    #[test]
+    fn boots_get_neutrons_refusals_for_ports() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let admin = db.ensure_project("admin", "").unwrap();
+        let config = Config::default();
+        let net = db.ensure_default_network(&config).unwrap();
+        let inst = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
+        let other = db
+            .allocate_port(&crate::db::network::NewPort {
+                network_id: net.id.clone(),
+                project_id: admin.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        let db = SharedDb::new(db);
+        let conductor = Conductor::new(db.clone(), Arc::new(config), crate::home::Home::at(t.path()));
+        let member = Context { project_id: Some(inst.project_id.clone()), ..Context::default() };
+        let boot = |request: Value| json!({"uuid": inst.uuid, "host": "h1", "requested_networks": {"list": [request]}});
+
+        let err = conductor.allocate_network(&member, boot(json!({"port_id": other.id}))).unwrap_err();
+        assert_eq!(err.kind, "PortNotUsable");
+        assert_eq!(err.message, format!("Port {} not usable for instance {}.", other.id, inst.uuid));
+        let chosen = json!({"network_id": net.id, "fixed_ip": "10.42.0.99"});
+        let err = conductor.allocate_network(&member, boot(chosen.clone())).unwrap_err();
+        assert_eq!(
+            (err.kind.as_str(), err.message.as_str()),
+            ("PolicyNotAuthorized", "(rule:create_port:fixed_ips:ip_address) is disallowed by policy")
+        );
+        let admin_ctx = Context { project_id: Some(admin.clone()), is_admin: true, ..Context::default() };
+        db.with(|d| d.set_network_quota(&inst.project_id, "port", 0)).unwrap();
+        let err = conductor.allocate_network(&admin_ctx, boot(chosen)).unwrap_err();
+        assert_eq!((err.kind.as_str(), err.message.as_str()), ("OverQuota", "Quota exceeded for resources: ['port']."));
+        assert_eq!(db.with(|d| d.instance_ports(&inst.uuid)).unwrap(), vec![]);
+        db.with(|d| d.set_network_quota(&inst.project_id, "port", -1)).unwrap();
+        let vifs =
+            conductor.allocate_network(&admin_ctx, boot(json!({"network_id": net.id, "fixed_ip": "10.42.0.99"})));
+        assert_eq!(vifs.unwrap()[0]["ips"], json!(["10.42.0.99"]), "an admin may choose the address");
     }
 }

@@ -10,6 +10,7 @@ use crate::compute::virt::Vif;
 use crate::config::Config;
 use crate::db::network::{FixedIpRequest, NewPort, Port};
 use crate::db::{Db, DbError};
+use crate::policy::{Action, Target};
 use crate::rpcapi::RequestedNetworks;
 
 fn remote(e: DbError) -> RemoteError {
@@ -62,13 +63,17 @@ fn vifs_of(db: &Db, ports: &[Port]) -> Result<Vec<Vif>, RemoteError> {
     ports.iter().map(|p| vif(db, p).map_err(remote)).collect()
 }
 
-/// Creates (or binds) the ports of a new instance, all in one transaction.
+/// Creates (or binds) the ports of a new instance, all in one transaction. `caller` is the
+/// context of the request that asked for the boot: nova makes a server's ports with the
+/// user's token, so what neutron's policy refuses the user (a chosen address on a network of
+/// another project) fails the boot here too.
 pub fn allocate(
     db: &Db,
     config: &Config,
     uuid: &str,
     requested: &RequestedNetworks,
     host: &str,
+    caller: &Context,
 ) -> Result<Vec<Vif>, RemoteError> {
     let inst = db
         .instance_by_uuid(uuid, false)
@@ -116,6 +121,11 @@ pub fn allocate(
                     (None, Some(net)) => {
                         let mut p = new_port(net.clone());
                         if let Some(ip) = &r.fixed_ip {
+                            let owner =
+                                db.network_by_id(net).map_err(remote)?.map(|n| n.project_id).unwrap_or_default();
+                            let target = Target { network_project_id: Some(&owner), ..Target::default() };
+                            crate::policy::check(caller, Action::NetworkPortFixedIps, &target)
+                                .map_err(|denied| RemoteError::new("PolicyNotAuthorized", denied.to_string()))?;
                             let ip_address = ip.parse().map_err(|_| {
                                 RemoteError::new("InvalidRequest", format!("fixed_ip {ip} is not an IPv4 address"))
                             })?;

@@ -1474,6 +1474,13 @@ async fn hostile_tenant_on_the_network_side_issue_14() {
     let victim_ip = shown.body["server"]["addresses"]["private"][0]["addr"].as_str().expect("address").to_string();
     assert_eq!(metadata_get(md, &victim_ip, "/openstack/latest/user_data").await, (200, secret.to_string()));
 
+    // Boots on the shared network still work for alt_demo (the conductor makes its port).
+    let r = api.call(&alt, Method::POST, "/compute/v2.1/servers", Some(server(&image, "alt-own", json!("auto")))).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let alt_client = stack.client("alt_demo").await;
+    let alt_own = r.body["server"]["id"].as_str().expect("id").to_string();
+    alt_client.wait_for(&alt_own, "ACTIVE", Duration::from_secs(30)).await.expect("alt's boot ACTIVE");
+
     // 1. alt points its own port on the shared network at demo's server: refused as neutron
     // refuses another project's device (409). An admin may set it, and even then the port
     // reads nothing of demo's and is not among the server's addresses.
