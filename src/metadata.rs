@@ -172,6 +172,8 @@ pub async fn serve_bridges(db: SharedDb, addr: SocketAddr, mut stop: tokio::sync
         task: tokio::task::JoinHandle<std::io::Result<()>>,
     }
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // Bridges whose bind failed, so the log says it once, not every second.
+    let mut failing: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut ticker = tokio::time::interval(RECONCILE);
     loop {
         tokio::select! {
@@ -207,10 +209,13 @@ pub async fn serve_bridges(db: SharedDb, addr: SocketAddr, mut stop: tokio::sync
             let listener = match bind_to_bridge(&bridge, addr) {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(bridge, %addr, error = %e, "metadata: cannot listen on this bridge; retrying");
+                    if failing.insert(bridge.clone()) {
+                        tracing::warn!(bridge, %addr, error = %e, "metadata: cannot listen on this bridge; retrying");
+                    }
                     continue;
                 }
             };
+            failing.remove(&bridge);
             tracing::info!(bridge, %network_id, %addr, "metadata service listening on the bridge");
             let mut halt = stop.clone();
             let task = tokio::spawn(serve_network(listener, db.clone(), Some(network_id.clone()), async move {
