@@ -1,16 +1,28 @@
 //! The metadata service at 169.254.169.254: what a guest reads about itself over HTTP when
 //! it has no config drive (cloud-init's OpenStack and EC2 datasources).
 //!
-//! A guest is known by the source address of its request alone: source IP -> the port with
-//! that fixed IP -> the instance the port is bound to. Nothing the guest sends (headers,
-//! paths) can name another instance, and an address no port or more than one port holds
-//! (overlapping subnets on two bridges) answers 404, never someone else's data. The bodies
-//! come from the config drive's builders, so both sources say the same.
+//! A guest is known by where its request comes from alone: the network it arrived on and its
+//! source address -> the port on that network with that fixed IP -> the instance the port is
+//! bound to, which must be of the port's own project (nova answers 404 when the port's
+//! project is not the instance's, so a port that merely names another project's server gets
+//! nothing). Nothing the guest sends (headers, paths) can name another instance, and an
+//! address no port or more than one port holds answers 404, never someone else's data. The
+//! bodies come from the config drive's builders, so both sources say the same.
 //!
-//! `up` runs it beside the API when the bridge exists: the host takes 169.254.169.254/32 on
-//! the bridge ([`ensure_address`]) and guests reach it through their default gateway.
-//! `[metadata] listen` moves it (tests serve it on loopback).
+//! In bridge mode each network has its own bridge, and the service has one listener per
+//! bridge, bound to it (`SO_BINDTODEVICE`; Linux lets several sockets share
+//! 169.254.169.254:80 when each is bound to another device). A listener knows its network, as
+//! neutron's metadata proxy knows the network of its namespace, so another project's network
+//! with the same CIDR (and a port holding the same address) cannot shadow a guest. Listeners
+//! follow the networks' bridges as they appear and go ([`serve_bridges`]). The host takes
+//! 169.254.169.254/32 on the default bridge ([`ensure_address`]); guests of every network
+//! reach it through their gateway.
+//!
+//! `[metadata] listen` elsewhere (tests serve it on loopback) is one listener that cannot tell
+//! networks apart: there the address is looked up on every network, and among the ports
+//! holding it only those bound to an instance of their own project count.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, State};
@@ -57,45 +69,169 @@ struct Guest {
     ip: Ipv4Addr,
 }
 
-/// The guest whose port holds `ip`, or `None` (unknown, deleted, or ambiguous).
-fn guest_at(db: &SharedDb, ip: Ipv4Addr) -> Option<Guest> {
+/// What a listener serves: the database, and the network its requests arrive from (`None`:
+/// a listener that cannot tell, see the module's documentation).
+#[derive(Clone)]
+struct Listener {
+    db: SharedDb,
+    network_id: Option<String>,
+}
+
+/// The guest whose port holds `ip` on `network_id` (any network when `None`), or `None`
+/// (unknown, deleted, ambiguous, or a port naming another project's instance).
+fn guest_at(db: &SharedDb, network_id: Option<&str>, ip: Ipv4Addr) -> Option<Guest> {
     db.with(|db| {
-        let ports = match db.ports() {
+        let ports = match network_id {
+            Some(net) => db.ports_on_network(net),
+            None => db.ports(),
+        };
+        let ports = match ports {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "metadata: cannot read ports");
                 return None;
             }
         };
-        let holders: Vec<_> = ports
-            .into_iter()
-            .filter(|p| !p.device_id.is_empty() && p.fixed_ips.iter().any(|f| f.ip_address == ip))
-            .collect();
-        let [port] = holders.as_slice() else {
-            if holders.len() > 1 {
-                tracing::warn!(%ip, ports = holders.len(), "metadata: address held by several ports, answering 404");
+        let mut found = Vec::new();
+        for port in ports.iter().filter(|p| !p.device_id.is_empty() && p.fixed_ips.iter().any(|f| f.ip_address == ip)) {
+            let Some(inst) = db.instance_by_uuid(&port.device_id, false).ok().flatten() else { continue };
+            if inst.project_id != port.project_id {
+                // nova's words: the port's project is not the instance's, so no answer.
+                tracing::warn!(
+                    %ip, port_id = %port.id, tenant_id = %port.project_id, instance_id = %inst.uuid,
+                    "metadata: Tenant_id of the port does not match tenant_id of the instance; answering 404"
+                );
+                continue;
+            }
+            found.push(inst);
+        }
+        let [inst] = found.as_slice() else {
+            if found.len() > 1 {
+                tracing::warn!(%ip, instances = found.len(), "metadata: address held by several guests, answering 404");
             }
             return None;
         };
-        let inst = db.instance_by_uuid(&port.device_id, false).ok().flatten()?;
         let vifs = crate::conductor::network::vifs(db, &inst.uuid).ok()?;
-        Some(Guest { spec: crate::compute::manager::guest_spec(&inst, None, vifs, Vec::new()), ip })
+        Some(Guest { spec: crate::compute::manager::guest_spec(inst, None, vifs, Vec::new()), ip })
     })
 }
 
-/// The service's routes: everything under one handler, since every answer depends on who asks.
-pub fn router(db: SharedDb) -> Router {
-    Router::new().fallback(answer).with_state(db)
+/// The service's routes for requests arriving from `network_id` (any network when `None`):
+/// everything under one handler, since every answer depends on who asks.
+fn router(db: SharedDb, network_id: Option<String>) -> Router {
+    Router::new().fallback(answer).with_state(Listener { db, network_id })
 }
 
-/// Serves the metadata routes on `listener` until `shutdown` resolves.
+/// Serves the metadata routes on `listener` until `shutdown` resolves, for guests of any
+/// network (the listener cannot tell them apart).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     db: SharedDb,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(db).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    serve_network(listener, db, None, shutdown).await
+}
+
+async fn serve_network(
+    listener: tokio::net::TcpListener,
+    db: SharedDb,
+    network_id: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::api::server::serve(listener, router(db, network_id), TIMEOUTS, shutdown).await
+}
+
+/// Guests are clients like any other: a half-sent request must not hold a connection forever.
+const TIMEOUTS: crate::api::server::Timeouts = crate::api::server::Timeouts {
+    header_read: std::time::Duration::from_secs(30),
+    body_idle: std::time::Duration::from_secs(30),
+};
+
+/// How often the bridge listeners are checked against the networks' bridges: a guest on a
+/// network whose bridge just appeared waits at most this long (cloud-init retries).
+const RECONCILE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A listener bound to `bridge` for the guests of `network_id`.
+fn bind_to_bridge(bridge: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind_device(Some(bridge.as_bytes()))?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The interface index of `bridge`, when it exists: a bridge deleted and made again has a new
+/// one, and a socket bound to the old one hears nothing.
+fn ifindex(bridge: &str) -> Option<u32> {
+    let path = std::path::Path::new("/sys/class/net").join(bridge).join("ifindex");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// One listener per network bridge on `addr`, each bound to its bridge, until `stop` turns
+/// true: networks' bridges that appear get one within [`RECONCILE`], bridges that go lose
+/// theirs.
+pub async fn serve_bridges(db: SharedDb, addr: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>) {
+    struct Running {
+        network_id: String,
+        ifindex: u32,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // Bridges whose bind failed, so the log says it once, not every second.
+    let mut failing: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut ticker = tokio::time::interval(RECONCILE);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let networks = match db.with(|db| db.networks()) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "metadata: cannot read networks");
+                continue;
+            }
+        };
+        let mut wanted: BTreeMap<String, (String, u32)> = BTreeMap::new();
+        for n in networks {
+            let bridge = crate::conductor::network::bridge_name(&n.id, n.bridge.as_deref());
+            if let Some(index) = ifindex(&bridge) {
+                wanted.insert(bridge, (n.id, index));
+            }
+        }
+        running.retain(|bridge, r| {
+            let keep = wanted.get(bridge).is_some_and(|(net, index)| *net == r.network_id && *index == r.ifindex);
+            if !keep {
+                tracing::info!(bridge, network_id = %r.network_id, "metadata: bridge gone, its listener stops");
+                r.task.abort();
+            }
+            keep
+        });
+        for (bridge, (network_id, index)) in wanted {
+            if running.contains_key(&bridge) {
+                continue;
+            }
+            let listener = match bind_to_bridge(&bridge, addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    if failing.insert(bridge.clone()) {
+                        tracing::warn!(bridge, %addr, error = %e, "metadata: cannot listen on this bridge; retrying");
+                    }
+                    continue;
+                }
+            };
+            failing.remove(&bridge);
+            tracing::info!(bridge, %network_id, %addr, "metadata service listening on the bridge");
+            let mut halt = stop.clone();
+            let task = tokio::spawn(serve_network(listener, db.clone(), Some(network_id.clone()), async move {
+                let _ = halt.changed().await;
+            }));
+            running.insert(bridge, Running { network_id, ifindex: index, task });
+        }
+    }
+    for (_, r) in running {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), r.task).await;
+    }
 }
 
 fn text(body: impl Into<String>) -> Response {
@@ -121,7 +257,7 @@ fn ec2_id(uuid: &str) -> String {
     format!("i-{}", uuid.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect::<String>())
 }
 
-async fn answer(State(db): State<SharedDb>, ConnectInfo(peer): ConnectInfo<SocketAddr>, uri: Uri) -> Response {
+async fn answer(State(at): State<Listener>, ConnectInfo(peer): ConnectInfo<SocketAddr>, uri: Uri) -> Response {
     let ip = match peer.ip() {
         IpAddr::V4(v4) => v4,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -130,8 +266,8 @@ async fn answer(State(db): State<SharedDb>, ConnectInfo(peer): ConnectInfo<Socke
         },
     };
     let path = uri.path().trim_end_matches('/');
-    let Some(g) = guest_at(&db, ip) else {
-        tracing::info!(%ip, path, "metadata: no guest at this address");
+    let Some(g) = guest_at(&at.db, at.network_id.as_deref(), ip) else {
+        tracing::info!(%ip, network_id = at.network_id.as_deref().unwrap_or("any"), path, "metadata: no guest at this address");
         return not_found();
     };
     tracing::debug!(%ip, instance_id = %g.spec.uuid, path, "metadata request");
@@ -273,6 +409,122 @@ mod tests {
         assert_eq!(code, 404);
         assert!(!body.contains(&alpha) && !body.contains(&beta));
         assert_eq!(get(&base, "127.0.0.2", "/openstack/latest/secrets").await.0, 404);
+
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// A port of project `alt` on network `net` with `ip` and `device_id`.
+    fn alt_port(db: &SharedDb, net: &str, ip: &str, device_id: &str) {
+        db.with(|db| {
+            let alt = db.ensure_project("alt", "").unwrap();
+            db.allocate_port(&NewPort {
+                network_id: net.into(),
+                project_id: alt,
+                device_id: device_id.into(),
+                device_owner: "compute:nova".into(),
+                fixed_ips: vec![crate::db::network::FixedIpRequest {
+                    subnet_id: None,
+                    ip_address: Some(ip.parse().unwrap()),
+                }],
+                ..NewPort::default()
+            })
+            .unwrap();
+        });
+    }
+
+    /// Another project's network with the same CIDR as the default one (overlap is allowed
+    /// across networks, as in neutron).
+    fn alt_network(db: &SharedDb) -> String {
+        db.with(|db| {
+            let alt = db.ensure_project("alt", "").unwrap();
+            let n = db
+                .create_network(&crate::db::network::Network {
+                    id: String::new(),
+                    name: "alt-net".into(),
+                    project_id: alt.clone(),
+                    description: String::new(),
+                    shared: false,
+                    external: false,
+                    admin_state_up: true,
+                    status: "ACTIVE".into(),
+                    mtu: 1500,
+                    port_security_enabled: true,
+                    bridge: None,
+                    revision_number: 0,
+                    created_at: String::new(),
+                    updated_at: String::new(),
+                    subnets: Vec::new(),
+                })
+                .unwrap();
+            let cidr: crate::cidr::Ipv4Cidr = "127.0.0.0/24".parse().unwrap();
+            db.create_subnet(&crate::db::network::NewSubnet {
+                network_id: n.id.clone(),
+                project_id: alt,
+                name: String::new(),
+                description: String::new(),
+                cidr,
+                gateway_ip: Some(cidr.gateway()),
+                enable_dhcp: true,
+                allocation_pools: crate::db::network::default_pools(&cidr, Some(cidr.gateway())),
+                dns_nameservers: Vec::new(),
+                host_routes: Vec::new(),
+            })
+            .unwrap();
+            n.id
+        })
+    }
+
+    /// Issue 14: a port of another project that names a guest as its device gets nothing, and
+    /// another project's port holding a guest's address on an overlapping network does not
+    /// switch the guest's metadata off.
+    #[tokio::test]
+    async fn ports_of_other_projects_neither_read_nor_shadow_a_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, [alpha, _beta]) = two_guests(dir.path());
+        let default_net = db.with(|db| db.networks()).unwrap()[0].id.clone();
+        let alt_net = alt_network(&db);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, db.clone(), async move {
+            let _ = stopped.await;
+        }));
+
+        // alt's port on the shared network naming alpha (the attack of issue 14): 404, and
+        // nothing of alpha's in the answer.
+        alt_port(&db, &default_net, "127.0.0.7", &alpha);
+        for path in ["/openstack/latest/meta_data.json", "/openstack/latest/user_data", "/latest/meta-data/hostname"] {
+            let (code, body) = get(&base, "127.0.0.7", path).await;
+            assert_eq!(code, 404, "{path}: {body}");
+            assert!(!body.contains(&alpha) && !body.contains("alpha"), "{body}");
+        }
+        // Nor is it one of alpha's NICs.
+        let vifs = db.with(|db| crate::conductor::network::vifs(db, &alpha)).unwrap();
+        assert_eq!(vifs.len(), 1, "{vifs:?}");
+        assert_eq!(vifs[0].ips, vec!["127.0.0.2".to_string()]);
+
+        // alt's port holding alpha's address on alt's own network, bound to nothing real:
+        // alpha still reads its metadata on the all-networks listener.
+        alt_port(&db, &alt_net, "127.0.0.2", "no-such-instance");
+        let (code, body) = get(&base, "127.0.0.2", "/openstack/latest/meta_data.json").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["uuid"], alpha.as_str());
+
+        // Bound to an instance of alt's own: the all-networks listener cannot tell them
+        // apart (404 for both), a listener of the network the request came from can.
+        let alt_guest = db.with(|db| {
+            let mut n = crate::db::instances::tests::new_instance(db, "alt-guest");
+            n.project_id = db.ensure_project("alt", "").unwrap();
+            db.create_instance(&n).unwrap().uuid
+        });
+        alt_port(&db, &alt_net, "127.0.0.3", &alt_guest);
+        assert_eq!(get(&base, "127.0.0.3", "/openstack/latest/meta_data.json").await.0, 404);
+        let on_default = guest_at(&db, Some(&default_net), "127.0.0.2".parse().unwrap()).map(|g| g.spec.uuid);
+        assert_eq!(on_default.as_deref(), Some(alpha.as_str()));
+        let on_alt = guest_at(&db, Some(&alt_net), "127.0.0.3".parse().unwrap()).map(|g| g.spec.uuid);
+        assert_eq!(on_alt.as_deref(), Some(alt_guest.as_str()));
+        assert!(guest_at(&db, Some(&alt_net), "127.0.0.2".parse().unwrap()).is_none(), "no guest behind that port");
 
         let _ = stop.send(());
         server.await.unwrap().unwrap();

@@ -65,6 +65,22 @@ pub enum Action {
     NetworkPortBinding,
     /// Seeing and changing another project's quota (`/v2.0/quotas/{project}`).
     NetworkQuotaManage,
+    // Issue 14, network half: the update-side names of the port attribute rules (neutron
+    // words a denial with the operation's own rule), and the rest of the quota API.
+    /// A port's `fixed_ips` with an `ip_address`, on update.
+    NetworkPortUpdateFixedIps,
+    /// A port's `mac_address`, on update.
+    NetworkPortUpdateMacAddress,
+    /// A port's `port_security_enabled`, on update.
+    NetworkPortUpdateSecurity,
+    /// A port's `device_owner` set to a `network:` owner, on update.
+    NetworkPortUpdateDeviceOwner,
+    /// A port's `binding:host_id`, on update.
+    NetworkPortUpdateBinding,
+    /// Seeing another project's quota, or every project's (`GET /v2.0/quotas`).
+    NetworkQuotaShow,
+    /// Resetting a project's quota to the defaults.
+    NetworkQuotaDelete,
     /// `GET`/`HEAD /v3/auth/tokens` for another user's token.
     IdentityValidateToken,
     /// Publishing an image (`visibility: public`).
@@ -86,6 +102,13 @@ impl Action {
             Action::NetworkPortDeviceOwner => "create_port:device_owner",
             Action::NetworkPortBinding => "create_port:binding:host_id",
             Action::NetworkQuotaManage => "update_quota",
+            Action::NetworkPortUpdateFixedIps => "update_port:fixed_ips:ip_address",
+            Action::NetworkPortUpdateMacAddress => "update_port:mac_address",
+            Action::NetworkPortUpdateSecurity => "update_port:port_security_enabled",
+            Action::NetworkPortUpdateDeviceOwner => "update_port:device_owner",
+            Action::NetworkPortUpdateBinding => "update_port:binding:host_id",
+            Action::NetworkQuotaShow => "get_quota",
+            Action::NetworkQuotaDelete => "delete_quota",
             Action::IdentityValidateToken => "identity:validate_token",
             Action::ImagePublicize => "publicize_image",
         }
@@ -104,7 +127,14 @@ impl Action {
             | NetworkPortSecurity
             | NetworkPortDeviceOwner
             | NetworkPortBinding
-            | NetworkQuotaManage => Service::Network,
+            | NetworkQuotaManage
+            | NetworkPortUpdateFixedIps
+            | NetworkPortUpdateMacAddress
+            | NetworkPortUpdateSecurity
+            | NetworkPortUpdateDeviceOwner
+            | NetworkPortUpdateBinding
+            | NetworkQuotaShow
+            | NetworkQuotaDelete => Service::Network,
             IdentityValidateToken => Service::Identity,
             ImagePublicize => Service::Image,
         }
@@ -125,6 +155,15 @@ impl Action {
             NetworkPortFixedIps | NetworkPortMacAddress | NetworkPortSecurity | NetworkPortDeviceOwner => {
                 Rule::AdminOrNetworkOwner
             }
+            // neutron's default lets a manager of the caller's own project see quotas too;
+            // novabox gives no one the manager role, so it is the admin.
+            NetworkPortUpdateBinding | NetworkQuotaShow | NetworkQuotaDelete => Rule::Admin,
+            // neutron asks a manager of the network's project for a MAC change; novabox gives
+            // no one that role, so the network owner's members decide, as on create.
+            NetworkPortUpdateFixedIps
+            | NetworkPortUpdateMacAddress
+            | NetworkPortUpdateSecurity
+            | NetworkPortUpdateDeviceOwner => Rule::AdminOrNetworkOwner,
             IdentityValidateToken => Rule::AdminOrTokenSubject,
         }
     }

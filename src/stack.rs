@@ -361,7 +361,8 @@ async fn ship_spans(conductor: &ConductorApi) {
 }
 
 /// Starts the metadata service beside the API. At 169.254.169.254 it needs the bridge: with
-/// no bridge (user networking) guests reach no metadata service anyway, so it is skipped.
+/// no bridge (user networking) guests reach no metadata service anyway, so it is skipped;
+/// with one it listens on every network's bridge.
 async fn start_metadata(
     config: &Config,
     db: SharedDb,
@@ -375,6 +376,11 @@ async fn start_metadata(
             return Ok(None);
         }
         crate::metadata::ensure_address(bridge)?;
+        // One listener per network bridge, so a request's network is known (see metadata.rs).
+        return Ok(Some(tokio::spawn(async move {
+            crate::metadata::serve_bridges(db, addr, stop).await;
+            Ok(())
+        })));
     }
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| StackError::MetadataListen { addr, source })?;

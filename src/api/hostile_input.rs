@@ -214,6 +214,7 @@ fn endpoints(
         (Method::POST, "/network/v2.0/ports".into(), "port", false),
         (Method::POST, "/network/v2.0/security-groups".into(), "security_group", false),
         (Method::POST, "/network/v2.0/security-group-rules".into(), "security_group_rule", false),
+        (Method::PUT, format!("/network/v2.0/quotas/{project}"), "quota", true),
         (Method::POST, format!("/volume/v3/{project}/volumes"), "volume", false),
         (Method::PUT, format!("/volume/v3/{project}/volumes/{volume}"), "volume", false),
         (Method::POST, format!("/compute/v2.1/servers/{server}/os-volume_attachments"), "volumeAttachment", false),

@@ -46,7 +46,15 @@ pub fn router() -> Router<AppState> {
         .route("/v2.0/security-groups/{id}", get(show_group).put(update_group).delete(delete_group))
         .route("/v2.0/security-group-rules", get(list_rules).post(create_rule))
         .route("/v2.0/security-group-rules/{id}", get(show_rule).delete(delete_rule))
+        .route("/v2.0/quotas", get(quotas::list))
+        .route("/v2.0/quotas/project", get(quotas::own_project))
+        .route("/v2.0/quotas/tenant", get(quotas::own_tenant))
+        .route("/v2.0/quotas/{id}", get(quotas::show).put(quotas::update).delete(quotas::delete))
+        .route("/v2.0/quotas/{id}/default", get(quotas::defaults))
+        .route("/v2.0/quotas/{id}/details", get(quotas::details))
 }
+
+mod quotas;
 
 // ---------------------------------------------------------------------------------------
 // Discovery
@@ -104,6 +112,8 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "This extension will display the revision number of neutron resources.",
     ),
     ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
+    ("quotas", "Quota management support", "Expose functions for quotas management per project"),
+    ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
 ];
 
 fn extension_json(alias: &str, name: &str, description: &str) -> Value {
@@ -188,6 +198,48 @@ fn get_str(obj: &Map<String, Value>, key: &str, max: usize) -> ApiResult<Option<
         Some(Value::String(s)) => Err(invalid_attr(key, format!("'{s}' exceeds maximum length of {max}"))),
         Some(v) => Err(invalid_attr(key, format!("'{v}' is not a valid string"))),
     }
+}
+
+/// Characters neutron's `name_string` validator refuses anywhere in a name: Unicode's "other"
+/// categories (controls such as NUL, format characters, private use) and the line and
+/// paragraph separators. Unassigned code points, which neutron refuses too, are let through:
+/// Rust has no table of them.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}' | '\u{08E2}' | '\u{180E}'
+            | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{10FFFF}')
+}
+
+/// Unicode's space separators, which a neutron name may hold inside but not at either end.
+fn space_separator(c: char) -> bool {
+    matches!(c, ' ' | '\u{00A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}')
+}
+
+/// A resource's `name` as neutron's `type:name_string` checks it (networks, subnets, ports):
+/// printable characters only, no space at either end.
+fn get_name(obj: &Map<String, Value>, key: &str, max: usize) -> ApiResult<Option<String>> {
+    let name = get_str(obj, key, max)?;
+    if let Some(n) = &name {
+        let edge = |c: Option<char>| c.is_some_and(|c| space_separator(c) || unprintable(c));
+        if n.chars().any(unprintable) || edge(n.chars().next()) || edge(n.chars().last()) {
+            return Err(invalid_attr(key, format!("'{n}' is not a valid string")));
+        }
+    }
+    Ok(name)
+}
+
+/// Free text (descriptions, security group names: neutron's plain `type:string`). Any
+/// character but NUL: neutron's validator would pass it, but none of its databases can store
+/// one (PostgreSQL refuses it outright), and a NUL cut short the C strings of every tool that
+/// later reads the row.
+fn get_text(obj: &Map<String, Value>, key: &str, max: usize) -> ApiResult<Option<String>> {
+    let text = get_str(obj, key, max)?;
+    if let Some(t) = text.as_deref().filter(|t| t.contains('\0')) {
+        return Err(invalid_attr(key, format!("'{t}' is not a valid string")));
+    }
+    Ok(text)
 }
 
 fn get_int(obj: &Map<String, Value>, key: &str) -> ApiResult<Option<i64>> {
@@ -449,10 +501,10 @@ const NETWORK_ATTRS: &[&str] = &[
 
 /// Applies the changeable attributes of `obj` to `n`, checking admin-only ones.
 fn apply_network_attrs(auth: &Auth, n: &mut Network, obj: &Map<String, Value>, creating: bool) -> ApiResult<()> {
-    if let Some(name) = get_str(obj, "name", 255)? {
+    if let Some(name) = get_name(obj, "name", 255)? {
         n.name = name;
     }
-    if let Some(d) = get_str(obj, "description", 255)? {
+    if let Some(d) = get_text(obj, "description", 255)? {
         n.description = d;
     }
     if let Some(b) = get_bool(obj, "admin_state_up")? {
@@ -547,7 +599,10 @@ async fn create_network(State(state): State<AppState>, auth: Auth, body: Bytes) 
         subnets: Vec::new(),
     };
     apply_network_attrs(&auth, &mut n, &obj, true)?;
-    let n = state.db.with(|db| db.create_network(&n))?;
+    let n = state.db.tx(|db| -> ApiResult<Network> {
+        quotas::ensure_room(db, &n.project_id, "network")?;
+        Ok(db.create_network(&n)?)
+    })?;
     tracing::info!(network_id = %n.id, name = %n.name, "network created");
     Ok((StatusCode::CREATED, Json(json!({"network": network_json(&n, auth.is_admin())}))).into_response())
 }
@@ -740,8 +795,8 @@ pub fn new_subnet(obj: &Map<String, Value>, project_id: String) -> ApiResult<New
     Ok(NewSubnet {
         network_id,
         project_id,
-        name: get_str(obj, "name", 255)?.unwrap_or_default(),
-        description: get_str(obj, "description", 255)?.unwrap_or_default(),
+        name: get_name(obj, "name", 255)?.unwrap_or_default(),
+        description: get_text(obj, "description", 255)?.unwrap_or_default(),
         cidr,
         gateway_ip,
         enable_dhcp: get_bool(obj, "enable_dhcp")?.unwrap_or(true),
@@ -786,6 +841,7 @@ async fn create_subnet(State(state): State<AppState>, auth: Auth, body: Bytes) -
         if !auth.owns(&net.project_id) {
             return Err(policy("create_subnet"));
         }
+        quotas::ensure_room(db, &new.project_id, "subnet")?;
         db.create_subnet(&new).map_err(|e| match e {
             DbError::Conflict(m) => ApiError::bad_request(m).with_kind("InvalidInput"),
             other => other.into(),
@@ -815,10 +871,10 @@ async fn update_subnet(
         if !auth.owns(&s.project_id) {
             return Err(policy("update_subnet"));
         }
-        if let Some(n) = get_str(&obj, "name", 255)? {
+        if let Some(n) = get_name(&obj, "name", 255)? {
             s.name = n;
         }
-        if let Some(d) = get_str(&obj, "description", 255)? {
+        if let Some(d) = get_text(&obj, "description", 255)? {
             s.description = d;
         }
         if let Some(b) = get_bool(&obj, "enable_dhcp")? {
@@ -941,10 +997,50 @@ fn resolve_groups(db: &Db, auth: &Auth, project_id: &str, named: Option<&Value>)
     Ok(out)
 }
 
-fn check_binding_attrs(auth: &Auth, obj: &Map<String, Value>) -> ApiResult<()> {
-    if obj.contains_key("binding:host_id") && !auth.is_admin() {
-        return Err(policy("create_port:binding:host_id"));
+/// neutron's attribute rules for a port body (`create_port:<attr>`, `update_port:<attr>`),
+/// asked of the policy table with the owner of the port's network as the target: a chosen
+/// address or MAC, port security and the network's own device owners belong to the
+/// network's owner (and admins), the binding host to admins. Attributes that are absent
+/// need nothing, as in neutron, whatever their value would default to.
+fn authorize_port_attrs(auth: &Auth, obj: &Map<String, Value>, net: &Network, updating: bool) -> ApiResult<()> {
+    use crate::policy::Action::*;
+    let target = crate::policy::Target { network_project_id: Some(&net.project_id), ..Default::default() };
+    let chosen_ip = obj
+        .get("fixed_ips")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| ips.iter().any(|f| f.get("ip_address").is_some_and(|ip| !ip.is_null())));
+    let network_device = obj.get("device_owner").and_then(Value::as_str).is_some_and(|o| o.starts_with("network:"));
+    let asked = [
+        (chosen_ip, NetworkPortFixedIps, NetworkPortUpdateFixedIps),
+        (obj.contains_key("mac_address"), NetworkPortMacAddress, NetworkPortUpdateMacAddress),
+        (obj.contains_key("port_security_enabled"), NetworkPortSecurity, NetworkPortUpdateSecurity),
+        (network_device, NetworkPortDeviceOwner, NetworkPortUpdateDeviceOwner),
+        (obj.contains_key("binding:host_id"), NetworkPortBinding, NetworkPortUpdateBinding),
+    ];
+    for (_, create, update) in asked.into_iter().filter(|(asked, _, _)| *asked) {
+        auth.authorize(if updating { update } else { create }, &target)?;
     }
+    Ok(())
+}
+
+/// A non-admin may point a port's `device_id` only at a server of the port's own project.
+/// neutron checks this for routers (`DeviceIDNotOwnedByTenant`); for servers the metadata
+/// service and the server's addresses trust the link, so novabox checks it for them too, with
+/// neutron's answer.
+fn check_device_id(db: &Db, auth: &Auth, device_id: &str, port_project: &str) -> ApiResult<()> {
+    if auth.is_admin() || device_id.is_empty() {
+        return Ok(());
+    }
+    match db.instance_by_uuid(device_id, true)? {
+        Some(inst) if inst.project_id != port_project => Err(ApiError::conflict(format!(
+            "The following device_id {device_id} is not owned by your tenant or matches another tenants router."
+        ))
+        .with_kind("DeviceIDNotOwnedByTenant")),
+        _ => Ok(()),
+    }
+}
+
+fn check_binding_attrs(obj: &Map<String, Value>) -> ApiResult<()> {
     if obj.get("binding:vnic_type").is_some_and(|v| v != "normal") {
         return Err(invalid_attr("binding:vnic_type", "only 'normal' is supported"));
     }
@@ -1010,7 +1106,7 @@ async fn show_port(
 
 async fn create_port(State(state): State<AppState>, auth: Auth, body: Bytes) -> ApiResult<Response> {
     let obj = resource_body(&body, "port", PORT_ATTRS)?;
-    check_binding_attrs(&auth, &obj)?;
+    check_binding_attrs(&obj)?;
     let project_id = owner_project(&auth, &obj)?;
     let network_id = get_str(&obj, "network_id", 255)?.ok_or_else(|| {
         ApiError::bad_request("Failed to parse request. Required attribute 'network_id' not specified")
@@ -1026,6 +1122,10 @@ async fn create_port(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
     let port_security = get_bool(&obj, "port_security_enabled")?;
     let p = state.db.tx(|db| -> ApiResult<Port> {
         let net = load_network(db, &auth, &network_id)?;
+        authorize_port_attrs(&auth, &obj, &net, false)?;
+        let device_id = get_str(&obj, "device_id", 255)?.unwrap_or_default();
+        check_device_id(db, &auth, &device_id, &project_id)?;
+        quotas::ensure_room(db, &project_id, "port")?;
         let security = port_security.unwrap_or(net.port_security_enabled);
         let groups = match (security, obj.get("security_groups")) {
             (false, Some(v)) if v.as_array().is_some_and(|a| !a.is_empty()) => return Err(port_security_conflict()),
@@ -1035,11 +1135,11 @@ async fn create_port(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
         db.allocate_port(&NewPort {
             network_id: net.id.clone(),
             project_id: project_id.clone(),
-            device_id: get_str(&obj, "device_id", 255)?.unwrap_or_default(),
+            device_id,
             device_owner: get_str(&obj, "device_owner", 255)?.unwrap_or_default(),
             security_group_ids: groups,
-            name: get_str(&obj, "name", 255)?.unwrap_or_default(),
-            description: get_str(&obj, "description", 255)?.unwrap_or_default(),
+            name: get_name(&obj, "name", 255)?.unwrap_or_default(),
+            description: get_text(&obj, "description", 255)?.unwrap_or_default(),
             fixed_ips: fixed_ips.clone(),
             mac_address: mac_address.clone(),
             admin_state_up: get_bool(&obj, "admin_state_up")?,
@@ -1063,25 +1163,28 @@ async fn update_port(
     allowed.extend(["id", "status"]);
     let obj = resource_body(&body, "port", &allowed)?;
     read_only(&obj, &["id", "network_id", "project_id", "tenant_id", "status"])?;
-    check_binding_attrs(&auth, &obj)?;
-    if let Some(k) = ["fixed_ips", "mac_address"].iter().find(|k| obj.contains_key(**k)) {
-        return Err(invalid(format!("updating {k} is not supported by novabox; create a new port")));
-    }
+    check_binding_attrs(&obj)?;
     let p = state.db.tx(|db| -> ApiResult<Port> {
         let mut p = load_port(db, &auth, &id)?;
         if !auth.owns(&p.project_id) {
             return Err(policy("update_port"));
         }
-        if let Some(n) = get_str(&obj, "name", 255)? {
+        let net = db.network_by_id(&p.network_id)?.ok_or_else(|| net_not_found(&p.network_id))?;
+        authorize_port_attrs(&auth, &obj, &net, true)?;
+        if let Some(k) = ["fixed_ips", "mac_address"].iter().find(|k| obj.contains_key(**k)) {
+            return Err(invalid(format!("updating {k} is not supported by novabox; create a new port")));
+        }
+        if let Some(n) = get_name(&obj, "name", 255)? {
             p.name = n;
         }
-        if let Some(d) = get_str(&obj, "description", 255)? {
+        if let Some(d) = get_text(&obj, "description", 255)? {
             p.description = d;
         }
         if let Some(b) = get_bool(&obj, "admin_state_up")? {
             p.admin_state_up = b;
         }
         if let Some(d) = get_str(&obj, "device_id", 255)? {
+            check_device_id(db, &auth, &d, &p.project_id)?;
             p.device_id = d;
         }
         if let Some(d) = get_str(&obj, "device_owner", 255)? {
@@ -1195,8 +1298,8 @@ async fn show_group(
 async fn create_group(State(state): State<AppState>, auth: Auth, body: Bytes) -> ApiResult<Response> {
     let obj = resource_body(&body, "security_group", &["name", "description", "project_id", "tenant_id"])?;
     let project_id = owner_project(&auth, &obj)?;
-    let name = get_str(&obj, "name", 255)?.unwrap_or_default();
-    let description = get_str(&obj, "description", 255)?.unwrap_or_default();
+    let name = get_text(&obj, "name", 255)?.unwrap_or_default();
+    let description = get_text(&obj, "description", 255)?.unwrap_or_default();
     if name == DEFAULT_SECURITY_GROUP {
         return Err(
             ApiError::conflict("Default security group already exists.").with_kind("SecurityGroupDefaultAlreadyExists")
@@ -1204,6 +1307,7 @@ async fn create_group(State(state): State<AppState>, auth: Auth, body: Bytes) ->
     }
     let g = state.db.tx(|db| -> ApiResult<SecurityGroup> {
         db.ensure_default_security_group(&project_id)?;
+        quotas::ensure_room(db, &project_id, "security_group")?;
         Ok(db.create_security_group(&project_id, &name, &description)?)
     })?;
     Ok((StatusCode::CREATED, Json(json!({"security_group": group_json(&g)}))).into_response())
@@ -1219,7 +1323,7 @@ async fn update_group(
     read_only(&obj, &["id", "project_id", "tenant_id"])?;
     let g = state.db.tx(|db| -> ApiResult<SecurityGroup> {
         let mut g = load_group(db, &auth, &id)?;
-        if let Some(n) = get_str(&obj, "name", 255)? {
+        if let Some(n) = get_text(&obj, "name", 255)? {
             if g.name == DEFAULT_SECURITY_GROUP && n != g.name {
                 return Err(ApiError::conflict("Updating default security group not allowed.")
                     .with_kind("SecurityGroupCannotUpdateDefault"));
@@ -1230,7 +1334,7 @@ async fn update_group(
             }
             g.name = n;
         }
-        if let Some(d) = get_str(&obj, "description", 255)? {
+        if let Some(d) = get_text(&obj, "description", 255)? {
             g.description = d;
         }
         Ok(db.save_security_group(&g)?)
@@ -1441,7 +1545,7 @@ pub fn validate_rule(obj: &Map<String, Value>, project_id: &str) -> ApiResult<Se
         port_range_max: max,
         remote_ip_prefix,
         remote_group_id,
-        description: get_str(obj, "description", 255)?.unwrap_or_default(),
+        description: get_text(obj, "description", 255)?.unwrap_or_default(),
         created_at: String::new(),
     })
 }
@@ -1487,6 +1591,7 @@ async fn create_rule(State(state): State<AppState>, auth: Auth, body: Bytes) -> 
         if group.is_none() {
             return Err(group_not_found(&rule.security_group_id));
         }
+        quotas::ensure_room(db, &project, "security_group_rule")?;
         if let Some(remote) = &rule.remote_group_id {
             load_group(db, &auth, remote)?;
         }

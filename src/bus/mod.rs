@@ -105,6 +105,12 @@ pub enum RemoteErrorKind {
     VolumeError,
     VolumeNotCreated,
     ConsoleNotAvailable,
+    /// Over a project's quota (neutron's OverQuota).
+    OverQuota,
+    /// A port that cannot be bound to the instance (nova's PortNotUsable).
+    PortNotUsable,
+    /// The caller's roles do not allow it (oslo.policy's PolicyNotAuthorized).
+    PolicyNotAuthorized,
     /// A kind this build does not know (a newer peer's).
     #[serde(other)]
     Other,

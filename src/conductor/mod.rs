@@ -136,10 +136,16 @@ impl Conductor {
         Ok(json!({"disabled": service.disabled}))
     }
 
-    fn allocate_network(&self, uuid: &str, requested: &RequestedNetworks, host: &str) -> Result<Value, RemoteError> {
+    fn allocate_network(
+        &self,
+        context: &Context,
+        uuid: &str,
+        requested: &RequestedNetworks,
+        host: &str,
+    ) -> Result<Value, RemoteError> {
         // One transaction: a failure on the second port must not leave the first behind, or
         // the retry would take it for a finished allocation.
-        let vifs = self.db.tx(|db| network::allocate(db, &self.config, uuid, requested, host))?;
+        let vifs = self.db.tx(|db| network::allocate(db, &self.config, uuid, requested, host, context))?;
         Ok(serde_json::to_value(vifs).unwrap_or(Value::Null))
     }
 
@@ -200,7 +206,7 @@ impl Handler for Conductor {
                 self.service_report(&host, &binary, &topic, node.as_ref())
             }
             R::AllocateNetwork { uuid, requested_networks, host } => {
-                self.allocate_network(&uuid, &requested_networks, &host)
+                self.allocate_network(&ctx, &uuid, &requested_networks, &host)
             }
             R::DeallocateNetwork { uuid } => self.deallocate_network(&uuid),
             R::NetworkInfo { uuid } => self.network_info(&uuid),
@@ -327,11 +333,61 @@ mod tests {
             )
         };
 
-        let err = conductor.allocate_network(&inst.uuid, &requested("no-such-network"), "h1").unwrap_err();
+        let ctx = Context::default();
+        let err = conductor.allocate_network(&ctx, &inst.uuid, &requested("no-such-network"), "h1").unwrap_err();
         assert_eq!(err.kind, RemoteErrorKind::NetworkError, "{err}");
         assert_eq!(db.with(|d| d.ports_for_device(&inst.uuid)).unwrap(), vec![], "a half allocation was stored");
 
-        let vifs = conductor.allocate_network(&inst.uuid, &requested(&net.id), "h1").unwrap();
+        let vifs = conductor.allocate_network(&ctx, &inst.uuid, &requested(&net.id), "h1").unwrap();
         assert_eq!(vifs.as_array().map(Vec::len), Some(2), "{vifs}");
+    }
+
+    /// Issue 14: what a boot may not do with the network, as nova and neutron refuse it: bind
+    /// another project's port, choose an address on a network of another project, or make a
+    /// port past the project's port quota. Each fails the allocation, leaving no port.
+    #[test]
+    fn boots_get_neutrons_refusals_for_ports() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let admin = db.ensure_project("admin", "").unwrap();
+        let config = Config::default();
+        let net = db.ensure_default_network(&config).unwrap();
+        let inst = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
+        let other = db
+            .allocate_port(&crate::db::network::NewPort {
+                network_id: net.id.clone(),
+                project_id: admin.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        let db = SharedDb::new(db);
+        let conductor = Conductor::new(db.clone(), Arc::new(config), crate::home::Home::at(t.path()));
+        let member = Context { project_id: Some(inst.project_id.clone()), ..Context::default() };
+        let requested = |request: Value| -> RequestedNetworks {
+            RequestedNetworks::List(vec![serde_json::from_value(request).expect("a requested network")])
+        };
+        let boot =
+            |ctx: &Context, request: Value| conductor.allocate_network(ctx, &inst.uuid, &requested(request), "h1");
+
+        let err = boot(&member, json!({"network_id": null, "port_id": other.id, "fixed_ip": null})).unwrap_err();
+        assert_eq!(err.kind, RemoteErrorKind::PortNotUsable);
+        assert_eq!(err.message, format!("Port {} not usable for instance {}.", other.id, inst.uuid));
+        let chosen = json!({"network_id": net.id, "port_id": null, "fixed_ip": "10.42.0.99"});
+        let err = boot(&member, chosen.clone()).unwrap_err();
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (RemoteErrorKind::PolicyNotAuthorized, "(rule:create_port:fixed_ips:ip_address) is disallowed by policy")
+        );
+        let admin_ctx = Context { project_id: Some(admin.clone()), is_admin: true, ..Context::default() };
+        db.with(|d| d.set_network_quota(&inst.project_id, "port", 0)).unwrap();
+        let err = boot(&admin_ctx, chosen.clone()).unwrap_err();
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (RemoteErrorKind::OverQuota, "Quota exceeded for resources: ['port'].")
+        );
+        assert_eq!(db.with(|d| d.instance_ports(&inst.uuid)).unwrap(), vec![]);
+        db.with(|d| d.set_network_quota(&inst.project_id, "port", -1)).unwrap();
+        let vifs = boot(&admin_ctx, chosen);
+        assert_eq!(vifs.unwrap()[0]["ips"], json!(["10.42.0.99"]), "an admin may choose the address");
     }
 }

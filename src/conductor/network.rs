@@ -10,6 +10,7 @@ use crate::compute::virt::Vif;
 use crate::config::Config;
 use crate::db::network::{FixedIpRequest, NewPort, Port};
 use crate::db::{Db, DbError};
+use crate::policy::{Action, Target};
 use crate::rpcapi::RequestedNetworks;
 
 fn remote(e: DbError) -> RemoteError {
@@ -22,6 +23,20 @@ pub fn bridge_name(network_id: &str, recorded: Option<&str>) -> String {
     match recorded {
         Some(b) if !b.is_empty() => b.to_string(),
         _ => format!("nbr{}", network_id.chars().filter(|c| *c != '-').take(8).collect::<String>()),
+    }
+}
+
+/// neutron's `OverQuota` text, which a boot's fault repeats when its port is over quota.
+pub fn over_quota_message(resource: &str) -> String {
+    format!("Quota exceeded for resources: ['{resource}'].")
+}
+
+/// One more port for the instance's project, or neutron's refusal.
+fn port_quota(db: &Db, project_id: &str) -> Result<(), RemoteError> {
+    if db.network_quota_allows(project_id, "port", 1).map_err(remote)? {
+        Ok(())
+    } else {
+        Err(RemoteError::new(RemoteErrorKind::OverQuota, over_quota_message("port")))
     }
 }
 
@@ -48,19 +63,23 @@ fn vifs_of(db: &Db, ports: &[Port]) -> Result<Vec<Vif>, RemoteError> {
     ports.iter().map(|p| vif(db, p).map_err(remote)).collect()
 }
 
-/// Creates (or binds) the ports of a new instance, all in one transaction.
+/// Creates (or binds) the ports of a new instance, all in one transaction. `caller` is the
+/// context of the request that asked for the boot: nova makes a server's ports with the
+/// user's token, so what neutron's policy refuses the user (a chosen address on a network of
+/// another project) fails the boot here too.
 pub fn allocate(
     db: &Db,
     config: &Config,
     uuid: &str,
     requested: &RequestedNetworks,
     host: &str,
+    caller: &Context,
 ) -> Result<Vec<Vif>, RemoteError> {
     let inst = db.instance_by_uuid(uuid, false).map_err(remote)?.ok_or_else(|| {
         RemoteError::new(RemoteErrorKind::InstanceNotFound, format!("Instance {uuid} could not be found."))
     })?;
     // Ports made by an interrupted earlier attempt are reused, not duplicated.
-    let existing = db.ports_for_device(uuid).map_err(remote)?;
+    let existing = db.instance_ports(uuid).map_err(remote)?;
     if !existing.is_empty() {
         return vifs_of(db, &existing);
     }
@@ -78,16 +97,35 @@ pub fn allocate(
         RequestedNetworks::None => Vec::new(),
         RequestedNetworks::Auto => {
             let net = db.ensure_default_network(config).map_err(remote)?;
+            port_quota(db, &inst.project_id)?;
             vec![db.allocate_port(&new_port(net.id)).map_err(remote)?]
         }
         RequestedNetworks::List(list) => {
             let mut out = Vec::new();
             for r in list {
                 let port = match (&r.port_id, &r.network_id) {
-                    (Some(port_id), _) => db.bind_port(port_id, uuid, "compute:nova", host).map_err(remote)?,
+                    (Some(port_id), _) => {
+                        // As nova: a port of another project is never the instance's, even
+                        // when an admin asked for it.
+                        let usable =
+                            db.port_by_id(port_id).map_err(remote)?.is_some_and(|p| p.project_id == inst.project_id);
+                        if !usable {
+                            return Err(RemoteError::new(
+                                RemoteErrorKind::PortNotUsable,
+                                format!("Port {port_id} not usable for instance {uuid}."),
+                            ));
+                        }
+                        db.bind_port(port_id, uuid, "compute:nova", host).map_err(remote)?
+                    }
                     (None, Some(net)) => {
                         let mut p = new_port(net.clone());
                         if let Some(ip) = &r.fixed_ip {
+                            let owner =
+                                db.network_by_id(net).map_err(remote)?.map(|n| n.project_id).unwrap_or_default();
+                            let target = Target { network_project_id: Some(&owner), ..Target::default() };
+                            crate::policy::check(caller, Action::NetworkPortFixedIps, &target).map_err(|denied| {
+                                RemoteError::new(RemoteErrorKind::PolicyNotAuthorized, denied.to_string())
+                            })?;
                             let ip_address = ip.parse().map_err(|_| {
                                 RemoteError::new(
                                     RemoteErrorKind::InvalidRequest,
@@ -96,6 +134,7 @@ pub fn allocate(
                             })?;
                             p.fixed_ips = vec![FixedIpRequest { subnet_id: None, ip_address: Some(ip_address) }];
                         }
+                        port_quota(db, &inst.project_id)?;
                         db.allocate_port(&p).map_err(remote)?
                     }
                     (None, None) => {
@@ -111,7 +150,7 @@ pub fn allocate(
 }
 
 pub fn vifs(db: &Db, uuid: &str) -> Result<Vec<Vif>, RemoteError> {
-    vifs_of(db, &db.ports_for_device(uuid).map_err(remote)?)
+    vifs_of(db, &db.instance_ports(uuid).map_err(remote)?)
 }
 
 pub fn deallocate(db: &Db, uuid: &str) -> Result<(), RemoteError> {
@@ -126,7 +165,7 @@ pub fn release_network(db: &Db, uuid: &str) -> Result<(), DbError> {
 /// nova's `addresses`: network name -> list of fixed IPs with their MAC.
 pub fn addresses(db: &Db, uuid: &str) -> Result<Value, DbError> {
     let mut out = Map::new();
-    for p in db.ports_for_device(uuid)? {
+    for p in db.instance_ports(uuid)? {
         let entry = out.entry(p.network_name.clone()).or_insert_with(|| json!([]));
         if let Some(list) = entry.as_array_mut() {
             for f in &p.fixed_ips {

@@ -330,6 +330,10 @@ const PORT_COLUMNS: &str = "p.id, p.network_id, n.name, p.project_id, p.name, p.
                             p.device_id, p.device_owner, p.status, p.admin_state_up, p.port_security_enabled, \
                             p.binding_host, p.tap_name, p.revision_number, p.created_at, p.updated_at";
 
+/// The condition for "a port of instance `?1`": it names the instance as its device and
+/// belongs to the instance's project (as [`Db::instance_ports`], for unjoined statements).
+const OWN_PORT: &str = "device_id = ?1 AND project_id = (SELECT i.project_id FROM instances i WHERE i.uuid = ?1)";
+
 fn port_from_row(r: &Row<'_>) -> rusqlite::Result<Port> {
     let created_at: String = r.get(15)?;
     let updated_at: Option<String> = r.get(16)?;
@@ -702,6 +706,17 @@ impl Db {
         self.query_ports("WHERE p.device_id = ?1", &[&device_id])
     }
 
+    /// The ports of an instance: those naming it as their device *and* of its own project.
+    /// A port of another project that names the instance (neutron lets a device_id be any
+    /// string) is never the instance's: not in its `addresses`, not a NIC of its guest, not
+    /// a way to its metadata.
+    pub fn instance_ports(&self, instance_uuid: &str) -> Result<Vec<Port>> {
+        self.query_ports(
+            "WHERE p.device_id = ?1 AND p.project_id = (SELECT i.project_id FROM instances i WHERE i.uuid = ?1)",
+            &[&instance_uuid],
+        )
+    }
+
     /// nova's add/removeSecurityGroup: the group joins (or leaves) the instance and every port
     /// it has, in one transaction; each port's revision goes up.
     pub fn change_instance_security_group(&self, instance_uuid: &str, group_id: &str, add: bool) -> Result<()> {
@@ -713,8 +728,10 @@ impl Db {
                 params![instance_uuid, group_id],
             )?;
             tx.execute(
-                "INSERT OR IGNORE INTO port_security_groups (port_id, security_group_id)
-                 SELECT id, ?2 FROM ports WHERE device_id = ?1",
+                &format!(
+                    "INSERT OR IGNORE INTO port_security_groups (port_id, security_group_id)
+                     SELECT id, ?2 FROM ports WHERE {OWN_PORT}"
+                ),
                 params![instance_uuid, group_id],
             )?;
         } else {
@@ -723,13 +740,15 @@ impl Db {
                 params![instance_uuid, group_id],
             )?;
             tx.execute(
-                "DELETE FROM port_security_groups WHERE security_group_id = ?2
-                   AND port_id IN (SELECT id FROM ports WHERE device_id = ?1)",
+                &format!(
+                    "DELETE FROM port_security_groups WHERE security_group_id = ?2
+                       AND port_id IN (SELECT id FROM ports WHERE {OWN_PORT})"
+                ),
                 params![instance_uuid, group_id],
             )?;
         }
         tx.execute(
-            "UPDATE ports SET revision_number = revision_number + 1, updated_at = ?2 WHERE device_id = ?1",
+            &format!("UPDATE ports SET revision_number = revision_number + 1, updated_at = ?2 WHERE {OWN_PORT}"),
             params![instance_uuid, ts],
         )?;
         tx.commit()?;
@@ -1150,11 +1169,15 @@ impl Db {
     /// Deletes the ports novabox made for `device_id` and unbinds the ones a user brought.
     pub fn release_instance_ports(&self, device_id: &str) -> Result<()> {
         let tx = self.begin()?;
-        tx.execute("DELETE FROM ports WHERE device_id = ?1 AND preserve_on_delete = 0", [device_id])?;
+        // Only the instance's own project's ports: another project's port that merely names
+        // it is neither deleted nor unbound by this instance's end.
+        tx.execute(&format!("DELETE FROM ports WHERE {OWN_PORT} AND preserve_on_delete = 0"), [device_id])?;
         tx.execute(
-            "UPDATE ports SET device_id = '', device_owner = '', binding_host = NULL, status = 'DOWN',
-                preserve_on_delete = 0, revision_number = revision_number + 1, updated_at = ?2
-             WHERE device_id = ?1",
+            &format!(
+                "UPDATE ports SET device_id = '', device_owner = '', binding_host = NULL, status = 'DOWN',
+                    preserve_on_delete = 0, revision_number = revision_number + 1, updated_at = ?2
+                 WHERE {OWN_PORT}"
+            ),
             params![device_id, now()],
         )?;
         tx.commit()?;

@@ -1,4 +1,6 @@
-//! Per-project quota limits: nova's defaults unless a project has its own row.
+//! Per-project quota limits: nova's defaults unless a project has its own row, and neutron's
+//! for the network resources (kept in the same table under a `network.` prefix, so that
+//! neutron's `port` or `security_group` never shows up among nova's or cinder's limits).
 
 use std::collections::BTreeMap;
 
@@ -24,7 +26,9 @@ impl Db {
     /// Every quota of the project, defaults filled in. -1 means unlimited.
     pub fn quota_limits(&self, project_id: &str) -> Result<BTreeMap<String, i64>> {
         let mut limits: BTreeMap<String, i64> = DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let mut stmt = self.conn().prepare_cached("SELECT resource, hard_limit FROM quotas WHERE project_id = ?1")?;
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT resource, hard_limit FROM quotas WHERE project_id = ?1 AND resource NOT LIKE 'network.%'",
+        )?;
         for row in stmt.query_map([project_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
             let (k, v) = row?;
             limits.insert(k, v);
@@ -39,5 +43,120 @@ impl Db {
             params![project_id, resource, hard_limit],
         )?;
         Ok(())
+    }
+}
+
+/// neutron's default quotas (`[quotas] quota_<resource>`), in neutron's resource names.
+/// Routers and floating IPs are in neutron's quota body although novabox has none yet.
+pub const NETWORK_DEFAULTS: &[(&str, i64)] = &[
+    ("network", 100),
+    ("subnet", 100),
+    ("port", 500),
+    ("router", 10),
+    ("floatingip", 50),
+    ("security_group", 10),
+    ("security_group_rule", 100),
+];
+
+/// The `quotas.resource` of a neutron resource.
+fn network_key(resource: &str) -> String {
+    format!("network.{resource}")
+}
+
+/// Network quotas: neutron's quota driver.
+impl Db {
+    /// The project's network limits, neutron's defaults filled in. -1 means unlimited.
+    pub fn network_quota_limits(&self, project_id: &str) -> Result<BTreeMap<String, i64>> {
+        let mut limits: BTreeMap<String, i64> = NETWORK_DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT substr(resource, 9), hard_limit FROM quotas WHERE project_id = ?1 AND resource LIKE 'network.%'",
+        )?;
+        for row in stmt.query_map([project_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (k, v) = row?;
+            if limits.contains_key(&k) {
+                limits.insert(k, v);
+            }
+        }
+        Ok(limits)
+    }
+
+    pub fn set_network_quota(&self, project_id: &str, resource: &str, hard_limit: i64) -> Result<()> {
+        self.set_quota(project_id, &network_key(resource), hard_limit)
+    }
+
+    /// Drops the project's own network limits (back to the defaults); false when it had none.
+    pub fn delete_network_quotas(&self, project_id: &str) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM quotas WHERE project_id = ?1 AND resource LIKE 'network.%'", [project_id])?;
+        Ok(n > 0)
+    }
+
+    /// The projects that have network limits of their own, sorted.
+    pub fn network_quota_projects(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT DISTINCT project_id FROM quotas WHERE resource LIKE 'network.%' ORDER BY project_id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many of each network resource the project has (neutron's `used`).
+    pub fn network_usage(&self, project_id: &str) -> Result<BTreeMap<String, i64>> {
+        let count = |table: &str| -> Result<i64> {
+            Ok(self.conn().query_row(
+                &format!("SELECT count(*) FROM {table} WHERE project_id = ?1"),
+                [project_id],
+                |r| r.get(0),
+            )?)
+        };
+        let mut used: BTreeMap<String, i64> = NETWORK_DEFAULTS.iter().map(|(k, _)| (k.to_string(), 0)).collect();
+        for (resource, table) in [
+            ("network", "networks"),
+            ("subnet", "subnets"),
+            ("port", "ports"),
+            ("security_group", "security_groups"),
+            ("security_group_rule", "security_group_rules"),
+        ] {
+            used.insert(resource.to_string(), count(table)?);
+        }
+        Ok(used)
+    }
+
+    /// Whether the project may have `more` of `resource` on top of what it has: its limit
+    /// is unlimited (-1) or not reached by the sum.
+    pub fn network_quota_allows(&self, project_id: &str, resource: &str, more: i64) -> Result<bool> {
+        let limit = self.network_quota_limits(project_id)?.get(resource).copied().unwrap_or(-1);
+        if limit < 0 {
+            return Ok(true);
+        }
+        let used = self.network_usage(project_id)?.get(resource).copied().unwrap_or(0);
+        Ok(used.saturating_add(more) <= limit)
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use crate::db::{Db, OpenOptions};
+
+    #[test]
+    fn network_limits_are_neutrons_and_apart_from_novas() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let p = db.ensure_project("p", "").unwrap();
+        assert_eq!(db.network_quota_limits(&p).unwrap()["port"], 500);
+        db.set_network_quota(&p, "port", 2).unwrap();
+        db.set_quota(&p, "instances", 3).unwrap();
+        assert_eq!(db.network_quota_limits(&p).unwrap()["port"], 2);
+        let nova = db.quota_limits(&p).unwrap();
+        assert_eq!(nova["instances"], 3);
+        assert!(nova.keys().all(|k| !k.contains("port")), "{nova:?}");
+        assert_eq!(db.network_quota_projects().unwrap(), vec![p.clone()]);
+        assert!(db.network_quota_allows(&p, "port", 2).unwrap());
+        assert!(!db.network_quota_allows(&p, "port", 3).unwrap());
+        assert!(db.delete_network_quotas(&p).unwrap());
+        assert!(!db.delete_network_quotas(&p).unwrap());
+        assert_eq!(db.network_quota_limits(&p).unwrap()["port"], 500);
+        assert_eq!(db.quota_limits(&p).unwrap()["instances"], 3, "nova's rows stay");
     }
 }

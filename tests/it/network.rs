@@ -574,13 +574,23 @@ fn assert_plumbing_matches_rows(ns: &Netns, home: &TestHome, up: &Up) {
 
 /// Runs `f` with a demo client, on a thread inside the namespace.
 fn with_demo<T: Send>(ns: &Netns, home: &TestHome, f: impl AsyncFnOnce(&novabox::client::Client) -> T + Send) -> T {
+    with_user(ns, home, "demo", f)
+}
+
+/// Runs `f` with a client of `user` (in the project of the same name), inside the namespace.
+fn with_user<T: Send>(
+    ns: &Netns,
+    home: &TestHome,
+    user: &str,
+    f: impl AsyncFnOnce(&novabox::client::Client) -> T + Send,
+) -> T {
     in_netns(ns, || {
         let ready: Value = serde_json::from_slice(&std::fs::read(home.path().join("run/ready.json")).unwrap()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let auth = ready["auth_url"].as_str().unwrap();
-            let password = ready["credentials"]["demo"]["password"].as_str().unwrap();
-            let c = novabox::client::Client::login(auth, "demo", password, "demo").await.expect("login");
+            let password = ready["credentials"][user]["password"].as_str().unwrap();
+            let c = novabox::client::Client::login(auth, user, password, user).await.expect("login");
             f(&c).await
         })
     })
@@ -703,4 +713,152 @@ fn kill9_in_bridge_mode_leaves_no_tap_or_volume_without_a_row_needs_root_qemu() 
 async fn image_id(c: &novabox::client::Client) -> String {
     let v = c.image(reqwest::Method::GET, "/images?name=tiny", None).await.expect("images");
     v["images"][0]["id"].as_str().expect("image tiny").to_string()
+}
+
+/// A guest stand-in: a veth whose one end is on `bridge` and whose other end, in a namespace
+/// of its own, holds a port's MAC and address, as the port's guest would.
+struct FakeGuest {
+    ns: Netns,
+}
+
+impl FakeGuest {
+    fn plug(host: &Netns, bridge: &str, link: &str, mac: &str, cidr_ip: &str, gateway: &str) -> FakeGuest {
+        let ns = Netns::new();
+        let peer = format!("{link}p");
+        assert_ok(&host.ip(&["link", "add", link, "type", "veth", "peer", "name", &peer, "netns", &ns.name]));
+        assert_ok(&host.ip(&["link", "set", link, "master", bridge, "up"]));
+        assert_ok(&ns.ip(&["link", "set", &peer, "address", mac]));
+        assert_ok(&ns.ip(&["addr", "add", cidr_ip, "dev", &peer]));
+        assert_ok(&ns.ip(&["link", "set", &peer, "up"]));
+        assert_ok(&ns.ip(&["route", "add", "default", "via", gateway]));
+        FakeGuest { ns }
+    }
+
+    /// `curl http://169.254.169.254<path>` from the guest: (status, body), retried for a few
+    /// seconds while the listener of a new bridge comes up.
+    fn metadata(&self, path: &str) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let url = format!("http://169.254.169.254{path}");
+            let out = self.ns.exec("curl", &["-s", "-m", "5", "-w", "\n%{http_code}", &url]);
+            let text = stdout(&out);
+            let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
+            let code: u16 = code.trim().parse().unwrap_or(0);
+            if code != 0 || Instant::now() > deadline {
+                return (code, body.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// The id, MAC and address of a server's first port.
+async fn first_port(c: &novabox::client::Client, server: &str) -> (String, String, String) {
+    let v = c.network(reqwest::Method::GET, &format!("/ports?device_id={server}"), None).await.expect("ports");
+    let p = &v["ports"][0];
+    (
+        p["id"].as_str().expect("port").to_string(),
+        p["mac_address"].as_str().expect("mac").to_string(),
+        p["fixed_ips"][0]["ip_address"].as_str().expect("ip").to_string(),
+    )
+}
+
+/// Boots a server on `networks`, waits for it, and stops it (its port stays, its qemu goes).
+async fn boot_and_stop(c: &novabox::client::Client, name: &str, networks: Value) -> String {
+    let body = serde_json::json!({"server": {"name": name, "imageRef": image_id(c).await, "flavorRef": "1",
+        "networks": networks}});
+    let s = c.compute(reqwest::Method::POST, "/servers", Some(body)).await.expect("create");
+    let id = s["server"]["id"].as_str().expect("id").to_string();
+    c.wait_for(&id, "ACTIVE", Duration::from_secs(120)).await.expect("ACTIVE");
+    let stop = serde_json::json!({"os-stop": null});
+    c.compute(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(stop)).await.expect("stop");
+    c.wait_for(&id, "SHUTOFF", Duration::from_secs(120)).await.expect("SHUTOFF");
+    id
+}
+
+/// Issue 14: alt made a network with the shared network's CIDR and a port holding demo's
+/// address; demo's guest then got 404 from the metadata service. In bridge mode each
+/// network's bridge has its own metadata listener, so the request's network is known: demo's
+/// guest on nbr0 reads its own metadata, and a guest on a second network's bridge is
+/// answered by that bridge's listener. Guests are stand-ins (a veth with the port's MAC and
+/// address in a namespace of its own) for servers booted and then stopped.
+#[test]
+fn metadata_is_looked_up_on_the_network_the_request_came_from_needs_root_qemu() {
+    let _turn = guest_turn();
+    crate::guests::require_qemu();
+    let ns = Netns::new();
+    let home = TestHome::new();
+    init(&home, "qemu");
+    let up = Up::start(&ns, &home);
+
+    // demo's victim on the shared network, and a guest on a second network of demo's.
+    let (victim, victim_port, second, second_port) = with_demo(&ns, &home, async |c| {
+        let net = c
+            .network(reqwest::Method::POST, "/networks", Some(serde_json::json!({"network": {"name": "second"}})))
+            .await
+            .expect("network");
+        let net_id = net["network"]["id"].as_str().unwrap().to_string();
+        let body = serde_json::json!({"subnet": {"network_id": net_id, "cidr": "10.43.0.0/24", "ip_version": 4}});
+        c.network(reqwest::Method::POST, "/subnets", Some(body)).await.expect("subnet");
+        let victim = boot_and_stop(c, "md-victim", serde_json::json!("auto")).await;
+        let second = boot_and_stop(c, "md-second", serde_json::json!([{"uuid": net_id}])).await;
+        let (vp, sp) = (first_port(c, &victim).await, first_port(c, &second).await);
+        (victim, vp, second, sp)
+    });
+    // alt's shadow: its own network with the shared CIDR, and a port holding the victim's
+    // address, bound to a server of alt's own (so it is a guest in every way but the network).
+    with_user(&ns, &home, "alt_demo", async |c| {
+        let net = c
+            .network(reqwest::Method::POST, "/networks", Some(serde_json::json!({"network": {"name": "shadow"}})))
+            .await
+            .expect("network");
+        let net_id = net["network"]["id"].as_str().unwrap().to_string();
+        let body = serde_json::json!({"subnet": {"network_id": net_id, "cidr": "10.42.0.0/24", "ip_version": 4}});
+        c.network(reqwest::Method::POST, "/subnets", Some(body)).await.expect("subnet");
+        let body = serde_json::json!({"server": {"name": "alt-own", "imageRef": image_id(c).await, "flavorRef": "1",
+            "networks": "none"}});
+        let s = c.compute(reqwest::Method::POST, "/servers", Some(body)).await.expect("create");
+        let own = s["server"]["id"].as_str().expect("id").to_string();
+        c.wait_for(&own, "ACTIVE", Duration::from_secs(120)).await.expect("ACTIVE");
+        let port = serde_json::json!({"port": {"network_id": net_id, "fixed_ips": [{"ip_address": victim_port.2}],
+            "device_id": own, "device_owner": "compute:nova"}});
+        c.network(reqwest::Method::POST, "/ports", Some(port)).await.expect("shadow port");
+    });
+
+    let guest = FakeGuest::plug(&ns, "nbr0", "vgv0", &victim_port.1, &format!("{}/24", victim_port.2), "10.42.0.1");
+    let (code, body) = guest.metadata("/openstack/latest/meta_data.json");
+    assert_eq!(code, 200, "the victim's metadata is shadowed: {body}\n{}", up.log());
+    let meta: Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(meta["uuid"], victim.as_str(), "{body}");
+    assert_eq!(guest.metadata("/latest/meta-data/local-ipv4"), (200, victim_port.2.clone()));
+
+    let second_bridge = up_bridge_of(&ns, &second_port.0);
+    let other =
+        FakeGuest::plug(&ns, &second_bridge, "vgs0", &second_port.1, &format!("{}/24", second_port.2), "10.43.0.1");
+    let (code, body) = other.metadata("/openstack/latest/meta_data.json");
+    assert_eq!(code, 200, "no answer on the second network's bridge: {body}\n{}", up.log());
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap_or_default()["uuid"], second.as_str(), "{body}");
+
+    // A stranger on the bridge (an address no port of that network holds) gets nothing.
+    let stranger = FakeGuest::plug(&ns, "nbr0", "vgx0", "fa:16:3e:99:99:99", "10.42.0.250/24", "10.42.0.1");
+    let (code, body) = stranger.metadata("/openstack/latest/meta_data.json");
+    assert_eq!(code, 404, "{body}");
+
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
+    println!(
+        "RELIABILITY metadata-per-network: a guest whose address another project also holds on an overlapping \
+         network, a guest on a second bridge and a stranger asked 169.254.169.254 in bridge mode: each got its own \
+         answer or 404; lost 0"
+    );
+}
+
+/// The bridge a port's tap is plugged into.
+fn up_bridge_of(ns: &Netns, port_id: &str) -> String {
+    let tap = novabox::compute::net::tap_name(port_id);
+    ns.links()
+        .iter()
+        .find(|l| l["ifname"] == tap.as_str())
+        .and_then(|l| l["master"].as_str())
+        .unwrap_or_else(|| panic!("{tap} is on no bridge: {:?}", ns.links()))
+        .to_string()
 }

@@ -1600,3 +1600,170 @@ async fn logins_tokens_and_stalled_clients_are_bounded() {
     );
     assert!(stack.stop().success());
 }
+
+/// `openstack --os-cloud <cloud> args..` (python-openstackclient from `.build/venv`).
+fn openstack(home: &TestHome, cloud: &str, args: &[&str]) -> String {
+    let bin = manifest_dir().join(".build/venv/bin/openstack");
+    assert!(bin.exists(), "{} is missing: run scripts/install-clients", bin.display());
+    let out = run(std::process::Command::new(bin)
+        .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .args(["--os-cloud", cloud])
+        .args(args));
+    assert!(out.status.success(), "openstack {args:?}:\n{}\n{}", stdout(&out), stderr(&out));
+    stdout(&out)
+}
+
+/// One metadata request from `from` (a 127/8 address standing for a guest's fixed IP).
+async fn metadata_get(port: u16, from: &str, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client");
+    let r = client.get(format!("http://127.0.0.1:{port}{path}")).send().await.expect("metadata request");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// Issue 14, network half, replayed as the hostile tenant did it against `novabox up` (fake
+/// driver, local bus): the default network is 127.77.0.0/24 and the metadata service listens on
+/// loopback, so the test can speak from any guest's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tenant_on_the_network_side_issue_14() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local", "--cidr", "127.77.0.0/24"]));
+    let md = free_port();
+    home.edit_config(&[("listen = \"169.254.169.254:80\"", &format!("listen = \"127.0.0.1:{md}\""))]);
+    let stack = home.up(&[]);
+    let api = Api::new(&stack);
+    let demo = api.token(&stack, "demo").await;
+    let alt = api.token(&stack, "alt_demo").await;
+    let admin = api.token(&stack, "admin").await;
+    let image = api.public_image(&admin).await;
+    let mut tried = 0;
+
+    // demo's server, with a secret in its user data.
+    use base64::Engine;
+    let secret = "#!/bin/sh\necho secret-of-demo\n";
+    let mut body = server(&image, "victim", json!("auto"));
+    body["server"]["user_data"] = json!(base64::engine::general_purpose::STANDARD.encode(secret));
+    let r = api.call(&demo, Method::POST, "/compute/v2.1/servers", Some(body)).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let victim = r.body["server"]["id"].as_str().expect("id").to_string();
+    let client = stack.client("demo").await;
+    client.wait_for(&victim, "ACTIVE", Duration::from_secs(30)).await.expect("ACTIVE");
+    let shown = api.call(&demo, Method::GET, &format!("/compute/v2.1/servers/{victim}"), None).await;
+    let victim_ip = shown.body["server"]["addresses"]["private"][0]["addr"].as_str().expect("address").to_string();
+    assert_eq!(metadata_get(md, &victim_ip, "/openstack/latest/user_data").await, (200, secret.to_string()));
+
+    // Boots on the shared network still work for alt_demo (the conductor makes its port).
+    let r = api.call(&alt, Method::POST, "/compute/v2.1/servers", Some(server(&image, "alt-own", json!("auto")))).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let alt_client = stack.client("alt_demo").await;
+    let alt_own = r.body["server"]["id"].as_str().expect("id").to_string();
+    alt_client.wait_for(&alt_own, "ACTIVE", Duration::from_secs(30)).await.expect("alt's boot ACTIVE");
+
+    // 1. alt points its own port on the shared network at demo's server: refused as neutron
+    // refuses another project's device (409). An admin may set it, and even then the port
+    // reads nothing of demo's and is not among the server's addresses.
+    let nets = api.call(&alt, Method::GET, "/network/v2.0/networks?name=private", None).await;
+    let private = nets.body["networks"][0]["id"].as_str().expect("private network").to_string();
+    let r = api.call(&alt, Method::POST, "/network/v2.0/ports", Some(json!({"port": {"network_id": private}}))).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let alt_port = r.body["port"]["id"].as_str().expect("port").to_string();
+    let alt_ip = r.body["port"]["fixed_ips"][0]["ip_address"].as_str().expect("ip").to_string();
+    let hijack = json!({"port": {"device_id": victim, "device_owner": "compute:nova"}});
+    let r = api.call(&alt, Method::PUT, &format!("/network/v2.0/ports/{alt_port}"), Some(hijack.clone())).await;
+    assert_eq!((r.status.as_u16(), r.body["NeutronError"]["type"].as_str()), (409, Some("DeviceIDNotOwnedByTenant")));
+    let r = api.call(&admin, Method::PUT, &format!("/network/v2.0/ports/{alt_port}"), Some(hijack)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for path in ["/openstack/latest/user_data", "/openstack/latest/meta_data.json", "/latest/meta-data/hostname"] {
+        let (code, text) = metadata_get(md, &alt_ip, path).await;
+        assert_eq!(code, 404, "{path} from alt's port: {text}");
+        assert!(!text.contains("secret-of-demo") && !text.contains(&victim), "{text}");
+        tried += 1;
+    }
+    let shown = api.call(&demo, Method::GET, &format!("/compute/v2.1/servers/{victim}"), None).await;
+    let addrs = &shown.body["server"]["addresses"]["private"];
+    assert_eq!(addrs.as_array().map(Vec::len), Some(1), "{addrs}");
+    assert_eq!(addrs[0]["addr"], victim_ip.as_str());
+
+    // 3. What only the shared network's owner may choose, as neutron's default policy.
+    for extra in [
+        json!({"port_security_enabled": false}),
+        json!({"fixed_ips": [{"ip_address": "127.77.0.200"}]}),
+        json!({"device_owner": "network:dhcp"}),
+        json!({"mac_address": "fa:16:3e:12:34:56"}),
+    ] {
+        let mut port = json!({"network_id": private});
+        port.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        let r = api.call(&alt, Method::POST, "/network/v2.0/ports", Some(json!({"port": port}))).await;
+        assert_eq!(r.status, 403, "{extra}: {}", r.body);
+        assert_eq!(r.body["NeutronError"]["type"], "PolicyNotAuthorized");
+        tried += 1;
+    }
+
+    // 2. alt's own network with the shared CIDR and a port holding demo's address no longer
+    // switches demo's metadata off.
+    let r = api.call(&alt, Method::POST, "/network/v2.0/networks", Some(json!({"network": {"name": "shadow"}}))).await;
+    let shadow = r.body["network"]["id"].as_str().expect("network").to_string();
+    let sub = json!({"subnet": {"network_id": shadow, "cidr": "127.77.0.0/24", "ip_version": 4}});
+    assert_eq!(api.call(&alt, Method::POST, "/network/v2.0/subnets", Some(sub)).await.status, 201);
+    let port = json!({"port": {"network_id": shadow, "fixed_ips": [{"ip_address": victim_ip}], "device_id": "shadow"}});
+    let r = api.call(&alt, Method::POST, "/network/v2.0/ports", Some(port)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (code, text) = metadata_get(md, &victim_ip, "/openstack/latest/meta_data.json").await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains(&victim), "{text}");
+    tried += 1;
+
+    // 5. Names with NUL bytes.
+    for (path, body) in [
+        ("/network/v2.0/networks", json!({"network": {"name": "a\u{0}b"}})),
+        ("/network/v2.0/ports", json!({"port": {"network_id": shadow, "name": "a\u{0}b"}})),
+        ("/network/v2.0/security-groups", json!({"security_group": {"name": "a\u{0}b"}})),
+    ] {
+        let r = api.call(&alt, Method::POST, path, Some(body)).await;
+        assert_eq!((r.status.as_u16(), r.body["NeutronError"]["type"].as_str()), (400, Some("InvalidInput")), "{path}");
+        tried += 1;
+    }
+
+    // 4. Port quota, set and shown with the standard client; a boot that needs a port past it
+    // ends in ERROR with neutron's words as its fault, instead of hanging.
+    let demo_ports = api.call(&demo, Method::GET, "/network/v2.0/ports", None).await.body["ports"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or_default();
+    let limit = demo_ports.to_string();
+    openstack(&home, "novabox-admin", &["quota", "set", "--ports", &limit, "demo"]);
+    let shown: Value =
+        serde_json::from_str(&openstack(&home, "novabox-admin", &["quota", "show", "demo", "--network", "-f", "json"]))
+            .expect("quota show JSON");
+    let ports_row = shown.as_array().and_then(|rows| rows.iter().find(|r| r["Resource"] == "ports")).cloned();
+    assert_eq!(ports_row.map(|r| r["Limit"].clone()), Some(json!(demo_ports)), "{shown}");
+    let usage: Value = serde_json::from_str(&openstack(
+        &home,
+        "novabox-admin",
+        &["quota", "show", "demo", "--network", "--usage", "-f", "json"],
+    ))
+    .expect("quota show --usage JSON");
+    let ports_row = usage.as_array().and_then(|rows| rows.iter().find(|r| r["Resource"] == "ports")).cloned();
+    assert_eq!(ports_row.map(|r| r["In Use"].clone()), Some(json!(demo_ports)), "{usage}");
+    let r = api.call(&demo, Method::POST, "/network/v2.0/ports", Some(json!({"port": {"network_id": private}}))).await;
+    assert_eq!((r.status.as_u16(), r.body["NeutronError"]["type"].as_str()), (409, Some("OverQuota")), "{}", r.body);
+    let r = api
+        .call(&demo, Method::POST, "/compute/v2.1/servers", Some(server(&image, "one-too-many", json!("auto"))))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let over = r.body["server"]["id"].as_str().expect("id").to_string();
+    client.wait_for(&over, "ERROR", Duration::from_secs(30)).await.expect("ERROR, not BUILD forever");
+    let shown = api.call(&demo, Method::GET, &format!("/compute/v2.1/servers/{over}"), None).await;
+    let fault = shown.body["server"]["fault"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(fault.contains("Quota exceeded for resources: ['port']."), "{}", shown.body);
+    tried += 2;
+
+    println!(
+        "RELIABILITY network-hostile-tenant: {tried} probes of issue 14 (device_id hijack, metadata from another \
+         project's port, shadowing network, port policy, NUL names, port quota and a boot past it): all refused or \
+         isolated; lost 0"
+    );
+}

@@ -65,7 +65,7 @@ fn named_group(state: &AppState, inst: &Instance, args: &Value) -> ApiResult<Sec
 /// The `addSecurityGroup` (`add`) and `removeSecurityGroup` actions.
 pub(super) async fn change(state: &AppState, auth: &Auth, inst: &Instance, args: &Value, add: bool) -> ApiResult<()> {
     let group = named_group(state, inst, args)?;
-    let ports = state.db.with(|db| db.ports_for_device(&inst.uuid))?;
+    let ports = state.db.with(|db| db.instance_ports(&inst.uuid))?;
     // Groups apply through ports, as in nova with neutron: an instance without one, or with
     // port security off on one, cannot take a group.
     if add && (ports.is_empty() || ports.iter().any(|p| !p.port_security_enabled)) {

@@ -723,3 +723,374 @@ async fn security_group_changes_are_pushed_to_compute_hosts() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(recv(&mut rx).await.ports.is_empty());
 }
+
+/// A server row of `project` (no boot: the network API only needs it to exist).
+fn server_of(cloud: &Cloud, project: &str, name: &str) -> String {
+    cloud.state.db.with(|db| {
+        let mut n = crate::db::instances::tests::new_instance(db, name);
+        n.project_id = project.to_string();
+        db.create_instance(&n).unwrap().uuid
+    })
+}
+
+/// Issue 14: alt pointed its own port's device_id at demo's server, then read demo's
+/// metadata from the port's address. neutron's answer for another project's device is 409
+/// DeviceIDNotOwnedByTenant; the server's addresses never show another project's port.
+#[tokio::test]
+async fn device_id_may_name_only_a_server_of_the_ports_project() {
+    let cloud = Cloud::new();
+    let config = cloud.state.config.clone();
+    let private = cloud.state.db.with(|db| db.ensure_default_network(&config)).unwrap();
+    let (demo, alt, admin) = (cloud.token("demo").await, cloud.token("alt").await, cloud.token("admin").await);
+    let victim = server_of(&cloud, &cloud.demo_project, "victim");
+    let mine = server_of(&cloud, &cloud.alt_project, "mine");
+
+    let port = created(&cloud, &alt, "/network/v2.0/ports", json!({"port": {"network_id": private.id}}), "port").await;
+    let port_id = port["id"].as_str().unwrap().to_string();
+    let r = cloud.put(&format!("/network/v2.0/ports/{port_id}"), &alt, json!({"port": {"device_id": victim}})).await;
+    let msg = neutron_error(&r, StatusCode::CONFLICT, "DeviceIDNotOwnedByTenant");
+    assert_eq!(
+        msg,
+        format!("The following device_id {victim} is not owned by your tenant or matches another tenants router.")
+    );
+    let r = cloud
+        .post(
+            "/network/v2.0/ports",
+            &alt,
+            json!({"port": {"network_id": private.id, "device_id": victim, "device_owner": "compute:nova"}}),
+        )
+        .await;
+    neutron_error(&r, StatusCode::CONFLICT, "DeviceIDNotOwnedByTenant");
+    let p = cloud.get(&format!("/network/v2.0/ports/{port_id}"), &alt).await.json();
+    assert_eq!(p["port"]["device_id"], "", "the refused update changed nothing");
+
+    // Its own server, or any string that is no server (neutron keeps device_id free-form).
+    for device in [mine.as_str(), "dhcp-agent-1", ""] {
+        let r =
+            cloud.put(&format!("/network/v2.0/ports/{port_id}"), &alt, json!({"port": {"device_id": device}})).await;
+        assert_eq!(r.status, StatusCode::OK, "{device}: {}", r.text());
+    }
+    // Admins may (nova binds ports as admin), but such a port is still not the server's.
+    let r = cloud.put(&format!("/network/v2.0/ports/{port_id}"), &admin, json!({"port": {"device_id": victim}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let own = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": private.id, "device_id": victim, "device_owner": "compute:nova"}}),
+        "port",
+    )
+    .await;
+    let addresses = cloud.state.db.with(|db| crate::conductor::addresses(db, &victim)).unwrap();
+    let shown: Vec<&str> = addresses["private"].as_array().unwrap().iter().filter_map(|a| a["addr"].as_str()).collect();
+    assert_eq!(shown, vec![own["fixed_ips"][0]["ip_address"].as_str().unwrap()], "{addresses}");
+    let nics = cloud.state.db.with(|db| crate::conductor::network::vifs(db, &victim)).unwrap();
+    assert_eq!(nics.iter().map(|v| v.port_id.as_str()).collect::<Vec<_>>(), vec![own["id"].as_str().unwrap()]);
+    // The server's end takes its own port only; alt's stays.
+    cloud.state.db.with(|db| crate::conductor::release_network(db, &victim)).unwrap();
+    assert_eq!(cloud.get(&format!("/network/v2.0/ports/{port_id}"), &alt).await.status, StatusCode::OK);
+}
+
+/// Issue 14: a project that does not own the shared network created ports without port
+/// security, with a chosen address and as the network's DHCP port. neutron leaves those to
+/// the network's owner and admins (`admin_or_network_owner`), on create and on update.
+#[tokio::test]
+async fn port_attributes_of_a_shared_network_belong_to_its_owner() {
+    let cloud = Cloud::new();
+    let config = cloud.state.config.clone();
+    let private = cloud.state.db.with(|db| db.ensure_default_network(&config)).unwrap();
+    let subnet_id = private.subnets[0].clone();
+    let (alt, admin) = (cloud.token("alt").await, cloud.token("admin").await);
+    let net = private.id.as_str();
+
+    let denied = [
+        (json!({"port_security_enabled": false}), "create_port:port_security_enabled"),
+        (json!({"port_security_enabled": true}), "create_port:port_security_enabled"),
+        (json!({"fixed_ips": [{"ip_address": "10.42.0.77"}]}), "create_port:fixed_ips:ip_address"),
+        (
+            json!({"fixed_ips": [{"subnet_id": subnet_id, "ip_address": "10.42.0.77"}]}),
+            "create_port:fixed_ips:ip_address",
+        ),
+        (json!({"device_owner": "network:dhcp"}), "create_port:device_owner"),
+        (json!({"mac_address": "fa:16:3e:00:00:01"}), "create_port:mac_address"),
+        (json!({"binding:host_id": "elsewhere"}), "create_port:binding:host_id"),
+    ];
+    for (extra, rule) in &denied {
+        let mut body = json!({"network_id": net});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let r = cloud.post("/network/v2.0/ports", &alt, json!({"port": body})).await;
+        let msg = neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+        assert_eq!(msg, format!("(rule:{rule}) is disallowed by policy"), "{extra}");
+    }
+    let ports = cloud.get("/network/v2.0/ports", &alt).await.json();
+    assert_eq!(ids(&ports, "ports"), Vec::<String>::new(), "a refused create left a port");
+
+    // What a user of a shared network may choose: the subnet, and a compute device owner.
+    let p = created(
+        &cloud,
+        &alt,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": subnet_id}], "device_owner": "compute:nova"}}),
+        "port",
+    )
+    .await;
+    let port_id = p["id"].as_str().unwrap();
+    for (extra, rule) in [
+        (json!({"port_security_enabled": false, "security_groups": []}), "update_port:port_security_enabled"),
+        (json!({"device_owner": "network:router_interface"}), "update_port:device_owner"),
+        (json!({"fixed_ips": [{"ip_address": "10.42.0.78"}]}), "update_port:fixed_ips:ip_address"),
+        (json!({"mac_address": "fa:16:3e:00:00:02"}), "update_port:mac_address"),
+        (json!({"binding:host_id": "elsewhere"}), "update_port:binding:host_id"),
+    ] {
+        let r = cloud.put(&format!("/network/v2.0/ports/{port_id}"), &alt, json!({"port": extra})).await;
+        let msg = neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+        assert_eq!(msg, format!("(rule:{rule}) is disallowed by policy"));
+    }
+    let p = cloud.get(&format!("/network/v2.0/ports/{port_id}"), &alt).await.json();
+    assert_eq!(
+        (p["port"]["port_security_enabled"].as_bool(), p["port"]["device_owner"].as_str()),
+        (Some(true), Some("compute:nova"))
+    );
+
+    // The network's owner (here the admin) may do all of it...
+    let p = created(
+        &cloud,
+        &admin,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": net, "port_security_enabled": false, "fixed_ips": [{"ip_address": "10.42.0.77"}],
+                        "device_owner": "network:dhcp", "mac_address": "fa:16:3e:00:00:01"}}),
+        "port",
+    )
+    .await;
+    assert_eq!(p["fixed_ips"][0]["ip_address"], "10.42.0.77");
+    // ...and so may alt on a network of its own.
+    let own = created(&cloud, &alt, "/network/v2.0/networks", json!({"network": {"name": "own"}}), "network").await;
+    let own_id = own["id"].as_str().unwrap();
+    created(
+        &cloud,
+        &alt,
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": own_id, "cidr": "10.9.0.0/24", "ip_version": 4}}),
+        "subnet",
+    )
+    .await;
+    let p = created(
+        &cloud,
+        &alt,
+        "/network/v2.0/ports",
+        json!({"port": {"network_id": own_id, "port_security_enabled": false, "fixed_ips": [{"ip_address": "10.9.0.9"}],
+                        "device_owner": "network:dhcp", "mac_address": "fa:16:3e:00:00:03"}}),
+        "port",
+    )
+    .await;
+    assert_eq!(p["port_security_enabled"], false);
+    // The binding host stays the admin's (nova's), even on one's own network.
+    let r =
+        cloud.post("/network/v2.0/ports", &alt, json!({"port": {"network_id": own_id, "binding:host_id": "h"}})).await;
+    neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+}
+
+/// Issue 14: names with NUL bytes were stored. neutron's `name_string` refuses control and
+/// format characters and surrounding spaces in network, subnet and port names; free text
+/// (descriptions, security group names) refuses NUL.
+#[tokio::test]
+async fn names_with_control_characters_are_refused() {
+    let cloud = Cloud::new();
+    let demo = cloud.token("demo").await;
+    let net = created(&cloud, &demo, "/network/v2.0/networks", json!({"network": {"name": "n"}}), "network").await;
+    let net_id = net["id"].as_str().unwrap();
+    let bad_names = ["a\u{0}b", "tab\tin", " lead", "trail ", "zero\u{200B}width", "line\u{2028}sep", "\u{7f}"];
+    for name in bad_names {
+        let cases = [
+            ("/network/v2.0/networks", json!({"network": {"name": name}})),
+            ("/network/v2.0/subnets", json!({"subnet": {"name": name, "network_id": net_id, "cidr": "10.8.0.0/24"}})),
+            ("/network/v2.0/ports", json!({"port": {"name": name, "network_id": net_id}})),
+        ];
+        for (uri, body) in cases {
+            let r = cloud.post(uri, &demo, body).await;
+            let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+            assert_eq!(msg, format!("Invalid input for name. Reason: '{name}' is not a valid string."), "{uri}");
+        }
+        let r = cloud.put(&format!("/network/v2.0/networks/{net_id}"), &demo, json!({"network": {"name": name}})).await;
+        neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+    }
+    for (uri, key) in [
+        ("/network/v2.0/networks", "network"),
+        ("/network/v2.0/security-groups", "security_group"),
+        ("/network/v2.0/ports", "port"),
+    ] {
+        for field in ["description", "name"] {
+            if key != "security_group" && field == "name" {
+                continue;
+            }
+            let mut body = json!({field: "x\u{0}y"});
+            if key == "port" {
+                body["network_id"] = json!(net_id);
+            }
+            let r = cloud.post(uri, &demo, json!({key: body})).await;
+            let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+            assert_eq!(msg, format!("Invalid input for {field}. Reason: 'x\u{0}y' is not a valid string."));
+        }
+    }
+    // Spaces inside a name, any script, and multi-line descriptions are fine.
+    let ok = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/networks",
+        json!({"network": {"name": "réseau de test", "description": "line 1\nline 2"}}),
+        "network",
+    )
+    .await;
+    assert_eq!(ok["name"], "réseau de test");
+    let names: Vec<String> = cloud.get("/network/v2.0/networks", &demo).await.json()["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains('\u{0}')), "{names:?}");
+}
+
+/// Issue 14: networks, subnets, ports and security groups had no quota. neutron's defaults
+/// apply per project, a create past the limit is 409 OverQuota, and the quota API is
+/// neutron's (`quotas`, `quota_details`).
+#[tokio::test]
+async fn quotas_limit_each_project_with_neutrons_api() {
+    let cloud = Cloud::new();
+    let (demo, alt, admin) = (cloud.token("demo").await, cloud.token("alt").await, cloud.token("admin").await);
+    let (d, a) = (cloud.demo_project.clone(), cloud.alt_project.clone());
+    let exts = cloud.get("/network/v2.0/extensions", &demo).await.json();
+    for alias in ["quotas", "quota_details"] {
+        assert!(exts["extensions"].as_array().unwrap().iter().any(|e| e["alias"] == alias), "{alias}");
+    }
+
+    let q = cloud.get(&format!("/network/v2.0/quotas/{d}"), &demo).await.json();
+    assert_eq!(
+        q["quota"],
+        json!({"network": 100, "subnet": 100, "port": 500, "router": 10, "floatingip": 50,
+               "security_group": 10, "security_group_rule": 100})
+    );
+    assert_eq!(cloud.get(&format!("/network/v2.0/quotas/{d}/default"), &demo).await.json(), q);
+    assert_eq!(cloud.get("/network/v2.0/quotas/project", &demo).await.json(), json!({"project": {"project_id": d}}));
+    // Another project's quota, and the list of all, are the admin's.
+    let r = cloud.get(&format!("/network/v2.0/quotas/{a}"), &demo).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized"),
+        "(rule:get_quota) is disallowed by policy"
+    );
+    neutron_error(&cloud.get("/network/v2.0/quotas", &demo).await, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+    neutron_error(
+        &cloud.get(&format!("/network/v2.0/quotas/{a}/details"), &demo).await,
+        StatusCode::FORBIDDEN,
+        "AdminRequired",
+    );
+    let r = cloud.put(&format!("/network/v2.0/quotas/{d}"), &demo, json!({"quota": {"port": 1000}})).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized"),
+        "(rule:update_quota) is disallowed by policy"
+    );
+
+    // The admin sets demo's ports to 2: the third is refused, alt is not affected.
+    let r =
+        cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"port": 2, "network": "3"}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((r.json()["quota"]["port"].as_i64(), r.json()["quota"]["network"].as_i64()), (Some(2), Some(3)));
+    let net = created(&cloud, &demo, "/network/v2.0/networks", json!({"network": {"name": "q"}}), "network").await;
+    let net_id = net["id"].as_str().unwrap();
+    created(
+        &cloud,
+        &demo,
+        "/network/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "cidr": "10.7.0.0/24"}}),
+        "subnet",
+    )
+    .await;
+    for _ in 0..2 {
+        created(&cloud, &demo, "/network/v2.0/ports", json!({"port": {"network_id": net_id}}), "port").await;
+    }
+    let r = cloud.post("/network/v2.0/ports", &demo, json!({"port": {"network_id": net_id}})).await;
+    assert_eq!(neutron_error(&r, StatusCode::CONFLICT, "OverQuota"), "Quota exceeded for resources: ['port'].");
+    assert_eq!(ids(&cloud.get("/network/v2.0/ports", &demo).await.json(), "ports").len(), 2);
+    let alt_net = created(&cloud, &alt, "/network/v2.0/networks", json!({"network": {"name": "a"}}), "network").await;
+    assert_eq!(alt_net["project_id"], a.as_str());
+
+    // Below what is used: refused unless forced.
+    let r = cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"port": 1}})).await;
+    let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "HTTPBadRequest");
+    assert_eq!(msg, "Quota limit 1 for port must be greater than or equal to already used 2");
+    for (body, kind) in [
+        (json!({"quota": {"port": -2}}), "InvalidInput"),
+        (json!({"quota": {"port": "many"}}), "InvalidInput"),
+        (json!({"quota": {"port": 2_147_483_648_i64}}), "InvalidInput"),
+        (json!({"quota": {"ports": 5}}), "HTTPBadRequest"),
+    ] {
+        neutron_error(
+            &cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, body).await,
+            StatusCode::BAD_REQUEST,
+            kind,
+        );
+    }
+    let r = cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"port": 1, "force": true}})).await;
+    assert_eq!(r.json()["quota"]["port"], 1);
+    let details = cloud.get(&format!("/network/v2.0/quotas/{d}/details"), &demo).await.json();
+    assert_eq!(details["quota"]["port"], json!({"limit": 1, "used": 2, "reserved": 0}));
+    assert_eq!(details["quota"]["network"], json!({"limit": 3, "used": 1, "reserved": 0}));
+    let all = cloud.get("/network/v2.0/quotas", &admin).await.json();
+    let listed: Vec<&str> = all["quotas"].as_array().unwrap().iter().filter_map(|q| q["project_id"].as_str()).collect();
+    assert_eq!(listed, vec![d.as_str()], "only projects with limits of their own");
+    // nova's quota set does not see neutron's limits.
+    let nova = cloud.get(&format!("/compute/v2.1/os-quota-sets/{d}"), &demo).await.json();
+    assert!(nova["quota_set"].get("port").is_none() && nova["quota_set"].get("network.port").is_none(), "{nova}");
+
+    // Security groups count the project's default one; rules count every group's.
+    let r = cloud.put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"security_group": 2}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let g = created(
+        &cloud,
+        &demo,
+        "/network/v2.0/security-groups",
+        json!({"security_group": {"name": "g1"}}),
+        "security_group",
+    )
+    .await;
+    let r = cloud.post("/network/v2.0/security-groups", &demo, json!({"security_group": {"name": "g2"}})).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::CONFLICT, "OverQuota"),
+        "Quota exceeded for resources: ['security_group']."
+    );
+    let details = cloud.get(&format!("/network/v2.0/quotas/{d}/details"), &demo).await.json();
+    let used = details["quota"]["security_group_rule"]["used"].as_i64().unwrap();
+    assert_eq!(used, 6, "the default group's 4 rules and g1's 2 egress rules: {details}");
+    let r = cloud
+        .put(&format!("/network/v2.0/quotas/{d}"), &admin, json!({"quota": {"security_group_rule": used + 2}}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let gid = g["id"].as_str().unwrap();
+    let rule = |port: i64| {
+        json!({"security_group_rule": {"security_group_id": gid, "direction": "ingress",
+        "protocol": "tcp", "port_range_min": port, "port_range_max": port}})
+    };
+    for port in [22, 80] {
+        let r = cloud.post("/network/v2.0/security-group-rules", &demo, rule(port)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let r = cloud.post("/network/v2.0/security-group-rules", &demo, rule(443)).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::CONFLICT, "OverQuota"),
+        "Quota exceeded for resources: ['security_group_rule']."
+    );
+
+    // DELETE goes back to the defaults; a second one finds nothing.
+    assert_eq!(cloud.delete(&format!("/network/v2.0/quotas/{d}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(cloud.get(&format!("/network/v2.0/quotas/{d}"), &demo).await.json()["quota"]["port"], 500);
+    neutron_error(
+        &cloud.delete(&format!("/network/v2.0/quotas/{d}"), &admin).await,
+        StatusCode::NOT_FOUND,
+        "TenantQuotaNotFound",
+    );
+    neutron_error(
+        &cloud.delete(&format!("/network/v2.0/quotas/{a}"), &demo).await,
+        StatusCode::FORBIDDEN,
+        "PolicyNotAuthorized",
+    );
+}
