@@ -22,10 +22,11 @@ use super::fault::{ApiError, ApiResult};
 use super::{base_url, AppState};
 use crate::cidr::Ipv4Cidr;
 use crate::db::network::{
-    default_pools, validate_pools, FixedIpRequest, HostRoute, Network, NewPort, NewSubnet, Pool, Port, SecurityGroup,
-    SecurityGroupRule, Subnet, DEFAULT_SECURITY_GROUP,
+    FixedIpRequest, HostRoute, Network, NewPort, NewSubnet, Port, SecurityGroup, SecurityGroupRule, Subnet,
+    DEFAULT_SECURITY_GROUP,
 };
 use crate::db::{Db, DbError};
+use crate::network::ipam::{default_pools, validate_pools, Pool};
 
 pub fn router() -> Router<AppState> {
     Router::new()
