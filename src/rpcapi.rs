@@ -523,7 +523,7 @@ impl Notifier {
             "user_id": instance.user_id,
             "host": instance.host,
             "state": instance.vm_state,
-            "state_description": instance.task_state.clone().unwrap_or_default(),
+            "state_description": instance.task_state.map(|t| t.as_str()).unwrap_or_default(),
             "instance_type": instance.flavor.name,
             "memory_mb": instance.flavor.memory_mb,
             "vcpus": instance.flavor.vcpus,
@@ -593,7 +593,11 @@ mod tests {
             }]),
             image: None,
         };
-        let update = InstanceUpdate { vm_state: Some("active".into()), task_state: Some(None), ..Default::default() };
+        let update = InstanceUpdate {
+            vm_state: Some(crate::compute::states::VmState::Active),
+            task_state: Some(None),
+            ..Default::default()
+        };
         let disk = VolumeDisk { volume_id: "v1".into(), path: "/tmp/v1.qcow2".into(), boot: false };
 
         round_trips::<SchedulerRequest>(old(

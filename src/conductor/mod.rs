@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::bus::{Context, Handler, Message, RemoteError, RemoteErrorKind};
+use crate::compute::states::{TaskState, VmState};
 use crate::config::Config;
 use crate::db::instances::{InstanceFilter, InstanceUpdate, UpdateError};
 use crate::db::services::NodeReport;
@@ -52,7 +53,7 @@ impl Conductor {
             // again. The state is already what the caller asked for, so say so, instead of an
             // UnexpectedTaskState that made compute destroy a guest that had just gone ACTIVE.
             Err(UpdateError::UnexpectedState { vm_state, task_state })
-                if already_applied(update, &vm_state, &task_state) =>
+                if already_applied(update, vm_state, task_state) =>
             {
                 tracing::info!(instance = %uuid, "instance update already applied (a redelivered call)");
                 match self.db.with(|db| db.instance_by_uuid(uuid, false)).map_err(db_error)? {
@@ -64,7 +65,7 @@ impl Conductor {
                 }
             }
             Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
-                let kind = if task_state.as_deref() == Some("deleting") {
+                let kind = if task_state == Some(TaskState::Deleting) {
                     RemoteErrorKind::UnexpectedDeletingTaskState
                 } else {
                     RemoteErrorKind::UnexpectedTaskState
@@ -237,11 +238,9 @@ impl Handler for Conductor {
 
 /// True when `u` moves state (vm_state or task_state) and the instance is already in exactly
 /// the state `u` would leave it in: a repeat of an update that was applied.
-fn already_applied(u: &InstanceUpdate, vm_state: &str, task_state: &Option<String>) -> bool {
+fn already_applied(u: &InstanceUpdate, vm_state: VmState, task_state: Option<TaskState>) -> bool {
     let moves = u.vm_state.is_some() || u.task_state.is_some();
-    moves
-        && u.vm_state.as_deref().is_none_or(|v| v == vm_state)
-        && u.task_state.as_ref().is_none_or(|t| t == task_state)
+    moves && u.vm_state.is_none_or(|v| v == vm_state) && u.task_state.is_none_or(|t| t == task_state)
 }
 
 /// The fault of a build whose request died with the process that carried it.

@@ -8,16 +8,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{now, Db, DbError, Result};
-
-/// Nova's power states.
-pub mod power {
-    pub const NOSTATE: i64 = 0;
-    pub const RUNNING: i64 = 1;
-    pub const PAUSED: i64 = 3;
-    pub const SHUTDOWN: i64 = 4;
-    pub const CRASHED: i64 = 6;
-    pub const SUSPENDED: i64 = 7;
-}
+use crate::compute::states::{PowerState, TaskState, VmState};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
@@ -30,9 +21,9 @@ pub struct Instance {
     pub host: Option<String>,
     pub node: Option<String>,
     pub availability_zone: Option<String>,
-    pub vm_state: String,
-    pub task_state: Option<String>,
-    pub power_state: i64,
+    pub vm_state: VmState,
+    pub task_state: Option<TaskState>,
+    pub power_state: PowerState,
     pub flavor_id: i64,
     pub flavor: FlavorSnapshot,
     pub image_ref: Option<String>,
@@ -114,11 +105,11 @@ pub struct NewBlockDevice {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InstanceUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vm_state: Option<String>,
+    pub vm_state: Option<VmState>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
-    pub task_state: Option<Option<String>>,
+    pub task_state: Option<Option<TaskState>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power_state: Option<i64>,
+    pub power_state: Option<PowerState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,20 +130,20 @@ pub struct InstanceUpdate {
     pub ssh_forward: Option<String>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_task_state: Option<Vec<Option<String>>>,
+    pub expected_task_state: Option<Vec<Option<TaskState>>>,
     /// Refuse the update unless the current vm state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_vm_state: Option<Vec<String>>,
+    pub expected_vm_state: Option<Vec<VmState>>,
 }
 
 /// Distinguishes "absent" from "null" for fields that can be cleared.
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    pub fn serialize<S: Serializer>(v: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Serialize, S: Serializer>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
         v.as_ref().and_then(|inner| inner.as_ref()).serialize(s)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-        Ok(Some(Option::<String>::deserialize(d)?))
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Ok(Some(Option::<T>::deserialize(d)?))
     }
 }
 
@@ -171,7 +162,7 @@ pub struct InstanceFilter {
     pub host: Option<String>,
     /// Substring of the name (nova treats `name` as a regex; a substring covers its common use).
     pub name: Option<String>,
-    pub vm_states: Option<Vec<String>>,
+    pub vm_states: Option<Vec<VmState>>,
     pub uuids: Option<Vec<String>>,
     pub changes_since: Option<String>,
     pub include_deleted: bool,
@@ -232,12 +223,17 @@ impl Db {
         let tx = self.begin()?;
         let ts = now();
         tx.execute(
-            "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
-                availability_zone, vm_state, task_state, power_state, flavor_id, flavor, memory_mb, vcpus, root_gb,
-                ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data, config_drive,
-                access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'building', 'scheduling', 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?24)",
+            &format!(
+                "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
+                    availability_zone, vm_state, task_state, power_state, flavor_id, flavor, memory_mb, vcpus,
+                    root_gb, ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data,
+                    config_drive, access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', '{}', {}, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                    ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?24)",
+                VmState::Building,
+                TaskState::Scheduling,
+                i64::from(PowerState::NoState),
+            ),
             params![
                 n.uuid,
                 n.display_name,
@@ -350,7 +346,8 @@ impl Db {
             push(&mut sql, " AND updated_at >= ?", c.clone().into());
         }
         if let Some(states) = &f.vm_states {
-            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect();
+            // The names of an enum, never the caller's text, go into the statement.
+            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
             sql.push_str(&format!(" AND vm_state IN ({})", list.join(",")));
         }
         if let Some(uuids) = &f.uuids {
@@ -380,7 +377,7 @@ impl Db {
     /// `UpdateError::NotFound` / `UpdateError::UnexpectedState` (with what was found).
     pub fn update_instance(&self, uuid: &str, u: &InstanceUpdate) -> Result<Result<Instance, UpdateError>> {
         let tx = self.begin()?;
-        let current: Option<(String, Option<String>)> = tx
+        let current: Option<(VmState, Option<TaskState>)> = tx
             .query_row("SELECT vm_state, task_state FROM instances WHERE uuid = ?1 AND deleted = 0", [uuid], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -402,14 +399,14 @@ impl Db {
             args.push(v);
             sets.push(format!("{col} = ?{}", args.len()));
         };
-        if let Some(v) = &u.vm_state {
-            set("vm_state", v.clone().into());
+        if let Some(v) = u.vm_state {
+            set("vm_state", v.as_str().to_string().into());
         }
-        if let Some(t) = &u.task_state {
-            set("task_state", t.clone().map_or(rusqlite::types::Value::Null, Into::into));
+        if let Some(t) = u.task_state {
+            set("task_state", t.map_or(rusqlite::types::Value::Null, |t| t.as_str().to_string().into()));
         }
         if let Some(p) = u.power_state {
-            set("power_state", p.into());
+            set("power_state", i64::from(p).into());
         }
         if let Some(h) = &u.host {
             set("host", h.clone().into());
@@ -455,9 +452,9 @@ impl Db {
         let ts = now();
         let n = tx.execute(
             "UPDATE instances SET deleted = id, deleted_at = ?2, terminated_at = ?2, updated_at = ?2,
-                vm_state = 'deleted', task_state = NULL, power_state = 0
+                vm_state = ?3, task_state = NULL, power_state = ?4
              WHERE uuid = ?1 AND deleted = 0",
-            params![uuid, ts],
+            params![uuid, ts, VmState::Deleted, PowerState::NoState],
         )?;
         tx.execute(
             "UPDATE block_device_mappings SET deleted = id, deleted_at = ?2 WHERE instance_uuid = ?1 AND deleted = 0",
@@ -481,18 +478,18 @@ impl Db {
         let tx = self.begin()?;
         let uuids: Vec<String> = {
             let mut stmt = tx.prepare(
-                "SELECT uuid FROM instances WHERE deleted = 0 AND vm_state = 'building'
-                   AND task_state = 'scheduling' AND host IS NULL AND created_at <= ?1",
+                "SELECT uuid FROM instances WHERE deleted = 0 AND vm_state = ?2
+                   AND task_state = ?3 AND host IS NULL AND created_at <= ?1",
             )?;
-            let rows = stmt.query_map([before], |r| r.get(0))?;
+            let rows = stmt.query_map(params![before, VmState::Building, TaskState::Scheduling], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let ts = now();
         for uuid in &uuids {
             tx.execute(
-                "UPDATE instances SET vm_state = 'error', task_state = NULL, updated_at = ?2
+                "UPDATE instances SET vm_state = ?3, task_state = NULL, updated_at = ?2
                  WHERE uuid = ?1 AND deleted = 0",
-                params![uuid, ts],
+                params![uuid, ts, VmState::Error],
             )?;
             tx.execute(
                 "INSERT INTO instance_faults (instance_uuid, code, message, details, host, created_at)
@@ -512,10 +509,9 @@ impl Db {
     /// Deletes that no compute service will finish: `deleting` instances with no host (the
     /// API's local delete was interrupted). The caller releases their ports and destroys them.
     pub fn hostless_deletes(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT uuid FROM instances WHERE deleted = 0 AND task_state = 'deleting' AND host IS NULL")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
+        let mut stmt =
+            self.conn().prepare("SELECT uuid FROM instances WHERE deleted = 0 AND task_state = ?1 AND host IS NULL")?;
+        let rows = stmt.query_map([TaskState::Deleting], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -659,7 +655,7 @@ impl Db {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpdateError {
     NotFound,
-    UnexpectedState { vm_state: String, task_state: Option<String> },
+    UnexpectedState { vm_state: VmState, task_state: Option<TaskState> },
 }
 
 #[cfg(test)]
@@ -721,25 +717,25 @@ pub(crate) mod tests {
         let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
         let n = new_instance(&db, "vm1");
         let i = db.create_instance(&n).unwrap();
-        assert_eq!((i.vm_state.as_str(), i.task_state.as_deref()), ("building", Some("scheduling")));
+        assert_eq!((i.vm_state, i.task_state), (VmState::Building, Some(TaskState::Scheduling)));
         assert_eq!(i.metadata.get("k").map(String::as_str), Some("v"));
         assert_eq!(db.block_devices(&i.uuid).unwrap().len(), 1);
 
         let u = InstanceUpdate {
-            task_state: Some(Some("networking".into())),
-            expected_task_state: Some(vec![Some("scheduling".into())]),
+            task_state: Some(Some(TaskState::Networking)),
+            expected_task_state: Some(vec![Some(TaskState::Scheduling)]),
             ..Default::default()
         };
         let i = db.update_instance(&i.uuid, &u).unwrap().unwrap();
-        assert_eq!(i.task_state.as_deref(), Some("networking"));
+        assert_eq!(i.task_state, Some(TaskState::Networking));
         // The same expectation no longer holds.
         let err = db.update_instance(&i.uuid, &u).unwrap().unwrap_err();
         assert!(matches!(err, UpdateError::UnexpectedState { .. }));
 
         let done = InstanceUpdate {
-            vm_state: Some("active".into()),
+            vm_state: Some(VmState::Active),
             task_state: Some(None),
-            power_state: Some(power::RUNNING),
+            power_state: Some(PowerState::Running),
             ..Default::default()
         };
         let i = db.update_instance(&i.uuid, &done).unwrap().unwrap();
@@ -749,7 +745,7 @@ pub(crate) mod tests {
         assert!(db.destroy_instance(&i.uuid).unwrap());
         assert!(!db.destroy_instance(&i.uuid).unwrap());
         assert!(db.instance_by_uuid(&i.uuid, false).unwrap().is_none());
-        assert_eq!(db.instance_by_uuid(&i.uuid, true).unwrap().unwrap().vm_state, "deleted");
+        assert_eq!(db.instance_by_uuid(&i.uuid, true).unwrap().unwrap().vm_state, VmState::Deleted);
         assert_eq!(db.update_instance(&i.uuid, &done).unwrap().unwrap_err(), UpdateError::NotFound);
         assert_eq!(db.project_usage(&i.project_id).unwrap(), (0, 0, 0));
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::bus::{Context, Handler, Message, RemoteError, RemoteErrorKind};
+use crate::compute::states::{TaskState, VmState};
 use crate::config::Config;
 use crate::db::instances::{Instance, InstanceUpdate, UpdateError};
 use crate::db::services::is_up;
@@ -96,7 +97,7 @@ impl Scheduler {
             host: Some(chosen.host.clone()),
             node: Some(chosen.node.clone()),
             scheduled_at: Some(now()),
-            expected_task_state: Some(vec![Some("scheduling".into())]),
+            expected_task_state: Some(vec![Some(TaskState::Scheduling)]),
             ..Default::default()
         };
         match self.db.with(|db| db.update_instance(&instance.uuid, &update)) {
@@ -144,7 +145,7 @@ impl Scheduler {
     /// Puts an instance that cannot be built into ERROR with a fault, as nova's conductor does.
     async fn fail(&self, ctx: &Context, instance: &Instance, message: &str) {
         tracing::warn!(instance = %instance.uuid, "{message}");
-        let update = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
+        let update = InstanceUpdate { vm_state: Some(VmState::Error), task_state: Some(None), ..Default::default() };
         let result = self.db.tx(|db| -> Result<Option<Instance>, crate::db::DbError> {
             db.add_instance_fault(&instance.uuid, 500, message, "", None)?;
             db.finish_instance_action(&ctx.request_id, &instance.uuid, Some(message))?;

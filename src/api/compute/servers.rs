@@ -17,53 +17,13 @@ use super::{links, parse_body};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::{base_url, AppState};
+use crate::compute::states::{self, TaskState, VmState};
 use crate::db::instances::{
     FlavorSnapshot, Instance, InstanceFilter, InstanceUpdate, NewBlockDevice, NewInstance, UpdateError,
 };
 use crate::db::services::{is_up, Service};
 use crate::db::Db;
 use crate::rpcapi::{RequestSpec, RequestedNetwork, RequestedNetworks, SchedulerApi};
-
-/// nova's API status for a (vm_state, task_state) pair.
-pub fn status(vm_state: &str, task_state: Option<&str>) -> &'static str {
-    match (vm_state, task_state) {
-        ("active", Some("rebooting" | "reboot_pending" | "reboot_started")) => "REBOOT",
-        ("active", Some("rebooting_hard" | "reboot_pending_hard" | "reboot_started_hard")) => "HARD_REBOOT",
-        ("active", Some("rebuilding" | "rebuild_block_device_mapping" | "rebuild_spawning")) => "REBUILD",
-        ("active", Some("migrating")) => "MIGRATING",
-        ("active", Some("resize_prep" | "resize_migrating" | "resize_migrated" | "resize_finish")) => "RESIZE",
-        ("active", _) => "ACTIVE",
-        ("building", _) => "BUILD",
-        ("stopped", Some("rebuilding")) => "REBUILD",
-        ("stopped", _) => "SHUTOFF",
-        ("error", Some("rebuilding")) => "REBUILD",
-        ("error", _) => "ERROR",
-        ("deleted", _) => "DELETED",
-        ("soft-delete", _) => "SOFT_DELETED",
-        ("paused", _) => "PAUSED",
-        ("suspended", _) => "SUSPENDED",
-        ("rescued", _) => "RESCUE",
-        ("resized", _) => "VERIFY_RESIZE",
-        ("shelved", _) => "SHELVED",
-        ("shelved_offloaded", _) => "SHELVED_OFFLOADED",
-        _ => "UNKNOWN",
-    }
-}
-
-/// vm_states a `status=` filter stands for.
-fn vm_states_for_status(s: &str) -> Option<Vec<String>> {
-    let states: &[&str] = match s.to_ascii_uppercase().as_str() {
-        "ACTIVE" | "REBOOT" | "HARD_REBOOT" | "MIGRATING" | "RESIZE" => &["active"],
-        "BUILD" => &["building"],
-        "SHUTOFF" => &["stopped"],
-        "ERROR" => &["error"],
-        "DELETED" => &["deleted"],
-        "PAUSED" => &["paused"],
-        "SUSPENDED" => &["suspended"],
-        _ => return None,
-    };
-    Some(states.iter().map(|s| s.to_string()).collect())
-}
 
 /// nova's launched_at format: microseconds and no zone suffix (gophercloud parses it so).
 fn usage_time(ts: &Option<String>) -> Value {
@@ -101,7 +61,7 @@ fn view_data(state: &AppState, db: &Db, services: &[Service], inst: &Instance) -
     Ok(ViewData {
         addresses: crate::conductor::addresses(db, &inst.uuid)?,
         security_groups: db.instance_security_group_names(&inst.uuid)?,
-        fault: if matches!(inst.vm_state.as_str(), "error" | "deleted") {
+        fault: if matches!(inst.vm_state, VmState::Error | VmState::Deleted) {
             db.latest_instance_fault(&inst.uuid)?
         } else {
             None
@@ -112,7 +72,7 @@ fn view_data(state: &AppState, db: &Db, services: &[Service], inst: &Instance) -
 }
 
 fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth: &Auth) -> Value {
-    let st = status(&inst.vm_state, inst.task_state.as_deref());
+    let st = states::status(inst.vm_state, inst.task_state);
     let host_id = match &inst.host {
         Some(h) => hex::encode(Sha224::digest(format!("{}{}", inst.project_id, h).as_bytes())),
         None => String::new(),
@@ -372,7 +332,9 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<(Vec<Instan
         if all_tenants { q.project_id.clone().or(q.tenant_id.clone()) } else { Some(auth.project_id().to_string()) };
     let vm_states = match &q.status {
         Some(s) => {
-            Some(vm_states_for_status(s).ok_or_else(|| ApiError::bad_request(format!("Invalid status value: {s}")))?)
+            let states = states::vm_states_for_status(s)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid status value: {s}")))?;
+            Some(states.to_vec())
         }
         None => None,
     };
@@ -959,7 +921,7 @@ pub async fn create(
         state.db.tx(|db| -> crate::db::Result<()> {
             for uuid in &uuids {
                 db.add_instance_fault(uuid, 500, &message, "", None)?;
-                let u = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
+                let u = InstanceUpdate { vm_state: Some(VmState::Error), task_state: Some(None), ..Default::default() };
                 let _ = db.update_instance(uuid, &u)?;
             }
             Ok(())
@@ -1056,16 +1018,16 @@ fn begin_action(
     auth: &Auth,
     inst: &Instance,
     action: &str,
-    task: &str,
-    vm_states: &[&str],
+    task: TaskState,
+    vm_states: &[VmState],
 ) -> ApiResult<Instance> {
     if inst.locked && !auth.is_admin() {
         return Err(ApiError::conflict(format!("Instance {} is locked", inst.uuid)));
     }
     let u = InstanceUpdate {
-        task_state: Some(Some(task.into())),
+        task_state: Some(Some(task)),
         expected_task_state: Some(vec![None]),
-        expected_vm_state: Some(vm_states.iter().map(|s| s.to_string()).collect()),
+        expected_vm_state: Some(vm_states.to_vec()),
         ..Default::default()
     };
     let result = state.db.tx(|db| -> crate::db::Result<_> {
@@ -1094,11 +1056,11 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     if inst.locked && !auth.is_admin() {
         return Err(ApiError::conflict(format!("Instance {id} is locked")));
     }
-    if inst.task_state.as_deref() == Some("deleting") {
+    if inst.task_state == Some(TaskState::Deleting) {
         return Ok(StatusCode::NO_CONTENT);
     }
     let host = live_host(&state, &inst)?;
-    let u = InstanceUpdate { task_state: Some(Some("deleting".into())), ..Default::default() };
+    let u = InstanceUpdate { task_state: Some(Some(TaskState::Deleting)), ..Default::default() };
     let inst = match state.db.tx(|db| -> crate::db::Result<_> {
         let r = db.update_instance(&id, &u)?;
         db.start_instance_action(&id, "delete", &auth.context.request_id, auth.user_id(), auth.project_id())?;
@@ -1156,12 +1118,13 @@ pub async fn action(
     match name.as_str() {
         "os-stop" => {
             let host = needs_host()?;
-            let i = begin_action(&state, &auth, &inst, "stop", "powering-off", &["active", "error"])?;
+            let i =
+                begin_action(&state, &auth, &inst, "stop", TaskState::PoweringOff, &[VmState::Active, VmState::Error])?;
             compute.stop_instance(ctx, &host, &i).await.map_err(unavailable)?;
         }
         "os-start" => {
             let host = needs_host()?;
-            let i = begin_action(&state, &auth, &inst, "start", "powering-on", &["stopped"])?;
+            let i = begin_action(&state, &auth, &inst, "start", TaskState::PoweringOn, &[VmState::Stopped])?;
             compute.start_instance(ctx, &host, &i).await.map_err(unavailable)?;
         }
         "reboot" => {
@@ -1172,8 +1135,11 @@ pub async fn action(
                 _ => return Err(ApiError::bad_request("Argument 'type' for reboot must be a string SOFT or HARD")),
             };
             let host = needs_host()?;
-            let (task, states): (&str, &[&str]) =
-                if hard { ("rebooting_hard", &["active", "stopped", "error"]) } else { ("rebooting", &["active"]) };
+            let (task, states): (TaskState, &[VmState]) = if hard {
+                (TaskState::RebootingHard, &[VmState::Active, VmState::Stopped, VmState::Error])
+            } else {
+                (TaskState::Rebooting, &[VmState::Active])
+            };
             let i = begin_action(&state, &auth, &inst, "reboot", task, states)?;
             compute.reboot_instance(ctx, &host, &i, hard).await.map_err(unavailable)?;
         }
@@ -1232,18 +1198,6 @@ pub async fn instance_actions(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_follows_nova() {
-        assert_eq!(status("active", None), "ACTIVE");
-        assert_eq!(status("active", Some("deleting")), "ACTIVE");
-        assert_eq!(status("active", Some("powering-off")), "ACTIVE");
-        assert_eq!(status("active", Some("rebooting")), "REBOOT");
-        assert_eq!(status("active", Some("rebooting_hard")), "HARD_REBOOT");
-        assert_eq!(status("building", Some("spawning")), "BUILD");
-        assert_eq!(status("stopped", Some("powering-on")), "SHUTOFF");
-        assert_eq!(status("error", None), "ERROR");
-    }
 
     #[test]
     fn hostnames_are_sanitized() {

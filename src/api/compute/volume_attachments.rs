@@ -4,6 +4,7 @@
 //! Shapes up to 2.79: `tag` from 2.70 in answers (accepted from 2.49), `delete_on_termination`
 //! from 2.79.
 
+use crate::compute::states::VmState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -36,7 +37,8 @@ fn view(a: &VolumeAttachment, v: Microversion) -> Value {
 
 /// The instance must be settled (no task) in a state nova attaches in, on a live host.
 fn ready_host(state: &AppState, inst: &Instance, action: &str) -> ApiResult<String> {
-    let settled = inst.task_state.is_none() && matches!(inst.vm_state.as_str(), "active" | "stopped" | "paused");
+    let settled =
+        inst.task_state.is_none() && matches!(inst.vm_state, VmState::Active | VmState::Stopped | VmState::Paused);
     if !settled {
         let at = match &inst.task_state {
             Some(t) => format!("task_state {t}"),
