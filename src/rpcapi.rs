@@ -128,6 +128,10 @@ pub enum ConductorRequest {
     PortDevices {},
     ImageMeta {
         image_id: String,
+        /// The project of the guest the image is for: its kernel and ramdisk are looked up as
+        /// that project sees them. A caller that names none sees public images only.
+        #[serde(default)]
+        project_id: String,
     },
     RecordSpans {
         spans: Vec<crate::trace::SpanRow>,
@@ -320,8 +324,9 @@ impl ConductorApi {
         &self,
         ctx: &Context,
         image_id: &str,
+        project_id: &str,
     ) -> Result<Option<crate::compute::virt::ImageMeta>, BusError> {
-        self.call(ctx, ConductorRequest::ImageMeta { image_id: image_id.into() }).await
+        self.call(ctx, ConductorRequest::ImageMeta { image_id: image_id.into(), project_id: project_id.into() }).await
     }
     /// The security group filters of every port bound to `host`.
     pub async fn security_group_filters(
