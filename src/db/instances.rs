@@ -33,7 +33,6 @@ pub struct Instance {
     pub vm_state: String,
     pub task_state: Option<String>,
     pub power_state: i64,
-    pub flavor_id: i64,
     pub flavor: FlavorSnapshot,
     pub image_ref: Option<String>,
     pub kernel_id: Option<String>,
@@ -82,7 +81,6 @@ pub struct NewInstance {
     pub project_id: String,
     pub user_id: String,
     pub availability_zone: Option<String>,
-    pub flavor_id: i64,
     pub flavor: FlavorSnapshot,
     pub image_ref: Option<String>,
     pub kernel_id: Option<String>,
@@ -174,6 +172,8 @@ pub struct InstanceFilter {
     pub vm_states: Option<Vec<String>>,
     pub uuids: Option<Vec<String>>,
     pub changes_since: Option<String>,
+    /// Changed at or before this time (`changes-before`, 2.66).
+    pub changes_before: Option<String>,
     pub include_deleted: bool,
     pub limit: Option<usize>,
     /// The uuid after which to continue, in the list's order.
@@ -181,12 +181,12 @@ pub struct InstanceFilter {
 }
 
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
-    availability_zone, vm_state, task_state, power_state, flavor_id, flavor, image_ref, kernel_id, ramdisk_id,
+    availability_zone, vm_state, task_state, power_state, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
     launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
-    let flavor: String = r.get(13)?;
+    let flavor: String = r.get(12)?;
     Ok(Instance {
         uuid: r.get(0)?,
         display_name: r.get(1)?,
@@ -200,28 +200,27 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         vm_state: r.get(9)?,
         task_state: r.get(10)?,
         power_state: r.get(11)?,
-        flavor_id: r.get(12)?,
         flavor: serde_json::from_str(&flavor)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
-        image_ref: r.get(14)?,
-        kernel_id: r.get(15)?,
-        ramdisk_id: r.get(16)?,
-        key_name: r.get(17)?,
-        key_data: r.get(18)?,
-        user_data: r.get(19)?,
-        config_drive: r.get(20)?,
-        access_ip_v4: r.get(21)?,
-        access_ip_v6: r.get(22)?,
-        locked: r.get(23)?,
-        progress: r.get(24)?,
-        request_id: r.get(25)?,
-        launched_at: r.get(26)?,
-        terminated_at: r.get(27)?,
-        created_at: r.get(28)?,
-        updated_at: r.get(29)?,
-        deleted: r.get::<_, i64>(30)? != 0,
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e)))?,
+        image_ref: r.get(13)?,
+        kernel_id: r.get(14)?,
+        ramdisk_id: r.get(15)?,
+        key_name: r.get(16)?,
+        key_data: r.get(17)?,
+        user_data: r.get(18)?,
+        config_drive: r.get(19)?,
+        access_ip_v4: r.get(20)?,
+        access_ip_v6: r.get(21)?,
+        locked: r.get(22)?,
+        progress: r.get(23)?,
+        request_id: r.get(24)?,
+        launched_at: r.get(25)?,
+        terminated_at: r.get(26)?,
+        created_at: r.get(27)?,
+        updated_at: r.get(28)?,
+        deleted: r.get::<_, i64>(29)? != 0,
         metadata: BTreeMap::new(),
-        ssh_forward: r.get(32)?,
+        ssh_forward: r.get(31)?,
     })
 }
 
@@ -233,11 +232,11 @@ impl Db {
         let ts = now();
         tx.execute(
             "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
-                availability_zone, vm_state, task_state, power_state, flavor_id, flavor, memory_mb, vcpus, root_gb,
+                availability_zone, vm_state, task_state, power_state, flavor, memory_mb, vcpus, root_gb,
                 ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data, config_drive,
                 access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'building', 'scheduling', 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?24)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'building', 'scheduling', 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?23)",
             params![
                 n.uuid,
                 n.display_name,
@@ -246,7 +245,6 @@ impl Db {
                 n.project_id,
                 n.user_id,
                 n.availability_zone,
-                n.flavor_id,
                 serde_json::to_string(&n.flavor).unwrap_or_default(),
                 n.flavor.memory_mb,
                 n.flavor.vcpus,
@@ -348,6 +346,9 @@ impl Db {
         }
         if let Some(c) = &f.changes_since {
             push(&mut sql, " AND updated_at >= ?", c.clone().into());
+        }
+        if let Some(c) = &f.changes_before {
+            push(&mut sql, " AND updated_at <= ?", c.clone().into());
         }
         if let Some(states) = &f.vm_states {
             let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect();
@@ -576,24 +577,38 @@ impl Db {
 
     /// (instances, vcpus, memory_mb) a project uses, for quotas.
     pub fn project_usage(&self, project_id: &str) -> Result<(i64, i64, i64)> {
-        Ok(self.conn().query_row(
-            "SELECT count(*), coalesce(sum(vcpus), 0), coalesce(sum(memory_mb), 0) FROM instances
-             WHERE project_id = ?1 AND deleted = 0",
-            [project_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?)
+        let [vcpus, memory_mb, _, count] = self.usage_sums("project_id", project_id)?;
+        Ok((count, vcpus, memory_mb))
     }
 
     /// (vcpus, memory_mb, root_gb + ephemeral_gb, instances) placed on a host: derived from the
     /// instances themselves, so usage can never drift from what exists.
     pub fn host_usage(&self, host: &str) -> Result<(i64, i64, i64, i64)> {
-        Ok(self.conn().query_row(
-            "SELECT coalesce(sum(vcpus), 0), coalesce(sum(memory_mb), 0), coalesce(sum(root_gb + ephemeral_gb), 0),
-                    count(*)
-             FROM instances WHERE host = ?1 AND deleted = 0",
-            [host],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?)
+        let [vcpus, memory_mb, disk_gb, count] = self.usage_sums("host", host)?;
+        Ok((vcpus, memory_mb, disk_gb, count))
+    }
+
+    /// [vcpus, memory_mb, root_gb + ephemeral_gb, count] of the live instances whose `column`
+    /// is `value`. Summed here with saturating integers rather than by SQLite, whose integer
+    /// arithmetic turns into floating point on overflow (`root_gb + ephemeral_gb`) or fails
+    /// (`sum`): one absurd flavor must not stop every placement and quota check (issue 14).
+    fn usage_sums(&self, column: &str, value: &str) -> Result<[i64; 4]> {
+        let sql = format!(
+            "SELECT vcpus, memory_mb, root_gb, ephemeral_gb FROM instances WHERE {column} = ?1 AND deleted = 0"
+        );
+        let mut stmt = self.conn().prepare_cached(&sql)?;
+        let rows = stmt.query_map([value], |r| {
+            Ok([r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?])
+        })?;
+        let mut sums = [0i64; 4];
+        for row in rows {
+            let [vcpus, memory_mb, root_gb, ephemeral_gb] = row?;
+            sums[0] = sums[0].saturating_add(vcpus);
+            sums[1] = sums[1].saturating_add(memory_mb);
+            sums[2] = sums[2].saturating_add(root_gb.saturating_add(ephemeral_gb));
+            sums[3] += 1;
+        }
+        Ok(sums)
     }
 
     pub fn block_devices(&self, uuid: &str) -> Result<Vec<NewBlockDevice>> {
@@ -680,7 +695,6 @@ pub(crate) mod tests {
             project_id: project,
             user_id: user,
             availability_zone: None,
-            flavor_id: f.id,
             flavor: FlavorSnapshot {
                 flavorid: f.flavorid,
                 name: f.name,
