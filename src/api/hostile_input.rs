@@ -18,7 +18,7 @@ use crate::bus::{Bus, BusError, Handler, Message, Subscription};
 
 /// Casts succeed (and go nowhere), so a valid server create gets as far as it can; calls fail
 /// as with no compute host.
-struct SinkBus;
+pub(crate) struct SinkBus;
 
 #[async_trait::async_trait]
 impl Bus for SinkBus {
