@@ -577,38 +577,34 @@ impl Db {
 
     /// (instances, vcpus, memory_mb) a project uses, for quotas.
     pub fn project_usage(&self, project_id: &str) -> Result<(i64, i64, i64)> {
-        let [vcpus, memory_mb, _, count] = self.usage_sums("project_id", project_id)?;
+        let (count, [vcpus, memory_mb]) = self.usage_sums("project_id", project_id, ["vcpus", "memory_mb"])?;
         Ok((count, vcpus, memory_mb))
     }
 
     /// (vcpus, memory_mb, root_gb + ephemeral_gb, instances) placed on a host: derived from the
     /// instances themselves, so usage can never drift from what exists.
     pub fn host_usage(&self, host: &str) -> Result<(i64, i64, i64, i64)> {
-        let [vcpus, memory_mb, disk_gb, count] = self.usage_sums("host", host)?;
-        Ok((vcpus, memory_mb, disk_gb, count))
+        let (count, [vcpus, memory_mb, root_gb, ephemeral_gb]) =
+            self.usage_sums("host", host, ["vcpus", "memory_mb", "root_gb", "ephemeral_gb"])?;
+        Ok((vcpus, memory_mb, root_gb.saturating_add(ephemeral_gb), count))
     }
 
-    /// [vcpus, memory_mb, root_gb + ephemeral_gb, count] of the live instances whose `column`
-    /// is `value`. Summed here with saturating integers rather than by SQLite, whose integer
+    /// The number of live instances whose `filter` column is `value`, and the sums of their
+    /// `columns`. Summed here with saturating integers rather than by SQLite, whose integer
     /// arithmetic turns into floating point on overflow (`root_gb + ephemeral_gb`) or fails
     /// (`sum`): one absurd flavor must not stop every placement and quota check (issue 14).
-    fn usage_sums(&self, column: &str, value: &str) -> Result<[i64; 4]> {
-        let sql = format!(
-            "SELECT vcpus, memory_mb, root_gb, ephemeral_gb FROM instances WHERE {column} = ?1 AND deleted = 0"
-        );
+    fn usage_sums<const N: usize>(&self, filter: &str, value: &str, columns: [&str; N]) -> Result<(i64, [i64; N])> {
+        let sql = format!("SELECT {} FROM instances WHERE {filter} = ?1 AND deleted = 0", columns.join(", "));
         let mut stmt = self.conn().prepare_cached(&sql)?;
-        let rows = stmt.query_map([value], |r| {
-            Ok([r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?])
-        })?;
-        let mut sums = [0i64; 4];
-        for row in rows {
-            let [vcpus, memory_mb, root_gb, ephemeral_gb] = row?;
-            sums[0] = sums[0].saturating_add(vcpus);
-            sums[1] = sums[1].saturating_add(memory_mb);
-            sums[2] = sums[2].saturating_add(root_gb.saturating_add(ephemeral_gb));
-            sums[3] += 1;
+        let mut rows = stmt.query([value])?;
+        let (mut count, mut sums) = (0i64, [0i64; N]);
+        while let Some(row) = rows.next()? {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum = sum.saturating_add(row.get::<_, i64>(i)?);
+            }
+            count += 1;
         }
-        Ok(sums)
+        Ok((count, sums))
     }
 
     pub fn block_devices(&self, uuid: &str) -> Result<Vec<NewBlockDevice>> {
@@ -782,5 +778,60 @@ pub(crate) mod tests {
         assert_eq!(next[0].uuid, uuids[2]);
         let named = db.list_instances(&InstanceFilter { name: Some("vm4".into()), ..Default::default() }).unwrap();
         assert_eq!(named.len(), 1);
+    }
+
+    #[test]
+    fn usage_sums_saturate_instead_of_turning_to_float() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
+        for name in ["a", "b"] {
+            let mut n = new_instance(&db, name);
+            // What an older novabox let a flavor hold (issue 14): sums past i64 in SQLite.
+            n.flavor.root_gb = i64::MAX;
+            n.flavor.ephemeral_gb = i64::MAX;
+            n.flavor.vcpus = i64::MAX;
+            let i = db.create_instance(&n).unwrap();
+            let u = InstanceUpdate { host: Some("h1".into()), ..Default::default() };
+            db.update_instance(&i.uuid, &u).unwrap().unwrap();
+        }
+        assert_eq!(db.host_usage("h1").unwrap(), (i64::MAX, 128, i64::MAX, 2));
+        let project = db.ensure_project("p", "").unwrap();
+        assert_eq!(db.project_usage(&project).unwrap(), (2, i64::MAX, 128));
+        assert_eq!(db.host_usage("nowhere").unwrap(), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn instances_made_before_0009_survive_it_and_their_flavor_can_be_deleted() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("d.db");
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            let upto = crate::db::MIGRATIONS.iter().position(|m| m.contains("DROP COLUMN flavor_id")).unwrap();
+            let old = rusqlite_migration::Migrations::new(
+                crate::db::MIGRATIONS[..upto].iter().map(|m| rusqlite_migration::M::up(m)).collect(),
+            );
+            old.to_latest(&mut conn).unwrap();
+            conn.pragma_update(None, "application_id", crate::db::APPLICATION_ID).unwrap();
+            conn.execute_batch(
+                r#"INSERT INTO projects (id, name, created_at) VALUES ('p1', 'p', 'x');
+                INSERT INTO users (id, name, password_hash, created_at) VALUES ('u1', 'u', 'h', 'x');
+                INSERT INTO flavors (id, flavorid, name, memory_mb, vcpus, root_gb, created_at)
+                    VALUES (7, 'old', 'm1.old', 96, 1, 1, 'x');
+                INSERT INTO instances (uuid, display_name, hostname, project_id, user_id, vm_state, flavor_id,
+                    flavor, memory_mb, vcpus, root_gb, created_at)
+                    VALUES ('i1', 'vm', 'vm', 'p1', 'u1', 'active', 7,
+                    '{"flavorid":"old","name":"m1.old","memory_mb":96,"vcpus":1,"root_gb":1,"ephemeral_gb":0,"swap":0}',
+                    96, 1, 1, 'x');
+                INSERT INTO instance_metadata (instance_uuid, key, value) VALUES ('i1', 'k', 'v');"#,
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, OpenOptions::default()).unwrap();
+        assert!(db.delete_flavor("old").unwrap(), "a flavor an instance was built from can go");
+        let i = db.instance_by_uuid("i1", false).unwrap().unwrap();
+        assert_eq!((i.flavor.name.as_str(), i.flavor.memory_mb), ("m1.old", 96));
+        assert_eq!(i.metadata.get("k").map(String::as_str), Some("v"), "children of instances are kept");
+        assert_eq!(db.project_usage("p1").unwrap(), (1, 1, 96));
     }
 }

@@ -249,9 +249,11 @@ pub async fn create(
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
-        Some(other) => return Err(ApiError::bad_request(format!(
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
             "Invalid input for field/attribute id. Value: {other}. {other} is not of type 'string', 'number', 'null'"
-        ))),
+        )))
+        }
     };
     if let Some(id) = &id {
         validation::flavor_id(id)?;
