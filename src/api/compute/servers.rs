@@ -364,19 +364,9 @@ fn truthy(v: &Option<String>) -> bool {
 }
 
 fn listed(state: &AppState, auth: &Auth, q: &ListQuery, v: Microversion) -> ApiResult<(Vec<Instance>, Vec<ViewData>)> {
-    let since = q.changes_since.as_deref().map(|t| validation::changes_time("changes-since", t)).transpose()?;
     // Before 2.66 nova drops `changes-before` as an unknown filter.
-    let before = match q.changes_before.as_deref().filter(|_| v.at_least(66)) {
-        Some(t) => Some(validation::changes_time("changes-before", t)?),
-        None => None,
-    };
-    if let (Some(s), Some(b)) = (&since, &before) {
-        if b < s {
-            return Err(ApiError::bad_request(
-                "The value of changes-since must be less than or equal to changes-before.",
-            ));
-        }
-    }
+    let (since, before) =
+        validation::changes_window(q.changes_since.as_deref(), q.changes_before.as_deref().filter(|_| v.at_least(66)))?;
     let all_tenants = auth.is_admin() && (q.all_tenants.as_deref() == Some("") || truthy(&q.all_tenants));
     let project_id =
         if all_tenants { q.project_id.clone().or(q.tenant_id.clone()) } else { Some(auth.project_id().to_string()) };
@@ -818,21 +808,7 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
             Some(az) => validation::availability_zone(az)?,
             None => (None, None, None),
         };
-    let host_field = |k: &str| -> ApiResult<Option<String>> {
-        let h = str_field(server, k)?.map(str::to_string);
-        match &h {
-            Some(s)
-                if s.is_empty()
-                    || s.len() > 255
-                    || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) =>
-            {
-                Err(ApiError::bad_request(format!(
-                    "Invalid input for field/attribute {k}. Value: {s}. '{s}' does not match '^[a-zA-Z0-9-._]*$'"
-                )))
-            }
-            _ => Ok(h),
-        }
-    };
+    let host_field = |k: &str| validation::host_name(k, str_field(server, k)?);
     Ok(ParsedCreate {
         name: name.to_string(),
         description,

@@ -207,6 +207,34 @@ pub fn changes_time(field: &str, value: &str) -> ApiResult<String> {
     }
 }
 
+/// `changes-since` and `changes-before` together: each a time, the first not after the second.
+pub fn changes_window(since: Option<&str>, before: Option<&str>) -> ApiResult<(Option<String>, Option<String>)> {
+    let since = since.map(|t| changes_time("changes-since", t)).transpose()?;
+    let before = before.map(|t| changes_time("changes-before", t)).transpose()?;
+    if let (Some(s), Some(b)) = (&since, &before) {
+        if b < s {
+            return Err(ApiError::bad_request(
+                "The value of changes-since must be less than or equal to changes-before.",
+            ));
+        }
+    }
+    Ok((since, before))
+}
+
+/// A host or node name in a create body (2.74): nova's `fqdn` schema.
+pub fn host_name(field: &str, value: Option<&str>) -> ApiResult<Option<String>> {
+    match value {
+        Some(s)
+            if s.is_empty() || s.len() > 255 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) =>
+        {
+            Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute {field}. Value: {s}. '{s}' does not match '^[a-zA-Z0-9-._]*$'"
+            )))
+        }
+        other => Ok(other.map(str::to_string)),
+    }
+}
+
 /// nova's `parse_availability_zone`: `zone`, `zone:host`, `zone::node` or `zone:host:node`.
 /// Returns (zone, host, node); an empty part is absent.
 pub fn availability_zone(value: &str) -> ApiResult<(Option<String>, Option<String>, Option<String>)> {
