@@ -367,7 +367,6 @@ pub async fn action(
     Path(id): Path<String>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    auth.authorize(Action::ComputeFlavorPrivate, &Target::default())?;
     let (body, _) = parse_body::<Value>(body)?;
     let (add, args) = match (body.get("addTenantAccess"), body.get("removeTenantAccess")) {
         (Some(a), None) => (true, a),
@@ -376,6 +375,8 @@ pub async fn action(
             return Err(ApiError::bad_request("Malformed request body: addTenantAccess or removeTenantAccess expected"))
         }
     };
+    let action = if add { Action::ComputeFlavorAccessAdd } else { Action::ComputeFlavorAccessRemove };
+    auth.authorize(action, &Target::default())?;
     let tenant = args
         .get("tenant")
         .and_then(Value::as_str)

@@ -577,8 +577,8 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
     if description.is_some() && !v.at_least(19) {
         return Err(ApiError::bad_request("Additional properties are not allowed ('description' was unexpected)"));
     }
-    if description.as_ref().is_some_and(|d| d.chars().count() > 255) {
-        return Err(ApiError::bad_request("Invalid input for field/attribute description: at most 255 characters"));
+    if let Some(d) = &description {
+        validation::description(d)?;
     }
     let flavor_ref = match server.get("flavorRef") {
         Some(Value::String(s)) if !s.is_empty() => s.rsplit('/').next().unwrap_or(s).to_string(),
@@ -1029,6 +1029,9 @@ pub async fn update(
     }
     if u.description.is_some() && !v.at_least(19) {
         return Err(ApiError::bad_request("Additional properties are not allowed ('description' was unexpected)"));
+    }
+    if let Some(Some(d)) = &u.description {
+        validation::description(d)?;
     }
     let update = InstanceUpdate {
         display_name: u.name.clone(),

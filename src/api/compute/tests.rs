@@ -232,7 +232,15 @@ async fn private_flavors_are_for_admins_and_projects_given_access() {
     assert!(ids(c.get("/compute/v2.1/flavors?is_public=none", &admin).await).contains(&secret));
     let share = json!({"addTenantAccess": {"tenant": c.demo_project}});
     let r = c.post("/compute/v2.1/flavors/secret/action", &demo, share.clone()).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (
+            StatusCode::FORBIDDEN,
+            "Policy doesn't allow os_compute_api:os-flavor-access:add_tenant_access to be performed."
+        )
+    );
+    let r = c.get("/compute/v2.1/flavors/secret/os-flavor-access", &admin).await;
+    assert_eq!(r.json()["flavor_access"], json!([]), "{}", r.text());
     let r = c.post("/compute/v2.1/flavors/secret/action", &admin, share).await;
     assert_eq!(r.json()["flavor_access"][0]["tenant_id"], json!(c.demo_project), "{}", r.text());
     assert!(ids(c.get("/compute/v2.1/flavors", &demo).await).contains(&secret));
@@ -284,4 +292,14 @@ async fn time_filters_and_names_are_validated() {
     let id = r.json()["server"]["id"].as_str().unwrap().to_string();
     let r = c.put(&format!("/compute/v2.1/servers/{id}"), &demo, json!({"server": {"name": "x\u{0}"}})).await;
     assert_eq!((r.status, message(&r).as_str()), (StatusCode::BAD_REQUEST, invalid));
+    let r = call_at(
+        &c,
+        "2.19",
+        Method::PUT,
+        &format!("/compute/v2.1/servers/{id}"),
+        &demo,
+        Some(json!({"server": {"description": "x\u{0}"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
 }

@@ -52,6 +52,21 @@ pub fn name(field: &str, value: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A server's description (2.19): at most 255 printable characters, whitespace anywhere.
+pub fn description(value: &str) -> ApiResult<()> {
+    if value.chars().count() > 255 {
+        return Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute description. Value: {value}. '{value}' is too long"
+        )));
+    }
+    if !value.chars().all(|c| printable(c) || c == ' ') {
+        return Err(ApiError::bad_request(
+            "Invalid input for field/attribute description. It must be printable characters.",
+        ));
+    }
+    Ok(())
+}
+
 /// Server metadata as nova's schema takes it (keys of `[a-zA-Z0-9-_:. ]{1,255}`, string values
 /// of at most 255 characters), and within the project's `metadata_items` quota (`limit`, -1
 /// for none): over it is nova's 403.
@@ -351,6 +366,7 @@ mod tests {
         }
         assert!(name("name", "").unwrap_err().message.contains("is too short"));
         assert!(name("name", &"x".repeat(256)).unwrap_err().message.contains("is too long"));
+        assert!(description(" spaced  out ").is_ok() && description("nul\u{0}").is_err());
     }
 
     #[test]
