@@ -415,11 +415,14 @@ async fn hostile_tenant_probe_of_compute_is_refused() {
     assert_eq!(settled_server(&api, &demo, &kept).await["status"], "ACTIVE");
     assert_eq!(settled_server(&api, &demo, &gone).await["status"], "ACTIVE");
     expect(&api.call(&demo, Method::DELETE, &format!("{servers}/{gone}"), None).await, 204, "delete gone");
-    let out = run(std::process::Command::new(manifest_dir().join(".build/venv/bin/openstack"))
-        .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
-        .env_remove("OS_CLOUD")
-        .args(["--os-cloud", "novabox-admin", "flavor", "delete", "used"]));
-    assert_ok(&out);
+    let admin_osc = |args: &[&str]| {
+        run(std::process::Command::new(manifest_dir().join(".build/venv/bin/openstack"))
+            .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
+            .env_remove("OS_CLOUD")
+            .args(["--os-cloud", "novabox-admin"])
+            .args(args))
+    };
+    assert_ok(&admin_osc(&["flavor", "delete", "used"]));
     tried.set(tried.get() + 1);
     let r = api.call(&demo, Method::GET, &format!("{servers}/{kept}"), None).await;
     assert_eq!(
@@ -479,6 +482,10 @@ async fn hostile_tenant_probe_of_compute_is_refused() {
     let r = api.call(&demo, Method::POST, servers, Some(boot("private", &image, "private"))).await;
     expect(&r, 400, "boot private");
     assert_eq!(message(&r), "Flavor private could not be found.");
+    // Shared with demo by the standard client (addTenantAccess): demo's to use, still not alt's.
+    assert_ok(&admin_osc(&["flavor", "set", "--project", "demo", "private"]));
+    expect(&api.call(&demo, Method::GET, "/compute/v2.1/flavors/private", None).await, 200, "shared private");
+    expect(&api.call(&alt, Method::GET, "/compute/v2.1/flavors/private", None).await, 404, "alt, not shared");
 
     // 7. Filters and names.
     expect(
