@@ -462,6 +462,13 @@ async fn hostile_tenant_probe_of_compute_is_refused() {
     let mut dest = boot("dest", &image, "1");
     dest["server"]["host"] = json!(host);
     expect(&api.call(&demo, Method::POST, servers, Some(dest)).await, 403, "host at 2.79");
+    let mut forced = boot("forced", &image, "1");
+    forced["server"]["availability_zone"] = json!(format!("nova:{host}"));
+    let r = api.call(&admin, Method::POST, servers, Some(forced)).await;
+    expect(&r, 202, "an admin forces the host");
+    let forced = r.body["server"]["id"].as_str().expect("id").to_string();
+    let shown = settled_server(&api, &admin, &forced).await;
+    assert_eq!((&shown["status"], &shown["OS-EXT-SRV-ATTR:host"]), (&json!("ACTIVE"), &json!(host)), "{shown}");
     let f = json!({"flavor": {"name": "roomy", "ram": 64, "vcpus": 1, "disk": 2_000_000_000, "id": "roomy"}});
     expect(&api.call(&admin, Method::POST, "/compute/v2.1/flavors", Some(f)).await, 200, "a flavor no host holds");
     let r = api.call(&demo, Method::POST, servers, Some(boot("nohost", &image, "roomy"))).await;
