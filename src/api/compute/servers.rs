@@ -863,7 +863,7 @@ pub async fn create(
         let image = bootable_image(db, &image_id, auth.project_id(), auth.is_admin())?;
         let meta = validation::boot_image_meta(db, &state.home, &image.id, &auth)?;
         validation::known_destination(db, &destination)?;
-        let root_bytes = flavor.root_gb * (1 << 30);
+        let root_bytes = flavor.root_gb.saturating_mul(1 << 30);
         // Booted from a volume, the flavor's root disk is not used (nova's rule).
         if !boot_from_volume
             && flavor.root_gb > 0
@@ -905,7 +905,7 @@ pub async fn create(
             if limit >= 0 && used.saturating_add(each.saturating_mul(n)) > limit {
                 return Err(ApiError::forbidden(format!(
                     "Quota exceeded for {resource}: Requested {}, but already used {used} of {limit} {resource}",
-                    each * n
+                    each.saturating_mul(n)
                 )));
             }
         }
