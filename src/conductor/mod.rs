@@ -216,7 +216,9 @@ impl Handler for Conductor {
             R::NetworkInfo { uuid } => self.network_info(&uuid),
             R::SecurityGroupFilters { host } => self.security_group_filters(&host),
             R::PortDevices {} => self.port_devices(),
-            R::ImageMeta { image_id, project_id } => self.image_meta(&image_id, &project_id),
+            R::ImageMeta { image_id, project_id } => {
+                self.image_meta(&image_id, project_id.as_deref().unwrap_or_default())
+            }
             R::RecordSpans { spans } => self.record_spans(spans),
             R::InstanceVolumes { uuid } => self.instance_volumes(&uuid),
             R::PrepareBlockDevices { uuid } => self.prepare_block_devices(&uuid).await,
