@@ -50,6 +50,10 @@ pub enum Action {
     ComputeFlavorPrivate,
     /// Creating, deleting and changing flavors and their access.
     ComputeFlavorManage,
+    /// Giving a project access to a private flavor (`addTenantAccess`).
+    ComputeFlavorAccessAdd,
+    /// Taking it away (`removeTenantAccess`).
+    ComputeFlavorAccessRemove,
     /// Acting on a server that is locked.
     ComputeLockOverride,
     /// A port's `fixed_ips` chosen by the caller.
@@ -95,6 +99,8 @@ impl Action {
             Action::ComputeRequestedDestination => "compute:servers:create:requested_destination",
             Action::ComputeFlavorPrivate => "os_compute_api:os-flavor-access",
             Action::ComputeFlavorManage => "os_compute_api:os-flavor-manage:create",
+            Action::ComputeFlavorAccessAdd => "os_compute_api:os-flavor-access:add_tenant_access",
+            Action::ComputeFlavorAccessRemove => "os_compute_api:os-flavor-access:remove_tenant_access",
             Action::ComputeLockOverride => "os_compute_api:os-lock-server:unlock:unlock_override",
             Action::NetworkPortFixedIps => "create_port:fixed_ips:ip_address",
             Action::NetworkPortMacAddress => "create_port:mac_address",
@@ -121,6 +127,8 @@ impl Action {
             | ComputeRequestedDestination
             | ComputeFlavorPrivate
             | ComputeFlavorManage
+            | ComputeFlavorAccessAdd
+            | ComputeFlavorAccessRemove
             | ComputeLockOverride => Service::Compute,
             NetworkPortFixedIps
             | NetworkPortMacAddress
@@ -148,6 +156,8 @@ impl Action {
             | ComputeRequestedDestination
             | ComputeFlavorPrivate
             | ComputeFlavorManage
+            | ComputeFlavorAccessAdd
+            | ComputeFlavorAccessRemove
             | ComputeLockOverride
             | NetworkPortBinding
             | NetworkQuotaManage

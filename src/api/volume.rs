@@ -315,7 +315,7 @@ pub async fn create(
                         (needed as u64).div_ceil(1 << 30)
                     )));
                 }
-                crate::images::image_meta(db, &state.home, image_id)?
+                crate::images::data_meta(db, &state.home, image_id)?
             }
             None => None,
         };

@@ -346,7 +346,7 @@ impl ComputeManager {
     async fn guest_spec(&self, ctx: &Context, inst: &Instance) -> Result<GuestSpec, BusError> {
         let vifs: Vec<Vif> = self.conductor.network_info(ctx, &inst.uuid).await?;
         let image = match &inst.image_ref {
-            Some(id) if !id.is_empty() => self.conductor.image_meta(ctx, id).await?,
+            Some(id) if !id.is_empty() => self.conductor.image_meta(ctx, id, &inst.project_id).await?,
             _ => None,
         };
         let volumes = self.conductor.instance_volumes(ctx, &inst.uuid).await?;

@@ -165,8 +165,12 @@ impl Conductor {
         Ok(serde_json::to_value(ports).unwrap_or(Value::Null))
     }
 
-    fn image_meta(&self, image_id: &str) -> Result<Value, RemoteError> {
-        let meta = self.db.with(|db| crate::images::image_meta(db, &self.home, image_id)).map_err(db_error)?;
+    fn image_meta(&self, image_id: &str, project_id: &str) -> Result<Value, RemoteError> {
+        let viewer = crate::images::Viewer { project_id, is_admin: false };
+        let meta = self
+            .db
+            .with(|db| crate::images::image_meta(db, &self.home, image_id, &viewer))
+            .map_err(|e| db_error(e.into()))?;
         Ok(serde_json::to_value(meta).unwrap_or(Value::Null))
     }
 
@@ -213,7 +217,9 @@ impl Handler for Conductor {
             R::NetworkInfo { uuid } => self.network_info(&uuid),
             R::SecurityGroupFilters { host } => self.security_group_filters(&host),
             R::PortDevices {} => self.port_devices(),
-            R::ImageMeta { image_id } => self.image_meta(&image_id),
+            R::ImageMeta { image_id, project_id } => {
+                self.image_meta(&image_id, project_id.as_deref().unwrap_or_default())
+            }
             R::RecordSpans { spans } => self.record_spans(spans),
             R::InstanceVolumes { uuid } => self.instance_volumes(&uuid),
             R::PrepareBlockDevices { uuid } => self.prepare_block_devices(&uuid).await,

@@ -24,7 +24,6 @@ pub struct Instance {
     pub vm_state: VmState,
     pub task_state: Option<TaskState>,
     pub power_state: PowerState,
-    pub flavor_id: i64,
     pub flavor: FlavorSnapshot,
     pub image_ref: Option<String>,
     pub kernel_id: Option<String>,
@@ -73,7 +72,6 @@ pub struct NewInstance {
     pub project_id: String,
     pub user_id: String,
     pub availability_zone: Option<String>,
-    pub flavor_id: i64,
     pub flavor: FlavorSnapshot,
     pub image_ref: Option<String>,
     pub kernel_id: Option<String>,
@@ -165,6 +163,8 @@ pub struct InstanceFilter {
     pub vm_states: Option<Vec<VmState>>,
     pub uuids: Option<Vec<String>>,
     pub changes_since: Option<String>,
+    /// Changed at or before this time (`changes-before`, 2.66).
+    pub changes_before: Option<String>,
     pub include_deleted: bool,
     pub limit: Option<usize>,
     /// The uuid after which to continue, in the list's order.
@@ -172,12 +172,12 @@ pub struct InstanceFilter {
 }
 
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
-    availability_zone, vm_state, task_state, power_state, flavor_id, flavor, image_ref, kernel_id, ramdisk_id,
+    availability_zone, vm_state, task_state, power_state, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
     launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
-    let flavor: String = r.get(13)?;
+    let flavor: String = r.get(12)?;
     Ok(Instance {
         uuid: r.get(0)?,
         display_name: r.get(1)?,
@@ -191,28 +191,27 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         vm_state: r.get(9)?,
         task_state: r.get(10)?,
         power_state: r.get(11)?,
-        flavor_id: r.get(12)?,
         flavor: serde_json::from_str(&flavor)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
-        image_ref: r.get(14)?,
-        kernel_id: r.get(15)?,
-        ramdisk_id: r.get(16)?,
-        key_name: r.get(17)?,
-        key_data: r.get(18)?,
-        user_data: r.get(19)?,
-        config_drive: r.get(20)?,
-        access_ip_v4: r.get(21)?,
-        access_ip_v6: r.get(22)?,
-        locked: r.get(23)?,
-        progress: r.get(24)?,
-        request_id: r.get(25)?,
-        launched_at: r.get(26)?,
-        terminated_at: r.get(27)?,
-        created_at: r.get(28)?,
-        updated_at: r.get(29)?,
-        deleted: r.get::<_, i64>(30)? != 0,
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e)))?,
+        image_ref: r.get(13)?,
+        kernel_id: r.get(14)?,
+        ramdisk_id: r.get(15)?,
+        key_name: r.get(16)?,
+        key_data: r.get(17)?,
+        user_data: r.get(18)?,
+        config_drive: r.get(19)?,
+        access_ip_v4: r.get(20)?,
+        access_ip_v6: r.get(21)?,
+        locked: r.get(22)?,
+        progress: r.get(23)?,
+        request_id: r.get(24)?,
+        launched_at: r.get(25)?,
+        terminated_at: r.get(26)?,
+        created_at: r.get(27)?,
+        updated_at: r.get(28)?,
+        deleted: r.get::<_, i64>(29)? != 0,
         metadata: BTreeMap::new(),
-        ssh_forward: r.get(32)?,
+        ssh_forward: r.get(31)?,
     })
 }
 
@@ -225,11 +224,11 @@ impl Db {
         tx.execute(
             &format!(
                 "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
-                    availability_zone, vm_state, task_state, power_state, flavor_id, flavor, memory_mb, vcpus,
-                    root_gb, ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data,
-                    config_drive, access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', '{}', {}, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                    ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?24)",
+                    availability_zone, vm_state, task_state, power_state, flavor, memory_mb, vcpus, root_gb,
+                    ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data, config_drive,
+                    access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', '{}', {}, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?23)",
                 VmState::Building,
                 TaskState::Scheduling,
                 i64::from(PowerState::NoState),
@@ -242,7 +241,6 @@ impl Db {
                 n.project_id,
                 n.user_id,
                 n.availability_zone,
-                n.flavor_id,
                 serde_json::to_string(&n.flavor).unwrap_or_default(),
                 n.flavor.memory_mb,
                 n.flavor.vcpus,
@@ -344,6 +342,9 @@ impl Db {
         }
         if let Some(c) = &f.changes_since {
             push(&mut sql, " AND updated_at >= ?", c.clone().into());
+        }
+        if let Some(c) = &f.changes_before {
+            push(&mut sql, " AND updated_at <= ?", c.clone().into());
         }
         if let Some(states) = &f.vm_states {
             // The names of an enum, never the caller's text, go into the statement.
@@ -572,24 +573,34 @@ impl Db {
 
     /// (instances, vcpus, memory_mb) a project uses, for quotas.
     pub fn project_usage(&self, project_id: &str) -> Result<(i64, i64, i64)> {
-        Ok(self.conn().query_row(
-            "SELECT count(*), coalesce(sum(vcpus), 0), coalesce(sum(memory_mb), 0) FROM instances
-             WHERE project_id = ?1 AND deleted = 0",
-            [project_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?)
+        let (count, [vcpus, memory_mb]) = self.usage_sums("project_id", project_id, ["vcpus", "memory_mb"])?;
+        Ok((count, vcpus, memory_mb))
     }
 
     /// (vcpus, memory_mb, root_gb + ephemeral_gb, instances) placed on a host: derived from the
     /// instances themselves, so usage can never drift from what exists.
     pub fn host_usage(&self, host: &str) -> Result<(i64, i64, i64, i64)> {
-        Ok(self.conn().query_row(
-            "SELECT coalesce(sum(vcpus), 0), coalesce(sum(memory_mb), 0), coalesce(sum(root_gb + ephemeral_gb), 0),
-                    count(*)
-             FROM instances WHERE host = ?1 AND deleted = 0",
-            [host],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?)
+        let (count, [vcpus, memory_mb, root_gb, ephemeral_gb]) =
+            self.usage_sums("host", host, ["vcpus", "memory_mb", "root_gb", "ephemeral_gb"])?;
+        Ok((vcpus, memory_mb, root_gb.saturating_add(ephemeral_gb), count))
+    }
+
+    /// The number of live instances whose `filter` column is `value`, and the sums of their
+    /// `columns`. Summed here with saturating integers rather than by SQLite, whose integer
+    /// arithmetic turns into floating point on overflow (`root_gb + ephemeral_gb`) or fails
+    /// (`sum`): one absurd flavor must not stop every placement and quota check (issue 14).
+    fn usage_sums<const N: usize>(&self, filter: &str, value: &str, columns: [&str; N]) -> Result<(i64, [i64; N])> {
+        let sql = format!("SELECT {} FROM instances WHERE {filter} = ?1 AND deleted = 0", columns.join(", "));
+        let mut stmt = self.conn().prepare_cached(&sql)?;
+        let mut rows = stmt.query([value])?;
+        let (mut count, mut sums) = (0i64, [0i64; N]);
+        while let Some(row) = rows.next()? {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum = sum.saturating_add(row.get::<_, i64>(i)?);
+            }
+            count += 1;
+        }
+        Ok((count, sums))
     }
 
     pub fn block_devices(&self, uuid: &str) -> Result<Vec<NewBlockDevice>> {
@@ -676,7 +687,6 @@ pub(crate) mod tests {
             project_id: project,
             user_id: user,
             availability_zone: None,
-            flavor_id: f.id,
             flavor: FlavorSnapshot {
                 flavorid: f.flavorid,
                 name: f.name,
@@ -764,5 +774,60 @@ pub(crate) mod tests {
         assert_eq!(next[0].uuid, uuids[2]);
         let named = db.list_instances(&InstanceFilter { name: Some("vm4".into()), ..Default::default() }).unwrap();
         assert_eq!(named.len(), 1);
+    }
+
+    #[test]
+    fn usage_sums_saturate_instead_of_turning_to_float() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
+        for name in ["a", "b"] {
+            let mut n = new_instance(&db, name);
+            // What an older novabox let a flavor hold (issue 14): sums past i64 in SQLite.
+            n.flavor.root_gb = i64::MAX;
+            n.flavor.ephemeral_gb = i64::MAX;
+            n.flavor.vcpus = i64::MAX;
+            let i = db.create_instance(&n).unwrap();
+            let u = InstanceUpdate { host: Some("h1".into()), ..Default::default() };
+            db.update_instance(&i.uuid, &u).unwrap().unwrap();
+        }
+        assert_eq!(db.host_usage("h1").unwrap(), (i64::MAX, 128, i64::MAX, 2));
+        let project = db.ensure_project("p", "").unwrap();
+        assert_eq!(db.project_usage(&project).unwrap(), (2, i64::MAX, 128));
+        assert_eq!(db.host_usage("nowhere").unwrap(), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn instances_made_before_0009_survive_it_and_their_flavor_can_be_deleted() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("d.db");
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            let upto = crate::db::MIGRATIONS.iter().position(|m| m.contains("DROP COLUMN flavor_id")).unwrap();
+            let old = rusqlite_migration::Migrations::new(
+                crate::db::MIGRATIONS[..upto].iter().map(|m| rusqlite_migration::M::up(m)).collect(),
+            );
+            old.to_latest(&mut conn).unwrap();
+            conn.pragma_update(None, "application_id", crate::db::APPLICATION_ID).unwrap();
+            conn.execute_batch(
+                r#"INSERT INTO projects (id, name, created_at) VALUES ('p1', 'p', 'x');
+                INSERT INTO users (id, name, password_hash, created_at) VALUES ('u1', 'u', 'h', 'x');
+                INSERT INTO flavors (id, flavorid, name, memory_mb, vcpus, root_gb, created_at)
+                    VALUES (7, 'old', 'm1.old', 96, 1, 1, 'x');
+                INSERT INTO instances (uuid, display_name, hostname, project_id, user_id, vm_state, flavor_id,
+                    flavor, memory_mb, vcpus, root_gb, created_at)
+                    VALUES ('i1', 'vm', 'vm', 'p1', 'u1', 'active', 7,
+                    '{"flavorid":"old","name":"m1.old","memory_mb":96,"vcpus":1,"root_gb":1,"ephemeral_gb":0,"swap":0}',
+                    96, 1, 1, 'x');
+                INSERT INTO instance_metadata (instance_uuid, key, value) VALUES ('i1', 'k', 'v');"#,
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, OpenOptions::default()).unwrap();
+        assert!(db.delete_flavor("old").unwrap(), "a flavor an instance was built from can go");
+        let i = db.instance_by_uuid("i1", false).unwrap().unwrap();
+        assert_eq!((i.flavor.name.as_str(), i.flavor.memory_mb), ("m1.old", 96));
+        assert_eq!(i.metadata.get("k").map(String::as_str), Some("v"), "children of instances are kept");
+        assert_eq!(db.project_usage("p1").unwrap(), (1, 1, 96));
     }
 }

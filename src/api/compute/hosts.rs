@@ -103,12 +103,12 @@ fn hypervisor_json(
     if detail {
         let (vcpus_used, mem_used, disk_used, running) = state.db.with(|db| db.host_usage(&n.host))?;
         let r = &n.report;
-        let memory_used = mem_used + r.reserved_host_memory_mb;
+        let memory_used = mem_used.saturating_add(r.reserved_host_memory_mb);
         o["cpu_info"] = json!("{}");
         o["current_workload"] = json!(0);
-        o["disk_available_least"] = json!(r.local_gb - disk_used);
-        o["free_disk_gb"] = json!(r.local_gb - disk_used);
-        o["free_ram_mb"] = json!(r.memory_mb - memory_used);
+        o["disk_available_least"] = json!(r.local_gb.saturating_sub(disk_used));
+        o["free_disk_gb"] = json!(r.local_gb.saturating_sub(disk_used));
+        o["free_ram_mb"] = json!(r.memory_mb.saturating_sub(memory_used));
         o["host_ip"] = json!(r.host_ip);
         o["hypervisor_type"] = json!(r.hypervisor_type);
         o["hypervisor_version"] = json!(r.hypervisor_version);
@@ -172,7 +172,7 @@ pub async fn hypervisor_statistics(
 ) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
     let list = hypervisor_list(&state, v, true)?;
-    let sum = |k: &str| list.iter().map(|h| h[k].as_i64().unwrap_or(0)).sum::<i64>();
+    let sum = |k: &str| list.iter().map(|h| h[k].as_i64().unwrap_or(0)).fold(0i64, i64::saturating_add);
     let keys = [
         "current_workload",
         "disk_available_least",

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha224};
 
 use super::microversion::Microversion;
-use super::{links, parse_body};
+use super::{links, parse_body, validation};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::{base_url, AppState};
@@ -177,15 +177,10 @@ fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth:
 
 /// An image a project may boot: visible to it and active.
 pub(crate) fn bootable_image(db: &Db, id: &str, project: &str, is_admin: bool) -> ApiResult<crate::db::images::Image> {
-    let visible = |i: &crate::db::images::Image| {
-        is_admin
-            || i.owner.as_deref() == Some(project)
-            || matches!(i.visibility.as_str(), "public" | "community")
-            || (i.visibility == "shared" && i.member_status(project) == Some("accepted"))
-    };
+    let viewer = crate::images::Viewer { project_id: project, is_admin };
     let image = db
         .image_by_id(id)?
-        .filter(visible)
+        .filter(|i| viewer.may_boot(i))
         .ok_or_else(|| ApiError::bad_request(format!("Image {id} could not be found.")))?;
     if image.status != "active" {
         return Err(ApiError::bad_request(format!("Image {id} is not active.")));
@@ -312,6 +307,8 @@ pub struct ListQuery {
     marker: Option<String>,
     #[serde(rename = "changes-since")]
     changes_since: Option<String>,
+    #[serde(rename = "changes-before")]
+    changes_before: Option<String>,
     all_tenants: Option<String>,
     project_id: Option<String>,
     tenant_id: Option<String>,
@@ -326,7 +323,10 @@ fn truthy(v: &Option<String>) -> bool {
     }
 }
 
-fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<(Vec<Instance>, Vec<ViewData>)> {
+fn listed(state: &AppState, auth: &Auth, q: &ListQuery, v: Microversion) -> ApiResult<(Vec<Instance>, Vec<ViewData>)> {
+    // Before 2.66 nova drops `changes-before` as an unknown filter.
+    let (since, before) =
+        validation::changes_window(q.changes_since.as_deref(), q.changes_before.as_deref().filter(|_| v.at_least(66)))?;
     let all_tenants = auth.is_admin() && (q.all_tenants.as_deref() == Some("") || truthy(&q.all_tenants));
     let project_id =
         if all_tenants { q.project_id.clone().or(q.tenant_id.clone()) } else { Some(auth.project_id().to_string()) };
@@ -349,8 +349,9 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<(Vec<Instan
         name: q.name.clone(),
         vm_states,
         uuids: None,
-        changes_since: q.changes_since.clone(),
-        include_deleted: auth.is_admin() && truthy(&q.deleted) || q.changes_since.is_some(),
+        include_deleted: auth.is_admin() && truthy(&q.deleted) || since.is_some() || before.is_some(),
+        changes_since: since,
+        changes_before: before,
         limit: q.limit,
         marker: q.marker.clone(),
     };
@@ -378,10 +379,11 @@ pub async fn list(
     headers: HeaderMap,
     State(state): State<AppState>,
     auth: Auth,
+    v: Microversion,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let base = base_url(&headers, &state.config);
-    let (list, _) = listed(&state, &auth, &q)?;
+    let (list, _) = listed(&state, &auth, &q, v)?;
     let servers: Vec<Value> = list
         .iter()
         .map(|i| json!({"id": i.uuid, "name": i.display_name, "links": links(&base, "servers", &i.uuid)}))
@@ -401,7 +403,7 @@ pub async fn list_detail(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let base = base_url(&headers, &state.config);
-    let (list, data) = listed(&state, &auth, &q)?;
+    let (list, data) = listed(&state, &auth, &q, v)?;
     let servers: Vec<Value> = list.iter().zip(&data).map(|(i, d)| server_view(i, d, &base, v, &auth)).collect();
     let mut body = json!({ "servers": servers });
     if let Some(next) = next_link(&base, &list, &q, "servers/detail") {
@@ -499,6 +501,10 @@ struct ParsedCreate {
     max_count: usize,
     block_devices: Vec<NewBlockDevice>,
     hints: Value,
+    /// `zone:host:node` of `availability_zone` (the zone itself is in `availability_zone`).
+    forced: validation::Destination,
+    /// 2.74's `host` and `hypervisor_hostname`.
+    requested: validation::Destination,
 }
 
 fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
@@ -521,15 +527,20 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
         }
     }
     let name = str_field(server, "name")?.ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
-    if name.trim().is_empty() || name.chars().count() > 255 {
-        return Err(ApiError::bad_request("Invalid input for field/attribute name: must be 1 to 255 characters"));
+    validation::name("name", name)?;
+    for key in ["host", "hypervisor_hostname"] {
+        if server.contains_key(key) && !v.at_least(74) {
+            return Err(ApiError::bad_request(format!(
+                "Additional properties are not allowed ('{key}' was unexpected)"
+            )));
+        }
     }
     let description = str_field(server, "description")?.map(str::to_string);
     if description.is_some() && !v.at_least(19) {
         return Err(ApiError::bad_request("Additional properties are not allowed ('description' was unexpected)"));
     }
-    if description.as_ref().is_some_and(|d| d.chars().count() > 255) {
-        return Err(ApiError::bad_request("Invalid input for field/attribute description: at most 255 characters"));
+    if let Some(d) = &description {
+        validation::description(d)?;
     }
     let flavor_ref = match server.get("flavorRef") {
         Some(Value::String(s)) if !s.is_empty() => s.rsplit('/').next().unwrap_or(s).to_string(),
@@ -710,18 +721,8 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
             .decode(ud.trim())
             .map_err(|_| ApiError::bad_request("Invalid input for field/attribute user_data: not valid base64"))?;
     }
-    let mut metadata = BTreeMap::new();
-    if let Some(m) = server.get("metadata") {
-        let m = m.as_object().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-        for (k, v) in m {
-            let v =
-                v.as_str().ok_or_else(|| ApiError::bad_request(format!("metadata value of {k} must be a string")))?;
-            if k.is_empty() || k.len() > 255 || v.len() > 255 {
-                return Err(ApiError::bad_request("Metadata keys must be 1 to 255 and values at most 255 characters"));
-            }
-            metadata.insert(k.clone(), v.to_string());
-        }
-    }
+    // The quota is the project's: `create` checks the count against it.
+    let metadata = server.get("metadata").map(|m| validation::metadata(m, -1)).transpose()?.unwrap_or_default();
     let count = |k: &str| -> ApiResult<Option<usize>> {
         match server.get(k) {
             None => Ok(None),
@@ -764,6 +765,12 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
     };
     let hints =
         body.get("OS-SCH-HNT:scheduler_hints").or_else(|| body.get("os:scheduler_hints")).cloned().unwrap_or(json!({}));
+    let (availability_zone, forced_host, forced_node) =
+        match str_field(server, "availability_zone")?.filter(|s| !s.is_empty()) {
+            Some(az) => validation::availability_zone(az)?,
+            None => (None, None, None),
+        };
+    let host_field = |k: &str| validation::host_name(k, str_field(server, k)?);
     Ok(ParsedCreate {
         name: name.to_string(),
         description,
@@ -774,7 +781,9 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
         security_groups,
         user_data,
         metadata,
-        availability_zone: str_field(server, "availability_zone")?.filter(|s| !s.is_empty()).map(str::to_string),
+        availability_zone,
+        forced: validation::Destination { host: forced_host, node: forced_node },
+        requested: validation::Destination { host: host_field("host")?, node: host_field("hypervisor_hostname")? },
         config_drive,
         access_ip_v4: ip("accessIPv4")?,
         access_ip_v6: ip("accessIPv6")?,
@@ -798,6 +807,7 @@ pub async fn create(
     let p = parse_create(&body, v)?;
     drop(parsing);
     let ctx = auth.context.clone();
+    let destination = validation::destination(&auth, p.forced.clone(), &p.hints, p.requested.clone())?;
 
     // Validate against the database and write the instances, all in one transaction so quotas
     // hold under concurrent creates (from this process or another on the same database) and
@@ -805,8 +815,7 @@ pub async fn create(
     type Created = (Vec<Instance>, Value, Option<crate::compute::virt::ImageMeta>);
     let (instances, image_props, image_meta) = state.db.tx(|db| -> ApiResult<Created> {
         let validating = tracing::info_span!("validate", what = "flavor, image, keypair, networks, quotas").entered();
-        let flavor = db
-            .flavor_by_flavorid(&p.flavor_ref)?
+        let flavor = super::flavors::visible_flavor(db, &auth, &p.flavor_ref)?
             .ok_or_else(|| ApiError::bad_request(format!("Flavor {} could not be found.", p.flavor_ref)))?;
         let extra_specs = db.flavor_extra_specs(flavor.id)?;
         let mut image_id = p.image_id.clone().unwrap_or_default();
@@ -814,7 +823,9 @@ pub async fn create(
             p.block_devices.iter().any(|b| b.destination_type == "volume" && b.boot_index == Some(0));
         check_boot_volumes(db, &p.block_devices, auth.project_id(), p.max_count as i64, &mut image_id)?;
         let image = bootable_image(db, &image_id, auth.project_id(), auth.is_admin())?;
-        let root_bytes = flavor.root_gb * (1 << 30);
+        let meta = validation::boot_image_meta(db, &state.home, &image.id, &auth)?;
+        validation::known_destination(db, &destination)?;
+        let root_bytes = flavor.root_gb.saturating_mul(1 << 30);
         // Booted from a volume, the flavor's root disk is not used (nova's rule).
         if !boot_from_volume
             && flavor.root_gb > 0
@@ -847,15 +858,16 @@ pub async fn create(
         // Quotas: nova counts instances, cores and RAM per project.
         let (used_instances, used_cores, used_ram) = db.project_usage(auth.project_id())?;
         let limits = db.quota_limits(auth.project_id())?;
+        validation::metadata_quota(p.metadata.len(), limits.get("metadata_items").copied().unwrap_or(-1))?;
         let n = p.max_count as i64;
         for (resource, used, each) in
             [("instances", used_instances, 1), ("cores", used_cores, flavor.vcpus), ("ram", used_ram, flavor.memory_mb)]
         {
             let limit = limits.get(resource).copied().unwrap_or(-1);
-            if limit >= 0 && used + each * n > limit {
+            if limit >= 0 && used.saturating_add(each.saturating_mul(n)) > limit {
                 return Err(ApiError::forbidden(format!(
                     "Quota exceeded for {resource}: Requested {}, but already used {used} of {limit} {resource}",
-                    each * n
+                    each.saturating_mul(n)
                 )));
             }
         }
@@ -883,11 +895,10 @@ pub async fn create(
                 project_id: auth.project_id().to_string(),
                 user_id: auth.user_id().to_string(),
                 availability_zone: p.availability_zone.clone().or(Some(state.config.host.availability_zone.clone())),
-                flavor_id: flavor.id,
                 flavor: snapshot.clone(),
                 image_ref: Some(image.id.clone()),
-                kernel_id: image.properties.get("kernel_id").cloned(),
-                ramdisk_id: image.properties.get("ramdisk_id").cloned(),
+                kernel_id: meta.as_ref().and_then(|m| m.kernel.as_ref()).map(|k| k.id.clone()),
+                ramdisk_id: meta.as_ref().and_then(|m| m.ramdisk.as_ref()).map(|r| r.id.clone()),
                 key_name: p.key_name.clone(),
                 key_data: key_data.clone(),
                 user_data: p.user_data.clone(),
@@ -902,13 +913,12 @@ pub async fn create(
             created.push(db.create_instance(&new)?);
         }
         let props = json!(image.properties);
-        let meta = crate::images::image_meta(db, &state.home, &image.id)?;
         Ok((created, props, meta))
     })?;
 
     let spec = RequestSpec {
         availability_zone: p.availability_zone.clone(),
-        scheduler_hints: p.hints.clone(),
+        scheduler_hints: validation::hints_with(&p.hints, &destination),
         image_properties: image_props,
         requested_networks: p.networks.clone(),
         image: image_meta,
@@ -977,12 +987,13 @@ pub async fn update(
     let (_, UpdateBody { server: u }) = parse_body::<UpdateBody>(body)?;
     find(&state, &auth, &id)?;
     if let Some(n) = &u.name {
-        if n.trim().is_empty() || n.chars().count() > 255 {
-            return Err(ApiError::bad_request("Invalid input for field/attribute name: must be 1 to 255 characters"));
-        }
+        validation::name("name", n)?;
     }
     if u.description.is_some() && !v.at_least(19) {
         return Err(ApiError::bad_request("Additional properties are not allowed ('description' was unexpected)"));
+    }
+    if let Some(Some(d)) = &u.description {
+        validation::description(d)?;
     }
     let update = InstanceUpdate {
         display_name: u.name.clone(),
