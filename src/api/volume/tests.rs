@@ -139,8 +139,8 @@ async fn quotas_hold_needs_qemu() {
     let c = Cloud::new();
     let demo = c.token("demo").await;
     let base = format!("/volume/v3/{}/volumes", c.demo_project);
-    c.state.db.with(|db| db.set_quota(&c.demo_project, "volumes", 2)).unwrap();
-    c.state.db.with(|db| db.set_quota(&c.demo_project, "gigabytes", 3)).unwrap();
+    c.state.db.with(|db| db.set_volume_quota(&c.demo_project, "volumes", 2)).unwrap();
+    c.state.db.with(|db| db.set_volume_quota(&c.demo_project, "gigabytes", 3)).unwrap();
     let r = c.post(&base, &demo, json!({"volume": {"size": 4}})).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
     assert!(r.json()["overLimit"]["message"].as_str().unwrap().contains("gigabytes quota"));
