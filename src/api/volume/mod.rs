@@ -84,7 +84,7 @@ async fn negotiate(req: Request, next: Next) -> Response {
     let path = req.uri().path().trim_end_matches('/');
     let resource = path.contains("/v3/");
     let mut resp = match requested(req.headers()) {
-        Err(e) if resource => super::fault::Family::Volume.render(&e),
+        Err(e) if resource => e.into_response(),
         _ => next.run(req).await,
     };
     let h = resp.headers_mut();
