@@ -207,9 +207,7 @@ fn openstackclient_volumes() {
 /// The rows of `openstack quota show` / `limits show` (`-f json`: a list of one object per
 /// resource), by the resource's name.
 fn row<'a>(rows: &'a serde_json::Value, key: &str, name: &str) -> &'a serde_json::Value {
-    rows.as_array()
-        .and_then(|a| a.iter().find(|r| r[key] == name))
-        .unwrap_or_else(|| panic!("no {name} among {rows}"))
+    rows.as_array().and_then(|a| a.iter().find(|r| r[key] == name)).unwrap_or_else(|| panic!("no {name} among {rows}"))
 }
 
 /// What a new user tries first about quotas and volumes (issue 17, item 6): `quota show`
