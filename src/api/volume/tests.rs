@@ -496,3 +496,35 @@ async fn the_default_type_zones_and_extensions_read_as_cinders() {
         assert_schema("extension", e, &["updated", "links", "alias", "name", "description"], &["namespace"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_never_pass_the_quota_together() {
+    use tower::ServiceExt;
+    let c = Cloud::new();
+    let demo = c.token("demo").await;
+    c.state.db.with(|db| db.set_volume_quota(&c.demo_project, "volumes", 3)).unwrap();
+    let uri = format!("/volume/v3/{}/volumes", c.demo_project);
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (app, uri, demo) = (c.app.clone(), uri.clone(), demo.clone());
+            tokio::spawn(async move {
+                let req = axum::http::Request::builder()
+                    .method("POST")
+                    .uri(uri)
+                    .header("x-auth-token", demo)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(json!({"volume": {"size": 1}}).to_string()))
+                    .unwrap();
+                app.oneshot(req).await.unwrap().status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let made = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::PAYLOAD_TOO_LARGE).count();
+    assert_eq!((made, refused), (3, 9), "{statuses:?}");
+    assert_eq!(c.state.db.with(|db| db.volume_usage(&c.demo_project)).unwrap().0, 3);
+}
