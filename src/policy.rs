@@ -89,6 +89,17 @@ pub enum Action {
     IdentityValidateToken,
     /// Publishing an image (`visibility: public`).
     ImagePublicize,
+    // Issue 17, item 6: cinder's quota API and the volume attributes its policy hides.
+    /// Seeing a project's block storage quotas.
+    VolumeQuotaShow,
+    /// Setting a project's block storage quotas.
+    VolumeQuotaUpdate,
+    /// Resetting a project's block storage quotas to the defaults.
+    VolumeQuotaDelete,
+    /// `os-vol-tenant-attr:tenant_id` in a volume's view (omitted, not refused).
+    VolumeTenantAttribute,
+    /// `os-vol-host-attr:host` and the `os-vol-mig-status-attr:*` keys (omitted, not refused).
+    VolumeHostAttribute,
 }
 
 impl Action {
@@ -117,6 +128,11 @@ impl Action {
             Action::NetworkQuotaDelete => "delete_quota",
             Action::IdentityValidateToken => "identity:validate_token",
             Action::ImagePublicize => "publicize_image",
+            Action::VolumeQuotaShow => "volume_extension:quotas:show",
+            Action::VolumeQuotaUpdate => "volume_extension:quotas:update",
+            Action::VolumeQuotaDelete => "volume_extension:quotas:delete",
+            Action::VolumeTenantAttribute => "volume_extension:volume_tenant_attribute",
+            Action::VolumeHostAttribute => "volume_extension:volume_host_attribute",
         }
     }
 
@@ -145,6 +161,9 @@ impl Action {
             | NetworkQuotaDelete => Service::Network,
             IdentityValidateToken => Service::Identity,
             ImagePublicize => Service::Image,
+            VolumeQuotaShow | VolumeQuotaUpdate | VolumeQuotaDelete | VolumeTenantAttribute | VolumeHostAttribute => {
+                Service::Volume
+            }
         }
     }
 
@@ -175,6 +194,8 @@ impl Action {
             | NetworkPortUpdateSecurity
             | NetworkPortUpdateDeviceOwner => Rule::AdminOrNetworkOwner,
             IdentityValidateToken => Rule::AdminOrTokenSubject,
+            VolumeQuotaShow => Rule::AdminOrOwner,
+            VolumeQuotaUpdate | VolumeQuotaDelete | VolumeTenantAttribute | VolumeHostAttribute => Rule::Admin,
         }
     }
 }

@@ -222,6 +222,7 @@ fn endpoints(
         (Method::PUT, format!("/network/v2.0/quotas/{project}"), "quota", true),
         (Method::POST, format!("/volume/v3/{project}/volumes"), "volume", false),
         (Method::PUT, format!("/volume/v3/{project}/volumes/{volume}"), "volume", false),
+        (Method::PUT, format!("/volume/v3/{project}/os-quota-sets/{project}"), "quota_set", true),
         (Method::POST, format!("/compute/v2.1/servers/{server}/os-volume_attachments"), "volumeAttachment", false),
     ]
 }

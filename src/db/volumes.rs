@@ -12,9 +12,6 @@ use serde::{Deserialize, Serialize};
 use super::{now, Db, Result};
 use crate::compute::states::VmState;
 
-/// cinder's default quotas, used when a project has no row of its own.
-pub const DEFAULT_QUOTAS: &[(&str, i64)] = &[("volumes", 10), ("gigabytes", 1000)];
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Volume {
     pub id: String,
@@ -168,13 +165,8 @@ impl Db {
 
     /// The project's `volumes` and `gigabytes` limits (-1: unlimited).
     pub fn volume_quotas(&self, project_id: &str) -> Result<(i64, i64)> {
-        let limits = self.quota_limits(project_id)?;
-        let get = |k: &str| {
-            limits
-                .get(k)
-                .copied()
-                .unwrap_or_else(|| DEFAULT_QUOTAS.iter().find(|(name, _)| *name == k).map(|(_, v)| *v).unwrap_or(-1))
-        };
+        let limits = self.volume_quota_limits(project_id)?;
+        let get = |k: &str| limits.get(k).copied().unwrap_or(-1);
         Ok((get("volumes"), get("gigabytes")))
     }
 
@@ -490,7 +482,7 @@ pub(crate) mod tests {
         assert!(db.volume("v1").unwrap().is_none());
         assert_eq!(db.volume_usage("p").unwrap(), (0, 0));
         assert_eq!(db.volume_quotas("p").unwrap(), (10, 1000));
-        db.set_quota("p", "volumes", 1).unwrap();
+        db.set_volume_quota("p", "volumes", 1).unwrap();
         assert_eq!(db.volume_quotas("p").unwrap(), (1, 1000));
     }
 }

@@ -53,7 +53,8 @@ pub fn router() -> Router<AppState> {
         .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
         .route("/limits", get(hosts::limits))
         .route("/os-quota-sets/{project}", get(hosts::quota_set).put(hosts::update_quota_set))
-        .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail));
+        .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail))
+        .route("/os-quota-sets/{project}/defaults", get(hosts::quota_set_defaults));
     Router::new()
         .route("/", get(versions))
         .route("/v2.1/", get(version))
