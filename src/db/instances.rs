@@ -158,7 +158,8 @@ pub struct Fault {
 pub struct InstanceFilter {
     pub project_id: Option<String>,
     pub host: Option<String>,
-    /// Substring of the name (nova treats `name` as a regex; a substring covers its common use).
+    /// A regular expression the name must match somewhere (nova's `name` filter; the caller
+    /// checks that it compiles).
     pub name: Option<String>,
     pub vm_states: Option<Vec<VmState>>,
     pub uuids: Option<Vec<String>>,
@@ -338,7 +339,7 @@ impl Db {
             push(&mut sql, " AND host = ?", h.clone().into());
         }
         if let Some(n) = &f.name {
-            push(&mut sql, " AND instr(display_name, ?) > 0", n.clone().into());
+            push(&mut sql, " AND display_name REGEXP ?", n.clone().into());
         }
         if let Some(c) = &f.changes_since {
             push(&mut sql, " AND updated_at >= ?", c.clone().into());
@@ -772,8 +773,14 @@ pub(crate) mod tests {
             .list_instances(&InstanceFilter { limit: Some(2), marker: Some(uuids[3].clone()), ..Default::default() })
             .unwrap();
         assert_eq!(next[0].uuid, uuids[2]);
-        let named = db.list_instances(&InstanceFilter { name: Some("vm4".into()), ..Default::default() }).unwrap();
-        assert_eq!(named.len(), 1);
+        let named = |pattern: &str| -> usize {
+            db.list_instances(&InstanceFilter { name: Some(pattern.into()), ..Default::default() }).unwrap().len()
+        };
+        assert_eq!(named("vm4"), 1, "a plain name matches anywhere, as before");
+        assert_eq!(named("^vm"), 5, "nova's name filter is a regular expression");
+        assert_eq!(named("^vm[13]$"), 2);
+        assert_eq!(named("^m"), 0);
+        assert_eq!(named("m.*2"), 1);
     }
 
     #[test]

@@ -136,6 +136,7 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(corrupt)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(corrupt)?;
+        add_regexp(&conn).map_err(open_err)?;
 
         let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
         migrations
@@ -166,6 +167,20 @@ impl Db {
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// SQLite's `REGEXP` operator (it has the syntax but no function behind it), for nova's `name`
+/// list filter. Each pattern is compiled once per statement. Rust's regex engine runs in
+/// linear time, so no pattern can stall the database.
+fn add_regexp(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function("regexp", 2, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
+        let re: std::sync::Arc<regex::Regex> =
+            ctx.get_or_create_aux(0, |pattern| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(regex::RegexBuilder::new(pattern.as_str()?).size_limit(1 << 20).build()?)
+            })?;
+        Ok(ctx.get_raw(1).as_str().is_ok_and(|text| re.is_match(text)))
+    })
 }
 
 /// Refuses files that are not SQLite before SQLite touches them (it would happily turn an

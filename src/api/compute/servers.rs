@@ -107,8 +107,6 @@ fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth:
         "addresses": d.addresses,
         "accessIPv4": inst.access_ip_v4.clone().unwrap_or_default(),
         "accessIPv6": inst.access_ip_v6.clone().unwrap_or_default(),
-        // novabox's own key (not `metadata`, which is the user's): clients ignore unknown keys.
-        "novabox:ssh_forward": inst.ssh_forward,
         "links": links(base, "servers", &inst.uuid),
         "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-AZ:availability_zone": inst.availability_zone.clone().unwrap_or_default(),
@@ -346,7 +344,7 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery, v: Microversion) -> ApiR
     let filter = InstanceFilter {
         project_id,
         host: if auth.is_admin() { q.host.clone() } else { None },
-        name: q.name.clone(),
+        name: validation::name_filter(q.name.as_deref())?,
         vm_states,
         uuids: None,
         include_deleted: auth.is_admin() && truthy(&q.deleted) || since.is_some() || before.is_some(),

@@ -351,6 +351,16 @@ pub fn flavor_visible(auth: &Auth, flavor: &Flavor, access: &[String]) -> bool {
         || access.iter().any(|p| p == auth.project_id())
 }
 
+/// The `name` list filter, a regular expression as in nova (its database matches it with
+/// REGEXP, anywhere in the name). One that does not compile is a 400 here, not a failed query.
+pub fn name_filter(name: Option<&str>) -> ApiResult<Option<String>> {
+    let Some(pattern) = name else { return Ok(None) };
+    match regex::RegexBuilder::new(pattern).size_limit(1 << 20).build() {
+        Ok(_) => Ok(Some(pattern.to_string())),
+        Err(e) => Err(ApiError::bad_request(format!("Invalid regular expression in the name filter {pattern:?}: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
