@@ -222,19 +222,8 @@ pub async fn create(
         validation::flavor_int("OS-FLV-EXT-DATA:ephemeral", b.get("OS-FLV-EXT-DATA:ephemeral"), 0, Some(0))?;
     let swap = validation::flavor_int("swap", b.get("swap"), 0, Some(0))?;
     let rxtx_factor = validation::rxtx_factor(b.get("rxtx_factor"))?;
-    let is_public = match b.get("os-flavor-access:is_public") {
-        None => true,
-        Some(Value::Bool(p)) => *p,
-        Some(Value::String(s)) if ["true", "1", "on", "yes"].contains(&s.to_ascii_lowercase().as_str()) => true,
-        Some(Value::String(s)) if ["false", "0", "off", "no"].contains(&s.to_ascii_lowercase().as_str()) => false,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid input for field/attribute os-flavor-access:is_public. Value: {other}. {other} is not one of \
-                 [True, 'True', 'TRUE', 'true', '1', 'ON', 'On', 'on', 'YES', 'Yes', 'yes', False, 'False', 'FALSE', \
-                 'false', '0', 'OFF', 'Off', 'off', 'NO', 'No', 'no']"
-            )))
-        }
-    };
+    let is_public =
+        validation::boolean("os-flavor-access:is_public", b.get("os-flavor-access:is_public"))?.unwrap_or(true);
     let description = match b.get("description") {
         None | Some(Value::Null) => None,
         Some(Value::String(d)) if d.chars().count() <= 65535 && !d.chars().any(char::is_control) => Some(d.clone()),

@@ -314,6 +314,9 @@ pub struct ListQuery {
     deleted: Option<String>,
 }
 
+/// The most items one page of a list holds (nova's `[api] max_limit`).
+const MAX_LIMIT: usize = 1000;
+
 fn truthy(v: &Option<String>) -> bool {
     match v.as_deref() {
         None => false,
@@ -336,11 +339,6 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery, v: Microversion) -> ApiR
         }
         None => None,
     };
-    if let Some(limit) = q.limit {
-        if limit > 1000 {
-            return Err(ApiError::bad_request("limit must be at most 1000"));
-        }
-    }
     let filter = InstanceFilter {
         project_id,
         host: if auth.is_admin() { q.host.clone() } else { None },
@@ -350,7 +348,8 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery, v: Microversion) -> ApiR
         include_deleted: auth.is_admin() && truthy(&q.deleted) || since.is_some() || before.is_some(),
         changes_since: since,
         changes_before: before,
-        limit: q.limit,
+        // nova's `[api] max_limit`: a larger limit is capped, not refused.
+        limit: q.limit.map(|l| l.min(MAX_LIMIT)),
         marker: q.marker.clone(),
     };
     let result = state.db.with(|db| -> crate::db::Result<_> {
@@ -623,9 +622,7 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
                 volume_id: if source == "volume" { uuid.clone() } else { None },
                 volume_size,
                 // nova's default for volumes is false: a volume outlives its server unless asked.
-                delete_on_termination: b
-                    .get("delete_on_termination")
-                    .and_then(Value::as_bool)
+                delete_on_termination: validation::boolean("delete_on_termination", b.get("delete_on_termination"))?
                     .unwrap_or(dest != "volume"),
             });
         }
@@ -746,12 +743,7 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
     if max_count > 100 {
         return Err(ApiError::bad_request("max_count must be at most 100"));
     }
-    let config_drive = match server.get("config_drive") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
-        Some(_) => return Err(ApiError::bad_request("config_drive must be a boolean")),
-    };
+    let config_drive = validation::boolean("config_drive", server.get("config_drive"))?.unwrap_or(false);
     let ip = |k: &str| -> ApiResult<Option<String>> {
         match str_field(server, k)? {
             Some(s) if !s.is_empty() => {
@@ -947,7 +939,7 @@ pub async fn create(
         "security_groups": p.security_groups.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
         "adminPass": admin_pass,
     });
-    if body["server"].get("return_reservation_id").and_then(Value::as_bool) == Some(true) {
+    if validation::boolean("return_reservation_id", body["server"].get("return_reservation_id"))? == Some(true) {
         server = json!({"reservation_id": format!("r-{}", &first.uuid[..8])});
         return Ok((StatusCode::ACCEPTED, Json(server)).into_response());
     }

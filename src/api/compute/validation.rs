@@ -361,6 +361,27 @@ pub fn name_filter(name: Option<&str>) -> ApiResult<Option<String>> {
     }
 }
 
+/// nova's `parameter_types.boolean`: JSON booleans and the strings Python's
+/// `strutils.bool_from_string` knows, in any case. Absent or null is `None`; anything else is
+/// nova's 400 naming the field and the accepted values.
+pub fn boolean(field: &str, value: Option<&Value>) -> ApiResult<Option<bool>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if ["true", "1", "on", "yes"].contains(&s.to_ascii_lowercase().as_str()) => {
+            Ok(Some(true))
+        }
+        Some(Value::String(s)) if ["false", "0", "off", "no"].contains(&s.to_ascii_lowercase().as_str()) => {
+            Ok(Some(false))
+        }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute {field}. Value: {other}. {other} is not one of [True, 'True', \
+             'TRUE', 'true', '1', 'ON', 'On', 'on', 'YES', 'Yes', 'yes', False, 'False', 'FALSE', 'false', '0', \
+             'OFF', 'Off', 'off', 'NO', 'No', 'no']"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,5 +459,22 @@ mod tests {
         assert_eq!(availability_zone(":h1").unwrap(), (None, Some("h1".into()), None));
         assert_eq!(availability_zone("nova::n1").unwrap(), (Some("nova".into()), None, Some("n1".into())));
         assert!(availability_zone("a:b:c:d").is_err());
+    }
+
+    #[test]
+    fn booleans_are_novas() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(true), true),
+            (json!("True"), true),
+            (json!("yes"), true),
+            (json!("OFF"), false),
+            (json!(false), false),
+        ] {
+            assert_eq!(boolean("f", Some(&v)).unwrap(), Some(want), "{v}");
+        }
+        assert_eq!(boolean("f", None).unwrap(), None);
+        assert!(boolean("f", Some(&json!("maybe"))).unwrap_err().message.contains("field/attribute f"));
+        assert!(boolean("f", Some(&json!(1))).is_err());
     }
 }

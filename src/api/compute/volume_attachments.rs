@@ -151,15 +151,8 @@ pub async fn create(
             return Err(ApiError::bad_request(format!("Invalid input for field/attribute tag. Value: {other}.")))
         }
     };
-    let delete_on_termination = match o.get("delete_on_termination") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid input for field/attribute delete_on_termination. Value: {other}. It is not a boolean."
-            )))
-        }
-    };
+    let delete_on_termination =
+        super::validation::boolean("delete_on_termination", o.get("delete_on_termination"))?.unwrap_or(false);
 
     let inst = find(&state, &auth, &id)?;
     let host = ready_host(&state, &inst, "attach_volume")?;

@@ -367,6 +367,33 @@ pub(super) async fn list_images(
 // Update (JSON patch)
 
 pub const PATCH_MEDIA_TYPE: &str = "application/openstack-images-v2.1-json-patch";
+/// glance's older patch format, still accepted, and what tempest's image client sends: each
+/// operation names itself as a key, `{"replace": "/name", "value": "x"}`.
+pub const PATCH_MEDIA_TYPE_2_0: &str = "application/openstack-images-v2.0-json-patch";
+
+/// Rewrites 2.0-style operations into RFC 6902 ones (`op` and `path`), which [`apply_patch`]
+/// takes. An operation already in the new form, or not an object, is left for it to judge.
+fn patch_ops_from_2_0(ops: Value) -> Value {
+    let Value::Array(list) = ops else { return ops };
+    Value::Array(
+        list.into_iter()
+            .map(|op| {
+                let Value::Object(mut obj) = op else { return op };
+                if obj.contains_key("op") {
+                    return Value::Object(obj);
+                }
+                for kind in ["add", "replace", "remove"] {
+                    if let Some(path) = obj.remove(kind) {
+                        obj.insert("op".into(), json!(kind));
+                        obj.insert("path".into(), path);
+                        break;
+                    }
+                }
+                Value::Object(obj)
+            })
+            .collect(),
+    )
+}
 
 /// Applies glance's JSON-patch operations (`add`, `replace`, `remove` on one top-level
 /// attribute or property each) to `img`, checking what the caller may change.
@@ -454,14 +481,16 @@ pub(super) async fn update_image(
     body: Bytes,
 ) -> ApiResult<Response> {
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if ctype.split(';').next().map(str::trim) != Some(PATCH_MEDIA_TYPE) {
+    let media = ctype.split(';').next().map(str::trim).unwrap_or_default();
+    if media != PATCH_MEDIA_TYPE && media != PATCH_MEDIA_TYPE_2_0 {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Unsupported Content-Type: use {PATCH_MEDIA_TYPE}"),
+            format!("Unsupported Content-Type: use {PATCH_MEDIA_TYPE} or {PATCH_MEDIA_TYPE_2_0}"),
         ));
     }
     let mut img = load_owned(&state, &auth, &id)?;
     let ops = parse_json_body(&body)?;
+    let ops = if media == PATCH_MEDIA_TYPE_2_0 { patch_ops_from_2_0(ops) } else { ops };
     apply_patch(&auth, &mut img, &ops)?;
     let saved = state.db.with(|db| db.save_image(&img))?;
     Ok(image_response(StatusCode::OK, &saved))
