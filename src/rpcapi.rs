@@ -236,6 +236,32 @@ impl RpcRequest for ConductorRequest {}
 impl RpcRequest for ComputeRequest {}
 impl RpcRequest for NotificationMessage {}
 
+/// Casts inside an `rpc.cast` span. Every message a request sends goes out this way (or
+/// through [`traced_call`]): the handler's span hangs under the send, so `novabox trace` can
+/// tell a message still in flight from a request whose work is over (`crate::trace::pending`).
+async fn traced_cast(bus: &dyn Bus, topic: &str, mut message: Message) -> Result<(), BusError> {
+    let span = tracing::info_span!("rpc.cast", topic, method = %message.method);
+    async move {
+        // The message was built outside this span: make the send, not its caller, the
+        // handler's parent.
+        message.context.trace_parent = crate::trace::current_span_id();
+        bus.cast(topic, message).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Calls inside an `rpc.call` span (see [`traced_cast`]).
+async fn traced_call(bus: &dyn Bus, topic: &str, mut message: Message, timeout: Duration) -> Result<Value, BusError> {
+    let span = tracing::info_span!("rpc.call", topic, method = %message.method);
+    async move {
+        message.context.trace_parent = crate::trace::current_span_id();
+        bus.call(topic, message, timeout).await
+    }
+    .instrument(span)
+    .await
+}
+
 /// Decodes a reply, mapping a shape mismatch to a bus codec error.
 fn decode<T: DeserializeOwned>(v: Value) -> Result<T, BusError> {
     Ok(serde_json::from_value(v)?)
@@ -252,9 +278,7 @@ impl SchedulerApi {
     }
     pub async fn build_instances(&self, ctx: &Context, uuids: &[String], spec: &RequestSpec) -> Result<(), BusError> {
         let request = SchedulerRequest::BuildInstances { instance_uuids: uuids.to_vec(), request_spec: spec.clone() };
-        let message = request.to_message(ctx)?;
-        let span = tracing::info_span!("rpc.cast", topic = SCHEDULER_TOPIC, method = "build_instances");
-        async { self.bus.cast(SCHEDULER_TOPIC, message).await }.instrument(span).await
+        traced_cast(&*self.bus, SCHEDULER_TOPIC, request.to_message(ctx)?).await
     }
 }
 
@@ -269,10 +293,7 @@ impl ConductorApi {
         ConductorApi { bus, timeout }
     }
     async fn call<T: DeserializeOwned>(&self, ctx: &Context, request: ConductorRequest) -> Result<T, BusError> {
-        let message = request.to_message(ctx)?;
-        let span = tracing::info_span!("rpc.call", topic = CONDUCTOR_TOPIC, method = %message.method);
-        let reply = async { self.bus.call(CONDUCTOR_TOPIC, message, self.timeout).await }.instrument(span).await?;
-        decode(reply)
+        decode(traced_call(&*self.bus, CONDUCTOR_TOPIC, request.to_message(ctx)?, self.timeout).await?)
     }
     pub async fn instance_update(
         &self,
@@ -390,7 +411,7 @@ impl ConductorApi {
     }
     pub async fn action_finish(&self, ctx: &Context, uuid: &str, message: Option<&str>) -> Result<(), BusError> {
         let request = ConductorRequest::ActionFinish { uuid: uuid.into(), message: message.map(str::to_string) };
-        self.bus.cast(CONDUCTOR_TOPIC, request.to_message(ctx)?).await
+        traced_cast(&*self.bus, CONDUCTOR_TOPIC, request.to_message(ctx)?).await
     }
     /// Spans recorded by a compute service without a database, for the conductor to store
     /// (see `crate::trace`). Cast under an empty request id, which the span recorder ignores:
@@ -430,10 +451,7 @@ impl ComputeApi {
         ComputeApi { bus, timeout }
     }
     async fn cast(&self, ctx: &Context, host: &str, request: ComputeRequest) -> Result<(), BusError> {
-        let topic = compute_topic(host);
-        let message = request.to_message(ctx)?;
-        let span = tracing::info_span!("rpc.cast", topic = %topic, method = %message.method);
-        async { self.bus.cast(&topic, message).await }.instrument(span).await
+        traced_cast(&*self.bus, &compute_topic(host), request.to_message(ctx)?).await
     }
     pub async fn build_and_run_instance(
         &self,
@@ -504,7 +522,7 @@ impl ComputeApi {
         length: Option<usize>,
     ) -> Result<String, BusError> {
         let request = ComputeRequest::GetConsoleOutput { instance: instance.clone(), length };
-        decode(self.bus.call(&compute_topic(host), request.to_message(ctx)?, self.timeout).await?)
+        decode(traced_call(&*self.bus, &compute_topic(host), request.to_message(ctx)?, self.timeout).await?)
     }
 }
 
@@ -554,7 +572,15 @@ impl Notifier {
                 return;
             }
         };
-        if let Err(e) = self.bus.cast(NOTIFICATIONS_TOPIC, message).await {
+        let span = tracing::info_span!("rpc.cast", topic = NOTIFICATIONS_TOPIC, method = "notify", event_type);
+        let mut message = message;
+        let sent = async {
+            message.context.trace_parent = crate::trace::current_span_id();
+            self.bus.cast(NOTIFICATIONS_TOPIC, message).await
+        }
+        .instrument(span)
+        .await;
+        if let Err(e) = sent {
             tracing::warn!(event_type, error = %e, "notification not published");
         }
     }

@@ -5,7 +5,10 @@
 //! background task of the process that holds the database.
 //!
 //! Across the bus the parent link travels in the message context (`trace_parent`), so a
-//! handler's span hangs under the `rpc.cast`/`rpc.call` span that sent it. A compute service
+//! handler's span hangs under the `rpc.cast`/`rpc.call` span that sent it. Every message a
+//! request sends goes out inside such a span (`crate::rpcapi`), so the stored spans alone say
+//! whether the request's work is over ([`pending`]): each span's parent is stored (no step
+//! still open) and each send has its handler under it (no message still in flight). A compute service
 //! running in another process (`novabox service compute`, or on another host) has no
 //! database: it ships its buffer to the conductor in `record_spans` casts instead (see
 //! `stack`), and the conductor stores them.
@@ -236,6 +239,43 @@ pub fn drain() -> Vec<SpanRow> {
     std::mem::take(&mut *BUFFER.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// What a request's stored spans say is not over yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Stored spans whose parent is not stored: that step is still open (or closed and not
+    /// yet written).
+    pub open_steps: usize,
+    /// Messages sent (`rpc.cast`, `rpc.call`) with no handler stored under them: still on the
+    /// bus, being handled, or handled and not yet written. As `rpc.cast TOPIC METHOD`.
+    pub in_flight: Vec<String>,
+}
+
+impl Pending {
+    /// Nothing is left: these spans are the whole of the request's work so far.
+    pub fn is_settled(&self) -> bool {
+        self.open_steps == 0 && self.in_flight.is_empty()
+    }
+}
+
+/// What is not over in `spans` (the spans of one request). Spans close children first and are
+/// written in the order they closed, so a missing parent means an open step; a send without a
+/// handler means work the request caused that is not recorded yet.
+pub fn pending(spans: &[SpanRow]) -> Pending {
+    use std::collections::HashSet;
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let parents: HashSet<&str> = spans.iter().filter_map(|s| s.parent_id.as_deref()).collect();
+    let open_steps = spans.iter().filter(|s| s.parent_id.as_deref().is_some_and(|p| !ids.contains(p))).count();
+    let in_flight = spans
+        .iter()
+        .filter(|s| (s.name == "rpc.cast" || s.name == "rpc.call") && !parents.contains(s.span_id.as_str()))
+        .map(|s| {
+            let a = |k: &str| s.attrs.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            format!("{} {} {}", s.name, a("topic"), a("method"))
+        })
+        .collect();
+    Pending { open_steps, in_flight }
+}
+
 /// Writes the waiting spans to the database. The insert runs outside any span, so it does not
 /// record itself.
 pub fn flush_to(db: &crate::db::SharedDb) {
@@ -245,5 +285,54 @@ pub fn flush_to(db: &crate::db::SharedDb) {
     }
     if let Err(e) = db.with(|d| d.insert_trace_spans(&rows)) {
         tracing::warn!(error = %e, spans = rows.len(), "trace spans not recorded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(id: &str, parent: Option<&str>, name: &str) -> SpanRow {
+        SpanRow {
+            request_id: "req-1".into(),
+            span_id: id.into(),
+            parent_id: parent.map(str::to_string),
+            service: "api".into(),
+            name: name.into(),
+            start_us: 0,
+            duration_us: 1,
+            attrs: serde_json::json!({"topic": "compute.vm", "method": "build_and_run_instance"}),
+        }
+    }
+
+    #[test]
+    fn a_send_without_its_handler_is_in_flight() {
+        let spans = [span("a", None, "api"), span("b", Some("a"), "rpc.cast")];
+        let p = pending(&spans);
+        assert_eq!(p.open_steps, 0);
+        assert_eq!(p.in_flight, ["rpc.cast compute.vm build_and_run_instance"]);
+        assert!(!p.is_settled());
+    }
+
+    #[test]
+    fn a_span_whose_parent_is_not_stored_is_an_open_step() {
+        // The compute's spawning step is written; its build step has not closed yet.
+        let spans = [span("a", None, "api"), span("b", Some("a"), "rpc.cast"), span("d", Some("c"), "spawning")];
+        let p = pending(&spans);
+        assert_eq!(p.open_steps, 1);
+        assert!(!p.is_settled());
+    }
+
+    #[test]
+    fn sends_with_handlers_and_stored_parents_are_settled() {
+        let spans = [
+            span("a", None, "api"),
+            span("b", Some("a"), "rpc.cast"),
+            span("c", Some("b"), "rpc"),
+            span("d", Some("c"), "rpc.call"),
+            span("e", Some("d"), "rpc"),
+        ];
+        assert!(pending(&spans).is_settled());
+        assert!(pending(&[]).is_settled(), "nothing recorded is nothing pending; the caller decides what that means");
     }
 }

@@ -390,17 +390,12 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
     let server = admin.wait_for(&id, "ACTIVE", Duration::from_secs(60)).await.unwrap();
     assert_eq!(server["OS-EXT-SRV-ATTR:host"], "second-host");
     // The remote compute has no database: its spans reach the trace through the conductor.
-    let mut tree = String::new();
-    for _ in 0..100 {
-        let out = run(home.novabox().args(["trace", &id]));
-        tree = stdout(&out);
-        // Both writers flush a few times a second: the local one (api, scheduler) and the
-        // conductor storing what the remote compute ships; wait for both.
-        if tree.contains("[compute] spawning") && tree.contains("[scheduler] select_host") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // `trace` right after ACTIVE waits for both writers (the local one, and the conductor
+    // storing what the remote compute ships).
+    let out = run(home.novabox().args(["trace", &id]));
+    assert_ok(&out);
+    let tree = stdout(&out);
+    assert!(!tree.contains("incomplete"), "{tree}");
     let select = tree.find("[scheduler] select_host").unwrap_or_else(|| panic!("no scheduler step:\n{tree}"));
     let build = tree.find("[compute] handle build_and_run_instance on compute.second-host");
     let spawning = tree.find("[compute] spawning");

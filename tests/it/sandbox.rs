@@ -97,7 +97,6 @@ fn sandbox_lifecycle_up_status_boot_trace_events_logs_smoke_down() {
     assert_eq!(guest.as_ref().map(|g| g["vm_state"].clone()), Some(Value::from("active")), "{st}");
 
     // Trace: the api, scheduler and compute steps of the boot, in order, with durations.
-    std::thread::sleep(Duration::from_millis(600));
     let out = run(home.novabox().args(["trace", "demo1", "--sql"]));
     assert_ok(&out);
     let tree = stdout(&out);
@@ -161,6 +160,93 @@ fn sandbox_lifecycle_up_status_boot_trace_events_logs_smoke_down() {
     assert_ok(&out);
     assert!(!home.path().exists());
     drop(stack);
+}
+
+/// The steps of a fake-driver boot that come last: the spawn, the create.end notification
+/// stored, the action finished. A trace without them is not the whole boot.
+const LAST_STEPS: [&str; 3] = [
+    "[compute] driver.spawn (driver=fake)",
+    "[conductor] handle notify on notifications.info compute.instance.create.end",
+    "[conductor] handle action_finish on conductor",
+];
+
+/// The README's path, as a user follows it: `server create --wait`, then `trace` at once. The
+/// spans of a boot's last steps are written a moment after the server goes ACTIVE, and `trace`
+/// used to say "no spans recorded" every time; it must show the whole boot, every time.
+#[test]
+fn sandbox_trace_at_once_after_create_wait_shows_the_whole_boot_20_times() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let (stack, _) = up_detached(&home);
+    assert_ok(&run(home.novabox().arg("smoke")));
+    for i in 0..20 {
+        let name = format!("t{i}");
+        assert_ok(&run(home.novabox().args(["server", "create", &name, "--image", "smoke-blob", "--wait"])));
+        let out = run(home.novabox().args(["trace", &name]));
+        assert_ok(&out);
+        let tree = stdout(&out);
+        for step in ["1. [api] POST", "[scheduler] select_host", "[compute] spawning"].iter().chain(&LAST_STEPS) {
+            assert!(tree.contains(step), "boot {i}: no {step:?} in\n{tree}");
+        }
+        assert!(!tree.contains("incomplete") && !tree.contains("in progress"), "boot {i}:\n{tree}");
+        if i == 0 {
+            // The JSON has the same whole tree: every span's parent is there, and every
+            // message sent has its handler under it.
+            let out = run(home.novabox().args(["trace", &name, "--json"]));
+            assert_ok(&out);
+            let spans = json_of(&out);
+            let spans = spans.as_array().expect("a list of spans");
+            let has = |id: &Value| spans.iter().any(|s| s["span_id"] == *id);
+            let has_child = |id: &Value| spans.iter().any(|s| s["parent_id"] == *id);
+            for s in spans {
+                assert!(s["parent_id"].is_null() || has(&s["parent_id"]), "a parent is missing: {s}");
+                if s["name"] == "rpc.cast" || s["name"] == "rpc.call" {
+                    assert!(has_child(&s["span_id"]), "a message without its handler: {s}");
+                }
+            }
+        }
+        // The demo project's quota is 10 servers.
+        assert_ok(&run(home.novabox().args(["server", "delete", &name, "--wait"])));
+    }
+    assert_ok(&run(home.novabox().arg("down")));
+    wait_dead(stack.pid);
+}
+
+/// A boot still in progress shows the steps so far and says so; once ACTIVE, the whole boot.
+#[test]
+fn sandbox_trace_of_a_boot_in_progress_says_so() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    home.edit_config(&[("fake_delay_ms = 0", "fake_delay_ms = 3000")]);
+    let (stack, _) = up_detached(&home);
+    assert_ok(&run(home.novabox().arg("smoke")));
+    let out = run(home.novabox().args(["server", "create", "slow", "--image", "smoke-blob", "--json"]));
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["status"], "BUILD");
+    let out = run(home.novabox().args(["trace", "slow"]));
+    assert_ok(&out);
+    let tree = stdout(&out);
+    assert!(tree.contains("the boot is still in progress (BUILD, task "), "{tree}");
+    assert!(tree.contains("1. [api] POST"), "the steps so far are shown:\n{tree}");
+    assert!(!tree.contains("driver.spawn"), "{tree}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(home.novabox().args(["server", "show", "slow", "--json"]));
+        if json_of(&out)["status"] == "ACTIVE" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slow boot never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run(home.novabox().args(["trace", "slow"]));
+    assert_ok(&out);
+    let tree = stdout(&out);
+    for step in LAST_STEPS {
+        assert!(tree.contains(step), "no {step:?} in\n{tree}");
+    }
+    assert!(!tree.contains("in progress"), "{tree}");
+    assert_ok(&run(home.novabox().arg("down")));
+    wait_dead(stack.pid);
 }
 
 #[test]
