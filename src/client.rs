@@ -14,7 +14,69 @@ pub enum ClientError {
     Api { method: String, url: String, status: StatusCode, message: String },
     #[error("the API answered something unexpected: {0}")]
     Protocol(String),
+    #[error("no {kind} named or with id {wanted}")]
+    NotFound { kind: &'static str, wanted: String },
+    #[error("several {kind}s are named {wanted}; use its id")]
+    Ambiguous { kind: &'static str, wanted: String },
 }
+
+/// The resources the thin client lists and shows (read-only), and where each lives in its
+/// service's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Image,
+    Flavor,
+    Network,
+    Keypair,
+    Volume,
+}
+
+impl Resource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Image => "image",
+            Resource::Flavor => "flavor",
+            Resource::Network => "network",
+            Resource::Keypair => "keypair",
+            Resource::Volume => "volume",
+        }
+    }
+
+    /// The list's path (the detailed one where the API has two) and the key of its array.
+    fn list(self) -> (&'static str, &'static str) {
+        match self {
+            Resource::Image => ("/images", "images"),
+            Resource::Flavor => ("/flavors/detail", "flavors"),
+            Resource::Network => ("/networks", "networks"),
+            Resource::Keypair => ("/os-keypairs", "keypairs"),
+            Resource::Volume => ("/volumes/detail", "volumes"),
+        }
+    }
+
+    /// The field that identifies one: a keypair's name is its id in nova's API.
+    pub fn key(self) -> &'static str {
+        if self == Resource::Keypair {
+            "name"
+        } else {
+            "id"
+        }
+    }
+
+    /// The show path of the one whose key is `key`, and the key its body wraps it in (glance
+    /// answers with the image itself).
+    fn show(self, key: &str) -> (String, Option<&'static str>) {
+        match self {
+            Resource::Image => (format!("/images/{key}"), None),
+            Resource::Flavor => (format!("/flavors/{key}"), Some("flavor")),
+            Resource::Network => (format!("/networks/{key}"), Some("network")),
+            Resource::Keypair => (format!("/os-keypairs/{key}"), Some("keypair")),
+            Resource::Volume => (format!("/volumes/{key}"), Some("volume")),
+        }
+    }
+}
+
+/// The most pages a list follows; a server that keeps sending `next` is not followed forever.
+const MAX_PAGES: usize = 1000;
 
 #[derive(Clone)]
 pub struct Client {
@@ -176,6 +238,70 @@ impl Client {
             return Err(ClientError::Api { method: "PUT".into(), url, status, message: error_message(&text) });
         }
         Ok(())
+    }
+
+    /// GET on the service that holds `r`.
+    async fn get(&self, r: Resource, path: &str) -> Result<Value, ClientError> {
+        match r {
+            Resource::Image => self.image(Method::GET, path, None).await,
+            Resource::Flavor | Resource::Keypair => self.compute(Method::GET, path, None).await,
+            Resource::Network => self.network(Method::GET, path, None).await,
+            Resource::Volume => self.volume(Method::GET, path, None).await,
+        }
+    }
+
+    /// Every one of `r` the user sees, page after page: glance pages by default (its `next`
+    /// path), nova, neutron and cinder when they must (a `rel: next` link in `<key>_links`).
+    pub async fn list(&self, r: Resource) -> Result<Vec<Value>, ClientError> {
+        let (path, key) = r.list();
+        let mut page = self.get(r, path).await?;
+        let mut items = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let batch = page[key].as_array().cloned().unwrap_or_default();
+            let empty = batch.is_empty();
+            // nova wraps each keypair of its list: {"keypair": {...}}.
+            items.extend(batch.into_iter().map(|i| if r == Resource::Keypair { i["keypair"].clone() } else { i }));
+            let next = match page["next"].as_str() {
+                Some(next) => Some(format!("{}{next}", self.image)),
+                None => page[format!("{key}_links")]
+                    .as_array()
+                    .and_then(|links| links.iter().find(|l| l["rel"] == "next"))
+                    .and_then(|l| l["href"].as_str())
+                    .map(str::to_string),
+            };
+            match next {
+                Some(url) if !empty => page = self.request(Method::GET, url, None).await?,
+                _ => return Ok(items),
+            }
+        }
+        Err(ClientError::Protocol(format!("the {} list did not end after {MAX_PAGES} pages", r.name())))
+    }
+
+    /// One of `r` by id (a keypair: by name) or by exact name, as its show answers it.
+    pub async fn show(&self, r: Resource, name_or_id: &str) -> Result<Value, ClientError> {
+        let key = self.find_id(r, name_or_id).await?;
+        let (path, wrapper) = r.show(&key);
+        let body = self.get(r, &path).await?;
+        Ok(match wrapper {
+            Some(w) => body[w].clone(),
+            None => body,
+        })
+    }
+
+    /// The id (a keypair: the name) of one of `r` by id or by exact name. An id wins over a
+    /// name, as in python-openstackclient.
+    pub async fn find_id(&self, r: Resource, name_or_id: &str) -> Result<String, ClientError> {
+        let items = self.list(r).await?;
+        let key = |i: &Value| i[r.key()].as_str().unwrap_or_default().to_string();
+        if let Some(one) = items.iter().find(|i| i[r.key()] == name_or_id) {
+            return Ok(key(one));
+        }
+        let named: Vec<&Value> = items.iter().filter(|i| i["name"] == name_or_id).collect();
+        match named.as_slice() {
+            [one] => Ok(key(one)),
+            [] => Err(ClientError::NotFound { kind: r.name(), wanted: name_or_id.to_string() }),
+            _ => Err(ClientError::Ambiguous { kind: r.name(), wanted: name_or_id.to_string() }),
+        }
     }
 
     /// A server by id or by exact name.

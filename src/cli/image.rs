@@ -1,4 +1,4 @@
-//! `novabox image import FILE|URL`: a disk image from a file or the web into the image
+//! `novabox image list|show` (see `resources`), and `novabox image import FILE|URL`: a disk image from a file or the web into the image
 //! service, checked first (see `novabox::image_import`): copied or downloaded into a temporary
 //! file under the home with a progress bar, checksum verified, format found with qemu-img.
 //! Only then is the image created through the image API (POST /v2/images, PUT .../file), so
@@ -25,6 +25,10 @@ pub struct ImageArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
+    /// List the images (a table; --json prints glance's objects)
+    List(super::resources::ListArgs),
+    /// Show one image, by name or id
+    Show(super::resources::ShowArgs),
     /// Import a qcow2/raw/... disk image from a file or an http(s):// or file:// URL
     Import(ImportArgs),
 }
@@ -56,9 +60,15 @@ pub struct ImportArgs {
 const FORMATS: &[&str] = &["auto", "qcow2", "raw", "vmdk", "vdi", "vhd", "vhdx", "iso", "ploop", "ami", "aki", "ari"];
 
 pub fn run(global: &GlobalArgs, args: ImageArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    use super::resources::{self, ReadCommand};
+    use novabox::client::Resource;
     match args.command {
-        ImageCommand::Import(a) => runtime.block_on(import(global, a)),
+        ImageCommand::List(a) => resources::run(global, Resource::Image, ReadCommand::List(a)),
+        ImageCommand::Show(a) => resources::run(global, Resource::Image, ReadCommand::Show(a)),
+        ImageCommand::Import(a) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(import(global, a))
+        }
     }
 }
 

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use novabox::client::Resource;
+
 pub mod bench;
 pub mod bench_boot;
 pub mod bench_guest;
@@ -18,6 +20,7 @@ pub mod image;
 pub mod init;
 pub mod logging;
 pub mod logs;
+pub mod resources;
 pub mod server;
 pub mod smoke;
 pub mod status;
@@ -81,8 +84,20 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Attach to a server's serial console (detach with Ctrl-])
     Console(console::ConsoleArgs),
-    /// Import disk images: `image import FILE|URL`
+    /// Images: `image list`, `image show IMAGE`, `image import FILE|URL`
     Image(image::ImageArgs),
+    /// Flavors, read-only: `flavor list`, `flavor show FLAVOR`
+    #[command(subcommand)]
+    Flavor(resources::ReadCommand),
+    /// Networks, read-only: `network list`, `network show NETWORK`
+    #[command(subcommand)]
+    Network(resources::ReadCommand),
+    /// Keypairs, read-only: `keypair list`, `keypair show NAME`
+    #[command(subcommand)]
+    Keypair(resources::ReadCommand),
+    /// Volumes, read-only: `volume list`, `volume show VOLUME`
+    #[command(subcommand)]
+    Volume(resources::ReadCommand),
     /// Measure novabox: `bench bus`, `bench boot`, `bench guest`, `bench up`, `bench logins`
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -104,6 +119,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => server::run(&cli.global, args),
         Command::Console(args) => console::run(&cli.global, args),
         Command::Image(args) => image::run(&cli.global, args),
+        Command::Flavor(cmd) => resources::run(&cli.global, Resource::Flavor, cmd),
+        Command::Network(cmd) => resources::run(&cli.global, Resource::Network, cmd),
+        Command::Keypair(cmd) => resources::run(&cli.global, Resource::Keypair, cmd),
+        Command::Volume(cmd) => resources::run(&cli.global, Resource::Volume, cmd),
         Command::Bench(cmd) => bench::run(&cli.global, cmd),
     }
 }

@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use novabox::client::Client;
+use novabox::client::{Client, Resource};
 use novabox::config::Config;
 use novabox::secrets::Secrets;
 
@@ -85,21 +85,6 @@ pub async fn login(global: &GlobalArgs, admin: bool) -> anyhow::Result<Client> {
     Ok(Client::login(&config.auth_url(), user, password, user).await?)
 }
 
-async fn find_id(client: &Client, kind: &str, list_path: &str, key: &str, wanted: &str) -> anyhow::Result<String> {
-    let list = match kind {
-        "image" => client.image(Method::GET, list_path, None).await?,
-        "network" => client.network(Method::GET, list_path, None).await?,
-        _ => client.compute(Method::GET, list_path, None).await?,
-    };
-    let items = list[key].as_array().cloned().unwrap_or_default();
-    let found: Vec<&Value> = items.iter().filter(|i| i["id"] == wanted || i["name"] == wanted).collect();
-    match found.as_slice() {
-        [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
-        [] => bail!("no {kind} named or with id {wanted}"),
-        _ => bail!("several {kind}s are named {wanted}; use its id"),
-    }
-}
-
 /// Adds what novabox knows of a server beyond nova's body, from this home's database: the
 /// user-mode ssh forward (`novabox:ssh_forward`), which standard clients must not see in the API.
 fn with_local_facts(global: &GlobalArgs, mut server: Value) -> Value {
@@ -154,10 +139,10 @@ async fn run_async(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<Exit
     let wait = Duration::from_secs(600);
     match args.command {
         ServerCommand::Create { name, image, flavor, network, key_name, wait: do_wait } => {
-            let image_id = find_id(&client, "image", "/images", "images", &image).await?;
-            let flavor_id = find_id(&client, "flavor", "/flavors", "flavors", &flavor).await?;
+            let image_id = client.find_id(Resource::Image, &image).await?;
+            let flavor_id = client.find_id(Resource::Flavor, &flavor).await?;
             let networks = match network {
-                Some(n) => json!([{ "uuid": find_id(&client, "network", "/networks", "networks", &n).await? }]),
+                Some(n) => json!([{ "uuid": client.find_id(Resource::Network, &n).await? }]),
                 None => json!("auto"),
             };
             let mut server = json!({"name": name, "imageRef": image_id, "flavorRef": flavor_id, "networks": networks});

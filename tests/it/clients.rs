@@ -316,3 +316,106 @@ fn openstackclient_server_security_groups() {
     assert!(err.contains("not associated"), "{err}");
     osc(&home, &["server", "delete", "--wait", "vm1", "bare"]);
 }
+
+/// `novabox`'s own read-only lists (`image|flavor|network|keypair|volume list|show`) show what
+/// the full client sees, so `novabox` alone finds what `server create` needs.
+#[test]
+fn novabox_lists_and_shows_what_openstackclient_lists() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let file = image_file(&home);
+    osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "img1"]);
+    osc(&home, &["keypair", "create", "key1"]);
+    osc(&home, &["volume", "create", "--size", "1", "vol1"]);
+    wait_volume(&home, "vol1", "available");
+    let novabox = |args: &[&str]| {
+        let out = run(home.novabox().args(args));
+        assert_ok(&out);
+        stdout(&out)
+    };
+    let novabox_json = |args: &[&str]| -> serde_json::Value {
+        let text = novabox(&[args, &["--json"]].concat());
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("novabox {args:?}: not JSON ({e}): {text}"))
+    };
+
+    // The names found through novabox's own lists boot a server.
+    let out = novabox(&[
+        "server",
+        "create",
+        "vm1",
+        "--image",
+        "img1",
+        "--flavor",
+        "m1.nano",
+        "--network",
+        "private",
+        "--key-name",
+        "key1",
+        "--wait",
+    ]);
+    assert!(out.contains("ACTIVE"), "{out}");
+    osc(&home, &["server", "add", "volume", "vm1", "vol1"]);
+    wait_volume(&home, "vol1", "in-use");
+    let server_id = osc_json(&home, &["server", "show", "vm1"])["id"].as_str().unwrap().to_string();
+
+    // (resource, the name to find, novabox's key field, openstackclient's column of it)
+    let kinds = [
+        ("image", "img1", "id", "ID"),
+        ("flavor", "m1.nano", "id", "ID"),
+        ("network", "private", "id", "ID"),
+        ("keypair", "key1", "name", "Name"),
+        ("volume", "vol1", "id", "ID"),
+    ];
+    for (kind, name, key, column) in kinds {
+        let mut ours: Vec<String> = novabox_json(&[kind, "list"])
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind} list is not a list"))
+            .iter()
+            .map(|i| i[key].as_str().unwrap().to_string())
+            .collect();
+        let mut theirs: Vec<String> = osc_json(&home, &[kind, "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i[column].as_str().unwrap().to_string())
+            .collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{kind} list");
+        assert!(!ours.is_empty(), "no {kind} at all");
+
+        let table = novabox(&[kind, "list"]);
+        assert!(table.lines().skip(1).any(|l| l.split("  ").any(|cell| cell.trim() == name)), "{kind}:\n{table}");
+
+        // Shown by name and by id, the same object as openstackclient's.
+        let shown = novabox_json(&[kind, "show", name]);
+        let id = shown[key].as_str().unwrap_or_else(|| panic!("{kind} show: {shown}")).to_string();
+        assert_eq!(shown["name"], name, "{shown}");
+        assert_eq!(osc_json(&home, &[kind, "show", name])[key], shown[key], "{kind} show");
+        assert_eq!(novabox_json(&[kind, "show", &id])[key], shown[key], "{kind} show by id");
+        let table = novabox(&[kind, "show", name]);
+        assert!(table.lines().any(|l| l.starts_with("name ") && l.trim_end().ends_with(name)), "{table}");
+
+        let out = run(home.novabox().args([kind, "show", "no-such-thing"]));
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(stderr(&out).contains(&format!("no {kind} named or with id no-such-thing")), "{}", stderr(&out));
+    }
+    let volumes = novabox(&["volume", "list"]);
+    assert!(volumes.contains("in-use") && volumes.contains(&format!("{server_id} on /dev/")), "{volumes}");
+
+    // Glance pages its list by 25: the thin client follows `next` to the end.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let demo = stack.client("demo").await;
+        for i in 0..30 {
+            let body =
+                serde_json::json!({"name": format!("queued-{i}"), "disk_format": "raw", "container_format": "bare"});
+            demo.image(reqwest::Method::POST, "/images", Some(body)).await.unwrap();
+        }
+    });
+    let images = novabox_json(&["image", "list"]);
+    assert_eq!(images.as_array().unwrap().len(), 31, "{images}");
+    let out = run(home.novabox().args(["image", "show", "queued-29"]));
+    assert_ok(&out);
+}
