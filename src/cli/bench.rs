@@ -27,7 +27,7 @@ pub enum BenchCommand {
     Boot(super::bench_boot::BootArgs),
     /// A real guest's boot through novabox next to a bare qemu boot of the same guest
     Guest(super::bench_guest::GuestArgs),
-    /// Time CI mode: `up --driver fake --bus local --detach --wait --json` until ready
+    /// Time CI mode (`up --driver fake --bus local --detach --wait`), or a first `up` on a new home
     Up(super::bench_up::UpBenchArgs),
     /// Unrelated requests' latency while clients flood the API with wrong passwords
     Logins(super::bench_logins::LoginsArgs),
@@ -64,7 +64,7 @@ pub fn run(global: &GlobalArgs, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Bus(args) => args,
         BenchCommand::Boot(args) => return super::bench_boot::run(args),
         BenchCommand::Guest(args) => return super::bench_guest::run(global, args),
-        BenchCommand::Up(args) => return super::bench_up::run(args),
+        BenchCommand::Up(args) => return super::bench_up::run(global, args),
         BenchCommand::Logins(args) => return super::bench_logins::run(args),
     };
     if args.messages == 0 || args.calls == 0 {

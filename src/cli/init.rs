@@ -66,6 +66,10 @@ pub struct InitArgs {
     /// Do not boot the test guest to choose between KVM and TCG (the choice is then unproven)
     #[arg(long)]
     pub no_boot_probe: bool,
+    /// `up` on a new home: the doctor (with its probe boot) is left to the stack's first
+    /// start, which boots the test guest while the broker starts instead of before it.
+    #[arg(skip)]
+    pub doctor_in_up: bool,
 }
 
 macro_rules! value_enum_mirror {
@@ -86,11 +90,13 @@ value_enum_mirror!(NetworkModeArg => NetworkMode { Auto, Bridge, User });
 
 impl InitArgs {
     /// What `up` uses to initialize a new home: defaults, no prompts, and package installs
-    /// only with the user's `--yes`.
-    pub fn for_up(yes: bool, no_boot_probe: bool) -> InitArgs {
+    /// only with the user's `--yes`. The doctor runs in `up`'s own doctor phase, beside the
+    /// broker's start, except for a fake-driver run that has no use for the probe boot.
+    pub fn for_up(yes: bool, fake: bool) -> InitArgs {
         InitArgs {
             yes,
-            no_boot_probe,
+            no_boot_probe: fake,
+            doctor_in_up: !fake,
             force: false,
             no_install: !yes,
             api_port: None,
@@ -234,8 +240,12 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
     }
 
     // 6. What this host can run; `auto` accel, driver and network come from this report.
-    let probe = !args.no_boot_probe && config.compute.driver != Driver::Fake;
-    super::doctor::run_for_init(&home, &config, probe)?;
+    if args.doctor_in_up {
+        eprintln!("doctor: the stack boots the test guest while its message broker starts");
+    } else {
+        let probe = !args.no_boot_probe && config.compute.driver != Driver::Fake;
+        super::doctor::run_for_init(&home, &config, probe)?;
+    }
 
     // 7. The test guest as image `tiny`, when this cloud can boot real guests.
     let real_guests = match config.compute.driver {

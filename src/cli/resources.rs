@@ -84,9 +84,12 @@ fn attachments(v: &Value) -> String {
     }
 }
 
-/// The table's columns for `r`: a header and how to read the cell from one item. The same
-/// columns python-openstackclient's `list` shows, so what users read elsewhere matches.
-fn columns(r: Resource) -> Vec<(&'static str, fn(&Value) -> String)> {
+/// A column of a list: its header, and how to read its cell from one item.
+type Column = (&'static str, fn(&Value) -> String);
+
+/// The table's columns for `r`: the same columns python-openstackclient's `list` shows, so
+/// what users read elsewhere matches.
+fn columns(r: Resource) -> Vec<Column> {
     match r {
         Resource::Image => vec![
             ("ID", |i| text(&i["id"])),

@@ -269,13 +269,18 @@ fn run_foreground(
         let _ = novabox::home::write_atomic(&phase_file(home), b"doctor", 0o600);
     }
     tracing::info!(phase = "doctor", "starting");
-    if let Err(e) = super::up_doctor::run(home, &config) {
-        if owns_stack {
-            let _ = std::fs::remove_file(pid_file(home));
+    // The probe boot, when one is due, runs beside the broker's start (both take seconds);
+    // the services wait for its decision.
+    let probe = match super::up_doctor::run(home, &config) {
+        Ok(probe) => probe,
+        Err(e) => {
+            if owns_stack {
+                let _ = std::fs::remove_file(pid_file(home));
+            }
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(EXIT_START_FAILED));
         }
-        eprintln!("error: {e:#}");
-        return Ok(ExitCode::from(EXIT_START_FAILED));
-    }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let config = Arc::new(config);
     let result = runtime.block_on(async {
@@ -289,6 +294,10 @@ fn run_foreground(
         });
         phase("broker");
         let bus = novabox::bus::connect(&config, home, &secrets).await.context("starting the message bus")?;
+        if probe.running() {
+            phase("doctor probe");
+        }
+        tokio::task::block_in_place(|| probe.finish())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -3,9 +3,11 @@
 //! cannot run here, with the reason and the fix.
 //!
 //! The slow probe boot (which proves KVM or TCG works) runs only when the home has no saved
-//! `doctor.json` or the host changed since it was saved (other CPU, KVM, nesting or
-//! environment findings), and only when guests will run under qemu; its report replaces the
-//! saved one, so `up` picks the accelerator from it.
+//! `doctor.json` (a new home: `up` leaves the doctor to this phase) or the host changed since
+//! it was saved (other CPU, KVM, nesting or environment findings), and only when guests will
+//! run under qemu. It runs in a thread beside the next phase (the broker's start, seconds
+//! too), and `up` waits for it before the services start: its report replaces the saved one,
+//! and the compute service picks the accelerator from it.
 
 use std::path::Path;
 
@@ -50,8 +52,35 @@ fn blocking(report: &Report) -> Vec<&doctor::Check> {
     report.checks.iter().filter(|c| c.status == Status::Fail && c.id.starts_with("host.program.")).collect()
 }
 
+/// The probe boot running beside `up`'s next phase. Dropping it waits for it too, so no probe
+/// qemu outlives a start-up that failed meanwhile.
+pub struct Probe(Option<std::thread::JoinHandle<anyhow::Result<()>>>);
+
+impl Probe {
+    pub fn running(&self) -> bool {
+        self.0.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Waits for the probe and its saved report.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        match self.0.take().map(|t| t.join()) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => anyhow::bail!("the doctor's probe boot panicked; run `novabox doctor --boot-probe`"),
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Runs the phase; `Err` carries the reason and the fix, for `up` to fail fast with.
-pub fn run(home: &Home, config: &Config) -> anyhow::Result<()> {
+pub fn run(home: &Home, config: &Config) -> anyhow::Result<Probe> {
     let file = home.root().join(doctor::REPORT_FILE);
     let quick = doctor::run(config, &doctor::Options::for_home(home, Path::new("/"), false));
     let blockers = blocking(&quick);
@@ -63,11 +92,16 @@ pub fn run(home: &Home, config: &Config) -> anyhow::Result<()> {
         );
     }
     let saved = Report::load(&file).filter(|r| r.host_root == Path::new("/"));
+    let mut probe = Probe(None);
     if let Some(why) = probe_reason(saved.as_ref(), &quick, config) {
         tracing::info!("doctor: {why}; booting the test guest to choose between KVM and TCG");
-        let probed = doctor::run(config, &doctor::Options::for_home(home, Path::new("/"), true));
-        probed.save(&file)?;
-        tracing::info!(accel = ?probed.decision.accel, reason = %probed.decision.reason, "doctor: decision saved");
+        let (home, config) = (home.clone(), config.clone());
+        probe.0 = Some(std::thread::spawn(move || {
+            let probed = doctor::run(&config, &doctor::Options::for_home(&home, Path::new("/"), true));
+            probed.save(&file)?;
+            tracing::info!(accel = ?probed.decision.accel, reason = %probed.decision.reason, "doctor: decision saved");
+            Ok(())
+        }));
     }
     let warnings = quick.checks.iter().filter(|c| c.status == Status::Fail).count();
     if warnings > 0 {
@@ -75,7 +109,7 @@ pub fn run(home: &Home, config: &Config) -> anyhow::Result<()> {
             "doctor: {warnings} check(s) FAIL with a fallback; `novabox doctor` says which and how to fix them"
         );
     }
-    Ok(())
+    Ok(probe)
 }
 
 #[cfg(test)]

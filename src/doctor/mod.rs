@@ -16,6 +16,7 @@ pub mod resources;
 mod sys;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -180,6 +181,29 @@ pub fn run(config: &Config, opts: &Options) -> Report {
     Report { schema: SCHEMA, host_root: opts.host_root.clone(), environment: env, checks, decision }
 }
 
+/// Why the KVM probe cannot succeed on this host, from its facts alone: then it is not run
+/// (it would only wait for its timeout) and the report says why.
+fn kvm_probe_skipped(cpu: &cpu::CpuInfo, kvm: &kvm::KvmFacts) -> Option<Check> {
+    if !kvm.device_exists || kvm.ioctls_ok == Some(false) {
+        return Some(Check::new("probe.kvm", Status::Note, "not run: KVM is not usable (see the kvm.* checks)", ""));
+    }
+    if kvm.pvm && cpu.virt_flag().is_none() {
+        return Some(Check::new(
+            "probe.kvm",
+            Status::Note,
+            "skipped: kvm_pvm is loaded and the CPU shows no vmx/svm, so /dev/kvm is PVM's and a normal guest \
+             kernel cannot run under it (it hangs until the probe's timeout); guests run under TCG",
+            "",
+        ));
+    }
+    None
+}
+
+/// Whether the two probe boots may run side by side: each keeps one core busy.
+fn probes_in_parallel() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
+
 fn run_probes(
     host: &HostRoot,
     cpu: &cpu::CpuInfo,
@@ -189,79 +213,111 @@ fn run_probes(
     checks: &mut Vec<Check>,
 ) -> ProbeFacts {
     let mut facts = ProbeFacts::default();
-    let skip = |checks: &mut Vec<Check>, status, finding: &str, fix: &str| {
-        checks.push(Check::new("probe.kvm", status, finding, fix));
-        checks.push(Check::new("probe.tcg", status, finding, fix));
+    let kvm_skipped = kvm_probe_skipped(cpu, kvm);
+    let not_run = if !host.is_live() {
+        Some((Status::Note, "not run against a fixture root".to_string(), ""))
+    } else if !opts.boot_probe {
+        Some((Status::Note, "not run (novabox doctor --boot-probe, or novabox init, boots a test guest)".into(), ""))
+    } else if !qemu_present {
+        Some((Status::Warn, "not run: qemu-system-x86_64 is missing".into(), "sudo apt-get install qemu-system-x86"))
+    } else {
+        None
     };
-    if !host.is_live() {
-        skip(checks, Status::Note, "not run against a fixture root", "");
-        return facts;
-    }
-    if !opts.boot_probe {
-        skip(checks, Status::Note, "not run (novabox doctor --boot-probe, or novabox init, boots a test guest)", "");
-        return facts;
-    }
-    if !qemu_present {
-        skip(checks, Status::Warn, "not run: qemu-system-x86_64 is missing", "sudo apt-get install qemu-system-x86");
-        return facts;
-    }
-    let image = match probe::ensure_test_image(&opts.image_dir) {
-        Ok(i) => i,
-        Err(e) => {
-            skip(
-                checks,
+    let image = match not_run {
+        Some(why) => Err(why),
+        None => probe::ensure_test_image(&opts.image_dir).map_err(|e| {
+            (
                 Status::Warn,
-                &format!("not run: {e}"),
+                format!("not run: {e}"),
                 "install busybox-static, then run novabox doctor --boot-probe again",
-            );
+            )
+        }),
+    };
+    let image = match image {
+        Ok(image) => image,
+        Err((status, finding, fix)) => {
+            checks.push(kvm_skipped.unwrap_or_else(|| Check::new("probe.kvm", status, finding.clone(), fix)));
+            checks.push(Check::new("probe.tcg", status, finding, fix));
             return facts;
         }
     };
     let _ = std::fs::create_dir_all(&opts.log_dir);
-    let boot = |accel: Accel, timeout| {
+    let console = |accel: Accel| {
         let name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
-        let console = opts.log_dir.join(format!("doctor-probe-{name}.console.log"));
-        (probe::boot(&image, accel, timeout, &console), console)
+        opts.log_dir.join(format!("doctor-probe-{name}.console.log"))
     };
-    // KVM is tried whenever /dev/kvm works, PVM included: only a boot shows whether a normal
-    // guest kernel runs there.
-    if kvm.device_exists && kvm.ioctls_ok == Some(true) {
-        let (outcome, console) = boot(Accel::Kvm, probe::KVM_TIMEOUT);
-        checks.push(match outcome {
-            Ok(o) if o.reached_init => {
-                facts.kvm = Some(true);
-                Check::pass(
-                    "probe.kvm",
-                    format!("the test guest reached its init under KVM in {:.1} s", o.elapsed.as_secs_f64()),
-                )
+    let stop_tcg = AtomicBool::new(false);
+    let tcg_probe = || {
+        let console = console(Accel::Tcg);
+        (probe::boot_unless(&image, Accel::Tcg, probe::TCG_TIMEOUT, &console, &stop_tcg), console)
+    };
+    std::thread::scope(|scope| {
+        // Where the host has the cores, TCG boots beside KVM, so a KVM that fails costs no
+        // more than the TCG boot that follows it anyway; a KVM that works stops it early.
+        let early_tcg = (kvm_skipped.is_none() && probes_in_parallel()).then(|| scope.spawn(tcg_probe));
+        match kvm_skipped {
+            Some(check) => checks.push(check),
+            None => {
+                let console = console(Accel::Kvm);
+                let outcome = probe::boot(&image, Accel::Kvm, probe::KVM_TIMEOUT, &console);
+                checks.push(kvm_check(outcome, &console, cpu, kvm, &mut facts));
             }
-            Ok(o) => {
-                facts.kvm = Some(false);
-                let why = if kvm.pvm && cpu.virt_flag().is_none() {
-                    " (expected with PVM: only PVM guest kernels run under this KVM)"
-                } else {
-                    ""
-                };
-                Check::fail(
-                    "probe.kvm",
-                    format!("a normal guest kernel did not boot under KVM: {}{why}", o.detail),
-                    format!("guests run under TCG instead; the serial console is in {}", console.display()),
-                )
+        }
+        if facts.kvm == Some(true) {
+            stop_tcg.store(true, Ordering::Relaxed);
+            if let Some(t) = early_tcg {
+                let _ = t.join();
             }
-            Err(e) => {
-                facts.kvm = Some(false);
-                Check::fail("probe.kvm", format!("cannot run the KVM probe: {e}"), "guests run under TCG instead")
-            }
-        });
-    } else {
-        checks.push(Check::new("probe.kvm", Status::Note, "not run: KVM is not usable (see the kvm.* checks)", ""));
+            checks.push(Check::new("probe.tcg", Status::Note, "not needed: guests boot under KVM", ""));
+            return;
+        }
+        let (outcome, console) = match early_tcg.map(|t| t.join()) {
+            Some(Ok(done)) => done,
+            // The probe thread panicked (a bug); boot again here to still have an answer.
+            Some(Err(_)) | None => tcg_probe(),
+        };
+        checks.push(tcg_check(outcome, &console, &mut facts));
+    });
+    facts
+}
+
+fn kvm_check(
+    outcome: Result<probe::BootOutcome, probe::ProbeError>,
+    console: &Path,
+    cpu: &cpu::CpuInfo,
+    kvm: &kvm::KvmFacts,
+    facts: &mut ProbeFacts,
+) -> Check {
+    match outcome {
+        Ok(o) if o.reached_init => {
+            facts.kvm = Some(true);
+            Check::pass(
+                "probe.kvm",
+                format!("the test guest reached its init under KVM in {:.1} s", o.elapsed.as_secs_f64()),
+            )
+        }
+        Ok(o) => {
+            facts.kvm = Some(false);
+            let why = if kvm.pvm && cpu.virt_flag().is_none() {
+                " (expected with PVM: only PVM guest kernels run under this KVM)"
+            } else {
+                ""
+            };
+            Check::fail(
+                "probe.kvm",
+                format!("a normal guest kernel did not boot under KVM: {}{why}", o.detail),
+                format!("guests run under TCG instead; the serial console is in {}", console.display()),
+            )
+        }
+        Err(e) => {
+            facts.kvm = Some(false);
+            Check::fail("probe.kvm", format!("cannot run the KVM probe: {e}"), "guests run under TCG instead")
+        }
     }
-    if facts.kvm == Some(true) {
-        checks.push(Check::new("probe.tcg", Status::Note, "not needed: guests boot under KVM", ""));
-        return facts;
-    }
-    let (outcome, console) = boot(Accel::Tcg, probe::TCG_TIMEOUT);
-    checks.push(match outcome {
+}
+
+fn tcg_check(outcome: Result<probe::BootOutcome, probe::ProbeError>, console: &Path, facts: &mut ProbeFacts) -> Check {
+    match outcome {
         Ok(o) if o.reached_init => {
             facts.tcg = Some(true);
             Check::pass(
@@ -284,8 +340,7 @@ fn run_probes(
             facts.tcg = Some(false);
             Check::fail("probe.tcg", format!("cannot run the TCG probe: {e}"), "check the qemu installation")
         }
-    });
-    facts
+    }
 }
 
 fn decide(
@@ -318,6 +373,11 @@ fn decide(
             }
             Some(false) => {
                 reasons.push("a test guest did not boot under KVM, TCG is the fallback".to_string());
+                Accel::Tcg
+            }
+            None if probes.tcg == Some(false) => {
+                reasons
+                    .push("KVM was not probed and the test guest did not boot under TCG (see probe.tcg)".to_string());
                 Accel::Tcg
             }
             None if kvm.pvm && cpu.virt_flag().is_none() => {

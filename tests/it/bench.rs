@@ -48,3 +48,20 @@ fn bench_guest_boots_the_test_guest_both_ways_needs_qemu() {
     assert!(novabox > 0.0 && bare > 0.0, "{text}");
     assert!(text.contains("overhead"), "{text}");
 }
+
+/// A user's first `up --yes` on a new home: init leaves the doctor to the stack, which boots
+/// the test guest beside the broker's start and saves the report the compute service reads.
+#[test]
+fn bench_up_new_home_probes_beside_the_broker_needs_qemu() {
+    crate::guests::require_qemu();
+    let home = TestHome::new();
+    let out =
+        run(home.novabox().args(["bench", "up", "--new-home"]).env("NOVABOX_DEB_CACHE", crate::guests::deb_cache()));
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(number_after(&text, "total") > 0.0, "{text}");
+    assert!(number_after(&text, "bare qemu boot of the test guest under TCG") > 0.0, "{text}");
+    // The stack's own doctor phase probed: one accelerator passed (KVM, or TCG when KVM did
+    // not boot or was ruled out by the host's facts).
+    assert!(text.contains("probe.kvm: PASS") || text.contains("probe.tcg: PASS"), "{text}");
+}
