@@ -742,3 +742,31 @@ fn history_older_than_history_days_is_deleted() {
     assert_eq!(left("notifications", "message_id"), ["m-recent"]);
     assert!(stack.stop().success());
 }
+
+/// The first start of a new home boots the probe guest beside the broker's start. A start-up
+/// that fails meanwhile (here: the broker's port is taken) still waits for the probe and saves
+/// its report, so no probe qemu outlives the failed `up`.
+#[test]
+fn sandbox_up_failing_beside_the_probe_leaves_no_probe_qemu_needs_qemu() {
+    crate::guests::require_qemu();
+    let home = TestHome::new();
+    let _cleanup = KillLeftovers(home.path().to_path_buf());
+    let out = run(home
+        .init_cmd(&["--driver", "qemu", "--bus", "rabbitmq", "--network-mode", "user"])
+        .env("NOVABOX_DEB_CACHE", crate::guests::deb_cache()));
+    assert_ok(&out);
+    // As a new home that `up` initialized: no saved report, so the stack probes.
+    std::fs::remove_file(home.path().join("doctor.json")).expect("init saved a report");
+    let config = std::fs::read_to_string(home.path().join("novabox.toml")).unwrap();
+    let bus: toml::Value = toml::from_str(&config).unwrap();
+    let port = bus["bus"]["port"].as_integer().expect("bus port");
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port as u16)).expect("bind the broker's port");
+    let out = run(home.novabox().args(["up", "--detach", "--wait"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("phase `broker`") || stderr(&out).contains("phase `doctor probe`"), "{}", stderr(&out));
+    let consoles = home.path().join("logs").to_string_lossy().into_owned();
+    assert!(pids_mentioning(&consoles).is_empty(), "a probe qemu outlived the failed up");
+    let report = novabox::doctor::Report::load(&home.path().join("doctor.json")).expect("the probe saved its report");
+    assert!(report.check("probe.tcg").is_some_and(|c| c.status != novabox::doctor::Status::Note)
+        || report.check("probe.kvm").is_some_and(|c| c.status == novabox::doctor::Status::Pass), "{report:?}");
+}
