@@ -763,10 +763,17 @@ fn sandbox_up_failing_beside_the_probe_leaves_no_probe_qemu_needs_qemu() {
     let _taken = std::net::TcpListener::bind(("127.0.0.1", port as u16)).expect("bind the broker's port");
     let out = run(home.novabox().args(["up", "--detach", "--wait"]));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("phase `broker`") || stderr(&out).contains("phase `doctor probe`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("phase `broker`") || stderr(&out).contains("phase `doctor probe`"),
+        "{}",
+        stderr(&out)
+    );
     let consoles = home.path().join("logs").to_string_lossy().into_owned();
     assert!(pids_mentioning(&consoles).is_empty(), "a probe qemu outlived the failed up");
     let report = novabox::doctor::Report::load(&home.path().join("doctor.json")).expect("the probe saved its report");
-    assert!(report.check("probe.tcg").is_some_and(|c| c.status != novabox::doctor::Status::Note)
-        || report.check("probe.kvm").is_some_and(|c| c.status == novabox::doctor::Status::Pass), "{report:?}");
+    assert!(
+        report.check("probe.tcg").is_some_and(|c| c.status != novabox::doctor::Status::Note)
+            || report.check("probe.kvm").is_some_and(|c| c.status == novabox::doctor::Status::Pass),
+        "{report:?}"
+    );
 }
