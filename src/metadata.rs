@@ -438,25 +438,7 @@ mod tests {
     fn alt_network(db: &SharedDb) -> String {
         db.with(|db| {
             let alt = db.ensure_project("alt", "").unwrap();
-            let n = db
-                .create_network(&crate::db::network::Network {
-                    id: String::new(),
-                    name: "alt-net".into(),
-                    project_id: alt.clone(),
-                    description: String::new(),
-                    shared: false,
-                    external: false,
-                    admin_state_up: true,
-                    status: "ACTIVE".into(),
-                    mtu: 1500,
-                    port_security_enabled: true,
-                    bridge: None,
-                    revision_number: 0,
-                    created_at: String::new(),
-                    updated_at: String::new(),
-                    subnets: Vec::new(),
-                })
-                .unwrap();
+            let n = db.create_network(&crate::db::network::Network::new("alt-net", alt.clone())).unwrap();
             let cidr: crate::cidr::Ipv4Cidr = "127.0.0.0/24".parse().unwrap();
             db.create_subnet(&crate::db::network::NewSubnet {
                 network_id: n.id.clone(),

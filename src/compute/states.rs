@@ -245,6 +245,50 @@ pub fn vm_states_for_status(status: &str) -> Option<&'static [VmState]> {
     })
 }
 
+/// A state-changing action on a server, as nova's `compute/api.py` guards it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerAction {
+    Stop,
+    Start,
+    Reboot,
+    RebootHard,
+}
+
+/// What an action needs and sets: nova's `@check_instance_state` and the task it starts.
+pub struct Guard {
+    /// The name nova's 409 gives the action ("Cannot 'stop' instance ...").
+    pub name: &'static str,
+    /// The vm_states the action is allowed in; the task state must be none.
+    pub vm_states: &'static [VmState],
+    /// The task state the action sets while it runs.
+    pub task: TaskState,
+}
+
+impl ServerAction {
+    /// The table of allowed states, one row per action, as nova's decorators have them.
+    pub fn guard(self) -> Guard {
+        use VmState as V;
+        match self {
+            ServerAction::Stop => {
+                Guard { name: "stop", vm_states: &[V::Active, V::Error], task: TaskState::PoweringOff }
+            }
+            ServerAction::Start => Guard { name: "start", vm_states: &[V::Stopped], task: TaskState::PoweringOn },
+            ServerAction::Reboot => Guard { name: "reboot", vm_states: &[V::Active], task: TaskState::Rebooting },
+            ServerAction::RebootHard => {
+                Guard { name: "reboot", vm_states: &[V::Active, V::Stopped, V::Error], task: TaskState::RebootingHard }
+            }
+        }
+    }
+}
+
+/// nova's InstanceInvalidState text, naming the task state when one runs, else the vm_state.
+pub fn invalid_state_message(action: &str, uuid: &str, vm: VmState, task: Option<TaskState>) -> String {
+    match task {
+        Some(t) => format!("Cannot '{action}' instance {uuid} while it is in task_state {t}"),
+        None => format!("Cannot '{action}' instance {uuid} while it is in vm_state {vm}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +342,20 @@ mod tests {
                 "{v} shows as {shown}, which a status filter does not map back"
             );
         }
+    }
+
+    #[test]
+    fn the_guard_table_and_nova_s_conflict_text() {
+        assert!(ServerAction::Stop.guard().vm_states.contains(&VmState::Error));
+        assert!(!ServerAction::Reboot.guard().vm_states.contains(&VmState::Stopped));
+        assert!(ServerAction::RebootHard.guard().vm_states.contains(&VmState::Stopped));
+        assert_eq!(
+            invalid_state_message("pause", "u1", VmState::Stopped, None),
+            "Cannot 'pause' instance u1 while it is in vm_state stopped"
+        );
+        assert_eq!(
+            invalid_state_message("stop", "u1", VmState::Active, Some(TaskState::PoweringOff)),
+            "Cannot 'stop' instance u1 while it is in task_state powering-off"
+        );
     }
 }

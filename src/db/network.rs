@@ -43,6 +43,29 @@ pub struct Network {
     pub subnets: Vec<String>,
 }
 
+impl Network {
+    /// A network to create, with neutron's defaults: private, up, MTU 1500, port security on.
+    pub fn new(name: impl Into<String>, project_id: impl Into<String>) -> Network {
+        Network {
+            id: String::new(),
+            name: name.into(),
+            project_id: project_id.into(),
+            description: String::new(),
+            shared: false,
+            external: false,
+            admin_state_up: true,
+            status: "ACTIVE".into(),
+            mtu: 1500,
+            port_security_enabled: true,
+            bridge: None,
+            revision_number: 0,
+            created_at: String::new(),
+            updated_at: String::new(),
+            subnets: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRoute {
     pub destination: String,
@@ -453,21 +476,10 @@ impl Db {
         let net = match existing {
             Some(n) => n,
             None => self.create_network(&Network {
-                id: String::new(),
-                name: DEFAULT_NETWORK.into(),
-                project_id: admin.id.clone(),
                 description: "The network novabox guests boot on by default".into(),
                 shared: true,
-                external: false,
-                admin_state_up: true,
-                status: "ACTIVE".into(),
-                mtu: 1500,
-                port_security_enabled: true,
                 bridge: Some(config.network.bridge.clone()),
-                revision_number: 0,
-                created_at: String::new(),
-                updated_at: String::new(),
-                subnets: Vec::new(),
+                ..Network::new(DEFAULT_NETWORK, admin.id.clone())
             })?,
         };
         if net.subnets.is_empty() {

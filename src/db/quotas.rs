@@ -44,6 +44,37 @@ impl Db {
         Ok(limits)
     }
 
+    /// The project's limits of one service whose rows carry `prefix` (`network.`, `volume.`),
+    /// that service's `defaults` filled in; rows of resources the service does not have are
+    /// ignored.
+    fn prefixed_quota_limits(
+        &self,
+        project_id: &str,
+        prefix: &str,
+        defaults: &[(&str, i64)],
+    ) -> Result<BTreeMap<String, i64>> {
+        let mut limits: BTreeMap<String, i64> = defaults.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT substr(resource, length(?2) + 1), hard_limit FROM quotas
+             WHERE project_id = ?1 AND substr(resource, 1, length(?2)) = ?2",
+        )?;
+        for row in stmt.query_map(params![project_id, prefix], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (k, v) = row?;
+            if limits.contains_key(&k) {
+                limits.insert(k, v);
+            }
+        }
+        Ok(limits)
+    }
+
+    /// Drops the project's own limits of the service whose rows carry `prefix`; how many.
+    fn delete_prefixed_quotas(&self, project_id: &str, prefix: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM quotas WHERE project_id = ?1 AND substr(resource, 1, length(?2)) = ?2",
+            params![project_id, prefix],
+        )?)
+    }
+
     pub fn set_quota(&self, project_id: &str, resource: &str, hard_limit: i64) -> Result<()> {
         self.conn().execute(
             "INSERT INTO quotas (project_id, resource, hard_limit) VALUES (?1, ?2, ?3)
@@ -66,26 +97,18 @@ pub const NETWORK_DEFAULTS: &[(&str, i64)] = &[
     ("security_group_rule", 100),
 ];
 
-/// The `quotas.resource` of a neutron resource.
+/// What starts the `quotas.resource` of a neutron resource.
+const NETWORK_PREFIX: &str = "network.";
+
 fn network_key(resource: &str) -> String {
-    format!("network.{resource}")
+    format!("{NETWORK_PREFIX}{resource}")
 }
 
 /// Network quotas: neutron's quota driver.
 impl Db {
     /// The project's network limits, neutron's defaults filled in. -1 means unlimited.
     pub fn network_quota_limits(&self, project_id: &str) -> Result<BTreeMap<String, i64>> {
-        let mut limits: BTreeMap<String, i64> = NETWORK_DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT substr(resource, 9), hard_limit FROM quotas WHERE project_id = ?1 AND resource LIKE 'network.%'",
-        )?;
-        for row in stmt.query_map([project_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-            let (k, v) = row?;
-            if limits.contains_key(&k) {
-                limits.insert(k, v);
-            }
-        }
-        Ok(limits)
+        self.prefixed_quota_limits(project_id, NETWORK_PREFIX, NETWORK_DEFAULTS)
     }
 
     pub fn set_network_quota(&self, project_id: &str, resource: &str, hard_limit: i64) -> Result<()> {
@@ -94,10 +117,7 @@ impl Db {
 
     /// Drops the project's own network limits (back to the defaults); false when it had none.
     pub fn delete_network_quotas(&self, project_id: &str) -> Result<bool> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM quotas WHERE project_id = ?1 AND resource LIKE 'network.%'", [project_id])?;
-        Ok(n > 0)
+        Ok(self.delete_prefixed_quotas(project_id, NETWORK_PREFIX)? > 0)
     }
 
     /// The projects that have network limits of their own, sorted.
@@ -158,26 +178,18 @@ pub const VOLUME_DEFAULTS: &[(&str, i64)] = &[
     ("gigabytes___DEFAULT__", -1),
 ];
 
-/// The `quotas.resource` of a cinder resource.
+/// What starts the `quotas.resource` of a cinder resource.
+const VOLUME_PREFIX: &str = "volume.";
+
 fn volume_key(resource: &str) -> String {
-    format!("volume.{resource}")
+    format!("{VOLUME_PREFIX}{resource}")
 }
 
 /// Block storage quotas: cinder's quota driver.
 impl Db {
     /// The project's block storage limits, cinder's defaults filled in. -1 means unlimited.
     pub fn volume_quota_limits(&self, project_id: &str) -> Result<BTreeMap<String, i64>> {
-        let mut limits: BTreeMap<String, i64> = VOLUME_DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT substr(resource, 8), hard_limit FROM quotas WHERE project_id = ?1 AND resource LIKE 'volume.%'",
-        )?;
-        for row in stmt.query_map([project_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-            let (k, v) = row?;
-            if limits.contains_key(&k) {
-                limits.insert(k, v);
-            }
-        }
-        Ok(limits)
+        self.prefixed_quota_limits(project_id, VOLUME_PREFIX, VOLUME_DEFAULTS)
     }
 
     pub fn set_volume_quota(&self, project_id: &str, resource: &str, hard_limit: i64) -> Result<()> {
@@ -186,8 +198,7 @@ impl Db {
 
     /// Drops the project's own block storage limits (back to the defaults).
     pub fn delete_volume_quotas(&self, project_id: &str) -> Result<()> {
-        self.conn().execute("DELETE FROM quotas WHERE project_id = ?1 AND resource LIKE 'volume.%'", [project_id])?;
-        Ok(())
+        self.delete_prefixed_quotas(project_id, VOLUME_PREFIX).map(|_| ())
     }
 }
 

@@ -17,7 +17,7 @@ use super::{links, parse_body, validation};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::{base_url, AppState};
-use crate::compute::states::{self, TaskState, VmState};
+use crate::compute::states::{self, ServerAction, TaskState, VmState};
 use crate::db::instances::{
     FlavorSnapshot, Instance, InstanceFilter, InstanceUpdate, NewBlockDevice, NewInstance, UpdateError,
 };
@@ -1013,15 +1013,10 @@ fn live_host(state: &AppState, inst: &Instance) -> ApiResult<Option<String>> {
 }
 
 /// Sets the task state of an action, refusing as nova does when the instance is not in a
-/// state that allows it (409).
-fn begin_action(
-    state: &AppState,
-    auth: &Auth,
-    inst: &Instance,
-    action: &str,
-    task: TaskState,
-    vm_states: &[VmState],
-) -> ApiResult<Instance> {
+/// state that allows it (409). The check and the change are one conditional update, so two
+/// racing actions cannot both start.
+fn begin_action(state: &AppState, auth: &Auth, inst: &Instance, action: ServerAction) -> ApiResult<Instance> {
+    let states::Guard { name: action, vm_states, task } = action.guard();
     if inst.locked && !auth.is_admin() {
         return Err(ApiError::conflict(format!("Instance {} is locked", inst.uuid)));
     }
@@ -1041,14 +1036,9 @@ fn begin_action(
     match result {
         Ok(i) => Ok(i),
         Err(UpdateError::NotFound) => Err(ApiError::not_found(format!("Instance {} could not be found.", inst.uuid))),
-        Err(UpdateError::UnexpectedState { vm_state, task_state }) => Err(ApiError::conflict(format!(
-            "Cannot '{action}' instance {} while it is in {}",
-            inst.uuid,
-            match task_state {
-                Some(t) => format!("task_state {t}"),
-                None => format!("vm_state {vm_state}"),
-            }
-        ))),
+        Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
+            Err(ApiError::conflict(states::invalid_state_message(action, &inst.uuid, vm_state, task_state)))
+        }
     }
 }
 
@@ -1119,13 +1109,12 @@ pub async fn action(
     match name.as_str() {
         "os-stop" => {
             let host = needs_host()?;
-            let i =
-                begin_action(&state, &auth, &inst, "stop", TaskState::PoweringOff, &[VmState::Active, VmState::Error])?;
+            let i = begin_action(&state, &auth, &inst, ServerAction::Stop)?;
             compute.stop_instance(ctx, &host, &i).await.map_err(unavailable)?;
         }
         "os-start" => {
             let host = needs_host()?;
-            let i = begin_action(&state, &auth, &inst, "start", TaskState::PoweringOn, &[VmState::Stopped])?;
+            let i = begin_action(&state, &auth, &inst, ServerAction::Start)?;
             compute.start_instance(ctx, &host, &i).await.map_err(unavailable)?;
         }
         "reboot" => {
@@ -1136,12 +1125,8 @@ pub async fn action(
                 _ => return Err(ApiError::bad_request("Argument 'type' for reboot must be a string SOFT or HARD")),
             };
             let host = needs_host()?;
-            let (task, states): (TaskState, &[VmState]) = if hard {
-                (TaskState::RebootingHard, &[VmState::Active, VmState::Stopped, VmState::Error])
-            } else {
-                (TaskState::Rebooting, &[VmState::Active])
-            };
-            let i = begin_action(&state, &auth, &inst, "reboot", task, states)?;
+            let action = if hard { ServerAction::RebootHard } else { ServerAction::Reboot };
+            let i = begin_action(&state, &auth, &inst, action)?;
             compute.reboot_instance(ctx, &host, &i, hard).await.map_err(unavailable)?;
         }
         "os-getConsoleOutput" => {

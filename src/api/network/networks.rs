@@ -139,23 +139,7 @@ pub(super) async fn show_network(
 
 pub(super) async fn create_network(State(state): State<AppState>, auth: Auth, body: Bytes) -> ApiResult<Response> {
     let obj = resource_body(&body, "network", NETWORK_ATTRS)?;
-    let mut n = Network {
-        id: String::new(),
-        name: String::new(),
-        project_id: owner_project(&auth, &obj)?,
-        description: String::new(),
-        shared: false,
-        external: false,
-        admin_state_up: true,
-        status: "ACTIVE".into(),
-        mtu: 1500,
-        port_security_enabled: true,
-        bridge: None,
-        revision_number: 0,
-        created_at: String::new(),
-        updated_at: String::new(),
-        subnets: Vec::new(),
-    };
+    let mut n = Network::new("", owner_project(&auth, &obj)?);
     apply_network_attrs(&auth, &mut n, &obj, true)?;
     let n = state.db.tx(|db| -> ApiResult<Network> {
         quotas::ensure_room(db, &n.project_id, "network")?;
