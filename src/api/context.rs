@@ -92,8 +92,9 @@ impl FromRequestParts<AppState> for Auth {
             parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_else(Context::new_request_id);
         let remote_address =
             parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
+        // The token's roles include the implied ones (an admin is a member and a reader too).
         let roles: Vec<String> = record.roles.iter().map(|(_, name)| name.clone()).collect();
-        Ok(Auth {
+        let auth = Auth {
             context: Context {
                 request_id,
                 user_id: Some(record.user_id),
@@ -106,6 +107,15 @@ impl FromRequestParts<AppState> for Auth {
             },
             user_name: record.user_name,
             project_name: record.project_name.unwrap_or_default(),
-        })
+        };
+        // The personas: whatever changes state in a service needs what its default policy
+        // asks (a member of the project), checked here once rather than in every handler.
+        if let Some(family) = parts.extensions.get::<super::fault::Family>() {
+            if let Some(action) = crate::policy::write_action(family.policy_service(), &parts.method, parts.uri.path())
+            {
+                auth.authorize(action, &crate::policy::Target::default())?;
+            }
+        }
+        Ok(auth)
     }
 }

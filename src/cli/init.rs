@@ -333,9 +333,9 @@ fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
     let demo_project = db.ensure_project("demo", "Project for the demo user")?;
     let alt_project = db.ensure_project("alt_demo", "A second project, to try isolation between projects")?;
     db.ensure_project("service", "Project for novabox's own services")?;
-    let admin_role = db.ensure_role("admin")?;
-    let member_role = db.ensure_role("member")?;
-    let reader_role = db.ensure_role("reader")?;
+    let roles = db.ensure_default_roles()?;
+    let role = |name: &str| roles.get(name).cloned().ok_or_else(|| anyhow::anyhow!("role {name} missing"));
+    let (admin_role, member_role, reader_role) = (role("admin")?, role("member")?, role("reader")?);
     for (name, password, project, roles) in [
         ("admin", &secrets.admin_password, &admin_project, vec![&admin_role, &member_role, &reader_role]),
         ("demo", &secrets.demo_password, &demo_project, vec![&member_role, &reader_role]),

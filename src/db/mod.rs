@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_instance_ssh_forward.sql"),
     include_str!("migrations/0006_trace_spans_unique.sql"),
     include_str!("migrations/0007_tokens_per_user.sql"),
+    include_str!("migrations/0010_identity_admin.sql"),
 ];
 
 /// The schema version this build writes and understands.

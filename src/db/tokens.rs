@@ -61,7 +61,7 @@ impl Db {
     }
 
     /// The token's record when it is known, not revoked, not expired, and its user and
-    /// project are enabled.
+    /// project are enabled (a deleted one is disabled too).
     pub fn valid_token(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
         let row = self
             .conn()
@@ -88,13 +88,8 @@ impl Db {
             .optional()?;
         let Some(mut rec) = row else { return Ok(None) };
         if let Some(project_id) = &rec.project_id {
-            let mut stmt = self.conn().prepare(
-                "SELECT r.id, r.name FROM role_assignments a JOIN roles r ON r.id = a.role_id
-                 WHERE a.user_id = ?1 AND a.project_id = ?2 ORDER BY r.name",
-            )?;
-            rec.roles = stmt
-                .query_map(params![rec.user_id, project_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+            // keystone lists the implied roles too: a member's token says reader as well.
+            rec.roles = self.effective_roles(&rec.user_id, project_id)?.into_iter().map(|r| (r.id, r.name)).collect();
         }
         Ok(Some(rec))
     }

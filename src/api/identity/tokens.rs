@@ -1,61 +1,26 @@
-//! Identity v3 (keystone): version discovery, password and token authentication with project
-//! scope, token validation and revocation, and the admin listings clients use.
+//! Tokens: password and token authentication with project scope, validation, revocation,
+//! and the service catalog.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::context::{token_hash, Auth};
-use super::fault::{ApiError, ApiResult};
-use super::{base_url, AppState};
+use crate::api::context::{token_hash, Auth};
+use crate::api::fault::{ApiError, ApiResult};
+use crate::api::{base_url, AppState};
 use crate::db::tokens::{NewToken, TokenRecord};
 use crate::db::Db;
 use crate::policy::{Action, Target};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(versions))
-        .route("/v3", get(version))
-        .route("/v3/", get(version))
-        .route("/v3/auth/tokens", get(validate_token).head(check_token).post(issue_token).delete(revoke_token))
-        .route("/v3/auth/catalog", get(auth_catalog))
-        .route("/v3/auth/projects", get(auth_projects))
-        .route("/v3/projects", get(list_projects))
-        .route("/v3/projects/{id}", get(show_project))
-        .route("/v3/users", get(list_users))
-        .route("/v3/users/{id}/projects", get(user_projects))
-        .fallback(|| async { ApiError::not_found("The resource could not be found.") })
-}
-
-fn version_doc(base: &str) -> Value {
-    json!({
-        "id": "v3.14",
-        "status": "stable",
-        "updated": "2020-04-07T00:00:00Z",
-        "links": [{"rel": "self", "href": format!("{base}/identity/v3/")}],
-        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
-    })
-}
-
-async fn versions(headers: HeaderMap, State(state): State<AppState>) -> Response {
-    let base = base_url(&headers, &state.config);
-    (StatusCode::MULTIPLE_CHOICES, Json(json!({"versions": {"values": [version_doc(&base)]}}))).into_response()
-}
-
-async fn version(headers: HeaderMap, State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"version": version_doc(&base_url(&headers, &state.config))}))
-}
-
 #[derive(Debug, Deserialize)]
-struct AuthRequest {
+pub(super) struct AuthRequest {
     auth: AuthBody,
 }
 
@@ -100,17 +65,15 @@ struct TokenMethod {
     id: String,
 }
 
-/// novabox has the one domain keystone starts with.
-fn check_domain(domain: Option<&DomainRef>) -> ApiResult<()> {
-    match domain {
-        None => Ok(()),
-        Some(d)
-            if d.id.as_deref().is_none_or(|id| id == "default") && d.name.as_deref().is_none_or(|n| n == "Default") =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(ApiError::unauthorized("The request you have made requires authentication.")),
-    }
+/// Whether a name's domain, as the request gives it (by id or name; none means the default
+/// domain), is `domain_id`.
+fn domain_matches(db: &Db, domain: Option<&DomainRef>, domain_id: &str) -> ApiResult<bool> {
+    Ok(match domain {
+        None => domain_id == "default",
+        Some(DomainRef { id: Some(id), .. }) => id == domain_id,
+        Some(DomainRef { name: Some(name), .. }) => db.domain_by_name(name)?.is_some_and(|d| d.id == domain_id),
+        Some(_) => false,
+    })
 }
 
 /// Who the request says it is: a user, the project a token scope would default to, and (for
@@ -121,7 +84,7 @@ struct Subject {
     expires_no_later_than: Option<String>,
 }
 
-async fn issue_token(
+pub(super) async fn issue_token(
     headers: HeaderMap,
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -133,7 +96,7 @@ async fn issue_token(
     let ttl = state.config.api.token_ttl_secs;
     let per_user = state.config.api.max_tokens_per_user;
 
-    let (token, record) = state.db.tx(|db| -> ApiResult<(String, TokenRecord)> {
+    let (token, body) = state.db.tx(|db| -> ApiResult<(String, Value)> {
         let project_id = match &req.auth.scope {
             None => subject.default_project.clone(),
             Some(scope) => Some(resolve_project_scope(db, scope)?),
@@ -168,10 +131,10 @@ async fn issue_token(
             per_user,
         )?;
         let record = db.valid_token(&token_hash(&token))?.ok_or_else(|| ApiError::internal("token vanished"))?;
-        Ok((token, record))
+        let body = token_body(db, &record, &base_url(&headers, &state.config), &state.config.host.region)?;
+        Ok((token, body))
     })?;
 
-    let body = token_body(&record, &base_url(&headers, &state.config), &state.config.host.region);
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     resp.headers_mut().insert("x-subject-token", token.parse().map_err(|_| ApiError::internal("bad token"))?);
     Ok(resp)
@@ -186,10 +149,16 @@ async fn authenticate(state: &AppState, identity: &Identity, source: Option<std:
         let pw = identity.password.as_ref().ok_or_else(|| {
             ApiError::bad_request("Expecting to find password in identity: the password method needs it.")
         })?;
-        check_domain(pw.user.domain.as_ref())?;
         let user = match (&pw.user.id, &pw.user.name) {
             (Some(id), _) => state.db.with(|db| db.user_by_id(id))?,
-            (None, Some(name)) => state.db.with(|db| db.user_by_name(name))?,
+            (None, Some(name)) => state.db.with(|db| -> ApiResult<_> {
+                // Names are unique across domains here, so the domain only has to agree.
+                let user = db.user_by_name(name)?;
+                Ok(match user {
+                    Some(u) if domain_matches(db, pw.user.domain.as_ref(), &u.domain_id)? => Some(u),
+                    _ => None,
+                })
+            })?,
             (None, None) => return Err(ApiError::bad_request("Expecting to find id or name in user.")),
         };
         state.logins.check(user.as_ref().map(|u| u.id.as_str()), source).map_err(refused)?;
@@ -219,10 +188,10 @@ async fn authenticate(state: &AppState, identity: &Identity, source: Option<std:
 
 /// A login refused before its password was looked at, as keystone (or, for a flooding
 /// address, any HTTP service) answers it.
-fn refused(r: super::logins::Refused) -> ApiError {
+fn refused(r: crate::api::logins::Refused) -> ApiError {
     match r {
-        super::logins::Refused::AccountLocked { .. } => ApiError::unauthorized(r.to_string()),
-        super::logins::Refused::SourceThrottled { retry_after_secs, .. } => {
+        crate::api::logins::Refused::AccountLocked { .. } => ApiError::unauthorized(r.to_string()),
+        crate::api::logins::Refused::SourceThrottled { retry_after_secs, .. } => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, r.to_string()).with_retry_after(retry_after_secs)
         }
     }
@@ -241,28 +210,37 @@ fn resolve_project_scope(db: &Db, scope: &Value) -> ApiResult<String> {
             id: d.get("id").and_then(Value::as_str).map(str::to_string),
             name: d.get("name").and_then(Value::as_str).map(str::to_string),
         });
-        check_domain(domain.as_ref())?;
-        return db.project_by_name(name)?.map(|p| p.id).ok_or_else(not_found);
+        return match db.project_by_name(name)? {
+            Some(p) if domain_matches(db, domain.as_ref(), &p.domain_id)? => Ok(p.id),
+            _ => Err(not_found()),
+        };
     }
     Err(ApiError::bad_request("Expecting to find id or name in project scope."))
 }
 
-fn token_body(rec: &TokenRecord, base: &str, region: &str) -> Value {
-    let domain = json!({"id": "default", "name": "Default"});
+/// The id and name of a domain, as a token shows its user's and project's.
+fn domain_ref(db: &Db, id: &str) -> ApiResult<Value> {
+    let name = db.domain_by_id(id)?.map(|d| d.name).unwrap_or_default();
+    Ok(json!({"id": id, "name": name}))
+}
+
+fn token_body(db: &Db, rec: &TokenRecord, base: &str, region: &str) -> ApiResult<Value> {
+    let user_domain = db.user_by_id(&rec.user_id)?.map(|u| u.domain_id).unwrap_or_else(|| "default".into());
     let mut token = json!({
         "methods": rec.methods,
-        "user": {"id": rec.user_id, "name": rec.user_name, "domain": domain, "password_expires_at": null},
+        "user": {"id": rec.user_id, "name": rec.user_name, "domain": domain_ref(db, &user_domain)?, "password_expires_at": null},
         "audit_ids": [rec.audit_id],
         "issued_at": with_micros(&rec.issued_at),
         "expires_at": with_micros(&rec.expires_at),
     });
     if let (Some(pid), Some(pname)) = (&rec.project_id, &rec.project_name) {
-        token["project"] = json!({"id": pid, "name": pname, "domain": domain});
+        let project_domain = db.project_by_id(pid)?.map(|p| p.domain_id).unwrap_or_else(|| "default".into());
+        token["project"] = json!({"id": pid, "name": pname, "domain": domain_ref(db, &project_domain)?});
         token["is_domain"] = json!(false);
         token["roles"] = rec.roles.iter().map(|(id, name)| json!({"id": id, "name": name})).collect();
         token["catalog"] = catalog(base, region, pid);
     }
-    json!({ "token": token })
+    Ok(json!({ "token": token }))
 }
 
 /// keystone writes token times with microseconds: `2026-11-27T10:00:00.000000Z`.
@@ -331,19 +309,32 @@ fn subject_record(state: &AppState, headers: &HeaderMap, auth: &Auth) -> ApiResu
     Ok((subject, record))
 }
 
-async fn validate_token(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> ApiResult<Response> {
+pub(super) async fn validate_token(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Response> {
     let (subject, record) = subject_record(&state, &headers, &auth)?;
-    let body = token_body(&record, &base_url(&headers, &state.config), &state.config.host.region);
+    let base = base_url(&headers, &state.config);
+    let body = state.db.with(|db| token_body(db, &record, &base, &state.config.host.region))?;
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert("x-subject-token", subject.parse().map_err(|_| ApiError::internal("bad token"))?);
     Ok(resp)
 }
 
-async fn check_token(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
+pub(super) async fn check_token(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<StatusCode> {
     subject_record(&state, &headers, &auth).map(|_| StatusCode::OK)
 }
 
-async fn revoke_token(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
+pub(super) async fn revoke_token(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<StatusCode> {
     let subject = subject(&headers)?;
     let hash = token_hash(&subject);
     let owner =
@@ -355,94 +346,11 @@ async fn revoke_token(headers: HeaderMap, State(state): State<AppState>, auth: A
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn auth_catalog(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> Json<Value> {
+pub(super) async fn auth_catalog(headers: HeaderMap, State(state): State<AppState>, auth: Auth) -> Json<Value> {
     let base = base_url(&headers, &state.config);
     Json(json!({"catalog": catalog(&base, &state.config.host.region, auth.project_id()), "links": {"self": null}}))
 }
 
-fn project_json(p: &crate::db::identity::Project) -> Value {
-    json!({
-        "id": p.id, "name": p.name, "description": p.description, "enabled": p.enabled,
-        "domain_id": "default", "is_domain": false, "parent_id": "default", "tags": [], "options": {},
-        "links": {"self": null},
-    })
-}
-
-/// The projects the caller has a role on.
-async fn auth_projects(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
-    let projects = state.db.with(|db| -> ApiResult<Vec<Value>> {
-        let mut out = Vec::new();
-        for p in db.projects()? {
-            if !db.roles_of(auth.user_id(), &p.id)?.is_empty() {
-                out.push(project_json(&p));
-            }
-        }
-        Ok(out)
-    })?;
-    Ok(Json(json!({"projects": projects, "links": {"self": null, "next": null, "previous": null}})))
-}
-
-async fn user_projects(
-    State(state): State<AppState>,
-    auth: Auth,
-    axum::extract::Path(user_id): axum::extract::Path<String>,
-) -> ApiResult<Json<Value>> {
-    if user_id != auth.user_id() {
-        auth.require_admin()?;
-    }
-    let projects = state.db.with(|db| -> ApiResult<Vec<Value>> {
-        let mut out = Vec::new();
-        for p in db.projects()? {
-            if !db.roles_of(&user_id, &p.id)?.is_empty() {
-                out.push(project_json(&p));
-            }
-        }
-        Ok(out)
-    })?;
-    Ok(Json(json!({"projects": projects, "links": {"self": null, "next": null, "previous": null}})))
-}
-
-async fn list_projects(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
-    auth.require_admin()?;
-    let projects = state.db.with(|db| db.projects())?;
-    Ok(Json(json!({
-        "projects": projects.iter().map(project_json).collect::<Vec<_>>(),
-        "links": {"self": null, "next": null, "previous": null},
-    })))
-}
-
-async fn show_project(
-    State(state): State<AppState>,
-    auth: Auth,
-    axum::extract::Path(id): axum::extract::Path<String>,
-) -> ApiResult<Json<Value>> {
-    if id != auth.project_id() {
-        auth.require_admin()?;
-    }
-    let p = state
-        .db
-        .with(|db| db.project_by_id(&id))?
-        .ok_or_else(|| ApiError::not_found(format!("Could not find project: {id}.")))?;
-    Ok(Json(json!({"project": project_json(&p)})))
-}
-
-async fn list_users(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
-    auth.require_admin()?;
-    let users = state.db.with(|db| db.users())?;
-    let users: Vec<Value> = users
-        .iter()
-        .map(|u| {
-            json!({
-                "id": u.id, "name": u.name, "enabled": u.enabled, "domain_id": "default",
-                "default_project_id": u.default_project_id, "password_expires_at": null, "options": {},
-                "links": {"self": null},
-            })
-        })
-        .collect();
-    Ok(Json(json!({"users": users, "links": {"self": null, "next": null, "previous": null}})))
-}
-
-/// Checks that the stored `now()` format compares correctly with expiry strings.
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1,0 +1,390 @@
+//! The admin API and the personas, through the real router.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::api::testing::{Cloud, Reply, PASSWORD};
+
+fn keystone_error(r: &Reply, code: u16) -> String {
+    assert_eq!(r.status.as_u16(), code, "{}", r.text());
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], code);
+    assert!(e["title"].is_string(), "{e}");
+    e["message"].as_str().unwrap().to_string()
+}
+
+async fn patch(c: &Cloud, uri: &str, token: &str, body: Value) -> Reply {
+    c.call(Method::PATCH, uri, Some(token), Some(body)).await
+}
+
+async fn login(c: &Cloud, user: &str, password: &str, project: &str) -> Reply {
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"id": "default"}}},
+    }});
+    c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(body)).await
+}
+
+fn subject(r: &Reply) -> String {
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    r.headers["x-subject-token"].to_str().unwrap().to_string()
+}
+
+/// An admin makes a project, a user in it with the member role; the user logs in.
+async fn project_with_member(c: &Cloud, admin: &str, project: &str, user: &str) -> (String, String) {
+    let r = c.post("/identity/v3/projects", admin, json!({"project": {"name": project, "description": "d"}})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let pid = r.json()["project"]["id"].as_str().unwrap().to_string();
+    let body = json!({"user": {"name": user, "password": "pw-1", "default_project_id": pid, "email": "u@example.org"}});
+    let r = c.post("/identity/v3/users", admin, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let uid = r.json()["user"]["id"].as_str().unwrap().to_string();
+    let member =
+        c.get("/identity/v3/roles?name=member", admin).await.json()["roles"][0]["id"].as_str().unwrap().to_string();
+    let r = c.put(&format!("/identity/v3/projects/{pid}/users/{uid}/roles/{member}"), admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    (pid, uid)
+}
+
+#[tokio::test]
+async fn an_admin_creates_a_project_and_a_member_who_gets_implied_roles() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let (pid, uid) = project_with_member(&c, &admin, "p1", "u1").await;
+
+    let r = login(&c, "u1", "pw-1", "p1").await;
+    let token = r.json()["token"].clone();
+    subject(&r);
+    let mut roles: Vec<&str> = token["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    roles.sort();
+    assert_eq!(roles, ["member", "reader"], "member implies reader");
+    assert_eq!(token["project"]["id"], pid.as_str());
+    assert_eq!(token["user"]["domain"], json!({"id": "default", "name": "Default"}));
+
+    // An admin's token lists every role the admin role implies.
+    let req = axum::http::Request::get("/identity/v3/auth/tokens")
+        .header("x-auth-token", &admin)
+        .header("x-subject-token", &admin)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let validated = c.send(req).await.json();
+    let mut admin_roles: Vec<&str> =
+        validated["token"]["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    admin_roles.sort();
+    assert_eq!(admin_roles, ["admin", "manager", "member", "reader"]);
+
+    let shown = c.get(&format!("/identity/v3/users/{uid}"), &admin).await.json()["user"].clone();
+    assert_eq!(shown["default_project_id"], pid.as_str());
+    assert_eq!(shown["email"], "u@example.org");
+    assert_eq!(shown["domain_id"], "default");
+    assert!(shown.get("password").is_none() && shown.get("password_hash").is_none());
+
+    let list = c.get("/identity/v3/projects?name=p1", &admin).await.json();
+    assert_eq!(list["projects"].as_array().unwrap().len(), 1);
+    assert_eq!(list["projects"][0]["description"], "d");
+    assert_eq!(c.get("/identity/v3/projects?enabled=false", &admin).await.json()["projects"], json!([]));
+    assert_eq!(c.get("/identity/v3/users?name=u1", &admin).await.json()["users"][0]["id"], uid.as_str());
+    assert_eq!(c.get("/identity/v3/users?domain_id=other", &admin).await.json()["users"], json!([]));
+}
+
+#[tokio::test]
+async fn errors_are_keystones_409_404_and_400() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let r = c.post("/identity/v3/projects", &admin, json!({"project": {"name": "demo"}})).await;
+    assert_eq!(
+        keystone_error(&r, 409),
+        "Conflict occurred attempting to store project - Duplicate entry found with name demo at domain ID default."
+    );
+    let r = c.post("/identity/v3/users", &admin, json!({"user": {"name": "alt"}})).await;
+    assert!(keystone_error(&r, 409).contains("Duplicate entry found with name alt"));
+    let r = c.get("/identity/v3/projects/nope", &admin).await;
+    assert_eq!(keystone_error(&r, 404), "Could not find project: nope.");
+    let r = c.delete("/identity/v3/users/nope", &admin).await;
+    assert_eq!(keystone_error(&r, 404), "Could not find user: nope.");
+    let r = c.post("/identity/v3/projects", &admin, json!({"project": {"description": "no name"}})).await;
+    assert!(keystone_error(&r, 400).contains("'name'"));
+    let r = c.post("/identity/v3/projects", &admin, json!({"project": {"name": "x", "enabled": "yes"}})).await;
+    assert!(keystone_error(&r, 400).contains("'enabled'"));
+    let r = c.post("/identity/v3/users", &admin, json!({"user": {"name": 7}})).await;
+    assert!(keystone_error(&r, 400).contains("'name'"));
+    let r = c.post("/identity/v3/users", &admin, json!({"user": {"name": "x", "default_project_id": "nope"}})).await;
+    assert!(keystone_error(&r, 400).contains("'default_project_id'"));
+    let r = c.post("/identity/v3/projects", &admin, json!({"projects": {}})).await;
+    assert!(keystone_error(&r, 400).contains("'project'"));
+    let r = c.post("/identity/v3/projects", &admin, json!({"project": {"name": "x", "domain_id": "nope"}})).await;
+    assert_eq!(keystone_error(&r, 404), "Could not find domain: nope.");
+}
+
+#[tokio::test]
+async fn non_admins_may_read_themselves_only_and_write_nothing() {
+    let c = Cloud::new();
+    let demo = c.token("demo").await;
+    let r = c.post("/identity/v3/projects", &demo, json!({"project": {"name": "mine"}})).await;
+    assert_eq!(
+        keystone_error(&r, 403),
+        "You are not authorized to perform the requested action: identity:create_project."
+    );
+    for uri in ["/identity/v3/projects", "/identity/v3/users", "/identity/v3/domains", "/identity/v3/role_assignments"]
+    {
+        assert_eq!(c.get(uri, &demo).await.status, StatusCode::FORBIDDEN, "{uri}");
+    }
+    let own = c.get(&format!("/identity/v3/projects/{}", c.demo_project), &demo).await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.text());
+    let other = c.get(&format!("/identity/v3/projects/{}", c.alt_project), &demo).await;
+    assert_eq!(
+        keystone_error(&other, 403),
+        "You are not authorized to perform the requested action: identity:get_project."
+    );
+    let me = c.get("/identity/v3/auth/tokens", &demo).await;
+    assert_eq!(me.status, StatusCode::BAD_REQUEST);
+    let uid = c.state.db.with(|db| db.user_by_name("demo")).unwrap().unwrap().id;
+    assert_eq!(c.get(&format!("/identity/v3/users/{uid}"), &demo).await.status, StatusCode::OK);
+    assert_eq!(c.get("/identity/v3/domains/default", &demo).await.status, StatusCode::OK, "its project's domain");
+    let alt_uid = c.state.db.with(|db| db.user_by_name("alt")).unwrap().unwrap().id;
+    assert_eq!(c.get(&format!("/identity/v3/users/{alt_uid}"), &demo).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(c.delete(&format!("/identity/v3/users/{alt_uid}"), &demo).await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn disabling_or_deleting_a_project_or_user_ends_its_tokens_at_once() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let (pid, uid) = project_with_member(&c, &admin, "p1", "u1").await;
+    let token = subject(&login(&c, "u1", "pw-1", "p1").await);
+    let servers = "/compute/v2.1/servers";
+    assert_eq!(c.get(servers, &token).await.status, StatusCode::OK);
+
+    let r = patch(&c, &format!("/identity/v3/projects/{pid}"), &admin, json!({"project": {"enabled": false}})).await;
+    assert_eq!(r.json()["project"]["enabled"], false);
+    assert_eq!(c.get(servers, &token).await.status, StatusCode::UNAUTHORIZED, "disabled project");
+    assert_eq!(login(&c, "u1", "pw-1", "p1").await.status, StatusCode::UNAUTHORIZED);
+    patch(&c, &format!("/identity/v3/projects/{pid}"), &admin, json!({"project": {"enabled": true, "name": "p1b"}}))
+        .await;
+    let token = subject(&login(&c, "u1", "pw-1", "p1b").await);
+
+    let r = patch(&c, &format!("/identity/v3/users/{uid}"), &admin, json!({"user": {"enabled": false}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(c.get(servers, &token).await.status, StatusCode::UNAUTHORIZED, "disabled user");
+    patch(&c, &format!("/identity/v3/users/{uid}"), &admin, json!({"user": {"enabled": true}})).await;
+    let token = subject(&login(&c, "u1", "pw-1", "p1b").await);
+
+    assert_eq!(c.delete(&format!("/identity/v3/users/{uid}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.get(servers, &token).await.status, StatusCode::UNAUTHORIZED, "deleted user");
+    assert_eq!(c.get(&format!("/identity/v3/users/{uid}"), &admin).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.delete(&format!("/identity/v3/projects/{pid}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.get(&format!("/identity/v3/projects/{pid}"), &admin).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.delete(&format!("/identity/v3/projects/{pid}"), &admin).await.status, StatusCode::NOT_FOUND);
+    // Names come free again, as tempest's dynamic credentials expect.
+    project_with_member(&c, &admin, "p1b", "u1").await;
+}
+
+#[tokio::test]
+async fn a_project_and_user_other_services_name_can_still_be_deleted() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let (pid, uid) = project_with_member(&c, &admin, "p1", "u1").await;
+    // Nova's rows name the project and the user; keystone deletes them regardless.
+    c.state
+        .db
+        .with(|db| {
+            db.conn().execute(
+                "INSERT INTO images (id, name, owner, status, created_at) VALUES ('i1', 'x', ?1, 'active', '2026-01-01T00:00:00Z')",
+                [&pid],
+            )
+        })
+        .unwrap();
+    assert_eq!(c.delete(&format!("/identity/v3/users/{uid}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.delete(&format!("/identity/v3/projects/{pid}"), &admin).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn grants_are_put_checked_listed_and_revoked() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let (pid, uid) = project_with_member(&c, &admin, "p1", "u1").await;
+    let reader =
+        c.get("/identity/v3/roles?name=reader", &admin).await.json()["roles"][0]["id"].as_str().unwrap().to_string();
+    let grant = format!("/identity/v3/projects/{pid}/users/{uid}/roles/{reader}");
+    assert_eq!(c.call(Method::HEAD, &grant, Some(&admin), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.put(&grant, &admin, json!({})).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.call(Method::HEAD, &grant, Some(&admin), None).await.status, StatusCode::NO_CONTENT);
+    let listed = c.get(&format!("/identity/v3/projects/{pid}/users/{uid}/roles"), &admin).await.json();
+    let mut names: Vec<&str> =
+        listed["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["member", "reader"]);
+
+    let r = c.get(&format!("/identity/v3/role_assignments?user.id={uid}&include_names"), &admin).await.json();
+    let rows = r["role_assignments"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{r}");
+    assert_eq!(rows[0]["user"]["name"], "u1");
+    assert_eq!(rows[0]["scope"]["project"]["name"], "p1");
+    assert_eq!(rows[0]["scope"]["project"]["domain"]["name"], "Default");
+    assert!(rows[0]["links"]["assignment"].as_str().unwrap().contains(&pid));
+
+    assert_eq!(c.delete(&grant, &admin).await.status, StatusCode::NO_CONTENT);
+    let r = c.delete(&grant, &admin).await;
+    assert!(keystone_error(&r, 404).starts_with("Could not find role assignment"));
+    // Effective assignments show the implied reader again, filtered by role.
+    let r = c
+        .get(&format!("/identity/v3/role_assignments?scope.project.id={pid}&effective&role.id={reader}"), &admin)
+        .await;
+    assert_eq!(r.json()["role_assignments"].as_array().unwrap().len(), 1, "{}", r.text());
+    let r = c.get(&format!("/identity/v3/role_assignments?scope.project.id={pid}&role.id={reader}"), &admin).await;
+    assert_eq!(r.json()["role_assignments"], json!([]));
+
+    let r = c.put(&format!("/identity/v3/projects/nope/users/{uid}/roles/{reader}"), &admin, json!({})).await;
+    assert_eq!(keystone_error(&r, 404), "Could not find project: nope.");
+    let r = c.put(&format!("/identity/v3/projects/{pid}/users/{uid}/roles/nope"), &admin, json!({})).await;
+    assert_eq!(keystone_error(&r, 404), "Could not find role: nope.");
+}
+
+#[tokio::test]
+async fn roles_and_their_inferences() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let roles = c.get("/identity/v3/roles", &admin).await.json();
+    let mut names: Vec<&str> = roles["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["admin", "manager", "member", "reader", "service"]);
+    let inf = c.get("/identity/v3/role_inferences", &admin).await.json();
+    let pairs: Vec<(String, String)> = inf["role_inferences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let p = r["prior_role"]["name"].as_str().unwrap().to_string();
+            r["implies"].as_array().unwrap().iter().map(move |i| (p.clone(), i["name"].as_str().unwrap().to_string()))
+        })
+        .collect();
+    assert_eq!(pairs.len(), 3);
+    assert!(pairs.contains(&("admin".into(), "manager".into())));
+    let r = c.post("/identity/v3/roles", &admin, json!({"role": {"name": "auditor"}})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = r.json()["role"]["id"].as_str().unwrap().to_string();
+    let r = c.post("/identity/v3/roles", &admin, json!({"role": {"name": "auditor"}})).await;
+    assert!(keystone_error(&r, 409).contains("Duplicate entry found with name auditor"));
+    assert_eq!(c.get(&format!("/identity/v3/roles/{id}"), &admin).await.json()["role"]["name"], "auditor");
+    assert_eq!(c.delete(&format!("/identity/v3/roles/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.get(&format!("/identity/v3/roles/{id}"), &admin).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_last_admin_cannot_be_removed() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let admin_id = c.state.db.with(|db| db.user_by_name("admin")).unwrap().unwrap().id;
+    let admin_role =
+        c.get("/identity/v3/roles?name=admin", &admin).await.json()["roles"][0]["id"].as_str().unwrap().to_string();
+    let r = c.delete(&format!("/identity/v3/users/{admin_id}"), &admin).await;
+    assert!(keystone_error(&r, 403).contains("no enabled user with the admin role"));
+    let r = patch(&c, &format!("/identity/v3/users/{admin_id}"), &admin, json!({"user": {"enabled": false}})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let grant = format!("/identity/v3/projects/{}/users/{admin_id}/roles/{admin_role}", c.admin_project);
+    assert_eq!(c.delete(&grant, &admin).await.status, StatusCode::FORBIDDEN);
+    let r = c.delete(&format!("/identity/v3/projects/{}", c.admin_project), &admin).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(c.get("/compute/v2.1/servers", &admin).await.status, StatusCode::OK, "nothing changed");
+    // With a second admin, the first may go.
+    let (pid, uid) = project_with_member(&c, &admin, "ops", "admin2").await;
+    c.put(&format!("/identity/v3/projects/{pid}/users/{uid}/roles/{admin_role}"), &admin, json!({})).await;
+    assert_eq!(c.delete(&grant, &admin).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn domains_default_and_others() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let r = c.get("/identity/v3/domains?name=Default", &admin).await.json();
+    assert_eq!(r["domains"][0]["id"], "default");
+    assert_eq!(r["domains"].as_array().unwrap().len(), 1);
+    let r = c.post("/identity/v3/domains", &admin, json!({"domain": {"name": "d2"}})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = r.json()["domain"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.post("/identity/v3/domains", &admin, json!({"domain": {"name": "d2"}})).await.status,
+        StatusCode::CONFLICT
+    );
+    let r = c.post("/identity/v3/projects", &admin, json!({"project": {"name": "in-d2", "domain_id": id}})).await;
+    assert_eq!(r.json()["project"]["domain_id"], id.as_str());
+    let pid = r.json()["project"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.get(&format!("/identity/v3/projects?domain_id={id}"), &admin).await.json()["projects"][0]["id"],
+        pid.as_str()
+    );
+    let r = c.delete(&format!("/identity/v3/domains/{id}"), &admin).await;
+    assert!(keystone_error(&r, 403).contains("Cannot delete a domain that is enabled"));
+    patch(&c, &format!("/identity/v3/domains/{id}"), &admin, json!({"domain": {"enabled": false}})).await;
+    assert_eq!(c.delete(&format!("/identity/v3/domains/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        c.get(&format!("/identity/v3/projects/{pid}"), &admin).await.status,
+        StatusCode::NOT_FOUND,
+        "its projects go too"
+    );
+    let r = patch(&c, "/identity/v3/domains/default", &admin, json!({"domain": {"enabled": false}})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_user_changes_its_own_password_with_the_original() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let (_, uid) = project_with_member(&c, &admin, "p1", "u1").await;
+    let old_token = subject(&login(&c, "u1", "pw-1", "p1").await);
+    let uri = format!("/identity/v3/users/{uid}/password");
+    let r = c.post(&uri, &old_token, json!({"user": {"original_password": "wrong", "password": "pw-2"}})).await;
+    keystone_error(&r, 401);
+    let r = c.post(&uri, &old_token, json!({"user": {"password": "pw-2"}})).await;
+    assert!(keystone_error(&r, 400).contains("'original_password'"));
+    let r = c.post(&uri, &old_token, json!({"user": {"original_password": "pw-1", "password": "pw-2"}})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert_eq!(c.get("/compute/v2.1/servers", &old_token).await.status, StatusCode::UNAUTHORIZED, "old tokens revoked");
+    assert_eq!(login(&c, "u1", "pw-1", "p1").await.status, StatusCode::UNAUTHORIZED);
+    subject(&login(&c, "u1", "pw-2", "p1").await);
+    // An admin resets it through an update.
+    patch(&c, &format!("/identity/v3/users/{uid}"), &admin, json!({"user": {"password": "pw-3"}})).await;
+    subject(&login(&c, "u1", "pw-3", "p1").await);
+    assert_eq!(login(&c, "demo", PASSWORD, "demo").await.status, StatusCode::CREATED);
+}
+
+/// The reader persona reads but writes nothing, in each service's own words; a member writes.
+#[tokio::test]
+async fn a_reader_reads_and_is_refused_every_write_in_the_services_words() {
+    let c = Cloud::new();
+    let reader = c.token("reader").await;
+    let demo = c.token("demo").await;
+    let volumes = format!("/volume/v3/{}/volumes", c.demo_project);
+    for uri in ["/compute/v2.1/servers", "/network/v2.0/networks", "/image/v2/images", volumes.as_str()] {
+        let r = c.get(uri, &reader).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.text());
+    }
+    let r = c.post("/compute/v2.1/servers", &reader, json!({"server": {"name": "s"}})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["forbidden"]["message"], "Policy doesn't allow project_member_api to be performed.");
+    let r = c.post("/network/v2.0/networks", &reader, json!({"network": {"name": "n"}})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["NeutronError"]["type"], "PolicyNotAuthorized");
+    assert_eq!(r.json()["NeutronError"]["message"], "(rule:project_member) is disallowed by policy");
+    let r = c.post("/image/v2/images", &reader, json!({"name": "i"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.text().contains("You are not authorized to complete project_member action."), "{}", r.text());
+    let r = c.post(&volumes, &reader, json!({"volume": {"size": 1}})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["forbidden"]["message"], "Policy doesn't allow project_member_api to be performed.");
+    let net = c.get("/network/v2.0/networks", &reader).await;
+    assert_eq!(net.status, StatusCode::OK);
+    let r = c.call(Method::DELETE, "/network/v2.0/networks/x", Some(&reader), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // A keypair is the user's own, not the project's: nova lets a reader make one.
+    let r = c.post("/compute/v2.1/os-keypairs", &reader, json!({"keypair": {"name": "k"}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // The member (and the admin, whose role implies member) writes.
+    let r = c.post("/network/v2.0/networks", &demo, json!({"network": {"name": "n"}})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let admin = c.token("admin").await;
+    let r = c.post("/image/v2/images", &admin, json!({"name": "i"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}

@@ -1,0 +1,34 @@
+-- Keystone's admin API (issue 18): domains, users' own attributes, implied roles, and deletion
+-- that leaves nova's, cinder's and glance's rows (which name their project and user) intact.
+
+CREATE TABLE domains (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    enabled     INTEGER NOT NULL DEFAULT 1,
+    created_at  TEXT NOT NULL
+);
+INSERT INTO domains (id, name, description, created_at)
+VALUES ('default', 'Default', 'The default domain', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
+
+ALTER TABLE users ADD COLUMN domain_id TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE users ADD COLUMN email TEXT;
+ALTER TABLE users ADD COLUMN description TEXT;
+-- Instances, volumes and images reference projects and users without cascading (upstream they
+-- live in other databases and outlive the project), so a deleted project or user stays as a
+-- row marked deleted, with its name freed, and every identity query skips it.
+ALTER TABLE projects ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+
+-- keystone's implied_role: a token carries every role its assignments imply.
+CREATE TABLE implied_roles (
+    prior_role_id   TEXT NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+    implied_role_id TEXT NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+    PRIMARY KEY (prior_role_id, implied_role_id)
+);
+INSERT OR IGNORE INTO roles (id, name) VALUES (lower(hex(randomblob(16))), 'manager');
+INSERT OR IGNORE INTO roles (id, name) VALUES (lower(hex(randomblob(16))), 'service');
+INSERT OR IGNORE INTO implied_roles (prior_role_id, implied_role_id)
+SELECT p.id, i.id FROM roles p JOIN roles i
+  ON (p.name = 'admin' AND i.name = 'manager') OR (p.name = 'manager' AND i.name = 'member')
+  OR (p.name = 'member' AND i.name = 'reader');
