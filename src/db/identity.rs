@@ -572,7 +572,7 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use crate::db::{Db, OpenOptions};
+    use crate::db::{Db, DbError, OpenOptions};
 
     #[test]
     fn ensure_is_idempotent_and_keeps_passwords() {
@@ -591,5 +591,54 @@ mod tests {
         db.assign_role(&u1, &p1, &r).unwrap();
         db.assign_role(&u1, &p1, &r).unwrap();
         assert_eq!(db.roles_of(&u1, &p1).unwrap(), vec!["member".to_string()]);
+    }
+
+    #[test]
+    fn an_existing_cloud_gains_the_default_domain_and_implied_roles_on_upgrade() {
+        use rusqlite_migration::{Migrations, M};
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("novabox.db");
+        let all = crate::db::MIGRATIONS;
+        let ours = all.iter().position(|m| m.contains("CREATE TABLE implied_roles")).unwrap();
+        {
+            // The database as the previous release left it: its roles and an admin.
+            let mut c = rusqlite::Connection::open(&path).unwrap();
+            Migrations::new(all[..ours].iter().map(|sql| M::up(sql)).collect()).to_latest(&mut c).unwrap();
+            c.pragma_update(None, "application_id", super::super::APPLICATION_ID).unwrap();
+            c.execute_batch(
+                "INSERT INTO projects (id, name, created_at) VALUES ('p', 'admin', 'x');
+                 INSERT INTO users (id, name, password_hash, created_at) VALUES ('u', 'admin', 'h', 'x');
+                 INSERT INTO roles (id, name) VALUES ('ra', 'admin'), ('rm', 'member'), ('rr', 'reader');
+                 INSERT INTO role_assignments VALUES ('u', 'p', 'ra');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, OpenOptions::default()).unwrap();
+        let names: Vec<String> = db.effective_roles("u", "p").unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["admin", "manager", "member", "reader"]);
+        assert_eq!(db.user_by_id("u").unwrap().unwrap().domain_id, "default");
+        assert_eq!(db.domain_by_id("default").unwrap().unwrap().name, "Default");
+        assert!(db.role_by_name("service").unwrap().is_some());
+        // Running the bootstrap again changes nothing.
+        db.ensure_default_roles().unwrap();
+        assert_eq!(db.implied_roles().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_deleted_project_frees_its_name_and_keeps_its_row_for_other_services() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
+        let p = db.ensure_project("p", "").unwrap();
+        let (u, _) = db.ensure_user("u", "h", &p).unwrap();
+        let r = db.ensure_role("member").unwrap();
+        db.assign_role(&u, &p, &r).unwrap();
+        db.delete_project(&p).unwrap();
+        assert!(db.project_by_id(&p).unwrap().is_none());
+        assert!(db.assignments(Some(&u), None, None).unwrap().is_empty());
+        assert_eq!(db.user_by_id(&u).unwrap().unwrap().default_project_id, None);
+        let rows: i64 = db.conn().query_row("SELECT count(*) FROM projects WHERE id = ?1", [&p], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 1, "the row stays for instances and volumes that name it");
+        assert_ne!(db.ensure_project("p", "").unwrap(), p, "the name is free again");
+        assert!(matches!(db.delete_project(&p), Err(DbError::NotFound(_))));
     }
 }

@@ -61,15 +61,16 @@ impl Db {
     }
 
     /// The token's record when it is known, not revoked, not expired, and its user and
-    /// project are enabled (a deleted one is disabled too).
+    /// project, and their domains, are enabled (a deleted one is disabled too).
     pub fn valid_token(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
         let row = self
             .conn()
             .query_row(
                 "SELECT t.audit_id, t.user_id, u.name, t.project_id, p.name, t.methods, t.issued_at, t.expires_at
-                 FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN projects p ON p.id = t.project_id
-                 WHERE t.token_hash = ?1 AND t.revoked = 0 AND t.expires_at > ?2 AND u.enabled = 1
-                   AND (t.project_id IS NULL OR p.enabled = 1)",
+                 FROM tokens t JOIN users u ON u.id = t.user_id JOIN domains ud ON ud.id = u.domain_id
+                 LEFT JOIN projects p ON p.id = t.project_id LEFT JOIN domains pd ON pd.id = p.domain_id
+                 WHERE t.token_hash = ?1 AND t.revoked = 0 AND t.expires_at > ?2 AND u.enabled = 1 AND ud.enabled = 1
+                   AND (t.project_id IS NULL OR (p.enabled = 1 AND pd.enabled = 1))",
                 params![token_hash, now()],
                 |r| {
                     Ok(TokenRecord {

@@ -313,9 +313,28 @@ async fn domains_default_and_others() {
         c.get(&format!("/identity/v3/projects?domain_id={id}"), &admin).await.json()["projects"][0]["id"],
         pid.as_str()
     );
+    let body = json!({"user": {"name": "d2-user", "password": "pw-1", "domain_id": id}});
+    let uid = c.post("/identity/v3/users", &admin, body).await.json()["user"]["id"].as_str().unwrap().to_string();
+    let member =
+        c.get("/identity/v3/roles?name=member", &admin).await.json()["roles"][0]["id"].as_str().unwrap().to_string();
+    c.put(&format!("/identity/v3/projects/{pid}/users/{uid}/roles/{member}"), &admin, json!({})).await;
+    // The user's domain must agree with the one the login names.
+    assert_eq!(login(&c, "d2-user", "pw-1", "in-d2").await.status, StatusCode::UNAUTHORIZED, "not in Default");
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {"name": "d2-user", "domain": {"name": "d2"}, "password": "pw-1"}}},
+        "scope": {"project": {"name": "in-d2", "domain": {"id": id}}},
+    }});
+    let r = c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(body.clone())).await;
+    assert_eq!(r.json()["token"]["user"]["domain"], json!({"id": id, "name": "d2"}));
+    let token = subject(&r);
+    assert_eq!(c.get("/compute/v2.1/servers", &token).await.status, StatusCode::OK);
+
     let r = c.delete(&format!("/identity/v3/domains/{id}"), &admin).await;
     assert!(keystone_error(&r, 403).contains("Cannot delete a domain that is enabled"));
     patch(&c, &format!("/identity/v3/domains/{id}"), &admin, json!({"domain": {"enabled": false}})).await;
+    assert_eq!(c.get("/compute/v2.1/servers", &token).await.status, StatusCode::UNAUTHORIZED, "disabled domain");
+    let r = c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(body)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(c.delete(&format!("/identity/v3/domains/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
     assert_eq!(
         c.get(&format!("/identity/v3/projects/{pid}"), &admin).await.status,

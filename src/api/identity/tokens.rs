@@ -102,7 +102,11 @@ pub(super) async fn issue_token(
             Some(scope) => Some(resolve_project_scope(db, scope)?),
         };
         if let Some(p) = &project_id {
-            let enabled = db.project_by_id(p)?.map(|p| p.enabled).unwrap_or(false);
+            // A project of a disabled domain is as disabled as the domain, as in keystone.
+            let enabled = match db.project_by_id(p)? {
+                Some(p) => p.enabled && db.domain_by_id(&p.domain_id)?.is_some_and(|d| d.enabled),
+                None => false,
+            };
             if !enabled || db.roles_of(&subject.user_id, p)?.is_empty() {
                 return Err(ApiError::unauthorized("The user has no role on the requested project."));
             }
@@ -162,7 +166,11 @@ async fn authenticate(state: &AppState, identity: &Identity, source: Option<std:
             (None, None) => return Err(ApiError::bad_request("Expecting to find id or name in user.")),
         };
         state.logins.check(user.as_ref().map(|u| u.id.as_str()), source).map_err(refused)?;
-        let Some(user) = user.filter(|u| u.enabled) else {
+        let domain_enabled = match &user {
+            Some(u) => state.db.with(|db| db.domain_by_id(&u.domain_id))?.is_some_and(|d| d.enabled),
+            None => false,
+        };
+        let Some(user) = user.filter(|u| u.enabled && domain_enabled) else {
             state.logins.failed(None, source);
             return Err(unauthorized());
         };
