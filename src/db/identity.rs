@@ -47,6 +47,22 @@ pub struct Assignment {
     pub role_id: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub domain_id: String,
+}
+
+/// A group's role on a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupAssignment {
+    pub group_id: String,
+    pub project_id: String,
+    pub role_id: String,
+}
+
 /// Which rows a listing keeps; `None` keeps all.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityFilter {
@@ -99,6 +115,10 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
 
 fn domain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Domain> {
     Ok(Domain { id: r.get(0)?, name: r.get(1)?, description: r.get(2)?, enabled: r.get(3)? })
+}
+
+fn group_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
+    Ok(Group { id: r.get(0)?, name: r.get(1)?, description: r.get(2)?, domain_id: r.get(3)? })
 }
 
 fn role_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Role> {
@@ -189,6 +209,7 @@ impl Db {
             return Err(DbError::NotFound(format!("Could not find project: {id}.")));
         }
         tx.execute("DELETE FROM role_assignments WHERE project_id = ?1", [id])?;
+        tx.execute("DELETE FROM group_role_assignments WHERE project_id = ?1", [id])?;
         tx.execute("UPDATE tokens SET revoked = 1 WHERE project_id = ?1", [id])?;
         tx.execute("UPDATE users SET default_project_id = NULL WHERE default_project_id = ?1", [id])?;
         tx.commit()?;
@@ -298,6 +319,7 @@ impl Db {
             return Err(DbError::NotFound(format!("Could not find user: {id}.")));
         }
         tx.execute("DELETE FROM role_assignments WHERE user_id = ?1", [id])?;
+        tx.execute("DELETE FROM group_members WHERE user_id = ?1", [id])?;
         tx.execute("UPDATE tokens SET revoked = 1 WHERE user_id = ?1", [id])?;
         tx.commit()?;
         Ok(())
@@ -399,7 +421,7 @@ impl Db {
         self.domain_by_id(id)?.ok_or_else(|| DbError::NotFound(format!("Could not find domain: {id}.")))
     }
 
-    /// Deletes a domain with its projects and users, as keystone does.
+    /// Deletes a domain with its projects, users and groups, as keystone does.
     pub fn delete_domain(&self, id: &str) -> Result<()> {
         let tx = self.begin()?;
         let projects: Vec<String> = self
@@ -418,6 +440,7 @@ impl Db {
         for u in users {
             self.delete_user(&u)?;
         }
+        tx.execute("DELETE FROM groups WHERE domain_id = ?1", [id])?;
         if tx.execute("DELETE FROM domains WHERE id = ?1", [id])? == 0 {
             return Err(DbError::NotFound(format!("Could not find domain: {id}.")));
         }
@@ -535,11 +558,14 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The names of the user's roles on the project, as assigned.
+    /// The names of the user's roles on the project, as assigned to it or to its groups.
     pub fn roles_of(&self, user_id: &str, project_id: &str) -> Result<Vec<String>> {
         let mut stmt = self.conn().prepare(
-            "SELECT r.name FROM role_assignments a JOIN roles r ON r.id = a.role_id
-             WHERE a.user_id = ?1 AND a.project_id = ?2 ORDER BY r.name",
+            "SELECT r.name FROM roles r WHERE r.id IN (
+                 SELECT role_id FROM role_assignments WHERE user_id = ?1 AND project_id = ?2
+                 UNION SELECT g.role_id FROM group_role_assignments g JOIN group_members m ON m.group_id = g.group_id
+                 WHERE m.user_id = ?1 AND g.project_id = ?2)
+             ORDER BY r.name",
         )?;
         let rows = stmt.query_map(params![user_id, project_id], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -550,6 +576,8 @@ impl Db {
         let mut stmt = self.conn().prepare(
             "WITH RECURSIVE eff(role_id) AS (
                  SELECT role_id FROM role_assignments WHERE user_id = ?1 AND project_id = ?2
+                 UNION SELECT g.role_id FROM group_role_assignments g JOIN group_members m ON m.group_id = g.group_id
+                 WHERE m.user_id = ?1 AND g.project_id = ?2
                  UNION SELECT x.implied_role_id FROM implied_roles x JOIN eff ON eff.role_id = x.prior_role_id)
              SELECT r.id, r.name FROM eff JOIN roles r ON r.id = eff.role_id ORDER BY r.name",
         )?;
@@ -557,11 +585,138 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The enabled users holding `role_id` on some enabled project.
+    pub fn create_group(&self, name: &str, description: &str, domain_id: &str) -> Result<Group> {
+        if self.group_by_name(name)?.is_some() {
+            return Err(DbError::Conflict(format!(
+                "Conflict occurred attempting to store group - Duplicate entry found with name {name} at domain ID {domain_id}."
+            )));
+        }
+        let id = new_hex_id();
+        self.conn().execute(
+            "INSERT INTO groups (id, name, description, domain_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, description, domain_id, now()],
+        )?;
+        Ok(Group { id, name: name.into(), description: description.into(), domain_id: domain_id.into() })
+    }
+
+    pub fn update_group(&self, id: &str, name: Option<&str>, description: Option<&str>) -> Result<Group> {
+        let cur = self.group_by_id(id)?.ok_or_else(|| DbError::NotFound(format!("Could not find group: {id}.")))?;
+        if let Some(n) = name.filter(|n| *n != cur.name) {
+            if self.group_by_name(n)?.is_some() {
+                return Err(DbError::Conflict(format!(
+                    "Conflict occurred attempting to store group - Duplicate entry found with name {n} at domain ID {}.",
+                    cur.domain_id
+                )));
+            }
+        }
+        self.conn().execute(
+            "UPDATE groups SET name = ?2, description = ?3 WHERE id = ?1",
+            params![id, name.unwrap_or(&cur.name), description.unwrap_or(&cur.description)],
+        )?;
+        self.group_by_id(id)?.ok_or_else(|| DbError::NotFound(format!("Could not find group: {id}.")))
+    }
+
+    /// Deletes a group with its memberships and role assignments.
+    pub fn delete_group(&self, id: &str) -> Result<()> {
+        if self.conn().execute("DELETE FROM groups WHERE id = ?1", [id])? == 0 {
+            return Err(DbError::NotFound(format!("Could not find group: {id}.")));
+        }
+        Ok(())
+    }
+
+    pub fn group_by_id(&self, id: &str) -> Result<Option<Group>> {
+        let sql = "SELECT id, name, description, domain_id FROM groups WHERE id = ?1";
+        Ok(self.conn().query_row(sql, [id], group_from_row).optional()?)
+    }
+
+    pub fn group_by_name(&self, name: &str) -> Result<Option<Group>> {
+        let sql = "SELECT id, name, description, domain_id FROM groups WHERE name = ?1";
+        Ok(self.conn().query_row(sql, [name], group_from_row).optional()?)
+    }
+
+    pub fn groups_where(&self, f: &IdentityFilter) -> Result<Vec<Group>> {
+        let (clauses, values) = filter_sql(&IdentityFilter { enabled: None, ..f.clone() });
+        let sql = format!("SELECT id, name, description, domain_id FROM groups WHERE 1 = 1{clauses} ORDER BY name");
+        let mut stmt = self.conn().prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(values), group_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds a member (idempotent).
+    pub fn add_group_member(&self, group_id: &str, user_id: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?1, ?2)",
+            params![group_id, user_id],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a member; false when it was none.
+    pub fn remove_group_member(&self, group_id: &str, user_id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2", params![group_id, user_id])?
+            > 0)
+    }
+
+    /// The members of a group.
+    pub fn group_members(&self, group_id: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn().prepare("SELECT user_id FROM group_members WHERE group_id = ?1 ORDER BY user_id")?;
+        let rows = stmt.query_map([group_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The groups of a user.
+    pub fn groups_of(&self, user_id: &str) -> Result<Vec<Group>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT g.id, g.name, g.description, g.domain_id FROM groups g JOIN group_members m ON m.group_id = g.id
+             WHERE m.user_id = ?1 ORDER BY g.name",
+        )?;
+        let rows = stmt.query_map([user_id], group_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn assign_group_role(&self, group_id: &str, project_id: &str, role_id: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO group_role_assignments (group_id, project_id, role_id) VALUES (?1, ?2, ?3)",
+            params![group_id, project_id, role_id],
+        )?;
+        Ok(())
+    }
+
+    pub fn unassign_group_role(&self, group_id: &str, project_id: &str, role_id: &str) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM group_role_assignments WHERE group_id = ?1 AND project_id = ?2 AND role_id = ?3",
+            params![group_id, project_id, role_id],
+        )? > 0)
+    }
+
+    /// The stored group assignments matching the filters (`None`: any).
+    pub fn group_assignments(
+        &self,
+        group_id: Option<&str>,
+        project_id: Option<&str>,
+        role_id: Option<&str>,
+    ) -> Result<Vec<GroupAssignment>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT group_id, project_id, role_id FROM group_role_assignments
+             WHERE (?1 IS NULL OR group_id = ?1) AND (?2 IS NULL OR project_id = ?2) AND (?3 IS NULL OR role_id = ?3)
+             ORDER BY group_id, project_id, role_id",
+        )?;
+        let rows = stmt.query_map(params![group_id, project_id, role_id], |r| {
+            Ok(GroupAssignment { group_id: r.get(0)?, project_id: r.get(1)?, role_id: r.get(2)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The enabled users holding `role_id` on some enabled project, themselves or by a group.
     pub fn holders_of(&self, role_id: &str) -> Result<Vec<String>> {
         let mut stmt = self.conn().prepare(
-            "SELECT DISTINCT a.user_id FROM role_assignments a JOIN users u ON u.id = a.user_id
-             JOIN projects p ON p.id = a.project_id
+            "SELECT DISTINCT a.user_id FROM (
+                 SELECT user_id, project_id, role_id FROM role_assignments
+                 UNION SELECT m.user_id, g.project_id, g.role_id FROM group_role_assignments g
+                 JOIN group_members m ON m.group_id = g.group_id) a
+             JOIN users u ON u.id = a.user_id JOIN projects p ON p.id = a.project_id
              WHERE a.role_id = ?1 AND u.deleted = 0 AND u.enabled = 1 AND p.deleted = 0 AND p.enabled = 1
              ORDER BY a.user_id",
         )?;

@@ -61,7 +61,8 @@ impl Db {
     }
 
     /// The token's record when it is known, not revoked, not expired, and its user and
-    /// project, and their domains, are enabled (a deleted one is disabled too).
+    /// project, and their domains, are enabled (a deleted one is disabled too), and the user
+    /// still has a role on the project.
     pub fn valid_token(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
         let row = self
             .conn()
@@ -91,6 +92,11 @@ impl Db {
         if let Some(project_id) = &rec.project_id {
             // keystone lists the implied roles too: a member's token says reader as well.
             rec.roles = self.effective_roles(&rec.user_id, project_id)?.into_iter().map(|r| (r.id, r.name)).collect();
+            // keystone recomputes the roles at validation: a token of a user who lost every
+            // role on its project (a revoked grant, a group left) is no longer valid.
+            if rec.roles.is_empty() {
+                return Ok(None);
+            }
         }
         Ok(Some(rec))
     }

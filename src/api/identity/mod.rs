@@ -1,5 +1,5 @@
 //! Identity v3 (keystone): version discovery, tokens, and the admin API clients and tempest
-//! use to set themselves up: domains, projects, users, roles and role assignments.
+//! use to set themselves up: domains, projects, users, groups, roles and role assignments.
 //!
 //! Who may call what is keystone's default policy, from [`crate::policy`]: writes and reads
 //! of other users' or projects' records are for admins; a user may read itself and its project.
@@ -16,6 +16,7 @@ use super::fault::{ApiError, ApiResult};
 use super::{base_url, AppState};
 
 mod domains;
+mod groups;
 mod projects;
 mod roles;
 mod tokens;
@@ -45,6 +46,19 @@ pub fn router() -> Router<AppState> {
             "/v3/projects/{project}/users/{user}/roles/{role}",
             put(roles::grant).head(roles::check_grant).get(roles::check_grant).delete(roles::revoke),
         )
+        .route("/v3/projects/{project}/groups/{group}/roles", get(groups::list_grants))
+        .route(
+            "/v3/projects/{project}/groups/{group}/roles/{role}",
+            put(groups::grant).head(groups::check_grant).get(groups::check_grant).delete(groups::revoke),
+        )
+        .route("/v3/groups", get(groups::list).post(groups::create))
+        .route("/v3/groups/{id}", get(groups::show).patch(groups::update).delete(groups::delete))
+        .route("/v3/groups/{id}/users", get(groups::list_members))
+        .route(
+            "/v3/groups/{group}/users/{user}",
+            put(groups::add_member).head(groups::check_member).get(groups::check_member).delete(groups::remove_member),
+        )
+        .route("/v3/users/{id}/groups", get(groups::user_groups))
         .route("/v3/users", get(users::list).post(users::create))
         .route("/v3/users/{id}", get(users::show).patch(users::update).delete(users::delete))
         .route("/v3/users/{id}/password", post(users::change_password))

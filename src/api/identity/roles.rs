@@ -12,11 +12,11 @@ use super::{ensure_an_admin_remains, invalid, list_links, member, name_field, no
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::AppState;
-use crate::db::identity::{Assignment, Role};
+use crate::db::identity::Role;
 use crate::db::Db;
 use crate::policy::{Action, Target};
 
-fn render(headers: &HeaderMap, state: &AppState, r: &Role) -> Value {
+pub(super) fn render(headers: &HeaderMap, state: &AppState, r: &Role) -> Value {
     json!({
         "id": r.id, "name": r.name, "domain_id": null, "description": null, "options": {},
         "links": {"self": url(headers, state, &format!("roles/{}", r.id))},
@@ -104,7 +104,7 @@ fn grant_parts(db: &Db, project: &str, user: &str, role: Option<&str>) -> ApiRes
     }
 }
 
-fn no_grant(project: &str, user: &str, role: &str) -> ApiError {
+pub(super) fn no_grant(project: &str, user: &str, role: &str) -> ApiError {
     ApiError::not_found(format!(
         "Could not find role assignment with role: {role}, user or group: {user}, project, domain, or system: {project}."
     ))
@@ -177,8 +177,26 @@ pub(super) async fn list_grants(
     })))
 }
 
-/// `GET /v3/role_assignments` with keystone's filters `user.id`, `scope.project.id`,
-/// `role.id`, `effective` (implied roles listed too) and `include_names`.
+/// Who holds an assignment: a user, or a group (whose members hold it, effectively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Actor {
+    User(String),
+    Group(String),
+}
+
+/// One row of `/v3/role_assignments`; `via_group` is set for a user's row that comes from a
+/// group's assignment (effective listings only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    actor: Actor,
+    project_id: String,
+    role_id: String,
+    via_group: Option<String>,
+}
+
+/// `GET /v3/role_assignments` with keystone's filters `user.id`, `group.id`,
+/// `scope.project.id`, `role.id`, `effective` (group assignments become their members', and
+/// implied roles are listed too) and `include_names`.
 pub(super) async fn assignments(
     headers: HeaderMap,
     State(state): State<AppState>,
@@ -186,8 +204,8 @@ pub(super) async fn assignments(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     auth.authorize(Action::IdentityAdmin("identity:list_role_assignments"), &Target::default())?;
-    if q.contains_key("group.id") || q.contains_key("scope.domain.id") || q.contains_key("scope.system") {
-        // novabox has no groups and assigns roles on projects only: such filters match nothing.
+    if q.contains_key("scope.domain.id") || q.contains_key("scope.system") {
+        // novabox assigns roles on projects only: such filters match nothing.
         return Ok(Json(
             json!({"role_assignments": [], "links": list_links(url(&headers, &state, "role_assignments"))}),
         ));
@@ -195,16 +213,44 @@ pub(super) async fn assignments(
     // keystone takes the flag's presence as true unless it says otherwise.
     let effective = q.get("effective").is_some_and(|v| v.is_empty() || query_bool(v));
     let names = q.get("include_names").is_some_and(|v| v.is_empty() || query_bool(v));
-    let (user, project, role) = (q.get("user.id"), q.get("scope.project.id"), q.get("role.id"));
+    let (user, group) = (q.get("user.id"), q.get("group.id"));
+    let (project, role) = (q.get("scope.project.id").map(String::as_str), q.get("role.id"));
     let rows = state.db.with(|db| -> ApiResult<Vec<Value>> {
-        let stored = db.assignments(user.map(String::as_str), project.map(String::as_str), None)?;
+        let mut stored: Vec<Row> = Vec::new();
+        for a in db.assignments(None, project, None)? {
+            stored.push(Row {
+                actor: Actor::User(a.user_id),
+                project_id: a.project_id,
+                role_id: a.role_id,
+                via_group: None,
+            });
+        }
+        for a in db.group_assignments(None, project, None)? {
+            if effective {
+                for member in db.group_members(&a.group_id)? {
+                    stored.push(Row {
+                        actor: Actor::User(member),
+                        project_id: a.project_id.clone(),
+                        role_id: a.role_id.clone(),
+                        via_group: Some(a.group_id.clone()),
+                    });
+                }
+            } else {
+                stored.push(Row {
+                    actor: Actor::Group(a.group_id),
+                    project_id: a.project_id,
+                    role_id: a.role_id,
+                    via_group: None,
+                });
+            }
+        }
         let implied = if effective { db.implied_roles()? } else { Vec::new() };
-        let mut out: Vec<Assignment> = Vec::new();
+        let mut out: Vec<Row> = Vec::new();
         for a in stored {
             // Each assignment with every role it implies, transitively.
             let mut todo = vec![a.role_id.clone()];
             while let Some(role_id) = todo.pop() {
-                let row = Assignment { role_id: role_id.clone(), ..a.clone() };
+                let row = Row { role_id: role_id.clone(), ..a.clone() };
                 if out.contains(&row) {
                     continue;
                 }
@@ -212,33 +258,58 @@ pub(super) async fn assignments(
                 todo.extend(implied.iter().filter(|(p, _)| p.id == role_id).map(|(_, i)| i.id.clone()));
             }
         }
-        out.retain(|a| role.is_none_or(|r| &a.role_id == r));
-        out.iter().map(|a| assignment_json(db, &headers, &state, a, names)).collect()
+        out.retain(|r| {
+            let user_ok = user.is_none_or(|u| r.actor == Actor::User(u.clone()));
+            let group_ok = group.is_none_or(|g| r.actor == Actor::Group(g.clone()) || r.via_group.as_ref() == Some(g));
+            user_ok && group_ok && role.is_none_or(|id| &r.role_id == id)
+        });
+        out.iter().map(|r| assignment_json(db, &headers, &state, r, names)).collect()
     })?;
     Ok(Json(json!({"role_assignments": rows, "links": list_links(url(&headers, &state, "role_assignments"))})))
 }
 
-fn assignment_json(db: &Db, headers: &HeaderMap, state: &AppState, a: &Assignment, names: bool) -> ApiResult<Value> {
+fn assignment_json(db: &Db, headers: &HeaderMap, state: &AppState, a: &Row, names: bool) -> ApiResult<Value> {
+    let domain = |id: &str| -> ApiResult<Value> {
+        let name = db.domain_by_id(id)?.map(|d| d.name).unwrap_or_default();
+        Ok(json!({"id": id, "name": name}))
+    };
     let mut role = json!({"id": a.role_id});
-    let mut user = json!({"id": a.user_id});
     let mut project = json!({"id": a.project_id});
+    let (key, mut actor, grant_path) = match &a.actor {
+        Actor::User(id) => ("user", json!({"id": id}), format!("users/{id}")),
+        Actor::Group(id) => ("group", json!({"id": id}), format!("groups/{id}")),
+    };
     if names {
-        let domain = |id: &str| -> ApiResult<Value> {
-            let name = db.domain_by_id(id)?.map(|d| d.name).unwrap_or_default();
-            Ok(json!({"id": id, "name": name}))
-        };
         if let Some(r) = db.role_by_id(&a.role_id)? {
             role["name"] = json!(r.name);
         }
-        if let Some(u) = db.user_by_id(&a.user_id)? {
-            user["name"] = json!(u.name);
-            user["domain"] = domain(&u.domain_id)?;
+        match &a.actor {
+            Actor::User(id) => {
+                if let Some(u) = db.user_by_id(id)? {
+                    actor["name"] = json!(u.name);
+                    actor["domain"] = domain(&u.domain_id)?;
+                }
+            }
+            Actor::Group(id) => {
+                if let Some(g) = db.group_by_id(id)? {
+                    actor["name"] = json!(g.name);
+                    actor["domain"] = domain(&g.domain_id)?;
+                }
+            }
         }
         if let Some(p) = db.project_by_id(&a.project_id)? {
             project["name"] = json!(p.name);
             project["domain"] = domain(&p.domain_id)?;
         }
     }
-    let link = url(headers, state, &format!("projects/{}/users/{}/roles/{}", a.project_id, a.user_id, a.role_id));
-    Ok(json!({"role": role, "user": user, "scope": {"project": project}, "links": {"assignment": link}}))
+    let links = match (&a.via_group, &a.actor) {
+        (Some(g), Actor::User(u)) => json!({
+            "assignment": url(headers, state, &format!("projects/{}/groups/{g}/roles/{}", a.project_id, a.role_id)),
+            "membership": url(headers, state, &format!("groups/{g}/users/{u}")),
+        }),
+        _ => {
+            json!({"assignment": url(headers, state, &format!("projects/{}/{grant_path}/roles/{}", a.project_id, a.role_id))})
+        }
+    };
+    Ok(json!({"role": role, key: actor, "scope": {"project": project}, "links": links}))
 }

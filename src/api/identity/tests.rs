@@ -407,3 +407,71 @@ async fn a_reader_reads_and_is_refused_every_write_in_the_services_words() {
     let r = c.post("/image/v2/images", &admin, json!({"name": "i"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
 }
+
+#[tokio::test]
+async fn a_group_gives_its_members_its_roles() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let r = c.post("/identity/v3/projects", &admin, json!({"project": {"name": "p1"}})).await;
+    let pid = r.json()["project"]["id"].as_str().unwrap().to_string();
+    let r = c.post("/identity/v3/users", &admin, json!({"user": {"name": "u1", "password": "pw-1"}})).await;
+    let uid = r.json()["user"]["id"].as_str().unwrap().to_string();
+    let r = c.post("/identity/v3/groups", &admin, json!({"group": {"name": "devs", "description": "d"}})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let gid = r.json()["group"]["id"].as_str().unwrap().to_string();
+    let r = c.post("/identity/v3/groups", &admin, json!({"group": {"name": "devs"}})).await;
+    assert!(keystone_error(&r, 409).contains("Duplicate entry found with name devs"));
+    let member =
+        c.get("/identity/v3/roles?name=member", &admin).await.json()["roles"][0]["id"].as_str().unwrap().to_string();
+
+    let grant = format!("/identity/v3/projects/{pid}/groups/{gid}/roles/{member}");
+    assert_eq!(c.put(&grant, &admin, json!({})).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.call(Method::HEAD, &grant, Some(&admin), None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(login(&c, "u1", "pw-1", "p1").await.status, StatusCode::UNAUTHORIZED, "no role yet");
+
+    let membership = format!("/identity/v3/groups/{gid}/users/{uid}");
+    assert_eq!(c.call(Method::HEAD, &membership, Some(&admin), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.put(&membership, &admin, json!({})).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.call(Method::HEAD, &membership, Some(&admin), None).await.status, StatusCode::NO_CONTENT);
+    let r = login(&c, "u1", "pw-1", "p1").await;
+    let mut roles: Vec<String> = r.json()["token"]["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    roles.sort();
+    assert_eq!(roles, ["member", "reader"]);
+    let token = subject(&r);
+    let groups = c.get(&format!("/identity/v3/users/{uid}/groups"), &token).await.json();
+    assert_eq!(groups["groups"][0]["name"], "devs", "a user sees its own groups");
+    let users = c.get(&format!("/identity/v3/groups/{gid}/users"), &admin).await.json();
+    assert_eq!(users["users"][0]["id"], uid.as_str());
+
+    // Listed as the group's, or effectively as the member's (with the implied reader).
+    let r = c.get(&format!("/identity/v3/role_assignments?scope.project.id={pid}"), &admin).await.json();
+    assert_eq!(r["role_assignments"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["role_assignments"][0]["group"]["id"], gid.as_str());
+    let r = c
+        .get(&format!("/identity/v3/role_assignments?scope.project.id={pid}&effective&include_names"), &admin)
+        .await
+        .json();
+    let rows = r["role_assignments"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{r}");
+    assert!(rows.iter().all(|a| a["user"]["name"] == "u1" && a["links"]["membership"].is_string()), "{r}");
+    let r = c.get(&format!("/identity/v3/role_assignments?user.id={uid}&effective"), &admin).await.json();
+    assert_eq!(r["role_assignments"].as_array().unwrap().len(), 2, "{r}");
+
+    // Leaving the group takes the role away at once.
+    assert_eq!(c.delete(&membership, &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.get("/compute/v2.1/servers", &token).await.status, StatusCode::UNAUTHORIZED);
+    let r = c.delete(&membership, &admin).await;
+    assert_eq!(keystone_error(&r, 404), format!("User {uid} is not a member of group {gid}."));
+    assert_eq!(c.delete(&format!("/identity/v3/groups/{gid}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.get(&format!("/identity/v3/groups/{gid}"), &admin).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.get(&format!("/identity/v3/role_assignments?scope.project.id={pid}"), &admin).await.json()
+            ["role_assignments"],
+        json!([])
+    );
+}

@@ -22,7 +22,7 @@ use crate::policy::{Action, Target};
 const NAME_MAX: usize = 255;
 
 /// A user as keystone shows it: the optional attributes only when set, never the password.
-fn render(headers: &HeaderMap, state: &AppState, u: &User) -> Value {
+pub(super) fn render(headers: &HeaderMap, state: &AppState, u: &User) -> Value {
     let mut v = json!({
         "id": u.id, "name": u.name, "domain_id": u.domain_id, "enabled": u.enabled,
         "password_expires_at": null, "options": {},

@@ -32,3 +32,23 @@ INSERT OR IGNORE INTO implied_roles (prior_role_id, implied_role_id)
 SELECT p.id, i.id FROM roles p JOIN roles i
   ON (p.name = 'admin' AND i.name = 'manager') OR (p.name = 'manager' AND i.name = 'member')
   OR (p.name = 'member' AND i.name = 'reader');
+
+-- Groups: users get a group's roles on a project while they are its members.
+CREATE TABLE groups (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    domain_id   TEXT NOT NULL DEFAULT 'default',
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE group_members (
+    group_id TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+    user_id  TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    PRIMARY KEY (group_id, user_id)
+);
+CREATE TABLE group_role_assignments (
+    group_id   TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+    project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    role_id    TEXT NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+    PRIMARY KEY (group_id, project_id, role_id)
+);
