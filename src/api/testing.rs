@@ -95,6 +95,17 @@ impl Cloud {
             for r in roles {
                 db.assign_role(&uid, &pid, r).unwrap();
             }
+            if user == "admin" {
+                // keystone's bootstrap makes the admin an admin of the system too.
+                let system = crate::db::identity::ScopedAssignment {
+                    actor_type: "user".into(),
+                    actor_id: uid.clone(),
+                    scope_type: "system".into(),
+                    scope_id: "all".into(),
+                    role_id: admin_role.clone(),
+                };
+                db.assign_scoped_role(&system).unwrap();
+            }
             projects.push(pid);
         }
         // The reader persona: only the reader role, in demo's project.

@@ -353,6 +353,14 @@ fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
     // admin can act in the demo project too, as in DevStack.
     if let Some(admin) = db.user_by_name("admin")? {
         db.assign_role(&admin.id, &demo_project, &admin_role)?;
+        // keystone's bootstrap makes the admin an admin of the system too.
+        db.assign_scoped_role(&novabox::db::identity::ScopedAssignment {
+            actor_type: "user".into(),
+            actor_id: admin.id.clone(),
+            scope_type: "system".into(),
+            scope_id: "all".into(),
+            role_id: admin_role.clone(),
+        })?;
     }
     Ok(secrets)
 }

@@ -63,6 +63,19 @@ pub struct GroupAssignment {
     pub role_id: String,
 }
 
+/// A role on a domain or on the system, of a user or a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedAssignment {
+    /// `user` or `group`.
+    pub actor_type: String,
+    pub actor_id: String,
+    /// `domain` or `system`.
+    pub scope_type: String,
+    /// The domain's id, or `all` for the system.
+    pub scope_id: String,
+    pub role_id: String,
+}
+
 /// Which rows a listing keeps; `None` keeps all.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityFilter {
@@ -320,6 +333,7 @@ impl Db {
         }
         tx.execute("DELETE FROM role_assignments WHERE user_id = ?1", [id])?;
         tx.execute("DELETE FROM group_members WHERE user_id = ?1", [id])?;
+        tx.execute("DELETE FROM scoped_role_assignments WHERE actor_type = 'user' AND actor_id = ?1", [id])?;
         tx.execute("UPDATE tokens SET revoked = 1 WHERE user_id = ?1", [id])?;
         tx.commit()?;
         Ok(())
@@ -440,7 +454,15 @@ impl Db {
         for u in users {
             self.delete_user(&u)?;
         }
-        tx.execute("DELETE FROM groups WHERE domain_id = ?1", [id])?;
+        let groups: Vec<String> = self
+            .groups_where(&IdentityFilter { domain_id: Some(id.into()), ..Default::default() })?
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        for g in groups {
+            self.delete_group(&g)?;
+        }
+        tx.execute("DELETE FROM scoped_role_assignments WHERE scope_type = 'domain' AND scope_id = ?1", [id])?;
         if tx.execute("DELETE FROM domains WHERE id = ?1", [id])? == 0 {
             return Err(DbError::NotFound(format!("Could not find domain: {id}.")));
         }
@@ -618,6 +640,8 @@ impl Db {
 
     /// Deletes a group with its memberships and role assignments.
     pub fn delete_group(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM scoped_role_assignments WHERE actor_type = 'group' AND actor_id = ?1", [id])?;
         if self.conn().execute("DELETE FROM groups WHERE id = ?1", [id])? == 0 {
             return Err(DbError::NotFound(format!("Could not find group: {id}.")));
         }
@@ -709,7 +733,68 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The enabled users holding `role_id` on some enabled project, themselves or by a group.
+    pub fn assign_scoped_role(&self, a: &ScopedAssignment) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO scoped_role_assignments (actor_type, actor_id, scope_type, scope_id, role_id)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![a.actor_type, a.actor_id, a.scope_type, a.scope_id, a.role_id],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a domain or system assignment; false when there was none.
+    pub fn unassign_scoped_role(&self, a: &ScopedAssignment) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM scoped_role_assignments
+             WHERE actor_type = ?1 AND actor_id = ?2 AND scope_type = ?3 AND scope_id = ?4 AND role_id = ?5",
+            params![a.actor_type, a.actor_id, a.scope_type, a.scope_id, a.role_id],
+        )? > 0)
+    }
+
+    /// The stored domain and system assignments matching the filters (`None`: any).
+    pub fn scoped_assignments(
+        &self,
+        actor_type: Option<&str>,
+        actor_id: Option<&str>,
+        scope_type: Option<&str>,
+        scope_id: Option<&str>,
+    ) -> Result<Vec<ScopedAssignment>> {
+        let mut stmt = self.conn().prepare(
+            "SELECT actor_type, actor_id, scope_type, scope_id, role_id FROM scoped_role_assignments
+             WHERE (?1 IS NULL OR actor_type = ?1) AND (?2 IS NULL OR actor_id = ?2)
+               AND (?3 IS NULL OR scope_type = ?3) AND (?4 IS NULL OR scope_id = ?4)
+             ORDER BY actor_type, actor_id, scope_type, scope_id, role_id",
+        )?;
+        let rows = stmt.query_map(params![actor_type, actor_id, scope_type, scope_id], |r| {
+            Ok(ScopedAssignment {
+                actor_type: r.get(0)?,
+                actor_id: r.get(1)?,
+                scope_type: r.get(2)?,
+                scope_id: r.get(3)?,
+                role_id: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The user's roles on a domain (`scope_type` `domain`) or the system (`system`, `all`),
+    /// its own and its groups', with every role they imply.
+    pub fn effective_scoped_roles(&self, user_id: &str, scope_type: &str, scope_id: &str) -> Result<Vec<Role>> {
+        let mut stmt = self.conn().prepare(
+            "WITH RECURSIVE eff(role_id) AS (
+                 SELECT role_id FROM scoped_role_assignments
+                 WHERE scope_type = ?2 AND scope_id = ?3 AND (
+                     (actor_type = 'user' AND actor_id = ?1)
+                     OR (actor_type = 'group' AND actor_id IN (SELECT group_id FROM group_members WHERE user_id = ?1)))
+                 UNION SELECT x.implied_role_id FROM implied_roles x JOIN eff ON eff.role_id = x.prior_role_id)
+             SELECT r.id, r.name FROM eff JOIN roles r ON r.id = eff.role_id ORDER BY r.name",
+        )?;
+        let rows = stmt.query_map(params![user_id, scope_type, scope_id], role_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The enabled users holding `role_id` on some enabled project (themselves or by a group),
+    /// or on the system.
     pub fn holders_of(&self, role_id: &str) -> Result<Vec<String>> {
         let mut stmt = self.conn().prepare(
             "SELECT DISTINCT a.user_id FROM (
@@ -718,7 +803,8 @@ impl Db {
                  JOIN group_members m ON m.group_id = g.group_id) a
              JOIN users u ON u.id = a.user_id JOIN projects p ON p.id = a.project_id
              WHERE a.role_id = ?1 AND u.deleted = 0 AND u.enabled = 1 AND p.deleted = 0 AND p.enabled = 1
-             ORDER BY a.user_id",
+             UNION SELECT u.id FROM scoped_role_assignments s JOIN users u ON u.id = s.actor_id
+             WHERE s.actor_type = 'user' AND s.scope_type = 'system' AND s.role_id = ?1 AND u.deleted = 0 AND u.enabled = 1",
         )?;
         let rows = stmt.query_map([role_id], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -12,6 +12,10 @@ pub struct TokenRecord {
     pub user_name: String,
     pub project_id: Option<String>,
     pub project_name: Option<String>,
+    /// Set for a domain-scoped token.
+    pub domain_id: Option<String>,
+    /// A system-scoped token.
+    pub system: bool,
     pub methods: Vec<String>,
     pub issued_at: String,
     pub expires_at: String,
@@ -25,6 +29,8 @@ pub struct NewToken<'a> {
     pub audit_id: &'a str,
     pub user_id: &'a str,
     pub project_id: Option<&'a str>,
+    pub domain_id: Option<&'a str>,
+    pub system: bool,
     pub methods: &'a [String],
     pub issued_at: &'a str,
     pub expires_at: &'a str,
@@ -37,9 +43,19 @@ impl Db {
         let methods = serde_json::to_string(t.methods).unwrap_or_else(|_| "[]".into());
         let tx = self.begin()?;
         tx.execute(
-            "INSERT INTO tokens (token_hash, audit_id, user_id, project_id, methods, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![t.token_hash, t.audit_id, t.user_id, t.project_id, methods, t.issued_at, t.expires_at],
+            "INSERT INTO tokens (token_hash, audit_id, user_id, project_id, domain_id, system, methods, issued_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                t.token_hash,
+                t.audit_id,
+                t.user_id,
+                t.project_id,
+                t.domain_id,
+                t.system,
+                methods,
+                t.issued_at,
+                t.expires_at
+            ],
         )?;
         // Expired tokens are useless; dropping them here keeps the table small without a timer.
         tx.execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
@@ -67,11 +83,14 @@ impl Db {
         let row = self
             .conn()
             .query_row(
-                "SELECT t.audit_id, t.user_id, u.name, t.project_id, p.name, t.methods, t.issued_at, t.expires_at
+                "SELECT t.audit_id, t.user_id, u.name, t.project_id, p.name, t.methods, t.issued_at, t.expires_at,
+                        t.domain_id, t.system
                  FROM tokens t JOIN users u ON u.id = t.user_id JOIN domains ud ON ud.id = u.domain_id
                  LEFT JOIN projects p ON p.id = t.project_id LEFT JOIN domains pd ON pd.id = p.domain_id
+                 LEFT JOIN domains sd ON sd.id = t.domain_id
                  WHERE t.token_hash = ?1 AND t.revoked = 0 AND t.expires_at > ?2 AND u.enabled = 1 AND ud.enabled = 1
-                   AND (t.project_id IS NULL OR (p.enabled = 1 AND pd.enabled = 1))",
+                   AND (t.project_id IS NULL OR (p.enabled = 1 AND pd.enabled = 1))
+                   AND (t.domain_id IS NULL OR sd.enabled = 1)",
                 params![token_hash, now()],
                 |r| {
                     Ok(TokenRecord {
@@ -83,6 +102,8 @@ impl Db {
                         methods: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
                         issued_at: r.get(6)?,
                         expires_at: r.get(7)?,
+                        domain_id: r.get(8)?,
+                        system: r.get(9)?,
                         roles: Vec::new(),
                     })
                 },
@@ -94,6 +115,24 @@ impl Db {
             rec.roles = self.effective_roles(&rec.user_id, project_id)?.into_iter().map(|r| (r.id, r.name)).collect();
             // keystone recomputes the roles at validation: a token of a user who lost every
             // role on its project (a revoked grant, a group left) is no longer valid.
+            if rec.roles.is_empty() {
+                return Ok(None);
+            }
+        } else if let Some(domain_id) = &rec.domain_id {
+            rec.roles = self
+                .effective_scoped_roles(&rec.user_id, "domain", domain_id)?
+                .into_iter()
+                .map(|r| (r.id, r.name))
+                .collect();
+            if rec.roles.is_empty() {
+                return Ok(None);
+            }
+        } else if rec.system {
+            rec.roles = self
+                .effective_scoped_roles(&rec.user_id, "system", "all")?
+                .into_iter()
+                .map(|r| (r.id, r.name))
+                .collect();
             if rec.roles.is_empty() {
                 return Ok(None);
             }
@@ -126,6 +165,8 @@ mod tests {
                 audit_id: hash,
                 user_id: user,
                 project_id: None,
+                domain_id: None,
+                system: false,
                 methods: &methods,
                 issued_at: &issued,
                 expires_at: "2099-12-31T00:00:00Z",

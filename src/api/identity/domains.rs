@@ -44,16 +44,36 @@ pub(super) async fn list(
     })))
 }
 
-/// The domains the caller may scope to: the one of each project it has a role on.
+/// The domains the caller may scope to: those it has a role on, itself or by a group.
 pub(super) async fn auth_domains(
     headers: HeaderMap,
     State(state): State<AppState>,
     auth: Auth,
 ) -> ApiResult<Json<Value>> {
-    // Roles are assigned on projects only, and keystone lists here the domains a user has a
-    // role *on*: none.
-    let _ = auth;
-    Ok(Json(json!({"domains": [], "links": list_links(url(&headers, &state, "auth/domains"))})))
+    let domains = state.db.with(|db| -> ApiResult<Vec<Domain>> {
+        let mut out = Vec::new();
+        for d in db.domains_where(&IdentityFilter { enabled: Some(true), ..Default::default() })? {
+            if !db.effective_scoped_roles(auth.user_id(), "domain", &d.id)?.is_empty() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    })?;
+    Ok(Json(json!({
+        "domains": domains.iter().map(|d| render(&headers, &state, d)).collect::<Vec<_>>(),
+        "links": list_links(url(&headers, &state, "auth/domains")),
+    })))
+}
+
+/// `GET /v3/auth/system`: `[{"all": true}]` when the caller has a role on the system.
+pub(super) async fn auth_system(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<Value>> {
+    let has = !state.db.with(|db| db.effective_scoped_roles(auth.user_id(), "system", "all"))?.is_empty();
+    let system = if has { json!([{"all": true}]) } else { json!([]) };
+    Ok(Json(json!({"system": system, "links": list_links(url(&headers, &state, "auth/system"))})))
 }
 
 /// keystone lets a caller read the domain of the project its token is scoped to.

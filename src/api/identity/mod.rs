@@ -51,6 +51,23 @@ pub fn router() -> Router<AppState> {
             "/v3/projects/{project}/groups/{group}/roles/{role}",
             put(groups::grant).head(groups::check_grant).get(groups::check_grant).delete(groups::revoke),
         )
+        .route("/v3/domains/{domain}/{kind}/{actor}/roles", get(roles::domain_grants))
+        .route(
+            "/v3/domains/{domain}/{kind}/{actor}/roles/{role}",
+            put(roles::domain_grant_put)
+                .head(roles::domain_grant_check)
+                .get(roles::domain_grant_check)
+                .delete(roles::domain_grant_delete),
+        )
+        .route("/v3/system/{kind}/{actor}/roles", get(roles::system_grants))
+        .route(
+            "/v3/system/{kind}/{actor}/roles/{role}",
+            put(roles::system_grant_put)
+                .head(roles::system_grant_check)
+                .get(roles::system_grant_check)
+                .delete(roles::system_grant_delete),
+        )
+        .route("/v3/auth/system", get(domains::auth_system))
         .route("/v3/groups", get(groups::list).post(groups::create))
         .route("/v3/groups/{id}", get(groups::show).patch(groups::update).delete(groups::delete))
         .route("/v3/groups/{id}/users", get(groups::list_members))

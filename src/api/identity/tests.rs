@@ -279,6 +279,9 @@ async fn the_last_admin_cannot_be_removed() {
         c.get("/identity/v3/roles?name=admin", &admin).await.json()["roles"][0]["id"].as_str().unwrap().to_string();
     let r = c.delete(&format!("/identity/v3/users/{admin_id}"), &admin).await;
     assert!(keystone_error(&r, 403).contains("no enabled user with the admin role"));
+    // The admin of the system is an admin too; without that role, its project role is the last.
+    let system = format!("/identity/v3/system/users/{admin_id}/roles/{admin_role}");
+    assert_eq!(c.delete(&system, &admin).await.status, StatusCode::NO_CONTENT);
     let r = patch(&c, &format!("/identity/v3/users/{admin_id}"), &admin, json!({"user": {"enabled": false}})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let grant = format!("/identity/v3/projects/{}/users/{admin_id}/roles/{admin_role}", c.admin_project);
@@ -474,4 +477,69 @@ async fn a_group_gives_its_members_its_roles() {
             ["role_assignments"],
         json!([])
     );
+}
+
+#[tokio::test]
+async fn domain_and_system_scoped_tokens_for_keystones_api_only() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let admin_id = c.state.db.with(|db| db.user_by_name("admin")).unwrap().unwrap().id;
+    let roles = c.get("/identity/v3/roles", &admin).await.json();
+    let role = |name: &str| {
+        roles["roles"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let scoped = |scope: Value| {
+        json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {"name": "admin", "domain": {"id": "default"}, "password": PASSWORD}}},
+            "scope": scope,
+        }})
+    };
+
+    // The admin is an admin of the system, as keystone's bootstrap makes it.
+    assert_eq!(c.get("/identity/v3/auth/system", &admin).await.json()["system"], json!([{"all": true}]));
+    let r =
+        c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(scoped(json!({"system": {"all": true}})))).await;
+    assert_eq!(r.json()["token"]["system"], json!({"all": true}), "{}", r.text());
+    assert!(r.json()["token"].get("project").is_none());
+    let system = subject(&r);
+    assert_eq!(c.get("/identity/v3/users", &system).await.status, StatusCode::OK, "keystone takes it");
+    let r = c.get("/compute/v2.1/servers", &system).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "other services act in a project: {}", r.text());
+    let r = c.get("/identity/v3/role_assignments?scope.system=all&include_names", &system).await.json();
+    assert_eq!(r["role_assignments"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["role_assignments"][0]["scope"], json!({"system": {"all": true}}));
+    assert_eq!(r["role_assignments"][0]["user"]["name"], "admin");
+
+    // No role on the domain yet: no domain-scoped token.
+    let r = c
+        .call(Method::POST, "/identity/v3/auth/tokens", None, Some(scoped(json!({"domain": {"id": "default"}}))))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(c.get("/identity/v3/auth/domains", &admin).await.json()["domains"], json!([]));
+    let grant = format!("/identity/v3/domains/default/users/{admin_id}/roles/{}", role("reader"));
+    assert_eq!(c.put(&grant, &admin, json!({})).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.call(Method::HEAD, &grant, Some(&admin), None).await.status, StatusCode::NO_CONTENT);
+    let listed = c.get(&format!("/identity/v3/domains/default/users/{admin_id}/roles"), &admin).await.json();
+    assert_eq!(listed["roles"][0]["name"], "reader");
+    assert_eq!(c.get("/identity/v3/auth/domains", &admin).await.json()["domains"][0]["id"], "default");
+    let r = c
+        .call(Method::POST, "/identity/v3/auth/tokens", None, Some(scoped(json!({"domain": {"name": "Default"}}))))
+        .await;
+    assert_eq!(r.json()["token"]["domain"], json!({"id": "default", "name": "Default"}), "{}", r.text());
+    assert_eq!(r.json()["token"]["roles"].as_array().unwrap().len(), 1, "reader implies nothing");
+    assert_eq!(r.json()["token"]["roles"][0]["name"], "reader");
+    let domain_token = subject(&r);
+    assert_eq!(c.get("/identity/v3/users", &domain_token).await.status, StatusCode::FORBIDDEN, "a reader is no admin");
+    let r = c.get("/identity/v3/role_assignments?scope.domain.id=default", &admin).await.json();
+    assert_eq!(r["role_assignments"][0]["scope"]["domain"]["id"], "default", "{r}");
+    // Losing the role ends the token.
+    assert_eq!(c.delete(&grant, &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.get("/identity/v3/auth/domains", &domain_token).await.status, StatusCode::UNAUTHORIZED);
+    let r = c
+        .put(&format!("/identity/v3/domains/default/teams/{admin_id}/roles/{}", role("reader")), &admin, json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

@@ -97,20 +97,42 @@ pub(super) async fn issue_token(
     let per_user = state.config.api.max_tokens_per_user;
 
     let (token, body) = state.db.tx(|db| -> ApiResult<(String, Value)> {
-        let project_id = match &req.auth.scope {
-            None => subject.default_project.clone(),
-            Some(scope) => Some(resolve_project_scope(db, scope)?),
+        let scope = match &req.auth.scope {
+            None => subject.default_project.clone().map(Scope::Project).unwrap_or(Scope::Unscoped),
+            Some(scope) => resolve_scope(db, scope)?,
         };
-        if let Some(p) = &project_id {
-            // A project of a disabled domain is as disabled as the domain, as in keystone.
-            let enabled = match db.project_by_id(p)? {
-                Some(p) => p.enabled && db.domain_by_id(&p.domain_id)?.is_some_and(|d| d.enabled),
-                None => false,
-            };
-            if !enabled || db.roles_of(&subject.user_id, p)?.is_empty() {
-                return Err(ApiError::unauthorized("The user has no role on the requested project."));
+        match &scope {
+            Scope::Project(p) => {
+                // A project of a disabled domain is as disabled as the domain, as in keystone.
+                let enabled = match db.project_by_id(p)? {
+                    Some(p) => p.enabled && db.domain_by_id(&p.domain_id)?.is_some_and(|d| d.enabled),
+                    None => false,
+                };
+                if !enabled || db.roles_of(&subject.user_id, p)?.is_empty() {
+                    return Err(ApiError::unauthorized("The user has no role on the requested project."));
+                }
             }
+            Scope::Domain(d) => {
+                let enabled = db.domain_by_id(d)?.is_some_and(|d| d.enabled);
+                if !enabled || db.effective_scoped_roles(&subject.user_id, "domain", d)?.is_empty() {
+                    return Err(ApiError::unauthorized("The user has no role on the requested domain."));
+                }
+            }
+            Scope::System => {
+                if db.effective_scoped_roles(&subject.user_id, "system", "all")?.is_empty() {
+                    return Err(ApiError::unauthorized("The user has no role on the system."));
+                }
+            }
+            Scope::Unscoped => {}
         }
+        let project_id = match &scope {
+            Scope::Project(p) => Some(p.clone()),
+            _ => None,
+        };
+        let domain_id = match &scope {
+            Scope::Domain(d) => Some(d.clone()),
+            _ => None,
+        };
 
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
@@ -128,6 +150,8 @@ pub(super) async fn issue_token(
                 audit_id: &audit_id,
                 user_id: &subject.user_id,
                 project_id: project_id.as_deref(),
+                domain_id: domain_id.as_deref(),
+                system: scope == Scope::System,
                 methods: &methods,
                 issued_at: &issued_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 expires_at: &expires_at,
@@ -205,21 +229,51 @@ fn refused(r: crate::api::logins::Refused) -> ApiError {
     }
 }
 
-fn resolve_project_scope(db: &Db, scope: &Value) -> ApiResult<String> {
-    let project = scope.get("project").ok_or_else(|| {
-        ApiError::unauthorized("Only project scope is supported; ask for a token scoped to a project.")
-    })?;
+/// What a token is scoped to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    Project(String),
+    Domain(String),
+    System,
+    Unscoped,
+}
+
+/// A domain named by id, or by name, in a scope or a project's `domain`.
+fn domain_ref_of(d: &Value) -> DomainRef {
+    DomainRef {
+        id: d.get("id").and_then(Value::as_str).map(str::to_string),
+        name: d.get("name").and_then(Value::as_str).map(str::to_string),
+    }
+}
+
+fn resolve_scope(db: &Db, scope: &Value) -> ApiResult<Scope> {
+    if let Some(system) = scope.get("system") {
+        if system.get("all").and_then(Value::as_bool) == Some(true) {
+            return Ok(Scope::System);
+        }
+        return Err(ApiError::bad_request("Expecting to find all in system scope: the system is {\"all\": true}."));
+    }
+    if let Some(domain) = scope.get("domain") {
+        let not_found = || ApiError::unauthorized("The requested domain was not found.");
+        let d = domain_ref_of(domain);
+        let found = match (&d.id, &d.name) {
+            (Some(id), _) => db.domain_by_id(id)?,
+            (None, Some(name)) => db.domain_by_name(name)?,
+            (None, None) => return Err(ApiError::bad_request("Expecting to find id or name in domain scope.")),
+        };
+        return found.map(|d| Scope::Domain(d.id)).ok_or_else(not_found);
+    }
+    let project = scope
+        .get("project")
+        .ok_or_else(|| ApiError::bad_request("Expecting to find project, domain or system in scope."))?;
     let not_found = || ApiError::unauthorized("The requested project was not found.");
     if let Some(id) = project.get("id").and_then(Value::as_str) {
-        return db.project_by_id(id)?.map(|p| p.id).ok_or_else(not_found);
+        return db.project_by_id(id)?.map(|p| Scope::Project(p.id)).ok_or_else(not_found);
     }
     if let Some(name) = project.get("name").and_then(Value::as_str) {
-        let domain = project.get("domain").map(|d| DomainRef {
-            id: d.get("id").and_then(Value::as_str).map(str::to_string),
-            name: d.get("name").and_then(Value::as_str).map(str::to_string),
-        });
+        let domain = project.get("domain").map(domain_ref_of);
         return match db.project_by_name(name)? {
-            Some(p) if domain_matches(db, domain.as_ref(), &p.domain_id)? => Ok(p.id),
+            Some(p) if domain_matches(db, domain.as_ref(), &p.domain_id)? => Ok(Scope::Project(p.id)),
             _ => Err(not_found()),
         };
     }
@@ -247,6 +301,14 @@ fn token_body(db: &Db, rec: &TokenRecord, base: &str, region: &str) -> ApiResult
         token["is_domain"] = json!(false);
         token["roles"] = rec.roles.iter().map(|(id, name)| json!({"id": id, "name": name})).collect();
         token["catalog"] = catalog(base, region, pid);
+    } else if let Some(did) = &rec.domain_id {
+        token["domain"] = domain_ref(db, did)?;
+        token["roles"] = rec.roles.iter().map(|(id, name)| json!({"id": id, "name": name})).collect();
+        token["catalog"] = catalog(base, region, "");
+    } else if rec.system {
+        token["system"] = json!({"all": true});
+        token["roles"] = rec.roles.iter().map(|(id, name)| json!({"id": id, "name": name})).collect();
+        token["catalog"] = catalog(base, region, "");
     }
     Ok(json!({ "token": token }))
 }
@@ -274,6 +336,8 @@ fn catalog(base: &str, region: &str, project_id: &str) -> Value {
     ];
     services
         .iter()
+        // keystone leaves out an endpoint whose URL needs a project when the token has none.
+        .filter(|(kind, _, _)| !project_id.is_empty() || !matches!(*kind, "block-storage" | "volumev3"))
         .map(|(kind, name, url)| {
             let endpoints: Vec<Value> = ["public", "internal", "admin"]
                 .iter()

@@ -52,3 +52,16 @@ CREATE TABLE group_role_assignments (
     role_id    TEXT NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
     PRIMARY KEY (group_id, project_id, role_id)
 );
+
+-- Roles on a domain or on the system (keystone's domain- and system-scoped tokens), of a user
+-- or a group. `scope_id` is the domain's id, or 'all' for the system.
+CREATE TABLE scoped_role_assignments (
+    actor_type TEXT NOT NULL CHECK (actor_type IN ('user', 'group')),
+    actor_id   TEXT NOT NULL,
+    scope_type TEXT NOT NULL CHECK (scope_type IN ('domain', 'system')),
+    scope_id   TEXT NOT NULL,
+    role_id    TEXT NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+    PRIMARY KEY (actor_type, actor_id, scope_type, scope_id, role_id)
+);
+ALTER TABLE tokens ADD COLUMN domain_id TEXT;
+ALTER TABLE tokens ADD COLUMN system INTEGER NOT NULL DEFAULT 0;
