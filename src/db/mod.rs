@@ -7,6 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 
+pub mod appcreds;
 pub mod flavors;
 pub mod identity;
 pub mod images;

@@ -16,6 +16,8 @@ pub struct TokenRecord {
     pub domain_id: Option<String>,
     /// A system-scoped token.
     pub system: bool,
+    /// The application credential the token was made with; its roles are the most it has.
+    pub application_credential_id: Option<String>,
     pub methods: Vec<String>,
     pub issued_at: String,
     pub expires_at: String,
@@ -31,6 +33,7 @@ pub struct NewToken<'a> {
     pub project_id: Option<&'a str>,
     pub domain_id: Option<&'a str>,
     pub system: bool,
+    pub application_credential_id: Option<&'a str>,
     pub methods: &'a [String],
     pub issued_at: &'a str,
     pub expires_at: &'a str,
@@ -43,8 +46,9 @@ impl Db {
         let methods = serde_json::to_string(t.methods).unwrap_or_else(|_| "[]".into());
         let tx = self.begin()?;
         tx.execute(
-            "INSERT INTO tokens (token_hash, audit_id, user_id, project_id, domain_id, system, methods, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO tokens (token_hash, audit_id, user_id, project_id, domain_id, system, methods, issued_at,
+                                 expires_at, application_credential_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 t.token_hash,
                 t.audit_id,
@@ -54,7 +58,8 @@ impl Db {
                 t.system,
                 methods,
                 t.issued_at,
-                t.expires_at
+                t.expires_at,
+                t.application_credential_id
             ],
         )?;
         // Expired tokens are useless; dropping them here keeps the table small without a timer.
@@ -84,7 +89,7 @@ impl Db {
             .conn()
             .query_row(
                 "SELECT t.audit_id, t.user_id, u.name, t.project_id, p.name, t.methods, t.issued_at, t.expires_at,
-                        t.domain_id, t.system
+                        t.domain_id, t.system, t.application_credential_id
                  FROM tokens t JOIN users u ON u.id = t.user_id JOIN domains ud ON ud.id = u.domain_id
                  LEFT JOIN projects p ON p.id = t.project_id LEFT JOIN domains pd ON pd.id = p.domain_id
                  LEFT JOIN domains sd ON sd.id = t.domain_id
@@ -104,6 +109,7 @@ impl Db {
                         expires_at: r.get(7)?,
                         domain_id: r.get(8)?,
                         system: r.get(9)?,
+                        application_credential_id: r.get(10)?,
                         roles: Vec::new(),
                     })
                 },
@@ -113,6 +119,28 @@ impl Db {
         if let Some(project_id) = &rec.project_id {
             // keystone lists the implied roles too: a member's token says reader as well.
             rec.roles = self.effective_roles(&rec.user_id, project_id)?.into_iter().map(|r| (r.id, r.name)).collect();
+            if let Some(id) = &rec.application_credential_id {
+                // An application credential's token has its roles (and what they imply), and
+                // only while the user still holds them; it ends with the credential.
+                let Some(cred) =
+                    self.app_cred(id)?.filter(|c| c.expires_at.as_deref().is_none_or(|e| e > now().as_str()))
+                else {
+                    return Ok(None);
+                };
+                let implied = self.implied_roles()?;
+                let mut allowed = cred.roles.clone();
+                let mut i = 0;
+                while i < allowed.len() {
+                    let prior = allowed[i].clone();
+                    for (p, r) in &implied {
+                        if p.id == prior && !allowed.contains(&r.id) {
+                            allowed.push(r.id.clone());
+                        }
+                    }
+                    i += 1;
+                }
+                rec.roles.retain(|(id, _)| allowed.contains(id));
+            }
             // keystone recomputes the roles at validation: a token of a user who lost every
             // role on its project (a revoked grant, a group left) is no longer valid.
             if rec.roles.is_empty() {
@@ -167,6 +195,7 @@ mod tests {
                 project_id: None,
                 domain_id: None,
                 system: false,
+                application_credential_id: None,
                 methods: &methods,
                 issued_at: &issued,
                 expires_at: "2099-12-31T00:00:00Z",

@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use super::fault::{ApiError, ApiResult};
 use super::{base_url, AppState};
 
+mod appcreds;
 mod domains;
 mod groups;
 mod projects;
@@ -76,6 +77,8 @@ pub fn router() -> Router<AppState> {
             put(groups::add_member).head(groups::check_member).get(groups::check_member).delete(groups::remove_member),
         )
         .route("/v3/users/{id}/groups", get(groups::user_groups))
+        .route("/v3/users/{user}/application_credentials", get(appcreds::list).post(appcreds::create))
+        .route("/v3/users/{user}/application_credentials/{id}", get(appcreds::show).delete(appcreds::delete))
         .route("/v3/users", get(users::list).post(users::create))
         .route("/v3/users/{id}", get(users::show).patch(users::update).delete(users::delete))
         .route("/v3/users/{id}/password", post(users::change_password))

@@ -543,3 +543,71 @@ async fn domain_and_system_scoped_tokens_for_keystones_api_only() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn an_application_credential_logs_in_with_its_roles_only() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let (pid, uid) = project_with_member(&c, &admin, "p1", "u1").await;
+    let token = subject(&login(&c, "u1", "pw-1", "p1").await);
+    let uri = format!("/identity/v3/users/{uid}/application_credentials");
+    let body = json!({"application_credential": {"name": "ci", "roles": [{"name": "reader"}]}});
+    let r = c.post(&uri, &token, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let cred = r.json()["application_credential"].clone();
+    assert_eq!(cred["project_id"], pid.as_str());
+    assert_eq!(cred["roles"][0]["name"], "reader");
+    let (id, secret) = (cred["id"].as_str().unwrap().to_string(), cred["secret"].as_str().unwrap().to_string());
+    let r = c.post(&uri, &token, json!({"application_credential": {"name": "ci"}})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = c.post(&uri, &token, json!({"application_credential": {"name": "x", "roles": [{"name": "admin"}]}})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "a role the user does not have: {}", r.text());
+    let listed = c.get(&uri, &token).await.json();
+    assert_eq!(listed["application_credentials"].as_array().unwrap().len(), 1);
+    assert!(listed["application_credentials"][0].get("secret").is_none(), "the secret is shown once");
+    let other = format!("/identity/v3/users/{uid}/application_credentials");
+    assert_eq!(c.get(&other, &c.token("demo").await).await.status, StatusCode::FORBIDDEN);
+
+    let auth = |secret: &str| {
+        json!({"auth": {"identity": {"methods": ["application_credential"],
+            "application_credential": {"id": id, "secret": secret}}}})
+    };
+    assert_eq!(
+        c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(auth("wrong"))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(auth(&secret))).await;
+    assert_eq!(r.json()["token"]["project"]["id"], pid.as_str(), "{}", r.text());
+    assert_eq!(r.json()["token"]["application_credential"]["restricted"], true);
+    let names: Vec<String> = r.json()["token"]["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["reader"], "its roles, not the user's member");
+    let app_token = subject(&r);
+    // So it reads, and is refused writes, as a reader.
+    assert_eq!(c.get("/network/v2.0/networks", &app_token).await.status, StatusCode::OK);
+    assert_eq!(
+        c.post("/network/v2.0/networks", &app_token, json!({"network": {"name": "n"}})).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let r = c.post(&uri, &app_token, json!({"application_credential": {"name": "more"}})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "a restricted credential makes no others");
+    // By name with its user, too.
+    let body = json!({"auth": {"identity": {"methods": ["application_credential"],
+        "application_credential": {"name": "ci", "secret": secret, "user": {"name": "u1", "domain": {"id": "default"}}}}}});
+    assert_eq!(c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(body)).await.status, StatusCode::CREATED);
+
+    assert_eq!(c.delete(&format!("{uri}/{id}"), &token).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        c.get("/network/v2.0/networks", &app_token).await.status,
+        StatusCode::UNAUTHORIZED,
+        "its tokens end with it"
+    );
+    assert_eq!(
+        c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(auth(&secret))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}

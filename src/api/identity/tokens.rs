@@ -38,6 +38,26 @@ struct Identity {
     password: Option<PasswordMethod>,
     #[serde(default)]
     token: Option<TokenMethod>,
+    #[serde(default)]
+    application_credential: Option<AppCredMethod>,
+}
+
+/// keystone's `application_credential` method: the credential by id, or by name with its user.
+#[derive(Debug, Deserialize)]
+struct AppCredMethod {
+    id: Option<String>,
+    name: Option<String>,
+    secret: String,
+    #[serde(default)]
+    user: Option<AppCredUser>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AppCredUser {
+    id: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    domain: Option<DomainRef>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +102,8 @@ struct Subject {
     user_id: String,
     default_project: Option<String>,
     expires_no_later_than: Option<String>,
+    /// Set when the subject is an application credential: the token is bound to its project.
+    app_cred: Option<String>,
 }
 
 pub(super) async fn issue_token(
@@ -101,6 +123,12 @@ pub(super) async fn issue_token(
             None => subject.default_project.clone().map(Scope::Project).unwrap_or(Scope::Unscoped),
             Some(scope) => resolve_scope(db, scope)?,
         };
+        if subject.app_cred.is_some() && subject.default_project.clone().map(Scope::Project) != Some(scope.clone()) {
+            // keystone binds an application credential to the project it was made in.
+            return Err(ApiError::unauthorized(
+                "An application credential's token is scoped to its own project; ask for no other scope.",
+            ));
+        }
         match &scope {
             Scope::Project(p) => {
                 // A project of a disabled domain is as disabled as the domain, as in keystone.
@@ -152,6 +180,7 @@ pub(super) async fn issue_token(
                 project_id: project_id.as_deref(),
                 domain_id: domain_id.as_deref(),
                 system: scope == Scope::System,
+                application_credential_id: subject.app_cred.as_deref(),
                 methods: &methods,
                 issued_at: &issued_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 expires_at: &expires_at,
@@ -203,7 +232,12 @@ async fn authenticate(state: &AppState, identity: &Identity, source: Option<std:
             return Err(unauthorized());
         }
         state.logins.succeeded(&user.id);
-        Ok(Subject { user_id: user.id, default_project: user.default_project_id, expires_no_later_than: None })
+        Ok(Subject {
+            user_id: user.id,
+            default_project: user.default_project_id,
+            expires_no_later_than: None,
+            app_cred: None,
+        })
     } else if identity.methods.iter().any(|m| m == "token") {
         let t = identity.token.as_ref().ok_or_else(|| ApiError::bad_request("Expecting to find token in identity."))?;
         let rec = state.db.with(|db| db.valid_token(&token_hash(&t.id)))?.ok_or_else(unauthorized)?;
@@ -212,9 +246,56 @@ async fn authenticate(state: &AppState, identity: &Identity, source: Option<std:
             user_id: rec.user_id,
             default_project: rec.project_id,
             expires_no_later_than: Some(rec.expires_at),
+            app_cred: rec.application_credential_id,
+        })
+    } else if identity.methods.iter().any(|m| m == "application_credential") {
+        let a = identity
+            .application_credential
+            .as_ref()
+            .ok_or_else(|| ApiError::bad_request("Expecting to find application_credential in identity."))?;
+        let cred = state.db.with(|db| -> ApiResult<_> {
+            if let Some(id) = &a.id {
+                return Ok(db.app_cred(id)?);
+            }
+            let (Some(name), Some(user)) = (&a.name, &a.user) else {
+                return Err(ApiError::bad_request(
+                    "Expecting to find id, or name and user, in application_credential.",
+                ));
+            };
+            let owner = match (&user.id, &user.name) {
+                (Some(id), _) => db.user_by_id(id)?,
+                (None, Some(n)) => db
+                    .user_by_name(n)?
+                    .filter(|u| domain_matches(db, user.domain.as_ref(), &u.domain_id).unwrap_or(false)),
+                (None, None) => return Err(ApiError::bad_request("Expecting to find id or name in user.")),
+            };
+            Ok(match owner {
+                Some(u) => db.app_cred_by_name(&u.id, name)?,
+                None => None,
+            })
+        })?;
+        let Some(cred) = cred else {
+            state.logins.failed(None, source);
+            return Err(unauthorized());
+        };
+        state.logins.check(Some(&cred.user_id), source).map_err(refused)?;
+        let now = crate::db::now();
+        if cred.expires_at.as_deref().is_some_and(|e| e <= now.as_str()) {
+            return Err(unauthorized());
+        }
+        if !state.logins.verify(a.secret.clone(), cred.secret_hash.clone()).await {
+            state.logins.failed(Some(&cred.user_id), source);
+            return Err(unauthorized());
+        }
+        state.logins.succeeded(&cred.user_id);
+        Ok(Subject {
+            user_id: cred.user_id,
+            default_project: Some(cred.project_id),
+            expires_no_later_than: cred.expires_at,
+            app_cred: Some(cred.id),
         })
     } else {
-        Err(ApiError::unauthorized("Only the password and token methods are supported."))
+        Err(ApiError::unauthorized("Only the password, token and application_credential methods are supported."))
     }
 }
 
@@ -295,6 +376,12 @@ fn token_body(db: &Db, rec: &TokenRecord, base: &str, region: &str) -> ApiResult
         "issued_at": with_micros(&rec.issued_at),
         "expires_at": with_micros(&rec.expires_at),
     });
+    if let Some(id) = &rec.application_credential_id {
+        if let Some(cred) = db.app_cred(id)? {
+            token["application_credential"] =
+                json!({"id": cred.id, "name": cred.name, "restricted": !cred.unrestricted});
+        }
+    }
     if let (Some(pid), Some(pname)) = (&rec.project_id, &rec.project_name) {
         let project_domain = db.project_by_id(pid)?.map(|p| p.domain_id).unwrap_or_else(|| "default".into());
         token["project"] = json!({"id": pid, "name": pname, "domain": domain_ref(db, &project_domain)?});

@@ -65,3 +65,20 @@ CREATE TABLE scoped_role_assignments (
 );
 ALTER TABLE tokens ADD COLUMN domain_id TEXT;
 ALTER TABLE tokens ADD COLUMN system INTEGER NOT NULL DEFAULT 0;
+
+-- Application credentials: a secret a user makes for a program, standing for the user in one
+-- project with at most the roles the user had there. Only the secret's argon2 hash is kept.
+CREATE TABLE application_credentials (
+    id           TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    project_id   TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    name         TEXT NOT NULL,
+    description  TEXT,
+    secret_hash  TEXT NOT NULL,
+    expires_at   TEXT,
+    unrestricted INTEGER NOT NULL DEFAULT 0,
+    roles        TEXT NOT NULL,              -- JSON list of role ids
+    created_at   TEXT NOT NULL,
+    UNIQUE (user_id, name)
+);
+ALTER TABLE tokens ADD COLUMN application_credential_id TEXT;
