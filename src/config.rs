@@ -258,7 +258,7 @@ impl Default for MetadataConfig {
     fn default() -> Self {
         MetadataConfig {
             enabled: true,
-            listen: std::net::SocketAddr::new(std::net::IpAddr::V4(crate::metadata::ADDRESS), 80),
+            listen: std::net::SocketAddr::new(std::net::IpAddr::V4(crate::network::METADATA_ADDRESS), 80),
         }
     }
 }

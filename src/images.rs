@@ -257,41 +257,91 @@ pub fn import_file(
     Ok(db.image_by_id(&image.id)?.ok_or_else(|| DbError::NotFound(format!("image {} vanished", image.id)))?)
 }
 
+/// Whose eyes an image is looked up with. A guest gets only images its project could boot:
+/// nova reads the image, its kernel and its ramdisk through glance with the user's context, so
+/// another project's private image is "not found" there and never reaches a guest.
+#[derive(Debug, Clone, Copy)]
+pub struct Viewer<'a> {
+    pub project_id: &'a str,
+    pub is_admin: bool,
+}
+
+impl Viewer<'_> {
+    /// glance's visibility for booting: the owner's, public and community images, and shared
+    /// ones the project accepted; an admin boots any.
+    pub fn may_boot(&self, img: &Image) -> bool {
+        self.is_admin
+            || (!self.project_id.is_empty() && img.owner.as_deref() == Some(self.project_id))
+            || matches!(img.visibility.as_str(), "public" | "community")
+            || (img.visibility == "shared" && img.member_status(self.project_id) == Some("accepted"))
+    }
+}
+
+/// Why [`image_meta`] could not describe an image.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// A linked kernel or ramdisk that does not exist, or that the viewer may not boot.
+    #[error("Image {0} could not be found.")]
+    LinkedNotFound(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<MetaError> for DbError {
+    fn from(e: MetaError) -> DbError {
+        match e {
+            MetaError::LinkedNotFound(_) => DbError::NotFound(e.to_string()),
+            MetaError::Db(e) => e,
+        }
+    }
+}
+
 /// An image as a compute host reads it: its file's absolute path, with AMI-style kernel and
-/// ramdisk images (the `kernel_id` / `ramdisk_id` properties) resolved the same way.
-/// None when the image does not exist.
+/// ramdisk images (the `kernel_id` / `ramdisk_id` properties, `nokernel` meaning none) resolved
+/// the same way, each as `viewer` may see it. None when the image itself does not exist; an
+/// error when a linked one is missing or not the viewer's to boot.
 pub fn image_meta(
     db: &crate::db::Db,
     home: &Home,
     id: &str,
-) -> Result<Option<crate::compute::virt::ImageMeta>, crate::db::DbError> {
-    fn one(
-        db: &crate::db::Db,
-        home: &Home,
-        id: &str,
-        depth: u8,
-    ) -> Result<Option<crate::compute::virt::ImageMeta>, crate::db::DbError> {
-        let Some(img) = db.image_by_id(id)? else { return Ok(None) };
-        let linked = |key: &str| -> Result<Option<Box<crate::compute::virt::ImageMeta>>, crate::db::DbError> {
-            match img.properties.get(key) {
-                // An AMI's kernel is an AKI, never another AMI: one level is all there is.
-                Some(other) if depth == 0 => Ok(one(db, home, other, 1)?.map(Box::new)),
-                _ => Ok(None),
-            }
-        };
-        Ok(Some(crate::compute::virt::ImageMeta {
-            id: img.id.clone(),
-            name: img.name.clone(),
-            disk_format: img.disk_format.clone(),
-            container_format: img.container_format.clone(),
-            size: img.size,
-            file: file_path(home, &img).map(|p| p.to_string_lossy().into_owned()),
-            kernel: linked("kernel_id")?,
-            ramdisk: linked("ramdisk_id")?,
-            properties: img.properties.clone(),
-        }))
+    viewer: &Viewer<'_>,
+) -> Result<Option<crate::compute::virt::ImageMeta>, MetaError> {
+    let Some(img) = db.image_by_id(id)? else { return Ok(None) };
+    let no_kernel = img.properties.get("kernel_id").is_some_and(|k| k == "nokernel");
+    let linked = |key: &str| -> Result<Option<Box<crate::compute::virt::ImageMeta>>, MetaError> {
+        let Some(other) = img.properties.get(key).filter(|_| !no_kernel) else { return Ok(None) };
+        // An AMI's kernel is an AKI, never another AMI: one level is all there is.
+        let found = db.image_by_id(other)?.filter(|i| viewer.may_boot(i));
+        let linked = found.ok_or_else(|| MetaError::LinkedNotFound(other.clone()))?;
+        Ok(Some(Box::new(meta_of(home, &linked, None, None))))
+    };
+    let (kernel, ramdisk) = (linked("kernel_id")?, linked("ramdisk_id")?);
+    Ok(Some(meta_of(home, &img, kernel, ramdisk)))
+}
+
+/// The image alone, its kernel and ramdisk left out: what a volume made from it holds (its
+/// bytes), which no visibility of linked images can change.
+pub fn data_meta(db: &Db, home: &Home, id: &str) -> Result<Option<crate::compute::virt::ImageMeta>, DbError> {
+    Ok(db.image_by_id(id)?.map(|img| meta_of(home, &img, None, None)))
+}
+
+fn meta_of(
+    home: &Home,
+    img: &Image,
+    kernel: Option<Box<crate::compute::virt::ImageMeta>>,
+    ramdisk: Option<Box<crate::compute::virt::ImageMeta>>,
+) -> crate::compute::virt::ImageMeta {
+    crate::compute::virt::ImageMeta {
+        id: img.id.clone(),
+        name: img.name.clone(),
+        disk_format: img.disk_format.clone(),
+        container_format: img.container_format.clone(),
+        size: img.size,
+        file: file_path(home, img).map(|p| p.to_string_lossy().into_owned()),
+        kernel,
+        ramdisk,
+        properties: img.properties.clone(),
     }
-    one(db, home, id, 0)
 }
 
 /// The images `import_test_image` made.
@@ -440,7 +490,8 @@ mod tests {
         assert_eq!(made.ami.name.as_deref(), Some("tiny"));
         assert_eq!((made.ami.visibility.as_str(), made.ami.min_ram), ("public", TEST_IMAGE_MIN_RAM_MB));
         assert_eq!(made.ami.size, Some(1 << 20));
-        let meta = image_meta(&db, &home, &made.ami.id).unwrap().unwrap();
+        let viewer = Viewer { project_id: "someone", is_admin: false };
+        let meta = image_meta(&db, &home, &made.ami.id, &viewer).unwrap().unwrap();
         assert_eq!(meta.disk_format.as_deref(), Some("ami"));
         let kernel = meta.kernel.unwrap();
         assert_eq!(std::fs::read(kernel.file.unwrap()).unwrap(), b"kernel");
@@ -449,6 +500,42 @@ mod tests {
         assert!(!guest.join("blank.img").exists());
         assert!(import_test_image(&db, &home).unwrap().is_none(), "only into an empty store");
         assert_eq!(db.images().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn linked_kernel_and_ramdisk_are_resolved_only_when_the_viewer_may_boot_them() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path());
+        home.create_dirs().unwrap();
+        let db = Db::open(&home.db_file(), OpenOptions::default()).unwrap();
+        let (demo, alt) = (db.ensure_project("demo", "").unwrap(), db.ensure_project("alt", "").unwrap());
+        let src = t.path().join("blob");
+        std::fs::write(&src, b"bytes").unwrap();
+        let none = BTreeMap::new();
+        let kernel = import_file(&db, &home, &src, "k", "aki", "aki", &none, "public", &demo).unwrap();
+        let secret = import_file(&db, &home, &src, "demo-only", "ari", "ari", &none, "private", &demo).unwrap();
+        // alt's own image names a public kernel and demo's private ramdisk (issue 14).
+        let props: BTreeMap<String, String> =
+            [("kernel_id".to_string(), kernel.id.clone()), ("ramdisk_id".to_string(), secret.id.clone())].into();
+        let ami = import_file(&db, &home, &src, "alt-ami", "ami", "ami", &props, "private", &alt).unwrap();
+        let as_alt = Viewer { project_id: &alt, is_admin: false };
+        let err = image_meta(&db, &home, &ami.id, &as_alt).unwrap_err();
+        assert!(matches!(&err, MetaError::LinkedNotFound(id) if *id == secret.id), "{err}");
+        // A shared image is alt's only once alt accepted it.
+        let mut shared = secret.clone();
+        shared.visibility = "shared".into();
+        db.save_image(&shared).unwrap();
+        db.add_image_member(&secret.id, &alt).unwrap();
+        assert!(image_meta(&db, &home, &ami.id, &as_alt).is_err(), "a pending member may not boot it");
+        db.set_image_member_status(&secret.id, &alt, "accepted").unwrap();
+        let meta = image_meta(&db, &home, &ami.id, &as_alt).unwrap().unwrap();
+        assert_eq!(meta.ramdisk.unwrap().id, secret.id);
+        // `nokernel` means neither, as nova reads it.
+        let mut bare = ami.clone();
+        bare.properties.insert("kernel_id".into(), "nokernel".into());
+        db.save_image(&bare).unwrap();
+        let meta = image_meta(&db, &home, &ami.id, &Viewer { project_id: &alt, is_admin: false }).unwrap().unwrap();
+        assert!(meta.kernel.is_none() && meta.ramdisk.is_none());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod hostpkgs;
 pub mod image_import;
 pub mod images;
 pub mod metadata;
+pub mod network;
 pub mod policy;
 pub mod rpcapi;
 pub mod scheduler;

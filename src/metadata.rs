@@ -37,7 +37,7 @@ use crate::compute::virt::GuestSpec;
 use crate::db::SharedDb;
 
 /// The address every cloud's guests expect the metadata service on.
-pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+pub use crate::network::METADATA_ADDRESS as ADDRESS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -466,7 +466,7 @@ mod tests {
                 cidr,
                 gateway_ip: Some(cidr.gateway()),
                 enable_dhcp: true,
-                allocation_pools: crate::db::network::default_pools(&cidr, Some(cidr.gateway())),
+                allocation_pools: crate::network::ipam::default_pools(&cidr, Some(cidr.gateway())),
                 dns_nameservers: Vec::new(),
                 host_routes: Vec::new(),
             })

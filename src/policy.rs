@@ -60,6 +60,10 @@ pub enum Action {
     ComputeFlavorPrivate,
     /// Creating, deleting and changing flavors and their access.
     ComputeFlavorManage,
+    /// Giving a project access to a private flavor (`addTenantAccess`).
+    ComputeFlavorAccessAdd,
+    /// Taking it away (`removeTenantAccess`).
+    ComputeFlavorAccessRemove,
     /// Acting on a server that is locked.
     ComputeLockOverride,
     /// A port's `fixed_ips` chosen by the caller.
@@ -95,6 +99,17 @@ pub enum Action {
     IdentityValidateToken,
     /// Publishing an image (`visibility: public`).
     ImagePublicize,
+    // Issue 17, item 6: cinder's quota API and the volume attributes its policy hides.
+    /// Seeing a project's block storage quotas.
+    VolumeQuotaShow,
+    /// Setting a project's block storage quotas.
+    VolumeQuotaUpdate,
+    /// Resetting a project's block storage quotas to the defaults.
+    VolumeQuotaDelete,
+    /// `os-vol-tenant-attr:tenant_id` in a volume's view (omitted, not refused).
+    VolumeTenantAttribute,
+    /// `os-vol-host-attr:host` and the `os-vol-mig-status-attr:*` keys (omitted, not refused).
+    VolumeHostAttribute,
     // Issue 18: keystone's admin API and the reader/member personas of every service.
     /// A keystone admin call, named by its policy (`identity:create_project`, ...).
     IdentityAdmin(&'static str),
@@ -114,6 +129,8 @@ impl Action {
             Action::ComputeRequestedDestination => "compute:servers:create:requested_destination",
             Action::ComputeFlavorPrivate => "os_compute_api:os-flavor-access",
             Action::ComputeFlavorManage => "os_compute_api:os-flavor-manage:create",
+            Action::ComputeFlavorAccessAdd => "os_compute_api:os-flavor-access:add_tenant_access",
+            Action::ComputeFlavorAccessRemove => "os_compute_api:os-flavor-access:remove_tenant_access",
             Action::ComputeLockOverride => "os_compute_api:os-lock-server:unlock:unlock_override",
             Action::NetworkPortFixedIps => "create_port:fixed_ips:ip_address",
             Action::NetworkPortMacAddress => "create_port:mac_address",
@@ -130,6 +147,11 @@ impl Action {
             Action::NetworkQuotaDelete => "delete_quota",
             Action::IdentityValidateToken => "identity:validate_token",
             Action::ImagePublicize => "publicize_image",
+            Action::VolumeQuotaShow => "volume_extension:quotas:show",
+            Action::VolumeQuotaUpdate => "volume_extension:quotas:update",
+            Action::VolumeQuotaDelete => "volume_extension:quotas:delete",
+            Action::VolumeTenantAttribute => "volume_extension:volume_tenant_attribute",
+            Action::VolumeHostAttribute => "volume_extension:volume_host_attribute",
             Action::IdentityAdmin(name) => name,
             Action::IdentityGetProject => "identity:get_project",
             Action::IdentityGetUser => "identity:get_user",
@@ -146,6 +168,8 @@ impl Action {
             | ComputeRequestedDestination
             | ComputeFlavorPrivate
             | ComputeFlavorManage
+            | ComputeFlavorAccessAdd
+            | ComputeFlavorAccessRemove
             | ComputeLockOverride => Service::Compute,
             NetworkPortFixedIps
             | NetworkPortMacAddress
@@ -162,6 +186,9 @@ impl Action {
             | NetworkQuotaDelete => Service::Network,
             IdentityValidateToken | IdentityAdmin(_) | IdentityGetProject | IdentityGetUser => Service::Identity,
             ImagePublicize => Service::Image,
+            VolumeQuotaShow | VolumeQuotaUpdate | VolumeQuotaDelete | VolumeTenantAttribute | VolumeHostAttribute => {
+                Service::Volume
+            }
             ProjectMemberWrite(service) => service,
         }
     }
@@ -174,6 +201,8 @@ impl Action {
             | ComputeRequestedDestination
             | ComputeFlavorPrivate
             | ComputeFlavorManage
+            | ComputeFlavorAccessAdd
+            | ComputeFlavorAccessRemove
             | ComputeLockOverride
             | NetworkPortBinding
             | NetworkQuotaManage
@@ -190,6 +219,8 @@ impl Action {
             | NetworkPortUpdateMacAddress
             | NetworkPortUpdateSecurity
             | NetworkPortUpdateDeviceOwner => Rule::AdminOrNetworkOwner,
+            VolumeQuotaShow => Rule::AdminOrOwner,
+            VolumeQuotaUpdate | VolumeQuotaDelete | VolumeTenantAttribute | VolumeHostAttribute => Rule::Admin,
             IdentityValidateToken | IdentityGetUser => Rule::AdminOrTokenSubject,
             IdentityAdmin(_) => Rule::Admin,
             IdentityGetProject => Rule::AdminOrOwner,

@@ -128,6 +128,10 @@ pub enum ConductorRequest {
     PortDevices {},
     ImageMeta {
         image_id: String,
+        /// The project of the guest the image is for: its kernel and ramdisk are looked up as
+        /// that project sees them. A caller that names none sees public images only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        project_id: Option<String>,
     },
     RecordSpans {
         spans: Vec<crate::trace::SpanRow>,
@@ -320,8 +324,10 @@ impl ConductorApi {
         &self,
         ctx: &Context,
         image_id: &str,
+        project_id: &str,
     ) -> Result<Option<crate::compute::virt::ImageMeta>, BusError> {
-        self.call(ctx, ConductorRequest::ImageMeta { image_id: image_id.into() }).await
+        self.call(ctx, ConductorRequest::ImageMeta { image_id: image_id.into(), project_id: Some(project_id.into()) })
+            .await
     }
     /// The security group filters of every port bound to `host`.
     pub async fn security_group_filters(
@@ -523,7 +529,7 @@ impl Notifier {
             "user_id": instance.user_id,
             "host": instance.host,
             "state": instance.vm_state,
-            "state_description": instance.task_state.clone().unwrap_or_default(),
+            "state_description": instance.task_state.map(|t| t.as_str()).unwrap_or_default(),
             "instance_type": instance.flavor.name,
             "memory_mb": instance.flavor.memory_mb,
             "vcpus": instance.flavor.vcpus,
@@ -593,7 +599,11 @@ mod tests {
             }]),
             image: None,
         };
-        let update = InstanceUpdate { vm_state: Some("active".into()), task_state: Some(None), ..Default::default() };
+        let update = InstanceUpdate {
+            vm_state: Some(crate::compute::states::VmState::Active),
+            task_state: Some(None),
+            ..Default::default()
+        };
         let disk = VolumeDisk { volume_id: "v1".into(), path: "/tmp/v1.qcow2".into(), boot: false };
 
         round_trips::<SchedulerRequest>(old(
@@ -608,6 +618,8 @@ mod tests {
             ("allocate_network", json!({"uuid": "u1", "requested_networks": spec.requested_networks, "host": "h1"})),
             ("network_info", json!({"uuid": "u1"})),
             ("image_meta", json!({"image_id": "i1"})),
+            // Since issue 14 compute names the guest's project, whose eyes the kernel is looked up with.
+            ("image_meta", json!({"image_id": "i1", "project_id": "p1"})),
             ("security_group_filters", json!({"host": "h1"})),
             ("port_devices", json!({})),
             ("instance_volumes", json!({"uuid": "u1"})),

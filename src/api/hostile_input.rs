@@ -18,7 +18,7 @@ use crate::bus::{Bus, BusError, Handler, Message, Subscription};
 
 /// Casts succeed (and go nowhere), so a valid server create gets as far as it can; calls fail
 /// as with no compute host.
-struct SinkBus;
+pub(crate) struct SinkBus;
 
 #[async_trait::async_trait]
 impl Bus for SinkBus {
@@ -75,6 +75,10 @@ const FIELDS: &[&str] = &[
     "id",
     "swap",
     "extra_specs",
+    "OS-FLV-EXT-DATA:ephemeral",
+    "rxtx_factor",
+    "tenant",
+    "host",
     "keypair",
     "public_key",
     "quota_set",
@@ -214,6 +218,7 @@ fn endpoints(
         (Method::POST, "/compute/v2.1/os-keypairs".into(), "keypair", false),
         (Method::POST, "/compute/v2.1/flavors".into(), "flavor", true),
         (Method::POST, "/compute/v2.1/flavors/1/os-extra_specs".into(), "extra_specs", true),
+        (Method::POST, "/compute/v2.1/flavors/1/action".into(), "addTenantAccess", true),
         (Method::PUT, "/compute/v2.1/os-services/1".into(), "status", true),
         (Method::PUT, format!("/compute/v2.1/os-quota-sets/{project}"), "quota_set", true),
         (Method::POST, "/image/v2/images".into(), "name", false),
@@ -228,6 +233,7 @@ fn endpoints(
         (Method::PUT, format!("/network/v2.0/quotas/{project}"), "quota", true),
         (Method::POST, format!("/volume/v3/{project}/volumes"), "volume", false),
         (Method::PUT, format!("/volume/v3/{project}/volumes/{volume}"), "volume", false),
+        (Method::PUT, format!("/volume/v3/{project}/os-quota-sets/{project}"), "quota_set", true),
         (Method::POST, format!("/compute/v2.1/servers/{server}/os-volume_attachments"), "volumeAttachment", false),
     ]
 }

@@ -100,6 +100,22 @@ async fn find_id(client: &Client, kind: &str, list_path: &str, key: &str, wanted
     }
 }
 
+/// Adds what novabox knows of a server beyond nova's body, from this home's database: the
+/// user-mode ssh forward (`novabox:ssh_forward`), which standard clients must not see in the API.
+fn with_local_facts(global: &GlobalArgs, mut server: Value) -> Value {
+    let forward = (|| -> anyhow::Result<Option<String>> {
+        let home = super::home(global)?;
+        let db = novabox::db::Db::open(&home.db_file(), novabox::db::OpenOptions::default())?;
+        let id = server["id"].as_str().unwrap_or_default();
+        Ok(db.instance_by_uuid(id, false)?.and_then(|i| i.ssh_forward))
+    })();
+    match forward {
+        Ok(forward) => server["novabox:ssh_forward"] = json!(forward),
+        Err(e) => tracing::debug!(error = %e, "no local facts for this server"),
+    }
+    server
+}
+
 fn print_server(s: &Value, json_out: bool) {
     if json_out {
         println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
@@ -155,7 +171,7 @@ async fn run_async(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<Exit
             } else {
                 client.compute(Method::GET, &format!("/servers/{id}"), None).await?["server"].clone()
             };
-            print_server(&shown, args.json);
+            print_server(&with_local_facts(global, shown), args.json);
         }
         ServerCommand::List => {
             let list = client.compute(Method::GET, "/servers/detail", None).await?;
@@ -181,7 +197,9 @@ async fn run_async(global: &GlobalArgs, args: ServerArgs) -> anyhow::Result<Exit
                 }
             }
         }
-        ServerCommand::Show { server } => print_server(&client.find_server(&server).await?, args.json),
+        ServerCommand::Show { server } => {
+            print_server(&with_local_facts(global, client.find_server(&server).await?), args.json)
+        }
         ServerCommand::Delete { server, wait: do_wait } => {
             let s = client.find_server(&server).await?;
             let id = s["id"].as_str().unwrap_or_default();

@@ -13,8 +13,9 @@ use tracing::Instrument;
 use super::net::HostNet;
 use super::virt::{GuestSpec, ImageMeta, Vif, VirtDriver, VolumeDisk};
 use crate::bus::{BusError, Context, Handler, Message, RemoteError, RemoteErrorKind};
+use crate::compute::states::{PowerState, TaskState, VmState};
 use crate::config::Config;
-use crate::db::instances::{power, Instance, InstanceUpdate};
+use crate::db::instances::{Instance, InstanceUpdate};
 use crate::db::now;
 use crate::db::services::NodeReport;
 use crate::rpcapi::{
@@ -62,10 +63,10 @@ impl From<BusError> for Abort {
     }
 }
 
-fn task_update(task: &str, expected: &str) -> InstanceUpdate {
+fn task_update(task: TaskState, expected: TaskState) -> InstanceUpdate {
     InstanceUpdate {
-        task_state: Some(Some(task.into())),
-        expected_task_state: Some(vec![Some(expected.into())]),
+        task_state: Some(Some(task)),
+        expected_task_state: Some(vec![Some(expected)]),
         ..Default::default()
     }
 }
@@ -280,20 +281,20 @@ impl ComputeManager {
 
     async fn reconcile(&self, ctx: &Context, inst: &Instance, driver_has_it: bool) {
         let uuid = &inst.uuid;
-        match (inst.vm_state.as_str(), inst.task_state.as_deref()) {
-            (_, Some("deleting")) => {
+        match (inst.vm_state, inst.task_state) {
+            (_, Some(TaskState::Deleting)) => {
                 tracing::info!(instance = %uuid, "finishing a delete interrupted by a restart");
                 self.terminate(ctx, inst).await;
             }
-            ("building", _) => {
+            (VmState::Building, _) => {
                 tracing::warn!(instance = %uuid, "build interrupted by a compute restart");
                 let _ = self.driver.destroy(uuid).await;
                 self.unplug(ctx, uuid).await;
                 let _ = self.conductor.deallocate_network(ctx, uuid).await;
                 self.set_error(ctx, inst, "The compute service restarted while this instance was being built.").await;
             }
-            ("active", _) => {
-                let state = if driver_has_it { self.driver.power_state(uuid).await } else { power::NOSTATE };
+            (VmState::Active, _) => {
+                let state = if driver_has_it { self.driver.power_state(uuid).await } else { PowerState::NoState };
                 // Taps come back first (after `down` removed them), so the guest finds its link.
                 let plugged = match self.guest_spec(ctx, inst).await {
                     Ok(mut spec) => self.plug(&mut spec).await.map(|fresh| (spec, fresh)),
@@ -302,10 +303,10 @@ impl ComputeManager {
                 let result = match (plugged, driver_has_it, state) {
                     (Err(e), _, _) => Err(e),
                     // A running qemu holding a tap that `down` deleted has no link: restart it.
-                    (Ok((_, true)), true, power::RUNNING) => {
+                    (Ok((_, true)), true, PowerState::Running) => {
                         self.driver.reboot(uuid, true).await.map_err(|e| e.to_string())
                     }
-                    (Ok(_), true, power::RUNNING) => Ok(()),
+                    (Ok(_), true, PowerState::Running) => Ok(()),
                     (Ok(_), true, _) => self.driver.power_on(uuid).await.map_err(|e| e.to_string()),
                     // Nova's resume_guests_state_on_host_boot: guests that were running run again.
                     (Ok((spec, _)), false, _) => self.driver.spawn(&spec).await.map_err(|e| e.to_string()),
@@ -313,7 +314,7 @@ impl ComputeManager {
                 match result {
                     Ok(()) => {
                         let u = InstanceUpdate {
-                            power_state: Some(power::RUNNING),
+                            power_state: Some(PowerState::Running),
                             task_state: Some(None),
                             ssh_forward: self.driver.ssh_forward(uuid).await,
                             ..Default::default()
@@ -325,7 +326,7 @@ impl ComputeManager {
                     }
                 }
             }
-            ("stopped", None) => {
+            (VmState::Stopped, None) => {
                 // Its taps are needed again when it is started.
                 if let Ok(mut spec) = self.guest_spec(ctx, inst).await {
                     if let Err(e) = self.plug(&mut spec).await {
@@ -345,7 +346,7 @@ impl ComputeManager {
     async fn guest_spec(&self, ctx: &Context, inst: &Instance) -> Result<GuestSpec, BusError> {
         let vifs: Vec<Vif> = self.conductor.network_info(ctx, &inst.uuid).await?;
         let image = match &inst.image_ref {
-            Some(id) if !id.is_empty() => self.conductor.image_meta(ctx, id).await?,
+            Some(id) if !id.is_empty() => self.conductor.image_meta(ctx, id, &inst.project_id).await?,
             _ => None,
         };
         let volumes = self.conductor.instance_volumes(ctx, &inst.uuid).await?;
@@ -386,14 +387,15 @@ impl ComputeManager {
         let uuid = &inst.uuid;
         let vifs = async {
             // A build delivered twice finds its instance no longer `scheduling`: leave it alone.
-            self.conductor.instance_update(ctx, uuid, &task_update("networking", "scheduling")).await.map_err(|e| {
-                match e {
+            self.conductor
+                .instance_update(ctx, uuid, &task_update(TaskState::Networking, TaskState::Scheduling))
+                .await
+                .map_err(|e| match e {
                     BusError::Remote { error, .. } if error.kind == RemoteErrorKind::UnexpectedTaskState => {
                         Abort::Duplicate
                     }
                     other => Abort::from(other),
-                }
-            })?;
+                })?;
             self.conductor.allocate_network(ctx, uuid, &spec.requested_networks, &self.host).await.map_err(|e| {
                 match Abort::from(e) {
                     Abort::Failed(why) => Abort::Failed(format!("network allocation failed: {why}")),
@@ -409,7 +411,9 @@ impl ComputeManager {
             .await
             .map_err(|e| Abort::Failed(format!("security groups could not be applied: {e}")))?;
         let volumes = async {
-            self.conductor.instance_update(ctx, uuid, &task_update("block_device_mapping", "networking")).await?;
+            self.conductor
+                .instance_update(ctx, uuid, &task_update(TaskState::BlockDeviceMapping, TaskState::Networking))
+                .await?;
             self.conductor.prepare_block_devices(ctx, uuid).await.map_err(|e| match Abort::from(e) {
                 Abort::Failed(why) => Abort::Failed(format!("block device setup failed: {why}")),
                 other => other,
@@ -418,7 +422,9 @@ impl ComputeManager {
         .instrument(tracing::info_span!("block_device_mapping"))
         .await?;
         async {
-            self.conductor.instance_update(ctx, uuid, &task_update("spawning", "block_device_mapping")).await?;
+            self.conductor
+                .instance_update(ctx, uuid, &task_update(TaskState::Spawning, TaskState::BlockDeviceMapping))
+                .await?;
             let mut guest = guest_spec(inst, spec.image.clone(), vifs, volumes);
             self.plug(&mut guest).await.map_err(Abort::Failed)?;
             self.driver
@@ -427,11 +433,11 @@ impl ComputeManager {
                 .await
                 .map_err(|e| Abort::Failed(e.to_string()))?;
             let done = InstanceUpdate {
-                vm_state: Some("active".into()),
+                vm_state: Some(VmState::Active),
                 task_state: Some(None),
-                power_state: Some(power::RUNNING),
+                power_state: Some(PowerState::Running),
                 launched_at: Some(now()),
-                expected_task_state: Some(vec![Some("spawning".into())]),
+                expected_task_state: Some(vec![Some(TaskState::Spawning)]),
                 ssh_forward: self.driver.ssh_forward(uuid).await,
                 ..Default::default()
             };
@@ -443,7 +449,7 @@ impl ComputeManager {
 
     async fn set_error(&self, ctx: &Context, inst: &Instance, message: &str) {
         let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, message, &self.host).await;
-        let u = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
+        let u = InstanceUpdate { vm_state: Some(VmState::Error), task_state: Some(None), ..Default::default() };
         let _ = self.conductor.instance_update(ctx, &inst.uuid, &u).await;
         let _ = self.conductor.action_finish(ctx, &inst.uuid, Some(message)).await;
     }
@@ -473,13 +479,18 @@ impl ComputeManager {
         let lock = self.lock_for(&inst.uuid);
         let _held = lock.lock().await;
         let (event, expected, vm_state, power_after) = match action {
-            PowerAction::Stop => ("power_off", vec!["powering-off"], "stopped", power::SHUTDOWN),
-            PowerAction::Start => ("power_on", vec!["powering-on"], "active", power::RUNNING),
+            PowerAction::Stop => ("power_off", vec![TaskState::PoweringOff], VmState::Stopped, PowerState::Shutdown),
+            PowerAction::Start => ("power_on", vec![TaskState::PoweringOn], VmState::Active, PowerState::Running),
             PowerAction::Reboot { .. } => (
                 "reboot",
-                vec!["rebooting", "reboot_pending", "reboot_started", "rebooting_hard"],
-                "active",
-                power::RUNNING,
+                vec![
+                    TaskState::Rebooting,
+                    TaskState::RebootPending,
+                    TaskState::RebootStarted,
+                    TaskState::RebootingHard,
+                ],
+                VmState::Active,
+                PowerState::Running,
             ),
         };
         self.notifier.instance(ctx, &format!("compute.instance.{event}.start"), inst).await;
@@ -488,11 +499,11 @@ impl ComputeManager {
             PowerAction::Start => self.driver.power_on(&inst.uuid).await,
             PowerAction::Reboot { hard } => self.driver.reboot(&inst.uuid, hard).await,
         };
-        let expected = Some(expected.into_iter().map(|s| Some(s.to_string())).collect());
+        let expected = Some(expected.into_iter().map(Some).collect());
         match result {
             Ok(()) => {
                 let u = InstanceUpdate {
-                    vm_state: Some(vm_state.into()),
+                    vm_state: Some(vm_state),
                     power_state: Some(power_after),
                     task_state: Some(None),
                     expected_task_state: expected,
@@ -582,7 +593,7 @@ impl ComputeManager {
         let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
         self.reap_deleted_guests(&guests, &instances).await;
         for inst in instances {
-            if inst.task_state.is_some() || inst.vm_state != "active" {
+            if inst.task_state.is_some() || inst.vm_state != VmState::Active {
                 continue;
             }
             let lock = self.lock_for(&inst.uuid);
@@ -592,11 +603,11 @@ impl ComputeManager {
             }
             let actual = self.driver.power_state(&inst.uuid).await;
             if actual != inst.power_state {
-                tracing::warn!(instance = %inst.uuid, db = inst.power_state, driver = actual, "power state changed");
-                let stopped = actual != power::RUNNING;
+                tracing::warn!(instance = %inst.uuid, db = ?inst.power_state, driver = ?actual, "power state changed");
+                let stopped = actual != PowerState::Running;
                 let u = InstanceUpdate {
                     power_state: Some(actual),
-                    vm_state: stopped.then(|| "stopped".to_string()),
+                    vm_state: stopped.then_some(VmState::Stopped),
                     expected_task_state: Some(vec![None]),
                     ..Default::default()
                 };

@@ -3,6 +3,7 @@
 
 pub mod manager;
 pub mod net;
+pub mod states;
 pub mod virt;
 
 pub use manager::ComputeManager;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::bus::{Context, Handler, Message, RemoteError, RemoteErrorKind};
+use crate::compute::states::{TaskState, VmState};
 use crate::config::Config;
 use crate::db::instances::{InstanceFilter, InstanceUpdate, UpdateError};
 use crate::db::services::NodeReport;
@@ -52,7 +53,7 @@ impl Conductor {
             // again. The state is already what the caller asked for, so say so, instead of an
             // UnexpectedTaskState that made compute destroy a guest that had just gone ACTIVE.
             Err(UpdateError::UnexpectedState { vm_state, task_state })
-                if already_applied(update, &vm_state, &task_state) =>
+                if already_applied(update, vm_state, task_state) =>
             {
                 tracing::info!(instance = %uuid, "instance update already applied (a redelivered call)");
                 match self.db.with(|db| db.instance_by_uuid(uuid, false)).map_err(db_error)? {
@@ -64,7 +65,7 @@ impl Conductor {
                 }
             }
             Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
-                let kind = if task_state.as_deref() == Some("deleting") {
+                let kind = if task_state == Some(TaskState::Deleting) {
                     RemoteErrorKind::UnexpectedDeletingTaskState
                 } else {
                     RemoteErrorKind::UnexpectedTaskState
@@ -164,8 +165,12 @@ impl Conductor {
         Ok(serde_json::to_value(ports).unwrap_or(Value::Null))
     }
 
-    fn image_meta(&self, image_id: &str) -> Result<Value, RemoteError> {
-        let meta = self.db.with(|db| crate::images::image_meta(db, &self.home, image_id)).map_err(db_error)?;
+    fn image_meta(&self, image_id: &str, project_id: &str) -> Result<Value, RemoteError> {
+        let viewer = crate::images::Viewer { project_id, is_admin: false };
+        let meta = self
+            .db
+            .with(|db| crate::images::image_meta(db, &self.home, image_id, &viewer))
+            .map_err(|e| db_error(e.into()))?;
         Ok(serde_json::to_value(meta).unwrap_or(Value::Null))
     }
 
@@ -212,7 +217,9 @@ impl Handler for Conductor {
             R::NetworkInfo { uuid } => self.network_info(&uuid),
             R::SecurityGroupFilters { host } => self.security_group_filters(&host),
             R::PortDevices {} => self.port_devices(),
-            R::ImageMeta { image_id } => self.image_meta(&image_id),
+            R::ImageMeta { image_id, project_id } => {
+                self.image_meta(&image_id, project_id.as_deref().unwrap_or_default())
+            }
             R::RecordSpans { spans } => self.record_spans(spans),
             R::InstanceVolumes { uuid } => self.instance_volumes(&uuid),
             R::PrepareBlockDevices { uuid } => self.prepare_block_devices(&uuid).await,
@@ -237,11 +244,9 @@ impl Handler for Conductor {
 
 /// True when `u` moves state (vm_state or task_state) and the instance is already in exactly
 /// the state `u` would leave it in: a repeat of an update that was applied.
-fn already_applied(u: &InstanceUpdate, vm_state: &str, task_state: &Option<String>) -> bool {
+fn already_applied(u: &InstanceUpdate, vm_state: VmState, task_state: Option<TaskState>) -> bool {
     let moves = u.vm_state.is_some() || u.task_state.is_some();
-    moves
-        && u.vm_state.as_deref().is_none_or(|v| v == vm_state)
-        && u.task_state.as_ref().is_none_or(|t| t == task_state)
+    moves && u.vm_state.is_none_or(|v| v == vm_state) && u.task_state.is_none_or(|t| t == task_state)
 }
 
 /// The fault of a build whose request died with the process that carried it.

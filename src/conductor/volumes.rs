@@ -84,7 +84,7 @@ impl Conductor {
                                 path: crate::volumes::file_name(&id),
                             })?;
                             db.set_mapping_volume(uuid, boot_index, &id, &device)?;
-                            crate::images::image_meta(db, &self.home, &image_id)
+                            crate::images::data_meta(db, &self.home, &image_id)
                         })
                         .map_err(db_error)?;
                     crate::volumes::build(&self.db, &self.home, &id, image.as_ref())

@@ -172,6 +172,38 @@ impl Db {
         Ok(())
     }
 
+    /// The projects given access to a private flavor.
+    pub fn flavor_access(&self, flavor_row_id: i64) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT project_id FROM flavor_projects WHERE flavor_id = ?1 ORDER BY project_id")?;
+        let rows = stmt.query_map([flavor_row_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Gives `project_id` access to a flavor: false when it had it already. A project that
+    /// does not exist is `NotFound`.
+    pub fn add_flavor_access(&self, flavor_row_id: i64, project_id: &str) -> Result<bool> {
+        let r = self.conn().execute(
+            "INSERT OR IGNORE INTO flavor_projects (flavor_id, project_id) VALUES (?1, ?2)",
+            params![flavor_row_id, project_id],
+        );
+        match r {
+            Ok(n) => Ok(n > 0),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(DbError::NotFound(format!("project {project_id} does not exist")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn remove_flavor_access(&self, flavor_row_id: i64, project_id: &str) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM flavor_projects WHERE flavor_id = ?1 AND project_id = ?2",
+            params![flavor_row_id, project_id],
+        )? > 0)
+    }
+
     pub fn delete_flavor_extra_spec(&self, flavor_row_id: i64, key: &str) -> Result<bool> {
         Ok(self
             .conn()

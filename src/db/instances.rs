@@ -8,16 +8,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{now, Db, DbError, Result};
-
-/// Nova's power states.
-pub mod power {
-    pub const NOSTATE: i64 = 0;
-    pub const RUNNING: i64 = 1;
-    pub const PAUSED: i64 = 3;
-    pub const SHUTDOWN: i64 = 4;
-    pub const CRASHED: i64 = 6;
-    pub const SUSPENDED: i64 = 7;
-}
+use crate::compute::states::{PowerState, TaskState, VmState};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
@@ -30,10 +21,9 @@ pub struct Instance {
     pub host: Option<String>,
     pub node: Option<String>,
     pub availability_zone: Option<String>,
-    pub vm_state: String,
-    pub task_state: Option<String>,
-    pub power_state: i64,
-    pub flavor_id: i64,
+    pub vm_state: VmState,
+    pub task_state: Option<TaskState>,
+    pub power_state: PowerState,
     pub flavor: FlavorSnapshot,
     pub image_ref: Option<String>,
     pub kernel_id: Option<String>,
@@ -82,7 +72,6 @@ pub struct NewInstance {
     pub project_id: String,
     pub user_id: String,
     pub availability_zone: Option<String>,
-    pub flavor_id: i64,
     pub flavor: FlavorSnapshot,
     pub image_ref: Option<String>,
     pub kernel_id: Option<String>,
@@ -114,11 +103,11 @@ pub struct NewBlockDevice {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InstanceUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vm_state: Option<String>,
+    pub vm_state: Option<VmState>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
-    pub task_state: Option<Option<String>>,
+    pub task_state: Option<Option<TaskState>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power_state: Option<i64>,
+    pub power_state: Option<PowerState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,20 +128,20 @@ pub struct InstanceUpdate {
     pub ssh_forward: Option<String>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_task_state: Option<Vec<Option<String>>>,
+    pub expected_task_state: Option<Vec<Option<TaskState>>>,
     /// Refuse the update unless the current vm state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_vm_state: Option<Vec<String>>,
+    pub expected_vm_state: Option<Vec<VmState>>,
 }
 
 /// Distinguishes "absent" from "null" for fields that can be cleared.
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    pub fn serialize<S: Serializer>(v: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Serialize, S: Serializer>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
         v.as_ref().and_then(|inner| inner.as_ref()).serialize(s)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-        Ok(Some(Option::<String>::deserialize(d)?))
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Ok(Some(Option::<T>::deserialize(d)?))
     }
 }
 
@@ -169,11 +158,14 @@ pub struct Fault {
 pub struct InstanceFilter {
     pub project_id: Option<String>,
     pub host: Option<String>,
-    /// Substring of the name (nova treats `name` as a regex; a substring covers its common use).
+    /// A regular expression the name must match somewhere (nova's `name` filter; the caller
+    /// checks that it compiles).
     pub name: Option<String>,
-    pub vm_states: Option<Vec<String>>,
+    pub vm_states: Option<Vec<VmState>>,
     pub uuids: Option<Vec<String>>,
     pub changes_since: Option<String>,
+    /// Changed at or before this time (`changes-before`, 2.66).
+    pub changes_before: Option<String>,
     pub include_deleted: bool,
     pub limit: Option<usize>,
     /// The uuid after which to continue, in the list's order.
@@ -181,12 +173,12 @@ pub struct InstanceFilter {
 }
 
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
-    availability_zone, vm_state, task_state, power_state, flavor_id, flavor, image_ref, kernel_id, ramdisk_id,
+    availability_zone, vm_state, task_state, power_state, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
     launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
-    let flavor: String = r.get(13)?;
+    let flavor: String = r.get(12)?;
     Ok(Instance {
         uuid: r.get(0)?,
         display_name: r.get(1)?,
@@ -200,28 +192,27 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         vm_state: r.get(9)?,
         task_state: r.get(10)?,
         power_state: r.get(11)?,
-        flavor_id: r.get(12)?,
         flavor: serde_json::from_str(&flavor)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
-        image_ref: r.get(14)?,
-        kernel_id: r.get(15)?,
-        ramdisk_id: r.get(16)?,
-        key_name: r.get(17)?,
-        key_data: r.get(18)?,
-        user_data: r.get(19)?,
-        config_drive: r.get(20)?,
-        access_ip_v4: r.get(21)?,
-        access_ip_v6: r.get(22)?,
-        locked: r.get(23)?,
-        progress: r.get(24)?,
-        request_id: r.get(25)?,
-        launched_at: r.get(26)?,
-        terminated_at: r.get(27)?,
-        created_at: r.get(28)?,
-        updated_at: r.get(29)?,
-        deleted: r.get::<_, i64>(30)? != 0,
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e)))?,
+        image_ref: r.get(13)?,
+        kernel_id: r.get(14)?,
+        ramdisk_id: r.get(15)?,
+        key_name: r.get(16)?,
+        key_data: r.get(17)?,
+        user_data: r.get(18)?,
+        config_drive: r.get(19)?,
+        access_ip_v4: r.get(20)?,
+        access_ip_v6: r.get(21)?,
+        locked: r.get(22)?,
+        progress: r.get(23)?,
+        request_id: r.get(24)?,
+        launched_at: r.get(25)?,
+        terminated_at: r.get(26)?,
+        created_at: r.get(27)?,
+        updated_at: r.get(28)?,
+        deleted: r.get::<_, i64>(29)? != 0,
         metadata: BTreeMap::new(),
-        ssh_forward: r.get(32)?,
+        ssh_forward: r.get(31)?,
     })
 }
 
@@ -232,12 +223,17 @@ impl Db {
         let tx = self.begin()?;
         let ts = now();
         tx.execute(
-            "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
-                availability_zone, vm_state, task_state, power_state, flavor_id, flavor, memory_mb, vcpus, root_gb,
-                ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data, config_drive,
-                access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'building', 'scheduling', 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?24)",
+            &format!(
+                "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
+                    availability_zone, vm_state, task_state, power_state, flavor, memory_mb, vcpus, root_gb,
+                    ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data, config_drive,
+                    access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', '{}', {}, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?23)",
+                VmState::Building,
+                TaskState::Scheduling,
+                i64::from(PowerState::NoState),
+            ),
             params![
                 n.uuid,
                 n.display_name,
@@ -246,7 +242,6 @@ impl Db {
                 n.project_id,
                 n.user_id,
                 n.availability_zone,
-                n.flavor_id,
                 serde_json::to_string(&n.flavor).unwrap_or_default(),
                 n.flavor.memory_mb,
                 n.flavor.vcpus,
@@ -344,13 +339,17 @@ impl Db {
             push(&mut sql, " AND host = ?", h.clone().into());
         }
         if let Some(n) = &f.name {
-            push(&mut sql, " AND instr(display_name, ?) > 0", n.clone().into());
+            push(&mut sql, " AND display_name REGEXP ?", n.clone().into());
         }
         if let Some(c) = &f.changes_since {
             push(&mut sql, " AND updated_at >= ?", c.clone().into());
         }
+        if let Some(c) = &f.changes_before {
+            push(&mut sql, " AND updated_at <= ?", c.clone().into());
+        }
         if let Some(states) = &f.vm_states {
-            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect();
+            // The names of an enum, never the caller's text, go into the statement.
+            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
             sql.push_str(&format!(" AND vm_state IN ({})", list.join(",")));
         }
         if let Some(uuids) = &f.uuids {
@@ -380,7 +379,7 @@ impl Db {
     /// `UpdateError::NotFound` / `UpdateError::UnexpectedState` (with what was found).
     pub fn update_instance(&self, uuid: &str, u: &InstanceUpdate) -> Result<Result<Instance, UpdateError>> {
         let tx = self.begin()?;
-        let current: Option<(String, Option<String>)> = tx
+        let current: Option<(VmState, Option<TaskState>)> = tx
             .query_row("SELECT vm_state, task_state FROM instances WHERE uuid = ?1 AND deleted = 0", [uuid], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -402,14 +401,14 @@ impl Db {
             args.push(v);
             sets.push(format!("{col} = ?{}", args.len()));
         };
-        if let Some(v) = &u.vm_state {
-            set("vm_state", v.clone().into());
+        if let Some(v) = u.vm_state {
+            set("vm_state", v.as_str().to_string().into());
         }
-        if let Some(t) = &u.task_state {
-            set("task_state", t.clone().map_or(rusqlite::types::Value::Null, Into::into));
+        if let Some(t) = u.task_state {
+            set("task_state", t.map_or(rusqlite::types::Value::Null, |t| t.as_str().to_string().into()));
         }
         if let Some(p) = u.power_state {
-            set("power_state", p.into());
+            set("power_state", i64::from(p).into());
         }
         if let Some(h) = &u.host {
             set("host", h.clone().into());
@@ -455,9 +454,9 @@ impl Db {
         let ts = now();
         let n = tx.execute(
             "UPDATE instances SET deleted = id, deleted_at = ?2, terminated_at = ?2, updated_at = ?2,
-                vm_state = 'deleted', task_state = NULL, power_state = 0
+                vm_state = ?3, task_state = NULL, power_state = ?4
              WHERE uuid = ?1 AND deleted = 0",
-            params![uuid, ts],
+            params![uuid, ts, VmState::Deleted, PowerState::NoState],
         )?;
         tx.execute(
             "UPDATE block_device_mappings SET deleted = id, deleted_at = ?2 WHERE instance_uuid = ?1 AND deleted = 0",
@@ -481,18 +480,18 @@ impl Db {
         let tx = self.begin()?;
         let uuids: Vec<String> = {
             let mut stmt = tx.prepare(
-                "SELECT uuid FROM instances WHERE deleted = 0 AND vm_state = 'building'
-                   AND task_state = 'scheduling' AND host IS NULL AND created_at <= ?1",
+                "SELECT uuid FROM instances WHERE deleted = 0 AND vm_state = ?2
+                   AND task_state = ?3 AND host IS NULL AND created_at <= ?1",
             )?;
-            let rows = stmt.query_map([before], |r| r.get(0))?;
+            let rows = stmt.query_map(params![before, VmState::Building, TaskState::Scheduling], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let ts = now();
         for uuid in &uuids {
             tx.execute(
-                "UPDATE instances SET vm_state = 'error', task_state = NULL, updated_at = ?2
+                "UPDATE instances SET vm_state = ?3, task_state = NULL, updated_at = ?2
                  WHERE uuid = ?1 AND deleted = 0",
-                params![uuid, ts],
+                params![uuid, ts, VmState::Error],
             )?;
             tx.execute(
                 "INSERT INTO instance_faults (instance_uuid, code, message, details, host, created_at)
@@ -512,10 +511,9 @@ impl Db {
     /// Deletes that no compute service will finish: `deleting` instances with no host (the
     /// API's local delete was interrupted). The caller releases their ports and destroys them.
     pub fn hostless_deletes(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT uuid FROM instances WHERE deleted = 0 AND task_state = 'deleting' AND host IS NULL")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
+        let mut stmt =
+            self.conn().prepare("SELECT uuid FROM instances WHERE deleted = 0 AND task_state = ?1 AND host IS NULL")?;
+        let rows = stmt.query_map([TaskState::Deleting], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -576,24 +574,34 @@ impl Db {
 
     /// (instances, vcpus, memory_mb) a project uses, for quotas.
     pub fn project_usage(&self, project_id: &str) -> Result<(i64, i64, i64)> {
-        Ok(self.conn().query_row(
-            "SELECT count(*), coalesce(sum(vcpus), 0), coalesce(sum(memory_mb), 0) FROM instances
-             WHERE project_id = ?1 AND deleted = 0",
-            [project_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?)
+        let (count, [vcpus, memory_mb]) = self.usage_sums("project_id", project_id, ["vcpus", "memory_mb"])?;
+        Ok((count, vcpus, memory_mb))
     }
 
     /// (vcpus, memory_mb, root_gb + ephemeral_gb, instances) placed on a host: derived from the
     /// instances themselves, so usage can never drift from what exists.
     pub fn host_usage(&self, host: &str) -> Result<(i64, i64, i64, i64)> {
-        Ok(self.conn().query_row(
-            "SELECT coalesce(sum(vcpus), 0), coalesce(sum(memory_mb), 0), coalesce(sum(root_gb + ephemeral_gb), 0),
-                    count(*)
-             FROM instances WHERE host = ?1 AND deleted = 0",
-            [host],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?)
+        let (count, [vcpus, memory_mb, root_gb, ephemeral_gb]) =
+            self.usage_sums("host", host, ["vcpus", "memory_mb", "root_gb", "ephemeral_gb"])?;
+        Ok((vcpus, memory_mb, root_gb.saturating_add(ephemeral_gb), count))
+    }
+
+    /// The number of live instances whose `filter` column is `value`, and the sums of their
+    /// `columns`. Summed here with saturating integers rather than by SQLite, whose integer
+    /// arithmetic turns into floating point on overflow (`root_gb + ephemeral_gb`) or fails
+    /// (`sum`): one absurd flavor must not stop every placement and quota check (issue 14).
+    fn usage_sums<const N: usize>(&self, filter: &str, value: &str, columns: [&str; N]) -> Result<(i64, [i64; N])> {
+        let sql = format!("SELECT {} FROM instances WHERE {filter} = ?1 AND deleted = 0", columns.join(", "));
+        let mut stmt = self.conn().prepare_cached(&sql)?;
+        let mut rows = stmt.query([value])?;
+        let (mut count, mut sums) = (0i64, [0i64; N]);
+        while let Some(row) = rows.next()? {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum = sum.saturating_add(row.get::<_, i64>(i)?);
+            }
+            count += 1;
+        }
+        Ok((count, sums))
     }
 
     pub fn block_devices(&self, uuid: &str) -> Result<Vec<NewBlockDevice>> {
@@ -659,7 +667,7 @@ impl Db {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpdateError {
     NotFound,
-    UnexpectedState { vm_state: String, task_state: Option<String> },
+    UnexpectedState { vm_state: VmState, task_state: Option<TaskState> },
 }
 
 #[cfg(test)]
@@ -680,7 +688,6 @@ pub(crate) mod tests {
             project_id: project,
             user_id: user,
             availability_zone: None,
-            flavor_id: f.id,
             flavor: FlavorSnapshot {
                 flavorid: f.flavorid,
                 name: f.name,
@@ -721,25 +728,25 @@ pub(crate) mod tests {
         let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
         let n = new_instance(&db, "vm1");
         let i = db.create_instance(&n).unwrap();
-        assert_eq!((i.vm_state.as_str(), i.task_state.as_deref()), ("building", Some("scheduling")));
+        assert_eq!((i.vm_state, i.task_state), (VmState::Building, Some(TaskState::Scheduling)));
         assert_eq!(i.metadata.get("k").map(String::as_str), Some("v"));
         assert_eq!(db.block_devices(&i.uuid).unwrap().len(), 1);
 
         let u = InstanceUpdate {
-            task_state: Some(Some("networking".into())),
-            expected_task_state: Some(vec![Some("scheduling".into())]),
+            task_state: Some(Some(TaskState::Networking)),
+            expected_task_state: Some(vec![Some(TaskState::Scheduling)]),
             ..Default::default()
         };
         let i = db.update_instance(&i.uuid, &u).unwrap().unwrap();
-        assert_eq!(i.task_state.as_deref(), Some("networking"));
+        assert_eq!(i.task_state, Some(TaskState::Networking));
         // The same expectation no longer holds.
         let err = db.update_instance(&i.uuid, &u).unwrap().unwrap_err();
         assert!(matches!(err, UpdateError::UnexpectedState { .. }));
 
         let done = InstanceUpdate {
-            vm_state: Some("active".into()),
+            vm_state: Some(VmState::Active),
             task_state: Some(None),
-            power_state: Some(power::RUNNING),
+            power_state: Some(PowerState::Running),
             ..Default::default()
         };
         let i = db.update_instance(&i.uuid, &done).unwrap().unwrap();
@@ -749,7 +756,7 @@ pub(crate) mod tests {
         assert!(db.destroy_instance(&i.uuid).unwrap());
         assert!(!db.destroy_instance(&i.uuid).unwrap());
         assert!(db.instance_by_uuid(&i.uuid, false).unwrap().is_none());
-        assert_eq!(db.instance_by_uuid(&i.uuid, true).unwrap().unwrap().vm_state, "deleted");
+        assert_eq!(db.instance_by_uuid(&i.uuid, true).unwrap().unwrap().vm_state, VmState::Deleted);
         assert_eq!(db.update_instance(&i.uuid, &done).unwrap().unwrap_err(), UpdateError::NotFound);
         assert_eq!(db.project_usage(&i.project_id).unwrap(), (0, 0, 0));
     }
@@ -766,7 +773,68 @@ pub(crate) mod tests {
             .list_instances(&InstanceFilter { limit: Some(2), marker: Some(uuids[3].clone()), ..Default::default() })
             .unwrap();
         assert_eq!(next[0].uuid, uuids[2]);
-        let named = db.list_instances(&InstanceFilter { name: Some("vm4".into()), ..Default::default() }).unwrap();
-        assert_eq!(named.len(), 1);
+        let named = |pattern: &str| -> usize {
+            db.list_instances(&InstanceFilter { name: Some(pattern.into()), ..Default::default() }).unwrap().len()
+        };
+        assert_eq!(named("vm4"), 1, "a plain name matches anywhere, as before");
+        assert_eq!(named("^vm"), 5, "nova's name filter is a regular expression");
+        assert_eq!(named("^vm[13]$"), 2);
+        assert_eq!(named("^m"), 0);
+        assert_eq!(named("m.*2"), 1);
+    }
+
+    #[test]
+    fn usage_sums_saturate_instead_of_turning_to_float() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
+        for name in ["a", "b"] {
+            let mut n = new_instance(&db, name);
+            // What an older novabox let a flavor hold (issue 14): sums past i64 in SQLite.
+            n.flavor.root_gb = i64::MAX;
+            n.flavor.ephemeral_gb = i64::MAX;
+            n.flavor.vcpus = i64::MAX;
+            let i = db.create_instance(&n).unwrap();
+            let u = InstanceUpdate { host: Some("h1".into()), ..Default::default() };
+            db.update_instance(&i.uuid, &u).unwrap().unwrap();
+        }
+        assert_eq!(db.host_usage("h1").unwrap(), (i64::MAX, 128, i64::MAX, 2));
+        let project = db.ensure_project("p", "").unwrap();
+        assert_eq!(db.project_usage(&project).unwrap(), (2, i64::MAX, 128));
+        assert_eq!(db.host_usage("nowhere").unwrap(), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn instances_made_before_0009_survive_it_and_their_flavor_can_be_deleted() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("d.db");
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            let upto = crate::db::MIGRATIONS.iter().position(|m| m.contains("DROP COLUMN flavor_id")).unwrap();
+            let old = rusqlite_migration::Migrations::new(
+                crate::db::MIGRATIONS[..upto].iter().map(|m| rusqlite_migration::M::up(m)).collect(),
+            );
+            old.to_latest(&mut conn).unwrap();
+            conn.pragma_update(None, "application_id", crate::db::APPLICATION_ID).unwrap();
+            conn.execute_batch(
+                r#"INSERT INTO projects (id, name, created_at) VALUES ('p1', 'p', 'x');
+                INSERT INTO users (id, name, password_hash, created_at) VALUES ('u1', 'u', 'h', 'x');
+                INSERT INTO flavors (id, flavorid, name, memory_mb, vcpus, root_gb, created_at)
+                    VALUES (7, 'old', 'm1.old', 96, 1, 1, 'x');
+                INSERT INTO instances (uuid, display_name, hostname, project_id, user_id, vm_state, flavor_id,
+                    flavor, memory_mb, vcpus, root_gb, created_at)
+                    VALUES ('i1', 'vm', 'vm', 'p1', 'u1', 'active', 7,
+                    '{"flavorid":"old","name":"m1.old","memory_mb":96,"vcpus":1,"root_gb":1,"ephemeral_gb":0,"swap":0}',
+                    96, 1, 1, 'x');
+                INSERT INTO instance_metadata (instance_uuid, key, value) VALUES ('i1', 'k', 'v');"#,
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, OpenOptions::default()).unwrap();
+        assert!(db.delete_flavor("old").unwrap(), "a flavor an instance was built from can go");
+        let i = db.instance_by_uuid("i1", false).unwrap().unwrap();
+        assert_eq!((i.flavor.name.as_str(), i.flavor.memory_mb), ("m1.old", 96));
+        assert_eq!(i.metadata.get("k").map(String::as_str), Some("v"), "children of instances are kept");
+        assert_eq!(db.project_usage("p1").unwrap(), (1, 1, 96));
     }
 }

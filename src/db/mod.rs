@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_instance_ssh_forward.sql"),
     include_str!("migrations/0006_trace_spans_unique.sql"),
     include_str!("migrations/0007_tokens_per_user.sql"),
+    include_str!("migrations/0009_instances_keep_their_flavor.sql"),
     include_str!("migrations/0010_identity_admin.sql"),
 ];
 
@@ -137,6 +138,7 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(corrupt)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(corrupt)?;
+        add_regexp(&conn).map_err(open_err)?;
 
         let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
         migrations
@@ -167,6 +169,20 @@ impl Db {
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// SQLite's `REGEXP` operator (it has the syntax but no function behind it), for nova's `name`
+/// list filter. Each pattern is compiled once per statement. Rust's regex engine runs in
+/// linear time, so no pattern can stall the database.
+fn add_regexp(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function("regexp", 2, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
+        let re: std::sync::Arc<regex::Regex> =
+            ctx.get_or_create_aux(0, |pattern| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(regex::RegexBuilder::new(pattern.as_str()?).size_limit(1 << 20).build()?)
+            })?;
+        Ok(ctx.get_raw(1).as_str().is_ok_and(|text| re.is_match(text)))
+    })
 }
 
 /// Refuses files that are not SQLite before SQLite touches them (it would happily turn an

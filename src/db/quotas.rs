@@ -1,6 +1,7 @@
-//! Per-project quota limits: nova's defaults unless a project has its own row, and neutron's
-//! for the network resources (kept in the same table under a `network.` prefix, so that
-//! neutron's `port` or `security_group` never shows up among nova's or cinder's limits).
+//! Per-project quota limits: nova's defaults unless a project has its own row, neutron's for
+//! the network resources and cinder's for the block storage ones. All live in one table; a
+//! `network.` or `volume.` prefix keeps neutron's and cinder's rows apart from nova's, so that
+//! neutron's `port` or cinder's `volumes` never shows up among nova's limits (nor the reverse).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,12 @@ pub const DEFAULTS: &[(&str, i64)] = &[
     ("injected_files", 5),
     ("injected_file_content_bytes", 10240),
     ("injected_file_path_bytes", 255),
+    // nova-network's resources: nova still stores and answers them below microversion 2.36
+    // (its own defaults), though neutron is what counts ports and groups.
+    ("floating_ips", 10),
+    ("fixed_ips", -1),
+    ("security_groups", 10),
+    ("security_group_rules", 20),
 ];
 
 impl Db {
@@ -27,7 +34,8 @@ impl Db {
     pub fn quota_limits(&self, project_id: &str) -> Result<BTreeMap<String, i64>> {
         let mut limits: BTreeMap<String, i64> = DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let mut stmt = self.conn().prepare_cached(
-            "SELECT resource, hard_limit FROM quotas WHERE project_id = ?1 AND resource NOT LIKE 'network.%'",
+            "SELECT resource, hard_limit FROM quotas
+             WHERE project_id = ?1 AND resource NOT LIKE 'network.%' AND resource NOT LIKE 'volume.%'",
         )?;
         for row in stmt.query_map([project_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
             let (k, v) = row?;
@@ -132,6 +140,78 @@ impl Db {
         }
         let used = self.network_usage(project_id)?.get(resource).copied().unwrap_or(0);
         Ok(used.saturating_add(more) <= limit)
+    }
+}
+
+/// cinder's default quotas (`[DEFAULT] quota_<resource>`); the per-type ones of the one volume
+/// type, `__DEFAULT__`, are unlimited as cinder's are until an admin sets them.
+pub const VOLUME_DEFAULTS: &[(&str, i64)] = &[
+    ("volumes", 10),
+    ("snapshots", 10),
+    ("gigabytes", 1000),
+    ("backups", 10),
+    ("backup_gigabytes", 1000),
+    ("per_volume_gigabytes", -1),
+    ("groups", 10),
+    ("volumes___DEFAULT__", -1),
+    ("snapshots___DEFAULT__", -1),
+    ("gigabytes___DEFAULT__", -1),
+];
+
+/// The `quotas.resource` of a cinder resource.
+fn volume_key(resource: &str) -> String {
+    format!("volume.{resource}")
+}
+
+/// Block storage quotas: cinder's quota driver.
+impl Db {
+    /// The project's block storage limits, cinder's defaults filled in. -1 means unlimited.
+    pub fn volume_quota_limits(&self, project_id: &str) -> Result<BTreeMap<String, i64>> {
+        let mut limits: BTreeMap<String, i64> = VOLUME_DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT substr(resource, 8), hard_limit FROM quotas WHERE project_id = ?1 AND resource LIKE 'volume.%'",
+        )?;
+        for row in stmt.query_map([project_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (k, v) = row?;
+            if limits.contains_key(&k) {
+                limits.insert(k, v);
+            }
+        }
+        Ok(limits)
+    }
+
+    pub fn set_volume_quota(&self, project_id: &str, resource: &str, hard_limit: i64) -> Result<()> {
+        self.set_quota(project_id, &volume_key(resource), hard_limit)
+    }
+
+    /// Drops the project's own block storage limits (back to the defaults).
+    pub fn delete_volume_quotas(&self, project_id: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM quotas WHERE project_id = ?1 AND resource LIKE 'volume.%'", [project_id])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod volume_tests {
+    use crate::db::{Db, OpenOptions};
+
+    #[test]
+    fn volume_limits_are_cinders_and_apart_from_novas() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let p = db.ensure_project("p", "").unwrap();
+        assert_eq!(db.volume_quota_limits(&p).unwrap()["volumes"], 10);
+        assert_eq!(db.volume_quota_limits(&p).unwrap()["per_volume_gigabytes"], -1);
+        db.set_volume_quota(&p, "volumes", 2).unwrap();
+        db.set_quota(&p, "instances", 3).unwrap();
+        db.set_network_quota(&p, "port", 4).unwrap();
+        assert_eq!(db.volume_quota_limits(&p).unwrap()["volumes"], 2);
+        let nova = db.quota_limits(&p).unwrap();
+        assert!(nova.keys().all(|k| !k.contains("volume") && !k.contains("gigabytes")), "{nova:?}");
+        db.delete_volume_quotas(&p).unwrap();
+        assert_eq!(db.volume_quota_limits(&p).unwrap()["volumes"], 10);
+        assert_eq!(db.quota_limits(&p).unwrap()["instances"], 3, "nova's rows stay");
+        assert_eq!(db.network_quota_limits(&p).unwrap()["port"], 4, "neutron's rows stay");
     }
 }
 

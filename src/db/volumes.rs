@@ -10,9 +10,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{now, Db, Result};
-
-/// cinder's default quotas, used when a project has no row of its own.
-pub const DEFAULT_QUOTAS: &[(&str, i64)] = &[("volumes", 10), ("gigabytes", 1000)];
+use crate::compute::states::VmState;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Volume {
@@ -167,13 +165,8 @@ impl Db {
 
     /// The project's `volumes` and `gigabytes` limits (-1: unlimited).
     pub fn volume_quotas(&self, project_id: &str) -> Result<(i64, i64)> {
-        let limits = self.quota_limits(project_id)?;
-        let get = |k: &str| {
-            limits
-                .get(k)
-                .copied()
-                .unwrap_or_else(|| DEFAULT_QUOTAS.iter().find(|(name, _)| *name == k).map(|(_, v)| *v).unwrap_or(-1))
-        };
+        let limits = self.volume_quota_limits(project_id)?;
+        let get = |k: &str| limits.get(k).copied().unwrap_or(-1);
         Ok((get("volumes"), get("gigabytes")))
     }
 
@@ -308,11 +301,13 @@ impl Db {
         let mut stmt = self.conn().prepare(
             "SELECT v.id, v.instance_uuid FROM volumes v JOIN instances i ON i.uuid = v.instance_uuid AND i.deleted = 0
              WHERE v.deleted = 0 AND v.status IN ('attaching', 'detaching') AND i.host = ?1
-               AND i.vm_state IN ('active', 'stopped') AND i.task_state IS NULL
+               AND i.vm_state IN (?2, ?3) AND i.task_state IS NULL
              ORDER BY v.updated_at, v.id",
         )?;
         let pairs = stmt
-            .query_map([host], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .query_map(rusqlite::params![host, VmState::Active, VmState::Stopped], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::new();
         for (volume_id, instance_uuid) in pairs {
@@ -410,19 +405,20 @@ pub(crate) mod tests {
 
     #[test]
     fn in_flight_work_is_listed_and_a_late_outcome_undoes_nothing() {
+        use crate::compute::states::{TaskState, VmState};
         use crate::db::instances::InstanceUpdate;
         let (_t, db) = db_with_project();
         let inst = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
-        let settle = |vm: &str, task: Option<&str>| {
+        let settle = |vm: VmState, task: Option<TaskState>| {
             let u = InstanceUpdate {
-                vm_state: Some(vm.into()),
-                task_state: Some(task.map(Into::into)),
+                vm_state: Some(vm),
+                task_state: Some(task),
                 host: Some("h1".into()),
                 ..Default::default()
             };
             db.update_instance(&inst.uuid, &u).unwrap().unwrap();
         };
-        settle("active", None);
+        settle(VmState::Active, None);
         for id in ["v1", "v2"] {
             db.insert_volume(&new_volume(id, 1)).unwrap();
             assert!(db.finish_volume_create(id, None).unwrap());
@@ -443,9 +439,9 @@ pub(crate) mod tests {
         assert_eq!(in_flight("h1"), [("v1".into(), "attaching".into()), ("v2".into(), "detaching".into())]);
         assert!(in_flight("h2").is_empty(), "another host's volumes are not this host's work");
         // A build or a delete in progress owns its volumes.
-        settle("active", Some("deleting"));
+        settle(VmState::Active, Some(TaskState::Deleting));
         assert!(in_flight("h1").is_empty());
-        settle("stopped", None);
+        settle(VmState::Stopped, None);
         assert_eq!(in_flight("h1").len(), 2);
 
         // The attach finished; the same outcome reported as a failure later releases nothing.
@@ -486,7 +482,7 @@ pub(crate) mod tests {
         assert!(db.volume("v1").unwrap().is_none());
         assert_eq!(db.volume_usage("p").unwrap(), (0, 0));
         assert_eq!(db.volume_quotas("p").unwrap(), (10, 1000));
-        db.set_quota("p", "volumes", 1).unwrap();
+        db.set_volume_quota("p", "volumes", 1).unwrap();
         assert_eq!(db.volume_quotas("p").unwrap(), (1, 1000));
     }
 }

@@ -45,6 +45,8 @@ pub struct Request<'a> {
     pub hypervisor_type: Option<&'a str>,
     /// Scheduler hint `force_host` (admin), as nova's `host` on create.
     pub force_host: Option<&'a str>,
+    /// Scheduler hint `force_node` (admin), as nova's `hypervisor_hostname` on create.
+    pub force_node: Option<&'a str>,
 }
 
 pub type Filter = fn(&HostState, &Request<'_>) -> Result<(), String>;
@@ -76,8 +78,9 @@ fn availability_zone(h: &HostState, r: &Request<'_>) -> Result<(), String> {
 }
 
 fn force_host(h: &HostState, r: &Request<'_>) -> Result<(), String> {
-    match r.force_host {
-        Some(want) if want != h.host => Err(format!("not the requested host {want}")),
+    match (r.force_host, r.force_node) {
+        (Some(want), _) if want != h.host => Err(format!("not the requested host {want}")),
+        (_, Some(want)) if want != h.node => Err(format!("not the requested node {want}")),
         _ => Ok(()),
     }
 }
@@ -99,7 +102,7 @@ fn cores(h: &HostState, r: &Request<'_>) -> Result<(), String> {
 }
 
 fn disk(h: &HostState, r: &Request<'_>) -> Result<(), String> {
-    let need = (r.flavor.root_gb + r.flavor.ephemeral_gb) as f64 + r.flavor.swap as f64 / 1024.0;
+    let need = r.flavor.root_gb as f64 + r.flavor.ephemeral_gb as f64 + r.flavor.swap as f64 / 1024.0;
     let free = h.free_disk_gb();
     if free < need {
         return Err(format!("{free:.0} GB disk free, {need:.0} GB needed"));
@@ -172,7 +175,7 @@ pub(crate) mod tests {
     }
 
     fn req(f: &FlavorSnapshot) -> Request<'_> {
-        Request { flavor: f, availability_zone: None, hypervisor_type: None, force_host: None }
+        Request { flavor: f, availability_zone: None, hypervisor_type: None, force_host: None, force_node: None }
     }
 
     #[test]

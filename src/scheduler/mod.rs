@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::bus::{Context, Handler, Message, RemoteError, RemoteErrorKind};
+use crate::compute::states::{TaskState, VmState};
 use crate::config::Config;
 use crate::db::instances::{Instance, InstanceUpdate, UpdateError};
 use crate::db::services::is_up;
@@ -21,6 +22,9 @@ pub mod weighers;
 use filters::{filter_hosts, HostState, Request};
 
 pub const BINARY: &str = "novabox-scheduler";
+
+/// nova's fault message for NoValidHost.
+pub const NO_VALID_HOST: &str = "No valid host was found. There are not enough hosts available.";
 
 pub struct Scheduler {
     db: SharedDb,
@@ -84,6 +88,7 @@ impl Scheduler {
             availability_zone: spec.availability_zone.as_deref().filter(|az| !az.is_empty()),
             hypervisor_type: spec.image_properties.get("hypervisor_type").and_then(Value::as_str),
             force_host: hint("force_host"),
+            force_node: hint("force_node"),
         };
         let (passed, reasons) = filter_hosts(&hosts, &req);
         let Some(chosen) = weighers::best(&passed) else {
@@ -96,7 +101,7 @@ impl Scheduler {
             host: Some(chosen.host.clone()),
             node: Some(chosen.node.clone()),
             scheduled_at: Some(now()),
-            expected_task_state: Some(vec![Some("scheduling".into())]),
+            expected_task_state: Some(vec![Some(TaskState::Scheduling)]),
             ..Default::default()
         };
         match self.db.with(|db| db.update_instance(&instance.uuid, &update)) {
@@ -112,48 +117,59 @@ impl Scheduler {
         }
     }
 
+    /// Places each instance, or puts it into ERROR with a fault: whatever goes wrong here
+    /// (no host fits, the scheduler's own database errors), no instance stays in BUILD.
     async fn build_instances(&self, ctx: &Context, uuids: &[String], spec: &RequestSpec) -> Result<Value, RemoteError> {
         for uuid in uuids {
-            let instance = self
-                .db
-                .with(|db| db.instance_by_uuid(uuid, false))
-                .map_err(|e| RemoteError::new(RemoteErrorKind::DbError, e.to_string()))?;
-            let Some(instance) = instance else {
-                tracing::info!(instance = %uuid, "deleted before it was scheduled");
-                continue;
+            let instance = match self.db.with(|db| db.instance_by_uuid(uuid, false)) {
+                Ok(Some(i)) => i,
+                Ok(None) => {
+                    tracing::info!(instance = %uuid, "deleted before it was scheduled");
+                    continue;
+                }
+                Err(e) => {
+                    self.fail(ctx, uuid, NO_VALID_HOST, &format!("the instance could not be read: {e}")).await;
+                    continue;
+                }
             };
             let selecting = tracing::info_span!("select_host", instance = %uuid);
             match self.place(&instance, spec).instrument(selecting).await {
                 Ok(Ok(placed)) => {
                     let host = placed.host.clone().unwrap_or_default();
                     if let Err(e) = self.compute.build_and_run_instance(ctx, &host, &placed, spec).await {
-                        self.fail(ctx, &placed, &format!("Build request could not reach compute host {host}: {e}"))
-                            .await;
+                        let msg = "Build of instance aborted: the build request could not reach its compute host.";
+                        self.fail(ctx, uuid, msg, &format!("compute host {host}: {e}")).await;
                     }
                 }
-                Ok(Err(why)) => {
-                    let msg = format!("No valid host was found. There are not enough hosts available. ({why})");
-                    self.fail(ctx, &instance, &msg).await;
+                // The reasons name hosts: they go to the fault's details, which only admins see.
+                Ok(Err(why)) => self.fail(ctx, uuid, NO_VALID_HOST, &why).await,
+                // Deleted, or its task state moved on (a delete), while it was being placed:
+                // the delete owns it now.
+                Err(e)
+                    if matches!(e.kind, RemoteErrorKind::InstanceNotFound | RemoteErrorKind::UnexpectedTaskState) =>
+                {
+                    tracing::info!(instance = %uuid, error = %e, "not scheduled")
                 }
-                Err(e) => tracing::info!(instance = %uuid, error = %e, "not scheduled"),
+                Err(e) => self.fail(ctx, uuid, NO_VALID_HOST, &e.to_string()).await,
             }
         }
         Ok(Value::Null)
     }
 
-    /// Puts an instance that cannot be built into ERROR with a fault, as nova's conductor does.
-    async fn fail(&self, ctx: &Context, instance: &Instance, message: &str) {
-        tracing::warn!(instance = %instance.uuid, "{message}");
-        let update = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
+    /// Puts an instance that cannot be built into ERROR with a fault, as nova's conductor does:
+    /// `message` for its owner, `details` (which may name hosts) for admins.
+    async fn fail(&self, ctx: &Context, uuid: &str, message: &str, details: &str) {
+        tracing::warn!(instance = %uuid, details, "{message}");
+        let update = InstanceUpdate { vm_state: Some(VmState::Error), task_state: Some(None), ..Default::default() };
         let result = self.db.tx(|db| -> Result<Option<Instance>, crate::db::DbError> {
-            db.add_instance_fault(&instance.uuid, 500, message, "", None)?;
-            db.finish_instance_action(&ctx.request_id, &instance.uuid, Some(message))?;
-            Ok(db.update_instance(&instance.uuid, &update)?.ok())
+            db.add_instance_fault(uuid, 500, message, details, None)?;
+            db.finish_instance_action(&ctx.request_id, uuid, Some(message))?;
+            Ok(db.update_instance(uuid, &update)?.ok())
         });
         match result {
             Ok(Some(i)) => self.notifier.instance(ctx, "compute.instance.create.error", &i).await,
             Ok(None) => {}
-            Err(e) => tracing::error!(instance = %instance.uuid, error = %e, "could not record the failure"),
+            Err(e) => tracing::error!(instance = %uuid, error = %e, "could not record the failure"),
         }
     }
 }

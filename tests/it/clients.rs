@@ -204,6 +204,71 @@ fn openstackclient_volumes() {
     osc(&home, &["server", "delete", "--wait", "vm1"]);
 }
 
+/// The rows of `openstack quota show` / `limits show` (`-f json`: a list of one object per
+/// resource), by the resource's name.
+fn row<'a>(rows: &'a serde_json::Value, key: &str, name: &str) -> &'a serde_json::Value {
+    rows.as_array().and_then(|a| a.iter().find(|r| r[key] == name)).unwrap_or_else(|| panic!("no {name} among {rows}"))
+}
+
+/// What a new user tries first about quotas and volumes (issue 17, item 6): `quota show`
+/// with and without usage and `limits show` read nova, cinder and neutron together; the volume
+/// type and zone lists; and a quota set by the admin holds on `volume create`.
+#[test]
+fn openstackclient_quotas_limits_types_and_zones() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let _stack = home.up(&[]);
+
+    let quotas = osc_json(&home, &["quota", "show"]);
+    assert_eq!(row(&quotas, "Resource", "instances")["Limit"], 10, "nova's");
+    assert_eq!(row(&quotas, "Resource", "volumes")["Limit"], 10, "cinder's");
+    assert_eq!(row(&quotas, "Resource", "gigabytes")["Limit"], 1000);
+    assert_eq!(row(&quotas, "Resource", "per-volume-gigabytes")["Limit"], -1);
+    assert_eq!(row(&quotas, "Resource", "ports")["Limit"], 500, "neutron's");
+
+    let created = osc_json(&home, &["volume", "create", "--size", "2", "first"]);
+    assert_eq!(created["size"], 2, "{created}");
+    wait_volume(&home, "first", "available");
+    let usage = osc_json(&home, &["quota", "show", "--usage"]);
+    let volumes = row(&usage, "Resource", "volumes");
+    assert_eq!((volumes["Limit"].as_i64(), volumes["In Use"].as_i64()), (Some(10), Some(1)), "{volumes}");
+    assert_eq!(row(&usage, "Resource", "gigabytes")["In Use"], 2);
+
+    let limits = osc_json(&home, &["limits", "show", "--absolute"]);
+    assert_eq!(row(&limits, "Name", "max_total_volumes")["Value"], 10, "{limits}");
+    assert_eq!(row(&limits, "Name", "total_gigabytes_used")["Value"], 2);
+    assert_eq!(row(&limits, "Name", "max_total_instances")["Value"], 10);
+
+    let types = osc_json(&home, &["volume", "type", "list"]);
+    assert_eq!(types.as_array().map(Vec::len), Some(1), "{types}");
+    assert_eq!(types[0]["Name"], "__DEFAULT__");
+    let zones = osc_json(&home, &["availability", "zone", "list", "--volume"]);
+    assert_eq!(zones[0]["Zone Name"], "nova", "{zones}");
+    assert_eq!(zones[0]["Zone Status"], "available");
+
+    // The admin allows demo two volumes; the third is refused with cinder's 413 and words.
+    let admin = |args: &[&str]| {
+        let mut all = vec!["--os-cloud", "novabox-admin"];
+        all.extend(args);
+        osc(&home, &all)
+    };
+    admin(&["quota", "set", "--volumes", "2", "demo"]);
+    assert_eq!(row(&osc_json(&home, &["quota", "show"]), "Resource", "volumes")["Limit"], 2);
+    osc_json(&home, &["volume", "create", "--size", "1", "second"]);
+    let out = osc_output(&home, &["volume", "create", "--size", "1", "third"]);
+    assert!(!out.status.success(), "over quota, yet: {}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("413"), "{err}");
+    assert!(err.contains("Maximum number of volumes allowed (2) exceeded for quota 'volumes'."), "{err}");
+    let names: Vec<String> = osc_json(&home, &["volume", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(!names.contains(&"third".to_string()), "{names:?}");
+}
+
 /// `openstack server add/remove security group` (compute's addSecurityGroup and
 /// removeSecurityGroup actions): the group follows onto the server's port, and the refusals
 /// are nova's.

@@ -182,6 +182,20 @@ async fn nova_errors_tenancy_quotas_and_microversions() {
     assert_eq!(server["OS-EXT-STS:vm_state"], "active");
     assert!(server["OS-SRV-USG:launched_at"].as_str().unwrap().ends_with(".000000"), "{server}");
     assert!(server["created"].as_str().unwrap().ends_with('Z'));
+    // A client written for nova polls with a regular expression for the name.
+    // And a limit above nova's max_limit is capped, not refused.
+    let queries =
+        [("status=ACTIVE&name=^mi", 1), ("name=^mine$", 1), ("name=in", 1), ("name=^ine", 0), ("limit=5000", 1)];
+    for (query, want) in queries {
+        let (s, _, v) =
+            raw(&stack, Some(&demo), Method::GET, &format!("/compute/v2.1/servers?{query}"), None, &[]).await;
+        assert_eq!((s.as_u16(), v["servers"].as_array().map(Vec::len)), (200, Some(want)), "{query}: {v}");
+    }
+    let (s, _, v) = raw(&stack, Some(&demo), Method::GET, "/compute/v2.1/servers?name=(", None, &[]).await;
+    assert_eq!(s, 400, "a name filter that is not a regular expression: {v}");
+    // Standard bodies carry only standard keys: tempest's schemas allow no other.
+    let keys: Vec<&String> = server.as_object().unwrap().keys().filter(|k| k.starts_with("novabox")).collect();
+    assert!(keys.is_empty(), "novabox keys in nova's server body: {keys:?}");
     for path in [format!("/compute/v2.1/servers/{id}")] {
         let (s, _, v) = raw(&stack, Some(&alt), Method::GET, &path, None, &[]).await;
         assert_eq!(s, 404, "{v}");

@@ -304,6 +304,224 @@ async fn isolation_between_projects_admin_apis_and_tokens() {
     );
 }
 
+/// An image uploaded through glance's API: created with `fields`, then its bytes.
+async fn uploaded_image(api: &Api, token: &str, fields: Value) -> String {
+    let r = api.call(token, Method::POST, "/image/v2/images", Some(fields)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().expect("image id").to_string();
+    let r = api.send(Some(token), Method::PUT, &format!("/image/v2/images/{id}/file"), Some(vec![7u8; 4096])).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    id
+}
+
+/// Polls a server until it leaves BUILD; its body then.
+async fn settled_server(api: &Api, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.call(token, Method::GET, &format!("/compute/v2.1/servers/{id}"), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body["server"]["status"] != "BUILD" {
+            return r.body["server"].clone();
+        }
+        assert!(Instant::now() < deadline, "{id} stayed in BUILD: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn message(r: &Reply) -> String {
+    r.body.as_object().and_then(|o| o.values().next()).and_then(|f| f["message"].as_str()).unwrap_or_default().into()
+}
+
+/// What a hostile tenant tried against `novabox up` (issue 14, compute half), each as a real
+/// client sends it: another project's private ramdisk in its guest, a flavor that broke every
+/// later placement, a flavor that could never be deleted, unenforced key pair and metadata
+/// quotas, forced hosts and leaked host names, private flavors, garbage time filters, NUL bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tenant_probe_of_compute_is_refused() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let api = Api::new(&stack);
+    let (demo, alt, admin) =
+        (api.token(&stack, "demo").await, api.token(&stack, "alt_demo").await, api.token(&stack, "admin").await);
+    let tried = std::cell::Cell::new(0);
+    let expect = |r: &Reply, want: u16, what: &str| {
+        tried.set(tried.get() + 1);
+        assert_eq!(r.status.as_u16(), want, "{what}: {}", r.body);
+    };
+    let servers = "/compute/v2.1/servers";
+    let boot = |name: &str, image: &str, flavor: &str| json!({"server": {"name": name, "imageRef": image, "flavorRef": flavor, "networks": "none"}});
+    let disk = |name: &str, visibility: &str, format: &str| json!({"name": name, "disk_format": format, "container_format": if format == "raw" { "bare" } else { format }, "visibility": visibility});
+    let image = uploaded_image(&api, &admin, disk("disk", "public", "raw")).await;
+
+    // 1. demo's private ramdisk, named by alt's own AMI beside a public kernel.
+    let kernel = uploaded_image(&api, &admin, disk("kernel", "public", "aki")).await;
+    let secret = uploaded_image(&api, &demo, disk("demo-ramdisk", "private", "ari")).await;
+    let mut ami = disk("alt-ami", "private", "ami");
+    ami["kernel_id"] = json!(kernel);
+    ami["ramdisk_id"] = json!(secret);
+    let ami = uploaded_image(&api, &alt, ami).await;
+    let r = api.call(&alt, Method::POST, servers, Some(boot("steal", &ami, "1"))).await;
+    expect(&r, 400, "alt boots demo's private ramdisk");
+    assert_eq!(message(&r), "Can not find requested image");
+    let r = api.call(&alt, Method::GET, servers, None).await;
+    assert_eq!(r.body["servers"].as_array().map(Vec::len), Some(0), "{}", r.body);
+
+    // 2a. Flavor fields beyond nova's bounds.
+    for (field, value) in
+        [("OS-FLV-EXT-DATA:ephemeral", json!(i64::MAX)), ("swap", json!(i64::MAX)), ("vcpus", json!(0))]
+    {
+        let mut f = json!({"flavor": {"name": "overflow", "ram": 64, "vcpus": 1, "disk": 1}});
+        f["flavor"][field] = value;
+        expect(&api.call(&admin, Method::POST, "/compute/v2.1/flavors", Some(f)).await, 400, field);
+    }
+    // 2b. Usage the scheduler cannot read, then usage that overflowed (rows an older novabox
+    // let in): boots end in ERROR with nova's fault, never in BUILD, and the statistics answer.
+    let r = api.call(&demo, Method::POST, servers, Some(boot("a", &image, "1"))).await;
+    expect(&r, 202, "demo boots");
+    let a = r.body["server"]["id"].as_str().expect("id").to_string();
+    assert_eq!(settled_server(&api, &demo, &a).await["status"], "ACTIVE");
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    db.execute("UPDATE instances SET root_gb = 'garbage' WHERE uuid = ?1", [&a]).expect("corrupt");
+    let r = api.call(&demo, Method::POST, servers, Some(boot("b", &image, "1"))).await;
+    let b = r.body["server"]["id"].as_str().expect("id").to_string();
+    let shown = settled_server(&api, &demo, &b).await;
+    assert_eq!(
+        (shown["status"].as_str(), shown["fault"]["message"].as_str()),
+        (Some("ERROR"), Some("No valid host was found. There are not enough hosts available.")),
+        "{shown}"
+    );
+    db.execute(
+        "UPDATE instances SET root_gb = 9223372036854775807, ephemeral_gb = 9223372036854775807 WHERE uuid = ?1",
+        [&a],
+    )
+    .expect("overflow");
+    let r = api.call(&demo, Method::POST, servers, Some(boot("c", &image, "1"))).await;
+    let c = r.body["server"]["id"].as_str().expect("id").to_string();
+    assert_eq!(settled_server(&api, &demo, &c).await["status"], "ERROR", "the host is full, and says so");
+    expect(&api.call(&admin, Method::GET, "/compute/v2.1/os-hypervisors/statistics", None).await, 200, "statistics");
+    expect(&api.call(&demo, Method::DELETE, &format!("{servers}/{a}"), None).await, 204, "delete a");
+    let r = api.call(&demo, Method::POST, servers, Some(boot("d", &image, "1"))).await;
+    let d = r.body["server"]["id"].as_str().expect("id").to_string();
+    assert_eq!(settled_server(&api, &demo, &d).await["status"], "ACTIVE", "placement recovers");
+
+    // 3. A flavor that was booted is deleted (with the standard client); its server keeps it.
+    let f = json!({"flavor": {"name": "used", "ram": 96, "vcpus": 1, "disk": 1, "id": "used"}});
+    expect(&api.call(&admin, Method::POST, "/compute/v2.1/flavors", Some(f)).await, 200, "admin makes a flavor");
+    let r = api.call(&demo, Method::POST, servers, Some(boot("gone", &image, "used"))).await;
+    let gone = r.body["server"]["id"].as_str().expect("id").to_string();
+    let r = api.call(&demo, Method::POST, servers, Some(boot("kept", &image, "used"))).await;
+    let kept = r.body["server"]["id"].as_str().expect("id").to_string();
+    assert_eq!(settled_server(&api, &demo, &kept).await["status"], "ACTIVE");
+    assert_eq!(settled_server(&api, &demo, &gone).await["status"], "ACTIVE");
+    expect(&api.call(&demo, Method::DELETE, &format!("{servers}/{gone}"), None).await, 204, "delete gone");
+    let admin_osc = |args: &[&str]| {
+        run(std::process::Command::new(manifest_dir().join(".build/venv/bin/openstack"))
+            .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
+            .env_remove("OS_CLOUD")
+            .args(["--os-cloud", "novabox-admin"])
+            .args(args))
+    };
+    assert_ok(&admin_osc(&["flavor", "delete", "used"]));
+    tried.set(tried.get() + 1);
+    let r = api.call(&demo, Method::GET, &format!("{servers}/{kept}"), None).await;
+    assert_eq!(
+        (r.body["server"]["flavor"]["original_name"].as_str(), r.body["server"]["flavor"]["ram"].as_i64()),
+        (Some("used"), Some(96)),
+        "{}",
+        r.body
+    );
+
+    // 4. Quotas: key pairs (100) and server metadata items (128).
+    let r = api.call(&demo, Method::POST, "/compute/v2.1/os-keypairs", Some(json!({"keypair": {"name": "k0"}}))).await;
+    expect(&r, 201, "first key");
+    let public = r.body["keypair"]["public_key"].as_str().expect("public key").to_string();
+    for i in 1..100 {
+        let body = json!({"keypair": {"name": format!("k{i}"), "public_key": public}});
+        expect(&api.call(&demo, Method::POST, "/compute/v2.1/os-keypairs", Some(body)).await, 201, "key under quota");
+    }
+    let body = json!({"keypair": {"name": "k100", "public_key": public}});
+    let r = api.call(&demo, Method::POST, "/compute/v2.1/os-keypairs", Some(body)).await;
+    expect(&r, 403, "key 101");
+    assert_eq!(message(&r), "Quota exceeded, too many key pairs.");
+    let mut many = boot("meta", &image, "1");
+    many["server"]["metadata"] = Value::Object((0..200).map(|i| (format!("m{i}"), json!("v"))).collect());
+    let r = api.call(&demo, Method::POST, servers, Some(many)).await;
+    expect(&r, 403, "200 metadata items");
+    assert_eq!(message(&r), "Maximum number of metadata items exceeds 128");
+
+    // 5. Forced and requested hosts are an admin's; a tenant's fault names no host.
+    let r = api.call(&admin, Method::GET, "/compute/v2.1/os-hypervisors/detail", None).await;
+    let host = r.body["hypervisors"][0]["service"]["host"].as_str().expect("compute host").to_string();
+    let mut zone = boot("zone", &image, "1");
+    zone["server"]["availability_zone"] = json!(format!("nova:{host}"));
+    expect(&api.call(&demo, Method::POST, servers, Some(zone)).await, 403, "zone:host");
+    let mut hint = boot("hint", &image, "1");
+    hint["os:scheduler_hints"] = json!({"force_host": host});
+    expect(&api.call(&demo, Method::POST, servers, Some(hint)).await, 403, "force_host hint");
+    let mut dest = boot("dest", &image, "1");
+    dest["server"]["host"] = json!(host);
+    expect(&api.call(&demo, Method::POST, servers, Some(dest)).await, 403, "host at 2.79");
+    let mut forced = boot("forced", &image, "1");
+    forced["server"]["availability_zone"] = json!(format!("nova:{host}"));
+    let r = api.call(&admin, Method::POST, servers, Some(forced)).await;
+    expect(&r, 202, "an admin forces the host");
+    let forced = r.body["server"]["id"].as_str().expect("id").to_string();
+    let shown = settled_server(&api, &admin, &forced).await;
+    assert_eq!((&shown["status"], &shown["OS-EXT-SRV-ATTR:host"]), (&json!("ACTIVE"), &json!(host)), "{shown}");
+    let f = json!({"flavor": {"name": "roomy", "ram": 64, "vcpus": 1, "disk": 2_000_000_000, "id": "roomy"}});
+    expect(&api.call(&admin, Method::POST, "/compute/v2.1/flavors", Some(f)).await, 200, "a flavor no host holds");
+    let r = api.call(&demo, Method::POST, servers, Some(boot("nohost", &image, "roomy"))).await;
+    let nohost = r.body["server"]["id"].as_str().expect("id").to_string();
+    let shown = settled_server(&api, &demo, &nohost).await;
+    let fault = &shown["fault"];
+    assert_eq!(fault["message"], "No valid host was found. There are not enough hosts available.", "{shown}");
+    assert!(fault.get("details").is_none(), "demo sees the fault's details: {shown}");
+    let r = api.call(&admin, Method::GET, &format!("{servers}/{nohost}"), None).await;
+    assert!(r.body["server"]["fault"]["details"].as_str().unwrap_or_default().contains(&host), "{}", r.body);
+
+    // 6. Private flavors.
+    let f = json!({"flavor": {"name": "private", "ram": 64, "vcpus": 1, "disk": 1, "id": "private", "os-flavor-access:is_public": false}});
+    expect(&api.call(&admin, Method::POST, "/compute/v2.1/flavors", Some(f)).await, 200, "a private flavor");
+    let r = api.call(&demo, Method::GET, "/compute/v2.1/flavors?is_public=none", None).await;
+    assert!(!r.body.to_string().contains("\"private\""), "{}", r.body);
+    expect(&api.call(&demo, Method::GET, "/compute/v2.1/flavors/private", None).await, 404, "show private");
+    let r = api.call(&demo, Method::POST, servers, Some(boot("private", &image, "private"))).await;
+    expect(&r, 400, "boot private");
+    assert_eq!(message(&r), "Flavor private could not be found.");
+    // Shared with demo by the standard client (addTenantAccess): demo's to use, still not alt's.
+    assert_ok(&admin_osc(&["flavor", "set", "--project", "demo", "private"]));
+    expect(&api.call(&demo, Method::GET, "/compute/v2.1/flavors/private", None).await, 200, "shared private");
+    expect(&api.call(&alt, Method::GET, "/compute/v2.1/flavors/private", None).await, 404, "alt, not shared");
+
+    // 7. Filters and names.
+    expect(
+        &api.call(&demo, Method::GET, "/compute/v2.1/servers?changes-since=garbage", None).await,
+        400,
+        "changes-since",
+    );
+    expect(
+        &api.call(&demo, Method::GET, "/compute/v2.1/servers/detail?changes-before=garbage", None).await,
+        400,
+        "changes-before",
+    );
+    let nul = "nul\u{0}byte";
+    expect(&api.call(&demo, Method::POST, servers, Some(boot(nul, &image, "1"))).await, 400, "server name");
+    let body = json!({"keypair": {"name": nul}});
+    expect(&api.call(&alt, Method::POST, "/compute/v2.1/os-keypairs", Some(body)).await, 400, "keypair name");
+    let f = json!({"flavor": {"name": nul, "ram": 64, "vcpus": 1, "disk": 1}});
+    expect(&api.call(&admin, Method::POST, "/compute/v2.1/flavors", Some(f)).await, 400, "flavor name");
+    let mut meta = boot("meta", &image, "1");
+    meta["server"]["metadata"] = json!({nul: "v"});
+    expect(&api.call(&demo, Method::POST, servers, Some(meta)).await, 400, "metadata key");
+    println!(
+        "RELIABILITY hostile_tenant_compute: {} probes of issue 14 (foreign ramdisk, flavor bounds, unreadable and \
+         overflowed usage, flavor delete, key pair and metadata quotas, forced hosts, private flavors, time filters, \
+         NUL names), all answered as nova does; no server stayed in BUILD",
+        tried.get()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_clear_4xx_never_500() {
     let home = TestHome::new();

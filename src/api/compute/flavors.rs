@@ -15,6 +15,9 @@ use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::{base_url, AppState};
 use crate::db::flavors::{Flavor, NewFlavor};
+use crate::policy::{Action, Target};
+
+use super::validation;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {
@@ -49,31 +52,52 @@ fn view(f: &Flavor, specs: Option<&BTreeMap<String, String>>, base: &str, v: Mic
     o
 }
 
-fn listed(state: &AppState, q: &ListQuery) -> ApiResult<Vec<(Flavor, BTreeMap<String, String>)>> {
-    let all = state.db.with(|db| -> crate::db::Result<Vec<(Flavor, BTreeMap<String, String>)>> {
-        let mut out = Vec::new();
-        for f in db.flavors()? {
-            let specs = db.flavor_extra_specs(f.id)?;
-            out.push((f, specs));
-        }
-        Ok(out)
+/// A flavor with its extra specs and the projects given access to it (private ones only).
+type Listed = (Flavor, BTreeMap<String, String>, Vec<String>);
+
+fn with_details(db: &crate::db::Db, f: Flavor) -> crate::db::Result<Listed> {
+    let specs = db.flavor_extra_specs(f.id)?;
+    let access = if f.is_public { Vec::new() } else { db.flavor_access(f.id)? };
+    Ok((f, specs, access))
+}
+
+/// True when the policy lets the caller see every private flavor (nova: admins).
+fn sees_private(auth: &Auth) -> bool {
+    auth.authorize(Action::ComputeFlavorPrivate, &Target::default()).is_ok()
+}
+
+fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<Vec<Listed>> {
+    let all = state.db.with(|db| -> crate::db::Result<Vec<Listed>> {
+        db.flavors()?.into_iter().map(|f| with_details(db, f)).collect()
     })?;
+    // nova honours `is_public` for admins only; others always get the public flavors and the
+    // private ones their project may use.
     let public_filter = match q.is_public.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("true") | Some("1") | Some("yes") => Some(true),
-        Some("false") | Some("0") | Some("no") => Some(false),
+        _ if !sees_private(auth) => Some(true),
+        None | Some("true") | Some("1") | Some("yes") | Some("on") => Some(true),
+        Some("false") | Some("0") | Some("no") | Some("off") => Some(false),
         Some("none") => None,
-        Some(other) => return Err(ApiError::bad_request(format!("Invalid is_public filter [{other}]"))),
+        Some(_) => {
+            let other = q.is_public.clone().unwrap_or_default();
+            return Err(ApiError::bad_request(format!("Invalid is_public filter [{other}]")));
+        }
     };
+    let mine = |access: &[String]| access.iter().any(|p| p == auth.project_id());
     let mut out: Vec<_> = all
         .into_iter()
-        .filter(|(f, _)| q.min_ram.is_none_or(|m| f.memory_mb >= m))
-        .filter(|(f, _)| q.min_disk.is_none_or(|m| f.root_gb >= m))
-        .filter(|(f, _)| public_filter.is_none_or(|p| f.is_public == p))
+        .filter(|(f, _, _)| q.min_ram.is_none_or(|m| f.memory_mb >= m))
+        .filter(|(f, _, _)| q.min_disk.is_none_or(|m| f.root_gb >= m))
+        .filter(|(f, _, access)| match public_filter {
+            Some(true) => f.is_public || mine(access),
+            Some(false) => !f.is_public,
+            None => true,
+        })
+        .filter(|(f, _, access)| validation::flavor_visible(auth, f, access))
         .collect();
     if let Some(marker) = &q.marker {
         let pos = out
             .iter()
-            .position(|(f, _)| &f.flavorid == marker)
+            .position(|(f, _, _)| &f.flavorid == marker)
             .ok_or_else(|| ApiError::bad_request(format!("marker [{marker}] not found")))?;
         out.drain(..=pos);
     }
@@ -86,44 +110,51 @@ fn listed(state: &AppState, q: &ListQuery) -> ApiResult<Vec<(Flavor, BTreeMap<St
 pub async fn list(
     headers: HeaderMap,
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     v: Microversion,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    flavor_list(&headers, &state, v, &q, false)
+    flavor_list(&headers, &state, &auth, v, &q, false)
 }
 
 pub async fn list_detail(
     headers: HeaderMap,
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     v: Microversion,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    flavor_list(&headers, &state, v, &q, true)
+    flavor_list(&headers, &state, &auth, v, &q, true)
 }
 
 fn flavor_list(
     headers: &HeaderMap,
     state: &AppState,
+    auth: &Auth,
     v: Microversion,
     q: &ListQuery,
     detail: bool,
 ) -> ApiResult<Json<Value>> {
     let base = base_url(headers, &state.config);
-    let flavors: Vec<Value> = listed(state, q)?.iter().map(|(f, s)| view(f, Some(s), &base, v, detail)).collect();
+    let flavors: Vec<Value> =
+        listed(state, auth, q)?.iter().map(|(f, s, _)| view(f, Some(s), &base, v, detail)).collect();
     Ok(Json(json!({ "flavors": flavors })))
 }
 
-fn find(state: &AppState, id: &str) -> ApiResult<(Flavor, BTreeMap<String, String>)> {
+/// A flavor the caller may see and boot, or None: another project's private flavor is "not
+/// found", as nova's database query has it.
+pub(crate) fn visible_flavor(db: &crate::db::Db, auth: &Auth, flavorid: &str) -> crate::db::Result<Option<Flavor>> {
+    let Some(f) = db.flavor_by_flavorid(flavorid)? else { return Ok(None) };
+    let (f, _, access) = with_details(db, f)?;
+    Ok(validation::flavor_visible(auth, &f, &access).then_some(f))
+}
+
+fn find(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Listed> {
     state
         .db
-        .with(|db| -> crate::db::Result<Option<(Flavor, BTreeMap<String, String>)>> {
-            match db.flavor_by_flavorid(id)? {
-                Some(f) => {
-                    let specs = db.flavor_extra_specs(f.id)?;
-                    Ok(Some((f, specs)))
-                }
+        .with(|db| -> crate::db::Result<Option<Listed>> {
+            match visible_flavor(db, auth, id)? {
+                Some(f) => Ok(Some(with_details(db, f)?)),
                 None => Ok(None),
             }
         })?
@@ -133,40 +164,27 @@ fn find(state: &AppState, id: &str) -> ApiResult<(Flavor, BTreeMap<String, Strin
 pub async fn show(
     headers: HeaderMap,
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     v: Microversion,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (f, specs) = find(&state, &id)?;
+    let (f, specs, _) = find(&state, &auth, &id)?;
     Ok(Json(json!({"flavor": view(&f, Some(&specs), &base_url(&headers, &state.config), v, true)})))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    flavor: NewFlavorBody,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewFlavorBody {
-    name: String,
-    ram: i64,
-    vcpus: i64,
-    disk: i64,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default, rename = "OS-FLV-EXT-DATA:ephemeral")]
-    ephemeral: Option<i64>,
-    #[serde(default)]
-    swap: Option<i64>,
-    #[serde(default)]
-    rxtx_factor: Option<f64>,
-    #[serde(default, rename = "os-flavor-access:is_public")]
-    is_public: Option<bool>,
-    #[serde(default)]
-    description: Option<String>,
-}
+/// The fields nova's create schema allows in `flavor`.
+const CREATE_KEYS: &[&str] = &[
+    "name",
+    "ram",
+    "vcpus",
+    "disk",
+    "id",
+    "OS-FLV-EXT-DATA:ephemeral",
+    "swap",
+    "rxtx_factor",
+    "os-flavor-access:is_public",
+    "description",
+];
 
 pub async fn create(
     headers: HeaderMap,
@@ -175,32 +193,72 @@ pub async fn create(
     v: Microversion,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    auth.require_admin()?;
-    let (_, CreateBody { flavor: b }) = parse_body::<CreateBody>(body)?;
-    let name = b.name.trim();
-    if name.is_empty() || name.len() > 255 {
-        return Err(ApiError::bad_request("Invalid input for field/attribute name: must be 1 to 255 characters."));
+    auth.authorize(Action::ComputeFlavorManage, &Target::default())?;
+    let (body, _) = parse_body::<Value>(body)?;
+    if let Some(k) = body.as_object().and_then(|o| o.keys().find(|k| *k != "flavor")) {
+        return Err(ApiError::bad_request(format!("Additional properties are not allowed ('{k}' was unexpected)")));
     }
-    for (field, value, min) in [("ram", b.ram, 1), ("vcpus", b.vcpus, 1), ("disk", b.disk, 0)] {
-        if value < min || value > i32::MAX as i64 {
-            return Err(ApiError::bad_request(format!("Invalid input for field/attribute {field}: {value}")));
+    let b = body
+        .get("flavor")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_request("'flavor' is a required property"))?;
+    if let Some(k) = b.keys().find(|k| !CREATE_KEYS.contains(&k.as_str()) || (*k == "description" && !v.at_least(55))) {
+        return Err(ApiError::bad_request(format!("Additional properties are not allowed ('{k}' was unexpected)")));
+    }
+    let name = match b.get("name") {
+        Some(Value::String(n)) => n.as_str(),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute name. Value: {other}. {other} is not of type 'string'"
+            )))
         }
+        None => return Err(ApiError::bad_request("'name' is a required property")),
+    };
+    validation::name("name", name)?;
+    let ram = validation::flavor_int("ram", b.get("ram"), 1, None)?;
+    let vcpus = validation::flavor_int("vcpus", b.get("vcpus"), 1, None)?;
+    let disk = validation::flavor_int("disk", b.get("disk"), 0, None)?;
+    let ephemeral =
+        validation::flavor_int("OS-FLV-EXT-DATA:ephemeral", b.get("OS-FLV-EXT-DATA:ephemeral"), 0, Some(0))?;
+    let swap = validation::flavor_int("swap", b.get("swap"), 0, Some(0))?;
+    let rxtx_factor = validation::rxtx_factor(b.get("rxtx_factor"))?;
+    let is_public =
+        validation::boolean("os-flavor-access:is_public", b.get("os-flavor-access:is_public"))?.unwrap_or(true);
+    let description = match b.get("description") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) if d.chars().count() <= 65535 && !d.chars().any(char::is_control) => Some(d.clone()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute description. Value: {other}. It must be printable text of at most \
+                 65535 characters"
+            )))
+        }
+    };
+    let id = match b.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute id. Value: {other}. {other} is not of type 'string', 'number', 'null'"
+        )))
+        }
+    };
+    if let Some(id) = &id {
+        validation::flavor_id(id)?;
     }
-    let id = b.id.filter(|i| !i.is_empty() && i != "auto").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    if id.len() > 255 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_. ".contains(c)) {
-        return Err(ApiError::bad_request("Invalid input for field/attribute id."));
-    }
+    let id = id.filter(|i| i != "auto").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let new = NewFlavor {
         flavorid: &id,
         name,
-        memory_mb: b.ram,
-        vcpus: b.vcpus,
-        root_gb: b.disk,
-        ephemeral_gb: b.ephemeral.unwrap_or(0).max(0),
-        swap: b.swap.unwrap_or(0).max(0),
-        rxtx_factor: b.rxtx_factor.unwrap_or(1.0),
-        is_public: b.is_public.unwrap_or(true),
-        description: b.description.as_deref(),
+        memory_mb: ram,
+        vcpus,
+        root_gb: disk,
+        ephemeral_gb: ephemeral,
+        swap,
+        rxtx_factor,
+        is_public,
+        description: description.as_deref(),
     };
     let f = state.db.with(|db| db.create_flavor(&new)).map_err(|e| match e {
         crate::db::DbError::Conflict(_) => {
@@ -211,8 +269,10 @@ pub async fn create(
     Ok(Json(json!({"flavor": view(&f, None, &base_url(&headers, &state.config), v, true)})))
 }
 
+/// Deleting a flavor leaves the servers made from it as they are: each keeps its own copy
+/// (nova's instance_extra), so they show and run with the flavor they were built with.
 pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    auth.require_admin()?;
+    auth.authorize(Action::ComputeFlavorManage, &Target::default())?;
     if state.db.with(|db| db.delete_flavor(&id))? {
         Ok(StatusCode::ACCEPTED)
     } else {
@@ -220,17 +280,17 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     }
 }
 
-pub async fn extra_specs(State(state): State<AppState>, _auth: Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let (_, specs) = find(&state, &id)?;
+pub async fn extra_specs(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let (_, specs, _) = find(&state, &auth, &id)?;
     Ok(Json(json!({ "extra_specs": specs })))
 }
 
 pub async fn extra_spec(
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let (_, specs) = find(&state, &id)?;
+    let (_, specs, _) = find(&state, &auth, &id)?;
     let value = specs
         .get(&key)
         .ok_or_else(|| ApiError::not_found(format!("Flavor {id} has no extra specs with key {key}.")))?;
@@ -249,12 +309,12 @@ pub async fn set_extra_specs(
     Path(id): Path<String>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    auth.require_admin()?;
+    auth.authorize(Action::ComputeFlavorManage, &Target::default())?;
     let (_, SpecsBody { extra_specs }) = parse_body::<SpecsBody>(body)?;
     if extra_specs.keys().any(|k| k.is_empty() || k.len() > 255) || extra_specs.values().any(|v| v.len() > 255) {
         return Err(ApiError::bad_request("Extra spec keys and values must be 1 to 255 characters."));
     }
-    let (f, _) = find(&state, &id)?;
+    let (f, _, _) = find(&state, &auth, &id)?;
     state.db.with(|db| db.set_flavor_extra_specs(f.id, &extra_specs))?;
     Ok(Json(json!({ "extra_specs": extra_specs })))
 }
@@ -264,11 +324,76 @@ pub async fn delete_extra_spec(
     auth: Auth,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    auth.require_admin()?;
-    let (f, _) = find(&state, &id)?;
+    auth.authorize(Action::ComputeFlavorManage, &Target::default())?;
+    let (f, _, _) = find(&state, &auth, &id)?;
     if state.db.with(|db| db.delete_flavor_extra_spec(f.id, &key))? {
         Ok(StatusCode::OK)
     } else {
         Err(ApiError::not_found(format!("Flavor {id} has no extra specs with key {key}.")))
     }
+}
+
+/// `GET /flavors/{id}/os-flavor-access`: the projects that may use a private flavor.
+pub async fn access_list(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    auth.authorize(Action::ComputeFlavorPrivate, &Target::default())?;
+    let (f, _, access) = find(&state, &auth, &id)?;
+    if f.is_public {
+        return Err(ApiError::not_found("Access list not available for public flavors."));
+    }
+    Ok(Json(access_view(&f, &access)))
+}
+
+fn access_view(f: &Flavor, access: &[String]) -> Value {
+    let list: Vec<Value> = access.iter().map(|p| json!({"flavor_id": f.flavorid, "tenant_id": p})).collect();
+    json!({ "flavor_access": list })
+}
+
+/// `POST /flavors/{id}/action`: `addTenantAccess` and `removeTenantAccess`, nova's way of
+/// sharing a private flavor with a project (`openstack flavor set --project`).
+pub async fn action(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let (body, _) = parse_body::<Value>(body)?;
+    let (add, args) = match (body.get("addTenantAccess"), body.get("removeTenantAccess")) {
+        (Some(a), None) => (true, a),
+        (None, Some(r)) => (false, r),
+        _ => {
+            return Err(ApiError::bad_request("Malformed request body: addTenantAccess or removeTenantAccess expected"))
+        }
+    };
+    let action = if add { Action::ComputeFlavorAccessAdd } else { Action::ComputeFlavorAccessRemove };
+    auth.authorize(action, &Target::default())?;
+    let tenant = args
+        .get("tenant")
+        .and_then(Value::as_str)
+        .filter(|t| (1..=255).contains(&t.len()) && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .ok_or_else(|| ApiError::bad_request("Invalid input for field/attribute tenant: a project id is required"))?;
+    let (f, _, _) = find(&state, &auth, &id)?;
+    if f.is_public && add {
+        return Err(ApiError::conflict("Can not add access to a public flavor."));
+    }
+    let changed =
+        state
+            .db
+            .with(|db| if add { db.add_flavor_access(f.id, tenant) } else { db.remove_flavor_access(f.id, tenant) });
+    match (add, changed) {
+        (_, Ok(true)) => {}
+        (true, Ok(false)) => {
+            return Err(ApiError::conflict(format!(
+                "Flavor access already exists for flavor {id} and project {tenant} combination."
+            )))
+        }
+        (false, Ok(false)) => {
+            return Err(ApiError::not_found(format!("Flavor access not found for {id} / {tenant} combination.")))
+        }
+        (_, Err(crate::db::DbError::NotFound(_))) => {
+            return Err(ApiError::bad_request(format!("Project ID {tenant} is not a valid project.")))
+        }
+        (_, Err(e)) => return Err(e.into()),
+    }
+    let access = state.db.with(|db| db.flavor_access(f.id))?;
+    Ok(Json(access_view(&f, &access)))
 }

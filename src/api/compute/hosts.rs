@@ -103,12 +103,12 @@ fn hypervisor_json(
     if detail {
         let (vcpus_used, mem_used, disk_used, running) = state.db.with(|db| db.host_usage(&n.host))?;
         let r = &n.report;
-        let memory_used = mem_used + r.reserved_host_memory_mb;
+        let memory_used = mem_used.saturating_add(r.reserved_host_memory_mb);
         o["cpu_info"] = json!("{}");
         o["current_workload"] = json!(0);
-        o["disk_available_least"] = json!(r.local_gb - disk_used);
-        o["free_disk_gb"] = json!(r.local_gb - disk_used);
-        o["free_ram_mb"] = json!(r.memory_mb - memory_used);
+        o["disk_available_least"] = json!(r.local_gb.saturating_sub(disk_used));
+        o["free_disk_gb"] = json!(r.local_gb.saturating_sub(disk_used));
+        o["free_ram_mb"] = json!(r.memory_mb.saturating_sub(memory_used));
         o["host_ip"] = json!(r.host_ip);
         o["hypervisor_type"] = json!(r.hypervisor_type);
         o["hypervisor_version"] = json!(r.hypervisor_version);
@@ -172,7 +172,7 @@ pub async fn hypervisor_statistics(
 ) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
     let list = hypervisor_list(&state, v, true)?;
-    let sum = |k: &str| list.iter().map(|h| h[k].as_i64().unwrap_or(0)).sum::<i64>();
+    let sum = |k: &str| list.iter().map(|h| h[k].as_i64().unwrap_or(0)).fold(0i64, i64::saturating_add);
     let keys = [
         "current_workload",
         "disk_available_least",
@@ -222,49 +222,77 @@ pub async fn availability_zones_detail(State(state): State<AppState>, auth: Auth
     Ok(Json(json!({ "availabilityZoneInfo": zones })))
 }
 
+/// nova's quota resources at microversion `v`, as tempest's quotas schemas require them: 2.36
+/// dropped the network ones (neutron answers those) and 2.57 the injected files (personality).
+pub fn nova_quota_keys(v: Microversion) -> Vec<&'static str> {
+    let mut keys =
+        vec!["instances", "cores", "ram", "metadata_items", "key_pairs", "server_groups", "server_group_members"];
+    if !v.at_least(36) {
+        keys.extend(["floating_ips", "fixed_ips", "security_groups", "security_group_rules"]);
+    }
+    if !v.at_least(57) {
+        keys.extend(["injected_files", "injected_file_content_bytes", "injected_file_path_bytes"]);
+    }
+    keys
+}
+
+/// The limits of nova's absolute view and the quota each comes from, at microversion `v`
+/// (tempest's limits schemas: 2.36 drops the network ones, 2.39 `maxImageMeta`, 2.57 the
+/// personality ones).
+fn absolute_limit_names(v: Microversion) -> Vec<(&'static str, &'static str)> {
+    let mut names = vec![
+        ("maxServerMeta", "metadata_items"),
+        ("maxTotalKeypairs", "key_pairs"),
+        ("maxTotalInstances", "instances"),
+        ("maxTotalCores", "cores"),
+        ("maxTotalRAMSize", "ram"),
+        ("maxServerGroups", "server_groups"),
+        ("maxServerGroupMembers", "server_group_members"),
+    ];
+    if !v.at_least(36) {
+        names.extend([
+            ("maxTotalFloatingIps", "floating_ips"),
+            ("maxSecurityGroups", "security_groups"),
+            ("maxSecurityGroupRules", "security_group_rules"),
+        ]);
+    }
+    if !v.at_least(39) {
+        names.push(("maxImageMeta", "metadata_items"));
+    }
+    if !v.at_least(57) {
+        names.extend([("maxPersonality", "injected_files"), ("maxPersonalitySize", "injected_file_content_bytes")]);
+    }
+    names
+}
+
 pub async fn limits(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
     let (q, (instances, cores, ram)) = state.db.with(|db| -> crate::db::Result<_> {
         Ok((db.quota_limits(auth.project_id())?, db.project_usage(auth.project_id())?))
     })?;
-    let get = |k: &str| q.get(k).copied().unwrap_or(-1);
-    let mut absolute = json!({
-        "maxServerMeta": get("metadata_items"),
-        "maxImageMeta": get("metadata_items"),
-        "maxTotalKeypairs": get("key_pairs"),
-        "maxTotalInstances": get("instances"),
-        "maxTotalCores": get("cores"),
-        "maxTotalRAMSize": get("ram"),
-        "maxServerGroups": get("server_groups"),
-        "maxServerGroupMembers": get("server_group_members"),
-        "totalInstancesUsed": instances,
-        "totalCoresUsed": cores,
-        "totalRAMUsed": ram,
-        "totalServerGroupsUsed": 0,
-    });
-    if !v.at_least(57) {
-        absolute["maxPersonality"] = json!(get("injected_files"));
-        absolute["maxPersonalitySize"] = json!(get("injected_file_content_bytes"));
+    let mut absolute = serde_json::Map::new();
+    for (name, quota) in absolute_limit_names(v) {
+        absolute.insert(name.into(), json!(q.get(quota).copied().unwrap_or(-1)));
     }
+    absolute.insert("totalInstancesUsed".into(), json!(instances));
+    absolute.insert("totalCoresUsed".into(), json!(cores));
+    absolute.insert("totalRAMUsed".into(), json!(ram));
+    absolute.insert("totalServerGroupsUsed".into(), json!(0));
     if !v.at_least(36) {
-        for k in ["maxSecurityGroups", "maxSecurityGroupRules", "maxTotalFloatingIps"] {
-            absolute[k] = json!(-1);
-        }
-        for k in ["totalSecurityGroupsUsed", "totalFloatingIpsUsed"] {
-            absolute[k] = json!(0);
-        }
+        // nova counts neither: floating IPs and groups are neutron's, as in a nova on neutron.
+        absolute.insert("totalSecurityGroupsUsed".into(), json!(0));
+        absolute.insert("totalFloatingIpsUsed".into(), json!(0));
     }
     Ok(Json(json!({"limits": {"rate": [], "absolute": absolute}})))
 }
 
+/// nova's quota set of `project`: its resources at `v` only, with usage when `detail`.
 fn quota_view(state: &AppState, project: &str, v: Microversion, detail: bool) -> ApiResult<Value> {
     let (q, (instances, cores, ram)) =
         state.db.with(|db| -> crate::db::Result<_> { Ok((db.quota_limits(project)?, db.project_usage(project)?)) })?;
     let mut o = json!({ "id": project });
-    for (k, limit) in &q {
-        if v.at_least(57) && k.starts_with("injected_file") {
-            continue;
-        }
-        let used = match k.as_str() {
+    for k in nova_quota_keys(v) {
+        let limit = q.get(k).copied().unwrap_or(-1);
+        let used = match k {
             "instances" => instances,
             "cores" => cores,
             "ram" => ram,
@@ -273,6 +301,15 @@ fn quota_view(state: &AppState, project: &str, v: Microversion, detail: bool) ->
         o[k] = if detail { json!({"limit": limit, "in_use": used, "reserved": 0}) } else { json!(limit) };
     }
     Ok(o)
+}
+
+/// GET /os-quota-sets/{project}/defaults: nova's defaults, whatever the project has set.
+pub async fn quota_set_defaults(_auth: Auth, v: Microversion, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+    let mut o = json!({ "id": project });
+    for k in nova_quota_keys(v) {
+        o[k] = json!(crate::db::quotas::DEFAULTS.iter().find(|(name, _)| *name == k).map_or(-1, |(_, n)| *n));
+    }
+    Ok(Json(json!({ "quota_set": o })))
 }
 
 pub async fn quota_set(
@@ -321,13 +358,13 @@ pub async fn update_quota_set(
         .get("quota_set")
         .and_then(Value::as_object)
         .ok_or_else(|| ApiError::bad_request("'quota_set' is a required property"))?;
-    let known: Vec<&str> = crate::db::quotas::DEFAULTS.iter().map(|(k, _)| *k).collect();
+    let known = nova_quota_keys(v);
     let mut changes = Vec::new();
     for (k, val) in set {
         if k == "force" {
             continue;
         }
-        if !known.contains(&k.as_str()) || (v.at_least(57) && k.starts_with("injected_file")) {
+        if !known.contains(&k.as_str()) {
             return Err(ApiError::bad_request(format!("Additional properties are not allowed ('{k}' was unexpected)")));
         }
         let n = val
@@ -351,4 +388,138 @@ pub async fn update_quota_set(
         o.remove("id");
     }
     Ok(Json(json!({ "quota_set": view })))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use serde_json::{json, Value};
+
+    use crate::api::testing::{Cloud, Reply};
+
+    async fn at(c: &Cloud, method: Method, uri: &str, token: &str, version: &str, body: Option<Value>) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-auth-token", token)
+            .header("openstack-api-version", format!("compute {version}"))
+            .header("content-type", "application/json");
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        c.send(req.body(body).unwrap()).await
+    }
+
+    /// Exactly the keys of a tempest schema whose `additionalProperties` is false: all of
+    /// `required`, any of `optional`, nothing else.
+    fn assert_schema(what: &str, o: &Value, required: &[&str], optional: &[&str]) {
+        let keys: Vec<&str> =
+            o.as_object().unwrap_or_else(|| panic!("{what}: {o}")).keys().map(String::as_str).collect();
+        for k in required {
+            assert!(keys.contains(k), "{what}: required key {k} missing from {o}");
+        }
+        for k in &keys {
+            assert!(required.contains(k) || optional.contains(k), "{what}: key {k} is not in the schema: {o}");
+        }
+    }
+
+    /// tempest's compute quotas schemas: v2_1/quotas.py `get_quota_set`'s required keys
+    /// (`id` aside), less what v2_36 and v2_57 remove; server groups are optional there.
+    fn quota_required(minor: u32) -> Vec<&'static str> {
+        let mut keys = vec!["instances", "cores", "ram", "metadata_items", "key_pairs"];
+        if minor < 36 {
+            keys.extend(["floating_ips", "fixed_ips", "security_groups", "security_group_rules"]);
+        }
+        if minor < 57 {
+            keys.extend(["injected_files", "injected_file_content_bytes", "injected_file_path_bytes"]);
+        }
+        keys
+    }
+    const QUOTA_OPTIONAL: &[&str] = &["server_groups", "server_group_members"];
+
+    /// v2_1/limits.py's required absolute limits, less what v2_36, v2_39 and v2_57 remove.
+    fn limits_required(minor: u32) -> Vec<&'static str> {
+        let mut keys = vec![
+            "maxServerMeta",
+            "maxTotalCores",
+            "maxTotalInstances",
+            "maxTotalKeypairs",
+            "maxTotalRAMSize",
+            "totalCoresUsed",
+            "totalInstancesUsed",
+            "totalRAMUsed",
+        ];
+        if minor < 36 {
+            keys.extend([
+                "maxSecurityGroupRules",
+                "maxSecurityGroups",
+                "maxTotalFloatingIps",
+                "totalFloatingIpsUsed",
+                "totalSecurityGroupsUsed",
+            ]);
+        }
+        if minor < 39 {
+            keys.push("maxImageMeta");
+        }
+        if minor < 57 {
+            keys.extend(["maxPersonality", "maxPersonalitySize"]);
+        }
+        keys
+    }
+    const LIMITS_OPTIONAL: &[&str] = &["maxServerGroupMembers", "maxServerGroups", "totalServerGroupsUsed"];
+
+    #[tokio::test]
+    async fn quota_sets_and_limits_have_novas_keys_per_microversion_and_nothing_else() {
+        let c = Cloud::new();
+        let (demo, admin) = (c.token("demo").await, c.token("admin").await);
+        let d = c.demo_project.clone();
+        // Rows of all three services for the project: only nova's may show.
+        c.state
+            .db
+            .with(|db| -> crate::db::Result<()> {
+                db.set_volume_quota(&d, "volumes", 3)?;
+                db.set_network_quota(&d, "port", 4)?;
+                db.set_quota(&d, "instances", 5)
+            })
+            .unwrap();
+        for minor in [1, 35, 36, 38, 39, 56, 57, 79] {
+            let v = format!("2.{minor}");
+            let required = quota_required(minor);
+            let r = at(&c, Method::GET, &format!("/compute/v2.1/os-quota-sets/{d}"), &demo, &v, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{v}: {}", r.text());
+            let q = r.json()["quota_set"].clone();
+            assert_schema(&format!("get_quota_set {v}"), &q, &[required.as_slice(), &["id"]].concat(), QUOTA_OPTIONAL);
+            assert_eq!(q["instances"], 5, "{v}");
+            let r = at(&c, Method::GET, &format!("/compute/v2.1/os-quota-sets/{d}/detail"), &demo, &v, None).await;
+            let q = r.json()["quota_set"].clone();
+            assert_schema(&format!("details {v}"), &q, &[required.as_slice(), &["id"]].concat(), QUOTA_OPTIONAL);
+            for (k, item) in q.as_object().unwrap().iter().filter(|(k, _)| *k != "id") {
+                assert_schema(k, item, &["reserved", "limit", "in_use"], &[]);
+            }
+            let r = at(&c, Method::GET, &format!("/compute/v2.1/os-quota-sets/{d}/defaults"), &demo, &v, None).await;
+            let q = r.json()["quota_set"].clone();
+            assert_schema(&format!("defaults {v}"), &q, &[required.as_slice(), &["id"]].concat(), QUOTA_OPTIONAL);
+            assert_eq!(q["instances"], 10, "{v}: the defaults, not the project's");
+
+            let r = at(&c, Method::GET, "/compute/v2.1/limits", &demo, &v, None).await;
+            let limits = r.json()["limits"].clone();
+            assert_schema(&format!("limits {v}"), &limits, &["absolute", "rate"], &[]);
+            assert_schema(&format!("absolute {v}"), &limits["absolute"], &limits_required(minor), LIMITS_OPTIONAL);
+            assert_eq!(limits["absolute"]["maxTotalInstances"], 5);
+
+            let body = json!({"quota_set": {"cores": 30}});
+            let url = format!("/compute/v2.1/os-quota-sets/{d}");
+            let r = at(&c, Method::PUT, &url, &admin, &v, Some(body)).await;
+            assert_eq!(r.status, StatusCode::OK, "{v}: {}", r.text());
+            assert_schema(&format!("update_quota_set {v}"), &r.json()["quota_set"], &required, QUOTA_OPTIONAL);
+        }
+        // What a microversion dropped, it no longer takes.
+        let url = format!("/compute/v2.1/os-quota-sets/{d}");
+        let r = at(&c, Method::PUT, &url, &admin, "2.36", Some(json!({"quota_set": {"floating_ips": 3}}))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        let r = at(&c, Method::PUT, &url, &admin, "2.35", Some(json!({"quota_set": {"floating_ips": 3}}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["quota_set"]["floating_ips"], 3);
+        let r = at(&c, Method::PUT, &url, &admin, "2.1", Some(json!({"quota_set": {"volumes": 3}}))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "cinder's resource is not nova's: {}", r.text());
+    }
 }

@@ -56,7 +56,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// A new ed25519 pair: (public key line, OpenSSH private key).
-fn generate(comment: &str) -> Result<(String, String), ApiError> {
+pub(super) fn generate(comment: &str) -> Result<(String, String), ApiError> {
     use argon2::password_hash::rand_core::OsRng;
     let mut key = ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519)
         .map_err(|e| ApiError::internal(format!("key generation failed: {e}")))?;
@@ -84,6 +84,7 @@ pub async fn create(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
     let (_, CreateBody { keypair: b }) = parse_body::<CreateBody>(body)?;
+    super::validation::name("name", &b.name)?;
     if !valid_name(&b.name) {
         return Err(ApiError::bad_request(
             "Keypair data is invalid: Keypair name contains unsafe characters or is not 1 to 255 long",
@@ -109,7 +110,14 @@ pub async fn create(
     };
     let fp = fingerprint(&public_key)
         .ok_or_else(|| ApiError::bad_request("Keypair data is invalid: failed to generate fingerprint"))?;
-    let kp = state.db.with(|db| db.create_keypair(&user_id, &b.name, &public_key, &fp, &key_type))?;
+    // Count and insert in one transaction, so concurrent creates cannot pass the quota together.
+    let kp = state.db.tx(|db| -> ApiResult<Keypair> {
+        let limit = db.quota_limits(auth.project_id())?.get("key_pairs").copied().unwrap_or(-1);
+        if limit >= 0 && db.keypairs(&user_id)?.len() as i64 >= limit {
+            return Err(ApiError::forbidden("Quota exceeded, too many key pairs."));
+        }
+        Ok(db.create_keypair(&user_id, &b.name, &public_key, &fp, &key_type)?)
+    })?;
     let mut o = view(&kp, v);
     o["user_id"] = json!(kp.user_id);
     if let Some(p) = private_key {

@@ -15,6 +15,7 @@ pub mod keypairs;
 pub mod microversion;
 pub mod server_security_groups;
 pub mod servers;
+pub mod validation;
 pub mod volume_attachments;
 
 pub fn router() -> Router<AppState> {
@@ -36,6 +37,8 @@ pub fn router() -> Router<AppState> {
         .route("/flavors", get(flavors::list).post(flavors::create))
         .route("/flavors/detail", get(flavors::list_detail))
         .route("/flavors/{id}", get(flavors::show).delete(flavors::delete))
+        .route("/flavors/{id}/action", post(flavors::action))
+        .route("/flavors/{id}/os-flavor-access", get(flavors::access_list))
         .route("/flavors/{id}/os-extra_specs", get(flavors::extra_specs).post(flavors::set_extra_specs))
         .route("/flavors/{id}/os-extra_specs/{key}", get(flavors::extra_spec).delete(flavors::delete_extra_spec))
         .route("/os-keypairs", get(keypairs::list).post(keypairs::create))
@@ -50,7 +53,8 @@ pub fn router() -> Router<AppState> {
         .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
         .route("/limits", get(hosts::limits))
         .route("/os-quota-sets/{project}", get(hosts::quota_set).put(hosts::update_quota_set))
-        .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail));
+        .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail))
+        .route("/os-quota-sets/{project}/defaults", get(hosts::quota_set_defaults));
     Router::new()
         .route("/", get(versions))
         .route("/v2.1/", get(version))
@@ -100,3 +104,6 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| super::fault::ApiError::bad_request(format!("Invalid input for field/attribute: {e}")))?;
     Ok((v, t))
 }
+
+#[cfg(test)]
+mod tests;

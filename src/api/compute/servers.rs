@@ -13,57 +13,17 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha224};
 
 use super::microversion::Microversion;
-use super::{links, parse_body};
+use super::{links, parse_body, validation};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::{base_url, AppState};
+use crate::compute::states::{self, TaskState, VmState};
 use crate::db::instances::{
     FlavorSnapshot, Instance, InstanceFilter, InstanceUpdate, NewBlockDevice, NewInstance, UpdateError,
 };
 use crate::db::services::{is_up, Service};
 use crate::db::Db;
 use crate::rpcapi::{RequestSpec, RequestedNetwork, RequestedNetworks, SchedulerApi};
-
-/// nova's API status for a (vm_state, task_state) pair.
-pub fn status(vm_state: &str, task_state: Option<&str>) -> &'static str {
-    match (vm_state, task_state) {
-        ("active", Some("rebooting" | "reboot_pending" | "reboot_started")) => "REBOOT",
-        ("active", Some("rebooting_hard" | "reboot_pending_hard" | "reboot_started_hard")) => "HARD_REBOOT",
-        ("active", Some("rebuilding" | "rebuild_block_device_mapping" | "rebuild_spawning")) => "REBUILD",
-        ("active", Some("migrating")) => "MIGRATING",
-        ("active", Some("resize_prep" | "resize_migrating" | "resize_migrated" | "resize_finish")) => "RESIZE",
-        ("active", _) => "ACTIVE",
-        ("building", _) => "BUILD",
-        ("stopped", Some("rebuilding")) => "REBUILD",
-        ("stopped", _) => "SHUTOFF",
-        ("error", Some("rebuilding")) => "REBUILD",
-        ("error", _) => "ERROR",
-        ("deleted", _) => "DELETED",
-        ("soft-delete", _) => "SOFT_DELETED",
-        ("paused", _) => "PAUSED",
-        ("suspended", _) => "SUSPENDED",
-        ("rescued", _) => "RESCUE",
-        ("resized", _) => "VERIFY_RESIZE",
-        ("shelved", _) => "SHELVED",
-        ("shelved_offloaded", _) => "SHELVED_OFFLOADED",
-        _ => "UNKNOWN",
-    }
-}
-
-/// vm_states a `status=` filter stands for.
-fn vm_states_for_status(s: &str) -> Option<Vec<String>> {
-    let states: &[&str] = match s.to_ascii_uppercase().as_str() {
-        "ACTIVE" | "REBOOT" | "HARD_REBOOT" | "MIGRATING" | "RESIZE" => &["active"],
-        "BUILD" => &["building"],
-        "SHUTOFF" => &["stopped"],
-        "ERROR" => &["error"],
-        "DELETED" => &["deleted"],
-        "PAUSED" => &["paused"],
-        "SUSPENDED" => &["suspended"],
-        _ => return None,
-    };
-    Some(states.iter().map(|s| s.to_string()).collect())
-}
 
 /// nova's launched_at format: microseconds and no zone suffix (gophercloud parses it so).
 fn usage_time(ts: &Option<String>) -> Value {
@@ -101,7 +61,7 @@ fn view_data(state: &AppState, db: &Db, services: &[Service], inst: &Instance) -
     Ok(ViewData {
         addresses: crate::conductor::addresses(db, &inst.uuid)?,
         security_groups: db.instance_security_group_names(&inst.uuid)?,
-        fault: if matches!(inst.vm_state.as_str(), "error" | "deleted") {
+        fault: if matches!(inst.vm_state, VmState::Error | VmState::Deleted) {
             db.latest_instance_fault(&inst.uuid)?
         } else {
             None
@@ -112,7 +72,7 @@ fn view_data(state: &AppState, db: &Db, services: &[Service], inst: &Instance) -
 }
 
 fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth: &Auth) -> Value {
-    let st = status(&inst.vm_state, inst.task_state.as_deref());
+    let st = states::status(inst.vm_state, inst.task_state);
     let host_id = match &inst.host {
         Some(h) => hex::encode(Sha224::digest(format!("{}{}", inst.project_id, h).as_bytes())),
         None => String::new(),
@@ -147,8 +107,6 @@ fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth:
         "addresses": d.addresses,
         "accessIPv4": inst.access_ip_v4.clone().unwrap_or_default(),
         "accessIPv6": inst.access_ip_v6.clone().unwrap_or_default(),
-        // novabox's own key (not `metadata`, which is the user's): clients ignore unknown keys.
-        "novabox:ssh_forward": inst.ssh_forward,
         "links": links(base, "servers", &inst.uuid),
         "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-AZ:availability_zone": inst.availability_zone.clone().unwrap_or_default(),
@@ -217,15 +175,10 @@ fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth:
 
 /// An image a project may boot: visible to it and active.
 pub(crate) fn bootable_image(db: &Db, id: &str, project: &str, is_admin: bool) -> ApiResult<crate::db::images::Image> {
-    let visible = |i: &crate::db::images::Image| {
-        is_admin
-            || i.owner.as_deref() == Some(project)
-            || matches!(i.visibility.as_str(), "public" | "community")
-            || (i.visibility == "shared" && i.member_status(project) == Some("accepted"))
-    };
+    let viewer = crate::images::Viewer { project_id: project, is_admin };
     let image = db
         .image_by_id(id)?
-        .filter(visible)
+        .filter(|i| viewer.may_boot(i))
         .ok_or_else(|| ApiError::bad_request(format!("Image {id} could not be found.")))?;
     if image.status != "active" {
         return Err(ApiError::bad_request(format!("Image {id} is not active.")));
@@ -352,12 +305,17 @@ pub struct ListQuery {
     marker: Option<String>,
     #[serde(rename = "changes-since")]
     changes_since: Option<String>,
+    #[serde(rename = "changes-before")]
+    changes_before: Option<String>,
     all_tenants: Option<String>,
     project_id: Option<String>,
     tenant_id: Option<String>,
     host: Option<String>,
     deleted: Option<String>,
 }
+
+/// The most items one page of a list holds (nova's `[api] max_limit`).
+const MAX_LIMIT: usize = 1000;
 
 fn truthy(v: &Option<String>) -> bool {
     match v.as_deref() {
@@ -366,30 +324,32 @@ fn truthy(v: &Option<String>) -> bool {
     }
 }
 
-fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<(Vec<Instance>, Vec<ViewData>)> {
+fn listed(state: &AppState, auth: &Auth, q: &ListQuery, v: Microversion) -> ApiResult<(Vec<Instance>, Vec<ViewData>)> {
+    // Before 2.66 nova drops `changes-before` as an unknown filter.
+    let (since, before) =
+        validation::changes_window(q.changes_since.as_deref(), q.changes_before.as_deref().filter(|_| v.at_least(66)))?;
     let all_tenants = auth.is_admin() && (q.all_tenants.as_deref() == Some("") || truthy(&q.all_tenants));
     let project_id =
         if all_tenants { q.project_id.clone().or(q.tenant_id.clone()) } else { Some(auth.project_id().to_string()) };
     let vm_states = match &q.status {
         Some(s) => {
-            Some(vm_states_for_status(s).ok_or_else(|| ApiError::bad_request(format!("Invalid status value: {s}")))?)
+            let states = states::vm_states_for_status(s)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid status value: {s}")))?;
+            Some(states.to_vec())
         }
         None => None,
     };
-    if let Some(limit) = q.limit {
-        if limit > 1000 {
-            return Err(ApiError::bad_request("limit must be at most 1000"));
-        }
-    }
     let filter = InstanceFilter {
         project_id,
         host: if auth.is_admin() { q.host.clone() } else { None },
-        name: q.name.clone(),
+        name: validation::name_filter(q.name.as_deref())?,
         vm_states,
         uuids: None,
-        changes_since: q.changes_since.clone(),
-        include_deleted: auth.is_admin() && truthy(&q.deleted) || q.changes_since.is_some(),
-        limit: q.limit,
+        include_deleted: auth.is_admin() && truthy(&q.deleted) || since.is_some() || before.is_some(),
+        changes_since: since,
+        changes_before: before,
+        // nova's `[api] max_limit`: a larger limit is capped, not refused.
+        limit: q.limit.map(|l| l.min(MAX_LIMIT)),
         marker: q.marker.clone(),
     };
     let result = state.db.with(|db| -> crate::db::Result<_> {
@@ -416,10 +376,11 @@ pub async fn list(
     headers: HeaderMap,
     State(state): State<AppState>,
     auth: Auth,
+    v: Microversion,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let base = base_url(&headers, &state.config);
-    let (list, _) = listed(&state, &auth, &q)?;
+    let (list, _) = listed(&state, &auth, &q, v)?;
     let servers: Vec<Value> = list
         .iter()
         .map(|i| json!({"id": i.uuid, "name": i.display_name, "links": links(&base, "servers", &i.uuid)}))
@@ -439,7 +400,7 @@ pub async fn list_detail(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let base = base_url(&headers, &state.config);
-    let (list, data) = listed(&state, &auth, &q)?;
+    let (list, data) = listed(&state, &auth, &q, v)?;
     let servers: Vec<Value> = list.iter().zip(&data).map(|(i, d)| server_view(i, d, &base, v, &auth)).collect();
     let mut body = json!({ "servers": servers });
     if let Some(next) = next_link(&base, &list, &q, "servers/detail") {
@@ -537,6 +498,10 @@ struct ParsedCreate {
     max_count: usize,
     block_devices: Vec<NewBlockDevice>,
     hints: Value,
+    /// `zone:host:node` of `availability_zone` (the zone itself is in `availability_zone`).
+    forced: validation::Destination,
+    /// 2.74's `host` and `hypervisor_hostname`.
+    requested: validation::Destination,
 }
 
 fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
@@ -559,15 +524,20 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
         }
     }
     let name = str_field(server, "name")?.ok_or_else(|| ApiError::bad_request("'name' is a required property"))?;
-    if name.trim().is_empty() || name.chars().count() > 255 {
-        return Err(ApiError::bad_request("Invalid input for field/attribute name: must be 1 to 255 characters"));
+    validation::name("name", name)?;
+    for key in ["host", "hypervisor_hostname"] {
+        if server.contains_key(key) && !v.at_least(74) {
+            return Err(ApiError::bad_request(format!(
+                "Additional properties are not allowed ('{key}' was unexpected)"
+            )));
+        }
     }
     let description = str_field(server, "description")?.map(str::to_string);
     if description.is_some() && !v.at_least(19) {
         return Err(ApiError::bad_request("Additional properties are not allowed ('description' was unexpected)"));
     }
-    if description.as_ref().is_some_and(|d| d.chars().count() > 255) {
-        return Err(ApiError::bad_request("Invalid input for field/attribute description: at most 255 characters"));
+    if let Some(d) = &description {
+        validation::description(d)?;
     }
     let flavor_ref = match server.get("flavorRef") {
         Some(Value::String(s)) if !s.is_empty() => s.rsplit('/').next().unwrap_or(s).to_string(),
@@ -652,9 +622,7 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
                 volume_id: if source == "volume" { uuid.clone() } else { None },
                 volume_size,
                 // nova's default for volumes is false: a volume outlives its server unless asked.
-                delete_on_termination: b
-                    .get("delete_on_termination")
-                    .and_then(Value::as_bool)
+                delete_on_termination: validation::boolean("delete_on_termination", b.get("delete_on_termination"))?
                     .unwrap_or(dest != "volume"),
             });
         }
@@ -748,18 +716,8 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
             .decode(ud.trim())
             .map_err(|_| ApiError::bad_request("Invalid input for field/attribute user_data: not valid base64"))?;
     }
-    let mut metadata = BTreeMap::new();
-    if let Some(m) = server.get("metadata") {
-        let m = m.as_object().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-        for (k, v) in m {
-            let v =
-                v.as_str().ok_or_else(|| ApiError::bad_request(format!("metadata value of {k} must be a string")))?;
-            if k.is_empty() || k.len() > 255 || v.len() > 255 {
-                return Err(ApiError::bad_request("Metadata keys must be 1 to 255 and values at most 255 characters"));
-            }
-            metadata.insert(k.clone(), v.to_string());
-        }
-    }
+    // The quota is the project's: `create` checks the count against it.
+    let metadata = server.get("metadata").map(|m| validation::metadata(m, -1)).transpose()?.unwrap_or_default();
     let count = |k: &str| -> ApiResult<Option<usize>> {
         match server.get(k) {
             None => Ok(None),
@@ -785,12 +743,7 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
     if max_count > 100 {
         return Err(ApiError::bad_request("max_count must be at most 100"));
     }
-    let config_drive = match server.get("config_drive") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
-        Some(_) => return Err(ApiError::bad_request("config_drive must be a boolean")),
-    };
+    let config_drive = validation::boolean("config_drive", server.get("config_drive"))?.unwrap_or(false);
     let ip = |k: &str| -> ApiResult<Option<String>> {
         match str_field(server, k)? {
             Some(s) if !s.is_empty() => {
@@ -802,6 +755,12 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
     };
     let hints =
         body.get("OS-SCH-HNT:scheduler_hints").or_else(|| body.get("os:scheduler_hints")).cloned().unwrap_or(json!({}));
+    let (availability_zone, forced_host, forced_node) =
+        match str_field(server, "availability_zone")?.filter(|s| !s.is_empty()) {
+            Some(az) => validation::availability_zone(az)?,
+            None => (None, None, None),
+        };
+    let host_field = |k: &str| validation::host_name(k, str_field(server, k)?);
     Ok(ParsedCreate {
         name: name.to_string(),
         description,
@@ -812,7 +771,9 @@ fn parse_create(body: &Value, v: Microversion) -> ApiResult<ParsedCreate> {
         security_groups,
         user_data,
         metadata,
-        availability_zone: str_field(server, "availability_zone")?.filter(|s| !s.is_empty()).map(str::to_string),
+        availability_zone,
+        forced: validation::Destination { host: forced_host, node: forced_node },
+        requested: validation::Destination { host: host_field("host")?, node: host_field("hypervisor_hostname")? },
         config_drive,
         access_ip_v4: ip("accessIPv4")?,
         access_ip_v6: ip("accessIPv6")?,
@@ -836,6 +797,7 @@ pub async fn create(
     let p = parse_create(&body, v)?;
     drop(parsing);
     let ctx = auth.context.clone();
+    let destination = validation::destination(&auth, p.forced.clone(), &p.hints, p.requested.clone())?;
 
     // Validate against the database and write the instances, all in one transaction so quotas
     // hold under concurrent creates (from this process or another on the same database) and
@@ -843,8 +805,7 @@ pub async fn create(
     type Created = (Vec<Instance>, Value, Option<crate::compute::virt::ImageMeta>);
     let (instances, image_props, image_meta) = state.db.tx(|db| -> ApiResult<Created> {
         let validating = tracing::info_span!("validate", what = "flavor, image, keypair, networks, quotas").entered();
-        let flavor = db
-            .flavor_by_flavorid(&p.flavor_ref)?
+        let flavor = super::flavors::visible_flavor(db, &auth, &p.flavor_ref)?
             .ok_or_else(|| ApiError::bad_request(format!("Flavor {} could not be found.", p.flavor_ref)))?;
         let extra_specs = db.flavor_extra_specs(flavor.id)?;
         let mut image_id = p.image_id.clone().unwrap_or_default();
@@ -852,7 +813,9 @@ pub async fn create(
             p.block_devices.iter().any(|b| b.destination_type == "volume" && b.boot_index == Some(0));
         check_boot_volumes(db, &p.block_devices, auth.project_id(), p.max_count as i64, &mut image_id)?;
         let image = bootable_image(db, &image_id, auth.project_id(), auth.is_admin())?;
-        let root_bytes = flavor.root_gb * (1 << 30);
+        let meta = validation::boot_image_meta(db, &state.home, &image.id, &auth)?;
+        validation::known_destination(db, &destination)?;
+        let root_bytes = flavor.root_gb.saturating_mul(1 << 30);
         // Booted from a volume, the flavor's root disk is not used (nova's rule).
         if !boot_from_volume
             && flavor.root_gb > 0
@@ -885,15 +848,16 @@ pub async fn create(
         // Quotas: nova counts instances, cores and RAM per project.
         let (used_instances, used_cores, used_ram) = db.project_usage(auth.project_id())?;
         let limits = db.quota_limits(auth.project_id())?;
+        validation::metadata_quota(p.metadata.len(), limits.get("metadata_items").copied().unwrap_or(-1))?;
         let n = p.max_count as i64;
         for (resource, used, each) in
             [("instances", used_instances, 1), ("cores", used_cores, flavor.vcpus), ("ram", used_ram, flavor.memory_mb)]
         {
             let limit = limits.get(resource).copied().unwrap_or(-1);
-            if limit >= 0 && used + each * n > limit {
+            if limit >= 0 && used.saturating_add(each.saturating_mul(n)) > limit {
                 return Err(ApiError::forbidden(format!(
                     "Quota exceeded for {resource}: Requested {}, but already used {used} of {limit} {resource}",
-                    each * n
+                    each.saturating_mul(n)
                 )));
             }
         }
@@ -921,11 +885,10 @@ pub async fn create(
                 project_id: auth.project_id().to_string(),
                 user_id: auth.user_id().to_string(),
                 availability_zone: p.availability_zone.clone().or(Some(state.config.host.availability_zone.clone())),
-                flavor_id: flavor.id,
                 flavor: snapshot.clone(),
                 image_ref: Some(image.id.clone()),
-                kernel_id: image.properties.get("kernel_id").cloned(),
-                ramdisk_id: image.properties.get("ramdisk_id").cloned(),
+                kernel_id: meta.as_ref().and_then(|m| m.kernel.as_ref()).map(|k| k.id.clone()),
+                ramdisk_id: meta.as_ref().and_then(|m| m.ramdisk.as_ref()).map(|r| r.id.clone()),
                 key_name: p.key_name.clone(),
                 key_data: key_data.clone(),
                 user_data: p.user_data.clone(),
@@ -940,13 +903,12 @@ pub async fn create(
             created.push(db.create_instance(&new)?);
         }
         let props = json!(image.properties);
-        let meta = crate::images::image_meta(db, &state.home, &image.id)?;
         Ok((created, props, meta))
     })?;
 
     let spec = RequestSpec {
         availability_zone: p.availability_zone.clone(),
-        scheduler_hints: p.hints.clone(),
+        scheduler_hints: validation::hints_with(&p.hints, &destination),
         image_properties: image_props,
         requested_networks: p.networks.clone(),
         image: image_meta,
@@ -959,7 +921,7 @@ pub async fn create(
         state.db.tx(|db| -> crate::db::Result<()> {
             for uuid in &uuids {
                 db.add_instance_fault(uuid, 500, &message, "", None)?;
-                let u = InstanceUpdate { vm_state: Some("error".into()), task_state: Some(None), ..Default::default() };
+                let u = InstanceUpdate { vm_state: Some(VmState::Error), task_state: Some(None), ..Default::default() };
                 let _ = db.update_instance(uuid, &u)?;
             }
             Ok(())
@@ -977,7 +939,7 @@ pub async fn create(
         "security_groups": p.security_groups.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
         "adminPass": admin_pass,
     });
-    if body["server"].get("return_reservation_id").and_then(Value::as_bool) == Some(true) {
+    if validation::boolean("return_reservation_id", body["server"].get("return_reservation_id"))? == Some(true) {
         server = json!({"reservation_id": format!("r-{}", &first.uuid[..8])});
         return Ok((StatusCode::ACCEPTED, Json(server)).into_response());
     }
@@ -1015,12 +977,13 @@ pub async fn update(
     let (_, UpdateBody { server: u }) = parse_body::<UpdateBody>(body)?;
     find(&state, &auth, &id)?;
     if let Some(n) = &u.name {
-        if n.trim().is_empty() || n.chars().count() > 255 {
-            return Err(ApiError::bad_request("Invalid input for field/attribute name: must be 1 to 255 characters"));
-        }
+        validation::name("name", n)?;
     }
     if u.description.is_some() && !v.at_least(19) {
         return Err(ApiError::bad_request("Additional properties are not allowed ('description' was unexpected)"));
+    }
+    if let Some(Some(d)) = &u.description {
+        validation::description(d)?;
     }
     let update = InstanceUpdate {
         display_name: u.name.clone(),
@@ -1056,16 +1019,16 @@ fn begin_action(
     auth: &Auth,
     inst: &Instance,
     action: &str,
-    task: &str,
-    vm_states: &[&str],
+    task: TaskState,
+    vm_states: &[VmState],
 ) -> ApiResult<Instance> {
     if inst.locked && !auth.is_admin() {
         return Err(ApiError::conflict(format!("Instance {} is locked", inst.uuid)));
     }
     let u = InstanceUpdate {
-        task_state: Some(Some(task.into())),
+        task_state: Some(Some(task)),
         expected_task_state: Some(vec![None]),
-        expected_vm_state: Some(vm_states.iter().map(|s| s.to_string()).collect()),
+        expected_vm_state: Some(vm_states.to_vec()),
         ..Default::default()
     };
     let result = state.db.tx(|db| -> crate::db::Result<_> {
@@ -1094,11 +1057,11 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     if inst.locked && !auth.is_admin() {
         return Err(ApiError::conflict(format!("Instance {id} is locked")));
     }
-    if inst.task_state.as_deref() == Some("deleting") {
+    if inst.task_state == Some(TaskState::Deleting) {
         return Ok(StatusCode::NO_CONTENT);
     }
     let host = live_host(&state, &inst)?;
-    let u = InstanceUpdate { task_state: Some(Some("deleting".into())), ..Default::default() };
+    let u = InstanceUpdate { task_state: Some(Some(TaskState::Deleting)), ..Default::default() };
     let inst = match state.db.tx(|db| -> crate::db::Result<_> {
         let r = db.update_instance(&id, &u)?;
         db.start_instance_action(&id, "delete", &auth.context.request_id, auth.user_id(), auth.project_id())?;
@@ -1156,12 +1119,13 @@ pub async fn action(
     match name.as_str() {
         "os-stop" => {
             let host = needs_host()?;
-            let i = begin_action(&state, &auth, &inst, "stop", "powering-off", &["active", "error"])?;
+            let i =
+                begin_action(&state, &auth, &inst, "stop", TaskState::PoweringOff, &[VmState::Active, VmState::Error])?;
             compute.stop_instance(ctx, &host, &i).await.map_err(unavailable)?;
         }
         "os-start" => {
             let host = needs_host()?;
-            let i = begin_action(&state, &auth, &inst, "start", "powering-on", &["stopped"])?;
+            let i = begin_action(&state, &auth, &inst, "start", TaskState::PoweringOn, &[VmState::Stopped])?;
             compute.start_instance(ctx, &host, &i).await.map_err(unavailable)?;
         }
         "reboot" => {
@@ -1172,8 +1136,11 @@ pub async fn action(
                 _ => return Err(ApiError::bad_request("Argument 'type' for reboot must be a string SOFT or HARD")),
             };
             let host = needs_host()?;
-            let (task, states): (&str, &[&str]) =
-                if hard { ("rebooting_hard", &["active", "stopped", "error"]) } else { ("rebooting", &["active"]) };
+            let (task, states): (TaskState, &[VmState]) = if hard {
+                (TaskState::RebootingHard, &[VmState::Active, VmState::Stopped, VmState::Error])
+            } else {
+                (TaskState::Rebooting, &[VmState::Active])
+            };
             let i = begin_action(&state, &auth, &inst, "reboot", task, states)?;
             compute.reboot_instance(ctx, &host, &i, hard).await.map_err(unavailable)?;
         }
@@ -1232,18 +1199,6 @@ pub async fn instance_actions(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_follows_nova() {
-        assert_eq!(status("active", None), "ACTIVE");
-        assert_eq!(status("active", Some("deleting")), "ACTIVE");
-        assert_eq!(status("active", Some("powering-off")), "ACTIVE");
-        assert_eq!(status("active", Some("rebooting")), "REBOOT");
-        assert_eq!(status("active", Some("rebooting_hard")), "HARD_REBOOT");
-        assert_eq!(status("building", Some("spawning")), "BUILD");
-        assert_eq!(status("stopped", Some("powering-on")), "SHUTOFF");
-        assert_eq!(status("error", None), "ERROR");
-    }
 
     #[test]
     fn hostnames_are_sanitized() {

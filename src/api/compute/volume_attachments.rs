@@ -4,6 +4,7 @@
 //! Shapes up to 2.79: `tag` from 2.70 in answers (accepted from 2.49), `delete_on_termination`
 //! from 2.79.
 
+use crate::compute::states::VmState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -36,7 +37,8 @@ fn view(a: &VolumeAttachment, v: Microversion) -> Value {
 
 /// The instance must be settled (no task) in a state nova attaches in, on a live host.
 fn ready_host(state: &AppState, inst: &Instance, action: &str) -> ApiResult<String> {
-    let settled = inst.task_state.is_none() && matches!(inst.vm_state.as_str(), "active" | "stopped" | "paused");
+    let settled =
+        inst.task_state.is_none() && matches!(inst.vm_state, VmState::Active | VmState::Stopped | VmState::Paused);
     if !settled {
         let at = match &inst.task_state {
             Some(t) => format!("task_state {t}"),
@@ -149,15 +151,8 @@ pub async fn create(
             return Err(ApiError::bad_request(format!("Invalid input for field/attribute tag. Value: {other}.")))
         }
     };
-    let delete_on_termination = match o.get("delete_on_termination") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid input for field/attribute delete_on_termination. Value: {other}. It is not a boolean."
-            )))
-        }
-    };
+    let delete_on_termination =
+        super::validation::boolean("delete_on_termination", o.get("delete_on_termination"))?.unwrap_or(false);
 
     let inst = find(&state, &auth, &id)?;
     let host = ready_host(&state, &inst, "attach_volume")?;

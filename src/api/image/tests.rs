@@ -431,7 +431,23 @@ async fn patch_tags_and_protection() {
     assert_eq!(cloud.delete(&format!("/image/v2/images/{id}/tags/blue"), &demo).await.status, StatusCode::NO_CONTENT);
     assert_eq!(cloud.delete(&format!("/image/v2/images/{id}/tags/blue"), &demo).await.status, StatusCode::NOT_FOUND);
 
-    patch(&cloud, &demo, id, json!([{"op": "replace", "path": "/protected", "value": false}])).await;
+    // Unprotected the way tempest's image client does it: glance's 2.0 patch format.
+    let r = cloud
+        .send(
+            Request::builder()
+                .method(Method::PATCH)
+                .uri(format!("/image/v2/images/{id}"))
+                .header("x-auth-token", &demo)
+                .header("content-type", "application/openstack-images-v2.0-json-patch")
+                .body(Body::from(
+                    json!([{"replace": "/protected", "value": false}, {"add": "/os_version", "value": "12"}])
+                        .to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((r.json()["protected"].as_bool(), r.json()["os_version"].as_str()), (Some(false), Some("12")));
     assert_eq!(cloud.delete(&format!("/image/v2/images/{id}"), &demo).await.status, StatusCode::NO_CONTENT);
 }
 

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{GuestSpec, HostResources, VirtDriver, VirtError, VolumeDisk};
-use crate::db::instances::power;
+use crate::compute::states::PowerState;
 
 struct FakeGuest {
-    power_state: i64,
+    power_state: PowerState,
     console: String,
     volumes: Vec<String>,
 }
@@ -67,7 +67,7 @@ impl VirtDriver for FakeDriver {
         self.guests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.uuid.clone(), FakeGuest { power_state: power::RUNNING, console, volumes });
+            .insert(spec.uuid.clone(), FakeGuest { power_state: PowerState::Running, console, volumes });
         Ok(())
     }
 
@@ -78,27 +78,27 @@ impl VirtDriver for FakeDriver {
 
     async fn power_off(&self, uuid: &str) -> Result<(), VirtError> {
         self.with_guest(uuid, |g| {
-            g.power_state = power::SHUTDOWN;
+            g.power_state = PowerState::Shutdown;
             g.console.push_str("reboot: Power down\n");
         })
     }
 
     async fn power_on(&self, uuid: &str) -> Result<(), VirtError> {
         self.with_guest(uuid, |g| {
-            g.power_state = power::RUNNING;
+            g.power_state = PowerState::Running;
             g.console.push_str("booting again\n");
         })
     }
 
     async fn reboot(&self, uuid: &str, hard: bool) -> Result<(), VirtError> {
         self.with_guest(uuid, |g| {
-            g.power_state = power::RUNNING;
+            g.power_state = PowerState::Running;
             g.console.push_str(if hard { "hard reset\n" } else { "reboot: Restarting system\n" });
         })
     }
 
-    async fn power_state(&self, uuid: &str) -> i64 {
-        self.with_guest(uuid, |g| g.power_state).unwrap_or(power::NOSTATE)
+    async fn power_state(&self, uuid: &str) -> PowerState {
+        self.with_guest(uuid, |g| g.power_state).unwrap_or(PowerState::NoState)
     }
 
     async fn console_output(&self, uuid: &str) -> Result<String, VirtError> {
@@ -144,9 +144,9 @@ mod tests {
         let d = FakeDriver::new(Duration::ZERO, 2, 2048, 10);
         let spec = GuestSpec::for_test("u1", "vm");
         d.spawn(&spec).await.unwrap();
-        assert_eq!(d.power_state("u1").await, power::RUNNING);
+        assert_eq!(d.power_state("u1").await, PowerState::Running);
         d.power_off("u1").await.unwrap();
-        assert_eq!(d.power_state("u1").await, power::SHUTDOWN);
+        assert_eq!(d.power_state("u1").await, PowerState::Shutdown);
         d.power_on("u1").await.unwrap();
         assert!(d.console_output("u1").await.unwrap().contains("hostname: vm"));
         let disk = VolumeDisk { volume_id: "v1".into(), path: "/nowhere".into(), boot: false };
@@ -158,7 +158,7 @@ mod tests {
         assert!(d.attach_volume("nobody", &disk).await.is_err());
         d.destroy("u1").await.unwrap();
         d.destroy("u1").await.unwrap();
-        assert_eq!(d.power_state("u1").await, power::NOSTATE);
+        assert_eq!(d.power_state("u1").await, PowerState::NoState);
         assert!(matches!(d.power_off("u1").await, Err(VirtError::NotFound(_))));
     }
 }

@@ -28,8 +28,8 @@ use virt::sys;
 use super::disks;
 use super::guestfiles::{path_str, read_tail, valid_mac, volume_serial as serial, GuestFiles, Prepared};
 use super::{GuestSpec, HostResources, ShutdownReport, VirtDriver, VirtError, VolumeDisk};
+use crate::compute::states::PowerState;
 use crate::config::Accel;
-use crate::db::instances::power;
 use crate::hostpkgs;
 
 /// The domain XML, with placeholders (see the file's comment).
@@ -404,10 +404,10 @@ impl VirtDriver for LibvirtDriver {
         .await
     }
 
-    async fn power_state(&self, uuid: &str) -> i64 {
-        let Ok(dir) = self.dir(uuid) else { return power::NOSTATE };
+    async fn power_state(&self, uuid: &str) -> PowerState {
+        let Ok(dir) = self.dir(uuid) else { return PowerState::NoState };
         if !dir.join("libvirt.json").is_file() {
-            return power::NOSTATE;
+            return PowerState::NoState;
         }
         let id = uuid.to_string();
         let state = self
@@ -419,10 +419,10 @@ impl VirtDriver for LibvirtDriver {
         match state {
             Ok(Some((state, reason))) => power_state_of(state, reason),
             // Defined again at the next power-on.
-            Ok(None) => power::SHUTDOWN,
+            Ok(None) => PowerState::Shutdown,
             Err(e) => {
                 tracing::warn!(instance = %uuid, error = %e, "power state unknown");
-                power::NOSTATE
+                PowerState::NoState
             }
         }
     }
@@ -530,16 +530,16 @@ impl VirtDriver for LibvirtDriver {
 /// Nova's mapping of libvirt's domain states (`nova.virt.libvirt.guest.LIBVIRT_POWER_STATE`),
 /// plus one detail: a domain whose qemu died (shut off, reason `crashed`) is a crash, which
 /// the compute's power sync reports as such.
-fn power_state_of(state: sys::virDomainState, reason: i32) -> i64 {
+fn power_state_of(state: sys::virDomainState, reason: i32) -> PowerState {
     match state {
-        sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => power::RUNNING,
-        sys::VIR_DOMAIN_PAUSED => power::PAUSED,
-        sys::VIR_DOMAIN_SHUTDOWN => power::SHUTDOWN,
-        sys::VIR_DOMAIN_SHUTOFF if reason as u32 == sys::VIR_DOMAIN_SHUTOFF_CRASHED => power::CRASHED,
-        sys::VIR_DOMAIN_SHUTOFF => power::SHUTDOWN,
-        sys::VIR_DOMAIN_CRASHED => power::CRASHED,
-        sys::VIR_DOMAIN_PMSUSPENDED => power::SUSPENDED,
-        _ => power::NOSTATE,
+        sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => PowerState::Running,
+        sys::VIR_DOMAIN_PAUSED => PowerState::Paused,
+        sys::VIR_DOMAIN_SHUTDOWN => PowerState::Shutdown,
+        sys::VIR_DOMAIN_SHUTOFF if reason as u32 == sys::VIR_DOMAIN_SHUTOFF_CRASHED => PowerState::Crashed,
+        sys::VIR_DOMAIN_SHUTOFF => PowerState::Shutdown,
+        sys::VIR_DOMAIN_CRASHED => PowerState::Crashed,
+        sys::VIR_DOMAIN_PMSUSPENDED => PowerState::Suspended,
+        _ => PowerState::NoState,
     }
 }
 
@@ -688,14 +688,20 @@ mod tests {
 
     #[test]
     fn libvirt_states_map_to_nova_power_states() {
-        assert_eq!(power_state_of(sys::VIR_DOMAIN_RUNNING, 1), power::RUNNING);
-        assert_eq!(power_state_of(sys::VIR_DOMAIN_BLOCKED, 0), power::RUNNING);
-        assert_eq!(power_state_of(sys::VIR_DOMAIN_PAUSED, 0), power::PAUSED);
-        assert_eq!(power_state_of(sys::VIR_DOMAIN_SHUTOFF, sys::VIR_DOMAIN_SHUTOFF_DESTROYED as i32), power::SHUTDOWN);
-        assert_eq!(power_state_of(sys::VIR_DOMAIN_SHUTOFF, sys::VIR_DOMAIN_SHUTOFF_CRASHED as i32), power::CRASHED);
-        assert_eq!(power_state_of(sys::VIR_DOMAIN_CRASHED, 0), power::CRASHED);
-        assert_eq!(power_state_of(sys::VIR_DOMAIN_PMSUSPENDED, 0), power::SUSPENDED);
-        assert_eq!(power_state_of(0, 0), power::NOSTATE);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_RUNNING, 1), PowerState::Running);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_BLOCKED, 0), PowerState::Running);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_PAUSED, 0), PowerState::Paused);
+        assert_eq!(
+            power_state_of(sys::VIR_DOMAIN_SHUTOFF, sys::VIR_DOMAIN_SHUTOFF_DESTROYED as i32),
+            PowerState::Shutdown
+        );
+        assert_eq!(
+            power_state_of(sys::VIR_DOMAIN_SHUTOFF, sys::VIR_DOMAIN_SHUTOFF_CRASHED as i32),
+            PowerState::Crashed
+        );
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_CRASHED, 0), PowerState::Crashed);
+        assert_eq!(power_state_of(sys::VIR_DOMAIN_PMSUSPENDED, 0), PowerState::Suspended);
+        assert_eq!(power_state_of(0, 0), PowerState::NoState);
         assert_eq!(disk_name(0).as_deref(), Some("vda"));
         assert_eq!(disk_name(25).as_deref(), Some("vdz"));
         assert_eq!(disk_name(26), None);
@@ -713,7 +719,7 @@ mod tests {
         assert_eq!(d.host_resources().accel, "tcg");
         assert!(d.host_resources().hypervisor_version > 0);
         let uuid = uuid::Uuid::new_v4().to_string();
-        assert_eq!(d.power_state(&uuid).await, power::NOSTATE);
+        assert_eq!(d.power_state(&uuid).await, PowerState::NoState);
         assert!(matches!(d.power_on(&uuid).await, Err(VirtError::NotFound(_))));
         assert!(matches!(d.console_output(&uuid).await, Err(VirtError::NotFound(_))));
         d.destroy(&uuid).await.unwrap();

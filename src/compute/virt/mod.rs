@@ -122,7 +122,7 @@ pub trait VirtDriver: Send + Sync + 'static {
     async fn power_on(&self, uuid: &str) -> Result<(), VirtError>;
     async fn reboot(&self, uuid: &str, hard: bool) -> Result<(), VirtError>;
     /// Nova's power state of the guest (`db::instances::power`), NOSTATE when unknown.
-    async fn power_state(&self, uuid: &str) -> i64;
+    async fn power_state(&self, uuid: &str) -> crate::compute::states::PowerState;
     async fn console_output(&self, uuid: &str) -> Result<String, VirtError>;
     /// The uuids of the guests the driver knows.
     async fn guests(&self) -> Vec<String>;

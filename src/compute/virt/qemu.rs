@@ -38,7 +38,7 @@ use super::{disks, imagecache};
 use crate::config::{Accel, ConfigDriveFormat};
 
 mod shutdown;
-use crate::db::instances::power;
+use crate::compute::states::PowerState;
 use crate::hostpkgs;
 pub use shutdown::stop_leftover_guests;
 
@@ -632,30 +632,30 @@ impl VirtDriver for QemuDriver {
         self.start(uuid, &dir, &launch).await
     }
 
-    async fn power_state(&self, uuid: &str) -> i64 {
-        let Ok(dir) = self.dir(uuid) else { return power::NOSTATE };
+    async fn power_state(&self, uuid: &str) -> PowerState {
+        let Ok(dir) = self.dir(uuid) else { return PowerState::NoState };
         if !dir.join("launch.json").is_file() {
-            return power::NOSTATE;
+            return PowerState::NoState;
         }
         if self.live_pid(&dir, uuid).is_some() {
             return match qmp::status(&dir.join("qmp.sock")).await.as_deref() {
-                Ok("paused") | Ok("suspended") => power::PAUSED,
-                Ok("shutdown") => power::SHUTDOWN,
-                Ok("guest-panicked") | Ok("internal-error") | Ok("io-error") => power::CRASHED,
+                Ok("paused") | Ok("suspended") => PowerState::Paused,
+                Ok("shutdown") => PowerState::Shutdown,
+                Ok("guest-panicked") | Ok("internal-error") | Ok("io-error") => PowerState::Crashed,
                 // Running, or a monitor busy with another client: the process is there.
-                _ => power::RUNNING,
+                _ => PowerState::Running,
             };
         }
         if dir.join("stopped").exists() {
-            return power::SHUTDOWN;
+            return PowerState::Shutdown;
         }
         // Not stopped by us: qemu exited on its own. Killed by a signal (or failed) is a crash;
         // a clean exit is the guest powering itself off. Without a record (qemu started by an
         // earlier novabox process, or not reaped yet) it is simply off.
         let pid = crate::supervise::read_pid_file(&dir.join("qemu.pid")).ok().flatten();
         match self.exits.lock().unwrap_or_else(|e| e.into_inner()).get(uuid) {
-            Some((exited, false)) if Some(*exited) == pid => power::CRASHED,
-            _ => power::SHUTDOWN,
+            Some((exited, false)) if Some(*exited) == pid => PowerState::Crashed,
+            _ => PowerState::Shutdown,
         }
     }
 
@@ -969,7 +969,7 @@ mod tests {
         let dir = f.home.instances_dir().join(&uuid);
 
         d.spawn(&spec).await.unwrap();
-        assert_eq!(d.power_state(&uuid).await, power::RUNNING);
+        assert_eq!(d.power_state(&uuid).await, PowerState::Running);
         assert_eq!(d.guests().await, vec![uuid.clone()]);
         let text = wait_console(d, &uuid, "novabox-guest: ready", 1).await;
         assert!(text.contains("novabox-guest: init reached"), "{text}");
@@ -996,12 +996,12 @@ mod tests {
         let pid = qemu_pid(&f.home, &uuid);
         d.power_off(&uuid).await.unwrap();
         assert!(!qemu_alive(pid, &uuid));
-        assert_eq!(d.power_state(&uuid).await, power::SHUTDOWN);
+        assert_eq!(d.power_state(&uuid).await, PowerState::Shutdown);
         d.power_off(&uuid).await.unwrap();
         assert_eq!(d.guests().await, vec![uuid.clone()], "a stopped guest is still a guest");
 
         d.power_on(&uuid).await.unwrap();
-        assert_eq!(d.power_state(&uuid).await, power::RUNNING);
+        assert_eq!(d.power_state(&uuid).await, PowerState::Running);
         wait_console(d, &uuid, "novabox-guest: ready", 2).await;
 
         d.reboot(&uuid, false).await.unwrap();
@@ -1017,13 +1017,13 @@ mod tests {
         // SAFETY: signalling the qemu this test started, by its pid.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while d.power_state(&uuid).await == power::RUNNING {
+        while d.power_state(&uuid).await == PowerState::Running {
             assert!(Instant::now() < deadline, "a killed qemu still shows as running");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while d.power_state(&uuid).await != power::CRASHED {
-            assert!(Instant::now() < deadline, "a killed qemu is a crash: {}", d.power_state(&uuid).await);
+        while d.power_state(&uuid).await != PowerState::Crashed {
+            assert!(Instant::now() < deadline, "a killed qemu is a crash: {:?}", d.power_state(&uuid).await);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
@@ -1033,7 +1033,7 @@ mod tests {
         assert!(!qemu_alive(pid, &uuid));
         assert!(!dir.exists());
         assert!(base.is_file(), "the base image is kept");
-        assert_eq!(d.power_state(&uuid).await, power::NOSTATE);
+        assert_eq!(d.power_state(&uuid).await, PowerState::NoState);
         assert!(d.guests().await.is_empty());
         d.destroy(&uuid).await.unwrap();
         assert!(matches!(d.power_on(&uuid).await, Err(VirtError::NotFound(_))));

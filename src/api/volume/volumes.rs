@@ -1,90 +1,20 @@
-//! Block Storage v3 (cinder), the small part compute and the standard clients need: version
-//! documents, volumes create (blank or from an image), list, detail, show, update and delete,
-//! with cinder's shapes at microversion 3.0 and cinder's fault bodies (nova's format).
-//! Attaching goes through compute (`os-volume_attachments`), as in OpenStack.
-//!
-//! Tenancy as cinder: a project sees its own volumes, admins all with `all_tenants`; another
-//! project's volume is 404. Quotas `volumes` and `gigabytes` (cinder's defaults 10 and 1000).
+//! Volumes: create (blank or from an image), list, detail, show, update and delete, in
+//! cinder's shapes at 3.0. Create and update answer cinder's base view; show and the detail
+//! list add the attributes cinder's extensions add, each under its own policy.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::context::Auth;
-use super::fault::{ApiError, ApiResult};
-use super::{base_url, AppState};
+use super::{check_project, timestamp, DEFAULT_TYPE_NAME};
+use crate::api::context::Auth;
+use crate::api::fault::{ApiError, ApiResult};
+use crate::api::{base_url, AppState};
 use crate::db::volumes::{NewVolume, Volume};
-
-/// The one microversion implemented; advertised as both min and max so clients never ask
-/// for shapes this service does not produce.
-pub const VERSION: &str = "3.0";
-
-pub fn router() -> Router<AppState> {
-    let v3 = Router::new()
-        .route("/", get(version))
-        .route("/{project_id}/volumes", get(list).post(create))
-        .route("/{project_id}/volumes/detail", get(list_detail))
-        .route("/{project_id}/volumes/{id}", get(show).put(update).delete(delete));
-    Router::new()
-        .route("/", get(versions))
-        .route("/v3/", get(version))
-        .nest("/v3", v3)
-        .fallback(|| async { ApiError::not_found("The resource could not be found.") })
-        .layer(middleware::from_fn(version_header))
-}
-
-/// Every answer names the microversion it was made with, as cinder's.
-async fn version_header(req: axum::extract::Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
-    h.insert("openstack-api-version", HeaderValue::from_static("volume 3.0"));
-    h.insert("vary", HeaderValue::from_static("OpenStack-API-Version"));
-    resp
-}
-
-fn version_doc(base: &str) -> Value {
-    json!({
-        "id": "v3.0",
-        "status": "CURRENT",
-        "version": VERSION,
-        "min_version": VERSION,
-        "updated": "2016-02-08T12:20:21Z",
-        "links": [
-            {"rel": "describedby", "type": "text/html", "href": "https://docs.openstack.org/"},
-            {"rel": "self", "href": format!("{base}/volume/v3/")},
-        ],
-        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.volume+json;version=3"}],
-    })
-}
-
-/// `GET /volume/`: 300 Multiple Choices with the one version, as cinder.
-pub async fn versions(headers: HeaderMap, State(state): State<AppState>) -> Response {
-    let doc = json!({"versions": [version_doc(&base_url(&headers, &state.config))]});
-    (StatusCode::MULTIPLE_CHOICES, Json(doc)).into_response()
-}
-
-async fn version(headers: HeaderMap, State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"versions": [version_doc(&base_url(&headers, &state.config))]}))
-}
-
-/// The project in the URL must be the token's (cinder's "Malformed request url").
-fn check_project(auth: &Auth, project_id: &str) -> ApiResult<()> {
-    if project_id == auth.project_id() || auth.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("Malformed request url: the project in the URL is not the token's project."))
-    }
-}
-
-/// cinder's timestamps: no zone, microseconds.
-fn timestamp(ts: &str) -> String {
-    format!("{}.000000", ts.trim_end_matches('Z'))
-}
+use crate::policy::{Action, Target};
 
 fn links(base: &str, project: &str, id: &str) -> Value {
     json!([
@@ -97,7 +27,15 @@ fn summary(v: &Volume, base: &str) -> Value {
     json!({"id": v.id, "name": v.name, "links": links(base, &v.project_id, &v.id)})
 }
 
-fn detail(v: &Volume, base: &str, auth: &Auth) -> Value {
+/// Which of cinder's views: the base one (create, update) or the base one with what the
+/// volume extensions add (show, detail list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Base,
+    Extended,
+}
+
+fn detail(v: &Volume, base: &str, auth: &Auth, view: View) -> Value {
     let attachments: Vec<Value> = match (&v.instance_uuid, v.attach_status.as_str()) {
         (Some(server), "attached") => vec![json!({
             "id": v.id,
@@ -110,7 +48,7 @@ fn detail(v: &Volume, base: &str, auth: &Auth) -> Value {
         })],
         _ => vec![],
     };
-    let mut view = json!({
+    let mut out = json!({
         "id": v.id,
         "name": v.name,
         "description": v.description,
@@ -124,25 +62,34 @@ fn detail(v: &Volume, base: &str, auth: &Auth) -> Value {
         "encrypted": false,
         "multiattach": false,
         "metadata": {},
-        "volume_type": "__DEFAULT__",
+        "volume_type": DEFAULT_TYPE_NAME,
         "snapshot_id": null,
         "source_volid": null,
         "consistencygroup_id": null,
         "replication_status": null,
         "user_id": v.user_id,
-        "os-vol-tenant-attr:tenant_id": v.project_id,
         "links": links(base, &v.project_id, &v.id),
     });
-    if let Some(image) = &v.source_image_id {
-        view["volume_image_metadata"] = json!({"image_id": image});
-    }
     if auth.is_admin() {
-        view["os-vol-host-attr:host"] = json!(format!("novabox@qcow2#{}", v.availability_zone));
-        view["migration_status"] = Value::Null;
-        view["os-vol-mig-status-attr:migstat"] = Value::Null;
-        view["os-vol-mig-status-attr:name_id"] = Value::Null;
+        out["migration_status"] = Value::Null;
     }
-    view
+    if view == View::Base {
+        return out;
+    }
+    let target = Target { project_id: Some(&v.project_id), ..Target::default() };
+    if auth.authorize(Action::VolumeTenantAttribute, &target).is_ok() {
+        out["os-vol-tenant-attr:tenant_id"] = json!(v.project_id);
+    }
+    if auth.authorize(Action::VolumeHostAttribute, &target).is_ok() {
+        out["os-vol-host-attr:host"] = json!(format!("novabox@qcow2#{}", v.availability_zone));
+        out["os-vol-mig-status-attr:migstat"] = Value::Null;
+        out["os-vol-mig-status-attr:name_id"] = Value::Null;
+    }
+    // cinder's image metadata extension adds the key only to volumes made from an image.
+    if let Some(image) = &v.source_image_id {
+        out["volume_image_metadata"] = json!({"image_id": image});
+    }
+    out
 }
 
 /// The volume when the caller may see it; another project's is "not found".
@@ -205,7 +152,7 @@ pub async fn list_detail(
     check_project(&auth, &project_id)?;
     let base = base_url(&headers, &state.config);
     let list = listed(&state, &auth, &q)?;
-    Ok(Json(json!({"volumes": list.iter().map(|v| detail(v, &base, &auth)).collect::<Vec<_>>()})))
+    Ok(Json(json!({"volumes": list.iter().map(|v| detail(v, &base, &auth, View::Extended)).collect::<Vec<_>>()})))
 }
 
 pub async fn show(
@@ -216,7 +163,7 @@ pub async fn show(
 ) -> ApiResult<Json<Value>> {
     check_project(&auth, &project_id)?;
     let v = find(&state, &auth, &id)?;
-    Ok(Json(json!({"volume": detail(&v, &base_url(&headers, &state.config), &auth)})))
+    Ok(Json(json!({"volume": detail(&v, &base_url(&headers, &state.config), &auth, View::Extended)})))
 }
 
 fn body_object(body: Result<Json<Value>, axum::extract::rejection::JsonRejection>) -> ApiResult<Map<String, Value>> {
@@ -297,7 +244,7 @@ pub async fn create(
         }
     }
     if let Some(t) = text_field(&o, "volume_type", 255)? {
-        if t != "__DEFAULT__" {
+        if !super::types::is_default(&t) {
             return Err(ApiError::not_found(format!("Volume type with name {t} could not be found.")));
         }
     }
@@ -305,8 +252,11 @@ pub async fn create(
     let (volume, image) = state.db.tx(|db| -> ApiResult<_> {
         let image = match &image_ref {
             Some(image_id) => {
-                let img = super::compute::servers::bootable_image(db, image_id, auth.project_id(), auth.is_admin())
-                    .map_err(|e| ApiError::bad_request(format!("Invalid input for field/attribute imageRef: {}", e.message)))?;
+                let img =
+                    crate::api::compute::servers::bootable_image(db, image_id, auth.project_id(), auth.is_admin())
+                        .map_err(|e| {
+                            ApiError::bad_request(format!("Invalid input for field/attribute imageRef: {}", e.message))
+                        })?;
                 let needed = img.virtual_size.or(img.size).unwrap_or(0).max(img.min_disk << 30);
                 if needed > size << 30 {
                     return Err(ApiError::bad_request(format!(
@@ -315,28 +265,12 @@ pub async fn create(
                         (needed as u64).div_ceil(1 << 30)
                     )));
                 }
-                crate::images::image_meta(db, &state.home, image_id)?
+                crate::images::data_meta(db, &state.home, image_id)?
             }
             None => None,
         };
         // The check and the insert under one lock, so concurrent creates cannot both pass.
-        let (used_volumes, used_gb) = db.volume_usage(auth.project_id())?;
-        let (max_volumes, max_gb) = db.volume_quotas(auth.project_id())?;
-        if max_volumes >= 0 && used_volumes + 1 > max_volumes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("VolumeLimitExceeded: Maximum number of volumes allowed ({max_volumes}) exceeded for quota 'volumes'."),
-            ));
-        }
-        if max_gb >= 0 && used_gb + size > max_gb {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed gigabytes quota. \
-                     Requested {size}G, quota is {max_gb}G and {used_gb}G has been consumed."
-                ),
-            ));
-        }
+        super::quotas::check_create(db, auth.project_id(), size)?;
         let volume = db.insert_volume(&NewVolume {
             id: id.clone(),
             name: name.clone(),
@@ -357,7 +291,7 @@ pub async fn create(
         let _ = crate::volumes::build(&db, &home, &vid, image.as_ref()).await;
     });
     let base = base_url(&headers, &state.config);
-    Ok((StatusCode::ACCEPTED, Json(json!({"volume": detail(&volume, &base, &auth)}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(json!({"volume": detail(&volume, &base, &auth, View::Base)}))).into_response())
 }
 
 pub async fn update(
@@ -381,7 +315,7 @@ pub async fn update(
     let description = text_field(&o, "description", 255)?.or(text_field(&o, "display_description", 255)?);
     state.db.with(|db| db.update_volume_text(&id, name.as_deref(), description.as_deref()))?;
     let v = find(&state, &auth, &id)?;
-    Ok(Json(json!({"volume": detail(&v, &base_url(&headers, &state.config), &auth)})))
+    Ok(Json(json!({"volume": detail(&v, &base_url(&headers, &state.config), &auth, View::Base)})))
 }
 
 /// What cinder says when a volume cannot be deleted in its state.
@@ -413,6 +347,3 @@ pub async fn delete(
     tracing::info!(volume = %id, "volume deleted");
     Ok(StatusCode::ACCEPTED)
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,305 @@
+//! What a hostile tenant tried against the compute API (issue 14), through the real router
+//! over a real database: each test is one attack, answered as nova answers it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+
+use crate::api::hostile_input::SinkBus;
+use crate::api::testing::{Cloud, Reply};
+
+/// A cloud whose builds are accepted and go nowhere (no scheduler runs here).
+fn cloud() -> Cloud {
+    Cloud::new().with_bus(Arc::new(SinkBus))
+}
+
+async fn call_at(c: &Cloud, version: &str, method: Method, uri: &str, token: &str, body: Option<Value>) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "127.0.0.1:8774")
+        .header("x-auth-token", token)
+        .header("openstack-api-version", format!("compute {version}"))
+        .header("content-type", "application/json");
+    let body = body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty);
+    c.send(req.body(body).expect("request")).await
+}
+
+/// An active image owned by `owner`, with `properties`.
+fn image(c: &Cloud, name: &str, format: &str, owner: &str, visibility: &str, properties: &[(&str, &str)]) -> String {
+    let src = c.state.home.root().join(format!("{name}.src"));
+    std::fs::write(&src, b"image bytes").unwrap();
+    let props: BTreeMap<String, String> = properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let db = c.state.db.clone();
+    db.with(|db| crate::images::import_file(db, &c.state.home, &src, name, format, format, &props, visibility, owner))
+        .unwrap()
+        .id
+}
+
+fn boot(image: &str, flavor: &str) -> Value {
+    // No `networks`: these calls speak 2.1, where it is optional.
+    json!({"server": {"name": "vm", "imageRef": image, "flavorRef": flavor}})
+}
+
+fn message(r: &Reply) -> String {
+    let body = r.json();
+    body.as_object().and_then(|o| o.values().next()).and_then(|f| f["message"].as_str()).unwrap_or_default().into()
+}
+
+#[tokio::test]
+async fn another_projects_private_ramdisk_never_boots() {
+    let c = cloud();
+    let alt = c.token("alt").await;
+    let kernel = image(&c, "kernel", "aki", &c.admin_project, "public", &[]);
+    let secret = image(&c, "demo-ramdisk", "ari", &c.demo_project, "private", &[]);
+    let own = image(&c, "alt-ramdisk", "ari", &c.alt_project, "private", &[]);
+    let stolen =
+        image(&c, "alt-ami", "ami", &c.alt_project, "private", &[("kernel_id", &kernel), ("ramdisk_id", &secret)]);
+    let r = c.post("/compute/v2.1/servers", &alt, boot(&stolen, "1")).await;
+    assert_eq!((r.status, message(&r).as_str()), (StatusCode::BAD_REQUEST, "Can not find requested image"));
+    let r = c.get("/compute/v2.1/servers", &alt).await;
+    assert_eq!(r.json()["servers"].as_array().map(Vec::len), Some(0), "nothing was created: {}", r.text());
+    // A kernel of another project's is refused the same way; the owner's own links boot.
+    let k2 = image(&c, "alt-ami-2", "ami", &c.alt_project, "private", &[("kernel_id", &secret)]);
+    assert_eq!(c.post("/compute/v2.1/servers", &alt, boot(&k2, "1")).await.status, StatusCode::BAD_REQUEST);
+    let fine =
+        image(&c, "alt-ami-3", "ami", &c.alt_project, "private", &[("kernel_id", &kernel), ("ramdisk_id", &own)]);
+    let r = c.post("/compute/v2.1/servers", &alt, boot(&fine, "1")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+}
+
+#[tokio::test]
+async fn flavor_fields_are_bounded_and_usage_cannot_overflow() {
+    let c = cloud();
+    let admin = c.token("admin").await;
+    let base = json!({"name": "f", "ram": 64, "vcpus": 1, "disk": 1});
+    for (field, value) in [
+        ("OS-FLV-EXT-DATA:ephemeral", json!(9223372036854775807i64)),
+        ("swap", json!(9223372036854775807i64)),
+        ("swap", json!(-1)),
+        ("ram", json!(0)),
+        ("vcpus", json!(2147483648i64)),
+        ("disk", json!("lots")),
+        ("rxtx_factor", json!(0)),
+        ("id", json!(" padded")),
+        ("name", json!("nul\u{0}name")),
+    ] {
+        let mut body = base.clone();
+        body[field] = value.clone();
+        let r = c.post("/compute/v2.1/flavors", &admin, json!({ "flavor": body })).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}={value}: {}", r.text());
+    }
+    let r = c
+        .post(
+            "/compute/v2.1/flavors",
+            &admin,
+            json!({"flavor": {"name": "edge", "ram": 2147483647, "vcpus": 1,
+        "disk": 0, "OS-FLV-EXT-DATA:ephemeral": 2147483647, "swap": 2147483647, "id": "edge"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "the largest values nova takes: {}", r.text());
+}
+
+#[tokio::test]
+async fn a_flavor_that_was_used_can_be_deleted_and_its_servers_keep_it() {
+    let c = cloud();
+    let (admin, demo) = (c.token("admin").await, c.token("demo").await);
+    let img = image(&c, "disk", "raw", &c.admin_project, "public", &[]);
+    let flavor = json!({"flavor": {"name": "short-lived", "ram": 96, "vcpus": 1, "disk": 1, "swap": 32, "id": "gone"}});
+    let r = c.post("/compute/v2.1/flavors", &admin, flavor).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = c.post("/compute/v2.1/servers", &demo, boot(&img, "gone")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let kept = r.json()["server"]["id"].as_str().unwrap().to_string();
+    let r = c.post("/compute/v2.1/servers", &demo, boot(&img, "gone")).await;
+    let deleted = r.json()["server"]["id"].as_str().unwrap().to_string();
+    assert_eq!(c.delete(&format!("/compute/v2.1/servers/{deleted}"), &demo).await.status, StatusCode::NO_CONTENT);
+
+    let r = c.delete("/compute/v2.1/flavors/gone", &admin).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(c.get("/compute/v2.1/flavors/gone", &admin).await.status, StatusCode::NOT_FOUND);
+    let show = format!("/compute/v2.1/servers/{kept}");
+    let r = call_at(&c, "2.47", Method::GET, &show, &demo, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let f = &r.json()["server"]["flavor"];
+    assert_eq!(
+        (f["original_name"].as_str(), f["ram"].as_i64(), f["swap"].as_i64()),
+        (Some("short-lived"), Some(96), Some(32))
+    );
+    let r = c.get(&show, &demo).await;
+    assert_eq!(r.json()["server"]["flavor"]["id"], "gone", "{}", r.text());
+    // The id is free again, for a new flavor that has nothing to do with the old servers.
+    let again = json!({"flavor": {"name": "short-lived", "ram": 128, "vcpus": 2, "disk": 1, "id": "gone"}});
+    assert_eq!(c.post("/compute/v2.1/flavors", &admin, again).await.status, StatusCode::OK);
+    let r = call_at(&c, "2.47", Method::GET, &show, &demo, None).await;
+    assert_eq!(r.json()["server"]["flavor"]["ram"], 96);
+}
+
+#[tokio::test]
+async fn key_pair_and_metadata_quotas_are_enforced() {
+    let c = cloud();
+    let (admin, demo) = (c.token("admin").await, c.token("demo").await);
+    let public = super::keypairs::generate("quota").unwrap().0;
+    let key = |name: String| json!({"keypair": {"name": name, "public_key": public}});
+    for i in 0..100 {
+        let r = c.post("/compute/v2.1/os-keypairs", &demo, key(format!("k{i}"))).await;
+        assert_eq!(r.status, StatusCode::OK, "key {i}: {}", r.text());
+    }
+    let r = c.post("/compute/v2.1/os-keypairs", &demo, key("k100".into())).await;
+    assert_eq!((r.status, message(&r).as_str()), (StatusCode::FORBIDDEN, "Quota exceeded, too many key pairs."));
+    assert_eq!(c.get("/compute/v2.1/os-keypairs", &demo).await.json()["keypairs"].as_array().map(Vec::len), Some(100));
+    // The quota is the project's, for an admin to raise.
+    let uri = format!("/compute/v2.1/os-quota-sets/{}", c.demo_project);
+    assert_eq!(c.put(&uri, &admin, json!({"quota_set": {"key_pairs": 101}})).await.status, StatusCode::OK);
+    assert_eq!(c.post("/compute/v2.1/os-keypairs", &demo, key("k100".into())).await.status, StatusCode::OK);
+
+    let img = image(&c, "disk", "raw", &c.admin_project, "public", &[]);
+    let meta = |n: usize| -> Value { Value::Object((0..n).map(|i| (format!("m{i}"), json!("v"))).collect()) };
+    let mut body = boot(&img, "1");
+    body["server"]["metadata"] = meta(129);
+    let r = c.post("/compute/v2.1/servers", &demo, body.clone()).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (StatusCode::FORBIDDEN, "Maximum number of metadata items exceeds 128")
+    );
+    body["server"]["metadata"] = meta(128);
+    assert_eq!(c.post("/compute/v2.1/servers", &demo, body).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn forcing_or_requesting_a_host_is_for_admins() {
+    let c = cloud();
+    let (admin, demo) = (c.token("admin").await, c.token("demo").await);
+    let img = image(&c, "disk", "raw", &c.admin_project, "public", &[]);
+    let forced = "Policy doesn't allow os_compute_api:servers:create:forced_host to be performed.";
+    let mut by_zone = boot(&img, "1");
+    by_zone["server"]["availability_zone"] = json!("nova:some-host");
+    let r = c.post("/compute/v2.1/servers", &demo, by_zone.clone()).await;
+    assert_eq!((r.status, message(&r).as_str()), (StatusCode::FORBIDDEN, forced));
+    let mut by_hint = boot(&img, "1");
+    by_hint["os:scheduler_hints"] = json!({"force_host": "some-host"});
+    let r = c.post("/compute/v2.1/servers", &demo, by_hint).await;
+    assert_eq!((r.status, message(&r).as_str()), (StatusCode::FORBIDDEN, forced));
+    let mut by_body = boot(&img, "1");
+    by_body["server"]["host"] = json!("some-host");
+    by_body["server"]["networks"] = json!("none");
+    let r = call_at(&c, "2.73", Method::POST, "/compute/v2.1/servers", &demo, Some(by_body.clone())).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (StatusCode::BAD_REQUEST, "Additional properties are not allowed ('host' was unexpected)")
+    );
+    let r = call_at(&c, "2.74", Method::POST, "/compute/v2.1/servers", &demo, Some(by_body.clone())).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (StatusCode::FORBIDDEN, "Policy doesn't allow compute:servers:create:requested_destination to be performed.")
+    );
+    // An admin may, for a host that exists; none is registered in this cloud.
+    let r = call_at(&c, "2.74", Method::POST, "/compute/v2.1/servers", &admin, Some(by_body)).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (StatusCode::BAD_REQUEST, "Compute host some-host could not be found.")
+    );
+    let r = c.post("/compute/v2.1/servers", &admin, by_zone).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = c.get("/compute/v2.1/servers?all_tenants=1", &admin).await;
+    assert_eq!(r.json()["servers"].as_array().map(Vec::len), Some(0), "{}", r.text());
+}
+
+#[tokio::test]
+async fn private_flavors_are_for_admins_and_projects_given_access() {
+    let c = cloud();
+    let (admin, demo, alt) = (c.token("admin").await, c.token("demo").await, c.token("alt").await);
+    let img = image(&c, "disk", "raw", &c.admin_project, "public", &[]);
+    let private = json!({"flavor": {"name": "secret", "ram": 64, "vcpus": 1, "disk": 1, "id": "secret",
+        "os-flavor-access:is_public": false}});
+    let r = c.post("/compute/v2.1/flavors", &admin, private).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let ids = |r: Reply| -> Vec<String> {
+        r.json()["flavors"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap().to_string()).collect()
+    };
+    let secret = "secret".to_string();
+    for token in [&demo, &alt] {
+        for uri in ["/compute/v2.1/flavors?is_public=none", "/compute/v2.1/flavors/detail?is_public=false"] {
+            assert!(!ids(c.get(uri, token).await).contains(&secret), "{uri}");
+        }
+        assert_eq!(c.get("/compute/v2.1/flavors/secret", token).await.status, StatusCode::NOT_FOUND);
+        let r = c.post("/compute/v2.1/servers", token, boot(&img, "secret")).await;
+        assert_eq!((r.status, message(&r).as_str()), (StatusCode::BAD_REQUEST, "Flavor secret could not be found."));
+    }
+    assert!(ids(c.get("/compute/v2.1/flavors?is_public=none", &admin).await).contains(&secret));
+    let share = json!({"addTenantAccess": {"tenant": c.demo_project}});
+    let r = c.post("/compute/v2.1/flavors/secret/action", &demo, share.clone()).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (
+            StatusCode::FORBIDDEN,
+            "Policy doesn't allow os_compute_api:os-flavor-access:add_tenant_access to be performed."
+        )
+    );
+    let r = c.get("/compute/v2.1/flavors/secret/os-flavor-access", &admin).await;
+    assert_eq!(r.json()["flavor_access"], json!([]), "{}", r.text());
+    let r = c.post("/compute/v2.1/flavors/secret/action", &admin, share).await;
+    assert_eq!(r.json()["flavor_access"][0]["tenant_id"], json!(c.demo_project), "{}", r.text());
+    assert!(ids(c.get("/compute/v2.1/flavors", &demo).await).contains(&secret));
+    assert_eq!(c.get("/compute/v2.1/flavors/secret", &demo).await.status, StatusCode::OK);
+    assert_eq!(c.post("/compute/v2.1/servers", &demo, boot(&img, "secret")).await.status, StatusCode::ACCEPTED);
+    assert_eq!(c.get("/compute/v2.1/flavors/secret", &alt).await.status, StatusCode::NOT_FOUND);
+    let unshare = json!({"removeTenantAccess": {"tenant": c.demo_project}});
+    assert_eq!(c.post("/compute/v2.1/flavors/secret/action", &admin, unshare).await.status, StatusCode::OK);
+    assert_eq!(c.get("/compute/v2.1/flavors/secret", &demo).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn time_filters_and_names_are_validated() {
+    let c = cloud();
+    let demo = c.token("demo").await;
+    let r = c.get("/compute/v2.1/servers?changes-since=garbage", &demo).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "Invalid input for query parameters changes-since. Value: garbage. 'garbage' is not a 'date-time'"
+        )
+    );
+    let r = call_at(&c, "2.66", Method::GET, "/compute/v2.1/servers/detail?changes-before=garbage", &demo, None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = call_at(&c, "2.65", Method::GET, "/compute/v2.1/servers?changes-before=garbage", &demo, None).await;
+    assert_eq!(r.status, StatusCode::OK, "before 2.66 nova ignores changes-before: {}", r.text());
+    let uri = "/compute/v2.1/servers?changes-since=2030-01-02T00:00:00Z&changes-before=2030-01-01T00:00:00Z";
+    let r = call_at(&c, "2.66", Method::GET, uri, &demo, None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = c.get("/compute/v2.1/servers?changes-since=2020-01-01T00:00:00Z", &demo).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    let img = image(&c, "disk", "raw", &c.admin_project, "public", &[]);
+    let invalid = "An invalid 'name' value was provided. The name must be: printable characters. \
+                   Can not start or end with whitespace.";
+    for name in ["nul\u{0}byte", " padded", "bell\u{7}"] {
+        let mut body = boot(&img, "1");
+        body["server"]["name"] = json!(name);
+        let r = c.post("/compute/v2.1/servers", &demo, body).await;
+        assert_eq!((r.status, message(&r).as_str()), (StatusCode::BAD_REQUEST, invalid), "{name:?}");
+        let r = c.post("/compute/v2.1/os-keypairs", &demo, json!({"keypair": {"name": name}})).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "keypair {name:?}: {}", r.text());
+    }
+    let mut body = boot(&img, "1");
+    body["server"]["metadata"] = json!({"k\u{0}": "v"});
+    assert_eq!(c.post("/compute/v2.1/servers", &demo, body).await.status, StatusCode::BAD_REQUEST);
+    let r = c.post("/compute/v2.1/servers", &demo, boot(&img, "1")).await;
+    let id = r.json()["server"]["id"].as_str().unwrap().to_string();
+    let r = c.put(&format!("/compute/v2.1/servers/{id}"), &demo, json!({"server": {"name": "x\u{0}"}})).await;
+    assert_eq!((r.status, message(&r).as_str()), (StatusCode::BAD_REQUEST, invalid));
+    let r = call_at(
+        &c,
+        "2.19",
+        Method::PUT,
+        &format!("/compute/v2.1/servers/{id}"),
+        &demo,
+        Some(json!({"server": {"description": "x\u{0}"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+}
