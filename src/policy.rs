@@ -12,6 +12,11 @@
 
 use crate::bus::Context;
 
+/// The roles keystone's bootstrap makes, and which implies which: a token lists the implied
+/// roles too, so every rule below that asks for `member` is met by a manager or an admin.
+pub const DEFAULT_ROLES: &[&str] = &["admin", "manager", "member", "reader", "service"];
+pub const IMPLIED_ROLES: &[(&str, &str)] = &[("admin", "manager"), ("manager", "member"), ("member", "reader")];
+
 /// Who may take an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
@@ -25,8 +30,13 @@ pub enum Rule {
     /// `admin_or_network_owner`, which guards a port's address, MAC, security and owner).
     AdminOrNetworkOwner,
     /// The admin, or the user the target (a token) was issued to (keystone's
-    /// `identity:validate_token`: `admin_required or token_subject`).
+    /// `identity:validate_token`: `admin_required or token_subject`), or the user the target is
+    /// (`identity:get_user`: `admin_required or user_id:%(target.user.id)s`).
     AdminOrTokenSubject,
+    /// The admin, or a caller holding the member role (itself or through an implied role) on
+    /// its project: the default of every state-changing call of nova, neutron, glance and
+    /// cinder (`role:member and project_id:%(project_id)s`). A reader is refused.
+    ProjectMember,
 }
 
 /// The service whose policy file names an action; it decides the wording of a denial.
@@ -100,6 +110,15 @@ pub enum Action {
     VolumeTenantAttribute,
     /// `os-vol-host-attr:host` and the `os-vol-mig-status-attr:*` keys (omitted, not refused).
     VolumeHostAttribute,
+    // Issue 18: keystone's admin API and the reader/member personas of every service.
+    /// A keystone admin call, named by its policy (`identity:create_project`, ...).
+    IdentityAdmin(&'static str),
+    /// `identity:get_project`: the admin, or a caller scoped to that project.
+    IdentityGetProject,
+    /// `identity:get_user` and `identity:list_user_projects`: the admin, or the user itself.
+    IdentityGetUser,
+    /// Any state-changing call of a service's API ([`write_action`] says which).
+    ProjectMemberWrite(Service),
 }
 
 impl Action {
@@ -133,6 +152,12 @@ impl Action {
             Action::VolumeQuotaDelete => "volume_extension:quotas:delete",
             Action::VolumeTenantAttribute => "volume_extension:volume_tenant_attribute",
             Action::VolumeHostAttribute => "volume_extension:volume_host_attribute",
+            Action::IdentityAdmin(name) => name,
+            Action::IdentityGetProject => "identity:get_project",
+            Action::IdentityGetUser => "identity:get_user",
+            // The base rule of each service's defaults; upstream names the call's own policy.
+            Action::ProjectMemberWrite(Service::Compute | Service::Volume) => "project_member_api",
+            Action::ProjectMemberWrite(_) => "project_member",
         }
     }
 
@@ -159,11 +184,12 @@ impl Action {
             | NetworkPortUpdateBinding
             | NetworkQuotaShow
             | NetworkQuotaDelete => Service::Network,
-            IdentityValidateToken => Service::Identity,
+            IdentityValidateToken | IdentityAdmin(_) | IdentityGetProject | IdentityGetUser => Service::Identity,
             ImagePublicize => Service::Image,
             VolumeQuotaShow | VolumeQuotaUpdate | VolumeQuotaDelete | VolumeTenantAttribute | VolumeHostAttribute => {
                 Service::Volume
             }
+            ProjectMemberWrite(service) => service,
         }
     }
 
@@ -193,9 +219,12 @@ impl Action {
             | NetworkPortUpdateMacAddress
             | NetworkPortUpdateSecurity
             | NetworkPortUpdateDeviceOwner => Rule::AdminOrNetworkOwner,
-            IdentityValidateToken => Rule::AdminOrTokenSubject,
             VolumeQuotaShow => Rule::AdminOrOwner,
             VolumeQuotaUpdate | VolumeQuotaDelete | VolumeTenantAttribute | VolumeHostAttribute => Rule::Admin,
+            IdentityValidateToken | IdentityGetUser => Rule::AdminOrTokenSubject,
+            IdentityAdmin(_) => Rule::Admin,
+            IdentityGetProject => Rule::AdminOrOwner,
+            ProjectMemberWrite(_) => Rule::ProjectMember,
         }
     }
 }
@@ -225,12 +254,27 @@ pub fn check(caller: &Context, action: Action, target: &Target<'_>) -> Result<()
         Rule::AdminOrOwner => caller.is_admin || same(target.project_id, caller.project_id.as_deref()),
         Rule::AdminOrNetworkOwner => caller.is_admin || same(target.network_project_id, caller.project_id.as_deref()),
         Rule::AdminOrTokenSubject => caller.is_admin || same(target.user_id, caller.user_id.as_deref()),
+        Rule::ProjectMember => caller.is_admin || caller.roles.iter().any(|r| r == "member"),
     };
     if allowed {
         Ok(())
     } else {
         Err(Denied(action))
     }
+}
+
+/// The persona action a request to `service` needs, if any: every call that changes state
+/// needs the member role, except what upstream lets any user do for itself (nova's keypairs
+/// belong to the user, not the project). Keystone's calls are checked one by one instead.
+pub fn write_action(service: Service, method: &axum::http::Method, path: &str) -> Option<Action> {
+    let reads = [axum::http::Method::GET, axum::http::Method::HEAD, axum::http::Method::OPTIONS];
+    if service == Service::Identity || reads.contains(method) {
+        return None;
+    }
+    if service == Service::Compute && path.contains("/os-keypairs") {
+        return None;
+    }
+    Some(Action::ProjectMemberWrite(service))
 }
 
 /// The 403's text, in the words of the service whose policy said no.

@@ -38,7 +38,8 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// An authenticated caller: a valid `X-Auth-Token` scoped to a project.
+/// An authenticated caller: a valid `X-Auth-Token` scoped to a project (or, for keystone's
+/// own API, to a domain or the system).
 #[derive(Debug, Clone)]
 pub struct Auth {
     pub context: Context,
@@ -83,21 +84,28 @@ impl FromRequestParts<AppState> for Auth {
         let token = parts.headers.get("x-auth-token").and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
         let hash = token_hash(token);
         let record = state.db.with(|db| db.valid_token(&hash))?.ok_or_else(unauthorized)?;
-        let Some(project_id) = record.project_id.clone() else {
+        let family = parts.extensions.get::<super::fault::Family>().copied();
+        // Only keystone's own API takes domain- and system-scoped tokens; every other service
+        // acts in a project.
+        let scoped_elsewhere =
+            (record.domain_id.is_some() || record.system) && family == Some(super::fault::Family::Identity);
+        if record.project_id.is_none() && !scoped_elsewhere {
             return Err(ApiError::unauthorized(
                 "This token is not scoped to a project; ask for a project-scoped token.",
             ));
-        };
+        }
+        let project_id = record.project_id.clone();
         let request_id =
             parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_else(Context::new_request_id);
         let remote_address =
             parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
+        // The token's roles include the implied ones (an admin is a member and a reader too).
         let roles: Vec<String> = record.roles.iter().map(|(_, name)| name.clone()).collect();
-        Ok(Auth {
+        let auth = Auth {
             context: Context {
                 request_id,
                 user_id: Some(record.user_id),
-                project_id: Some(project_id),
+                project_id,
                 is_admin: roles.iter().any(|r| r == "admin"),
                 roles,
                 remote_address,
@@ -106,6 +114,15 @@ impl FromRequestParts<AppState> for Auth {
             },
             user_name: record.user_name,
             project_name: record.project_name.unwrap_or_default(),
-        })
+        };
+        // The personas: whatever changes state in a service needs what its default policy
+        // asks (a member of the project), checked here once rather than in every handler.
+        if let Some(family) = family {
+            if let Some(action) = crate::policy::write_action(family.policy_service(), &parts.method, parts.uri.path())
+            {
+                auth.authorize(action, &crate::policy::Target::default())?;
+            }
+        }
+        Ok(auth)
     }
 }

@@ -108,6 +108,18 @@ pub enum Family {
 }
 
 impl Family {
+    /// The service whose policy file speaks for this family.
+    pub fn policy_service(self) -> crate::policy::Service {
+        use crate::policy::Service;
+        match self {
+            Family::Identity => Service::Identity,
+            Family::Compute => Service::Compute,
+            Family::Image => Service::Image,
+            Family::Network => Service::Network,
+            Family::Volume => Service::Volume,
+        }
+    }
+
     pub fn render(self, err: &ApiError) -> Response {
         let status = err.status;
         let code = status.as_u16();

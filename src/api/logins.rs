@@ -95,6 +95,13 @@ impl Logins {
         tokio::task::spawn_blocking(move || crate::secrets::verify_password(&password, &hash)).await.unwrap_or(false)
     }
 
+    /// Hashes a new password on the blocking pool, sharing the permits of [`Logins::verify`]
+    /// (a hash costs what a check does). `None` when the hasher failed.
+    pub async fn hash(&self, password: String) -> Option<String> {
+        let _permit = self.hashing.acquire().await.ok()?;
+        tokio::task::spawn_blocking(move || crate::secrets::hash_password(&password).ok()).await.ok().flatten()
+    }
+
     /// Counts a wrong password (or an unknown user) against the user and the source.
     pub fn failed(&self, user_id: Option<&str>, source: Option<IpAddr>) {
         let now = Instant::now();

@@ -52,8 +52,10 @@ impl AppState {
 
 /// Wraps a service's router so its errors, unknown routes and wrong methods get the
 /// service's error body.
+/// The family also rides along as a request extension, so [`context::Auth`] knows whose
+/// default policy (the member persona for writes) applies.
 fn service(router: Router<AppState>, family: Family) -> Router<AppState> {
-    router.layer(middleware::from_fn(move |req, next| render_faults(family, req, next)))
+    router.layer(middleware::from_fn(move |req, next| render_faults(family, req, next))).layer(axum::Extension(family))
 }
 
 pub fn router(state: AppState) -> Router {

@@ -1,6 +1,7 @@
 //! In-process HTTP tests: the real API router over a temporary home, driven with
 //! `tower::ServiceExt::oneshot`, with users and projects seeded as `novabox init` seeds them
-//! (admin in `admin`, demo in `demo`) plus a second ordinary project `alt` for tenancy tests.
+//! (admin in `admin`, demo in `demo`) plus a second ordinary project `alt` for tenancy tests,
+//! and `reader`, who holds only the reader role in `demo`.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -81,22 +82,35 @@ impl Cloud {
         let home = Home::at(dir.path());
         home.create_dirs().expect("home");
         let db = Db::open(&home.db_file(), OpenOptions::default()).expect("db");
-        let admin_role = db.ensure_role("admin").unwrap();
-        let member_role = db.ensure_role("member").unwrap();
-        let reader_role = db.ensure_role("reader").unwrap();
+        let roles = db.ensure_default_roles().unwrap();
+        let (admin_role, member_role, reader_role) = (&roles["admin"], &roles["member"], &roles["reader"]);
         let mut projects = Vec::new();
         for (user, project, roles) in [
-            ("admin", "admin", vec![&admin_role, &member_role, &reader_role]),
-            ("demo", "demo", vec![&member_role, &reader_role]),
-            ("alt", "alt", vec![&member_role, &reader_role]),
+            ("admin", "admin", vec![admin_role, member_role, reader_role]),
+            ("demo", "demo", vec![member_role, reader_role]),
+            ("alt", "alt", vec![member_role, reader_role]),
         ] {
             let pid = db.ensure_project(project, "").unwrap();
             let (uid, _) = db.ensure_user(user, password_hash(), &pid).unwrap();
             for r in roles {
                 db.assign_role(&uid, &pid, r).unwrap();
             }
+            if user == "admin" {
+                // keystone's bootstrap makes the admin an admin of the system too.
+                let system = crate::db::identity::ScopedAssignment {
+                    actor_type: "user".into(),
+                    actor_id: uid.clone(),
+                    scope_type: "system".into(),
+                    scope_id: "all".into(),
+                    role_id: admin_role.clone(),
+                };
+                db.assign_scoped_role(&system).unwrap();
+            }
             projects.push(pid);
         }
+        // The reader persona: only the reader role, in demo's project.
+        let (reader, _) = db.ensure_user("reader", password_hash(), &projects[1]).unwrap();
+        db.assign_role(&reader, &projects[1], reader_role).unwrap();
         db.ensure_project("service", "").unwrap();
         db.seed_default_flavors().unwrap();
         let mut config = Config::default();
@@ -121,11 +135,18 @@ impl Cloud {
         self
     }
 
-    /// A project-scoped token for `user` (admin, demo or alt), through the identity API.
+    /// A project-scoped token for `user` (admin, demo, alt, or reader in demo's project),
+    /// through the identity API.
     pub async fn token(&self, user: &str) -> String {
+        let project = if user == "reader" { "demo" } else { user };
+        self.token_in(user, project).await
+    }
+
+    /// A token for `user` scoped to the project named `project`.
+    pub async fn token_in(&self, user: &str, project: &str) -> String {
         let body = json!({"auth": {
             "identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"id": "default"}, "password": PASSWORD}}},
-            "scope": {"project": {"name": user, "domain": {"id": "default"}}},
+            "scope": {"project": {"name": project, "domain": {"id": "default"}}},
         }});
         let r = self.call(Method::POST, "/identity/v3/auth/tokens", None, Some(body)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());

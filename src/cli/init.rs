@@ -343,9 +343,9 @@ fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
     let demo_project = db.ensure_project("demo", "Project for the demo user")?;
     let alt_project = db.ensure_project("alt_demo", "A second project, to try isolation between projects")?;
     db.ensure_project("service", "Project for novabox's own services")?;
-    let admin_role = db.ensure_role("admin")?;
-    let member_role = db.ensure_role("member")?;
-    let reader_role = db.ensure_role("reader")?;
+    let roles = db.ensure_default_roles()?;
+    let role = |name: &str| roles.get(name).cloned().ok_or_else(|| anyhow::anyhow!("role {name} missing"));
+    let (admin_role, member_role, reader_role) = (role("admin")?, role("member")?, role("reader")?);
     for (name, password, project, roles) in [
         ("admin", &secrets.admin_password, &admin_project, vec![&admin_role, &member_role, &reader_role]),
         ("demo", &secrets.demo_password, &demo_project, vec![&member_role, &reader_role]),
@@ -363,6 +363,14 @@ fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
     // admin can act in the demo project too, as in DevStack.
     if let Some(admin) = db.user_by_name("admin")? {
         db.assign_role(&admin.id, &demo_project, &admin_role)?;
+        // keystone's bootstrap makes the admin an admin of the system too.
+        db.assign_scoped_role(&novabox::db::identity::ScopedAssignment {
+            actor_type: "user".into(),
+            actor_id: admin.id.clone(),
+            scope_type: "system".into(),
+            scope_id: "all".into(),
+            role_id: admin_role.clone(),
+        })?;
     }
     Ok(secrets)
 }

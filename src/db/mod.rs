@@ -7,6 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 
+pub mod appcreds;
 pub mod flavors;
 pub mod identity;
 pub mod images;
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_trace_spans_unique.sql"),
     include_str!("migrations/0007_tokens_per_user.sql"),
     include_str!("migrations/0009_instances_keep_their_flavor.sql"),
+    include_str!("migrations/0010_identity_admin.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -12,6 +12,12 @@ pub struct TokenRecord {
     pub user_name: String,
     pub project_id: Option<String>,
     pub project_name: Option<String>,
+    /// Set for a domain-scoped token.
+    pub domain_id: Option<String>,
+    /// A system-scoped token.
+    pub system: bool,
+    /// The application credential the token was made with; its roles are the most it has.
+    pub application_credential_id: Option<String>,
     pub methods: Vec<String>,
     pub issued_at: String,
     pub expires_at: String,
@@ -25,6 +31,9 @@ pub struct NewToken<'a> {
     pub audit_id: &'a str,
     pub user_id: &'a str,
     pub project_id: Option<&'a str>,
+    pub domain_id: Option<&'a str>,
+    pub system: bool,
+    pub application_credential_id: Option<&'a str>,
     pub methods: &'a [String],
     pub issued_at: &'a str,
     pub expires_at: &'a str,
@@ -37,9 +46,21 @@ impl Db {
         let methods = serde_json::to_string(t.methods).unwrap_or_else(|_| "[]".into());
         let tx = self.begin()?;
         tx.execute(
-            "INSERT INTO tokens (token_hash, audit_id, user_id, project_id, methods, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![t.token_hash, t.audit_id, t.user_id, t.project_id, methods, t.issued_at, t.expires_at],
+            "INSERT INTO tokens (token_hash, audit_id, user_id, project_id, domain_id, system, methods, issued_at,
+                                 expires_at, application_credential_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                t.token_hash,
+                t.audit_id,
+                t.user_id,
+                t.project_id,
+                t.domain_id,
+                t.system,
+                methods,
+                t.issued_at,
+                t.expires_at,
+                t.application_credential_id
+            ],
         )?;
         // Expired tokens are useless; dropping them here keeps the table small without a timer.
         tx.execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
@@ -61,15 +82,20 @@ impl Db {
     }
 
     /// The token's record when it is known, not revoked, not expired, and its user and
-    /// project are enabled.
+    /// project, and their domains, are enabled (a deleted one is disabled too), and the user
+    /// still has a role on the project.
     pub fn valid_token(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
         let row = self
             .conn()
             .query_row(
-                "SELECT t.audit_id, t.user_id, u.name, t.project_id, p.name, t.methods, t.issued_at, t.expires_at
-                 FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN projects p ON p.id = t.project_id
-                 WHERE t.token_hash = ?1 AND t.revoked = 0 AND t.expires_at > ?2 AND u.enabled = 1
-                   AND (t.project_id IS NULL OR p.enabled = 1)",
+                "SELECT t.audit_id, t.user_id, u.name, t.project_id, p.name, t.methods, t.issued_at, t.expires_at,
+                        t.domain_id, t.system, t.application_credential_id
+                 FROM tokens t JOIN users u ON u.id = t.user_id JOIN domains ud ON ud.id = u.domain_id
+                 LEFT JOIN projects p ON p.id = t.project_id LEFT JOIN domains pd ON pd.id = p.domain_id
+                 LEFT JOIN domains sd ON sd.id = t.domain_id
+                 WHERE t.token_hash = ?1 AND t.revoked = 0 AND t.expires_at > ?2 AND u.enabled = 1 AND ud.enabled = 1
+                   AND (t.project_id IS NULL OR (p.enabled = 1 AND pd.enabled = 1))
+                   AND (t.domain_id IS NULL OR sd.enabled = 1)",
                 params![token_hash, now()],
                 |r| {
                     Ok(TokenRecord {
@@ -81,6 +107,9 @@ impl Db {
                         methods: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
                         issued_at: r.get(6)?,
                         expires_at: r.get(7)?,
+                        domain_id: r.get(8)?,
+                        system: r.get(9)?,
+                        application_credential_id: r.get(10)?,
                         roles: Vec::new(),
                     })
                 },
@@ -88,13 +117,53 @@ impl Db {
             .optional()?;
         let Some(mut rec) = row else { return Ok(None) };
         if let Some(project_id) = &rec.project_id {
-            let mut stmt = self.conn().prepare(
-                "SELECT r.id, r.name FROM role_assignments a JOIN roles r ON r.id = a.role_id
-                 WHERE a.user_id = ?1 AND a.project_id = ?2 ORDER BY r.name",
-            )?;
-            rec.roles = stmt
-                .query_map(params![rec.user_id, project_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+            // keystone lists the implied roles too: a member's token says reader as well.
+            rec.roles = self.effective_roles(&rec.user_id, project_id)?.into_iter().map(|r| (r.id, r.name)).collect();
+            if let Some(id) = &rec.application_credential_id {
+                // An application credential's token has its roles (and what they imply), and
+                // only while the user still holds them; it ends with the credential.
+                let Some(cred) =
+                    self.app_cred(id)?.filter(|c| c.expires_at.as_deref().is_none_or(|e| e > now().as_str()))
+                else {
+                    return Ok(None);
+                };
+                let implied = self.implied_roles()?;
+                let mut allowed = cred.roles.clone();
+                let mut i = 0;
+                while i < allowed.len() {
+                    let prior = allowed[i].clone();
+                    for (p, r) in &implied {
+                        if p.id == prior && !allowed.contains(&r.id) {
+                            allowed.push(r.id.clone());
+                        }
+                    }
+                    i += 1;
+                }
+                rec.roles.retain(|(id, _)| allowed.contains(id));
+            }
+            // keystone recomputes the roles at validation: a token of a user who lost every
+            // role on its project (a revoked grant, a group left) is no longer valid.
+            if rec.roles.is_empty() {
+                return Ok(None);
+            }
+        } else if let Some(domain_id) = &rec.domain_id {
+            rec.roles = self
+                .effective_scoped_roles(&rec.user_id, "domain", domain_id)?
+                .into_iter()
+                .map(|r| (r.id, r.name))
+                .collect();
+            if rec.roles.is_empty() {
+                return Ok(None);
+            }
+        } else if rec.system {
+            rec.roles = self
+                .effective_scoped_roles(&rec.user_id, "system", "all")?
+                .into_iter()
+                .map(|r| (r.id, r.name))
+                .collect();
+            if rec.roles.is_empty() {
+                return Ok(None);
+            }
         }
         Ok(Some(rec))
     }
@@ -124,6 +193,9 @@ mod tests {
                 audit_id: hash,
                 user_id: user,
                 project_id: None,
+                domain_id: None,
+                system: false,
+                application_credential_id: None,
                 methods: &methods,
                 issued_at: &issued,
                 expires_at: "2099-12-31T00:00:00Z",

@@ -6,13 +6,13 @@ use std::process::Command;
 
 use crate::common::*;
 
-fn venv_bin(name: &str) -> PathBuf {
+pub(crate) fn venv_bin(name: &str) -> PathBuf {
     let p = manifest_dir().join(".build/venv/bin").join(name);
     assert!(p.exists(), "{} is missing: run scripts/install-clients (scripts/test does)", p.display());
     p
 }
 
-fn image_file(home: &TestHome) -> PathBuf {
+pub(crate) fn image_file(home: &TestHome) -> PathBuf {
     let p = home.path().join("disk.raw");
     let bytes: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     std::fs::write(&p, bytes).unwrap();
@@ -20,7 +20,7 @@ fn image_file(home: &TestHome) -> PathBuf {
 }
 
 /// `openstack --os-cloud novabox args..` against this home, whatever its outcome.
-fn osc_output(home: &TestHome, args: &[&str]) -> std::process::Output {
+pub(crate) fn osc_output(home: &TestHome, args: &[&str]) -> std::process::Output {
     run(Command::new(venv_bin("openstack"))
         .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
         .env_remove("OS_CLOUD")
@@ -28,7 +28,7 @@ fn osc_output(home: &TestHome, args: &[&str]) -> std::process::Output {
         .args(args))
 }
 
-fn osc(home: &TestHome, args: &[&str]) -> String {
+pub(crate) fn osc(home: &TestHome, args: &[&str]) -> String {
     let out = osc_output(home, args);
     assert!(
         out.status.success(),
@@ -40,7 +40,7 @@ fn osc(home: &TestHome, args: &[&str]) -> String {
     stdout(&out)
 }
 
-fn osc_json(home: &TestHome, args: &[&str]) -> serde_json::Value {
+pub(crate) fn osc_json(home: &TestHome, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.extend(["-f", "json"]);
     let text = osc(home, &all);

@@ -8,6 +8,7 @@ mod compute;
 mod doctor;
 mod guestkit;
 mod guests;
+mod identity;
 mod init;
 mod libvirt;
 mod network;
