@@ -1438,7 +1438,6 @@ async fn compute_killed_mid_spawn_reconciles_on_restart() {
     let stack = home.up(&[]);
     let api = Api::new(&stack);
     let admin = api.token(&stack, "admin").await;
-    let demo = api.token(&stack, "demo").await;
     let image = api.public_image(&admin).await;
 
     // The second host: a slow fake hypervisor (4 s per spawn), so the kill lands mid-spawn.
@@ -1460,7 +1459,8 @@ async fn compute_killed_mid_spawn_reconciles_on_restart() {
     };
     let mut ids = Vec::new();
     for i in 0..3 {
-        let r = api.call(&demo, Method::POST, "/compute/v2.1/servers", Some(boot(format!("mid-spawn-{i}")))).await;
+        // Forcing a host is an admin's right (nova's forced_host policy).
+        let r = api.call(&admin, Method::POST, "/compute/v2.1/servers", Some(boot(format!("mid-spawn-{i}")))).await;
         assert_eq!(r.status, 202, "{}", r.body);
         ids.push(r.body["server"]["id"].as_str().expect("id").to_string());
     }
@@ -1495,7 +1495,7 @@ async fn compute_killed_mid_spawn_reconciles_on_restart() {
         }
     }
     // The restarted service works: a new boot lands on it and goes ACTIVE.
-    let r = api.call(&demo, Method::POST, "/compute/v2.1/servers", Some(boot("after-restart".into()))).await;
+    let r = api.call(&admin, Method::POST, "/compute/v2.1/servers", Some(boot("after-restart".into()))).await;
     assert_eq!(r.status, 202, "{}", r.body);
     let after = settled_rows(&home, Duration::from_secs(60)).await;
     let new_id = r.body["server"]["id"].as_str().expect("id");
