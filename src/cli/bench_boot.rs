@@ -142,6 +142,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<std::process::ExitCode> {
                 Some(json!({"quota_set": {"instances": n, "cores": n, "ram": n * 64}})),
             )
             .await?;
+        // Each server has a port: neutron's port quota (500 by default) must hold them too.
+        admin.network(Method::PUT, &format!("/quotas/{demo_id}"), Some(json!({"quota": {"port": -1}}))).await?;
         let image = admin
             .image(
                 Method::POST,

@@ -587,21 +587,22 @@ impl Db {
     }
 
     /// The number of live instances whose `filter` column is `value`, and the sums of their
-    /// `columns`. Summed here with saturating integers rather than by SQLite, whose integer
-    /// arithmetic turns into floating point on overflow (`root_gb + ephemeral_gb`) or fails
-    /// (`sum`): one absurd flavor must not stop every placement and quota check (issue 14).
+    /// `columns`. SQLite's `sum` fails on an integer overflow and its `+` turns into floating
+    /// point, so one absurd flavor (issue 14) could stop every placement and quota check.
+    /// `total` always sums in floating point, exactly for any realistic usage (below 2^53),
+    /// and Rust's float-to-integer cast saturates past `i64::MAX`: the scan stays in SQLite,
+    /// which is what keeps placement fast with thousands of instances.
     fn usage_sums<const N: usize>(&self, filter: &str, value: &str, columns: [&str; N]) -> Result<(i64, [i64; N])> {
-        let sql = format!("SELECT {} FROM instances WHERE {filter} = ?1 AND deleted = 0", columns.join(", "));
+        let totals: Vec<String> = columns.iter().map(|c| format!("total({c})")).collect();
+        let sql = format!("SELECT count(*), {} FROM instances WHERE {filter} = ?1 AND deleted = 0", totals.join(", "));
         let mut stmt = self.conn().prepare_cached(&sql)?;
-        let mut rows = stmt.query([value])?;
-        let (mut count, mut sums) = (0i64, [0i64; N]);
-        while let Some(row) = rows.next()? {
+        Ok(stmt.query_row([value], |row| {
+            let mut sums = [0i64; N];
             for (i, sum) in sums.iter_mut().enumerate() {
-                *sum = sum.saturating_add(row.get::<_, i64>(i)?);
+                *sum = row.get::<_, f64>(i + 1)? as i64;
             }
-            count += 1;
-        }
-        Ok((count, sums))
+            Ok((row.get::<_, i64>(0)?, sums))
+        })?)
     }
 
     pub fn block_devices(&self, uuid: &str) -> Result<Vec<NewBlockDevice>> {
