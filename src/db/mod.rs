@@ -299,24 +299,13 @@ impl SharedDb {
     /// A panic in another holder does not make the data unusable (its transaction was rolled
     /// back), so a poisoned lock is taken over.
     ///
-    /// Called from an async task, waiting for the connection would stall the tokio worker and
-    /// every task queued on it, so when the connection is busy the wait and the query move off
-    /// the async threads (`block_in_place` hands the worker's tasks to another thread first).
-    /// An idle connection is taken at once: most queries take microseconds, less than the hand-off.
+    /// The lock is held for a query's microseconds, on the calling thread: nothing slow may run
+    /// under it (password hashing runs on the blocking pool, see `api::logins`). Handing every
+    /// contended wait to `block_in_place` was tried and cost a third of `bench boot`'s
+    /// throughput in thread hand-offs; a dedicated database thread is the way to take the
+    /// queries off the async workers.
     pub fn with<T>(&self, f: impl FnOnce(&Db) -> T) -> T {
-        if let Ok(guard) = self.0.try_lock() {
-            return f(&guard);
-        }
-        let wait_and_run = || {
-            let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            f(&guard)
-        };
-        let on_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if on_worker {
-            tokio::task::block_in_place(wait_and_run)
-        } else {
-            wait_and_run()
-        }
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
     }
 }
