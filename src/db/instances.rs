@@ -594,15 +594,28 @@ impl Db {
     /// which is what keeps placement fast with thousands of instances.
     fn usage_sums<const N: usize>(&self, filter: &str, value: &str, columns: [&str; N]) -> Result<(i64, [i64; N])> {
         let totals: Vec<String> = columns.iter().map(|c| format!("total({c})")).collect();
-        let sql = format!("SELECT count(*), {} FROM instances WHERE {filter} = ?1 AND deleted = 0", totals.join(", "));
+        // `total` reads text as 0; a row whose usage is not a number is an error to report,
+        // as reading it one row at a time was, not usage to ignore.
+        let unreadable: Vec<String> =
+            columns.iter().map(|c| format!("typeof({c}) NOT IN ('integer', 'real')")).collect();
+        let sql = format!(
+            "SELECT count(*), coalesce(sum({}), 0), {} FROM instances WHERE {filter} = ?1 AND deleted = 0",
+            unreadable.join(" OR "),
+            totals.join(", ")
+        );
         let mut stmt = self.conn().prepare_cached(&sql)?;
-        Ok(stmt.query_row([value], |row| {
+        let (count, bad, sums) = stmt.query_row([value], |row| {
             let mut sums = [0i64; N];
             for (i, sum) in sums.iter_mut().enumerate() {
-                *sum = row.get::<_, f64>(i + 1)? as i64;
+                *sum = row.get::<_, f64>(i + 2)? as i64;
             }
-            Ok((row.get::<_, i64>(0)?, sums))
-        })?)
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, sums))
+        })?;
+        if bad > 0 {
+            let what = format!("{bad} instance row(s) of {filter} {value} hold usage that is not a number");
+            return Err(rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into()).into());
+        }
+        Ok((count, sums))
     }
 
     pub fn block_devices(&self, uuid: &str) -> Result<Vec<NewBlockDevice>> {
