@@ -194,12 +194,10 @@ pub(super) async fn user_groups(
 
 /// The project, group and role of a group grant URL, each looked up.
 fn grant_parts(db: &Db, project: &str, group: &str, role: Option<&str>) -> ApiResult<Option<Role>> {
-    db.project_by_id(project)?.ok_or_else(|| not_found("project", project))?;
-    db.group_by_id(group)?.ok_or_else(|| not_found("group", group))?;
-    match role {
-        Some(r) => Ok(Some(db.role_by_id(r)?.ok_or_else(|| not_found("role", r))?)),
-        None => Ok(None),
-    }
+    super::roles::project_grant_parts(db, project, role, || {
+        db.group_by_id(group)?.ok_or_else(|| not_found("group", group))?;
+        Ok(())
+    })
 }
 
 pub(super) async fn grant(
@@ -255,11 +253,8 @@ pub(super) async fn list_grants(
     auth.authorize(Action::IdentityAdmin("identity:list_grants"), &Target::default())?;
     let roles = state.db.with(|db| -> ApiResult<Vec<Role>> {
         grant_parts(db, &project, &group, None)?;
-        let mut roles = Vec::new();
-        for a in db.group_assignments(Some(&group), Some(&project), None)? {
-            roles.extend(db.role_by_id(&a.role_id)?);
-        }
-        Ok(roles)
+        let assignments = db.group_assignments(Some(&group), Some(&project), None)?;
+        super::roles::roles_of(db, assignments.iter().map(|a| a.role_id.as_str()))
     })?;
     Ok(Json(json!({
         "roles": roles.iter().map(|r| super::roles::render(&headers, &state, r)).collect::<Vec<_>>(),

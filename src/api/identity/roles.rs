@@ -96,12 +96,35 @@ pub(super) async fn inferences(
 
 /// The project, user and role of a grant URL, each looked up (404 in keystone's words).
 fn grant_parts(db: &Db, project: &str, user: &str, role: Option<&str>) -> ApiResult<Option<Role>> {
+    project_grant_parts(db, project, role, || {
+        db.user_by_id(user)?.ok_or_else(|| not_found("user", user))?;
+        Ok(())
+    })
+}
+
+/// What a grant on a project names must exist, checked in keystone's order: the project,
+/// the subject (`subject_exists`: a user or a group), then the role when one is named.
+pub(super) fn project_grant_parts(
+    db: &Db,
+    project: &str,
+    role: Option<&str>,
+    subject_exists: impl FnOnce() -> ApiResult<()>,
+) -> ApiResult<Option<Role>> {
     db.project_by_id(project)?.ok_or_else(|| not_found("project", project))?;
-    db.user_by_id(user)?.ok_or_else(|| not_found("user", user))?;
+    subject_exists()?;
     match role {
         Some(r) => Ok(Some(db.role_by_id(r)?.ok_or_else(|| not_found("role", r))?)),
         None => Ok(None),
     }
+}
+
+/// The roles of a list of assignments, in its order; an assignment whose role is gone is skipped.
+pub(super) fn roles_of<'a>(db: &Db, role_ids: impl IntoIterator<Item = &'a str>) -> ApiResult<Vec<Role>> {
+    let mut roles = Vec::new();
+    for id in role_ids {
+        roles.extend(db.role_by_id(id)?);
+    }
+    Ok(roles)
 }
 
 pub(super) fn no_grant(project: &str, user: &str, role: &str) -> ApiError {
@@ -165,11 +188,8 @@ pub(super) async fn list_grants(
     auth.authorize(Action::IdentityAdmin("identity:list_grants"), &Target::default())?;
     let roles = state.db.with(|db| -> ApiResult<Vec<Role>> {
         grant_parts(db, &project, &user, None)?;
-        let mut roles = Vec::new();
-        for a in db.assignments(Some(&user), Some(&project), None)? {
-            roles.extend(db.role_by_id(&a.role_id)?);
-        }
-        Ok(roles)
+        let assignments = db.assignments(Some(&user), Some(&project), None)?;
+        roles_of(db, assignments.iter().map(|a| a.role_id.as_str()))
     })?;
     Ok(Json(json!({
         "roles": roles.iter().map(|r| render(&headers, &state, r)).collect::<Vec<_>>(),
@@ -425,11 +445,9 @@ async fn list_scoped(
     auth.authorize(Action::IdentityAdmin("identity:list_grants"), &Target::default())?;
     let roles = state.db.with(|db| -> ApiResult<Vec<Role>> {
         g.check(db, None)?;
-        let mut roles = Vec::new();
-        for a in db.scoped_assignments(Some(g.actor_type), Some(&g.actor_id), Some(g.scope_type), Some(&g.scope_id))? {
-            roles.extend(db.role_by_id(&a.role_id)?);
-        }
-        Ok(roles)
+        let assignments =
+            db.scoped_assignments(Some(g.actor_type), Some(&g.actor_id), Some(g.scope_type), Some(&g.scope_id))?;
+        roles_of(db, assignments.iter().map(|a| a.role_id.as_str()))
     })?;
     Ok(Json(json!({
         "roles": roles.iter().map(|r| render(headers, state, r)).collect::<Vec<_>>(),
