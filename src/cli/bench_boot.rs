@@ -51,6 +51,29 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU time (user + system) the process has used so far. Unlike wall-clock throughput it does not
+/// depend on what else the machine runs, so it compares builds measured on a busy machine.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of proc_pid_stat(5): 11 and 12 counted from the state.
+    let hz = clock_ticks_per_sec();
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
 pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -156,6 +179,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<std::process::ExitCode> {
         let idle_rss = rss_mib(pid);
 
         // Boot.
+        let cpu_before = cpu_time(pid);
         let started = Instant::now();
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -187,6 +211,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         let boot_wall = started.elapsed();
+        let boot_cpu = cpu_time(pid).saturating_sub(cpu_before);
         let active_rss = rss_mib(pid);
         latencies.sort();
 
@@ -216,6 +241,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<std::process::ExitCode> {
         println!("  boots/s                {:>8.1}", args.servers as f64 / boot_wall.as_secs_f64());
         println!("  create->ACTIVE p50     {:>8.1} ms", percentile(&latencies, 0.50).as_secs_f64() * 1000.0);
         println!("  create->ACTIVE p95     {:>8.1} ms", percentile(&latencies, 0.95).as_secs_f64() * 1000.0);
+        println!("  stack CPU per boot     {:>8.2} ms", boot_cpu.as_secs_f64() * 1000.0 / args.servers as f64);
         println!("  delete all             {:>8.0} ms ({:.1} deletes/s)", delete_wall.as_secs_f64() * 1000.0, args.servers as f64 / delete_wall.as_secs_f64());
         println!("  stack RSS idle         {idle_rss:>8.1} MiB");
         println!("  stack RSS {:>5} ACTIVE {active_rss:>8.1} MiB", args.servers);

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 
 pub mod appcreds;
+mod conn;
 pub mod flavors;
 pub mod identity;
 pub mod images;
@@ -79,7 +80,7 @@ pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 /// One connection to a home's database.
 pub struct Db {
-    conn: Connection,
+    conn: conn::Conn,
     path: PathBuf,
 }
 
@@ -145,7 +146,7 @@ impl Db {
             .to_latest(&mut conn)
             .map_err(|e| DbError::Migrate { path: path.to_path_buf(), detail: e.to_string() })?;
         conn.pragma_update(None, "application_id", APPLICATION_ID).map_err(corrupt)?;
-        Ok(Db { conn, path: path.to_path_buf() })
+        Ok(Db { conn: conn::Conn::new(conn), path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {
@@ -166,7 +167,7 @@ impl Db {
         }
     }
 
-    pub(crate) fn conn(&self) -> &Connection {
+    pub(crate) fn conn(&self) -> &conn::Conn {
         &self.conn
     }
 }

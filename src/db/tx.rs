@@ -8,8 +8,7 @@
 
 use std::ops::Deref;
 
-use rusqlite::Connection;
-
+use super::conn::Conn;
 use super::{Db, Result};
 
 /// The savepoint name of nested transactions. SQLite keeps a stack of savepoints, and RELEASE or
@@ -19,7 +18,7 @@ const SAVEPOINT: &str = "novabox_nested";
 /// An open transaction (or savepoint, when nested). Dropped without [`Tx::commit`] it rolls
 /// back, which is what an early `?` return or a panic needs.
 pub(crate) struct Tx<'a> {
-    conn: &'a Connection,
+    conn: &'a Conn,
     nested: bool,
     finished: bool,
 }
@@ -70,8 +69,8 @@ impl Tx<'_> {
 }
 
 impl Deref for Tx<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
         self.conn
     }
 }
