@@ -225,7 +225,7 @@ pub(super) fn attr(img: &Image, key: &str) -> Option<String> {
         "id" => Some(img.id.clone()),
         "name" => img.name.clone(),
         "owner" => img.owner.clone(),
-        "status" => Some(img.status.clone()),
+        "status" => Some(img.status.to_string()),
         "disk_format" => img.disk_format.clone(),
         "container_format" => img.container_format.clone(),
         "protected" => Some(img.protected.to_string()),
@@ -341,7 +341,7 @@ pub(super) async fn list_images(
         let marker = match &q.marker {
             Some(m) => Some(
                 db.image_row_including_deleted(m)?
-                    .filter(|i| i.status == "deleted" || can_see(&auth, i))
+                    .filter(|i| i.status == ImageStatus::Deleted || can_see(&auth, i))
                     .ok_or_else(|| bad(format!("Invalid marker. Image {m} could not be found.")))?,
             ),
             None => None,
@@ -440,7 +440,7 @@ pub fn apply_patch(auth: &Auth, img: &mut Image, ops: &Value) -> ApiResult<()> {
                     img.protected = v.as_bool().ok_or_else(|| schema_error(format!("{v} is not of type 'boolean'")))?
                 }
                 "disk_format" | "container_format" => {
-                    if img.status != "queued" {
+                    if !img.status.formats_settable() {
                         return Err(ApiError::forbidden(format!(
                             "Attribute {key} can be only replaced for a queued image."
                         )));

@@ -29,7 +29,7 @@ fn image(id: &str, owner: &str, visibility: &str, name: &str) -> Image {
         id: id.into(),
         name: Some(name.into()),
         owner: Some(owner.into()),
-        status: "queued".into(),
+        status: ImageStatus::Queued,
         visibility: visibility.into(),
         protected: false,
         disk_format: None,
