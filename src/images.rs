@@ -16,7 +16,7 @@ use crate::db::{Db, DbError};
 use crate::home::Home;
 
 pub mod status;
-pub use status::ImageStatus;
+pub use status::{ImageStatus, MemberStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -276,7 +276,7 @@ impl Viewer<'_> {
         self.is_admin
             || (!self.project_id.is_empty() && img.owner.as_deref() == Some(self.project_id))
             || matches!(img.visibility.as_str(), "public" | "community")
-            || (img.visibility == "shared" && img.member_status(self.project_id) == Some("accepted"))
+            || (img.visibility == "shared" && img.member_status(self.project_id).is_some_and(MemberStatus::lists_image))
     }
 }
 
@@ -530,7 +530,7 @@ mod tests {
         db.save_image(&shared).unwrap();
         db.add_image_member(&secret.id, &alt).unwrap();
         assert!(image_meta(&db, &home, &ami.id, &as_alt).is_err(), "a pending member may not boot it");
-        db.set_image_member_status(&secret.id, &alt, "accepted").unwrap();
+        db.set_image_member_status(&secret.id, &alt, MemberStatus::Accepted).unwrap();
         let meta = image_meta(&db, &home, &ami.id, &as_alt).unwrap().unwrap();
         assert_eq!(meta.ramdisk.unwrap().id, secret.id);
         // `nokernel` means neither, as nova reads it.

@@ -221,7 +221,9 @@ pub fn recover(db: &SharedDb, home: &Home) -> Result<(), VolumeError> {
 pub fn release_instance_volumes(db: &crate::db::Db, home: &Home, instance_uuid: &str) -> Result<(), VolumeError> {
     for a in db.instance_volume_attachments(instance_uuid)? {
         db.release_volume_attachment(&a.volume_id, instance_uuid)?;
-        if a.delete_on_termination && db.set_volume_status(&a.volume_id, VolumeStatus::DELETABLE, VolumeStatus::Deleting)? {
+        if a.delete_on_termination
+            && db.set_volume_status(&a.volume_id, VolumeStatus::DELETABLE, VolumeStatus::Deleting)?
+        {
             if let Some(v) = db.volume(&a.volume_id)? {
                 delete(db, home, &v)?;
                 tracing::info!(volume = %a.volume_id, instance = %instance_uuid, "volume deleted with its instance");

@@ -68,7 +68,8 @@ async fn smoke(global: &GlobalArgs, args: &SmokeArgs) -> Result<(), Failed> {
         .is_some_and(|r| r["driver"] == "fake");
     let image = step("find an image", async {
         let list = client.image(Method::GET, "/images", None).await?;
-        let active = list["images"].as_array().into_iter().flatten().find(|i| i["status"] == ImageStatus::Active.as_str());
+        let active =
+            list["images"].as_array().into_iter().flatten().find(|i| i["status"] == ImageStatus::Active.as_str());
         if let Some(id) = active.and_then(|i| i["id"].as_str()) {
             return Ok(id.to_string());
         }

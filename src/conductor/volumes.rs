@@ -124,6 +124,7 @@ impl Conductor {
 
     /// Compute plugged the volume in (or could not: `error`).
     pub(super) fn volume_attach_done(&self, a: VolumeOutcome<'_>) -> Result<Value, RemoteError> {
+        let attaching = Some(VolumeStatus::Attaching);
         // The outcome and its fault together, or neither.
         self.db
             .tx(|db| -> crate::db::Result<()> {
@@ -133,9 +134,7 @@ impl Conductor {
                     }
                     // Only an attach still pending fails: a second report of one that went
                     // through (a redelivered cast) must not take the volume from the guest.
-                    Some(why)
-                        if db.release_volume_attachment_from(a.volume_id, a.instance_uuid, Some(VolumeStatus::Attaching))? =>
-                    {
+                    Some(why) if db.release_volume_attachment_from(a.volume_id, a.instance_uuid, attaching)? => {
                         db.add_instance_fault(a.instance_uuid, 500, &format!("Volume attach failed: {why}"), "", None)?;
                     }
                     Some(why) => tracing::info!(volume = %a.volume_id, "late attach failure ignored: {why}"),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{now, Db, DbError, Result};
-use crate::images::ImageStatus;
+use crate::images::{ImageStatus, MemberStatus};
 
 /// An image as glance shows it, with its extra properties, tags and members.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +41,8 @@ pub struct Image {
 
 impl Image {
     /// The status of `project_id`'s membership, if it is a member.
-    pub fn member_status(&self, project_id: &str) -> Option<&str> {
-        self.members.iter().find(|m| m.member == project_id).map(|m| m.status.as_str())
+    pub fn member_status(&self, project_id: &str) -> Option<MemberStatus> {
+        self.members.iter().find(|m| m.member == project_id).map(|m| m.status)
     }
 }
 
@@ -50,8 +50,7 @@ impl Image {
 pub struct ImageMember {
     pub image_id: String,
     pub member: String,
-    /// pending, accepted, rejected
-    pub status: String,
+    pub status: MemberStatus,
     pub created_at: String,
 }
 
@@ -325,8 +324,8 @@ impl Db {
     pub fn add_image_member(&self, image_id: &str, member: &str) -> Result<ImageMember> {
         let ts = now();
         match self.conn().execute(
-            "INSERT INTO image_members (image_id, member, status, created_at) VALUES (?1, ?2, 'pending', ?3)",
-            params![image_id, member, ts],
+            "INSERT INTO image_members (image_id, member, status, created_at) VALUES (?1, ?2, ?4, ?3)",
+            params![image_id, member, ts, MemberStatus::Pending],
         ) {
             Ok(_) => {}
             Err(e) if is_constraint(&e) => {
@@ -334,11 +333,16 @@ impl Db {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(ImageMember { image_id: image_id.into(), member: member.into(), status: "pending".into(), created_at: ts })
+        Ok(ImageMember {
+            image_id: image_id.into(),
+            member: member.into(),
+            status: MemberStatus::Pending,
+            created_at: ts,
+        })
     }
 
     /// False when `member` is not a member of the image.
-    pub fn set_image_member_status(&self, image_id: &str, member: &str, status: &str) -> Result<bool> {
+    pub fn set_image_member_status(&self, image_id: &str, member: &str, status: MemberStatus) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE image_members SET status = ?3 WHERE image_id = ?1 AND member = ?2",
             params![image_id, member, status],
@@ -425,9 +429,11 @@ mod tests {
         let img = db.create_image(&new_image("a")).unwrap();
         db.add_image_member(&img.id, "p2").unwrap();
         assert!(matches!(db.add_image_member(&img.id, "p2"), Err(DbError::Conflict(_))));
-        assert!(db.set_image_member_status(&img.id, "p2", "accepted").unwrap());
+        assert_eq!(img.member_status("p2"), None);
+        assert_eq!(db.image_by_id(&img.id).unwrap().unwrap().member_status("p2"), Some(MemberStatus::Pending));
+        assert!(db.set_image_member_status(&img.id, "p2", MemberStatus::Accepted).unwrap());
         let img2 = db.image_by_id(&img.id).unwrap().unwrap();
-        assert_eq!(img2.member_status("p2"), Some("accepted"));
+        assert_eq!(img2.member_status("p2"), Some(MemberStatus::Accepted));
         assert!(db.remove_image_member(&img.id, "p2").unwrap());
         assert!(!db.remove_image_member(&img.id, "p2").unwrap());
 

@@ -452,10 +452,7 @@ pub(crate) mod tests {
         let in_flight = |host: &str| -> Vec<(String, VolumeStatus)> {
             db.volumes_in_flight(host).unwrap().into_iter().map(|a| (a.volume_id, a.status)).collect()
         };
-        assert_eq!(
-            in_flight("h1"),
-            [("v1".into(), VolumeStatus::Attaching), ("v2".into(), VolumeStatus::Detaching)]
-        );
+        assert_eq!(in_flight("h1"), [("v1".into(), VolumeStatus::Attaching), ("v2".into(), VolumeStatus::Detaching)]);
         assert!(in_flight("h2").is_empty(), "another host's volumes are not this host's work");
         // A build or a delete in progress owns its volumes.
         settle(VmState::Active, Some(TaskState::Deleting));

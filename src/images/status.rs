@@ -26,6 +26,23 @@ states! {
     }
 }
 
+states! {
+    /// A project's answer to an image shared with it (glance's image member status).
+    MemberStatus {
+        /// Shared with the project, which has not answered: the image is not in its list.
+        Pending = "pending",
+        Accepted = "accepted",
+        Rejected = "rejected",
+    }
+}
+
+impl MemberStatus {
+    /// Whether the member's project lists and boots the image: only once it accepted it.
+    pub fn lists_image(self) -> bool {
+        self == MemberStatus::Accepted
+    }
+}
+
 impl ImageStatus {
     /// The statuses an image may move to from this one: glance's `Image.valid_state_targets`.
     pub fn targets(self) -> &'static [ImageStatus] {
@@ -69,6 +86,18 @@ impl ImageStatus {
 #[cfg(test)]
 mod tests {
     use super::ImageStatus::{self, *};
+    use super::MemberStatus;
+
+    #[test]
+    fn member_statuses_are_glance_s() {
+        assert_eq!(MemberStatus::NAMES, ["pending", "accepted", "rejected"]);
+        for m in MemberStatus::ALL {
+            assert_eq!(m.as_str().parse::<MemberStatus>(), Ok(*m));
+        }
+        assert!("all".parse::<MemberStatus>().is_err(), "`all` is a list filter, not a status");
+        let listed: Vec<_> = MemberStatus::ALL.iter().filter(|m| m.lists_image()).collect();
+        assert_eq!(listed, [&MemberStatus::Accepted]);
+    }
 
     #[test]
     fn names_are_glance_s_and_round_trip() {

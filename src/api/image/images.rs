@@ -115,7 +115,8 @@ pub(super) fn values_of(v: &str) -> Vec<String> {
 }
 
 pub fn parse_list_query(pairs: &[(String, String)]) -> ApiResult<ListQuery> {
-    let mut q = ListQuery { limit: DEFAULT_LIMIT, member_status: "accepted".into(), ..ListQuery::default() };
+    let mut q =
+        ListQuery { limit: DEFAULT_LIMIT, member_status: MemberStatus::Accepted.to_string(), ..ListQuery::default() };
     let mut sort_keys: Vec<String> = Vec::new();
     let mut sort_dirs: Vec<String> = Vec::new();
     for (k, v) in pairs {
@@ -143,7 +144,7 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> ApiResult<ListQuery> {
                 q.visibility = Some(v.clone());
             }
             "member_status" => {
-                if !["pending", "accepted", "rejected", "all"].contains(&v.as_str()) {
+                if v != "all" && v.parse::<MemberStatus>().is_err() {
                     return Err(bad(format!("Invalid status: {v}")));
                 }
                 q.member_status = v.clone();
@@ -244,7 +245,7 @@ pub(super) fn listed(auth: &Auth, q: &ListQuery, img: &Image) -> bool {
     let me = auth.project_id();
     let mine = img.owner.as_deref() == Some(me);
     let member_ok = |img: &Image| match img.member_status(me) {
-        Some(s) => q.member_status == "all" || q.member_status == s,
+        Some(s) => q.member_status == "all" || q.member_status == s.as_str(),
         None => false,
     };
     let visible = match q.visibility.as_deref() {

@@ -18,7 +18,7 @@ use super::context::Auth;
 use super::fault::{ApiError, ApiResult};
 use super::{base_url, AppState};
 use crate::db::images::{Image, NewImage};
-use crate::images::{self as store, ImageError, ImageStatus, ImageWriter};
+use crate::images::{self as store, ImageError, ImageStatus, ImageWriter, MemberStatus};
 
 pub fn router() -> Router<AppState> {
     Router::new()

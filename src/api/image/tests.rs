@@ -82,7 +82,7 @@ fn list_visibility_rules() {
     shared.members.push(crate::db::images::ImageMember {
         image_id: "s".into(),
         member: "p2".into(),
-        status: "pending".into(),
+        status: MemberStatus::Pending,
         created_at: String::new(),
     });
     let all = vec![
