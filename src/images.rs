@@ -15,6 +15,9 @@ use crate::db::images::{Image, NewImage, StoredData};
 use crate::db::{Db, DbError};
 use crate::home::Home;
 
+pub mod status;
+pub use status::{ImageStatus, MemberStatus};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error(
@@ -186,8 +189,8 @@ fn virtual_size(disk_format: Option<&str>, head: &[u8], size: u64) -> Option<u64
 
 /// The data file of an active image, or `None` when it has no data yet (or was deleted).
 pub fn file_path(home: &Home, image: &Image) -> Option<PathBuf> {
-    match (&image.status[..], &image.path) {
-        ("active", Some(rel)) => Some(home.images_dir().join(rel)),
+    match &image.path {
+        Some(rel) if image.status.has_data() => Some(home.images_dir().join(rel)),
         _ => None,
     }
 }
@@ -230,7 +233,7 @@ pub fn import_file(
         tags: Default::default(),
     })?;
     let stored = (|| {
-        if !db.set_image_status(&image.id, "queued", "saving")? {
+        if !image.status.can_upload() || !db.set_image_status(&image.id, image.status, ImageStatus::Saving)? {
             return Err(ImageError::NotQueued(image.id.clone()));
         }
         // A local import is the operator's own file: `[images] max_upload_mb` guards the API only.
@@ -273,7 +276,7 @@ impl Viewer<'_> {
         self.is_admin
             || (!self.project_id.is_empty() && img.owner.as_deref() == Some(self.project_id))
             || matches!(img.visibility.as_str(), "public" | "community")
-            || (img.visibility == "shared" && img.member_status(self.project_id) == Some("accepted"))
+            || (img.visibility == "shared" && img.member_status(self.project_id).is_some_and(MemberStatus::lists_image))
     }
 }
 
@@ -527,7 +530,7 @@ mod tests {
         db.save_image(&shared).unwrap();
         db.add_image_member(&secret.id, &alt).unwrap();
         assert!(image_meta(&db, &home, &ami.id, &as_alt).is_err(), "a pending member may not boot it");
-        db.set_image_member_status(&secret.id, &alt, "accepted").unwrap();
+        db.set_image_member_status(&secret.id, &alt, MemberStatus::Accepted).unwrap();
         let meta = image_meta(&db, &home, &ami.id, &as_alt).unwrap().unwrap();
         assert_eq!(meta.ramdisk.unwrap().id, secret.id);
         // `nokernel` means neither, as nova reads it.
@@ -549,7 +552,7 @@ mod tests {
         std::fs::write(&src, b"guest bytes").unwrap();
         let props: BTreeMap<String, String> = [("hw_rng_model".to_string(), "virtio".to_string())].into();
         let img = import_file(&db, &home, &src, "tiny", "raw", "bare", &props, "public", &owner).unwrap();
-        assert_eq!(img.status, "active");
+        assert_eq!(img.status, ImageStatus::Active);
         assert_eq!(img.size, Some(11));
         assert_eq!(img.properties["hw_rng_model"], "virtio");
         let path = file_path(&home, &img).unwrap();

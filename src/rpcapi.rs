@@ -51,7 +51,7 @@ pub struct RequestedNetwork {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeInFlight {
     pub instance_uuid: String,
-    pub status: String,
+    pub status: crate::volumes::VolumeStatus,
     pub disk: VolumeDisk,
 }
 

@@ -13,6 +13,9 @@ use crate::compute::virt::ImageMeta;
 use crate::db::{DbError, SharedDb};
 use crate::home::Home;
 
+pub mod status;
+pub use status::{AttachStatus, VolumeStatus};
+
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error("volumes need qemu-img, which is not installed: sudo apt-get install qemu-utils")]
@@ -188,8 +191,8 @@ pub fn recover(db: &SharedDb, home: &Home) -> Result<(), VolumeError> {
     let volumes = db.with(|db| db.volumes(None))?;
     for v in volumes {
         let Some(path) = v.path.as_deref().and_then(|rel| file_path(home, rel)) else { continue };
-        match v.status.as_str() {
-            "creating" => {
+        match v.status {
+            VolumeStatus::Creating => {
                 let dir = path.parent().unwrap_or(Path::new("."));
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("volume");
                 for f in [path.clone(), dir.join(format!(".{name}.part"))] {
@@ -203,7 +206,7 @@ pub fn recover(db: &SharedDb, home: &Home) -> Result<(), VolumeError> {
                     tracing::warn!(volume = %v.id, "volume create lost in a restart; volume set to error");
                 }
             }
-            "deleting" => {
+            VolumeStatus::Deleting => {
                 db.with(|db| delete(db, home, &v))?;
                 tracing::info!(volume = %v.id, "finished a volume delete interrupted by a restart");
             }
@@ -218,7 +221,9 @@ pub fn recover(db: &SharedDb, home: &Home) -> Result<(), VolumeError> {
 pub fn release_instance_volumes(db: &crate::db::Db, home: &Home, instance_uuid: &str) -> Result<(), VolumeError> {
     for a in db.instance_volume_attachments(instance_uuid)? {
         db.release_volume_attachment(&a.volume_id, instance_uuid)?;
-        if a.delete_on_termination && db.set_volume_status(&a.volume_id, &["available"], "deleting")? {
+        if a.delete_on_termination
+            && db.set_volume_status(&a.volume_id, VolumeStatus::DELETABLE, VolumeStatus::Deleting)?
+        {
             if let Some(v) = db.volume(&a.volume_id)? {
                 delete(db, home, &v)?;
                 tracing::info!(volume = %a.volume_id, instance = %instance_uuid, "volume deleted with its instance");
@@ -248,27 +253,27 @@ mod tests {
         let home = Home::at(t.path());
         let dir = t.path().join("volumes");
         std::fs::create_dir_all(&dir).unwrap();
-        let add = |id: &str, status: &str| {
+        let add = |id: &str, status: VolumeStatus| {
             let mut v = crate::db::volumes::tests::new_volume(id, 1);
             v.path = file_name(id);
             db.with(|db| {
                 db.insert_volume(&v)?;
-                db.set_volume_status(id, &["creating"], status)
+                db.set_volume_status(id, &[VolumeStatus::Creating], status)
             })
             .unwrap();
             std::fs::write(dir.join(file_name(id)), b"x").unwrap();
         };
-        add("creating-one", "creating");
+        add("creating-one", VolumeStatus::Creating);
         std::fs::write(dir.join(format!(".{}.part", file_name("creating-one"))), b"half").unwrap();
-        add("deleting-one", "deleting");
-        add("kept-one", "available");
+        add("deleting-one", VolumeStatus::Deleting);
+        add("kept-one", VolumeStatus::Available);
 
         recover(&db, &home).unwrap();
         let lost = db.with(|db| db.volume("creating-one")).unwrap().unwrap();
-        assert_eq!(lost.status, "error");
+        assert_eq!(lost.status, VolumeStatus::Error);
         assert_eq!(lost.fault.as_deref(), Some(LOST_CREATE));
         assert!(db.with(|db| db.volume("deleting-one")).unwrap().is_none());
-        assert_eq!(db.with(|db| db.volume("kept-one")).unwrap().unwrap().status, "available");
+        assert_eq!(db.with(|db| db.volume("kept-one")).unwrap().unwrap().status, VolumeStatus::Available);
         let mut left: Vec<String> =
             std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         left.sort();

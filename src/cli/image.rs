@@ -14,6 +14,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use novabox::image_import::{self, Checksum, Source};
+use novabox::images::ImageStatus;
 
 use super::GlobalArgs;
 
@@ -191,7 +192,7 @@ async fn verify_stored(client: &novabox::client::Client, id: &str, md5: &str) ->
     // The upload answers once the data is stored; a moment's grace for a slow status update.
     for _ in 0..50 {
         let image = client.image(Method::GET, &format!("/images/{id}"), None).await?;
-        if image["status"] == "active" {
+        if image["status"] == ImageStatus::Active.as_str() {
             if image["checksum"].as_str() != Some(md5) {
                 bail!("the image service stored different data (md5 {}, sent {md5})", image["checksum"]);
             }

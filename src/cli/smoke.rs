@@ -9,6 +9,8 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use novabox::images::ImageStatus;
+
 use super::GlobalArgs;
 
 /// `smoke` exit code when a step failed (the step and the reason are printed).
@@ -66,7 +68,8 @@ async fn smoke(global: &GlobalArgs, args: &SmokeArgs) -> Result<(), Failed> {
         .is_some_and(|r| r["driver"] == "fake");
     let image = step("find an image", async {
         let list = client.image(Method::GET, "/images", None).await?;
-        let active = list["images"].as_array().into_iter().flatten().find(|i| i["status"] == "active");
+        let active =
+            list["images"].as_array().into_iter().flatten().find(|i| i["status"] == ImageStatus::Active.as_str());
         if let Some(id) = active.and_then(|i| i["id"].as_str()) {
             return Ok(id.to_string());
         }

@@ -21,6 +21,7 @@ use crate::db::services::NodeReport;
 use crate::rpcapi::{
     compute_topic, ComputeRequest, ConductorApi, Notifier, RequestSpec, RequestedNetworks, RpcRequest,
 };
+use crate::volumes::VolumeStatus;
 
 pub struct ComputeManager {
     host: String,
@@ -223,10 +224,10 @@ impl ComputeManager {
         for w in work {
             tracing::info!(instance = %w.instance_uuid, volume = %w.disk.volume_id, status = %w.status,
                 "finishing a volume operation interrupted by a restart");
-            match w.status.as_str() {
-                "attaching" => self.attach_volume(ctx, &w.instance_uuid, &w.disk).await,
-                "detaching" => self.detach_volume(ctx, &w.instance_uuid, &w.disk.volume_id).await,
-                other => tracing::warn!(volume = %w.disk.volume_id, status = other, "not a volume operation"),
+            match w.status {
+                VolumeStatus::Attaching => self.attach_volume(ctx, &w.instance_uuid, &w.disk).await,
+                VolumeStatus::Detaching => self.detach_volume(ctx, &w.instance_uuid, &w.disk.volume_id).await,
+                other => tracing::warn!(volume = %w.disk.volume_id, status = %other, "not a volume operation"),
             }
         }
     }

@@ -2,13 +2,11 @@
 //! and the API status derived from them (`api/openstack/common.py`). The names are the wire
 //! format and the database's, so they travel as the strings they always were.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-/// Declares a state enum with its nova names, and its text conversions.
+/// Declares a state enum with its upstream names, and its text, JSON and SQL conversions.
+/// Image and volume statuses use it too (`images::status`, `volumes::status`).
 macro_rules! states {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
@@ -19,8 +17,10 @@ macro_rules! states {
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// Every name, in declaration order (a query filter checks against them).
+            pub const NAMES: &'static [&'static str] = &[$($text,)+];
 
-            /// nova's name, as the database, the bus and the API carry it.
+            /// The upstream name, as the database, the bus and the API carry it.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)+
@@ -28,48 +28,49 @@ macro_rules! states {
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownState;
-            fn from_str(s: &str) -> Result<Self, UnknownState> {
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::compute::states::UnknownState;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    other => Err(UnknownState { kind: stringify!($name), value: other.to_string() }),
+                    other => Err($crate::compute::states::UnknownState::new(stringify!($name), other)),
                 }
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                text.parse().map_err(serde::de::Error::custom)
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <String as ::serde::Deserialize>::deserialize(d)?;
+                text.parse().map_err(<D::Error as ::serde::de::Error>::custom)
             }
         }
 
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
+        impl ::rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> ::rusqlite::Result<::rusqlite::types::ToSqlOutput<'_>> {
+                Ok(::rusqlite::types::ToSqlOutput::from(self.as_str()))
             }
         }
 
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                value.as_str()?.parse().map_err(|e| FromSqlError::Other(Box::new(e)))
+        impl ::rusqlite::types::FromSql for $name {
+            fn column_result(value: ::rusqlite::types::ValueRef<'_>) -> ::rusqlite::types::FromSqlResult<Self> {
+                value.as_str()?.parse().map_err(|e| ::rusqlite::types::FromSqlError::Other(Box::new(e)))
             }
         }
     };
 }
+pub(crate) use states;
 
 /// A name that is not one of the enum's (a row or a message from a newer build, or a typo).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +78,12 @@ macro_rules! states {
 pub struct UnknownState {
     kind: &'static str,
     value: String,
+}
+
+impl UnknownState {
+    pub(crate) fn new(kind: &'static str, value: &str) -> UnknownState {
+        UnknownState { kind, value: value.to_string() }
+    }
 }
 
 states! {

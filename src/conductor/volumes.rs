@@ -11,13 +11,14 @@ use crate::db::volumes::{NewVolume, VolumeAttachment};
 use crate::db::Db;
 use crate::home::Home;
 use crate::rpcapi::VolumeInFlight;
+use crate::volumes::VolumeStatus;
 
 /// The disks of an instance's attached volumes, as a driver plugs them in.
 pub fn volume_disks(db: &Db, home: &Home, instance_uuid: &str) -> crate::db::Result<Vec<VolumeDisk>> {
     Ok(db
         .instance_volume_attachments(instance_uuid)?
         .into_iter()
-        .filter(|a| a.status == "in-use")
+        .filter(|a| a.status == VolumeStatus::InUse)
         .filter_map(|a| disk(home, a))
         .collect())
 }
@@ -114,7 +115,7 @@ impl Conductor {
         let work: Vec<VolumeInFlight> = list
             .into_iter()
             .filter_map(|att| {
-                let (instance_uuid, status) = (att.instance_uuid.clone(), att.status.clone());
+                let (instance_uuid, status) = (att.instance_uuid.clone(), att.status);
                 disk(&self.home, att).map(|disk| VolumeInFlight { instance_uuid, status, disk })
             })
             .collect();
@@ -123,6 +124,7 @@ impl Conductor {
 
     /// Compute plugged the volume in (or could not: `error`).
     pub(super) fn volume_attach_done(&self, a: VolumeOutcome<'_>) -> Result<Value, RemoteError> {
+        let attaching = Some(VolumeStatus::Attaching);
         // The outcome and its fault together, or neither.
         self.db
             .tx(|db| -> crate::db::Result<()> {
@@ -132,9 +134,7 @@ impl Conductor {
                     }
                     // Only an attach still pending fails: a second report of one that went
                     // through (a redelivered cast) must not take the volume from the guest.
-                    Some(why)
-                        if db.release_volume_attachment_from(a.volume_id, a.instance_uuid, Some("attaching"))? =>
-                    {
+                    Some(why) if db.release_volume_attachment_from(a.volume_id, a.instance_uuid, attaching)? => {
                         db.add_instance_fault(a.instance_uuid, 500, &format!("Volume attach failed: {why}"), "", None)?;
                     }
                     Some(why) => tracing::info!(volume = %a.volume_id, "late attach failure ignored: {why}"),
@@ -152,10 +152,11 @@ impl Conductor {
             .tx(|db| -> crate::db::Result<()> {
                 match a.error {
                     None => {
-                        db.release_volume_attachment_from(a.volume_id, a.instance_uuid, Some("detaching")).map(|_| ())
+                        let detaching = Some(VolumeStatus::Detaching);
+                        db.release_volume_attachment_from(a.volume_id, a.instance_uuid, detaching).map(|_| ())
                     }
                     Some(why) => {
-                        db.set_volume_status(a.volume_id, &["detaching"], "in-use")?;
+                        db.set_volume_status(a.volume_id, &[VolumeStatus::Detaching], VolumeStatus::InUse)?;
                         db.add_instance_fault(a.instance_uuid, 500, &format!("Volume detach failed: {why}"), "", None)
                     }
                 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{now, Db, DbError, Result};
+use crate::images::{ImageStatus, MemberStatus};
 
 /// An image as glance shows it, with its extra properties, tags and members.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,8 +15,7 @@ pub struct Image {
     pub name: Option<String>,
     /// The owning project; `None` only for images imported without one.
     pub owner: Option<String>,
-    /// queued, saving, active, killed, deleted
-    pub status: String,
+    pub status: ImageStatus,
     /// public, community, shared, private
     pub visibility: String,
     pub protected: bool,
@@ -41,8 +41,8 @@ pub struct Image {
 
 impl Image {
     /// The status of `project_id`'s membership, if it is a member.
-    pub fn member_status(&self, project_id: &str) -> Option<&str> {
-        self.members.iter().find(|m| m.member == project_id).map(|m| m.status.as_str())
+    pub fn member_status(&self, project_id: &str) -> Option<MemberStatus> {
+        self.members.iter().find(|m| m.member == project_id).map(|m| m.status)
     }
 }
 
@@ -50,8 +50,7 @@ impl Image {
 pub struct ImageMember {
     pub image_id: String,
     pub member: String,
-    /// pending, accepted, rejected
-    pub status: String,
+    pub status: MemberStatus,
     pub created_at: String,
 }
 
@@ -128,7 +127,7 @@ impl Db {
         let inserted = tx.execute(
             "INSERT INTO images (id, name, owner, status, visibility, protected, disk_format, container_format,
                                  min_disk, min_ram, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+             VALUES (?1, ?2, ?3, ?11, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
             params![
                 id,
                 new.name,
@@ -139,7 +138,8 @@ impl Db {
                 new.container_format,
                 new.min_disk,
                 new.min_ram,
-                ts
+                ts,
+                ImageStatus::Queued
             ],
         );
         match inserted {
@@ -253,7 +253,7 @@ impl Db {
 
     /// Moves a live image from status `from` to `to`; false when it was not in `from` (another
     /// upload won, or it was deleted meanwhile).
-    pub fn set_image_status(&self, id: &str, from: &str, to: &str) -> Result<bool> {
+    pub fn set_image_status(&self, id: &str, from: ImageStatus, to: ImageStatus) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE images SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2 AND deleted = 0",
             params![id, from, to, now()],
@@ -265,10 +265,20 @@ impl Db {
     /// longer saving (deleted during the upload): the caller then removes the file.
     pub fn finish_image_upload(&self, id: &str, data: &StoredData) -> Result<bool> {
         let n = self.conn().execute(
-            "UPDATE images SET status = 'active', path = ?2, size = ?3, virtual_size = ?4, checksum = ?5,
+            "UPDATE images SET status = ?8, path = ?2, size = ?3, virtual_size = ?4, checksum = ?5,
                     os_hash_algo = 'sha512', os_hash_value = ?6, updated_at = ?7
-             WHERE id = ?1 AND status = 'saving' AND deleted = 0",
-            params![id, data.path, data.size, data.virtual_size, data.md5, data.sha512, now()],
+             WHERE id = ?1 AND status = ?9 AND deleted = 0",
+            params![
+                id,
+                data.path,
+                data.size,
+                data.virtual_size,
+                data.md5,
+                data.sha512,
+                now(),
+                ImageStatus::Active,
+                ImageStatus::Saving
+            ],
         )?;
         Ok(n == 1)
     }
@@ -284,9 +294,9 @@ impl Db {
         };
         let ts = now();
         tx.execute(
-            "UPDATE images SET status = 'deleted', deleted = 1, deleted_at = ?2, updated_at = ?2, path = NULL
+            "UPDATE images SET status = ?3, deleted = 1, deleted_at = ?2, updated_at = ?2, path = NULL
              WHERE id = ?1",
-            params![id, ts],
+            params![id, ts, ImageStatus::Deleted],
         )?;
         tx.execute("DELETE FROM image_members WHERE image_id = ?1", [id])?;
         tx.commit()?;
@@ -314,8 +324,8 @@ impl Db {
     pub fn add_image_member(&self, image_id: &str, member: &str) -> Result<ImageMember> {
         let ts = now();
         match self.conn().execute(
-            "INSERT INTO image_members (image_id, member, status, created_at) VALUES (?1, ?2, 'pending', ?3)",
-            params![image_id, member, ts],
+            "INSERT INTO image_members (image_id, member, status, created_at) VALUES (?1, ?2, ?4, ?3)",
+            params![image_id, member, ts, MemberStatus::Pending],
         ) {
             Ok(_) => {}
             Err(e) if is_constraint(&e) => {
@@ -323,11 +333,16 @@ impl Db {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(ImageMember { image_id: image_id.into(), member: member.into(), status: "pending".into(), created_at: ts })
+        Ok(ImageMember {
+            image_id: image_id.into(),
+            member: member.into(),
+            status: MemberStatus::Pending,
+            created_at: ts,
+        })
     }
 
     /// False when `member` is not a member of the image.
-    pub fn set_image_member_status(&self, image_id: &str, member: &str, status: &str) -> Result<bool> {
+    pub fn set_image_member_status(&self, image_id: &str, member: &str, status: MemberStatus) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE image_members SET status = ?3 WHERE image_id = ?1 AND member = ?2",
             params![image_id, member, status],
@@ -371,7 +386,7 @@ mod tests {
     fn image_lifecycle_keeps_properties_and_soft_deletes() {
         let (_t, db) = db();
         let img = db.create_image(&new_image("cirros")).unwrap();
-        assert_eq!(img.status, "queued");
+        assert_eq!(img.status, ImageStatus::Queued);
         assert_eq!(img.properties["hw_disk_bus"], "virtio");
         assert!(img.tags.contains("a"));
         assert!(img.updated_at.ends_with('Z'));
@@ -379,15 +394,18 @@ mod tests {
         let dup = db.create_image(&NewImage { id: Some(img.id.clone()), ..new_image("x") }).unwrap_err();
         assert!(matches!(dup, DbError::Conflict(_)));
 
-        assert!(db.set_image_status(&img.id, "queued", "saving").unwrap());
-        assert!(!db.set_image_status(&img.id, "queued", "saving").unwrap(), "second upload must lose");
+        assert!(db.set_image_status(&img.id, ImageStatus::Queued, ImageStatus::Saving).unwrap());
+        assert!(
+            !db.set_image_status(&img.id, ImageStatus::Queued, ImageStatus::Saving).unwrap(),
+            "second upload must lose"
+        );
         let data =
             StoredData { path: img.id.clone(), size: 3, virtual_size: Some(3), md5: "m".into(), sha512: "s".into() };
         assert!(db.finish_image_upload(&img.id, &data).unwrap());
         let active = db.image_by_id(&img.id).unwrap().unwrap();
         assert_eq!(
-            (active.status.as_str(), active.size, active.os_hash_algo.as_deref()),
-            ("active", Some(3), Some("sha512"))
+            (active.status, active.size, active.os_hash_algo.as_deref()),
+            (ImageStatus::Active, Some(3), Some("sha512"))
         );
 
         let mut changed = active.clone();
@@ -411,9 +429,11 @@ mod tests {
         let img = db.create_image(&new_image("a")).unwrap();
         db.add_image_member(&img.id, "p2").unwrap();
         assert!(matches!(db.add_image_member(&img.id, "p2"), Err(DbError::Conflict(_))));
-        assert!(db.set_image_member_status(&img.id, "p2", "accepted").unwrap());
+        assert_eq!(img.member_status("p2"), None);
+        assert_eq!(db.image_by_id(&img.id).unwrap().unwrap().member_status("p2"), Some(MemberStatus::Pending));
+        assert!(db.set_image_member_status(&img.id, "p2", MemberStatus::Accepted).unwrap());
         let img2 = db.image_by_id(&img.id).unwrap().unwrap();
-        assert_eq!(img2.member_status("p2"), Some("accepted"));
+        assert_eq!(img2.member_status("p2"), Some(MemberStatus::Accepted));
         assert!(db.remove_image_member(&img.id, "p2").unwrap());
         assert!(!db.remove_image_member(&img.id, "p2").unwrap());
 

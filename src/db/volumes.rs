@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{now, Db, Result};
 use crate::compute::states::VmState;
+use crate::volumes::{AttachStatus, VolumeStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Volume {
@@ -21,8 +22,8 @@ pub struct Volume {
     pub user_id: String,
     /// GiB.
     pub size: i64,
-    pub status: String,
-    pub attach_status: String,
+    pub status: VolumeStatus,
+    pub attach_status: AttachStatus,
     pub instance_uuid: Option<String>,
     pub mountpoint: Option<String>,
     pub attachment_id: Option<String>,
@@ -90,7 +91,7 @@ pub struct VolumeAttachment {
     pub delete_on_termination: bool,
     pub boot_index: Option<i64>,
     /// The volume's status (`attaching`, `in-use`, `detaching`).
-    pub status: String,
+    pub status: VolumeStatus,
     pub path: Option<String>,
 }
 
@@ -110,7 +111,7 @@ impl Db {
         self.conn().execute(
             "INSERT INTO volumes (id, name, description, project_id, user_id, size, status, source_image_id,
                 bootable, availability_zone, path, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'creating', ?7, ?8, ?9, ?10, ?11, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?12, ?7, ?8, ?9, ?10, ?11, ?11)",
             params![
                 v.id,
                 v.name,
@@ -122,7 +123,8 @@ impl Db {
                 v.source_image_id.is_some(),
                 v.availability_zone,
                 v.path,
-                ts
+                ts,
+                VolumeStatus::Creating
             ],
         )?;
         self.volume(&v.id)?.ok_or_else(|| super::DbError::NotFound(format!("Volume {} vanished", v.id)))
@@ -171,22 +173,20 @@ impl Db {
     }
 
     /// Moves the status from one of `from` to `to`; false when it was in none of them.
-    pub fn set_volume_status(&self, id: &str, from: &[&str], to: &str) -> Result<bool> {
-        let from = serde_json::to_string(from).unwrap_or_default();
+    pub fn set_volume_status(&self, id: &str, from: &[VolumeStatus], to: VolumeStatus) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE volumes SET status = ?2, updated_at = ?3
              WHERE id = ?1 AND deleted = 0 AND status IN (SELECT value FROM json_each(?4))",
-            params![id, to, now(), from],
+            params![id, to, now(), status_list(from)],
         )?;
         Ok(n > 0)
     }
 
     /// The end of a create: `available` with the image's bootable flag, or `error` with why.
     pub fn finish_volume_create(&self, id: &str, fault: Option<&str>) -> Result<bool> {
-        let status = if fault.is_some() { "error" } else { "available" };
         let n = self.conn().execute(
-            "UPDATE volumes SET status = ?2, fault = ?3, updated_at = ?4 WHERE id = ?1 AND deleted = 0 AND status = 'creating'",
-            params![id, status, fault, now()],
+            "UPDATE volumes SET status = ?2, fault = ?3, updated_at = ?4 WHERE id = ?1 AND deleted = 0 AND status = ?5",
+            params![id, VolumeStatus::after_create(fault.is_some()), fault, now(), VolumeStatus::Creating],
         )?;
         Ok(n > 0)
     }
@@ -204,9 +204,9 @@ impl Db {
     pub fn delete_volume_row(&self, id: &str) -> Result<bool> {
         let ts = now();
         let n = self.conn().execute(
-            "UPDATE volumes SET deleted = 1, deleted_at = ?2, updated_at = ?2, status = 'deleted'
-             WHERE id = ?1 AND deleted = 0 AND status = 'deleting'",
-            params![id, ts],
+            "UPDATE volumes SET deleted = 1, deleted_at = ?2, updated_at = ?2, status = ?3
+             WHERE id = ?1 AND deleted = 0 AND status = ?4",
+            params![id, ts, VolumeStatus::Deleted, VolumeStatus::Deleting],
         )?;
         Ok(n > 0)
     }
@@ -217,9 +217,9 @@ impl Db {
         let tx = self.begin()?;
         let ts = now();
         let n = tx.execute(
-            "UPDATE volumes SET status = 'attaching', instance_uuid = ?2, updated_at = ?3
-             WHERE id = ?1 AND deleted = 0 AND status = 'available'",
-            params![a.volume_id, a.instance_uuid, ts],
+            "UPDATE volumes SET status = ?4, instance_uuid = ?2, updated_at = ?3
+             WHERE id = ?1 AND deleted = 0 AND status IN (SELECT value FROM json_each(?5))",
+            params![a.volume_id, a.instance_uuid, ts, VolumeStatus::Attaching, status_list(VolumeStatus::ATTACHABLE)],
         )?;
         if n == 0 {
             return Ok(false);
@@ -237,9 +237,10 @@ impl Db {
     /// Takes an `available` volume for an instance whose mapping names it (boot from volume).
     pub fn claim_volume(&self, volume_id: &str, instance_uuid: &str) -> Result<bool> {
         let n = self.conn().execute(
-            "UPDATE volumes SET status = 'attaching', instance_uuid = ?2, updated_at = ?3
-             WHERE id = ?1 AND deleted = 0 AND (status = 'available' OR (status = 'attaching' AND instance_uuid = ?2))",
-            params![volume_id, instance_uuid, now()],
+            "UPDATE volumes SET status = ?4, instance_uuid = ?2, updated_at = ?3
+             WHERE id = ?1 AND deleted = 0
+               AND (status IN (SELECT value FROM json_each(?5)) OR (status = ?4 AND instance_uuid = ?2))",
+            params![volume_id, instance_uuid, now(), VolumeStatus::Attaching, status_list(VolumeStatus::ATTACHABLE)],
         )?;
         Ok(n > 0)
     }
@@ -248,12 +249,21 @@ impl Db {
     pub fn finish_volume_attachment(&self, volume_id: &str, instance_uuid: &str) -> Result<bool> {
         let ts = now();
         let n = self.conn().execute(
-            "UPDATE volumes SET status = 'in-use', attach_status = 'attached', attachment_id = ?3, attached_at = ?4,
+            "UPDATE volumes SET status = ?5, attach_status = ?6, attachment_id = ?3, attached_at = ?4,
                 mountpoint = (SELECT device_name FROM block_device_mappings
                               WHERE volume_id = ?1 AND instance_uuid = ?2 AND deleted = 0),
                 updated_at = ?4
-             WHERE id = ?1 AND deleted = 0 AND instance_uuid = ?2 AND status IN ('attaching', 'available')",
-            params![volume_id, instance_uuid, uuid::Uuid::new_v4().to_string(), ts],
+             WHERE id = ?1 AND deleted = 0 AND instance_uuid = ?2 AND status IN (?7, ?8)",
+            params![
+                volume_id,
+                instance_uuid,
+                uuid::Uuid::new_v4().to_string(),
+                ts,
+                VolumeStatus::InUse,
+                AttachStatus::Attached,
+                VolumeStatus::Attaching,
+                VolumeStatus::Available
+            ],
         )?;
         Ok(n > 0)
     }
@@ -272,15 +282,15 @@ impl Db {
         &self,
         volume_id: &str,
         instance_uuid: &str,
-        status: Option<&str>,
+        status: Option<VolumeStatus>,
     ) -> Result<bool> {
         let tx = self.begin()?;
         let ts = now();
         let n = tx.execute(
-            "UPDATE volumes SET status = 'available', attach_status = 'detached', instance_uuid = NULL,
+            "UPDATE volumes SET status = ?5, attach_status = ?6, instance_uuid = NULL,
                 mountpoint = NULL, attachment_id = NULL, attached_at = NULL, updated_at = ?3
              WHERE id = ?1 AND deleted = 0 AND instance_uuid = ?2 AND (?4 IS NULL OR status = ?4)",
-            params![volume_id, instance_uuid, ts, status],
+            params![volume_id, instance_uuid, ts, status, VolumeStatus::Available, AttachStatus::Detached],
         )?;
         if n == 0 && status.is_some() {
             return Ok(false);
@@ -300,12 +310,13 @@ impl Db {
     pub fn volumes_in_flight(&self, host: &str) -> Result<Vec<VolumeAttachment>> {
         let mut stmt = self.conn().prepare(
             "SELECT v.id, v.instance_uuid FROM volumes v JOIN instances i ON i.uuid = v.instance_uuid AND i.deleted = 0
-             WHERE v.deleted = 0 AND v.status IN ('attaching', 'detaching') AND i.host = ?1
+             WHERE v.deleted = 0 AND v.status IN (SELECT value FROM json_each(?4)) AND i.host = ?1
                AND i.vm_state IN (?2, ?3) AND i.task_state IS NULL
              ORDER BY v.updated_at, v.id",
         )?;
+        let in_flight = status_list(VolumeStatus::IN_FLIGHT);
         let pairs = stmt
-            .query_map(rusqlite::params![host, VmState::Active, VmState::Stopped], |r| {
+            .query_map(rusqlite::params![host, VmState::Active, VmState::Stopped, in_flight], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -372,6 +383,11 @@ impl Db {
     }
 }
 
+/// Statuses as the JSON array `json_each` reads in SQL.
+fn status_list(statuses: &[VolumeStatus]) -> String {
+    serde_json::to_string(statuses).unwrap_or_default()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -432,11 +448,11 @@ pub(crate) mod tests {
             assert!(db.reserve_volume_attachment(&a).unwrap());
         }
         assert!(db.finish_volume_attachment("v2", &inst.uuid).unwrap());
-        assert!(db.set_volume_status("v2", &["in-use"], "detaching").unwrap());
-        let in_flight = |host: &str| -> Vec<(String, String)> {
+        assert!(db.set_volume_status("v2", &[VolumeStatus::InUse], VolumeStatus::Detaching).unwrap());
+        let in_flight = |host: &str| -> Vec<(String, VolumeStatus)> {
             db.volumes_in_flight(host).unwrap().into_iter().map(|a| (a.volume_id, a.status)).collect()
         };
-        assert_eq!(in_flight("h1"), [("v1".into(), "attaching".into()), ("v2".into(), "detaching".into())]);
+        assert_eq!(in_flight("h1"), [("v1".into(), VolumeStatus::Attaching), ("v2".into(), VolumeStatus::Detaching)]);
         assert!(in_flight("h2").is_empty(), "another host's volumes are not this host's work");
         // A build or a delete in progress owns its volumes.
         settle(VmState::Active, Some(TaskState::Deleting));
@@ -446,13 +462,15 @@ pub(crate) mod tests {
 
         // The attach finished; the same outcome reported as a failure later releases nothing.
         assert!(db.finish_volume_attachment("v1", &inst.uuid).unwrap());
-        assert!(!db.release_volume_attachment_from("v1", &inst.uuid, Some("attaching")).unwrap());
-        assert_eq!(db.volume("v1").unwrap().unwrap().status, "in-use");
+        assert!(!db.release_volume_attachment_from("v1", &inst.uuid, Some(VolumeStatus::Attaching)).unwrap());
+        let v1 = db.volume("v1").unwrap().unwrap();
+        assert_eq!((v1.status, v1.attach_status), (VolumeStatus::InUse, AttachStatus::Attached));
         assert_eq!(db.instance_volume_attachments(&inst.uuid).unwrap().len(), 2);
         // The detach finishes once; a second report finds nothing to do.
-        assert!(db.release_volume_attachment_from("v2", &inst.uuid, Some("detaching")).unwrap());
-        assert!(!db.release_volume_attachment_from("v2", &inst.uuid, Some("detaching")).unwrap());
-        assert_eq!(db.volume("v2").unwrap().unwrap().status, "available");
+        assert!(db.release_volume_attachment_from("v2", &inst.uuid, Some(VolumeStatus::Detaching)).unwrap());
+        assert!(!db.release_volume_attachment_from("v2", &inst.uuid, Some(VolumeStatus::Detaching)).unwrap());
+        let v2 = db.volume("v2").unwrap().unwrap();
+        assert_eq!((v2.status, v2.attach_status), (VolumeStatus::Available, AttachStatus::Detached));
         assert_eq!(db.instance_volume_attachments(&inst.uuid).unwrap().len(), 1);
         assert!(in_flight("h1").is_empty());
     }
@@ -461,7 +479,7 @@ pub(crate) mod tests {
     fn status_moves_are_compare_and_set() {
         let (_t, db) = db_with_project();
         let v = db.insert_volume(&new_volume("v1", 2)).unwrap();
-        assert_eq!(v.status, "creating");
+        assert_eq!((v.status, v.attach_status), (VolumeStatus::Creating, AttachStatus::Detached));
         assert_eq!(db.volume_usage("p").unwrap(), (1, 2));
         assert!(db.finish_volume_create("v1", None).unwrap());
         assert!(!db.finish_volume_create("v1", Some("late")).unwrap(), "only a creating volume finishes");
@@ -475,9 +493,9 @@ pub(crate) mod tests {
         // The mapping references an instance: without one the foreign key refuses it, and the
         // reservation rolls back whole.
         assert!(db.reserve_volume_attachment(&a).is_err());
-        assert_eq!(db.volume("v1").unwrap().unwrap().status, "available");
-        assert!(!db.set_volume_status("v1", &["in-use"], "detaching").unwrap());
-        assert!(db.set_volume_status("v1", &["available", "error"], "deleting").unwrap());
+        assert_eq!(db.volume("v1").unwrap().unwrap().status, VolumeStatus::Available);
+        assert!(!db.set_volume_status("v1", VolumeStatus::DETACHABLE, VolumeStatus::Detaching).unwrap());
+        assert!(db.set_volume_status("v1", VolumeStatus::DELETABLE, VolumeStatus::Deleting).unwrap());
         assert!(db.delete_volume_row("v1").unwrap());
         assert!(db.volume("v1").unwrap().is_none());
         assert_eq!(db.volume_usage("p").unwrap(), (0, 0));

@@ -180,7 +180,7 @@ pub(crate) fn bootable_image(db: &Db, id: &str, project: &str, is_admin: bool) -
         .image_by_id(id)?
         .filter(|i| viewer.may_boot(i))
         .ok_or_else(|| ApiError::bad_request(format!("Image {id} could not be found.")))?;
-    if image.status != "active" {
+    if !image.status.has_data() {
         return Err(ApiError::bad_request(format!("Image {id} is not active.")));
     }
     Ok(image)
@@ -209,7 +209,7 @@ fn check_boot_volumes(
                 let vol = db.volume(id)?.filter(|v| v.project_id == project).ok_or_else(|| {
                     ApiError::bad_request(format!("Block Device Mapping is Invalid: failed to get volume {id}."))
                 })?;
-                if vol.status != "available" {
+                if !vol.status.can_attach() {
                     return Err(ApiError::bad_request(format!(
                         "Invalid volume: volume '{id}' status must be 'available'. Currently in '{}'",
                         vol.status

@@ -18,6 +18,7 @@ use crate::api::AppState;
 use crate::compute::virt::VolumeDisk;
 use crate::db::instances::Instance;
 use crate::db::volumes::{NewAttachment, VolumeAttachment};
+use crate::volumes::VolumeStatus;
 
 fn view(a: &VolumeAttachment, v: Microversion) -> Value {
     let mut out = json!({
@@ -195,7 +196,7 @@ pub async fn create(
             tag: tag.clone(),
             delete_on_termination,
             boot_index: None,
-            status: "attaching".into(),
+            status: VolumeStatus::Attaching,
             path: volume.path.clone(),
         })
     })?;
@@ -228,7 +229,7 @@ pub async fn delete(
         return Err(ApiError::bad_request("Cannot detach a root device volume"));
     }
     let host = ready_host(&state, &inst, "detach_volume")?;
-    if !state.db.with(|db| db.set_volume_status(&volume_id, &["in-use"], "detaching"))? {
+    if !state.db.with(|db| db.set_volume_status(&volume_id, VolumeStatus::DETACHABLE, VolumeStatus::Detaching))? {
         return Err(ApiError::bad_request(format!(
             "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be \
              'attached' to detach; it is '{}'.",
@@ -237,7 +238,7 @@ pub async fn delete(
     }
     if let Err(e) = state.compute_api().detach_volume(&auth.context, &host, &inst, &volume_id).await {
         tracing::warn!(error = %e, "detach not delivered");
-        state.db.with(|db| db.set_volume_status(&volume_id, &["detaching"], "in-use"))?;
+        state.db.with(|db| db.set_volume_status(&volume_id, &[VolumeStatus::Detaching], VolumeStatus::InUse))?;
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("The compute service did not take the request: {e}"),

@@ -31,10 +31,11 @@ pub(super) async fn upload(
     if declared.is_some_and(|n| n > limit_mb.saturating_mul(1024 * 1024)) {
         return Err(too_large());
     }
-    if img.status != "queued" || !state.db.with(|db| db.set_image_status(&id, "queued", "saving"))? {
+    if !img.status.can_upload() || !state.db.with(|db| db.set_image_status(&id, img.status, ImageStatus::Saving))? {
         return Err(ApiError::conflict(format!(
-            "Image status transition from {} to saving is not allowed",
-            img.status
+            "Image status transition from {} to {} is not allowed",
+            img.status,
+            ImageStatus::Saving
         )));
     }
 
@@ -81,7 +82,9 @@ impl BackToQueued<'_> {
 impl Drop for BackToQueued<'_> {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = self.state.db.with(|db| db.set_image_status(self.id, "saving", "queued")) {
+            if let Err(e) =
+                self.state.db.with(|db| db.set_image_status(self.id, ImageStatus::Saving, ImageStatus::Queued))
+            {
                 tracing::error!(image_id = %self.id, error = %e, "could not return a failed upload to queued");
             }
         }

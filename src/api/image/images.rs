@@ -115,7 +115,8 @@ pub(super) fn values_of(v: &str) -> Vec<String> {
 }
 
 pub fn parse_list_query(pairs: &[(String, String)]) -> ApiResult<ListQuery> {
-    let mut q = ListQuery { limit: DEFAULT_LIMIT, member_status: "accepted".into(), ..ListQuery::default() };
+    let mut q =
+        ListQuery { limit: DEFAULT_LIMIT, member_status: MemberStatus::Accepted.to_string(), ..ListQuery::default() };
     let mut sort_keys: Vec<String> = Vec::new();
     let mut sort_dirs: Vec<String> = Vec::new();
     for (k, v) in pairs {
@@ -143,7 +144,7 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> ApiResult<ListQuery> {
                 q.visibility = Some(v.clone());
             }
             "member_status" => {
-                if !["pending", "accepted", "rejected", "all"].contains(&v.as_str()) {
+                if v != "all" && v.parse::<MemberStatus>().is_err() {
                     return Err(bad(format!("Invalid status: {v}")));
                 }
                 q.member_status = v.clone();
@@ -225,7 +226,7 @@ pub(super) fn attr(img: &Image, key: &str) -> Option<String> {
         "id" => Some(img.id.clone()),
         "name" => img.name.clone(),
         "owner" => img.owner.clone(),
-        "status" => Some(img.status.clone()),
+        "status" => Some(img.status.to_string()),
         "disk_format" => img.disk_format.clone(),
         "container_format" => img.container_format.clone(),
         "protected" => Some(img.protected.to_string()),
@@ -244,7 +245,7 @@ pub(super) fn listed(auth: &Auth, q: &ListQuery, img: &Image) -> bool {
     let me = auth.project_id();
     let mine = img.owner.as_deref() == Some(me);
     let member_ok = |img: &Image| match img.member_status(me) {
-        Some(s) => q.member_status == "all" || q.member_status == s,
+        Some(s) => q.member_status == "all" || q.member_status == s.as_str(),
         None => false,
     };
     let visible = match q.visibility.as_deref() {
@@ -341,7 +342,7 @@ pub(super) async fn list_images(
         let marker = match &q.marker {
             Some(m) => Some(
                 db.image_row_including_deleted(m)?
-                    .filter(|i| i.status == "deleted" || can_see(&auth, i))
+                    .filter(|i| i.status == ImageStatus::Deleted || can_see(&auth, i))
                     .ok_or_else(|| bad(format!("Invalid marker. Image {m} could not be found.")))?,
             ),
             None => None,
@@ -440,7 +441,7 @@ pub fn apply_patch(auth: &Auth, img: &mut Image, ops: &Value) -> ApiResult<()> {
                     img.protected = v.as_bool().ok_or_else(|| schema_error(format!("{v} is not of type 'boolean'")))?
                 }
                 "disk_format" | "container_format" => {
-                    if img.status != "queued" {
+                    if !img.status.formats_settable() {
                         return Err(ApiError::forbidden(format!(
                             "Attribute {key} can be only replaced for a queued image."
                         )));

@@ -90,10 +90,10 @@ pub(super) async fn update_member(
     let status = body
         .get("status")
         .and_then(Value::as_str)
-        .filter(|s| ["pending", "accepted", "rejected"].contains(s))
+        .and_then(|s| s.parse::<MemberStatus>().ok())
         .ok_or_else(|| bad("Request body must have a `status` of pending, accepted or rejected."))?;
     state.db.with(|db| db.set_image_member_status(&id, &member, status))?;
-    m.status = status.to_string();
+    m.status = status;
     Ok(Json(member_json(&m)))
 }
 

@@ -18,7 +18,7 @@ use super::context::Auth;
 use super::fault::{ApiError, ApiResult};
 use super::{base_url, AppState};
 use crate::db::images::{Image, NewImage};
-use crate::images::{self as store, ImageError, ImageWriter};
+use crate::images::{self as store, ImageError, ImageStatus, ImageWriter, MemberStatus};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -46,8 +46,7 @@ pub fn router() -> Router<AppState> {
 pub const DISK_FORMATS: &[&str] = &["ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"];
 pub const CONTAINER_FORMATS: &[&str] = &["ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"];
 const VISIBILITIES: &[&str] = &["public", "community", "shared", "private"];
-const STATUSES: &[&str] =
-    &["queued", "saving", "active", "killed", "deleted", "pending_delete", "deactivated", "uploading", "importing"];
+const STATUSES: &[&str] = ImageStatus::NAMES;
 
 /// Set by glance itself; clients get 403 for them, as from glance.
 const READ_ONLY: &[&str] = &[

@@ -69,7 +69,7 @@ pub(super) fn member_schema() -> Value {
             "image_id": {"type": "string", "description": "An identifier for the image"},
             "member_id": {"type": "string", "description": "An identifier for the image member (tenantId)"},
             "schema": {"type": "string", "readOnly": true},
-            "status": {"type": "string", "enum": ["pending", "accepted", "rejected"], "description": "The status of this image member"},
+            "status": {"type": "string", "enum": MemberStatus::NAMES, "description": "The status of this image member"},
             "updated_at": {"type": "string", "description": "Date and time of last modification of image member"},
         },
     })

@@ -29,7 +29,7 @@ fn image(id: &str, owner: &str, visibility: &str, name: &str) -> Image {
         id: id.into(),
         name: Some(name.into()),
         owner: Some(owner.into()),
-        status: "queued".into(),
+        status: ImageStatus::Queued,
         visibility: visibility.into(),
         protected: false,
         disk_format: None,
@@ -82,7 +82,7 @@ fn list_visibility_rules() {
     shared.members.push(crate::db::images::ImageMember {
         image_id: "s".into(),
         member: "p2".into(),
-        status: "pending".into(),
+        status: MemberStatus::Pending,
         created_at: String::new(),
     });
     let all = vec![

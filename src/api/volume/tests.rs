@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::api::testing::Cloud;
+use crate::volumes::VolumeStatus;
 
 async fn wait_status(c: &Cloud, url: &str, token: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -93,12 +94,12 @@ async fn create_list_show_update_delete_needs_qemu() {
     assert_eq!(all["volumes"].as_array().unwrap().len(), 1);
 
     // In use: delete refused, nothing changes.
-    c.state.db.with(|db| db.set_volume_status(&id, &["available"], "in-use")).unwrap();
+    c.state.db.with(|db| db.set_volume_status(&id, &[VolumeStatus::Available], VolumeStatus::InUse)).unwrap();
     let r = c.delete(&url, &demo).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.json()["badRequest"]["message"].as_str().unwrap().contains("Volume status must be available"));
     assert!(file.is_file());
-    c.state.db.with(|db| db.set_volume_status(&id, &["in-use"], "available")).unwrap();
+    c.state.db.with(|db| db.set_volume_status(&id, &[VolumeStatus::InUse], VolumeStatus::Available)).unwrap();
 
     assert_eq!(c.delete(&url, &demo).await.status, StatusCode::ACCEPTED);
     assert_eq!(c.get(&url, &demo).await.status, StatusCode::NOT_FOUND);

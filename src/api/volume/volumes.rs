@@ -15,6 +15,7 @@ use crate::api::fault::{ApiError, ApiResult};
 use crate::api::{base_url, AppState};
 use crate::db::volumes::{NewVolume, Volume};
 use crate::policy::{Action, Target};
+use crate::volumes::{AttachStatus, VolumeStatus};
 
 fn links(base: &str, project: &str, id: &str) -> Value {
     json!([
@@ -36,8 +37,8 @@ enum View {
 }
 
 fn detail(v: &Volume, base: &str, auth: &Auth, view: View) -> Value {
-    let attachments: Vec<Value> = match (&v.instance_uuid, v.attach_status.as_str()) {
-        (Some(server), "attached") => vec![json!({
+    let attachments: Vec<Value> = match (&v.instance_uuid, v.attach_status) {
+        (Some(server), AttachStatus::Attached) => vec![json!({
             "id": v.id,
             "attachment_id": v.attachment_id,
             "volume_id": v.id,
@@ -115,7 +116,7 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<Vec<Volume>
     let project = if all { q.project_id.clone() } else { Some(auth.project_id().to_string()) };
     let mut list = state.db.with(|db| db.volumes(project.as_deref()))?;
     list.retain(|v| q.name.as_ref().is_none_or(|n| v.name.as_ref() == Some(n)));
-    list.retain(|v| q.status.as_ref().is_none_or(|s| &v.status == s));
+    list.retain(|v| q.status.as_ref().is_none_or(|s| v.status.as_str() == s));
     if let Some(marker) = &q.marker {
         let at = list
             .iter()
@@ -331,7 +332,7 @@ pub async fn delete(
     check_project(&auth, &project_id)?;
     let v = find(&state, &auth, &id)?;
     let result = state.db.with(|db| -> ApiResult<()> {
-        if !db.set_volume_status(&id, &["available", "error"], "deleting")? {
+        if !db.set_volume_status(&id, VolumeStatus::DELETABLE, VolumeStatus::Deleting)? {
             return Err(ApiError::bad_request(format!("{DELETE_REFUSED} (volume {id} is {})", v.status)));
         }
         let deleting =
@@ -339,7 +340,7 @@ pub async fn delete(
         crate::volumes::delete(db, &state.home, &deleting).map_err(|e| {
             tracing::error!(volume = %id, error = %e, "volume delete failed");
             // Back to error: the user can see it failed and try again.
-            let _ = db.set_volume_status(&id, &["deleting"], "error");
+            let _ = db.set_volume_status(&id, &[VolumeStatus::Deleting], VolumeStatus::Error);
             ApiError::internal(format!("The volume could not be deleted: {e}"))
         })
     });
