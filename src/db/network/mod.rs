@@ -178,4 +178,52 @@ mod tests {
         db.create_security_group_rule(&rule).unwrap();
         assert_eq!(db.security_group_by_id(&id).unwrap().unwrap().rules.len(), 5);
     }
+
+    /// Two connections to one database (the API and a conductor of its own process, say)
+    /// allocating on one /27 at once: every port gets an address no other port has, the 29th
+    /// and later are refused as a full network, and no refused attempt leaves a port behind.
+    #[test]
+    fn two_connections_racing_never_share_an_address() {
+        let (t, db) = db();
+        let mut config = Config::default();
+        config.network.cidr = "10.77.0.0/27".parse().unwrap();
+        let net = db.ensure_default_network(&config).unwrap();
+        let path = t.path().join("novabox.db");
+        let outcomes: Vec<(usize, usize)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..2)
+                .map(|w| {
+                    let (path, net_id) = (path.clone(), net.id.clone());
+                    s.spawn(move || {
+                        let db = Db::open(&path, OpenOptions::default()).unwrap();
+                        let (mut made, mut full) = (0, 0);
+                        for i in 0..20 {
+                            let new = NewPort {
+                                network_id: net_id.clone(),
+                                project_id: "p1".into(),
+                                device_id: format!("vm-{w}-{i}"),
+                                ..NewPort::default()
+                            };
+                            match db.allocate_port(&new) {
+                                Ok(_) => made += 1,
+                                Err(DbError::Network(NetworkError::IpAddressGenerationFailure { .. })) => full += 1,
+                                Err(e) => panic!("worker {w}: {e}"),
+                            }
+                        }
+                        (made, full)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let made: usize = outcomes.iter().map(|o| o.0).sum();
+        let full: usize = outcomes.iter().map(|o| o.1).sum();
+        // /27: .0 network, .1 gateway, .31 broadcast: 29 addresses for ports.
+        assert_eq!((made, full), (29, 11), "{outcomes:?}");
+        let ports = db.ports_on_network(&net.id).unwrap();
+        assert_eq!(ports.len(), 29, "a refused allocation leaves no port");
+        let ips: BTreeSet<Ipv4Addr> = ports.iter().flat_map(|p| p.fixed_ips.iter().map(|f| f.ip_address)).collect();
+        assert_eq!(ips.len(), 29, "no address is held twice");
+        let macs: BTreeSet<&str> = ports.iter().map(|p| p.mac_address.as_str()).collect();
+        assert_eq!(macs.len(), 29, "no MAC is held twice");
+    }
 }
