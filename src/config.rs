@@ -243,6 +243,13 @@ impl Default for NetworkConfig {
     }
 }
 
+/// The default network `[network]` asks for, as the network module and the database take it.
+impl From<&Config> for crate::network::DefaultNetwork {
+    fn from(c: &Config) -> Self {
+        crate::network::DefaultNetwork { bridge: c.network.bridge.clone(), cidr: c.network.cidr }
+    }
+}
+
 /// The metadata service guests read at 169.254.169.254 (see `src/metadata.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

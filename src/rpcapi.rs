@@ -11,10 +11,11 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::bus::{Bus, BusError, Context, Message, RemoteError, RemoteErrorKind};
-use crate::compute::virt::{Vif, VolumeDisk};
+use crate::compute::virt::VolumeDisk;
 use crate::db::instances::{Instance, InstanceUpdate};
 use crate::db::notifications::Notification;
 use crate::db::services::NodeReport;
+use crate::network::vif::Vif;
 
 pub const SCHEDULER_TOPIC: &str = "scheduler";
 pub const CONDUCTOR_TOPIC: &str = "conductor";
@@ -184,7 +185,7 @@ pub enum ComputeRequest {
         hard: bool,
     },
     RefreshSecurityGroups {
-        filters: crate::compute::net::secgroups::HostFilters,
+        filters: crate::network::secgroups::HostFilters,
     },
     AttachVolume {
         instance: Instance,
@@ -355,11 +356,11 @@ impl ConductorApi {
         &self,
         ctx: &Context,
         host: &str,
-    ) -> Result<crate::compute::net::secgroups::HostFilters, BusError> {
+    ) -> Result<crate::network::secgroups::HostFilters, BusError> {
         self.call(ctx, ConductorRequest::SecurityGroupFilters { host: host.into() }).await
     }
     /// Every port's tap and MAC, for sweeping what deleted ports left plugged.
-    pub async fn port_devices(&self, ctx: &Context) -> Result<Vec<crate::compute::net::PortDevice>, BusError> {
+    pub async fn port_devices(&self, ctx: &Context) -> Result<Vec<crate::network::vif::PortDevice>, BusError> {
         self.call(ctx, ConductorRequest::PortDevices {}).await
     }
     /// The volumes an instance has attached (for restarting a guest).
@@ -489,7 +490,7 @@ impl ComputeApi {
         &self,
         ctx: &Context,
         host: &str,
-        filters: &crate::compute::net::secgroups::HostFilters,
+        filters: &crate::network::secgroups::HostFilters,
     ) -> Result<(), BusError> {
         self.cast(ctx, host, ComputeRequest::RefreshSecurityGroups { filters: filters.clone() }).await
     }

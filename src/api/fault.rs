@@ -69,7 +69,8 @@ impl From<DbError> for ApiError {
         match e {
             DbError::Conflict(m) => ApiError::conflict(m),
             DbError::NotFound(m) => ApiError::not_found(m),
-            e @ DbError::NoFreeIp { .. } => ApiError::conflict(e.to_string()).with_kind("IpAddressGenerationFailure"),
+            // neutron's type and status, from the network API's one mapping.
+            DbError::Network(e) => e.into(),
             other => {
                 tracing::error!(error = %other, "database error");
                 ApiError::internal("The server has either erred or is incapable of performing the requested operation.")

@@ -4,31 +4,20 @@
 use serde_json::{json, Map, Value};
 
 use crate::bus::{Context, RemoteError, RemoteErrorKind};
-use crate::compute::net::secgroups::{self, HostFilters};
-use crate::compute::net::PortDevice;
-use crate::compute::virt::Vif;
 use crate::config::Config;
-use crate::db::network::{FixedIpRequest, NewPort, Port};
 use crate::db::{Db, DbError};
+use crate::network::model::{FixedIpRequest, NewPort, Port};
+use crate::network::secgroups::{self, HostFilters};
+use crate::network::vif::{tap_name, PortDevice, Vif};
 use crate::policy::{Action, Target};
 use crate::rpcapi::RequestedNetworks;
 
+// Named here by the metadata service and the network API.
+pub use crate::network::error::over_quota_message;
+pub use crate::network::vif::bridge_name;
+
 fn remote(e: DbError) -> RemoteError {
     RemoteError::new(RemoteErrorKind::NetworkError, e.to_string())
-}
-
-/// The bridge of a network: the one recorded on it (the default network's is `[network]
-/// bridge`), else `nbr` + the first 8 characters of its id.
-pub fn bridge_name(network_id: &str, recorded: Option<&str>) -> String {
-    match recorded {
-        Some(b) if !b.is_empty() => b.to_string(),
-        _ => format!("nbr{}", network_id.chars().filter(|c| *c != '-').take(8).collect::<String>()),
-    }
-}
-
-/// neutron's `OverQuota` text, which a boot's fault repeats when its port is over quota.
-pub fn over_quota_message(resource: &str) -> String {
-    format!("Quota exceeded for resources: ['{resource}'].")
 }
 
 /// One more port for the instance's project, or neutron's refusal.
@@ -46,17 +35,7 @@ fn vif(db: &Db, p: &Port) -> Result<Vif, DbError> {
         Some(f) => db.subnet_by_id(&f.subnet_id)?,
         None => None,
     };
-    Ok(Vif {
-        port_id: p.id.clone(),
-        network_id: p.network_id.clone(),
-        network_name: p.network_name.clone(),
-        mac: p.mac_address.clone(),
-        ips: p.fixed_ips.iter().map(|f| f.ip_address.to_string()).collect(),
-        bridge: Some(bridge_name(&p.network_id, network.as_ref().and_then(|n| n.bridge.as_deref()))),
-        cidr: subnet.as_ref().map(|s| s.cidr.to_string()),
-        gateway: subnet.as_ref().and_then(|s| s.gateway_ip).map(|g| g.to_string()),
-        tap: Some(crate::compute::net::tap_name(&p.id)),
-    })
+    Ok(Vif::of_port(p, network.as_ref(), subnet.as_ref()))
 }
 
 fn vifs_of(db: &Db, ports: &[Port]) -> Result<Vec<Vif>, RemoteError> {
@@ -187,17 +166,13 @@ pub fn host_filters(db: &Db, host: &str) -> Result<HostFilters, DbError> {
     let on_host: Vec<Port> =
         all.iter().filter(|p| p.binding_host.as_deref() == Some(host) && !p.device_id.is_empty()).cloned().collect();
     let groups = db.security_groups()?;
-    Ok(secgroups::host_filters(&on_host, &all, &groups, |p| crate::compute::net::tap_name(&p.id)))
+    Ok(secgroups::host_filters(&on_host, &all, &groups, |p| tap_name(&p.id)))
 }
 
 /// Every port's tap and MAC, on any host: what a compute's sweep must leave plugged. All
 /// ports, bound or not, so that nothing a port could still use is ever swept.
 pub fn port_devices(db: &Db) -> Result<Vec<PortDevice>, DbError> {
-    Ok(db
-        .ports()?
-        .into_iter()
-        .map(|p| PortDevice { tap: crate::compute::net::tap_name(&p.id), mac: p.mac_address })
-        .collect())
+    Ok(db.ports()?.iter().map(PortDevice::of_port).collect())
 }
 
 /// After a rule, a port's groups or a group's members changed: sends every compute host its

@@ -71,9 +71,9 @@ pub enum DbError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
-    /// Every address of the network's subnets is taken.
-    #[error("No more IP addresses available on network {network_id}.")]
-    NoFreeIp { network_id: String },
+    /// What neutron refuses (a full network, an address in use, a group in use...).
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;

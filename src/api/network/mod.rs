@@ -25,8 +25,11 @@ use crate::db::network::{
     FixedIpRequest, HostRoute, Network, NewPort, NewSubnet, Port, SecurityGroup, SecurityGroupRule, Subnet,
     DEFAULT_SECURITY_GROUP,
 };
-use crate::db::{Db, DbError};
+use crate::db::Db;
 use crate::network::ipam::{default_pools, validate_pools, Pool};
+use crate::network::NetworkError;
+
+mod errors;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -159,19 +162,19 @@ fn policy(action: &str) -> ApiError {
     ApiError::forbidden(format!("({action}) is disallowed by policy")).with_kind("PolicyNotAuthorized")
 }
 fn net_not_found(id: &str) -> ApiError {
-    not_found("NetworkNotFound", format!("Network {id} could not be found."))
+    NetworkError::NetworkNotFound(id.to_string()).into()
 }
 fn subnet_not_found(id: &str) -> ApiError {
-    not_found("SubnetNotFound", format!("Subnet {id} could not be found."))
+    NetworkError::SubnetNotFound(id.to_string()).into()
 }
 fn port_not_found(id: &str) -> ApiError {
-    not_found("PortNotFound", format!("Port {id} could not be found."))
+    NetworkError::PortNotFound(id.to_string()).into()
 }
 fn group_not_found(id: &str) -> ApiError {
-    not_found("SecurityGroupNotFound", format!("Security group {id} does not exist"))
+    NetworkError::SecurityGroupNotFound(id.to_string()).into()
 }
 fn rule_not_found(id: &str) -> ApiError {
-    not_found("SecurityGroupRuleNotFound", format!("Security group rule {id} does not exist"))
+    NetworkError::SecurityGroupRuleNotFound(id.to_string()).into()
 }
 
 /// The object under `key` in a request body (`{"network": {...}}`), checked against the

@@ -180,10 +180,7 @@ pub(super) async fn delete_network(
         if !auth.owns(&n.project_id) {
             return Err(policy("delete_network"));
         }
-        db.delete_network(&id).map_err(|e| match e {
-            DbError::Conflict(m) => ApiError::conflict(m).with_kind("NetworkInUse"),
-            other => other.into(),
-        })
+        Ok(db.delete_network(&id)?)
     })?;
     tracing::info!(network_id = %id, "network deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -150,26 +150,6 @@ pub(super) fn check_binding_attrs(obj: &Map<String, Value>) -> ApiResult<()> {
     Ok(())
 }
 
-/// neutron's error types for what allocation can refuse.
-pub(super) fn allocation_error(e: DbError) -> ApiError {
-    match e {
-        DbError::Conflict(m) if m.contains("not a valid IP") => {
-            ApiError::bad_request(m).with_kind("InvalidIpForSubnet")
-        }
-        DbError::Conflict(m) if m.contains("already allocated") => {
-            ApiError::conflict(m).with_kind("IpAddressAlreadyAllocated")
-        }
-        DbError::Conflict(m) if m.contains("mac address") => ApiError::conflict(m).with_kind("MacAddressInUse"),
-        DbError::NotFound(m) if m.starts_with("Subnet") => {
-            ApiError::bad_request(format!("Invalid input for operation: {m}")).with_kind("InvalidInput")
-        }
-        DbError::NotFound(m) if m.starts_with("Security group") => {
-            ApiError::not_found(m).with_kind("SecurityGroupNotFound")
-        }
-        other => other.into(),
-    }
-}
-
 pub(super) fn port_security_conflict() -> ApiError {
     ApiError::conflict(
         "Port has security group associated. Cannot disable port security or ip address until security group is removed",
@@ -246,7 +226,7 @@ pub(super) async fn create_port(State(state): State<AppState>, auth: Auth, body:
             port_security_enabled: Some(security),
             binding_host: get_str(&obj, "binding:host_id", 255)?.filter(|h| !h.is_empty()),
         })
-        .map_err(allocation_error)
+        .map_err(ApiError::from)
     })?;
     tracing::info!(port_id = %p.id, network_id = %p.network_id, mac = %p.mac_address, "port created");
     push_security_groups(&state, &auth).await;
@@ -302,7 +282,7 @@ pub(super) async fn update_port(
         if !p.port_security_enabled && !p.security_groups.is_empty() {
             return Err(port_security_conflict());
         }
-        db.save_port(&p).map_err(allocation_error)
+        Ok(db.save_port(&p)?)
     })?;
     push_security_groups(&state, &auth).await;
     Ok(Json(json!({"port": port_json(&p, auth.is_admin())})))

@@ -133,10 +133,7 @@ pub(super) async fn delete_group(
             return Err(ApiError::conflict("Insufficient rights for removing default security group.")
                 .with_kind("SecurityGroupCannotRemoveDefault"));
         }
-        db.delete_security_group(&id).map_err(|e| match e {
-            DbError::Conflict(m) => ApiError::conflict(m).with_kind("SecurityGroupInUse"),
-            other => other.into(),
-        })
+        Ok(db.delete_security_group(&id)?)
     })?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -377,10 +374,7 @@ pub(super) async fn create_rule(State(state): State<AppState>, auth: Auth, body:
         if let Some(remote) = &rule.remote_group_id {
             load_group(db, &auth, remote)?;
         }
-        db.create_security_group_rule(&rule).map_err(|e| match e {
-            DbError::Conflict(m) => ApiError::conflict(m).with_kind("SecurityGroupRuleExists"),
-            other => other.into(),
-        })
+        Ok(db.create_security_group_rule(&rule)?)
     })?;
     push_security_groups(&state, &auth).await;
     Ok((StatusCode::CREATED, Json(json!({"security_group_rule": rule_json(&rule)}))).into_response())

@@ -198,10 +198,7 @@ pub(super) async fn create_subnet(State(state): State<AppState>, auth: Auth, bod
             return Err(policy("create_subnet"));
         }
         quotas::ensure_room(db, &new.project_id, "subnet")?;
-        db.create_subnet(&new).map_err(|e| match e {
-            DbError::Conflict(m) => ApiError::bad_request(m).with_kind("InvalidInput"),
-            other => other.into(),
-        })
+        Ok(db.create_subnet(&new)?)
     })?;
     tracing::info!(subnet_id = %s.id, cidr = %s.cidr, "subnet created");
     Ok((StatusCode::CREATED, Json(json!({"subnet": subnet_json(&s)}))).into_response())
@@ -257,10 +254,7 @@ pub(super) async fn delete_subnet(
         if !auth.owns(&s.project_id) {
             return Err(policy("delete_subnet"));
         }
-        db.delete_subnet(&id).map_err(|e| match e {
-            DbError::Conflict(m) => ApiError::conflict(m).with_kind("SubnetInUse"),
-            other => other.into(),
-        })
+        Ok(db.delete_subnet(&id)?)
     })?;
     Ok(StatusCode::NO_CONTENT)
 }

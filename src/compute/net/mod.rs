@@ -17,7 +17,8 @@ use crate::cidr::Ipv4Cidr;
 use crate::config::{Config, NetworkMode};
 use crate::home::Home;
 
-use super::virt::Vif;
+use crate::network::vif::Vif;
+pub use crate::network::vif::{tap_name, PortDevice};
 
 pub mod bridge;
 pub mod dnsmasq;
@@ -60,12 +61,6 @@ pub enum NetError {
 pub fn home_tag(home: &Path) -> String {
     let digest = Sha256::digest(home.as_os_str().as_encoded_bytes());
     digest.iter().take(3).map(|b| format!("{b:02x}")).collect()
-}
-
-/// nova's tap naming: `tap` + the first 11 characters of the port id (15 = IFNAMSIZ - 1).
-pub fn tap_name(port_id: &str) -> String {
-    let short: String = port_id.chars().take(11).collect();
-    format!("tap{short}")
 }
 
 /// The nft table (family `inet`) holding NAT and forwarding for one home.
@@ -173,7 +168,7 @@ impl HostNet {
     /// The default network of the config, which `up` sets up before serving.
     pub fn default_net(config: &Config) -> BridgeNet {
         BridgeNet {
-            network: crate::db::network::DEFAULT_NETWORK.to_string(),
+            network: crate::network::model::DEFAULT_NETWORK.to_string(),
             bridge: config.network.bridge.clone(),
             cidr: config.network.cidr.to_string(),
             gateway: config.network.cidr.gateway(),
@@ -348,13 +343,6 @@ impl HostNet {
         }
         restarted
     }
-}
-
-/// A port as the sweep sees it: the tap and MAC it is plugged with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortDevice {
-    pub tap: String,
-    pub mac: String,
 }
 
 /// Taps and DHCP entries (by lower-case MAC) of one home.

@@ -77,27 +77,9 @@ pub struct ImageMeta {
     pub ramdisk: Option<Box<ImageMeta>>,
 }
 
-/// One network interface of a guest, as the network side allocated it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Vif {
-    pub port_id: String,
-    pub network_id: String,
-    pub network_name: String,
-    pub mac: String,
-    pub ips: Vec<String>,
-    /// The Linux bridge of the port's network (bridge mode), as the conductor named it.
-    #[serde(default)]
-    pub bridge: Option<String>,
-    /// The subnet of the port's fixed IP, `10.42.0.0/24`.
-    #[serde(default)]
-    pub cidr: Option<String>,
-    /// The subnet's gateway, which novabox puts on the bridge.
-    #[serde(default)]
-    pub gateway: Option<String>,
-    /// The guest's tap device (`compute::net::tap_name`); `None` means QEMU user networking.
-    #[serde(default)]
-    pub tap: Option<String>,
-}
+/// One network interface of a guest: the network module's model, named here too because
+/// every driver takes it.
+pub use crate::network::vif::Vif;
 
 /// The host's capacity as a driver sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

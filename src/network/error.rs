@@ -1,0 +1,73 @@
+//! What neutron refuses, in neutron's words. The database returns these from the checks it
+//! makes inside its transactions; the network API maps each to neutron's error type and HTTP
+//! status in one place (`api::network::errors`); the conductor repeats the text in a boot's
+//! fault.
+
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    #[error("Network {0} could not be found.")]
+    NetworkNotFound(String),
+    #[error("Subnet {0} could not be found.")]
+    SubnetNotFound(String),
+    /// A port asked for an address from a subnet that is not on its network.
+    #[error("Subnet {subnet_id} could not be found on network {network_id}.")]
+    SubnetNotOnNetwork { subnet_id: String, network_id: String },
+    #[error("Port {0} could not be found.")]
+    PortNotFound(String),
+    #[error("Security group {0} does not exist")]
+    SecurityGroupNotFound(String),
+    #[error("Security group rule {0} does not exist")]
+    SecurityGroupRuleNotFound(String),
+    #[error("Unable to complete operation for network {network_id}. The mac address {mac} is in use.")]
+    MacAddressInUse { network_id: String, mac: String },
+    #[error("IP address {0} is not a valid IP for the specified subnet.")]
+    InvalidIpForSubnet(Ipv4Addr),
+    #[error("IP address {ip} already allocated in subnet {subnet_id}")]
+    IpAddressAlreadyAllocated { ip: Ipv4Addr, subnet_id: String },
+    /// Every address of the network's subnets is taken.
+    #[error("No more IP addresses available on network {network_id}.")]
+    IpAddressGenerationFailure { network_id: String },
+    #[error("Unable to complete operation on network {0}. There are one or more ports still in use on the network.")]
+    NetworkInUse(String),
+    #[error("Unable to complete operation on subnet {0}: One or more ports have an IP allocation from this subnet.")]
+    SubnetInUse(String),
+    #[error("Security Group {0} in use.")]
+    SecurityGroupInUse(String),
+    #[error("Security group rule already exists. Rule id is {0}.")]
+    SecurityGroupRuleExists(String),
+    #[error(
+        "Invalid input for operation: Requested subnet with cidr: {cidr} for network: {network_id} overlaps with \
+         another subnet."
+    )]
+    SubnetOverlap { cidr: String, network_id: String },
+    /// nova's boot with a port that another device already has.
+    #[error("Port {0} is not free to be bound.")]
+    PortNotFree(String),
+    #[error("Quota exceeded for resources: ['{0}'].")]
+    OverQuota(String),
+}
+
+/// neutron's `OverQuota` text, which a boot's fault repeats when its port is over quota.
+pub fn over_quota_message(resource: &str) -> String {
+    NetworkError::OverQuota(resource.to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_neutrons() {
+        assert_eq!(over_quota_message("port"), "Quota exceeded for resources: ['port'].");
+        assert_eq!(
+            NetworkError::IpAddressGenerationFailure { network_id: "n1".into() }.to_string(),
+            "No more IP addresses available on network n1."
+        );
+        assert_eq!(
+            NetworkError::MacAddressInUse { network_id: "n1".into(), mac: "fa:16:3e:00:00:01".into() }.to_string(),
+            "Unable to complete operation for network n1. The mac address fa:16:3e:00:00:01 is in use."
+        );
+    }
+}
