@@ -418,7 +418,7 @@ fn spawn_trace_flusher(db: SharedDb, history_days: u32, mut stop: watch::Receive
 
 fn prune_history(db: &SharedDb, days: u32) {
     // Days before the calendar's start (a huge setting) leave nothing to delete.
-    let Some(cutoff) = chrono::Utc::now().checked_sub_signed(chrono::Duration::days(i64::from(days))) else { return };
+    let Some(cutoff) = crate::clock::now().checked_sub_signed(chrono::Duration::days(i64::from(days))) else { return };
     match db.with(|db| db.prune_history(cutoff)) {
         Ok((0, 0)) => {}
         Ok((spans, notifications)) => {
