@@ -106,6 +106,30 @@ impl Clock {
     pub fn reset(&self) {
         self.offset_ms.store(0, Ordering::Relaxed);
     }
+
+    /// Writes the offset where the CLI's other commands (`status`, `events`) read it, so they
+    /// see the stack's time; a zero offset removes the file.
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let ms = self.offset_ms.load(Ordering::Relaxed);
+        if ms == 0 {
+            return match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        crate::home::write_atomic(path, ms.to_string().as_bytes(), 0o644)
+    }
+
+    /// Takes the offset a running stack saved (none: the real time).
+    pub fn load(&self, path: &std::path::Path) {
+        let ms = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0);
+        self.offset_ms.store(ms.clamp(0, (MAX_ADVANCE_SECS * 10 * 1000) as i64), Ordering::Relaxed);
+    }
+}
+
+/// Where a running stack keeps its clock's offset, beside its pid file.
+pub fn offset_file(home: &crate::home::Home) -> std::path::PathBuf {
+    home.run_dir().join("clock-offset-ms")
 }
 
 #[cfg(test)]
@@ -128,6 +152,23 @@ mod tests {
         c.reset();
         assert_eq!(c.offset(), Duration::ZERO);
         assert!(c.now() < Utc::now() + chrono::Duration::seconds(5));
+    }
+
+    #[test]
+    fn the_offset_survives_a_save_and_load() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("offset");
+        let c = Clock::new();
+        c.advance(90).unwrap();
+        c.save(&path).unwrap();
+        let other = Clock::new();
+        other.load(&path);
+        assert_eq!(other.offset(), Duration::from_secs(90));
+        c.reset();
+        c.save(&path).unwrap();
+        assert!(!path.exists());
+        other.load(&path);
+        assert_eq!(other.offset(), Duration::ZERO);
     }
 
     #[test]

@@ -135,6 +135,11 @@ impl FaultTable {
         self.enabled
     }
 
+    /// True while the table holds a rule (spent ones too): hooks skip costly look-ups otherwise.
+    pub fn has_rules(&self) -> bool {
+        self.enabled && self.live.load(Ordering::Relaxed) > 0
+    }
+
     /// Where firings are published as notifications (set once by the stack).
     pub fn set_notifier(&self, notifier: Notifier) {
         let _ = self.notifier.set(notifier);
@@ -298,6 +303,18 @@ impl FaultTable {
         .instrument(span)
         .await;
         outcome
+    }
+
+    /// Publishes a firing at an API route as a notification.
+    pub async fn announce_route(&self, method: &str, path: &str, firing: &Firing) {
+        let Some(notifier) = self.notifier.get() else { return };
+        let payload = json!({
+            "rule_id": firing.rule_id,
+            "effect": firing.effect.kind(),
+            "service": "api",
+            "step": format!("{method} {path}"),
+        });
+        notifier.publish(&Context::admin(Context::new_request_id()), INJECTED_EVENT, None, payload).await;
     }
 
     async fn notify(&self, ctx: &Context, call: &StepCall<'_>, firing: &Firing) {
