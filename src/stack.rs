@@ -221,8 +221,7 @@ pub async fn run(
         tracing::warn!("fault injection and the test clock are enabled ([faults] enabled or up --faults)");
     }
     if let (Some(db), true) = (&db, services.contains(&Service::Conductor)) {
-        let conductor =
-            Arc::new(Conductor::new(db.clone(), config.clone(), home.clone()).with_faults(faults.clone()));
+        let conductor = Arc::new(Conductor::new(db.clone(), config.clone(), home.clone()).with_faults(faults.clone()));
         subscriptions.push(bus.serve(CONDUCTOR_TOPIC, conductor).await?);
         subscriptions.push(bus.serve(NOTIFICATIONS_TOPIC, Arc::new(NotificationStore::new(db.clone()))).await?);
         db.with(|d| d.service_heartbeat(&host, crate::conductor::BINARY, CONDUCTOR_TOPIC))?;
@@ -230,13 +229,15 @@ pub async fn run(
         ready.services.push("conductor".into());
     }
     if let (Some(db), true) = (&db, services.contains(&Service::Scheduler)) {
-        let scheduler = Arc::new(Scheduler::new(
-            db.clone(),
-            config.clone(),
-            ComputeApi::new(bus.clone(), timeout),
-            Notifier::new(bus.clone(), format!("scheduler.{host}")),
-        )
-        .with_faults(faults.clone()));
+        let scheduler = Arc::new(
+            Scheduler::new(
+                db.clone(),
+                config.clone(),
+                ComputeApi::new(bus.clone(), timeout),
+                Notifier::new(bus.clone(), format!("scheduler.{host}")),
+            )
+            .with_faults(faults.clone()),
+        );
         subscriptions.push(bus.serve(SCHEDULER_TOPIC, scheduler).await?);
         db.with(|d| d.service_heartbeat(&host, crate::scheduler::BINARY, SCHEDULER_TOPIC))?;
         db_heartbeats(db.clone(), config.clone(), crate::scheduler::BINARY, SCHEDULER_TOPIC, shutdown.clone());
@@ -437,7 +438,9 @@ async fn supervise_compute(
         };
         *current.lock().unwrap_or_else(|e| e.into_inner()) = manager.clone();
         match manager.init_host().await {
-            Ok(()) => tracing::warn!(host = %parts.host, "compute service started again after a kill; init_host recovered its instances"),
+            Ok(()) => {
+                tracing::warn!(host = %parts.host, "compute service started again after a kill; init_host recovered its instances")
+            }
             Err(e) => tracing::error!(error = %e, "the restarted compute service could not register"),
         }
     }

@@ -120,11 +120,7 @@ pub const EXCEPTIONS: &[Exception] = &[
         template: "Compute service of {host} is unavailable at this time.",
         reason: "",
     },
-    Exception {
-        name: "HypervisorUnavailable",
-        template: "Connection to the hypervisor is broken on host",
-        reason: "",
-    },
+    Exception { name: "HypervisorUnavailable", template: "Connection to the hypervisor is broken on host", reason: "" },
     Exception {
         name: "InsufficientFreeMemory",
         template: "Insufficient free memory on compute node to start {uuid}.",

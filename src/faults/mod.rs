@@ -352,9 +352,8 @@ fn view(e: &Entry, now: DateTime<Utc>) -> RuleView {
 /// does not parse is logged and ignored: the server was made by a job that cannot see the
 /// log's warning, but the fault's absence tells it as much.
 pub fn metadata_trigger(metadata: &BTreeMap<String, String>, call: &StepCall<'_>) -> Option<Firing> {
-    let step_is = |name: &str| {
-        catalog::find_step(call.service, name).is_some_and(|s| s.name == call.step && s.instance)
-    };
+    let step_is =
+        |name: &str| catalog::find_step(call.service, name).is_some_and(|s| s.name == call.step && s.instance);
     if let Some(value) = metadata.get(FAULT_KEY) {
         let mut parts = value.splitn(3, ':');
         let (step, exception, reason) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
@@ -379,7 +378,10 @@ pub fn metadata_trigger(metadata: &BTreeMap<String, String>, call: &StepCall<'_>
         if step_is(step) {
             match secs.trim().parse::<f64>() {
                 Ok(s) if s > 0.0 && s <= rule::MAX_DELAY_SECS => {
-                    return Some(Firing { rule_id: "metadata".into(), effect: Effect::Delay(Duration::from_secs_f64(s)) })
+                    return Some(Firing {
+                        rule_id: "metadata".into(),
+                        effect: Effect::Delay(Duration::from_secs_f64(s)),
+                    })
                 }
                 _ => tracing::warn!(value, "{DELAY_KEY} wants STEP:SECONDS (0 to 3600); ignored"),
             }
@@ -469,7 +471,10 @@ mod tests {
         let md = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
         let spawn = spawn_of("u1");
         let fired = metadata_trigger(&md(FAULT_KEY, "spawn:NoValidHost"), &spawn).unwrap();
-        assert_eq!(fired.effect.error_message("u1", "h"), "No valid host was found. There are not enough hosts available.");
+        assert_eq!(
+            fired.effect.error_message("u1", "h"),
+            "No valid host was found. There are not enough hosts available."
+        );
         let fired = metadata_trigger(&md(FAULT_KEY, "driver.spawn:BuildAbortException:disk gone"), &spawn).unwrap();
         assert_eq!(fired.effect.error_message("u1", "h"), "Build of instance u1 aborted: disk gone");
         assert!(metadata_trigger(&md(FAULT_KEY, "spawning:NoValidHost"), &spawn).is_none());

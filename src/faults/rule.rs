@@ -68,7 +68,12 @@ pub struct RuleSpec {
 pub enum Target {
     /// An RPC step (or every step of a service, or every step when both are None), maybe
     /// narrowed to a server and a project.
-    Step { service: Option<&'static str>, step: Option<&'static str>, server: Option<ServerMatch>, project: Option<String> },
+    Step {
+        service: Option<&'static str>,
+        step: Option<&'static str>,
+        server: Option<ServerMatch>,
+        project: Option<String>,
+    },
     /// An API route and method.
     Route { segments: Vec<String>, method: Option<String> },
 }
@@ -89,11 +94,20 @@ impl ServerMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// One of nova's exceptions, or a message of the rule's own (`exception` None).
-    Error { exception: Option<&'static Exception>, reason: Option<String> },
-    Status { status: u16, message: String, retry_after: Option<u64> },
+    Error {
+        exception: Option<&'static Exception>,
+        reason: Option<String>,
+    },
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<u64>,
+    },
     Delay(Duration),
     Drop,
-    Kill { restart_after: Duration },
+    Kill {
+        restart_after: Duration,
+    },
 }
 
 impl Effect {
@@ -185,7 +199,8 @@ impl RuleSpec {
         }
         if rpc && http {
             return Err(RuleError::NeverMatches(
-                "a request is either an API call (route) or a step between services (service, method), never both".into(),
+                "a request is either an API call (route) or a step between services (service, method), never both"
+                    .into(),
             ));
         }
         let target = if http {
@@ -214,12 +229,10 @@ impl RuleSpec {
             };
             match &effect {
                 Effect::Status { .. } | Effect::Delay(_) => {}
-                other => {
-                    return Err(RuleError::NeverMatches(format!(
-                        "an API route answers a status or waits (`status`, `delay`); `{}` is for steps between services",
-                        other.kind()
-                    )))
-                }
+                other => return Err(RuleError::NeverMatches(format!(
+                    "an API route answers a status or waits (`status`, `delay`); `{}` is for steps between services",
+                    other.kind()
+                ))),
             }
             let segments = path.trim_end_matches('/').split('/').skip(1).map(str::to_string).collect();
             Target::Route { segments, method }
@@ -259,7 +272,8 @@ impl RuleSpec {
                 None => None,
                 Some(text) => {
                     // An id matches itself; a name is a regular expression, as nova's filter.
-                    let name = Regex::new(text).map_err(|e| RuleError::BadServerPattern(text.clone(), e.to_string()))?;
+                    let name =
+                        Regex::new(text).map_err(|e| RuleError::BadServerPattern(text.clone(), e.to_string()))?;
                     Some(ServerMatch { text: text.clone(), name })
                 }
             };
@@ -463,16 +477,28 @@ mod tests {
             (serde_json::json!({"service": "compute", "method": "spawn", "status": 503}), "no HTTP status"),
             (serde_json::json!({"route": "/compute/v2.1/servers", "error": "NoValidHost"}), "steps between services"),
             (serde_json::json!({"service": "scheduler", "kill": true}), "ends the compute service"),
-            (serde_json::json!({"service": "conductor", "method": "service_report", "server": "vm1", "drop": true}), "no single server"),
-            (serde_json::json!({"service": "compute", "method": "spawn", "error": "NoValidHost", "times": 0}), "never fires"),
-            (serde_json::json!({"service": "compute", "method": "spawn", "drop": true, "expires_in": 0}), "over before"),
+            (
+                serde_json::json!({"service": "conductor", "method": "service_report", "server": "vm1", "drop": true}),
+                "no single server",
+            ),
+            (
+                serde_json::json!({"service": "compute", "method": "spawn", "error": "NoValidHost", "times": 0}),
+                "never fires",
+            ),
+            (
+                serde_json::json!({"service": "compute", "method": "spawn", "drop": true, "expires_in": 0}),
+                "over before",
+            ),
         ] {
             let e = refusal(json.clone());
             assert!(e.contains(why), "{json}: {e}");
         }
-        assert!(refusal(serde_json::json!({"service": "compute", "drop": true, "kill": true})).contains("drop and kill"));
+        assert!(
+            refusal(serde_json::json!({"service": "compute", "drop": true, "kill": true})).contains("drop and kill")
+        );
         assert!(refusal(serde_json::json!({"service": "compute"})).contains("has none"));
-        assert!(refusal(serde_json::json!({"service": "compute", "drop": true, "probability": 0.0})).contains("probability"));
+        assert!(refusal(serde_json::json!({"service": "compute", "drop": true, "probability": 0.0}))
+            .contains("probability"));
         assert!(refusal(serde_json::json!({"route": "/compute/x", "status": 200})).contains("400 to 599"));
         assert!(refusal(serde_json::json!({"service": "compute", "delay": 0})).contains("delay"));
         assert!(refusal(serde_json::json!({"server": "(", "drop": true})).contains("name pattern"));
@@ -498,9 +524,11 @@ mod tests {
 
     #[test]
     fn steps_match_on_every_given_part() {
-        let r = spec(serde_json::json!({"service": "compute", "method": "spawn", "server": "^web-", "error": "NoValidHost"}))
-            .check()
-            .unwrap();
+        let r = spec(
+            serde_json::json!({"service": "compute", "method": "spawn", "server": "^web-", "error": "NoValidHost"}),
+        )
+        .check()
+        .unwrap();
         let call = StepCall {
             service: "compute",
             step: "spawn",

@@ -83,7 +83,8 @@ fn version_doc(base: &str) -> Value {
 /// faults off the document is nova's exactly (tempest's schema allows no other key).
 fn with_faults_note(mut doc: Value, state: &AppState) -> Value {
     if state.faults.enabled() {
-        doc["novabox:faults"] = json!("enabled: this cloud fails on purpose when an admin asks it to (/novabox/v1/faults)");
+        doc["novabox:faults"] =
+            json!("enabled: this cloud fails on purpose when an admin asks it to (/novabox/v1/faults)");
     }
     doc
 }

@@ -134,8 +134,7 @@ pub async fn clock_advance(
     let auth = auth?;
     allowed(&state, &auth)?;
     let (_, advance): (Value, Advance) = crate::api::compute::parse_body(body)?;
-    let offset =
-        crate::clock::global().advance(advance.seconds).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let offset = crate::clock::global().advance(advance.seconds).map_err(|e| ApiError::bad_request(e.to_string()))?;
     tracing::warn!(user = auth.user_id(), seconds = advance.seconds, offset = ?offset, "test clock advanced");
     save_clock(&state);
     Ok(Json(clock_doc()))
