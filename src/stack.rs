@@ -515,16 +515,21 @@ fn spawn_trace_flusher(db: SharedDb, history_days: u32, mut stop: watch::Receive
     const PRUNE_EVERY: u64 = 3600 * 1000 / TICK.as_millis() as u64;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(TICK);
+        let mut last_offset = crate::clock::global().offset();
         for n in 0u64.. {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
             let db = db.clone();
+            // A moved test clock prunes at once, so a job sees history age out without waiting
+            // for the hourly pass.
+            let offset = crate::clock::global().offset();
+            let clock_moved = offset != std::mem::replace(&mut last_offset, offset);
             // SQLite is blocking; keep it off the runtime's worker threads.
             let _ = tokio::task::spawn_blocking(move || {
                 crate::trace::flush_to(&db);
-                if history_days > 0 && n % PRUNE_EVERY == 0 {
+                if history_days > 0 && (n % PRUNE_EVERY == 0 || clock_moved) {
                     prune_history(&db, history_days);
                 }
             })

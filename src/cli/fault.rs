@@ -27,7 +27,7 @@ pub enum FaultCommand {
     /// Examples: `fault add compute spawn --error NoValidHost --times 1`;
     /// `fault add --route /compute/v2.1/servers --http-method POST --status 503 --retry-after 2 --times 1`;
     /// `fault add compute spawning --delay 10 --server web-1`; `fault add compute networking --kill`
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// The rules, with how often each matched and fired
     List,
     /// One rule

@@ -672,6 +672,7 @@ impl ComputeManager {
         let mut ticker = tokio::time::interval(period);
         ticker.tick().await;
         let mut n: u64 = 0;
+        let mut last_offset = crate::clock::global().offset();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -693,8 +694,10 @@ impl ComputeManager {
                 let _ = tokio::task::spawn_blocking(move || net.check_dnsmasq()).await;
             }
             // The image cache every 60 heartbeats (10 min by default; nova checks every 40),
-            // first soon after start-up.
-            if n % 60 == 2 {
+            // first soon after start-up, and at the next heartbeat after the test clock moved.
+            let offset = crate::clock::global().offset();
+            let clock_moved = offset != std::mem::replace(&mut last_offset, offset);
+            if n % 60 == 2 || clock_moved {
                 self.driver.manage_image_cache().await;
             }
         }

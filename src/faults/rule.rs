@@ -229,10 +229,12 @@ impl RuleSpec {
             };
             match &effect {
                 Effect::Status { .. } | Effect::Delay(_) => {}
-                other => return Err(RuleError::NeverMatches(format!(
+                other => {
+                    return Err(RuleError::NeverMatches(format!(
                     "an API route answers a status or waits (`status`, `delay`); `{}` is for steps between services",
                     other.kind()
-                ))),
+                )))
+                }
             }
             let segments = path.trim_end_matches('/').split('/').skip(1).map(str::to_string).collect();
             Target::Route { segments, method }
