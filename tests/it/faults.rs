@@ -317,3 +317,35 @@ async fn a_token_expires_after_the_clock_advances() {
     assert_eq!(reset["clock"]["offset_seconds"], 0.0, "{reset}");
     drop(stack);
 }
+
+#[test]
+fn a_dropped_build_stays_in_build_and_a_conductor_error_fails_the_build() {
+    let (home, stack) = fake_stack(&["--faults"]);
+    novabox(&home, &["fault", "add", "scheduler", "select_destinations", "--drop", "--times", "1"]);
+    osc_boot(&home, "lost", &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let lost = osc_json(&home, &["server", "show", "lost"]);
+    assert_eq!((&lost["status"], &lost["OS-EXT-STS:task_state"]), (&Value::from("BUILD"), &Value::from("scheduling")));
+    let add = [
+        "fault",
+        "add",
+        "conductor",
+        "allocate_network",
+        "--error",
+        "BuildAbortException",
+        "--message",
+        "no ports left",
+        "--times",
+        "1",
+    ];
+    novabox(&home, &add);
+    osc_boot(&home, "nonet", &[]);
+    let failed = wait_server(&home, "nonet", "ERROR", Duration::from_secs(60));
+    let fault = failed["fault"].to_string();
+    assert!(fault.contains("network allocation failed") && fault.contains("no ports left"), "{failed}");
+    // A lost build is still the user's to delete.
+    crate::clients::osc(&home, &["server", "delete", "--wait", "lost"]);
+    let list = osc_json(&home, &["server", "list"]);
+    assert!(!list.as_array().unwrap().iter().any(|s| s["Name"] == "lost"), "{list}");
+    drop(stack);
+}
