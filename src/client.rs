@@ -189,6 +189,13 @@ impl Client {
         self.request(method, format!("{}/v2.0{path}", self.network), body).await
     }
 
+    /// A call to novabox's own API (`/novabox/v1...`: faults and the test clock), beside the
+    /// identity endpoint's prefix.
+    pub async fn novabox(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let base = self.identity.trim_end_matches('/').trim_end_matches("/v3").trim_end_matches("/identity");
+        self.request(method, format!("{base}/novabox/v1{path}"), body).await
+    }
+
     /// A Block Storage v3 call; `path` follows the project, e.g. `/volumes`.
     pub async fn volume(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         let base = self

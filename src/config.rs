@@ -36,6 +36,7 @@ pub struct Config {
     pub images: ImagesConfig,
     pub db: DbConfig,
     pub metadata: MetadataConfig,
+    pub faults: FaultsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -268,6 +269,16 @@ impl Default for MetadataConfig {
             listen: std::net::SocketAddr::new(std::net::IpAddr::V4(crate::network::METADATA_ADDRESS), 80),
         }
     }
+}
+
+/// Fault injection and the test clock (docs/faults.md): off unless asked for, since they let
+/// an admin break the cloud on purpose.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    /// `/novabox/v1/faults` and `/novabox/v1/clock` answer (admins only), and servers'
+    /// `novabox:fault`/`novabox:delay` metadata triggers fire. `up --faults` sets it for one run.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -119,6 +119,9 @@ pub enum Action {
     IdentityGetUser,
     /// Any state-changing call of a service's API ([`write_action`] says which).
     ProjectMemberWrite(Service),
+    // novabox's own (issue 23: fault injection and the test clock), admin only.
+    /// `/novabox/v1/faults` and `/novabox/v1/clock`: breaking the cloud on purpose.
+    NovaboxFaults,
 }
 
 impl Action {
@@ -158,6 +161,7 @@ impl Action {
             // The base rule of each service's defaults; upstream names the call's own policy.
             Action::ProjectMemberWrite(Service::Compute | Service::Volume) => "project_member_api",
             Action::ProjectMemberWrite(_) => "project_member",
+            Action::NovaboxFaults => "novabox:faults",
         }
     }
 
@@ -190,6 +194,8 @@ impl Action {
                 Service::Volume
             }
             ProjectMemberWrite(service) => service,
+            // Its callers use nova's clients and read nova's wording.
+            NovaboxFaults => Service::Compute,
         }
     }
 
@@ -225,6 +231,7 @@ impl Action {
             IdentityAdmin(_) => Rule::Admin,
             IdentityGetProject => Rule::AdminOrOwner,
             ProjectMemberWrite(_) => Rule::ProjectMember,
+            NovaboxFaults => Rule::Admin,
         }
     }
 }

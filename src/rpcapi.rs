@@ -556,15 +556,21 @@ impl Notifier {
             "image_ref_url": instance.image_ref,
             "launched_at": instance.launched_at,
         });
+        self.publish(ctx, event_type, Some(&instance.uuid), payload).await;
+    }
+
+    /// Publishes any notification (`compute.instance.*` above; novabox's own, such as a fault
+    /// injected). Logs a failure: a lost notification must never fail what it describes.
+    pub async fn publish(&self, ctx: &Context, event_type: &str, instance_uuid: Option<&str>, payload: Value) {
         let n = Notification {
             message_id: uuid::Uuid::new_v4().to_string(),
             event_type: event_type.to_string(),
             publisher_id: self.publisher_id.clone(),
             priority: "INFO".into(),
             request_id: Some(ctx.request_id.clone()),
-            instance_uuid: Some(instance.uuid.clone()),
+            instance_uuid: instance_uuid.map(str::to_string),
             payload,
-            timestamp: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+            timestamp: crate::clock::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
         };
         let message = match NotificationMessage::Notify(n).to_message(ctx) {
             Ok(m) => m,

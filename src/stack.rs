@@ -209,8 +209,19 @@ pub async fn run(
     let mut compute = None;
 
     phase("services");
+    // One table for the services of this process (docs/faults.md); with faults off every
+    // hook returns at its first check.
+    let faults = Arc::new(crate::faults::FaultTable::new(config.faults.enabled));
+    if services.contains(&Service::Api) {
+        // A new stack starts at the real time: the offset of one that ended is stale.
+        let _ = std::fs::remove_file(crate::clock::offset_file(&home));
+    }
+    if faults.enabled() {
+        faults.set_notifier(Notifier::new(bus.clone(), format!("faults.{host}")));
+        tracing::warn!("fault injection and the test clock are enabled ([faults] enabled or up --faults)");
+    }
     if let (Some(db), true) = (&db, services.contains(&Service::Conductor)) {
-        let conductor = Arc::new(Conductor::new(db.clone(), config.clone(), home.clone()));
+        let conductor = Arc::new(Conductor::new(db.clone(), config.clone(), home.clone()).with_faults(faults.clone()));
         subscriptions.push(bus.serve(CONDUCTOR_TOPIC, conductor).await?);
         subscriptions.push(bus.serve(NOTIFICATIONS_TOPIC, Arc::new(NotificationStore::new(db.clone()))).await?);
         db.with(|d| d.service_heartbeat(&host, crate::conductor::BINARY, CONDUCTOR_TOPIC))?;
@@ -218,12 +229,15 @@ pub async fn run(
         ready.services.push("conductor".into());
     }
     if let (Some(db), true) = (&db, services.contains(&Service::Scheduler)) {
-        let scheduler = Arc::new(Scheduler::new(
-            db.clone(),
-            config.clone(),
-            ComputeApi::new(bus.clone(), timeout),
-            Notifier::new(bus.clone(), format!("scheduler.{host}")),
-        ));
+        let scheduler = Arc::new(
+            Scheduler::new(
+                db.clone(),
+                config.clone(),
+                ComputeApi::new(bus.clone(), timeout),
+                Notifier::new(bus.clone(), format!("scheduler.{host}")),
+            )
+            .with_faults(faults.clone()),
+        );
         subscriptions.push(bus.serve(SCHEDULER_TOPIC, scheduler).await?);
         db.with(|d| d.service_heartbeat(&host, crate::scheduler::BINARY, SCHEDULER_TOPIC))?;
         db_heartbeats(db.clone(), config.clone(), crate::scheduler::BINARY, SCHEDULER_TOPIC, shutdown.clone());
@@ -234,27 +248,32 @@ pub async fn run(
         ready.driver = driver.name();
         let net = host_network(&config, &home, driver.name()).await?;
         ready.network = if net.is_some() { "bridge" } else { "user" };
-        let mut manager = ComputeManager::new(
-            host.clone(),
+        let make = ComputeParts {
+            host: host.clone(),
             driver,
-            ConductorApi::new(bus.clone(), timeout),
-            Notifier::new(bus.clone(), format!("compute.{host}")),
-            config.clone(),
-        );
-        if let Some(net) = net {
-            manager = manager.with_net(net).with_firewall(crate::compute::net::secgroups::Firewall::new(
-                crate::compute::net::home_tag(home.root()),
-                config.network.bridge.clone(),
-            ));
-        }
-        let manager = Arc::new(manager);
+            net,
+            bus: bus.clone(),
+            timeout,
+            config: config.clone(),
+            home: home.clone(),
+            faults: faults.clone(),
+        };
+        let manager = make.manager();
         // Serve first so builds cast during start-up queue for us, then register and reconcile.
-        subscriptions.push(bus.serve(&manager.topic(), manager.clone()).await?);
+        let subscription = bus.serve(&manager.topic(), manager.clone()).await?;
         phase("first compute registered");
         manager.init_host().await.map_err(StackError::Register)?;
-        tokio::spawn(manager.clone().run_periodic_tasks(shutdown.clone()));
         ready.services.push("compute".into());
-        compute = Some(manager);
+        if faults.enabled() {
+            // A `kill` rule ends this service and starts it again, as a supervisor would.
+            let current = Arc::new(std::sync::Mutex::new(manager.clone()));
+            tokio::spawn(supervise_compute(make, subscription, current.clone(), shutdown.clone()));
+            compute = Some(ComputeHandle::Supervised(current));
+        } else {
+            tokio::spawn(manager.clone().run_periodic_tasks(shutdown.clone()));
+            subscriptions.push(subscription);
+            compute = Some(ComputeHandle::Plain(manager));
+        }
     }
     let mut api_task = None;
     if let (Some(db), true) = (&db, services.contains(&Service::Api)) {
@@ -274,6 +293,7 @@ pub async fn run(
             bus: bus.clone(),
             home: home.clone(),
             logins: Arc::new(crate::api::logins::Logins::new(&config.api)),
+            faults: faults.clone(),
         };
         // Built here, not in the task, so a routing mistake fails `up` instead of one request.
         let app = api::router(state);
@@ -315,7 +335,11 @@ pub async fn run(
     for s in subscriptions {
         s.stop();
     }
-    if let Some(manager) = compute {
+    if let Some(handle) = compute {
+        let manager = match handle {
+            ComputeHandle::Plain(m) => m,
+            ComputeHandle::Supervised(current) => current.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
         if let Err(e) = manager.shutdown_guests().await {
             tracing::error!(error = %e, "guests left running");
         }
@@ -327,6 +351,99 @@ pub async fn run(
         ship_spans(conductor).await;
     }
     Ok(())
+}
+
+/// What a compute service is made of, kept so a killed one can be made again.
+struct ComputeParts {
+    host: String,
+    driver: Arc<dyn VirtDriver>,
+    net: Option<Arc<HostNet>>,
+    bus: Arc<dyn Bus>,
+    timeout: Duration,
+    config: Arc<Config>,
+    home: Home,
+    faults: Arc<crate::faults::FaultTable>,
+}
+
+impl ComputeParts {
+    fn manager(&self) -> Arc<ComputeManager> {
+        let host = &self.host;
+        let mut manager = ComputeManager::new(
+            host.clone(),
+            self.driver.clone(),
+            ConductorApi::new(self.bus.clone(), self.timeout),
+            Notifier::new(self.bus.clone(), format!("compute.{host}")),
+            self.config.clone(),
+        )
+        .with_faults(self.faults.clone());
+        if let Some(net) = &self.net {
+            manager = manager.with_net(net.clone()).with_firewall(crate::compute::net::secgroups::Firewall::new(
+                crate::compute::net::home_tag(self.home.root()),
+                self.config.network.bridge.clone(),
+            ));
+        }
+        Arc::new(manager)
+    }
+}
+
+/// The compute service of this process, for the guests' shutdown at the end.
+enum ComputeHandle {
+    Plain(Arc<ComputeManager>),
+    /// Under [`supervise_compute`]: the incarnation running now.
+    Supervised(Arc<std::sync::Mutex<Arc<ComputeManager>>>),
+}
+
+/// Runs the compute service so that a fault rule's `kill` ends it as a dead process ends:
+/// it stops taking messages (they wait on the bus), stops its heartbeats and periodic tasks,
+/// and the work it was doing stops where it was. After the rule's `restart_after` it starts
+/// again as a new service on the same host and guests, and its `init_host` recovers what the
+/// death left (a build cut short goes to ERROR, as nova's does).
+async fn supervise_compute(
+    parts: ComputeParts,
+    mut subscription: Subscription,
+    current: Arc<std::sync::Mutex<Arc<ComputeManager>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut kills = parts.faults.kills();
+    kills.borrow_and_update();
+    loop {
+        let manager = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(manager.run_periodic_tasks(stop_rx));
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = stop_tx.send(true);
+                subscription.stop();
+                return;
+            }
+            changed = kills.changed() => if changed.is_err() { return },
+        }
+        let restart_after = kills.borrow_and_update().1;
+        subscription.stop();
+        let _ = stop_tx.send(true);
+        tracing::error!(host = %parts.host, ?restart_after, "compute service killed by a fault rule; it starts again after the delay");
+        tokio::select! {
+            _ = tokio::time::sleep(restart_after) => {}
+            _ = shutdown.changed() => return,
+        }
+        let manager = parts.manager();
+        subscription = loop {
+            match parts.bus.serve(&manager.topic(), manager.clone()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::error!(error = %e, "the restarted compute service cannot take messages; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = manager.clone();
+        match manager.init_host().await {
+            Ok(()) => {
+                tracing::warn!(host = %parts.host, "compute service started again after a kill; init_host recovered its instances")
+            }
+            Err(e) => tracing::error!(error = %e, "the restarted compute service could not register"),
+        }
+    }
 }
 
 /// Sends the recorded spans to the conductor every 250 ms, from a compute service that has no
@@ -398,16 +515,21 @@ fn spawn_trace_flusher(db: SharedDb, history_days: u32, mut stop: watch::Receive
     const PRUNE_EVERY: u64 = 3600 * 1000 / TICK.as_millis() as u64;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(TICK);
+        let mut last_offset = crate::clock::global().offset();
         for n in 0u64.. {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
             let db = db.clone();
+            // A moved test clock prunes at once, so a job sees history age out without waiting
+            // for the hourly pass.
+            let offset = crate::clock::global().offset();
+            let clock_moved = offset != std::mem::replace(&mut last_offset, offset);
             // SQLite is blocking; keep it off the runtime's worker threads.
             let _ = tokio::task::spawn_blocking(move || {
                 crate::trace::flush_to(&db);
-                if history_days > 0 && n % PRUNE_EVERY == 0 {
+                if history_days > 0 && (n % PRUNE_EVERY == 0 || clock_moved) {
                     prune_history(&db, history_days);
                 }
             })
@@ -418,7 +540,7 @@ fn spawn_trace_flusher(db: SharedDb, history_days: u32, mut stop: watch::Receive
 
 fn prune_history(db: &SharedDb, days: u32) {
     // Days before the calendar's start (a huge setting) leave nothing to delete.
-    let Some(cutoff) = chrono::Utc::now().checked_sub_signed(chrono::Duration::days(i64::from(days))) else { return };
+    let Some(cutoff) = crate::clock::now().checked_sub_signed(chrono::Duration::days(i64::from(days))) else { return };
     match db.with(|db| db.prune_history(cutoff)) {
         Ok((0, 0)) => {}
         Ok((spans, notifications)) => {

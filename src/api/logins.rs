@@ -72,7 +72,7 @@ impl Logins {
     /// Refuses a login from `source` for `user_id` (when the name was known) while either is
     /// locked out.
     pub fn check(&self, user_id: Option<&str>, source: Option<IpAddr>) -> Result<(), Refused> {
-        let now = Instant::now();
+        let now = crate::clock::instant_now();
         let ledger = self.ledger();
         if let Some(ip) = source {
             if let Some(until) = ledger.sources.get(&ip).and_then(|f| f.locked_until).filter(|t| *t > now) {
@@ -104,7 +104,7 @@ impl Logins {
 
     /// Counts a wrong password (or an unknown user) against the user and the source.
     pub fn failed(&self, user_id: Option<&str>, source: Option<IpAddr>) {
-        let now = Instant::now();
+        let now = crate::clock::instant_now();
         let window = self.duration;
         let mut ledger = self.ledger();
         if ledger.users.len() + ledger.sources.len() > PRUNE_ABOVE {

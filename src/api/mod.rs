@@ -22,6 +22,7 @@ pub mod identity;
 pub mod image;
 pub mod logins;
 pub mod network;
+pub mod novabox;
 pub mod server;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub home: Home,
     /// Password checks and the login lockout, shared by every request.
     pub logins: Arc<logins::Logins>,
+    /// Injected faults and the test clock's API (docs/faults.md); disabled unless asked for.
+    pub faults: Arc<crate::faults::FaultTable>,
 }
 
 impl AppState {
@@ -54,12 +57,17 @@ impl AppState {
 /// service's error body.
 /// The family also rides along as a request extension, so [`context::Auth`] knows whose
 /// default policy (the member persona for writes) applies.
+/// Injected faults answer inside the renderer, so an injected 503 has the service's body.
 fn service(router: Router<AppState>, family: Family) -> Router<AppState> {
-    router.layer(middleware::from_fn(move |req, next| render_faults(family, req, next))).layer(axum::Extension(family))
+    router
+        .layer(middleware::from_fn(novabox::faults::inject_http))
+        .layer(middleware::from_fn(move |req, next| render_faults(family, req, next)))
+        .layer(axum::Extension(family))
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = (state.config.api.max_body_kb as usize) * 1024;
+    let faults = state.faults.clone();
     Router::new()
         .nest("/identity", service(identity::router(), Family::Identity))
         .nest("/compute", service(compute::router(), Family::Compute))
@@ -71,7 +79,9 @@ pub fn router(state: AppState) -> Router {
         .route("/network/", axum::routing::get(network::versions))
         .nest("/volume", service(volume::router(), Family::Volume))
         .route("/volume/", axum::routing::get(volume::versions))
+        .nest("/novabox", service(novabox::router(), Family::Compute))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(faults))
         .layer(middleware::from_fn(context::request_id))
         .with_state(state)
 }

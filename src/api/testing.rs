@@ -116,8 +116,14 @@ impl Cloud {
         let mut config = Config::default();
         tweak(&mut config);
         let logins = Arc::new(crate::api::logins::Logins::new(&config.api));
-        let state =
-            AppState { db: SharedDb::new(db), config: Arc::new(config), bus: Arc::new(ClosedBus), home, logins };
+        let state = AppState {
+            db: SharedDb::new(db),
+            config: Arc::new(config),
+            bus: Arc::new(ClosedBus),
+            home,
+            logins,
+            faults: crate::faults::FaultTable::disabled(),
+        };
         Cloud {
             app: super::router(state.clone()),
             state,

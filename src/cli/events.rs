@@ -34,7 +34,8 @@ pub fn run(global: &GlobalArgs, args: EventsArgs) -> anyhow::Result<ExitCode> {
         let batch = db.notifications_after(after, 500)?;
         for (id, n) in &batch {
             after = *id;
-            if !n.event_type.starts_with("compute.instance.") {
+            // Injected faults show beside the notifications they cause (docs/faults.md).
+            if !n.event_type.starts_with("compute.instance.") && n.event_type != novabox::faults::INJECTED_EVENT {
                 continue;
             }
             if args.server.as_deref().is_some_and(|s| n.instance_uuid.as_deref() != Some(s)) {

@@ -12,10 +12,12 @@ pub mod bench_boot;
 pub mod bench_guest;
 pub mod bench_logins;
 pub mod bench_up;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod doctor;
 pub mod events;
+pub mod fault;
 pub mod image;
 pub mod init;
 pub mod logging;
@@ -98,6 +100,10 @@ pub enum Command {
     /// Volumes, read-only: `volume list`, `volume show VOLUME`
     #[command(subcommand)]
     Volume(resources::ReadCommand),
+    /// Inject failures into the running stack (admin; `up --faults`): `fault add|list|show|rm|clear`
+    Fault(fault::FaultArgs),
+    /// The running stack's test clock (admin; `up --faults`): `clock show|advance SECONDS|reset`
+    Clock(clock::ClockArgs),
     /// Measure novabox: `bench bus`, `bench boot`, `bench guest`, `bench up`, `bench logins`
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -124,6 +130,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keypair(cmd) => resources::run(&cli.global, Resource::Keypair, cmd),
         Command::Volume(cmd) => resources::run(&cli.global, Resource::Volume, cmd),
         Command::Bench(cmd) => bench::run(&cli.global, cmd),
+        Command::Fault(args) => fault::run(&cli.global, args),
+        Command::Clock(args) => clock::run(&cli.global, args),
     }
 }
 

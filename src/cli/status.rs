@@ -25,7 +25,7 @@ pub struct StatusArgs {
 /// Seconds since an API timestamp (`2026-11-27T23:59:01Z`), when it parses.
 fn age_secs(ts: &str) -> Option<i64> {
     let t = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%SZ").ok()?;
-    Some((chrono::Utc::now().naive_utc() - t).num_seconds())
+    Some((novabox::clock::now().naive_utc() - t).num_seconds())
 }
 
 /// Bytes used under `dir`, not following symlinks.
@@ -61,6 +61,11 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
+    let faults = pid.is_some() && ready["faults"] == true;
+    if faults {
+        // The stack's time, so heartbeat ages and up/down agree with what it sees.
+        novabox::clock::global().load(&novabox::clock::offset_file(&home));
+    }
     let db = Db::open(&home.db_file(), OpenOptions::default())?;
     let down_after = config.compute.service_down_secs;
     let services: Vec<Value> = db
@@ -116,6 +121,10 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
         "volumes": {"count": volume_count, "gigabytes": volume_gb},
         "disk_used_bytes": disk_used(home.root()),
         "logs": home.logs_dir().join("novabox.log"),
+        "faults": {
+            "enabled": faults,
+            "clock_offset_secs": novabox::clock::global().offset().as_secs(),
+        },
     });
     if args.json {
         println!("{doc}");
@@ -143,6 +152,12 @@ fn print_human(doc: &Value) {
     println!("  auth_url  {}", s(&doc["endpoints"]["auth_url"]));
     println!("  logs      {}", s(&doc["logs"]));
     println!("  disk      {:.1} MiB", doc["disk_used_bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
+    if doc["faults"]["enabled"] == true {
+        println!(
+            "  faults    ENABLED: admins can inject failures (`novabox fault list`); test clock +{} s (docs/faults.md)",
+            doc["faults"]["clock_offset_secs"].as_u64().unwrap_or(0)
+        );
+    }
     println!("services:");
     for svc in doc["services"].as_array().into_iter().flatten() {
         let state = if svc["up"] == true { "up" } else { "down" };

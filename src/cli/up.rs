@@ -65,6 +65,9 @@ pub struct UpArgs {
     /// Seconds `--detach` waits for the stack to be ready
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Enable fault injection and the test clock for this run (as `[faults] enabled = true`)
+    #[arg(long)]
+    pub faults: bool,
 }
 
 #[derive(Debug, Args)]
@@ -158,7 +161,8 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
         let fake = matches!(args.driver, Some(DriverArg::Fake));
         super::init::run(global, InitArgs::for_up(args.yes, fake))?;
     }
-    let config = effective_config(&home, args.bus, args.driver)?;
+    let mut config = effective_config(&home, args.bus, args.driver)?;
+    config.faults.enabled |= args.faults;
     if args.detach || args.wait {
         return detach(&home, global, &args);
     }
@@ -202,6 +206,9 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
     }
     if let Some(d) = args.driver {
         cmd.arg("--driver").arg(format!("{d:?}").to_lowercase());
+    }
+    if args.faults {
+        cmd.arg("--faults");
     }
     use std::os::unix::process::CommandExt;
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
@@ -380,6 +387,7 @@ fn ready_document(
         "services": ready.services,
         "pid": std::process::id(),
         "ready_ms": took.as_millis() as u64,
+        "faults": config.faults.enabled,
         "credentials": {
             "admin": {"username": "admin", "password": secrets.admin_password, "project_name": "admin"},
             "demo": {"username": "demo", "password": secrets.demo_password, "project_name": "demo"},

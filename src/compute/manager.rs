@@ -37,6 +37,8 @@ pub struct ComputeManager {
     /// Set once the service is stopping its guests: from then on a guest that is off is off
     /// because of the shutdown, and the power-state sync must not record it as SHUTOFF.
     host_stopping: std::sync::atomic::AtomicBool,
+    /// Injected faults (issue 23); a disabled table unless the stack enables them.
+    faults: Arc<crate::faults::FaultTable>,
 }
 
 /// Why a step of a build stopped.
@@ -48,6 +50,10 @@ enum Abort {
     /// The instance was no longer waiting for a build: this request came twice (the broker
     /// delivers a cast again when it went away before the ack). Stop without touching it.
     Duplicate,
+    /// A fault rule failed the step: ERROR with exactly this message (nova's exception text).
+    Injected(String),
+    /// A fault rule lost the step's message, or killed this service: leave everything as it is.
+    Lost,
 }
 
 impl From<BusError> for Abort {
@@ -90,6 +96,38 @@ impl ComputeManager {
             net: None,
             instance_locks: Mutex::new(HashMap::new()),
             host_stopping: Default::default(),
+            faults: crate::faults::FaultTable::disabled(),
+        }
+    }
+
+    /// Asks `faults` before each step (issue 23).
+    pub fn with_faults(mut self, faults: Arc<crate::faults::FaultTable>) -> ComputeManager {
+        self.faults = faults;
+        self
+    }
+
+    /// Asks the fault table before `step` of `inst`'s work.
+    async fn fault_at(&self, ctx: &Context, step: &str, inst: &Instance) -> Option<crate::faults::Injected> {
+        if !self.faults.enabled() {
+            return None;
+        }
+        let call = crate::faults::StepCall {
+            service: "compute",
+            step,
+            instance_uuid: Some(&inst.uuid),
+            instance_name: Some(&inst.display_name),
+            project_id: Some(&inst.project_id),
+        };
+        self.faults.inject(ctx, call, Some(&inst.metadata), &self.host).await
+    }
+
+    /// A build step's fault as the way the build stops.
+    async fn build_fault(&self, ctx: &Context, step: &str, inst: &Instance) -> Result<(), Abort> {
+        use crate::faults::Injected;
+        match self.fault_at(ctx, step, inst).await {
+            None => Ok(()),
+            Some(Injected::Error(message)) => Err(Abort::Injected(message)),
+            Some(Injected::Drop | Injected::Kill) => Err(Abort::Lost),
         }
     }
 
@@ -372,12 +410,19 @@ impl ComputeManager {
             Err(Abort::Duplicate) => {
                 tracing::info!(instance = %inst.uuid, "build request delivered again; the instance has moved on");
             }
-            Err(Abort::Failed(why)) => {
-                tracing::warn!(instance = %inst.uuid, "build failed: {why}");
+            Err(Abort::Lost) => {
+                tracing::warn!(instance = %inst.uuid, "build stopped by an injected fault; its state stays as it is");
+            }
+            Err(failure @ (Abort::Failed(_) | Abort::Injected(_))) => {
+                let message = match failure {
+                    Abort::Injected(message) => message,
+                    Abort::Failed(why) => format!("Build of instance {} aborted: {why}", inst.uuid),
+                    _ => unreachable!("matched above"),
+                };
+                tracing::warn!(instance = %inst.uuid, "build failed: {message}");
                 let _ = self.driver.destroy(&inst.uuid).await;
                 self.unplug(ctx, &inst.uuid).await;
                 let _ = self.conductor.deallocate_network(ctx, &inst.uuid).await;
-                let message = format!("Build of instance {} aborted: {why}", inst.uuid);
                 self.set_error(ctx, &inst, &message).await;
                 self.notifier.instance(ctx, "compute.instance.create.error", &inst).await;
             }
@@ -397,6 +442,7 @@ impl ComputeManager {
                     }
                     other => Abort::from(other),
                 })?;
+            self.build_fault(ctx, "networking", inst).await?;
             self.conductor.allocate_network(ctx, uuid, &spec.requested_networks, &self.host).await.map_err(|e| {
                 match Abort::from(e) {
                     Abort::Failed(why) => Abort::Failed(format!("network allocation failed: {why}")),
@@ -415,6 +461,7 @@ impl ComputeManager {
             self.conductor
                 .instance_update(ctx, uuid, &task_update(TaskState::BlockDeviceMapping, TaskState::Networking))
                 .await?;
+            self.build_fault(ctx, "block_device_mapping", inst).await?;
             self.conductor.prepare_block_devices(ctx, uuid).await.map_err(|e| match Abort::from(e) {
                 Abort::Failed(why) => Abort::Failed(format!("block device setup failed: {why}")),
                 other => other,
@@ -426,13 +473,15 @@ impl ComputeManager {
             self.conductor
                 .instance_update(ctx, uuid, &task_update(TaskState::Spawning, TaskState::BlockDeviceMapping))
                 .await?;
+            self.build_fault(ctx, "spawning", inst).await?;
             let mut guest = guest_spec(inst, spec.image.clone(), vifs, volumes);
             self.plug(&mut guest).await.map_err(Abort::Failed)?;
-            self.driver
-                .spawn(&guest)
-                .instrument(tracing::info_span!("driver.spawn", driver = self.driver.name()))
-                .await
-                .map_err(|e| Abort::Failed(e.to_string()))?;
+            async {
+                self.build_fault(ctx, "spawn", inst).await?;
+                self.driver.spawn(&guest).await.map_err(|e| Abort::Failed(e.to_string()))
+            }
+            .instrument(tracing::info_span!("driver.spawn", driver = self.driver.name()))
+            .await?;
             let done = InstanceUpdate {
                 vm_state: Some(VmState::Active),
                 task_state: Some(None),
@@ -624,6 +673,7 @@ impl ComputeManager {
         let mut ticker = tokio::time::interval(period);
         ticker.tick().await;
         let mut n: u64 = 0;
+        let mut last_offset = crate::clock::global().offset();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -645,8 +695,10 @@ impl ComputeManager {
                 let _ = tokio::task::spawn_blocking(move || net.check_dnsmasq()).await;
             }
             // The image cache every 60 heartbeats (10 min by default; nova checks every 40),
-            // first soon after start-up.
-            if n % 60 == 2 {
+            // first soon after start-up, and at the next heartbeat after the test clock moved.
+            let offset = crate::clock::global().offset();
+            let clock_moved = offset != std::mem::replace(&mut last_offset, offset);
+            if n % 60 == 2 || clock_moved {
                 self.driver.manage_image_cache().await;
             }
         }
@@ -693,6 +745,9 @@ impl Handler for ComputeManager {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
         use ComputeRequest as R;
         let (request, ctx) = ComputeRequest::from_message(message)?;
+        if let Some(injected) = self.rpc_fault(&ctx, &request).await {
+            return self.injected_rpc(&ctx, request, injected).await;
+        }
         match request {
             R::BuildAndRunInstance { instance, request_spec } => {
                 let spec = request_spec.map(|spec| *spec).unwrap_or(RequestSpec {
@@ -730,6 +785,87 @@ impl Handler for ComputeManager {
                     .await
                     .map_err(|e| RemoteError::new(RemoteErrorKind::ConsoleNotAvailable, e.to_string()))?;
                 return Ok(json!(tail_lines(&out, length)));
+            }
+        }
+        Ok(Value::Null)
+    }
+}
+
+impl ComputeManager {
+    /// Asks the fault table before an RPC method is handled.
+    async fn rpc_fault(&self, ctx: &Context, request: &ComputeRequest) -> Option<crate::faults::Injected> {
+        use ComputeRequest as R;
+        if !self.faults.enabled() {
+            return None;
+        }
+        let (method, instance) = match request {
+            R::BuildAndRunInstance { instance, .. } => ("build_and_run_instance", Some(instance)),
+            R::TerminateInstance { instance } => ("terminate_instance", Some(instance)),
+            R::StopInstance { instance } => ("stop_instance", Some(instance)),
+            R::StartInstance { instance } => ("start_instance", Some(instance)),
+            R::RebootInstance { instance, .. } => ("reboot_instance", Some(instance)),
+            R::AttachVolume { instance, .. } => ("attach_volume", Some(instance)),
+            R::DetachVolume { instance, .. } => ("detach_volume", Some(instance)),
+            R::GetConsoleOutput { instance, .. } => ("get_console_output", Some(instance)),
+            R::RefreshSecurityGroups { .. } => ("refresh_security_groups", None),
+        };
+        match instance {
+            Some(inst) => self.fault_at(ctx, method, inst).await,
+            None => {
+                let call = crate::faults::StepCall { service: "compute", step: method, ..Default::default() };
+                self.faults.inject(ctx, call, None, &self.host).await
+            }
+        }
+    }
+
+    /// Ends an RPC method a fault fired for as the real failure of that method ends: a
+    /// build in ERROR with the fault and a notification, an action's fault recorded and its
+    /// task_state cleared, a volume operation reported failed, a call answered with the error.
+    async fn injected_rpc(
+        &self,
+        ctx: &Context,
+        request: ComputeRequest,
+        injected: crate::faults::Injected,
+    ) -> Result<Value, RemoteError> {
+        use crate::faults::Injected;
+        use ComputeRequest as R;
+        let message = match injected {
+            Injected::Error(message) => message,
+            Injected::Kill => return Ok(Value::Null),
+            Injected::Drop => {
+                // A lost call is one whose caller waits until it gives up.
+                if matches!(request, R::GetConsoleOutput { .. }) {
+                    tokio::time::sleep(Duration::from_secs(self.config.bus.call_timeout_secs + 1)).await;
+                }
+                return Ok(Value::Null);
+            }
+        };
+        match request {
+            R::BuildAndRunInstance { instance, .. } => {
+                let lock = self.lock_for(&instance.uuid);
+                let _held = lock.lock().await;
+                self.set_error(ctx, &instance, &message).await;
+                self.notifier.instance(ctx, "compute.instance.create.error", &instance).await;
+            }
+            R::TerminateInstance { instance } => {
+                // As a failed destroy: the fault is recorded, the server stays `deleting`.
+                let _ = self.conductor.instance_fault_create(ctx, &instance.uuid, 500, &message, &self.host).await;
+            }
+            R::StopInstance { instance } | R::StartInstance { instance } | R::RebootInstance { instance, .. } => {
+                let _ = self.conductor.instance_fault_create(ctx, &instance.uuid, 500, &message, &self.host).await;
+                let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
+                let _ = self.conductor.instance_update(ctx, &instance.uuid, &u).await;
+                let _ = self.conductor.action_finish(ctx, &instance.uuid, Some(&message)).await;
+            }
+            R::AttachVolume { instance, volume } => {
+                let _ = self.conductor.volume_attach_done(ctx, &volume.volume_id, &instance.uuid, Some(&message)).await;
+            }
+            R::DetachVolume { instance, volume_id } => {
+                let _ = self.conductor.volume_detach_done(ctx, &volume_id, &instance.uuid, Some(&message)).await;
+            }
+            R::GetConsoleOutput { .. } => return Err(RemoteError::new(RemoteErrorKind::ConsoleNotAvailable, message)),
+            R::RefreshSecurityGroups { .. } => {
+                return Err(RemoteError::new(RemoteErrorKind::SecurityGroupError, message))
             }
         }
         Ok(Value::Null)

@@ -24,6 +24,8 @@ pub struct Conductor {
     db: SharedDb,
     config: Arc<Config>,
     home: crate::home::Home,
+    /// Injected faults (issue 23); a disabled table unless the stack enables them.
+    faults: Arc<crate::faults::FaultTable>,
 }
 
 fn db_error(e: DbError) -> RemoteError {
@@ -39,7 +41,45 @@ impl From<DbError> for RemoteError {
 
 impl Conductor {
     pub fn new(db: SharedDb, config: Arc<Config>, home: crate::home::Home) -> Conductor {
-        Conductor { db, config, home }
+        Conductor { db, config, home, faults: crate::faults::FaultTable::disabled() }
+    }
+
+    /// Asks `faults` before each method (issue 23).
+    pub fn with_faults(mut self, faults: Arc<crate::faults::FaultTable>) -> Conductor {
+        self.faults = faults;
+        self
+    }
+
+    /// Asks the fault table before `message` is handled; the answer instead of handling it,
+    /// when a rule fired: the error as a remote error (the caller fails as on a real one), or
+    /// a lost message (a call's caller waits out its timeout, as for a lost reply).
+    async fn fault_at(&self, message: &Message) -> Option<Result<Value, RemoteError>> {
+        use crate::faults::Injected;
+        let step = crate::faults::catalog::find_step("conductor", &message.method)?;
+        let uuid = ["uuid", "instance_uuid"].iter().find_map(|k| message.args.get(*k).and_then(Value::as_str));
+        // The name and project of the instance, for rules that name a server or a project:
+        // read only while rules exist.
+        let instance = match uuid {
+            Some(u) if self.faults.has_rules() => self.db.with(|db| db.instance_by_uuid(u, true)).ok().flatten(),
+            _ => None,
+        };
+        let ctx = &message.context;
+        let call = crate::faults::StepCall {
+            service: "conductor",
+            step: step.name,
+            instance_uuid: uuid,
+            instance_name: instance.as_ref().map(|i| i.display_name.as_str()),
+            project_id: instance.as_ref().map(|i| i.project_id.as_str()).or(ctx.project_id.as_deref()),
+        };
+        match self.faults.inject(ctx, call, None, &self.config.host.name).await? {
+            Injected::Error(text) => Some(Err(RemoteError::new(RemoteErrorKind::Other, text))),
+            Injected::Drop | Injected::Kill => {
+                if step.name != "action_finish" {
+                    tokio::time::sleep(std::time::Duration::from_secs(self.config.bus.call_timeout_secs + 1)).await;
+                }
+                Some(Ok(Value::Null))
+            }
+        }
     }
 
     fn instance_update(&self, uuid: &str, update: &InstanceUpdate) -> Result<Value, RemoteError> {
@@ -198,6 +238,11 @@ impl Conductor {
 impl Handler for Conductor {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
         use ConductorRequest as R;
+        if self.faults.enabled() {
+            if let Some(answer) = self.fault_at(&message).await {
+                return answer;
+            }
+        }
         let (request, ctx) = ConductorRequest::from_message(message)?;
         match request {
             R::InstanceUpdate { uuid, update } => self.instance_update(&uuid, &update),

@@ -223,7 +223,8 @@ fn record_statement(event: rusqlite::trace::TraceEvent<'_>) {
 
 /// Now, as the API shows it: UTC, seconds, trailing Z.
 pub fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    // The test clock, so `novabox clock advance` reaches every timestamp and expiry.
+    crate::clock::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// A keystone-style id: a uuid4 as 32 hex characters.

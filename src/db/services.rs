@@ -189,7 +189,7 @@ pub fn is_up(service: &Service, down_after_secs: u64) -> bool {
     }
     let Some(seen) = &service.last_seen_at else { return false };
     match chrono::NaiveDateTime::parse_from_str(seen, "%Y-%m-%dT%H:%M:%SZ") {
-        Ok(t) => (chrono::Utc::now().naive_utc() - t).num_seconds() < down_after_secs as i64,
+        Ok(t) => (crate::clock::now().naive_utc() - t).num_seconds() < down_after_secs as i64,
         Err(_) => false,
     }
 }

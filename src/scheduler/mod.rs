@@ -34,11 +34,41 @@ pub struct Scheduler {
     /// Placement reads usage and then writes the choice; one placement at a time keeps two
     /// concurrent boots from both taking the last slot of a host.
     placing: tokio::sync::Mutex<()>,
+    /// Injected faults (issue 23); a disabled table unless the stack enables them.
+    faults: Arc<crate::faults::FaultTable>,
 }
 
 impl Scheduler {
     pub fn new(db: SharedDb, config: Arc<Config>, compute: ComputeApi, notifier: Notifier) -> Scheduler {
-        Scheduler { db, config, compute, notifier, placing: tokio::sync::Mutex::new(()) }
+        Scheduler {
+            db,
+            config,
+            compute,
+            notifier,
+            placing: tokio::sync::Mutex::new(()),
+            faults: crate::faults::FaultTable::disabled(),
+        }
+    }
+
+    /// Asks `faults` before placing each instance (issue 23).
+    pub fn with_faults(mut self, faults: Arc<crate::faults::FaultTable>) -> Scheduler {
+        self.faults = faults;
+        self
+    }
+
+    /// Asks the fault table before placing `instance`.
+    async fn fault_at(&self, ctx: &Context, instance: &Instance) -> Option<crate::faults::Injected> {
+        if !self.faults.enabled() {
+            return None;
+        }
+        let call = crate::faults::StepCall {
+            service: "scheduler",
+            step: "select_destinations",
+            instance_uuid: Some(&instance.uuid),
+            instance_name: Some(&instance.display_name),
+            project_id: Some(&instance.project_id),
+        };
+        self.faults.inject(ctx, call, Some(&instance.metadata), &self.config.host.name).await
     }
 
     /// Every compute host with its capacity and what is placed on it now.
@@ -133,7 +163,25 @@ impl Scheduler {
                 }
             };
             let selecting = tracing::info_span!("select_host", instance = %uuid);
-            match self.place(&instance, spec).instrument(selecting).await {
+            let placed = async {
+                match self.fault_at(ctx, &instance).await {
+                    None => Ok(self.place(&instance, spec).await),
+                    Some(injected) => Err(injected),
+                }
+            }
+            .instrument(selecting)
+            .await;
+            let placed = match placed {
+                Ok(placed) => placed,
+                // An injected fault's message is the whole fault (nova's exception text).
+                Err(crate::faults::Injected::Error(message)) => {
+                    self.fail(ctx, uuid, &message, "injected by a novabox fault rule").await;
+                    continue;
+                }
+                // A lost request: the instance stays `scheduling`, as when the cast never arrives.
+                Err(crate::faults::Injected::Drop | crate::faults::Injected::Kill) => continue,
+            };
+            match placed {
                 Ok(Ok(placed)) => {
                     let host = placed.host.clone().unwrap_or_default();
                     if let Err(e) = self.compute.build_and_run_instance(ctx, &host, &placed, spec).await {

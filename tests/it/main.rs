@@ -6,6 +6,7 @@ mod clients;
 mod common;
 mod compute;
 mod doctor;
+mod faults;
 mod guestkit;
 mod guests;
 mod identity;

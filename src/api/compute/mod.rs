@@ -79,12 +79,22 @@ fn version_doc(base: &str) -> Value {
     })
 }
 
+/// Says plainly, only while they are on, that faults can be injected here (issue 23); with
+/// faults off the document is nova's exactly (tempest's schema allows no other key).
+fn with_faults_note(mut doc: Value, state: &AppState) -> Value {
+    if state.faults.enabled() {
+        doc["novabox:faults"] =
+            json!("enabled: this cloud fails on purpose when an admin asks it to (/novabox/v1/faults)");
+    }
+    doc
+}
+
 pub async fn versions(headers: HeaderMap, State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"versions": [version_doc(&base_url(&headers, &state.config))]}))
+    Json(json!({"versions": [with_faults_note(version_doc(&base_url(&headers, &state.config)), &state)]}))
 }
 
 async fn version(headers: HeaderMap, State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"version": version_doc(&base_url(&headers, &state.config))}))
+    Json(json!({"version": with_faults_note(version_doc(&base_url(&headers, &state.config)), &state)}))
 }
 
 /// `{base}/compute/v2.1/{project}/{kind}/{id}` and its bookmark, as nova's links.

@@ -166,7 +166,7 @@ pub(super) async fn issue_token(
         rand::thread_rng().fill_bytes(&mut raw);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         let audit_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw[..16]);
-        let issued_at = chrono::Utc::now();
+        let issued_at = crate::clock::now();
         let mut expires_at =
             (issued_at + chrono::Duration::seconds(ttl as i64)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
         if let Some(parent) = &subject.expires_no_later_than {

@@ -135,7 +135,7 @@ where
 {
     let base = base_dir.join(name);
     if base.is_file() {
-        super::imagecache::touch(&base, std::time::SystemTime::now());
+        super::imagecache::touch(&base, crate::clock::system_now());
         return Ok(base);
     }
     std::fs::create_dir_all(base_dir).map_err(|source| DiskError::Create { path: base_dir.to_path_buf(), source })?;

@@ -121,7 +121,7 @@ impl GuestFiles {
         if base.is_file() {
             // Used now: the image cache keeps it at least image_cache_max_age_secs from here,
             // also in the moment before the guest's overlay names it.
-            imagecache::touch(&base, std::time::SystemTime::now());
+            imagecache::touch(&base, crate::clock::system_now());
             let info = self.inspect(&base, format, &format!("image {}", image.id)).await?;
             return Ok((base, virtual_size(&info)));
         }

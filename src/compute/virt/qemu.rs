@@ -692,7 +692,7 @@ impl VirtDriver for QemuDriver {
     async fn manage_image_cache(&self) {
         let (instances, max_age) = (self.instances.clone(), self.image_cache_max_age);
         let pass =
-            tokio::task::spawn_blocking(move || imagecache::cleanup(&instances, max_age, std::time::SystemTime::now()));
+            tokio::task::spawn_blocking(move || imagecache::cleanup(&instances, max_age, crate::clock::system_now()));
         match pass.await {
             Ok(Ok(report)) => tracing::debug!(
                 removed = report.removed.len(),
