@@ -15,7 +15,6 @@ use serde_path_to_error::Segment;
 use super::{ComputeError, Result};
 use crate::api::compute::microversion::Microversion;
 use crate::api::compute::validation;
-use crate::compute::states::ServerAction;
 use crate::db::instances::NewBlockDevice;
 use crate::rpcapi::{RequestedNetwork, RequestedNetworks};
 
@@ -606,18 +605,6 @@ impl Action {
             Action::ConsoleOutput { .. } => "os-getConsoleOutput",
             Action::AddSecurityGroup { .. } => "addSecurityGroup",
             Action::RemoveSecurityGroup { .. } => "removeSecurityGroup",
-        }
-    }
-
-    /// The row of the allowed-state table for an action that changes the instance's state
-    /// (`ServerAction::guard`); None for the actions that read or change other resources.
-    pub fn guarded(&self) -> Option<ServerAction> {
-        match self {
-            Action::Stop => Some(ServerAction::Stop),
-            Action::Start => Some(ServerAction::Start),
-            Action::Reboot { hard: false } => Some(ServerAction::Reboot),
-            Action::Reboot { hard: true } => Some(ServerAction::RebootHard),
-            Action::ConsoleOutput { .. } | Action::AddSecurityGroup { .. } | Action::RemoveSecurityGroup { .. } => None,
         }
     }
 }
