@@ -1,87 +1,18 @@
-//! The server API's bodies as types, checked as nova's JSON schemas check them for the
-//! request's microversion (`nova/api/openstack/compute/schemas/servers.py`). Where nova's
-//! schema says `additionalProperties: false` the struct denies unknown fields; where it takes
-//! several JSON types (`flavorRef`, `min_count`, `boot_index`, ...) the field stays a `Value`
-//! and is checked here, in nova's words.
+//! `POST /servers`: the create body as nova's schema takes it.
 
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use serde::de::{DeserializeOwned, IgnoredAny};
-use serde::{Deserialize, Deserializer};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Value};
-use serde_path_to_error::Segment;
 
-use super::{ComputeError, Result};
+use super::{invalid, present, typed, unexpected};
 use crate::api::compute::microversion::Microversion;
 use crate::api::compute::validation;
+use crate::compute::api::Result;
 use crate::db::instances::NewBlockDevice;
 use crate::rpcapi::{RequestedNetwork, RequestedNetworks};
-
-fn invalid(message: impl Into<String>) -> ComputeError {
-    ComputeError::Invalid(message.into())
-}
-
-/// nova's text for a key its schema does not allow.
-fn unexpected(key: &str) -> ComputeError {
-    invalid(format!("Additional properties are not allowed ('{key}' was unexpected)"))
-}
-
-/// Reads `value` as `T`, refusing as nova's schema validator does: an unknown field is named
-/// as unexpected, a missing one as required, a wrong type with the field and the value.
-pub(crate) fn typed<T: DeserializeOwned>(value: &Value) -> Result<T> {
-    serde_path_to_error::deserialize(value).map_err(|e| schema_error(value, e))
-}
-
-fn schema_error(root: &Value, e: serde_path_to_error::Error<serde_json::Error>) -> ComputeError {
-    let path: Vec<Segment> = e.path().iter().cloned().collect();
-    let reason = e.into_inner().to_string();
-    let quoted = |prefix: &str| reason.strip_prefix(prefix).and_then(|r| r.split('`').next()).map(str::to_string);
-    if let Some(field) = quoted("unknown field `") {
-        return unexpected(&field);
-    }
-    if let Some(field) = quoted("missing field `") {
-        return invalid(format!("'{field}' is a required property"));
-    }
-    let field = path
-        .iter()
-        .rev()
-        .find_map(|s| match s {
-            Segment::Map { key } => Some(key.as_str()),
-            _ => None,
-        })
-        .unwrap_or("body");
-    let mut at = Some(root);
-    for s in &path {
-        at = match s {
-            Segment::Map { key } => at.and_then(|v| v.get(key)),
-            Segment::Seq { index } => at.and_then(|v| v.get(index)),
-            _ => None,
-        };
-    }
-    match (reason.strip_prefix("invalid type: ").and_then(|r| r.split("expected ").nth(1)), at) {
-        (Some(expected), Some(value)) => {
-            let kind = match expected {
-                "a string" => "string",
-                "a boolean" => "boolean",
-                "a sequence" => "array",
-                e if e.starts_with("struct") || e == "a map" => "object",
-                e if e.contains("integer") || e.starts_with('u') || e.starts_with('i') => "integer",
-                e => e,
-            };
-            invalid(format!(
-                "Invalid input for field/attribute {field}. Value: {value}. {value} is not of type '{kind}'"
-            ))
-        }
-        _ => invalid(format!("Invalid input for field/attribute {field}: {reason}")),
-    }
-}
-
-/// A field that may be JSON null, kept as the value so null is refused where nova refuses it
-/// rather than read as absent.
-fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +90,8 @@ struct BlockDeviceBody {
     _image_id: Option<IgnoredAny>,
     #[serde(rename = "volume_id")]
     _volume_id: Option<IgnoredAny>,
+    #[serde(rename = "virtual_name")]
+    _virtual_name: Option<IgnoredAny>,
     #[serde(rename = "snapshot_id")]
     _snapshot_id: Option<IgnoredAny>,
     #[serde(rename = "device_name")]
@@ -188,6 +121,13 @@ struct NetworkBody {
     fixed_ip: Option<String>,
     #[serde(rename = "tag")]
     _tag: Option<IgnoredAny>,
+}
+
+/// One item of `security_groups`: a group's name or id.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedGroup {
+    name: Option<String>,
 }
 
 /// A create request that passed nova's schema for its microversion.
@@ -275,10 +215,8 @@ impl CreateRequest {
             Some(Value::Array(list)) => list
                 .iter()
                 .map(|g| {
-                    g.get("name")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .ok_or_else(|| invalid("Each security group needs a name"))
+                    let named = g.is_object().then(|| typed::<NamedGroup>(g)).transpose()?;
+                    named.and_then(|g| g.name).ok_or_else(|| invalid("Each security group needs a name"))
                 })
                 .collect::<Result<_>>()?,
             Some(_) => return Err(invalid("security_groups must be a list")),
@@ -459,152 +397,5 @@ fn ip(field: &str, value: Option<String>) -> Result<Option<String>> {
             Ok(Some(s))
         }
         None => Ok(None),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    server: UpdateServer,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateServer {
-    name: Option<String>,
-    description: Option<Option<String>>,
-    #[serde(rename = "accessIPv4")]
-    access_ip_v4: Option<String>,
-    #[serde(rename = "accessIPv6")]
-    access_ip_v6: Option<String>,
-    #[serde(rename = "OS-DCF:diskConfig")]
-    _disk_config: Option<String>,
-}
-
-/// `PUT /servers/{id}`: what to change; `description: Some(None)` clears it.
-#[derive(Debug)]
-pub struct UpdateRequest {
-    pub name: Option<String>,
-    pub description: Option<Option<String>>,
-    pub access_ip_v4: Option<String>,
-    pub access_ip_v6: Option<String>,
-}
-
-impl UpdateRequest {
-    pub fn parse(body: &Value, v: Microversion) -> Result<UpdateRequest> {
-        let UpdateBody { server: u } = typed(body)?;
-        if let Some(n) = &u.name {
-            validation::name("name", n)?;
-        }
-        if u.description.is_some() && !v.at_least(19) {
-            return Err(unexpected("description"));
-        }
-        if let Some(Some(d)) = &u.description {
-            validation::description(d)?;
-        }
-        Ok(UpdateRequest {
-            name: u.name,
-            description: u.description,
-            access_ip_v4: u.access_ip_v4,
-            access_ip_v6: u.access_ip_v6,
-        })
-    }
-}
-
-/// `POST /servers/{id}/action`: one action, named by the body's only key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Stop,
-    Start,
-    Reboot { hard: bool },
-    ConsoleOutput { length: Option<usize> },
-    AddSecurityGroup { name: String },
-    RemoveSecurityGroup { name: String },
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RebootArgs {
-    #[serde(rename = "type")]
-    kind: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsoleOutputArgs {
-    #[serde(default, deserialize_with = "present")]
-    length: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SecurityGroupArgs {
-    name: Option<String>,
-}
-
-impl Action {
-    pub fn parse(body: &Value) -> Result<Action> {
-        let (name, args) = body
-            .as_object()
-            .filter(|o| o.len() == 1)
-            .and_then(|o| o.iter().next())
-            .ok_or_else(|| invalid("Malformed request body: one action expected"))?;
-        // Actions without arguments take anything (nova has no schema for them); a null
-        // argument object is an empty one.
-        let empty = json!({});
-        let args = if args.is_null() { &empty } else { args };
-        Ok(match name.as_str() {
-            "os-stop" => Action::Stop,
-            "os-start" => Action::Start,
-            "reboot" => {
-                let bad = || invalid("Argument 'type' for reboot must be a string SOFT or HARD");
-                let RebootArgs { kind } = typed(args)?;
-                match kind.as_ref().and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref() {
-                    Some("SOFT") => Action::Reboot { hard: false },
-                    Some("HARD") => Action::Reboot { hard: true },
-                    _ => return Err(bad()),
-                }
-            }
-            "os-getConsoleOutput" => {
-                let ConsoleOutputArgs { length } = typed(args)?;
-                let length = match length {
-                    None | Some(Value::Null) => None,
-                    Some(Value::Number(n)) => match n.as_i64() {
-                        Some(-1) => None,
-                        Some(l) if l >= 0 => Some(l as usize),
-                        _ => return Err(invalid("length must be a positive integer or -1")),
-                    },
-                    Some(Value::String(s)) => {
-                        Some(s.parse::<usize>().map_err(|_| invalid("length must be an integer"))?)
-                    }
-                    Some(_) => return Err(invalid("length must be an integer")),
-                };
-                Action::ConsoleOutput { length }
-            }
-            "addSecurityGroup" | "removeSecurityGroup" => {
-                let SecurityGroupArgs { name: group } = typed(args)?;
-                let group = group
-                    .filter(|n| !n.trim().is_empty())
-                    .ok_or_else(|| invalid("Security group name cannot be empty: give {\"name\": \"...\"}"))?;
-                if name == "addSecurityGroup" {
-                    Action::AddSecurityGroup { name: group }
-                } else {
-                    Action::RemoveSecurityGroup { name: group }
-                }
-            }
-            other => return Err(ComputeError::NoSuchAction(other.to_string())),
-        })
-    }
-
-    /// The body's key for the action, as nova's 409 texts name it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Stop => "os-stop",
-            Action::Start => "os-start",
-            Action::Reboot { .. } => "reboot",
-            Action::ConsoleOutput { .. } => "os-getConsoleOutput",
-            Action::AddSecurityGroup { .. } => "addSecurityGroup",
-            Action::RemoveSecurityGroup { .. } => "removeSecurityGroup",
-        }
     }
 }
