@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::requests::invalid;
 use super::{ComputeApi, ComputeError, CreateRequest, Result};
 use crate::api::compute::validation;
 use crate::api::context::Auth;
@@ -10,10 +11,6 @@ use crate::compute::states::VmState;
 use crate::db::instances::{FlavorSnapshot, Instance, InstanceUpdate, NewBlockDevice, NewInstance};
 use crate::db::Db;
 use crate::rpcapi::{RequestSpec, RequestedNetworks, SchedulerApi};
-
-fn invalid(message: impl Into<String>) -> ComputeError {
-    ComputeError::Invalid(message.into())
-}
 
 impl ComputeApi<'_> {
     /// Boots `req.max_count` servers; they are written (building, scheduling) and cast to
