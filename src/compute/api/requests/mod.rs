@@ -67,7 +67,6 @@ fn schema_error(root: &Value, e: serde_path_to_error::Error<serde_json::Error>) 
                 "a boolean" => "boolean",
                 "a sequence" => "array",
                 e if e.starts_with("struct") || e == "a map" => "object",
-                e if e.contains("integer") || e.starts_with('u') || e.starts_with('i') => "integer",
                 e => e,
             };
             invalid(format!(
