@@ -396,11 +396,11 @@ impl ComputeManager {
     async fn build_and_run(&self, ctx: &Context, inst: Instance, spec: RequestSpec) {
         let lock = self.lock_for(&inst.uuid);
         let _held = lock.lock().await;
-        tracing::info!(instance = %inst.uuid, "building");
+        tracing::info!(instance = %inst.uuid, vm_state = %VmState::Building, "build started");
         self.notifier.instance(ctx, "compute.instance.create.start", &inst).await;
         match self.build_steps(ctx, &inst, &spec).await {
             Ok(active) => {
-                tracing::info!(instance = %inst.uuid, "active");
+                tracing::info!(instance = %inst.uuid, vm_state = %VmState::Active, "build finished");
                 self.notifier.instance(ctx, "compute.instance.create.end", &active).await;
                 let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
             }

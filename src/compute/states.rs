@@ -232,6 +232,16 @@ pub fn status(vm: VmState, task: Option<TaskState>) -> &'static str {
     }
 }
 
+/// The progress the server view shows (nova's view builder): 100 when active, the stored
+/// figure while the server builds or moves, none in the other statuses.
+pub fn progress(vm: VmState, task: Option<TaskState>, stored: i64) -> Option<i64> {
+    match status(vm, task) {
+        "ACTIVE" => Some(100),
+        "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "MIGRATING" => Some(stored),
+        _ => None,
+    }
+}
+
 /// The vm_states a `status=` list filter stands for (case-insensitive), as nova maps them back.
 pub fn vm_states_for_status(status: &str) -> Option<&'static [VmState]> {
     use VmState as V;

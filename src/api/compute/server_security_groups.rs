@@ -1,18 +1,16 @@
 //! A server's security groups through the compute API, as nova proxies them to neutron:
-//! `addSecurityGroup` / `removeSecurityGroup` actions (what `openstack server add security
-//! group` sends) change the group of the instance and of every port it has, and the compute
-//! hosts get the new filters at once; `GET /servers/{id}/os-security-groups` lists them in
-//! nova's format.
+//! `GET /servers/{id}/os-security-groups` lists them in nova's format. The
+//! `addSecurityGroup` / `removeSecurityGroup` actions are the compute API's
+//! (`crate::compute::api`, `actions.rs`); the test of both is here.
 
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::servers::{find, project_security_group};
+use super::servers::find;
 use crate::api::context::Auth;
-use crate::api::fault::{ApiError, ApiResult};
+use crate::api::fault::ApiResult;
 use crate::api::AppState;
-use crate::db::instances::Instance;
 use crate::db::network::{SecurityGroup, SecurityGroupRule};
 
 /// `GET /servers/{id}/os-security-groups`.
@@ -46,52 +44,6 @@ fn nova_rule(g: &SecurityGroup, r: &SecurityGroupRule) -> Value {
         "ip_range": r.remote_ip_prefix.as_ref().map(|c| json!({"cidr": c})).unwrap_or_else(|| json!({})),
         "group": r.remote_group_id.as_ref().map(|id| json!({"id": id})).unwrap_or_else(|| json!({})),
     })
-}
-
-/// The group `{"name": ...}` names, by name or id, among the instance's project's groups.
-fn named_group(state: &AppState, inst: &Instance, args: &Value) -> ApiResult<SecurityGroup> {
-    let name = args
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("Security group name cannot be empty: give {\"name\": \"...\"}"))?;
-    let project = &inst.project_id;
-    state
-        .db
-        .with(|db| project_security_group(db, project, name))?
-        .ok_or_else(|| ApiError::not_found(format!("Security group {name} not found for project {project}.")))
-}
-
-/// The `addSecurityGroup` (`add`) and `removeSecurityGroup` actions.
-pub(super) async fn change(state: &AppState, auth: &Auth, inst: &Instance, args: &Value, add: bool) -> ApiResult<()> {
-    let group = named_group(state, inst, args)?;
-    let ports = state.db.with(|db| db.instance_ports(&inst.uuid))?;
-    // Groups apply through ports, as in nova with neutron: an instance without one, or with
-    // port security off on one, cannot take a group.
-    if add && (ports.is_empty() || ports.iter().any(|p| !p.port_security_enabled)) {
-        return Err(ApiError::bad_request(
-            "Network requires port_security_enabled and subnet associated in order to apply security groups.",
-        ));
-    }
-    let member = state.db.with(|db| db.instance_security_group_ids(&inst.uuid))?.contains(&group.id);
-    match (add, member) {
-        (true, true) => {
-            return Err(ApiError::bad_request(format!(
-                "Security group {} is already associated with the instance {}",
-                group.name, inst.uuid
-            )))
-        }
-        (false, false) => {
-            return Err(ApiError::bad_request(format!(
-                "Security group {} not associated with the instance {}",
-                group.name, inst.uuid
-            )))
-        }
-        _ => {}
-    }
-    state.db.with(|db| db.change_instance_security_group(&inst.uuid, &group.id, add))?;
-    crate::api::network::push_security_groups(state, auth).await;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -303,3 +303,41 @@ async fn time_filters_and_names_are_validated() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
 }
+
+/// The compute API's errors reach the client in nova's fault body, with nova's status and
+/// text: body rules at create and on actions, and an action no compute host can take.
+#[tokio::test]
+async fn the_compute_api_s_refusals_come_back_in_nova_s_words() {
+    let c = cloud();
+    let demo = c.token("demo").await;
+    let img = image(&c, "disk", "raw", &c.admin_project, "public", &[]);
+    let mut body = boot(&img, "1");
+    body["server"]["flavour"] = json!("1");
+    let r = c.post("/compute/v2.1/servers", &demo, body).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (StatusCode::BAD_REQUEST, "Additional properties are not allowed ('flavour' was unexpected)")
+    );
+    assert!(r.json()["badRequest"].is_object(), "nova's fault body: {}", r.text());
+    let r = c.post("/compute/v2.1/servers", &demo, boot(&img, "1")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let id = r.json()["server"]["id"].as_str().unwrap().to_string();
+    let action = format!("/compute/v2.1/servers/{id}/action");
+    let r = c.post(&action, &demo, json!({"levitate": null})).await;
+    assert_eq!((r.status, message(&r).as_str()), (StatusCode::BAD_REQUEST, "There is no such action: levitate"));
+    let r = c.post(&action, &demo, json!({"reboot": {"type": "HARD", "force": true}})).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (StatusCode::BAD_REQUEST, "Additional properties are not allowed ('force' was unexpected)")
+    );
+    // Never scheduled here (no scheduler runs): no compute host can take a stop.
+    let r = c.post(&action, &demo, json!({"os-stop": null})).await;
+    assert_eq!(
+        (r.status, message(&r).as_str()),
+        (
+            StatusCode::CONFLICT,
+            format!("Cannot 'os-stop' instance {id}: its compute service is not available").as_str()
+        )
+    );
+    assert!(r.json()["conflictingRequest"].is_object(), "{}", r.text());
+}

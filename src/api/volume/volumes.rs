@@ -253,11 +253,11 @@ pub async fn create(
     let (volume, image) = state.db.tx(|db| -> ApiResult<_> {
         let image = match &image_ref {
             Some(image_id) => {
-                let img =
-                    crate::api::compute::servers::bootable_image(db, image_id, auth.project_id(), auth.is_admin())
-                        .map_err(|e| {
-                            ApiError::bad_request(format!("Invalid input for field/attribute imageRef: {}", e.message))
-                        })?;
+                let img = crate::compute::api::bootable_image(db, image_id, auth.project_id(), auth.is_admin())
+                    .map_err(|e| {
+                        let e = ApiError::from(e);
+                        ApiError::bad_request(format!("Invalid input for field/attribute imageRef: {}", e.message))
+                    })?;
                 let needed = img.virtual_size.or(img.size).unwrap_or(0).max(img.min_disk << 30);
                 if needed > size << 30 {
                     return Err(ApiError::bad_request(format!(

@@ -1,0 +1,152 @@
+//! `action`: the server actions of `POST /servers/{id}/action`. An action that changes the
+//! instance's state takes its row of the allowed-state table (`ServerAction::guard`) and sets
+//! its task state in one conditional update, then casts to the instance's compute host.
+
+use super::create::project_security_group;
+use super::{Action, ComputeApi, ComputeError, Result};
+use crate::api::context::Auth;
+use crate::compute::states::{self, ServerAction};
+use crate::db::instances::{Instance, InstanceUpdate, UpdateError};
+use crate::db::network::SecurityGroup;
+
+/// What an accepted action gives back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted; the work goes on on the compute host (202).
+    Accepted,
+    /// `os-getConsoleOutput`'s text.
+    ConsoleOutput(String),
+}
+
+impl ComputeApi<'_> {
+    pub async fn action(&self, auth: &Auth, id: &str, action: Action) -> Result<Outcome> {
+        let inst = self.get(auth, id)?;
+        let rpc = self.state.compute_api();
+        let ctx = &auth.context;
+        let name = action.name();
+        match action {
+            Action::Stop => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::Stop)?;
+                rpc.stop_instance(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::Start => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::Start)?;
+                rpc.start_instance(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::Reboot { hard } => {
+                let guarded = if hard { ServerAction::RebootHard } else { ServerAction::Reboot };
+                let (host, i) = self.begin(auth, &inst, name, guarded)?;
+                rpc.reboot_instance(ctx, &host, &i, hard).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::ConsoleOutput { length } => {
+                let host = self.needs_host(&inst, name)?;
+                let output = rpc.get_console_output(ctx, &host, &inst, length).await.map_err(|e| match e {
+                    crate::bus::BusError::Remote { error, .. } => ComputeError::Conflict(error.message),
+                    other => ComputeError::NotDelivered(other),
+                })?;
+                return Ok(Outcome::ConsoleOutput(output));
+            }
+            Action::AddSecurityGroup { name } => self.change_security_group(auth, &inst, &name, true).await?,
+            Action::RemoveSecurityGroup { name } => self.change_security_group(auth, &inst, &name, false).await?,
+        }
+        Ok(Outcome::Accepted)
+    }
+
+    /// The instance's live compute host, for an action only that host can do.
+    fn needs_host(&self, inst: &Instance, action: &'static str) -> Result<String> {
+        self.live_host(inst)?.ok_or_else(|| ComputeError::HostUnavailable { action, uuid: inst.uuid.clone() })
+    }
+
+    /// The host, then the task state of a guarded action (see [`ComputeApi::begin_action`]).
+    fn begin(
+        &self,
+        auth: &Auth,
+        inst: &Instance,
+        name: &'static str,
+        action: ServerAction,
+    ) -> Result<(String, Instance)> {
+        let host = self.needs_host(inst, name)?;
+        Ok((host, self.begin_action(auth, inst, action)?))
+    }
+
+    /// Sets the task state of an action, refusing as nova does when the instance is not in a
+    /// state that allows it (409). The check and the change are one conditional update, so two
+    /// racing actions cannot both start.
+    pub fn begin_action(&self, auth: &Auth, inst: &Instance, action: ServerAction) -> Result<Instance> {
+        let states::Guard { name: action, vm_states, task } = action.guard();
+        if inst.locked && !auth.is_admin() {
+            return Err(ComputeError::Locked(inst.uuid.clone()));
+        }
+        let u = InstanceUpdate {
+            task_state: Some(Some(task)),
+            expected_task_state: Some(vec![None]),
+            expected_vm_state: Some(vm_states.to_vec()),
+            ..Default::default()
+        };
+        let result = self.state.db.tx(|db| -> crate::db::Result<_> {
+            let r = db.update_instance(&inst.uuid, &u)?;
+            if r.is_ok() {
+                db.start_instance_action(
+                    &inst.uuid,
+                    action,
+                    &auth.context.request_id,
+                    auth.user_id(),
+                    auth.project_id(),
+                )?;
+            }
+            Ok(r)
+        })?;
+        match result {
+            Ok(i) => Ok(i),
+            Err(UpdateError::NotFound) => Err(ComputeError::InstanceNotFound(inst.uuid.clone())),
+            Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
+                Err(ComputeError::InvalidState { action, uuid: inst.uuid.clone(), vm_state, task_state })
+            }
+        }
+    }
+
+    /// `addSecurityGroup` (`add`) and `removeSecurityGroup`, as nova proxies them to neutron:
+    /// the group of the instance and of every port it has changes, and the compute hosts get
+    /// the new filters at once.
+    async fn change_security_group(&self, auth: &Auth, inst: &Instance, name: &str, add: bool) -> Result<()> {
+        let group = self.named_group(inst, name)?;
+        let db = &self.state.db;
+        let ports = db.with(|db| db.instance_ports(&inst.uuid))?;
+        // Groups apply through ports, as in nova with neutron: an instance without one, or with
+        // port security off on one, cannot take a group.
+        if add && (ports.is_empty() || ports.iter().any(|p| !p.port_security_enabled)) {
+            return Err(ComputeError::Invalid(
+                "Network requires port_security_enabled and subnet associated in order to apply security groups."
+                    .into(),
+            ));
+        }
+        let member = db.with(|db| db.instance_security_group_ids(&inst.uuid))?.contains(&group.id);
+        match (add, member) {
+            (true, true) => {
+                return Err(ComputeError::Invalid(format!(
+                    "Security group {} is already associated with the instance {}",
+                    group.name, inst.uuid
+                )))
+            }
+            (false, false) => {
+                return Err(ComputeError::Invalid(format!(
+                    "Security group {} not associated with the instance {}",
+                    group.name, inst.uuid
+                )))
+            }
+            _ => {}
+        }
+        db.with(|db| db.change_instance_security_group(&inst.uuid, &group.id, add))?;
+        crate::conductor::network::push_security_groups(db, &self.state.compute_api(), &auth.context).await;
+        Ok(())
+    }
+
+    /// The group `name` names, by name or id, among the instance's project's groups.
+    fn named_group(&self, inst: &Instance, name: &str) -> Result<SecurityGroup> {
+        let project = &inst.project_id;
+        self.state
+            .db
+            .with(|db| project_security_group(db, project, name))?
+            .ok_or_else(|| ComputeError::SecurityGroupNotFound { name: name.to_string(), project: project.to_string() })
+    }
+}
