@@ -9,6 +9,7 @@ use rusqlite_migration::{Migrations, M};
 
 pub mod appcreds;
 mod conn;
+pub(crate) use conn::Conn;
 pub mod flavors;
 pub mod identity;
 pub mod images;
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_tokens_per_user.sql"),
     include_str!("migrations/0009_instances_keep_their_flavor.sql"),
     include_str!("migrations/0010_identity_admin.sql"),
+    include_str!("migrations/0013_usage_from_the_index.sql"),
 ];
 
 /// The schema version this build writes and understands.

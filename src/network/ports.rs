@@ -47,10 +47,9 @@ pub fn plan(
     new: &NewPort,
     network_port_security: bool,
     subnets: &[Subnet],
-    used: &BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    mut used: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 ) -> Result<PortPlan, NetworkError> {
     let no_free = || NetworkError::IpAddressGenerationFailure { network_id: new.network_id.clone() };
-    let mut used = used.clone();
     let mut wanted: Vec<(&Subnet, Option<Ipv4Addr>)> = Vec::new();
     for req in &new.fixed_ips {
         let subnet = match (&req.subnet_id, req.ip_address) {
@@ -143,25 +142,25 @@ mod tests {
     fn next_free_address_of_the_first_subnet_with_room() {
         let subnets =
             [subnet("a", "10.0.0.0/29", "10.0.0.2", "10.0.0.3"), subnet("b", "10.0.1.0/24", "10.0.1.2", "10.0.1.9")];
-        let p = plan(&port(vec![]), true, &subnets, &used(&[("a", &["10.0.0.2"])])).unwrap();
+        let p = plan(&port(vec![]), true, &subnets, used(&[("a", &["10.0.0.2"])])).unwrap();
         assert_eq!(p.fixed_ips, vec![FixedIp { subnet_id: "a".into(), ip_address: ip("10.0.0.3") }]);
         assert!(p.admin_state_up && p.port_security_enabled, "neutron's defaults, the network's port security");
 
         let full = used(&[("a", &["10.0.0.2", "10.0.0.3"])]);
-        let p = plan(&port(vec![]), false, &subnets, &full).unwrap();
+        let p = plan(&port(vec![]), false, &subnets, full.clone()).unwrap();
         assert_eq!(p.fixed_ips[0].ip_address, ip("10.0.1.2"), "a full subnet is skipped");
         assert!(!p.port_security_enabled);
 
-        let err = plan(&port(vec![]), true, &subnets[..1], &full).unwrap_err();
+        let err = plan(&port(vec![]), true, &subnets[..1], full).unwrap_err();
         assert_eq!(err, NetworkError::IpAddressGenerationFailure { network_id: "net".into() });
-        assert!(plan(&port(vec![]), true, &[], &used(&[])).unwrap().fixed_ips.is_empty(), "no subnet, no address");
+        assert!(plan(&port(vec![]), true, &[], used(&[])).unwrap().fixed_ips.is_empty(), "no subnet, no address");
     }
 
     #[test]
     fn asked_for_addresses_are_checked() {
         let subnets = [subnet("a", "10.0.0.0/29", "10.0.0.2", "10.0.0.6")];
         let taken = used(&[("a", &["10.0.0.3"])]);
-        let check = |reqs: Vec<FixedIpRequest>| plan(&port(reqs), true, &subnets, &taken);
+        let check = |reqs: Vec<FixedIpRequest>| plan(&port(reqs), true, &subnets, taken.clone());
         assert_eq!(
             check(vec![want(None, Some("10.0.0.3"))]),
             Err(NetworkError::IpAddressAlreadyAllocated { ip: ip("10.0.0.3"), subnet_id: "a".into() })

@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 
 use super::new_id;
-use crate::db::{now, Db, Result};
+use crate::db::{now, Conn, Db, Result};
 use crate::network::model::*;
 use crate::network::{ports, NetworkError};
 
@@ -174,7 +174,7 @@ impl Db {
                 }
             }
         }
-        let plan = ports::plan(new, net_security, &subnets, &used)?;
+        let plan = ports::plan(new, net_security, &subnets, used)?;
         let id = new_id();
         tx.execute(
             "INSERT INTO ports (id, network_id, project_id, name, description, mac_address, device_id, device_owner,
@@ -266,11 +266,12 @@ impl Db {
     }
 }
 
-fn mac_taken(tx: &Connection, mac: &str) -> Result<bool> {
-    Ok(tx.query_row("SELECT EXISTS (SELECT 1 FROM ports WHERE lower(mac_address) = lower(?1))", [mac], |r| r.get(0))?)
+/// MACs are stored in lower case (`ports::choose_mac`), so the unique index answers this.
+fn mac_taken(tx: &Conn, mac: &str) -> Result<bool> {
+    Ok(tx.query_row("SELECT EXISTS (SELECT 1 FROM ports WHERE mac_address = lower(?1))", [mac], |r| r.get(0))?)
 }
 
-fn set_port_groups(tx: &Connection, port_id: &str, groups: &[String]) -> Result<()> {
+fn set_port_groups(tx: &Conn, port_id: &str, groups: &[String]) -> Result<()> {
     tx.execute("DELETE FROM port_security_groups WHERE port_id = ?1", [port_id])?;
     for g in groups {
         let exists: bool =

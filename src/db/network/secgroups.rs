@@ -1,9 +1,9 @@
 //! Security groups and their rules.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 
 use super::new_id;
-use crate::db::{now, Db, Result};
+use crate::db::{now, Conn, Db, Result};
 use crate::network::model::*;
 use crate::network::secgroups::initial_rules;
 use crate::network::NetworkError;
@@ -178,7 +178,7 @@ impl Db {
 }
 
 /// A new group with the rules neutron gives it; its id.
-fn insert_group(tx: &Connection, project_id: &str, name: &str, description: &str, default: bool) -> Result<String> {
+fn insert_group(tx: &Conn, project_id: &str, name: &str, description: &str, default: bool) -> Result<String> {
     let id = new_id();
     let ts = now();
     tx.execute(
@@ -193,7 +193,7 @@ fn insert_group(tx: &Connection, project_id: &str, name: &str, description: &str
 }
 
 /// One rule row (a fresh id unless the rule has one); its id.
-fn insert_rule(tx: &Connection, rule: &SecurityGroupRule, created_at: &str) -> Result<String> {
+fn insert_rule(tx: &Conn, rule: &SecurityGroupRule, created_at: &str) -> Result<String> {
     let id = if rule.id.is_empty() { new_id() } else { rule.id.clone() };
     tx.execute(
         "INSERT INTO security_group_rules (id, security_group_id, project_id, direction, ethertype, protocol,
