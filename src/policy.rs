@@ -119,6 +119,13 @@ pub enum Action {
     IdentityGetUser,
     /// Any state-changing call of a service's API ([`write_action`] says which).
     ProjectMemberWrite(Service),
+    // Issue 17, item 2: the list filters and the other callers' rows they reach.
+    /// Listing every project's servers (`all_tenants`); others get their own, as asked.
+    ComputeServersAllTenants,
+    /// Every server list filter of nova's schema, not only those nova gives every user.
+    ComputeServersAllFilters,
+    /// Listing another user's keypairs (`GET /os-keypairs?user_id=`, 2.10).
+    ComputeKeypairsOtherUser,
 }
 
 impl Action {
@@ -158,6 +165,9 @@ impl Action {
             // The base rule of each service's defaults; upstream names the call's own policy.
             Action::ProjectMemberWrite(Service::Compute | Service::Volume) => "project_member_api",
             Action::ProjectMemberWrite(_) => "project_member",
+            Action::ComputeServersAllTenants => "os_compute_api:servers:index:get_all_tenants",
+            Action::ComputeServersAllFilters => "os_compute_api:servers:allow_all_filters",
+            Action::ComputeKeypairsOtherUser => "os_compute_api:os-keypairs:index",
         }
     }
 
@@ -190,6 +200,7 @@ impl Action {
                 Service::Volume
             }
             ProjectMemberWrite(service) => service,
+            ComputeServersAllTenants | ComputeServersAllFilters | ComputeKeypairsOtherUser => Service::Compute,
         }
     }
 
@@ -225,6 +236,9 @@ impl Action {
             IdentityAdmin(_) => Rule::Admin,
             IdentityGetProject => Rule::AdminOrOwner,
             ProjectMemberWrite(_) => Rule::ProjectMember,
+            ComputeServersAllTenants | ComputeServersAllFilters => Rule::Admin,
+            // nova's ADMIN_OR_OWNER on the keypairs' user.
+            ComputeKeypairsOtherUser => Rule::AdminOrTokenSubject,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod images;
 pub mod instances;
 pub mod keypairs;
+pub mod listing;
 pub mod network;
 pub mod notifications;
 pub mod quotas;
@@ -70,6 +71,9 @@ pub enum DbError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// A list's marker names no row; each API says so in its own words.
+    #[error("marker [{0}] not found")]
+    MarkerNotFound(String),
     /// Every address of the network's subnets is taken.
     #[error("No more IP addresses available on network {network_id}.")]
     NoFreeIp { network_id: String },

@@ -1,10 +1,10 @@
 //! The server list: `GET /servers` and `GET /servers/detail` with nova's filters, sorting and
-//! paging.
+//! paging (nova's `servers.py` `_get_servers` and its query schemas), through the one
+//! listing model.
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::microversion::Microversion;
@@ -12,65 +12,314 @@ use super::servers::{server_view, view_data, ViewData};
 use super::{links, validation};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
+use crate::api::listing::{self, Dialect, Direction, ListSpec, PageEnd, Params};
 use crate::api::{base_url, AppState};
-use crate::compute::states;
-use crate::db::instances::{Instance, InstanceFilter};
+use crate::compute::states::{self, VmState};
+use crate::db::instances::{Instance, InstanceExact, InstanceFilter, InstanceSortKey, InstanceText};
+use crate::policy::{Action, Target};
 
-#[derive(Debug, Default, Deserialize)]
-pub struct ListQuery {
-    name: Option<String>,
-    status: Option<String>,
-    limit: Option<usize>,
-    marker: Option<String>,
-    #[serde(rename = "changes-since")]
-    changes_since: Option<String>,
-    #[serde(rename = "changes-before")]
-    changes_before: Option<String>,
-    all_tenants: Option<String>,
-    project_id: Option<String>,
-    tenant_id: Option<String>,
-    host: Option<String>,
-    deleted: Option<String>,
+/// The query parameters nova's schema knows, with the microversion that brought each.
+const SCHEMA_PARAMS: &[(&str, u32)] = &[
+    ("user_id", 1),
+    ("project_id", 1),
+    ("tenant_id", 1),
+    ("launch_index", 1),
+    ("image_ref", 1),
+    ("image", 1),
+    ("kernel_id", 1),
+    ("ramdisk_id", 1),
+    ("hostname", 1),
+    ("key_name", 1),
+    ("power_state", 1),
+    ("vm_state", 1),
+    ("task_state", 1),
+    ("host", 1),
+    ("node", 1),
+    ("flavor", 1),
+    ("reservation_id", 1),
+    ("launched_at", 1),
+    ("terminated_at", 1),
+    ("availability_zone", 1),
+    ("name", 1),
+    ("display_name", 1),
+    ("description", 1),
+    ("display_description", 1),
+    ("locked_by", 1),
+    ("uuid", 1),
+    ("root_device_name", 1),
+    ("config_drive", 1),
+    ("access_ip_v4", 1),
+    ("access_ip_v6", 1),
+    ("auto_disk_config", 1),
+    ("progress", 1),
+    ("sort_key", 1),
+    ("sort_dir", 1),
+    ("all_tenants", 1),
+    ("soft_deleted", 1),
+    ("deleted", 1),
+    ("status", 1),
+    ("changes-since", 1),
+    ("ip", 1),
+    ("ip6", 1),
+    ("created_at", 1),
+    ("limit", 1),
+    ("marker", 1),
+    ("tags", 26),
+    ("tags-any", 26),
+    ("not-tags", 26),
+    ("not-tags-any", 26),
+    ("changes-before", 66),
+    ("locked", 73),
+]
+.as_slice();
+
+/// Filters of other tables: nova's schema names them so that it can refuse them (400).
+const JOINED_TABLE_PARAMS: &[&str] = &[
+    "block_device_mapping",
+    "services",
+    "metadata",
+    "system_metadata",
+    "info_cache",
+    "security_groups",
+    "pci_devices",
+];
+
+/// The filters nova gives every user (`_get_server_search_options`), with the microversion
+/// that brought each; the rest of the schema is for those the policy allows all filters.
+const USER_FILTERS: &[(&str, u32)] = &[
+    ("reservation_id", 1),
+    ("name", 1),
+    ("status", 1),
+    ("image", 1),
+    ("flavor", 1),
+    ("ip", 1),
+    ("changes-since", 1),
+    ("all_tenants", 1),
+    ("ip6", 5),
+    ("tags", 26),
+    ("tags-any", 26),
+    ("not-tags", 26),
+    ("not-tags-any", 26),
+    ("changes-before", 66),
+    ("locked", 73),
+    ("availability_zone", 83),
+    ("config_drive", 83),
+    ("key_name", 83),
+    ("created_at", 83),
+    ("launched_at", 83),
+    ("terminated_at", 83),
+    ("power_state", 83),
+    ("task_state", 83),
+    ("vm_state", 83),
+    ("progress", 83),
+    ("user_id", 83),
+];
+
+/// Sort keys nova's schema took before 2.75 and then ignores (`SERVER_LIST_IGNORE_SORT_KEY`).
+const IGNORED_SORT_KEYS: &[&str] = &[
+    "architecture",
+    "cell_name",
+    "cleaned",
+    "default_ephemeral_device",
+    "default_swap_device",
+    "deleted",
+    "deleted_at",
+    "disable_terminate",
+    "ephemeral_gb",
+    "ephemeral_key_uuid",
+    "id",
+    "key_data",
+    "launched_on",
+    "locked",
+    "memory_mb",
+    "os_type",
+    "reservation_id",
+    "root_gb",
+    "shutdown_terminate",
+    "user_data",
+    "vcpus",
+    "vm_mode",
+];
+
+/// Regex filters: the query parameter and what it matches.
+const TEXT_FILTERS: &[(&str, InstanceText)] = &[
+    ("name", InstanceText::DisplayName),
+    ("display_name", InstanceText::DisplayName),
+    ("description", InstanceText::DisplayDescription),
+    ("display_description", InstanceText::DisplayDescription),
+    ("hostname", InstanceText::Hostname),
+    ("key_name", InstanceText::KeyName),
+    ("node", InstanceText::Node),
+    ("availability_zone", InstanceText::AvailabilityZone),
+    ("config_drive", InstanceText::ConfigDrive),
+    ("created_at", InstanceText::CreatedAt),
+    ("launched_at", InstanceText::LaunchedAt),
+    ("terminated_at", InstanceText::TerminatedAt),
+    ("kernel_id", InstanceText::KernelId),
+    ("ramdisk_id", InstanceText::RamdiskId),
+    ("access_ip_v4", InstanceText::AccessIpV4),
+    ("access_ip_v6", InstanceText::AccessIpV6),
+    ("power_state", InstanceText::PowerState),
+    ("progress", InstanceText::Progress),
+    ("reservation_id", InstanceText::ReservationId),
+    ("launch_index", InstanceText::LaunchIndex),
+    ("root_device_name", InstanceText::RootDeviceName),
+    ("auto_disk_config", InstanceText::AutoDiskConfig),
+];
+
+/// Filters that must equal one of their values (several values of one parameter).
+const EXACT_FILTERS: &[(&str, InstanceExact)] = &[
+    ("user_id", InstanceExact::UserId),
+    ("image", InstanceExact::ImageRef),
+    ("image_ref", InstanceExact::ImageRef),
+    ("vm_state", InstanceExact::VmState),
+    ("task_state", InstanceExact::TaskState),
+    ("uuid", InstanceExact::Uuid),
+    ("flavor", InstanceExact::FlavorId),
+];
+
+fn in_schema(key: &str, v: Microversion) -> bool {
+    SCHEMA_PARAMS.iter().any(|(k, since)| *k == key && v.at_least(*since))
 }
 
-/// The most items one page of a list holds (nova's `[api] max_limit`).
-const MAX_LIMIT: usize = 1000;
-
-fn truthy(v: &Option<String>) -> bool {
-    match v.as_deref() {
-        None => false,
-        Some(s) => !matches!(s.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off"),
+/// `value` as Python's `strutils.bool_from_string(strict=True)` reads it.
+fn strict_bool(value: &str) -> ApiResult<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" | "on" | "y" | "yes" => Ok(true),
+        "0" | "f" | "false" | "off" | "n" | "no" => Ok(false),
+        _ => Err(ApiError::bad_request(format!(
+            "Invalid input received: Unrecognized value '{value}', acceptable values are: '0', '1', 'f', 'false', \
+             'n', 'no', 'off', 'on', 't', 'true', 'y', 'yes'"
+        ))),
     }
 }
 
-fn listed(state: &AppState, auth: &Auth, q: &ListQuery, v: Microversion) -> ApiResult<(Vec<Instance>, Vec<ViewData>)> {
-    // Before 2.66 nova drops `changes-before` as an unknown filter.
-    let (since, before) =
-        validation::changes_window(q.changes_since.as_deref(), q.changes_before.as_deref().filter(|_| v.at_least(66)))?;
-    let all_tenants = auth.is_admin() && (q.all_tenants.as_deref() == Some("") || truthy(&q.all_tenants));
-    let project_id =
-        if all_tenants { q.project_id.clone().or(q.tenant_id.clone()) } else { Some(auth.project_id().to_string()) };
-    let vm_states = match &q.status {
-        Some(s) => {
-            let states = states::vm_states_for_status(s)
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid status value: {s}")))?;
-            Some(states.to_vec())
+/// True unless the value is one of the words for false (nova's lenient reading).
+fn truthy(value: &str) -> bool {
+    !matches!(value.to_ascii_lowercase().as_str(), "0" | "f" | "false" | "n" | "no" | "off")
+}
+
+fn regex_param(key: &str, pattern: &str) -> ApiResult<String> {
+    match regex::RegexBuilder::new(pattern).size_limit(1 << 20).build() {
+        Ok(_) => Ok(pattern.to_string()),
+        Err(e) => {
+            Err(ApiError::bad_request(format!("Invalid regular expression in the {key} filter {pattern:?}: {e}")))
         }
-        None => None,
+    }
+}
+
+/// The sort of a request: nova's pairing of keys and directions, the keys it ignores before
+/// 2.75, and `host`/`node` for admins only.
+fn sort_of(params: &Params, v: Microversion, is_admin: bool) -> ApiResult<Vec<(InstanceSortKey, Direction)>> {
+    let mut names = listing::sort_names(params, Dialect::Nova, Direction::Desc)?;
+    let ignored = |k: &str| IGNORED_SORT_KEYS.contains(&k) && !(k == "locked" && v.at_least(73));
+    if !v.at_least(75) {
+        names.retain(|(k, _)| !ignored(k));
+    }
+    if let Some((k, _)) = names.iter().find(|(k, _)| (k == "host" || k == "node") && !is_admin) {
+        return Err(ApiError::forbidden(format!("Only administrators can sort servers by {k}")));
+    }
+    let valid = |k: &str| (k != "locked" || v.at_least(73)) && k != "id";
+    if let Some((k, _)) = names.iter().find(|(k, _)| !valid(k) || ignored(k)) {
+        let allowed: Vec<&str> = <InstanceSortKey as listing::SortColumn>::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| valid(n) && !(v.at_least(75) && ignored(n)))
+            .collect();
+        return Err(Dialect::Nova.bad_sort_key(k, &allowed));
+    }
+    listing::typed_sort(names, Dialect::Nova)
+}
+
+/// The instance filter of a request, as nova builds its search options.
+pub(super) fn filter_of(params: &Params, auth: &Auth, v: Microversion) -> ApiResult<InstanceFilter> {
+    // From 2.75 the schema refuses what it does not know; before, nova strips it.
+    if v.at_least(75) {
+        if let Some(k) = params.keys().find(|k| !in_schema(k, v)) {
+            return Err(ApiError::bad_request(format!("Additional properties are not allowed ('{k}' was unexpected)")));
+        }
+    }
+    let all_filters = auth.authorize(Action::ComputeServersAllFilters, &Target::default()).is_ok();
+    let allowed = |k: &str| {
+        listing::CONTROL_PARAMS.contains(&k)
+            || (all_filters && in_schema(k, v))
+            || USER_FILTERS.iter().any(|(f, since)| *f == k && v.at_least(*since))
     };
-    let filter = InstanceFilter {
-        project_id,
-        host: if auth.is_admin() { q.host.clone() } else { None },
-        name: validation::name_filter(q.name.as_deref())?,
-        vm_states,
-        uuids: None,
-        include_deleted: auth.is_admin() && truthy(&q.deleted) || since.is_some() || before.is_some(),
-        changes_since: since,
-        changes_before: before,
-        // nova's `[api] max_limit`: a larger limit is capped, not refused.
-        limit: q.limit.map(|l| l.min(MAX_LIMIT)),
-        marker: q.marker.clone(),
+    let kept = Params(params.0.iter().filter(|(k, _)| allowed(k)).cloned().collect());
+    let joined: Vec<&str> = kept.keys().filter(|k| JOINED_TABLE_PARAMS.contains(k)).collect();
+    if !joined.is_empty() {
+        return Err(ApiError::bad_request(format!("Invalid filter field: {}.", joined.join(", "))));
+    }
+
+    let mut f = InstanceFilter::default();
+    let statuses = kept.all("status");
+    if !statuses.is_empty() {
+        let mut vm_states: Vec<VmState> = Vec::new();
+        for s in statuses {
+            let found = states::vm_states_for_status(s)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid status value: {s}")))?;
+            vm_states.extend(found.iter().filter(|st| !vm_states.contains(st)).collect::<Vec<_>>());
+        }
+        if vm_states == [VmState::Deleted] {
+            if !auth.is_admin() {
+                return Err(ApiError::forbidden("Only administrators may list deleted instances"));
+            }
+            f.only_deleted = true;
+        }
+        f.vm_states = Some(vm_states);
+    }
+    // Before 2.66 `changes-before` is not a filter (and was stripped above).
+    let (since, before) = validation::changes_window(kept.last("changes-since"), kept.last("changes-before"))?;
+    match kept.last("deleted") {
+        Some(d) if truthy(d) => f.only_deleted = true,
+        Some(_) => {}
+        // Recently deleted servers are among the changes.
+        None => f.include_deleted = since.is_some() || before.is_some(),
+    }
+    f.changes_since = since;
+    f.changes_before = before;
+
+    let all_tenants = kept.last("all_tenants").is_some_and(|a| a.is_empty() || truthy(a))
+        && auth.authorize(Action::ComputeServersAllTenants, &Target::default()).is_ok();
+    f.project_id = if all_tenants {
+        kept.last("project_id").or(kept.last("tenant_id")).map(str::to_string)
+    } else {
+        Some(auth.project_id().to_string())
     };
+    f.host = kept.last("host").map(str::to_string);
+    for (key, field) in EXACT_FILTERS {
+        let values = kept.all(key);
+        if !values.is_empty() {
+            f.exact.push((*field, values.into_iter().map(str::to_string).collect()));
+        }
+    }
+    for (key, field) in TEXT_FILTERS {
+        if let Some(pattern) = kept.last(key) {
+            f.regex.push((*field, regex_param(key, pattern)?));
+        }
+    }
+    f.ip = kept.last("ip").map(|p| regex_param("ip", p)).transpose()?;
+    f.ip6 = kept.last("ip6").map(|p| regex_param("ip6", p)).transpose()?;
+    if let Some(l) = kept.last("locked") {
+        f.exact.push((InstanceExact::Locked, vec![if strict_bool(l)? { "1" } else { "0" }.to_string()]));
+    }
+    // No novabox server has tags (the view shows `[]`): a server has every tag of an empty
+    // list and none of any other.
+    let has_tags = |key: &str| kept.last(key).is_some_and(|t| t.split(',').any(|t| !t.is_empty()));
+    f.nothing = has_tags("tags") || has_tags("tags-any");
+
+    let paging = listing::paging(params, Dialect::Nova)?;
+    f.page = ListSpec { sort: sort_of(&kept, v, auth.is_admin())?, limit: paging.limit, marker: paging.marker };
+    Ok(f)
+}
+
+fn listed(
+    state: &AppState,
+    auth: &Auth,
+    params: &Params,
+    v: Microversion,
+) -> ApiResult<(Vec<Instance>, Vec<ViewData>)> {
+    let filter = filter_of(params, auth, v)?;
     let result = state.db.with(|db| -> crate::db::Result<_> {
         let list = db.list_instances(&filter)?;
         let services = db.services()?;
@@ -78,17 +327,20 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery, v: Microversion) -> ApiR
         Ok((list, data))
     });
     match result {
-        Err(crate::db::DbError::Conflict(m)) => Err(ApiError::bad_request(m)),
+        Err(crate::db::DbError::MarkerNotFound(m)) => Err(Dialect::Nova.marker_not_found("", &m)),
         other => Ok(other?),
     }
 }
 
-fn next_link(base: &str, list: &[Instance], q: &ListQuery, path: &str) -> Option<Value> {
-    let limit = q.limit?;
-    let last = list.last()?;
-    (list.len() == limit).then(
-        || json!([{"rel": "next", "href": format!("{base}/compute/v2.1/{path}?limit={limit}&marker={}", last.uuid)}]),
-    )
+/// `{"servers": [...]}` with nova's `servers_links` when the page is full.
+fn body(base: &str, path: &str, params: &Params, list: &[Instance], servers: Vec<Value>) -> ApiResult<Value> {
+    let limit = listing::paging(params, Dialect::Nova)?.limit;
+    let end = PageEnd { full: limit.is_some_and(|l| list.len() == l), more: false };
+    let mut body = json!({ "servers": servers });
+    let url = format!("{base}/compute/v2.1/{path}");
+    let last = list.last().map(|i| i.uuid.as_str());
+    listing::add_next_link(&mut body, Dialect::Nova, "servers", &url, params, end, last);
+    Ok(body)
 }
 
 pub async fn list(
@@ -96,19 +348,16 @@ pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     v: Microversion,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
+    let params = Params(q);
     let base = base_url(&headers, &state.config);
-    let (list, _) = listed(&state, &auth, &q, v)?;
+    let (list, _) = listed(&state, &auth, &params, v)?;
     let servers: Vec<Value> = list
         .iter()
         .map(|i| json!({"id": i.uuid, "name": i.display_name, "links": links(&base, "servers", &i.uuid)}))
         .collect();
-    let mut body = json!({ "servers": servers });
-    if let Some(next) = next_link(&base, &list, &q, "servers") {
-        body["servers_links"] = next;
-    }
-    Ok(Json(body))
+    Ok(Json(body(&base, "servers", &params, &list, servers)?))
 }
 
 pub async fn list_detail(
@@ -116,14 +365,11 @@ pub async fn list_detail(
     State(state): State<AppState>,
     auth: Auth,
     v: Microversion,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
+    let params = Params(q);
     let base = base_url(&headers, &state.config);
-    let (list, data) = listed(&state, &auth, &q, v)?;
+    let (list, data) = listed(&state, &auth, &params, v)?;
     let servers: Vec<Value> = list.iter().zip(&data).map(|(i, d)| server_view(i, d, &base, v, &auth)).collect();
-    let mut body = json!({ "servers": servers });
-    if let Some(next) = next_link(&base, &list, &q, "servers/detail") {
-        body["servers_links"] = next;
-    }
-    Ok(Json(body))
+    Ok(Json(body(&base, "servers/detail", &params, &list, servers)?))
 }
