@@ -65,8 +65,8 @@ pub struct Paging {
 pub const CONTROL_PARAMS: &[&str] = &["limit", "marker", "sort_key", "sort_dir"];
 
 impl Dialect {
-    /// `limit` as the service reads it.
-    fn limit(self, raw: Option<&str>) -> ApiResult<Option<usize>> {
+    /// `limit` as the service reads it; absent is the service's default.
+    pub fn limit(self, raw: Option<&str>) -> ApiResult<Option<usize>> {
         let Some(raw) = raw else {
             return Ok(match self {
                 Dialect::Nova | Dialect::Cinder => Some(MAX_LIMIT),
