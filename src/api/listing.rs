@@ -245,6 +245,20 @@ pub fn page<T>(items: Vec<T>, start: Start<'_, T>, limit: Option<usize>, id: imp
     Some(Page { items: rest, end: PageEnd { full, more } })
 }
 
+/// The page of `items` after the row whose id is the request's marker; a marker that names
+/// no row is `not_found(marker)`.
+pub fn page_by_id<T>(
+    items: Vec<T>,
+    paging: &Paging,
+    id: impl Fn(&T) -> &str,
+    not_found: impl FnOnce(&str) -> ApiError,
+) -> ApiResult<Page<T>> {
+    match &paging.marker {
+        Some(m) => page(items, Start::AfterId(m), paging.limit, id).ok_or_else(|| not_found(m)),
+        None => page(items, Start::First, paging.limit, id).ok_or_else(|| not_found("")),
+    }
+}
+
 /// Percent-encodes a query component (RFC 3986's unreserved characters stay).
 pub fn encode(s: &str) -> String {
     s.bytes()

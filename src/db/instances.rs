@@ -554,9 +554,9 @@ impl Db {
         for (field, pattern) in &f.regex {
             sql.push_str(&format!(" AND CAST({} AS TEXT) REGEXP {}", field.column(), bind(&mut args, pattern)));
         }
-        // The addresses of the instance's ports, as the server view lists them.
+        // The addresses of the instance's own ports, as the server view lists them.
         let on_ports = " AND EXISTS (SELECT 1 FROM ports p JOIN ip_allocations a ON a.port_id = p.id
-            WHERE p.device_id = instances.uuid AND a.ip_address REGEXP";
+            WHERE p.device_id = instances.uuid AND p.project_id = instances.project_id AND a.ip_address REGEXP";
         if let Some(ip) = &f.ip {
             sql.push_str(&format!("{on_ports} {} AND instr(a.ip_address, ':') = 0)", bind(&mut args, ip)));
         }

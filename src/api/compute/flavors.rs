@@ -14,7 +14,7 @@ use super::microversion::Microversion;
 use super::{links, parse_body};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
-use crate::api::listing::{self, Dialect, Direction, Page, Params, Start};
+use crate::api::listing::{self, Dialect, Direction, Page, Params};
 use crate::api::{base_url, AppState};
 use crate::db::flavors::{Flavor, FlavorSortKey, NewFlavor};
 use crate::policy::{Action, Target};
@@ -120,12 +120,7 @@ fn listed(state: &AppState, auth: &Auth, params: &Params) -> ApiResult<Page<List
         .filter(|(f, _, access)| validation::flavor_visible(auth, f, access))
         .collect();
     out.sort_by(|a, b| listing::compare_by(a, b, &sort, compare).then(a.0.id.cmp(&b.0.id)));
-    let start = match &paging.marker {
-        Some(m) => Start::AfterId(m),
-        None => Start::First,
-    };
-    listing::page(out, start, paging.limit, |(f, _, _)| &f.flavorid)
-        .ok_or_else(|| Dialect::Nova.marker_not_found("", paging.marker.as_deref().unwrap_or_default()))
+    listing::page_by_id(out, &paging, |(f, _, _)| &f.flavorid, |m| Dialect::Nova.marker_not_found("", m))
 }
 
 pub async fn list(

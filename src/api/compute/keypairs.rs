@@ -13,7 +13,7 @@ use super::microversion::Microversion;
 use super::parse_body;
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
-use crate::api::listing::{self, Dialect, Params, Start};
+use crate::api::listing::{self, Dialect, Paging, Params};
 use crate::api::{base_url, AppState};
 use crate::db::keypairs::Keypair;
 use crate::policy::{Action, Target};
@@ -157,15 +157,14 @@ pub async fn list(
     }
     let paging = listing::paging(&params, Dialect::Nova)?;
     let list = state.db.with(|db| db.keypairs(&user_id))?;
-    let start = match &paging.marker {
-        Some(m) => Start::AfterId(m),
-        None => Start::First,
-    };
-    let limit = if v.at_least(35) { paging.limit } else { None };
+    let paging = if v.at_least(35) { paging } else { Paging::default() };
     // Keypairs pass on nova's `MarkerNotFound` text, not the servers' `marker [x] not found`.
-    let page = listing::page(list, start, limit, |k| &k.name).ok_or_else(|| {
-        ApiError::bad_request(format!("Marker {} could not be found.", paging.marker.as_deref().unwrap_or_default()))
-    })?;
+    let page = listing::page_by_id(
+        list,
+        &paging,
+        |k| &k.name,
+        |m| ApiError::bad_request(format!("Marker {m} could not be found.")),
+    )?;
     let keypairs: Vec<Value> = page.items.iter().map(|k| json!({ "keypair": view(k, v) })).collect();
     let mut body = json!({ "keypairs": keypairs });
     let url = format!("{}/compute/v2.1/os-keypairs", base_url(&headers, &state.config));

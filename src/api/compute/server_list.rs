@@ -179,7 +179,7 @@ const EXACT_FILTERS: &[(&str, InstanceExact)] = &[
 ];
 
 fn in_schema(key: &str, v: Microversion) -> bool {
-    SCHEMA_PARAMS.iter().any(|(k, since)| *k == key && v.at_least(*since))
+    SCHEMA_PARAMS.iter().any(|(k, since)| *k == key && v.at_least(*since)) || JOINED_TABLE_PARAMS.contains(&key)
 }
 
 /// `value` as Python's `strutils.bool_from_string(strict=True)` reads it.
@@ -332,17 +332,6 @@ fn listed(
     }
 }
 
-/// `{"servers": [...]}` with nova's `servers_links` when the page is full.
-fn body(base: &str, path: &str, params: &Params, list: &[Instance], servers: Vec<Value>) -> ApiResult<Value> {
-    let limit = listing::paging(params, Dialect::Nova)?.limit;
-    let end = PageEnd { full: limit.is_some_and(|l| list.len() == l), more: false };
-    let mut body = json!({ "servers": servers });
-    let url = format!("{base}/compute/v2.1/{path}");
-    let last = list.last().map(|i| i.uuid.as_str());
-    listing::add_next_link(&mut body, Dialect::Nova, "servers", &url, params, end, last);
-    Ok(body)
-}
-
 pub async fn list(
     headers: HeaderMap,
     State(state): State<AppState>,
@@ -350,14 +339,7 @@ pub async fn list(
     v: Microversion,
     Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    let params = Params(q);
-    let base = base_url(&headers, &state.config);
-    let (list, _) = listed(&state, &auth, &params, v)?;
-    let servers: Vec<Value> = list
-        .iter()
-        .map(|i| json!({"id": i.uuid, "name": i.display_name, "links": links(&base, "servers", &i.uuid)}))
-        .collect();
-    Ok(Json(body(&base, "servers", &params, &list, servers)?))
+    respond(&headers, &state, &auth, v, Params(q), false)
 }
 
 pub async fn list_detail(
@@ -367,9 +349,111 @@ pub async fn list_detail(
     v: Microversion,
     Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    let params = Params(q);
-    let base = base_url(&headers, &state.config);
-    let (list, data) = listed(&state, &auth, &params, v)?;
-    let servers: Vec<Value> = list.iter().zip(&data).map(|(i, d)| server_view(i, d, &base, v, &auth)).collect();
-    Ok(Json(body(&base, "servers/detail", &params, &list, servers)?))
+    respond(&headers, &state, &auth, v, Params(q), true)
+}
+
+/// `{"servers": [...]}`, brief or detailed, with nova's `servers_links` when the page is full.
+fn respond(
+    headers: &HeaderMap,
+    state: &AppState,
+    auth: &Auth,
+    v: Microversion,
+    params: Params,
+    detail: bool,
+) -> ApiResult<Json<Value>> {
+    let base = base_url(headers, &state.config);
+    let (list, data) = listed(state, auth, &params, v)?;
+    let servers: Vec<Value> = if detail {
+        list.iter().zip(&data).map(|(i, d)| server_view(i, d, &base, v, auth)).collect()
+    } else {
+        list.iter()
+            .map(|i| json!({"id": i.uuid, "name": i.display_name, "links": links(&base, "servers", &i.uuid)}))
+            .collect()
+    };
+    let limit = listing::paging(&params, Dialect::Nova)?.limit;
+    let end = PageEnd { full: limit.is_some_and(|l| list.len() == l), more: false };
+    let mut body = json!({ "servers": servers });
+    let path = if detail { "servers/detail" } else { "servers" };
+    let url = format!("{base}/compute/v2.1/{path}");
+    let last = list.last().map(|i| i.uuid.as_str());
+    listing::add_next_link(&mut body, Dialect::Nova, "servers", &url, &params, end, last);
+    Ok(Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Context;
+
+    fn caller(admin: bool) -> Auth {
+        let context = Context {
+            user_id: Some("u".into()),
+            project_id: Some("p".into()),
+            roles: vec![if admin { "admin" } else { "member" }.into()],
+            is_admin: admin,
+            ..Context::default()
+        };
+        Auth { context, user_name: "u".into(), project_name: "p".into() }
+    }
+
+    fn q(query: &str) -> Params {
+        Params(
+            query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.split_once('=').unwrap_or((p, "")))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn members_get_nova_s_filters_for_their_microversion_and_admins_all() {
+        let member = caller(false);
+        let f = filter_of(&q("name=^a&host=h&node=n&user_id=x&bogus=1&all_tenants=1"), &member, Microversion(79)).err();
+        assert!(f.is_some_and(|e| e.message.contains("('bogus' was unexpected)")), "2.75 refuses unknown keys");
+        let f = filter_of(&q("name=^a&host=h&node=n&user_id=x&bogus=1&all_tenants=1"), &member, Microversion(74)).unwrap();
+        assert_eq!(f.project_id.as_deref(), Some("p"), "all_tenants is the policy's");
+        assert_eq!((f.host, f.regex.clone()), (None, vec![(InstanceText::DisplayName, "^a".to_string())]));
+        assert!(f.exact.is_empty(), "user_id is everyone's only from 2.83: {:?}", f.exact);
+        let f = filter_of(&q("locked=true&ip6=::1"), &member, Microversion(72)).unwrap();
+        assert!(f.exact.is_empty() && f.ip6.is_some(), "locked comes at 2.73, ip6 at 2.5");
+        let f = filter_of(&q("locked=yes&tags=a,b&not-tags=c"), &member, Microversion(73)).unwrap();
+        assert_eq!(f.exact, vec![(InstanceExact::Locked, vec!["1".to_string()])]);
+        assert!(f.nothing, "no server has tags");
+        assert!(!filter_of(&q("not-tags-any=c&tags="), &member, Microversion(73)).unwrap().nothing);
+
+        let admin = caller(true);
+        let f = filter_of(&q("all_tenants=&tenant_id=t&host=h&node=^n&user_id=x&deleted=1"), &admin, Microversion(1))
+            .unwrap();
+        assert_eq!((f.project_id.as_deref(), f.host.as_deref(), f.only_deleted), (Some("t"), Some("h"), true));
+        assert_eq!(f.regex, vec![(InstanceText::Node, "^n".to_string())]);
+        assert_eq!(f.exact, vec![(InstanceExact::UserId, vec!["x".to_string()])]);
+        let f = filter_of(&q("all_tenants=0&project_id=t"), &admin, Microversion(1)).unwrap();
+        assert_eq!(f.project_id.as_deref(), Some("p"), "all_tenants=0 is the caller's own");
+        let e = filter_of(&q("security_groups=x"), &admin, Microversion(1)).unwrap_err();
+        assert_eq!(e.message, "Invalid filter field: security_groups.");
+        assert!(filter_of(&q("security_groups=x"), &member, Microversion(1)).is_ok(), "a member's is stripped");
+    }
+
+    #[test]
+    fn sort_keys_by_microversion_and_persona() {
+        let member = caller(false);
+        let sort = |query: &str, v: u32| filter_of(&q(query), &member, Microversion(v)).map(|f| f.page.sort);
+        assert_eq!(sort("", 79).unwrap(), vec![]);
+        assert_eq!(
+            sort("sort_key=vcpus&sort_key=display_name&sort_key=uuid&sort_dir=asc", 74).unwrap(),
+            vec![(InstanceSortKey::DisplayName, Direction::Asc), (InstanceSortKey::Uuid, Direction::Asc)],
+            "ignored before 2.75, the first direction for the rest"
+        );
+        assert!(sort("sort_key=vcpus", 75).unwrap_err().message.contains("'vcpus' is not one of"));
+        assert!(sort("sort_key=locked", 72).unwrap().is_empty());
+        assert_eq!(sort("sort_key=locked", 73).unwrap(), vec![(InstanceSortKey::Locked, Direction::Desc)]);
+        assert!(sort("sort_key=id", 79).is_err() && sort("sort_key=id", 1).unwrap().is_empty());
+        assert_eq!(sort("sort_key=node", 79).unwrap_err().status, 403);
+        let admin = filter_of(&q("sort_key=node"), &caller(true), Microversion(79)).unwrap();
+        assert_eq!(admin.page.sort, vec![(InstanceSortKey::Node, Direction::Desc)]);
+        let f = filter_of(&q("limit=0&marker=m"), &member, Microversion(79)).unwrap();
+        assert_eq!((f.page.limit, f.page.marker.as_deref()), (Some(listing::MAX_LIMIT), Some("m")));
+    }
 }

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use super::context::Auth;
 use super::fault::{ApiError, ApiResult};
-use super::listing::{self, Dialect, Direction, Params, Start};
+use super::listing::{self, Dialect, Direction, Params};
 use super::{base_url, AppState};
 use crate::cidr::Ipv4Cidr;
 use crate::db::network::{
@@ -359,16 +359,12 @@ pub fn list_body(
     let sort: Vec<(&str, Direction)> = sort.iter().map(|(k, d)| (k.as_str(), *d)).collect();
     items.sort_by(|a, b| listing::compare_by(a, b, &sort, |a, b, k| json_cmp(a.get(k), b.get(k))));
     let id = |i: &Value| i.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-    let start = match &paging.marker {
-        Some(m) => Start::AfterId(m),
-        None => Start::First,
-    };
-    let mut page = listing::page(items, start, paging.limit, |i| i.get("id").and_then(Value::as_str).unwrap_or(""))
-        .ok_or_else(|| {
-            Dialect::Neutron
-                .marker_not_found("", paging.marker.as_deref().unwrap_or_default())
-                .with_kind(not_found_kind)
-        })?;
+    let mut page = listing::page_by_id(
+        items,
+        &paging,
+        |i| i.get("id").and_then(Value::as_str).unwrap_or(""),
+        |m| Dialect::Neutron.marker_not_found("", m).with_kind(not_found_kind),
+    )?;
     let last = page.items.last().map(id);
 
     let fields: Vec<&str> = pairs.iter().filter(|(k, _)| k == "fields").map(|(_, v)| v.as_str()).collect();

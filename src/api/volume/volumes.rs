@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::{check_project, timestamp, DEFAULT_TYPE_NAME};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
-use crate::api::listing::{self, Dialect, Direction, Page, Params, Start};
+use crate::api::listing::{self, Dialect, Direction, Page, Params};
 use crate::api::{base_url, AppState};
 use crate::db::volumes::{NewVolume, Volume, VolumeSortKey};
 use crate::policy::{Action, Target};
@@ -155,12 +155,7 @@ fn listed(state: &AppState, auth: &Auth, params: &Params) -> ApiResult<Page<Volu
     list.retain(|v| name.is_none_or(|n| v.name.as_deref() == Some(n)));
     list.retain(|v| status.is_none_or(|s| v.status == s));
     list.sort_by(|a, b| listing::compare_by(a, b, &sort, compare));
-    let start = match &paging.marker {
-        Some(m) => Start::AfterId(m),
-        None => Start::First,
-    };
-    listing::page(list, start, paging.limit, |v| &v.id)
-        .ok_or_else(|| Dialect::Cinder.marker_not_found("volume", paging.marker.as_deref().unwrap_or_default()))
+    listing::page_by_id(list, &paging, |v| &v.id, |m| Dialect::Cinder.marker_not_found("volume", m))
 }
 
 /// `{"volumes": [...]}` with cinder's `volumes_links` when the page is full.
