@@ -412,7 +412,8 @@ mod tests {
         let member = caller(false);
         let f = filter_of(&q("name=^a&host=h&node=n&user_id=x&bogus=1&all_tenants=1"), &member, Microversion(79)).err();
         assert!(f.is_some_and(|e| e.message.contains("('bogus' was unexpected)")), "2.75 refuses unknown keys");
-        let f = filter_of(&q("name=^a&host=h&node=n&user_id=x&bogus=1&all_tenants=1"), &member, Microversion(74)).unwrap();
+        let f =
+            filter_of(&q("name=^a&host=h&node=n&user_id=x&bogus=1&all_tenants=1"), &member, Microversion(74)).unwrap();
         assert_eq!(f.project_id.as_deref(), Some("p"), "all_tenants is the policy's");
         assert_eq!((f.host, f.regex.clone()), (None, vec![(InstanceText::DisplayName, "^a".to_string())]));
         assert!(f.exact.is_empty(), "user_id is everyone's only from 2.83: {:?}", f.exact);

@@ -307,10 +307,7 @@ async fn time_filters_and_names_are_validated() {
 fn ids_of(r: &Reply, collection: &str, key: &str) -> Vec<String> {
     let body = r.json();
     let items = body[collection].as_array().cloned().unwrap_or_default();
-    items
-        .iter()
-        .map(|i| i.get("keypair").unwrap_or(i)[key].as_str().unwrap_or_default().to_string())
-        .collect()
+    items.iter().map(|i| i.get("keypair").unwrap_or(i)[key].as_str().unwrap_or_default().to_string()).collect()
 }
 
 #[tokio::test]
@@ -343,7 +340,9 @@ async fn flavors_and_keypairs_page_sort_and_link_through_the_one_listing() {
     }
     let r = call_at(&c, "2.35", Method::GET, "/compute/v2.1/os-keypairs?limit=2", &demo, None).await;
     assert_eq!(ids_of(&r, "keypairs", "name"), ["k1", "k2"]);
-    assert!(r.json()["keypairs_links"][0]["href"].as_str().is_some_and(|h| h.ends_with("os-keypairs?limit=2&marker=k2")));
+    assert!(r.json()["keypairs_links"][0]["href"]
+        .as_str()
+        .is_some_and(|h| h.ends_with("os-keypairs?limit=2&marker=k2")));
     let r = call_at(&c, "2.35", Method::GET, "/compute/v2.1/os-keypairs?marker=k2", &demo, None).await;
     assert_eq!(ids_of(&r, "keypairs", "name"), ["k3"]);
     let r = call_at(&c, "2.35", Method::GET, "/compute/v2.1/os-keypairs?marker=k9", &demo, None).await;
