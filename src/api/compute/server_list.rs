@@ -70,8 +70,7 @@ const SCHEMA_PARAMS: &[(&str, u32)] = &[
     ("not-tags-any", 26),
     ("changes-before", 66),
     ("locked", 73),
-]
-.as_slice();
+];
 
 /// Filters of other tables: nova's schema names them so that it can refuse them (400).
 const JOINED_TABLE_PARAMS: &[&str] = &[
