@@ -122,6 +122,13 @@ pub enum Action {
     // novabox's own (issue 23: fault injection and the test clock), admin only.
     /// `/novabox/v1/faults` and `/novabox/v1/clock`: breaking the cloud on purpose.
     NovaboxFaults,
+    // Issue 17, item 2: the list filters and the other callers' rows they reach.
+    /// Listing every project's servers (`all_tenants`); others get their own, as asked.
+    ComputeServersAllTenants,
+    /// Every server list filter of nova's schema, not only those nova gives every user.
+    ComputeServersAllFilters,
+    /// Listing another user's keypairs (`GET /os-keypairs?user_id=`, 2.10).
+    ComputeKeypairsOtherUser,
 }
 
 impl Action {
@@ -162,6 +169,9 @@ impl Action {
             Action::ProjectMemberWrite(Service::Compute | Service::Volume) => "project_member_api",
             Action::ProjectMemberWrite(_) => "project_member",
             Action::NovaboxFaults => "novabox:faults",
+            Action::ComputeServersAllTenants => "os_compute_api:servers:index:get_all_tenants",
+            Action::ComputeServersAllFilters => "os_compute_api:servers:allow_all_filters",
+            Action::ComputeKeypairsOtherUser => "os_compute_api:os-keypairs:index",
         }
     }
 
@@ -196,6 +206,7 @@ impl Action {
             ProjectMemberWrite(service) => service,
             // Its callers use nova's clients and read nova's wording.
             NovaboxFaults => Service::Compute,
+            ComputeServersAllTenants | ComputeServersAllFilters | ComputeKeypairsOtherUser => Service::Compute,
         }
     }
 
@@ -232,6 +243,9 @@ impl Action {
             IdentityGetProject => Rule::AdminOrOwner,
             ProjectMemberWrite(_) => Rule::ProjectMember,
             NovaboxFaults => Rule::Admin,
+            ComputeServersAllTenants | ComputeServersAllFilters => Rule::Admin,
+            // nova's ADMIN_OR_OWNER on the keypairs' user.
+            ComputeKeypairsOtherUser => Rule::AdminOrTokenSubject,
         }
     }
 }

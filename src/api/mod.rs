@@ -20,6 +20,7 @@ pub mod fault;
 mod hostile_input;
 pub mod identity;
 pub mod image;
+pub mod listing;
 pub mod logins;
 pub mod network;
 pub mod novabox;

@@ -19,6 +19,67 @@ pub struct Flavor {
     pub description: Option<String>,
 }
 
+/// nova's flavor sort keys (its index schema's `sort_key` enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlavorSortKey {
+    CreatedAt,
+    Description,
+    Disabled,
+    EphemeralGb,
+    FlavorId,
+    Id,
+    IsPublic,
+    MemoryMb,
+    Name,
+    RootGb,
+    RxtxFactor,
+    Swap,
+    UpdatedAt,
+    VcpuWeight,
+    Vcpus,
+}
+
+impl crate::db::listing::SortColumn for FlavorSortKey {
+    const ALL: &'static [(&'static str, FlavorSortKey)] = &[
+        ("created_at", FlavorSortKey::CreatedAt),
+        ("description", FlavorSortKey::Description),
+        ("disabled", FlavorSortKey::Disabled),
+        ("ephemeral_gb", FlavorSortKey::EphemeralGb),
+        ("flavorid", FlavorSortKey::FlavorId),
+        ("id", FlavorSortKey::Id),
+        ("is_public", FlavorSortKey::IsPublic),
+        ("memory_mb", FlavorSortKey::MemoryMb),
+        ("name", FlavorSortKey::Name),
+        ("root_gb", FlavorSortKey::RootGb),
+        ("rxtx_factor", FlavorSortKey::RxtxFactor),
+        ("swap", FlavorSortKey::Swap),
+        ("updated_at", FlavorSortKey::UpdatedAt),
+        ("vcpu_weight", FlavorSortKey::VcpuWeight),
+        ("vcpus", FlavorSortKey::Vcpus),
+    ];
+
+    fn column(self) -> Option<&'static str> {
+        use FlavorSortKey::*;
+        Some(match self {
+            // Rows are numbered as they are made.
+            CreatedAt | Id => "id",
+            Description => "description",
+            EphemeralGb => "ephemeral_gb",
+            FlavorId => "flavorid",
+            IsPublic => "is_public",
+            MemoryMb => "memory_mb",
+            Name => "name",
+            RootGb => "root_gb",
+            RxtxFactor => "rxtx_factor",
+            Swap => "swap",
+            Vcpus => "vcpus",
+            // The same for every listed flavor (disabled ones are not listed, none is updated
+            // or weighted).
+            Disabled | UpdatedAt | VcpuWeight => return None,
+        })
+    }
+}
+
 /// What a new flavor needs; the row id is the database's.
 #[derive(Debug, Clone)]
 pub struct NewFlavor<'a> {

@@ -158,18 +158,218 @@ pub struct Fault {
 pub struct InstanceFilter {
     pub project_id: Option<String>,
     pub host: Option<String>,
-    /// A regular expression the name must match somewhere (nova's `name` filter; the caller
-    /// checks that it compiles).
-    pub name: Option<String>,
     pub vm_states: Option<Vec<VmState>>,
     pub uuids: Option<Vec<String>>,
     pub changes_since: Option<String>,
     /// Changed at or before this time (`changes-before`, 2.66).
     pub changes_before: Option<String>,
+    /// Deleted instances too.
     pub include_deleted: bool,
-    pub limit: Option<usize>,
-    /// The uuid after which to continue, in the list's order.
-    pub marker: Option<String>,
+    /// Deleted instances only (nova's admin `deleted=true`).
+    pub only_deleted: bool,
+    /// Columns that must equal one of the values.
+    pub exact: Vec<(InstanceExact, Vec<String>)>,
+    /// Regular expressions a column's text must match somewhere (nova's `name` and the
+    /// other regex filters; the caller checks that each compiles).
+    pub regex: Vec<(InstanceText, String)>,
+    /// A regular expression one of the instance's IPv4 (`ip`) or IPv6 (`ip6`) addresses
+    /// must match.
+    pub ip: Option<String>,
+    pub ip6: Option<String>,
+    /// No instance can match (a filter on something no novabox instance has, such as tags).
+    pub nothing: bool,
+    /// Order, limit and marker (a uuid); no sort keys is nova's default order, newest first.
+    pub page: crate::db::listing::ListSpec<InstanceSortKey>,
+}
+
+/// Columns an instance list can require to equal a value; the text of each is fixed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceExact {
+    UserId,
+    ImageRef,
+    VmState,
+    TaskState,
+    Uuid,
+    /// The flavor id in the instance's snapshot of its flavor.
+    FlavorId,
+    /// `1` or `0`.
+    Locked,
+}
+
+impl InstanceExact {
+    fn column(self) -> &'static str {
+        match self {
+            InstanceExact::UserId => "user_id",
+            InstanceExact::ImageRef => "image_ref",
+            InstanceExact::VmState => "vm_state",
+            InstanceExact::TaskState => "task_state",
+            InstanceExact::Uuid => "uuid",
+            InstanceExact::FlavorId => "json_extract(flavor, '$.flavorid')",
+            InstanceExact::Locked => "locked",
+        }
+    }
+}
+
+/// Columns (or what novabox shows for them) an instance list can match a regex against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceText {
+    DisplayName,
+    DisplayDescription,
+    Hostname,
+    KeyName,
+    Node,
+    AvailabilityZone,
+    ConfigDrive,
+    CreatedAt,
+    LaunchedAt,
+    TerminatedAt,
+    KernelId,
+    RamdiskId,
+    AccessIpV4,
+    AccessIpV6,
+    PowerState,
+    Progress,
+    ReservationId,
+    LaunchIndex,
+    RootDeviceName,
+    AutoDiskConfig,
+}
+
+impl InstanceText {
+    fn column(self) -> &'static str {
+        match self {
+            InstanceText::DisplayName => "display_name",
+            InstanceText::DisplayDescription => "display_description",
+            InstanceText::Hostname => "hostname",
+            InstanceText::KeyName => "key_name",
+            InstanceText::Node => "node",
+            InstanceText::AvailabilityZone => "availability_zone",
+            InstanceText::ConfigDrive => "config_drive",
+            InstanceText::CreatedAt => "created_at",
+            InstanceText::LaunchedAt => "launched_at",
+            InstanceText::TerminatedAt => "terminated_at",
+            InstanceText::KernelId => "kernel_id",
+            InstanceText::RamdiskId => "ramdisk_id",
+            InstanceText::AccessIpV4 => "access_ip_v4",
+            InstanceText::AccessIpV6 => "access_ip_v6",
+            InstanceText::PowerState => "power_state",
+            InstanceText::Progress => "progress",
+            // What the server view shows for these.
+            InstanceText::ReservationId => "('r-' || substr(uuid, 1, 8))",
+            InstanceText::LaunchIndex => "'0'",
+            InstanceText::RootDeviceName => "'/dev/vda'",
+            InstanceText::AutoDiskConfig => "'0'",
+        }
+    }
+}
+
+/// nova's server sort keys (`VALID_SORT_KEYS`) that novabox can order by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceSortKey {
+    AccessIpV4,
+    AccessIpV6,
+    AutoDiskConfig,
+    AvailabilityZone,
+    ConfigDrive,
+    CreatedAt,
+    DisplayDescription,
+    DisplayName,
+    Host,
+    Hostname,
+    ImageRef,
+    InstanceTypeId,
+    KernelId,
+    KeyName,
+    LaunchIndex,
+    LaunchedAt,
+    Locked,
+    LockedBy,
+    Node,
+    PowerState,
+    Progress,
+    ProjectId,
+    RamdiskId,
+    RootDeviceName,
+    TaskState,
+    TerminatedAt,
+    UpdatedAt,
+    UserId,
+    Uuid,
+    VmState,
+    /// The row id: creation order (nova's default second key).
+    Id,
+}
+
+impl crate::db::listing::SortColumn for InstanceSortKey {
+    const ALL: &'static [(&'static str, InstanceSortKey)] = &[
+        ("access_ip_v4", InstanceSortKey::AccessIpV4),
+        ("access_ip_v6", InstanceSortKey::AccessIpV6),
+        ("auto_disk_config", InstanceSortKey::AutoDiskConfig),
+        ("availability_zone", InstanceSortKey::AvailabilityZone),
+        ("config_drive", InstanceSortKey::ConfigDrive),
+        ("created_at", InstanceSortKey::CreatedAt),
+        ("display_description", InstanceSortKey::DisplayDescription),
+        ("display_name", InstanceSortKey::DisplayName),
+        ("host", InstanceSortKey::Host),
+        ("hostname", InstanceSortKey::Hostname),
+        ("image_ref", InstanceSortKey::ImageRef),
+        ("instance_type_id", InstanceSortKey::InstanceTypeId),
+        ("kernel_id", InstanceSortKey::KernelId),
+        ("key_name", InstanceSortKey::KeyName),
+        ("launch_index", InstanceSortKey::LaunchIndex),
+        ("launched_at", InstanceSortKey::LaunchedAt),
+        ("locked", InstanceSortKey::Locked),
+        ("locked_by", InstanceSortKey::LockedBy),
+        ("node", InstanceSortKey::Node),
+        ("power_state", InstanceSortKey::PowerState),
+        ("progress", InstanceSortKey::Progress),
+        ("project_id", InstanceSortKey::ProjectId),
+        ("ramdisk_id", InstanceSortKey::RamdiskId),
+        ("root_device_name", InstanceSortKey::RootDeviceName),
+        ("task_state", InstanceSortKey::TaskState),
+        ("terminated_at", InstanceSortKey::TerminatedAt),
+        ("updated_at", InstanceSortKey::UpdatedAt),
+        ("user_id", InstanceSortKey::UserId),
+        ("uuid", InstanceSortKey::Uuid),
+        ("vm_state", InstanceSortKey::VmState),
+        ("id", InstanceSortKey::Id),
+    ];
+
+    fn column(self) -> Option<&'static str> {
+        use InstanceSortKey::*;
+        Some(match self {
+            AccessIpV4 => "access_ip_v4",
+            AccessIpV6 => "access_ip_v6",
+            AvailabilityZone => "availability_zone",
+            ConfigDrive => "config_drive",
+            CreatedAt => "created_at",
+            DisplayDescription => "display_description",
+            DisplayName => "display_name",
+            Host => "host",
+            Hostname => "hostname",
+            ImageRef => "image_ref",
+            InstanceTypeId => "json_extract(flavor, '$.flavorid')",
+            KernelId => "kernel_id",
+            KeyName => "key_name",
+            LaunchedAt => "launched_at",
+            // novabox does not record who locked a server; locked ones sort together.
+            Locked | LockedBy => "locked",
+            Node => "node",
+            PowerState => "power_state",
+            Progress => "progress",
+            ProjectId => "project_id",
+            RamdiskId => "ramdisk_id",
+            TaskState => "task_state",
+            TerminatedAt => "terminated_at",
+            UpdatedAt => "updated_at",
+            UserId => "user_id",
+            Uuid => "uuid",
+            VmState => "vm_state",
+            Id => "id",
+            // The same for every novabox server: no order to give.
+            AutoDiskConfig | LaunchIndex | RootDeviceName => return None,
+        })
+    }
 }
 
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
@@ -323,29 +523,51 @@ impl Db {
 
     /// Instances newest first, as nova lists them.
     pub fn list_instances(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
+        use crate::db::listing::{page_sql, Direction, ListSpec, Table};
         let mut sql = format!("SELECT {COLUMNS} FROM instances WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut push = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-        };
-        if !f.include_deleted {
+        // Binds a value and gives its placeholder.
+        fn bind(args: &mut Vec<rusqlite::types::Value>, v: &str) -> String {
+            args.push(v.to_string().into());
+            format!("?{}", args.len())
+        }
+        if f.nothing {
+            sql.push_str(" AND 0");
+        }
+        if f.only_deleted {
+            sql.push_str(" AND deleted != 0");
+        } else if !f.include_deleted {
             sql.push_str(" AND deleted = 0");
         }
         if let Some(p) = &f.project_id {
-            push(&mut sql, " AND project_id = ?", p.clone().into());
+            sql.push_str(&format!(" AND project_id = {}", bind(&mut args, p)));
         }
         if let Some(h) = &f.host {
-            push(&mut sql, " AND host = ?", h.clone().into());
+            sql.push_str(&format!(" AND host = {}", bind(&mut args, h)));
         }
-        if let Some(n) = &f.name {
-            push(&mut sql, " AND display_name REGEXP ?", n.clone().into());
+        for (field, values) in &f.exact {
+            let alternatives: Vec<String> =
+                values.iter().map(|v| format!("{} = {}", field.column(), bind(&mut args, v))).collect();
+            let any = if alternatives.is_empty() { "0".to_string() } else { alternatives.join(" OR ") };
+            sql.push_str(&format!(" AND ({any})"));
+        }
+        for (field, pattern) in &f.regex {
+            sql.push_str(&format!(" AND CAST({} AS TEXT) REGEXP {}", field.column(), bind(&mut args, pattern)));
+        }
+        // The addresses of the instance's own ports, as the server view lists them.
+        let on_ports = " AND EXISTS (SELECT 1 FROM ports p JOIN ip_allocations a ON a.port_id = p.id
+            WHERE p.device_id = instances.uuid AND p.project_id = instances.project_id AND a.ip_address REGEXP";
+        if let Some(ip) = &f.ip {
+            sql.push_str(&format!("{on_ports} {} AND instr(a.ip_address, ':') = 0)", bind(&mut args, ip)));
+        }
+        if let Some(ip6) = &f.ip6 {
+            sql.push_str(&format!("{on_ports} {} AND instr(a.ip_address, ':') > 0)", bind(&mut args, ip6)));
         }
         if let Some(c) = &f.changes_since {
-            push(&mut sql, " AND updated_at >= ?", c.clone().into());
+            sql.push_str(&format!(" AND updated_at >= {}", bind(&mut args, c)));
         }
         if let Some(c) = &f.changes_before {
-            push(&mut sql, " AND updated_at <= ?", c.clone().into());
+            sql.push_str(&format!(" AND updated_at <= {}", bind(&mut args, c)));
         }
         if let Some(states) = &f.vm_states {
             // The names of an enum, never the caller's text, go into the statement.
@@ -356,16 +578,14 @@ impl Db {
             let list: Vec<String> = uuids.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect();
             sql.push_str(&format!(" AND uuid IN ({})", list.join(",")));
         }
-        if let Some(marker) = &f.marker {
-            let id: Option<i64> =
-                self.conn().query_row("SELECT id FROM instances WHERE uuid = ?1", [marker], |r| r.get(0)).optional()?;
-            let id = id.ok_or_else(|| DbError::Conflict(format!("marker [{marker}] not found")))?;
-            push(&mut sql, " AND id < ?", id.into());
+        let mut spec = f.page.clone();
+        if spec.sort.is_empty() {
+            spec = ListSpec {
+                sort: vec![(InstanceSortKey::CreatedAt, Direction::Desc), (InstanceSortKey::Id, Direction::Desc)],
+                ..spec
+            };
         }
-        sql.push_str(" ORDER BY id DESC");
-        if let Some(l) = f.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
-        }
+        page_sql(self.conn(), &Table { name: "instances", key: "uuid" }, &spec, &mut sql, &mut args)?;
         let mut stmt = self.conn().prepare(&sql)?;
         let mut list: Vec<Instance> =
             stmt.query_map(rusqlite::params_from_iter(args), from_row)?.collect::<rusqlite::Result<_>>()?;
@@ -781,14 +1001,18 @@ pub(crate) mod tests {
         let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
         let uuids: Vec<String> =
             (0..5).map(|i| db.create_instance(&new_instance(&db, &format!("vm{i}"))).unwrap().uuid).collect();
-        let page = db.list_instances(&InstanceFilter { limit: Some(2), ..Default::default() }).unwrap();
+        let spec = |marker: Option<&String>| crate::db::listing::ListSpec {
+            limit: Some(2),
+            marker: marker.cloned(),
+            ..Default::default()
+        };
+        let page = db.list_instances(&InstanceFilter { page: spec(None), ..Default::default() }).unwrap();
         assert_eq!(page.iter().map(|i| i.uuid.clone()).collect::<Vec<_>>(), vec![uuids[4].clone(), uuids[3].clone()]);
-        let next = db
-            .list_instances(&InstanceFilter { limit: Some(2), marker: Some(uuids[3].clone()), ..Default::default() })
-            .unwrap();
+        let next = db.list_instances(&InstanceFilter { page: spec(Some(&uuids[3])), ..Default::default() }).unwrap();
         assert_eq!(next[0].uuid, uuids[2]);
         let named = |pattern: &str| -> usize {
-            db.list_instances(&InstanceFilter { name: Some(pattern.into()), ..Default::default() }).unwrap().len()
+            let regex = vec![(InstanceText::DisplayName, pattern.to_string())];
+            db.list_instances(&InstanceFilter { regex, ..Default::default() }).unwrap().len()
         };
         assert_eq!(named("vm4"), 1, "a plain name matches anywhere, as before");
         assert_eq!(named("^vm"), 5, "nova's name filter is a regular expression");

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod images;
 pub mod instances;
 pub mod keypairs;
+pub mod listing;
 pub mod network;
 pub mod notifications;
 pub mod quotas;
@@ -76,6 +77,9 @@ pub enum DbError {
     /// What neutron refuses (a full network, an address in use, a group in use...).
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    /// A list's marker names no row; each API says so in its own words.
+    #[error("marker [{0}] not found")]
+    MarkerNotFound(String),
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;

@@ -38,6 +38,51 @@ pub struct Volume {
     pub updated_at: Option<String>,
 }
 
+/// cinder's volume sort keys that novabox volumes have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeSortKey {
+    Id,
+    Name,
+    Status,
+    Size,
+    CreatedAt,
+    UpdatedAt,
+    AvailabilityZone,
+    Bootable,
+    ProjectId,
+    UserId,
+}
+
+impl crate::db::listing::SortColumn for VolumeSortKey {
+    const ALL: &'static [(&'static str, VolumeSortKey)] = &[
+        ("id", VolumeSortKey::Id),
+        ("name", VolumeSortKey::Name),
+        ("status", VolumeSortKey::Status),
+        ("size", VolumeSortKey::Size),
+        ("created_at", VolumeSortKey::CreatedAt),
+        ("updated_at", VolumeSortKey::UpdatedAt),
+        ("availability_zone", VolumeSortKey::AvailabilityZone),
+        ("bootable", VolumeSortKey::Bootable),
+        ("project_id", VolumeSortKey::ProjectId),
+        ("user_id", VolumeSortKey::UserId),
+    ];
+
+    fn column(self) -> Option<&'static str> {
+        Some(match self {
+            VolumeSortKey::Id => "id",
+            VolumeSortKey::Name => "name",
+            VolumeSortKey::Status => "status",
+            VolumeSortKey::Size => "size",
+            VolumeSortKey::CreatedAt => "created_at",
+            VolumeSortKey::UpdatedAt => "updated_at",
+            VolumeSortKey::AvailabilityZone => "availability_zone",
+            VolumeSortKey::Bootable => "bootable",
+            VolumeSortKey::ProjectId => "project_id",
+            VolumeSortKey::UserId => "user_id",
+        })
+    }
+}
+
 const COLUMNS: &str = "id, name, description, project_id, user_id, size, status, attach_status, instance_uuid,
     mountpoint, attachment_id, attached_at, source_image_id, bootable, availability_zone, path, fault,
     created_at, updated_at";

@@ -403,3 +403,165 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
     admin.compute(Method::DELETE, &format!("/servers/{id}"), None).await.unwrap();
     admin.wait_for(&id, "DELETED", Duration::from_secs(60)).await.unwrap();
 }
+
+/// `openstack --os-cloud <cloud> args.. -f json` (python-openstackclient from `.build/venv`).
+fn openstack_json(home: &TestHome, cloud: &str, args: &[&str]) -> Value {
+    let bin = manifest_dir().join(".build/venv/bin/openstack");
+    assert!(bin.exists(), "{} is missing: run scripts/install-clients", bin.display());
+    let out = run(std::process::Command::new(bin)
+        .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .args(["--os-cloud", cloud])
+        .args(args)
+        .args(["-f", "json"]));
+    assert!(out.status.success(), "openstack {args:?}:\n{}\n{}", stdout(&out), stderr(&out));
+    serde_json::from_str(&stdout(&out)).expect("openstack -f json")
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let items = list.as_array().expect("a list");
+    items.iter().map(|s| s["name"].as_str().or(s["Name"].as_str()).unwrap_or_default().to_string()).collect()
+}
+
+/// Issue 17 item 2: nova's server list filters, sort keys, limit, marker and `servers_links`,
+/// as python-openstackclient pages through them and as raw HTTP meets nova's 400s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_list_filters_sorts_and_pages_as_nova() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let admin = token(&stack, "admin").await;
+    let demo = token(&stack, "demo").await;
+    let image = first_image(&stack, &admin).await;
+    let client = stack.client("demo").await;
+    let mut ids = Vec::new();
+    for (name, networks) in [("x-b", "none"), ("x-a", "auto"), ("other", "none"), ("x-c", "none")] {
+        let body = json!({"server": {"name": name, "imageRef": image, "flavorRef": "42", "networks": networks}});
+        let (s, _, v) =
+            raw(&stack, Some(&demo), Method::POST, "/compute/v2.1/servers", Some(&body.to_string()), &[V279]).await;
+        assert_eq!(s, 202, "{v}");
+        ids.push(v["server"]["id"].as_str().unwrap().to_string());
+    }
+    let mut addr = String::new();
+    for id in &ids {
+        let server = client.wait_for(id, "ACTIVE", Duration::from_secs(60)).await.expect("ACTIVE");
+        if let Some(nets) = server["addresses"].as_object().filter(|n| !n.is_empty()) {
+            addr = nets.values().next().and_then(|a| a[0]["addr"].as_str()).expect("an address").to_string();
+        }
+    }
+    assert!(!addr.is_empty(), "x-a has an address on the default network");
+    let one_ip = format!("ip=^{}$", addr.replace('.', "\\."));
+    let list = |tok: &str, query: &str, version: &'static str| {
+        let (tok, query) = (tok.to_string(), query.to_string());
+        let stack = &stack;
+        async move {
+            let path = format!("/compute/v2.1/servers/detail?{query}");
+            raw(stack, Some(&tok), Method::GET, &path, None, &[("openstack-api-version", version)]).await
+        }
+    };
+
+    // Filters every user has, and nova's regex on the name and the addresses.
+    for (query, want) in [
+        ("name=^x-&status=ACTIVE", 3),
+        ("status=SHUTOFF", 0),
+        ("status=ACTIVE&status=SHUTOFF", 4),
+        ("flavor=42", 4),
+        ("flavor=1", 0),
+        (&format!("image={image}") as &str, 4),
+        ("image=nope", 0),
+        (one_ip.as_str(), 1),
+        ("ip=^203\\.0\\.113\\.", 0),
+        ("ip6=.", 0),
+        ("changes-since=2000-01-01T00:00:00Z", 4),
+        ("changes-since=2999-01-01T00:00:00Z", 0),
+        ("locked=false", 4),
+        ("locked=true", 0),
+        ("tags=a", 0),
+        ("not-tags=a", 4),
+        // Unknown and admin-only filters from a member are stripped, as nova strips them.
+        ("bogus=1", 4),
+        ("host=nowhere&node=nowhere&key_name=zzz", 4),
+    ] {
+        let (s, _, v) = list(&demo, query, "compute 2.73").await;
+        assert_eq!((s.as_u16(), v["servers"].as_array().map(Vec::len)), (200, Some(want)), "{query}: {v}");
+    }
+    // The same filters are the admin's to use, with all_tenants.
+    for (query, want) in [
+        ("all_tenants=1&host=nowhere", 0),
+        ("all_tenants=1&node=.", 4),
+        ("all_tenants=1&key_name=zzz", 0),
+        ("all_tenants=1&vm_state=active&task_state=", 0),
+        ("all_tenants=1&vm_state=active", 4),
+        ("all_tenants=1&availability_zone=zzz", 0),
+        ("all_tenants=1&config_drive=.*", 4),
+        ("all_tenants=1&launched_at=^2", 4),
+    ] {
+        let (s, _, v) = list(&admin, query, "compute 2.73").await;
+        assert_eq!((s.as_u16(), v["servers"].as_array().map(Vec::len)), (200, Some(want)), "{query}: {v}");
+    }
+
+    // Several sort keys, limit, marker, and the next link that carries the query on.
+    let (s, _, v) = list(&demo, "sort_key=display_name&sort_dir=asc&limit=2", "compute 2.79").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(names(&v["servers"]), ["other", "x-a"]);
+    let next = v["servers_links"][0]["href"].as_str().expect("servers_links when the page is full").to_string();
+    assert_eq!(v["servers_links"][0]["rel"], "next");
+    assert!(next.contains("sort_key=display_name") && next.contains(&format!("marker={}", ids[1])), "{next}");
+    let path = &next[next.find("/compute/").expect("an absolute link")..];
+    let (_, _, v) = raw(&stack, Some(&demo), Method::GET, path, None, &[V279]).await;
+    assert_eq!(names(&v["servers"]), ["x-b", "x-c"]);
+    let (_, _, v) = list(&demo, &format!("sort_key=display_name&sort_dir=asc&marker={}", ids[3]), "compute 2.79").await;
+    assert_eq!(names(&v["servers"]), Vec::<String>::new());
+    assert!(v.get("servers_links").is_none(), "{v}");
+    let (_, _, v) = list(&demo, "sort_key=vcpus&sort_key=display_name&sort_dir=desc", "compute 2.1").await;
+    assert_eq!(names(&v["servers"]), ["x-c", "x-b", "x-a", "other"], "an ignored key before 2.75: {v}");
+    let (_, _, v) = list(&demo, "limit=5000", "compute 2.79").await;
+    assert_eq!(v["servers"].as_array().map(Vec::len), Some(4), "a limit above max_limit is capped");
+
+    // nova's 400s (and 403s) in its words.
+    for (tok, query, version, status, words) in [
+        (&demo, "limit=-1", "compute 2.79", 400, "does not match '^[0-9]*$'"),
+        (&demo, "limit=two", "compute 2.79", 400, "does not match '^[0-9]*$'"),
+        (&demo, "marker=nope", "compute 2.79", 400, "marker [nope] not found"),
+        (&demo, "sort_key=bogus", "compute 2.79", 400, "'bogus' is not one of"),
+        (&demo, "sort_key=vcpus", "compute 2.79", 400, "'vcpus' is not one of"),
+        (&demo, "sort_key=display_name&sort_dir=sideways", "compute 2.79", 400, "must be 'desc' or 'asc'"),
+        (&demo, "sort_key=host", "compute 2.79", 403, "Only administrators can sort servers by host"),
+        (&demo, "changes-since=yesterday", "compute 2.79", 400, "changes-since"),
+        (&demo, "bogus=1", "compute 2.79", 400, "('bogus' was unexpected)"),
+        (&demo, "locked=maybe", "compute 2.79", 400, "Unrecognized value 'maybe'"),
+        (&demo, "status=DELETED", "compute 2.79", 403, "Only administrators may list deleted instances"),
+        (&demo, "name=(", "compute 2.79", 400, "regular expression"),
+        (&admin, "all_tenants=1&metadata=x", "compute 2.73", 400, "Invalid filter field: metadata."),
+    ] {
+        let (s, _, v) = list(tok, query, version).await;
+        let message = v.as_object().and_then(|o| o.values().next()).and_then(|e| e["message"].as_str());
+        assert_eq!(s.as_u16(), status, "{query}: {v}");
+        assert!(message.is_some_and(|m| m.contains(words)), "{query}: {v}");
+    }
+
+    // A deleted server is the admin's to list with `deleted`.
+    client.compute(Method::DELETE, &format!("/servers/{}", ids[2]), None).await.expect("delete");
+    client.wait_for(&ids[2], "DELETED", Duration::from_secs(60)).await.expect("DELETED");
+    let (_, _, v) = list(&admin, "all_tenants=1&deleted=true", "compute 2.79").await;
+    assert_eq!(names(&v["servers"]), ["other"], "{v}");
+    let (_, _, v) = list(&demo, "deleted=true", "compute 2.1").await;
+    assert_eq!(v["servers"].as_array().map(Vec::len), Some(3), "a member's `deleted` is stripped: {v}");
+
+    // python-openstackclient: `--limit` asks for one page, `--marker` for the one after.
+    let cli = |args: &[&str]| names(&openstack_json(&home, "novabox", args));
+    let page = cli(&["server", "list", "--name", "^x-", "--status", "ACTIVE", "--limit", "2"]);
+    assert_eq!(page, ["x-c", "x-a"], "newest first, two of three");
+    let rest = cli(&["server", "list", "--name", "^x-", "--status", "ACTIVE", "--limit", "2", "--marker", &ids[1]]);
+    assert_eq!(rest, ["x-b"]);
+    let before = openstack_json(&home, "novabox", &["server", "list"]);
+    assert_eq!(names(&before), ["x-c", "x-a", "x-b"], "newest first");
+    let first = before[0]["ID"].as_str().expect("an ID column");
+    let after = openstack_json(&home, "novabox", &["server", "list", "--marker", first]);
+    assert_eq!(names(&after), ["x-a", "x-b"], "--marker continues after the newest");
+    let few = openstack_json(&home, "novabox", &["server", "list", "--max-items", "1", "--sort-column", "Name"]);
+    assert_eq!(few.as_array().map(Vec::len), Some(1));
+    let flavored = openstack_json(&home, "novabox-admin", &["server", "list", "--all-projects", "--flavor", "42"]);
+    assert_eq!(flavored.as_array().map(Vec::len), Some(3));
+    assert!(stack.stop().success());
+}

@@ -1,5 +1,6 @@
 //! Flavors: list, detail, show; create, delete and extra specs for admins.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
@@ -13,22 +14,12 @@ use super::microversion::Microversion;
 use super::{links, parse_body};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
+use crate::api::listing::{self, Dialect, Direction, Page, Params};
 use crate::api::{base_url, AppState};
-use crate::db::flavors::{Flavor, NewFlavor};
+use crate::db::flavors::{Flavor, FlavorSortKey, NewFlavor};
 use crate::policy::{Action, Target};
 
 use super::validation;
-
-#[derive(Debug, Default, Deserialize)]
-pub struct ListQuery {
-    #[serde(rename = "minRam")]
-    min_ram: Option<i64>,
-    #[serde(rename = "minDisk")]
-    min_disk: Option<i64>,
-    is_public: Option<String>,
-    limit: Option<usize>,
-    marker: Option<String>,
-}
 
 fn view(f: &Flavor, specs: Option<&BTreeMap<String, String>>, base: &str, v: Microversion, detail: bool) -> Value {
     let mut o = json!({"id": f.flavorid, "name": f.name, "links": links(base, "flavors", &f.flavorid)});
@@ -66,27 +57,61 @@ fn sees_private(auth: &Auth) -> bool {
     auth.authorize(Action::ComputeFlavorPrivate, &Target::default()).is_ok()
 }
 
-fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<Vec<Listed>> {
+/// Orders two flavors by one of nova's sort keys.
+fn compare(a: &Listed, b: &Listed, key: FlavorSortKey) -> Ordering {
+    let (a, b) = (&a.0, &b.0);
+    match key {
+        FlavorSortKey::CreatedAt | FlavorSortKey::Id => a.id.cmp(&b.id),
+        FlavorSortKey::Description => a.description.cmp(&b.description),
+        FlavorSortKey::EphemeralGb => a.ephemeral_gb.cmp(&b.ephemeral_gb),
+        FlavorSortKey::FlavorId => a.flavorid.cmp(&b.flavorid),
+        FlavorSortKey::IsPublic => a.is_public.cmp(&b.is_public),
+        FlavorSortKey::MemoryMb => a.memory_mb.cmp(&b.memory_mb),
+        FlavorSortKey::Name => a.name.cmp(&b.name),
+        FlavorSortKey::RootGb => a.root_gb.cmp(&b.root_gb),
+        FlavorSortKey::RxtxFactor => a.rxtx_factor.total_cmp(&b.rxtx_factor),
+        FlavorSortKey::Swap => a.swap.cmp(&b.swap),
+        FlavorSortKey::Vcpus => a.vcpus.cmp(&b.vcpus),
+        FlavorSortKey::Disabled | FlavorSortKey::UpdatedAt | FlavorSortKey::VcpuWeight => Ordering::Equal,
+    }
+}
+
+/// `minRam`/`minDisk` as nova reads them: an integer, or its 400.
+fn min_filter(params: &Params, key: &str) -> ApiResult<Option<i64>> {
+    params
+        .last(key)
+        .map(|v| v.trim().parse::<i64>().map_err(|_| ApiError::bad_request(format!("Invalid {key} filter [{v}]"))))
+        .transpose()
+}
+
+fn listed(state: &AppState, auth: &Auth, params: &Params) -> ApiResult<Page<Listed>> {
+    let min_ram = min_filter(params, "minRam")?;
+    let min_disk = min_filter(params, "minDisk")?;
+    let paging = listing::paging(params, Dialect::Nova)?;
+    // nova sorts flavors by one key, `flavorid` ascending unless asked otherwise.
+    let key = params.last("sort_key").unwrap_or("flavorid");
+    let dir = listing::direction(params.last("sort_dir").unwrap_or("asc"), Dialect::Nova)?;
+    let sort: Vec<(FlavorSortKey, Direction)> = listing::typed_sort(vec![(key.to_string(), dir)], Dialect::Nova)?;
     let all = state.db.with(|db| -> crate::db::Result<Vec<Listed>> {
         db.flavors()?.into_iter().map(|f| with_details(db, f)).collect()
     })?;
     // nova honours `is_public` for admins only; others always get the public flavors and the
     // private ones their project may use.
-    let public_filter = match q.is_public.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let is_public = params.last("is_public");
+    let public_filter = match is_public.map(str::to_ascii_lowercase).as_deref() {
         _ if !sees_private(auth) => Some(true),
         None | Some("true") | Some("1") | Some("yes") | Some("on") => Some(true),
         Some("false") | Some("0") | Some("no") | Some("off") => Some(false),
         Some("none") => None,
         Some(_) => {
-            let other = q.is_public.clone().unwrap_or_default();
-            return Err(ApiError::bad_request(format!("Invalid is_public filter [{other}]")));
+            return Err(ApiError::bad_request(format!("Invalid is_public filter [{}]", is_public.unwrap_or_default())));
         }
     };
     let mine = |access: &[String]| access.iter().any(|p| p == auth.project_id());
     let mut out: Vec<_> = all
         .into_iter()
-        .filter(|(f, _, _)| q.min_ram.is_none_or(|m| f.memory_mb >= m))
-        .filter(|(f, _, _)| q.min_disk.is_none_or(|m| f.root_gb >= m))
+        .filter(|(f, _, _)| min_ram.is_none_or(|m| f.memory_mb >= m))
+        .filter(|(f, _, _)| min_disk.is_none_or(|m| f.root_gb >= m))
         .filter(|(f, _, access)| match public_filter {
             Some(true) => f.is_public || mine(access),
             Some(false) => !f.is_public,
@@ -94,17 +119,8 @@ fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<Vec<Listed>
         })
         .filter(|(f, _, access)| validation::flavor_visible(auth, f, access))
         .collect();
-    if let Some(marker) = &q.marker {
-        let pos = out
-            .iter()
-            .position(|(f, _, _)| &f.flavorid == marker)
-            .ok_or_else(|| ApiError::bad_request(format!("marker [{marker}] not found")))?;
-        out.drain(..=pos);
-    }
-    if let Some(l) = q.limit {
-        out.truncate(l);
-    }
-    Ok(out)
+    out.sort_by(|a, b| listing::compare_by(a, b, &sort, compare).then(a.0.id.cmp(&b.0.id)));
+    listing::page_by_id(out, &paging, |(f, _, _)| &f.flavorid, |m| Dialect::Nova.marker_not_found("", m))
 }
 
 pub async fn list(
@@ -112,9 +128,9 @@ pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     v: Microversion,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    flavor_list(&headers, &state, &auth, v, &q, false)
+    flavor_list(&headers, &state, &auth, v, &Params(q), false)
 }
 
 pub async fn list_detail(
@@ -122,9 +138,9 @@ pub async fn list_detail(
     State(state): State<AppState>,
     auth: Auth,
     v: Microversion,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    flavor_list(&headers, &state, &auth, v, &q, true)
+    flavor_list(&headers, &state, &auth, v, &Params(q), true)
 }
 
 fn flavor_list(
@@ -132,13 +148,18 @@ fn flavor_list(
     state: &AppState,
     auth: &Auth,
     v: Microversion,
-    q: &ListQuery,
+    params: &Params,
     detail: bool,
 ) -> ApiResult<Json<Value>> {
     let base = base_url(headers, &state.config);
-    let flavors: Vec<Value> =
-        listed(state, auth, q)?.iter().map(|(f, s, _)| view(f, Some(s), &base, v, detail)).collect();
-    Ok(Json(json!({ "flavors": flavors })))
+    let page = listed(state, auth, params)?;
+    let flavors: Vec<Value> = page.items.iter().map(|(f, s, _)| view(f, Some(s), &base, v, detail)).collect();
+    let mut body = json!({ "flavors": flavors });
+    let path = if detail { "flavors/detail" } else { "flavors" };
+    let last = page.items.last().map(|(f, _, _)| f.flavorid.as_str());
+    let url = format!("{base}/compute/v2.1/{path}");
+    listing::add_next_link(&mut body, Dialect::Nova, "flavors", &url, params, page.end, last);
+    Ok(Json(body))
 }
 
 /// A flavor the caller may see and boot, or None: another project's private flavor is "not

@@ -1,7 +1,7 @@
 //! SSH keypairs: import a public key, or let the server generate a pair (below 2.92, as nova).
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
@@ -13,8 +13,10 @@ use super::microversion::Microversion;
 use super::parse_body;
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
-use crate::api::AppState;
+use crate::api::listing::{self, Dialect, Paging, Params};
+use crate::api::{base_url, AppState};
 use crate::db::keypairs::Keypair;
+use crate::policy::{Action, Target};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,10 +129,48 @@ pub async fn create(
     Ok((status, Json(json!({ "keypair": o }))).into_response())
 }
 
-pub async fn list(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
-    let list = state.db.with(|db| db.keypairs(auth.user_id()))?;
-    let keypairs: Vec<Value> = list.iter().map(|k| json!({ "keypair": view(k, v) })).collect();
-    Ok(Json(json!({ "keypairs": keypairs })))
+/// `GET /os-keypairs`: the caller's keypairs, by name; another user's for the policy's
+/// admins (`user_id`, 2.10); paged by name from 2.35.
+pub async fn list(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Query(q): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
+    let params = Params(q);
+    let known: &[&str] = match (v.at_least(10), v.at_least(35)) {
+        (_, true) => &["user_id", "limit", "marker"],
+        (true, false) => &["user_id"],
+        _ => &[],
+    };
+    // nova's schema strips unknown parameters until 2.75 and refuses them after.
+    if v.at_least(75) {
+        if let Some(k) = params.keys().find(|k| !known.contains(k)) {
+            return Err(ApiError::bad_request(format!("Additional properties are not allowed ('{k}' was unexpected)")));
+        }
+    }
+    let params = Params(params.0.into_iter().filter(|(k, _)| known.contains(&k.as_str())).collect());
+    let user_id = params.last("user_id").unwrap_or(auth.user_id()).to_string();
+    if user_id != auth.user_id() {
+        auth.authorize(Action::ComputeKeypairsOtherUser, &Target { user_id: Some(&user_id), ..Target::default() })?;
+    }
+    let paging = listing::paging(&params, Dialect::Nova)?;
+    let list = state.db.with(|db| db.keypairs(&user_id))?;
+    let paging = if v.at_least(35) { paging } else { Paging::default() };
+    // Keypairs pass on nova's `MarkerNotFound` text, not the servers' `marker [x] not found`.
+    let page = listing::page_by_id(
+        list,
+        &paging,
+        |k| &k.name,
+        |m| ApiError::bad_request(format!("Marker {m} could not be found.")),
+    )?;
+    let keypairs: Vec<Value> = page.items.iter().map(|k| json!({ "keypair": view(k, v) })).collect();
+    let mut body = json!({ "keypairs": keypairs });
+    let url = format!("{}/compute/v2.1/os-keypairs", base_url(&headers, &state.config));
+    let last = page.items.last().map(|k| k.name.as_str());
+    listing::add_next_link(&mut body, Dialect::Nova, "keypairs", &url, &params, page.end, last);
+    Ok(Json(body))
 }
 
 pub async fn show(

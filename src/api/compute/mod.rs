@@ -13,6 +13,7 @@ pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
 pub mod microversion;
+pub mod server_list;
 pub mod server_security_groups;
 pub mod servers;
 pub mod validation;
@@ -21,8 +22,8 @@ pub mod volume_attachments;
 pub fn router() -> Router<AppState> {
     let v21 = Router::new()
         .route("/", get(version))
-        .route("/servers", get(servers::list).post(servers::create))
-        .route("/servers/detail", get(servers::list_detail))
+        .route("/servers", get(server_list::list).post(servers::create))
+        .route("/servers/detail", get(server_list::list_detail))
         .route("/servers/{id}", get(servers::show).put(servers::update).delete(servers::delete))
         .route("/servers/{id}/action", post(servers::action))
         .route("/servers/{id}/ips", get(servers::ips))

@@ -341,3 +341,62 @@ async fn the_compute_api_s_refusals_come_back_in_nova_s_words() {
     );
     assert!(r.json()["conflictingRequest"].is_object(), "{}", r.text());
 }
+
+#[tokio::test]
+async fn flavors_and_keypairs_page_sort_and_link_through_the_one_listing() {
+    let c = cloud();
+    let (admin, demo) = (c.token("admin").await, c.token("demo").await);
+    let r = c.get("/compute/v2.1/flavors", &demo).await;
+    assert_eq!(ids_of(&r, "flavors", "id"), ["1", "2", "3", "4", "42", "5"], "nova's default: flavorid ascending");
+    let r = c.get("/compute/v2.1/flavors/detail?sort_key=memory_mb&sort_dir=desc&limit=2&minDisk=1", &demo).await;
+    assert_eq!(ids_of(&r, "flavors", "name"), ["m1.xlarge", "m1.large"]);
+    let next = r.json()["flavors_links"][0]["href"].as_str().unwrap_or_default().to_string();
+    assert!(next.ends_with("/compute/v2.1/flavors/detail?sort_key=memory_mb&sort_dir=desc&limit=2&minDisk=1&marker=4"));
+    let r = c.get("/compute/v2.1/flavors?marker=42&minRam=64", &demo).await;
+    assert_eq!((ids_of(&r, "flavors", "id"), r.json().get("flavors_links").is_none()), (vec!["5".to_string()], true));
+    for (query, words) in [
+        ("marker=nope", "marker [nope] not found"),
+        ("minRam=lots", "Invalid minRam filter [lots]"),
+        ("sort_key=bogus", "'bogus' is not one of"),
+        ("limit=-1", "does not match"),
+    ] {
+        let r = c.get(&format!("/compute/v2.1/flavors?{query}"), &demo).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(message(&r).contains(words), "{query}: {}", r.text());
+    }
+
+    let public = super::keypairs::generate("paged").unwrap().0;
+    for name in ["k3", "k1", "k2"] {
+        let body = json!({"keypair": {"name": name, "public_key": public}});
+        assert_eq!(c.post("/compute/v2.1/os-keypairs", &demo, body).await.status, StatusCode::OK);
+    }
+    let r = call_at(&c, "2.35", Method::GET, "/compute/v2.1/os-keypairs?limit=2", &demo, None).await;
+    assert_eq!(ids_of(&r, "keypairs", "name"), ["k1", "k2"]);
+    assert!(r.json()["keypairs_links"][0]["href"]
+        .as_str()
+        .is_some_and(|h| h.ends_with("os-keypairs?limit=2&marker=k2")));
+    let r = call_at(&c, "2.35", Method::GET, "/compute/v2.1/os-keypairs?marker=k2", &demo, None).await;
+    assert_eq!(ids_of(&r, "keypairs", "name"), ["k3"]);
+    let r = call_at(&c, "2.35", Method::GET, "/compute/v2.1/os-keypairs?marker=k9", &demo, None).await;
+    assert_eq!((r.status, message(&r).as_str()), (StatusCode::BAD_REQUEST, "Marker k9 could not be found."));
+    let r = call_at(&c, "2.34", Method::GET, "/compute/v2.1/os-keypairs?limit=1&marker=k9", &demo, None).await;
+    assert_eq!(ids_of(&r, "keypairs", "name").len(), 3, "no paging before 2.35");
+    let demo_user = call_at(&c, "2.10", Method::GET, "/compute/v2.1/os-keypairs/k1", &demo, None).await.json()
+        ["keypair"]["user_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let uri = format!("/compute/v2.1/os-keypairs?user_id={demo_user}");
+    let r = call_at(&c, "2.10", Method::GET, &uri, &admin, None).await;
+    assert_eq!(ids_of(&r, "keypairs", "name"), ["k1", "k2", "k3"], "an admin lists another user's keypairs");
+    let r = call_at(&c, "2.10", Method::GET, "/compute/v2.1/os-keypairs?user_id=someone-else", &demo, None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call_at(&c, "2.79", Method::GET, "/compute/v2.1/os-keypairs?bogus=1", &demo, None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+fn ids_of(r: &Reply, collection: &str, key: &str) -> Vec<String> {
+    let body = r.json();
+    let items = body[collection].as_array().cloned().unwrap_or_default();
+    items.iter().map(|i| i.get("keypair").unwrap_or(i)[key].as_str().unwrap_or_default().to_string()).collect()
+}

@@ -2,6 +2,7 @@
 //! updates and tags.
 
 use super::*;
+use crate::api::listing::{self, Dialect, Direction, Page, PageEnd, Params, Start};
 
 pub(super) async fn create_image(State(state): State<AppState>, auth: Auth, body: Bytes) -> ApiResult<Response> {
     let Value::Object(body) = parse_json_body(&body)? else {
@@ -86,7 +87,6 @@ pub(super) const SORT_KEYS: &[&str] = &[
     "protected",
 ];
 pub(super) const DEFAULT_LIMIT: usize = 25;
-pub(super) const MAX_LIMIT: usize = 1000;
 
 /// A parsed `GET /v2/images` query.
 #[derive(Debug, Default, PartialEq)]
@@ -121,13 +121,7 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> ApiResult<ListQuery> {
     let mut sort_dirs: Vec<String> = Vec::new();
     for (k, v) in pairs {
         match k.as_str() {
-            "limit" => {
-                let n: i64 = v.parse().map_err(|_| bad("limit param must be an integer"))?;
-                if n < 0 {
-                    return Err(bad("limit param must be positive"));
-                }
-                q.limit = (n as usize).min(MAX_LIMIT);
-            }
+            "limit" => q.limit = Dialect::Glance.limit(Some(v))?.unwrap_or(DEFAULT_LIMIT),
             "marker" => q.marker = Some(v.clone()),
             "sort_key" => sort_keys.extend(v.split(',').map(str::to_string)),
             "sort_dir" => sort_dirs.extend(v.split(',').map(str::to_string)),
@@ -195,10 +189,7 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> ApiResult<ListQuery> {
     }
     for (key, _) in &q.sort {
         if !SORT_KEYS.contains(&key.as_str()) {
-            return Err(bad(format!(
-                "Invalid sort key: {key}. It must be one of the following: {}.",
-                SORT_KEYS.join(", ")
-            )));
+            return Err(Dialect::Glance.bad_sort_key(key, SORT_KEYS));
         }
     }
     if q.sort.is_empty() {
@@ -213,11 +204,7 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> ApiResult<ListQuery> {
 }
 
 pub(super) fn dir_is_asc(dir: &str) -> ApiResult<bool> {
-    match dir {
-        "asc" => Ok(true),
-        "desc" => Ok(false),
-        other => Err(bad(format!("Invalid sort direction: {other}"))),
-    }
+    Ok(listing::direction(dir, Dialect::Glance)? == Direction::Asc)
 }
 
 /// An attribute as a string for equality filters; `None` when the image does not have it.
@@ -312,24 +299,12 @@ pub fn select_images(
     // Position by the marker's sort values, not its place in the list: the marker may have
     // been deleted (or have left the filter) since the previous page, as when a client
     // deletes while it pages.
-    let start = match marker {
-        Some(m) => list.iter().position(|i| compare(i, m, &q.sort) == Ordering::Greater).unwrap_or(list.len()),
-        None => 0,
-    };
-    let page: Vec<Image> = list.into_iter().skip(start).take(q.limit).collect();
+    let after = |i: &Image| marker.is_some_and(|m| compare(i, m, &q.sort) == Ordering::Greater);
+    let start = if marker.is_some() { Start::AfterRow(&after) } else { Start::First };
+    let page = listing::page(list, start, Some(q.limit), |i| &i.id)
+        .unwrap_or(Page { items: Vec::new(), end: PageEnd { full: false, more: false } });
     // glance offers a next page whenever this one is full.
-    let more = q.limit > 0 && page.len() == q.limit;
-    Ok((page, more))
-}
-
-/// Percent-encodes a query component (RFC 3986 unreserved characters stay).
-pub(super) fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    Ok((page.items, page.end.full))
 }
 
 pub(super) async fn list_images(
@@ -343,7 +318,7 @@ pub(super) async fn list_images(
             Some(m) => Some(
                 db.image_row_including_deleted(m)?
                     .filter(|i| i.status == ImageStatus::Deleted || can_see(&auth, i))
-                    .ok_or_else(|| bad(format!("Invalid marker. Image {m} could not be found.")))?,
+                    .ok_or_else(|| Dialect::Glance.marker_not_found("Image", m))?,
             ),
             None => None,
         };
@@ -355,12 +330,9 @@ pub(super) async fn list_images(
         "first": "/v2/images",
         "schema": "/v2/schemas/images",
     });
-    if let (true, Some(last)) = (more, page.last()) {
-        let mut params: Vec<String> =
-            pairs.iter().filter(|(k, _)| k != "marker").map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect();
-        params.push(format!("marker={}", encode(&last.id)));
-        body["next"] = json!(format!("/v2/images?{}", params.join("&")));
-    }
+    let end = PageEnd { full: more, more };
+    let last = page.last().map(|i| i.id.as_str());
+    listing::add_next_link(&mut body, Dialect::Glance, "images", "/v2/images", &Params(pairs), end, last);
     Ok(Json(body))
 }
 

@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 
 use super::context::Auth;
 use super::fault::{ApiError, ApiResult};
+use super::listing::{self, Dialect, Direction, Params};
 use super::{base_url, AppState};
 use crate::cidr::Ipv4Cidr;
 use crate::db::network::{
@@ -149,9 +150,6 @@ async fn show_extension(_auth: Auth, Path(alias): Path<String>) -> ApiResult<Jso
 // ---------------------------------------------------------------------------------------
 // Errors and request bodies
 
-fn not_found(kind: &'static str, message: String) -> ApiError {
-    ApiError::not_found(message).with_kind(kind)
-}
 fn invalid(message: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("Invalid input for operation: {message}.")).with_kind("InvalidInput")
 }
@@ -293,7 +291,10 @@ fn read_only(obj: &Map<String, Value>, keys: &[&str]) -> ApiResult<()> {
 // ---------------------------------------------------------------------------------------
 // Lists: filters, fields, sorting, paging
 
-const CONTROL_PARAMS: &[&str] = &["fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse"];
+/// What a neutron list query holds besides filters: the listing's own and neutron's.
+fn control_param(key: &str) -> bool {
+    listing::CONTROL_PARAMS.contains(&key) || matches!(key, "fields" | "page_reverse")
+}
 
 fn matches_filter(value: &Value, wanted: &str, key: &str) -> bool {
     match value {
@@ -341,90 +342,42 @@ pub fn list_body(
     let mut items: Vec<Value> = items
         .into_iter()
         .filter(|item| {
-            pairs.iter().filter(|(k, _)| !CONTROL_PARAMS.contains(&k.as_str())).all(|(k, _)| match item.get(k) {
+            pairs.iter().filter(|(k, _)| !control_param(k)).all(|(k, _)| match item.get(k) {
                 None => true,
                 Some(value) => pairs.iter().filter(|(k2, _)| k2 == k).any(|(_, v)| matches_filter(value, v, k)),
             })
         })
         .collect();
 
-    let keys: Vec<&str> = pairs.iter().filter(|(k, _)| k == "sort_key").map(|(_, v)| v.as_str()).collect();
-    let dirs: Vec<&str> = pairs.iter().filter(|(k, _)| k == "sort_dir").map(|(_, v)| v.as_str()).collect();
-    if let Some(d) = dirs.iter().find(|d| **d != "asc" && **d != "desc") {
-        return Err(invalid_attr("sort_dir", format!("'{d}' is not a valid sort direction")));
+    let params = Params(pairs.to_vec());
+    let sort = listing::sort_names(&params, Dialect::Neutron, Direction::Asc)?;
+    let paging = listing::paging(&params, Dialect::Neutron)?;
+    // Any attribute of the resource is a sort key; one the rows lack is neutron's 400.
+    if let Some((k, _)) = sort.iter().find(|(k, _)| items.first().is_some_and(|i| i.get(k).is_none())) {
+        return Err(Dialect::Neutron.bad_sort_key(k, &[]));
     }
-    if !keys.is_empty() {
-        if let Some(k) = keys.iter().find(|k| items.first().is_some_and(|i| i.get(**k).is_none())) {
-            return Err(invalid_attr("sort_key", format!("'{k}' is not a valid sort key")));
-        }
-        items.sort_by(|a, b| {
-            for (i, k) in keys.iter().enumerate() {
-                let ord = json_cmp(a.get(*k), b.get(*k));
-                let ord = if dirs.get(i).copied().unwrap_or("asc") == "desc" { ord.reverse() } else { ord };
-                if ord != Ordering::Equal {
-                    return ord;
-                }
-            }
-            Ordering::Equal
-        });
-    }
-
-    let limit = match pairs.iter().find(|(k, _)| k == "limit") {
-        Some((_, v)) => match v.parse::<i64>() {
-            Ok(n) if n > 0 => Some(n as usize),
-            Ok(_) => None,
-            Err(_) => return Err(invalid_attr("limit", format!("'{v}' is not an integer"))),
-        },
-        None => None,
-    };
-    let marker = pairs.iter().find(|(k, _)| k == "marker").map(|(_, v)| v.clone());
-    let start = match &marker {
-        Some(m) => {
-            let pos = items.iter().position(|i| i.get("id").and_then(Value::as_str) == Some(m.as_str()));
-            pos.map(|p| p + 1).ok_or_else(|| not_found(not_found_kind, format!("Marker {m} could not be found.")))?
-        }
-        None => 0,
-    };
-    let mut page: Vec<Value> = items.into_iter().skip(start).collect();
-    let mut links = Vec::new();
-    if let Some(limit) = limit {
-        if page.len() > limit {
-            page.truncate(limit);
-            if let Some(last) = page.last().and_then(|i| i.get("id")).and_then(Value::as_str) {
-                let mut q: Vec<String> = pairs
-                    .iter()
-                    .filter(|(k, _)| k != "marker")
-                    .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-                    .collect();
-                q.push(format!("marker={}", encode(last)));
-                links.push(json!({"rel": "next", "href": format!("{url}?{}", q.join("&"))}));
-            }
-        }
-    }
+    let sort: Vec<(&str, Direction)> = sort.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+    items.sort_by(|a, b| listing::compare_by(a, b, &sort, |a, b, k| json_cmp(a.get(k), b.get(k))));
+    let id = |i: &Value| i.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut page = listing::page_by_id(
+        items,
+        &paging,
+        |i| i.get("id").and_then(Value::as_str).unwrap_or(""),
+        |m| Dialect::Neutron.marker_not_found("", m).with_kind(not_found_kind),
+    )?;
+    let last = page.items.last().map(id);
 
     let fields: Vec<&str> = pairs.iter().filter(|(k, _)| k == "fields").map(|(_, v)| v.as_str()).collect();
     if !fields.is_empty() {
-        for item in &mut page {
+        for item in &mut page.items {
             if let Value::Object(m) = item {
                 m.retain(|k, _| fields.contains(&k.as_str()));
             }
         }
     }
-    let mut body = json!({ collection: page });
-    if !links.is_empty() {
-        body[format!("{collection}_links")] = Value::Array(links);
-    }
+    let mut body = json!({ collection: page.items });
+    listing::add_next_link(&mut body, Dialect::Neutron, collection, url, &params, page.end, last.as_deref());
     Ok(body)
-}
-
-/// Percent-encodes a query component (RFC 3986 unreserved characters stay).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Applies `?fields=` to a single resource, as neutron does on show.

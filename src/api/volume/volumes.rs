@@ -2,18 +2,20 @@
 //! cinder's shapes at 3.0. Create and update answer cinder's base view; show and the detail
 //! list add the attributes cinder's extensions add, each under its own policy.
 
+use std::cmp::Ordering;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{check_project, timestamp, DEFAULT_TYPE_NAME};
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
+use crate::api::listing::{self, Dialect, Direction, Page, Params};
 use crate::api::{base_url, AppState};
-use crate::db::volumes::{NewVolume, Volume};
+use crate::db::volumes::{NewVolume, Volume, VolumeSortKey};
 use crate::policy::{Action, Target};
 use crate::volumes::{AttachStatus, VolumeStatus};
 
@@ -101,33 +103,76 @@ fn find(state: &AppState, auth: &Auth, id: &str) -> ApiResult<Volume> {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct ListQuery {
-    all_tenants: Option<String>,
-    project_id: Option<String>,
-    name: Option<String>,
-    status: Option<String>,
-    limit: Option<usize>,
-    marker: Option<String>,
+/// Orders two volumes by one of cinder's sort keys.
+fn compare(a: &Volume, b: &Volume, key: VolumeSortKey) -> Ordering {
+    match key {
+        VolumeSortKey::Id => a.id.cmp(&b.id),
+        VolumeSortKey::Name => a.name.cmp(&b.name),
+        VolumeSortKey::Status => a.status.cmp(&b.status),
+        VolumeSortKey::Size => a.size.cmp(&b.size),
+        VolumeSortKey::CreatedAt => a.created_at.cmp(&b.created_at),
+        VolumeSortKey::UpdatedAt => a.updated_at.cmp(&b.updated_at),
+        VolumeSortKey::AvailabilityZone => a.availability_zone.cmp(&b.availability_zone),
+        VolumeSortKey::Bootable => a.bootable.cmp(&b.bootable),
+        VolumeSortKey::ProjectId => a.project_id.cmp(&b.project_id),
+        VolumeSortKey::UserId => a.user_id.cmp(&b.user_id),
+    }
 }
 
-fn listed(state: &AppState, auth: &Auth, q: &ListQuery) -> ApiResult<Vec<Volume>> {
-    let all = auth.is_admin() && q.all_tenants.as_deref().is_some_and(|v| !matches!(v, "0" | "false" | "False"));
-    let project = if all { q.project_id.clone() } else { Some(auth.project_id().to_string()) };
+/// cinder's sort: `sort=key[:dir],...`, or the older `sort_key`/`sort_dir` (not both);
+/// the database's order (newest first) unless asked otherwise.
+fn sort_of(params: &Params) -> ApiResult<Vec<(VolumeSortKey, Direction)>> {
+    let names =
+        match params.last("sort") {
+            Some(_) if params.has("sort_key") || params.has("sort_dir") => return Err(ApiError::bad_request(
+                "The 'sort_key' and 'sort_dir' parameters are deprecated and cannot be used with the 'sort' parameter.",
+            )),
+            Some(sort) => sort
+                .split(',')
+                .map(|part| {
+                    let (key, dir) = part.split_once(':').unwrap_or((part, "desc"));
+                    Ok((key.trim().to_string(), listing::direction(dir.trim(), Dialect::Cinder)?))
+                })
+                .collect::<ApiResult<Vec<_>>>()?,
+            None => listing::sort_names(params, Dialect::Cinder, Direction::Desc)?,
+        };
+    // No keys keeps the database's order: newest first, then the later row first.
+    let mut sort = listing::typed_sort(names, Dialect::Cinder)?;
+    if let Some(&(_, last)) = sort.last() {
+        sort.push((VolumeSortKey::Id, last));
+    }
+    Ok(sort)
+}
+
+fn listed(state: &AppState, auth: &Auth, params: &Params) -> ApiResult<Page<Volume>> {
+    let all_tenants = params.last("all_tenants");
+    let all = auth.is_admin() && all_tenants.is_some_and(|v| !matches!(v, "0" | "false" | "False"));
+    let project = if all { params.last("project_id").map(str::to_string) } else { Some(auth.project_id().to_string()) };
+    let paging = listing::paging(params, Dialect::Cinder)?;
+    let sort = sort_of(params)?;
     let mut list = state.db.with(|db| db.volumes(project.as_deref()))?;
-    list.retain(|v| q.name.as_ref().is_none_or(|n| v.name.as_ref() == Some(n)));
-    list.retain(|v| q.status.as_ref().is_none_or(|s| v.status.as_str() == s));
-    if let Some(marker) = &q.marker {
-        let at = list
-            .iter()
-            .position(|v| &v.id == marker)
-            .ok_or_else(|| ApiError::bad_request(format!("Invalid marker: volume {marker} could not be found.")))?;
-        list.drain(..=at);
-    }
-    if let Some(limit) = q.limit {
-        list.truncate(limit);
-    }
-    Ok(list)
+    let name = params.last("name");
+    let status = params.last("status");
+    list.retain(|v| name.is_none_or(|n| v.name.as_deref() == Some(n)));
+    list.retain(|v| status.is_none_or(|s| v.status.as_str() == s));
+    list.sort_by(|a, b| listing::compare_by(a, b, &sort, compare));
+    listing::page_by_id(list, &paging, |v| &v.id, |m| Dialect::Cinder.marker_not_found("volume", m))
+}
+
+/// `{"volumes": [...]}` with cinder's `volumes_links` when the page is full.
+fn list_body(
+    base: &str,
+    project_id: &str,
+    path: &str,
+    params: &Params,
+    page: &Page<Volume>,
+    items: Vec<Value>,
+) -> Value {
+    let mut body = json!({ "volumes": items });
+    let url = format!("{base}/volume/v3/{project_id}/{path}");
+    let last = page.items.last().map(|v| v.id.as_str());
+    listing::add_next_link(&mut body, Dialect::Cinder, "volumes", &url, params, page.end, last);
+    body
 }
 
 pub async fn list(
@@ -135,12 +180,14 @@ pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     Path(project_id): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     check_project(&auth, &project_id)?;
+    let params = Params(q);
     let base = base_url(&headers, &state.config);
-    let list = listed(&state, &auth, &q)?;
-    Ok(Json(json!({"volumes": list.iter().map(|v| summary(v, &base)).collect::<Vec<_>>()})))
+    let page = listed(&state, &auth, &params)?;
+    let items = page.items.iter().map(|v| summary(v, &base)).collect();
+    Ok(Json(list_body(&base, &project_id, "volumes", &params, &page, items)))
 }
 
 pub async fn list_detail(
@@ -148,12 +195,14 @@ pub async fn list_detail(
     State(state): State<AppState>,
     auth: Auth,
     Path(project_id): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     check_project(&auth, &project_id)?;
+    let params = Params(q);
     let base = base_url(&headers, &state.config);
-    let list = listed(&state, &auth, &q)?;
-    Ok(Json(json!({"volumes": list.iter().map(|v| detail(v, &base, &auth, View::Extended)).collect::<Vec<_>>()})))
+    let page = listed(&state, &auth, &params)?;
+    let items = page.items.iter().map(|v| detail(v, &base, &auth, View::Extended)).collect();
+    Ok(Json(list_body(&base, &project_id, "volumes/detail", &params, &page, items)))
 }
 
 pub async fn show(
