@@ -119,6 +119,14 @@ pub enum Action {
     IdentityGetUser,
     /// Any state-changing call of a service's API ([`write_action`] says which).
     ProjectMemberWrite(Service),
+    // Issue 17, item 3: nova's server groups (`os_compute_api:os-server-groups:*`); create and
+    // index need only the persona every write and read needs.
+    /// Seeing one group: its project's readers, or the admin.
+    ComputeServerGroupShow,
+    /// Deleting a group: its project's members, or the admin.
+    ComputeServerGroupDelete,
+    /// `all_projects` on the list: every project's groups (others get their own, as in nova).
+    ComputeServerGroupListAllProjects,
     // novabox's own (issue 23: fault injection and the test clock), admin only.
     /// `/novabox/v1/faults` and `/novabox/v1/clock`: breaking the cloud on purpose.
     NovaboxFaults,
@@ -162,6 +170,9 @@ impl Action {
             Action::ProjectMemberWrite(Service::Compute | Service::Volume) => "project_member_api",
             Action::ProjectMemberWrite(_) => "project_member",
             Action::NovaboxFaults => "novabox:faults",
+            Action::ComputeServerGroupShow => "os_compute_api:os-server-groups:show",
+            Action::ComputeServerGroupDelete => "os_compute_api:os-server-groups:delete",
+            Action::ComputeServerGroupListAllProjects => "os_compute_api:os-server-groups:index:all_projects",
         }
     }
 
@@ -196,6 +207,7 @@ impl Action {
             ProjectMemberWrite(service) => service,
             // Its callers use nova's clients and read nova's wording.
             NovaboxFaults => Service::Compute,
+            ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
         }
     }
 
@@ -232,6 +244,8 @@ impl Action {
             IdentityGetProject => Rule::AdminOrOwner,
             ProjectMemberWrite(_) => Rule::ProjectMember,
             NovaboxFaults => Rule::Admin,
+            ComputeServerGroupShow | ComputeServerGroupDelete => Rule::AdminOrOwner,
+            ComputeServerGroupListAllProjects => Rule::Admin,
         }
     }
 }

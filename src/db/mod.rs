@@ -17,6 +17,7 @@ pub mod keypairs;
 pub mod network;
 pub mod notifications;
 pub mod quotas;
+pub mod server_groups;
 pub mod services;
 pub mod tokens;
 pub mod trace;
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_tokens_per_user.sql"),
     include_str!("migrations/0009_instances_keep_their_flavor.sql"),
     include_str!("migrations/0010_identity_admin.sql"),
+    include_str!("migrations/0015_server_groups.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -1,4 +1,5 @@
-//! Compute v2.1 (nova): version documents, servers, flavors, keypairs, hosts and limits.
+//! Compute v2.1 (nova): version documents, servers, flavors, keypairs, server groups, hosts and
+//! limits.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -13,6 +14,7 @@ pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
 pub mod microversion;
+pub mod server_groups;
 pub mod server_security_groups;
 pub mod servers;
 pub mod validation;
@@ -43,6 +45,8 @@ pub fn router() -> Router<AppState> {
         .route("/flavors/{id}/os-extra_specs/{key}", get(flavors::extra_spec).delete(flavors::delete_extra_spec))
         .route("/os-keypairs", get(keypairs::list).post(keypairs::create))
         .route("/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
+        .route("/os-server-groups", get(server_groups::list).post(server_groups::create))
+        .route("/os-server-groups/{id}", get(server_groups::show).delete(server_groups::delete))
         .route("/os-hypervisors", get(hosts::hypervisors))
         .route("/os-hypervisors/detail", get(hosts::hypervisors_detail))
         .route("/os-hypervisors/statistics", get(hosts::hypervisor_statistics))
