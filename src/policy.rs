@@ -127,6 +127,11 @@ pub enum Action {
     ComputeServerGroupDelete,
     /// `all_projects` on the list: every project's groups (others get their own, as in nova).
     ComputeServerGroupListAllProjects,
+    // Issue 17, item 5: `os_compute_api:os-simple-tenant-usage:*`.
+    /// Every project's usage.
+    ComputeUsageList,
+    /// One project's usage: its readers, or the admin.
+    ComputeUsageShow,
     // novabox's own (issue 23: fault injection and the test clock), admin only.
     /// `/novabox/v1/faults` and `/novabox/v1/clock`: breaking the cloud on purpose.
     NovaboxFaults,
@@ -173,6 +178,8 @@ impl Action {
             Action::ComputeServerGroupShow => "os_compute_api:os-server-groups:show",
             Action::ComputeServerGroupDelete => "os_compute_api:os-server-groups:delete",
             Action::ComputeServerGroupListAllProjects => "os_compute_api:os-server-groups:index:all_projects",
+            Action::ComputeUsageList => "os_compute_api:os-simple-tenant-usage:list",
+            Action::ComputeUsageShow => "os_compute_api:os-simple-tenant-usage:show",
         }
     }
 
@@ -208,6 +215,7 @@ impl Action {
             // Its callers use nova's clients and read nova's wording.
             NovaboxFaults => Service::Compute,
             ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
+            ComputeUsageList | ComputeUsageShow => Service::Compute,
         }
     }
 
@@ -246,6 +254,8 @@ impl Action {
             NovaboxFaults => Rule::Admin,
             ComputeServerGroupShow | ComputeServerGroupDelete => Rule::AdminOrOwner,
             ComputeServerGroupListAllProjects => Rule::Admin,
+            ComputeUsageList => Rule::Admin,
+            ComputeUsageShow => Rule::AdminOrOwner,
         }
     }
 }

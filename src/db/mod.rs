@@ -22,6 +22,7 @@ pub mod services;
 pub mod tokens;
 pub mod trace;
 mod tx;
+pub mod usage;
 pub mod volumes;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never

@@ -1,5 +1,5 @@
-//! Compute v2.1 (nova): version documents, servers, flavors, keypairs, server groups, hosts and
-//! limits.
+//! Compute v2.1 (nova): version documents, servers, flavors, keypairs, server groups, usage,
+//! hosts and limits.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -17,6 +17,7 @@ pub mod microversion;
 pub mod server_groups;
 pub mod server_security_groups;
 pub mod servers;
+pub mod usage;
 pub mod validation;
 pub mod volume_attachments;
 
@@ -47,6 +48,8 @@ pub fn router() -> Router<AppState> {
         .route("/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
         .route("/os-server-groups", get(server_groups::list).post(server_groups::create))
         .route("/os-server-groups/{id}", get(server_groups::show).delete(server_groups::delete))
+        .route("/os-simple-tenant-usage", get(usage::list))
+        .route("/os-simple-tenant-usage/{project}", get(usage::show))
         .route("/os-hypervisors", get(hosts::hypervisors))
         .route("/os-hypervisors/detail", get(hosts::hypervisors_detail))
         .route("/os-hypervisors/statistics", get(hosts::hypervisor_statistics))
