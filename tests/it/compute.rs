@@ -407,9 +407,10 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
 /// Server groups through python-openstackclient on one host (issue 17): anti-affinity's
 /// second server cannot be placed and goes to ERROR with nova's NoValidHost, affinity's two
 /// servers share the host; the shapes per microversion are checked over raw HTTP against
-/// tempest's server group schemas (v2_1, v2_13, v2_64) and 2.71's `server_groups`.
+/// tempest's server group schemas (v2_1, v2_13, v2_64) and 2.71's `server_groups`; then
+/// `openstack usage show|list` bills what ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openstackclient_server_groups_on_one_host() {
+async fn openstackclient_server_groups_and_usage_on_one_host() {
     use crate::clients::{image_file, osc, osc_json};
     let home = TestHome::new();
     assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
@@ -488,6 +489,32 @@ async fn openstackclient_server_groups_on_one_host() {
     )
     .await;
     assert_eq!(s71["server"]["server_groups"], json!([anti_id]), "{s71}");
+
+    // Usage: the three servers that launched are billed (the one that never found a host
+    // is not); the admin lists every project, a member sees its own.
+    // (OSC's JSON gives `Servers` as the server usages themselves, or as their count.)
+    let servers = |v: &Value| v.as_array().map(|a| a.len() as i64).or_else(|| v.as_i64());
+    let usage = osc_json(&home, &["usage", "show"]);
+    assert_eq!(servers(&usage["Servers"]), Some(3), "{usage}");
+    assert!(usage["CPU Hours"].as_f64().is_some_and(|h| h > 0.0), "{usage}");
+    let listed = osc_json(&home, &["--os-cloud", "novabox-admin", "usage", "list"]);
+    // Only demo ran servers. openstacksdk asks `detailed=True`, and nova details only for
+    // `detailed=1`, so OSC's list has no server count against nova either.
+    let rows = listed.as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert!(rows[0]["CPU Hours"].as_f64().is_some_and(|h| h >= usage["CPU Hours"].as_f64().unwrap_or(0.0)), "{listed}");
+    let admin = token(&stack, "admin").await;
+    let (s, _, u) = raw(
+        &stack,
+        Some(&admin),
+        Method::GET,
+        "/compute/v2.1/os-simple-tenant-usage?detailed=1&start=2000-01-01T00:00:00",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200, "{u}");
+    assert_eq!(u["tenant_usages"][0]["server_usages"].as_array().map(Vec::len), Some(3), "{u}");
 
     osc(&home, &["server", "delete", "--wait", "a1", "a2", "t1", "t2"]);
     osc(&home, &["server", "group", "delete", "apart", "together"]);
