@@ -283,9 +283,12 @@ impl CreateRequest {
 fn group_hint(hints: Option<&Value>) -> Result<Option<String>> {
     let Some(g) = hints.and_then(|h| h.get("group")) else { return Ok(None) };
     let refuse = || {
-        let shown = g.as_str().map(str::to_string).unwrap_or_else(|| g.to_string());
+        let (shown, quoted) = match g.as_str() {
+            Some(s) => (s.to_string(), format!("'{s}'")),
+            None => (g.to_string(), g.to_string()),
+        };
         invalid(format!(
-            "Invalid input for field/attribute group. Value: {shown}. {g} is not valid under any of the given schemas"
+            "Invalid input for field/attribute group. Value: {shown}. {quoted} is not valid under any of the given schemas"
         ))
     };
     let is_uuid = |s: &str| uuid::Uuid::parse_str(s).is_ok();
