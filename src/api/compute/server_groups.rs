@@ -572,5 +572,23 @@ mod tests {
             let r = c.get("/compute/v2.1/servers", &demo).await;
             assert_eq!(r.json()["servers"].as_array().map(Vec::len), Some(1), "the refused boot made nothing");
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_creates_cannot_pass_the_group_quota_together() {
+            let c = Cloud::new();
+            let (admin, demo) = (c.token("admin").await, c.token("demo").await);
+            let uri = format!("/compute/v2.1/os-quota-sets/{}", c.demo_project);
+            assert_eq!(c.put(&uri, &admin, json!({"quota_set": {"server_groups": 3}})).await.status, StatusCode::OK);
+            let creates = (0..12).map(|i| {
+                let body = json!({"server_group": {"name": format!("g{i}"), "policies": ["affinity"]}});
+                at(&c, "2.1", Method::POST, GROUPS, &demo, Some(body))
+            });
+            let replies = futures_util::future::join_all(creates).await;
+            let made = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+            let refused = replies.iter().filter(|r| r.status == StatusCode::FORBIDDEN).count();
+            assert_eq!((made, refused), (3, 9), "{:?}", replies.iter().map(Reply::text).collect::<Vec<_>>());
+            let r = at(&c, "2.1", Method::GET, GROUPS, &demo, None).await;
+            assert_eq!(r.json()["server_groups"].as_array().map(Vec::len), Some(3));
+        }
     }
 }
