@@ -119,6 +119,19 @@ pub enum Action {
     IdentityGetUser,
     /// Any state-changing call of a service's API ([`write_action`] says which).
     ProjectMemberWrite(Service),
+    // Issue 17, item 3: nova's server groups (`os_compute_api:os-server-groups:*`); create and
+    // index need only the persona every write and read needs.
+    /// Seeing one group: its project's readers, or the admin.
+    ComputeServerGroupShow,
+    /// Deleting a group: its project's members, or the admin.
+    ComputeServerGroupDelete,
+    /// `all_projects` on the list: every project's groups (others get their own, as in nova).
+    ComputeServerGroupListAllProjects,
+    // Issue 17, item 5: `os_compute_api:os-simple-tenant-usage:*`.
+    /// Every project's usage.
+    ComputeUsageList,
+    /// One project's usage: its readers, or the admin.
+    ComputeUsageShow,
     // novabox's own (issue 23: fault injection and the test clock), admin only.
     /// `/novabox/v1/faults` and `/novabox/v1/clock`: breaking the cloud on purpose.
     NovaboxFaults,
@@ -172,6 +185,11 @@ impl Action {
             Action::ComputeServersAllTenants => "os_compute_api:servers:index:get_all_tenants",
             Action::ComputeServersAllFilters => "os_compute_api:servers:allow_all_filters",
             Action::ComputeKeypairsOtherUser => "os_compute_api:os-keypairs:index",
+            Action::ComputeServerGroupShow => "os_compute_api:os-server-groups:show",
+            Action::ComputeServerGroupDelete => "os_compute_api:os-server-groups:delete",
+            Action::ComputeServerGroupListAllProjects => "os_compute_api:os-server-groups:index:all_projects",
+            Action::ComputeUsageList => "os_compute_api:os-simple-tenant-usage:list",
+            Action::ComputeUsageShow => "os_compute_api:os-simple-tenant-usage:show",
         }
     }
 
@@ -207,6 +225,8 @@ impl Action {
             // Its callers use nova's clients and read nova's wording.
             NovaboxFaults => Service::Compute,
             ComputeServersAllTenants | ComputeServersAllFilters | ComputeKeypairsOtherUser => Service::Compute,
+            ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
+            ComputeUsageList | ComputeUsageShow => Service::Compute,
         }
     }
 
@@ -246,6 +266,10 @@ impl Action {
             ComputeServersAllTenants | ComputeServersAllFilters => Rule::Admin,
             // nova's ADMIN_OR_OWNER on the keypairs' user.
             ComputeKeypairsOtherUser => Rule::AdminOrTokenSubject,
+            ComputeServerGroupShow | ComputeServerGroupDelete => Rule::AdminOrOwner,
+            ComputeServerGroupListAllProjects => Rule::Admin,
+            ComputeUsageList => Rule::Admin,
+            ComputeUsageShow => Rule::AdminOrOwner,
         }
     }
 }

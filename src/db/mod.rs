@@ -19,10 +19,12 @@ pub mod listing;
 pub mod network;
 pub mod notifications;
 pub mod quotas;
+pub mod server_groups;
 pub mod services;
 pub mod tokens;
 pub mod trace;
 mod tx;
+pub mod usage;
 pub mod volumes;
 
 /// SQLite's `application_id` for novabox databases ("NOVA"), so a foreign file is never
@@ -41,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_instances_keep_their_flavor.sql"),
     include_str!("migrations/0010_identity_admin.sql"),
     include_str!("migrations/0013_usage_from_the_index.sql"),
+    include_str!("migrations/0015_server_groups.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -1,5 +1,7 @@
 //! Host filters: each says whether one host can take one instance, and why not.
 
+use std::collections::BTreeMap;
+
 use crate::db::instances::FlavorSnapshot;
 
 /// One candidate host as the scheduler sees it: capacity, what is placed there, liveness.
@@ -47,6 +49,18 @@ pub struct Request<'a> {
     pub force_host: Option<&'a str>,
     /// Scheduler hint `force_node` (admin), as nova's `hypervisor_hostname` on create.
     pub force_node: Option<&'a str>,
+    /// The server group the instance is a member of, if any.
+    pub group: Option<&'a GroupPlacement>,
+}
+
+/// A server group as placement sees it: its policy and where its other members are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPlacement {
+    pub policy: String,
+    /// anti-affinity's `max_server_per_host`; nova's default is one.
+    pub max_server_per_host: Option<i64>,
+    /// Hosts of the group's other live members, with how many on each.
+    pub hosts: BTreeMap<String, i64>,
 }
 
 pub type Filter = fn(&HostState, &Request<'_>) -> Result<(), String>;
@@ -60,6 +74,8 @@ pub const FILTERS: &[(&str, Filter)] = &[
     ("CoreFilter", cores),
     ("DiskFilter", disk),
     ("ImagePropertiesFilter", image_properties),
+    ("ServerGroupAffinityFilter", group_affinity),
+    ("ServerGroupAntiAffinityFilter", group_anti_affinity),
 ];
 
 fn compute(h: &HostState, _: &Request<'_>) -> Result<(), String> {
@@ -119,6 +135,28 @@ fn image_properties(h: &HostState, r: &Request<'_>) -> Result<(), String> {
     }
 }
 
+/// nova's ServerGroupAffinityFilter: once a member is placed, the rest follow it.
+fn group_affinity(h: &HostState, r: &Request<'_>) -> Result<(), String> {
+    match r.group {
+        Some(g) if g.policy == "affinity" && !g.hosts.is_empty() && !g.hosts.contains_key(&h.host) => {
+            let on: Vec<&str> = g.hosts.keys().map(String::as_str).collect();
+            Err(format!("the group's members are on {}", on.join(", ")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// nova's ServerGroupAntiAffinityFilter: at most `max_server_per_host` members on a host.
+fn group_anti_affinity(h: &HostState, r: &Request<'_>) -> Result<(), String> {
+    let Some(g) = r.group.filter(|g| g.policy == "anti-affinity") else { return Ok(()) };
+    let max = g.max_server_per_host.unwrap_or(1);
+    let here = g.hosts.get(&h.host).copied().unwrap_or(0);
+    if here >= max {
+        return Err(format!("{here} of the group's members already here, max_server_per_host is {max}"));
+    }
+    Ok(())
+}
+
 /// The hosts that pass every filter; for the rest, the first filter that refused and why.
 pub fn filter_hosts<'h>(hosts: &'h [HostState], req: &Request<'_>) -> (Vec<&'h HostState>, Vec<String>) {
     let mut passed = Vec::new();
@@ -175,7 +213,50 @@ pub(crate) mod tests {
     }
 
     fn req(f: &FlavorSnapshot) -> Request<'_> {
-        Request { flavor: f, availability_zone: None, hypervisor_type: None, force_host: None, force_node: None }
+        Request {
+            flavor: f,
+            availability_zone: None,
+            hypervisor_type: None,
+            force_host: None,
+            force_node: None,
+            group: None,
+        }
+    }
+
+    pub fn group(policy: &str, max: Option<i64>, hosts: &[(&str, i64)]) -> GroupPlacement {
+        GroupPlacement {
+            policy: policy.into(),
+            max_server_per_host: max,
+            hosts: hosts.iter().map(|(h, n)| (h.to_string(), *n)).collect(),
+        }
+    }
+
+    fn names<'h>(passed: &[&'h HostState]) -> Vec<&'h str> {
+        passed.iter().map(|h| h.host.as_str()).collect()
+    }
+
+    #[test]
+    fn affinity_follows_the_first_member_and_anti_affinity_avoids_it() {
+        let hosts = vec![host("a"), host("b")];
+        let f = flavor(64, 1, 1);
+        let empty = group("affinity", None, &[]);
+        let (passed, _) = filter_hosts(&hosts, &Request { group: Some(&empty), ..req(&f) });
+        assert_eq!(names(&passed), ["a", "b"], "the first member may go anywhere");
+        let on_b = group("affinity", None, &[("b", 1)]);
+        let (passed, reasons) = filter_hosts(&hosts, &Request { group: Some(&on_b), ..req(&f) });
+        assert_eq!(names(&passed), ["b"]);
+        assert_eq!(reasons, ["a: ServerGroupAffinityFilter: the group's members are on b"]);
+        let anti = group("anti-affinity", None, &[("b", 1)]);
+        let (passed, reasons) = filter_hosts(&hosts, &Request { group: Some(&anti), ..req(&f) });
+        assert_eq!(names(&passed), ["a"]);
+        assert!(reasons[0].starts_with("b: ServerGroupAntiAffinityFilter:"), "{reasons:?}");
+        // max_server_per_host lets that many share a host, and no more.
+        let two = group("anti-affinity", Some(2), &[("a", 2), ("b", 1)]);
+        let (passed, _) = filter_hosts(&hosts, &Request { group: Some(&two), ..req(&f) });
+        assert_eq!(names(&passed), ["b"]);
+        // The soft policies never filter: the weighers decide.
+        let soft = group("soft-anti-affinity", None, &[("a", 3), ("b", 3)]);
+        assert_eq!(filter_hosts(&hosts, &Request { group: Some(&soft), ..req(&f) }).0.len(), 2);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::rpcapi::{ComputeApi, Notifier, RequestSpec, RpcRequest, SchedulerRequ
 pub mod filters;
 pub mod weighers;
 
-use filters::{filter_hosts, HostState, Request};
+use filters::{filter_hosts, GroupPlacement, HostState, Request};
 
 pub const BINARY: &str = "novabox-scheduler";
 
@@ -108,20 +108,39 @@ impl Scheduler {
         })
     }
 
+    /// The server group `instance` is a member of, as the filters and weighers need it.
+    fn group_placement(&self, instance: &str) -> Result<Option<GroupPlacement>, crate::db::DbError> {
+        self.db.with(|db| {
+            let Some(uuid) = db.server_group_of(instance)? else { return Ok(None) };
+            let Some(g) = db.server_group(&uuid)? else { return Ok(None) };
+            Ok(Some(GroupPlacement {
+                hosts: db.server_group_hosts(g.id, instance)?,
+                policy: g.policy,
+                max_server_per_host: g.max_server_per_host,
+            }))
+        })
+    }
+
     /// Chooses a host and records it on the instance. Err is the "no valid host" reason.
     async fn place(&self, instance: &Instance, spec: &RequestSpec) -> Result<Result<Instance, String>, RemoteError> {
         let _one_at_a_time = self.placing.lock().await;
         let hosts = self.host_states().map_err(|e| RemoteError::new(RemoteErrorKind::DbError, e.to_string()))?;
         let hint = |key: &str| spec.scheduler_hints.get(key).and_then(Value::as_str);
+        // Membership was written with the instance (the `group` hint), so the database, not
+        // the hint, says which group this is; the members placed before it are on their hosts.
+        let group = self
+            .group_placement(&instance.uuid)
+            .map_err(|e| RemoteError::new(RemoteErrorKind::DbError, e.to_string()))?;
         let req = Request {
             flavor: &instance.flavor,
             availability_zone: spec.availability_zone.as_deref().filter(|az| !az.is_empty()),
             hypervisor_type: spec.image_properties.get("hypervisor_type").and_then(Value::as_str),
             force_host: hint("force_host"),
             force_node: hint("force_node"),
+            group: group.as_ref(),
         };
         let (passed, reasons) = filter_hosts(&hosts, &req);
-        let Some(chosen) = weighers::best(&passed) else {
+        let Some(chosen) = weighers::best(&passed, group.as_ref()) else {
             let why =
                 if hosts.is_empty() { "no compute host has registered yet".to_string() } else { reasons.join("; ") };
             return Ok(Err(why));

@@ -266,8 +266,9 @@ fn absolute_limit_names(v: Microversion) -> Vec<(&'static str, &'static str)> {
 }
 
 pub async fn limits(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
-    let (q, (instances, cores, ram)) = state.db.with(|db| -> crate::db::Result<_> {
-        Ok((db.quota_limits(auth.project_id())?, db.project_usage(auth.project_id())?))
+    let (q, (instances, cores, ram), groups) = state.db.with(|db| -> crate::db::Result<_> {
+        let project = auth.project_id();
+        Ok((db.quota_limits(project)?, db.project_usage(project)?, db.count_server_groups(project)?))
     })?;
     let mut absolute = serde_json::Map::new();
     for (name, quota) in absolute_limit_names(v) {
@@ -276,7 +277,7 @@ pub async fn limits(State(state): State<AppState>, auth: Auth, v: Microversion) 
     absolute.insert("totalInstancesUsed".into(), json!(instances));
     absolute.insert("totalCoresUsed".into(), json!(cores));
     absolute.insert("totalRAMUsed".into(), json!(ram));
-    absolute.insert("totalServerGroupsUsed".into(), json!(0));
+    absolute.insert("totalServerGroupsUsed".into(), json!(groups));
     if !v.at_least(36) {
         // nova counts neither: floating IPs and groups are neutron's, as in a nova on neutron.
         absolute.insert("totalSecurityGroupsUsed".into(), json!(0));
@@ -287,8 +288,9 @@ pub async fn limits(State(state): State<AppState>, auth: Auth, v: Microversion) 
 
 /// nova's quota set of `project`: its resources at `v` only, with usage when `detail`.
 fn quota_view(state: &AppState, project: &str, v: Microversion, detail: bool) -> ApiResult<Value> {
-    let (q, (instances, cores, ram)) =
-        state.db.with(|db| -> crate::db::Result<_> { Ok((db.quota_limits(project)?, db.project_usage(project)?)) })?;
+    let (q, (instances, cores, ram), groups) = state.db.with(|db| -> crate::db::Result<_> {
+        Ok((db.quota_limits(project)?, db.project_usage(project)?, db.count_server_groups(project)?))
+    })?;
     let mut o = json!({ "id": project });
     for k in nova_quota_keys(v) {
         let limit = q.get(k).copied().unwrap_or(-1);
@@ -296,6 +298,7 @@ fn quota_view(state: &AppState, project: &str, v: Microversion, detail: bool) ->
             "instances" => instances,
             "cores" => cores,
             "ram" => ram,
+            "server_groups" => groups,
             _ => 0,
         };
         o[k] = if detail { json!({"limit": limit, "in_use": used, "reserved": 0}) } else { json!(limit) };

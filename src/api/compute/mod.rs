@@ -1,4 +1,5 @@
-//! Compute v2.1 (nova): version documents, servers, flavors, keypairs, hosts and limits.
+//! Compute v2.1 (nova): version documents, servers, flavors, keypairs, server groups, usage,
+//! hosts and limits.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -13,9 +14,11 @@ pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
 pub mod microversion;
+pub mod server_groups;
 pub mod server_list;
 pub mod server_security_groups;
 pub mod servers;
+pub mod usage;
 pub mod validation;
 pub mod volume_attachments;
 
@@ -44,6 +47,10 @@ pub fn router() -> Router<AppState> {
         .route("/flavors/{id}/os-extra_specs/{key}", get(flavors::extra_spec).delete(flavors::delete_extra_spec))
         .route("/os-keypairs", get(keypairs::list).post(keypairs::create))
         .route("/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
+        .route("/os-server-groups", get(server_groups::list).post(server_groups::create))
+        .route("/os-server-groups/{id}", get(server_groups::show).delete(server_groups::delete))
+        .route("/os-simple-tenant-usage", get(usage::list))
+        .route("/os-simple-tenant-usage/{project}", get(usage::show))
         .route("/os-hypervisors", get(hosts::hypervisors))
         .route("/os-hypervisors/detail", get(hosts::hypervisors_detail))
         .route("/os-hypervisors/statistics", get(hosts::hypervisor_statistics))

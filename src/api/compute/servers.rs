@@ -150,7 +150,7 @@ pub async fn show(
     let (inst, d) = ComputeApi::new(&state).show(&auth, &id)?;
     let mut server = server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth);
     if v.at_least(71) {
-        server["server_groups"] = json!([]);
+        server["server_groups"] = server_groups_of(&state, &inst.uuid)?;
     }
     Ok(Json(json!({ "server": server })))
 }
@@ -196,7 +196,16 @@ pub async fn update(
     let (body, _) = parse_body::<Value>(body)?;
     let req = UpdateRequest::parse(&body, v)?;
     let (inst, d) = ComputeApi::new(&state).update(&auth, &id, &req)?;
-    Ok(Json(json!({"server": server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth)})))
+    let mut server = server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth);
+    if v.at_least(71) {
+        server["server_groups"] = server_groups_of(&state, &inst.uuid)?;
+    }
+    Ok(Json(json!({ "server": server })))
+}
+
+/// 2.71's `server_groups` of a server: the uuid of its group, or nothing.
+fn server_groups_of(state: &AppState, uuid: &str) -> ApiResult<Value> {
+    Ok(json!(state.db.with(|db| db.server_group_of(uuid))?.into_iter().collect::<Vec<_>>()))
 }
 
 pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {

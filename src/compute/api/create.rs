@@ -65,6 +65,7 @@ impl ComputeApi<'_> {
                 sg_ids.push(security_group_id(db, auth.project_id(), name)?);
             }
             check_requested_networks(db, &req.networks, auth.project_id(), auth.is_admin())?;
+            let group = join_group(db, auth, req)?;
 
             // Quotas: nova counts instances, cores and RAM per project.
             let (used_instances, used_cores, used_ram) = db.project_usage(auth.project_id())?;
@@ -126,7 +127,11 @@ impl ComputeApi<'_> {
                     security_group_ids: sg_ids.clone(),
                     block_devices: req.block_devices.clone(),
                 };
-                created.push(db.create_instance(&new)?);
+                let instance = db.create_instance(&new)?;
+                if let Some(g) = &group {
+                    db.add_server_group_member(g.id, &instance.uuid)?;
+                }
+                created.push(instance);
             }
             let props = json!(image.properties);
             Ok((created, props, meta))
@@ -159,6 +164,22 @@ impl ComputeApi<'_> {
 
         Ok(instances)
     }
+}
+
+/// The server group the `group` hint names, if the caller's project owns it (or the caller is
+/// an admin), with room for `max_count` more members under the `server_group_members` quota.
+fn join_group(db: &Db, auth: &Auth, req: &CreateRequest) -> Result<Option<crate::db::server_groups::ServerGroup>> {
+    let Some(uuid) = &req.group else { return Ok(None) };
+    // nova's InstanceGroupNotFound on create is a 400; another project's group is not found.
+    let group = db
+        .server_group(uuid)?
+        .filter(|g| auth.owns(&g.project_id))
+        .ok_or_else(|| invalid(format!("Instance group {uuid} could not be found.")))?;
+    let limit = db.quota_limits(auth.project_id())?.get("server_group_members").copied().unwrap_or(-1);
+    if limit >= 0 && (group.members.len() + req.max_count) as i64 > limit {
+        return Err(ComputeError::QuotaExceeded("Quota exceeded, too many servers in group".into()));
+    }
+    Ok(Some(group))
 }
 
 /// An image a project may boot: visible to it and active.

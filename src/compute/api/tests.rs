@@ -26,6 +26,9 @@ fn boot(extra: Value) -> Value {
     json!({ "server": server })
 }
 
+/// A server group's uuid, for the `group` hint.
+const G: &str = "0b5d52a4-7bb1-4a4e-8a0b-9c1f0e2f3a44";
+
 #[test]
 fn create_takes_what_nova_takes() {
     let r = CreateRequest::parse(&boot(json!({})), V).unwrap();
@@ -36,11 +39,19 @@ fn create_takes_what_nova_takes() {
     assert_eq!(r.block_devices.len(), 1, "the image becomes the boot disk");
     // A flavor given as a link or a number, counts as strings, hints under either name.
     let body = json!({"server": {"name": "a", "imageRef": "http://x/images/i", "flavorRef": 42, "networks": "auto",
-        "min_count": "2", "max_count": 3, "return_reservation_id": "true"}, "os:scheduler_hints": {"group": "g"}});
+        "min_count": "2", "max_count": 3, "return_reservation_id": "true"}, "os:scheduler_hints": {"group": [G]}});
     let r = CreateRequest::parse(&body, V).unwrap();
     assert_eq!((r.image_id.as_str(), r.flavor_ref.as_str(), r.max_count), ("i", "42", 3));
     assert!(r.return_reservation_id);
-    assert_eq!(r.hints, json!({"group": "g"}));
+    assert_eq!((r.hints.clone(), r.group.as_deref()), (json!({"group": [G]}), Some(G)));
+    // The group hint is a uuid (or a list of one), as nova's schema has it.
+    let mut bad = boot(json!({}));
+    bad["os:scheduler_hints"] = json!({"group": "g"});
+    let e = rejected(bad, V);
+    assert_eq!(
+        e.message,
+        "Invalid input for field/attribute group. Value: g. 'g' is not valid under any of the given schemas"
+    );
     // Before 2.37 `networks` may be left out: one port on the default network.
     let old = json!({"server": {"name": "a", "imageRef": "i", "flavorRef": "1"}});
     assert!(matches!(CreateRequest::parse(&old, Microversion(1)).unwrap().networks, RequestedNetworks::Auto));

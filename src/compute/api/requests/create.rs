@@ -151,6 +151,8 @@ pub struct CreateRequest {
     pub max_count: usize,
     pub block_devices: Vec<NewBlockDevice>,
     pub hints: Value,
+    /// The `group` scheduler hint: the server group the servers join (issue 17).
+    pub group: Option<String>,
     /// `zone:host:node` of `availability_zone` (the zone itself is in `availability_zone`).
     pub forced: validation::Destination,
     /// 2.74's `host` and `hypervisor_hostname`.
@@ -270,9 +272,34 @@ impl CreateRequest {
             admin_pass: s.admin_pass,
             max_count,
             block_devices,
+            group: group_hint(hints.as_ref().or(os_hints.as_ref()))?,
             hints: hints.or(os_hints).unwrap_or(json!({})),
             return_reservation_id,
         })
+    }
+}
+
+/// The `group` scheduler hint: a uuid, or a list of one (nova's schema takes both forms).
+fn group_hint(hints: Option<&Value>) -> Result<Option<String>> {
+    let Some(g) = hints.and_then(|h| h.get("group")) else { return Ok(None) };
+    let refuse = || {
+        let (shown, quoted) = match g.as_str() {
+            Some(s) => (s.to_string(), format!("'{s}'")),
+            None => (g.to_string(), g.to_string()),
+        };
+        invalid(format!(
+            "Invalid input for field/attribute group. Value: {shown}. {quoted} is not valid under any of the given schemas"
+        ))
+    };
+    let is_uuid = |s: &str| uuid::Uuid::parse_str(s).is_ok();
+    match g {
+        Value::String(s) if is_uuid(s) => Ok(Some(s.clone())),
+        Value::Array(a) if a.is_empty() => Ok(None),
+        Value::Array(a) if a.len() == 1 => match a[0].as_str() {
+            Some(s) if is_uuid(s) => Ok(Some(s.to_string())),
+            _ => Err(refuse()),
+        },
+        _ => Err(refuse()),
     }
 }
 
