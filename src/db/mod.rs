@@ -42,7 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_tokens_per_user.sql"),
     include_str!("migrations/0009_instances_keep_their_flavor.sql"),
     include_str!("migrations/0010_identity_admin.sql"),
-    include_str!("migrations/0013_usage_from_the_index.sql"),
+    include_str!("migrations/0013_boot_path_indexes.sql"),
     include_str!("migrations/0015_server_groups.sql"),
 ];
 
