@@ -2,7 +2,7 @@
 //! API) in the foreground, or in the background with `--detach`; `novabox down` stops it.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,18 +74,7 @@ pub struct ServiceArgs {
     pub service: Service,
 }
 
-fn pid_file(home: &Home) -> PathBuf {
-    home.run_dir().join("novabox.pid")
-}
-
-fn ready_file(home: &Home) -> PathBuf {
-    home.run_dir().join("ready.json")
-}
-
-/// The start-up phase a (detached) stack is in, for the progress its parent shows.
-fn phase_file(home: &Home) -> PathBuf {
-    home.run_dir().join("phase")
-}
+use stack::{phase_file, pid_file, ready_file};
 
 /// Shows start-up phases with their elapsed times on stderr (drawn only on a terminal).
 struct Phases {
@@ -132,7 +121,7 @@ impl Phases {
 
 /// The pid of this home's running stack, if any.
 pub fn running(home: &Home) -> anyhow::Result<Option<i32>> {
-    Ok(supervise::running_pid(&pid_file(home), "novabox")?)
+    Ok(stack::running(home)?)
 }
 
 fn effective_config(home: &Home, bus: Option<BusArg>, driver: Option<DriverArg>) -> anyhow::Result<Config> {
@@ -271,7 +260,7 @@ fn run_foreground(
     tracing::info!(phase = "doctor", "starting");
     // The probe boot, when one is due, runs beside the broker's start (both take seconds);
     // the services wait for its decision.
-    let probe = match super::up_doctor::run(home, &config) {
+    let mut probe = match novabox::doctor::startup::run(home, &config) {
         Ok(probe) => probe,
         Err(e) => {
             if owns_stack {
@@ -294,10 +283,10 @@ fn run_foreground(
         });
         phase("broker");
         let bus = novabox::bus::connect(&config, home, &secrets).await.context("starting the message bus")?;
-        if probe.running() {
+        if probe.deciding() {
             phase("doctor probe");
         }
-        tokio::task::block_in_place(|| probe.finish())?;
+        tokio::task::block_in_place(|| probe.decided())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -347,6 +336,8 @@ fn run_foreground(
         }
         outcome.map_err(anyhow::Error::from)
     });
+    // A TCG probe still going is stopped now, before the pid file goes.
+    drop(probe);
     if owns_stack {
         let _ = std::fs::remove_file(ready_file(home));
         if result.is_ok() {
@@ -421,54 +412,36 @@ pub fn service(global: &GlobalArgs, args: ServiceArgs) -> anyhow::Result<ExitCod
 /// left behind after a crash.
 pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     let home = super::home(global)?;
-    let mut stopped_any = false;
-    if let Some(pid) = running(&home)? {
-        // The stack stops its guests first (ACPI, then hard after shutdown_timeout_secs), then
-        // its services and broker: give it that long and some, before SIGKILL.
-        let grace = super::load_config(&home).map(|c| c.compute.shutdown_timeout_secs).unwrap_or(10);
+    if let Some(pid) = stack::running(&home)? {
+        let grace = stack::grace(&home).as_secs().saturating_sub(30);
         println!("stopping novabox (pid {pid}): guests (ACPI, up to {grace} s, then hard), services, broker");
-        supervise::stop_pid(pid, Duration::from_secs(grace + 30))?;
-        println!("stopped novabox (pid {pid})");
-        stopped_any = true;
     }
-    // Guests of a stack killed with -9 are still running; stop them by their pid files. They
-    // stay ACTIVE in the database and the next `up` starts them again.
-    for (uuid, pid) in novabox::compute::virt::qemu::stop_leftover_guests(&home.instances_dir(), Duration::from_secs(5))
-    {
+    let report = stack::down(&home)?;
+    if let Some(pid) = report.stack {
+        println!("stopped novabox (pid {pid}){}", if report.stack_killed { " with SIGKILL" } else { "" });
+    }
+    for (uuid, pid) in &report.guests {
         println!("stopped guest {uuid} (qemu pid {pid}) left by a stack that did not stop cleanly");
-        stopped_any = true;
     }
-    // A stack killed with -9 cannot stop its broker; do it here.
-    if let Ok(supervise::Stopped::Gracefully) | Ok(supervise::Stopped::Killed) =
-        novabox::supervise::rabbitmq::RabbitMq::stop(&home)
-    {
+    if report.broker {
         println!("stopped RabbitMQ");
-        stopped_any = true;
     }
-    // Bridges, taps, dnsmasqs, nft tables and DOCKER-USER rules of this home: all of them, and
-    // nothing another program made.
-    match novabox::compute::net::down(&home) {
-        Ok(r) => {
-            if r.dnsmasqs > 0 {
-                println!("stopped {} dnsmasq", r.dnsmasqs);
-                stopped_any = true;
-            }
-            if !r.links.is_empty() {
-                println!("removed {}", r.links.join(", "));
-                stopped_any = true;
-            }
-            for t in &r.tables {
-                println!("removed nft table {t}");
-            }
-            if r.docker_rules > 0 {
-                println!("removed {} DOCKER-USER rules", r.docker_rules);
-            }
-        }
-        Err(e) => eprintln!("warning: removing the guest network: {e}"),
+    if report.dnsmasqs > 0 {
+        println!("stopped {} dnsmasq", report.dnsmasqs);
     }
-    remove_if_exists(&ready_file(&home));
-    remove_if_exists(&pid_file(&home));
-    if !stopped_any {
+    if !report.links.is_empty() {
+        println!("removed {}", report.links.join(", "));
+    }
+    for t in &report.tables {
+        println!("removed nft table {t}");
+    }
+    if report.docker_rules > 0 {
+        println!("removed {} DOCKER-USER rules", report.docker_rules);
+    }
+    for left in &report.left {
+        eprintln!("warning: {} is left: {}", left.what, left.why);
+    }
+    if !report.stopped_anything() {
         println!("nothing was running for {}", home.root().display());
     }
     if args.purge {
@@ -477,8 +450,7 @@ pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Deletes the home once the stack is down. Refuses a directory that is not a novabox home, so
-/// a mistyped `--home` cannot remove someone's files.
+/// Deletes the home once the stack is down, after confirmation.
 fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     let root = home.root();
@@ -486,9 +458,7 @@ fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
         println!("{} does not exist; nothing to purge", root.display());
         return Ok(ExitCode::SUCCESS);
     }
-    if !home.is_initialized() && !home.db_file().exists() {
-        bail!("{} does not look like a novabox home (no novabox.toml); not deleting it", root.display());
-    }
+    stack::check_purge(home)?;
     if !yes {
         if !std::io::stdin().is_terminal() {
             eprintln!("not deleting {} without confirmation: add --yes", root.display());
@@ -503,13 +473,9 @@ fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_NOT_CONFIRMED));
         }
     }
-    std::fs::remove_dir_all(root).with_context(|| format!("cannot delete {}", root.display()))?;
+    stack::purge(home)?;
     println!("deleted {}", root.display());
     Ok(ExitCode::SUCCESS)
-}
-
-fn remove_if_exists(p: &Path) {
-    let _ = std::fs::remove_file(p);
 }
 
 #[cfg(test)]

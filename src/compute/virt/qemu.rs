@@ -864,7 +864,7 @@ mod tests {
     /// cached there too, so only the first run needs apt).
     fn test_guest() -> TestImage {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp/test-guest");
-        probe::ensure_test_image(&dir).expect("the test guest builds (busybox-static, apt)")
+        probe::ensure_test_image(&dir, None).expect("the test guest builds (busybox-static, apt)")
     }
 
     struct Fixture {

@@ -3,17 +3,31 @@
 //! cannot run here, with the reason and the fix.
 //!
 //! The slow probe boot (which proves KVM or TCG works) runs only when the home has no saved
-//! `doctor.json` (a new home: `up` leaves the doctor to this phase) or the host changed since
-//! it was saved (other CPU, KVM, nesting or environment findings), and only when guests will
-//! run under qemu. It runs in a thread beside the next phase (the broker's start, seconds
-//! too), and `up` waits for it before the services start: its report replaces the saved one,
-//! and the compute service picks the accelerator from it.
+//! `doctor.json` (a new home: `up` leaves the doctor to this phase), the host changed since
+//! it was saved (other CPU, KVM, nesting or environment findings) or the last start stopped
+//! before its TCG probe finished, and only when guests will run under qemu. It runs in a
+//! thread beside the next phase (the broker's start, seconds too). `up` waits only for what
+//! can change the decision (the KVM probe, unless the host's facts rule KVM out): that report
+//! replaces the saved one, and the compute service picks the accelerator from it. The TCG
+//! probe, which proves guests boot when KVM does not, goes on while the stack starts.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use novabox::config::{Accel, Config, Driver};
-use novabox::doctor::{self, Report, Status};
-use novabox::home::Home;
+use crate::config::{Accel, Config, Driver};
+use crate::doctor::{self, Report, Status};
+use crate::home::Home;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("this host cannot run the configured stack: {0} (novabox doctor shows every check)")]
+    Blocked(String),
+    #[error("cannot save the doctor's report: {0}")]
+    Save(String),
+    #[error("the doctor's probe boot panicked; run `novabox doctor --boot-probe`")]
+    Panicked,
+}
 
 /// The findings that describe the host itself (not ports or free disk, which change between
 /// runs): when they differ from the saved report's, the saved decision may be wrong.
@@ -41,6 +55,7 @@ fn probe_reason(saved: Option<&Report>, quick: &Report, config: &Config) -> Opti
     match saved {
         None => Some("no saved doctor report"),
         Some(s) if fingerprint(s) != fingerprint(quick) => Some("the host changed since the saved doctor report"),
+        Some(s) if s.tcg_pending => Some("the last start stopped before its TCG probe finished"),
         Some(_) => None,
     }
 }
@@ -52,55 +67,90 @@ fn blocking(report: &Report) -> Vec<&doctor::Check> {
     report.checks.iter().filter(|c| c.status == Status::Fail && c.id.starts_with("host.program.")).collect()
 }
 
-/// The probe boot running beside `up`'s next phase. Dropping it waits for it too, so no probe
-/// qemu outlives a start-up that failed meanwhile.
-pub struct Probe(Option<std::thread::JoinHandle<anyhow::Result<()>>>);
+/// The probe running beside `up`'s next phase. It first decides (the KVM probe, unless the
+/// host's facts rule KVM out) and saves that report, which `up` waits for; then it boots the
+/// TCG probe, which cannot change the decision, while the stack starts and serves, and saves
+/// the report again. Dropping it stops a TCG probe still running (the stack is going down;
+/// the report stays pending, so the next `up` probes again) and waits for the thread, so no
+/// probe qemu outlives `up`.
+pub struct Probe {
+    decided: Option<std::sync::mpsc::Receiver<Result<(), String>>>,
+    decided_flag: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Probe {
-    pub fn running(&self) -> bool {
-        self.0.as_ref().is_some_and(|t| !t.is_finished())
+    fn none() -> Probe {
+        Probe {
+            decided: None,
+            decided_flag: Arc::new(AtomicBool::new(true)),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
     }
 
-    /// Waits for the probe and its saved report.
-    pub fn finish(mut self) -> anyhow::Result<()> {
-        match self.0.take().map(|t| t.join()) {
+    /// True until the decision is saved.
+    pub fn deciding(&self) -> bool {
+        self.decided.is_some() && !self.decided_flag.load(Ordering::Acquire)
+    }
+
+    /// Waits for the decision and its saved report (not for the TCG probe after it).
+    pub fn decided(&mut self) -> Result<(), StartupError> {
+        match self.decided.take().map(|rx| rx.recv()) {
             None => Ok(()),
-            Some(Ok(result)) => result,
-            Some(Err(_)) => anyhow::bail!("the doctor's probe boot panicked; run `novabox doctor --boot-probe`"),
+            Some(Ok(result)) => result.map_err(StartupError::Save),
+            Some(Err(_)) => Err(StartupError::Panicked),
         }
     }
 }
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
 /// Runs the phase; `Err` carries the reason and the fix, for `up` to fail fast with.
-pub fn run(home: &Home, config: &Config) -> anyhow::Result<Probe> {
+pub fn run(home: &Home, config: &Config) -> Result<Probe, StartupError> {
     let file = home.root().join(doctor::REPORT_FILE);
     let quick = doctor::run(config, &doctor::Options::for_home(home, Path::new("/"), false));
     let blockers = blocking(&quick);
     if !blockers.is_empty() {
         let what: Vec<String> = blockers.iter().map(|c| format!("{}; fix: {}", c.finding, c.fix)).collect();
-        anyhow::bail!(
-            "this host cannot run the configured stack: {} (novabox doctor shows every check)",
-            what.join(". ")
-        );
+        return Err(StartupError::Blocked(what.join(". ")));
     }
     let saved = Report::load(&file).filter(|r| r.host_root == Path::new("/"));
-    let mut probe = Probe(None);
+    let mut probe = Probe::none();
     if let Some(why) = probe_reason(saved.as_ref(), &quick, config) {
         tracing::info!("doctor: {why}; booting the test guest to choose between KVM and TCG");
         let (home, config) = (home.clone(), config.clone());
-        probe.0 = Some(std::thread::spawn(move || {
-            let probed = doctor::run(&config, &doctor::Options::for_home(&home, Path::new("/"), true));
-            probed.save(&file)?;
-            tracing::info!(accel = ?probed.decision.accel, reason = %probed.decision.reason, "doctor: decision saved");
-            Ok(())
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (flag, stop) = (Arc::new(AtomicBool::new(false)), probe.stop.clone());
+        probe.decided_flag = flag.clone();
+        probe.decided = Some(rx);
+        probe.thread = Some(std::thread::spawn(move || {
+            let mut opts = doctor::Options::for_home(&home, Path::new("/"), true);
+            opts.defer_tcg = true;
+            let mut report = doctor::run(&config, &opts);
+            let saved = report.save(&file).map_err(|e| e.to_string());
+            let ok = saved.is_ok();
+            flag.store(true, Ordering::Release);
+            let _ = tx.send(saved);
+            tracing::info!(accel = ?report.decision.accel, reason = %report.decision.reason, "doctor: decision saved");
+            if ok && doctor::prove_tcg(&mut report, &opts, &stop) {
+                match report.save(&file) {
+                    Err(e) => tracing::warn!(error = %e, "doctor: cannot save the TCG probe's result"),
+                    Ok(()) => match report.check("probe.tcg") {
+                        Some(c) if c.status == Status::Pass => tracing::info!("doctor: {}", c.finding),
+                        Some(c) => tracing::warn!("doctor: {}; {}", c.finding, c.fix),
+                        None => {}
+                    },
+                }
+            }
         }));
     }
     let warnings = quick.checks.iter().filter(|c| c.status == Status::Fail).count();
@@ -131,6 +181,12 @@ mod tests {
         assert_eq!(probe_reason(Some(&here), &here, &config), None);
         let other = fixture("vmware-no-vhv");
         assert_eq!(probe_reason(Some(&other), &here, &config), Some("the host changed since the saved doctor report"));
+        let mut pending = here.clone();
+        pending.tcg_pending = true;
+        assert_eq!(
+            probe_reason(Some(&pending), &here, &config),
+            Some("the last start stopped before its TCG probe finished")
+        );
         config.compute.accel = Accel::Tcg;
         assert_eq!(probe_reason(None, &here, &config), None, "an explicit accel needs no probe");
         config.compute.accel = Accel::Auto;
