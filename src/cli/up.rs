@@ -1,8 +1,8 @@
 //! `novabox up`: start the whole stack (broker when RabbitMQ, conductor, scheduler, compute,
 //! API) in the foreground, or in the background with `--detach`; `novabox down` stops it.
 
+use std::ffi::OsString;
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,12 +25,6 @@ pub const EXIT_START_FAILED: u8 = 3;
 pub const EXIT_NOT_READY: u8 = 6;
 /// Exit code of `down --purge` when the removal was not confirmed.
 pub const EXIT_NOT_CONFIRMED: u8 = 7;
-
-/// The last `error:` line a failed detached start-up wrote to its log, for the one-line reason.
-fn last_error_line(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines().rev().find_map(|l| l.strip_prefix("error: ")).map(str::to_string)
-}
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
@@ -74,7 +68,7 @@ pub struct ServiceArgs {
     pub service: Service,
 }
 
-use stack::{phase_file, pid_file, ready_file};
+use stack::{detach, phase_file, pid_file, ready_file};
 
 /// Shows start-up phases with their elapsed times on stderr (drawn only on a terminal).
 struct Phases {
@@ -154,47 +148,25 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
     run_foreground(&home, global, config, &Service::ALL, args.json)
 }
 
-/// A detached stack's log at least this big is moved aside when the next one starts.
-const LOG_ROTATE_BYTES: u64 = 64 << 20;
-
-/// Moves a log of [`LOG_ROTATE_BYTES`] or more to `<name>.1` (replacing the one there), so
-/// stacks started again and again keep at most about twice that.
-fn rotate_log(path: &std::path::Path) {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() >= LOG_ROTATE_BYTES) {
-        let mut old = path.as_os_str().to_owned();
-        old.push(".1");
-        if let Err(e) = std::fs::rename(path, &old) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot rotate the log");
-        }
-    }
-}
-
 /// Starts `novabox up` again as a background process with its output in logs/, and waits for
 /// the ready file it writes.
 fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the novabox executable")?;
-    let log_path = home.logs_dir().join("novabox.log");
-    rotate_log(&log_path);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let _ = std::fs::remove_file(ready_file(home));
-    let _ = std::fs::remove_file(phase_file(home));
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--home").arg(home.root()).arg("up");
+    let mut cmd: Vec<OsString> = vec!["up".into()];
     if global.sql_echo {
-        cmd.arg("--sql-echo");
+        cmd.push("--sql-echo".into());
     }
     for _ in 0..global.verbose.max(1) {
-        cmd.arg("-v");
+        cmd.push("-v".into());
     }
     if let Some(b) = args.bus {
-        cmd.arg("--bus").arg(format!("{b:?}").to_lowercase());
+        cmd.extend(["--bus".into(), format!("{b:?}").to_lowercase().into()]);
     }
     if let Some(d) = args.driver {
-        cmd.arg("--driver").arg(format!("{d:?}").to_lowercase());
+        cmd.extend(["--driver".into(), format!("{d:?}").to_lowercase().into()]);
     }
-    use std::os::unix::process::CommandExt;
-    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
-    let mut child = cmd.spawn().context("cannot start novabox in the background")?;
+    let log_path = detach::log_file(home);
+    let mut child = detach::spawn(home, &exe, &cmd)?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut phases = Phases::new();
     phases.enter("start");
@@ -224,7 +196,7 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
             let phase = phases.current().unwrap_or("start").to_string();
             phases.done("FAIL");
             let _ = std::fs::remove_file(phase_file(home));
-            let why = last_error_line(&log_path).unwrap_or_else(|| format!("it exited with {status}"));
+            let why = detach::last_error_line(&log_path).unwrap_or_else(|| format!("it exited with {status}"));
             eprintln!(
                 "error: novabox up failed in phase `{phase}`: {why}\n  read {} for the whole story",
                 log_path.display()
@@ -296,7 +268,8 @@ fn run_foreground(
         let secrets_for_ready = secrets.clone();
         let config_for_ready = config.clone();
         let on_ready = move |ready: Ready| {
-            let doc = ready_document(&ready, &config_for_ready, &secrets_for_ready, bus_kind, started.elapsed());
+            let doc =
+                detach::ready_document(&ready, &config_for_ready, &secrets_for_ready, bus_kind, started.elapsed());
             if owns_stack {
                 let _ = novabox::home::write_atomic(&ready_path, doc.to_string().as_bytes(), 0o600);
             }
@@ -352,31 +325,6 @@ fn run_foreground(
             Ok(ExitCode::from(EXIT_START_FAILED))
         }
     }
-}
-
-fn ready_document(
-    ready: &Ready,
-    config: &Config,
-    secrets: &Secrets,
-    bus: BusKind,
-    took: Duration,
-) -> serde_json::Value {
-    serde_json::json!({
-        "api_url": ready.api_url,
-        "auth_url": config.auth_url(),
-        "region": config.host.region,
-        "driver": ready.driver,
-        "network": ready.network,
-        "bus": format!("{bus:?}").to_lowercase(),
-        "services": ready.services,
-        "pid": std::process::id(),
-        "ready_ms": took.as_millis() as u64,
-        "credentials": {
-            "admin": {"username": "admin", "password": secrets.admin_password, "project_name": "admin"},
-            "demo": {"username": "demo", "password": secrets.demo_password, "project_name": "demo"},
-            "alt_demo": {"username": "alt_demo", "password": secrets.alt_demo_password, "project_name": "alt_demo"},
-        },
-    })
 }
 
 async fn wait_for_signal() {
@@ -476,23 +424,4 @@ fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
     stack::purge(home)?;
     println!("deleted {}", root.display());
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_big_log_is_moved_aside_and_a_small_one_kept() {
-        let t = tempfile::tempdir().unwrap();
-        let log = t.path().join("novabox.log");
-        std::fs::write(&log, b"small").unwrap();
-        rotate_log(&log);
-        assert_eq!(std::fs::read(&log).unwrap(), b"small");
-        std::fs::File::create(&log).unwrap().set_len(LOG_ROTATE_BYTES).unwrap();
-        std::fs::write(t.path().join("novabox.log.1"), b"older").unwrap();
-        rotate_log(&log);
-        assert!(!log.exists());
-        assert_eq!(std::fs::metadata(t.path().join("novabox.log.1")).unwrap().len(), LOG_ROTATE_BYTES);
-    }
 }

@@ -71,6 +71,12 @@ pub const CACHED_GUESTS_DIR: &str = "test-guest";
 /// is fetched into `NOVABOX_DEB_CACHE` (tests share one download), else `<cache>/debs`, else
 /// `<dir>/cache`.
 pub fn ensure_test_image(dir: &Path, cache: Option<&Path>) -> Result<TestImage, ProbeError> {
+    let debs = std::env::var_os("NOVABOX_DEB_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    ensure_in(dir, cache, debs)
+}
+
+/// [`ensure_test_image`] with the kernel package's directory given (`NOVABOX_DEB_CACHE`).
+fn ensure_in(dir: &Path, cache: Option<&Path>, debs: Option<PathBuf>) -> Result<TestImage, ProbeError> {
     let image = TestImage::in_dir(dir);
     let script = dir.join("make-test-image.sh");
     // Built by an older recipe (the script is kept beside the image): it lacks newer markers,
@@ -82,7 +88,7 @@ pub fn ensure_test_image(dir: &Path, cache: Option<&Path>) -> Result<TestImage, 
     std::fs::create_dir_all(dir).map_err(|source| ProbeError::Write { path: dir.to_path_buf(), source })?;
     std::fs::write(&script, MAKE_TEST_IMAGE_SCRIPT)
         .map_err(|source| ProbeError::Write { path: script.clone(), source })?;
-    let debs = deb_cache(dir, cache);
+    let debs = debs.unwrap_or_else(|| deb_cache(dir, cache));
     let cached = cache.zip(inputs_key(&debs)).map(|(c, key)| c.join(CACHED_GUESTS_DIR).join(key));
     if let Some(from) = cached.as_deref().filter(|d| TestImage::in_dir(d).exists()) {
         match copy_guest(from, dir) {
@@ -130,12 +136,9 @@ fn build(dir: &Path, script: &Path, debs: &Path) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Where the script keeps the kernel package it downloads.
+/// Where the script keeps the kernel package it downloads, unless `NOVABOX_DEB_CACHE` says.
 fn deb_cache(dir: &Path, cache: Option<&Path>) -> PathBuf {
-    match std::env::var_os("NOVABOX_DEB_CACHE").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => cache.map(|c| c.join("debs")).unwrap_or_else(|| dir.join("cache")),
-    }
+    cache.map(|c| c.join("debs")).unwrap_or_else(|| dir.join("cache"))
 }
 
 /// The kernel package the script would use: the newest `linux-image-*.deb` in `debs`, as its
@@ -372,13 +375,9 @@ mod tests {
         store_guest(&built, &cache.join(CACHED_GUESTS_DIR), &key).unwrap();
         assert!(std::fs::read_dir(cache.join(CACHED_GUESTS_DIR)).unwrap().count() == 1, "no temporary left");
 
-        // NOVABOX_DEB_CACHE would override <cache>/debs; the test suite does not set it for
-        // unit tests, and this one reads only the cache it made.
-        if std::env::var_os("NOVABOX_DEB_CACHE").is_some() {
-            return;
-        }
+        // The kernel package in <cache>/debs, whatever NOVABOX_DEB_CACHE says in this process.
         let home = t.path().join("home-guest");
-        let image = ensure_test_image(&home, Some(&cache)).unwrap();
+        let image = ensure_in(&home, Some(&cache), None).unwrap();
         assert_eq!(std::fs::read(&image.kernel).unwrap(), b"kernel");
         assert_eq!(std::fs::read(&image.initrd).unwrap(), b"initrd");
         assert!(!home.join("build.log").exists(), "the script ran");
