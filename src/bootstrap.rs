@@ -7,7 +7,7 @@
 //! packages, and prints what these functions return; none of them prompts or prints.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::clouds_yaml::{self, CloudEntry, CloudsYamlError};
 use crate::config::{Config, ConfigError, Driver};
@@ -38,6 +38,10 @@ pub enum BootstrapError {
     Doctor(#[from] DoctorError),
     #[error("the default role {0} is missing after it was created; the database may be damaged")]
     RoleMissing(&'static str),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// A port taken by another program is reported now, not when `up` fails to bind.
@@ -196,6 +200,43 @@ pub fn test_image(
         return Ok(None);
     }
     crate::images::import_test_image(db, home, cache)
+}
+
+/// Present while the test image is still to be imported by the stack's first start.
+pub fn test_image_pending_file(home: &Home) -> PathBuf {
+    home.run_dir().join("test-image.pending")
+}
+
+/// `up` on a new home: instead of building the test guest before the stack starts, leave it
+/// to the stack's doctor phase, which builds and imports it while the broker starts (both take
+/// seconds). Returns whether there is a test image to import at all.
+pub fn defer_test_image(home: &Home, config: &Config) -> Result<bool, BootstrapError> {
+    if !(config.images.import_test_image && real_guests(config)) {
+        return Ok(false);
+    }
+    let file = test_image_pending_file(home);
+    std::fs::write(&file, b"").map_err(|source| BootstrapError::Write { path: file, source })?;
+    Ok(true)
+}
+
+/// Imports the test image [`defer_test_image`] left for this start, if any. The mark goes
+/// whatever the outcome, as `init` tries once too: a failure is reported, and `novabox init`
+/// tries again.
+pub fn import_pending_test_image(
+    home: &Home,
+    config: &Config,
+    cache: Option<&Path>,
+) -> Result<Option<TestImages>, BootstrapError> {
+    let file = test_image_pending_file(home);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let result = (|| {
+        let db = Db::open(&home.db_file(), OpenOptions { echo: config.db.echo })?;
+        Ok(test_image(&db, home, config, cache)?)
+    })();
+    let _ = std::fs::remove_file(&file);
+    result
 }
 
 #[cfg(test)]

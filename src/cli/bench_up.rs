@@ -134,9 +134,16 @@ fn first_up(
             proved_after = Some(ready_at.elapsed());
         }
     }
+    // Ready means the test guest is bootable: the stack imported it beside the broker's start.
+    let tiny = novabox::db::Db::open(&home.join("novabox.db"), Default::default())
+        .and_then(|db| db.images())
+        .map(|images| images.iter().any(|i| i.name.as_deref() == Some(novabox::images::TEST_IMAGE_NAME)));
     let down = timed(novabox(&home)?.arg("down"));
     let up = up?;
     down?;
+    if !tiny.context("cannot read the benchmark home's images")? {
+        bail!("the first up was ready without the test image `{}`", novabox::images::TEST_IMAGE_NAME);
+    }
     let report = report.context("the first up saved no doctor report")?;
     Ok(FirstUp { init: init_took, up, report, proved_after })
 }

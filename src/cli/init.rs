@@ -65,8 +65,9 @@ pub struct InitArgs {
     /// Do not boot the test guest to choose between KVM and TCG (the choice is then unproven)
     #[arg(long)]
     pub no_boot_probe: bool,
-    /// `up` on a new home: the doctor (with its probe boot) is left to the stack's first
-    /// start, which boots the test guest while the broker starts instead of before it.
+    /// `up` on a new home: the doctor (with its probe boot) and the test guest's build and
+    /// import are left to the stack's first start, which does them while the broker starts
+    /// instead of before it.
     #[arg(skip)]
     pub doctor_in_up: bool,
     /// The per-user cache of built test guests [default: NOVABOX_CACHE_DIR, else
@@ -249,10 +250,20 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
 
     // 6. The test guest as image `tiny`, when this cloud can boot real guests.
     let cache = args.cache_dir.clone().or_else(novabox::home::user_cache_dir);
-    let test_image = bootstrap::test_image(&made.db, &home, &config, cache.as_deref()).unwrap_or_else(|e| {
-        eprintln!("warning: {e}. Servers need an image: upload one, or fix this and run `novabox init` again.");
+    let test_image = if args.doctor_in_up {
+        if bootstrap::defer_test_image(&home, &config)? {
+            println!(
+                "image          {} (the test guest, imported while the stack starts)",
+                novabox::images::TEST_IMAGE_NAME
+            );
+        }
         None
-    });
+    } else {
+        bootstrap::test_image(&made.db, &home, &config, cache.as_deref()).unwrap_or_else(|e| {
+            eprintln!("warning: {e}. Servers need an image: upload one, or fix this and run `novabox init` again.");
+            None
+        })
+    };
 
     println!("novabox home   {}", home.root().display());
     println!("config         {}{}", home.config_file().display(), if write_config { "" } else { " (kept)" });

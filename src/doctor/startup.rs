@@ -125,14 +125,33 @@ pub fn run(home: &Home, config: &Config) -> Result<Probe, StartupError> {
     }
     let saved = Report::load(&file).filter(|r| r.host_root == Path::new("/"));
     let mut probe = Probe::none();
-    if let Some(why) = probe_reason(saved.as_ref(), &quick, config) {
-        tracing::info!("doctor: {why}; booting the test guest to choose between KVM and TCG");
+    let why = probe_reason(saved.as_ref(), &quick, config);
+    let import = crate::bootstrap::test_image_pending_file(home).exists();
+    if why.is_some() || import {
+        if let Some(why) = why {
+            tracing::info!("doctor: {why}; booting the test guest to choose between KVM and TCG");
+        }
         let (home, config) = (home.clone(), config.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         let (flag, stop) = (Arc::new(AtomicBool::new(false)), probe.stop.clone());
         probe.decided_flag = flag.clone();
         probe.decided = Some(rx);
         probe.thread = Some(std::thread::spawn(move || {
+            // A new home's test guest, built (or taken from the user cache) and imported here
+            // beside the broker's start; the probe boots the same guest.
+            match crate::bootstrap::import_pending_test_image(&home, &config, crate::home::user_cache_dir().as_deref())
+            {
+                Ok(Some(t)) => tracing::info!(image = %t.ami.id, "the test guest is image `tiny`"),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("{e}. Servers need an image: upload one, or fix this and run `novabox init` again.")
+                }
+            }
+            if why.is_none() {
+                flag.store(true, Ordering::Release);
+                let _ = tx.send(Ok(()));
+                return;
+            }
             let mut opts = doctor::Options::for_home(&home, Path::new("/"), true);
             opts.defer_tcg = true;
             let mut report = doctor::run(&config, &opts);
