@@ -8,6 +8,26 @@ use std::path::{Path, PathBuf};
 
 /// Environment variable that selects the home when `--home` is not given.
 pub const HOME_ENV: &str = "NOVABOX_HOME";
+/// Environment variable that moves the per-user cache (tests point it into their temp dir).
+pub const CACHE_ENV: &str = "NOVABOX_CACHE_DIR";
+
+/// The per-user cache shared by every home of this user: what is slow to make and the same
+/// for all of them (the built test guest, the kernel package it comes from). `NOVABOX_CACHE_DIR`
+/// wins, then `/var/cache/novabox` for root and `$XDG_CACHE_HOME/novabox` (default
+/// `~/.cache/novabox`) for everyone else; `None` when there is no place for it.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(CACHE_ENV).filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(PathBuf::from("/var/cache/novabox"));
+    }
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Some(Path::new(&xdg).join("novabox"));
+    }
+    std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| Path::new(&h).join(".cache/novabox"))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {

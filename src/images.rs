@@ -369,12 +369,16 @@ pub const TEST_IMAGE_MIN_RAM_MB: i64 = 128;
 /// data is a blank 1 MiB raw disk and whose `kernel_id`/`ramdisk_id` name the other two. All
 /// three are public and owned by the admin project. `os_shutdown_timeout` is 0 because the
 /// busybox guest has no ACPI handler: waiting for a clean shutdown would only waste a minute.
-pub fn import_test_image(db: &Db, home: &Home) -> Result<Option<TestImages>, ImageError> {
+///
+/// `cache` is the per-user cache a guest built for another home is taken from (see
+/// [`crate::doctor::probe::ensure_test_image`]).
+pub fn import_test_image(db: &Db, home: &Home, cache: Option<&Path>) -> Result<Option<TestImages>, ImageError> {
     if !db.images()?.is_empty() {
         return Ok(None);
     }
     let dir = home.images_dir().join(crate::doctor::probe::TEST_IMAGE_DIR);
-    let guest = crate::doctor::probe::ensure_test_image(&dir).map_err(|e| ImageError::TestImage(e.to_string()))?;
+    let guest =
+        crate::doctor::probe::ensure_test_image(&dir, cache).map_err(|e| ImageError::TestImage(e.to_string()))?;
     let blank = dir.join("blank.img");
     std::fs::write(&blank, vec![0u8; 1 << 20]).map_err(|source| ImageError::Write { path: blank.clone(), source })?;
     let owner = db.ensure_project("admin", "Bootstrap project for the admin user")?;
@@ -489,7 +493,7 @@ mod tests {
         std::fs::write(guest.join("vmlinuz"), b"kernel").unwrap();
         std::fs::write(guest.join("initrd.img"), b"initrd").unwrap();
         let db = Db::open(&home.db_file(), OpenOptions::default()).unwrap();
-        let made = import_test_image(&db, &home).unwrap().unwrap();
+        let made = import_test_image(&db, &home, None).unwrap().unwrap();
         assert_eq!(made.ami.name.as_deref(), Some("tiny"));
         assert_eq!((made.ami.visibility.as_str(), made.ami.min_ram), ("public", TEST_IMAGE_MIN_RAM_MB));
         assert_eq!(made.ami.size, Some(1 << 20));
@@ -501,7 +505,7 @@ mod tests {
         assert_eq!(kernel.disk_format.as_deref(), Some("aki"));
         assert_eq!(std::fs::read(meta.ramdisk.unwrap().file.unwrap()).unwrap(), b"initrd");
         assert!(!guest.join("blank.img").exists());
-        assert!(import_test_image(&db, &home).unwrap().is_none(), "only into an empty store");
+        assert!(import_test_image(&db, &home, None).unwrap().is_none(), "only into an empty store");
         assert_eq!(db.images().unwrap().len(), 3);
     }
 

@@ -4,6 +4,7 @@
 //! parse arguments, print and map errors to exit codes.
 
 pub mod api;
+pub mod bootstrap;
 pub mod bus;
 pub mod cidr;
 pub mod client;

@@ -22,6 +22,12 @@ use crate::home::Home;
 use crate::rpcapi::{ComputeApi, ConductorApi, Notifier, CONDUCTOR_TOPIC, NOTIFICATIONS_TOPIC, SCHEDULER_TOPIC};
 use crate::scheduler::Scheduler;
 
+pub mod detach;
+mod down;
+pub use down::{
+    check_purge, down, grace, phase_file, pid_file, purge, ready_file, running, DownError, DownReport, Left,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
     Api,

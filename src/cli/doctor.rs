@@ -102,23 +102,3 @@ fn print_decision(report: &Report) {
 fn name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
-
-/// `init`'s doctor step: runs the checks on the live host (with the probe boot when asked),
-/// keeps the report in the home for `up`, and prints a short summary. A FAIL does not stop
-/// `init`: the decision already falls back (TCG, user networking).
-pub fn run_for_init(
-    home: &novabox::home::Home,
-    config: &novabox::config::Config,
-    boot_probe: bool,
-) -> anyhow::Result<Report> {
-    if boot_probe {
-        eprintln!("doctor: booting the test guest to choose between KVM and TCG (--no-boot-probe skips this)...");
-    }
-    let opts = doctor::Options::for_home(home, std::path::Path::new("/"), boot_probe);
-    let report = doctor::run(config, &opts);
-    let file = home.root().join(doctor::REPORT_FILE);
-    report.save(&file)?;
-    print_summary(&report);
-    println!("doctor report  {} (novabox doctor for every check)", file.display());
-    Ok(report)
-}

@@ -9,13 +9,12 @@ use anyhow::{bail, Context};
 use clap::Args;
 use dialoguer::{Confirm, Input, Select};
 
+use novabox::bootstrap;
 use novabox::cidr::Ipv4Cidr;
-use novabox::clouds_yaml::{self, CloudEntry};
+use novabox::clouds_yaml;
 use novabox::config::{Accel, BusKind, Config, Driver, NetworkMode};
-use novabox::db::{Db, OpenOptions};
-use novabox::home::Home;
+use novabox::doctor;
 use novabox::hostpkgs;
-use novabox::secrets::{self, Secrets};
 
 use super::GlobalArgs;
 
@@ -66,10 +65,15 @@ pub struct InitArgs {
     /// Do not boot the test guest to choose between KVM and TCG (the choice is then unproven)
     #[arg(long)]
     pub no_boot_probe: bool,
-    /// `up` on a new home: the doctor (with its probe boot) is left to the stack's first
-    /// start, which boots the test guest while the broker starts instead of before it.
+    /// `up` on a new home: the doctor (with its probe boot) and the test guest's build and
+    /// import are left to the stack's first start, which does them while the broker starts
+    /// instead of before it.
     #[arg(skip)]
     pub doctor_in_up: bool,
+    /// The per-user cache of built test guests [default: NOVABOX_CACHE_DIR, else
+    /// ~/.cache/novabox]; `bench up --new-home` points it at a throwaway one.
+    #[arg(skip)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 macro_rules! value_enum_mirror {
@@ -110,6 +114,7 @@ impl InitArgs {
             clouds_yaml: std::env::var_os("OS_CLIENT_CONFIG_FILE").map(PathBuf::from),
             cloud_name: "novabox".into(),
             no_clouds_yaml: false,
+            cache_dir: None,
         }
     }
 
@@ -174,31 +179,22 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
     };
     config.validate(&home.config_file())?;
     if write_config {
-        check_port_free(&config)?;
+        bootstrap::check_port_free(&config)?;
     }
 
-    // 2. The state dir and database (the database refuses to be newer, damaged or foreign).
-    home.create_dirs()?;
-    let db = Db::open(&home.db_file(), OpenOptions { echo: global.sql_echo || config.db.echo })?;
-    db.check_integrity()?;
-    if write_config {
-        config.save(&home.config_file())?;
+    // 2. The state dir, database, users, projects, roles, flavors and the shared network.
+    let made = bootstrap::provision(&home, &config, write_config, global.sql_echo)?;
+    for user in &made.passwords_reset {
+        eprintln!("warning: {} was missing; the {user} password was reset", home.secrets_file().display());
     }
 
-    // 3. Users, projects, roles, flavors.
-    let secrets = provision_identity(&home, &db)?;
-    let added = db.seed_default_flavors()?;
-    // The shared network every project's guests boot on.
-    let network = db.ensure_default_network(&config)?;
-
-    // 4. clouds.yaml for standard clients.
+    // 3. clouds.yaml for standard clients.
     let clouds_file = if args.no_clouds_yaml {
         None
     } else {
-        let file = args.clouds_yaml.clone().or_else(clouds_yaml::default_path);
-        match file {
+        match args.clouds_yaml.clone().or_else(clouds_yaml::default_path) {
             Some(f) => {
-                write_clouds_yaml(&f, &args.cloud_name, &config, &secrets)?;
+                bootstrap::write_clouds_yaml(&f, &args.cloud_name, &config, &made.secrets)?;
                 Some(f)
             }
             None => {
@@ -208,7 +204,7 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    // 5. Host packages.
+    // 4. Host packages.
     let missing = hostpkgs::missing(&hostpkgs::requirements(&config));
     if !missing.is_empty() {
         eprintln!("Host packages this setup needs but does not have:");
@@ -239,34 +235,41 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    // 6. What this host can run; `auto` accel, driver and network come from this report.
+    // 5. What this host can run; `auto` accel, driver and network come from this report.
     if args.doctor_in_up {
-        eprintln!("doctor: the stack boots the test guest while its message broker starts");
+        eprintln!("doctor: the stack decides KVM or TCG while its message broker starts");
     } else {
         let probe = !args.no_boot_probe && config.compute.driver != Driver::Fake;
-        super::doctor::run_for_init(&home, &config, probe)?;
+        if probe {
+            eprintln!("doctor: booting the test guest to choose between KVM and TCG (--no-boot-probe skips this)...");
+        }
+        let report = bootstrap::doctor(&home, &config, probe)?;
+        super::doctor::print_summary(&report);
+        println!("doctor report  {} (novabox doctor for every check)", home.root().join(doctor::REPORT_FILE).display());
     }
 
-    // 7. The test guest as image `tiny`, when this cloud can boot real guests.
-    let real_guests = match config.compute.driver {
-        Driver::Fake => false,
-        Driver::Auto => novabox::compute::virt::qemu::QemuDriver::available(),
-        Driver::Qemu | Driver::Libvirt => true,
-    };
-    let test_image = if config.images.import_test_image && real_guests {
-        novabox::images::import_test_image(&db, &home).unwrap_or_else(|e| {
+    // 6. The test guest as image `tiny`, when this cloud can boot real guests.
+    let cache = args.cache_dir.clone().or_else(novabox::home::user_cache_dir);
+    let test_image = if args.doctor_in_up {
+        if bootstrap::defer_test_image(&home, &config)? {
+            println!(
+                "image          {} (the test guest, imported while the stack starts)",
+                novabox::images::TEST_IMAGE_NAME
+            );
+        }
+        None
+    } else {
+        bootstrap::test_image(&made.db, &home, &config, cache.as_deref()).unwrap_or_else(|e| {
             eprintln!("warning: {e}. Servers need an image: upload one, or fix this and run `novabox init` again.");
             None
         })
-    } else {
-        None
     };
 
     println!("novabox home   {}", home.root().display());
     println!("config         {}{}", home.config_file().display(), if write_config { "" } else { " (kept)" });
-    println!("database       {} (schema v{})", home.db_file().display(), db.schema_version()?);
-    println!("flavors        {added} added");
-    println!("network        {} ({}, shared)", network.name, config.network.cidr);
+    println!("database       {} (schema v{})", home.db_file().display(), made.schema_version);
+    println!("flavors        {} added", made.flavors_added);
+    println!("network        {} ({}, shared)", made.network, config.network.cidr);
     println!("credentials    {} (admin and demo passwords)", home.secrets_file().display());
     if let Some(t) = &test_image {
         println!(
@@ -307,97 +310,5 @@ fn ask(config: &mut Config) -> anyhow::Result<()> {
         .default(modes.iter().position(|m| *m == config.network.mode).unwrap_or(0))
         .interact()?;
     config.network.mode = modes[i];
-    Ok(())
-}
-
-/// A port taken by another program is reported now, not when `up` fails to bind.
-fn check_port_free(config: &Config) -> anyhow::Result<()> {
-    let addr = std::net::SocketAddr::new(config.api.listen, config.api.port);
-    if let Err(e) = std::net::TcpListener::bind(addr) {
-        bail!(
-            "the API port {addr} cannot be used ({e}). Nothing was changed. Choose another with \
-             `novabox init --api-port PORT`."
-        );
-    }
-    Ok(())
-}
-
-/// Creates admin and demo users and projects with generated passwords, keeping existing ones.
-fn provision_identity(home: &Home, db: &Db) -> anyhow::Result<Secrets> {
-    let stored = Secrets::load(&home.secrets_file())?;
-    let lost = stored.is_none() && db.user_by_name("admin")?.is_some();
-    let secrets = match stored {
-        Some(mut s) if s.alt_demo_password.is_empty() => {
-            s.alt_demo_password = secrets::random_token(20);
-            s.save(&home.secrets_file())?;
-            s
-        }
-        Some(s) => s,
-        None => {
-            let s = Secrets::generate();
-            s.save(&home.secrets_file())?;
-            s
-        }
-    };
-    let admin_project = db.ensure_project("admin", "Bootstrap project for the admin user")?;
-    let demo_project = db.ensure_project("demo", "Project for the demo user")?;
-    let alt_project = db.ensure_project("alt_demo", "A second project, to try isolation between projects")?;
-    db.ensure_project("service", "Project for novabox's own services")?;
-    let roles = db.ensure_default_roles()?;
-    let role = |name: &str| roles.get(name).cloned().ok_or_else(|| anyhow::anyhow!("role {name} missing"));
-    let (admin_role, member_role, reader_role) = (role("admin")?, role("member")?, role("reader")?);
-    for (name, password, project, roles) in [
-        ("admin", &secrets.admin_password, &admin_project, vec![&admin_role, &member_role, &reader_role]),
-        ("demo", &secrets.demo_password, &demo_project, vec![&member_role, &reader_role]),
-        ("alt_demo", &secrets.alt_demo_password, &alt_project, vec![&member_role, &reader_role]),
-    ] {
-        let (user_id, created) = db.ensure_user(name, &secrets::hash_password(password)?, project)?;
-        if lost && !created {
-            db.set_password_hash(&user_id, &secrets::hash_password(password)?)?;
-            eprintln!("warning: {} was missing; the {name} password was reset", home.secrets_file().display());
-        }
-        for role in roles {
-            db.assign_role(&user_id, project, role)?;
-        }
-    }
-    // admin can act in the demo project too, as in DevStack.
-    if let Some(admin) = db.user_by_name("admin")? {
-        db.assign_role(&admin.id, &demo_project, &admin_role)?;
-        // keystone's bootstrap makes the admin an admin of the system too.
-        db.assign_scoped_role(&novabox::db::identity::ScopedAssignment {
-            actor_type: "user".into(),
-            actor_id: admin.id.clone(),
-            scope_type: "system".into(),
-            scope_id: "all".into(),
-            role_id: admin_role.clone(),
-        })?;
-    }
-    Ok(secrets)
-}
-
-fn write_clouds_yaml(file: &std::path::Path, name: &str, config: &Config, secrets: &Secrets) -> anyhow::Result<()> {
-    let auth_url = config.auth_url();
-    let admin_name = format!("{name}-admin");
-    clouds_yaml::merge(
-        file,
-        &[
-            CloudEntry {
-                name,
-                auth_url: &auth_url,
-                username: "demo",
-                password: &secrets.demo_password,
-                project_name: "demo",
-                region: &config.host.region,
-            },
-            CloudEntry {
-                name: &admin_name,
-                auth_url: &auth_url,
-                username: "admin",
-                password: &secrets.admin_password,
-                project_name: "admin",
-                region: &config.host.region,
-            },
-        ],
-    )?;
     Ok(())
 }

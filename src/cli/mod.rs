@@ -28,7 +28,6 @@ pub mod smoke;
 pub mod status;
 pub mod trace;
 pub mod up;
-pub mod up_doctor;
 
 /// Generic failure: the message printed says what went wrong and what to do.
 pub const EXIT_FAILURE: u8 = 1;

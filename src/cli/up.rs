@@ -1,8 +1,8 @@
 //! `novabox up`: start the whole stack (broker when RabbitMQ, conductor, scheduler, compute,
 //! API) in the foreground, or in the background with `--detach`; `novabox down` stops it.
 
+use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,12 +25,6 @@ pub const EXIT_START_FAILED: u8 = 3;
 pub const EXIT_NOT_READY: u8 = 6;
 /// Exit code of `down --purge` when the removal was not confirmed.
 pub const EXIT_NOT_CONFIRMED: u8 = 7;
-
-/// The last `error:` line a failed detached start-up wrote to its log, for the one-line reason.
-fn last_error_line(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines().rev().find_map(|l| l.strip_prefix("error: ")).map(str::to_string)
-}
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
@@ -77,18 +71,7 @@ pub struct ServiceArgs {
     pub service: Service,
 }
 
-fn pid_file(home: &Home) -> PathBuf {
-    home.run_dir().join("novabox.pid")
-}
-
-fn ready_file(home: &Home) -> PathBuf {
-    home.run_dir().join("ready.json")
-}
-
-/// The start-up phase a (detached) stack is in, for the progress its parent shows.
-fn phase_file(home: &Home) -> PathBuf {
-    home.run_dir().join("phase")
-}
+use stack::{detach, phase_file, pid_file, ready_file};
 
 /// Shows start-up phases with their elapsed times on stderr (drawn only on a terminal).
 struct Phases {
@@ -135,7 +118,7 @@ impl Phases {
 
 /// The pid of this home's running stack, if any.
 pub fn running(home: &Home) -> anyhow::Result<Option<i32>> {
-    Ok(supervise::running_pid(&pid_file(home), "novabox")?)
+    Ok(stack::running(home)?)
 }
 
 fn effective_config(home: &Home, bus: Option<BusArg>, driver: Option<DriverArg>) -> anyhow::Result<Config> {
@@ -169,50 +152,28 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
     run_foreground(&home, global, config, &Service::ALL, args.json)
 }
 
-/// A detached stack's log at least this big is moved aside when the next one starts.
-const LOG_ROTATE_BYTES: u64 = 64 << 20;
-
-/// Moves a log of [`LOG_ROTATE_BYTES`] or more to `<name>.1` (replacing the one there), so
-/// stacks started again and again keep at most about twice that.
-fn rotate_log(path: &std::path::Path) {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() >= LOG_ROTATE_BYTES) {
-        let mut old = path.as_os_str().to_owned();
-        old.push(".1");
-        if let Err(e) = std::fs::rename(path, &old) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot rotate the log");
-        }
-    }
-}
-
 /// Starts `novabox up` again as a background process with its output in logs/, and waits for
 /// the ready file it writes.
 fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the novabox executable")?;
-    let log_path = home.logs_dir().join("novabox.log");
-    rotate_log(&log_path);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let _ = std::fs::remove_file(ready_file(home));
-    let _ = std::fs::remove_file(phase_file(home));
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--home").arg(home.root()).arg("up");
+    let mut cmd: Vec<OsString> = vec!["up".into()];
     if global.sql_echo {
-        cmd.arg("--sql-echo");
+        cmd.push("--sql-echo".into());
     }
     for _ in 0..global.verbose.max(1) {
-        cmd.arg("-v");
+        cmd.push("-v".into());
     }
     if let Some(b) = args.bus {
-        cmd.arg("--bus").arg(format!("{b:?}").to_lowercase());
+        cmd.extend(["--bus".into(), format!("{b:?}").to_lowercase().into()]);
     }
     if let Some(d) = args.driver {
-        cmd.arg("--driver").arg(format!("{d:?}").to_lowercase());
+        cmd.extend(["--driver".into(), format!("{d:?}").to_lowercase().into()]);
     }
     if args.faults {
-        cmd.arg("--faults");
+        cmd.push("--faults".into());
     }
-    use std::os::unix::process::CommandExt;
-    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
-    let mut child = cmd.spawn().context("cannot start novabox in the background")?;
+    let log_path = detach::log_file(home);
+    let mut child = detach::spawn(home, &exe, &cmd)?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut phases = Phases::new();
     phases.enter("start");
@@ -242,7 +203,7 @@ fn detach(home: &Home, global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<Exi
             let phase = phases.current().unwrap_or("start").to_string();
             phases.done("FAIL");
             let _ = std::fs::remove_file(phase_file(home));
-            let why = last_error_line(&log_path).unwrap_or_else(|| format!("it exited with {status}"));
+            let why = detach::last_error_line(&log_path).unwrap_or_else(|| format!("it exited with {status}"));
             eprintln!(
                 "error: novabox up failed in phase `{phase}`: {why}\n  read {} for the whole story",
                 log_path.display()
@@ -278,7 +239,7 @@ fn run_foreground(
     tracing::info!(phase = "doctor", "starting");
     // The probe boot, when one is due, runs beside the broker's start (both take seconds);
     // the services wait for its decision.
-    let probe = match super::up_doctor::run(home, &config) {
+    let mut probe = match novabox::doctor::startup::run(home, &config) {
         Ok(probe) => probe,
         Err(e) => {
             if owns_stack {
@@ -301,10 +262,10 @@ fn run_foreground(
         });
         phase("broker");
         let bus = novabox::bus::connect(&config, home, &secrets).await.context("starting the message bus")?;
-        if probe.running() {
+        if probe.deciding() {
             phase("doctor probe");
         }
-        tokio::task::block_in_place(|| probe.finish())?;
+        tokio::task::block_in_place(|| probe.decided())?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -314,7 +275,8 @@ fn run_foreground(
         let secrets_for_ready = secrets.clone();
         let config_for_ready = config.clone();
         let on_ready = move |ready: Ready| {
-            let doc = ready_document(&ready, &config_for_ready, &secrets_for_ready, bus_kind, started.elapsed());
+            let doc =
+                detach::ready_document(&ready, &config_for_ready, &secrets_for_ready, bus_kind, started.elapsed());
             if owns_stack {
                 let _ = novabox::home::write_atomic(&ready_path, doc.to_string().as_bytes(), 0o600);
             }
@@ -354,6 +316,8 @@ fn run_foreground(
         }
         outcome.map_err(anyhow::Error::from)
     });
+    // A TCG probe still going is stopped now, before the pid file goes.
+    drop(probe);
     if owns_stack {
         let _ = std::fs::remove_file(ready_file(home));
         if result.is_ok() {
@@ -368,32 +332,6 @@ fn run_foreground(
             Ok(ExitCode::from(EXIT_START_FAILED))
         }
     }
-}
-
-fn ready_document(
-    ready: &Ready,
-    config: &Config,
-    secrets: &Secrets,
-    bus: BusKind,
-    took: Duration,
-) -> serde_json::Value {
-    serde_json::json!({
-        "api_url": ready.api_url,
-        "auth_url": config.auth_url(),
-        "region": config.host.region,
-        "driver": ready.driver,
-        "network": ready.network,
-        "bus": format!("{bus:?}").to_lowercase(),
-        "services": ready.services,
-        "pid": std::process::id(),
-        "ready_ms": took.as_millis() as u64,
-        "faults": config.faults.enabled,
-        "credentials": {
-            "admin": {"username": "admin", "password": secrets.admin_password, "project_name": "admin"},
-            "demo": {"username": "demo", "password": secrets.demo_password, "project_name": "demo"},
-            "alt_demo": {"username": "alt_demo", "password": secrets.alt_demo_password, "project_name": "alt_demo"},
-        },
-    })
 }
 
 async fn wait_for_signal() {
@@ -429,54 +367,36 @@ pub fn service(global: &GlobalArgs, args: ServiceArgs) -> anyhow::Result<ExitCod
 /// left behind after a crash.
 pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     let home = super::home(global)?;
-    let mut stopped_any = false;
-    if let Some(pid) = running(&home)? {
-        // The stack stops its guests first (ACPI, then hard after shutdown_timeout_secs), then
-        // its services and broker: give it that long and some, before SIGKILL.
-        let grace = super::load_config(&home).map(|c| c.compute.shutdown_timeout_secs).unwrap_or(10);
+    if let Some(pid) = stack::running(&home)? {
+        let grace = stack::grace(&home).as_secs().saturating_sub(30);
         println!("stopping novabox (pid {pid}): guests (ACPI, up to {grace} s, then hard), services, broker");
-        supervise::stop_pid(pid, Duration::from_secs(grace + 30))?;
-        println!("stopped novabox (pid {pid})");
-        stopped_any = true;
     }
-    // Guests of a stack killed with -9 are still running; stop them by their pid files. They
-    // stay ACTIVE in the database and the next `up` starts them again.
-    for (uuid, pid) in novabox::compute::virt::qemu::stop_leftover_guests(&home.instances_dir(), Duration::from_secs(5))
-    {
+    let report = stack::down(&home)?;
+    if let Some(pid) = report.stack {
+        println!("stopped novabox (pid {pid}){}", if report.stack_killed { " with SIGKILL" } else { "" });
+    }
+    for (uuid, pid) in &report.guests {
         println!("stopped guest {uuid} (qemu pid {pid}) left by a stack that did not stop cleanly");
-        stopped_any = true;
     }
-    // A stack killed with -9 cannot stop its broker; do it here.
-    if let Ok(supervise::Stopped::Gracefully) | Ok(supervise::Stopped::Killed) =
-        novabox::supervise::rabbitmq::RabbitMq::stop(&home)
-    {
+    if report.broker {
         println!("stopped RabbitMQ");
-        stopped_any = true;
     }
-    // Bridges, taps, dnsmasqs, nft tables and DOCKER-USER rules of this home: all of them, and
-    // nothing another program made.
-    match novabox::compute::net::down(&home) {
-        Ok(r) => {
-            if r.dnsmasqs > 0 {
-                println!("stopped {} dnsmasq", r.dnsmasqs);
-                stopped_any = true;
-            }
-            if !r.links.is_empty() {
-                println!("removed {}", r.links.join(", "));
-                stopped_any = true;
-            }
-            for t in &r.tables {
-                println!("removed nft table {t}");
-            }
-            if r.docker_rules > 0 {
-                println!("removed {} DOCKER-USER rules", r.docker_rules);
-            }
-        }
-        Err(e) => eprintln!("warning: removing the guest network: {e}"),
+    if report.dnsmasqs > 0 {
+        println!("stopped {} dnsmasq", report.dnsmasqs);
     }
-    remove_if_exists(&ready_file(&home));
-    remove_if_exists(&pid_file(&home));
-    if !stopped_any {
+    if !report.links.is_empty() {
+        println!("removed {}", report.links.join(", "));
+    }
+    for t in &report.tables {
+        println!("removed nft table {t}");
+    }
+    if report.docker_rules > 0 {
+        println!("removed {} DOCKER-USER rules", report.docker_rules);
+    }
+    for left in &report.left {
+        eprintln!("warning: {} is left: {}", left.what, left.why);
+    }
+    if !report.stopped_anything() {
         println!("nothing was running for {}", home.root().display());
     }
     if args.purge {
@@ -485,8 +405,7 @@ pub fn down(global: &GlobalArgs, args: DownArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Deletes the home once the stack is down. Refuses a directory that is not a novabox home, so
-/// a mistyped `--home` cannot remove someone's files.
+/// Deletes the home once the stack is down, after confirmation.
 fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     let root = home.root();
@@ -494,9 +413,7 @@ fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
         println!("{} does not exist; nothing to purge", root.display());
         return Ok(ExitCode::SUCCESS);
     }
-    if !home.is_initialized() && !home.db_file().exists() {
-        bail!("{} does not look like a novabox home (no novabox.toml); not deleting it", root.display());
-    }
+    stack::check_purge(home)?;
     if !yes {
         if !std::io::stdin().is_terminal() {
             eprintln!("not deleting {} without confirmation: add --yes", root.display());
@@ -511,30 +428,7 @@ fn purge(home: &Home, yes: bool) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_NOT_CONFIRMED));
         }
     }
-    std::fs::remove_dir_all(root).with_context(|| format!("cannot delete {}", root.display()))?;
+    stack::purge(home)?;
     println!("deleted {}", root.display());
     Ok(ExitCode::SUCCESS)
-}
-
-fn remove_if_exists(p: &Path) {
-    let _ = std::fs::remove_file(p);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_big_log_is_moved_aside_and_a_small_one_kept() {
-        let t = tempfile::tempdir().unwrap();
-        let log = t.path().join("novabox.log");
-        std::fs::write(&log, b"small").unwrap();
-        rotate_log(&log);
-        assert_eq!(std::fs::read(&log).unwrap(), b"small");
-        std::fs::File::create(&log).unwrap().set_len(LOG_ROTATE_BYTES).unwrap();
-        std::fs::write(t.path().join("novabox.log.1"), b"older").unwrap();
-        rotate_log(&log);
-        assert!(!log.exists());
-        assert_eq!(std::fs::metadata(t.path().join("novabox.log.1")).unwrap().len(), LOG_ROTATE_BYTES);
-    }
 }

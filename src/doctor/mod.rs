@@ -13,6 +13,7 @@ mod kvm_ioctl;
 pub mod network;
 pub mod probe;
 pub mod resources;
+pub mod startup;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -95,6 +96,10 @@ pub struct Report {
     pub environment: Environment,
     pub checks: Vec<Check>,
     pub decision: Decision,
+    /// The TCG probe was left for later ([`Options::defer_tcg`]) and has not finished: the
+    /// decision stands, the proof that guests boot under TCG is still to come.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tcg_pending: bool,
 }
 
 impl Report {
@@ -135,6 +140,12 @@ pub struct Options {
     pub boot_probe: bool,
     /// Where the test guest is built and cached (`<home>/images/test-guest`).
     pub image_dir: PathBuf,
+    /// The per-user cache a built test guest is taken from and kept in.
+    pub cache_dir: Option<PathBuf>,
+    /// Boot only what can change the decision (KVM, unless the host's facts rule it out) and
+    /// leave the TCG probe pending, for [`prove_tcg`]: whatever it finds, guests run under
+    /// TCG when KVM does not work, so `up` need not wait for it.
+    pub defer_tcg: bool,
     /// Where the probe's serial console logs go.
     pub log_dir: PathBuf,
     /// Where guest disks will live, for the disk check.
@@ -147,6 +158,8 @@ impl Options {
             host_root: host_root.to_path_buf(),
             boot_probe,
             image_dir: home.images_dir().join(probe::TEST_IMAGE_DIR),
+            cache_dir: crate::home::user_cache_dir(),
+            defer_tcg: false,
             log_dir: home.logs_dir(),
             home_dir: home.root().to_path_buf(),
         }
@@ -158,6 +171,8 @@ impl Options {
 struct ProbeFacts {
     kvm: Option<bool>,
     tcg: Option<bool>,
+    /// The TCG probe was deferred (`Options::defer_tcg`).
+    tcg_pending: bool,
 }
 
 /// Runs every check and decides accel, driver and network mode.
@@ -178,7 +193,61 @@ pub fn run(config: &Config, opts: &Options) -> Report {
     resources::check_listen(config, &mut checks);
     resources::check_programs(&host, config, &mut checks);
     let decision = decide(&host, config, &cpu, &kvm, probes, net, qemu_present);
-    Report { schema: SCHEMA, host_root: opts.host_root.clone(), environment: env, checks, decision }
+    Report {
+        schema: SCHEMA,
+        host_root: opts.host_root.clone(),
+        environment: env,
+        checks,
+        decision,
+        tcg_pending: probes.tcg_pending,
+    }
+}
+
+/// What `probe.tcg` says while the TCG probe of a deferred run is still to come.
+const TCG_PENDING: &str = "pending: boots after the decision, which it cannot change (guests run under TCG \
+                           either way); novabox doctor shows its result";
+
+/// Boots the TCG probe a [`Options::defer_tcg`] run left pending and puts its result in the
+/// report: `probe.tcg` and, when the guest did not boot, the decision's reason (the
+/// accelerator stays). Gives up when `stop` is set (the stack stops meanwhile), leaving it
+/// pending for the next start. Returns whether the report changed.
+pub fn prove_tcg(report: &mut Report, opts: &Options, stop: &AtomicBool) -> bool {
+    if !report.tcg_pending {
+        return false;
+    }
+    let image = match probe::ensure_test_image(&opts.image_dir, opts.cache_dir.as_deref()) {
+        Ok(image) => image,
+        Err(e) => {
+            let check = Check::warn(
+                "probe.tcg",
+                format!("not run: {e}"),
+                "install busybox-static, then run novabox doctor --boot-probe again",
+            );
+            set_check(report, check);
+            report.tcg_pending = false;
+            return true;
+        }
+    };
+    let _ = std::fs::create_dir_all(&opts.log_dir);
+    let console = opts.log_dir.join("doctor-probe-tcg.console.log");
+    let outcome = probe::boot_unless(&image, Accel::Tcg, probe::TCG_TIMEOUT, &console, stop);
+    if stop.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut facts = ProbeFacts::default();
+    set_check(report, tcg_check(outcome, &console, &mut facts));
+    if facts.tcg == Some(false) {
+        report.decision.reason.push_str("; the test guest did not boot under TCG either (see probe.tcg)");
+    }
+    report.tcg_pending = false;
+    true
+}
+
+fn set_check(report: &mut Report, check: Check) {
+    match report.checks.iter_mut().find(|c| c.id == check.id) {
+        Some(c) => *c = check,
+        None => report.checks.push(check),
+    }
 }
 
 /// Why the KVM probe cannot succeed on this host, from its facts alone: then it is not run
@@ -225,7 +294,7 @@ fn run_probes(
     };
     let image = match not_run {
         Some(why) => Err(why),
-        None => probe::ensure_test_image(&opts.image_dir).map_err(|e| {
+        None => probe::ensure_test_image(&opts.image_dir, opts.cache_dir.as_deref()).map_err(|e| {
             (
                 Status::Warn,
                 format!("not run: {e}"),
@@ -254,7 +323,8 @@ fn run_probes(
     std::thread::scope(|scope| {
         // Where the host has the cores, TCG boots beside KVM, so a KVM that fails costs no
         // more than the TCG boot that follows it anyway; a KVM that works stops it early.
-        let early_tcg = (kvm_skipped.is_none() && probes_in_parallel()).then(|| scope.spawn(tcg_probe));
+        let early_tcg =
+            (kvm_skipped.is_none() && probes_in_parallel() && !opts.defer_tcg).then(|| scope.spawn(tcg_probe));
         match kvm_skipped {
             Some(check) => checks.push(check),
             None => {
@@ -269,6 +339,11 @@ fn run_probes(
                 let _ = t.join();
             }
             checks.push(Check::new("probe.tcg", Status::Note, "not needed: guests boot under KVM", ""));
+            return;
+        }
+        if opts.defer_tcg {
+            facts.tcg_pending = true;
+            checks.push(Check::new("probe.tcg", Status::Note, TCG_PENDING, ""));
             return;
         }
         let (outcome, console) = match early_tcg.map(|t| t.join()) {
@@ -467,6 +542,8 @@ mod tests {
             host_root: t.path().to_path_buf(),
             boot_probe: false,
             image_dir: t.path().join("img"),
+            cache_dir: None,
+            defer_tcg: false,
             log_dir: t.path().join("logs"),
             home_dir: t.path().to_path_buf(),
         };

@@ -59,9 +59,24 @@ impl TestImage {
     }
 }
 
+/// Where built test guests are kept below the per-user cache, one directory per inputs key.
+pub const CACHED_GUESTS_DIR: &str = "test-guest";
+
 /// Builds the test guest into `dir` with the embedded script unless it is there already.
-/// `NOVABOX_DEB_CACHE` (honoured by the script) lets tests share one kernel download.
-pub fn ensure_test_image(dir: &Path) -> Result<TestImage, ProbeError> {
+///
+/// With a per-user `cache` (see [`crate::home::user_cache_dir`]), a guest built before from
+/// the same inputs (this recipe, the static busybox, the kernel package) is copied from there
+/// instead: building means unpacking the kernel package, seconds of xz, for a result that is
+/// the same for every home. A new build is kept there for the next home. The kernel package
+/// is fetched into `NOVABOX_DEB_CACHE` (tests share one download), else `<cache>/debs`, else
+/// `<dir>/cache`.
+pub fn ensure_test_image(dir: &Path, cache: Option<&Path>) -> Result<TestImage, ProbeError> {
+    let debs = std::env::var_os("NOVABOX_DEB_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    ensure_in(dir, cache, debs)
+}
+
+/// [`ensure_test_image`] with the kernel package's directory given (`NOVABOX_DEB_CACHE`).
+fn ensure_in(dir: &Path, cache: Option<&Path>, debs: Option<PathBuf>) -> Result<TestImage, ProbeError> {
     let image = TestImage::in_dir(dir);
     let script = dir.join("make-test-image.sh");
     // Built by an older recipe (the script is kept beside the image): it lacks newer markers,
@@ -73,13 +88,41 @@ pub fn ensure_test_image(dir: &Path) -> Result<TestImage, ProbeError> {
     std::fs::create_dir_all(dir).map_err(|source| ProbeError::Write { path: dir.to_path_buf(), source })?;
     std::fs::write(&script, MAKE_TEST_IMAGE_SCRIPT)
         .map_err(|source| ProbeError::Write { path: script.clone(), source })?;
+    let debs = debs.unwrap_or_else(|| deb_cache(dir, cache));
+    let cached = cache.zip(inputs_key(&debs)).map(|(c, key)| c.join(CACHED_GUESTS_DIR).join(key));
+    if let Some(from) = cached.as_deref().filter(|d| TestImage::in_dir(d).exists()) {
+        match copy_guest(from, dir) {
+            Ok(()) => {
+                tracing::info!(from = %from.display(), "test guest taken from the cache");
+                return Ok(image);
+            }
+            Err(e) => {
+                tracing::warn!(from = %from.display(), error = %e, "cannot use the cached test guest; building it")
+            }
+        }
+    }
+    build(dir, &script, &debs)?;
+    if let Some(cache) = cache {
+        // Keyed again: a first build has only now downloaded the kernel package.
+        if let Some(key) = inputs_key(&debs) {
+            if let Err(e) = store_guest(dir, &cache.join(CACHED_GUESTS_DIR), &key) {
+                tracing::warn!(cache = %cache.display(), error = %e, "cannot keep the test guest in the cache");
+            }
+        }
+    }
+    Ok(image)
+}
+
+fn build(dir: &Path, script: &Path, debs: &Path) -> Result<(), ProbeError> {
+    let image = TestImage::in_dir(dir);
     let log = dir.join("build.log");
     let log_file = std::fs::File::create(&log).map_err(|source| ProbeError::Write { path: log.clone(), source })?;
     let log_err = log_file.try_clone().map_err(|source| ProbeError::Write { path: log.clone(), source })?;
     tracing::info!(dir = %dir.display(), "building the test guest");
     let status = Command::new("sh")
-        .arg(&script)
+        .arg(script)
         .arg(dir)
+        .env("NOVABOX_DEB_CACHE", debs)
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
@@ -90,7 +133,85 @@ pub fn ensure_test_image(dir: &Path) -> Result<TestImage, ProbeError> {
         let detail = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the script failed").to_string();
         return Err(ProbeError::Build { dir: dir.to_path_buf(), log, detail });
     }
-    Ok(image)
+    Ok(())
+}
+
+/// Where the script keeps the kernel package it downloads, unless `NOVABOX_DEB_CACHE` says.
+fn deb_cache(dir: &Path, cache: Option<&Path>) -> PathBuf {
+    cache.map(|c| c.join("debs")).unwrap_or_else(|| dir.join("cache"))
+}
+
+/// The kernel package the script would use: the newest `linux-image-*.deb` in `debs`, as its
+/// `ls -t` picks it.
+fn newest_kernel_deb(debs: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
+    std::fs::read_dir(debs)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("linux-image-") && n.ends_with(".deb")))
+        .filter_map(|e| e.metadata().ok().map(|m| (e.path(), m)))
+        .max_by_key(|(_, m)| m.modified().ok())
+}
+
+/// A key for everything the build depends on: the recipe, the static busybox copied into the
+/// initramfs (path, size, mtime: an upgrade changes them) and the kernel package (its file
+/// name carries the version). `None` while no kernel package is downloaded yet.
+fn inputs_key(debs: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let (deb, meta) = newest_kernel_deb(debs)?;
+    let mut h = Sha256::new();
+    h.update(MAKE_TEST_IMAGE_SCRIPT.as_bytes());
+    for busybox in ["/bin/busybox", "/usr/bin/busybox"] {
+        if let Ok(m) = std::fs::metadata(busybox) {
+            let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            h.update(format!("{busybox} {} {mtime:?}\n", m.len()).as_bytes());
+        }
+    }
+    h.update(deb.file_name()?.as_encoded_bytes());
+    h.update(meta.len().to_le_bytes());
+    Some(hex::encode(&h.finalize()[..12]))
+}
+
+const GUEST_FILES: [&str; 3] = ["vmlinuz", "initrd.img", "kernel-version"];
+
+/// Puts `from`'s guest files into `to`, each through a temporary name and a rename: a hard
+/// link when both are on one filesystem (the files are never written in place, only
+/// replaced), a copy otherwise.
+fn copy_guest(from: &Path, to: &Path) -> io::Result<()> {
+    for name in GUEST_FILES {
+        let src = from.join(name);
+        if !src.exists() && name == "kernel-version" {
+            continue;
+        }
+        let tmp = to.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&src, &tmp).is_err() {
+            std::fs::copy(&src, &tmp)?;
+        }
+        std::fs::rename(&tmp, to.join(name))?;
+    }
+    Ok(())
+}
+
+/// Keeps the guest built in `dir` as `<guests>/<key>`, made whole in a temporary directory and
+/// renamed, so a home reading the cache never sees half of it. Another home that stored the
+/// same key first wins.
+fn store_guest(dir: &Path, guests: &Path, key: &str) -> io::Result<()> {
+    let dest = guests.join(key);
+    if TestImage::in_dir(&dest).exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(guests)?;
+    let tmp = guests.join(format!(".{key}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = copy_guest(dir, &tmp).and_then(|()| std::fs::rename(&tmp, &dest));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if TestImage::in_dir(&dest).exists() {
+            return Ok(());
+        }
+    }
+    result
 }
 
 #[derive(Debug, Clone)]
@@ -232,8 +353,44 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("vmlinuz"), b"k").unwrap();
         std::fs::write(t.path().join("initrd.img"), b"i").unwrap();
-        let image = ensure_test_image(t.path()).unwrap();
+        let image = ensure_test_image(t.path(), None).unwrap();
         assert_eq!(image.kernel, t.path().join("vmlinuz"));
         assert!(!t.path().join("build.log").exists());
+    }
+
+    /// A guest kept in the cache under the key of today's inputs is copied into a new home
+    /// without running the script; other inputs (another kernel package) miss it.
+    #[test]
+    fn a_cached_guest_of_the_same_inputs_is_copied_not_built() {
+        let t = tempfile::tempdir().unwrap();
+        let (cache, built) = (t.path().join("cache"), t.path().join("built"));
+        let debs = cache.join("debs");
+        std::fs::create_dir_all(&debs).unwrap();
+        std::fs::create_dir_all(&built).unwrap();
+        std::fs::write(debs.join("linux-image-6.1.0-1-amd64_6.1.1-1_amd64.deb"), b"deb").unwrap();
+        for (name, bytes) in [("vmlinuz", &b"kernel"[..]), ("initrd.img", b"initrd"), ("kernel-version", b"6.1\n")] {
+            std::fs::write(built.join(name), bytes).unwrap();
+        }
+        let key = inputs_key(&debs).expect("a kernel package is there");
+        store_guest(&built, &cache.join(CACHED_GUESTS_DIR), &key).unwrap();
+        assert!(std::fs::read_dir(cache.join(CACHED_GUESTS_DIR)).unwrap().count() == 1, "no temporary left");
+
+        // The kernel package in <cache>/debs, whatever NOVABOX_DEB_CACHE says in this process.
+        let home = t.path().join("home-guest");
+        let image = ensure_in(&home, Some(&cache), None).unwrap();
+        assert_eq!(std::fs::read(&image.kernel).unwrap(), b"kernel");
+        assert_eq!(std::fs::read(&image.initrd).unwrap(), b"initrd");
+        assert!(!home.join("build.log").exists(), "the script ran");
+        assert_eq!(std::fs::read_to_string(home.join("make-test-image.sh")).unwrap(), MAKE_TEST_IMAGE_SCRIPT);
+
+        std::fs::write(debs.join("linux-image-6.1.0-2-amd64_6.1.2-1_amd64.deb"), b"newer deb").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(debs.join("linux-image-6.1.0-2-amd64_6.1.2-1_amd64.deb"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_ne!(inputs_key(&debs), Some(key), "another kernel package is another key");
     }
 }

@@ -60,6 +60,8 @@ fn bench_up_new_home_probes_beside_the_broker_needs_qemu() {
     assert_ok(&out);
     let text = stdout(&out);
     assert!(number_after(&text, "total") > 0.0, "{text}");
+    // The second new home takes the test guest the first one built from the user cache.
+    assert!(text.contains("test guest from the user cache"), "{text}");
     assert!(number_after(&text, "bare qemu boot of the test guest under TCG") > 0.0, "{text}");
     // The stack's own doctor phase probed: one accelerator passed (KVM, or TCG when KVM did
     // not boot or was ruled out by the host's facts).

@@ -3,14 +3,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A temporary home; removed when dropped.
+/// A temporary home, and a per-user cache of its own (so no test reads or fills the user's);
+/// both removed when dropped.
 pub struct TestHome {
     dir: tempfile::TempDir,
+    cache: tempfile::TempDir,
 }
 
 impl TestHome {
     pub fn new() -> TestHome {
-        TestHome { dir: tempfile::tempdir().expect("temp home") }
+        TestHome { dir: tempfile::tempdir().expect("temp home"), cache: tempfile::tempdir().expect("temp cache") }
+    }
+
+    /// The per-user cache (`NOVABOX_CACHE_DIR`) the binary gets for this home.
+    pub fn cache_dir(&self) -> &Path {
+        self.cache.path()
     }
 
     pub fn path(&self) -> &Path {
@@ -20,7 +27,11 @@ impl TestHome {
     /// `novabox --home <this home>`, with nothing inherited that could point elsewhere.
     pub fn novabox(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_novabox"));
-        cmd.env_remove("NOVABOX_HOME").env_remove("NOVABOX_LOG").arg("--home").arg(self.path());
+        cmd.env_remove("NOVABOX_HOME")
+            .env_remove("NOVABOX_LOG")
+            .env(novabox::home::CACHE_ENV, self.cache_dir())
+            .arg("--home")
+            .arg(self.path());
         cmd
     }
 }

@@ -191,3 +191,33 @@ fn up_on_a_port_taken_after_init_says_why_once() {
     assert!(err.contains(&port), "the message names the port: {err}");
     assert_eq!(err.matches("in use").count(), 1, "the reason is said once: {err}");
 }
+
+/// The test guest is built once per user, not once per home: a second new home takes the one
+/// a first home built from the per-user cache (`NOVABOX_CACHE_DIR`), without running the
+/// build script (seconds of xz), and boots the same kernel and initramfs.
+#[test]
+fn a_second_home_takes_the_test_guest_from_the_user_cache_needs_qemu() {
+    crate::guests::require_qemu();
+    let (a, b) = (TestHome::new(), TestHome::new());
+    for h in [&a, &b] {
+        let out = run(h
+            .init_cmd(&["--driver", "qemu", "--bus", "local", "--network-mode", "user"])
+            .env("NOVABOX_DEB_CACHE", crate::guests::deb_cache())
+            .env(novabox::home::CACHE_ENV, a.cache_dir()));
+        assert_ok(&out);
+        assert!(stdout(&out).contains("(test guest: kernel "), "{}", stdout(&out));
+    }
+    let guest = |h: &TestHome| h.path().join("images").join("test-guest");
+    assert!(guest(&a).join("build.log").exists(), "the first home built the guest");
+    assert!(!guest(&b).join("build.log").exists(), "the second home built the guest again");
+    for file in ["vmlinuz", "initrd.img"] {
+        assert_eq!(std::fs::read(guest(&a).join(file)).unwrap(), std::fs::read(guest(&b).join(file)).unwrap());
+    }
+    let kept: Vec<String> = std::fs::read_dir(a.cache_dir().join("test-guest"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 1, "one guest, no temporary left: {kept:?}");
+    assert!(std::fs::read_dir(b.cache_dir()).unwrap().next().is_none(), "b's own cache was not used");
+}

@@ -42,6 +42,7 @@ impl Netns {
         cmd.args(["netns", "exec", &self.name, env!("CARGO_BIN_EXE_novabox")])
             .env_remove("NOVABOX_HOME")
             .env_remove("NOVABOX_LOG")
+            .env(novabox::home::CACHE_ENV, home.cache_dir())
             .arg("--home")
             .arg(home.path());
         cmd

@@ -161,7 +161,8 @@ impl Db {
         let subnets = self.subnets_of(&new.network_id)?;
         let mac = ports::choose_mac(&new.network_id, new.mac_address.as_deref(), |m| mac_taken(&tx, m))?;
         if let Some(quick) = self.after_newest_allocation(&tx, new, &subnets)? {
-            let port = self.insert_port(&tx, new, &mac, ports::plan(&quick, net_security, &subnets, BTreeMap::new())?)?;
+            let port =
+                self.insert_port(&tx, new, &mac, ports::plan(&quick, net_security, &subnets, BTreeMap::new())?)?;
             tx.commit()?;
             return Ok(port);
         }
