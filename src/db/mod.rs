@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_tokens_per_user.sql"),
     include_str!("migrations/0009_instances_keep_their_flavor.sql"),
     include_str!("migrations/0010_identity_admin.sql"),
+    include_str!("migrations/0014_instance_lock.sql"),
 ];
 
 /// The schema version this build writes and understands.
