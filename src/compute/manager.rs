@@ -365,8 +365,8 @@ impl ComputeManager {
                     }
                 }
             }
-            (VmState::Stopped, None) => {
-                // Its taps are needed again when it is started.
+            (VmState::Stopped | VmState::Suspended, None) => {
+                // Its taps are needed again when it is started (or resumed).
                 if let Ok(mut spec) = self.guest_spec(ctx, inst).await {
                     if let Err(e) = self.plug(&mut spec).await {
                         tracing::warn!(instance = %uuid, error = %e, "cannot plug a stopped guest's ports");

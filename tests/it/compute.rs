@@ -403,3 +403,129 @@ async fn a_second_compute_host_joins_over_rabbitmq() {
     admin.compute(Method::DELETE, &format!("/servers/{id}"), None).await.unwrap();
     admin.wait_for(&id, "DELETED", Duration::from_secs(60)).await.unwrap();
 }
+
+/// Issue 16's state actions through python-openstackclient on the fake driver: each walks
+/// nova's states, refuses the wrong state with nova's 409, is recorded as an instance action
+/// and notified; a locked server refuses its owner; only an admin resets a state.
+#[test]
+fn openstackclient_pause_suspend_lock_reset_state_and_dump() {
+    use crate::clients::{image_file, osc, osc_json, osc_output};
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let _stack = home.up(&[]);
+    let file = image_file(&home);
+    osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "img"]);
+    let vm = osc_json(
+        &home,
+        &["server", "create", "--image", "img", "--flavor", "m1.nano", "--nic", "none", "--wait", "vm"],
+    );
+    let id = vm["id"].as_str().unwrap().to_string();
+    let wait = |want: &str| -> serde_json::Value {
+        for _ in 0..200 {
+            let s = osc_json(&home, &["server", "show", "vm"]);
+            if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("vm never reached {want}\n{}", home.up_log());
+    };
+    let refused = |args: &[&str]| -> String {
+        let out = osc_output(&home, args);
+        assert!(!out.status.success(), "openstack {args:?} should have failed:\n{}", stdout(&out));
+        stderr(&out)
+    };
+    let conflict = |args: &[&str], action: &str, vm_state: &str| {
+        let err = refused(args);
+        let text = format!("Cannot '{action}' instance {id} while it is in vm_state {vm_state}");
+        assert!(err.contains(&text) && err.contains("409"), "{args:?}: {err}");
+    };
+
+    conflict(&["server", "unpause", "vm"], "unpause", "active");
+    conflict(&["server", "resume", "vm"], "resume", "active");
+    osc(&home, &["server", "pause", "vm"]);
+    let paused = wait("PAUSED");
+    assert_eq!(paused["OS-EXT-STS:vm_state"], "paused");
+    assert_eq!(paused["OS-EXT-STS:power_state"], 3, "{paused}");
+    conflict(&["server", "pause", "vm"], "pause", "paused");
+    conflict(&["server", "suspend", "vm"], "suspend", "paused");
+    osc(&home, &["server", "unpause", "vm"]);
+    wait("ACTIVE");
+
+    osc(&home, &["server", "suspend", "vm"]);
+    let suspended = wait("SUSPENDED");
+    assert_eq!(suspended["OS-EXT-STS:vm_state"], "suspended");
+    conflict(&["server", "pause", "vm"], "pause", "suspended");
+    conflict(&["server", "stop", "vm"], "stop", "suspended");
+    osc(&home, &["server", "resume", "vm"]);
+    assert_eq!(wait("ACTIVE")["OS-EXT-STS:power_state"], 1);
+
+    // Locked by the owner with a reason (2.73): shown, and only an admin acts on it.
+    osc(&home, &["--os-compute-api-version", "2.73", "server", "lock", "--reason", "backup running", "vm"]);
+    let locked = osc_json(&home, &["--os-compute-api-version", "2.73", "server", "show", "vm"]);
+    assert_eq!(
+        (locked["locked"].clone(), locked["locked_reason"].clone()),
+        (json!(true), json!("backup running")),
+        "{locked}"
+    );
+    let err = refused(&["server", "pause", "vm"]);
+    assert!(err.contains(&format!("Instance {id} is locked")) && err.contains("409"), "{err}");
+    assert_eq!(osc_json(&home, &["server", "show", "vm"])["status"], "ACTIVE", "a refused action changes nothing");
+    osc(&home, &["--os-cloud", "novabox-admin", "server", "pause", &id]);
+    wait("PAUSED");
+    osc(&home, &["server", "unlock", "vm"]);
+    let unlocked = osc_json(&home, &["--os-compute-api-version", "2.73", "server", "show", "vm"]);
+    assert_eq!((unlocked["locked"].clone(), unlocked["locked_reason"].clone()), (json!(false), json!(null)));
+    osc(&home, &["server", "unpause", "vm"]);
+    wait("ACTIVE");
+
+    // trigger_crash_dump (2.17): the fake guest notes the NMI on its console.
+    osc(&home, &["--os-compute-api-version", "2.17", "server", "dump", "create", "vm"]);
+    let mut console = String::new();
+    for _ in 0..50 {
+        console = osc(&home, &["console", "log", "show", "vm"]);
+        if console.contains("NMI received") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(console.contains("NMI received"), "{console}");
+
+    // os-resetState: an admin's; the owner meets nova's policy text.
+    let err = refused(&["server", "set", "--state", "error", "--auto-approve", "vm"]);
+    assert!(err.contains("os_compute_api:os-admin-actions:reset_state") && err.contains("403"), "{err}");
+    osc(&home, &["--os-cloud", "novabox-admin", "server", "set", "--state", "error", "--auto-approve", &id]);
+    assert_eq!(osc_json(&home, &["server", "show", "vm"])["status"], "ERROR");
+    osc(&home, &["--os-cloud", "novabox-admin", "server", "set", "--state", "active", "--auto-approve", &id]);
+    assert_eq!(osc_json(&home, &["server", "show", "vm"])["status"], "ACTIVE");
+
+    // Every action is in os-instance-actions, finished without an error, and the host's
+    // actions were notified.
+    let events = osc_json(&home, &["server", "event", "list", "vm"]);
+    let mut names: Vec<String> =
+        events.as_array().unwrap().iter().map(|e| e["Action"].as_str().unwrap_or_default().to_string()).collect();
+    names.reverse();
+    let want = [
+        "create",
+        "pause",
+        "unpause",
+        "suspend",
+        "resume",
+        "lock",
+        "pause",
+        "unlock",
+        "unpause",
+        "trigger_crash_dump",
+        "reset_state",
+        "reset_state",
+    ];
+    assert_eq!(names, want, "{events}");
+    let notified = events_of(&home, &id);
+    for action in ["pause", "unpause", "suspend", "resume", "trigger_crash_dump"] {
+        for phase in ["start", "end"] {
+            let event = format!("compute.instance.{action}.{phase}");
+            assert!(notified.contains(&event), "{event} missing from {notified:?}");
+        }
+    }
+    osc(&home, &["server", "delete", "--wait", "vm"]);
+}
