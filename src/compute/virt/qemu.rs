@@ -1111,12 +1111,19 @@ mod tests {
         crate::supervise::read_pid_file(&home.instances_dir().join(uuid).join("qemu.pid")).unwrap().unwrap()
     }
 
-    /// Types `line` on the guest's serial console (the test guest runs a shell there).
+    /// Types `line` on the guest's serial console (the test guest runs a shell there): a
+    /// Ctrl-C first, so whatever half line busybox's line editor holds is dropped, then the
+    /// line a key at a time, as a person types.
     async fn type_line(home: &Home, uuid: &str, line: &str) {
         use tokio::io::AsyncWriteExt;
         let socket = home.instances_dir().join(uuid).join(CONSOLE_SOCKET);
         let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
-        s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        s.write_all(b"\x03").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for b in format!("{line}\n").bytes() {
+            s.write_all(&[b]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         s.flush().await.unwrap();
     }
 
@@ -1125,18 +1132,28 @@ mod tests {
         console.lines().filter_map(|l| l.trim().strip_prefix(&format!("{key}="))).map(str::to_string).collect()
     }
 
-    /// The guest's uptime in whole seconds, asked on its console: the `n`th answer.
-    async fn uptime(d: &QemuDriver, home: &Home, uuid: &str, n: usize) -> u64 {
-        type_line(home, uuid, "echo UP=$(cut -d. -f1 /proc/uptime)").await;
+    /// Asks the guest `echo KEY=$(command)` on its console, again every few seconds while no
+    /// answer comes (the line editor may eat a line typed while it queries the terminal).
+    async fn ask(d: &QemuDriver, home: &Home, uuid: &str, key: &str, command: &str) -> String {
         let deadline = Instant::now() + probe::TCG_TIMEOUT;
         loop {
-            let text = d.console_output(uuid).await.unwrap();
-            if let Some(v) = printed(&text, "UP").get(n - 1) {
-                return v.parse().unwrap_or_else(|_| panic!("uptime {v:?}"));
+            type_line(home, uuid, &format!("echo {key}={command}")).await;
+            let retry = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < retry {
+                let text = d.console_output(uuid).await.unwrap();
+                if let Some(v) = printed(&text, key).first() {
+                    return v.clone();
+                }
+                assert!(Instant::now() < deadline, "the guest did not answer {key}:\n{text}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            assert!(Instant::now() < deadline, "the guest did not answer the uptime question:\n{text}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The guest's uptime in whole seconds, asked on its console under the key `key`.
+    async fn uptime(d: &QemuDriver, home: &Home, uuid: &str, key: &str) -> u64 {
+        let v = ask(d, home, uuid, key, "$(cut -d. -f1 /proc/uptime)").await;
+        v.parse().unwrap_or_else(|_| panic!("uptime {v:?}"))
     }
 
     /// Issue 16 on a real guest: a paused guest runs nothing (what is typed on its console is
@@ -1152,7 +1169,7 @@ mod tests {
         let dir = f.home.instances_dir().join(&uuid);
         d.spawn(&spec).await.unwrap();
         wait_console(d, &uuid, "novabox-guest: ready", 1).await;
-        let first = uptime(d, &f.home, &uuid, 1).await;
+        let first = uptime(d, &f.home, &uuid, "UP1").await;
 
         d.pause(&uuid).await.unwrap();
         assert_eq!(d.power_state(&uuid).await, PowerState::Paused);
@@ -1162,9 +1179,9 @@ mod tests {
         assert!(printed(&text, "MARK").is_empty(), "a paused guest answered:\n{text}");
         d.unpause(&uuid).await.unwrap();
         assert_eq!(d.power_state(&uuid).await, PowerState::Running);
-        wait_console(d, &uuid, "MARK=typed-while-paused", 1).await;
+        assert_eq!(ask(d, &f.home, &uuid, "MARK", "typed-while-paused").await, "typed-while-paused");
 
-        let before = uptime(d, &f.home, &uuid, 2).await;
+        let before = uptime(d, &f.home, &uuid, "UP2").await;
         assert!(before >= first);
         let pid = qemu_pid(&f.home, &uuid);
         d.suspend(&uuid).await.unwrap();
@@ -1176,7 +1193,7 @@ mod tests {
         d.resume(&uuid).await.unwrap();
         assert_eq!(d.power_state(&uuid).await, PowerState::Running);
         assert!(!dir.join(SAVED_STATE).exists() && !dir.join(SUSPENDED).exists());
-        let after = uptime(d, &f.home, &uuid, 3).await;
+        let after = uptime(d, &f.home, &uuid, "UP3").await;
         assert!(after >= before, "uptime went back from {before}s to {after}s: the guest booted again");
         let text = d.console_output(&uuid).await.unwrap();
         assert_eq!(text.matches("novabox-guest: init reached").count(), 1, "resumed, not booted:\n{text}");
