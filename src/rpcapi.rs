@@ -216,6 +216,12 @@ pub enum ComputeRequest {
     TriggerCrashDump {
         instance: Instance,
     },
+    SoftDeleteInstance {
+        instance: Instance,
+    },
+    RestoreInstance {
+        instance: Instance,
+    },
 }
 
 /// What is published on [`NOTIFICATIONS_TOPIC`].
@@ -557,6 +563,12 @@ impl ComputeApi {
     pub async fn trigger_crash_dump(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
         self.cast(ctx, host, ComputeRequest::TriggerCrashDump { instance: instance.clone() }).await
     }
+    pub async fn soft_delete_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::SoftDeleteInstance { instance: instance.clone() }).await
+    }
+    pub async fn restore_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::RestoreInstance { instance: instance.clone() }).await
+    }
 }
 
 /// Publishes `compute.instance.*` notifications on the bus.
@@ -715,6 +727,8 @@ mod tests {
             ("suspend_instance", json!({"instance": instance})),
             ("resume_instance", json!({"instance": instance})),
             ("trigger_crash_dump", json!({"instance": instance})),
+            ("soft_delete_instance", json!({"instance": instance})),
+            ("restore_instance", json!({"instance": instance})),
         ] {
             round_trips::<ComputeRequest>(old(method, args));
         }

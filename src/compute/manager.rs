@@ -598,6 +598,8 @@ impl ComputeManager {
                     StateAction::Unpause => self.driver.unpause(&inst.uuid).await,
                     StateAction::Suspend => self.driver.suspend(&inst.uuid).await,
                     StateAction::Resume => self.driver.resume(&inst.uuid).await,
+                    StateAction::SoftDelete => self.driver.power_off(&inst.uuid).await,
+                    StateAction::Restore => self.driver.power_on(&inst.uuid).await,
                 }
             }
             .instrument(tracing::info_span!("driver", call = event))
@@ -759,6 +761,43 @@ impl ComputeManager {
         Ok(())
     }
 
+    /// Deletes for good the soft-deleted instances of this host whose
+    /// `reclaim_instance_interval` has passed (nova's `_reclaim_queued_deletes`), by the test
+    /// clock, so `novabox clock advance` reclaims them.
+    pub async fn reclaim_queued_deletes(&self) -> Result<(), BusError> {
+        let interval = self.config.compute.reclaim_instance_interval;
+        if interval == 0 {
+            return Ok(());
+        }
+        let ctx = Context::admin(Context::new_request_id());
+        let now = crate::clock::now();
+        for inst in self.conductor.instances_on_host(&ctx, &self.host).await? {
+            if inst.vm_state != VmState::SoftDeleted || inst.task_state.is_some() {
+                continue;
+            }
+            let since = inst.updated_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            let old_enough =
+                since.is_some_and(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() >= interval as i64);
+            if !old_enough {
+                continue;
+            }
+            let lock = self.lock_for(&inst.uuid);
+            let _held = lock.lock().await;
+            // Only while it is still soft-deleted and idle: a restore may have just begun.
+            let u = InstanceUpdate {
+                task_state: Some(Some(TaskState::Deleting)),
+                expected_task_state: Some(vec![None]),
+                expected_vm_state: Some(vec![VmState::SoftDeleted]),
+                ..Default::default()
+            };
+            if let Ok(deleting) = self.conductor.instance_update(&ctx, &inst.uuid, &u).await {
+                tracing::info!(instance = %inst.uuid, interval, "reclaiming a soft-deleted instance");
+                self.terminate(&ctx, &deleting).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Heartbeats and power-state sync until `shutdown` turns true.
     pub async fn run_periodic_tasks(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let period = Duration::from_secs(self.config.compute.heartbeat_secs);
@@ -778,6 +817,9 @@ impl ComputeManager {
             if n % 3 == 0 {
                 if let Err(e) = self.sync_power_states().await {
                     tracing::warn!(error = %e, "power state sync failed");
+                }
+                if let Err(e) = self.reclaim_queued_deletes().await {
+                    tracing::warn!(error = %e, "soft-deleted instances not reclaimed");
                 }
                 // After the sync, which reaps guests whose rows are gone: their taps go next.
                 self.sweep_network(&Context::admin(Context::new_request_id())).await;
@@ -832,6 +874,9 @@ enum StateAction {
     Unpause,
     Suspend,
     Resume,
+    /// A delete deferred by `reclaim_instance_interval`: powered off, kept.
+    SoftDelete,
+    Restore,
 }
 
 impl StateAction {
@@ -842,6 +887,8 @@ impl StateAction {
             StateAction::Unpause => ("unpause", TaskState::Unpausing, VmState::Active),
             StateAction::Suspend => ("suspend", TaskState::Suspending, VmState::Suspended),
             StateAction::Resume => ("resume", TaskState::Resuming, VmState::Active),
+            StateAction::SoftDelete => ("soft_delete", TaskState::SoftDeleting, VmState::SoftDeleted),
+            StateAction::Restore => ("restore", TaskState::Restoring, VmState::Active),
         }
     }
 
@@ -903,6 +950,8 @@ impl Handler for ComputeManager {
             R::SuspendInstance { instance } => self.state_action(&ctx, &instance, StateAction::Suspend).await,
             R::ResumeInstance { instance } => self.state_action(&ctx, &instance, StateAction::Resume).await,
             R::TriggerCrashDump { instance } => self.trigger_crash_dump(&ctx, &instance).await,
+            R::SoftDeleteInstance { instance } => self.state_action(&ctx, &instance, StateAction::SoftDelete).await,
+            R::RestoreInstance { instance } => self.state_action(&ctx, &instance, StateAction::Restore).await,
             R::GetConsoleOutput { instance, length } => {
                 let out = self
                     .driver
@@ -938,6 +987,8 @@ impl ComputeManager {
             R::SuspendInstance { instance } => ("suspend_instance", Some(instance)),
             R::ResumeInstance { instance } => ("resume_instance", Some(instance)),
             R::TriggerCrashDump { instance } => ("trigger_crash_dump", Some(instance)),
+            R::SoftDeleteInstance { instance } => ("soft_delete_instance", Some(instance)),
+            R::RestoreInstance { instance } => ("restore_instance", Some(instance)),
         };
         match instance {
             Some(inst) => self.fault_at(ctx, method, inst).await,
@@ -988,7 +1039,9 @@ impl ComputeManager {
             | R::UnpauseInstance { instance }
             | R::SuspendInstance { instance }
             | R::ResumeInstance { instance }
-            | R::TriggerCrashDump { instance } => {
+            | R::TriggerCrashDump { instance }
+            | R::SoftDeleteInstance { instance }
+            | R::RestoreInstance { instance } => {
                 let _ = self.conductor.instance_fault_create(ctx, &instance.uuid, 500, &message, &self.host).await;
                 let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
                 let _ = self.conductor.instance_update(ctx, &instance.uuid, &u).await;

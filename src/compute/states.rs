@@ -274,6 +274,7 @@ pub enum ServerAction {
     Suspend,
     Resume,
     TriggerCrashDump,
+    Restore,
 }
 
 /// What an action needs and sets: nova's `@check_instance_state` and the task it starts.
@@ -313,6 +314,9 @@ impl ServerAction {
                 Guard { name: "resume", vm_states: &[V::Suspended], task: Some(TaskState::Resuming) }
             }
             // nova's ALLOW_TRIGGER_CRASH_DUMP; the NMI changes no state, so no task runs.
+            ServerAction::Restore => {
+                Guard { name: "restore", vm_states: &[V::SoftDeleted], task: Some(TaskState::Restoring) }
+            }
             ServerAction::TriggerCrashDump => Guard {
                 name: "trigger_crash_dump",
                 vm_states: &[V::Active, V::Paused, V::Rescued, V::Resized, V::Error],

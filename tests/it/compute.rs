@@ -529,3 +529,73 @@ fn openstackclient_pause_suspend_lock_reset_state_and_dump() {
     }
     osc(&home, &["server", "delete", "--wait", "vm"]);
 }
+
+/// `[compute] reclaim_instance_interval` through python-openstackclient: a delete only powers
+/// the server off (SOFT_DELETED), `server restore` brings it back, `server delete --force`
+/// deletes it at once, and compute reclaims one whose interval passed by the test clock.
+#[test]
+fn openstackclient_soft_delete_restore_force_delete_and_reclaim() {
+    use crate::clients::{image_file, osc, osc_json, osc_output};
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    home.edit_config(&[("heartbeat_secs = 10", "heartbeat_secs = 1\nreclaim_instance_interval = 3600")]);
+    let _stack = home.up(&["--faults"]);
+    let file = image_file(&home);
+    osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "img"]);
+    let boot = |name: &str| -> String {
+        let s = osc_json(
+            &home,
+            &["server", "create", "--image", "img", "--flavor", "m1.nano", "--nic", "none", "--wait", name],
+        );
+        s["id"].as_str().unwrap().to_string()
+    };
+    let (kept, reclaimed) = (boot("kept"), boot("reclaimed"));
+    let wait = |id: &str, want: &str| -> serde_json::Value {
+        for _ in 0..300 {
+            let s = osc_json(&home, &["server", "show", id]);
+            if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{id} never reached {want}\n{}", home.up_log());
+    };
+    let gone = |id: &str| -> bool {
+        for _ in 0..300 {
+            let out = osc_output(&home, &["server", "show", id]);
+            if !out.status.success() {
+                return stderr(&out).to_lowercase().contains("no server");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+
+    osc(&home, &["server", "delete", &kept]);
+    let soft = wait(&kept, "SOFT_DELETED");
+    assert_eq!(
+        (soft["OS-EXT-STS:vm_state"].clone(), soft["OS-EXT-STS:power_state"].clone()),
+        (json!("soft-delete"), json!(4))
+    );
+    let err = stderr(&osc_output(&home, &["server", "pause", &kept]));
+    assert!(err.contains(&format!("Cannot 'pause' instance {kept} while it is in vm_state soft-delete")), "{err}");
+    osc(&home, &["server", "restore", &kept]);
+    assert_eq!(wait(&kept, "ACTIVE")["OS-EXT-STS:power_state"], 1);
+    let err = stderr(&osc_output(&home, &["server", "restore", &kept]));
+    assert!(err.contains(&format!("Cannot 'restore' instance {kept} while it is in vm_state active")), "{err}");
+    let events = osc_json(&home, &["server", "event", "list", &kept]);
+    let names: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["Action"].as_str()).collect();
+    assert_eq!(names, ["restore", "delete", "create"], "{events}");
+
+    osc(&home, &["server", "delete", &kept]);
+    wait(&kept, "SOFT_DELETED");
+    osc(&home, &["server", "delete", "--force", &kept]);
+    assert!(gone(&kept), "forceDelete deletes a soft-deleted server");
+
+    osc(&home, &["server", "delete", &reclaimed]);
+    wait(&reclaimed, "SOFT_DELETED");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(osc_json(&home, &["server", "show", &reclaimed])["status"], "SOFT_DELETED", "kept within the interval");
+    assert_ok(&run(home.novabox().args(["clock", "advance", "3601"])));
+    assert!(gone(&reclaimed), "not reclaimed after the interval:\n{}", home.up_log());
+}

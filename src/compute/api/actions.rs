@@ -69,6 +69,11 @@ impl ComputeApi<'_> {
                 let (host, i) = self.begin(auth, &inst, name, ServerAction::TriggerCrashDump)?;
                 rpc.trigger_crash_dump(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
             }
+            Action::Restore => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::Restore)?;
+                rpc.restore_instance(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::ForceDelete => self.delete_now(auth, &inst).await?,
             Action::Lock { reason } => self.lock(auth, &inst, reason)?,
             Action::Unlock => self.unlock(auth, &inst)?,
             Action::ResetState { state } => self.reset_state(auth, &inst, state)?,

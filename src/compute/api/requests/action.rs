@@ -40,6 +40,10 @@ pub enum Action {
     },
     /// `trigger_crash_dump` (2.17): an NMI to the guest.
     TriggerCrashDump,
+    /// `restore`: a SOFT_DELETED server back to ACTIVE.
+    Restore,
+    /// `forceDelete`: delete now, even when deletes are deferred.
+    ForceDelete,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +136,8 @@ impl Action {
             "suspend" => Action::Suspend,
             "resume" => Action::Resume,
             "unlock" => Action::Unlock,
+            "restore" => Action::Restore,
+            "forceDelete" => Action::ForceDelete,
             // Before 2.73 nova's schema takes any value and ignores it.
             "lock" if !v.at_least(73) || raw.is_null() => Action::Lock { reason: None },
             "lock" => {
@@ -206,6 +212,8 @@ impl Action {
             Action::Unlock => "unlock",
             Action::ResetState { .. } => "os-resetState",
             Action::TriggerCrashDump => "trigger_crash_dump",
+            Action::Restore => "restore",
+            Action::ForceDelete => "forceDelete",
         }
     }
 }
