@@ -400,6 +400,7 @@ mod tests {
             (ServerAction::Unpause, "unpause", &[VmState::Paused][..], Some(TaskState::Unpausing)),
             (ServerAction::Suspend, "suspend", &[VmState::Active][..], Some(TaskState::Suspending)),
             (ServerAction::Resume, "resume", &[VmState::Suspended][..], Some(TaskState::Resuming)),
+            (ServerAction::Restore, "restore", &[VmState::SoftDeleted][..], Some(TaskState::Restoring)),
         ];
         for (action, name, states, task) in rows {
             let g = action.guard();

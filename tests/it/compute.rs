@@ -538,7 +538,10 @@ fn openstackclient_soft_delete_restore_force_delete_and_reclaim() {
     use crate::clients::{image_file, osc, osc_json, osc_output};
     let home = TestHome::new();
     assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
-    home.edit_config(&[("heartbeat_secs = 10", "heartbeat_secs = 1\nreclaim_instance_interval = 3600")]);
+    home.edit_config(&[
+        ("heartbeat_secs = 10", "heartbeat_secs = 1"),
+        ("reclaim_instance_interval = 0", "reclaim_instance_interval = 3600"),
+    ]);
     let _stack = home.up(&["--faults"]);
     let file = image_file(&home);
     osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "img"]);

@@ -210,6 +210,7 @@ fn every_row_of_the_table_waits_for_the_build_and_the_task() {
         ServerAction::Suspend,
         ServerAction::Resume,
         ServerAction::TriggerCrashDump,
+        ServerAction::Restore,
     ] {
         let g = a.guard();
         assert!(!g.vm_states.is_empty(), "{a:?} is allowed somewhere");
@@ -341,6 +342,8 @@ fn issue_16_action_bodies_are_checked_as_nova_s_schemas() {
     assert!(refused(json!({"lock": {"locked_reason": 5}}), 73).message.contains("is not of type 'string'"));
     assert!(refused(json!({"lock": "why"}), 73).message.contains("is not of type ['object', 'null']"));
     assert_eq!(at(json!({"unlock": null}), 90).unwrap(), Action::Unlock);
+    assert_eq!(at(json!({"restore": null}), 1).unwrap(), Action::Restore);
+    assert_eq!(at(json!({"forceDelete": null}), 1).unwrap(), Action::ForceDelete);
 
     assert_eq!(
         at(json!({"os-resetState": {"state": "error"}}), 1).unwrap(),
