@@ -188,6 +188,10 @@ pub struct ComputeConfig {
     /// before stopping their qemu hard. Short on purpose: a sandbox is stopped often, and a
     /// guest without acpid would hold every `down` for nova's 60 s.
     pub shutdown_timeout_secs: u64,
+    /// nova's `reclaim_instance_interval`: above 0, a deleted server is only powered off and
+    /// SOFT_DELETED (`restore` brings it back, `forceDelete` deletes it now), and compute
+    /// reclaims it once it has been soft-deleted this long (by the test clock). 0 deletes at once.
+    pub reclaim_instance_interval: u64,
 }
 
 impl Default for ComputeConfig {
@@ -210,6 +214,7 @@ impl Default for ComputeConfig {
             config_drive_format: ConfigDriveFormat::Iso9660,
             image_cache_max_age_secs: 86400,
             shutdown_timeout_secs: 10,
+            reclaim_instance_interval: 0,
         }
     }
 }

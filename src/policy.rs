@@ -66,6 +66,9 @@ pub enum Action {
     ComputeFlavorAccessRemove,
     /// Acting on a server that is locked.
     ComputeLockOverride,
+    // Issue 16: server actions only an admin may take.
+    /// `os-resetState`: forcing a server's vm_state.
+    ComputeResetState,
     /// A port's `fixed_ips` chosen by the caller.
     NetworkPortFixedIps,
     /// A port's `mac_address` chosen by the caller.
@@ -155,6 +158,7 @@ impl Action {
             Action::ComputeFlavorAccessAdd => "os_compute_api:os-flavor-access:add_tenant_access",
             Action::ComputeFlavorAccessRemove => "os_compute_api:os-flavor-access:remove_tenant_access",
             Action::ComputeLockOverride => "os_compute_api:os-lock-server:unlock:unlock_override",
+            Action::ComputeResetState => "os_compute_api:os-admin-actions:reset_state",
             Action::NetworkPortFixedIps => "create_port:fixed_ips:ip_address",
             Action::NetworkPortMacAddress => "create_port:mac_address",
             Action::NetworkPortSecurity => "create_port:port_security_enabled",
@@ -202,7 +206,8 @@ impl Action {
             | ComputeFlavorManage
             | ComputeFlavorAccessAdd
             | ComputeFlavorAccessRemove
-            | ComputeLockOverride => Service::Compute,
+            | ComputeLockOverride
+            | ComputeResetState => Service::Compute,
             NetworkPortFixedIps
             | NetworkPortMacAddress
             | NetworkPortSecurity
@@ -241,6 +246,7 @@ impl Action {
             | ComputeFlavorAccessAdd
             | ComputeFlavorAccessRemove
             | ComputeLockOverride
+            | ComputeResetState
             | NetworkPortBinding
             | NetworkQuotaManage
             | ImagePublicize => Rule::Admin,

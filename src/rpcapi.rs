@@ -200,6 +200,28 @@ pub enum ComputeRequest {
         #[serde(default)]
         length: Option<usize>,
     },
+    // Issue 16: the state actions.
+    PauseInstance {
+        instance: Instance,
+    },
+    UnpauseInstance {
+        instance: Instance,
+    },
+    SuspendInstance {
+        instance: Instance,
+    },
+    ResumeInstance {
+        instance: Instance,
+    },
+    TriggerCrashDump {
+        instance: Instance,
+    },
+    SoftDeleteInstance {
+        instance: Instance,
+    },
+    RestoreInstance {
+        instance: Instance,
+    },
 }
 
 /// What is published on [`NOTIFICATIONS_TOPIC`].
@@ -525,6 +547,28 @@ impl ComputeApi {
         let request = ComputeRequest::GetConsoleOutput { instance: instance.clone(), length };
         decode(traced_call(&*self.bus, &compute_topic(host), request.to_message(ctx)?, self.timeout).await?)
     }
+    // Issue 16: casts, as nova's; the host reports the outcome through the conductor.
+    pub async fn pause_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::PauseInstance { instance: instance.clone() }).await
+    }
+    pub async fn unpause_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::UnpauseInstance { instance: instance.clone() }).await
+    }
+    pub async fn suspend_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::SuspendInstance { instance: instance.clone() }).await
+    }
+    pub async fn resume_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::ResumeInstance { instance: instance.clone() }).await
+    }
+    pub async fn trigger_crash_dump(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::TriggerCrashDump { instance: instance.clone() }).await
+    }
+    pub async fn soft_delete_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::SoftDeleteInstance { instance: instance.clone() }).await
+    }
+    pub async fn restore_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::RestoreInstance { instance: instance.clone() }).await
+    }
 }
 
 /// Publishes `compute.instance.*` notifications on the bus.
@@ -678,6 +722,13 @@ mod tests {
             ("detach_volume", json!({"instance": instance, "volume_id": "v1"})),
             ("get_console_output", json!({"instance": instance, "length": 10})),
             ("refresh_security_groups", json!({"filters": {"ports": [], "groups": {}}})),
+            ("pause_instance", json!({"instance": instance})),
+            ("unpause_instance", json!({"instance": instance})),
+            ("suspend_instance", json!({"instance": instance})),
+            ("resume_instance", json!({"instance": instance})),
+            ("trigger_crash_dump", json!({"instance": instance})),
+            ("soft_delete_instance", json!({"instance": instance})),
+            ("restore_instance", json!({"instance": instance})),
         ] {
             round_trips::<ComputeRequest>(old(method, args));
         }

@@ -365,8 +365,8 @@ impl ComputeManager {
                     }
                 }
             }
-            (VmState::Stopped, None) => {
-                // Its taps are needed again when it is started.
+            (VmState::Stopped | VmState::Suspended, None) => {
+                // Its taps are needed again when it is started (or resumed).
                 if let Ok(mut spec) = self.guest_spec(ctx, inst).await {
                     if let Err(e) = self.plug(&mut spec).await {
                         tracing::warn!(instance = %uuid, error = %e, "cannot plug a stopped guest's ports");
@@ -580,6 +580,92 @@ impl ComputeManager {
         }
     }
 
+    /// Pause, unpause, suspend and resume (issue 16), as nova's compute manager: the
+    /// `.start` notification, the driver, then the new state with the power state the driver
+    /// reports, expecting the task the API set; on failure the fault, and the task reverted or
+    /// the instance in ERROR (see [`StateAction::errors_out`]).
+    async fn state_action(&self, ctx: &Context, inst: &Instance, action: StateAction) {
+        let lock = self.lock_for(&inst.uuid);
+        let _held = lock.lock().await;
+        let (event, task, vm_state) = action.plan();
+        let span =
+            tracing::info_span!("state_action", action = event, instance = %inst.uuid, driver = self.driver.name());
+        async {
+            self.notifier.instance(ctx, &format!("compute.instance.{event}.start"), inst).await;
+            let result = async {
+                match action {
+                    StateAction::Pause => self.driver.pause(&inst.uuid).await,
+                    StateAction::Unpause => self.driver.unpause(&inst.uuid).await,
+                    StateAction::Suspend => self.driver.suspend(&inst.uuid).await,
+                    StateAction::Resume => self.driver.resume(&inst.uuid).await,
+                    StateAction::SoftDelete => self.driver.power_off(&inst.uuid).await,
+                    StateAction::Restore => self.driver.power_on(&inst.uuid).await,
+                }
+            }
+            .instrument(tracing::info_span!("driver", call = event))
+            .await;
+            let expected = Some(vec![Some(task)]);
+            match result {
+                Ok(()) => {
+                    let u = InstanceUpdate {
+                        vm_state: Some(vm_state),
+                        power_state: Some(self.driver.power_state(&inst.uuid).await),
+                        task_state: Some(None),
+                        expected_task_state: expected,
+                        ssh_forward: self.driver.ssh_forward(&inst.uuid).await,
+                        ..Default::default()
+                    };
+                    match self.conductor.instance_update(ctx, &inst.uuid, &u).await {
+                        Ok(updated) => {
+                            tracing::info!(vm_state = %vm_state, "{event} done");
+                            self.notifier.instance(ctx, &format!("compute.instance.{event}.end"), &updated).await;
+                            let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
+                        }
+                        Err(e) => tracing::info!(error = %e, "{event} result not recorded"),
+                    }
+                }
+                Err(e) => {
+                    let message = format!("{event} failed: {e}");
+                    tracing::warn!("{message}");
+                    let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &message, &self.host).await;
+                    let u = InstanceUpdate {
+                        task_state: Some(None),
+                        vm_state: action.errors_out().then_some(VmState::Error),
+                        power_state: Some(self.driver.power_state(&inst.uuid).await),
+                        expected_task_state: expected,
+                        ..Default::default()
+                    };
+                    let _ = self.conductor.instance_update(ctx, &inst.uuid, &u).await;
+                    let _ = self.conductor.action_finish(ctx, &inst.uuid, Some(&message)).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `trigger_crash_dump`: an NMI to the guest. Nothing in the instance's state changes (the
+    /// effect depends on how the guest's kernel is configured); a failure is the action's fault.
+    #[tracing::instrument(name = "trigger_crash_dump", skip_all, fields(instance = %inst.uuid))]
+    async fn trigger_crash_dump(&self, ctx: &Context, inst: &Instance) {
+        let lock = self.lock_for(&inst.uuid);
+        let _held = lock.lock().await;
+        self.notifier.instance(ctx, "compute.instance.trigger_crash_dump.start", inst).await;
+        match self.driver.trigger_crash_dump(&inst.uuid).await {
+            Ok(()) => {
+                tracing::info!("NMI injected");
+                self.notifier.instance(ctx, "compute.instance.trigger_crash_dump.end", inst).await;
+                let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
+            }
+            Err(e) => {
+                let message = format!("trigger_crash_dump failed: {e}");
+                tracing::warn!("{message}");
+                let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &message, &self.host).await;
+                let _ = self.conductor.action_finish(ctx, &inst.uuid, Some(&message)).await;
+            }
+        }
+    }
+
     /// Stops this host's guests as the service goes down (`novabox down`, Ctrl-C): ACPI, then
     /// hard after `[compute] shutdown_timeout_secs`. Their instances stay ACTIVE in the
     /// database, as nova leaves them across a host reboot, and `init_host` starts them again.
@@ -643,7 +729,7 @@ impl ComputeManager {
         let instances = self.conductor.instances_on_host(&ctx, &self.host).await?;
         self.reap_deleted_guests(&guests, &instances).await;
         for inst in instances {
-            if inst.task_state.is_some() || inst.vm_state != VmState::Active {
+            if inst.task_state.is_some() || !matches!(inst.vm_state, VmState::Active | VmState::Paused) {
                 continue;
             }
             let lock = self.lock_for(&inst.uuid);
@@ -654,14 +740,59 @@ impl ComputeManager {
             let actual = self.driver.power_state(&inst.uuid).await;
             if actual != inst.power_state {
                 tracing::warn!(instance = %inst.uuid, db = ?inst.power_state, driver = ?actual, "power state changed");
-                let stopped = actual != PowerState::Running;
+                // A paused guest that is gone (the host restarted) is stopped, as nova's sync
+                // stops it; one that runs again was unpaused behind the API's back.
+                let stopped = match inst.vm_state {
+                    VmState::Paused => {
+                        matches!(actual, PowerState::Shutdown | PowerState::Crashed | PowerState::NoState)
+                    }
+                    _ => actual != PowerState::Running,
+                };
                 let u = InstanceUpdate {
                     power_state: Some(actual),
                     vm_state: stopped.then_some(VmState::Stopped),
                     expected_task_state: Some(vec![None]),
+                    expected_vm_state: Some(vec![inst.vm_state]),
                     ..Default::default()
                 };
                 let _ = self.conductor.instance_update(&ctx, &inst.uuid, &u).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes for good the soft-deleted instances of this host whose
+    /// `reclaim_instance_interval` has passed (nova's `_reclaim_queued_deletes`), by the test
+    /// clock, so `novabox clock advance` reclaims them.
+    pub async fn reclaim_queued_deletes(&self) -> Result<(), BusError> {
+        let interval = self.config.compute.reclaim_instance_interval;
+        if interval == 0 {
+            return Ok(());
+        }
+        let ctx = Context::admin(Context::new_request_id());
+        let now = crate::clock::now();
+        for inst in self.conductor.instances_on_host(&ctx, &self.host).await? {
+            if inst.vm_state != VmState::SoftDeleted || inst.task_state.is_some() {
+                continue;
+            }
+            let since = inst.updated_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            let old_enough =
+                since.is_some_and(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() >= interval as i64);
+            if !old_enough {
+                continue;
+            }
+            let lock = self.lock_for(&inst.uuid);
+            let _held = lock.lock().await;
+            // Only while it is still soft-deleted and idle: a restore may have just begun.
+            let u = InstanceUpdate {
+                task_state: Some(Some(TaskState::Deleting)),
+                expected_task_state: Some(vec![None]),
+                expected_vm_state: Some(vec![VmState::SoftDeleted]),
+                ..Default::default()
+            };
+            if let Ok(deleting) = self.conductor.instance_update(&ctx, &inst.uuid, &u).await {
+                tracing::info!(instance = %inst.uuid, interval, "reclaiming a soft-deleted instance");
+                self.terminate(&ctx, &deleting).await;
             }
         }
         Ok(())
@@ -686,6 +817,9 @@ impl ComputeManager {
             if n % 3 == 0 {
                 if let Err(e) = self.sync_power_states().await {
                     tracing::warn!(error = %e, "power state sync failed");
+                }
+                if let Err(e) = self.reclaim_queued_deletes().await {
+                    tracing::warn!(error = %e, "soft-deleted instances not reclaimed");
                 }
                 // After the sync, which reaps guests whose rows are gone: their taps go next.
                 self.sweep_network(&Context::admin(Context::new_request_id())).await;
@@ -730,6 +864,39 @@ pub(crate) fn guest_spec(
         availability_zone: inst.availability_zone.clone(),
         network_info,
         volumes,
+    }
+}
+
+/// The state actions of issue 16: what each waits for, sets, and does when the driver fails.
+#[derive(Clone, Copy, Debug)]
+enum StateAction {
+    Pause,
+    Unpause,
+    Suspend,
+    Resume,
+    /// A delete deferred by `reclaim_instance_interval`: powered off, kept.
+    SoftDelete,
+    Restore,
+}
+
+impl StateAction {
+    /// (notification event, the task it runs under, the vm_state it ends in)
+    fn plan(self) -> (&'static str, TaskState, VmState) {
+        match self {
+            StateAction::Pause => ("pause", TaskState::Pausing, VmState::Paused),
+            StateAction::Unpause => ("unpause", TaskState::Unpausing, VmState::Active),
+            StateAction::Suspend => ("suspend", TaskState::Suspending, VmState::Suspended),
+            StateAction::Resume => ("resume", TaskState::Resuming, VmState::Active),
+            StateAction::SoftDelete => ("soft_delete", TaskState::SoftDeleting, VmState::SoftDeleted),
+            StateAction::Restore => ("restore", TaskState::Restoring, VmState::Active),
+        }
+    }
+
+    /// nova's suspend and resume run the driver inside `_error_out_instance_on_exception`: a
+    /// failed save or restore leaves the guest in an unknown state, so ERROR. A failed pause
+    /// or unpause only reverts the task (`@reverts_task_state`): the guest is as it was.
+    fn errors_out(self) -> bool {
+        matches!(self, StateAction::Suspend | StateAction::Resume)
     }
 }
 
@@ -778,6 +945,13 @@ impl Handler for ComputeManager {
             }
             R::AttachVolume { instance, volume } => self.attach_volume(&ctx, &instance.uuid, &volume).await,
             R::DetachVolume { instance, volume_id } => self.detach_volume(&ctx, &instance.uuid, &volume_id).await,
+            R::PauseInstance { instance } => self.state_action(&ctx, &instance, StateAction::Pause).await,
+            R::UnpauseInstance { instance } => self.state_action(&ctx, &instance, StateAction::Unpause).await,
+            R::SuspendInstance { instance } => self.state_action(&ctx, &instance, StateAction::Suspend).await,
+            R::ResumeInstance { instance } => self.state_action(&ctx, &instance, StateAction::Resume).await,
+            R::TriggerCrashDump { instance } => self.trigger_crash_dump(&ctx, &instance).await,
+            R::SoftDeleteInstance { instance } => self.state_action(&ctx, &instance, StateAction::SoftDelete).await,
+            R::RestoreInstance { instance } => self.state_action(&ctx, &instance, StateAction::Restore).await,
             R::GetConsoleOutput { instance, length } => {
                 let out = self
                     .driver
@@ -808,6 +982,13 @@ impl ComputeManager {
             R::DetachVolume { instance, .. } => ("detach_volume", Some(instance)),
             R::GetConsoleOutput { instance, .. } => ("get_console_output", Some(instance)),
             R::RefreshSecurityGroups { .. } => ("refresh_security_groups", None),
+            R::PauseInstance { instance } => ("pause_instance", Some(instance)),
+            R::UnpauseInstance { instance } => ("unpause_instance", Some(instance)),
+            R::SuspendInstance { instance } => ("suspend_instance", Some(instance)),
+            R::ResumeInstance { instance } => ("resume_instance", Some(instance)),
+            R::TriggerCrashDump { instance } => ("trigger_crash_dump", Some(instance)),
+            R::SoftDeleteInstance { instance } => ("soft_delete_instance", Some(instance)),
+            R::RestoreInstance { instance } => ("restore_instance", Some(instance)),
         };
         match instance {
             Some(inst) => self.fault_at(ctx, method, inst).await,
@@ -851,7 +1032,16 @@ impl ComputeManager {
                 // As a failed destroy: the fault is recorded, the server stays `deleting`.
                 let _ = self.conductor.instance_fault_create(ctx, &instance.uuid, 500, &message, &self.host).await;
             }
-            R::StopInstance { instance } | R::StartInstance { instance } | R::RebootInstance { instance, .. } => {
+            R::StopInstance { instance }
+            | R::StartInstance { instance }
+            | R::RebootInstance { instance, .. }
+            | R::PauseInstance { instance }
+            | R::UnpauseInstance { instance }
+            | R::SuspendInstance { instance }
+            | R::ResumeInstance { instance }
+            | R::TriggerCrashDump { instance }
+            | R::SoftDeleteInstance { instance }
+            | R::RestoreInstance { instance } => {
                 let _ = self.conductor.instance_fault_create(ctx, &instance.uuid, 500, &message, &self.host).await;
                 let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
                 let _ = self.conductor.instance_update(ctx, &instance.uuid, &u).await;

@@ -269,6 +269,12 @@ pub enum ServerAction {
     Start,
     Reboot,
     RebootHard,
+    Pause,
+    Unpause,
+    Suspend,
+    Resume,
+    TriggerCrashDump,
+    Restore,
 }
 
 /// What an action needs and sets: nova's `@check_instance_state` and the task it starts.
@@ -277,8 +283,9 @@ pub struct Guard {
     pub name: &'static str,
     /// The vm_states the action is allowed in; the task state must be none.
     pub vm_states: &'static [VmState],
-    /// The task state the action sets while it runs.
-    pub task: TaskState,
+    /// The task state the action sets while it runs; none for an action that changes no
+    /// state (nova's `trigger_crash_dump`).
+    pub task: Option<TaskState>,
 }
 
 impl ServerAction {
@@ -287,13 +294,34 @@ impl ServerAction {
         use VmState as V;
         match self {
             ServerAction::Stop => {
-                Guard { name: "stop", vm_states: &[V::Active, V::Error], task: TaskState::PoweringOff }
+                Guard { name: "stop", vm_states: &[V::Active, V::Error], task: Some(TaskState::PoweringOff) }
             }
-            ServerAction::Start => Guard { name: "start", vm_states: &[V::Stopped], task: TaskState::PoweringOn },
-            ServerAction::Reboot => Guard { name: "reboot", vm_states: &[V::Active], task: TaskState::Rebooting },
-            ServerAction::RebootHard => {
-                Guard { name: "reboot", vm_states: &[V::Active, V::Stopped, V::Error], task: TaskState::RebootingHard }
+            ServerAction::Start => Guard { name: "start", vm_states: &[V::Stopped], task: Some(TaskState::PoweringOn) },
+            ServerAction::Reboot => Guard { name: "reboot", vm_states: &[V::Active], task: Some(TaskState::Rebooting) },
+            ServerAction::RebootHard => Guard {
+                name: "reboot",
+                vm_states: &[V::Active, V::Stopped, V::Error],
+                task: Some(TaskState::RebootingHard),
+            },
+            ServerAction::Pause => Guard { name: "pause", vm_states: &[V::Active], task: Some(TaskState::Pausing) },
+            ServerAction::Unpause => {
+                Guard { name: "unpause", vm_states: &[V::Paused], task: Some(TaskState::Unpausing) }
             }
+            ServerAction::Suspend => {
+                Guard { name: "suspend", vm_states: &[V::Active], task: Some(TaskState::Suspending) }
+            }
+            ServerAction::Resume => {
+                Guard { name: "resume", vm_states: &[V::Suspended], task: Some(TaskState::Resuming) }
+            }
+            // nova's ALLOW_TRIGGER_CRASH_DUMP; the NMI changes no state, so no task runs.
+            ServerAction::Restore => {
+                Guard { name: "restore", vm_states: &[V::SoftDeleted], task: Some(TaskState::Restoring) }
+            }
+            ServerAction::TriggerCrashDump => Guard {
+                name: "trigger_crash_dump",
+                vm_states: &[V::Active, V::Paused, V::Rescued, V::Resized, V::Error],
+                task: None,
+            },
         }
     }
 }
@@ -366,6 +394,23 @@ mod tests {
         assert!(ServerAction::Stop.guard().vm_states.contains(&VmState::Error));
         assert!(!ServerAction::Reboot.guard().vm_states.contains(&VmState::Stopped));
         assert!(ServerAction::RebootHard.guard().vm_states.contains(&VmState::Stopped));
+        // Issue 16: the rows of nova's compute/api.py decorators.
+        let rows = [
+            (ServerAction::Pause, "pause", &[VmState::Active][..], Some(TaskState::Pausing)),
+            (ServerAction::Unpause, "unpause", &[VmState::Paused][..], Some(TaskState::Unpausing)),
+            (ServerAction::Suspend, "suspend", &[VmState::Active][..], Some(TaskState::Suspending)),
+            (ServerAction::Resume, "resume", &[VmState::Suspended][..], Some(TaskState::Resuming)),
+            (ServerAction::Restore, "restore", &[VmState::SoftDeleted][..], Some(TaskState::Restoring)),
+        ];
+        for (action, name, states, task) in rows {
+            let g = action.guard();
+            assert_eq!((g.name, g.vm_states, g.task), (name, states, task), "{action:?}");
+        }
+        let dump = ServerAction::TriggerCrashDump.guard();
+        assert_eq!((dump.name, dump.task), ("trigger_crash_dump", None));
+        assert!(dump.vm_states.contains(&VmState::Paused) && !dump.vm_states.contains(&VmState::Stopped));
+        assert_eq!(status(VmState::Paused, None), "PAUSED");
+        assert_eq!(status(VmState::Suspended, Some(TaskState::Resuming)), "SUSPENDED");
         assert_eq!(
             invalid_state_message("pause", "u1", VmState::Stopped, None),
             "Cannot 'pause' instance u1 while it is in vm_state stopped"

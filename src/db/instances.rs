@@ -46,6 +46,12 @@ pub struct Instance {
     /// User networking: `addr:port` on the compute host forwarded to the guest's port 22.
     #[serde(default)]
     pub ssh_forward: Option<String>,
+    /// Who locked it: "owner" or "admin" (nova's `locked_by`); none when unlocked.
+    #[serde(default)]
+    pub locked_by: Option<String>,
+    /// The reason given to `lock` (2.73).
+    #[serde(default)]
+    pub locked_reason: Option<String>,
 }
 
 /// The flavor as it was at boot; flavors may change or be deleted afterwards.
@@ -126,6 +132,13 @@ pub struct InstanceUpdate {
     pub access_ip_v6: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_forward: Option<String>,
+    /// Locks or unlocks (issue 16); `locked_by` and `locked_reason` go with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    pub locked_by: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    pub locked_reason: Option<Option<String>>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_task_state: Option<Vec<Option<TaskState>>>,
@@ -375,7 +388,7 @@ impl crate::db::listing::SortColumn for InstanceSortKey {
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
     availability_zone, vm_state, task_state, power_state, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
-    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward";
+    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward, locked_by, locked_reason";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
     let flavor: String = r.get(12)?;
@@ -413,6 +426,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         deleted: r.get::<_, i64>(29)? != 0,
         metadata: BTreeMap::new(),
         ssh_forward: r.get(31)?,
+        locked_by: r.get(32)?,
+        locked_reason: r.get(33)?,
     })
 }
 
@@ -656,6 +671,15 @@ impl Db {
         }
         if let Some(f) = &u.ssh_forward {
             set("ssh_forward", f.clone().into());
+        }
+        if let Some(l) = u.locked {
+            set("locked", i64::from(l).into());
+        }
+        if let Some(b) = &u.locked_by {
+            set("locked_by", b.clone().map_or(rusqlite::types::Value::Null, Into::into));
+        }
+        if let Some(r) = &u.locked_reason {
+            set("locked_reason", r.clone().map_or(rusqlite::types::Value::Null, Into::into));
         }
         args.push(uuid.to_string().into());
         let sql = format!("UPDATE instances SET {} WHERE uuid = ?{} AND deleted = 0", sets.join(", "), args.len());

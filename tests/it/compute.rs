@@ -683,3 +683,202 @@ async fn openstackclient_server_groups_and_usage_on_one_host() {
     let groups = osc_json(&home, &["server", "group", "list"]);
     assert_eq!(groups.as_array().map(Vec::len), Some(0), "{groups}");
 }
+
+/// Issue 16's state actions through python-openstackclient on the fake driver: each walks
+/// nova's states, refuses the wrong state with nova's 409, is recorded as an instance action
+/// and notified; a locked server refuses its owner; only an admin resets a state.
+#[test]
+fn openstackclient_pause_suspend_lock_reset_state_and_dump() {
+    use crate::clients::{image_file, osc, osc_json, osc_output};
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let _stack = home.up(&[]);
+    let file = image_file(&home);
+    osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "img"]);
+    let vm = osc_json(
+        &home,
+        &["server", "create", "--image", "img", "--flavor", "m1.nano", "--nic", "none", "--wait", "vm"],
+    );
+    let id = vm["id"].as_str().unwrap().to_string();
+    let wait = |want: &str| -> serde_json::Value {
+        for _ in 0..200 {
+            let s = osc_json(&home, &["server", "show", "vm"]);
+            if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("vm never reached {want}\n{}", home.up_log());
+    };
+    let refused = |args: &[&str]| -> String {
+        let out = osc_output(&home, args);
+        assert!(!out.status.success(), "openstack {args:?} should have failed:\n{}", stdout(&out));
+        stderr(&out)
+    };
+    let conflict = |args: &[&str], action: &str, vm_state: &str| {
+        let err = refused(args);
+        let text = format!("Cannot '{action}' instance {id} while it is in vm_state {vm_state}");
+        assert!(err.contains(&text) && err.contains("409"), "{args:?}: {err}");
+    };
+
+    conflict(&["server", "unpause", "vm"], "unpause", "active");
+    conflict(&["server", "resume", "vm"], "resume", "active");
+    osc(&home, &["server", "pause", "vm"]);
+    let paused = wait("PAUSED");
+    assert_eq!(paused["OS-EXT-STS:vm_state"], "paused");
+    assert_eq!(paused["OS-EXT-STS:power_state"], 3, "{paused}");
+    conflict(&["server", "pause", "vm"], "pause", "paused");
+    conflict(&["server", "suspend", "vm"], "suspend", "paused");
+    osc(&home, &["server", "unpause", "vm"]);
+    wait("ACTIVE");
+
+    osc(&home, &["server", "suspend", "vm"]);
+    let suspended = wait("SUSPENDED");
+    assert_eq!(suspended["OS-EXT-STS:vm_state"], "suspended");
+    conflict(&["server", "pause", "vm"], "pause", "suspended");
+    conflict(&["server", "stop", "vm"], "stop", "suspended");
+    osc(&home, &["server", "resume", "vm"]);
+    assert_eq!(wait("ACTIVE")["OS-EXT-STS:power_state"], 1);
+
+    // Locked by the owner with a reason (2.73): shown, and only an admin acts on it.
+    osc(&home, &["--os-compute-api-version", "2.73", "server", "lock", "--reason", "backup running", "vm"]);
+    let locked = osc_json(&home, &["--os-compute-api-version", "2.73", "server", "show", "vm"]);
+    assert_eq!(
+        (locked["locked"].clone(), locked["locked_reason"].clone()),
+        (json!(true), json!("backup running")),
+        "{locked}"
+    );
+    let err = refused(&["server", "pause", "vm"]);
+    assert!(err.contains(&format!("Instance {id} is locked")) && err.contains("409"), "{err}");
+    assert_eq!(osc_json(&home, &["server", "show", "vm"])["status"], "ACTIVE", "a refused action changes nothing");
+    osc(&home, &["--os-cloud", "novabox-admin", "server", "pause", &id]);
+    wait("PAUSED");
+    osc(&home, &["server", "unlock", "vm"]);
+    let unlocked = osc_json(&home, &["--os-compute-api-version", "2.73", "server", "show", "vm"]);
+    assert_eq!((unlocked["locked"].clone(), unlocked["locked_reason"].clone()), (json!(false), json!(null)));
+    osc(&home, &["server", "unpause", "vm"]);
+    wait("ACTIVE");
+
+    // trigger_crash_dump (2.17): the fake guest notes the NMI on its console.
+    osc(&home, &["--os-compute-api-version", "2.17", "server", "dump", "create", "vm"]);
+    let mut console = String::new();
+    for _ in 0..50 {
+        console = osc(&home, &["console", "log", "show", "vm"]);
+        if console.contains("NMI received") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(console.contains("NMI received"), "{console}");
+
+    // os-resetState: an admin's; the owner meets nova's policy text.
+    let err = refused(&["server", "set", "--state", "error", "--auto-approve", "vm"]);
+    assert!(err.contains("os_compute_api:os-admin-actions:reset_state") && err.contains("403"), "{err}");
+    osc(&home, &["--os-cloud", "novabox-admin", "server", "set", "--state", "error", "--auto-approve", &id]);
+    assert_eq!(osc_json(&home, &["server", "show", "vm"])["status"], "ERROR");
+    osc(&home, &["--os-cloud", "novabox-admin", "server", "set", "--state", "active", "--auto-approve", &id]);
+    assert_eq!(osc_json(&home, &["server", "show", "vm"])["status"], "ACTIVE");
+
+    // Every action is in os-instance-actions, finished without an error, and the host's
+    // actions were notified.
+    let events = osc_json(&home, &["server", "event", "list", "vm"]);
+    let mut names: Vec<String> =
+        events.as_array().unwrap().iter().map(|e| e["Action"].as_str().unwrap_or_default().to_string()).collect();
+    names.reverse();
+    let want = [
+        "create",
+        "pause",
+        "unpause",
+        "suspend",
+        "resume",
+        "lock",
+        "pause",
+        "unlock",
+        "unpause",
+        "trigger_crash_dump",
+        "reset_state",
+        "reset_state",
+    ];
+    assert_eq!(names, want, "{events}");
+    let notified = events_of(&home, &id);
+    for action in ["pause", "unpause", "suspend", "resume", "trigger_crash_dump"] {
+        for phase in ["start", "end"] {
+            let event = format!("compute.instance.{action}.{phase}");
+            assert!(notified.contains(&event), "{event} missing from {notified:?}");
+        }
+    }
+    osc(&home, &["server", "delete", "--wait", "vm"]);
+}
+
+/// `[compute] reclaim_instance_interval` through python-openstackclient: a delete only powers
+/// the server off (SOFT_DELETED), `server restore` brings it back, `server delete --force`
+/// deletes it at once, and compute reclaims one whose interval passed by the test clock.
+#[test]
+fn openstackclient_soft_delete_restore_force_delete_and_reclaim() {
+    use crate::clients::{image_file, osc, osc_json, osc_output};
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    home.edit_config(&[
+        ("heartbeat_secs = 10", "heartbeat_secs = 1"),
+        ("reclaim_instance_interval = 0", "reclaim_instance_interval = 3600"),
+    ]);
+    let _stack = home.up(&["--faults"]);
+    let file = image_file(&home);
+    osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "img"]);
+    let boot = |name: &str| -> String {
+        let s = osc_json(
+            &home,
+            &["server", "create", "--image", "img", "--flavor", "m1.nano", "--nic", "none", "--wait", name],
+        );
+        s["id"].as_str().unwrap().to_string()
+    };
+    let (kept, reclaimed) = (boot("kept"), boot("reclaimed"));
+    let wait = |id: &str, want: &str| -> serde_json::Value {
+        for _ in 0..300 {
+            let s = osc_json(&home, &["server", "show", id]);
+            if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{id} never reached {want}\n{}", home.up_log());
+    };
+    let gone = |id: &str| -> bool {
+        for _ in 0..300 {
+            let out = osc_output(&home, &["server", "show", id]);
+            if !out.status.success() {
+                return stderr(&out).to_lowercase().contains("no server");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+
+    osc(&home, &["server", "delete", &kept]);
+    let soft = wait(&kept, "SOFT_DELETED");
+    assert_eq!(
+        (soft["OS-EXT-STS:vm_state"].clone(), soft["OS-EXT-STS:power_state"].clone()),
+        (json!("soft-delete"), json!(4))
+    );
+    let err = stderr(&osc_output(&home, &["server", "pause", &kept]));
+    assert!(err.contains(&format!("Cannot 'pause' instance {kept} while it is in vm_state soft-delete")), "{err}");
+    osc(&home, &["server", "restore", &kept]);
+    assert_eq!(wait(&kept, "ACTIVE")["OS-EXT-STS:power_state"], 1);
+    let err = stderr(&osc_output(&home, &["server", "restore", &kept]));
+    assert!(err.contains(&format!("Cannot 'restore' instance {kept} while it is in vm_state active")), "{err}");
+    let events = osc_json(&home, &["server", "event", "list", &kept]);
+    let names: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["Action"].as_str()).collect();
+    assert_eq!(names, ["restore", "delete", "create"], "{events}");
+
+    osc(&home, &["server", "delete", &kept]);
+    wait(&kept, "SOFT_DELETED");
+    osc(&home, &["server", "delete", "--force", &kept]);
+    assert!(gone(&kept), "forceDelete deletes a soft-deleted server");
+
+    osc(&home, &["server", "delete", &reclaimed]);
+    wait(&reclaimed, "SOFT_DELETED");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(osc_json(&home, &["server", "show", &reclaimed])["status"], "SOFT_DELETED", "kept within the interval");
+    assert_ok(&run(home.novabox().args(["clock", "advance", "3601"])));
+    assert!(gone(&reclaimed), "not reclaimed after the interval:\n{}", home.up_log());
+}

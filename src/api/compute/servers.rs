@@ -118,7 +118,7 @@ pub(super) fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microver
         o["trusted_image_certificates"] = Value::Null;
     }
     if v.at_least(73) {
-        o["locked_reason"] = Value::Null;
+        o["locked_reason"] = json!(inst.locked_reason);
     }
     if let Some(f) = &d.fault {
         let mut fault = json!({"code": f.code, "created": f.created_at, "message": f.message});
@@ -216,11 +216,12 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
 pub async fn action(
     State(state): State<AppState>,
     auth: Auth,
+    v: Microversion,
     Path(id): Path<String>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
     let (body, _) = parse_body::<Value>(body)?;
-    let action = Action::parse(&body)?;
+    let action = Action::parse(&body, v)?;
     Ok(match ComputeApi::new(&state).action(&auth, &id, action).await? {
         Outcome::Accepted => StatusCode::ACCEPTED.into_response(),
         Outcome::ConsoleOutput(output) => Json(json!({ "output": output })).into_response(),

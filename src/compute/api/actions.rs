@@ -5,9 +5,10 @@
 use super::create::project_security_group;
 use super::{Action, ComputeApi, ComputeError, Result};
 use crate::api::context::Auth;
-use crate::compute::states::{self, ServerAction};
+use crate::compute::states::{self, ServerAction, VmState};
 use crate::db::instances::{Instance, InstanceUpdate, UpdateError};
 use crate::db::network::SecurityGroup;
+use crate::policy::{self, Target};
 
 /// What an accepted action gives back.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +49,34 @@ impl ComputeApi<'_> {
             }
             Action::AddSecurityGroup { name } => self.change_security_group(auth, &inst, &name, true).await?,
             Action::RemoveSecurityGroup { name } => self.change_security_group(auth, &inst, &name, false).await?,
+            Action::Pause => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::Pause)?;
+                rpc.pause_instance(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::Unpause => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::Unpause)?;
+                rpc.unpause_instance(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::Suspend => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::Suspend)?;
+                rpc.suspend_instance(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::Resume => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::Resume)?;
+                rpc.resume_instance(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::TriggerCrashDump => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::TriggerCrashDump)?;
+                rpc.trigger_crash_dump(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::Restore => {
+                let (host, i) = self.begin(auth, &inst, name, ServerAction::Restore)?;
+                rpc.restore_instance(ctx, &host, &i).await.map_err(ComputeError::NotDelivered)?;
+            }
+            Action::ForceDelete => self.delete_now(auth, &inst).await?,
+            Action::Lock { reason } => self.lock(auth, &inst, reason)?,
+            Action::Unlock => self.unlock(auth, &inst)?,
+            Action::ResetState { state } => self.reset_state(auth, &inst, state)?,
         }
         Ok(Outcome::Accepted)
     }
@@ -78,7 +107,7 @@ impl ComputeApi<'_> {
             return Err(ComputeError::Locked(inst.uuid.clone()));
         }
         let u = InstanceUpdate {
-            task_state: Some(Some(task)),
+            task_state: Some(task),
             expected_task_state: Some(vec![None]),
             expected_vm_state: Some(vm_states.to_vec()),
             ..Default::default()
@@ -103,6 +132,65 @@ impl ComputeApi<'_> {
                 Err(ComputeError::InvalidState { action, uuid: inst.uuid.clone(), vm_state, task_state })
             }
         }
+    }
+
+    /// `lock`, as nova's: the owner locking a locked server changes nothing; otherwise the
+    /// server is locked by its owner or by an admin, with the reason (2.73), and the action is
+    /// recorded. Only the API is involved: a lock is a row, not something the guest sees.
+    fn lock(&self, auth: &Auth, inst: &Instance, reason: Option<String>) -> Result<()> {
+        let is_owner = inst.project_id == auth.project_id();
+        if inst.locked && is_owner {
+            return Ok(());
+        }
+        let u = InstanceUpdate {
+            locked: Some(true),
+            locked_by: Some(Some(if is_owner { "owner" } else { "admin" }.to_string())),
+            // nova keeps an earlier reason when the new lock gives none.
+            locked_reason: reason.map(Some),
+            ..Default::default()
+        };
+        self.api_action(auth, inst, "lock", &u)
+    }
+
+    /// `unlock`: a lock taken by an admin is lifted by the owner only with nova's
+    /// `unlock_override` policy (an admin's).
+    fn unlock(&self, auth: &Auth, inst: &Instance) -> Result<()> {
+        let expected = if inst.project_id == auth.project_id() { "owner" } else { "admin" };
+        if inst.locked_by.as_deref().is_some_and(|by| by != expected) {
+            let target = Target { project_id: Some(&inst.project_id), ..Target::default() };
+            auth.authorize(policy::Action::ComputeLockOverride, &target)?;
+        }
+        let u = InstanceUpdate {
+            locked: Some(false),
+            locked_by: Some(None),
+            locked_reason: Some(None),
+            ..Default::default()
+        };
+        self.api_action(auth, inst, "unlock", &u)
+    }
+
+    /// `os-resetState` (admin): the vm_state forced, the task state cleared, whatever they
+    /// were; recorded as nova records it (`reset_state`).
+    fn reset_state(&self, auth: &Auth, inst: &Instance, state: VmState) -> Result<()> {
+        let target = Target { project_id: Some(&inst.project_id), ..Target::default() };
+        auth.authorize(policy::Action::ComputeResetState, &target)?;
+        let u = InstanceUpdate { vm_state: Some(state), task_state: Some(None), ..Default::default() };
+        self.api_action(auth, inst, "reset_state", &u)
+    }
+
+    /// An action done entirely in the API: the change and its instance action, started and
+    /// finished, in one transaction.
+    fn api_action(&self, auth: &Auth, inst: &Instance, action: &str, u: &InstanceUpdate) -> Result<()> {
+        let ctx = &auth.context;
+        let result = self.state.db.tx(|db| -> crate::db::Result<_> {
+            let r = db.update_instance(&inst.uuid, u)?;
+            if r.is_ok() {
+                db.start_instance_action(&inst.uuid, action, &ctx.request_id, auth.user_id(), auth.project_id())?;
+                db.finish_instance_action(&ctx.request_id, &inst.uuid, None)?;
+            }
+            Ok(r)
+        })?;
+        result.map(|_| ()).map_err(|_| ComputeError::InstanceNotFound(inst.uuid.clone()))
     }
 
     /// `addSecurityGroup` (`add`) and `removeSecurityGroup`, as nova proxies them to neutron:

@@ -3,7 +3,7 @@
 
 use super::{ComputeApi, ComputeError, Result};
 use crate::api::context::Auth;
-use crate::compute::states::TaskState;
+use crate::compute::states::{TaskState, VmState};
 use crate::db::instances::{Instance, InstanceUpdate};
 
 impl ComputeApi<'_> {
@@ -12,10 +12,49 @@ impl ComputeApi<'_> {
         if inst.locked && !auth.is_admin() {
             return Err(ComputeError::Locked(id.to_string()));
         }
+        // nova's `reclaim_instance_interval`: a launched server on a live host is only
+        // powered off and kept (SOFT_DELETED); a soft-deleted one is deleted for good.
+        if self.state.config.compute.reclaim_instance_interval > 0
+            && inst.vm_state != VmState::SoftDeleted
+            && inst.launched_at.is_some()
+        {
+            if let Some(host) = self.live_host(&inst)? {
+                return self.soft_delete(auth, &inst, &host).await;
+            }
+        }
+        self.delete_now(auth, &inst).await
+    }
+
+    /// Powers the server off and marks it SOFT_DELETED, through its compute host.
+    async fn soft_delete(&self, auth: &Auth, inst: &Instance, host: &str) -> Result<()> {
+        let id = &inst.uuid;
+        let u = InstanceUpdate { task_state: Some(Some(TaskState::SoftDeleting)), ..Default::default() };
+        let inst = self
+            .state
+            .db
+            .tx(|db| -> crate::db::Result<_> {
+                let r = db.update_instance(id, &u)?;
+                db.start_instance_action(id, "delete", &auth.context.request_id, auth.user_id(), auth.project_id())?;
+                Ok(r)
+            })?
+            .map_err(|_| ComputeError::InstanceNotFound(id.to_string()))?;
+        self.state
+            .compute_api()
+            .soft_delete_instance(&auth.context, host, &inst)
+            .await
+            .map_err(ComputeError::NotDelivered)
+    }
+
+    /// nova's `_delete_instance` (also `forceDelete`): through the host, else locally.
+    pub(super) async fn delete_now(&self, auth: &Auth, inst: &Instance) -> Result<()> {
+        let id = inst.uuid.as_str();
+        if inst.locked && !auth.is_admin() {
+            return Err(ComputeError::Locked(id.to_string()));
+        }
         if inst.task_state == Some(TaskState::Deleting) {
             return Ok(());
         }
-        let host = self.live_host(&inst)?;
+        let host = self.live_host(inst)?;
         let u = InstanceUpdate { task_state: Some(Some(TaskState::Deleting)), ..Default::default() };
         let inst = self
             .state

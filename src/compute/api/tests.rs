@@ -168,7 +168,7 @@ fn updates_follow_the_microversion() {
 
 #[test]
 fn actions_are_typed_from_their_bodies() {
-    let parse = |b: Value| Action::parse(&b);
+    let parse = |b: Value| Action::parse(&b, Microversion(1));
     assert_eq!(parse(json!({"os-stop": null})).unwrap(), Action::Stop);
     assert_eq!(parse(json!({"os-start": {}})).unwrap(), Action::Start);
     assert_eq!(parse(json!({"reboot": {"type": "hard"}})).unwrap(), Action::Reboot { hard: true });
@@ -211,7 +211,18 @@ fn actions_are_typed_from_their_bodies() {
 
 #[test]
 fn every_row_of_the_table_waits_for_the_build_and_the_task() {
-    for a in [ServerAction::Stop, ServerAction::Start, ServerAction::Reboot, ServerAction::RebootHard] {
+    for a in [
+        ServerAction::Stop,
+        ServerAction::Start,
+        ServerAction::Reboot,
+        ServerAction::RebootHard,
+        ServerAction::Pause,
+        ServerAction::Unpause,
+        ServerAction::Suspend,
+        ServerAction::Resume,
+        ServerAction::TriggerCrashDump,
+        ServerAction::Restore,
+    ] {
         let g = a.guard();
         assert!(!g.vm_states.is_empty(), "{a:?} is allowed somewhere");
         assert!(!g.vm_states.contains(&VmState::Building), "{a:?} waits for the build");
@@ -310,4 +321,121 @@ async fn the_state_table_refuses_with_nova_s_409_and_nothing_changes() {
     // No compute host: the action is refused before any state changes.
     let e = api.action(&owner, &inst.uuid, Action::Reboot { hard: true }).await.unwrap_err();
     assert!(matches!(e, ComputeError::HostUnavailable { action: "reboot", .. }), "{e}");
+}
+
+#[test]
+fn issue_16_action_bodies_are_checked_as_nova_s_schemas() {
+    let at = |b: Value, v: u32| Action::parse(&b, Microversion(v));
+    for (key, action) in [
+        ("pause", Action::Pause),
+        ("unpause", Action::Unpause),
+        ("suspend", Action::Suspend),
+        ("resume", Action::Resume),
+    ] {
+        assert_eq!(at(json!({ key: null }), 1).unwrap(), action);
+        assert_eq!(action.name(), key);
+    }
+    // lock: anything before 2.73, where nova's schema has no properties.
+    assert_eq!(at(json!({"lock": {"locked_reason": "x"}}), 72).unwrap(), Action::Lock { reason: None });
+    assert_eq!(at(json!({"lock": null}), 73).unwrap(), Action::Lock { reason: None });
+    assert_eq!(
+        at(json!({"lock": {"locked_reason": "maintenance"}}), 73).unwrap(),
+        Action::Lock { reason: Some("maintenance".into()) }
+    );
+    let refused = |b: Value, v: u32| ApiError::from(at(b, v).unwrap_err());
+    let e = refused(json!({"lock": {"reason": "x"}}), 73);
+    assert_eq!(
+        (e.status, e.message.as_str()),
+        (StatusCode::BAD_REQUEST, "Additional properties are not allowed ('reason' was unexpected)")
+    );
+    assert_eq!(refused(json!({"lock": {"locked_reason": ""}}), 73).status, StatusCode::BAD_REQUEST);
+    assert!(refused(json!({"lock": {"locked_reason": "x".repeat(256)}}), 73).message.contains("too long"));
+    assert!(refused(json!({"lock": {"locked_reason": 5}}), 73).message.contains("is not of type 'string'"));
+    assert!(refused(json!({"lock": "why"}), 73).message.contains("is not of type ['object', 'null']"));
+    assert_eq!(at(json!({"unlock": null}), 90).unwrap(), Action::Unlock);
+    assert_eq!(at(json!({"restore": null}), 1).unwrap(), Action::Restore);
+    assert_eq!(at(json!({"forceDelete": null}), 1).unwrap(), Action::ForceDelete);
+
+    assert_eq!(
+        at(json!({"os-resetState": {"state": "error"}}), 1).unwrap(),
+        Action::ResetState { state: VmState::Error }
+    );
+    assert_eq!(
+        at(json!({"os-resetState": {"state": "active"}}), 1).unwrap(),
+        Action::ResetState { state: VmState::Active }
+    );
+    let e = refused(json!({"os-resetState": {"state": "stopped"}}), 1);
+    assert_eq!(
+        e.message,
+        "Invalid input for field/attribute state. Value: stopped. 'stopped' is not one of ['active', 'error']"
+    );
+    assert_eq!(refused(json!({"os-resetState": {}}), 1).message, "'state' is a required property");
+    assert_eq!(refused(json!({"os-resetState": null}), 1).status, StatusCode::BAD_REQUEST);
+
+    // trigger_crash_dump exists from 2.17 on, and takes only null.
+    assert_eq!(at(json!({"trigger_crash_dump": null}), 17).unwrap(), Action::TriggerCrashDump);
+    assert_eq!(refused(json!({"trigger_crash_dump": null}), 16).status, StatusCode::NOT_FOUND);
+    assert!(refused(json!({"trigger_crash_dump": {}}), 17).message.contains("is not of type 'null'"));
+}
+
+#[tokio::test]
+async fn lock_unlock_and_reset_state_as_nova_s_api_does_them() {
+    let c = Cloud::new();
+    let inst = c.state.db.with(|db| {
+        let new = crate::db::instances::tests::new_instance(db, "vm");
+        db.create_instance(&new).unwrap()
+    });
+    let api = ComputeApi::new(&c.state);
+    let owner = caller(&inst.project_id, false);
+    let admin = caller("admin-project", true);
+    let row = || api.get(&admin, &inst.uuid).unwrap();
+    let actions = || {
+        let list = c.state.db.with(|db| db.instance_actions(&inst.uuid)).unwrap();
+        list.iter().map(|a| a["action"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>()
+    };
+    let u = InstanceUpdate { vm_state: Some(VmState::Active), task_state: Some(None), ..Default::default() };
+    c.state.db.with(|db| db.update_instance(&inst.uuid, &u)).unwrap().unwrap();
+
+    // An admin locks the owner's server, with a reason.
+    api.action(&admin, &inst.uuid, Action::Lock { reason: Some("disk check".into()) }).await.unwrap();
+    let locked = row();
+    assert!(locked.locked);
+    assert_eq!((locked.locked_by.as_deref(), locked.locked_reason.as_deref()), (Some("admin"), Some("disk check")));
+    assert_eq!(actions().first().map(String::as_str), Some("lock"));
+    // The owner is refused every guarded action, in nova's words, and nothing changes.
+    for action in [ServerAction::Pause, ServerAction::Suspend, ServerAction::Stop, ServerAction::TriggerCrashDump] {
+        let e = api.begin_action(&owner, &locked, action).unwrap_err();
+        let e = ApiError::from(e);
+        assert_eq!((e.status, e.message.clone()), (StatusCode::CONFLICT, format!("Instance {} is locked", inst.uuid)));
+    }
+    assert_eq!(row().task_state, None);
+    // ... and cannot lift an admin's lock without nova's unlock_override policy.
+    let e = ApiError::from(api.action(&owner, &inst.uuid, Action::Unlock).await.unwrap_err());
+    assert_eq!(e.status, StatusCode::FORBIDDEN);
+    assert_eq!(e.message, "Policy doesn't allow os_compute_api:os-lock-server:unlock:unlock_override to be performed.");
+    assert!(row().locked);
+    // The admin can act on the locked server, and unlock it.
+    let pausing = api.begin_action(&admin, &locked, ServerAction::Pause).unwrap();
+    assert_eq!(pausing.task_state, Some(TaskState::Pausing));
+    api.action(&admin, &inst.uuid, Action::Unlock).await.unwrap();
+    let unlocked = row();
+    assert!(!unlocked.locked && unlocked.locked_by.is_none() && unlocked.locked_reason.is_none());
+
+    // The owner locks its own server, then unlocks it itself.
+    api.action(&owner, &inst.uuid, Action::Lock { reason: None }).await.unwrap();
+    assert_eq!(row().locked_by.as_deref(), Some("owner"));
+    api.action(&owner, &inst.uuid, Action::Unlock).await.unwrap();
+    assert!(!row().locked);
+
+    // os-resetState: admin only (the stuck pause's task is cleared), refused to the owner.
+    let e =
+        ApiError::from(api.action(&owner, &inst.uuid, Action::ResetState { state: VmState::Error }).await.unwrap_err());
+    assert_eq!(e.status, StatusCode::FORBIDDEN);
+    assert_eq!(row().task_state, Some(TaskState::Pausing));
+    api.action(&admin, &inst.uuid, Action::ResetState { state: VmState::Error }).await.unwrap();
+    let reset = row();
+    assert_eq!((reset.vm_state, reset.task_state), (VmState::Error, None));
+    assert_eq!(actions().first().map(String::as_str), Some("reset_state"));
+    let finished = c.state.db.with(|db| db.instance_actions(&inst.uuid)).unwrap();
+    assert!(finished[0]["updated_at"].is_string(), "an API-only action is finished at once: {}", finished[0]);
 }

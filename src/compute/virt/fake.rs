@@ -12,6 +12,8 @@ struct FakeGuest {
     power_state: PowerState,
     console: String,
     volumes: Vec<String>,
+    /// NMIs received (`trigger_crash_dump`).
+    nmis: u32,
 }
 
 pub struct FakeDriver {
@@ -67,7 +69,7 @@ impl VirtDriver for FakeDriver {
         self.guests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.uuid.clone(), FakeGuest { power_state: PowerState::Running, console, volumes });
+            .insert(spec.uuid.clone(), FakeGuest { power_state: PowerState::Running, console, volumes, nmis: 0 });
         Ok(())
     }
 
@@ -95,6 +97,35 @@ impl VirtDriver for FakeDriver {
             g.power_state = PowerState::Running;
             g.console.push_str(if hard { "hard reset\n" } else { "reboot: Restarting system\n" });
         })
+    }
+
+    async fn pause(&self, uuid: &str) -> Result<(), VirtError> {
+        self.change_power(uuid, PowerState::Running, PowerState::Paused, "paused\n")
+    }
+
+    async fn unpause(&self, uuid: &str) -> Result<(), VirtError> {
+        self.change_power(uuid, PowerState::Paused, PowerState::Running, "unpaused\n")
+    }
+
+    /// The fake's saved state is its entry: it stays, off, until resumed.
+    async fn suspend(&self, uuid: &str) -> Result<(), VirtError> {
+        self.change_power(uuid, PowerState::Running, PowerState::Shutdown, "memory saved, suspended\n")
+    }
+
+    async fn resume(&self, uuid: &str) -> Result<(), VirtError> {
+        self.change_power(uuid, PowerState::Shutdown, PowerState::Running, "memory restored, resumed\n")
+    }
+
+    async fn trigger_crash_dump(&self, uuid: &str) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| {
+            if g.power_state == PowerState::Running || g.power_state == PowerState::Paused {
+                g.nmis += 1;
+                g.console.push_str("NMI received\n");
+                Ok(())
+            } else {
+                Err(VirtError::Failed(format!("guest {uuid} is not running")))
+            }
+        })?
     }
 
     async fn power_state(&self, uuid: &str) -> PowerState {
@@ -129,6 +160,24 @@ impl VirtDriver for FakeDriver {
 }
 
 impl FakeDriver {
+    /// Moves the guest from power state `from` to `to`, as a hypervisor refuses a pause of a
+    /// guest that is not running.
+    fn change_power(&self, uuid: &str, from: PowerState, to: PowerState, line: &str) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| {
+            if g.power_state != from {
+                return Err(VirtError::Failed(format!("guest {uuid} is {:?}, not {from:?}", g.power_state)));
+            }
+            g.power_state = to;
+            g.console.push_str(line);
+            Ok(())
+        })?
+    }
+
+    /// The NMIs a guest received, for tests.
+    pub fn nmis(&self, uuid: &str) -> u32 {
+        self.with_guest(uuid, |g| g.nmis).unwrap_or(0)
+    }
+
     /// The volumes a guest has, for tests.
     pub fn volumes(&self, uuid: &str) -> Vec<String> {
         self.with_guest(uuid, |g| g.volumes.clone()).unwrap_or_default()
@@ -156,6 +205,18 @@ mod tests {
         d.detach_volume("u1", "v1").await.unwrap();
         assert!(d.volumes("u1").is_empty());
         assert!(d.attach_volume("nobody", &disk).await.is_err());
+        d.pause("u1").await.unwrap();
+        assert_eq!(d.power_state("u1").await, PowerState::Paused);
+        assert!(d.pause("u1").await.is_err(), "a paused guest cannot be paused again");
+        d.trigger_crash_dump("u1").await.unwrap();
+        assert_eq!(d.nmis("u1"), 1);
+        d.unpause("u1").await.unwrap();
+        d.suspend("u1").await.unwrap();
+        assert_eq!(d.power_state("u1").await, PowerState::Shutdown);
+        assert!(d.trigger_crash_dump("u1").await.is_err(), "no NMI reaches a saved guest");
+        assert!(d.unpause("u1").await.is_err());
+        d.resume("u1").await.unwrap();
+        assert_eq!(d.power_state("u1").await, PowerState::Running);
         d.destroy("u1").await.unwrap();
         d.destroy("u1").await.unwrap();
         assert_eq!(d.power_state("u1").await, PowerState::NoState);

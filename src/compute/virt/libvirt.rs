@@ -261,7 +261,9 @@ impl LibvirtDriver {
             if dom.is_active().unwrap_or(false) {
                 dom.destroy().map_err(|e| lv("cannot stop the domain", e))?;
             }
-            dom.undefine().map_err(|e| lv("cannot undefine the domain", e))?;
+            // A suspended guest's managed save goes with it.
+            dom.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+                .map_err(|e| lv("cannot undefine the domain", e))?;
             Ok(true)
         })
         .await
@@ -269,6 +271,28 @@ impl LibvirtDriver {
 }
 
 /// The guest's domain, None when libvirt does not know it.
+impl LibvirtDriver {
+    /// Runs `f` on the guest's domain, which must be running.
+    async fn on_active(
+        &self,
+        uuid: &str,
+        what: &'static str,
+        f: impl FnOnce(&Domain) -> Result<(), virt::error::Error> + Send + 'static,
+    ) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        self.record(&dir, uuid)?;
+        let id = uuid.to_string();
+        self.blocking(move |conn| {
+            let dom = lookup(conn, &id)?.ok_or_else(|| failed(format!("guest {id} is not running")))?;
+            if !dom.is_active().unwrap_or(false) {
+                return Err(failed(format!("guest {id} is not running")));
+            }
+            f(&dom).map_err(|e| lv(&format!("cannot {what} the guest"), e))
+        })
+        .await
+    }
+}
+
 fn lookup(conn: &Connect, uuid: &str) -> Result<Option<Domain>, VirtError> {
     match Domain::lookup_by_uuid_string(conn, uuid) {
         Ok(dom) => Ok(Some(dom)),
@@ -400,6 +424,38 @@ impl VirtDriver for LibvirtDriver {
                 dom.destroy().map_err(|e| lv("cannot stop the domain", e))?;
             }
             dom.create().map(|_| ()).map_err(|e| lv("cannot start the domain", e))
+        })
+        .await
+    }
+
+    // Issue 16: as nova's libvirt driver. Pause is `virDomainSuspend` (the vCPUs stop, the
+    // process stays); suspend is a managed save (the state goes to libvirt's save file and the
+    // domain is off), and starting a domain with a managed save restores it.
+    async fn pause(&self, uuid: &str) -> Result<(), VirtError> {
+        self.on_active(uuid, "pause", |dom| dom.suspend().map(|_| ())).await
+    }
+
+    async fn unpause(&self, uuid: &str) -> Result<(), VirtError> {
+        self.on_active(uuid, "unpause", |dom| dom.resume().map(|_| ())).await
+    }
+
+    async fn suspend(&self, uuid: &str) -> Result<(), VirtError> {
+        self.on_active(uuid, "suspend", |dom| dom.managed_save(0).map(|_| ())).await
+    }
+
+    async fn resume(&self, uuid: &str) -> Result<(), VirtError> {
+        let dir = self.dir(uuid)?;
+        self.record(&dir, uuid)?;
+        let id = uuid.to_string();
+        self.blocking(move |conn| {
+            let dom = lookup_or_define(conn, &id, &dir)?;
+            if dom.is_active().unwrap_or(false) {
+                return Ok(());
+            }
+            if !dom.has_managed_save(0).unwrap_or(false) {
+                return Err(failed(format!("guest {id} has no saved state to resume from")));
+            }
+            dom.create().map(|_| ()).map_err(|e| lv("cannot restore the domain", e))
         })
         .await
     }

@@ -122,6 +122,33 @@ pub trait VirtDriver: Send + Sync + 'static {
         let _ = (uuid, volume_id);
         Err(VirtError::Failed(format!("the {} driver cannot detach volumes", self.name())))
     }
+    // Issue 16: the state actions. A driver that cannot do one says so, and the manager
+    // records that as the action's fault.
+    /// Freezes the guest's vCPUs; its memory and devices stay (nova's `pause`).
+    async fn pause(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Err(VirtError::Failed(format!("the {} driver cannot pause guests", self.name())))
+    }
+    async fn unpause(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Err(VirtError::Failed(format!("the {} driver cannot unpause guests", self.name())))
+    }
+    /// Saves the guest's memory and device state to disk and stops its process (nova's
+    /// `suspend`: libvirt's managed save).
+    async fn suspend(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Err(VirtError::Failed(format!("the {} driver cannot suspend guests", self.name())))
+    }
+    /// Restores a suspended guest from its saved state: it runs on where it stopped.
+    async fn resume(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Err(VirtError::Failed(format!("the {} driver cannot resume guests", self.name())))
+    }
+    /// Sends the guest a non-maskable interrupt (a kernel configured for it dumps and panics).
+    async fn trigger_crash_dump(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Err(VirtError::Failed(format!("the {} driver cannot inject an NMI", self.name())))
+    }
     /// Periodic housekeeping of cached images (nova's image cache manager). Drivers without
     /// an image cache have nothing to do.
     async fn manage_image_cache(&self) {}

@@ -4,17 +4,59 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{invalid, present, typed};
+use crate::api::compute::microversion::Microversion;
 use crate::compute::api::{ComputeError, Result};
+use crate::compute::states::VmState;
 
 /// `POST /servers/{id}/action`: one action, named by the body's only key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Stop,
     Start,
-    Reboot { hard: bool },
-    ConsoleOutput { length: Option<usize> },
-    AddSecurityGroup { name: String },
-    RemoveSecurityGroup { name: String },
+    Reboot {
+        hard: bool,
+    },
+    ConsoleOutput {
+        length: Option<usize>,
+    },
+    AddSecurityGroup {
+        name: String,
+    },
+    RemoveSecurityGroup {
+        name: String,
+    },
+    Pause,
+    Unpause,
+    Suspend,
+    Resume,
+    /// `lock`, with the reason 2.73 lets the caller give.
+    Lock {
+        reason: Option<String>,
+    },
+    Unlock,
+    /// `os-resetState`: the vm_state to force (active or error).
+    ResetState {
+        state: VmState,
+    },
+    /// `trigger_crash_dump` (2.17): an NMI to the guest.
+    TriggerCrashDump,
+    /// `restore`: a SOFT_DELETED server back to ACTIVE.
+    Restore,
+    /// `forceDelete`: delete now, even when deletes are deferred.
+    ForceDelete,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockArgs {
+    #[serde(default, deserialize_with = "present")]
+    locked_reason: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetStateArgs {
+    state: Value,
 }
 
 #[derive(Deserialize)]
@@ -38,7 +80,8 @@ struct SecurityGroupArgs {
 }
 
 impl Action {
-    pub fn parse(body: &Value) -> Result<Action> {
+    /// The action a body asks for at microversion `v`.
+    pub fn parse(body: &Value, v: Microversion) -> Result<Action> {
         let (name, args) = body
             .as_object()
             .filter(|o| o.len() == 1)
@@ -46,6 +89,7 @@ impl Action {
             .ok_or_else(|| invalid("Malformed request body: one action expected"))?;
         // Actions without arguments take anything (nova has no schema for them); a null
         // argument object is an empty one.
+        let raw = args;
         let empty = json!({});
         let args = if args.is_null() { &empty } else { args };
         Ok(match name.as_str() {
@@ -87,6 +131,66 @@ impl Action {
                     Action::RemoveSecurityGroup { name: group }
                 }
             }
+            "pause" => Action::Pause,
+            "unpause" => Action::Unpause,
+            "suspend" => Action::Suspend,
+            "resume" => Action::Resume,
+            "unlock" => Action::Unlock,
+            "restore" => Action::Restore,
+            "forceDelete" => Action::ForceDelete,
+            // Before 2.73 nova's schema takes any value and ignores it.
+            "lock" if !v.at_least(73) || raw.is_null() => Action::Lock { reason: None },
+            "lock" => {
+                if !raw.is_object() {
+                    return Err(not_of_type("lock", raw, "object, null"));
+                }
+                let LockArgs { locked_reason } = typed(args)?;
+                let reason = match locked_reason {
+                    None => None,
+                    Some(Value::String(r)) if !r.is_empty() && r.chars().count() <= 255 => Some(r),
+                    Some(Value::String(r)) if r.is_empty() => {
+                        return Err(invalid(
+                            "Invalid input for field/attribute locked_reason. Value: . '' is too short",
+                        ))
+                    }
+                    Some(Value::String(r)) => {
+                        return Err(invalid(format!(
+                            "Invalid input for field/attribute locked_reason. Value: {r}. '{r}' is too long"
+                        )))
+                    }
+                    Some(other) => return Err(not_of_type("locked_reason", &other, "string")),
+                };
+                Action::Lock { reason }
+            }
+            "os-resetState" => {
+                if !raw.is_object() {
+                    return Err(not_of_type("os-resetState", raw, "object"));
+                }
+                let ResetStateArgs { state } = typed(args)?;
+                match state.as_str() {
+                    Some("active") => Action::ResetState { state: VmState::Active },
+                    Some("error") => Action::ResetState { state: VmState::Error },
+                    _ => {
+                        // jsonschema's text shows the value as Python's repr.
+                        let (shown, repr) = match state.as_str() {
+                            Some(text) => (text.to_string(), format!("'{text}'")),
+                            None => (state.to_string(), state.to_string()),
+                        };
+                        return Err(invalid(format!(
+                            "Invalid input for field/attribute state. Value: {shown}. {repr} is not one of ['active', 'error']"
+                        )));
+                    }
+                }
+            }
+            // A versioned action below its version is not found at all, as nova's dispatcher has it.
+            "trigger_crash_dump" if !v.at_least(17) => {
+                return Err(ComputeError::Refused(crate::api::fault::ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "The resource could not be found.",
+                )))
+            }
+            "trigger_crash_dump" if !raw.is_null() => return Err(not_of_type("trigger_crash_dump", raw, "null")),
+            "trigger_crash_dump" => Action::TriggerCrashDump,
             other => return Err(ComputeError::NoSuchAction(other.to_string())),
         })
     }
@@ -100,6 +204,23 @@ impl Action {
             Action::ConsoleOutput { .. } => "os-getConsoleOutput",
             Action::AddSecurityGroup { .. } => "addSecurityGroup",
             Action::RemoveSecurityGroup { .. } => "removeSecurityGroup",
+            Action::Pause => "pause",
+            Action::Unpause => "unpause",
+            Action::Suspend => "suspend",
+            Action::Resume => "resume",
+            Action::Lock { .. } => "lock",
+            Action::Unlock => "unlock",
+            Action::ResetState { .. } => "os-resetState",
+            Action::TriggerCrashDump => "trigger_crash_dump",
+            Action::Restore => "restore",
+            Action::ForceDelete => "forceDelete",
         }
     }
+}
+
+/// nova's schema text for a value of the wrong JSON type.
+fn not_of_type(field: &str, value: &Value, kind: &str) -> ComputeError {
+    let kinds: Vec<String> = kind.split(", ").map(|k| format!("'{k}'")).collect();
+    let kinds = if kinds.len() == 1 { kinds[0].clone() } else { format!("[{}]", kinds.join(", ")) };
+    invalid(format!("Invalid input for field/attribute {field}. Value: {value}. {value} is not of type {kinds}"))
 }

@@ -44,6 +44,7 @@ mod cmdline;
 mod console;
 mod process;
 mod shutdown;
+mod suspend;
 #[cfg(test)]
 mod tests;
 mod volumes;
@@ -266,7 +267,7 @@ impl VirtDriver for QemuDriver {
                 _ => PowerState::Running,
             };
         }
-        if dir.join("stopped").exists() {
+        if dir.join("stopped").exists() || dir.join(suspend::SUSPENDED).exists() {
             return PowerState::Shutdown;
         }
         // Not stopped by us: qemu exited on its own. Killed by a signal (or failed) is a crash;
@@ -289,6 +290,29 @@ impl VirtDriver for QemuDriver {
 
     async fn attach_volume(&self, uuid: &str, disk: &VolumeDisk) -> Result<(), VirtError> {
         self.attach_volume_to(uuid, disk).await
+    }
+
+    async fn pause(&self, uuid: &str) -> Result<(), VirtError> {
+        let qmp = self.running_qmp(uuid)?;
+        qmp::execute(&qmp, "stop").await.map(|_| ()).map_err(|e| failed(format!("cannot pause the guest: {e}")))
+    }
+
+    async fn unpause(&self, uuid: &str) -> Result<(), VirtError> {
+        let qmp = self.running_qmp(uuid)?;
+        qmp::execute(&qmp, "cont").await.map(|_| ()).map_err(|e| failed(format!("cannot unpause the guest: {e}")))
+    }
+
+    async fn suspend(&self, uuid: &str) -> Result<(), VirtError> {
+        self.save_state(uuid).await
+    }
+
+    async fn resume(&self, uuid: &str) -> Result<(), VirtError> {
+        self.restore_state(uuid).await
+    }
+
+    async fn trigger_crash_dump(&self, uuid: &str) -> Result<(), VirtError> {
+        let qmp = self.running_qmp(uuid)?;
+        qmp::execute(&qmp, "inject-nmi").await.map(|_| ()).map_err(|e| failed(format!("cannot inject an NMI: {e}")))
     }
 
     async fn detach_volume(&self, uuid: &str, volume_id: &str) -> Result<(), VirtError> {

@@ -23,7 +23,23 @@ impl QemuDriver {
 
     /// Starts qemu for the guest in `dir` and waits until the machine runs.
     pub(super) async fn start(&self, uuid: &str, dir: &Path, launch: &Launch) -> Result<(), VirtError> {
+        self.start_with(uuid, dir, launch, None).await
+    }
+
+    /// Starts qemu; with `incoming`, the machine's state is loaded from that file (a
+    /// suspended guest) and it runs on from where it was saved.
+    pub(super) async fn start_with(
+        &self,
+        uuid: &str,
+        dir: &Path,
+        launch: &Launch,
+        incoming: Option<&Path>,
+    ) -> Result<(), VirtError> {
         use std::os::unix::process::CommandExt;
+        let incoming_args = match incoming {
+            Some(file) => vec!["-incoming".to_string(), super::suspend::exec_uri("cat <", file)?],
+            None => Vec::new(),
+        };
         let launch = &self.keep_ssh_port(uuid, dir, launch)?;
         for stale in ["qmp.sock", "console.sock", "stopped"] {
             let _ = std::fs::remove_file(dir.join(stale));
@@ -38,6 +54,7 @@ impl QemuDriver {
         let mut child = std::process::Command::new(&self.qemu)
             .args(with_ssh_forward(&launch.args, launch.ssh_port))
             .args(volume_args(&launch.volumes)?)
+            .args(&incoming_args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -71,10 +88,14 @@ impl QemuDriver {
                 let log = std::fs::read(&log_path).unwrap_or_default();
                 return Err(failed(format!("qemu exited at start: {}", last_line(&log))));
             }
-            if let Ok(status) = qmp::status(&qmp).await {
-                if status == "running" {
-                    return Ok(());
+            match qmp::status(&qmp).await.as_deref() {
+                Ok("running") => return Ok(()),
+                // The saved state is loaded; a guest saved while stopped (suspend stops it
+                // first) stays stopped until told to go on.
+                Ok("paused" | "postmigrate") if incoming.is_some() => {
+                    let _ = qmp::execute(&qmp, "cont").await;
                 }
+                _ => {}
             }
             if started.elapsed() > START_TIMEOUT {
                 self.kill(uuid, dir).await;

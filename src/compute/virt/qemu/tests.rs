@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::cmdline::Launch;
+use super::suspend::{SAVED_STATE, SUSPENDED};
 use super::*;
 use crate::compute::states::PowerState;
 use crate::compute::virt::guestfiles::tests::meta;
@@ -274,4 +275,100 @@ fn a_busy_saved_ssh_port_is_replaced_and_saved() {
     // A free saved port is kept as it is.
     let again = fx.driver.keep_ssh_port(&uuid, &dir, &kept).unwrap();
     assert_eq!(again.ssh_port, Some(port));
+}
+
+/// Types `line` on the guest's serial console (the test guest runs a shell there): a
+/// Ctrl-C first, so whatever half line busybox's line editor holds is dropped, then the
+/// line a key at a time, as a person types.
+async fn type_line(home: &Home, uuid: &str, line: &str) {
+    use tokio::io::AsyncWriteExt;
+    let socket = home.instances_dir().join(uuid).join(CONSOLE_SOCKET);
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    s.write_all(b"\x03").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for b in format!("{line}\n").bytes() {
+        s.write_all(&[b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.flush().await.unwrap();
+}
+
+/// The values the guest printed as lines `KEY=value` (not the shell's echo of the command).
+fn printed(console: &str, key: &str) -> Vec<String> {
+    console.lines().filter_map(|l| l.trim().strip_prefix(&format!("{key}="))).map(str::to_string).collect()
+}
+
+/// Asks the guest `echo KEY=$(command)` on its console, again every few seconds while no
+/// answer comes (the line editor may eat a line typed while it queries the terminal).
+async fn ask(d: &QemuDriver, home: &Home, uuid: &str, key: &str, command: &str) -> String {
+    let deadline = Instant::now() + probe::TCG_TIMEOUT;
+    loop {
+        type_line(home, uuid, &format!("echo {key}={command}")).await;
+        let retry = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < retry {
+            let text = d.console_output(uuid).await.unwrap();
+            if let Some(v) = printed(&text, key).first() {
+                return v.clone();
+            }
+            assert!(Instant::now() < deadline, "the guest did not answer {key}:\n{text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The guest's uptime in whole seconds, asked on its console under the key `key`.
+async fn uptime(d: &QemuDriver, home: &Home, uuid: &str, key: &str) -> u64 {
+    let v = ask(d, home, uuid, key, "$(cut -d. -f1 /proc/uptime)").await;
+    v.parse().unwrap_or_else(|_| panic!("uptime {v:?}"))
+}
+
+/// Issue 16 on a real guest: a paused guest runs nothing (what is typed on its console is
+/// answered only after unpause); a suspended guest has no qemu and its memory in a file,
+/// and after resume it runs on without a boot, its uptime continuing; an NMI reaches the
+/// guest's kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_freezes_and_suspend_resume_keeps_the_guest_running_needs_qemu() {
+    let f = fixture();
+    let d = &f.driver;
+    let spec = spec_with(ami(&f.home));
+    let uuid = spec.uuid.clone();
+    let dir = f.home.instances_dir().join(&uuid);
+    d.spawn(&spec).await.unwrap();
+    wait_console(d, &uuid, "novabox-guest: ready", 1).await;
+    let first = uptime(d, &f.home, &uuid, "UP1").await;
+
+    d.pause(&uuid).await.unwrap();
+    assert_eq!(d.power_state(&uuid).await, PowerState::Paused);
+    type_line(&f.home, &uuid, "echo MARK=typed-while-paused").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = d.console_output(&uuid).await.unwrap();
+    assert!(printed(&text, "MARK").is_empty(), "a paused guest answered:\n{text}");
+    d.unpause(&uuid).await.unwrap();
+    assert_eq!(d.power_state(&uuid).await, PowerState::Running);
+    assert_eq!(ask(d, &f.home, &uuid, "MARK", "typed-while-paused").await, "typed-while-paused");
+
+    let before = uptime(d, &f.home, &uuid, "UP2").await;
+    assert!(before >= first);
+    let pid = qemu_pid(&f.home, &uuid);
+    d.suspend(&uuid).await.unwrap();
+    assert!(!qemu_alive(pid, &uuid), "qemu still runs after suspend");
+    assert!(dir.join(SAVED_STATE).metadata().unwrap().len() > 1 << 20, "the memory is saved");
+    assert_eq!(d.power_state(&uuid).await, PowerState::Shutdown);
+    assert!(d.pause(&uuid).await.is_err(), "a suspended guest cannot be paused");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    d.resume(&uuid).await.unwrap();
+    assert_eq!(d.power_state(&uuid).await, PowerState::Running);
+    assert!(!dir.join(SAVED_STATE).exists() && !dir.join(SUSPENDED).exists());
+    let after = uptime(d, &f.home, &uuid, "UP3").await;
+    assert!(after >= before, "uptime went back from {before}s to {after}s: the guest booted again");
+    let text = d.console_output(&uuid).await.unwrap();
+    assert_eq!(text.matches("novabox-guest: init reached").count(), 1, "resumed, not booted:\n{text}");
+    assert!(d.resume(&uuid).await.is_ok(), "resuming a running guest changes nothing");
+
+    d.trigger_crash_dump(&uuid).await.unwrap();
+    let text = wait_console(d, &uuid, "NMI", 1).await;
+    assert!(text.contains("NMI"), "{text}");
+
+    d.destroy(&uuid).await.unwrap();
+    assert!(!dir.exists());
 }
