@@ -85,7 +85,8 @@ pub struct Spec {
 
 impl Spec {
     pub fn new(suite: &str, size: &str, packages: &[String]) -> Result<Spec, BuildError> {
-        let suite_ok = !suite.is_empty() && suite.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let suite_ok =
+            !suite.is_empty() && suite.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !suite_ok {
             return Err(BuildError::Invalid(format!("--suite {suite:?} is not a Debian suite name")));
         }

@@ -166,7 +166,12 @@ async fn import(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<ExitCod
 }
 
 /// Streams the checked file to the image API, with a progress bar.
-pub(super) async fn upload(client: &novabox::client::Client, id: &str, path: &std::path::Path, size: u64) -> anyhow::Result<()> {
+pub(super) async fn upload(
+    client: &novabox::client::Client,
+    id: &str,
+    path: &std::path::Path,
+    size: u64,
+) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt;
     let file = tokio::fs::File::open(path).await.with_context(|| format!("cannot read {}", path.display()))?;
     let pb = bar(Some(size), "upload");

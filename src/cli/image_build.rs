@@ -93,8 +93,9 @@ pub fn run(global: &GlobalArgs, cmd: BuildCommand) -> anyhow::Result<ExitCode> {
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let id = runtime.block_on(import(global, &args, &spec, format, &name, &built, &disk))?;
-    println!("imported {name} ({id}): log in as {} with `novabox ssh SERVER`", image_build::DEFAULT_USER);
+    let (id, new) = runtime.block_on(import(global, &args, &spec, format, &name, &built, &disk))?;
+    let what = if new { "imported" } else { "already imported (same build)" };
+    println!("{what} {name} ({id}): log in as {} with `novabox ssh SERVER`", image_build::DEFAULT_USER);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -106,9 +107,18 @@ async fn import(
     name: &str,
     built: &image_build::Built,
     disk: &Path,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, bool)> {
     let client = super::server::login(global, args.public).await?;
     let visibility = if args.public { "public" } else { "private" };
+    // The same build already imported under this name is the result; a second copy would only
+    // make the name ambiguous for `server create --image`.
+    let same = client.image(Method::GET, &format!("/images?name={}", urlencode(name)), None).await?;
+    let found = same["images"].as_array().into_iter().flatten().find(|i| {
+        i["novabox_build"] == spec.key().as_str() && i["status"] == "active" && i["visibility"] == visibility
+    });
+    if let Some(id) = found.and_then(|i| i["id"].as_str()) {
+        return Ok((id.to_string(), false));
+    }
     let mut made: Vec<String> = Vec::new();
     let result = async {
         let kernel = one(&client, &format!("{name}-kernel"), "aki", visibility, json!({}), &built.kernel).await?;
@@ -142,7 +152,7 @@ async fn import(
             }
         }
     }
-    result
+    result.map(|id| (id, true))
 }
 
 /// Creates one image with `extra` properties, uploads `file` and checks what was stored.
@@ -175,6 +185,16 @@ async fn one(
         return Err(e);
     }
     Ok(id)
+}
+
+/// Percent-encodes a query value (image names may hold spaces and `&`).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn md5_of(file: &Path) -> anyhow::Result<String> {

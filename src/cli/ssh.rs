@@ -140,7 +140,10 @@ pub fn run(global: &GlobalArgs, args: SshArgs) -> anyhow::Result<ExitCode> {
     }
     let printed: Vec<String> = argv.iter().map(|w| shell_word(w)).collect();
     eprintln!("+ ssh {}", printed.join(" "));
-    let status = std::process::Command::new(&ssh).args(&argv).status().with_context(|| format!("cannot run {}", ssh.display()))?;
+    let status = std::process::Command::new(&ssh)
+        .args(&argv)
+        .status()
+        .with_context(|| format!("cannot run {}", ssh.display()))?;
     // ssh's own exit code (the command's, or 255 for ssh's failures) is the answer.
     Ok(ExitCode::from(status.code().map(|c| c as u8).unwrap_or(super::EXIT_FAILURE)))
 }
@@ -195,7 +198,11 @@ pub fn keypair(global: &GlobalArgs, cmd: KeypairCommand) -> anyhow::Result<ExitC
         }
         novabox::home::write_atomic(&file, private.as_bytes(), 0o600)
             .with_context(|| format!("cannot write {}", file.display()))?;
-        println!("created keypair {name} ({}); private key in {}", kp["fingerprint"].as_str().unwrap_or(""), file.display());
+        println!(
+            "created keypair {name} ({}); private key in {}",
+            kp["fingerprint"].as_str().unwrap_or(""),
+            file.display()
+        );
     } else {
         println!("imported keypair {name} ({})", kp["fingerprint"].as_str().unwrap_or(""));
     }

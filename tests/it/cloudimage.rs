@@ -22,7 +22,8 @@ pub fn image_cache() -> PathBuf {
 
 async fn demo_client(home: &TestHome) -> novabox::client::Client {
     let config = novabox::config::Config::load(&home.path().join("novabox.toml")).expect("config");
-    let secrets = novabox::secrets::Secrets::load(&home.path().join("secrets.toml")).expect("secrets").expect("secrets");
+    let secrets =
+        novabox::secrets::Secrets::load(&home.path().join("secrets.toml")).expect("secrets").expect("secrets");
     novabox::client::Client::login(&config.auth_url(), "demo", &secrets.demo_password, "demo").await.expect("login")
 }
 
@@ -33,10 +34,7 @@ fn console(home: &TestHome, name: &str) -> String {
 #[test]
 fn debian_cloud_image_boots_runs_cloud_init_and_takes_ssh_needs_qemu() {
     require_qemu();
-    assert!(
-        novabox::hostpkgs::find_program("mmdebstrap").is_some(),
-        "mmdebstrap is missing: run scripts/install-deps"
-    );
+    assert!(novabox::hostpkgs::find_program("mmdebstrap").is_some(), "mmdebstrap is missing: run scripts/install-deps");
     assert!(novabox::hostpkgs::find_program("ssh").is_some(), "ssh is missing: run scripts/install-deps");
     let home = TestHome::new();
     let out = common::run(
@@ -116,6 +114,13 @@ fn debian_cloud_image_boots_runs_cloud_init_and_takes_ssh_needs_qemu() {
     assert_eq!(stdout(&login).trim(), "vm");
     assert!(stderr(&login).contains("+ ssh -i "), "the command is printed: {}", stderr(&login));
     assert!(stderr(&login).contains("debian@127.0.0.1"), "{}", stderr(&login));
+
+    // Every module succeeded (a failed one makes the status `error`); sudo finds the hostname.
+    let st = common::run(home.novabox().args(["ssh", "vm", "--", "cloud-init", "status", "--long"]));
+    assert!(stdout(&st).contains("status: done"), "{}{}", stdout(&st), stderr(&st));
+    let sudo = common::run(home.novabox().args(["ssh", "vm", "--", "sudo", "-n", "true"]));
+    assert_ok(&sudo);
+    assert!(!stderr(&sudo).contains("unable to resolve host"), "{}", stderr(&sudo));
 
     // --identity names the key explicitly; user_data's runcmd ran as root.
     let ident = key.to_string_lossy().to_string();
