@@ -141,3 +141,25 @@ fn debian_cloud_image_boots_runs_cloud_init_and_takes_ssh_needs_qemu() {
     let status = up.stop().expect("novabox up stops on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", up.log());
 }
+
+/// An unreachable mirror is refused at the first step, in words, with nothing left behind.
+#[test]
+fn image_build_refuses_an_unreachable_mirror() {
+    let home = TestHome::new();
+    let mirror = format!("http://127.0.0.1:{}/debian", common::free_port());
+    let out = common::run(
+        home.novabox()
+            .args(["image", "build", "debian", "--no-import"])
+            .env("NOVABOX_DEBIAN_MIRROR", &mirror)
+            .env("NOVABOX_IMAGE_CACHE", home.path().join("cache")),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&format!("the Debian mirror {mirror} cannot be reached")), "{}", stderr(&out));
+    let left: Vec<_> = std::fs::read_dir(home.path().join("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "debs")
+        .collect();
+    assert!(left.is_empty(), "a failed build left {left:?}");
+}
