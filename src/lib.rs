@@ -18,6 +18,7 @@ pub mod doctor;
 pub mod faults;
 pub mod home;
 pub mod hostpkgs;
+pub mod image_build;
 pub mod image_import;
 pub mod images;
 pub mod metadata;

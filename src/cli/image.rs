@@ -32,6 +32,9 @@ pub enum ImageCommand {
     Show(super::resources::ShowArgs),
     /// Import a qcow2/raw/... disk image from a file or an http(s):// or file:// URL
     Import(ImportArgs),
+    /// Build a cloud image from distribution packages and import it: `image build debian`
+    #[command(subcommand)]
+    Build(super::image_build::BuildCommand),
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +73,7 @@ pub fn run(global: &GlobalArgs, args: ImageArgs) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(import(global, a))
         }
+        ImageCommand::Build(cmd) => super::image_build::run(global, cmd),
     }
 }
 
@@ -162,7 +166,12 @@ async fn import(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<ExitCod
 }
 
 /// Streams the checked file to the image API, with a progress bar.
-async fn upload(client: &novabox::client::Client, id: &str, path: &std::path::Path, size: u64) -> anyhow::Result<()> {
+pub(super) async fn upload(
+    client: &novabox::client::Client,
+    id: &str,
+    path: &std::path::Path,
+    size: u64,
+) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt;
     let file = tokio::fs::File::open(path).await.with_context(|| format!("cannot read {}", path.display()))?;
     let pb = bar(Some(size), "upload");
@@ -188,7 +197,7 @@ async fn upload(client: &novabox::client::Client, id: &str, path: &std::path::Pa
 }
 
 /// The stored image is active and holds exactly the bytes that were checked.
-async fn verify_stored(client: &novabox::client::Client, id: &str, md5: &str) -> anyhow::Result<()> {
+pub(super) async fn verify_stored(client: &novabox::client::Client, id: &str, md5: &str) -> anyhow::Result<()> {
     // The upload answers once the data is stored; a moment's grace for a slow status update.
     for _ in 0..50 {
         let image = client.image(Method::GET, &format!("/images/{id}"), None).await?;

@@ -19,12 +19,14 @@ pub mod doctor;
 pub mod events;
 pub mod fault;
 pub mod image;
+pub mod image_build;
 pub mod init;
 pub mod logging;
 pub mod logs;
 pub mod resources;
 pub mod server;
 pub mod smoke;
+pub mod ssh;
 pub mod status;
 pub mod trace;
 pub mod up;
@@ -93,9 +95,11 @@ pub enum Command {
     /// Networks, read-only: `network list`, `network show NETWORK`
     #[command(subcommand)]
     Network(resources::ReadCommand),
-    /// Keypairs, read-only: `keypair list`, `keypair show NAME`
+    /// Keypairs: `keypair list`, `keypair show NAME`, `keypair create NAME`
     #[command(subcommand)]
-    Keypair(resources::ReadCommand),
+    Keypair(ssh::KeypairCommand),
+    /// Log in to a server with its keypair: `ssh SERVER [-- CMD]`
+    Ssh(ssh::SshArgs),
     /// Volumes, read-only: `volume list`, `volume show VOLUME`
     #[command(subcommand)]
     Volume(resources::ReadCommand),
@@ -126,7 +130,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(args) => image::run(&cli.global, args),
         Command::Flavor(cmd) => resources::run(&cli.global, Resource::Flavor, cmd),
         Command::Network(cmd) => resources::run(&cli.global, Resource::Network, cmd),
-        Command::Keypair(cmd) => resources::run(&cli.global, Resource::Keypair, cmd),
+        Command::Keypair(cmd) => ssh::keypair(&cli.global, cmd),
+        Command::Ssh(args) => ssh::run(&cli.global, args),
         Command::Volume(cmd) => resources::run(&cli.global, Resource::Volume, cmd),
         Command::Bench(cmd) => bench::run(&cli.global, cmd),
         Command::Fault(args) => fault::run(&cli.global, args),

@@ -87,7 +87,7 @@ pub async fn login(global: &GlobalArgs, admin: bool) -> anyhow::Result<Client> {
 
 /// Adds what novabox knows of a server beyond nova's body, from this home's database: the
 /// user-mode ssh forward (`novabox:ssh_forward`), which standard clients must not see in the API.
-fn with_local_facts(global: &GlobalArgs, mut server: Value) -> Value {
+pub(super) fn with_local_facts(global: &GlobalArgs, mut server: Value) -> Value {
     let forward = (|| -> anyhow::Result<Option<String>> {
         let home = super::home(global)?;
         let db = novabox::db::Db::open(&home.db_file(), novabox::db::OpenOptions::default())?;

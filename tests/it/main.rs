@@ -3,6 +3,7 @@
 mod bench;
 mod bus;
 mod clients;
+mod cloudimage;
 mod common;
 mod compute;
 mod doctor;
