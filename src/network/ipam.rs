@@ -66,25 +66,6 @@ pub fn next_free_ip(pools: &[Pool], used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Add
     pools.iter().find_map(|p| (u32::from(p.start)..=u32::from(p.end)).map(Ipv4Addr::from).find(|ip| !used.contains(ip)))
 }
 
-/// The pool address that follows `ip`: the next one in its pool, or the start of the next pool
-/// after it. Allocation tries it first (the address after the newest allocation is almost always
-/// free), so a boot does not read every allocated address of a large network.
-pub fn following(pools: &[Pool], ip: Ipv4Addr) -> Option<Ipv4Addr> {
-    let ip = u32::from(ip);
-    pools
-        .iter()
-        .filter_map(|p| {
-            let (start, end) = (u32::from(p.start), u32::from(p.end));
-            match ip.checked_add(1)? {
-                next if next < start => Some(start),
-                next if next <= end => Some(next),
-                _ => None,
-            }
-        })
-        .min()
-        .map(Ipv4Addr::from)
-}
-
 /// A locally administered MAC in OpenStack's `fa:16:3e` prefix.
 pub fn random_mac() -> String {
     let mut rng = rand::thread_rng();
@@ -97,17 +78,6 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn the_address_after_one_stays_in_the_pools() {
-        let pools =
-            [Pool { start: ip("10.0.0.5"), end: ip("10.0.0.6") }, Pool { start: ip("10.0.0.9"), end: ip("10.0.0.9") }];
-        assert_eq!(following(&pools, ip("10.0.0.5")), Some(ip("10.0.0.6")));
-        assert_eq!(following(&pools, ip("10.0.0.6")), Some(ip("10.0.0.9")), "the gap between pools is skipped");
-        assert_eq!(following(&pools, ip("10.0.0.1")), Some(ip("10.0.0.5")), "below the pools: the first start");
-        assert_eq!(following(&pools, ip("10.0.0.9")), None, "past the last pool");
-        assert_eq!(following(&pools, ip("255.255.255.255")), None);
     }
 
     #[test]

@@ -160,12 +160,6 @@ impl Db {
         };
         let subnets = self.subnets_of(&new.network_id)?;
         let mac = ports::choose_mac(&new.network_id, new.mac_address.as_deref(), |m| mac_taken(&tx, m))?;
-        if let Some(quick) = self.after_newest_allocation(&tx, new, &subnets)? {
-            let port =
-                self.insert_port(&tx, new, &mac, ports::plan(&quick, net_security, &subnets, BTreeMap::new())?)?;
-            tx.commit()?;
-            return Ok(port);
-        }
         let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
         {
             let mut stmt = tx.prepare(
@@ -184,38 +178,6 @@ impl Db {
         let port = self.insert_port(&tx, new, &mac, plan)?;
         tx.commit()?;
         Ok(port)
-    }
-
-    /// For a port that asks for no address: the same port asking for the address after its
-    /// first subnet's newest allocation, when that one is free. Addresses are handed out in
-    /// order, so this is nearly always the next free one, found with two index lookups instead
-    /// of reading every allocation of the network; `None` sends the caller to the full search
-    /// (the first free address), which also finds addresses released earlier.
-    fn after_newest_allocation(&self, tx: &Conn, new: &NewPort, subnets: &[Subnet]) -> Result<Option<NewPort>> {
-        let Some(subnet) = subnets.first().filter(|_| new.fixed_ips.is_empty()) else { return Ok(None) };
-        let newest: Option<String> = tx
-            .query_row(
-                "SELECT ip_address FROM ip_allocations WHERE subnet_id = ?1 ORDER BY rowid DESC LIMIT 1",
-                [&subnet.id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(candidate) = newest
-            .and_then(|ip| ip.parse().ok())
-            .and_then(|ip| crate::network::ipam::following(&subnet.allocation_pools, ip))
-        else {
-            return Ok(None);
-        };
-        let taken: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM ip_allocations WHERE subnet_id = ?1 AND ip_address = ?2)",
-            params![subnet.id, candidate.to_string()],
-            |r| r.get(0),
-        )?;
-        if taken {
-            return Ok(None);
-        }
-        let ask = FixedIpRequest { subnet_id: Some(subnet.id.clone()), ip_address: Some(candidate) };
-        Ok(Some(NewPort { fixed_ips: vec![ask], ..new.clone() }))
     }
 
     /// Writes a planned port, its addresses and its groups inside the caller's transaction.
