@@ -23,6 +23,11 @@ use crate::rpcapi::{
 };
 use crate::volumes::VolumeStatus;
 
+mod actions;
+mod faults;
+
+use actions::{PowerAction, StateAction};
+
 pub struct ComputeManager {
     host: String,
     driver: Arc<dyn VirtDriver>,
@@ -524,148 +529,6 @@ impl ComputeManager {
         self.notifier.instance(ctx, "compute.instance.delete.end", inst).await;
     }
 
-    /// Stop, start and reboot: run the driver call, then clear the task state.
-    async fn power_action(&self, ctx: &Context, inst: &Instance, action: PowerAction) {
-        let lock = self.lock_for(&inst.uuid);
-        let _held = lock.lock().await;
-        let (event, expected, vm_state, power_after) = match action {
-            PowerAction::Stop => ("power_off", vec![TaskState::PoweringOff], VmState::Stopped, PowerState::Shutdown),
-            PowerAction::Start => ("power_on", vec![TaskState::PoweringOn], VmState::Active, PowerState::Running),
-            PowerAction::Reboot { .. } => (
-                "reboot",
-                vec![
-                    TaskState::Rebooting,
-                    TaskState::RebootPending,
-                    TaskState::RebootStarted,
-                    TaskState::RebootingHard,
-                ],
-                VmState::Active,
-                PowerState::Running,
-            ),
-        };
-        self.notifier.instance(ctx, &format!("compute.instance.{event}.start"), inst).await;
-        let result = match action {
-            PowerAction::Stop => self.driver.power_off(&inst.uuid).await,
-            PowerAction::Start => self.driver.power_on(&inst.uuid).await,
-            PowerAction::Reboot { hard } => self.driver.reboot(&inst.uuid, hard).await,
-        };
-        let expected = Some(expected.into_iter().map(Some).collect());
-        match result {
-            Ok(()) => {
-                let u = InstanceUpdate {
-                    vm_state: Some(vm_state),
-                    power_state: Some(power_after),
-                    task_state: Some(None),
-                    expected_task_state: expected,
-                    // A start may have had to pick a new port (the saved one was taken).
-                    ssh_forward: self.driver.ssh_forward(&inst.uuid).await,
-                    ..Default::default()
-                };
-                match self.conductor.instance_update(ctx, &inst.uuid, &u).await {
-                    Ok(updated) => {
-                        self.notifier.instance(ctx, &format!("compute.instance.{event}.end"), &updated).await;
-                        let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
-                    }
-                    Err(e) => tracing::info!(instance = %inst.uuid, error = %e, "{event} result not recorded"),
-                }
-            }
-            Err(e) => {
-                let message = format!("{event} failed: {e}");
-                tracing::warn!(instance = %inst.uuid, "{message}");
-                let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &message, &self.host).await;
-                let u = InstanceUpdate { task_state: Some(None), expected_task_state: expected, ..Default::default() };
-                let _ = self.conductor.instance_update(ctx, &inst.uuid, &u).await;
-                let _ = self.conductor.action_finish(ctx, &inst.uuid, Some(&message)).await;
-            }
-        }
-    }
-
-    /// Pause, unpause, suspend and resume (issue 16), as nova's compute manager: the
-    /// `.start` notification, the driver, then the new state with the power state the driver
-    /// reports, expecting the task the API set; on failure the fault, and the task reverted or
-    /// the instance in ERROR (see [`StateAction::errors_out`]).
-    async fn state_action(&self, ctx: &Context, inst: &Instance, action: StateAction) {
-        let lock = self.lock_for(&inst.uuid);
-        let _held = lock.lock().await;
-        let (event, task, vm_state) = action.plan();
-        let span =
-            tracing::info_span!("state_action", action = event, instance = %inst.uuid, driver = self.driver.name());
-        async {
-            self.notifier.instance(ctx, &format!("compute.instance.{event}.start"), inst).await;
-            let result = async {
-                match action {
-                    StateAction::Pause => self.driver.pause(&inst.uuid).await,
-                    StateAction::Unpause => self.driver.unpause(&inst.uuid).await,
-                    StateAction::Suspend => self.driver.suspend(&inst.uuid).await,
-                    StateAction::Resume => self.driver.resume(&inst.uuid).await,
-                    StateAction::SoftDelete => self.driver.power_off(&inst.uuid).await,
-                    StateAction::Restore => self.driver.power_on(&inst.uuid).await,
-                }
-            }
-            .instrument(tracing::info_span!("driver", call = event))
-            .await;
-            let expected = Some(vec![Some(task)]);
-            match result {
-                Ok(()) => {
-                    let u = InstanceUpdate {
-                        vm_state: Some(vm_state),
-                        power_state: Some(self.driver.power_state(&inst.uuid).await),
-                        task_state: Some(None),
-                        expected_task_state: expected,
-                        ssh_forward: self.driver.ssh_forward(&inst.uuid).await,
-                        ..Default::default()
-                    };
-                    match self.conductor.instance_update(ctx, &inst.uuid, &u).await {
-                        Ok(updated) => {
-                            tracing::info!(vm_state = %vm_state, "{event} done");
-                            self.notifier.instance(ctx, &format!("compute.instance.{event}.end"), &updated).await;
-                            let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
-                        }
-                        Err(e) => tracing::info!(error = %e, "{event} result not recorded"),
-                    }
-                }
-                Err(e) => {
-                    let message = format!("{event} failed: {e}");
-                    tracing::warn!("{message}");
-                    let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &message, &self.host).await;
-                    let u = InstanceUpdate {
-                        task_state: Some(None),
-                        vm_state: action.errors_out().then_some(VmState::Error),
-                        power_state: Some(self.driver.power_state(&inst.uuid).await),
-                        expected_task_state: expected,
-                        ..Default::default()
-                    };
-                    let _ = self.conductor.instance_update(ctx, &inst.uuid, &u).await;
-                    let _ = self.conductor.action_finish(ctx, &inst.uuid, Some(&message)).await;
-                }
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// `trigger_crash_dump`: an NMI to the guest. Nothing in the instance's state changes (the
-    /// effect depends on how the guest's kernel is configured); a failure is the action's fault.
-    #[tracing::instrument(name = "trigger_crash_dump", skip_all, fields(instance = %inst.uuid))]
-    async fn trigger_crash_dump(&self, ctx: &Context, inst: &Instance) {
-        let lock = self.lock_for(&inst.uuid);
-        let _held = lock.lock().await;
-        self.notifier.instance(ctx, "compute.instance.trigger_crash_dump.start", inst).await;
-        match self.driver.trigger_crash_dump(&inst.uuid).await {
-            Ok(()) => {
-                tracing::info!("NMI injected");
-                self.notifier.instance(ctx, "compute.instance.trigger_crash_dump.end", inst).await;
-                let _ = self.conductor.action_finish(ctx, &inst.uuid, None).await;
-            }
-            Err(e) => {
-                let message = format!("trigger_crash_dump failed: {e}");
-                tracing::warn!("{message}");
-                let _ = self.conductor.instance_fault_create(ctx, &inst.uuid, 500, &message, &self.host).await;
-                let _ = self.conductor.action_finish(ctx, &inst.uuid, Some(&message)).await;
-            }
-        }
-    }
-
     /// Stops this host's guests as the service goes down (`novabox down`, Ctrl-C): ACPI, then
     /// hard after `[compute] shutdown_timeout_secs`. Their instances stay ACTIVE in the
     /// database, as nova leaves them across a host reboot, and `init_host` starts them again.
@@ -867,46 +730,6 @@ pub(crate) fn guest_spec(
     }
 }
 
-/// The state actions of issue 16: what each waits for, sets, and does when the driver fails.
-#[derive(Clone, Copy, Debug)]
-enum StateAction {
-    Pause,
-    Unpause,
-    Suspend,
-    Resume,
-    /// A delete deferred by `reclaim_instance_interval`: powered off, kept.
-    SoftDelete,
-    Restore,
-}
-
-impl StateAction {
-    /// (notification event, the task it runs under, the vm_state it ends in)
-    fn plan(self) -> (&'static str, TaskState, VmState) {
-        match self {
-            StateAction::Pause => ("pause", TaskState::Pausing, VmState::Paused),
-            StateAction::Unpause => ("unpause", TaskState::Unpausing, VmState::Active),
-            StateAction::Suspend => ("suspend", TaskState::Suspending, VmState::Suspended),
-            StateAction::Resume => ("resume", TaskState::Resuming, VmState::Active),
-            StateAction::SoftDelete => ("soft_delete", TaskState::SoftDeleting, VmState::SoftDeleted),
-            StateAction::Restore => ("restore", TaskState::Restoring, VmState::Active),
-        }
-    }
-
-    /// nova's suspend and resume run the driver inside `_error_out_instance_on_exception`: a
-    /// failed save or restore leaves the guest in an unknown state, so ERROR. A failed pause
-    /// or unpause only reverts the task (`@reverts_task_state`): the guest is as it was.
-    fn errors_out(self) -> bool {
-        matches!(self, StateAction::Suspend | StateAction::Resume)
-    }
-}
-
-#[derive(Clone, Copy)]
-enum PowerAction {
-    Stop,
-    Start,
-    Reboot { hard: bool },
-}
-
 #[async_trait::async_trait]
 impl Handler for ComputeManager {
     async fn handle(&self, message: Message) -> Result<Value, RemoteError> {
@@ -959,103 +782,6 @@ impl Handler for ComputeManager {
                     .await
                     .map_err(|e| RemoteError::new(RemoteErrorKind::ConsoleNotAvailable, e.to_string()))?;
                 return Ok(json!(tail_lines(&out, length)));
-            }
-        }
-        Ok(Value::Null)
-    }
-}
-
-impl ComputeManager {
-    /// Asks the fault table before an RPC method is handled.
-    async fn rpc_fault(&self, ctx: &Context, request: &ComputeRequest) -> Option<crate::faults::Injected> {
-        use ComputeRequest as R;
-        if !self.faults.enabled() {
-            return None;
-        }
-        let (method, instance) = match request {
-            R::BuildAndRunInstance { instance, .. } => ("build_and_run_instance", Some(instance)),
-            R::TerminateInstance { instance } => ("terminate_instance", Some(instance)),
-            R::StopInstance { instance } => ("stop_instance", Some(instance)),
-            R::StartInstance { instance } => ("start_instance", Some(instance)),
-            R::RebootInstance { instance, .. } => ("reboot_instance", Some(instance)),
-            R::AttachVolume { instance, .. } => ("attach_volume", Some(instance)),
-            R::DetachVolume { instance, .. } => ("detach_volume", Some(instance)),
-            R::GetConsoleOutput { instance, .. } => ("get_console_output", Some(instance)),
-            R::RefreshSecurityGroups { .. } => ("refresh_security_groups", None),
-            R::PauseInstance { instance } => ("pause_instance", Some(instance)),
-            R::UnpauseInstance { instance } => ("unpause_instance", Some(instance)),
-            R::SuspendInstance { instance } => ("suspend_instance", Some(instance)),
-            R::ResumeInstance { instance } => ("resume_instance", Some(instance)),
-            R::TriggerCrashDump { instance } => ("trigger_crash_dump", Some(instance)),
-            R::SoftDeleteInstance { instance } => ("soft_delete_instance", Some(instance)),
-            R::RestoreInstance { instance } => ("restore_instance", Some(instance)),
-        };
-        match instance {
-            Some(inst) => self.fault_at(ctx, method, inst).await,
-            None => {
-                let call = crate::faults::StepCall { service: "compute", step: method, ..Default::default() };
-                self.faults.inject(ctx, call, None, &self.host).await
-            }
-        }
-    }
-
-    /// Ends an RPC method a fault fired for as the real failure of that method ends: a
-    /// build in ERROR with the fault and a notification, an action's fault recorded and its
-    /// task_state cleared, a volume operation reported failed, a call answered with the error.
-    async fn injected_rpc(
-        &self,
-        ctx: &Context,
-        request: ComputeRequest,
-        injected: crate::faults::Injected,
-    ) -> Result<Value, RemoteError> {
-        use crate::faults::Injected;
-        use ComputeRequest as R;
-        let message = match injected {
-            Injected::Error(message) => message,
-            Injected::Kill => return Ok(Value::Null),
-            Injected::Drop => {
-                // A lost call is one whose caller waits until it gives up.
-                if matches!(request, R::GetConsoleOutput { .. }) {
-                    tokio::time::sleep(Duration::from_secs(self.config.bus.call_timeout_secs + 1)).await;
-                }
-                return Ok(Value::Null);
-            }
-        };
-        match request {
-            R::BuildAndRunInstance { instance, .. } => {
-                let lock = self.lock_for(&instance.uuid);
-                let _held = lock.lock().await;
-                self.set_error(ctx, &instance, &message).await;
-                self.notifier.instance(ctx, "compute.instance.create.error", &instance).await;
-            }
-            R::TerminateInstance { instance } => {
-                // As a failed destroy: the fault is recorded, the server stays `deleting`.
-                let _ = self.conductor.instance_fault_create(ctx, &instance.uuid, 500, &message, &self.host).await;
-            }
-            R::StopInstance { instance }
-            | R::StartInstance { instance }
-            | R::RebootInstance { instance, .. }
-            | R::PauseInstance { instance }
-            | R::UnpauseInstance { instance }
-            | R::SuspendInstance { instance }
-            | R::ResumeInstance { instance }
-            | R::TriggerCrashDump { instance }
-            | R::SoftDeleteInstance { instance }
-            | R::RestoreInstance { instance } => {
-                let _ = self.conductor.instance_fault_create(ctx, &instance.uuid, 500, &message, &self.host).await;
-                let u = InstanceUpdate { task_state: Some(None), ..Default::default() };
-                let _ = self.conductor.instance_update(ctx, &instance.uuid, &u).await;
-                let _ = self.conductor.action_finish(ctx, &instance.uuid, Some(&message)).await;
-            }
-            R::AttachVolume { instance, volume } => {
-                let _ = self.conductor.volume_attach_done(ctx, &volume.volume_id, &instance.uuid, Some(&message)).await;
-            }
-            R::DetachVolume { instance, volume_id } => {
-                let _ = self.conductor.volume_detach_done(ctx, &volume_id, &instance.uuid, Some(&message)).await;
-            }
-            R::GetConsoleOutput { .. } => return Err(RemoteError::new(RemoteErrorKind::ConsoleNotAvailable, message)),
-            R::RefreshSecurityGroups { .. } => {
-                return Err(RemoteError::new(RemoteErrorKind::SecurityGroupError, message))
             }
         }
         Ok(Value::Null)
