@@ -112,26 +112,31 @@ impl ComputeApi<'_> {
             expected_vm_state: Some(vm_states.to_vec()),
             ..Default::default()
         };
-        let result = self.state.db.tx(|db| -> crate::db::Result<_> {
-            let r = db.update_instance(&inst.uuid, &u)?;
-            if r.is_ok() {
-                db.start_instance_action(
-                    &inst.uuid,
-                    action,
-                    &auth.context.request_id,
-                    auth.user_id(),
-                    auth.project_id(),
-                )?;
-            }
-            Ok(r)
-        })?;
-        match result {
+        match self.update_with_action(auth, &inst.uuid, action, &u)? {
             Ok(i) => Ok(i),
             Err(UpdateError::NotFound) => Err(ComputeError::InstanceNotFound(inst.uuid.clone())),
             Err(UpdateError::UnexpectedState { vm_state, task_state }) => {
                 Err(ComputeError::InvalidState { action, uuid: inst.uuid.clone(), vm_state, task_state })
             }
         }
+    }
+
+    /// Applies `u` and, when it applied, records the instance action `action` for the caller,
+    /// in one transaction: every action and delete starts this way.
+    pub(super) fn update_with_action(
+        &self,
+        auth: &Auth,
+        uuid: &str,
+        action: &str,
+        u: &InstanceUpdate,
+    ) -> Result<std::result::Result<Instance, UpdateError>> {
+        Ok(self.state.db.tx(|db| -> crate::db::Result<_> {
+            let r = db.update_instance(uuid, u)?;
+            if r.is_ok() {
+                db.start_instance_action(uuid, action, &auth.context.request_id, auth.user_id(), auth.project_id())?;
+            }
+            Ok(r)
+        })?)
     }
 
     /// `lock`, as nova's: the owner locking a locked server changes nothing; otherwise the

@@ -30,13 +30,7 @@ impl ComputeApi<'_> {
         let id = &inst.uuid;
         let u = InstanceUpdate { task_state: Some(Some(TaskState::SoftDeleting)), ..Default::default() };
         let inst = self
-            .state
-            .db
-            .tx(|db| -> crate::db::Result<_> {
-                let r = db.update_instance(id, &u)?;
-                db.start_instance_action(id, "delete", &auth.context.request_id, auth.user_id(), auth.project_id())?;
-                Ok(r)
-            })?
+            .update_with_action(auth, id, "delete", &u)?
             .map_err(|_| ComputeError::InstanceNotFound(id.to_string()))?;
         self.state
             .compute_api()
@@ -57,13 +51,7 @@ impl ComputeApi<'_> {
         let host = self.live_host(inst)?;
         let u = InstanceUpdate { task_state: Some(Some(TaskState::Deleting)), ..Default::default() };
         let inst = self
-            .state
-            .db
-            .tx(|db| -> crate::db::Result<_> {
-                let r = db.update_instance(id, &u)?;
-                db.start_instance_action(id, "delete", &auth.context.request_id, auth.user_id(), auth.project_id())?;
-                Ok(r)
-            })?
+            .update_with_action(auth, id, "delete", &u)?
             .map_err(|_| ComputeError::InstanceNotFound(id.to_string()))?;
         match host {
             Some(h) => {
