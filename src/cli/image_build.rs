@@ -112,7 +112,8 @@ async fn import(
     let visibility = if args.public { "public" } else { "private" };
     // The same build already imported under this name is the result; a second copy would only
     // make the name ambiguous for `server create --image`.
-    let same = client.image(Method::GET, &format!("/images?name={}", urlencode(name)), None).await?;
+    let same =
+        client.image(Method::GET, &format!("/images?name={}", novabox::api::listing::encode(name)), None).await?;
     let found = same["images"].as_array().into_iter().flatten().find(|i| {
         i["novabox_build"] == spec.key().as_str() && i["status"] == "active" && i["visibility"] == visibility
     });
@@ -185,16 +186,6 @@ async fn one(
         return Err(e);
     }
     Ok(id)
-}
-
-/// Percent-encodes a query value (image names may hold spaces and `&`).
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn md5_of(file: &Path) -> anyhow::Result<String> {
