@@ -61,6 +61,7 @@ pub fn router() -> Router<AppState> {
 
 mod networks;
 mod ports;
+mod provider;
 mod quotas;
 mod security_groups;
 mod subnets;
