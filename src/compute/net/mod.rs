@@ -71,6 +71,11 @@ pub enum NetError {
          physical network to a free interface, or to a bridge"
     )]
     UplinkInUse { interface: String, master: String, physnet: String },
+    #[error(
+        "this kernel cannot make VLAN interfaces (802.1Q: CONFIG_VLAN_8021Q, module 8021q), which the vlan network \
+         on physical network {physnet} needs: run `modprobe 8021q`, or use a flat network"
+    )]
+    NoVlanSupport { physnet: String },
 }
 
 /// A short, stable tag for one home: two homes on one host never share an nft table, an

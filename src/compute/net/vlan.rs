@@ -123,7 +123,14 @@ pub fn ensure_uplink(uplink: &Uplink, bridge: &str, tag: &str) -> Result<(), Net
             let sub = vlan_ifname(&carrier, vid);
             if absent_or_ours(&links, &sub, tag)? {
                 let id = vid.to_string();
-                host::run("ip", &["link", "add", "link", &carrier, "name", &sub, "type", "vlan", "id", &id])?;
+                host::run("ip", &["link", "add", "link", &carrier, "name", &sub, "type", "vlan", "id", &id]).map_err(
+                    |e| match e {
+                        NetError::Command { detail, .. } if detail.contains("Unknown device type") => {
+                            NetError::NoVlanSupport { physnet: uplink.physical_network.clone() }
+                        }
+                        e => e,
+                    },
+                )?;
                 host::run("ip", &["link", "set", "dev", &sub, "alias", &alias(tag)])?;
                 links = host::links()?;
             }
