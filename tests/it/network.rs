@@ -993,7 +993,7 @@ fn flat_provider_network_bridges_the_mapped_interface_and_survives_down_up_needs
 /// The kernel can make 802.1Q interfaces (CONFIG_VLAN_8021Q), tried in a namespace of its own.
 fn require_8021q() {
     let ns = Netns::new();
-    assert_ok(&ns.ip(&["link", "add", "d0", "type", "dummy"]));
+    assert_ok(&ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]));
     let out = ns.ip(&["link", "add", "link", "d0", "name", "d0.5", "type", "vlan", "id", "5"]);
     assert!(
         out.status.success(),
