@@ -59,6 +59,7 @@ pub fn router() -> Router<AppState> {
         .route("/v2.0/quotas/{id}/details", get(quotas::details))
 }
 
+mod ipv6_subnets;
 mod networks;
 mod ports;
 mod provider;

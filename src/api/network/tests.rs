@@ -1209,3 +1209,46 @@ async fn provider_networks_are_refused_in_user_mode() {
     let n = cloud.get("/network/v2.0/networks", &admin).await.json();
     assert!(n["networks"].as_array().unwrap().is_empty(), "nothing was created: {n}");
 }
+
+#[tokio::test]
+async fn ipv6_modes_are_checked_as_neutron_does() {
+    let cloud = Cloud::new();
+    let demo = cloud.token("demo").await;
+    let net = created(&cloud, &demo, "/network/v2.0/networks", json!({"network": {"name": "v6"}}), "network").await;
+    let id = net["id"].as_str().unwrap();
+    let subnet = |extra: Value| {
+        let mut s = json!({"network_id": id, "cidr": "2001:db8::/64", "ip_version": 6});
+        s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"subnet": s})
+    };
+    for (body, want) in [
+        (
+            json!({"subnet": {"network_id": id, "cidr": "10.9.0.0/24", "ip_version": 4, "ipv6_ra_mode": "slaac"}}),
+            "Invalid input for operation: ipv6_ra_mode is not valid when ip_version is 4.",
+        ),
+        (
+            subnet(json!({"ipv6_ra_mode": "slaac", "ipv6_address_mode": "dhcpv6-stateful"})),
+            "Invalid input for operation: ipv6_ra_mode set to 'slaac' with ipv6_address_mode set to \
+             'dhcpv6-stateful' is not valid. If both attributes are set, they must be the same value.",
+        ),
+        (
+            subnet(json!({"ipv6_address_mode": "slaac", "enable_dhcp": false})),
+            "Invalid input for operation: ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set \
+             to False..",
+        ),
+        (
+            subnet(json!({"ipv6_ra_mode": "dhcpv6-pd"})),
+            "Invalid input for ipv6_ra_mode. Reason: 'dhcpv6-pd' is not in ['dhcpv6-stateful', 'dhcpv6-stateless', \
+             'slaac'].",
+        ),
+        (
+            json!({"subnet": {"network_id": id, "cidr": "2001:db8::/80", "ip_version": 6,
+                              "ipv6_address_mode": "slaac"}}),
+            "Invalid input for operation: Invalid CIDR 2001:db8::/80 for IPv6 address mode. OpenStack uses the \
+             EUI-64 address format, which requires the prefix to be /64..",
+        ),
+    ] {
+        let r = cloud.post("/network/v2.0/subnets", &demo, body.clone()).await;
+        assert_eq!(neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput"), want, "{body}");
+    }
+}
