@@ -873,6 +873,18 @@ fn provider_setup(ns: &Netns, peer: &Netns, home: &TestHome) {
     assert_ok(&peer.ip(&["link", "set", "vpeer0", "up"]));
 }
 
+/// As [`provider_setup`], with `physnet1` mapped to a bridge `brx0` of the test namespace
+/// (as a host's `br-ex`), which the veth to the switch side is a port of.
+fn provider_setup_on_bridge(ns: &Netns, peer: &Netns, home: &TestHome) {
+    init(home, "qemu");
+    home.edit_config(&[("[network.physical_networks]\n", "[network.physical_networks]\nphysnet1 = \"brx0\"\n")]);
+    assert_ok(&ns.ip(&["link", "add", "brx0", "type", "bridge"]));
+    assert_ok(&ns.ip(&["link", "set", "brx0", "up"]));
+    assert_ok(&ns.ip(&["link", "add", "vup0", "type", "veth", "peer", "name", "vpeer0", "netns", &peer.name]));
+    assert_ok(&ns.ip(&["link", "set", "vup0", "master", "brx0", "up"]));
+    assert_ok(&peer.ip(&["link", "set", "vpeer0", "up"]));
+}
+
 /// As admin: a shared provider network `name` (`provider` holds its `provider:*` keys) with
 /// the subnet 10.50.0.0/24 and port security off (the peer is in no security group); its id.
 fn provider_network(ns: &Netns, home: &TestHome, name: &str, provider: Value) -> String {
@@ -988,6 +1000,47 @@ fn flat_provider_network_bridges_the_mapped_interface_and_survives_down_up_needs
         "RELIABILITY flat-provider-down-up: a flat provider network on a mapped veth with a qemu guest through down \
          and up: the veth released and taken back, the guest reached from the switch side before and after; lost 0"
     );
+}
+
+/// Issue 19, item 4, with the physical network mapped to a bridge (`brx0`), which cannot be
+/// enslaved to another: a veth pair of novabox's joins the two bridges. The guest is reached
+/// from the switch side through `brx0`; `down` removes the pair and leaves `brx0` and its
+/// port, `up` makes the pair again.
+#[test]
+fn flat_provider_network_on_a_mapped_bridge_joins_it_with_a_veth_pair_needs_root_qemu() {
+    let _turn = guest_turn();
+    crate::guests::require_qemu();
+    let (ns, peer, home) = (Netns::new(), Netns::new(), TestHome::new());
+    provider_setup_on_bridge(&ns, &peer, &home);
+    let mut up = Up::start(&ns, &home);
+    let net_id = provider_network(
+        &ns,
+        &home,
+        "flatbr",
+        serde_json::json!({"provider:network_type": "flat", "provider:physical_network": "physnet1"}),
+    );
+    let (id, ip) = boot_on(&ns, &home, "flatbr-a", "flatbr");
+    let bridge = format!("nbr{}", &net_id.replace('-', "")[..8]);
+    let (ours, theirs) = novabox::compute::net::vlan::veth_names(&bridge);
+    assert_eq!(master_of(&ns, &ours), Some(bridge.clone()), "{:?}", ns.links());
+    assert_eq!(master_of(&ns, &theirs), Some("brx0".to_string()), "{:?}", ns.links());
+    assert!(has_alias(&ns, &ours) && has_alias(&ns, &theirs) && !has_alias(&ns, "brx0"), "{:?}", ns.links());
+    assert_eq!(leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 1, &up), 1), ip);
+    assert_ok(&peer.ip(&["addr", "add", "10.50.0.200/24", "dev", "vpeer0"]));
+    assert!(pings(&peer, &ip, Duration::from_secs(60)), "the peer cannot reach the guest:\n{}", up.log());
+
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
+    up.wait_exit();
+    let names = ns.link_names();
+    assert!(!names.contains(&ours) && !names.contains(&theirs) && !names.contains(&bridge), "{names:?}");
+    assert!(names.iter().any(|n| n == "brx0") && master_of(&ns, "vup0").as_deref() == Some("brx0"), "{names:?}");
+
+    let up2 = Up::start(&ns, &home);
+    assert_eq!(leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 2, &up2), 2), ip);
+    assert_eq!(master_of(&ns, &theirs), Some("brx0".to_string()), "{:?}", ns.links());
+    assert!(pings(&peer, &ip, Duration::from_secs(60)), "after up, the peer cannot reach the guest:\n{}", up2.log());
+    assert_ok(&server(&ns, &home, &["delete", "flatbr-a", "--wait"]));
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
 }
 
 /// The kernel can make 802.1Q interfaces (CONFIG_VLAN_8021Q), tried in a namespace of its own.

@@ -257,7 +257,10 @@ impl HostNet {
     }
 
     fn bridged(&self) -> Result<Vec<nat::Bridged>, NetError> {
-        self.networks().iter().map(|n| Ok(nat::Bridged { bridge: n.bridge.clone(), cidr: n.cidr()? })).collect()
+        self.networks()
+            .iter()
+            .map(|n| Ok(nat::Bridged { bridge: n.bridge.clone(), cidr: n.cidr()?, masquerade: n.uplink.is_none() }))
+            .collect()
     }
 
     /// Plugs a guest's ports: network, tap on its bridge, a DHCP/DNS entry. True when a tap had
