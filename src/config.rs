@@ -236,6 +236,10 @@ pub struct NetworkConfig {
     #[serde(with = "cidr_string")]
     pub cidr: Ipv4Cidr,
     pub dns_domain: String,
+    /// Provider networks' physical networks: a name admins give as
+    /// `provider:physical_network`, mapped to the host interface or bridge that carries it
+    /// (neutron's `bridge_mappings`), e.g. `physnet1 = "eth1"`.
+    pub physical_networks: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for NetworkConfig {
@@ -245,6 +249,7 @@ impl Default for NetworkConfig {
             bridge: "nbr0".into(),
             cidr: Ipv4Cidr::DEFAULT_GUEST_NET,
             dns_domain: "novalocal".into(),
+            physical_networks: Default::default(),
         }
     }
 }
@@ -463,6 +468,37 @@ impl Config {
                 "an interface name has 1 to 15 letters, digits, '-' or '_'",
             );
         }
+        for (name, interface) in &self.network.physical_networks {
+            let shown = format!("{{ {name:?} = {interface:?} }}");
+            let name_ok = (1..=64).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !name_ok {
+                return invalid(
+                    "network.physical_networks",
+                    &shown,
+                    "a physical network name has 1 to 64 letters, digits, '-', '_' or '.'",
+                );
+            }
+            let if_ok = (1..=15).contains(&interface.len())
+                && interface.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !if_ok {
+                return invalid(
+                    "network.physical_networks",
+                    &shown,
+                    &format!(
+                        "physical network {name:?} must map to a host interface or bridge name (1 to 15 letters, \
+                         digits, '-', '_' or '.')"
+                    ),
+                );
+            }
+            if interface == &self.network.bridge {
+                return invalid(
+                    "network.physical_networks",
+                    &shown,
+                    &format!("physical network {name:?} cannot be novabox's own bridge (network.bridge)"),
+                );
+            }
+        }
         if self.images.max_upload_mb == 0 {
             return invalid("images.max_upload_mb", &0, "must be at least 1");
         }
@@ -573,6 +609,12 @@ mod tests {
     fn validation_names_key_and_value() {
         let err = parse("[api]\nport = 0\n").unwrap_err().to_string();
         assert!(err.contains("`api.port = 0`"), "{err}");
+        let c = parse("[network.physical_networks]\nphysnet1 = \"eth1\"\next = \"br-ex\"\n").unwrap();
+        assert_eq!(c.network.physical_networks.get("physnet1").map(String::as_str), Some("eth1"));
+        for bad in ["physnet1 = \"an-interface-name-too-long\"", "\"bad name\" = \"eth1\"", "p = \"nbr0\""] {
+            let err = parse(&format!("[network.physical_networks]\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("network.physical_networks"), "{err}");
+        }
         let err = parse("[network]\nbridge = \"this-name-is-too-long\"\n").unwrap_err().to_string();
         assert!(err.contains("network.bridge"), "{err}");
         let err = parse("[network]\ncidr = \"10.42.0.1/24\"\n").unwrap_err().to_string();

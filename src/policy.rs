@@ -145,6 +145,9 @@ pub enum Action {
     ComputeServersAllFilters,
     /// Listing another user's keypairs (`GET /os-keypairs?user_id=`, 2.10).
     ComputeKeypairsOtherUser,
+    // Issue 19, item 4: neutron's provider attributes of a network, by their policy name
+    // (`create_network:provider:network_type`, `get_network:provider:segmentation_id`, ...).
+    NetworkProviderAttribute(&'static str),
 }
 
 impl Action {
@@ -180,6 +183,7 @@ impl Action {
             Action::VolumeTenantAttribute => "volume_extension:volume_tenant_attribute",
             Action::VolumeHostAttribute => "volume_extension:volume_host_attribute",
             Action::IdentityAdmin(name) => name,
+            Action::NetworkProviderAttribute(name) => name,
             Action::IdentityGetProject => "identity:get_project",
             Action::IdentityGetUser => "identity:get_user",
             // The base rule of each service's defaults; upstream names the call's own policy.
@@ -232,6 +236,7 @@ impl Action {
             ComputeServersAllTenants | ComputeServersAllFilters | ComputeKeypairsOtherUser => Service::Compute,
             ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
             ComputeUsageList | ComputeUsageShow => Service::Compute,
+            NetworkProviderAttribute(_) => Service::Network,
         }
     }
 
@@ -276,6 +281,7 @@ impl Action {
             ComputeServerGroupListAllProjects => Rule::Admin,
             ComputeUsageList => Rule::Admin,
             ComputeUsageShow => Rule::AdminOrOwner,
+            NetworkProviderAttribute(_) => Rule::Admin,
         }
     }
 }

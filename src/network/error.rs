@@ -47,6 +47,14 @@ pub enum NetworkError {
     PortNotFree(String),
     #[error("Quota exceeded for resources: ['{0}'].")]
     OverQuota(String),
+    // Issue 19, provider networks (ML2's flat and vlan type drivers).
+    #[error("Unable to create the network. The VLAN {vlan_id} on physical network {physical_network} is in use.")]
+    VlanIdInUse { vlan_id: u16, physical_network: String },
+    #[error("Unable to create the flat network. Physical network {0} is in use.")]
+    FlatNetworkInUse(String),
+    /// Every VLAN id of the physical network is taken.
+    #[error("Unable to create the network. No tenant network is available for allocation.")]
+    NoNetworkAvailable,
 }
 
 /// neutron's `OverQuota` text, which a boot's fault repeats when its port is over quota.

@@ -2,8 +2,10 @@
 //! and the host plumbing that applies it (`src/compute/net/`):
 //! - [`model`]: neutron's resources (networks, subnets, ports, security groups) as data;
 //! - [`ipam`]: allocation pools, the next free address, MACs;
+//! - [`ipv6`]: IPv6 address modes, EUI-64 addresses, v6 pools and dnsmasq's RA/DHCPv6 lines;
 //! - [`ports`]: what a new port gets, planned before the database writes it;
 //! - [`vif`]: what a guest gets of a port, and the tap and bridge names;
+//! - [`provider`]: flat and VLAN provider networks on the host's physical networks;
 //! - [`secgroups`]: security groups resolved into each port's allow rules;
 //! - [`error`]: what neutron refuses, in its words.
 //!
@@ -11,8 +13,10 @@
 
 pub mod error;
 pub mod ipam;
+pub mod ipv6;
 pub mod model;
 pub mod ports;
+pub mod provider;
 pub mod secgroups;
 pub mod vif;
 

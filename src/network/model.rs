@@ -31,6 +31,8 @@ pub struct Network {
     pub port_security_enabled: bool,
     /// The Linux bridge behind it, when novabox plumbs one.
     pub bridge: Option<String>,
+    /// Its segment on a physical network of the host (`provider:*`), when an admin made it one.
+    pub provider: Option<super::provider::Provider>,
     pub revision_number: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -53,6 +55,7 @@ impl Network {
             mtu: 1500,
             port_security_enabled: true,
             bridge: None,
+            provider: None,
             revision_number: 0,
             created_at: String::new(),
             updated_at: String::new(),

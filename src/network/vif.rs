@@ -27,6 +27,10 @@ pub struct Vif {
     /// The guest's tap device ([`tap_name`]); `None` means QEMU user networking.
     #[serde(default)]
     pub tap: Option<String>,
+    /// The network's segment on a physical network of the host (flat or VLAN), which the
+    /// compute host connects to the bridge through its own `[network] physical_networks`.
+    #[serde(default)]
+    pub provider: Option<super::provider::Provider>,
 }
 
 impl Vif {
@@ -44,6 +48,7 @@ impl Vif {
             cidr: subnet.map(|s| s.cidr.to_string()),
             gateway: subnet.and_then(|s| s.gateway_ip).map(|g| g.to_string()),
             tap: Some(tap_name(&port.id)),
+            provider: network.and_then(|n| n.provider.clone()),
         }
     }
 }

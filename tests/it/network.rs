@@ -863,3 +863,256 @@ fn up_bridge_of(ns: &Netns, port_id: &str) -> String {
         .unwrap_or_else(|| panic!("{tap} is on no bridge: {:?}", ns.links()))
         .to_string()
 }
+
+/// The links of a provider network test: a veth `vup0` in the stack's namespace (what
+/// `physnet1` is mapped to) whose other end `vpeer0` is in `peer`, the switch side.
+fn provider_setup(ns: &Netns, peer: &Netns, home: &TestHome) {
+    init(home, "qemu");
+    home.edit_config(&[("[network.physical_networks]\n", "[network.physical_networks]\nphysnet1 = \"vup0\"\n")]);
+    assert_ok(&ns.ip(&["link", "add", "vup0", "type", "veth", "peer", "name", "vpeer0", "netns", &peer.name]));
+    assert_ok(&peer.ip(&["link", "set", "vpeer0", "up"]));
+}
+
+/// As [`provider_setup`], with `physnet1` mapped to a bridge `brx0` of the test namespace
+/// (as a host's `br-ex`), which the veth to the switch side is a port of.
+fn provider_setup_on_bridge(ns: &Netns, peer: &Netns, home: &TestHome) {
+    init(home, "qemu");
+    home.edit_config(&[("[network.physical_networks]\n", "[network.physical_networks]\nphysnet1 = \"brx0\"\n")]);
+    assert_ok(&ns.ip(&["link", "add", "brx0", "type", "bridge"]));
+    assert_ok(&ns.ip(&["link", "set", "brx0", "up"]));
+    assert_ok(&ns.ip(&["link", "add", "vup0", "type", "veth", "peer", "name", "vpeer0", "netns", &peer.name]));
+    assert_ok(&ns.ip(&["link", "set", "vup0", "master", "brx0", "up"]));
+    assert_ok(&peer.ip(&["link", "set", "vpeer0", "up"]));
+}
+
+/// As admin: a shared provider network `name` (`provider` holds its `provider:*` keys) with
+/// the subnet 10.50.0.0/24 and port security off (the peer is in no security group); its id.
+fn provider_network(ns: &Netns, home: &TestHome, name: &str, provider: Value) -> String {
+    with_user(ns, home, "admin", async |c| {
+        let mut body = serde_json::json!({"name": name, "shared": true, "port_security_enabled": false});
+        body.as_object_mut().unwrap().extend(provider.as_object().unwrap().clone());
+        let net = c
+            .network(reqwest::Method::POST, "/networks", Some(serde_json::json!({"network": body})))
+            .await
+            .expect("network create");
+        for (k, v) in provider.as_object().unwrap() {
+            assert_eq!(&net["network"][k], v, "{net}");
+        }
+        let id = net["network"]["id"].as_str().unwrap().to_string();
+        let body = serde_json::json!({"subnet": {"network_id": id, "cidr": "10.50.0.0/24", "ip_version": 4}});
+        c.network(reqwest::Method::POST, "/subnets", Some(body)).await.expect("subnet create");
+        id
+    })
+}
+
+/// Boots `name` on `network`; its id and the address the API gives it there.
+fn boot_on(ns: &Netns, home: &TestHome, name: &str, network: &str) -> (String, String) {
+    let out = server(
+        ns,
+        home,
+        &["create", name, "--image", "tiny", "--flavor", "m1.tiny", "--network", network, "--wait", "--json"],
+    );
+    assert_ok(&out);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = s["id"].as_str().unwrap().to_string();
+    let shown: Value = serde_json::from_slice(&server(ns, home, &["show", &id, "--json"]).stdout).unwrap();
+    let ip = shown["addresses"][network][0]["addr"].as_str().unwrap_or_else(|| panic!("{shown:#}")).to_string();
+    (id, ip)
+}
+
+/// The master of link `name` in the namespace, if any.
+fn master_of(ns: &Netns, name: &str) -> Option<String> {
+    ns.links().iter().find(|l| l["ifname"] == name).and_then(|l| l["master"].as_str().map(str::to_string))
+}
+
+/// The VLAN id of `name` in the namespace and its bridge, from `ip -d -json link show`.
+fn vlan_of(ns: &Netns, name: &str) -> Option<(u64, String)> {
+    let out = ns.ip(&["-d", "-json", "link", "show", "dev", name]);
+    if !out.status.success() {
+        return None;
+    }
+    let links: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+    let l = links.first()?;
+    assert_eq!(l["linkinfo"]["info_kind"], "vlan", "{l}");
+    Some((l["linkinfo"]["info_data"]["id"].as_u64()?, l["master"].as_str().unwrap_or_default().to_string()))
+}
+
+/// Pings `ip` from `from` until a reply comes back (true) or `within` passes (false), with
+/// busybox's ping (busybox-static is a test dependency; iputils may be missing).
+fn pings(from: &Netns, ip: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = from.exec("busybox", &["ping", "-c", "1", "-W", "1", ip]);
+        assert!(out.status.code() != Some(127) && !stderr(&out).contains("No such file"), "{}", stderr(&out));
+        if out.status.success() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Issue 19, item 4: a flat provider network on `physnet1`, mapped to a veth of the test
+/// namespace whose other end is the "switch" in a second namespace. The network's bridge
+/// enslaves the veth; a guest on it leases the address the API shows and a peer on the
+/// switch side reaches it. `down` releases the veth (and deletes nothing of it), `up` takes
+/// it back and the guest is reached again.
+#[test]
+fn flat_provider_network_bridges_the_mapped_interface_and_survives_down_up_needs_root_qemu() {
+    let _turn = guest_turn();
+    crate::guests::require_qemu();
+    let (ns, peer, home) = (Netns::new(), Netns::new(), TestHome::new());
+    provider_setup(&ns, &peer, &home);
+    let mut up = Up::start(&ns, &home);
+    let net_id = provider_network(
+        &ns,
+        &home,
+        "flat1",
+        serde_json::json!({"provider:network_type": "flat", "provider:physical_network": "physnet1"}),
+    );
+    let (id, ip) = boot_on(&ns, &home, "flat-a", "flat1");
+    assert!(ip.starts_with("10.50.0."), "{ip}");
+    let bridge = format!("nbr{}", &net_id.replace('-', "")[..8]);
+    assert_eq!(master_of(&ns, "vup0"), Some(bridge.clone()), "{:?}", ns.links());
+    assert!(!has_alias(&ns, "vup0"), "the mapped interface is not novabox's: {:?}", ns.links());
+    assert_eq!(leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 1, &up), 1), ip);
+
+    assert_ok(&peer.ip(&["addr", "add", "10.50.0.200/24", "dev", "vpeer0"]));
+    assert!(pings(&peer, &ip, Duration::from_secs(60)), "the peer cannot reach the guest:\n{}", up.log());
+
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
+    up.wait_exit();
+    assert!(!ns.link_names().contains(&bridge), "{:?}", ns.link_names());
+    assert_eq!(master_of(&ns, "vup0"), None, "down must release the mapped interface: {:?}", ns.links());
+    assert!(!pings(&peer, &ip, Duration::from_secs(3)), "the guest is reachable with its bridge gone");
+
+    let up2 = Up::start(&ns, &home);
+    assert_eq!(leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 2, &up2), 2), ip);
+    assert_eq!(master_of(&ns, "vup0"), Some(bridge.clone()), "{:?}", ns.links());
+    assert!(pings(&peer, &ip, Duration::from_secs(60)), "after up, the peer cannot reach the guest:\n{}", up2.log());
+
+    assert_ok(&server(&ns, &home, &["delete", "flat-a", "--wait"]));
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
+    assert!(ns.link_names().iter().any(|n| n == "vup0"), "the mapped interface was deleted: {:?}", ns.link_names());
+    println!(
+        "RELIABILITY flat-provider-down-up: a flat provider network on a mapped veth with a qemu guest through down \
+         and up: the veth released and taken back, the guest reached from the switch side before and after; lost 0"
+    );
+}
+
+/// Issue 19, item 4, with the physical network mapped to a bridge (`brx0`), which cannot be
+/// enslaved to another: a veth pair of novabox's joins the two bridges. The guest is reached
+/// from the switch side through `brx0`; `down` removes the pair and leaves `brx0` and its
+/// port, `up` makes the pair again.
+#[test]
+fn flat_provider_network_on_a_mapped_bridge_joins_it_with_a_veth_pair_needs_root_qemu() {
+    let _turn = guest_turn();
+    crate::guests::require_qemu();
+    let (ns, peer, home) = (Netns::new(), Netns::new(), TestHome::new());
+    provider_setup_on_bridge(&ns, &peer, &home);
+    let mut up = Up::start(&ns, &home);
+    let net_id = provider_network(
+        &ns,
+        &home,
+        "flatbr",
+        serde_json::json!({"provider:network_type": "flat", "provider:physical_network": "physnet1"}),
+    );
+    let (id, ip) = boot_on(&ns, &home, "flatbr-a", "flatbr");
+    let bridge = format!("nbr{}", &net_id.replace('-', "")[..8]);
+    let (ours, theirs) = novabox::compute::net::vlan::veth_names(&bridge);
+    assert_eq!(master_of(&ns, &ours), Some(bridge.clone()), "{:?}", ns.links());
+    assert_eq!(master_of(&ns, &theirs), Some("brx0".to_string()), "{:?}", ns.links());
+    assert!(has_alias(&ns, &ours) && has_alias(&ns, &theirs) && !has_alias(&ns, "brx0"), "{:?}", ns.links());
+    assert_eq!(leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 1, &up), 1), ip);
+    assert_ok(&peer.ip(&["addr", "add", "10.50.0.200/24", "dev", "vpeer0"]));
+    assert!(pings(&peer, &ip, Duration::from_secs(60)), "the peer cannot reach the guest:\n{}", up.log());
+
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
+    up.wait_exit();
+    let names = ns.link_names();
+    assert!(!names.contains(&ours) && !names.contains(&theirs) && !names.contains(&bridge), "{names:?}");
+    assert!(names.iter().any(|n| n == "brx0") && master_of(&ns, "vup0").as_deref() == Some("brx0"), "{names:?}");
+
+    let up2 = Up::start(&ns, &home);
+    assert_eq!(leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 2, &up2), 2), ip);
+    assert_eq!(master_of(&ns, &theirs), Some("brx0".to_string()), "{:?}", ns.links());
+    assert!(pings(&peer, &ip, Duration::from_secs(60)), "after up, the peer cannot reach the guest:\n{}", up2.log());
+    assert_ok(&server(&ns, &home, &["delete", "flatbr-a", "--wait"]));
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
+}
+
+/// The kernel can make 802.1Q interfaces (CONFIG_VLAN_8021Q), tried in a namespace of its own.
+fn require_8021q() {
+    let ns = Netns::new();
+    assert_ok(&ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]));
+    let out = ns.ip(&["link", "add", "link", "d0", "name", "d0.5", "type", "vlan", "id", "5"]);
+    assert!(
+        out.status.success(),
+        "this kernel has no 802.1Q VLAN support (CONFIG_VLAN_8021Q, module 8021q), which VLAN provider networks \
+         need: {}",
+        stderr(&out)
+    );
+}
+
+/// Issue 19, item 4: a VLAN provider network on `physnet1` (as above). The network's bridge
+/// enslaves `vup0.100`; a guest on it leases its address; a peer with its own VLAN 100
+/// sub-interface reaches the guest, one on VLAN 101 does not (frames leave tagged). `down`
+/// removes the sub-interface (the mapped veth stays) and `up` restores it.
+#[test]
+fn vlan_provider_network_tags_guest_traffic_and_survives_down_up_needs_root_qemu_8021q() {
+    let _turn = guest_turn();
+    crate::guests::require_qemu();
+    require_8021q();
+    let (ns, peer, home) = (Netns::new(), Netns::new(), TestHome::new());
+    provider_setup(&ns, &peer, &home);
+    let mut up = Up::start(&ns, &home);
+    let net_id = provider_network(
+        &ns,
+        &home,
+        "vlan100",
+        serde_json::json!({"provider:network_type": "vlan", "provider:physical_network": "physnet1",
+            "provider:segmentation_id": 100}),
+    );
+    let (id, ip) = boot_on(&ns, &home, "vlan-a", "vlan100");
+    let bridge = format!("nbr{}", &net_id.replace('-', "")[..8]);
+    assert_eq!(vlan_of(&ns, "vup0.100"), Some((100, bridge.clone())), "{:?}", ns.links());
+    assert!(has_alias(&ns, "vup0.100") && !has_alias(&ns, "vup0"), "{:?}", ns.links());
+    assert_eq!(master_of(&ns, "vup0"), None, "the parent stays out of the bridge");
+    assert_eq!(leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 1, &up), 1), ip);
+
+    // The switch side: VLAN 101 (same address) does not reach the guest, VLAN 100 does.
+    let vlan_peer = |vid: &str| {
+        let name = format!("vpeer0.{vid}");
+        assert_ok(&peer.ip(&["link", "add", "link", "vpeer0", "name", &name, "type", "vlan", "id", vid]));
+        assert_ok(&peer.ip(&["addr", "add", "10.50.0.200/24", "dev", &name]));
+        assert_ok(&peer.ip(&["link", "set", &name, "up"]));
+        name
+    };
+    let wrong = vlan_peer("101");
+    assert!(!pings(&peer, &ip, Duration::from_secs(5)), "VLAN 101 must not reach the guest:\n{}", up.log());
+    assert_ok(&peer.ip(&["link", "del", &wrong]));
+    vlan_peer("100");
+    assert!(pings(&peer, &ip, Duration::from_secs(60)), "the VLAN 100 peer cannot reach the guest:\n{}", up.log());
+
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
+    up.wait_exit();
+    let names = ns.link_names();
+    assert!(!names.iter().any(|n| n == "vup0.100" || *n == bridge), "{names:?}");
+    assert!(names.iter().any(|n| n == "vup0"), "the mapped interface was deleted: {names:?}");
+
+    let up2 = Up::start(&ns, &home);
+    assert_eq!(leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 2, &up2), 2), ip);
+    assert_eq!(vlan_of(&ns, "vup0.100"), Some((100, bridge.clone())), "{:?}", ns.links());
+    assert!(pings(&peer, &ip, Duration::from_secs(60)), "after up, the peer cannot reach the guest:\n{}", up2.log());
+
+    assert_ok(&server(&ns, &home, &["delete", "vlan-a", "--wait"]));
+    assert_ok(&common::run(ns.novabox(&home).arg("down")));
+    assert!(vlan_of(&ns, "vup0.100").is_none());
+    println!(
+        "RELIABILITY vlan-provider-down-up: a VLAN 100 provider network with a qemu guest through down and up: \
+         vup0.100 removed and restored, the guest reached from a VLAN 100 peer (not from VLAN 101) before and \
+         after; lost 0"
+    );
+}

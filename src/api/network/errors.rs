@@ -32,6 +32,9 @@ impl From<NetworkError> for ApiError {
             // nova checks this before neutron would; only the conductor meets it.
             E::PortNotFree(_) => (StatusCode::CONFLICT, "Conflict"),
             E::OverQuota(_) => (StatusCode::CONFLICT, "OverQuota"),
+            E::VlanIdInUse { .. } => (StatusCode::CONFLICT, "VlanIdInUse"),
+            E::FlatNetworkInUse(_) => (StatusCode::CONFLICT, "FlatNetworkInUse"),
+            E::NoNetworkAvailable => (StatusCode::SERVICE_UNAVAILABLE, "NoNetworkAvailable"),
         };
         ApiError::new(status, e.to_string()).with_kind(kind)
     }

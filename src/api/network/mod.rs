@@ -59,8 +59,10 @@ pub fn router() -> Router<AppState> {
         .route("/v2.0/quotas/{id}/details", get(quotas::details))
 }
 
+mod ipv6_subnets;
 mod networks;
 mod ports;
+mod provider;
 mod quotas;
 mod security_groups;
 mod subnets;

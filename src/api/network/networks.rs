@@ -24,14 +24,7 @@ pub(super) fn network_json(n: &Network, admin: bool) -> Value {
         "revision_number": n.revision_number,
     });
     if admin {
-        // novabox networks are flat: the bridge is the "physical" network.
-        let (kind, physnet) = match &n.bridge {
-            Some(b) => ("flat", Value::String(b.clone())),
-            None => ("local", Value::Null),
-        };
-        v["provider:network_type"] = json!(kind);
-        v["provider:physical_network"] = physnet;
-        v["provider:segmentation_id"] = Value::Null;
+        provider::provider_json(&mut v, n);
     }
     v
 }
@@ -98,20 +91,7 @@ pub(super) fn apply_network_attrs(
             .with_kind("AvailabilityZoneNotFound"));
         }
     }
-    let provider: Vec<&str> =
-        NETWORK_ATTRS.iter().copied().filter(|k| k.starts_with("provider:") && obj.contains_key(*k)).collect();
-    if !provider.is_empty() {
-        if !auth.is_admin() {
-            return Err(policy("create_network:provider:network_type"));
-        }
-        let kind = obj.get("provider:network_type").and_then(Value::as_str);
-        if !matches!(kind, Some("flat" | "local") | None) {
-            return Err(invalid(format!(
-                "network type {} is not supported; novabox networks are flat or local",
-                kind.unwrap_or_default()
-            )));
-        }
-    }
+    // provider:* are checked by the create and update handlers (`provider.rs`).
     Ok(())
 }
 
@@ -122,7 +102,8 @@ pub(super) async fn list_networks(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     let nets = state.db.with(|db| db.networks())?;
-    let items = nets.iter().filter(|n| network_visible(&auth, n)).map(|n| network_json(n, auth.is_admin())).collect();
+    let admin = provider::sees_provider(&auth);
+    let items = nets.iter().filter(|n| network_visible(&auth, n)).map(|n| network_json(n, admin)).collect();
     let url = collection_url(&headers, &state, "networks");
     Ok(Json(list_body("networks", items, &pairs, &url, "NetworkNotFound")?))
 }
@@ -134,19 +115,21 @@ pub(super) async fn show_network(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     let n = state.db.with(|db| load_network(db, &auth, &id))?;
-    Ok(Json(json!({"network": select_fields(network_json(&n, auth.is_admin()), &pairs)})))
+    Ok(Json(json!({"network": select_fields(network_json(&n, provider::sees_provider(&auth)), &pairs)})))
 }
 
 pub(super) async fn create_network(State(state): State<AppState>, auth: Auth, body: Bytes) -> ApiResult<Response> {
     let obj = resource_body(&body, "network", NETWORK_ATTRS)?;
     let mut n = Network::new("", owner_project(&auth, &obj)?);
     apply_network_attrs(&auth, &mut n, &obj, true)?;
+    n.provider = provider::for_create(&state.config, &auth, &obj)?;
     let n = state.db.tx(|db| -> ApiResult<Network> {
         quotas::ensure_room(db, &n.project_id, "network")?;
         Ok(db.create_network(&n)?)
     })?;
     tracing::info!(network_id = %n.id, name = %n.name, "network created");
-    Ok((StatusCode::CREATED, Json(json!({"network": network_json(&n, auth.is_admin())}))).into_response())
+    Ok((StatusCode::CREATED, Json(json!({"network": network_json(&n, provider::sees_provider(&auth))})))
+        .into_response())
 }
 
 pub(super) async fn update_network(
@@ -165,9 +148,10 @@ pub(super) async fn update_network(
             return Err(policy("update_network"));
         }
         apply_network_attrs(&auth, &mut n, &obj, false)?;
+        provider::check_update(&auth, &n, &obj)?;
         Ok(db.save_network(&n)?)
     })?;
-    Ok(Json(json!({"network": network_json(&n, auth.is_admin())})))
+    Ok(Json(json!({"network": network_json(&n, provider::sees_provider(&auth))})))
 }
 
 pub(super) async fn delete_network(

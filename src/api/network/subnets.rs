@@ -92,18 +92,19 @@ pub(super) fn parse_routes(v: &Value) -> ApiResult<Vec<HostRoute>> {
 /// Checks a subnet create request and makes it a [`NewSubnet`] (the network is checked by
 /// the caller).
 pub fn new_subnet(obj: &Map<String, Value>, project_id: String) -> ApiResult<NewSubnet> {
-    match obj.get("ip_version") {
-        None => {}
-        Some(v) if v == &json!(4) || v == &json!("4") => {}
-        Some(v) if v == &json!(6) || v == &json!("6") => {
-            return Err(invalid("IPv6 subnets are not supported by novabox; use ip_version 4"))
-        }
+    let ip_version = match obj.get("ip_version") {
+        None => 4,
+        Some(v) if v == &json!(4) || v == &json!("4") => 4,
+        Some(v) if v == &json!(6) || v == &json!("6") => 6,
         Some(v) => return Err(invalid_attr("ip_version", format!("'{v}' is not in [4, 6]"))),
+    };
+    if obj.get("subnetpool_id").is_some_and(|v| !v.is_null()) {
+        return Err(invalid("subnetpool_id is not supported by novabox"));
     }
-    for k in ["ipv6_ra_mode", "ipv6_address_mode", "subnetpool_id"] {
-        if obj.get(k).is_some_and(|v| !v.is_null()) {
-            return Err(invalid(format!("{k} is not supported by novabox")));
-        }
+    // neutron's checks of the IPv6 modes come first, for v6 subnets and v4 ones alike.
+    super::ipv6_subnets::check_modes(obj, ip_version)?;
+    if ip_version == 6 {
+        return Err(invalid("IPv6 subnets are not supported by novabox yet; use ip_version 4"));
     }
     let network_id = get_str(obj, "network_id", 255)?.ok_or_else(|| {
         ApiError::bad_request("Failed to parse request. Required attribute 'network_id' not specified")

@@ -1094,3 +1094,161 @@ async fn quotas_limit_each_project_with_neutrons_api() {
         "PolicyNotAuthorized",
     );
 }
+
+#[tokio::test]
+async fn provider_networks_are_admin_only_checked_and_unique_per_segment() {
+    let cloud = Cloud::with_config(|c| {
+        c.network.mode = crate::config::NetworkMode::Bridge;
+        c.network.physical_networks.insert("physnet1".into(), "eth1".into());
+    });
+    let (demo, admin) = (cloud.token("demo").await, cloud.token("admin").await);
+    let net = |body: Value| json!({"network": body});
+
+    // Members may neither set nor see the provider attributes.
+    let r =
+        cloud.post("/network/v2.0/networks", &demo, net(json!({"name": "v", "provider:network_type": "vlan"}))).await;
+    let m = neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+    assert_eq!(m, "(rule:create_network:provider:network_type) is disallowed by policy");
+    let r = cloud.post("/network/v2.0/networks", &demo, net(json!({"provider:segmentation_id": 5}))).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized"),
+        "(rule:create_network:provider:segmentation_id) is disallowed by policy"
+    );
+
+    let v = created(
+        &cloud,
+        &admin,
+        "/network/v2.0/networks",
+        net(json!({"name": "v100", "shared": true, "provider:network_type": "vlan",
+                   "provider:physical_network": "physnet1", "provider:segmentation_id": 100})),
+        "network",
+    )
+    .await;
+    assert_eq!(
+        (&v["provider:network_type"], &v["provider:physical_network"], &v["provider:segmentation_id"]),
+        (&json!("vlan"), &json!("physnet1"), &json!(100))
+    );
+    let id = v["id"].as_str().unwrap();
+    let shown = cloud.get(&format!("/network/v2.0/networks/{id}"), &demo).await.json();
+    assert_eq!(shown["network"]["name"], "v100");
+    assert!(shown["network"].get("provider:segmentation_id").is_none(), "{shown}");
+    let shown = cloud.get(&format!("/network/v2.0/networks/{id}"), &admin).await.json();
+    assert_eq!(shown["network"]["provider:segmentation_id"], 100);
+
+    // The same VLAN on the same physical network: 409; a flat one once.
+    let again = net(json!({"provider:network_type": "vlan", "provider:physical_network": "physnet1",
+                           "provider:segmentation_id": "100"}));
+    let r = cloud.post("/network/v2.0/networks", &admin, again).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::CONFLICT, "VlanIdInUse"),
+        "Unable to create the network. The VLAN 100 on physical network physnet1 is in use."
+    );
+    let flat = net(json!({"provider:network_type": "flat", "provider:physical_network": "physnet1"}));
+    let f = created(&cloud, &admin, "/network/v2.0/networks", flat.clone(), "network").await;
+    assert_eq!((&f["provider:network_type"], &f["provider:segmentation_id"]), (&json!("flat"), &Value::Null));
+    let r = cloud.post("/network/v2.0/networks", &admin, flat).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::CONFLICT, "FlatNetworkInUse"),
+        "Unable to create the flat network. Physical network physnet1 is in use."
+    );
+    let auto = net(json!({"provider:network_type": "vlan", "provider:physical_network": "physnet1"}));
+    let a = created(&cloud, &admin, "/network/v2.0/networks", auto, "network").await;
+    assert_eq!(a["provider:segmentation_id"], 1, "the lowest free VLAN id");
+
+    // Bad values: neutron's 400s.
+    for (body, want) in [
+        (
+            json!({"provider:network_type": "vlan", "provider:physical_network": "physnet9", "provider:segmentation_id": 7}),
+            "Invalid input for operation: physical_network 'physnet9' unknown for VLAN provider network.",
+        ),
+        (
+            json!({"provider:network_type": "flat", "provider:physical_network": "nope"}),
+            "Invalid input for operation: physical_network 'nope' unknown for flat provider network.",
+        ),
+        (
+            json!({"provider:network_type": "vlan", "provider:physical_network": "physnet1", "provider:segmentation_id": 4095}),
+            "Invalid input for operation: segmentation_id out of range (1 through 4094).",
+        ),
+        (
+            json!({"provider:network_type": "vxlan", "provider:segmentation_id": 1000}),
+            "Invalid input for operation: network_type value 'vxlan' not supported; novabox supports flat and vlan.",
+        ),
+        (
+            json!({"provider:network_type": "vlan", "provider:physical_network": "physnet1", "provider:segmentation_id": "x"}),
+            "Invalid input for provider:segmentation_id. Reason: 'x' is not an integer.",
+        ),
+    ] {
+        let r = cloud.post("/network/v2.0/networks", &admin, net(body.clone())).await;
+        assert_eq!(neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput"), want, "{body}");
+    }
+
+    // Repeating the attributes on update is fine; changing them is not.
+    let uri = format!("/network/v2.0/networks/{id}");
+    let r = cloud.put(&uri, &admin, net(json!({"name": "v", "provider:segmentation_id": 100}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = cloud.put(&uri, &admin, net(json!({"provider:segmentation_id": 101}))).await;
+    assert_eq!(
+        neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput"),
+        "Invalid input for operation: Plugin does not support updating provider attributes."
+    );
+    let r = cloud.put(&uri, &demo, net(json!({"provider:segmentation_id": 100}))).await;
+    neutron_error(&r, StatusCode::FORBIDDEN, "PolicyNotAuthorized");
+}
+
+#[tokio::test]
+async fn provider_networks_are_refused_in_user_mode() {
+    let cloud = Cloud::with_config(|c| {
+        c.network.mode = crate::config::NetworkMode::User;
+        c.network.physical_networks.insert("physnet1".into(), "eth1".into());
+    });
+    let admin = cloud.token("admin").await;
+    let body = json!({"network": {"provider:network_type": "flat", "provider:physical_network": "physnet1"}});
+    let r = cloud.post("/network/v2.0/networks", &admin, body).await;
+    let m = neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+    assert!(m.contains("QEMU user networking") && m.contains("mode = \"bridge\""), "{m}");
+    let n = cloud.get("/network/v2.0/networks", &admin).await.json();
+    assert!(n["networks"].as_array().unwrap().is_empty(), "nothing was created: {n}");
+}
+
+#[tokio::test]
+async fn ipv6_modes_are_checked_as_neutron_does() {
+    let cloud = Cloud::new();
+    let demo = cloud.token("demo").await;
+    let net = created(&cloud, &demo, "/network/v2.0/networks", json!({"network": {"name": "v6"}}), "network").await;
+    let id = net["id"].as_str().unwrap();
+    let subnet = |extra: Value| {
+        let mut s = json!({"network_id": id, "cidr": "2001:db8::/64", "ip_version": 6});
+        s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"subnet": s})
+    };
+    for (body, want) in [
+        (
+            json!({"subnet": {"network_id": id, "cidr": "10.9.0.0/24", "ip_version": 4, "ipv6_ra_mode": "slaac"}}),
+            "Invalid input for operation: ipv6_ra_mode is not valid when ip_version is 4.",
+        ),
+        (
+            subnet(json!({"ipv6_ra_mode": "slaac", "ipv6_address_mode": "dhcpv6-stateful"})),
+            "Invalid input for operation: ipv6_ra_mode set to 'slaac' with ipv6_address_mode set to \
+             'dhcpv6-stateful' is not valid. If both attributes are set, they must be the same value.",
+        ),
+        (
+            subnet(json!({"ipv6_address_mode": "slaac", "enable_dhcp": false})),
+            "Invalid input for operation: ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set \
+             to False..",
+        ),
+        (
+            subnet(json!({"ipv6_ra_mode": "dhcpv6-pd"})),
+            "Invalid input for ipv6_ra_mode. Reason: 'dhcpv6-pd' is not in ['dhcpv6-stateful', 'dhcpv6-stateless', \
+             'slaac'].",
+        ),
+        (
+            json!({"subnet": {"network_id": id, "cidr": "2001:db8::/80", "ip_version": 6,
+                              "ipv6_address_mode": "slaac"}}),
+            "Invalid input for operation: Invalid CIDR 2001:db8::/80 for IPv6 address mode. OpenStack uses the \
+             EUI-64 address format, which requires the prefix to be /64..",
+        ),
+    ] {
+        let r = cloud.post("/network/v2.0/subnets", &demo, body.clone()).await;
+        assert_eq!(neutron_error(&r, StatusCode::BAD_REQUEST, "InvalidInput"), want, "{body}");
+    }
+}

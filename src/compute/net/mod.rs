@@ -24,6 +24,7 @@ pub mod bridge;
 pub mod dnsmasq;
 pub mod host;
 pub mod nat;
+pub mod vlan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -54,6 +55,27 @@ pub enum NetError {
     IncompleteVif { port: String, what: &'static str },
     #[error("cannot write {0}: {1}")]
     Io(PathBuf, String),
+    // Provider networks (`vlan.rs`).
+    #[error(
+        "physical network {physnet} is not mapped on this host: add `{physnet} = \"<interface>\"` under \
+         `[network.physical_networks]` in novabox.toml"
+    )]
+    UnmappedPhysnet { physnet: String },
+    #[error(
+        "physical network {physnet} is mapped to {interface} (`[network] physical_networks`), but this host has \
+         no interface {interface}; nothing was changed"
+    )]
+    MissingUplink { physnet: String, interface: String },
+    #[error(
+        "{interface} (physical network {physnet}) is already enslaved to {master}; nothing was changed. Map the \
+         physical network to a free interface, or to a bridge"
+    )]
+    UplinkInUse { interface: String, master: String, physnet: String },
+    #[error(
+        "this kernel cannot make VLAN interfaces (802.1Q: CONFIG_VLAN_8021Q, module 8021q), which the vlan network \
+         on physical network {physnet} needs: run `modprobe 8021q`, or use a flat network"
+    )]
+    NoVlanSupport { physnet: String },
 }
 
 /// A short, stable tag for one home: two homes on one host never share an nft table, an
@@ -112,6 +134,9 @@ pub struct BridgeNet {
     pub bridge: String,
     pub cidr: String,
     pub gateway: Ipv4Addr,
+    /// A provider network's way onto its physical network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<vlan::Uplink>,
 }
 
 impl BridgeNet {
@@ -121,7 +146,7 @@ impl BridgeNet {
             .map_err(|e: crate::cidr::CidrError| NetError::Parse { what: "a subnet cidr", detail: e.to_string() })
     }
 
-    fn from_vif(vif: &Vif) -> Result<BridgeNet, NetError> {
+    fn from_vif(vif: &Vif, physnets: &BTreeMap<String, String>) -> Result<BridgeNet, NetError> {
         let missing = |what| NetError::IncompleteVif { port: vif.port_id.clone(), what };
         let bridge = vif.bridge.clone().ok_or_else(|| missing("a bridge"))?;
         if !bridge::valid_ifname(&bridge) {
@@ -129,7 +154,8 @@ impl BridgeNet {
         }
         let cidr = vif.cidr.clone().ok_or_else(|| missing("a subnet"))?;
         let gateway = vif.gateway.as_deref().and_then(|g| g.parse().ok()).ok_or_else(|| missing("a gateway"))?;
-        Ok(BridgeNet { network: vif.network_name.clone(), bridge, cidr, gateway })
+        let uplink = vif.provider.as_ref().map(|p| vlan::Uplink::of(p, physnets)).transpose()?;
+        Ok(BridgeNet { network: vif.network_name.clone(), bridge, cidr, gateway, uplink })
     }
 }
 
@@ -148,6 +174,7 @@ pub struct HostNet {
     home: Home,
     tag: String,
     dns_domain: String,
+    physnets: BTreeMap<String, String>,
     lock: std::sync::Mutex<()>,
 }
 
@@ -157,6 +184,7 @@ impl HostNet {
             home: home.clone(),
             tag: home_tag(home.root()),
             dns_domain: config.network.dns_domain.clone(),
+            physnets: config.network.physical_networks.clone(),
             lock: std::sync::Mutex::new(()),
         }
     }
@@ -172,6 +200,7 @@ impl HostNet {
             bridge: config.network.bridge.clone(),
             cidr: config.network.cidr.to_string(),
             gateway: config.network.cidr.gateway(),
+            uplink: None,
         }
     }
 
@@ -197,6 +226,9 @@ impl HostNet {
         let dir = Self::dir(&self.home, &net.bridge);
         std::fs::create_dir_all(&dir).map_err(|e| NetError::Io(dir.clone(), e.to_string()))?;
         bridge::ensure_bridge(&net.bridge, &cidr, net.gateway, &self.tag, existing)?;
+        if let Some(uplink) = &net.uplink {
+            vlan::ensure_uplink(uplink, &net.bridge, &self.tag)?;
+        }
         let state = serde_json::to_vec_pretty(net).map_err(|e| NetError::Io(dir.clone(), e.to_string()))?;
         dnsmasq::write(&dir.join("network.json"), &state)?;
         nat::apply(&self.tag, &self.bridged()?)?;
@@ -225,7 +257,10 @@ impl HostNet {
     }
 
     fn bridged(&self) -> Result<Vec<nat::Bridged>, NetError> {
-        self.networks().iter().map(|n| Ok(nat::Bridged { bridge: n.bridge.clone(), cidr: n.cidr()? })).collect()
+        self.networks()
+            .iter()
+            .map(|n| Ok(nat::Bridged { bridge: n.bridge.clone(), cidr: n.cidr()?, masquerade: n.uplink.is_none() }))
+            .collect()
     }
 
     /// Plugs a guest's ports: network, tap on its bridge, a DHCP/DNS entry. True when a tap had
@@ -234,7 +269,7 @@ impl HostNet {
         let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut created = false;
         for vif in vifs {
-            let net = BridgeNet::from_vif(vif)?;
+            let net = BridgeNet::from_vif(vif, &self.physnets)?;
             let tap =
                 vif.tap.clone().ok_or_else(|| NetError::IncompleteVif { port: vif.port_id.clone(), what: "a tap" })?;
             let dir = Self::dir(&self.home, &net.bridge);
@@ -395,6 +430,10 @@ pub fn down(home: &Home) -> Result<Removed, NetError> {
     let (taps, bridges): (Vec<_>, Vec<_>) = ours.into_iter().partition(|l| l.master.is_some());
     for l in taps.iter().chain(bridges.iter()) {
         let _ = host::run("ip", &["addr", "del", "169.254.169.254/32", "dev", &l.ifname]);
+        // A veth's peer went with it (provider networks on a mapped bridge).
+        if host::run("ip", &["link", "show", "dev", &l.ifname]).is_err() {
+            continue;
+        }
         host::run("ip", &["link", "del", "dev", &l.ifname])?;
         removed.links.push(l.ifname.clone());
     }
@@ -466,7 +505,7 @@ mod tests {
     #[test]
     fn vifs_without_bridge_facts_are_refused() {
         let vif = Vif { port_id: "p1".into(), bridge: Some("nbr0".into()), ..Default::default() };
-        let err = BridgeNet::from_vif(&vif).unwrap_err().to_string();
+        let err = BridgeNet::from_vif(&vif, &BTreeMap::new()).unwrap_err().to_string();
         assert!(err.contains("p1") && err.contains("subnet"), "{err}");
         let vif = Vif {
             bridge: Some("nbr0".into()),
@@ -475,6 +514,6 @@ mod tests {
             network_name: "private".into(),
             ..Default::default()
         };
-        assert_eq!(BridgeNet::from_vif(&vif).unwrap().gateway, Ipv4Addr::new(10, 42, 0, 1));
+        assert_eq!(BridgeNet::from_vif(&vif, &BTreeMap::new()).unwrap().gateway, Ipv4Addr::new(10, 42, 0, 1));
     }
 }

@@ -13,6 +13,10 @@ use crate::cidr::Ipv4Cidr;
 pub struct Bridged {
     pub bridge: String,
     pub cidr: Ipv4Cidr,
+    /// False for a provider network: as in neutron its traffic is not NATed, and a frame it
+    /// bridges onto the physical network's own bridge would otherwise be masqueraded there
+    /// (br_netfilter runs bridged IPv4 through these hooks).
+    pub masquerade: bool,
 }
 
 /// The whole table, replaced in one nft transaction (create, delete, create: atomic, and it
@@ -21,7 +25,7 @@ pub fn render(tag: &str, nets: &[Bridged]) -> String {
     let table = super::nat_table(tag);
     let mut s = format!("table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n");
     s.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
-    for n in nets {
+    for n in nets.iter().filter(|n| n.masquerade) {
         s.push_str(&format!("    ip saddr {} oifname != \"{}\" masquerade\n", n.cidr, n.bridge));
     }
     s.push_str("  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
@@ -112,8 +116,9 @@ mod tests {
 
     fn nets() -> Vec<Bridged> {
         vec![
-            Bridged { bridge: "nbr0".into(), cidr: "10.42.0.0/24".parse().unwrap() },
-            Bridged { bridge: "nbr1a2b3c4d".into(), cidr: "10.43.0.0/24".parse().unwrap() },
+            Bridged { bridge: "nbr0".into(), cidr: "10.42.0.0/24".parse().unwrap(), masquerade: true },
+            Bridged { bridge: "nbr1a2b3c4d".into(), cidr: "10.43.0.0/24".parse().unwrap(), masquerade: true },
+            Bridged { bridge: "nbrprov0".into(), cidr: "10.50.0.0/24".parse().unwrap(), masquerade: false },
         ]
     }
 
@@ -123,6 +128,10 @@ mod tests {
         assert!(s.starts_with("table inet novabox_abc123 {}\ndelete table inet novabox_abc123\n"), "{s}");
         assert!(s.contains("ip saddr 10.42.0.0/24 oifname != \"nbr0\" masquerade"), "{s}");
         assert!(s.contains("iifname \"nbr1a2b3c4d\" accept"), "{s}");
+        assert!(
+            s.contains("iifname \"nbrprov0\" accept") && !s.contains("10.50.0.0/24"),
+            "a provider network is not NATed: {s}"
+        );
     }
 
     /// nft itself accepts the script (syntax check only, `-c` changes nothing).
