@@ -6,6 +6,7 @@ mod clients;
 mod cloudimage;
 mod common;
 mod compute;
+mod devstack;
 mod doctor;
 mod faults;
 mod guestkit;
