@@ -253,3 +253,101 @@ fn a_devstack_script_runs_unchanged_against_init_devstack() {
     assert_eq!(stdout(&out), "pw=none\n");
     assert!(stderr(&out).contains("no password known for nobody"), "{}", stderr(&out));
 }
+
+/// `down` for a home outside a `TestHome` (the CI script's), when the test ends.
+struct DownAt(std::path::PathBuf);
+
+impl Drop for DownAt {
+    fn drop(&mut self) {
+        let _ = run(Command::new(env!("CARGO_BIN_EXE_novabox")).arg("--home").arg(&self.0).arg("down"));
+    }
+}
+
+/// `KEY=VALUE` lines, as GitHub reads `$GITHUB_ENV` and `$GITHUB_OUTPUT`.
+fn key_values(file: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The action's script as a runner runs it (with the binary given, as a restored cache gives
+/// it, and the runner's packages already there): what it exports works with `openstack`, and
+/// the openrc is where a DevStack-based script looks for it (`$DEVSTACK_PATH/openrc`).
+#[test]
+fn the_ci_action_script_exports_a_working_devstack_cloud() {
+    let t = TestHome::new();
+    let (home, user) = (t.path().join("novabox"), t.path().join("user"));
+    let (github_env, github_path, github_output) =
+        (t.path().join("github_env"), t.path().join("github_path"), t.path().join("github_output"));
+    std::fs::create_dir_all(&user).unwrap();
+    let mut cmd = Command::new(manifest_dir().join("scripts/ci-action"));
+    for var in ["OS_CLOUD", "OS_CLIENT_CONFIG_FILE", "NOVABOX_HOME", "XDG_CONFIG_HOME", "RUNNER_TEMP", "ADMIN_PASSWORD"]
+    {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", &user)
+        .env("NOVABOX_BIN", env!("CARGO_BIN_EXE_novabox"))
+        .env("NOVABOX_INSTALL_DEPS", "false")
+        .env("NOVABOX_HOME", &home)
+        .env("NOVABOX_DRIVER", "fake")
+        .env("NOVABOX_API_PORT", free_port().to_string())
+        .env("NOVABOX_BUS_PORT", free_port().to_string())
+        .env(novabox::home::CACHE_ENV, t.cache_dir())
+        .env("NOVABOX_DEB_CACHE", crate::guests::deb_cache())
+        .env("GITHUB_ENV", &github_env)
+        .env("GITHUB_PATH", &github_path)
+        .env("GITHUB_OUTPUT", &github_output);
+    let out = run(&mut cmd);
+    let _down = DownAt(home.clone());
+    assert_ok(&out);
+
+    let env = key_values(&github_env);
+    assert_eq!(env.get("OS_CLOUD").map(String::as_str), Some("devstack"), "{env:?}");
+    let clouds_yaml = user.join(".config/openstack/clouds.yaml");
+    assert_eq!(env["OS_CLIENT_CONFIG_FILE"], clouds_yaml.to_str().unwrap(), "the user's default clouds.yaml");
+    assert_eq!(env["NOVABOX_HOME"], home.to_str().unwrap());
+    assert_eq!(env["DEVSTACK_PATH"], home.to_str().unwrap());
+    let path = std::fs::read_to_string(&github_path).unwrap();
+    assert_eq!(path.trim(), Path::new(env!("CARGO_BIN_EXE_novabox")).parent().unwrap().to_str().unwrap());
+    let outputs = key_values(&github_output);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&outputs["init-json"]).unwrap()).unwrap();
+    assert_eq!(outputs["openrc"], home.join("openrc").to_str().unwrap());
+    assert_eq!(outputs["auth-url"], doc["auth_url"].as_str().unwrap());
+
+    // A later step: only what the action exported, plus the runner's PATH.
+    let step = |script: &str| {
+        let venv = venv_bin("openstack").parent().unwrap().to_path_buf();
+        let mut cmd = Command::new("bash");
+        cmd.env_clear()
+            .env("HOME", &user)
+            .env("PATH", format!("{}:{}:/usr/bin:/bin", path.trim(), venv.display()))
+            .envs(&env)
+            .args(["-c", script]);
+        run(&mut cmd)
+    };
+    let out =
+        step("set -e; openstack flavor show m1.nano -f value -c id; openstack network show private -f value -c id");
+    assert_ok(&out);
+    assert_eq!(stdout(&out), format!("42\n{}\n", doc["networks"][0]["id"].as_str().unwrap()));
+    let out = step(
+        "set -e; openstack --os-cloud devstack-admin hypervisor list -f value -c State; \
+         novabox --home \"$NOVABOX_HOME\" status >/dev/null && echo novabox-on-path",
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "up\nnovabox-on-path\n");
+    // gophercloud's and terraform-provider-openstack's stackenv: cd to DEVSTACK_PATH, source
+    // openrc admin admin, append exports to openrc, source it again. OS_CLOUD is dropped there
+    // as those jobs never set it.
+    let out = step(
+        "set -e; unset OS_CLOUD; cd \"$DEVSTACK_PATH\"; source openrc admin admin; \
+         _NETWORK_ID=$(openstack network show private -c id -f value); \
+         echo export OS_NETWORK_ID=\"$_NETWORK_ID\" >> openrc; source openrc admin admin; \
+         openstack network show \"$OS_NETWORK_ID\" -f value -c name; echo $OS_USERNAME/$OS_PROJECT_NAME",
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "private\nadmin/admin\n");
+}
