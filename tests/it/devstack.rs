@@ -351,3 +351,60 @@ fn the_ci_action_script_exports_a_working_devstack_cloud() {
     assert_ok(&out);
     assert_eq!(stdout(&out), "private\nadmin/admin\n");
 }
+
+/// scripts/install-deps on a host whose apt behaves as Debian's did here: installing
+/// qemu-system-x86 removed the installed qemu-utils. The package tools are small scripts over a
+/// directory of "installed" packages (the host's real apt is not the subject, and this test must
+/// not install anything); the script under test is the real one.
+#[test]
+fn install_deps_installs_again_what_an_install_removed() {
+    let t = TestHome::new();
+    let (bin, installed) = (t.path().join("bin"), t.path().join("installed"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&installed).unwrap();
+    let log = t.path().join("apt.log");
+    let shims = [
+        ("dpkg-query", format!("#!/bin/sh\nfor p; do :; done\n[ -e '{}'/\"$p\" ] && printf 'install ok installed'\nexit 0\n", installed.display())),
+        ("apt-cache", "#!/bin/sh\nexit 0\n".to_string()),
+        ("systemctl", "#!/bin/sh\nexit 3\n".to_string()),
+        ("sudo", "#!/bin/sh\n[ \"$1\" = -u ] && shift 2 && [ \"$1\" = -- ] && shift\nexec \"$@\"\n".to_string()),
+        (
+            "apt-get",
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{log}'\n[ \"$1\" = install ] || exit 0\nfor p; do case $p in -*|install) ;; *) touch '{d}'/\"$p\" ;; esac; done\n\
+                 # qemu-system-x86 replaces qemu-utils, once.\n\
+                 if [ -e '{d}'/qemu-system-x86 ] && [ ! -e '{d}'/.replaced ]; then rm -f '{d}'/qemu-utils; touch '{d}'/.replaced; fi\n",
+                log = log.display(),
+                d = installed.display()
+            ),
+        ),
+    ];
+    for (name, text) in shims {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Everything is there but qemu-system-x86 and qemu-utils.
+    let list = std::fs::read_to_string(manifest_dir().join("scripts/install-deps")).unwrap();
+    let block = list.split("packages=(").nth(1).unwrap().split("\n)").next().unwrap();
+    for line in block.lines() {
+        for p in line.split('#').next().unwrap().split_whitespace() {
+            if p != "qemu-system-x86" && p != "qemu-utils" {
+                std::fs::write(installed.join(p), "").unwrap();
+            }
+        }
+    }
+    let out = run(Command::new(manifest_dir().join("scripts/install-deps"))
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env_remove("SUDO_USER"));
+    assert_ok(&out);
+    let apt = std::fs::read_to_string(&log).unwrap();
+    let installs: Vec<&str> = apt.lines().filter(|l| l.starts_with("install")).collect();
+    assert_eq!(installs.len(), 2, "{apt}");
+    assert!(installs[0].ends_with("qemu-system-x86 qemu-utils"), "{apt}");
+    assert!(installs[1].ends_with("-q --no-install-recommends qemu-utils"), "only what went: {apt}");
+    assert!(installed.join("qemu-utils").exists() && installed.join("qemu-system-x86").exists());
+    assert!(stdout(&out).contains("qemu-utils went missing while installing"), "{}", stdout(&out));
+    assert!(stdout(&out).contains(".build/venv/bin/activate"), "the printed source line: {}", stdout(&out));
+}
