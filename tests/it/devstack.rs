@@ -297,6 +297,7 @@ fn the_ci_action_script_exports_a_working_devstack_cloud() {
         .env("NOVABOX_BUS_PORT", free_port().to_string())
         .env(novabox::home::CACHE_ENV, t.cache_dir())
         .env("NOVABOX_DEB_CACHE", crate::guests::deb_cache())
+        .env("NOVABOX_IMAGE_NAME", "cirros-novabox-tiny-uec")
         .env("GITHUB_ENV", &github_env)
         .env("GITHUB_PATH", &github_path)
         .env("GITHUB_OUTPUT", &github_output);
@@ -310,8 +311,12 @@ fn the_ci_action_script_exports_a_working_devstack_cloud() {
     assert_eq!(env["OS_CLIENT_CONFIG_FILE"], clouds_yaml.to_str().unwrap(), "the user's default clouds.yaml");
     assert_eq!(env["NOVABOX_HOME"], home.to_str().unwrap());
     assert_eq!(env["DEVSTACK_PATH"], home.to_str().unwrap());
-    let path = std::fs::read_to_string(&github_path).unwrap();
-    assert_eq!(path.trim(), Path::new(env!("CARGO_BIN_EXE_novabox")).parent().unwrap().to_str().unwrap());
+    let path: Vec<String> = std::fs::read_to_string(&github_path).unwrap().lines().map(String::from).collect();
+    let venv = venv_bin("openstack").parent().unwrap().to_path_buf();
+    assert_eq!(
+        path,
+        [Path::new(env!("CARGO_BIN_EXE_novabox")).parent().unwrap(), &venv].map(|p| p.to_str().unwrap().to_string())
+    );
     let outputs = key_values(&github_output);
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&outputs["init-json"]).unwrap()).unwrap();
@@ -320,11 +325,10 @@ fn the_ci_action_script_exports_a_working_devstack_cloud() {
 
     // A later step: only what the action exported, plus the runner's PATH.
     let step = |script: &str| {
-        let venv = venv_bin("openstack").parent().unwrap().to_path_buf();
         let mut cmd = Command::new("bash");
         cmd.env_clear()
             .env("HOME", &user)
-            .env("PATH", format!("{}:{}:/usr/bin:/bin", path.trim(), venv.display()))
+            .env("PATH", format!("{}:/usr/bin:/bin", path.join(":")))
             .envs(&env)
             .args(["-c", script]);
         run(&mut cmd)
@@ -350,6 +354,9 @@ fn the_ci_action_script_exports_a_working_devstack_cloud() {
     );
     assert_ok(&out);
     assert_eq!(stdout(&out), "private\nadmin/admin\n");
+    // The image as gophercloud's stackenv finds it.
+    let out = step("openstack image list | grep -i cirros | head -n 1 | awk -F'|' '{print $2}' | tr -d ' '");
+    assert_eq!(stdout(&out).trim(), doc["image"]["id"].as_str().unwrap(), "{}", stderr(&out));
 }
 
 /// scripts/install-deps on a host whose apt behaves as Debian's did here: installing
