@@ -15,6 +15,7 @@ mod identity;
 mod init;
 mod libvirt;
 mod network;
+mod newcomer;
 mod reliability;
 mod sandbox;
 mod volumes;
