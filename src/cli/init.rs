@@ -437,7 +437,7 @@ fn summary_json(
         None => made.db.flavors()?.into_iter().map(|f| serde_json::json!({"id": f.flavorid, "name": f.name})).collect(),
     };
     let networks: Vec<serde_json::Value> = match &made.devstack {
-        Some(ds) => ds.networks.iter().map(|n| serde_json::to_value(n)).collect::<Result<_, _>>()?,
+        Some(ds) => ds.networks.iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
         None => made
             .db
             .network_by_name(&made.network)?
