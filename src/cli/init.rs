@@ -73,7 +73,7 @@ pub struct InitArgs {
     /// With --devstack: one password for admin, demo and alt_demo, as DevStack's
     /// ADMIN_PASSWORD (which is read when this flag is absent) [default: the generated ones
     /// in secrets.toml]
-    #[arg(long, value_name = "PASSWORD", requires = "devstack", hide_env_values = true)]
+    #[arg(long, value_name = "PASSWORD", requires = "devstack")]
     pub admin_password: Option<String>,
     /// Print what was made as one JSON document on stdout (the text goes to stderr)
     #[arg(long)]
