@@ -196,11 +196,48 @@ pub async fn update(
     let (body, _) = parse_body::<Value>(body)?;
     let req = UpdateRequest::parse(&body, v)?;
     let (inst, d) = ComputeApi::new(&state).update(&auth, &id, &req)?;
-    let mut server = server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth);
+    let mut server = update_view(server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth), v);
     if v.at_least(71) {
         server["server_groups"] = server_groups_of(&state, &inst.uuid)?;
     }
     Ok(Json(json!({ "server": server })))
+}
+
+/// What nova's `PUT /servers/{id}` answers below 2.75: the server without the extension
+/// attributes GET shows (availability zone, config drive, key, usage, extended status and
+/// server attributes, volumes, security groups, host status) and addresses without their type
+/// and MAC. Tempest's `update_server` schema allows no other key; from 2.75 PUT shows all.
+fn update_view(mut server: Value, v: Microversion) -> Value {
+    if v.at_least(75) {
+        return server;
+    }
+    if let Some(o) = server.as_object_mut() {
+        o.retain(|k, _| {
+            !(k.starts_with("OS-EXT-AZ:")
+                || k.starts_with("OS-SRV-USG:")
+                || k.starts_with("OS-EXT-STS:")
+                || k.starts_with("OS-EXT-SRV-ATTR:")
+                || matches!(
+                    k.as_str(),
+                    "config_drive"
+                        | "key_name"
+                        | "os-extended-volumes:volumes_attached"
+                        | "security_groups"
+                        | "host_status"
+                ))
+        });
+    }
+    if let Some(nets) = server["addresses"].as_object_mut() {
+        for addrs in nets.values_mut() {
+            for a in addrs.as_array_mut().into_iter().flatten() {
+                if let Some(a) = a.as_object_mut() {
+                    a.remove("OS-EXT-IPS:type");
+                    a.remove("OS-EXT-IPS-MAC:mac_addr");
+                }
+            }
+        }
+    }
+    server
 }
 
 /// 2.71's `server_groups` of a server: the uuid of its group, or nothing.

@@ -643,7 +643,8 @@ async fn implied_role_rules_are_made_checked_listed_and_removed() {
     let (pid, uid) = project_with_member(&c, &admin, "p1", "u1").await;
     c.put(&format!("/identity/v3/projects/{pid}/users/{uid}/roles/{}", ids[0]), &admin, json!({})).await;
     let token = login(&c, "u1", "pw-1", "p1").await.json();
-    let names: Vec<&str> = token["token"]["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        token["token"]["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"r1") && names.contains(&"r2"), "{names:?}");
 
     assert_eq!(c.delete(&rule(&ids[0], &ids[1]), &admin).await.status, StatusCode::NO_CONTENT);
