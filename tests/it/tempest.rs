@@ -93,13 +93,7 @@ fn tempest_identity_v3_passes_with_dynamic_credentials() {
     assert!(conf.contains("user_lockout_failure_attempts = 2"), "{conf}");
 
     let s = tempest_run(&home, &ws, r"^tempest\.api\.identity\.", "exclude-identity.txt");
-    assert_eq!(
-        s.count("failed"),
-        0,
-        "tempest failures: {}\ntempest.log is in {}",
-        s.0["failures"],
-        ws.display()
-    );
+    assert_eq!(s.count("failed"), 0, "tempest failures: {}\ntempest.log is in {}", s.0["failures"], ws.display());
     // What this session fixed and what dynamic credentials lean on, so a run that tested
     // nothing (a bad regex, every class skipped) cannot pass.
     for test in [
