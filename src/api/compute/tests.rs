@@ -455,3 +455,18 @@ async fn an_update_shows_the_basic_server_below_2_75_and_everything_from_it() {
     let shown = call_at(&c, "2.1", Method::GET, &uri, &demo, None).await.json();
     assert!(shown["server"].get("OS-EXT-STS:vm_state").is_some(), "GET keeps them: {shown}");
 }
+
+/// `accessIPv6` comes back in the shortest form, as nova's column stores it.
+#[tokio::test]
+async fn access_ipv6_is_shown_shortened() {
+    let c = cloud();
+    let demo = c.token("demo").await;
+    let img = image(&c, "disk", "raw", &c.admin_project, "public", &[]);
+    let mut body = boot(&img, "1");
+    body["server"]["accessIPv6"] = json!("0000:0000:0000:0000:0000:babe:220.12.22.2");
+    let r = c.post("/compute/v2.1/servers", &demo, body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let id = r.json()["server"]["id"].as_str().unwrap().to_string();
+    let shown = c.get(&format!("/compute/v2.1/servers/{id}"), &demo).await.json();
+    assert_eq!(shown["server"]["accessIPv6"], "::babe:dc0c:1602", "{shown}");
+}
