@@ -18,4 +18,5 @@ mod network;
 mod newcomer;
 mod reliability;
 mod sandbox;
+mod tempest;
 mod volumes;

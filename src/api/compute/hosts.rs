@@ -104,7 +104,8 @@ fn hypervisor_json(
         let (vcpus_used, mem_used, disk_used, running) = state.db.with(|db| db.host_usage(&n.host))?;
         let r = &n.report;
         let memory_used = mem_used.saturating_add(r.reserved_host_memory_mb);
-        o["cpu_info"] = json!("{}");
+        // A JSON string before 2.28, an object from 2.28 (tempest's schemas check the type).
+        o["cpu_info"] = if v.at_least(28) { json!({}) } else { json!("{}") };
         o["current_workload"] = json!(0);
         o["disk_available_least"] = json!(r.local_gb.saturating_sub(disk_used));
         o["free_disk_gb"] = json!(r.local_gb.saturating_sub(disk_used));
@@ -469,6 +470,32 @@ mod tests {
         keys
     }
     const LIMITS_OPTIONAL: &[&str] = &["maxServerGroupMembers", "maxServerGroups", "totalServerGroupsUsed"];
+
+    #[tokio::test]
+    async fn a_hypervisors_cpu_info_is_a_string_before_2_28_and_an_object_after() {
+        let c = Cloud::new();
+        let admin = c.token("admin").await;
+        let report = crate::db::services::NodeReport {
+            hypervisor_hostname: "vm".into(),
+            hypervisor_type: "fake".into(),
+            hypervisor_version: 1,
+            accel: "none".into(),
+            host_ip: "127.0.0.1".into(),
+            vcpus: 2,
+            memory_mb: 2048,
+            local_gb: 20,
+            cpu_allocation_ratio: 16.0,
+            ram_allocation_ratio: 1.5,
+            disk_allocation_ratio: 1.0,
+            reserved_host_memory_mb: 0,
+        };
+        c.state.db.with(|db| db.upsert_compute_node("vm", &report)).unwrap();
+        for (v, want) in [("2.1", json!("{}")), ("2.27", json!("{}")), ("2.28", json!({})), ("2.79", json!({}))] {
+            let r = at(&c, Method::GET, "/compute/v2.1/os-hypervisors/detail", &admin, v, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{v}: {}", r.text());
+            assert_eq!(r.json()["hypervisors"][0]["cpu_info"], want, "{v}");
+        }
+    }
 
     #[tokio::test]
     async fn quota_sets_and_limits_have_novas_keys_per_microversion_and_nothing_else() {

@@ -28,6 +28,12 @@ fn usage_time(ts: &Option<String>) -> Value {
     }
 }
 
+/// nova stores `accessIPv6` in its shortest form (its `IPAddress` column type), so it shows
+/// `::babe:dc0c:1602` for `0000:0000:0000:0000:0000:babe:220.12.22.2`; tempest compares.
+fn shortened_ipv6(given: &str) -> String {
+    given.parse::<std::net::Ipv6Addr>().map(|a| a.to_string()).unwrap_or_else(|_| given.to_string())
+}
+
 pub(super) fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microversion, auth: &Auth) -> Value {
     let st = states::status(inst.vm_state, inst.task_state);
     let host_id = match &inst.host {
@@ -63,7 +69,7 @@ pub(super) fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microver
         "updated": inst.updated_at.clone().unwrap_or_else(|| inst.created_at.clone()),
         "addresses": d.addresses,
         "accessIPv4": inst.access_ip_v4.clone().unwrap_or_default(),
-        "accessIPv6": inst.access_ip_v6.clone().unwrap_or_default(),
+        "accessIPv6": inst.access_ip_v6.as_deref().map(shortened_ipv6).unwrap_or_default(),
         "links": links(base, "servers", &inst.uuid),
         "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-AZ:availability_zone": inst.availability_zone.clone().unwrap_or_default(),
@@ -196,11 +202,48 @@ pub async fn update(
     let (body, _) = parse_body::<Value>(body)?;
     let req = UpdateRequest::parse(&body, v)?;
     let (inst, d) = ComputeApi::new(&state).update(&auth, &id, &req)?;
-    let mut server = server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth);
+    let mut server = update_view(server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth), v);
     if v.at_least(71) {
         server["server_groups"] = server_groups_of(&state, &inst.uuid)?;
     }
     Ok(Json(json!({ "server": server })))
+}
+
+/// What nova's `PUT /servers/{id}` answers below 2.75: the server without the extension
+/// attributes GET shows (availability zone, config drive, key, usage, extended status and
+/// server attributes, volumes, security groups, host status) and addresses without their type
+/// and MAC. Tempest's `update_server` schema allows no other key; from 2.75 PUT shows all.
+fn update_view(mut server: Value, v: Microversion) -> Value {
+    if v.at_least(75) {
+        return server;
+    }
+    if let Some(o) = server.as_object_mut() {
+        o.retain(|k, _| {
+            !(k.starts_with("OS-EXT-AZ:")
+                || k.starts_with("OS-SRV-USG:")
+                || k.starts_with("OS-EXT-STS:")
+                || k.starts_with("OS-EXT-SRV-ATTR:")
+                || matches!(
+                    k.as_str(),
+                    "config_drive"
+                        | "key_name"
+                        | "os-extended-volumes:volumes_attached"
+                        | "security_groups"
+                        | "host_status"
+                ))
+        });
+    }
+    if let Some(nets) = server["addresses"].as_object_mut() {
+        for addrs in nets.values_mut() {
+            for a in addrs.as_array_mut().into_iter().flatten() {
+                if let Some(a) = a.as_object_mut() {
+                    a.remove("OS-EXT-IPS:type");
+                    a.remove("OS-EXT-IPS-MAC:mac_addr");
+                }
+            }
+        }
+    }
+    server
 }
 
 /// 2.71's `server_groups` of a server: the uuid of its group, or nothing.
