@@ -80,6 +80,7 @@ pub fn provision(
     let (secrets, passwords_reset) = provision_identity(home, &db)?;
     let flavors_added = db.seed_default_flavors()?;
     let network = db.ensure_default_network(config)?.name;
+    db.ensure_public_network(config)?;
     let schema_version = db.schema_version()?;
     Ok(Provisioned { db, secrets, flavors_added, network, schema_version, passwords_reset })
 }

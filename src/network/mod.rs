@@ -4,6 +4,7 @@
 //! - [`ipam`]: allocation pools, the next free address, MACs;
 //! - [`ports`]: what a new port gets, planned before the database writes it;
 //! - [`vif`]: what a guest gets of a port, and the tap and bridge names;
+//! - [`routers`]: routers and floating IPs (neutron's L3), and what a host plumbs of them;
 //! - [`secgroups`]: security groups resolved into each port's allow rules;
 //! - [`error`]: what neutron refuses, in its words.
 //!
@@ -13,6 +14,7 @@ pub mod error;
 pub mod ipam;
 pub mod model;
 pub mod ports;
+pub mod routers;
 pub mod secgroups;
 pub mod vif;
 

@@ -27,6 +27,10 @@ pub struct Vif {
     /// The guest's tap device ([`tap_name`]); `None` means QEMU user networking.
     #[serde(default)]
     pub tap: Option<String>,
+    /// The address the host keeps on the bridge when a router holds the subnet's gateway
+    /// (the network's DHCP port's); `None`: the host holds the gateway itself.
+    #[serde(default)]
+    pub host_address: Option<String>,
 }
 
 impl Vif {
@@ -44,6 +48,7 @@ impl Vif {
             cidr: subnet.map(|s| s.cidr.to_string()),
             gateway: subnet.and_then(|s| s.gateway_ip).map(|g| g.to_string()),
             tap: Some(tap_name(&port.id)),
+            host_address: None,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod bridge;
 pub mod dnsmasq;
 pub mod host;
 pub mod nat;
+pub mod router;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -112,6 +113,17 @@ pub struct BridgeNet {
     pub bridge: String,
     pub cidr: String,
     pub gateway: Ipv4Addr,
+    /// The host's address on the bridge when a router holds the gateway (issue 19); the
+    /// host holds the gateway itself otherwise.
+    #[serde(default)]
+    pub host_ip: Option<Ipv4Addr>,
+    /// Whether a dnsmasq serves the network (not the external network's bridge).
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl BridgeNet {
@@ -129,7 +141,13 @@ impl BridgeNet {
         }
         let cidr = vif.cidr.clone().ok_or_else(|| missing("a subnet"))?;
         let gateway = vif.gateway.as_deref().and_then(|g| g.parse().ok()).ok_or_else(|| missing("a gateway"))?;
-        Ok(BridgeNet { network: vif.network_name.clone(), bridge, cidr, gateway })
+        let host_ip = vif.host_address.as_deref().and_then(|a| a.parse().ok());
+        Ok(BridgeNet { network: vif.network_name.clone(), bridge, cidr, gateway, host_ip, dhcp: true })
+    }
+
+    /// The address the host holds on the bridge.
+    pub fn host_address(&self) -> Ipv4Addr {
+        self.host_ip.unwrap_or(self.gateway)
     }
 }
 
@@ -172,6 +190,21 @@ impl HostNet {
             bridge: config.network.bridge.clone(),
             cidr: config.network.cidr.to_string(),
             gateway: config.network.cidr.gateway(),
+            host_ip: None,
+            dhcp: true,
+        }
+    }
+
+    /// The external network's bridge (`[network] public_bridge`): the host holds its gateway,
+    /// as DevStack's br-ex holds 172.24.4.1; no DHCP.
+    pub fn public_net(config: &Config) -> BridgeNet {
+        BridgeNet {
+            network: crate::network::routers::PUBLIC_NETWORK.to_string(),
+            bridge: config.network.public_bridge.clone(),
+            cidr: config.network.public_cidr.to_string(),
+            gateway: config.network.public_cidr.gateway(),
+            host_ip: None,
+            dhcp: false,
         }
     }
 
@@ -196,12 +229,19 @@ impl HostNet {
         }
         let dir = Self::dir(&self.home, &net.bridge);
         std::fs::create_dir_all(&dir).map_err(|e| NetError::Io(dir.clone(), e.to_string()))?;
-        bridge::ensure_bridge(&net.bridge, &cidr, net.gateway, &self.tag, existing)?;
+        bridge::ensure_bridge(&net.bridge, &cidr, net.host_address(), &self.tag, existing)?;
         let state = serde_json::to_vec_pretty(net).map_err(|e| NetError::Io(dir.clone(), e.to_string()))?;
         dnsmasq::write(&dir.join("network.json"), &state)?;
         nat::apply(&self.tag, &self.bridged()?)?;
         let files = dnsmasq::Files::new(&dir);
-        let conf = dnsmasq::render_conf(&files, &net.network, &net.bridge, &cidr, net.gateway, &self.dns_domain);
+        if !net.dhcp {
+            tracing::info!(bridge = %net.bridge, cidr = %net.cidr, "network ready (no DHCP)");
+            return Ok(());
+        }
+        let mut conf = dnsmasq::render_conf(&files, &net.network, &net.bridge, &cidr, net.gateway, &self.dns_domain);
+        if let Some(host_ip) = net.host_ip {
+            conf = dnsmasq::routed(&conf, net.gateway, host_ip);
+        }
         let changed = std::fs::read_to_string(files.conf()).ok().as_deref() != Some(conf.as_str());
         dnsmasq::write(&files.conf(), conf.as_bytes())?;
         if changed && dnsmasq::running(&files).is_some() {
@@ -241,7 +281,7 @@ impl HostNet {
             let known: Option<BridgeNet> =
                 std::fs::read(dir.join("network.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
             let files = dnsmasq::Files::new(&dir);
-            if known.as_ref() != Some(&net) || dnsmasq::running(&files).is_none() {
+            if known.as_ref() != Some(&net) || (net.dhcp && dnsmasq::running(&files).is_none()) {
                 self.ensure_network_locked(&net)?;
             }
             created |= bridge::ensure_tap(&host::links()?, &tap, &net.bridge, &self.tag)?;
@@ -332,7 +372,7 @@ impl HostNet {
         let mut restarted = Vec::new();
         for net in self.networks() {
             let files = dnsmasq::Files::new(&Self::dir(&self.home, &net.bridge));
-            if dnsmasq::running(&files).is_some() {
+            if !net.dhcp || dnsmasq::running(&files).is_some() {
                 continue;
             }
             tracing::warn!(bridge = %net.bridge, "dnsmasq is not running; restarting it");
@@ -382,6 +422,10 @@ pub fn down(home: &Home) -> Result<Removed, NetError> {
                 removed.dnsmasqs += 1;
             }
         }
+    }
+    // Routers first: deleting a namespace takes its veths with it.
+    if host::has("ip") && host::has_net_admin() {
+        removed.links.extend(router::down(home)?);
     }
     let links = if host::has("ip") { host::links()? } else { Vec::new() };
     let ours: Vec<_> = bridge::ours(&links, &tag).into_iter().cloned().collect();
@@ -476,5 +520,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(BridgeNet::from_vif(&vif).unwrap().gateway, Ipv4Addr::new(10, 42, 0, 1));
+        assert_eq!(BridgeNet::from_vif(&vif).unwrap().host_address(), Ipv4Addr::new(10, 42, 0, 1));
+        let routed = Vif { host_address: Some("10.42.0.2".into()), ..vif };
+        let net = BridgeNet::from_vif(&routed).unwrap();
+        assert_eq!((net.gateway, net.host_address()), (Ipv4Addr::new(10, 42, 0, 1), Ipv4Addr::new(10, 42, 0, 2)));
     }
 }
