@@ -436,4 +436,6 @@ fn port_visible(auth: &Auth, p: &Port, nets: &[Network]) -> bool {
 }
 
 #[cfg(test)]
+mod l3_tests;
+#[cfg(test)]
 mod tests;

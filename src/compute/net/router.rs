@@ -110,7 +110,7 @@ pub fn render_nat(r: &HostRouter) -> String {
     for n in &r.floating {
         s.push_str(&format!("    ip daddr {} dnat to {}\n", n.floating_ip, n.fixed_ip));
     }
-    s.push_str("  }\n  chain output {\n    type nat hook output priority dstnat; policy accept;\n");
+    s.push_str("  }\n  chain output {\n    type nat hook output priority -100; policy accept;\n");
     for n in &r.floating {
         s.push_str(&format!("    ip daddr {} dnat to {}\n", n.floating_ip, n.fixed_ip));
     }
