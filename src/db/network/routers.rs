@@ -424,8 +424,78 @@ impl Db {
         self.network_by_id(&net.id)?.ok_or_else(|| NetworkError::NetworkNotFound(net.id.clone()).into())
     }
 
+    /// DevStack's `router1` for `init --devstack`: a router `name` of `project_id` with its
+    /// gateway on `external_network_id` and an interface on `subnet_id`. Idempotent: an
+    /// existing router of that name and project is completed, not duplicated. The caller
+    /// tells the router host afterwards (`conductor::routers::push_routers`), or `up` does.
+    pub fn create_with_gateway_and_interface(
+        &self,
+        project_id: &str,
+        name: &str,
+        external_network_id: &str,
+        subnet_id: &str,
+    ) -> Result<Router> {
+        let tx = self.begin()?;
+        let existing = self.routers()?.into_iter().find(|r| r.project_id == project_id && r.name == name);
+        let gateway =
+            GatewayRequest { network_id: external_network_id.to_string(), enable_snat: true, fixed_ips: Vec::new() };
+        let router = match existing {
+            Some(r) if r.gateway.is_some() => r,
+            Some(r) => self.set_router_gateway(&r.id, Some(&gateway))?,
+            None => {
+                let mut r = Router::new(project_id);
+                r.name = name.to_string();
+                self.create_router(&r, Some(&gateway))?
+            }
+        };
+        let has_interface =
+            self.router_interfaces(&router.id)?.iter().any(|p| p.fixed_ips.iter().any(|f| f.subnet_id == subnet_id));
+        if !has_interface {
+            self.add_router_interface_subnet(&router.id, subnet_id, project_id)?;
+        }
+        tx.commit()?;
+        self.require_router(&router.id)
+    }
+
     /// How many routers a project has (its `router` quota's use).
     pub fn count_routers(&self, project_id: &str) -> Result<i64> {
         Ok(self.conn().query_row("SELECT count(*) FROM routers WHERE project_id = ?1", [project_id], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::db::{Db, DbError, OpenOptions};
+    use crate::network::NetworkError;
+
+    #[test]
+    fn devstacks_router1_is_made_once_with_its_gateway_and_interface() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        db.ensure_project("admin", "").unwrap();
+        let config = Config::default();
+        let private = db.ensure_default_network(&config).unwrap();
+        let public = db.ensure_public_network(&config).unwrap();
+        let subnet = private.subnets[0].clone();
+        let a = db.create_with_gateway_and_interface("demo", "router1", &public.id, &subnet).unwrap();
+        let b = db.create_with_gateway_and_interface("demo", "router1", &public.id, &subnet).unwrap();
+        assert_eq!(a.id, b.id);
+        assert_eq!(db.routers().unwrap().len(), 1);
+        let gw = b.gateway.expect("a gateway");
+        assert_eq!((gw.network_id.as_str(), gw.external_fixed_ips.len()), (public.id.as_str(), 1));
+        let ifaces = db.router_interfaces(&b.id).unwrap();
+        assert_eq!(ifaces.len(), 1);
+        assert_eq!(ifaces[0].fixed_ips[0].ip_address.to_string(), "10.42.0.1");
+        let s = db.subnet_by_id(&subnet).unwrap().unwrap();
+        let host = db.host_address(&s).unwrap().expect("the host moves off the gateway");
+        assert_ne!(host.to_string(), "10.42.0.1");
+        assert!(matches!(db.delete_router(&b.id), Err(DbError::Network(NetworkError::RouterInUse(_)))));
+        // A failed interface (the gateway is taken) leaves no port behind.
+        let before = db.ports().unwrap().len();
+        let other = db.create_with_gateway_and_interface("alt", "router1", &public.id, &subnet).unwrap_err();
+        assert!(matches!(other, DbError::Network(NetworkError::IpAddressAlreadyAllocated { .. })), "{other}");
+        assert_eq!(db.ports().unwrap().len(), before, "the refused request wrote nothing");
+        assert_eq!(db.routers().unwrap().len(), 1);
     }
 }
