@@ -957,13 +957,16 @@ fn floating_ip_reaches_a_guest_through_a_router_and_security_groups_still_apply_
     assert!(!pings(&outside, &address), "the disassociated floating IP no longer reaches the guest");
 
     // down removes the namespaces with the rest; nothing of them is left.
-    assert_ok(&common::run(holder.novabox(&home).arg("down")));
+    let down = common::run(holder.novabox(&home).arg("down"));
+    assert_ok(&down);
     up.wait_exit();
     assert!(holder.routers().is_empty(), "{:?}", holder.routers());
     assert!(
         !ns.link_names().iter().any(|n| n.starts_with("nbr") || n.starts_with("tap")),
-        "{:?}",
-        ns.link_names()
+        "{:?}\n{}{}",
+        ns.link_names(),
+        stdout(&down),
+        stderr(&down)
     );
     println!(
         "RELIABILITY kill9-routers: kill -9 of up {delay} ms after a router create, a floating IP create, a \

@@ -80,7 +80,7 @@ async fn the_public_network_is_external_seen_by_all_and_only_admins_make_externa
 #[tokio::test]
 async fn routers_gateways_and_interfaces_with_neutrons_refusals() {
     let cloud = Cloud::new();
-    let (_private, public, private_subnet) = networks(&cloud);
+    let (private, public, private_subnet) = networks(&cloud);
     let (demo, alt, admin) = (cloud.token("demo").await, cloud.token("alt").await, cloud.token("admin").await);
 
     let r = router_with_gateway(&cloud, &demo, &public, "router1").await;
@@ -200,6 +200,9 @@ async fn routers_gateways_and_interfaces_with_neutrons_refusals() {
     neutron_error(&cloud.get(&format!("/network/v2.0/routers/{id}"), &demo).await, StatusCode::NOT_FOUND, "RouterNotFound");
     let gw_ports = cloud.state.db.with(|db| db.ports_for_device(&id)).unwrap();
     assert!(gw_ports.is_empty(), "the gateway port went with the router: {gw_ports:?}");
+    // The DHCP port the interface brought does not hold the subnet or the network.
+    assert_eq!(cloud.delete(&format!("/network/v2.0/subnets/{private_subnet}"), &admin).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(cloud.delete(&format!("/network/v2.0/networks/{}", private.id), &admin).await.status, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]

@@ -439,7 +439,13 @@ pub fn down(home: &Home) -> Result<Removed, NetError> {
     let (taps, bridges): (Vec<_>, Vec<_>) = ours.into_iter().partition(|l| l.master.is_some());
     for l in taps.iter().chain(bridges.iter()) {
         let _ = host::run("ip", &["addr", "del", "169.254.169.254/32", "dev", &l.ifname]);
-        host::run("ip", &["link", "del", "dev", &l.ifname])?;
+        if let Err(e) = host::run("ip", &["link", "del", "dev", &l.ifname]) {
+            // A router's veth goes with its namespace, which the kernel frees after
+            // `ip netns del` returns: listed above, gone now, which is what was wanted.
+            if host::links()?.iter().any(|x| x.ifname == l.ifname) {
+                return Err(e);
+            }
+        }
         removed.links.push(l.ifname.clone());
     }
     if host::has("nft") {

@@ -457,6 +457,47 @@ impl Db {
         self.require_router(&router.id)
     }
 
+    /// Before a subnet (or a network) is deleted: when nothing but the network's DHCP port
+    /// holds an address of it, the DHCP port lets go of them, and goes when it holds no other.
+    /// Anything else holding an address still makes the delete `SubnetInUse` (`NetworkInUse`).
+    pub(super) fn release_dhcp_allocations(&self, subnet_id: Option<&str>, network_id: Option<&str>) -> Result<()> {
+        let (scope, key) = match (subnet_id, network_id) {
+            (Some(s), _) => ("a.subnet_id = ?1", s),
+            (None, Some(n)) => ("p.network_id = ?1", n),
+            (None, None) => return Ok(()),
+        };
+        let others: i64 = self.conn().query_row(
+            &format!(
+                "SELECT count(*) FROM ports p LEFT JOIN ip_allocations a ON a.port_id = p.id
+                  WHERE {scope} AND p.device_owner != '{OWNER_DHCP}'"
+            ),
+            [key],
+            |r| r.get(0),
+        )?;
+        if others > 0 {
+            return Ok(());
+        }
+        let dhcp: Vec<String> = {
+            let mut stmt = self.conn().prepare(&format!(
+                "SELECT DISTINCT p.id FROM ports p LEFT JOIN ip_allocations a ON a.port_id = p.id
+                  WHERE {scope} AND p.device_owner = '{OWNER_DHCP}'"
+            ))?;
+            let rows = stmt.query_map([key], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for port in dhcp {
+            if let Some(s) = subnet_id {
+                self.conn().execute("DELETE FROM ip_allocations WHERE port_id = ?1 AND subnet_id = ?2", params![port, s])?;
+            }
+            let left: i64 =
+                self.conn().query_row("SELECT count(*) FROM ip_allocations WHERE port_id = ?1", [&port], |r| r.get(0))?;
+            if left == 0 || network_id.is_some() {
+                self.conn().execute("DELETE FROM ports WHERE id = ?1", [&port])?;
+            }
+        }
+        Ok(())
+    }
+
     /// How many routers a project has (its `router` quota's use).
     pub fn count_routers(&self, project_id: &str) -> Result<i64> {
         Ok(self.conn().query_row("SELECT count(*) FROM routers WHERE project_id = ?1", [project_id], |r| r.get(0))?)
