@@ -137,11 +137,7 @@ fn bad_router(msg: String) -> NetworkError {
 /// neutron's checks before a router gets an interface on `subnet`: the subnet has a gateway
 /// (when the interface takes it), is not already on this router, and overlaps none of the
 /// router's other subnets. `router_subnets` are the subnets the router has interfaces on.
-pub fn check_new_interface(
-    subnet: &Subnet,
-    router_subnets: &[Subnet],
-    by_subnet: bool,
-) -> Result<(), NetworkError> {
+pub fn check_new_interface(subnet: &Subnet, router_subnets: &[Subnet], by_subnet: bool) -> Result<(), NetworkError> {
     if by_subnet && subnet.gateway_ip.is_none() {
         return Err(bad_router("Subnet for router interface must have a gateway IP".into()));
     }
@@ -187,7 +183,8 @@ pub fn router_for_floating_ip<'a>(
     routers
         .iter()
         .find(|(r, subnets)| {
-            r.gateway.as_ref().is_some_and(|g| g.network_id == external_network_id) && subnets.contains(&fixed.subnet_id)
+            r.gateway.as_ref().is_some_and(|g| g.network_id == external_network_id)
+                && subnets.contains(&fixed.subnet_id)
         })
         .map(|(r, _)| r)
         .ok_or_else(|| NetworkError::ExternalGatewayForFloatingIpNotFound {
@@ -202,14 +199,17 @@ pub fn router_for_floating_ip<'a>(
 pub fn choose_fixed_ip(port: &Port, wanted: Option<Ipv4Addr>) -> Result<FixedIp, NetworkError> {
     let bad = |msg: String| NetworkError::BadRequest { resource: "floatingip", msg };
     match wanted {
-        Some(ip) => port.fixed_ips.iter().find(|f| f.ip_address == ip).cloned().ok_or_else(|| {
-            bad(format!("Port {} does not have fixed ip {ip}", port.id))
-        }),
-        None => port
+        Some(ip) => port
             .fixed_ips
-            .first()
+            .iter()
+            .find(|f| f.ip_address == ip)
             .cloned()
-            .ok_or_else(|| bad(format!("Cannot add floating IP to port {} that has no fixed IPv4 addresses", port.id))),
+            .ok_or_else(|| bad(format!("Port {} does not have fixed ip {ip}", port.id))),
+        None => {
+            port.fixed_ips.first().cloned().ok_or_else(|| {
+                bad(format!("Cannot add floating IP to port {} that has no fixed IPv4 addresses", port.id))
+            })
+        }
     }
 }
 
@@ -325,9 +325,9 @@ mod tests {
         let b = subnet("b", "10.0.0.0/25", Some("10.0.0.1"));
         let c = subnet("c", "10.1.0.0/24", None);
         assert!(check_new_interface(&a, &[], true).is_ok());
-        let err = check_new_interface(&a, &[a.clone()], true).unwrap_err();
+        let err = check_new_interface(&a, std::slice::from_ref(&a), true).unwrap_err();
         assert_eq!(err.to_string(), "Bad router request: Router already has a port on subnet a.");
-        let err = check_new_interface(&b, &[a.clone()], true).unwrap_err();
+        let err = check_new_interface(&b, std::slice::from_ref(&a), true).unwrap_err();
         assert!(err.to_string().contains("overlaps with cidr 10.0.0.0/24 of subnet a"), "{err}");
         let err = check_new_interface(&c, &[], true).unwrap_err();
         assert_eq!(err.to_string(), "Bad router request: Subnet for router interface must have a gateway IP.");
@@ -352,8 +352,12 @@ mod tests {
             "External network ext is not reachable from subnet a.  Therefore, cannot associate Port port-0123456789 \
              with a Floating IP."
         );
-        r.gateway =
-            Some(RouterGateway { network_id: "ext".into(), enable_snat: true, port_id: None, external_fixed_ips: vec![] });
+        r.gateway = Some(RouterGateway {
+            network_id: "ext".into(),
+            enable_snat: true,
+            port_id: None,
+            external_fixed_ips: vec![],
+        });
         let routers = [(r.clone(), vec!["b".into()]), (r.clone(), vec!["a".into()])];
         assert_eq!(router_for_floating_ip("ext", &p, &fixed, &routers).unwrap().id, "r1");
         assert!(router_for_floating_ip("other", &p, &fixed, &routers).is_err());

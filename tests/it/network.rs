@@ -784,7 +784,16 @@ impl MountHolder {
 
     /// The `dnat to` targets of a router's nft table (prerouting and output each list them).
     fn dnats(&self, namespace: &str) -> Vec<String> {
-        let out = common::run(self.cmd("ip").args(["netns", "exec", namespace, "nft", "list", "table", "ip", "novabox_router"]));
+        let out = common::run(self.cmd("ip").args([
+            "netns",
+            "exec",
+            namespace,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "novabox_router",
+        ]));
         assert_ok(&out);
         let mut d: Vec<String> =
             stdout(&out).lines().filter_map(|l| l.trim().strip_prefix("ip daddr ").map(str::to_string)).collect();
@@ -905,7 +914,8 @@ fn floating_ip_reaches_a_guest_through_a_router_and_security_groups_still_apply_
     osc(&ns, &home, &["router", "create", "router1"]);
     osc(&ns, &home, &["router", "set", "--external-gateway", "public", "router1"]);
     osc(&ns, &home, &["router", "add", "subnet", "router1", "private-subnet"]);
-    let fip: Value = serde_json::from_str(&osc(&ns, &home, &["floating", "ip", "create", "public", "-f", "json"])).unwrap();
+    let fip: Value =
+        serde_json::from_str(&osc(&ns, &home, &["floating", "ip", "create", "public", "-f", "json"])).unwrap();
     let address = fip["floating_ip_address"].as_str().unwrap().to_string();
     osc(&ns, &home, &["server", "add", "floating", "ip", &id, &address]);
     let shown: Value = serde_json::from_str(&osc(&ns, &home, &["server", "show", &id, "-f", "json"])).unwrap();
@@ -916,11 +926,29 @@ fn floating_ip_reaches_a_guest_through_a_router_and_security_groups_still_apply_
     assert!(!addrs.contains("10.42.0.1/24") && addrs.contains("10.42.0."), "{addrs}");
 
     // The default group lets nothing in from outside; open ICMP and port 22.
-    osc(&ns, &home, &["security", "group", "rule", "create", "default", "--protocol", "icmp", "--remote-ip", "0.0.0.0/0"]);
+    osc(
+        &ns,
+        &home,
+        &["security", "group", "rule", "create", "default", "--protocol", "icmp", "--remote-ip", "0.0.0.0/0"],
+    );
     let ssh: Value = serde_json::from_str(&osc(
         &ns,
         &home,
-        &["security", "group", "rule", "create", "default", "--protocol", "tcp", "--dst-port", "22", "--remote-ip", "0.0.0.0/0", "-f", "json"],
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "default",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "22",
+            "--remote-ip",
+            "0.0.0.0/0",
+            "-f",
+            "json",
+        ],
     ))
     .unwrap();
     eventually("a ping of the floating IP from outside", Duration::from_secs(90), &up, || pings(&outside, &address));
@@ -932,7 +960,9 @@ fn floating_ip_reaches_a_guest_through_a_router_and_security_groups_still_apply_
 
     // Security groups still apply to DNATed traffic: without the rule, no banner; ICMP still in.
     osc(&ns, &home, &["security", "group", "rule", "delete", ssh["id"].as_str().unwrap()]);
-    eventually("port 22 closed by the security group", Duration::from_secs(30), &up, || banner(&outside, &address).is_none());
+    eventually("port 22 closed by the security group", Duration::from_secs(30), &up, || {
+        banner(&outside, &address).is_none()
+    });
     assert!(banner(&outside, &address).is_none(), "still closed");
     assert!(pings(&outside, &address), "ICMP is still allowed");
     assert_routers_match_rows(&holder, &home, &up);
@@ -941,7 +971,8 @@ fn floating_ip_reaches_a_guest_through_a_router_and_security_groups_still_apply_
     // random moment; the restart makes the plumbing match whatever the rows say.
     let delay = u64::from(std::process::id()) % 1500;
     osc(&ns, &home, &["router", "create", "router2", "--external-gateway", "public"]);
-    let second: Value = serde_json::from_str(&osc(&ns, &home, &["floating", "ip", "create", "public", "-f", "json"])).unwrap();
+    let second: Value =
+        serde_json::from_str(&osc(&ns, &home, &["floating", "ip", "create", "public", "-f", "json"])).unwrap();
     osc(&ns, &home, &["server", "remove", "floating", "ip", &id, &address]);
     osc(&ns, &home, &["server", "add", "floating", "ip", &id, second["floating_ip_address"].as_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(delay));

@@ -126,7 +126,14 @@ pub(super) async fn create_floating_ip(State(state): State<AppState>, auth: Auth
         load_network(db, &auth, &network_id)?;
         let assoc = association(db, &auth, &obj, &project_id)?.flatten();
         quotas::ensure_room(db, &project_id, "floatingip")?;
-        Ok(db.create_floating_ip(&project_id, &network_id, address, subnet_id.as_deref(), &description, assoc.as_ref())?)
+        Ok(db.create_floating_ip(
+            &project_id,
+            &network_id,
+            address,
+            subnet_id.as_deref(),
+            &description,
+            assoc.as_ref(),
+        )?)
     })?;
     tracing::info!(floatingip_id = %f.id, address = %f.floating_ip_address, "floating IP created");
     push_routers(&state, &auth).await;

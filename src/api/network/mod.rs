@@ -150,7 +150,11 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
          a NAT gateway.",
     ),
     ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
-    ("ext-gw-mode", "Neutron L3 Configurable external gateway mode", "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
+    (
+        "ext-gw-mode",
+        "Neutron L3 Configurable external gateway mode",
+        "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway",
+    ),
 ];
 
 fn extension_json(alias: &str, name: &str, description: &str) -> Value {

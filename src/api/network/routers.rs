@@ -58,7 +58,12 @@ fn load_router(db: &Db, auth: &Auth, id: &str) -> ApiResult<Router> {
 /// `external_gateway_info` of a body: `None` when absent, `Some(None)` to clear it. The
 /// external network must be one the caller sees (404 otherwise); SNAT and chosen addresses
 /// are the admin's (neutron's `*_router:external_gateway_info:*` rules).
-fn gateway_request(db: &Db, auth: &Auth, obj: &Map<String, Value>, updating: bool) -> ApiResult<Option<Option<GatewayRequest>>> {
+fn gateway_request(
+    db: &Db,
+    auth: &Auth,
+    obj: &Map<String, Value>,
+    updating: bool,
+) -> ApiResult<Option<Option<GatewayRequest>>> {
     let Some(v) = obj.get("external_gateway_info") else { return Ok(None) };
     let info = match v {
         Value::Null => return Ok(Some(None)),
@@ -69,12 +74,16 @@ fn gateway_request(db: &Db, auth: &Auth, obj: &Map<String, Value>, updating: boo
     if let Some(k) = info.keys().find(|k| !matches!(k.as_str(), "network_id" | "enable_snat" | "external_fixed_ips")) {
         return Err(invalid_attr("external_gateway_info", format!("Unexpected keys supplied: {k}")));
     }
-    let network_id = get_str(info, "network_id", 255)?
-        .ok_or_else(|| invalid_attr("external_gateway_info", "Validation of dictionary's keys failed. Expected keys: {'network_id'}"))?;
+    let network_id = get_str(info, "network_id", 255)?.ok_or_else(|| {
+        invalid_attr("external_gateway_info", "Validation of dictionary's keys failed. Expected keys: {'network_id'}")
+    })?;
     let target = crate::policy::Target::default();
     let snat = get_bool(info, "enable_snat")?;
     if snat.is_some() {
-        auth.authorize(if updating { Action::NetworkUpdateRouterSnat } else { Action::NetworkCreateRouterSnat }, &target)?;
+        auth.authorize(
+            if updating { Action::NetworkUpdateRouterSnat } else { Action::NetworkCreateRouterSnat },
+            &target,
+        )?;
     }
     let fixed_ips = info.get("external_fixed_ips").map(parse_fixed_ips).transpose()?.unwrap_or_default();
     if !fixed_ips.is_empty() {
@@ -90,8 +99,10 @@ fn gateway_request(db: &Db, auth: &Auth, obj: &Map<String, Value>, updating: boo
 /// extraroute's routes: each a CIDR and a next hop on one of the router's subnets.
 fn parse_router_routes(db: &Db, router_id: Option<&str>, v: &Value) -> ApiResult<Vec<HostRoute>> {
     let routes = parse_routes(v).map_err(|_| {
-        ApiError::bad_request(format!("Invalid format for routes: {v}, the routes are not a list of destination and nexthop"))
-            .with_kind("InvalidRoutes")
+        ApiError::bad_request(format!(
+            "Invalid format for routes: {v}, the routes are not a list of destination and nexthop"
+        ))
+        .with_kind("InvalidRoutes")
     })?;
     let subnets: Vec<Subnet> = match router_id {
         Some(id) => db
@@ -186,7 +197,7 @@ pub(super) async fn update_router(
         if let Some(gateway) = gateway_request(db, &auth, &obj, true)? {
             db.set_router_gateway(&id, gateway.as_ref())?;
         }
-        Ok(load_router(db, &auth, &id)?)
+        load_router(db, &auth, &id)
     })?;
     push_routers(&state, &auth).await;
     Ok(Json(json!({"router": router_json(&r)})))

@@ -783,10 +783,9 @@ impl Handler for ComputeManager {
                         .map_err(|e| RemoteError::new(RemoteErrorKind::SecurityGroupError, e.to_string()))?;
                 }
             }
-            R::RefreshRouters {} => self
-                .refresh_routers(&ctx)
-                .await
-                .map_err(|e| RemoteError::new(RemoteErrorKind::NetworkError, e))?,
+            R::RefreshRouters {} => {
+                self.refresh_routers(&ctx).await.map_err(|e| RemoteError::new(RemoteErrorKind::NetworkError, e))?
+            }
             R::AttachVolume { instance, volume } => self.attach_volume(&ctx, &instance.uuid, &volume).await,
             R::DetachVolume { instance, volume_id } => self.detach_volume(&ctx, &instance.uuid, &volume_id).await,
             R::PauseInstance { instance } => self.state_action(&ctx, &instance, StateAction::Pause).await,

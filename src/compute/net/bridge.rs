@@ -181,7 +181,8 @@ mod tests {
     #[test]
     fn only_other_addresses_of_the_subnet_are_stale() {
         let cidr: Ipv4Cidr = "10.42.0.0/24".parse().unwrap();
-        let shown = "5: nbr0    inet 10.42.0.1/24 scope global nbr0\n5: nbr0    inet 169.254.169.254/32 scope global nbr0\n";
+        let shown =
+            "5: nbr0    inet 10.42.0.1/24 scope global nbr0\n5: nbr0    inet 169.254.169.254/32 scope global nbr0\n";
         assert!(stale_addresses(shown, &cidr, "10.42.0.1/24").is_empty());
         assert_eq!(stale_addresses(shown, &cidr, "10.42.0.2/24"), vec!["10.42.0.1/24".to_string()]);
     }

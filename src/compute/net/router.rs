@@ -180,7 +180,9 @@ impl HostNet {
                 Ok(net) => {
                     routed.insert(net.bridge.clone(), net);
                 }
-                Err(e) => tracing::warn!(port = %leg.vif.port_id, error = %e, "router interface without a bridge subnet"),
+                Err(e) => {
+                    tracing::warn!(port = %leg.vif.port_id, error = %e, "router interface without a bridge subnet")
+                }
             }
         }
         for known in self.networks() {
@@ -319,7 +321,8 @@ fn remove_router(home: &Home, id: &str, existing: &BTreeSet<String>) -> Result<(
         host::run("ip", &["netns", "del", &ns])?;
     }
     let marker = markers(home).join(id);
-    std::fs::remove_file(&marker).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+    std::fs::remove_file(&marker)
+        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
         .map_err(|e| NetError::Io(marker, e.to_string()))
 }
 

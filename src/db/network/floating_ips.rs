@@ -93,9 +93,11 @@ impl Db {
             port_security_enabled: Some(false),
             ..NewPort::default()
         })?;
-        let ip = port.fixed_ips.first().map(|f| f.ip_address).ok_or_else(|| {
-            NetworkError::IpAddressGenerationFailure { network_id: network_id.to_string() }
-        })?;
+        let ip = port
+            .fixed_ips
+            .first()
+            .map(|f| f.ip_address)
+            .ok_or_else(|| NetworkError::IpAddressGenerationFailure { network_id: network_id.to_string() })?;
         tx.execute(
             "INSERT INTO floatingips (id, project_id, description, floating_network_id, floating_port_id,
                                       floating_ip_address, revision_number, created_at, updated_at)
@@ -181,10 +183,16 @@ impl Db {
 
     /// The floating IPs mapped to an instance's ports: (port id, floating address, fixed).
     pub fn floating_ips_of_ports(&self, port_ids: &[String]) -> Result<Vec<FloatingIp>> {
-        Ok(self.floating_ips()?.into_iter().filter(|f| f.port_id.as_ref().is_some_and(|p| port_ids.contains(p))).collect())
+        Ok(self
+            .floating_ips()?
+            .into_iter()
+            .filter(|f| f.port_id.as_ref().is_some_and(|p| port_ids.contains(p)))
+            .collect())
     }
 
     pub fn count_floating_ips(&self, project_id: &str) -> Result<i64> {
-        Ok(self.conn().query_row("SELECT count(*) FROM floatingips WHERE project_id = ?1", [project_id], |r| r.get(0))?)
+        Ok(self
+            .conn()
+            .query_row("SELECT count(*) FROM floatingips WHERE project_id = ?1", [project_id], |r| r.get(0))?)
     }
 }

@@ -7,9 +7,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use super::{json_text, new_id};
 use crate::db::{now, Db, Result};
 use crate::network::model::*;
-use crate::network::routers::{
-    self, Router, RouterGateway, OWNER_DHCP, OWNER_ROUTER_GATEWAY, OWNER_ROUTER_INTERFACE,
-};
+use crate::network::routers::{self, Router, RouterGateway, OWNER_DHCP, OWNER_ROUTER_GATEWAY, OWNER_ROUTER_INTERFACE};
 use crate::network::NetworkError;
 
 const ROUTER_COLUMNS: &str = "id, project_id, name, description, admin_state_up, status, gw_network_id, gw_port_id, \
@@ -113,7 +111,9 @@ impl Db {
             _ => false,
         };
         if let Some(w) = want {
-            let net = self.network_by_id(&w.network_id)?.ok_or_else(|| NetworkError::NetworkNotFound(w.network_id.clone()))?;
+            let net = self
+                .network_by_id(&w.network_id)?
+                .ok_or_else(|| NetworkError::NetworkNotFound(w.network_id.clone()))?;
             if !net.external {
                 return Err(NetworkError::BadRequest {
                     resource: "router",
@@ -180,11 +180,7 @@ impl Db {
 
     /// The router's interface ports, oldest first.
     pub fn router_interfaces(&self, router_id: &str) -> Result<Vec<Port>> {
-        Ok(self
-            .ports_for_device(router_id)?
-            .into_iter()
-            .filter(|p| p.device_owner == OWNER_ROUTER_INTERFACE)
-            .collect())
+        Ok(self.ports_for_device(router_id)?.into_iter().filter(|p| p.device_owner == OWNER_ROUTER_INTERFACE).collect())
     }
 
     /// Every router with the subnets its interfaces are on.
@@ -242,7 +238,13 @@ impl Db {
 
     /// A port holding the subnet's gateway address, which `ports::plan` would refuse (the
     /// gateway is no guest's address): the router's own.
-    fn insert_gateway_holder(&self, subnet: &Subnet, gateway: std::net::Ipv4Addr, router_id: &str, project_id: &str) -> Result<Port> {
+    fn insert_gateway_holder(
+        &self,
+        subnet: &Subnet,
+        gateway: std::net::Ipv4Addr,
+        router_id: &str,
+        project_id: &str,
+    ) -> Result<Port> {
         let port = self.allocate_port(&NewPort {
             network_id: subnet.network_id.clone(),
             project_id: project_id.to_string(),
@@ -267,7 +269,8 @@ impl Db {
             return Ok(p);
         }
         let owner: String =
-            self.conn().query_row("SELECT project_id FROM networks WHERE id = ?1", [&subnet.network_id], |r| r.get(0))?;
+            self.conn()
+                .query_row("SELECT project_id FROM networks WHERE id = ?1", [&subnet.network_id], |r| r.get(0))?;
         self.allocate_port(&NewPort {
             network_id: subnet.network_id.clone(),
             project_id: owner,
@@ -326,7 +329,12 @@ impl Db {
 
     /// `remove_router_interface` by subnet or port: deletes the interface's port, unless a
     /// floating IP of this router maps to an address of its subnet.
-    pub fn remove_router_interface(&self, router_id: &str, subnet_id: Option<&str>, port_id: Option<&str>) -> Result<Port> {
+    pub fn remove_router_interface(
+        &self,
+        router_id: &str,
+        subnet_id: Option<&str>,
+        port_id: Option<&str>,
+    ) -> Result<Port> {
         let tx = self.begin()?;
         self.require_router(router_id)?;
         let interfaces = self.router_interfaces(router_id)?;
@@ -346,14 +354,14 @@ impl Db {
                 }
                 p
             }
-            (None, Some(sid)) => interfaces
-                .iter()
-                .find(|p| p.fixed_ips.iter().any(|f| f.subnet_id == sid))
-                .cloned()
-                .ok_or_else(|| NetworkError::RouterInterfaceNotFoundForSubnet {
-                    router_id: router_id.into(),
-                    subnet_id: sid.into(),
-                })?,
+            (None, Some(sid)) => {
+                interfaces.iter().find(|p| p.fixed_ips.iter().any(|f| f.subnet_id == sid)).cloned().ok_or_else(
+                    || NetworkError::RouterInterfaceNotFoundForSubnet {
+                        router_id: router_id.into(),
+                        subnet_id: sid.into(),
+                    },
+                )?
+            }
             (None, None) => {
                 return Err(NetworkError::BadRequest {
                     resource: "router",
@@ -487,10 +495,12 @@ impl Db {
         };
         for port in dhcp {
             if let Some(s) = subnet_id {
-                self.conn().execute("DELETE FROM ip_allocations WHERE port_id = ?1 AND subnet_id = ?2", params![port, s])?;
+                self.conn()
+                    .execute("DELETE FROM ip_allocations WHERE port_id = ?1 AND subnet_id = ?2", params![port, s])?;
             }
             let left: i64 =
-                self.conn().query_row("SELECT count(*) FROM ip_allocations WHERE port_id = ?1", [&port], |r| r.get(0))?;
+                self.conn()
+                    .query_row("SELECT count(*) FROM ip_allocations WHERE port_id = ?1", [&port], |r| r.get(0))?;
             if left == 0 || network_id.is_some() {
                 self.conn().execute("DELETE FROM ports WHERE id = ?1", [&port])?;
             }
