@@ -68,9 +68,9 @@ pub fn run(global: &GlobalArgs, args: FipArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Moves this process (before any thread) into a new network namespace and a mount namespace
-/// whose mounts do not reach the host's, with a /sys of the new network namespace: what `ip
-/// netns exec` does. Named namespaces made afterwards (`ip netns add`) live in this mount
-/// namespace only.
+/// whose mounts do not reach the host's, with a /sys of the new network namespace (what `ip
+/// netns exec` does) and a /run/netns of its own: named namespaces made afterwards (`ip netns
+/// add`) exist in this mount namespace only.
 fn own_namespaces() -> anyhow::Result<()> {
     use std::ffi::CString;
     // SAFETY: plain syscalls on this process with constant, NUL-terminated arguments.
@@ -84,6 +84,14 @@ fn own_namespaces() -> anyhow::Result<()> {
             != 0
         {
             bail!("making / a slave mount: {}", std::io::Error::last_os_error());
+        }
+        // Named namespaces are files in /run/netns: a tmpfs of this mount namespace keeps the
+        // router's and the outside's off the host's /run, and both go with the process.
+        std::fs::create_dir_all("/run/netns")?;
+        let netns = CString::new("/run/netns")?;
+        let tmpfs = CString::new("tmpfs")?;
+        if libc::mount(tmpfs.as_ptr(), netns.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()) != 0 {
+            bail!("mounting a tmpfs on /run/netns: {}", std::io::Error::last_os_error());
         }
         let sys = CString::new("/sys")?;
         let sysfs = CString::new("sysfs")?;
@@ -183,7 +191,19 @@ async fn bench(home: Home, config: Arc<Config>, secrets: Secrets, args: &FipArgs
 
 async fn measure(home: &Home, config: &Config, secrets: &Secrets, args: &FipArgs) -> anyhow::Result<ExitCode> {
     let c = Client::login(&config.auth_url(), "demo", &secrets.demo_password, "demo").await?;
-    let image = c.find_id(novabox::client::Resource::Image, "tiny").await?;
+    // The stack imports the test guest in the background at its first start.
+    let start = Instant::now();
+    let image = loop {
+        let list = c.image(Method::GET, "/images?name=tiny", None).await?;
+        let active = list["images"].as_array().into_iter().flatten().find(|i| i["status"] == "active");
+        if let Some(id) = active.and_then(|i| i["id"].as_str()) {
+            break id.to_string();
+        }
+        if start.elapsed() > TIMEOUT {
+            bail!("the test guest `tiny` was not imported within {}s", TIMEOUT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let body = json!({"server": {"name": "fip-bench", "imageRef": image, "flavorRef": "1", "networks": "auto"}});
     let id = c.compute(Method::POST, "/servers", Some(body)).await?["server"]["id"]
         .as_str()

@@ -716,28 +716,34 @@ fn kill9_in_bridge_mode_leaves_no_tap_or_volume_without_a_row_needs_root_qemu() 
 }
 
 /// A process holding one mount namespace inside `ns` (made by `ip netns exec`, so /sys is the
-/// namespace's), in which every `novabox` of a test runs: `ip netns add` inside `ip netns exec`
-/// is seen only in that mount namespace, and the routers' `qrouter-*` namespaces must be seen
-/// by each `up`, `down` and the test alike. Killed by pid on drop (its namespace's drop kills
-/// it too); the router namespaces go with the mount namespace.
+/// namespace's, with a /run/netns of its own), in which every `novabox` of a test runs: the
+/// routers' `qrouter-*` namespaces must be seen by each `up`, `down` and the test alike, and
+/// by nothing else on the host. Killed by pid on drop (its namespace's drop kills it too); the
+/// router namespaces go with the mount namespace.
 struct MountHolder {
     child: Child,
 }
 
 impl MountHolder {
     fn new(ns: &Netns) -> MountHolder {
+        // A tmpfs on /run/netns of its own: the router namespaces' files stay off the host's
+        // /run and go with the mount namespace, whatever way the test ends.
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sleep", "1000000"])
+            .args(["netns", "exec", &ns.name, "sh", "-c", "mount -t tmpfs tmpfs /run/netns && exec sleep 1000000"])
             .stdin(Stdio::null())
             .spawn()
             .expect("holder starts");
-        let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        let mut holder = MountHolder { child };
+        // `sleep` runs once its mount namespace and tmpfs are in place.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_link(format!("/proc/{}/ns/mnt", child.id())).ok().as_ref() == Some(&ours) {
-            assert!(Instant::now() < deadline, "ip netns exec made no mount namespace");
+        while std::fs::read_to_string(format!("/proc/{}/comm", holder.child.id())).unwrap_or_default().trim() != "sleep" {
+            if let Ok(Some(status)) = holder.child.try_wait() {
+                panic!("the mount namespace holder exited ({status})");
+            }
+            assert!(Instant::now() < deadline, "the mount namespace holder did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        MountHolder { child }
+        holder
     }
 
     /// `program` in the holder's mount and network namespaces.
