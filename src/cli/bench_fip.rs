@@ -242,12 +242,8 @@ async fn measure(home: &Home, config: &Config, secrets: &Secrets, args: &FipArgs
         .await?["router"]
         .clone();
     let router_id = router["id"].as_str().context("no router id")?.to_string();
-    c.network(
-        Method::PUT,
-        &format!("/routers/{router_id}/add_router_interface"),
-        Some(json!({"subnet_id": subnet})),
-    )
-    .await?;
+    c.network(Method::PUT, &format!("/routers/{router_id}/add_router_interface"), Some(json!({"subnet_id": subnet})))
+        .await?;
     let fip = c
         .network(Method::POST, "/floatingips", Some(json!({"floatingip": {"floating_network_id": public}})))
         .await?["floatingip"]
@@ -284,14 +280,19 @@ async fn measure(home: &Home, config: &Config, secrets: &Secrets, args: &FipArgs
             move || sh("ip", &["netns", "exec", &ns, "nft", &rule])
         };
         let dnat = format!("add rule ip novabox_router prerouting ip daddr {address} dnat to {fixed}");
-        let snat = format!("add rule ip novabox_router postrouting ip saddr {fixed} oifname \"{qg}\" snat to {address}");
+        let snat =
+            format!("add rule ip novabox_router postrouting ip saddr {fixed} oifname \"{qg}\" snat to {address}");
         tokio::task::spawn_blocking(nft(dnat)).await??;
         tokio::task::spawn_blocking(nft(snat)).await??;
         sh("ip", &["-n", &ns, "addr", "add", &format!("{address}/32"), "dev", &qg])?;
         by_hand.push(first_reply(address, t).await?);
         // Undone by novabox itself: a refresh makes the namespace match the rows again.
-        c.network(Method::PUT, &format!("/routers/{router_id}"), Some(json!({"router": {"name": format!("bench-{round}")}})))
-            .await?;
+        c.network(
+            Method::PUT,
+            &format!("/routers/{router_id}"),
+            Some(json!({"router": {"name": format!("bench-{round}")}})),
+        )
+        .await?;
         silent(address).await?;
     }
     c.compute(Method::DELETE, &format!("/servers/{id}"), None).await?;

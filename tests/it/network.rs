@@ -736,7 +736,8 @@ impl MountHolder {
         let mut holder = MountHolder { child };
         // `sleep` runs once its mount namespace and tmpfs are in place.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{}/comm", holder.child.id())).unwrap_or_default().trim() != "sleep" {
+        while std::fs::read_to_string(format!("/proc/{}/comm", holder.child.id())).unwrap_or_default().trim() != "sleep"
+        {
             if let Ok(Some(status)) = holder.child.try_wait() {
                 panic!("the mount namespace holder exited ({status})");
             }
