@@ -84,6 +84,11 @@ pub enum NetworkError {
          one or more floating IPs."
     )]
     RouterInterfaceInUseByFloatingIp { router_id: String, subnet_id: String },
+    #[error(
+        "Router interface for subnet {subnet_id} on router {router_id} cannot be deleted, as it is required by \
+         one or more routes."
+    )]
+    RouterInterfaceInUseByRoute { router_id: String, subnet_id: String },
     #[error("Unable to complete operation on port {port_id} for network {network_id}. Port already has an attached device {device_id}.")]
     PortInUse { network_id: String, port_id: String, device_id: String },
     #[error("Port {port_id} cannot be deleted directly via the port API: {reason}.")]

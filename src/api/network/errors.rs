@@ -46,6 +46,7 @@ impl From<NetworkError> for ApiError {
                 (StatusCode::CONFLICT, "RouterExternalGatewayInUseByFloatingIp")
             }
             E::RouterInterfaceInUseByFloatingIp { .. } => (StatusCode::CONFLICT, "RouterInterfaceInUseByFloatingIP"),
+            E::RouterInterfaceInUseByRoute { .. } => (StatusCode::CONFLICT, "RouterInterfaceInUseByRoute"),
             E::PortInUse { .. } => (StatusCode::CONFLICT, "PortInUse"),
             E::ServicePortInUse { .. } => (StatusCode::CONFLICT, "ServicePortInUse"),
             E::BadRequest { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),

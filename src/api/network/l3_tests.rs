@@ -162,6 +162,16 @@ async fn routers_gateways_and_interfaces_with_neutrons_refusals() {
     let dhcp = cloud.state.db.with(|db| db.ports_for_device(&format!("dhcp-{}", s(&port["network_id"])))).unwrap();
     assert_eq!(dhcp.len(), 1);
     assert_eq!(dhcp[0].device_owner, "network:dhcp");
+    // The host keeps the DHCP port's address while the router is up, the gateway otherwise.
+    let subnet = cloud.state.db.with(|db| db.subnet_by_id(&private_subnet)).unwrap().unwrap();
+    let host = |cloud: &Cloud| cloud.state.db.with(|db| db.host_address(&subnet)).unwrap();
+    assert_eq!(host(&cloud), Some(dhcp[0].fixed_ips[0].ip_address));
+    let down =
+        cloud.put(&format!("/network/v2.0/routers/{id}"), &demo, json!({"router": {"admin_state_up": false}})).await;
+    assert_eq!(down.json()["router"]["admin_state_up"], false, "{}", down.text());
+    assert_eq!(host(&cloud), None, "a router that is down routes nothing");
+    cloud.put(&format!("/network/v2.0/routers/{id}"), &demo, json!({"router": {"admin_state_up": true}})).await;
+    assert_eq!(host(&cloud), Some(dhcp[0].fixed_ips[0].ip_address));
 
     let r = cloud.put(&uri, &demo, json!({"subnet_id": private_subnet})).await;
     let msg = neutron_error(&r, StatusCode::BAD_REQUEST, "BadRequest");
@@ -239,8 +249,13 @@ async fn routers_gateways_and_interfaces_with_neutrons_refusals() {
     assert_eq!(r.json()["router"]["routes"], json!([{"destination": "10.9.0.0/16", "nexthop": "10.42.0.9"}]));
     assert_eq!(r.json()["router"]["name"], "renamed");
 
-    // Removing: by subnet, then by port; an unknown one is neutron's 404.
+    // Removing: by subnet, then by port; an unknown one is neutron's 404. An interface a
+    // route needs goes only after the route.
     let rm = format!("/network/v2.0/routers/{id}/remove_router_interface");
+    let r = cloud.put(&rm, &demo, json!({"subnet_id": private_subnet})).await;
+    neutron_error(&r, StatusCode::CONFLICT, "RouterInterfaceInUseByRoute");
+    let r = cloud.put(&format!("/network/v2.0/routers/{id}"), &demo, json!({"router": {"routes": []}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let r = cloud.put(&rm, &demo, json!({"subnet_id": private_subnet})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["port_id"], port_id.as_str());

@@ -152,10 +152,15 @@ impl HostNet {
             }
         }
         self.move_host_addresses(want)?;
+        // One router that cannot be made must not keep the others from being made.
+        let mut first_error = None;
         for r in &want.routers {
-            self.ensure_router(r, &existing)?;
+            if let Err(e) = self.ensure_router(r, &existing) {
+                tracing::error!(router = %r.id, error = %e, "router not plumbed");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Removes the namespace's links that no leg of `r` wants (a removed interface).
@@ -243,7 +248,13 @@ impl HostNet {
             }
         }
         for h in &r.routes {
-            host::run("ip", &["-n", ns, "route", "replace", &h.destination, "via", &h.nexthop, "proto", "static"])?;
+            let added =
+                host::run("ip", &["-n", ns, "route", "replace", &h.destination, "via", &h.nexthop, "proto", "static"]);
+            if let Err(e) = added {
+                // The API checks each next hop is on one of the router's subnets; a route the
+                // kernel still refuses is reported, not a reason to leave the NAT unmade.
+                tracing::warn!(router = %r.id, destination = %h.destination, nexthop = %h.nexthop, error = %e, "static route not added");
+            }
         }
         host::run_input("ip", &["netns", "exec", ns, "nft", "-f", "-"], Some(&render_nat(r)))?;
         Ok(())

@@ -287,7 +287,9 @@ impl Db {
     pub fn host_address(&self, subnet: &Subnet) -> Result<Option<std::net::Ipv4Addr>> {
         let Some(gateway) = subnet.gateway_ip else { return Ok(None) };
         let routed: bool = self.conn().query_row(
+            // Only a router that is up routes; one set down gives the gateway back to the host.
             "SELECT EXISTS (SELECT 1 FROM ip_allocations a JOIN ports p ON p.id = a.port_id
+                                      JOIN routers r ON r.id = p.device_id AND r.admin_state_up = 1
                              WHERE a.subnet_id = ?1 AND a.ip_address = ?2 AND p.device_owner = ?3)",
             params![subnet.id, gateway.to_string(), OWNER_ROUTER_INTERFACE],
             |r| r.get(0),
@@ -370,8 +372,19 @@ impl Db {
                 .into())
             }
         };
+        let routes = self.require_router(router_id)?.routes;
         for f in &port.fixed_ips {
             let subnet = self.subnet_by_id(&f.subnet_id)?;
+            let needed_by_route = routes
+                .iter()
+                .any(|r| r.nexthop.parse().is_ok_and(|hop| subnet.as_ref().is_some_and(|s| s.cidr.contains(hop))));
+            if needed_by_route {
+                return Err(NetworkError::RouterInterfaceInUseByRoute {
+                    router_id: router_id.into(),
+                    subnet_id: f.subnet_id.clone(),
+                }
+                .into());
+            }
             let in_use = self.floating_ips()?.into_iter().any(|fip| {
                 fip.router_id.as_deref() == Some(router_id)
                     && fip.fixed_ip_address.is_some_and(|ip| subnet.as_ref().is_some_and(|s| s.cidr.contains(ip)))
