@@ -102,6 +102,20 @@ pub fn allocate(
                         db.bind_port(port_id, uuid, "compute:nova", host).map_err(remote)?
                     }
                     (None, Some(net)) => {
+                        // Issue 19: the external network is every project's to see, not to
+                        // plug a server into (neutron refuses the port nova would make).
+                        let n = db.network_by_id(net).map_err(remote)?;
+                        if n.as_ref().is_some_and(|n| {
+                            n.external
+                                && !n.shared
+                                && !caller.is_admin
+                                && caller.project_id.as_deref() != Some(&n.project_id)
+                        }) {
+                            return Err(RemoteError::new(
+                                RemoteErrorKind::PolicyNotAuthorized,
+                                "(rule:create_port) is disallowed by policy",
+                            ));
+                        }
                         let mut p = new_port(net.clone());
                         if let Some(ip) = &r.fixed_ip {
                             let owner =

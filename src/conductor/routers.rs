@@ -63,3 +63,38 @@ pub async fn push_routers(
         tracing::warn!(host, error = %e, "router update not sent");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::bus::{Context, RemoteErrorKind};
+    use crate::config::Config;
+    use crate::db::{Db, OpenOptions};
+    use crate::rpcapi::RequestedNetworks;
+
+    /// A member's server cannot be plugged into `public` (neutron refuses the port nova would
+    /// make); an admin's can.
+    #[test]
+    fn servers_of_members_are_not_plugged_into_the_external_network() {
+        let t = tempfile::tempdir().unwrap();
+        let db = Db::open(&t.path().join("novabox.db"), OpenOptions::default()).unwrap();
+        let admin = db.ensure_project("admin", "").unwrap();
+        let config = Config::default();
+        let public = db.ensure_public_network(&config).unwrap();
+        let inst = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap();
+        let requested = RequestedNetworks::List(vec![serde_json::from_value(
+            serde_json::json!({"network_id": public.id, "port_id": null, "fixed_ip": null}),
+        )
+        .unwrap()]);
+        let member = Context { project_id: Some(inst.project_id.clone()), ..Context::default() };
+        let err = crate::conductor::network::allocate(&db, &config, &inst.uuid, &requested, "h1", &member).unwrap_err();
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (RemoteErrorKind::PolicyNotAuthorized, "(rule:create_port) is disallowed by policy")
+        );
+        assert!(db.instance_ports(&inst.uuid).unwrap().is_empty());
+        let admin_ctx = Context { project_id: Some(admin), is_admin: true, ..Context::default() };
+        let vifs = crate::conductor::network::allocate(&db, &config, &inst.uuid, &requested, "h1", &admin_ctx).unwrap();
+        assert_eq!(vifs.len(), 1);
+        assert_eq!(vifs[0].network_id, public.id);
+    }
+}
