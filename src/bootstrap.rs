@@ -88,6 +88,7 @@ pub fn provision(
     let mut devstack = devstack.map(|opts| crate::devstack::provision(home, &db, &mut secrets, opts)).transpose()?;
     let flavors_added = db.seed_default_flavors()?;
     let network = db.ensure_default_network(config)?.name;
+    db.ensure_public_network(config)?;
     if let Some(made) = devstack.as_mut() {
         crate::devstack::finish(&db, made)?;
     }
@@ -313,14 +314,22 @@ mod tests {
             ("10.0.0.0/26", Some("10.0.0.1".into()))
         );
         assert!(ds.notes.is_empty(), "{:?}", ds.notes);
-        let missing: Vec<&str> = ds.not_created.iter().map(|n| n.name.as_str()).collect();
-        assert_eq!(missing, ["public", "router1"]);
+        assert!(ds.not_created.is_empty(), "{:?}", ds.not_created);
+        let public = &ds.networks[1];
+        assert_eq!((public.name.as_str(), public.cidr.as_str()), ("public", "172.24.4.0/24"));
+        let router = ds.router.clone().expect("router1");
+        assert_eq!(router.name, "router1");
+        let demo = made.db.project_by_name("demo").unwrap().unwrap();
+        assert_eq!(router.project_id, demo.id);
+        let interfaces = made.db.router_interfaces(&router.id).unwrap();
+        assert!(interfaces.iter().any(|p| p.fixed_ips.iter().any(|f| f.subnet_id == private.subnet_id)), "{interfaces:?}");
 
         // Again, and without the password: the same rows, nothing reset.
         let again = provision(&home, &config, false, false, Some(&Default::default())).unwrap();
         let ds2 = again.devstack.unwrap();
         assert!(ds2.flavors.iter().all(|f| !f.created) && ds2.passwords_set.is_empty());
         assert_eq!(ds2.networks, ds.networks);
+        assert_eq!(ds2.router, ds.router, "router1 is made once");
         assert_eq!(again.secrets.demo_password, "secret");
         assert_eq!(again.db.flavors().unwrap().len(), crate::devstack::FLAVORS.len());
     }

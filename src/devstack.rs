@@ -36,6 +36,8 @@ pub enum DevstackError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("the {0} user is missing after provisioning; the database may be damaged")]
     UserMissing(&'static str),
+    #[error("the {0} project is missing after provisioning; the database may be damaged")]
+    ProjectMissing(&'static str),
     #[error("the DevStack password is empty; give a non-empty --admin-password (or ADMIN_PASSWORD)")]
     EmptyPassword,
 }
@@ -115,6 +117,8 @@ pub struct NetworkRef {
 pub struct Provisioned {
     pub flavors: Vec<FlavorRef>,
     pub networks: Vec<NetworkRef>,
+    /// `router1`, when it could be made.
+    pub router: Option<RouterRef>,
     /// DevStack names this home does not have, with the reason (`router1: ...`).
     pub not_created: Vec<NotCreated>,
     /// Things that exist but differ from DevStack (kept as they are: the user's, or made
@@ -223,27 +227,51 @@ pub fn networks(
         }),
     }
     refs.extend(public_network(db, not_created)?);
-    router1(not_created);
     Ok(refs)
 }
 
-/// DevStack's `public` (external, subnet `public-subnet` on [`PUBLIC_CIDR`]). External networks
-/// come with routers and floating IPs (issue 18, the networking helper `l3`): wire their
-/// creation in here when they land, and this entry leaves `not_created`.
+/// DevStack's `public` (external, subnet `public-subnet`), which every home has (made by
+/// [`crate::bootstrap::provision`] from `[network] public_cidr`); a home whose `public` is gone
+/// says so.
 fn public_network(db: &Db, not_created: &mut Vec<NotCreated>) -> Result<Option<NetworkRef>, DevstackError> {
-    if let Some(public) = network_ref(db, "public")? {
+    if let Some(public) = network_ref(db, crate::network::routers::PUBLIC_NETWORK)? {
         return Ok(Some(public));
     }
     not_created.push(NotCreated {
         name: "public".into(),
-        reason: format!("external networks are not available yet (DevStack's is {PUBLIC_CIDR}, public-subnet)"),
+        reason: format!("the external network is missing; run `novabox init` again (DevStack's is {PUBLIC_CIDR})"),
     });
     Ok(None)
 }
 
-/// DevStack's `router1` between `private` and `public`: the same spot as [`public_network`].
-fn router1(not_created: &mut Vec<NotCreated>) {
-    not_created.push(NotCreated { name: "router1".into(), reason: "routers not available yet".into() });
+/// DevStack's router between `private` and `public`, owned by the demo project as DevStack's
+/// `create_neutron_initial_network` makes it, with SNAT on. The router host plumbs it when `up`
+/// starts (or at once, when this runs beside a running stack's next router change).
+pub const ROUTER_NAME: &str = "router1";
+
+/// A router as the home has it after provisioning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouterRef {
+    pub name: String,
+    pub id: String,
+    pub project_id: String,
+}
+
+fn router1(
+    db: &Db,
+    networks: &[NetworkRef],
+    not_created: &mut Vec<NotCreated>,
+) -> Result<Option<RouterRef>, DevstackError> {
+    let by_name = |name: &str| networks.iter().find(|n| n.name == name);
+    let (Some(private), Some(public)) =
+        (by_name(crate::network::model::DEFAULT_NETWORK), by_name(crate::network::routers::PUBLIC_NETWORK))
+    else {
+        not_created.push(NotCreated { name: ROUTER_NAME.into(), reason: "it joins private and public".into() });
+        return Ok(None);
+    };
+    let demo = db.project_by_name("demo")?.ok_or(DevstackError::ProjectMissing("demo"))?;
+    let router = db.create_with_gateway_and_interface(&demo.id, ROUTER_NAME, &public.id, &private.subnet_id)?;
+    Ok(Some(RouterRef { name: router.name, id: router.id, project_id: router.project_id }))
 }
 
 fn network_ref(db: &Db, name: &str) -> Result<Option<NetworkRef>, DevstackError> {
@@ -373,12 +401,13 @@ pub fn provision(home: &Home, db: &Db, secrets: &mut Secrets, options: &Options)
         None => Vec::new(),
     };
     let (flavors, notes) = provision_flavors(db)?;
-    Ok(Provisioned { flavors, networks: Vec::new(), not_created: Vec::new(), notes, passwords_set })
+    Ok(Provisioned { flavors, networks: Vec::new(), router: None, not_created: Vec::new(), notes, passwords_set })
 }
 
 /// The networks part of [`provision`], once the default network exists.
 pub fn finish(db: &Db, made: &mut Provisioned) -> Result<(), DevstackError> {
     made.networks = networks(db, &mut made.not_created, &mut made.notes)?;
+    made.router = router1(db, &made.networks, &mut made.not_created)?;
     Ok(())
 }
 

@@ -148,6 +148,21 @@ pub enum Action {
     // Issue 19, item 4: neutron's provider attributes of a network, by their policy name
     // (`create_network:provider:network_type`, `get_network:provider:segmentation_id`, ...).
     NetworkProviderAttribute(&'static str),
+    // Issue 19: external networks, routers' gateways and floating IPs (neutron's admin_only rules).
+    /// `router:external` on a new network.
+    NetworkCreateExternal,
+    /// `router:external` changed on a network.
+    NetworkUpdateExternal,
+    /// `enable_snat` in a new router's `external_gateway_info`.
+    NetworkCreateRouterSnat,
+    /// `enable_snat` in a router update's `external_gateway_info`.
+    NetworkUpdateRouterSnat,
+    /// `external_fixed_ips` chosen in a new router's gateway.
+    NetworkCreateRouterFixedIps,
+    /// `external_fixed_ips` chosen in a router update's gateway.
+    NetworkUpdateRouterFixedIps,
+    /// A floating IP's address chosen by the caller.
+    NetworkFloatingIpAddress,
 }
 
 impl Action {
@@ -198,6 +213,13 @@ impl Action {
             Action::ComputeServerGroupListAllProjects => "os_compute_api:os-server-groups:index:all_projects",
             Action::ComputeUsageList => "os_compute_api:os-simple-tenant-usage:list",
             Action::ComputeUsageShow => "os_compute_api:os-simple-tenant-usage:show",
+            Action::NetworkCreateExternal => "create_network:router:external",
+            Action::NetworkUpdateExternal => "update_network:router:external",
+            Action::NetworkCreateRouterSnat => "create_router:external_gateway_info:enable_snat",
+            Action::NetworkUpdateRouterSnat => "update_router:external_gateway_info:enable_snat",
+            Action::NetworkCreateRouterFixedIps => "create_router:external_gateway_info:external_fixed_ips",
+            Action::NetworkUpdateRouterFixedIps => "update_router:external_gateway_info:external_fixed_ips",
+            Action::NetworkFloatingIpAddress => "create_floatingip:floating_ip_address",
         }
     }
 
@@ -237,6 +259,13 @@ impl Action {
             ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
             ComputeUsageList | ComputeUsageShow => Service::Compute,
             NetworkProviderAttribute(_) => Service::Network,
+            NetworkCreateExternal
+            | NetworkUpdateExternal
+            | NetworkCreateRouterSnat
+            | NetworkUpdateRouterSnat
+            | NetworkCreateRouterFixedIps
+            | NetworkUpdateRouterFixedIps
+            | NetworkFloatingIpAddress => Service::Network,
         }
     }
 
@@ -282,6 +311,13 @@ impl Action {
             ComputeUsageList => Rule::Admin,
             ComputeUsageShow => Rule::AdminOrOwner,
             NetworkProviderAttribute(_) => Rule::Admin,
+            NetworkCreateExternal
+            | NetworkUpdateExternal
+            | NetworkCreateRouterSnat
+            | NetworkUpdateRouterSnat
+            | NetworkCreateRouterFixedIps
+            | NetworkUpdateRouterFixedIps
+            | NetworkFloatingIpAddress => Rule::Admin,
         }
     }
 }

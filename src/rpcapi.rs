@@ -127,6 +127,10 @@ pub enum ConductorRequest {
         host: String,
     },
     PortDevices {},
+    /// Issue 19: the routers `host` plumbs (all of them on the router host, none elsewhere).
+    RouterState {
+        host: String,
+    },
     ImageMeta {
         image_id: String,
         /// The project of the guest the image is for: its kernel and ramdisk are looked up as
@@ -187,6 +191,8 @@ pub enum ComputeRequest {
     RefreshSecurityGroups {
         filters: crate::network::secgroups::HostFilters,
     },
+    /// Issue 19: the routers changed; the host asks the conductor for them (`router_state`).
+    RefreshRouters {},
     AttachVolume {
         instance: Instance,
         volume: VolumeDisk,
@@ -381,6 +387,14 @@ impl ConductorApi {
     ) -> Result<crate::network::secgroups::HostFilters, BusError> {
         self.call(ctx, ConductorRequest::SecurityGroupFilters { host: host.into() }).await
     }
+    /// The routers `host` plumbs.
+    pub async fn router_state(
+        &self,
+        ctx: &Context,
+        host: &str,
+    ) -> Result<crate::network::routers::HostRouters, BusError> {
+        self.call(ctx, ConductorRequest::RouterState { host: host.into() }).await
+    }
     /// Every port's tap and MAC, for sweeping what deleted ports left plugged.
     pub async fn port_devices(&self, ctx: &Context) -> Result<Vec<crate::network::vif::PortDevice>, BusError> {
         self.call(ctx, ConductorRequest::PortDevices {}).await
@@ -515,6 +529,10 @@ impl ComputeApi {
         filters: &crate::network::secgroups::HostFilters,
     ) -> Result<(), BusError> {
         self.cast(ctx, host, ComputeRequest::RefreshSecurityGroups { filters: filters.clone() }).await
+    }
+    /// Tells the router host to fetch and apply its routers again.
+    pub async fn refresh_routers(&self, ctx: &Context, host: &str) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::RefreshRouters {}).await
     }
     /// Cast, as nova's: the API reserved the volume (`attaching`); compute reports the outcome
     /// to the conductor.
@@ -699,6 +717,7 @@ mod tests {
             ("image_meta", json!({"image_id": "i1", "project_id": "p1"})),
             ("security_group_filters", json!({"host": "h1"})),
             ("port_devices", json!({})),
+            ("router_state", json!({"host": "h1"})),
             ("instance_volumes", json!({"uuid": "u1"})),
             ("prepare_block_devices", json!({"uuid": "u1"})),
             ("volumes_in_flight", json!({"host": "h1"})),
@@ -722,6 +741,7 @@ mod tests {
             ("detach_volume", json!({"instance": instance, "volume_id": "v1"})),
             ("get_console_output", json!({"instance": instance, "length": 10})),
             ("refresh_security_groups", json!({"filters": {"ports": [], "groups": {}}})),
+            ("refresh_routers", json!({})),
             ("pause_instance", json!({"instance": instance})),
             ("unpause_instance", json!({"instance": instance})),
             ("suspend_instance", json!({"instance": instance})),

@@ -31,6 +31,8 @@ pub enum BenchCommand {
     Up(super::bench_up::UpBenchArgs),
     /// Unrelated requests' latency while clients flood the API with wrong passwords
     Logins(super::bench_logins::LoginsArgs),
+    /// Floating IP associate to first reply from outside, next to the same DNAT made by hand (root)
+    Fip(super::bench_fip::FipArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +68,7 @@ pub fn run(global: &GlobalArgs, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Guest(args) => return super::bench_guest::run(global, args),
         BenchCommand::Up(args) => return super::bench_up::run(global, args),
         BenchCommand::Logins(args) => return super::bench_logins::run(args),
+        BenchCommand::Fip(args) => return super::bench_fip::run(global, args),
     };
     if args.messages == 0 || args.calls == 0 {
         bail!("--messages and --calls must be at least 1");

@@ -365,6 +365,9 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<ExitCode> {
         for n in &ds.networks {
             say(format!("devstack       network {} {} ({} {})", n.name, n.id, n.subnet, n.cidr));
         }
+        if let Some(r) = &ds.router {
+            say(format!("devstack       router {} {} (private <-> public, project demo)", r.name, r.id));
+        }
         if !ds.passwords_set.is_empty() {
             say(format!("devstack       password of {} set from --admin-password", ds.passwords_set.join(", ")));
         }
@@ -467,6 +470,7 @@ fn summary_json(
         "users": users,
         "projects": projects,
         "networks": networks,
+        "router": made.devstack.as_ref().and_then(|d| d.router.as_ref()).map(serde_json::to_value).transpose()?,
         // Pending: `up` imports it while its broker starts; `openstack image show tiny` then.
         "image": image.map(|id| serde_json::json!({"id": id, "name": novabox::images::TEST_IMAGE_NAME})),
         "image_pending": image_pending,

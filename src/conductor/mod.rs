@@ -14,6 +14,7 @@ use crate::db::{DbError, SharedDb};
 use crate::rpcapi::{ConductorRequest, NotificationMessage, RequestedNetworks, RpcRequest};
 
 pub(crate) mod network;
+pub(crate) mod routers;
 mod volumes;
 
 pub use network::{addresses, release_network};
@@ -262,6 +263,10 @@ impl Handler for Conductor {
             R::NetworkInfo { uuid } => self.network_info(&uuid),
             R::SecurityGroupFilters { host } => self.security_group_filters(&host),
             R::PortDevices {} => self.port_devices(),
+            R::RouterState { host } => {
+                let routers = self.db.with(|db| routers::host_routers(db, &self.config, &host)).map_err(db_error)?;
+                Ok(serde_json::to_value(routers).unwrap_or(Value::Null))
+            }
             R::ImageMeta { image_id, project_id } => {
                 self.image_meta(&image_id, project_id.as_deref().unwrap_or_default())
             }

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_boot_path_indexes.sql"),
     include_str!("migrations/0015_server_groups.sql"),
     include_str!("migrations/0016_instance_lock.sql"),
+    include_str!("migrations/0017_routers_floating_ips.sql"),
     include_str!("migrations/0018_provider_networks.sql"),
 ];
 

@@ -36,6 +36,7 @@ pub const STEPS: &[Step] = &[
     step("compute", "detach_volume", true),
     step("compute", "get_console_output", true),
     step("compute", "refresh_security_groups", false),
+    step("compute", "refresh_routers", false),
     // ...and the steps of a build, each after its task_state is recorded, so a delay holds
     // the server in that task_state.
     step("compute", "networking", true),
@@ -54,6 +55,7 @@ pub const STEPS: &[Step] = &[
     step("conductor", "network_info", true),
     step("conductor", "security_group_filters", false),
     step("conductor", "port_devices", false),
+    step("conductor", "router_state", false),
     step("conductor", "image_meta", false),
     step("conductor", "instance_volumes", true),
     step("conductor", "prepare_block_devices", true),

@@ -77,8 +77,11 @@ fn init_devstack_makes_devstacks_names_reports_what_it_did_not_and_reruns_the_sa
         .iter()
         .map(|n| (n["name"].as_str().unwrap(), n["reason"].as_str().unwrap()))
         .collect();
-    assert!(not_created.contains(&("router1", "routers not available yet")), "{doc}");
-    assert!(not_created.iter().any(|(n, _)| *n == "public"), "{doc}");
+    assert!(not_created.is_empty(), "{doc}");
+    assert_eq!(doc["networks"][1]["name"], "public", "{doc}");
+    assert_eq!(doc["networks"][1]["cidr"], "172.24.4.0/24", "{doc}");
+    assert_eq!(doc["router"]["name"], "router1", "{doc}");
+    assert_eq!(doc["router"]["project_id"], doc["projects"]["demo"]["id"], "{doc}");
     assert!(doc.to_string().find("password").is_none(), "no password in the CI document: {doc}");
     assert_eq!(doc["users"]["demo"]["project_name"], "demo");
     assert!(doc["projects"]["alt_demo"]["id"].is_string(), "{doc}");
@@ -108,7 +111,7 @@ fn init_devstack_makes_devstacks_names_reports_what_it_did_not_and_reruns_the_sa
 
     // Again: the same ids, nothing added, nothing changed.
     let again = rerun_json(&home, true);
-    for key in ["flavors", "networks", "image", "users", "projects", "not_created", "clouds"] {
+    for key in ["flavors", "networks", "router", "image", "users", "projects", "not_created", "clouds"] {
         assert_eq!(again[key], doc[key], "{key} changed on a rerun");
     }
     assert_eq!(clouds(&home), c, "clouds.yaml changed on a rerun");
@@ -216,6 +219,20 @@ fn a_devstack_script_runs_unchanged_against_init_devstack() {
     let server: serde_json::Value = serde_json::from_slice(&server.stdout).unwrap();
     assert_eq!(server["status"], "ACTIVE", "{server}");
     assert!(server["addresses"].to_string().contains("10.0.0."), "DevStack's private range: {server}");
+
+    // DevStack's floating IP path: a floating IP from `public`, through router1, on vm.
+    let fip = osc(&["--os-cloud", "devstack", "floating", "ip", "create", "public", "-f", "json"]);
+    assert_ok(&fip);
+    let fip: serde_json::Value = serde_json::from_slice(&fip.stdout).unwrap();
+    let address = fip["floating_ip_address"].as_str().unwrap_or_else(|| panic!("{fip}")).to_string();
+    assert!(address.starts_with("172.24.4."), "{fip}");
+    assert_ok(&osc(&["--os-cloud", "devstack", "server", "add", "floating", "ip", "vm", &address]));
+    let shown = osc(&["--os-cloud", "devstack", "floating", "ip", "show", &address, "-f", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let router = osc(&["--os-cloud", "devstack", "router", "show", "router1", "-f", "json"]);
+    assert_ok(&router);
+    let router: serde_json::Value = serde_json::from_slice(&router.stdout).unwrap();
+    assert_eq!(shown["router_id"], router["id"], "the floating IP goes through router1: {shown}");
 
     let hypervisors = osc(&["--os-cloud", "devstack-admin", "hypervisor", "list", "-f", "json"]);
     assert_ok(&hypervisors);

@@ -20,6 +20,7 @@ impl ComputeManager {
             R::DetachVolume { instance, .. } => ("detach_volume", Some(instance)),
             R::GetConsoleOutput { instance, .. } => ("get_console_output", Some(instance)),
             R::RefreshSecurityGroups { .. } => ("refresh_security_groups", None),
+            R::RefreshRouters {} => ("refresh_routers", None),
             R::PauseInstance { instance } => ("pause_instance", Some(instance)),
             R::UnpauseInstance { instance } => ("unpause_instance", Some(instance)),
             R::SuspendInstance { instance } => ("suspend_instance", Some(instance)),
@@ -95,6 +96,7 @@ impl ComputeManager {
             R::RefreshSecurityGroups { .. } => {
                 return Err(RemoteError::new(RemoteErrorKind::SecurityGroupError, message))
             }
+            R::RefreshRouters {} => return Err(RemoteError::new(RemoteErrorKind::NetworkError, message)),
         }
         Ok(Value::Null)
     }

@@ -153,6 +153,20 @@ impl ComputeManager {
         fw.refresh(filters).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// Issue 19: fetches the routers this host plumbs from the conductor and makes the host
+    /// match them (a no-op without a bridge: the fake driver and user mode plug nothing). One
+    /// fetch-and-apply at a time, so an older answer never lands after a newer one.
+    async fn refresh_routers(&self, ctx: &Context) -> Result<(), String> {
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let Some(net) = self.net.clone() else { return Ok(()) };
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let want = self.conductor.router_state(ctx, &self.host).await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || net.apply_routers(&want))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("plumbing the routers failed: {e}"))
+    }
+
     /// Bridge mode: guests' ports are plugged into bridges through `net`.
     pub fn with_net(mut self, net: Arc<HostNet>) -> ComputeManager {
         self.net = Some(net);
@@ -236,6 +250,9 @@ impl ComputeManager {
         let ctx = Context::admin(Context::new_request_id());
         if let Err(e) = self.refresh_security_groups(&ctx).await {
             tracing::error!(error = %e, "security groups not applied at start");
+        }
+        if let Err(e) = self.refresh_routers(&ctx).await {
+            tracing::error!(error = %e, "routers not restored at start");
         }
         // Guests first: a guest is only made after its row names this host, so every guest in
         // this list is in the instance list that follows unless its row is gone.
@@ -765,6 +782,9 @@ impl Handler for ComputeManager {
                         .await
                         .map_err(|e| RemoteError::new(RemoteErrorKind::SecurityGroupError, e.to_string()))?;
                 }
+            }
+            R::RefreshRouters {} => {
+                self.refresh_routers(&ctx).await.map_err(|e| RemoteError::new(RemoteErrorKind::NetworkError, e))?
             }
             R::AttachVolume { instance, volume } => self.attach_volume(&ctx, &instance.uuid, &volume).await,
             R::DetachVolume { instance, volume_id } => self.detach_volume(&ctx, &instance.uuid, &volume_id).await,
