@@ -145,6 +145,11 @@ pub enum Action {
     ComputeServersAllFilters,
     /// Listing another user's keypairs (`GET /os-keypairs?user_id=`, 2.10).
     ComputeKeypairsOtherUser,
+    // Issue 17, item 5: `os_compute_api:os-instance-actions:*` beyond seeing the server.
+    /// An action's events with their traceback and host (before 2.51, the events at all).
+    ComputeInstanceActionsEvents,
+    /// The events' `details` (2.84).
+    ComputeInstanceActionsEventsDetails,
 }
 
 impl Action {
@@ -194,6 +199,8 @@ impl Action {
             Action::ComputeServerGroupListAllProjects => "os_compute_api:os-server-groups:index:all_projects",
             Action::ComputeUsageList => "os_compute_api:os-simple-tenant-usage:list",
             Action::ComputeUsageShow => "os_compute_api:os-simple-tenant-usage:show",
+            Action::ComputeInstanceActionsEvents => "os_compute_api:os-instance-actions:events",
+            Action::ComputeInstanceActionsEventsDetails => "os_compute_api:os-instance-actions:events:details",
         }
     }
 
@@ -232,6 +239,7 @@ impl Action {
             ComputeServersAllTenants | ComputeServersAllFilters | ComputeKeypairsOtherUser => Service::Compute,
             ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
             ComputeUsageList | ComputeUsageShow => Service::Compute,
+            ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Service::Compute,
         }
     }
 
@@ -276,6 +284,7 @@ impl Action {
             ComputeServerGroupListAllProjects => Rule::Admin,
             ComputeUsageList => Rule::Admin,
             ComputeUsageShow => Rule::AdminOrOwner,
+            ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Rule::Admin,
         }
     }
 }

@@ -283,6 +283,12 @@ impl Handler for Conductor {
                 })
             }
             R::VolumesInFlight { host } => self.volumes_in_flight(&host),
+            R::ActionEventStart { uuid, event, host, start_time } => {
+                self.db
+                    .with(|db| db.start_action_event(&uuid, &ctx.request_id, &event, Some(&host), &start_time))
+                    .map_err(db_error)?;
+                Ok(Value::Null)
+            }
         }
     }
 }
