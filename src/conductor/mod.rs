@@ -273,6 +273,7 @@ impl Handler for Conductor {
                     volume_id: &volume_id,
                     instance_uuid: &instance_uuid,
                     error: error.as_deref(),
+                    request_id: &ctx.request_id,
                 })
             }
             R::VolumeDetachDone { volume_id, instance_uuid, error } => {
@@ -280,6 +281,7 @@ impl Handler for Conductor {
                     volume_id: &volume_id,
                     instance_uuid: &instance_uuid,
                     error: error.as_deref(),
+                    request_id: &ctx.request_id,
                 })
             }
             R::VolumesInFlight { host } => self.volumes_in_flight(&host),

@@ -95,6 +95,34 @@ fn openstackclient_properties_tags_and_server_events() {
     let id = osc_json(&home, &["server", "show", "vm"])["id"].as_str().unwrap().to_string();
     let shown = osc_json(&home, &[&admin[..], &["server", "event", "show", &id, listed[0].1]].concat());
     assert!(shown["events"][0]["host"].as_str().is_some_and(|h| !h.is_empty()), "{shown}");
+
+    // Volume hot-plug is an action too (nova's attach_volume, detach_volume), each ended by
+    // compute's report.
+    osc(&home, &["volume", "create", "--size", "1", "data"]);
+    let volume_is = |want: &str| {
+        for _ in 0..200 {
+            if osc_json(&home, &["volume", "show", "data"])["status"] == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("volume never {want}\n{}", home.up_log());
+    };
+    volume_is("available");
+    osc(&home, &["server", "add", "volume", "other", "data"]);
+    volume_is("in-use");
+    osc(&home, &["server", "remove", "volume", "other", "data"]);
+    volume_is("available");
+    let actions = osc_json(&home, &[&v62[..], &["server", "event", "list", "other"]].concat());
+    let list = actions.as_array().unwrap();
+    let names: Vec<&str> = list.iter().filter_map(|a| a["Action"].as_str()).collect();
+    assert_eq!(names, ["detach_volume", "attach_volume", "create"], "{actions}");
+    for (action, event) in list.iter().zip(["compute_detach_volume", "compute_attach_volume"]) {
+        let request_id = action["Request ID"].as_str().unwrap();
+        let shown = osc_json(&home, &[&v62[..], &["server", "event", "show", "other", request_id]].concat());
+        assert_eq!(shown["events"][0]["event"], event, "{shown}");
+        assert_eq!(shown["events"][0]["result"], "Success", "{shown}");
+    }
 }
 
 /// The same over HTTP: every 400, 403, 404 and 409 nova gives, and the shapes of each

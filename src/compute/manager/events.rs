@@ -7,8 +7,7 @@ use crate::bus::Context;
 use crate::rpcapi::ComputeRequest;
 
 /// The event a request runs as and the instance it is for; None for requests that are not
-/// an instance action (security group refreshes, console output, volume hot-plug, which
-/// novabox does not record as actions).
+/// an instance action (security group refreshes, console output).
 pub(super) fn event_of(request: &ComputeRequest) -> Option<(&'static str, &str)> {
     use ComputeRequest as R;
     let (event, instance) = match request {
@@ -24,6 +23,8 @@ pub(super) fn event_of(request: &ComputeRequest) -> Option<(&'static str, &str)>
         R::TriggerCrashDump { instance } => ("compute_trigger_crash_dump", instance),
         R::SoftDeleteInstance { instance } => ("compute_soft_delete_instance", instance),
         R::RestoreInstance { instance } => ("compute_restore_instance", instance),
+        R::AttachVolume { instance, .. } => ("compute_attach_volume", instance),
+        R::DetachVolume { instance, .. } => ("compute_detach_volume", instance),
         _ => return None,
     };
     Some((event, instance.uuid.as_str()))
