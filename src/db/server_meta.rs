@@ -152,6 +152,27 @@ mod tests {
         assert!(db.set_instance_password_once(&uuid, "again").unwrap(), "a cleared one can be posted again");
     }
 
+    /// Guests racing to post a password (or one guest posting twice at once): one wins.
+    #[test]
+    fn one_of_racing_password_posts_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite"), OpenOptions::default()).unwrap();
+        let uuid = db.create_instance(&crate::db::instances::tests::new_instance(&db, "vm")).unwrap().uuid;
+        let db = crate::db::SharedDb::new(db);
+        let won: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..12)
+                .map(|i| {
+                    let (db, uuid) = (&db, &uuid);
+                    s.spawn(move || db.with(|db| db.set_instance_password_once(uuid, &format!("pw{i}"))).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(won.iter().filter(|w| **w).count(), 1);
+        let kept = db.with(|db| db.instance_password(&uuid)).unwrap().unwrap();
+        assert_eq!(kept, format!("pw{}", won.iter().position(|w| *w).unwrap()));
+    }
+
     #[test]
     fn tag_filters_select_in_sql_as_nova_s() {
         use crate::db::instances::{InstanceFilter, TagFilter};

@@ -216,6 +216,68 @@ impl ComputeApi<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::testing::Cloud;
+    use crate::bus::Context;
+    use crate::db::instances::InstanceUpdate;
+
+    fn owner(project: &str) -> Auth {
+        let context = Context {
+            request_id: Context::new_request_id(),
+            user_id: Some("u".into()),
+            project_id: Some(project.into()),
+            ..Context::default()
+        };
+        Auth { context, user_name: "u".into(), project_name: "p".into() }
+    }
+
+    /// Racing writers cannot pass the limits together: each check and its write are one
+    /// transaction. 16 threads add one item each under a quota of 5 (the server has one),
+    /// 60 add a tag each to a server that takes 50.
+    #[test]
+    fn concurrent_writers_stop_at_the_quota_and_the_tag_limit() {
+        let c = Cloud::new();
+        let inst = c.state.db.with(|db| {
+            let inst = db.create_instance(&crate::db::instances::tests::new_instance(db, "vm")).unwrap();
+            let active =
+                InstanceUpdate { vm_state: Some(VmState::Active), task_state: Some(None), ..Default::default() };
+            db.update_instance(&inst.uuid, &active).unwrap().unwrap();
+            db.set_quota(&inst.project_id, "metadata_items", 5).unwrap();
+            inst
+        });
+        let auth = owner(&inst.project_id);
+        let outcomes: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let (state, auth, uuid) = (&c.state, &auth, &inst.uuid);
+                    s.spawn(move || {
+                        let items = [(format!("k{i}"), "v".to_string())].into_iter().collect();
+                        match ComputeApi::new(state).change_metadata(auth, uuid, MetadataChange::Merge(items)) {
+                            Ok(_) => true,
+                            Err(e) => {
+                                assert_eq!(ApiError::from(e).status, 403);
+                                false
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 4);
+        assert_eq!(ComputeApi::new(&c.state).metadata(&auth, &inst.uuid).unwrap().len(), 5);
+
+        let added: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..60)
+                .map(|i| {
+                    let (state, auth, uuid) = (&c.state, &auth, &inst.uuid);
+                    s.spawn(move || ComputeApi::new(state).add_tag(auth, uuid, &format!("t{i}")).is_ok())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(added.iter().filter(|ok| **ok).count(), MAX_TAGS);
+        assert_eq!(ComputeApi::new(&c.state).tags(&auth, &inst.uuid).unwrap().len(), MAX_TAGS);
+    }
 
     #[test]
     fn tags_follow_nova_s_schema() {
