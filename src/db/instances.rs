@@ -92,6 +92,8 @@ pub struct NewInstance {
     pub metadata: BTreeMap<String, String>,
     pub security_group_ids: Vec<String>,
     pub block_devices: Vec<NewBlockDevice>,
+    /// Tags given at create (2.52).
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -493,6 +495,9 @@ impl Db {
                 "INSERT INTO instance_metadata (instance_uuid, key, value) VALUES (?1, ?2, ?3)",
                 params![n.uuid, k, v],
             )?;
+        }
+        for t in &n.tags {
+            tx.execute("INSERT OR IGNORE INTO instance_tags (instance_uuid, tag) VALUES (?1, ?2)", params![n.uuid, t])?;
         }
         for sg in &n.security_group_ids {
             tx.execute(

@@ -411,4 +411,31 @@ async fn metadata_tags_password_and_instance_actions_over_http() {
     let shown = call(&admin, Method::GET, &format!("{other_actions}/{delete_id}"), None, 21).await.2;
     assert_eq!(shown["instanceAction"]["events"][0]["event"], "compute_terminate_instance", "{shown}");
     assert_eq!(shown["instanceAction"]["events"][0]["result"], "Success", "{shown}");
+
+    // Tags at create from 2.52 (each server of a multiple create gets them), refused before.
+    let tagged = |minor: u32, tags: Value| {
+        let body = json!({"server": {"name": "tagged", "imageRef": image, "flavorRef": "42", "networks": "none",
+            "tags": tags, "min_count": 2}});
+        let call = &call;
+        let demo = demo.clone();
+        async move { call(&demo, Method::POST, "/servers", Some(&body.to_string()), minor).await }
+    };
+    let (s, _, b) = tagged(51, json!(["a"])).await;
+    assert_eq!(
+        (s.as_u16(), b["badRequest"]["message"].clone()),
+        (400, json!("Additional properties are not allowed ('tags' was unexpected)"))
+    );
+    assert_eq!(tagged(52, json!(["a,b"])).await.0, 400);
+    let (s, _, b) = tagged(52, json!(["b", "a"])).await;
+    assert_eq!(s, 202, "{b}");
+    let list = call(&demo, Method::GET, "/servers?tags=a,b", None, 52).await.2;
+    let servers = list["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{list}");
+    for server in servers {
+        let id = server["id"].as_str().unwrap();
+        assert_eq!(
+            call(&demo, Method::GET, &format!("/servers/{id}/tags"), None, 52).await.2,
+            json!({"tags": ["a", "b"]})
+        );
+    }
 }

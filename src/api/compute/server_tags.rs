@@ -14,7 +14,7 @@ use super::server_metadata::only_member;
 use crate::api::context::Auth;
 use crate::api::fault::{ApiError, ApiResult};
 use crate::api::{base_url, AppState};
-use crate::compute::api::{tag_error, ComputeApi, MAX_TAGS};
+use crate::compute::api::{tag_list, ComputeApi};
 
 fn since_2_26(v: Microversion) -> ApiResult<()> {
     if v.at_least(26) {
@@ -26,24 +26,7 @@ fn since_2_26(v: Microversion) -> ApiResult<()> {
 
 /// `{"tags": [...]}` as nova's `update_all` schema takes it: an array of at most 50 tags.
 fn tags_of(body: &Value) -> ApiResult<Vec<String>> {
-    let tags = only_member(body, "tags")?;
-    let bad = |at: &str, value: &Value, why: String| {
-        ApiError::bad_request(format!("Invalid input for field/attribute {at}. Value: {value}. {why}"))
-    };
-    let list = tags.as_array().ok_or_else(|| bad("tags", tags, format!("{tags} is not of type 'array'")))?;
-    if list.len() > MAX_TAGS {
-        return Err(bad("tags", tags, format!("{tags} is too long")));
-    }
-    let mut out = Vec::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
-        let at = i.to_string();
-        let tag = item.as_str().ok_or_else(|| bad(&at, item, format!("{item} is not of type 'string'")))?;
-        if let Some(why) = tag_error(tag) {
-            return Err(bad(&at, item, why));
-        }
-        out.push(tag.to_string());
-    }
-    Ok(out)
+    tag_list(only_member(body, "tags")?)
 }
 
 pub async fn index(

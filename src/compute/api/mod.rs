@@ -25,7 +25,7 @@ mod server_meta;
 pub use actions::Outcome;
 pub(crate) use create::bootable_image;
 pub use requests::{Action, CreateRequest, UpdateRequest};
-pub use server_meta::{tag_error, MetadataChange, MAX_TAGS};
+pub use server_meta::{tag_error, tag_list, MetadataChange, MAX_TAGS};
 
 pub type Result<T> = std::result::Result<T, ComputeError>;
 

@@ -49,6 +49,28 @@ pub fn tag_error(tag: &str) -> Option<String> {
     }
 }
 
+/// A list of tags as nova's schemas take one (`tags` of `PUT /tags` and, from 2.52, of a
+/// create): an array of at most 50 tags, refused in the validator's words.
+pub fn tag_list(value: &serde_json::Value) -> std::result::Result<Vec<String>, ApiError> {
+    let bad = |at: &str, value: &serde_json::Value, why: String| {
+        ApiError::bad_request(format!("Invalid input for field/attribute {at}. Value: {value}. {why}"))
+    };
+    let list = value.as_array().ok_or_else(|| bad("tags", value, format!("{value} is not of type 'array'")))?;
+    if list.len() > MAX_TAGS {
+        return Err(bad("tags", value, format!("{value} is too long")));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let at = i.to_string();
+        let tag = item.as_str().ok_or_else(|| bad(&at, item, format!("{item} is not of type 'string'")))?;
+        if let Some(why) = tag_error(tag) {
+            return Err(bad(&at, item, why));
+        }
+        out.push(tag.to_string());
+    }
+    Ok(out)
+}
+
 fn not_found(message: String) -> ComputeError {
     ComputeError::Refused(ApiError::not_found(message))
 }
