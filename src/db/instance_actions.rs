@@ -168,7 +168,8 @@ impl Db {
 
     /// Ends every event of the action that is still running, as nova's event reporter does
     /// when the step returns or raises: the result, and on a failure the text as the
-    /// traceback and the details, with the action's message "Error".
+    /// traceback and the details, with the action's message "Error". A finished action (a
+    /// report delivered twice) keeps what it says.
     pub fn finish_action_events(&self, uuid: &str, request_id: &str, result: EventResult<'_>) -> Result<()> {
         let Some(action) = self.instance_action(uuid, request_id)? else { return Ok(()) };
         let ts = now();
@@ -184,7 +185,8 @@ impl Db {
         )?;
         if n > 0 || text.is_some() {
             tx.execute(
-                "UPDATE instance_actions SET updated_at = ?2, message = coalesce(?3, message) WHERE id = ?1",
+                "UPDATE instance_actions SET updated_at = ?2, message = coalesce(?3, message)
+                 WHERE id = ?1 AND finish_time IS NULL",
                 params![action.id, ts, text.map(|_| "Error")],
             )?;
         }
@@ -227,6 +229,11 @@ mod tests {
         assert_eq!(done[0].details.as_deref(), Some("power_off failed: gone"));
         assert_eq!(done[0].host.as_deref(), Some("h1"));
         assert_eq!(db.instance_action(&uuid, "req-stop").unwrap().unwrap().message.as_deref(), Some("Error"));
+        // A report delivered twice does not turn a finished success into an error.
+        db.start_instance_action(&uuid, "attach_volume", "req-attach", "u", "p").unwrap();
+        db.finish_instance_action("req-attach", &uuid, None).unwrap();
+        db.finish_instance_action("req-attach", &uuid, Some("late failure")).unwrap();
+        assert_eq!(db.instance_action(&uuid, "req-attach").unwrap().unwrap().message, None);
         // A request that recorded no action gets no event.
         assert!(!db
             .start_action_event(&uuid, "req-none", "compute_attach_volume", None, "2030-01-01T00:00:00Z")
