@@ -163,6 +163,11 @@ pub enum Action {
     NetworkUpdateRouterFixedIps,
     /// A floating IP's address chosen by the caller.
     NetworkFloatingIpAddress,
+    // Issue 17, item 5: `os_compute_api:os-instance-actions:*` beyond seeing the server.
+    /// An action's events with their traceback and host (before 2.51, the events at all).
+    ComputeInstanceActionsEvents,
+    /// The events' `details` (2.84).
+    ComputeInstanceActionsEventsDetails,
 }
 
 impl Action {
@@ -220,6 +225,8 @@ impl Action {
             Action::NetworkCreateRouterFixedIps => "create_router:external_gateway_info:external_fixed_ips",
             Action::NetworkUpdateRouterFixedIps => "update_router:external_gateway_info:external_fixed_ips",
             Action::NetworkFloatingIpAddress => "create_floatingip:floating_ip_address",
+            Action::ComputeInstanceActionsEvents => "os_compute_api:os-instance-actions:events",
+            Action::ComputeInstanceActionsEventsDetails => "os_compute_api:os-instance-actions:events:details",
         }
     }
 
@@ -266,6 +273,7 @@ impl Action {
             | NetworkCreateRouterFixedIps
             | NetworkUpdateRouterFixedIps
             | NetworkFloatingIpAddress => Service::Network,
+            ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Service::Compute,
         }
     }
 
@@ -318,6 +326,7 @@ impl Action {
             | NetworkCreateRouterFixedIps
             | NetworkUpdateRouterFixedIps
             | NetworkFloatingIpAddress => Rule::Admin,
+            ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Rule::Admin,
         }
     }
 }

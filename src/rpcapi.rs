@@ -162,6 +162,14 @@ pub enum ConductorRequest {
     VolumesInFlight {
         host: String,
     },
+    /// One step of an instance action began on a compute host (nova's `action_event_start`);
+    /// it ends with the action (`action_finish`, `instance_destroy`).
+    ActionEventStart {
+        uuid: String,
+        event: String,
+        host: String,
+        start_time: String,
+    },
 }
 
 /// What the API and the scheduler ask a compute host (nova's `compute/rpcapi.py`).
@@ -446,6 +454,16 @@ impl ConductorApi {
     pub async fn instances_on_host(&self, ctx: &Context, host: &str) -> Result<Vec<Instance>, BusError> {
         self.call(ctx, ConductorRequest::InstancesOnHost { host: host.into() }).await
     }
+    /// A call, not a cast: the event must be stored before the action that ends it finishes.
+    pub async fn action_event_start(&self, ctx: &Context, uuid: &str, event: &str, host: &str) -> Result<(), BusError> {
+        let request = ConductorRequest::ActionEventStart {
+            uuid: uuid.into(),
+            event: event.into(),
+            host: host.into(),
+            start_time: crate::db::now(),
+        };
+        self.call::<Value>(ctx, request).await.map(|_| ())
+    }
     pub async fn action_finish(&self, ctx: &Context, uuid: &str, message: Option<&str>) -> Result<(), BusError> {
         let request = ConductorRequest::ActionFinish { uuid: uuid.into(), message: message.map(str::to_string) };
         traced_cast(&*self.bus, CONDUCTOR_TOPIC, request.to_message(ctx)?).await
@@ -726,6 +744,10 @@ mod tests {
             ("deallocate_network", json!({"uuid": "u1"})),
             ("instances_on_host", json!({"host": "h1"})),
             ("action_finish", json!({"uuid": "u1", "message": null})),
+            (
+                "action_event_start",
+                json!({"uuid": "u1", "event": "compute_stop_instance", "host": "h1", "start_time": "2026-01-01T00:00:00Z"}),
+            ),
             ("record_spans", json!({"spans": []})),
             ("service_report", json!({"host": "h1", "binary": "novabox-compute", "topic": "compute", "node": null})),
         ] {

@@ -278,6 +278,7 @@ impl Handler for Conductor {
                     volume_id: &volume_id,
                     instance_uuid: &instance_uuid,
                     error: error.as_deref(),
+                    request_id: &ctx.request_id,
                 })
             }
             R::VolumeDetachDone { volume_id, instance_uuid, error } => {
@@ -285,9 +286,16 @@ impl Handler for Conductor {
                     volume_id: &volume_id,
                     instance_uuid: &instance_uuid,
                     error: error.as_deref(),
+                    request_id: &ctx.request_id,
                 })
             }
             R::VolumesInFlight { host } => self.volumes_in_flight(&host),
+            R::ActionEventStart { uuid, event, host, start_time } => {
+                self.db
+                    .with(|db| db.start_action_event(&uuid, &ctx.request_id, &event, Some(&host), &start_time))
+                    .map_err(db_error)?;
+                Ok(Value::Null)
+            }
         }
     }
 }

@@ -92,6 +92,8 @@ pub struct NewInstance {
     pub metadata: BTreeMap<String, String>,
     pub security_group_ids: Vec<String>,
     pub block_devices: Vec<NewBlockDevice>,
+    /// Tags given at create (2.52).
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,10 +191,23 @@ pub struct InstanceFilter {
     /// must match.
     pub ip: Option<String>,
     pub ip6: Option<String>,
-    /// No instance can match (a filter on something no novabox instance has, such as tags).
-    pub nothing: bool,
+    /// The tag filters (2.26).
+    pub tags: TagFilter,
     /// Order, limit and marker (a uuid); no sort keys is nova's default order, newest first.
     pub page: crate::db::listing::ListSpec<InstanceSortKey>,
+}
+
+/// nova's tag filters: each list is what one query parameter named, split at commas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagFilter {
+    /// `tags`: the instance has every one of these.
+    pub all: Option<Vec<String>>,
+    /// `tags-any`: at least one.
+    pub any: Option<Vec<String>>,
+    /// `not-tags`: not every one of these (it may have some).
+    pub not_all: Option<Vec<String>>,
+    /// `not-tags-any`: none of these.
+    pub not_any: Option<Vec<String>>,
 }
 
 /// Columns an instance list can require to equal a value; the text of each is fixed here.
@@ -481,6 +496,9 @@ impl Db {
                 params![n.uuid, k, v],
             )?;
         }
+        for t in &n.tags {
+            tx.execute("INSERT OR IGNORE INTO instance_tags (instance_uuid, tag) VALUES (?1, ?2)", params![n.uuid, t])?;
+        }
         for sg in &n.security_group_ids {
             tx.execute(
                 "INSERT OR IGNORE INTO instance_security_groups (instance_uuid, security_group_id) VALUES (?1, ?2)",
@@ -506,8 +524,8 @@ impl Db {
             )?;
         }
         tx.execute(
-            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
-             VALUES ('create', ?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time, updated_at)
+             VALUES ('create', ?1, ?2, ?3, ?4, ?5, ?5)",
             params![n.uuid, n.request_id, n.user_id, n.project_id, ts],
         )?;
         tx.commit()?;
@@ -546,8 +564,34 @@ impl Db {
             args.push(v.to_string().into());
             format!("?{}", args.len())
         }
-        if f.nothing {
-            sql.push_str(" AND 0");
+        // Tags as nova's query builds them: "has all" is one EXISTS per tag, "has any" one
+        // EXISTS with IN; the `not-` forms negate them.
+        let has = |args: &mut Vec<rusqlite::types::Value>, tags: &[String]| {
+            let list: Vec<String> = tags.iter().map(|t| bind(args, t)).collect();
+            format!(
+                "EXISTS (SELECT 1 FROM instance_tags t WHERE t.instance_uuid = instances.uuid AND t.tag IN ({}))",
+                list.join(", ")
+            )
+        };
+        let has_all = |args: &mut Vec<rusqlite::types::Value>, tags: &[String]| {
+            let each: Vec<String> = tags.iter().map(|t| has(args, std::slice::from_ref(t))).collect();
+            format!("({})", each.join(" AND "))
+        };
+        if let Some(tags) = f.tags.all.as_deref().filter(|t| !t.is_empty()) {
+            let cond = has_all(&mut args, tags);
+            sql.push_str(&format!(" AND {cond}"));
+        }
+        if let Some(tags) = f.tags.any.as_deref().filter(|t| !t.is_empty()) {
+            let cond = has(&mut args, tags);
+            sql.push_str(&format!(" AND {cond}"));
+        }
+        if let Some(tags) = f.tags.not_all.as_deref().filter(|t| !t.is_empty()) {
+            let cond = has_all(&mut args, tags);
+            sql.push_str(&format!(" AND NOT {cond}"));
+        }
+        if let Some(tags) = f.tags.not_any.as_deref().filter(|t| !t.is_empty()) {
+            let cond = has(&mut args, tags);
+            sql.push_str(&format!(" AND NOT {cond}"));
         }
         if f.only_deleted {
             sql.push_str(" AND deleted != 0");
@@ -743,9 +787,15 @@ impl Db {
                 params![uuid, message, ts],
             )?;
             tx.execute(
-                "UPDATE instance_actions SET finish_time = ?2, message = ?3
-                 WHERE instance_uuid = ?1 AND finish_time IS NULL",
+                "UPDATE instance_action_events SET finish_time = ?2, result = 'Error', traceback = ?3, details = ?3
+                 WHERE finish_time IS NULL AND action_id IN
+                     (SELECT id FROM instance_actions WHERE instance_uuid = ?1 AND finish_time IS NULL)",
                 params![uuid, ts, message],
+            )?;
+            tx.execute(
+                "UPDATE instance_actions SET finish_time = ?2, updated_at = ?2, message = 'Error'
+                 WHERE instance_uuid = ?1 AND finish_time IS NULL",
+                params![uuid, ts],
             )?;
         }
         tx.commit()?;
@@ -799,20 +849,27 @@ impl Db {
         project_id: &str,
     ) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             params![action, uuid, request_id, user_id, project_id, now()],
         )?;
         Ok(())
     }
 
-    /// Closes the action a request started, with a message when it failed.
-    pub fn finish_instance_action(&self, request_id: &str, uuid: &str, message: Option<&str>) -> Result<()> {
+    /// Closes the action a request started and the events still running in it; `failure` is
+    /// what went wrong, kept in the events (nova's traceback and details) while the action's
+    /// message says "Error", as nova's.
+    pub fn finish_instance_action(&self, request_id: &str, uuid: &str, failure: Option<&str>) -> Result<()> {
+        use super::instance_actions::EventResult;
+        let tx = self.begin()?;
+        self.finish_action_events(uuid, request_id, failure.map_or(EventResult::Success, EventResult::Error))?;
+        let ts = now();
         self.conn().execute(
-            "UPDATE instance_actions SET finish_time = ?3, message = ?4
+            "UPDATE instance_actions SET finish_time = ?3, updated_at = ?3, message = coalesce(?4, message)
              WHERE request_id = ?1 AND instance_uuid = ?2 AND finish_time IS NULL",
-            params![request_id, uuid, now(), message],
+            params![request_id, uuid, ts, failure.map(|_| "Error")],
         )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ pub(crate) use conn::Conn;
 pub mod flavors;
 pub mod identity;
 pub mod images;
+pub mod instance_actions;
 pub mod instances;
 pub mod keypairs;
 pub mod listing;
@@ -20,6 +21,7 @@ pub mod network;
 pub mod notifications;
 pub mod quotas;
 pub mod server_groups;
+pub mod server_meta;
 pub mod services;
 pub mod tokens;
 pub mod trace;
@@ -47,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0016_instance_lock.sql"),
     include_str!("migrations/0017_routers_floating_ips.sql"),
     include_str!("migrations/0018_provider_networks.sql"),
+    include_str!("migrations/0020_server_meta.sql"),
 ];
 
 /// The schema version this build writes and understands.

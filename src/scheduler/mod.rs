@@ -230,6 +230,9 @@ impl Scheduler {
         let update = InstanceUpdate { vm_state: Some(VmState::Error), task_state: Some(None), ..Default::default() };
         let result = self.db.tx(|db| -> Result<Option<Instance>, crate::db::DbError> {
             db.add_instance_fault(uuid, 500, message, details, None)?;
+            // nova's conductor reports its failed step as an event of the create action.
+            let host = Some(self.config.host.name.as_str());
+            db.start_action_event(uuid, &ctx.request_id, "conductor_schedule_and_build_instances", host, &now())?;
             db.finish_instance_action(&ctx.request_id, uuid, Some(message))?;
             Ok(db.update_instance(uuid, &update)?.ok())
         });

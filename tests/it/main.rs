@@ -19,4 +19,5 @@ mod newcomer;
 mod reliability;
 mod sandbox;
 mod tempest;
+mod server_meta;
 mod volumes;

@@ -118,7 +118,7 @@ pub(super) fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microver
         o["description"] = json!(inst.display_description);
     }
     if v.at_least(26) {
-        o["tags"] = json!([]);
+        o["tags"] = json!(d.tags);
     }
     if v.at_least(63) {
         o["trusted_image_certificates"] = Value::Null;
@@ -274,18 +274,4 @@ pub async fn action(
 pub async fn ips(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let addresses = ComputeApi::new(&state).addresses(&auth, &id)?;
     Ok(Json(json!({ "addresses": addresses })))
-}
-
-pub async fn metadata(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let inst = ComputeApi::new(&state).get(&auth, &id)?;
-    Ok(Json(json!({ "metadata": inst.metadata })))
-}
-
-pub async fn instance_actions(
-    State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let actions = ComputeApi::new(&state).instance_actions(&auth, &id)?;
-    Ok(Json(json!({ "instanceActions": actions })))
 }

@@ -126,6 +126,7 @@ impl ComputeApi<'_> {
                     metadata: req.metadata.clone(),
                     security_group_ids: sg_ids.clone(),
                     block_devices: req.block_devices.clone(),
+                    tags: req.tags.clone(),
                 };
                 let instance = db.create_instance(&new)?;
                 if let Some(g) = &group {

@@ -24,6 +24,7 @@ use crate::rpcapi::{
 use crate::volumes::VolumeStatus;
 
 mod actions;
+mod events;
 mod faults;
 
 use actions::{PowerAction, StateAction};
@@ -755,6 +756,7 @@ impl Handler for ComputeManager {
         if let Some(injected) = self.rpc_fault(&ctx, &request).await {
             return self.injected_rpc(&ctx, request, injected).await;
         }
+        self.start_event(&ctx, &request).await;
         match request {
             R::BuildAndRunInstance { instance, request_spec } => {
                 let spec = request_spec.map(|spec| *spec).unwrap_or(RequestSpec {

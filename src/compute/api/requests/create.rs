@@ -62,8 +62,8 @@ struct ServerBody {
     #[serde(rename = "OS-DCF:diskConfig")]
     _disk_config: Option<IgnoredAny>,
     description: Option<String>,
-    #[serde(rename = "tags")]
-    _tags: Option<IgnoredAny>,
+    #[serde(default, deserialize_with = "present")]
+    tags: Option<Value>,
     #[serde(rename = "personality")]
     _personality: Option<IgnoredAny>,
     #[serde(rename = "trusted_image_certificates")]
@@ -158,6 +158,8 @@ pub struct CreateRequest {
     /// 2.74's `host` and `hypervisor_hostname`.
     pub requested: validation::Destination,
     pub return_reservation_id: bool,
+    /// The servers' tags (2.52).
+    pub tags: Vec<String>,
 }
 
 impl CreateRequest {
@@ -243,6 +245,11 @@ impl CreateRequest {
         if max_count > 100 {
             return Err(invalid("max_count must be at most 100"));
         }
+        let tags = match s.tags {
+            Some(_) if !v.at_least(52) => return Err(unexpected("tags")),
+            Some(t) => crate::compute::api::tag_list(&t)?,
+            None => Vec::new(),
+        };
         let config_drive = validation::boolean("config_drive", s.config_drive.as_ref())?.unwrap_or(false);
         let return_reservation_id =
             validation::boolean("return_reservation_id", s.return_reservation_id.as_ref())?.unwrap_or(false);
@@ -275,6 +282,7 @@ impl CreateRequest {
             group: group_hint(hints.as_ref().or(os_hints.as_ref()))?,
             hints: hints.or(os_hints).unwrap_or(json!({})),
             return_reservation_id,
+            tags,
         })
     }
 }
