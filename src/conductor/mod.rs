@@ -13,6 +13,7 @@ use crate::db::services::NodeReport;
 use crate::db::{DbError, SharedDb};
 use crate::rpcapi::{ConductorRequest, NotificationMessage, RequestedNetworks, RpcRequest};
 
+mod lifecycle;
 pub(crate) mod network;
 mod volumes;
 
@@ -283,6 +284,12 @@ impl Handler for Conductor {
                 })
             }
             R::VolumesInFlight { host } => self.volumes_in_flight(&host),
+            R::MigrationStatus { instance_uuid, status } => self.migration_status(&instance_uuid, &status),
+            R::ActionStart { uuid, action } => self.action_start(&ctx, &uuid, &action),
+            R::ImageUpload { image_id, file, disk_format, rotation } => {
+                self.image_upload(&image_id, &file, &disk_format, rotation.as_ref())
+            }
+            R::ImageDiscard { image_id } => self.image_discard(&image_id),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod images;
 pub mod instances;
 pub mod keypairs;
+pub mod lifecycle;
 pub mod listing;
 pub mod network;
 pub mod notifications;
@@ -45,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_boot_path_indexes.sql"),
     include_str!("migrations/0015_server_groups.sql"),
     include_str!("migrations/0016_instance_lock.sql"),
+    include_str!("migrations/0021_resizes_and_rebuilds.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -16,4 +16,5 @@ mod libvirt;
 mod network;
 mod reliability;
 mod sandbox;
+mod server_actions;
 mod volumes;

@@ -18,6 +18,7 @@ use crate::db::{Db, DbError};
 mod actions;
 mod create;
 mod delete;
+mod lifecycle;
 pub mod requests;
 
 pub use actions::Outcome;

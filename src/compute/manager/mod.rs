@@ -25,6 +25,7 @@ use crate::volumes::VolumeStatus;
 
 mod actions;
 mod faults;
+mod lifecycle;
 
 use actions::{PowerAction, StateAction};
 
@@ -684,6 +685,9 @@ impl ComputeManager {
                 if let Err(e) = self.reclaim_queued_deletes().await {
                     tracing::warn!(error = %e, "soft-deleted instances not reclaimed");
                 }
+                if let Err(e) = self.confirm_expired_resizes().await {
+                    tracing::warn!(error = %e, "resizes past their confirm window not confirmed");
+                }
                 // After the sync, which reaps guests whose rows are gone: their taps go next.
                 self.sweep_network(&Context::admin(Context::new_request_id())).await;
             }
@@ -775,6 +779,15 @@ impl Handler for ComputeManager {
             R::TriggerCrashDump { instance } => self.trigger_crash_dump(&ctx, &instance).await,
             R::SoftDeleteInstance { instance } => self.state_action(&ctx, &instance, StateAction::SoftDelete).await,
             R::RestoreInstance { instance } => self.state_action(&ctx, &instance, StateAction::Restore).await,
+            R::RebuildInstance { instance, preserve_ephemeral } => {
+                self.rebuild_instance(&ctx, &instance, preserve_ephemeral).await
+            }
+            R::ResizeInstance { instance, migration } => self.resize_instance(&ctx, &instance, &migration).await,
+            R::ConfirmResize { instance } => self.confirm_resize(&ctx, &instance).await,
+            R::RevertResize { instance, migration } => self.revert_resize(&ctx, &instance, &migration).await,
+            R::SnapshotInstance { instance, image_id, rotation } => {
+                self.snapshot_instance(&ctx, &instance, &image_id, rotation.as_ref()).await
+            }
             R::GetConsoleOutput { instance, length } => {
                 let out = self
                     .driver

@@ -1,0 +1,278 @@
+//! Issue 16's long actions through python-openstackclient: rebuild, resize with confirm and
+//! revert (and the confirm window), createImage and createBackup; on the fake driver, and on
+//! a real guest under the qemu driver.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::clients::{image_file, osc, osc_json, osc_output};
+use crate::common::{assert_ok, run, stderr, stdout, TestHome};
+
+/// Polls `server show` until the server is in `want` with no task running.
+fn wait(home: &TestHome, server: &str, want: &str) -> Value {
+    for _ in 0..600 {
+        let s = osc_json(home, &["server", "show", server]);
+        if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{server} never reached {want}: {}\n{}", osc(home, &["server", "show", server]), home.up_log());
+}
+
+/// The flavor's name in `server show` (a dict from 2.47, which the client asks for).
+fn flavor(server: &Value) -> &str {
+    server["flavor"]["name"].as_str().or_else(|| server["flavor"].as_str()).unwrap_or_default()
+}
+
+/// The command's stderr, asserting it failed.
+fn refused(home: &TestHome, args: &[&str]) -> String {
+    let out = osc_output(home, args);
+    assert!(!out.status.success(), "openstack {args:?} should have failed:\n{}", stdout(&out));
+    stderr(&out)
+}
+
+/// nova's 409 for an action in the wrong vm_state.
+fn conflict(home: &TestHome, id: &str, args: &[&str], action: &str, vm_state: &str) {
+    let err = refused(home, args);
+    let text = format!("Cannot '{action}' instance {id} while it is in vm_state {vm_state}");
+    assert!(err.contains(&text) && err.contains("409"), "{args:?}: {err}");
+}
+
+/// Runs `code` with openstacksdk's connection `c` to the demo cloud; returns what it raised.
+fn sdk(home: &TestHome, code: &str) -> String {
+    let script = format!(
+        "import openstack\nc = openstack.connect(cloud='novabox')\ntry:\n    {code}\n    print('no error')\nexcept Exception as e:\n    print(e)\n"
+    );
+    let out = run(std::process::Command::new(crate::clients::venv_bin("python"))
+        .env("OS_CLIENT_CONFIG_FILE", home.clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .args(["-c", &script]));
+    assert_ok(&out);
+    stdout(&out)
+}
+
+fn notifications(home: &TestHome, id: &str) -> Vec<String> {
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).unwrap();
+    let mut stmt = db.prepare("SELECT event_type FROM notifications WHERE instance_uuid = ?1 ORDER BY id").unwrap();
+    let events = stmt.query_map([id], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    events
+}
+
+fn action_names(home: &TestHome, server: &str) -> Vec<String> {
+    let events = osc_json(home, &["server", "event", "list", server]);
+    let mut names: Vec<String> =
+        events.as_array().unwrap().iter().map(|e| e["Action"].as_str().unwrap_or_default().to_string()).collect();
+    names.reverse();
+    names
+}
+
+/// The message the newest instance action of `action` ended with (None: it succeeded).
+fn action_message(home: &TestHome, id: &str, action: &str) -> Option<String> {
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).unwrap();
+    db.query_row(
+        "SELECT message FROM instance_actions WHERE instance_uuid = ?1 AND action = ?2 ORDER BY id DESC LIMIT 1",
+        [id, action],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Every action of items 4 to 6 through the client on the fake driver: the states each walks
+/// (REBUILD visible while a slow rebuild runs), nova's 409 and 400 texts, the instance actions
+/// and notifications, a resize confirmed by the clock past `resize_confirm_window`, a snapshot
+/// with nova's properties that boots, and backups rotated.
+#[test]
+fn openstackclient_rebuild_resize_snapshot_and_backup_on_the_fake_driver() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    home.edit_config(&[
+        ("heartbeat_secs = 10", "heartbeat_secs = 1"),
+        ("fake_delay_ms = 0", "fake_delay_ms = 3000"),
+        ("resize_confirm_window = 0", "resize_confirm_window = 3600"),
+    ]);
+    // `--faults` for `novabox clock advance`.
+    let _stack = home.up(&["--faults"]);
+    let file = image_file(&home);
+    let file = file.to_str().unwrap();
+    osc(&home, &["image", "create", "--file", file, "--disk-format", "raw", "img"]);
+    osc(&home, &["image", "create", "--file", file, "--disk-format", "raw", "img2"]);
+    let img2 = osc_json(&home, &["image", "show", "img2"])["id"].as_str().unwrap().to_string();
+    let vm = osc_json(
+        &home,
+        &["server", "create", "--image", "img", "--flavor", "m1.nano", "--nic", "none", "--wait", "vm"],
+    );
+    let id = vm["id"].as_str().unwrap().to_string();
+
+    // Rebuild: REBUILD while it runs, then the new image, name and metadata, same id.
+    // nova answers with the server as it is now: REBUILD, task rebuilding.
+    let during =
+        osc_json(&home, &["server", "rebuild", "--image", "img2", "--name", "vm2", "--property", "role=db", &id]);
+    assert_eq!(
+        (during["status"].as_str(), during["OS-EXT-STS:task_state"].as_str()),
+        (Some("REBUILD"), Some("rebuilding")),
+        "{during}"
+    );
+    assert!(during["adminPass"].as_str().is_some_and(|p| !p.is_empty()), "{during}");
+    let rebuilt = wait(&home, &id, "ACTIVE");
+    assert_eq!((rebuilt["id"].as_str(), rebuilt["name"].as_str()), (Some(id.as_str()), Some("vm2")));
+    assert!(rebuilt["image"].as_str().is_some_and(|i| i.contains(&img2)), "{rebuilt}");
+    assert_eq!(rebuilt["properties"], json!({"role": "db"}), "{rebuilt}");
+    let console = osc(&home, &["console", "log", "show", &id]);
+    assert!(console.contains(&format!("rebuilt from image {img2}")) && console.contains("hostname: vm"), "{console}");
+    // A stopped server is rebuilt and stays off; a paused one cannot be.
+    osc(&home, &["server", "stop", &id]);
+    wait(&home, &id, "SHUTOFF");
+    osc(&home, &["server", "rebuild", &id]);
+    assert_eq!(wait(&home, &id, "SHUTOFF")["OS-EXT-STS:power_state"], 4);
+    osc(&home, &["server", "start", &id]);
+    wait(&home, &id, "ACTIVE");
+    osc(&home, &["server", "pause", &id]);
+    wait(&home, &id, "PAUSED");
+    // The client checks the status itself before a rebuild; openstacksdk lets nova answer.
+    let err = sdk(&home, &format!("c.compute.rebuild_server('{id}', image='{img2}')"));
+    assert!(err.contains(&format!("Cannot 'rebuild' instance {id} while it is in vm_state paused")), "{err}");
+    conflict(&home, &id, &["server", "resize", "--flavor", "m1.tiny", &id], "resize", "paused");
+    osc(&home, &["server", "unpause", &id]);
+    wait(&home, &id, "ACTIVE");
+
+    // Resize: the same flavor is nova's 400; VERIFY_RESIZE shows the new flavor; revert
+    // restores the old one; confirm keeps the new one.
+    let err = refused(&home, &["server", "resize", "--flavor", "m1.nano", &id]);
+    assert!(err.contains("When resizing, instances must change flavor!") && err.contains("400"), "{err}");
+    conflict(&home, &id, &["server", "resize", "confirm", &id], "confirmResize", "active");
+    conflict(&home, &id, &["server", "resize", "revert", &id], "revertResize", "active");
+    osc(&home, &["server", "resize", "--flavor", "m1.tiny", &id]);
+    let verify = wait(&home, &id, "VERIFY_RESIZE");
+    assert_eq!((flavor(&verify), verify["OS-EXT-STS:vm_state"].as_str()), ("m1.tiny", Some("resized")));
+    conflict(&home, &id, &["server", "image", "create", "--name", "no", &id], "createImage", "resized");
+    conflict(&home, &id, &["server", "resize", "--flavor", "m1.small", &id], "resize", "resized");
+    osc(&home, &["server", "resize", "revert", &id]);
+    let reverted = wait(&home, &id, "ACTIVE");
+    assert_eq!(flavor(&reverted), "m1.nano", "{reverted}");
+    osc(&home, &["server", "resize", "--flavor", "m1.small", &id]);
+    wait(&home, &id, "VERIFY_RESIZE");
+    osc(&home, &["server", "resize", "confirm", &id]);
+    assert_eq!(flavor(&wait(&home, &id, "ACTIVE")), "m1.small");
+    let console = osc(&home, &["console", "log", "show", &id]);
+    assert!(console.contains("booted with 2048 MB, 1 vCPUs, a 20 GiB root disk"), "{console}");
+    // Shrinking the root disk is refused on the host as nova's libvirt driver refuses it: the
+    // server goes back to ACTIVE, its flavor unchanged, the action ends with nova's text.
+    osc(&home, &["server", "resize", "--flavor", "m1.tiny", &id]);
+    let back = wait(&home, &id, "ACTIVE");
+    assert_eq!(flavor(&back), "m1.small", "{back}");
+    assert_eq!(action_message(&home, &id, "resize").as_deref(), Some("Resize error: Unable to resize disk down."));
+    // The confirm window: past it by the stack's clock, compute confirms on its own.
+    osc(&home, &["server", "resize", "--flavor", "m1.medium", &id]);
+    wait(&home, &id, "VERIFY_RESIZE");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(osc_json(&home, &["server", "show", &id])["status"], "VERIFY_RESIZE", "confirmed within the window");
+    assert_ok(&run(home.novabox().args(["clock", "advance", "3601"])));
+    assert_eq!(flavor(&wait(&home, &id, "ACTIVE")), "m1.medium");
+
+    // createImage: queued, then active, with nova's properties; it boots.
+    osc(&home, &["server", "image", "create", "--name", "snap", "--property", "purpose=test", "--wait", &id]);
+    let snap = osc_json(&home, &["image", "show", "snap"]);
+    assert_eq!(snap["status"], "active", "{snap}");
+    let props = &snap["properties"];
+    for (k, v) in [
+        ("image_type", "snapshot"),
+        ("instance_uuid", id.as_str()),
+        ("base_image_ref", img2.as_str()),
+        ("owner_project_name", "demo"),
+        ("owner_user_name", "demo"),
+        ("purpose", "test"),
+    ] {
+        assert_eq!(props[k].as_str(), Some(v), "{k}: {snap}");
+    }
+    assert_eq!(snap["visibility"], "private");
+    // min_disk is the server's root disk, as nova's snapshot metadata has it: a smaller
+    // flavor cannot boot it.
+    assert_eq!(snap["min_disk"], 40, "{snap}");
+    let from_snap = osc_json(
+        &home,
+        &["server", "create", "--image", "snap", "--flavor", "m1.medium", "--nic", "none", "--wait", "from-snap"],
+    );
+    assert_eq!(from_snap["status"], "ACTIVE", "{from_snap}");
+    // Before 2.45 the image's URL is in `Location` (2.45 on: `image_id` in the body, above);
+    // openstacksdk reads either.
+    osc(&home, &["--os-compute-api-version", "2.1", "server", "image", "create", "--name", "snap21", "--wait", &id]);
+    assert_eq!(osc_json(&home, &["image", "show", "snap21"])["status"], "active");
+    wait(&home, &id, "ACTIVE");
+
+    // createBackup with rotation 1: the older backup of the type goes.
+    osc(&home, &["server", "backup", "create", "--name", "bk1", "--type", "daily", "--rotate", "1", "--wait", &id]);
+    wait(&home, &id, "ACTIVE");
+    osc(&home, &["server", "backup", "create", "--name", "bk2", "--type", "daily", "--rotate", "1", "--wait", &id]);
+    wait(&home, &id, "ACTIVE");
+    let mut backups = Vec::new();
+    for _ in 0..100 {
+        let images = osc_json(&home, &["image", "list", "--long"]);
+        backups = images
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["Name"].as_str().is_some_and(|n| n.starts_with("bk")))
+            .map(|i| i["Name"].as_str().unwrap().to_string())
+            .collect();
+        if backups == ["bk2"] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(backups, ["bk2"], "rotation keeps the newest backup only");
+    let bk2 = osc_json(&home, &["image", "show", "bk2"]);
+    assert_eq!(
+        (bk2["properties"]["image_type"].as_str(), bk2["properties"]["backup_type"].as_str()),
+        (Some("backup"), Some("daily"))
+    );
+    // A bad rotation is nova's 400 naming the field.
+    let err = refused(&home, &["server", "backup", "create", "--type", "daily", "--rotate", "-1", &id]);
+    assert!(
+        err.contains("Invalid input for field/attribute rotation. Value: -1. -1 is less than the minimum of 0"),
+        "{err}"
+    );
+
+    let names = action_names(&home, &id);
+    let want = [
+        "create",
+        "rebuild",
+        "stop",
+        "rebuild",
+        "start",
+        "pause",
+        "unpause",
+        "resize",
+        "revertResize",
+        "resize",
+        "confirmResize",
+        "resize",
+        "resize",
+        "confirmResize",
+        "createImage",
+        "createImage",
+        "createBackup",
+        "createBackup",
+    ];
+    assert_eq!(names, want);
+    let notified = notifications(&home, &id);
+    for event in [
+        "rebuild.start",
+        "rebuild.end",
+        "resize.start",
+        "resize.end",
+        "finish_resize.start",
+        "finish_resize.end",
+        "resize.confirm.start",
+        "resize.confirm.end",
+        "resize.revert.start",
+        "resize.revert.end",
+        "snapshot.start",
+        "snapshot.end",
+    ] {
+        let event = format!("compute.instance.{event}");
+        assert!(notified.contains(&event), "{event} missing from {notified:?}");
+    }
+    osc(&home, &["server", "delete", "--wait", &id, "from-snap"]);
+}
