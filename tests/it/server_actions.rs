@@ -276,3 +276,93 @@ fn openstackclient_rebuild_resize_snapshot_and_backup_on_the_fake_driver() {
     }
     osc(&home, &["server", "delete", "--wait", &id, "from-snap"]);
 }
+
+/// The guest's MemTotal in kB, from the last `novabox-guest: memory` line of its console.
+fn guest_memory_kb(console: &str) -> u64 {
+    console
+        .lines()
+        .filter_map(|l| l.split("novabox-guest: memory ").nth(1))
+        .filter_map(|kb| kb.trim().parse().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no memory line on the console:\n{console}"))
+}
+
+/// The size in sectors the guest saw its root disk (vda) at, at its last boot.
+fn guest_root_sectors(console: &str) -> u64 {
+    console
+        .lines()
+        .filter_map(|l| l.split("novabox-guest: disk vda ").nth(1))
+        .filter_map(|n| n.trim().parse().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no vda line on the console:\n{console}"))
+}
+
+/// A real guest under TCG through python-openstackclient: after a rebuild the console shows it
+/// booting again; after a resize it sees the new RAM and root disk, and a revert gives back
+/// the old ones; a snapshot of it (the test image's kernel and ramdisk inherited) boots.
+#[test]
+fn openstackclient_rebuild_resize_and_snapshot_a_real_guest_needs_qemu() {
+    use crate::guests::{deb_cache, require_qemu, wait_console, Up};
+    require_qemu();
+    let home = TestHome::new();
+    let out = run(home
+        .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
+        .env("NOVABOX_DEB_CACHE", deb_cache()));
+    assert_ok(&out);
+    home.edit_config(&[("heartbeat_secs = 10", "heartbeat_secs = 1")]);
+    let up = Up::start(&home);
+    osc(
+        &home,
+        &["--os-cloud", "novabox-admin", "flavor", "create", "--ram", "768", "--disk", "2", "--vcpus", "2", "r.big"],
+    );
+    let vm = osc_json(
+        &home,
+        &["server", "create", "--image", "tiny", "--flavor", "m1.tiny", "--nic", "none", "--wait", "vm"],
+    );
+    let id = vm["id"].as_str().unwrap().to_string();
+    let first = wait_console(&home, "vm", "novabox-guest: ready", 1);
+    let small_kb = guest_memory_kb(&first);
+    assert!((256 * 1024..512 * 1024).contains(&small_kb), "m1.tiny has 512 MB: {small_kb} kB");
+    assert_eq!(guest_root_sectors(&first), 2 * 1024 * 1024, "a 1 GiB root disk");
+
+    // Rebuild: the same server boots again from a fresh root disk.
+    osc(&home, &["server", "rebuild", "--image", "tiny", "--wait", &id]);
+    wait(&home, &id, "ACTIVE");
+    let again = wait_console(&home, "vm", "novabox-guest: ready", 2);
+    assert_eq!(again.matches("novabox-guest: init reached").count(), 2, "{again}");
+    assert_eq!(crate::guests::qemu_of(&id).len(), 1, "one qemu after a rebuild\n{}", up.log());
+
+    // Resize: the guest sees the new RAM and the grown root disk; revert gives back the old.
+    osc(&home, &["server", "resize", "--flavor", "r.big", &id]);
+    wait(&home, &id, "VERIFY_RESIZE");
+    let resized = wait_console(&home, "vm", "novabox-guest: ready", 3);
+    let big_kb = guest_memory_kb(&resized);
+    assert!(big_kb > small_kb + 200 * 1024, "r.big has 768 MB: {big_kb} kB, before {small_kb} kB");
+    assert_eq!(guest_root_sectors(&resized), 4 * 1024 * 1024, "the root disk grown to 2 GiB");
+    osc(&home, &["server", "resize", "revert", &id]);
+    assert_eq!(flavor(&wait(&home, &id, "ACTIVE")), "m1.tiny");
+    let reverted = wait_console(&home, "vm", "novabox-guest: ready", 4);
+    assert_eq!(guest_memory_kb(&reverted), small_kb, "the old RAM after a revert");
+    assert_eq!(guest_root_sectors(&reverted), 2 * 1024 * 1024, "the old root disk after a revert");
+    assert!(!home.path().join("instances").join(&id).join("resize-kept").exists());
+
+    // Snapshot while it runs: a qcow2 image with the kernel and ramdisk of the test image; a
+    // server booted from it boots.
+    osc(&home, &["server", "image", "create", "--name", "snap", "--wait", &id]);
+    let snap = osc_json(&home, &["image", "show", "snap"]);
+    assert_eq!((snap["status"].as_str(), snap["disk_format"].as_str()), (Some("active"), Some("qcow2")), "{snap}");
+    assert!(snap["properties"]["kernel_id"].is_string() && snap["properties"]["ramdisk_id"].is_string(), "{snap}");
+    assert_eq!(wait(&home, &id, "ACTIVE")["OS-EXT-STS:power_state"], 1, "the guest runs on after its snapshot");
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("instances").join(&id))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+        .collect();
+    assert!(leftovers.is_empty(), "the snapshot's copy is removed once stored");
+    osc(&home, &["server", "create", "--image", "snap", "--flavor", "m1.tiny", "--nic", "none", "--wait", "from-snap"]);
+    let booted = wait_console(&home, "from-snap", "novabox-guest: ready", 1);
+    assert!(booted.contains("novabox-guest: init reached"), "{booted}");
+
+    osc(&home, &["server", "delete", "--wait", "vm", "from-snap"]);
+    drop(up);
+}

@@ -190,8 +190,13 @@ impl ComputeApi<'_> {
                 )));
             }
             let limit = db.quota_limits(&inst.project_id)?.get("metadata_items").copied().unwrap_or(-1);
+            // The base image's properties are inherited while it lives (nova keeps them in the
+            // instance's system metadata; novabox reads the image, so a deleted base gives none).
             let base = match inst.image_ref.as_deref() {
-                Some(id) if !id.is_empty() => db.image_row_including_deleted(id)?,
+                Some(id) if !id.is_empty() => match db.image_by_id(id)? {
+                    Some(live) => Some(live),
+                    None => db.image_row_including_deleted(id)?,
+                },
                 _ => None,
             };
             let mut properties: BTreeMap<String, String> = base
