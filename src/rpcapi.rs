@@ -181,6 +181,14 @@ pub enum ConductorRequest {
     ImageDiscard {
         image_id: String,
     },
+    /// The instance's latest resize, for a restart to finish or revert it.
+    LatestMigration {
+        instance_uuid: String,
+    },
+    /// A restart cut the instance's snapshots off: their queued or saving images go.
+    DiscardSnapshots {
+        instance_uuid: String,
+    },
 }
 
 /// `createBackup`'s rotation: after the upload only the newest `rotation` backups of this
@@ -519,6 +527,17 @@ impl ConductorApi {
     pub async fn image_discard(&self, ctx: &Context, image_id: &str) -> Result<(), BusError> {
         self.call::<Value>(ctx, ConductorRequest::ImageDiscard { image_id: image_id.into() }).await.map(|_| ())
     }
+    pub async fn latest_migration(
+        &self,
+        ctx: &Context,
+        instance_uuid: &str,
+    ) -> Result<Option<crate::db::lifecycle::Migration>, BusError> {
+        self.call(ctx, ConductorRequest::LatestMigration { instance_uuid: instance_uuid.into() }).await
+    }
+    pub async fn discard_snapshots(&self, ctx: &Context, instance_uuid: &str) -> Result<(), BusError> {
+        let request = ConductorRequest::DiscardSnapshots { instance_uuid: instance_uuid.into() };
+        self.call::<Value>(ctx, request).await.map(|_| ())
+    }
     /// Spans recorded by a compute service without a database, for the conductor to store
     /// (see `crate::trace`). Cast under an empty request id, which the span recorder ignores:
     /// shipping spans must not record spans of its own to ship.
@@ -849,6 +868,8 @@ mod tests {
                 "rotation": {"instance_uuid": "u1", "backup_type": "daily", "rotation": 2}}),
             ),
             ("image_discard", json!({"image_id": "i1"})),
+            ("latest_migration", json!({"instance_uuid": "u1"})),
+            ("discard_snapshots", json!({"instance_uuid": "u1"})),
         ] {
             round_trips::<ConductorRequest>(old(method, args));
         }

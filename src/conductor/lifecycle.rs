@@ -77,6 +77,26 @@ impl Conductor {
         Ok(())
     }
 
+    pub(super) fn latest_migration(&self, instance_uuid: &str) -> Result<Value, RemoteError> {
+        let m = self.db.with(|db| db.latest_migration(instance_uuid)).map_err(db_error)?;
+        Ok(serde_json::to_value(m).unwrap_or(Value::Null))
+    }
+
+    /// Deletes the instance's snapshot and backup images that never got their data (queued,
+    /// or saving when the upload died): a restart cut their snapshot off.
+    pub(super) fn discard_snapshots(&self, instance_uuid: &str) -> Result<Value, RemoteError> {
+        let images = self.db.with(|db| db.images()).map_err(db_error)?;
+        for image in images {
+            let ours = image.properties.get("instance_uuid").is_some_and(|u| u == instance_uuid)
+                && image.properties.get("image_type").is_some_and(|t| t == "snapshot" || t == "backup");
+            if ours && matches!(image.status, ImageStatus::Queued | ImageStatus::Saving) {
+                tracing::info!(image = %image.id, instance = instance_uuid, status = %image.status, "deleting a snapshot a restart cut off");
+                self.discard(&image.id);
+            }
+        }
+        Ok(Value::Null)
+    }
+
     pub(super) fn image_discard(&self, image_id: &str) -> Result<Value, RemoteError> {
         self.discard(image_id);
         Ok(Value::Null)

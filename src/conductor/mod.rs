@@ -290,6 +290,8 @@ impl Handler for Conductor {
                 self.image_upload(&image_id, &file, &disk_format, rotation.as_ref())
             }
             R::ImageDiscard { image_id } => self.image_discard(&image_id),
+            R::LatestMigration { instance_uuid } => self.latest_migration(&instance_uuid),
+            R::DiscardSnapshots { instance_uuid } => self.discard_snapshots(&instance_uuid),
         }
     }
 }

@@ -141,7 +141,7 @@ pub struct InstanceUpdate {
     pub locked_reason: Option<Option<String>>,
     /// A resize's new (or, reverted, old) flavor, with the columns usage sums read (issue 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flavor: Option<FlavorSnapshot>,
+    pub flavor: Option<Box<FlavorSnapshot>>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_task_state: Option<Vec<Option<TaskState>>>,

@@ -71,6 +71,8 @@ pub const STEPS: &[Step] = &[
     step("conductor", "action_start", true),
     step("conductor", "image_upload", false),
     step("conductor", "image_discard", false),
+    step("conductor", "latest_migration", true),
+    step("conductor", "discard_snapshots", true),
 ];
 
 pub const SERVICES: &[&str] = &["scheduler", "compute", "conductor"];

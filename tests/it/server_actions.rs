@@ -11,7 +11,8 @@ use crate::common::{assert_ok, run, stderr, stdout, TestHome};
 
 /// Polls `server show` until the server is in `want` with no task running.
 fn wait(home: &TestHome, server: &str, want: &str) -> Value {
-    for _ in 0..600 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while std::time::Instant::now() < deadline {
         let s = osc_json(home, &["server", "show", server]);
         if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
             return s;
@@ -283,7 +284,7 @@ fn guest_memory_kb(console: &str) -> u64 {
         .lines()
         .filter_map(|l| l.split("novabox-guest: memory ").nth(1))
         .filter_map(|kb| kb.trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no memory line on the console:\n{console}"))
 }
 
@@ -293,7 +294,7 @@ fn guest_root_sectors(console: &str) -> u64 {
         .lines()
         .filter_map(|l| l.split("novabox-guest: disk vda ").nth(1))
         .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no vda line on the console:\n{console}"))
 }
 
@@ -365,4 +366,82 @@ fn openstackclient_rebuild_resize_and_snapshot_a_real_guest_needs_qemu() {
 
     osc(&home, &["server", "delete", "--wait", "vm", "from-snap"]);
     drop(up);
+}
+
+/// A `novabox fault add` rule for this home.
+fn fault(home: &TestHome, args: &[&str]) {
+    assert_ok(&run(home.novabox().args(["fault", "add"]).args(args)));
+}
+
+/// Polls until the server has task `task` (held there by a delay rule).
+fn wait_task(home: &TestHome, server: &str, task: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
+        if osc_json(home, &["server", "show", server])["OS-EXT-STS:task_state"] == task {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{server} never in task {task}: {}\n{}", osc(home, &["server", "show", server]), home.up_log());
+}
+
+/// kill -9 of `up` in the middle of a rebuild, a resize and a snapshot (each held at a step
+/// by a delay rule), then `up` again: compute's `init_host` settles each as nova's
+/// `_init_instance` does. No server stays in a task state, the resize is reverted (old
+/// flavor, migration `error`), the rebuild is ERROR with its fault, the snapshot's image is
+/// gone, and every guest runs again.
+#[test]
+fn kill9_during_rebuild_resize_and_snapshot_is_settled_at_restart() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    home.edit_config(&[("heartbeat_secs = 10", "heartbeat_secs = 1")]);
+    let stack = home.up(&["--faults"]);
+    let file = image_file(&home);
+    osc(&home, &["image", "create", "--file", file.to_str().unwrap(), "--disk-format", "raw", "img"]);
+    for name in ["rb", "rs", "sn"] {
+        osc(&home, &["server", "create", "--image", "img", "--flavor", "m1.nano", "--nic", "none", "--wait", name]);
+    }
+    let id = |name: &str| osc_json(&home, &["server", "show", name])["id"].as_str().unwrap().to_string();
+    let (rb, rs, sn) = (id("rb"), id("rs"), id("sn"));
+    fault(&home, &["conductor", "instance_volumes", "--server", "^rb$", "--delay", "120", "--times", "1"]);
+    fault(&home, &["conductor", "migration_status", "--server", "^rs$", "--delay", "120", "--times", "1"]);
+    fault(&home, &["conductor", "image_upload", "--delay", "120", "--times", "1"]);
+    osc(&home, &["server", "rebuild", "rb"]);
+    osc(&home, &["server", "resize", "--flavor", "m1.tiny", "rs"]);
+    osc(&home, &["server", "image", "create", "--name", "held", "sn"]);
+    wait_task(&home, "rb", "rebuild_block_device_mapping");
+    wait_task(&home, "rs", "resize_migrating");
+    wait_task(&home, "sn", "image_uploading");
+    assert_eq!(osc_json(&home, &["image", "show", "held"])["status"], "queued");
+    stack.kill9();
+
+    let _stack = home.up(&["--faults"]);
+    let rebuilt = wait(&home, &rb, "ERROR");
+    assert!(rebuilt["fault"].to_string().contains("restarted while this instance was being rebuilt"), "{rebuilt}");
+    let resized = wait(&home, &rs, "ACTIVE");
+    assert_eq!(flavor(&resized), "m1.nano", "the resize was reverted: {resized}");
+    assert_eq!(resized["OS-EXT-STS:power_state"], 1);
+    let snapped = wait(&home, &sn, "ACTIVE");
+    assert_eq!(snapped["OS-EXT-STS:power_state"], 1);
+    let images = osc(&home, &["image", "list", "-f", "value", "-c", "Name"]);
+    assert!(!images.lines().any(|n| n == "held"), "the cut-off snapshot's image is gone: {images}");
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).unwrap();
+    let status: String = db
+        .query_row("SELECT status FROM migrations WHERE instance_uuid = ?1 ORDER BY id DESC", [&rs], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "error");
+    let busy: i64 = db
+        .query_row("SELECT count(*) FROM instances WHERE deleted = 0 AND task_state IS NOT NULL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 0, "no server stays in a task state");
+    let saving: i64 = db
+        .query_row("SELECT count(*) FROM images WHERE status IN ('saving', 'queued') AND deleted = 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(saving, 0, "no image is left queued or saving");
+    // The rebuild can be done again from ERROR, and the resize again.
+    osc(&home, &["server", "rebuild", &rb]);
+    wait(&home, &rb, "ACTIVE");
+    osc(&home, &["server", "resize", "--flavor", "m1.tiny", &rs]);
+    wait(&home, &rs, "VERIFY_RESIZE");
+    osc(&home, &["server", "delete", "--wait", &rb, &rs, &sn]);
 }

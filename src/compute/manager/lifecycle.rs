@@ -172,7 +172,7 @@ impl ComputeManager {
                 vm_state: Some(VmState::Resized),
                 task_state: Some(None),
                 power_state: Some(self.driver.power_state(uuid).await),
-                flavor: Some(new.clone()),
+                flavor: Some(Box::new(new.clone())),
                 expected_task_state: Some(vec![Some(TaskState::ResizeFinish)]),
                 ssh_forward: self.driver.ssh_forward(uuid).await,
                 ..Default::default()
@@ -241,7 +241,7 @@ impl ComputeManager {
                         vm_state: Some(if power_on { VmState::Active } else { VmState::Stopped }),
                         task_state: Some(None),
                         power_state: Some(self.driver.power_state(&inst.uuid).await),
-                        flavor: Some(old.clone()),
+                        flavor: Some(Box::new(old.clone())),
                         expected_task_state: Some(vec![Some(TaskState::ResizeReverting)]),
                         ssh_forward: self.driver.ssh_forward(&inst.uuid).await,
                         ..Default::default()
@@ -348,7 +348,7 @@ impl ComputeManager {
                 continue;
             }
             let since = inst.updated_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            if !since.is_some_and(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() >= window as i64) {
+            if since.is_none_or(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() < window as i64) {
                 continue;
             }
             let u = InstanceUpdate {
@@ -365,5 +365,97 @@ impl ComputeManager {
             }
         }
         Ok(())
+    }
+
+    /// `init_host` for an instance a restart caught in one of these actions, settled as
+    /// nova's `_init_instance` settles them: an interrupted rebuild is ERROR (rebuild it
+    /// again); a resize not yet in VERIFY_RESIZE is reverted, one being confirmed or reverted
+    /// is finished; a snapshot's image is deleted and a guest frozen for its copy runs on.
+    /// Returns the instance as it now is, for the rest of `reconcile`; None when its task is
+    /// none of these.
+    pub(super) async fn recover_interrupted(
+        &self,
+        ctx: &Context,
+        inst: &Instance,
+        driver_has_it: bool,
+    ) -> Option<Instance> {
+        use TaskState as T;
+        let task = inst.task_state?;
+        let uuid = &inst.uuid;
+        let settle = |vm_state: Option<VmState>, flavor: Option<FlavorSnapshot>| InstanceUpdate {
+            vm_state,
+            task_state: Some(None),
+            flavor: flavor.map(Box::new),
+            expected_task_state: Some(vec![Some(task)]),
+            ..Default::default()
+        };
+        let (update, message) = match task {
+            T::Rebuilding | T::RebuildBlockDeviceMapping | T::RebuildSpawning => {
+                let message = "The compute service restarted while this instance was being rebuilt; rebuild it again.";
+                let _ = self.conductor.instance_fault_create(ctx, uuid, 500, message, &self.host).await;
+                (settle(Some(VmState::Error), None), Some(message.to_string()))
+            }
+            T::ResizePrep | T::ResizeMigrating | T::ResizeMigrated | T::ResizeFinish => {
+                // The row still has the old flavor (the new one is only written with VERIFY_RESIZE).
+                if driver_has_it && task != T::ResizePrep {
+                    let power_on = inst.vm_state == VmState::Active;
+                    match self.spec_with(ctx, inst, None).await {
+                        Ok(spec) => {
+                            if let Err(e) = self.driver.finish_revert_migration(&spec, power_on).await {
+                                tracing::info!(instance = %uuid, error = %e, "nothing of the resize to revert");
+                            }
+                        }
+                        Err(e) => tracing::warn!(instance = %uuid, error = %e, "cannot revert the cut-off resize"),
+                    }
+                }
+                let _ = self.conductor.migration_status(ctx, uuid, "error").await;
+                let message = "The compute service restarted during the resize, which was reverted.";
+                (settle(None, None), Some(message.to_string()))
+            }
+            T::ResizeReverting => {
+                let old = match self.conductor.latest_migration(ctx, uuid).await {
+                    Ok(Some(m)) => m.old_flavor,
+                    _ => inst.flavor.clone(),
+                };
+                let power_on = inst.power_state == PowerState::Running;
+                if driver_has_it {
+                    if let Ok(spec) = self.spec_with(ctx, inst, Some(&old)).await {
+                        if let Err(e) = self.driver.finish_revert_migration(&spec, power_on).await {
+                            tracing::info!(instance = %uuid, error = %e, "the revert had already been done");
+                        }
+                    }
+                }
+                let _ = self.conductor.migration_status(ctx, uuid, "reverted").await;
+                let vm = if power_on { VmState::Active } else { VmState::Stopped };
+                (settle(Some(vm), Some(old)), None)
+            }
+            T::ResizeConfirming => {
+                if driver_has_it {
+                    let _ = self.driver.confirm_migration(uuid).await;
+                }
+                let _ = self.conductor.migration_status(ctx, uuid, "confirmed").await;
+                let vm = if inst.power_state == PowerState::Running { VmState::Active } else { VmState::Stopped };
+                (settle(Some(vm), None), None)
+            }
+            T::ImageSnapshot | T::ImageBackup | T::ImagePendingUpload | T::ImageUploading => {
+                let _ = self.conductor.discard_snapshots(ctx, uuid).await;
+                if let Err(e) = self.driver.discard_snapshot_files(uuid).await {
+                    tracing::warn!(instance = %uuid, error = %e, "snapshot copy left behind");
+                }
+                if driver_has_it
+                    && inst.vm_state == VmState::Active
+                    && self.driver.power_state(uuid).await == PowerState::Paused
+                {
+                    let _ = self.driver.unpause(uuid).await;
+                }
+                let message = "The compute service restarted during the snapshot; its image was deleted.";
+                (settle(None, None), Some(message.to_string()))
+            }
+            _ => return None,
+        };
+        tracing::warn!(instance = %uuid, task = %task, "{} interrupted by a compute restart", task);
+        let settled = self.conductor.instance_update(ctx, uuid, &update).await.ok();
+        let _ = self.conductor.action_finish(ctx, uuid, message.as_deref()).await;
+        settled
     }
 }

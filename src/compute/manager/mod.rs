@@ -325,6 +325,9 @@ impl ComputeManager {
     }
 
     async fn reconcile(&self, ctx: &Context, inst: &Instance, driver_has_it: bool) {
+        // Issue 16's long actions settle first; the guest is then brought in line below.
+        let settled = self.recover_interrupted(ctx, inst, driver_has_it).await;
+        let inst = settled.as_ref().unwrap_or(inst);
         let uuid = &inst.uuid;
         match (inst.vm_state, inst.task_state) {
             (_, Some(TaskState::Deleting)) => {
@@ -338,7 +341,9 @@ impl ComputeManager {
                 let _ = self.conductor.deallocate_network(ctx, uuid).await;
                 self.set_error(ctx, inst, "The compute service restarted while this instance was being built.").await;
             }
-            (VmState::Active, _) => {
+            // A server in VERIFY_RESIZE runs with its new flavor, as an active one.
+            (VmState::Resized, None) if inst.power_state != PowerState::Running => {}
+            (VmState::Active, _) | (VmState::Resized, None) => {
                 let state = if driver_has_it { self.driver.power_state(uuid).await } else { PowerState::NoState };
                 // Taps come back first (after `down` removed them), so the guest finds its link.
                 let plugged = match self.guest_spec(ctx, inst).await {

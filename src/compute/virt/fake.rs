@@ -91,6 +91,10 @@ impl VirtDriver for FakeDriver {
             tokio::time::sleep(self.delay).await;
         }
         let image = spec.image.as_ref().map(|i| i.id.clone()).unwrap_or_default();
+        if self.with_guest(&spec.uuid, |_| ()).is_err() {
+            // Gone (a server in ERROR after a restart): a rebuild makes it anew, as nova's.
+            return self.spawn(spec).await;
+        }
         self.with_guest(&spec.uuid, |g| {
             g.power_state = PowerState::Running;
             g.image = image_of(spec);

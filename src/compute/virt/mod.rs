@@ -187,6 +187,11 @@ pub trait VirtDriver: Send + Sync + 'static {
         let _ = (uuid, image_id);
         Err(VirtError::Failed(format!("the {} driver cannot snapshot guests", self.name())))
     }
+    /// Removes snapshot copies a restart left (the upload they waited for died with it).
+    async fn discard_snapshot_files(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Ok(())
+    }
     /// Periodic housekeeping of cached images (nova's image cache manager). Drivers without
     /// an image cache have nothing to do.
     async fn manage_image_cache(&self) {}

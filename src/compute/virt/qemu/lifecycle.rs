@@ -3,7 +3,7 @@
 //! - Rebuild: qemu stopped, the guest's files made anew from the spec (a fresh root overlay
 //!   on the new image, a new config drive) in the same instance dir; the console log stays,
 //!   so the console shows the guest booting again, and with `preserve_ephemeral` so does
-//!   `disk.eph0`.
+//!   `disk.eph0` (`guestfiles::clear_for_rebuild`).
 //! - Resize: the guest powered off (ACPI, then hard after its timeout), `disk` and
 //!   `launch.json` copied to `resize-kept/`; the root overlay grown with `qemu-img resize`,
 //!   `-m` and `-smp` of the saved command line set to the new flavor, and qemu started again.
@@ -12,50 +12,29 @@
 //!   `qemu-img convert -U` of the root overlay and its backing chain into one qcow2, then
 //!   QMP `cont`. The guest is frozen only for the copy.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::super::guestfiles::{last_line, path_str};
+use super::super::guestfiles::{clear_for_rebuild, remove_snapshot_files, snapshot_file};
 use super::super::{qmp, GuestSpec, Snapshot, VirtError};
 use super::cmdline::Launch;
 use super::{failed, QemuDriver};
 
 /// What a resize keeps for a revert, in the instance dir.
 const KEPT: &str = "resize-kept";
-/// Files kept over a rebuild (and `disk.eph0` with `preserve_ephemeral`).
-const KEPT_OVER_REBUILD: &[&str] = &["console.log"];
 
 impl QemuDriver {
     pub(super) async fn rebuild_guest(&self, spec: &GuestSpec, preserve_ephemeral: bool) -> Result<(), VirtError> {
         let uuid = &spec.uuid;
         let dir = self.dir(uuid)?;
-        self.launch(&dir, uuid)?;
-        // The old disk is thrown away, so there is nothing to shut down cleanly for.
+        // The old disk is thrown away, so there is nothing to shut down cleanly for. A guest
+        // whose files are gone or half made (ERROR after a restart) is simply made anew.
         self.kill(uuid, &dir).await;
         if let Some(pid) = self.live_pid(&dir, uuid) {
             return Err(failed(format!("qemu (pid {pid}) of guest {uuid} does not stop")));
         }
-        let mut keep: Vec<&str> = KEPT_OVER_REBUILD.to_vec();
-        if preserve_ephemeral {
-            keep.push("disk.eph0");
-        }
-        // Kept files wait beside the dir while it is made anew.
-        let aside = self.instances.join(format!(".{uuid}.rebuild"));
-        let _ = std::fs::remove_dir_all(&aside);
-        std::fs::create_dir_all(&aside).map_err(|e| failed(format!("cannot create {}: {e}", aside.display())))?;
-        for f in &keep {
-            let _ = std::fs::rename(dir.join(f), aside.join(f));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
-        let launch = self.prepare(spec, &dir).await;
-        for f in &keep {
-            if aside.join(f).exists() {
-                let _ = std::fs::rename(aside.join(f), dir.join(f));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&aside);
-        let launch = launch?;
+        clear_for_rebuild(&dir, preserve_ephemeral)?;
+        let launch = self.prepare(spec, &dir).await?;
         self.save_launch(&dir, &launch)?;
         self.start(uuid, &dir, &launch).await
     }
@@ -93,19 +72,8 @@ impl QemuDriver {
             return Err(failed(format!("guest {uuid} was not prepared for a resize")));
         }
         let disk = dir.join("disk");
-        if disk.is_file() {
-            let want = (spec.root_gb.max(0) as u64) << 30;
-            let have = self.virtual_size(&disk).await?;
-            if want < have && spec.root_gb > 0 {
-                return Err(failed("Unable to resize disk down."));
-            }
-            if want > have {
-                let out =
-                    self.run_qemu_img(&["resize", "-q", "-f", "qcow2", path_str(&disk)?, &want.to_string()]).await?;
-                if !out.status.success() {
-                    return Err(failed(format!("qemu-img resize failed: {}", last_line(&out.stderr))));
-                }
-            }
+        if disk.is_file() && spec.root_gb > 0 {
+            self.files.grow(&disk, (spec.root_gb as u64) << 30).await?;
         }
         let launch = with_size(&launch, spec.memory_mb, spec.vcpus)?;
         self.save_launch(&dir, &launch)?;
@@ -157,14 +125,11 @@ impl QemuDriver {
     pub(super) async fn snapshot_disk(&self, uuid: &str, image_id: &str) -> Result<Snapshot, VirtError> {
         let dir = self.dir(uuid)?;
         self.launch(&dir, uuid)?;
-        if uuid::Uuid::parse_str(image_id).is_err() {
-            return Err(failed(format!("image id {image_id:?} is not a uuid")));
-        }
+        let file = snapshot_file(&dir, image_id)?;
         let disk = dir.join("disk");
         if !disk.is_file() {
             return Err(failed(format!("guest {uuid} has no root disk of its own to snapshot")));
         }
-        let file = dir.join(format!("snapshot-{image_id}.qcow2"));
         let qmp_sock = dir.join("qmp.sock");
         // Only a running guest is stopped (and continued): a paused one stays paused, and a
         // stopped or suspended one has no process writing its disk.
@@ -175,7 +140,7 @@ impl QemuDriver {
                 .map_err(|e| failed(format!("cannot stop the guest for a snapshot: {e}")))?;
         }
         let started = Instant::now();
-        let copied = self.convert(&disk, &file).await;
+        let copied = self.files.flatten(&disk, &file).await;
         let frozen = started.elapsed();
         if running {
             if let Err(e) = qmp::execute(&qmp_sock, "cont").await {
@@ -190,34 +155,8 @@ impl QemuDriver {
         Ok(Snapshot { file, disk_format: "qcow2".into() })
     }
 
-    /// One self-contained qcow2 of `disk` and its backing chain. `-U`: qemu holds the image's
-    /// lock while it runs; the guest is stopped, so the shared read is consistent.
-    async fn convert(&self, disk: &Path, to: &PathBuf) -> Result<(), VirtError> {
-        let out =
-            self.run_qemu_img(&["convert", "-U", "-f", "qcow2", "-O", "qcow2", path_str(disk)?, path_str(to)?]).await?;
-        if !out.status.success() {
-            return Err(failed(format!("qemu-img convert failed: {}", last_line(&out.stderr))));
-        }
-        Ok(())
-    }
-
-    async fn virtual_size(&self, disk: &Path) -> Result<u64, VirtError> {
-        let out = self.run_qemu_img(&["info", "-U", "-f", "qcow2", "--output=json", path_str(disk)?]).await?;
-        if !out.status.success() {
-            return Err(failed(format!("qemu-img info failed: {}", last_line(&out.stderr))));
-        }
-        let info: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("cannot read qemu-img info: {e}")))?;
-        info.get("virtual-size").and_then(serde_json::Value::as_u64).ok_or_else(|| failed("qemu-img info gave no size"))
-    }
-
-    async fn run_qemu_img(&self, args: &[&str]) -> Result<std::process::Output, VirtError> {
-        tokio::process::Command::new(&self.qemu_img)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| failed(format!("cannot run {}: {e}", self.qemu_img.display())))
+    pub(super) fn remove_snapshot_files(&self, uuid: &str) -> Result<(), VirtError> {
+        remove_snapshot_files(&self.dir(uuid)?)
     }
 }
 

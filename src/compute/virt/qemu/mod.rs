@@ -75,8 +75,6 @@ pub struct QemuDriver {
     exits: Arc<Mutex<HashMap<String, (i32, bool)>>>,
     instances: PathBuf,
     qemu: PathBuf,
-    /// For resizes and snapshots (`lifecycle`); `files` runs it for everything else.
-    qemu_img: PathBuf,
     files: GuestFiles,
     accel: Accel,
     resources: HostResources,
@@ -105,12 +103,11 @@ impl QemuDriver {
             local_gb,
         };
         let instances = home.instances_dir();
-        let files = GuestFiles::new(qemu_img.clone(), &instances);
+        let files = GuestFiles::new(qemu_img, &instances);
         let mut driver = QemuDriver {
             exits: Default::default(),
             instances,
             qemu,
-            qemu_img,
             files,
             accel,
             resources,
@@ -347,6 +344,10 @@ impl VirtDriver for QemuDriver {
 
     async fn snapshot(&self, uuid: &str, image_id: &str) -> Result<super::Snapshot, VirtError> {
         self.snapshot_disk(uuid, image_id).await
+    }
+
+    async fn discard_snapshot_files(&self, uuid: &str) -> Result<(), VirtError> {
+        self.remove_snapshot_files(uuid)
     }
 
     async fn ssh_forward(&self, uuid: &str) -> Option<String> {
