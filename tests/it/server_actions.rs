@@ -310,6 +310,12 @@ fn openstackclient_rebuild_resize_and_snapshot_a_real_guest_needs_qemu() {
         .init_cmd(&["--driver", "qemu", "--bus", "local", "--accel", "tcg", "--network-mode", "user"])
         .env("NOVABOX_DEB_CACHE", deb_cache()));
     assert_ok(&out);
+    assert!(
+        stdout(&out).contains(" tiny (test guest"),
+        "the test guest was not imported:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     home.edit_config(&[("heartbeat_secs = 10", "heartbeat_secs = 1")]);
     let up = Up::start(&home);
     osc(
