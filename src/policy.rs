@@ -135,6 +135,9 @@ pub enum Action {
     ComputeUsageList,
     /// One project's usage: its readers, or the admin.
     ComputeUsageShow,
+    // Issue 16: the resizes, as nova's migrations.
+    /// `GET /os-migrations`.
+    ComputeMigrationsIndex,
     // novabox's own (issue 23: fault injection and the test clock), admin only.
     /// `/novabox/v1/faults` and `/novabox/v1/clock`: breaking the cloud on purpose.
     NovaboxFaults,
@@ -194,6 +197,7 @@ impl Action {
             Action::ComputeServerGroupListAllProjects => "os_compute_api:os-server-groups:index:all_projects",
             Action::ComputeUsageList => "os_compute_api:os-simple-tenant-usage:list",
             Action::ComputeUsageShow => "os_compute_api:os-simple-tenant-usage:show",
+            Action::ComputeMigrationsIndex => "os_compute_api:os-migrations:index",
         }
     }
 
@@ -232,6 +236,7 @@ impl Action {
             ComputeServersAllTenants | ComputeServersAllFilters | ComputeKeypairsOtherUser => Service::Compute,
             ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
             ComputeUsageList | ComputeUsageShow => Service::Compute,
+            ComputeMigrationsIndex => Service::Compute,
         }
     }
 
@@ -276,6 +281,7 @@ impl Action {
             ComputeServerGroupListAllProjects => Rule::Admin,
             ComputeUsageList => Rule::Admin,
             ComputeUsageShow => Rule::AdminOrOwner,
+            ComputeMigrationsIndex => Rule::Admin,
         }
     }
 }

@@ -172,6 +172,18 @@ fn openstackclient_rebuild_resize_snapshot_and_backup_on_the_fake_driver() {
     assert_ok(&run(home.novabox().args(["clock", "advance", "3601"])));
     assert_eq!(flavor(&wait(&home, &id, "ACTIVE")), "m1.medium");
 
+    // Each resize is one of nova's migrations (admin only), newest first.
+    let migrations = osc_json(&home, &["--os-cloud", "novabox-admin", "server", "migration", "list", "--server", &id]);
+    let rows: Vec<(String, String)> = migrations
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["Status"].as_str().unwrap_or_default().into(), m["Type"].as_str().unwrap_or_default().into()))
+        .collect();
+    let resize = |status: &str| (status.to_string(), "resize".to_string());
+    assert_eq!(rows, [resize("confirmed"), resize("error"), resize("confirmed"), resize("reverted")], "{migrations}");
+    assert!(refused(&home, &["server", "migration", "list"]).contains("403"));
+
     // createImage: queued, then active, with nova's properties; it boots.
     osc(&home, &["server", "image", "create", "--name", "snap", "--property", "purpose=test", "--wait", &id]);
     let snap = osc_json(&home, &["image", "show", "snap"]);
