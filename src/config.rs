@@ -192,6 +192,9 @@ pub struct ComputeConfig {
     /// SOFT_DELETED (`restore` brings it back, `forceDelete` deletes it now), and compute
     /// reclaims it once it has been soft-deleted this long (by the test clock). 0 deletes at once.
     pub reclaim_instance_interval: u64,
+    /// nova's `resize_confirm_window`: above 0, a resize left in VERIFY_RESIZE this many
+    /// seconds (by the test clock) is confirmed by compute. 0 waits for the user.
+    pub resize_confirm_window: u64,
 }
 
 impl Default for ComputeConfig {
@@ -215,6 +218,7 @@ impl Default for ComputeConfig {
             image_cache_max_age_secs: 86400,
             shutdown_timeout_secs: 10,
             reclaim_instance_interval: 0,
+            resize_confirm_window: 0,
         }
     }
 }

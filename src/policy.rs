@@ -135,6 +135,9 @@ pub enum Action {
     ComputeUsageList,
     /// One project's usage: its readers, or the admin.
     ComputeUsageShow,
+    // Issue 16: the resizes, as nova's migrations.
+    /// `GET /os-migrations`.
+    ComputeMigrationsIndex,
     // novabox's own (issue 23: fault injection and the test clock), admin only.
     /// `/novabox/v1/faults` and `/novabox/v1/clock`: breaking the cloud on purpose.
     NovaboxFaults,
@@ -227,6 +230,7 @@ impl Action {
             Action::NetworkFloatingIpAddress => "create_floatingip:floating_ip_address",
             Action::ComputeInstanceActionsEvents => "os_compute_api:os-instance-actions:events",
             Action::ComputeInstanceActionsEventsDetails => "os_compute_api:os-instance-actions:events:details",
+            Action::ComputeMigrationsIndex => "os_compute_api:os-migrations:index",
         }
     }
 
@@ -274,6 +278,7 @@ impl Action {
             | NetworkUpdateRouterFixedIps
             | NetworkFloatingIpAddress => Service::Network,
             ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Service::Compute,
+            ComputeMigrationsIndex => Service::Compute,
         }
     }
 
@@ -327,6 +332,7 @@ impl Action {
             | NetworkUpdateRouterFixedIps
             | NetworkFloatingIpAddress => Rule::Admin,
             ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Rule::Admin,
+            ComputeMigrationsIndex => Rule::Admin,
         }
     }
 }

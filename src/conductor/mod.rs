@@ -13,6 +13,7 @@ use crate::db::services::NodeReport;
 use crate::db::{DbError, SharedDb};
 use crate::rpcapi::{ConductorRequest, NotificationMessage, RequestedNetworks, RpcRequest};
 
+mod lifecycle;
 pub(crate) mod network;
 pub(crate) mod routers;
 mod volumes;
@@ -296,6 +297,14 @@ impl Handler for Conductor {
                     .map_err(db_error)?;
                 Ok(Value::Null)
             }
+            R::MigrationStatus { instance_uuid, status } => self.migration_status(&instance_uuid, &status),
+            R::ActionStart { uuid, action } => self.action_start(&ctx, &uuid, &action),
+            R::ImageUpload { image_id, file, disk_format, rotation } => {
+                self.image_upload(&image_id, &file, &disk_format, rotation.as_ref())
+            }
+            R::ImageDiscard { image_id } => self.image_discard(&image_id),
+            R::LatestMigration { instance_uuid } => self.latest_migration(&instance_uuid),
+            R::DiscardSnapshots { instance_uuid } => self.discard_snapshots(&instance_uuid),
         }
     }
 }

@@ -141,6 +141,9 @@ pub struct InstanceUpdate {
     pub locked_by: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
     pub locked_reason: Option<Option<String>>,
+    /// A resize's new (or, reverted, old) flavor, with the columns usage sums read (issue 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<Box<FlavorSnapshot>>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_task_state: Option<Vec<Option<TaskState>>>,
@@ -724,6 +727,13 @@ impl Db {
         }
         if let Some(r) = &u.locked_reason {
             set("locked_reason", r.clone().map_or(rusqlite::types::Value::Null, Into::into));
+        }
+        if let Some(f) = &u.flavor {
+            set("flavor", serde_json::to_string(f).unwrap_or_default().into());
+            set("memory_mb", f.memory_mb.into());
+            set("vcpus", f.vcpus.into());
+            set("root_gb", f.root_gb.into());
+            set("ephemeral_gb", f.ephemeral_gb.into());
         }
         args.push(uuid.to_string().into());
         let sql = format!("UPDATE instances SET {} WHERE uuid = ?{} AND deleted = 0", sets.join(", "), args.len());

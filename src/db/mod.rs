@@ -16,6 +16,7 @@ pub mod images;
 pub mod instance_actions;
 pub mod instances;
 pub mod keypairs;
+pub mod lifecycle;
 pub mod listing;
 pub mod network;
 pub mod notifications;
@@ -50,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0017_routers_floating_ips.sql"),
     include_str!("migrations/0018_provider_networks.sql"),
     include_str!("migrations/0020_server_meta.sql"),
+    include_str!("migrations/0021_resizes_and_rebuilds.sql"),
 ];
 
 /// The schema version this build writes and understands.

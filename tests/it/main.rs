@@ -20,4 +20,5 @@ mod reliability;
 mod sandbox;
 mod tempest;
 mod server_meta;
+mod server_actions;
 mod volumes;

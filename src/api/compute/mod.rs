@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod instance_actions;
 pub mod keypairs;
 pub mod microversion;
+pub mod migrations;
 pub mod server_groups;
 pub mod server_list;
 pub mod server_metadata;
@@ -80,7 +81,9 @@ pub fn router() -> Router<AppState> {
         .route("/limits", get(hosts::limits))
         .route("/os-quota-sets/{project}", get(hosts::quota_set).put(hosts::update_quota_set))
         .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail))
-        .route("/os-quota-sets/{project}/defaults", get(hosts::quota_set_defaults));
+        .route("/os-quota-sets/{project}/defaults", get(hosts::quota_set_defaults))
+        // Issue 16: resizes as nova's migrations.
+        .route("/os-migrations", get(migrations::list));
     Router::new()
         .route("/", get(versions))
         .route("/v2.1/", get(version))

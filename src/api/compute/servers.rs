@@ -257,6 +257,7 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
 }
 
 pub async fn action(
+    headers: HeaderMap,
     State(state): State<AppState>,
     auth: Auth,
     v: Microversion,
@@ -268,6 +269,22 @@ pub async fn action(
     Ok(match ComputeApi::new(&state).action(&auth, &id, action).await? {
         Outcome::Accepted => StatusCode::ACCEPTED.into_response(),
         Outcome::ConsoleOutput(output) => Json(json!({ "output": output })).into_response(),
+        // Issue 16: nova answers a rebuild with the server (REBUILD) and its admin password.
+        Outcome::Rebuilt(inst, admin_pass) => {
+            let d = ComputeApi::new(&state).view(&inst)?;
+            let mut server = server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth);
+            server["adminPass"] = json!(admin_pass);
+            (StatusCode::ACCEPTED, Json(json!({ "server": server }))).into_response()
+        }
+        // Before 2.45 the image's URL in `Location` (nova's `generate_image_url`: the image
+        // endpoint, then `images/<id>`); from 2.45 its id in the body.
+        Outcome::ImageCreated(image_id) if v.at_least(45) => {
+            (StatusCode::ACCEPTED, Json(json!({ "image_id": image_id }))).into_response()
+        }
+        Outcome::ImageCreated(image_id) => {
+            let location = format!("{}/image/images/{image_id}", base_url(&headers, &state.config));
+            (StatusCode::ACCEPTED, [(header::LOCATION, location)]).into_response()
+        }
     })
 }
 

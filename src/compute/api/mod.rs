@@ -19,6 +19,7 @@ mod actions;
 mod create;
 mod delete;
 mod instance_actions;
+mod lifecycle;
 pub mod requests;
 mod server_meta;
 

@@ -25,6 +25,14 @@ pub(super) fn event_of(request: &ComputeRequest) -> Option<(&'static str, &str)>
         R::RestoreInstance { instance } => ("compute_restore_instance", instance),
         R::AttachVolume { instance, .. } => ("compute_attach_volume", instance),
         R::DetachVolume { instance, .. } => ("compute_detach_volume", instance),
+        R::RebuildInstance { instance, .. } => ("compute_rebuild_instance", instance),
+        // novabox resizes on its one host in one request: nova's prep_resize, resize_instance
+        // and finish_resize steps, recorded under the middle one.
+        R::ResizeInstance { instance, .. } => ("compute_resize_instance", instance),
+        R::ConfirmResize { instance } => ("compute_confirm_resize", instance),
+        R::RevertResize { instance, .. } => ("compute_revert_resize", instance),
+        R::SnapshotInstance { instance, rotation: None, .. } => ("compute_snapshot_instance", instance),
+        R::SnapshotInstance { instance, rotation: Some(_), .. } => ("compute_backup_instance", instance),
         _ => return None,
     };
     Some((event, instance.uuid.as_str()))

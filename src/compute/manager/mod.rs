@@ -26,6 +26,7 @@ use crate::volumes::VolumeStatus;
 mod actions;
 mod events;
 mod faults;
+mod lifecycle;
 
 use actions::{PowerAction, StateAction};
 
@@ -342,6 +343,9 @@ impl ComputeManager {
     }
 
     async fn reconcile(&self, ctx: &Context, inst: &Instance, driver_has_it: bool) {
+        // Issue 16's long actions settle first; the guest is then brought in line below.
+        let settled = self.recover_interrupted(ctx, inst, driver_has_it).await;
+        let inst = settled.as_ref().unwrap_or(inst);
         let uuid = &inst.uuid;
         match (inst.vm_state, inst.task_state) {
             (_, Some(TaskState::Deleting)) => {
@@ -355,7 +359,9 @@ impl ComputeManager {
                 let _ = self.conductor.deallocate_network(ctx, uuid).await;
                 self.set_error(ctx, inst, "The compute service restarted while this instance was being built.").await;
             }
-            (VmState::Active, _) => {
+            // A server in VERIFY_RESIZE runs with its new flavor, as an active one.
+            (VmState::Resized, None) if inst.power_state != PowerState::Running => {}
+            (VmState::Active, _) | (VmState::Resized, None) => {
                 let state = if driver_has_it { self.driver.power_state(uuid).await } else { PowerState::NoState };
                 // Taps come back first (after `down` removed them), so the guest finds its link.
                 let plugged = match self.guest_spec(ctx, inst).await {
@@ -702,6 +708,9 @@ impl ComputeManager {
                 if let Err(e) = self.reclaim_queued_deletes().await {
                     tracing::warn!(error = %e, "soft-deleted instances not reclaimed");
                 }
+                if let Err(e) = self.confirm_expired_resizes().await {
+                    tracing::warn!(error = %e, "resizes past their confirm window not confirmed");
+                }
                 // After the sync, which reaps guests whose rows are gone: their taps go next.
                 self.sweep_network(&Context::admin(Context::new_request_id())).await;
             }
@@ -797,6 +806,15 @@ impl Handler for ComputeManager {
             R::TriggerCrashDump { instance } => self.trigger_crash_dump(&ctx, &instance).await,
             R::SoftDeleteInstance { instance } => self.state_action(&ctx, &instance, StateAction::SoftDelete).await,
             R::RestoreInstance { instance } => self.state_action(&ctx, &instance, StateAction::Restore).await,
+            R::RebuildInstance { instance, preserve_ephemeral } => {
+                self.rebuild_instance(&ctx, &instance, preserve_ephemeral).await
+            }
+            R::ResizeInstance { instance, migration } => self.resize_instance(&ctx, &instance, &migration).await,
+            R::ConfirmResize { instance } => self.confirm_resize(&ctx, &instance).await,
+            R::RevertResize { instance, migration } => self.revert_resize(&ctx, &instance, &migration).await,
+            R::SnapshotInstance { instance, image_id, rotation } => {
+                self.snapshot_instance(&ctx, &instance, &image_id, rotation.as_ref()).await
+            }
             R::GetConsoleOutput { instance, length } => {
                 let out = self
                     .driver
