@@ -322,7 +322,10 @@ mod tests {
         let demo = made.db.project_by_name("demo").unwrap().unwrap();
         assert_eq!(router.project_id, demo.id);
         let interfaces = made.db.router_interfaces(&router.id).unwrap();
-        assert!(interfaces.iter().any(|p| p.fixed_ips.iter().any(|f| f.subnet_id == private.subnet_id)), "{interfaces:?}");
+        assert!(
+            interfaces.iter().any(|p| p.fixed_ips.iter().any(|f| f.subnet_id == private.subnet_id)),
+            "{interfaces:?}"
+        );
 
         // Again, and without the password: the same rows, nothing reset.
         let again = provision(&home, &config, false, false, Some(&Default::default())).unwrap();

@@ -958,7 +958,9 @@ fn floating_ip_reaches_a_guest_through_a_router_and_security_groups_still_apply_
         ],
     ))
     .unwrap();
-    eventually("a ping of the floating IP from outside", Duration::from_secs(90), &up, || pings_once(&outside, &address));
+    eventually("a ping of the floating IP from outside", Duration::from_secs(90), &up, || {
+        pings_once(&outside, &address)
+    });
     eventually("the guest's banner through the floating IP", Duration::from_secs(30), &up, || {
         banner(&outside, &address).as_deref() == Some("SSH-2.0-novabox-test")
     });
@@ -991,7 +993,9 @@ fn floating_ip_reaches_a_guest_through_a_router_and_security_groups_still_apply_
     });
     assert_routers_match_rows(&holder, &home, &up);
     let now = second["floating_ip_address"].as_str().unwrap().to_string();
-    eventually("a ping of the floating IP after the restart", Duration::from_secs(60), &up, || pings_once(&outside, &now));
+    eventually("a ping of the floating IP after the restart", Duration::from_secs(60), &up, || {
+        pings_once(&outside, &now)
+    });
     assert!(!pings_once(&outside, &address), "the disassociated floating IP no longer reaches the guest");
 
     // down removes the namespaces with the rest; nothing of them is left.

@@ -66,8 +66,8 @@ pub fn router() -> Router<AppState> {
         .route("/v2.0/quotas/{id}/details", get(quotas::details))
 }
 
-mod ipv6_subnets;
 mod floating_ips;
+mod ipv6_subnets;
 mod networks;
 mod ports;
 mod provider;

@@ -24,8 +24,8 @@ pub mod bridge;
 pub mod dnsmasq;
 pub mod host;
 pub mod nat;
-pub mod vlan;
 pub mod router;
+pub mod vlan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
