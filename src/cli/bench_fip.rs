@@ -26,7 +26,6 @@ use novabox::client::Client;
 use novabox::config::Config;
 use novabox::home::Home;
 use novabox::secrets::Secrets;
-use novabox::stack::{self, Service};
 
 use super::init::{AccelArg, BusArg, DriverArg, InitArgs, NetworkModeArg};
 use super::GlobalArgs;
@@ -161,32 +160,14 @@ fn fip_in(global: &GlobalArgs, args: &FipArgs, dir: &Path) -> anyhow::Result<Exi
 }
 
 async fn bench(home: Home, config: Arc<Config>, secrets: Secrets, args: &FipArgs) -> anyhow::Result<ExitCode> {
-    let bus = novabox::bus::connect(&config, &home, &secrets).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let stack_task = tokio::spawn(stack::run(
-        home.clone(),
-        config.clone(),
-        bus,
-        &Service::ALL,
-        false,
-        stack::Hooks {
-            phase: Arc::new(|_| {}),
-            on_ready: move |ready| {
-                let _ = ready_tx.send(ready);
-            },
-        },
-        stop_rx,
-    ));
-    let ready = ready_rx.await.context("the stack did not start")?;
-    let result = if ready.network != "bridge" || ready.driver != "qemu" {
-        Err(anyhow::anyhow!("the stack runs {} networking with {}, not bridge with qemu", ready.network, ready.driver))
-    } else {
-        measure(&home, &config, &secrets, args).await
-    };
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), stack_task).await;
-    result
+    let (h, c, s) = (&home, &config, &secrets);
+    super::bench::with_stack(h, c, s, |ready| async move {
+        if ready.network != "bridge" || ready.driver != "qemu" {
+            bail!("the stack runs {} networking with {}, not bridge with qemu", ready.network, ready.driver);
+        }
+        measure(h, c, s, args).await
+    })
+    .await
 }
 
 async fn measure(home: &Home, config: &Config, secrets: &Secrets, args: &FipArgs) -> anyhow::Result<ExitCode> {
