@@ -148,6 +148,9 @@ pub enum Action {
     // Issue 19, item 4: neutron's provider attributes of a network, by their policy name
     // (`create_network:provider:network_type`, `get_network:provider:segmentation_id`, ...).
     NetworkProviderAttribute(&'static str),
+    // Issue 17, item 5: nova's host aggregates, by their policy name
+    // (`os_compute_api:os-aggregates:create`, `...:add_host`, ...): admin only.
+    ComputeAggregates(&'static str),
 }
 
 impl Action {
@@ -184,6 +187,7 @@ impl Action {
             Action::VolumeHostAttribute => "volume_extension:volume_host_attribute",
             Action::IdentityAdmin(name) => name,
             Action::NetworkProviderAttribute(name) => name,
+            Action::ComputeAggregates(name) => name,
             Action::IdentityGetProject => "identity:get_project",
             Action::IdentityGetUser => "identity:get_user",
             // The base rule of each service's defaults; upstream names the call's own policy.
@@ -237,6 +241,7 @@ impl Action {
             ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
             ComputeUsageList | ComputeUsageShow => Service::Compute,
             NetworkProviderAttribute(_) => Service::Network,
+            ComputeAggregates(_) => Service::Compute,
         }
     }
 
@@ -282,6 +287,7 @@ impl Action {
             ComputeUsageList => Rule::Admin,
             ComputeUsageShow => Rule::AdminOrOwner,
             NetworkProviderAttribute(_) => Rule::Admin,
+            ComputeAggregates(_) => Rule::Admin,
         }
     }
 }

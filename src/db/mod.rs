@@ -7,6 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 
+pub mod aggregates;
 pub mod appcreds;
 mod conn;
 pub(crate) use conn::Conn;
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0015_server_groups.sql"),
     include_str!("migrations/0016_instance_lock.sql"),
     include_str!("migrations/0018_provider_networks.sql"),
+    include_str!("migrations/0023_aggregates.sql"),
 ];
 
 /// The schema version this build writes and understands.

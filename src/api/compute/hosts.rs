@@ -6,6 +6,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use std::collections::BTreeMap;
+
+use serde_json::Map;
+
+use super::aggregates::{Zones, INTERNAL_ZONE};
 use super::microversion::Microversion;
 use super::parse_body;
 use crate::api::context::Auth;
@@ -21,10 +26,9 @@ fn nova_time(ts: &Option<String>) -> Value {
     }
 }
 
-fn service_json(s: &Service, state: &AppState, v: Microversion) -> Value {
+fn service_json(s: &Service, state: &AppState, v: Microversion, zones: &Zones) -> Value {
     let up = is_up(s, state.config.compute.service_down_secs);
-    let zone =
-        if s.binary == crate::compute::BINARY { state.config.host.availability_zone.as_str() } else { "internal" };
+    let zone = if s.binary == crate::compute::BINARY { zones.of(&s.host) } else { INTERNAL_ZONE };
     let mut o = json!({
         "id": if v.at_least(53) { json!(s.uuid) } else { json!(s.id) },
         "binary": s.binary,
@@ -43,8 +47,10 @@ fn service_json(s: &Service, state: &AppState, v: Microversion) -> Value {
 
 pub async fn services(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    let list = state.db.with(|db| db.services())?;
-    Ok(Json(json!({"services": list.iter().map(|s| service_json(s, &state, v)).collect::<Vec<_>>()})))
+    let default = state.config.host.availability_zone.as_str();
+    let (list, zones) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.services()?, Zones::load(db, default)?)) })?;
+    Ok(Json(json!({"services": list.iter().map(|s| service_json(s, &state, v, &zones)).collect::<Vec<_>>()})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,7 +88,8 @@ pub async fn update_service(
     let forced = u.forced_down.unwrap_or(svc.forced_down);
     state.db.with(|db| db.set_service_status(svc.id, disabled, reason.as_deref(), forced))?;
     let svc = state.db.with(|db| db.service_by_id_or_uuid(&id))?.unwrap_or(svc);
-    Ok(Json(json!({"service": service_json(&svc, &state, v)})))
+    let zones = state.db.with(|db| Zones::load(db, &state.config.host.availability_zone))?;
+    Ok(Json(json!({"service": service_json(&svc, &state, v, &zones)})))
 }
 
 fn hypervisor_json(
@@ -194,32 +201,53 @@ pub async fn hypervisor_statistics(
     Ok(Json(json!({ "hypervisor_statistics": stats })))
 }
 
-pub async fn availability_zones(State(state): State<AppState>, _auth: Auth) -> Json<Value> {
-    Json(json!({"availabilityZoneInfo": [
-        {"zoneName": state.config.host.availability_zone, "zoneState": {"available": true}, "hosts": null}
-    ]}))
+/// GET /os-availability-zone: the zones of compute services, available while one of their
+/// services is enabled (nova's index; hosts only in the detail).
+pub async fn availability_zones(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<Value>> {
+    let default = state.config.host.availability_zone.as_str();
+    let (services, zones) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.services()?, Zones::load(db, default)?)) })?;
+    let mut available: BTreeMap<&str, bool> = BTreeMap::new();
+    for s in services.iter().filter(|s| s.binary == crate::compute::BINARY) {
+        *available.entry(zones.of(&s.host)).or_default() |= !s.disabled;
+    }
+    if available.is_empty() {
+        // Before the first compute service registers, the configured zone is the cloud's.
+        available.insert(default, true);
+    }
+    let list: Vec<Value> = available
+        .iter()
+        .map(|(zone, up)| json!({"zoneName": zone, "zoneState": {"available": up}, "hosts": null}))
+        .collect();
+    Ok(Json(json!({ "availabilityZoneInfo": list })))
 }
 
+/// GET /os-availability-zone/detail: each zone with its hosts and their services; the
+/// services that are not compute services are in nova's internal zone.
 pub async fn availability_zones_detail(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    let services = state.db.with(|db| db.services())?;
+    let default = state.config.host.availability_zone.as_str();
+    let (services, zones) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.services()?, Zones::load(db, default)?)) })?;
     let down_after = state.config.compute.service_down_secs;
-    let mut zones: Vec<Value> = Vec::new();
-    for (zone, compute) in [(state.config.host.availability_zone.as_str(), true), ("internal", false)] {
-        let mut hosts = serde_json::Map::new();
-        for s in services.iter().filter(|s| (s.binary == crate::compute::BINARY) == compute) {
-            let entry = hosts.entry(s.host.clone()).or_insert_with(|| json!({}));
-            entry[s.binary.replace("novabox-", "nova-")] = json!({
-                "available": is_up(s, down_after) && !s.disabled,
-                "active": !s.disabled,
-                "updated_at": nova_time(&s.last_seen_at),
-            });
-        }
-        if compute || !hosts.is_empty() {
-            zones.push(json!({"zoneName": zone, "zoneState": {"available": true}, "hosts": hosts}));
-        }
+    let mut by_zone: BTreeMap<&str, (bool, Map<String, Value>)> = BTreeMap::new();
+    for s in &services {
+        let compute = s.binary == crate::compute::BINARY;
+        let zone = if compute { zones.of(&s.host) } else { INTERNAL_ZONE };
+        let (available, hosts) = by_zone.entry(zone).or_insert_with(|| (false, Map::new()));
+        *available |= !compute || !s.disabled;
+        let entry = hosts.entry(s.host.clone()).or_insert_with(|| json!({}));
+        entry[s.binary.replace("novabox-", "nova-")] = json!({
+            "available": is_up(s, down_after) && !s.disabled,
+            "active": !s.disabled,
+            "updated_at": nova_time(&s.last_seen_at),
+        });
     }
-    Ok(Json(json!({ "availabilityZoneInfo": zones })))
+    let list: Vec<Value> = by_zone
+        .into_iter()
+        .map(|(zone, (available, hosts))| json!({"zoneName": zone, "zoneState": {"available": available}, "hosts": hosts}))
+        .collect();
+    Ok(Json(json!({ "availabilityZoneInfo": list })))
 }
 
 /// nova's quota resources at microversion `v`, as tempest's quotas schemas require them: 2.36
