@@ -228,7 +228,12 @@ pub async fn update(
     Ok(Json(json!({"aggregate": aggregate_json(&agg, v, true)})))
 }
 
-pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+/// DELETE answers 200 with no body, as nova's.
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
     authorize(&auth, "os_compute_api:os-aggregates:delete")?;
     state.db.tx(|db| -> ApiResult<()> {
         let agg = find(db, &id)?;
@@ -242,7 +247,7 @@ pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         db.delete_aggregate(agg.id)?;
         Ok(())
     })?;
-    Ok(Json(Value::Null))
+    Ok(axum::http::StatusCode::OK)
 }
 
 /// POST /os-aggregates/{id}/action: `add_host`, `remove_host`, `set_metadata`.
@@ -319,4 +324,145 @@ pub async fn action(
         other => return Err(ApiError::bad_request(format!("There is no such action: {other}"))),
     };
     Ok(Json(json!({"aggregate": aggregate_json(&agg, v, true)})))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use serde_json::{json, Value};
+
+    use crate::api::testing::{Cloud, Reply};
+
+    async fn at(c: &Cloud, method: Method, uri: &str, token: &str, version: &str, body: Option<Value>) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/compute/v2.1{uri}"))
+            .header("x-auth-token", token)
+            .header("openstack-api-version", format!("compute {version}"))
+            .header("content-type", "application/json");
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        c.send(req.body(body).unwrap()).await
+    }
+
+    fn message(r: &Reply) -> String {
+        let v = r.json();
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|e| e["message"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn compute_hosts(c: &Cloud, hosts: &[&str]) {
+        for h in hosts {
+            c.state.db.with(|db| db.service_heartbeat(h, crate::compute::BINARY, &format!("compute.{h}"))).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn aggregates_are_admin_only_and_answer_novas_codes_and_texts() {
+        let c = Cloud::new();
+        compute_hosts(&c, &["h1", "h2"]);
+        let (demo, admin) = (c.token("demo").await, c.token("admin").await);
+
+        let r = at(&c, Method::GET, "/os-aggregates", &demo, "2.1", None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert_eq!(message(&r), "Policy doesn't allow os_compute_api:os-aggregates:index to be performed.");
+        let body = json!({"aggregate": {"name": "rack1", "availability_zone": "az1"}});
+        let r = at(&c, Method::POST, "/os-aggregates", &demo, "2.1", Some(body.clone())).await;
+        assert_eq!(message(&r), "Policy doesn't allow os_compute_api:os-aggregates:create to be performed.");
+
+        // Create answers without hosts and metadata; 2.41 adds the uuid.
+        let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.40", Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let a = r.json()["aggregate"].clone();
+        assert_eq!((a["name"].as_str(), a["availability_zone"].as_str()), (Some("rack1"), Some("az1")));
+        for k in ["hosts", "metadata", "uuid"] {
+            assert!(a.get(k).is_none(), "{k} in {a}");
+        }
+        let id = a["id"].as_i64().unwrap();
+        let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(body)).await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(message(&r), "Aggregate rack1 already exists.");
+        for bad in [json!({"aggregate": {"name": ""}}), json!({"aggregate": {"name": " x"}}), json!({"aggregate": {}}),
+            json!({"aggregate": {"name": "x", "zone": "a"}}), json!({"name": "x"})] {
+            let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(bad.clone())).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        }
+        let r = at(&c, Method::GET, &format!("/os-aggregates/{id}"), &admin, "2.41", None).await;
+        let a = r.json()["aggregate"].clone();
+        assert!(a["uuid"].is_string(), "{a}");
+        assert_eq!(a["metadata"], json!({"availability_zone": "az1"}));
+        assert_eq!(a["hosts"], json!([]));
+        let r = at(&c, Method::GET, "/os-aggregates/999", &admin, "2.41", None).await;
+        assert_eq!((r.status, message(&r).as_str()), (StatusCode::NOT_FOUND, "Aggregate 999 could not be found."));
+
+        // Hosts: unknown ones 404, twice 409, missing on remove 404.
+        let action_url = format!("/os-aggregates/{id}/action");
+        let act = |b: Value| at(&c, Method::POST, &action_url, &admin, "2.41", Some(b));
+        let r = act(json!({"add_host": {"host": "nowhere"}})).await;
+        assert_eq!((r.status, message(&r).as_str()), (StatusCode::NOT_FOUND, "Compute host nowhere could not be found."));
+        let r = act(json!({"add_host": {"host": "h1"}})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["aggregate"]["hosts"], json!(["h1"]));
+        let r = act(json!({"add_host": {"host": "h1"}})).await;
+        assert_eq!((r.status, message(&r)), (StatusCode::CONFLICT, format!("Aggregate {id} already has host h1.")));
+        let r = act(json!({"remove_host": {"host": "h2"}})).await;
+        assert_eq!((r.status, message(&r)), (StatusCode::NOT_FOUND, format!("Aggregate {id} has no host h2.")));
+
+        // A host is in one zone: another aggregate with another zone cannot take h1.
+        let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(json!({"aggregate": {"name": "rack2", "availability_zone": "az2"}}))).await;
+        let other = r.json()["aggregate"]["id"].as_i64().unwrap();
+        let url = format!("/os-aggregates/{other}/action");
+        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"add_host": {"host": "h1"}}))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert_eq!(message(&r), format!("Cannot add host to aggregate {other}. Reason: One or more hosts already in availability zone(s) ['az1']."));
+        // A plain aggregate (no zone) may share h1, but then cannot become another zone.
+        let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(json!({"aggregate": {"name": "ssd"}}))).await;
+        let plain = r.json()["aggregate"]["id"].as_i64().unwrap();
+        let url = format!("/os-aggregates/{plain}/action");
+        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"add_host": {"host": "h1"}}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"set_metadata": {"metadata": {"availability_zone": "az9", "ssd": "yes"}}}))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert!(message(&r).starts_with(&format!("Cannot update metadata of aggregate {plain}. Reason:")), "{}", r.text());
+        let r = at(&c, Method::PUT, &format!("/os-aggregates/{plain}"), &admin, "2.41", Some(json!({"aggregate": {"availability_zone": "az9"}}))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert!(message(&r).starts_with(&format!("Cannot update aggregate {plain}. Reason:")), "{}", r.text());
+        let r = at(&c, Method::PUT, &format!("/os-aggregates/{plain}"), &admin, "2.41", Some(json!({"aggregate": {"name": "rack1"}}))).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+        // set_metadata: a null value removes the key.
+        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"set_metadata": {"metadata": {"ssd": "yes", "raid": "1"}}}))).await;
+        assert_eq!(r.json()["aggregate"]["metadata"], json!({"ssd": "yes", "raid": "1"}));
+        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"set_metadata": {"metadata": {"raid": null}}}))).await;
+        assert_eq!(r.json()["aggregate"]["metadata"], json!({"ssd": "yes"}));
+
+        // The zones follow: h1 in az1, h2 in the default zone, the other services internal.
+        let r = at(&c, Method::GET, "/os-availability-zone", &demo, "2.1", None).await;
+        let zones = r.json()["availabilityZoneInfo"].clone();
+        assert_eq!(zones.as_array().map(Vec::len), Some(2), "{zones}");
+        assert!(zones.as_array().unwrap().iter().any(|z| z["zoneName"] == "az1" && z["hosts"].is_null()), "{zones}");
+        assert!(zones.as_array().unwrap().iter().any(|z| z["zoneName"] == "nova"), "{zones}");
+        let r = at(&c, Method::GET, "/os-availability-zone/detail", &admin, "2.1", None).await;
+        let zones = r.json()["availabilityZoneInfo"].clone();
+        let zone = |name: &str| zones.as_array().unwrap().iter().find(|z| z["zoneName"] == name).cloned().unwrap_or_default();
+        assert!(zone("az1")["hosts"]["h1"]["nova-compute"].is_object(), "{zones}");
+        assert!(zone("nova")["hosts"]["h2"]["nova-compute"].is_object(), "{zones}");
+        let r = at(&c, Method::GET, "/os-services", &admin, "2.53", None).await;
+        let h1 = r.json()["services"].as_array().unwrap().iter().find(|s| s["host"] == "h1").cloned().unwrap();
+        assert_eq!(h1["zone"], "az1");
+
+        // Delete: not while it has hosts (nova's wording), then 200 with no body.
+        let r = at(&c, Method::DELETE, &format!("/os-aggregates/{id}"), &admin, "2.41", None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(message(&r), format!("Cannot remove host from aggregate {id}. Reason: Host aggregate is not empty."));
+        let r = act(json!({"remove_host": {"host": "h1"}})).await;
+        assert_eq!(r.json()["aggregate"]["hosts"], json!([]));
+        let r = at(&c, Method::DELETE, &format!("/os-aggregates/{id}"), &admin, "2.41", None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(r.text().is_empty(), "{}", r.text());
+        let r = at(&c, Method::GET, "/os-aggregates", &admin, "2.41", None).await;
+        assert_eq!(r.json()["aggregates"].as_array().map(Vec::len), Some(2));
+    }
 }
