@@ -84,7 +84,7 @@ fn aggregate_json(a: &Aggregate, v: Microversion, full: bool) -> Value {
 
 /// The path's id: nova's aggregates are addressed by their integer id at every microversion.
 fn find(db: &Db, id: &str) -> ApiResult<Aggregate> {
-    let n: i64 = id.parse().map_err(|_| ApiError::bad_request("Invalid input received: id must be an integer."))?;
+    let n: i64 = id.parse().map_err(|_| ApiError::bad_request("Invalid input received: id must be an integer"))?;
     db.aggregate(n)?.ok_or_else(|| ApiError::not_found(format!("Aggregate {id} could not be found.")))
 }
 

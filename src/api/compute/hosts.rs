@@ -1,7 +1,7 @@
 //! What the cloud is made of and how much a project may use: hypervisors, services,
 //! availability zones, limits and quota sets.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -31,7 +31,7 @@ fn service_json(s: &Service, state: &AppState, v: Microversion, zones: &Zones) -
     let zone = if s.binary == crate::compute::BINARY { zones.of(&s.host) } else { INTERNAL_ZONE };
     let mut o = json!({
         "id": if v.at_least(53) { json!(s.uuid) } else { json!(s.id) },
-        "binary": s.binary,
+        "binary": nova_binary(&s.binary),
         "host": s.host,
         "zone": zone,
         "status": if s.disabled { "disabled" } else { "enabled" },
@@ -45,12 +45,31 @@ fn service_json(s: &Service, state: &AppState, v: Microversion, zones: &Zones) -
     o
 }
 
-pub async fn services(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
+/// A service's binary as nova names it (`nova-compute`, ...): what clients filter and act on.
+fn nova_binary(binary: &str) -> String {
+    binary.replace("novabox-", "nova-")
+}
+
+/// GET /os-services, with nova's `host` and `binary` filters.
+pub async fn services(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
     let default = state.config.host.availability_zone.as_str();
     let (list, zones) =
         state.db.with(|db| -> crate::db::Result<_> { Ok((db.services()?, Zones::load(db, default)?)) })?;
-    Ok(Json(json!({"services": list.iter().map(|s| service_json(s, &state, v, &zones)).collect::<Vec<_>>()})))
+    let wanted = |key: &str| query.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let (host, binary) = (wanted("host"), wanted("binary"));
+    let shown: Vec<Value> = list
+        .iter()
+        .filter(|s| host.is_none_or(|h| h == s.host))
+        .filter(|s| binary.is_none_or(|b| b == nova_binary(&s.binary) || b == s.binary))
+        .map(|s| service_json(s, &state, v, &zones))
+        .collect();
+    Ok(Json(json!({ "services": shown })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,25 +155,94 @@ fn hypervisor_json(
 }
 
 fn hypervisor_list(state: &AppState, v: Microversion, detail: bool) -> ApiResult<Vec<Value>> {
+    hypervisor_list_with(state, v, detail, false)
+}
+
+/// Every hypervisor; with `servers`, the servers on each (nova's `with_servers`, 2.53).
+fn hypervisor_list_with(state: &AppState, v: Microversion, detail: bool, servers: bool) -> ApiResult<Vec<Value>> {
     let (nodes, services) =
         state.db.with(|db| -> crate::db::Result<_> { Ok((db.compute_nodes()?, db.services()?)) })?;
     nodes
         .iter()
         .map(|n| {
             let svc = services.iter().find(|s| s.host == n.host && s.binary == crate::compute::BINARY);
-            hypervisor_json(n, svc, state, v, detail)
+            let mut o = hypervisor_json(n, svc, state, v, detail)?;
+            if servers {
+                let uuids = state.db.with(|db| db.host_instance_uuids(&n.host))?;
+                // Before 2.75 nova leaves the key out for a hypervisor with no servers.
+                if !uuids.is_empty() || v.at_least(75) {
+                    o["servers"] = uuids
+                        .iter()
+                        .map(|u| json!({"uuid": u, "name": format!("instance-{}", u.get(..8).unwrap_or(u))}))
+                        .collect();
+                }
+            }
+            Ok(o)
         })
         .collect()
 }
 
-pub async fn hypervisors(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
-    auth.require_admin()?;
-    Ok(Json(json!({"hypervisors": hypervisor_list(&state, v, false)?})))
+/// nova's 2.53 query of the hypervisor lists: `hypervisor_hostname_pattern` (a substring, not
+/// with paging) and `with_servers`; `limit` and `marker` (2.33).
+fn hypervisor_query(
+    state: &AppState,
+    v: Microversion,
+    detail: bool,
+    query: &[(String, String)],
+) -> ApiResult<Vec<Value>> {
+    let get = |key: &str| query.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let pattern = get("hypervisor_hostname_pattern").filter(|_| v.at_least(53));
+    let with_servers = match get("with_servers").filter(|_| v.at_least(53)) {
+        Some(b) => super::validation::boolean("with_servers", Some(&Value::String(b)))?.unwrap_or(false),
+        None => false,
+    };
+    let (limit, marker) = (get("limit").filter(|_| v.at_least(33)), get("marker").filter(|_| v.at_least(33)));
+    if pattern.is_some() && (limit.is_some() || marker.is_some()) {
+        return Err(ApiError::bad_request(
+            "Paging over hypervisors with the hypervisor_hostname_pattern query parameter is not supported.",
+        ));
+    }
+    let mut list = hypervisor_list_with(state, v, detail, with_servers)?;
+    if let Some(p) = &pattern {
+        list.retain(|h| h["hypervisor_hostname"].as_str().is_some_and(|n| n.contains(p.as_str())));
+        if list.is_empty() {
+            return Err(ApiError::not_found(format!("No hypervisor matching '{p}' could be found.")));
+        }
+    }
+    if let Some(m) = &marker {
+        let at = list
+            .iter()
+            .position(|h| h["id"].as_str() == Some(m) || h["id"].as_i64().is_some_and(|i| i.to_string() == *m))
+            .ok_or_else(|| ApiError::bad_request(format!("marker [{m}] not found")))?;
+        list.drain(..=at);
+    }
+    if let Some(l) = &limit {
+        let n: usize = l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("Invalid input for query parameters limit. Value: {l}.")))?;
+        list.truncate(n);
+    }
+    Ok(list)
 }
 
-pub async fn hypervisors_detail(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
+pub async fn hypervisors(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    Ok(Json(json!({"hypervisors": hypervisor_list(&state, v, true)?})))
+    Ok(Json(json!({"hypervisors": hypervisor_query(&state, v, false, &query)?})))
+}
+
+pub async fn hypervisors_detail(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    Ok(Json(json!({"hypervisors": hypervisor_query(&state, v, true, &query)?})))
 }
 
 pub async fn hypervisor(
@@ -162,9 +250,14 @@ pub async fn hypervisor(
     auth: Auth,
     v: Microversion,
     Path(id): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    let list = hypervisor_list(&state, v, true)?;
+    let with_servers = match query.iter().rev().find(|(k, _)| k == "with_servers").filter(|_| v.at_least(53)) {
+        Some((_, b)) => super::validation::boolean("with_servers", Some(&Value::String(b.clone())))?.unwrap_or(false),
+        None => false,
+    };
+    let list = hypervisor_list_with(&state, v, true, with_servers)?;
     let found = list
         .into_iter()
         .find(|h| h["id"].as_str() == Some(&id) || h["id"].as_i64().map(|i| i.to_string()) == Some(id.clone()))
