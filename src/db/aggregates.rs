@@ -55,7 +55,8 @@ impl Db {
         if inserted == 0 {
             return Err(DbError::Conflict(format!("Aggregate {name} already exists.")));
         }
-        let agg = self.aggregate_by_uuid(&uuid)?.ok_or_else(|| DbError::NotFound(format!("aggregate {uuid} vanished")))?;
+        let agg =
+            self.aggregate_by_uuid(&uuid)?.ok_or_else(|| DbError::NotFound(format!("aggregate {uuid} vanished")))?;
         if let Some(az) = az {
             self.set_aggregate_metadata(agg.id, &[(AZ_KEY.to_string(), Some(az.to_string()))])?;
         }
@@ -110,7 +111,8 @@ impl Db {
         if taken.is_some() {
             return Err(DbError::Conflict(format!("Aggregate {name} already exists.")));
         }
-        self.conn().execute("UPDATE aggregates SET name = ?1, updated_at = ?2 WHERE id = ?3", params![name, now(), id])?;
+        self.conn()
+            .execute("UPDATE aggregates SET name = ?1, updated_at = ?2 WHERE id = ?3", params![name, now(), id])?;
         Ok(())
     }
 
@@ -143,8 +145,9 @@ impl Db {
 
     /// Removes a host; false when it was not a member.
     pub fn remove_aggregate_host(&self, id: i64, host: &str) -> Result<bool> {
-        let n =
-            self.conn().execute("DELETE FROM aggregate_hosts WHERE aggregate_id = ?1 AND host = ?2", params![id, host])?;
+        let n = self
+            .conn()
+            .execute("DELETE FROM aggregate_hosts WHERE aggregate_id = ?1 AND host = ?2", params![id, host])?;
         Ok(n > 0)
     }
 
@@ -168,7 +171,8 @@ impl Db {
 
     /// Every availability zone some aggregate defines, hosts or not.
     pub fn aggregate_availability_zones(&self) -> Result<Vec<String>> {
-        let mut stmt = self.conn().prepare("SELECT DISTINCT value FROM aggregate_metadata WHERE key = ?1 ORDER BY value")?;
+        let mut stmt =
+            self.conn().prepare("SELECT DISTINCT value FROM aggregate_metadata WHERE key = ?1 ORDER BY value")?;
         let rows = stmt.query_map([AZ_KEY], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -204,7 +208,9 @@ mod tests {
         let db = Db::open(&t.path().join("d.db"), OpenOptions::default()).unwrap();
         let a = db.create_aggregate("rack1", Some("az1")).unwrap();
         assert_eq!(a.availability_zone(), Some("az1"));
-        assert!(matches!(db.create_aggregate("rack1", None), Err(DbError::Conflict(m)) if m == "Aggregate rack1 already exists."));
+        assert!(
+            matches!(db.create_aggregate("rack1", None), Err(DbError::Conflict(m)) if m == "Aggregate rack1 already exists.")
+        );
         let b = db.create_aggregate("gpu", None).unwrap();
         assert!(matches!(db.rename_aggregate(b.id, "rack1"), Err(DbError::Conflict(_))));
         db.rename_aggregate(b.id, "gpus").unwrap();
@@ -216,8 +222,11 @@ mod tests {
         assert_eq!(zones.get("h1").map(String::as_str), Some("az1"));
         assert_eq!(zones.get("h2"), None, "gpus defines no zone");
 
-        db.set_aggregate_metadata(b.id, &[("ssd".into(), Some("true".into())), ("availability_zone".into(), Some("az2".into()))])
-            .unwrap();
+        db.set_aggregate_metadata(
+            b.id,
+            &[("ssd".into(), Some("true".into())), ("availability_zone".into(), Some("az2".into()))],
+        )
+        .unwrap();
         assert_eq!(db.host_availability_zones().unwrap().get("h2").map(String::as_str), Some("az2"));
         db.set_aggregate_metadata(b.id, &[("availability_zone".into(), None)]).unwrap();
         let b = db.aggregate(b.id).unwrap().unwrap();

@@ -159,7 +159,8 @@ async fn aggregates_through_openstackclient_and_a_server_in_their_zone() {
         "a zone with no hosts is not available"
     );
     let (status, _) =
-        refused(&demo, Method::POST, "/servers", Some(boot(&image, "lost", json!({"availability_zone": "nova"})))).await;
+        refused(&demo, Method::POST, "/servers", Some(boot(&image, "lost", json!({"availability_zone": "nova"}))))
+            .await;
     assert_eq!(status.as_u16(), 400, "no host is left in the default zone");
     let booted = demo
         .compute(Method::POST, "/servers", Some(boot(&image, "in-az1", json!({"availability_zone": "az1"}))))
@@ -227,8 +228,12 @@ async fn multiple_create_shares_a_reservation_and_fails_whole() {
         .collect();
     names.sort();
     assert_eq!(names, ["many-1", "many-2", "many-3"]);
-    let ids: Vec<String> =
-        listed["servers"].as_array().expect("servers").iter().filter_map(|s| s["id"].as_str().map(str::to_string)).collect();
+    let ids: Vec<String> = listed["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect();
     let shown = admin.compute(Method::GET, &format!("/servers/{}", ids[0]), None).await.expect("show");
     assert_eq!(shown["server"]["OS-EXT-SRV-ATTR:reservation_id"], reservation.as_str());
     let other = demo.compute(Method::GET, "/servers?reservation_id=r-00000000", None).await.expect("list");
@@ -253,8 +258,12 @@ async fn multiple_create_shares_a_reservation_and_fails_whole() {
         .expect("as many as fit");
     let fit = reply["reservation_id"].as_str().expect("reservation").to_string();
     let listed = demo.compute(Method::GET, &format!("/servers?reservation_id={fit}"), None).await.expect("list");
-    let fit_ids: Vec<String> =
-        listed["servers"].as_array().expect("servers").iter().filter_map(|s| s["id"].as_str().map(str::to_string)).collect();
+    let fit_ids: Vec<String> = listed["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect();
     assert_eq!(fit_ids.len(), 7, "{listed}");
     for id in ids.iter().chain(&fit_ids) {
         demo.compute(Method::DELETE, &format!("/servers/{id}"), None).await.expect("delete");
@@ -266,7 +275,11 @@ async fn multiple_create_shares_a_reservation_and_fails_whole() {
     // Two anti-affinity members on a one-host cloud: nova places the request whole or not at
     // all, so both end in ERROR with NoValidHost and neither runs.
     let group = demo
-        .compute(Method::POST, "/os-server-groups", Some(json!({"server_group": {"name": "apart", "policy": "anti-affinity"}})))
+        .compute(
+            Method::POST,
+            "/os-server-groups",
+            Some(json!({"server_group": {"name": "apart", "policy": "anti-affinity"}})),
+        )
         .await
         .expect("group");
     let gid = group["server_group"]["id"].as_str().expect("group id").to_string();
@@ -275,8 +288,12 @@ async fn multiple_create_shares_a_reservation_and_fails_whole() {
     let reply = demo.compute(Method::POST, "/servers", Some(body)).await.expect("boot the group");
     let r = reply["reservation_id"].as_str().expect("reservation").to_string();
     let listed = demo.compute(Method::GET, &format!("/servers?reservation_id={r}"), None).await.expect("list");
-    let apart: Vec<String> =
-        listed["servers"].as_array().expect("servers").iter().filter_map(|s| s["id"].as_str().map(str::to_string)).collect();
+    let apart: Vec<String> = listed["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect();
     assert_eq!(apart.len(), 2);
     for id in &apart {
         let err = demo.wait_for(id, "ACTIVE", Duration::from_secs(60)).await.expect_err("no host for the pair");
@@ -319,8 +336,11 @@ async fn the_zone_filter_chooses_the_host_of_the_zone_asked_for() {
     let cfg = second.path().join("novabox.toml");
     let text = std::fs::read_to_string(&cfg).expect("config");
     let text = text.replacen("[host]\n", "[host]\nname = \"zone-two-host\"\n", 1);
-    let text =
-        text.lines().filter(|l| !l.starts_with("name = ") || l.contains("zone-two-host")).collect::<Vec<_>>().join("\n");
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("name = ") || l.contains("zone-two-host"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let text = text.replacen("[bus]\n", &format!("[bus]\nurl = \"{url}\"\n"), 1);
     std::fs::write(&cfg, text).expect("write config");
     let mut compute = second.novabox();
@@ -341,7 +361,11 @@ async fn the_zone_filter_chooses_the_host_of_the_zone_asked_for() {
     assert!(hosts.contains(&"zone-two-host".to_string()), "{hosts:?}");
 
     let agg = admin
-        .compute(Method::POST, "/os-aggregates", Some(json!({"aggregate": {"name": "two", "availability_zone": "az-two"}})))
+        .compute(
+            Method::POST,
+            "/os-aggregates",
+            Some(json!({"aggregate": {"name": "two", "availability_zone": "az-two"}})),
+        )
         .await
         .expect("aggregate");
     let id = agg["aggregate"]["id"].as_i64().expect("id");
@@ -357,7 +381,12 @@ async fn the_zone_filter_chooses_the_host_of_the_zone_asked_for() {
     let image = image(&admin).await;
     // Several boots each way: with two hosts a lucky weigher could pass one boot by chance.
     let mut ids = Vec::new();
-    for (i, zone, want) in [(0, "az-two", "zone-two-host"), (1, "nova", first.as_str()), (2, "az-two", "zone-two-host"), (3, "nova", first.as_str())] {
+    for (i, zone, want) in [
+        (0, "az-two", "zone-two-host"),
+        (1, "nova", first.as_str()),
+        (2, "az-two", "zone-two-host"),
+        (3, "nova", first.as_str()),
+    ] {
         let body = boot(&image, &format!("z{i}"), json!({"availability_zone": zone}));
         let created = demo.compute(Method::POST, "/servers", Some(body)).await.expect("boot");
         let sid = created["server"]["id"].as_str().expect("id").to_string();

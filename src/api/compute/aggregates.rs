@@ -142,15 +142,19 @@ fn check_zone(db: &Db, agg: &Aggregate, zone: &str, hosts: &[String], doing: Doi
     }
     if !conflicting.is_empty() {
         let list = conflicting.iter().map(|z| format!("'{z}'")).collect::<Vec<_>>().join(", ");
-        return Err(invalid_action(doing, agg.id, &format!("One or more hosts already in availability zone(s) [{list}]")));
+        return Err(invalid_action(
+            doing,
+            agg.id,
+            &format!("One or more hosts already in availability zone(s) [{list}]"),
+        ));
     }
     Ok(())
 }
 
 fn body_object<'a>(body: &'a Value, key: &str) -> ApiResult<&'a Map<String, Value>> {
-    body.get(key)
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::bad_request(format!("Invalid input for field/attribute {key}. '{key}' is a required property")))
+    body.get(key).and_then(Value::as_object).ok_or_else(|| {
+        ApiError::bad_request(format!("Invalid input for field/attribute {key}. '{key}' is a required property"))
+    })
 }
 
 fn only_keys(o: &Map<String, Value>, allowed: &[&str]) -> ApiResult<()> {
@@ -206,7 +210,9 @@ pub async fn update(
     let o = body_object(&body, "aggregate")?;
     only_keys(o, &["name", "availability_zone"])?;
     if o.is_empty() {
-        return Err(ApiError::bad_request("Invalid input for field/attribute aggregate. {} does not have enough properties"));
+        return Err(ApiError::bad_request(
+            "Invalid input for field/attribute aggregate. {} does not have enough properties",
+        ));
     }
     let name = o.get("name").map(|n| valid_name("name", n)).transpose()?;
     let zone = o.get("availability_zone").map(valid_zone).transpose()?;
@@ -223,7 +229,7 @@ pub async fn update(
             Some(None) => db.set_aggregate_metadata(agg.id, &[(AZ_KEY.into(), None)])?,
             None => {}
         }
-        Ok(find(db, &id)?)
+        find(db, &id)
     })?;
     Ok(Json(json!({"aggregate": aggregate_json(&agg, v, true)})))
 }
@@ -267,7 +273,11 @@ pub async fn action(
             let adding = name == "add_host";
             authorize(
                 &auth,
-                if adding { "os_compute_api:os-aggregates:add_host" } else { "os_compute_api:os-aggregates:remove_host" },
+                if adding {
+                    "os_compute_api:os-aggregates:add_host"
+                } else {
+                    "os_compute_api:os-aggregates:remove_host"
+                },
             )?;
             let o = body_object(&body, name)?;
             only_keys(o, &["host"])?;
@@ -288,7 +298,7 @@ pub async fn action(
                 } else if !db.remove_aggregate_host(agg.id, &host)? {
                     return Err(ApiError::not_found(format!("Aggregate {} has no host {host}.", agg.id)));
                 }
-                Ok(find(db, &id)?)
+                find(db, &id)
             })?
         }
         "set_metadata" => {
@@ -299,7 +309,9 @@ pub async fn action(
             let mut changes = Vec::new();
             for (k, val) in meta {
                 if k.is_empty() || k.chars().count() > 255 {
-                    return Err(ApiError::bad_request(format!("Invalid input for field/attribute metadata. Key: {k}.")));
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid input for field/attribute metadata. Key: {k}."
+                    )));
                 }
                 let val = match val {
                     Value::Null => None,
@@ -318,7 +330,7 @@ pub async fn action(
                     check_zone(db, &agg, z, &agg.hosts, Doing::UpdateMeta)?;
                 }
                 db.set_aggregate_metadata(agg.id, &changes)?;
-                Ok(find(db, &id)?)
+                find(db, &id)
             })?
         }
         other => return Err(ApiError::bad_request(format!("There is no such action: {other}"))),
@@ -385,8 +397,13 @@ mod tests {
         let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(body)).await;
         assert_eq!(r.status, StatusCode::CONFLICT);
         assert_eq!(message(&r), "Aggregate rack1 already exists.");
-        for bad in [json!({"aggregate": {"name": ""}}), json!({"aggregate": {"name": " x"}}), json!({"aggregate": {}}),
-            json!({"aggregate": {"name": "x", "zone": "a"}}), json!({"name": "x"})] {
+        for bad in [
+            json!({"aggregate": {"name": ""}}),
+            json!({"aggregate": {"name": " x"}}),
+            json!({"aggregate": {}}),
+            json!({"aggregate": {"name": "x", "zone": "a"}}),
+            json!({"name": "x"}),
+        ] {
             let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(bad.clone())).await;
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
         }
@@ -402,7 +419,10 @@ mod tests {
         let action_url = format!("/os-aggregates/{id}/action");
         let act = |b: Value| at(&c, Method::POST, &action_url, &admin, "2.41", Some(b));
         let r = act(json!({"add_host": {"host": "nowhere"}})).await;
-        assert_eq!((r.status, message(&r).as_str()), (StatusCode::NOT_FOUND, "Compute host nowhere could not be found."));
+        assert_eq!(
+            (r.status, message(&r).as_str()),
+            (StatusCode::NOT_FOUND, "Compute host nowhere could not be found.")
+        );
         let r = act(json!({"add_host": {"host": "h1"}})).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.json()["aggregate"]["hosts"], json!(["h1"]));
@@ -412,30 +432,76 @@ mod tests {
         assert_eq!((r.status, message(&r)), (StatusCode::NOT_FOUND, format!("Aggregate {id} has no host h2.")));
 
         // A host is in one zone: another aggregate with another zone cannot take h1.
-        let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(json!({"aggregate": {"name": "rack2", "availability_zone": "az2"}}))).await;
+        let r = at(
+            &c,
+            Method::POST,
+            "/os-aggregates",
+            &admin,
+            "2.41",
+            Some(json!({"aggregate": {"name": "rack2", "availability_zone": "az2"}})),
+        )
+        .await;
         let other = r.json()["aggregate"]["id"].as_i64().unwrap();
         let url = format!("/os-aggregates/{other}/action");
         let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"add_host": {"host": "h1"}}))).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
         assert_eq!(message(&r), format!("Cannot add host to aggregate {other}. Reason: One or more hosts already in availability zone(s) ['az1']."));
         // A plain aggregate (no zone) may share h1, but then cannot become another zone.
-        let r = at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(json!({"aggregate": {"name": "ssd"}}))).await;
+        let r =
+            at(&c, Method::POST, "/os-aggregates", &admin, "2.41", Some(json!({"aggregate": {"name": "ssd"}}))).await;
         let plain = r.json()["aggregate"]["id"].as_i64().unwrap();
         let url = format!("/os-aggregates/{plain}/action");
         let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"add_host": {"host": "h1"}}))).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"set_metadata": {"metadata": {"availability_zone": "az9", "ssd": "yes"}}}))).await;
+        let r = at(
+            &c,
+            Method::POST,
+            &url,
+            &admin,
+            "2.41",
+            Some(json!({"set_metadata": {"metadata": {"availability_zone": "az9", "ssd": "yes"}}})),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
-        assert!(message(&r).starts_with(&format!("Cannot update metadata of aggregate {plain}. Reason:")), "{}", r.text());
-        let r = at(&c, Method::PUT, &format!("/os-aggregates/{plain}"), &admin, "2.41", Some(json!({"aggregate": {"availability_zone": "az9"}}))).await;
+        assert!(
+            message(&r).starts_with(&format!("Cannot update metadata of aggregate {plain}. Reason:")),
+            "{}",
+            r.text()
+        );
+        let r = at(
+            &c,
+            Method::PUT,
+            &format!("/os-aggregates/{plain}"),
+            &admin,
+            "2.41",
+            Some(json!({"aggregate": {"availability_zone": "az9"}})),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
         assert!(message(&r).starts_with(&format!("Cannot update aggregate {plain}. Reason:")), "{}", r.text());
-        let r = at(&c, Method::PUT, &format!("/os-aggregates/{plain}"), &admin, "2.41", Some(json!({"aggregate": {"name": "rack1"}}))).await;
+        let r = at(
+            &c,
+            Method::PUT,
+            &format!("/os-aggregates/{plain}"),
+            &admin,
+            "2.41",
+            Some(json!({"aggregate": {"name": "rack1"}})),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
         // set_metadata: a null value removes the key.
-        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"set_metadata": {"metadata": {"ssd": "yes", "raid": "1"}}}))).await;
+        let r = at(
+            &c,
+            Method::POST,
+            &url,
+            &admin,
+            "2.41",
+            Some(json!({"set_metadata": {"metadata": {"ssd": "yes", "raid": "1"}}})),
+        )
+        .await;
         assert_eq!(r.json()["aggregate"]["metadata"], json!({"ssd": "yes", "raid": "1"}));
-        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"set_metadata": {"metadata": {"raid": null}}}))).await;
+        let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"set_metadata": {"metadata": {"raid": null}}})))
+            .await;
         assert_eq!(r.json()["aggregate"]["metadata"], json!({"ssd": "yes"}));
 
         // The zones follow: h1 in az1, h2 in the default zone, the other services internal.
@@ -446,7 +512,8 @@ mod tests {
         assert!(zones.as_array().unwrap().iter().any(|z| z["zoneName"] == "nova"), "{zones}");
         let r = at(&c, Method::GET, "/os-availability-zone/detail", &admin, "2.1", None).await;
         let zones = r.json()["availabilityZoneInfo"].clone();
-        let zone = |name: &str| zones.as_array().unwrap().iter().find(|z| z["zoneName"] == name).cloned().unwrap_or_default();
+        let zone =
+            |name: &str| zones.as_array().unwrap().iter().find(|z| z["zoneName"] == name).cloned().unwrap_or_default();
         assert!(zone("az1")["hosts"]["h1"]["nova-compute"].is_object(), "{zones}");
         assert!(zone("nova")["hosts"]["h2"]["nova-compute"].is_object(), "{zones}");
         let r = at(&c, Method::GET, "/os-services", &admin, "2.53", None).await;
@@ -456,7 +523,10 @@ mod tests {
         // Delete: not while it has hosts (nova's wording), then 200 with no body.
         let r = at(&c, Method::DELETE, &format!("/os-aggregates/{id}"), &admin, "2.41", None).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
-        assert_eq!(message(&r), format!("Cannot remove host from aggregate {id}. Reason: Host aggregate is not empty."));
+        assert_eq!(
+            message(&r),
+            format!("Cannot remove host from aggregate {id}. Reason: Host aggregate is not empty.")
+        );
         let r = act(json!({"remove_host": {"host": "h1"}})).await;
         assert_eq!(r.json()["aggregate"]["hosts"], json!([]));
         let r = at(&c, Method::DELETE, &format!("/os-aggregates/{id}"), &admin, "2.41", None).await;

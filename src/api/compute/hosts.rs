@@ -646,4 +646,94 @@ mod tests {
         let r = at(&c, Method::PUT, &url, &admin, "2.1", Some(json!({"quota_set": {"volumes": 3}}))).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "cinder's resource is not nova's: {}", r.text());
     }
+
+    fn report(name: &str) -> crate::db::services::NodeReport {
+        crate::db::services::NodeReport {
+            hypervisor_hostname: name.into(),
+            hypervisor_type: "fake".into(),
+            hypervisor_version: 1,
+            accel: "none".into(),
+            host_ip: "127.0.0.1".into(),
+            vcpus: 4,
+            memory_mb: 4096,
+            local_gb: 40,
+            cpu_allocation_ratio: 1.0,
+            ram_allocation_ratio: 1.0,
+            disk_allocation_ratio: 1.0,
+            reserved_host_memory_mb: 0,
+        }
+    }
+
+    /// nova 2.53's services and hypervisors: nova's binary names and filters, the hostname
+    /// pattern (not with paging, 404 when nothing matches) and `with_servers`.
+    #[tokio::test]
+    async fn services_and_hypervisors_take_novas_2_53_queries() {
+        let c = Cloud::new();
+        let admin = c.token("admin").await;
+        let placed = c
+            .state
+            .db
+            .with(|db| -> crate::db::Result<String> {
+                for h in ["alpha", "beta"] {
+                    db.service_heartbeat(h, crate::compute::BINARY, &format!("compute.{h}"))?;
+                    db.upsert_compute_node(h, &report(&format!("{h}.node")))?;
+                }
+                db.service_heartbeat("alpha", crate::scheduler::BINARY, "scheduler")?;
+                let i = db.create_instance(&crate::db::instances::tests::new_instance(db, "on-beta"))?;
+                let u = crate::db::instances::InstanceUpdate { host: Some("beta".into()), ..Default::default() };
+                db.update_instance(&i.uuid, &u)?.map_err(|e| crate::db::DbError::Conflict(format!("{e:?}")))?;
+                Ok(i.uuid)
+            })
+            .unwrap();
+        let get = |uri: String| {
+            let admin = admin.clone();
+            let c = &c;
+            async move { at(c, Method::GET, &uri, &admin, "2.53", None).await }
+        };
+
+        let r = get("/compute/v2.1/os-services?binary=nova-compute".into()).await;
+        let services = r.json()["services"].clone();
+        let hosts: Vec<&str> = services.as_array().unwrap().iter().filter_map(|s| s["host"].as_str()).collect();
+        assert_eq!(hosts, ["alpha", "beta"], "{services}");
+        let r = get("/compute/v2.1/os-services?host=alpha&binary=nova-scheduler".into()).await;
+        let services = r.json()["services"].clone();
+        assert_eq!(services.as_array().map(Vec::len), Some(1), "{services}");
+        assert_eq!(
+            (services[0]["binary"].as_str(), services[0]["zone"].as_str()),
+            (Some("nova-scheduler"), Some("internal"))
+        );
+
+        let r = get("/compute/v2.1/os-hypervisors?hypervisor_hostname_pattern=bet".into()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let list = r.json()["hypervisors"].clone();
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+        assert_eq!(list[0]["hypervisor_hostname"], "beta.node");
+        assert!(list[0].get("servers").is_none(), "only with with_servers: {list}");
+        let r = get("/compute/v2.1/os-hypervisors?hypervisor_hostname_pattern=gamma".into()).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+        assert_eq!(r.json()["itemNotFound"]["message"], "No hypervisor matching 'gamma' could be found.");
+        let r = get("/compute/v2.1/os-hypervisors?hypervisor_hostname_pattern=a&limit=1".into()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+        let r = get("/compute/v2.1/os-hypervisors/detail?with_servers=true".into()).await;
+        let list = r.json()["hypervisors"].clone();
+        let beta = list.as_array().unwrap().iter().find(|h| h["hypervisor_hostname"] == "beta.node").cloned().unwrap();
+        assert_eq!(beta["servers"][0]["uuid"], placed.as_str(), "{beta}");
+        let alpha =
+            list.as_array().unwrap().iter().find(|h| h["hypervisor_hostname"] == "alpha.node").cloned().unwrap();
+        assert!(alpha.get("servers").is_none(), "nova leaves it out before 2.75: {alpha}");
+        let r = get("/compute/v2.1/os-hypervisors?with_servers=maybe".into()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+        // Paging by uuid: the one after the first.
+        let r = get("/compute/v2.1/os-hypervisors".into()).await;
+        let all = r.json()["hypervisors"].clone();
+        let first = all[0]["id"].as_str().unwrap().to_string();
+        let r = get(format!("/compute/v2.1/os-hypervisors?limit=1&marker={first}")).await;
+        let page = r.json()["hypervisors"].clone();
+        assert_eq!(page.as_array().map(Vec::len), Some(1), "{page}");
+        assert_eq!(page[0]["id"], all[1]["id"]);
+        let show = get(format!("/compute/v2.1/os-hypervisors/{}?with_servers=1", beta["id"].as_str().unwrap())).await;
+        assert_eq!(show.json()["hypervisor"]["servers"][0]["uuid"], placed.as_str(), "{}", show.text());
+    }
 }

@@ -59,10 +59,7 @@ pub fn router() -> Router<AppState> {
         .route("/os-services", get(hosts::services))
         .route("/os-services/{id}", axum::routing::put(hosts::update_service))
         .route("/os-aggregates", get(aggregates::list).post(aggregates::create))
-        .route(
-            "/os-aggregates/{id}",
-            get(aggregates::show).put(aggregates::update).delete(aggregates::delete),
-        )
+        .route("/os-aggregates/{id}", get(aggregates::show).put(aggregates::update).delete(aggregates::delete))
         .route("/os-aggregates/{id}/action", post(aggregates::action))
         .route("/os-availability-zone", get(hosts::availability_zones))
         .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
