@@ -183,6 +183,29 @@ async fn aggregates_through_openstackclient_and_a_server_in_their_zone() {
     admin.compute(Method::DELETE, &format!("/servers/{sid}"), None).await.expect("delete");
     demo.wait_for(&sid, "DELETED", Duration::from_secs(60)).await.expect("DELETED");
 
+    // os-services and os-hypervisors as 2.53 clients use them: `compute service set` finds the
+    // service by host and nova's binary name; a zone whose only service is disabled is not
+    // available, to the zone list and to a boot.
+    let hypervisors = admin.compute(Method::GET, "/os-hypervisors", None).await.expect("hypervisors");
+    let node = hypervisors["hypervisors"][0]["hypervisor_hostname"].as_str().expect("node").to_string();
+    let matching = cli(&["hypervisor", "list", "--matching", &node[1..]]);
+    assert_eq!(matching.as_array().map(Vec::len), Some(1), "{matching}");
+    openstack_fails(
+        &home,
+        "novabox-admin",
+        &["hypervisor", "list", "--matching", "no-such-node"],
+        404,
+        "No hypervisor matching",
+    );
+    assert_ok(&openstack(&home, "novabox-admin", &["compute", "service", "set", "--disable", &host, "nova-compute"]));
+    let zones = openstack_json(&home, "novabox", &["availability", "zone", "list", "--compute"]);
+    assert_eq!(zones[0]["Zone Name"], "az1", "{zones}");
+    assert_eq!(zones[0]["Zone Status"], "not available", "{zones}");
+    let (status, message) =
+        refused(&demo, Method::POST, "/servers", Some(boot(&image, "off", json!({"availability_zone": "az1"})))).await;
+    assert_eq!((status.as_u16(), message.as_str()), (400, "The requested availability zone is not available"));
+    assert_ok(&openstack(&home, "novabox-admin", &["compute", "service", "set", "--enable", &host, "nova-compute"]));
+
     // Delete: not while it has hosts (400), then it is gone.
     openstack_fails(&home, "novabox-admin", &["aggregate", "delete", "rack1"], 400, "Host aggregate is not empty");
     let removed = cli(&["aggregate", "remove", "host", "rack1", &host]);

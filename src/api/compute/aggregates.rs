@@ -308,7 +308,9 @@ pub async fn action(
             let meta = body_object(args, "metadata")?;
             let mut changes = Vec::new();
             for (k, val) in meta {
-                if k.is_empty() || k.chars().count() > 255 {
+                // nova's metadata key pattern: letters, digits and `-_:. `, 1 to 255 of them.
+                let allowed = |c: char| c.is_ascii_alphanumeric() || "-_:. ".contains(c);
+                if k.is_empty() || k.chars().count() > 255 || !k.chars().all(allowed) {
                     return Err(ApiError::bad_request(format!(
                         "Invalid input for field/attribute metadata. Key: {k}."
                     )));
@@ -503,6 +505,11 @@ mod tests {
         let r = at(&c, Method::POST, &url, &admin, "2.41", Some(json!({"set_metadata": {"metadata": {"raid": null}}})))
             .await;
         assert_eq!(r.json()["aggregate"]["metadata"], json!({"ssd": "yes"}));
+        for bad in [json!({"a/b": "x"}), json!({"": "x"}), json!({"k": 5}), json!({"k": "x".repeat(256)})] {
+            let body = json!({"set_metadata": {"metadata": bad.clone()}});
+            let r = at(&c, Method::POST, &url, &admin, "2.41", Some(body)).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        }
 
         // The zones follow: h1 in az1, h2 in the default zone, the other services internal.
         let r = at(&c, Method::GET, "/os-availability-zone", &demo, "2.1", None).await;
