@@ -29,6 +29,24 @@ impl Aggregate {
     }
 }
 
+/// Where each compute host is: its aggregate's zone, or the default one (nova's
+/// `default_availability_zone`, novabox's `[host] availability_zone`).
+#[derive(Debug, Clone)]
+pub struct Zones {
+    by_host: BTreeMap<String, String>,
+    default: String,
+}
+
+impl Zones {
+    pub fn load(db: &Db, default: &str) -> Result<Zones> {
+        Ok(Zones { by_host: db.host_availability_zones()?, default: default.to_string() })
+    }
+
+    pub fn of(&self, host: &str) -> &str {
+        self.by_host.get(host).map_or(self.default.as_str(), String::as_str)
+    }
+}
+
 const COLUMNS: &str = "id, uuid, name, created_at, updated_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Aggregate> {
@@ -175,6 +193,21 @@ impl Db {
             self.conn().prepare("SELECT DISTINCT value FROM aggregate_metadata WHERE key = ?1 ORDER BY value")?;
         let rows = stmt.query_map([AZ_KEY], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The zones a server may ask for: those of enabled compute services (nova's
+    /// `get_availability_zones(get_only_available=True)`).
+    pub fn available_zones(&self, default: &str) -> Result<Vec<String>> {
+        let zones = Zones::load(self, default)?;
+        let mut out: Vec<String> = self
+            .services()?
+            .iter()
+            .filter(|s| s.binary == crate::compute::BINARY && !s.disabled)
+            .map(|s| zones.of(&s.host).to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     /// Records the zone an instance was placed in (nova's conductor does this after scheduling).

@@ -76,7 +76,7 @@ impl Scheduler {
         let down_after = self.config.compute.service_down_secs;
         self.db.with(|db| {
             let services = db.services()?;
-            let zones = crate::api::compute::aggregates::Zones::load(db, &self.config.host.availability_zone)?;
+            let zones = crate::db::aggregates::Zones::load(db, &self.config.host.availability_zone)?;
             let mut states = Vec::new();
             for node in db.compute_nodes()? {
                 let Some(svc) = services.iter().find(|s| s.host == node.host && s.binary == crate::compute::BINARY)

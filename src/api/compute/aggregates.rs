@@ -3,8 +3,6 @@
 //! such aggregate is in the default zone (`[host] availability_zone`, nova's
 //! `default_availability_zone`).
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Map, Value};
@@ -21,37 +19,7 @@ use crate::policy::{Action, Target};
 /// nova's zone of the services that are not compute services.
 pub const INTERNAL_ZONE: &str = "internal";
 
-/// Where each compute host is: its aggregate's zone, or the default one.
-#[derive(Debug, Clone)]
-pub struct Zones {
-    by_host: BTreeMap<String, String>,
-    default: String,
-}
-
-impl Zones {
-    pub fn load(db: &Db, default: &str) -> crate::db::Result<Zones> {
-        Ok(Zones { by_host: db.host_availability_zones()?, default: default.to_string() })
-    }
-
-    pub fn of(&self, host: &str) -> &str {
-        self.by_host.get(host).map_or(self.default.as_str(), String::as_str)
-    }
-}
-
-/// The zones a server may ask for: those of enabled compute services (nova's
-/// `get_availability_zones(get_only_available=True)`).
-pub fn available_zones(db: &Db, default: &str) -> crate::db::Result<Vec<String>> {
-    let zones = Zones::load(db, default)?;
-    let mut out: Vec<String> = db
-        .services()?
-        .iter()
-        .filter(|s| s.binary == crate::compute::BINARY && !s.disabled)
-        .map(|s| zones.of(&s.host).to_string())
-        .collect();
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
+pub use crate::db::aggregates::Zones;
 
 fn authorize(auth: &Auth, policy: &'static str) -> ApiResult<()> {
     auth.authorize(Action::ComputeAggregates(policy), &Target::default())

@@ -49,7 +49,7 @@ impl ComputeApi<'_> {
             }
             if let Some(az) = &req.availability_zone {
                 let default = &self.state.config.host.availability_zone;
-                if !crate::api::compute::aggregates::available_zones(db, default)?.contains(az) {
+                if !db.available_zones(default)?.contains(az) {
                     return Err(invalid("The requested availability zone is not available"));
                 }
             }
