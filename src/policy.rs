@@ -171,6 +171,9 @@ pub enum Action {
     ComputeInstanceActionsEvents,
     /// The events' `details` (2.84).
     ComputeInstanceActionsEventsDetails,
+    // Issue 17, item 5: nova's host aggregates, by their policy name
+    // (`os_compute_api:os-aggregates:create`, `...:add_host`, ...): admin only.
+    ComputeAggregates(&'static str),
 }
 
 impl Action {
@@ -207,6 +210,7 @@ impl Action {
             Action::VolumeHostAttribute => "volume_extension:volume_host_attribute",
             Action::IdentityAdmin(name) => name,
             Action::NetworkProviderAttribute(name) => name,
+            Action::ComputeAggregates(name) => name,
             Action::IdentityGetProject => "identity:get_project",
             Action::IdentityGetUser => "identity:get_user",
             // The base rule of each service's defaults; upstream names the call's own policy.
@@ -279,6 +283,7 @@ impl Action {
             | NetworkFloatingIpAddress => Service::Network,
             ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Service::Compute,
             ComputeMigrationsIndex => Service::Compute,
+            ComputeAggregates(_) => Service::Compute,
         }
     }
 
@@ -333,6 +338,7 @@ impl Action {
             | NetworkFloatingIpAddress => Rule::Admin,
             ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Rule::Admin,
             ComputeMigrationsIndex => Rule::Admin,
+            ComputeAggregates(_) => Rule::Admin,
         }
     }
 }

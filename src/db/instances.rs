@@ -52,6 +52,9 @@ pub struct Instance {
     /// The reason given to `lock` (2.73).
     #[serde(default)]
     pub locked_reason: Option<String>,
+    /// The `r-` id shared by the servers of one create request (multiple create).
+    #[serde(default)]
+    pub reservation_id: Option<String>,
 }
 
 /// The flavor as it was at boot; flavors may change or be deleted afterwards.
@@ -286,7 +289,7 @@ impl InstanceText {
             InstanceText::PowerState => "power_state",
             InstanceText::Progress => "progress",
             // What the server view shows for these.
-            InstanceText::ReservationId => "('r-' || substr(uuid, 1, 8))",
+            InstanceText::ReservationId => "coalesce(reservation_id, 'r-' || substr(uuid, 1, 8))",
             InstanceText::LaunchIndex => "'0'",
             InstanceText::RootDeviceName => "'/dev/vda'",
             InstanceText::AutoDiskConfig => "'0'",
@@ -406,7 +409,8 @@ impl crate::db::listing::SortColumn for InstanceSortKey {
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
     availability_zone, vm_state, task_state, power_state, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
-    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward, locked_by, locked_reason";
+    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward, locked_by, locked_reason,
+    reservation_id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
     let flavor: String = r.get(12)?;
@@ -446,6 +450,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         ssh_forward: r.get(31)?,
         locked_by: r.get(32)?,
         locked_reason: r.get(33)?,
+        reservation_id: r.get(34)?,
     })
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 
+pub mod aggregates;
 pub mod appcreds;
 mod conn;
 pub(crate) use conn::Conn;
@@ -52,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0018_provider_networks.sql"),
     include_str!("migrations/0020_server_meta.sql"),
     include_str!("migrations/0021_resizes_and_rebuilds.sql"),
+    include_str!("migrations/0023_aggregates.sql"),
 ];
 
 /// The schema version this build writes and understands.

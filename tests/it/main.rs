@@ -1,5 +1,6 @@
 //! The end-to-end tests: one binary (one link step) that drives the real `novabox` binary.
 
+mod aggregates;
 mod bench;
 mod bus;
 mod clients;

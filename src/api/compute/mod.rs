@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::{base_url, AppState};
 
+pub mod aggregates;
 pub mod flavors;
 pub mod hosts;
 pub mod instance_actions;
@@ -76,6 +77,9 @@ pub fn router() -> Router<AppState> {
         .route("/os-hypervisors/{id}", get(hosts::hypervisor))
         .route("/os-services", get(hosts::services))
         .route("/os-services/{id}", axum::routing::put(hosts::update_service))
+        .route("/os-aggregates", get(aggregates::list).post(aggregates::create))
+        .route("/os-aggregates/{id}", get(aggregates::show).put(aggregates::update).delete(aggregates::delete))
+        .route("/os-aggregates/{id}/action", post(aggregates::action))
         .route("/os-availability-zone", get(hosts::availability_zones))
         .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
         .route("/limits", get(hosts::limits))

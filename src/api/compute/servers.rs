@@ -95,7 +95,8 @@ pub(super) fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microver
         o["OS-EXT-SRV-ATTR:hypervisor_hostname"] = json!(inst.node);
         o["OS-EXT-SRV-ATTR:instance_name"] = json!(format!("instance-{}", &inst.uuid[..8]));
         if v.at_least(3) {
-            o["OS-EXT-SRV-ATTR:reservation_id"] = json!(format!("r-{}", &inst.uuid[..8]));
+            o["OS-EXT-SRV-ATTR:reservation_id"] =
+                json!(inst.reservation_id.clone().unwrap_or_else(|| format!("r-{}", &inst.uuid[..8])));
             o["OS-EXT-SRV-ATTR:launch_index"] = json!(0);
             o["OS-EXT-SRV-ATTR:hostname"] = json!(inst.hostname);
             o["OS-EXT-SRV-ATTR:kernel_id"] = json!(inst.kernel_id.clone().unwrap_or_default());
@@ -176,7 +177,8 @@ pub async fn create(
     let instances = ComputeApi::new(&state).create(&auth, &req).await?;
     let first = instances.first().ok_or_else(|| ApiError::internal("No server was created."))?;
     if req.return_reservation_id {
-        let reservation = json!({"reservation_id": format!("r-{}", &first.uuid[..8])});
+        let id = first.reservation_id.clone().unwrap_or_else(|| format!("r-{}", &first.uuid[..8]));
+        let reservation = json!({ "reservation_id": id });
         return Ok((StatusCode::ACCEPTED, Json(reservation)).into_response());
     }
     let base = base_url(&headers, &state.config);

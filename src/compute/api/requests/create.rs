@@ -148,6 +148,8 @@ pub struct CreateRequest {
     pub access_ip_v4: Option<String>,
     pub access_ip_v6: Option<String>,
     pub admin_pass: Option<String>,
+    /// Fewer than this fitting in the project's quota refuses the request (nova's min_count).
+    pub min_count: usize,
     pub max_count: usize,
     pub block_devices: Vec<NewBlockDevice>,
     pub hints: Value,
@@ -277,6 +279,7 @@ impl CreateRequest {
             access_ip_v4: ip("accessIPv4", s.access_ip_v4)?,
             access_ip_v6: ip("accessIPv6", s.access_ip_v6)?,
             admin_pass: s.admin_pass,
+            min_count,
             max_count,
             block_devices,
             group: group_hint(hints.as_ref().or(os_hints.as_ref()))?,
