@@ -329,6 +329,19 @@ async fn settled_server(api: &Api, token: &str, id: &str) -> Value {
     }
 }
 
+/// Polls a deleted server until it answers 404.
+async fn gone(api: &Api, token: &str, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.call(token, Method::GET, &format!("/compute/v2.1/servers/{id}"), None).await;
+        if r.status == 404 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} was not deleted: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn message(r: &Reply) -> String {
     r.body.as_object().and_then(|o| o.values().next()).and_then(|f| f["message"].as_str()).unwrap_or_default().into()
 }
@@ -402,6 +415,9 @@ async fn hostile_tenant_probe_of_compute_is_refused() {
     assert_eq!(settled_server(&api, &demo, &c).await["status"], "ERROR", "the host is full, and says so");
     expect(&api.call(&admin, Method::GET, "/compute/v2.1/os-hypervisors/statistics", None).await, 200, "statistics");
     expect(&api.call(&demo, Method::DELETE, &format!("{servers}/{a}"), None).await, 204, "delete a");
+    // As in nova, the host's resources are free once compute has destroyed the guest, which
+    // the 204 does not wait for.
+    gone(&api, &demo, &a).await;
     let r = api.call(&demo, Method::POST, servers, Some(boot("d", &image, "1"))).await;
     let d = r.body["server"]["id"].as_str().expect("id").to_string();
     assert_eq!(settled_server(&api, &demo, &d).await["status"], "ACTIVE", "placement recovers");
