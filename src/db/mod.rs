@@ -9,6 +9,7 @@ use rusqlite_migration::{Migrations, M};
 
 pub mod appcreds;
 mod conn;
+pub mod console_tokens;
 pub(crate) use conn::Conn;
 pub mod flavors;
 pub mod identity;
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0015_server_groups.sql"),
     include_str!("migrations/0016_instance_lock.sql"),
     include_str!("migrations/0018_provider_networks.sql"),
+    include_str!("migrations/0022_console_auth_tokens.sql"),
 ];
 
 /// The schema version this build writes and understands.

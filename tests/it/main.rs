@@ -6,6 +6,7 @@ mod clients;
 mod cloudimage;
 mod common;
 mod compute;
+mod consoles;
 mod doctor;
 mod faults;
 mod guestkit;

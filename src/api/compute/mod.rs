@@ -14,6 +14,7 @@ pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
 pub mod microversion;
+pub mod remote_consoles;
 pub mod server_groups;
 pub mod server_list;
 pub mod server_security_groups;
@@ -33,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}/metadata", get(servers::metadata))
         .route("/servers/{id}/os-instance-actions", get(servers::instance_actions))
         .route("/servers/{id}/os-security-groups", get(server_security_groups::list))
+        .route("/servers/{id}/remote-consoles", post(remote_consoles::create))
         .route("/servers/{id}/os-volume_attachments", get(volume_attachments::list).post(volume_attachments::create))
         .route(
             "/servers/{id}/os-volume_attachments/{volume_id}",

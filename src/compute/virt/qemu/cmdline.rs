@@ -72,6 +72,9 @@ impl QemuDriver {
         push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&qmp)?)]);
         push(&["-chardev", &console::serial_chardev(dir)?]);
         push(&["-serial", "chardev:serial0"]);
+        // The graphical console (issue 22): a VGA card and qemu's VNC server on a unix socket
+        // only novabox's websocket proxy reaches, never a TCP port.
+        push(&["-vga", "std", "-vnc", &console::vnc_display(dir)?]);
         if let Some(k) = &prepared.kernel {
             push(&["-kernel", path_str(&k.kernel)?]);
             if let Some(ramdisk) = &k.ramdisk {

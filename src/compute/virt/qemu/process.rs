@@ -41,7 +41,7 @@ impl QemuDriver {
             None => Vec::new(),
         };
         let launch = &self.keep_ssh_port(uuid, dir, launch)?;
-        for stale in ["qmp.sock", "console.sock", "stopped"] {
+        for stale in ["qmp.sock", "console.sock", "vnc.sock", "stopped"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let log_path = dir.join("qemu.log");
