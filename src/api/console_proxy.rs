@@ -80,11 +80,21 @@ async fn asset(headers: HeaderMap, Path(file): Path<String>) -> Response {
     resp
 }
 
-/// A refused websocket connect, as plain text (no client shows a JSON body of a handshake).
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut text = message.into();
-    text.push('\n');
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+/// A refused websocket connect, answered as plain text (no client shows a JSON body of a
+/// handshake).
+#[derive(Debug)]
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let Refused(status, mut text) = self;
+        text.push('\n');
+        (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
+    Refused(status, message.into())
 }
 
 /// What a connect's token opens: the instance's uuid, after every check nova's proxies make.
@@ -93,7 +103,7 @@ fn check_connect(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     console: ConsoleType,
-) -> Result<String, Response> {
+) -> Result<String, Refused> {
     // Cross-site websocket hijacking: a page of another origin must not ride a token it saw.
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or(origin);
@@ -121,11 +131,14 @@ fn check_connect(
 
 type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
-fn not_a_websocket() -> Response {
-    refuse(StatusCode::BAD_REQUEST, "This is a websocket URL: connect with a websocket client (or open the console page).")
+fn not_a_websocket() -> Refused {
+    refuse(
+        StatusCode::BAD_REQUEST,
+        "This is a websocket URL: connect with a websocket client (or open the console page).",
+    )
 }
 
-async fn connect_guest(path: &std::path::Path, uuid: &str) -> Result<tokio::net::UnixStream, Response> {
+async fn connect_guest(path: &std::path::Path, uuid: &str) -> Result<tokio::net::UnixStream, Refused> {
     tokio::net::UnixStream::connect(path).await.map_err(|e| {
         tracing::info!(instance = %uuid, socket = %path.display(), error = %e, "console socket unreachable");
         refuse(StatusCode::CONFLICT, format!("Instance {uuid} is not ready: its guest's qemu does not answer"))
@@ -140,18 +153,18 @@ async fn serial(
 ) -> Response {
     let uuid = match check_connect(&state, &headers, &query, ConsoleType::Serial) {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
-    let Ok(ws) = ws else { return not_a_websocket() };
+    let Ok(ws) = ws else { return not_a_websocket().into_response() };
     let dir = state.home.instances_dir().join(&uuid);
-    let claim = match crate::compute::virt::qemu::claim_serial(&dir, "a websocket client of novabox's serial console proxy")
-    {
-        Ok(c) => c,
-        Err(e) => return refuse(StatusCode::CONFLICT, e.to_string()),
-    };
+    let claim =
+        match crate::compute::virt::qemu::claim_serial(&dir, "a websocket client of novabox's serial console proxy") {
+            Ok(c) => c,
+            Err(e) => return refuse(StatusCode::CONFLICT, e.to_string()).into_response(),
+        };
     let stream = match connect_guest(&dir.join(crate::compute::virt::qemu::CONSOLE_SOCKET), &uuid).await {
         Ok(s) => s,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
     tracing::info!(instance = %uuid, "serial console websocket opened");
     ws.protocols(["binary"]).on_upgrade(move |socket| async move {
@@ -169,20 +182,21 @@ async fn novnc(
 ) -> Response {
     let uuid = match check_connect(&state, &headers, &query, ConsoleType::NoVnc) {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
-    let Ok(ws) = ws else { return not_a_websocket() };
+    let Ok(ws) = ws else { return not_a_websocket().into_response() };
     let dir = state.home.instances_dir().join(&uuid);
     let socket = dir.join(crate::compute::virt::qemu::VNC_SOCKET);
     if !socket.exists() && dir.join(crate::compute::virt::qemu::CONSOLE_SOCKET).exists() {
         return refuse(
             StatusCode::CONFLICT,
             format!("Instance {uuid} is not ready: its guest was created before novabox gave guests a VNC server"),
-        );
+        )
+        .into_response();
     }
     let stream = match connect_guest(&socket, &uuid).await {
         Ok(s) => s,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
     tracing::info!(instance = %uuid, "VNC console websocket opened");
     // websockify's framing: raw RFB bytes in binary frames, `binary` echoed when asked.

@@ -137,7 +137,9 @@ async fn remote_console_api_errors_and_tokens_on_the_fake_driver() {
     let legacy = json!({"os-getSerialConsole": {"type": "serial"}});
     let (s, v) = compute(&stack, demo.token(), Method::POST, &action, "2.1", legacy.clone()).await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = compute(&stack, demo.token(), Method::POST, &action, "2.1", json!({"os-getVNCConsole": {"type": "serial"}})).await;
+    let (s, v) =
+        compute(&stack, demo.token(), Method::POST, &action, "2.1", json!({"os-getVNCConsole": {"type": "serial"}}))
+            .await;
     assert_eq!(s, 400, "{v}");
     let (s, _) = compute(&stack, demo.token(), Method::POST, &action, "2.6", legacy).await;
     assert_eq!(s, 404);
@@ -246,7 +248,9 @@ async fn serial_and_novnc_consoles_of_a_real_guest_needs_qemu() {
     assert_ok(&out);
     let stack = home.up(&["--faults"]);
     let reaper = Reaper(home.path().to_path_buf());
-    let out = common::run(home.novabox().args(["server", "create", "vm1", "--image", "tiny", "--flavor", "m1.tiny", "--wait", "--json"]));
+    let out = common::run(
+        home.novabox().args(["server", "create", "vm1", "--image", "tiny", "--flavor", "m1.tiny", "--wait", "--json"]),
+    );
     assert_ok(&out);
     let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string();
     crate::guests::wait_console(&home, "vm1", "novabox-guest: ready", 1);
@@ -313,12 +317,28 @@ async fn serial_and_novnc_consoles_of_a_real_guest_needs_qemu() {
 
     // Another project cannot get a URL for it.
     let alt = stack.client("alt_demo").await;
-    let (s, _) = compute(&stack, alt.token(), Method::POST, &format!("/servers/{id}/remote-consoles"), "2.6", remote_console("vnc", "novnc")).await;
+    let (s, _) = compute(
+        &stack,
+        alt.token(),
+        Method::POST,
+        &format!("/servers/{id}/remote-consoles"),
+        "2.6",
+        remote_console("vnc", "novnc"),
+    )
+    .await;
     assert_eq!(s, 404);
 
     // The legacy action, below 2.6.
     let demo = stack.client("demo").await;
-    let (s, v) = compute(&stack, demo.token(), Method::POST, &format!("/servers/{id}/action"), "2.1", json!({"os-getSerialConsole": {"type": "serial"}})).await;
+    let (s, v) = compute(
+        &stack,
+        demo.token(),
+        Method::POST,
+        &format!("/servers/{id}/action"),
+        "2.1",
+        json!({"os-getSerialConsole": {"type": "serial"}}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["console"]["type"], "serial", "{v}");
     let legacy_url = v["console"]["url"].as_str().unwrap().to_string();

@@ -59,11 +59,15 @@ fn not_one_of(field: &str, value: &Value, allowed: &[&str]) -> ApiError {
         None => (value.to_string(), value.to_string()),
     };
     let list = allowed.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", ");
-    ApiError::bad_request(format!("Invalid input for field/attribute {field}. Value: {shown}. {repr} is not one of [{list}]"))
+    ApiError::bad_request(format!(
+        "Invalid input for field/attribute {field}. Value: {shown}. {repr} is not one of [{list}]"
+    ))
 }
 
 fn required(field: &str, parent: &str) -> ApiError {
-    ApiError::bad_request(format!("Invalid input for field/attribute {parent}. Value: {{}}. '{field}' is a required property"))
+    ApiError::bad_request(format!(
+        "Invalid input for field/attribute {parent}. Value: {{}}. '{field}' is a required property"
+    ))
 }
 
 fn no_extra(obj: &serde_json::Map<String, Value>, allowed: &[&str], field: &str) -> Result<(), ApiError> {
@@ -84,7 +88,9 @@ fn no_extra(obj: &serde_json::Map<String, Value>, allowed: &[&str], field: &str)
 /// compute API does: the protocol and type novabox serves, or nova's 400 for the rest.
 pub fn parse_create(body: &Value, v: Microversion) -> Result<(String, ConsoleType), ApiError> {
     let root = body.as_object().ok_or_else(|| {
-        ApiError::bad_request(format!("Invalid input for field/attribute body. Value: {body}. {body} is not of type 'object'"))
+        ApiError::bad_request(format!(
+            "Invalid input for field/attribute body. Value: {body}. {body} is not of type 'object'"
+        ))
     })?;
     no_extra(root, &["remote_console"], "body")?;
     let rc = root.get("remote_console").ok_or_else(|| required("remote_console", "body"))?;
@@ -132,7 +138,9 @@ fn parse_legacy(action: &str, args: &Value) -> Result<ConsoleType, ApiError> {
         _ => (&["serial"], "serial"),
     };
     let obj = args.as_object().ok_or_else(|| {
-        ApiError::bad_request(format!("Invalid input for field/attribute {action}. Value: {args}. {args} is not of type 'object'"))
+        ApiError::bad_request(format!(
+            "Invalid input for field/attribute {action}. Value: {args}. {args} is not of type 'object'"
+        ))
     })?;
     let kind = obj.get("type").ok_or_else(|| required("type", action))?;
     let Some(kind_name) = kind.as_str().filter(|t| allowed.contains(t)) else {
@@ -306,7 +314,11 @@ mod tests {
     fn the_schema_refuses_unknown_values_missing_and_extra_keys() {
         let err = parse_create(&json!({"remote_console": {"protocol": "telnet", "type": "serial"}}), v(6)).unwrap_err();
         assert_eq!(err.status.as_u16(), 400);
-        assert!(err.message.starts_with("Invalid input for field/attribute protocol. Value: telnet."), "{}", err.message);
+        assert!(
+            err.message.starts_with("Invalid input for field/attribute protocol. Value: telnet."),
+            "{}",
+            err.message
+        );
         // mks exists from 2.8 only.
         assert!(parse_create(&json!({"remote_console": {"protocol": "mks", "type": "webmks"}}), v(6)).is_err());
         let err = parse_create(&json!({"remote_console": {"protocol": "mks", "type": "webmks"}}), v(8)).unwrap_err();
@@ -336,9 +348,6 @@ mod tests {
             url,
             "http://127.0.0.1:8774/console/novnc/vnc_lite.html?path=console%2Fnovnc%2Fwebsockify%3Ftoken%3Dabc"
         );
-        assert_eq!(
-            console_url("http://h:1", ConsoleType::Serial, "abc"),
-            "ws://h:1/console/serial?token=abc"
-        );
+        assert_eq!(console_url("http://h:1", ConsoleType::Serial, "abc"), "ws://h:1/console/serial?token=abc");
     }
 }
