@@ -190,7 +190,7 @@ async fn novnc(
     if !socket.exists() && dir.join(crate::compute::virt::qemu::CONSOLE_SOCKET).exists() {
         return refuse(
             StatusCode::CONFLICT,
-            format!("Instance {uuid} is not ready: its guest was created before novabox gave guests a VNC server"),
+            format!("Instance {uuid} is not ready: its guest was started before novabox gave guests a VNC server; stop and start it"),
         )
         .into_response();
     }

@@ -311,8 +311,39 @@ async fn serial_and_novnc_consoles_of_a_real_guest_needs_qemu() {
     assert_eq!(proto.as_deref(), Some("binary"), "websockify echoes the binary subprotocol");
     let (w, h, pixels) = rfb_framebuffer(&mut vnc).await;
     assert_eq!(pixels.len(), w * h);
+    // Without a display device qemu's VNC shows its own 640x480 "Guest has not initialized
+    // the display" notice, which is not one colour either; the guest's VGA text screen is 720x400.
+    assert_ne!((w, h), (640, 480), "qemu's placeholder screen, not the guest's");
     let first = &pixels[0];
     assert!(pixels.iter().any(|p| p != first), "the {w}x{h} framebuffer is all one colour");
+    drop(vnc);
+
+    // A guest whose qemu has no VNC server (started before novabox gave guests one): nova's
+    // 409 with the way out; its next cold start adds the server to its launch.json.
+    let dir = home.path().join("instances").join(&id);
+    std::fs::remove_file(dir.join("vnc.sock")).unwrap();
+    let demo = stack.client("demo").await;
+    let rc = format!("/servers/{id}/remote-consoles");
+    let (s, v) = compute(&stack, demo.token(), Method::POST, &rc, "2.6", remote_console("vnc", "novnc")).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["conflictingRequest"]["message"].as_str().unwrap().contains("stop and start"), "{v}");
+    let launch = dir.join("launch.json");
+    let mut saved: Value = serde_json::from_slice(&std::fs::read(&launch).unwrap()).unwrap();
+    let args: Vec<Value> = saved["args"].as_array().unwrap().clone();
+    let at = args.iter().position(|a| a == "-vga").expect("-vga in launch.json");
+    saved["args"] = Value::from(args[..at].iter().chain(&args[at + 4..]).cloned().collect::<Vec<_>>());
+    std::fs::write(&launch, serde_json::to_vec(&saved).unwrap()).unwrap();
+    assert_ok(&common::run(home.novabox().args(["server", "stop", "vm1"])));
+    wait_status(&home, "vm1", "SHUTOFF").await;
+    assert_ok(&common::run(home.novabox().args(["server", "start", "vm1"])));
+    wait_status(&home, "vm1", "ACTIVE").await;
+    let restarted: Value = serde_json::from_slice(&std::fs::read(&launch).unwrap()).unwrap();
+    assert!(restarted["args"].as_array().unwrap().iter().any(|a| a == "-vnc"), "{restarted}");
+    let (s, v) = compute(&stack, demo.token(), Method::POST, &rc, "2.6", remote_console("vnc", "novnc")).await;
+    assert_eq!(s, 200, "{v}");
+    let (mut vnc, _) = open(&novnc_websocket(v["remote_console"]["url"].as_str().unwrap()), true).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(take(&mut vnc, &mut buf, 12).await, b"RFB 003.008\n");
     drop(vnc);
 
     // Another project cannot get a URL for it.
@@ -329,7 +360,6 @@ async fn serial_and_novnc_consoles_of_a_real_guest_needs_qemu() {
     assert_eq!(s, 404);
 
     // The legacy action, below 2.6.
-    let demo = stack.client("demo").await;
     let (s, v) = compute(
         &stack,
         demo.token(),
@@ -359,6 +389,19 @@ async fn serial_and_novnc_consoles_of_a_real_guest_needs_qemu() {
     let _ = stdout(&out);
     drop(reaper);
     drop(stack);
+}
+
+/// Waits for the server's status with no task in flight.
+async fn wait_status(home: &TestHome, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = osc_json(home, &["server", "show", name]);
+        if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never {want}: {s}\n{}", home.up_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Kills, by pid, any qemu left with this test's home on its command line.

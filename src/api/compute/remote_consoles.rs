@@ -185,8 +185,8 @@ pub(crate) fn check_reachable(state: &AppState, inst: &Instance, console: Consol
         return Err(match console {
             ConsoleType::NoVnc if dir.join(crate::compute::virt::qemu::CONSOLE_SOCKET).exists() => not_ready(
                 &inst.uuid,
-                "its guest was created before novabox gave guests a VNC server, and has none; \
-                 its serial console works, or create the server again",
+                "its guest was started before novabox gave guests a VNC server; \
+                 stop and start the server to get one (its serial console works meanwhile)",
             ),
             _ => not_ready(&inst.uuid, "its guest's qemu is not running"),
         });

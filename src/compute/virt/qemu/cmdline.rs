@@ -129,6 +129,19 @@ impl QemuDriver {
         Ok(launch)
     }
 
+    /// A guest created before novabox gave guests a screen (issue 22) gets one at its next
+    /// cold start, kept in `launch.json`; never on resume, since a saved machine must come back
+    /// on the devices it was saved with.
+    pub(super) fn with_vnc(&self, dir: &Path, launch: &Launch) -> Result<Launch, VirtError> {
+        if launch.args.iter().any(|a| a == "-vnc") {
+            return Ok(launch.clone());
+        }
+        let mut launch = launch.clone();
+        launch.args.extend(["-vga".to_string(), "std".to_string(), "-vnc".to_string(), console::vnc_display(dir)?]);
+        self.save_launch(dir, &launch)?;
+        Ok(launch)
+    }
+
     pub(super) fn launch(&self, dir: &Path, uuid: &str) -> Result<Launch, VirtError> {
         let file = dir.join("launch.json");
         let text = match std::fs::read(&file) {

@@ -41,6 +41,7 @@ impl QemuDriver {
             None => Vec::new(),
         };
         let launch = &self.keep_ssh_port(uuid, dir, launch)?;
+        let launch = &if incoming.is_none() { self.with_vnc(dir, launch)? } else { launch.clone() };
         for stale in ["qmp.sock", "console.sock", "vnc.sock", "stopped"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
