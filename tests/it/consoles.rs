@@ -149,6 +149,13 @@ async fn remote_console_api_errors_and_tokens_on_the_fake_driver() {
     assert_eq!(open(&format!("{ws}/console/serial"), false).await.err(), Some(401));
     assert_eq!(open(&format!("{ws}/console/serial?token=made-up"), false).await.err(), Some(401));
     assert_eq!(open(&format!("{ws}/console/novnc/websockify?token=made-up"), true).await.err(), Some(401));
+    // Another site's page cannot open a console websocket, whatever token it has.
+    let mut req = format!("{ws}/console/serial?token=made-up").into_client_request().unwrap();
+    req.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 403),
+        other => panic!("a cross-site websocket was not refused: {:?}", other.map(|(_, r)| r.status())),
+    }
     // The noVNC page, with its Content-Security-Policy.
     let page = reqwest::get(format!("{}/console/novnc/vnc_lite.html?path=x", base(&stack))).await.unwrap();
     assert_eq!(page.status(), 200);
@@ -341,10 +348,7 @@ async fn serial_and_novnc_consoles_of_a_real_guest_needs_qemu() {
     assert!(restarted["args"].as_array().unwrap().iter().any(|a| a == "-vnc"), "{restarted}");
     let (s, v) = compute(&stack, demo.token(), Method::POST, &rc, "2.6", remote_console("vnc", "novnc")).await;
     assert_eq!(s, 200, "{v}");
-    let (mut vnc, _) = open(&novnc_websocket(v["remote_console"]["url"].as_str().unwrap()), true).await.unwrap();
-    let mut buf = Vec::new();
-    assert_eq!(take(&mut vnc, &mut buf, 12).await, b"RFB 003.008\n");
-    drop(vnc);
+    assert_eq!(first_vnc_bytes(v["remote_console"]["url"].as_str().unwrap()).await, b"RFB 003.008\n");
 
     // Another project cannot get a URL for it.
     let alt = stack.client("alt_demo").await;
@@ -389,6 +393,14 @@ async fn serial_and_novnc_consoles_of_a_real_guest_needs_qemu() {
     let _ = stdout(&out);
     drop(reaper);
     drop(stack);
+}
+
+/// The first bytes qemu's VNC server sends through the proxy, from a noVNC page URL.
+pub(crate) async fn first_vnc_bytes(page: &str) -> Vec<u8> {
+    let (mut ws, proto) = open(&novnc_websocket(page), true).await.expect("the VNC websocket opens");
+    assert_eq!(proto.as_deref(), Some("binary"));
+    let mut buf = Vec::new();
+    take(&mut ws, &mut buf, 12).await
 }
 
 /// Waits for the server's status with no task in flight.

@@ -154,28 +154,40 @@ fn parse_legacy(action: &str, args: &Value) -> Result<ConsoleType, ApiError> {
 /// errors: 400 when there is no such console at all, 409 while the guest is not running.
 pub(crate) fn check_reachable(state: &AppState, inst: &Instance, console: ConsoleType) -> Result<(), ApiError> {
     let kind = console.name();
-    match state.config.compute.driver {
+    // The file each driver keeps in a guest's dir on this host.
+    let guest_file = match state.config.compute.driver {
         Driver::Fake => {
             return Err(ApiError::bad_request(format!(
                 "Unavailable console type {kind}. (This cloud runs the fake driver, whose guests have no consoles.)"
             )))
         }
-        Driver::Libvirt => {
+        // libvirt's serial port is a `file` chardev, which `virsh console` cannot share with a
+        // socket; its screen is a VNC socket in the guest's dir, as the qemu driver's.
+        Driver::Libvirt if console == ConsoleType::Serial => {
             return Err(ApiError::bad_request(format!(
-                "Unavailable console type {kind}. (novabox proxies consoles of the qemu driver only; \
-                 on the libvirt driver use `virsh console` or `virsh vncdisplay`.)"
+                "Unavailable console type {kind}. (On the libvirt driver the serial console is \
+                 `virsh console`; the novnc console works.)"
             )))
         }
-        Driver::Auto | Driver::Qemu => {}
-    }
+        Driver::Libvirt => "libvirt.json",
+        Driver::Auto | Driver::Qemu => "launch.json",
+    };
     if inst.vm_state != VmState::Active || inst.task_state.is_some() || inst.host.is_none() {
         return Err(ApiError::conflict(format!("Instance {} is not ready", inst.uuid)));
     }
     let dir = state.home.instances_dir().join(&inst.uuid);
-    if !dir.join("launch.json").is_file() {
+    if !dir.join(guest_file).is_file() {
         return Err(ApiError::bad_request(format!(
-            "Unavailable console type {kind}. (The guest is not on this host's qemu driver.)"
+            "Unavailable console type {kind}. (The guest is not on this host's {} driver.)",
+            if guest_file == "libvirt.json" { "libvirt" } else { "qemu" }
         )));
+    }
+    if guest_file == "libvirt.json" && !dir.join(crate::compute::virt::qemu::VNC_SOCKET).exists() {
+        return Err(not_ready(
+            &inst.uuid,
+            "its libvirt domain has no VNC server (it was defined before novabox gave guests one); \
+             create the server again to get one",
+        ));
     }
     let socket = match console {
         ConsoleType::Serial => crate::compute::virt::qemu::CONSOLE_SOCKET,
