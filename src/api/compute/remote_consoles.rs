@@ -161,12 +161,12 @@ pub(crate) fn check_reachable(state: &AppState, inst: &Instance, console: Consol
                 "Unavailable console type {kind}. (This cloud runs the fake driver, whose guests have no consoles.)"
             )))
         }
-        // libvirt's serial port is a `file` chardev, which `virsh console` cannot share with a
-        // socket; its screen is a VNC socket in the guest's dir, as the qemu driver's.
+        // libvirt's serial port is a `file` chardev (console.log): nothing can type into it.
+        // Its screen is a VNC socket in the guest's dir, as the qemu driver's.
         Driver::Libvirt if console == ConsoleType::Serial => {
             return Err(ApiError::bad_request(format!(
-                "Unavailable console type {kind}. (On the libvirt driver the serial console is \
-                 `virsh console`; the novnc console works.)"
+                "Unavailable console type {kind}. (On the libvirt driver the serial port only \
+                 writes console.log, which `openstack console log show` reads; the novnc console works.)"
             )))
         }
         Driver::Libvirt => "libvirt.json",
