@@ -10,6 +10,7 @@
 # The guest's /init prints stable markers on the serial console that `novabox doctor` (probe
 # boot) and the guest tests wait for:
 #   novabox-guest: init reached
+#   novabox-guest: memory <kB>              (MemTotal: a resize's new RAM is seen here)
 #   novabox-guest: hostname <name>          (when a config drive labelled config-2 is attached)
 #   novabox-guest: public-key <key>         (idem, the first key)
 #   novabox-guest: disk <name> <sectors>    (every virtio/scsi disk at boot, and each one
@@ -116,6 +117,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "novabox-guest: init reached"
+echo "novabox-guest: memory $(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
 while read -r m; do
   insmod "/lib/modules/$m" 2>/dev/null
 done </etc/modules

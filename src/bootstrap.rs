@@ -42,6 +42,8 @@ pub enum BootstrapError {
     Image(#[from] ImageError),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Devstack(#[from] crate::devstack::DevstackError),
 }
 
 /// A port taken by another program is reported now, not when `up` fails to bind.
@@ -61,15 +63,19 @@ pub struct Provisioned {
     pub schema_version: i64,
     /// Users whose password was reset because `secrets.toml` was missing while they existed.
     pub passwords_reset: Vec<&'static str>,
+    /// What `--devstack` added or found; `None` without it.
+    pub devstack: Option<crate::devstack::Provisioned>,
 }
 
 /// The state dir, the database (which refuses to be newer, damaged or foreign), the config
-/// when `write_config`, then users, projects, roles, flavors and the default network.
+/// when `write_config`, then users, projects, roles, flavors and the default network, and
+/// DevStack's names when `devstack` is given.
 pub fn provision(
     home: &Home,
     config: &Config,
     write_config: bool,
     sql_echo: bool,
+    devstack: Option<&crate::devstack::Options>,
 ) -> Result<Provisioned, BootstrapError> {
     home.create_dirs()?;
     let db = Db::open(&home.db_file(), OpenOptions { echo: sql_echo || config.db.echo })?;
@@ -77,11 +83,17 @@ pub fn provision(
     if write_config {
         config.save(&home.config_file())?;
     }
-    let (secrets, passwords_reset) = provision_identity(home, &db)?;
+    let (mut secrets, passwords_reset) = provision_identity(home, &db)?;
+    // DevStack's flavors go first: on a new home its m1.nano (192 MB) is the one made.
+    let mut devstack = devstack.map(|opts| crate::devstack::provision(home, &db, &mut secrets, opts)).transpose()?;
     let flavors_added = db.seed_default_flavors()?;
     let network = db.ensure_default_network(config)?.name;
+    db.ensure_public_network(config)?;
+    if let Some(made) = devstack.as_mut() {
+        crate::devstack::finish(&db, made)?;
+    }
     let schema_version = db.schema_version()?;
-    Ok(Provisioned { db, secrets, flavors_added, network, schema_version, passwords_reset })
+    Ok(Provisioned { db, secrets, flavors_added, network, schema_version, passwords_reset, devstack })
 }
 
 /// Creates admin, demo and alt_demo users and projects with generated passwords (kept in
@@ -155,6 +167,7 @@ pub fn write_clouds_yaml(file: &Path, name: &str, config: &Config, secrets: &Sec
                 password: &secrets.demo_password,
                 project_name: "demo",
                 region,
+                system_scope: None,
             },
             CloudEntry {
                 name: &admin_name,
@@ -163,6 +176,7 @@ pub fn write_clouds_yaml(file: &Path, name: &str, config: &Config, secrets: &Sec
                 password: &secrets.admin_password,
                 project_name: "admin",
                 region,
+                system_scope: None,
             },
         ],
     )?;
@@ -179,6 +193,12 @@ pub fn doctor(home: &Home, config: &Config, boot_probe: bool) -> Result<Report, 
     Ok(report)
 }
 
+/// Whether this home wants the test image: when it boots real guests, and with `--devstack`
+/// on any driver, as a DevStack always has its CirrOS image for jobs to boot by name.
+pub fn wants_test_image(config: &Config, devstack: bool) -> bool {
+    config.images.import_test_image && (devstack || real_guests(config))
+}
+
 /// Whether this cloud boots real guests (and so wants the test image).
 pub fn real_guests(config: &Config) -> bool {
     match config.compute.driver {
@@ -188,15 +208,16 @@ pub fn real_guests(config: &Config) -> bool {
     }
 }
 
-/// The test guest as image `tiny` when the config wants it, this cloud boots real guests and
-/// the image store is empty; `None` otherwise. `cache` is the per-user cache of built guests.
+/// The test guest as image `tiny` when [`wants_test_image`] and the image store is empty;
+/// `None` otherwise. `cache` is the per-user cache of built guests.
 pub fn test_image(
     db: &Db,
     home: &Home,
     config: &Config,
     cache: Option<&Path>,
+    devstack: bool,
 ) -> Result<Option<TestImages>, ImageError> {
-    if !(config.images.import_test_image && real_guests(config)) {
+    if !wants_test_image(config, devstack) {
         return Ok(None);
     }
     crate::images::import_test_image(db, home, cache)
@@ -210,8 +231,8 @@ pub fn test_image_pending_file(home: &Home) -> PathBuf {
 /// `up` on a new home: instead of building the test guest before the stack starts, leave it
 /// to the stack's doctor phase, which builds and imports it while the broker starts (both take
 /// seconds). Returns whether there is a test image to import at all.
-pub fn defer_test_image(home: &Home, config: &Config) -> Result<bool, BootstrapError> {
-    if !(config.images.import_test_image && real_guests(config)) {
+pub fn defer_test_image(home: &Home, config: &Config, devstack: bool) -> Result<bool, BootstrapError> {
+    if !wants_test_image(config, devstack) {
         return Ok(false);
     }
     let file = test_image_pending_file(home);
@@ -219,9 +240,9 @@ pub fn defer_test_image(home: &Home, config: &Config) -> Result<bool, BootstrapE
     Ok(true)
 }
 
-/// Imports the test image [`defer_test_image`] left for this start, if any. The mark goes
-/// whatever the outcome, as `init` tries once too: a failure is reported, and `novabox init`
-/// tries again.
+/// Imports the test image [`defer_test_image`] left for this start, if any (the mark says it
+/// is wanted: [`wants_test_image`] was asked then). The mark goes whatever the outcome, as
+/// `init` tries once too: a failure is reported, and `novabox init` tries again.
 pub fn import_pending_test_image(
     home: &Home,
     config: &Config,
@@ -233,7 +254,7 @@ pub fn import_pending_test_image(
     }
     let result = (|| {
         let db = Db::open(&home.db_file(), OpenOptions { echo: config.db.echo })?;
-        Ok(test_image(&db, home, config, cache)?)
+        Ok(crate::images::import_test_image(&db, home, cache)?)
     })();
     let _ = std::fs::remove_file(&file);
     result
@@ -249,17 +270,71 @@ mod tests {
         let home = Home::at(t.path());
         let mut config = Config::default();
         config.compute.driver = Driver::Fake;
-        let first = provision(&home, &config, true, false).unwrap();
+        let first = provision(&home, &config, true, false, None).unwrap();
         assert!(home.is_initialized() && first.flavors_added > 0 && first.passwords_reset.is_empty());
-        let again = provision(&home, &config, false, false).unwrap();
+        let again = provision(&home, &config, false, false, None).unwrap();
         assert_eq!(again.secrets.admin_password, first.secrets.admin_password);
         assert_eq!(again.flavors_added, 0);
         assert_eq!(again.network, first.network);
         std::fs::remove_file(home.secrets_file()).unwrap();
-        let lost = provision(&home, &config, false, false).unwrap();
+        let lost = provision(&home, &config, false, false, None).unwrap();
         assert_eq!(lost.passwords_reset, ["admin", "demo", "alt_demo"]);
         assert_ne!(lost.secrets.admin_password, first.secrets.admin_password);
-        assert!(test_image(&lost.db, &home, &config, None).unwrap().is_none(), "the fake driver boots no test guest");
+        assert!(
+            test_image(&lost.db, &home, &config, None, false).unwrap().is_none(),
+            "the fake driver boots no test guest"
+        );
+        assert!(lost.devstack.is_none() && lost.db.flavor_by_flavorid("84").unwrap().is_none(), "no DevStack flavors");
+    }
+
+    #[test]
+    fn devstack_provisioning_gives_its_flavors_network_and_one_password_and_says_what_is_missing() {
+        let t = tempfile::tempdir().unwrap();
+        let home = Home::at(t.path());
+        let mut config = Config::default();
+        config.compute.driver = Driver::Fake;
+        config.network.cidr = crate::devstack::PRIVATE_CIDR;
+        let opts = crate::devstack::Options { admin_password: Some("secret".into()) };
+        let made = provision(&home, &config, true, false, Some(&opts)).unwrap();
+        let ds = made.devstack.as_ref().unwrap();
+        assert_eq!(made.flavors_added, 0, "DevStack's flavors cover novabox's ids");
+        assert_eq!(ds.flavors.len(), crate::devstack::FLAVORS.len());
+        assert_eq!(made.db.flavor_by_flavorid("42").unwrap().unwrap().memory_mb, 192);
+        assert_eq!(ds.passwords_set, ["admin", "demo", "alt_demo"]);
+        for user in crate::devstack::USERS {
+            let row = made.db.user_by_name(user).unwrap().unwrap();
+            assert!(secrets::verify_password("secret", &row.password_hash), "{user}");
+        }
+        let stored = Secrets::load(&home.secrets_file()).unwrap().unwrap();
+        assert_eq!((stored.admin_password.as_str(), stored.alt_demo_password.as_str()), ("secret", "secret"));
+        let private = &ds.networks[0];
+        assert_eq!((private.name.as_str(), private.subnet.as_str()), ("private", "private-subnet"));
+        assert_eq!(
+            (private.cidr.as_str(), private.gateway_ip.map(|g| g.to_string())),
+            ("10.0.0.0/26", Some("10.0.0.1".into()))
+        );
+        assert!(ds.notes.is_empty(), "{:?}", ds.notes);
+        assert!(ds.not_created.is_empty(), "{:?}", ds.not_created);
+        let public = &ds.networks[1];
+        assert_eq!((public.name.as_str(), public.cidr.as_str()), ("public", "172.24.4.0/24"));
+        let router = ds.router.clone().expect("router1");
+        assert_eq!(router.name, "router1");
+        let demo = made.db.project_by_name("demo").unwrap().unwrap();
+        assert_eq!(router.project_id, demo.id);
+        let interfaces = made.db.router_interfaces(&router.id).unwrap();
+        assert!(
+            interfaces.iter().any(|p| p.fixed_ips.iter().any(|f| f.subnet_id == private.subnet_id)),
+            "{interfaces:?}"
+        );
+
+        // Again, and without the password: the same rows, nothing reset.
+        let again = provision(&home, &config, false, false, Some(&Default::default())).unwrap();
+        let ds2 = again.devstack.unwrap();
+        assert!(ds2.flavors.iter().all(|f| !f.created) && ds2.passwords_set.is_empty());
+        assert_eq!(ds2.networks, ds.networks);
+        assert_eq!(ds2.router, ds.router, "router1 is made once");
+        assert_eq!(again.secrets.demo_password, "secret");
+        assert_eq!(again.db.flavors().unwrap().len(), crate::devstack::FLAVORS.len());
     }
 
     #[test]

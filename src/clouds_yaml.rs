@@ -27,8 +27,12 @@ pub struct CloudEntry<'a> {
     pub auth_url: &'a str,
     pub username: &'a str,
     pub password: &'a str,
+    /// Ignored when `system_scope` is given.
     pub project_name: &'a str,
     pub region: &'a str,
+    /// A system-scoped entry (`all`), as DevStack's `devstack-system-admin`: keystone refuses
+    /// a project and the system scope together, so the project keys are left out.
+    pub system_scope: Option<&'a str>,
 }
 
 impl CloudEntry<'_> {
@@ -38,11 +42,18 @@ impl CloudEntry<'_> {
             ("auth_url", self.auth_url),
             ("username", self.username),
             ("password", self.password),
-            ("project_name", self.project_name),
             ("user_domain_id", "default"),
-            ("project_domain_id", "default"),
         ] {
             auth.insert(k.into(), v.into());
+        }
+        match self.system_scope {
+            Some(scope) => {
+                auth.insert("system_scope".into(), scope.into());
+            }
+            None => {
+                auth.insert("project_name".into(), self.project_name.into());
+                auth.insert("project_domain_id".into(), "default".into());
+            }
         }
         let mut cloud = Mapping::new();
         cloud.insert("auth".into(), Value::Mapping(auth));
@@ -100,6 +111,7 @@ mod tests {
             password,
             project_name: "demo",
             region: "RegionOne",
+            system_scope: None,
         }
     }
 
@@ -130,6 +142,17 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "clouds: [unclosed\n");
         std::fs::write(&f, "- a list\n").unwrap();
         assert!(matches!(merge(&f, &[entry("novabox", "x")]), Err(CloudsYamlError::Shape { .. })));
+    }
+
+    #[test]
+    fn a_system_scoped_entry_has_no_project() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("clouds.yaml");
+        merge(&f, &[CloudEntry { system_scope: Some("all"), ..entry("sys", "x") }]).unwrap();
+        let v: Value = serde_yaml::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        assert_eq!(v["clouds"]["sys"]["auth"]["system_scope"], "all");
+        assert!(v["clouds"]["sys"]["auth"].get("project_name").is_none());
+        assert!(v["clouds"]["sys"]["auth"].get("project_domain_id").is_none());
     }
 
     #[test]

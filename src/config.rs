@@ -193,6 +193,9 @@ pub struct ComputeConfig {
     /// SOFT_DELETED (`restore` brings it back, `forceDelete` deletes it now), and compute
     /// reclaims it once it has been soft-deleted this long (by the test clock). 0 deletes at once.
     pub reclaim_instance_interval: u64,
+    /// nova's `resize_confirm_window`: above 0, a resize left in VERIFY_RESIZE this many
+    /// seconds (by the test clock) is confirmed by compute. 0 waits for the user.
+    pub resize_confirm_window: u64,
 }
 
 impl Default for ComputeConfig {
@@ -216,6 +219,7 @@ impl Default for ComputeConfig {
             image_cache_max_age_secs: 86400,
             shutdown_timeout_secs: 10,
             reclaim_instance_interval: 0,
+            resize_confirm_window: 0,
         }
     }
 }
@@ -241,6 +245,11 @@ pub struct NetworkConfig {
     /// `provider:physical_network`, mapped to the host interface or bridge that carries it
     /// (neutron's `bridge_mappings`), e.g. `physnet1 = "eth1"`.
     pub physical_networks: std::collections::BTreeMap<String, String>,
+    /// The external network `public` (issue 19): its subnet, DevStack's 172.24.4.0/24 by
+    /// default, and its bridge, where the host holds the gateway (.1) as DevStack's br-ex.
+    #[serde(with = "cidr_string")]
+    pub public_cidr: Ipv4Cidr,
+    pub public_bridge: String,
 }
 
 impl Default for NetworkConfig {
@@ -251,6 +260,8 @@ impl Default for NetworkConfig {
             cidr: Ipv4Cidr::DEFAULT_GUEST_NET,
             dns_domain: "novalocal".into(),
             physical_networks: Default::default(),
+            public_cidr: Ipv4Cidr::DEFAULT_PUBLIC_NET,
+            public_bridge: "nbr-ex".into(),
         }
     }
 }
@@ -259,6 +270,12 @@ impl Default for NetworkConfig {
 impl From<&Config> for crate::network::DefaultNetwork {
     fn from(c: &Config) -> Self {
         crate::network::DefaultNetwork { bridge: c.network.bridge.clone(), cidr: c.network.cidr }
+    }
+}
+
+impl From<&Config> for crate::network::routers::PublicNetwork {
+    fn from(c: &Config) -> Self {
+        crate::network::routers::PublicNetwork { bridge: c.network.public_bridge.clone(), cidr: c.network.public_cidr }
     }
 }
 
@@ -351,6 +368,10 @@ mod cidr_string {
 }
 
 impl Ipv4Cidr {
+    pub const DEFAULT_PUBLIC_NET: Ipv4Cidr = match Ipv4Cidr::new_const([172, 24, 4, 0], 24) {
+        Some(c) => c,
+        None => panic!("bad public network"),
+    };
     pub const DEFAULT_GUEST_NET: Ipv4Cidr = match Ipv4Cidr::new_const([10, 42, 0, 0], 24) {
         Some(c) => c,
         None => panic!("bad default network"),
@@ -510,13 +531,30 @@ impl Config {
                     ),
                 );
             }
-            if interface == &self.network.bridge {
+            if interface == &self.network.bridge || interface == &self.network.public_bridge {
                 return invalid(
                     "network.physical_networks",
                     &shown,
-                    &format!("physical network {name:?} cannot be novabox's own bridge (network.bridge)"),
+                    &format!(
+                        "physical network {name:?} cannot be one of novabox's own bridges (network.bridge, \
+                         network.public_bridge)"
+                    ),
                 );
             }
+        }
+        if !is_valid_ifname(&self.network.public_bridge) || self.network.public_bridge == self.network.bridge {
+            return invalid(
+                "network.public_bridge",
+                &format!("{:?}", self.network.public_bridge),
+                "an interface name has 1 to 15 letters, digits, '-' or '_', and differs from network.bridge",
+            );
+        }
+        if self.network.public_cidr.overlaps(&self.network.cidr) || self.network.public_cidr.prefix() > 29 {
+            return invalid(
+                "network.public_cidr",
+                &self.network.public_cidr,
+                "must not overlap network.cidr, and needs room for a gateway, routers and floating IPs (/29 or larger)",
+            );
         }
         if self.images.max_upload_mb == 0 {
             return invalid("images.max_upload_mb", &0, "must be at least 1");

@@ -14,6 +14,7 @@ pub mod compute;
 pub mod conductor;
 pub mod config;
 pub mod db;
+pub mod devstack;
 pub mod doctor;
 pub mod faults;
 pub mod home;

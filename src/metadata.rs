@@ -25,8 +25,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
@@ -257,7 +258,13 @@ fn ec2_id(uuid: &str) -> String {
     format!("i-{}", uuid.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect::<String>())
 }
 
-async fn answer(State(at): State<Listener>, ConnectInfo(peer): ConnectInfo<SocketAddr>, uri: Uri) -> Response {
+async fn answer(
+    State(at): State<Listener>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     let ip = match peer.ip() {
         IpAddr::V4(v4) => v4,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -271,7 +278,41 @@ async fn answer(State(at): State<Listener>, ConnectInfo(peer): ConnectInfo<Socke
         return not_found();
     };
     tracing::debug!(%ip, instance_id = %g.spec.uuid, path, "metadata request");
+    if path == "/openstack/latest/password" {
+        return password(&at.db, &g.spec.uuid, &method, &body);
+    }
     respond(&g, path)
+}
+
+/// The most a guest may post as its password: nova keeps it in four chunks of 255.
+const PASSWORD_MAX: usize = 4 * 255;
+
+/// nova's `handle_password`: GET reads what was posted, POST sets it once (409 after, until
+/// `os-server-password` clears it), and nothing else.
+fn password(db: &SharedDb, uuid: &str, method: &Method, body: &[u8]) -> Response {
+    let stored = |r: crate::db::Result<Response>| {
+        r.unwrap_or_else(|e| {
+            tracing::error!(instance_id = %uuid, error = %e, "metadata: cannot read or keep the password");
+            (StatusCode::INTERNAL_SERVER_ERROR, "500 Internal Server Error\n").into_response()
+        })
+    };
+    match *method {
+        Method::GET => stored(db.with(|db| db.instance_password(uuid)).map(|p| text(p.unwrap_or_default()))),
+        Method::POST => {
+            if body.len() > PASSWORD_MAX {
+                return (StatusCode::BAD_REQUEST, "Request is too large.").into_response();
+            }
+            let posted = String::from_utf8_lossy(body);
+            stored(db.with(|db| db.set_instance_password_once(uuid, &posted)).map(|set| {
+                if set {
+                    StatusCode::OK.into_response()
+                } else {
+                    (StatusCode::CONFLICT, "409 Conflict\n").into_response()
+                }
+            }))
+        }
+        _ => (StatusCode::BAD_REQUEST, "GET and POST only are supported.").into_response(),
+    }
 }
 
 fn respond(g: &Guest, path: &str) -> Response {
@@ -281,7 +322,8 @@ fn respond(g: &Guest, path: &str) -> Response {
         "" => text("latest\nopenstack\n"),
         "/openstack" => text("latest\n"),
         "/openstack/latest" => {
-            let mut files = "meta_data.json\nnetwork_data.json\nvendor_data.json\nvendor_data2.json\n".to_string();
+            let mut files =
+                "meta_data.json\nnetwork_data.json\npassword\nvendor_data.json\nvendor_data2.json\n".to_string();
             if user.is_some() {
                 files += "user_data\n";
             }
@@ -409,6 +451,49 @@ mod tests {
         assert_eq!(code, 404);
         assert!(!body.contains(&alpha) && !body.contains(&beta));
         assert_eq!(get(&base, "127.0.0.2", "/openstack/latest/secrets").await.0, 404);
+
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    async fn post(base: &str, from: &str, path: &str, body: &str) -> (u16, String) {
+        let client = reqwest::Client::builder().local_address(from.parse::<IpAddr>().unwrap()).build().unwrap();
+        let r = client.post(format!("{base}{path}")).body(body.to_string()).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// nova's password handler: each guest posts its own, once, at most 1020 bytes; what it
+    /// posted is what it (and `os-server-password`) reads; metadata changed through the API
+    /// is what the next read of meta_data.json says.
+    #[tokio::test]
+    async fn guests_post_their_password_once_and_read_current_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, [alpha, beta]) = two_guests(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, db.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let path = "/openstack/latest/password";
+        assert!(get(&base, "127.0.0.2", "/openstack/latest").await.1.contains("password\n"));
+        assert_eq!(get(&base, "127.0.0.2", path).await, (200, String::new()), "none yet");
+        assert_eq!(post(&base, "127.0.0.2", path, &"x".repeat(1021)).await.0, 400, "too large");
+        assert_eq!(post(&base, "127.0.0.2", path, "c2VjcmV0").await.0, 200);
+        assert_eq!(post(&base, "127.0.0.2", path, "b3RoZXI=").await.0, 409, "only once");
+        assert_eq!(get(&base, "127.0.0.2", path).await.1, "c2VjcmV0");
+        assert_eq!(get(&base, "127.0.0.3", path).await.1, "", "each guest its own");
+        assert_eq!(db.with(|db| db.instance_password(&alpha)).unwrap().as_deref(), Some("c2VjcmV0"));
+        db.with(|db| db.clear_instance_password(&alpha)).unwrap();
+        assert_eq!(post(&base, "127.0.0.2", path, "bmV3").await.0, 200, "cleared, it may post again");
+        let client = reqwest::Client::builder().local_address("127.0.0.2".parse::<IpAddr>().unwrap()).build().unwrap();
+        let put = client.put(format!("{base}{path}")).body("x").send().await.unwrap();
+        assert_eq!(put.status().as_u16(), 400);
+
+        let items = [("role".to_string(), "db".to_string())].into_iter().collect();
+        db.with(|db| db.replace_instance_metadata(&beta, &items)).unwrap();
+        let (_, body) = get(&base, "127.0.0.3", "/openstack/latest/meta_data.json").await;
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["meta"], serde_json::json!({"role": "db"}));
 
         let _ = stop.send(());
         server.await.unwrap().unwrap();

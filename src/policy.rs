@@ -135,6 +135,9 @@ pub enum Action {
     ComputeUsageList,
     /// One project's usage: its readers, or the admin.
     ComputeUsageShow,
+    // Issue 16: the resizes, as nova's migrations.
+    /// `GET /os-migrations`.
+    ComputeMigrationsIndex,
     // novabox's own (issue 23: fault injection and the test clock), admin only.
     /// `/novabox/v1/faults` and `/novabox/v1/clock`: breaking the cloud on purpose.
     NovaboxFaults,
@@ -151,6 +154,29 @@ pub enum Action {
     // Issue 22: nova's remote consoles (2.6's `remote-consoles` and the older actions).
     /// Getting a console URL of a server: its project's members, or the admin.
     ComputeRemoteConsoles,
+    // Issue 19: external networks, routers' gateways and floating IPs (neutron's admin_only rules).
+    /// `router:external` on a new network.
+    NetworkCreateExternal,
+    /// `router:external` changed on a network.
+    NetworkUpdateExternal,
+    /// `enable_snat` in a new router's `external_gateway_info`.
+    NetworkCreateRouterSnat,
+    /// `enable_snat` in a router update's `external_gateway_info`.
+    NetworkUpdateRouterSnat,
+    /// `external_fixed_ips` chosen in a new router's gateway.
+    NetworkCreateRouterFixedIps,
+    /// `external_fixed_ips` chosen in a router update's gateway.
+    NetworkUpdateRouterFixedIps,
+    /// A floating IP's address chosen by the caller.
+    NetworkFloatingIpAddress,
+    // Issue 17, item 5: `os_compute_api:os-instance-actions:*` beyond seeing the server.
+    /// An action's events with their traceback and host (before 2.51, the events at all).
+    ComputeInstanceActionsEvents,
+    /// The events' `details` (2.84).
+    ComputeInstanceActionsEventsDetails,
+    // Issue 17, item 5: nova's host aggregates, by their policy name
+    // (`os_compute_api:os-aggregates:create`, `...:add_host`, ...): admin only.
+    ComputeAggregates(&'static str),
 }
 
 impl Action {
@@ -187,6 +213,7 @@ impl Action {
             Action::VolumeHostAttribute => "volume_extension:volume_host_attribute",
             Action::IdentityAdmin(name) => name,
             Action::NetworkProviderAttribute(name) => name,
+            Action::ComputeAggregates(name) => name,
             Action::IdentityGetProject => "identity:get_project",
             Action::IdentityGetUser => "identity:get_user",
             // The base rule of each service's defaults; upstream names the call's own policy.
@@ -202,6 +229,16 @@ impl Action {
             Action::ComputeUsageList => "os_compute_api:os-simple-tenant-usage:list",
             Action::ComputeUsageShow => "os_compute_api:os-simple-tenant-usage:show",
             Action::ComputeRemoteConsoles => "os_compute_api:os-remote-consoles",
+            Action::NetworkCreateExternal => "create_network:router:external",
+            Action::NetworkUpdateExternal => "update_network:router:external",
+            Action::NetworkCreateRouterSnat => "create_router:external_gateway_info:enable_snat",
+            Action::NetworkUpdateRouterSnat => "update_router:external_gateway_info:enable_snat",
+            Action::NetworkCreateRouterFixedIps => "create_router:external_gateway_info:external_fixed_ips",
+            Action::NetworkUpdateRouterFixedIps => "update_router:external_gateway_info:external_fixed_ips",
+            Action::NetworkFloatingIpAddress => "create_floatingip:floating_ip_address",
+            Action::ComputeInstanceActionsEvents => "os_compute_api:os-instance-actions:events",
+            Action::ComputeInstanceActionsEventsDetails => "os_compute_api:os-instance-actions:events:details",
+            Action::ComputeMigrationsIndex => "os_compute_api:os-migrations:index",
         }
     }
 
@@ -242,6 +279,16 @@ impl Action {
             ComputeUsageList | ComputeUsageShow => Service::Compute,
             NetworkProviderAttribute(_) => Service::Network,
             ComputeRemoteConsoles => Service::Compute,
+            NetworkCreateExternal
+            | NetworkUpdateExternal
+            | NetworkCreateRouterSnat
+            | NetworkUpdateRouterSnat
+            | NetworkCreateRouterFixedIps
+            | NetworkUpdateRouterFixedIps
+            | NetworkFloatingIpAddress => Service::Network,
+            ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Service::Compute,
+            ComputeMigrationsIndex => Service::Compute,
+            ComputeAggregates(_) => Service::Compute,
         }
     }
 
@@ -290,6 +337,16 @@ impl Action {
             // nova's PROJECT_MEMBER_OR_ADMIN: the member persona every POST needs is checked
             // with the token; the project is the server's.
             ComputeRemoteConsoles => Rule::AdminOrOwner,
+            NetworkCreateExternal
+            | NetworkUpdateExternal
+            | NetworkCreateRouterSnat
+            | NetworkUpdateRouterSnat
+            | NetworkCreateRouterFixedIps
+            | NetworkUpdateRouterFixedIps
+            | NetworkFloatingIpAddress => Rule::Admin,
+            ComputeInstanceActionsEvents | ComputeInstanceActionsEventsDetails => Rule::Admin,
+            ComputeMigrationsIndex => Rule::Admin,
+            ComputeAggregates(_) => Rule::Admin,
         }
     }
 }

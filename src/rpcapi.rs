@@ -127,6 +127,10 @@ pub enum ConductorRequest {
         host: String,
     },
     PortDevices {},
+    /// Issue 19: the routers `host` plumbs (all of them on the router host, none elsewhere).
+    RouterState {
+        host: String,
+    },
     ImageMeta {
         image_id: String,
         /// The project of the guest the image is for: its kernel and ramdisk are looked up as
@@ -158,6 +162,54 @@ pub enum ConductorRequest {
     VolumesInFlight {
         host: String,
     },
+    /// One step of an instance action began on a compute host (nova's `action_event_start`);
+    /// it ends with the action (`action_finish`, `instance_destroy`).
+    ActionEventStart {
+        uuid: String,
+        event: String,
+        host: String,
+        start_time: String,
+    },
+    // Issue 16: resizes and snapshots.
+    /// The instance's latest resize (nova's migration) moves to `status`.
+    MigrationStatus {
+        instance_uuid: String,
+        status: String,
+    },
+    /// An instance action a compute host starts itself (the resize auto-confirm).
+    ActionStart {
+        uuid: String,
+        action: String,
+    },
+    /// A snapshot's file on this host becomes the data of the queued image `image_id`.
+    ImageUpload {
+        image_id: String,
+        file: String,
+        disk_format: String,
+        #[serde(default)]
+        rotation: Option<BackupRotation>,
+    },
+    /// A snapshot failed: its image goes, so no half image is left.
+    ImageDiscard {
+        image_id: String,
+    },
+    /// The instance's latest resize, for a restart to finish or revert it.
+    LatestMigration {
+        instance_uuid: String,
+    },
+    /// A restart cut the instance's snapshots off: their queued or saving images go.
+    DiscardSnapshots {
+        instance_uuid: String,
+    },
+}
+
+/// `createBackup`'s rotation: after the upload only the newest `rotation` backups of this
+/// type of the instance are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRotation {
+    pub instance_uuid: String,
+    pub backup_type: String,
+    pub rotation: u32,
 }
 
 /// What the API and the scheduler ask a compute host (nova's `compute/rpcapi.py`).
@@ -187,6 +239,8 @@ pub enum ComputeRequest {
     RefreshSecurityGroups {
         filters: crate::network::secgroups::HostFilters,
     },
+    /// Issue 19: the routers changed; the host asks the conductor for them (`router_state`).
+    RefreshRouters {},
     AttachVolume {
         instance: Instance,
         volume: VolumeDisk,
@@ -221,6 +275,29 @@ pub enum ComputeRequest {
     },
     RestoreInstance {
         instance: Instance,
+    },
+    // Issue 16: rebuild, resize and snapshot.
+    RebuildInstance {
+        instance: Instance,
+        #[serde(default)]
+        preserve_ephemeral: bool,
+    },
+    ResizeInstance {
+        instance: Instance,
+        migration: crate::db::lifecycle::Migration,
+    },
+    ConfirmResize {
+        instance: Instance,
+    },
+    RevertResize {
+        instance: Instance,
+        migration: crate::db::lifecycle::Migration,
+    },
+    SnapshotInstance {
+        instance: Instance,
+        image_id: String,
+        #[serde(default)]
+        rotation: Option<BackupRotation>,
     },
 }
 
@@ -381,6 +458,14 @@ impl ConductorApi {
     ) -> Result<crate::network::secgroups::HostFilters, BusError> {
         self.call(ctx, ConductorRequest::SecurityGroupFilters { host: host.into() }).await
     }
+    /// The routers `host` plumbs.
+    pub async fn router_state(
+        &self,
+        ctx: &Context,
+        host: &str,
+    ) -> Result<crate::network::routers::HostRouters, BusError> {
+        self.call(ctx, ConductorRequest::RouterState { host: host.into() }).await
+    }
     /// Every port's tap and MAC, for sweeping what deleted ports left plugged.
     pub async fn port_devices(&self, ctx: &Context) -> Result<Vec<crate::network::vif::PortDevice>, BusError> {
         self.call(ctx, ConductorRequest::PortDevices {}).await
@@ -432,9 +517,58 @@ impl ConductorApi {
     pub async fn instances_on_host(&self, ctx: &Context, host: &str) -> Result<Vec<Instance>, BusError> {
         self.call(ctx, ConductorRequest::InstancesOnHost { host: host.into() }).await
     }
+    /// A call, not a cast: the event must be stored before the action that ends it finishes.
+    pub async fn action_event_start(&self, ctx: &Context, uuid: &str, event: &str, host: &str) -> Result<(), BusError> {
+        let request = ConductorRequest::ActionEventStart {
+            uuid: uuid.into(),
+            event: event.into(),
+            host: host.into(),
+            start_time: crate::db::now(),
+        };
+        self.call::<Value>(ctx, request).await.map(|_| ())
+    }
     pub async fn action_finish(&self, ctx: &Context, uuid: &str, message: Option<&str>) -> Result<(), BusError> {
         let request = ConductorRequest::ActionFinish { uuid: uuid.into(), message: message.map(str::to_string) };
         traced_cast(&*self.bus, CONDUCTOR_TOPIC, request.to_message(ctx)?).await
+    }
+    // Issue 16: resizes and snapshots.
+    pub async fn migration_status(&self, ctx: &Context, instance_uuid: &str, status: &str) -> Result<(), BusError> {
+        let request = ConductorRequest::MigrationStatus { instance_uuid: instance_uuid.into(), status: status.into() };
+        self.call::<Value>(ctx, request).await.map(|_| ())
+    }
+    pub async fn action_start(&self, ctx: &Context, uuid: &str, action: &str) -> Result<(), BusError> {
+        let request = ConductorRequest::ActionStart { uuid: uuid.into(), action: action.into() };
+        self.call::<Value>(ctx, request).await.map(|_| ())
+    }
+    pub async fn image_upload(
+        &self,
+        ctx: &Context,
+        image_id: &str,
+        file: &str,
+        disk_format: &str,
+        rotation: Option<&BackupRotation>,
+    ) -> Result<(), BusError> {
+        let request = ConductorRequest::ImageUpload {
+            image_id: image_id.into(),
+            file: file.into(),
+            disk_format: disk_format.into(),
+            rotation: rotation.cloned(),
+        };
+        self.call::<Value>(ctx, request).await.map(|_| ())
+    }
+    pub async fn image_discard(&self, ctx: &Context, image_id: &str) -> Result<(), BusError> {
+        self.call::<Value>(ctx, ConductorRequest::ImageDiscard { image_id: image_id.into() }).await.map(|_| ())
+    }
+    pub async fn latest_migration(
+        &self,
+        ctx: &Context,
+        instance_uuid: &str,
+    ) -> Result<Option<crate::db::lifecycle::Migration>, BusError> {
+        self.call(ctx, ConductorRequest::LatestMigration { instance_uuid: instance_uuid.into() }).await
+    }
+    pub async fn discard_snapshots(&self, ctx: &Context, instance_uuid: &str) -> Result<(), BusError> {
+        let request = ConductorRequest::DiscardSnapshots { instance_uuid: instance_uuid.into() };
+        self.call::<Value>(ctx, request).await.map(|_| ())
     }
     /// Spans recorded by a compute service without a database, for the conductor to store
     /// (see `crate::trace`). Cast under an empty request id, which the span recorder ignores:
@@ -516,6 +650,10 @@ impl ComputeApi {
     ) -> Result<(), BusError> {
         self.cast(ctx, host, ComputeRequest::RefreshSecurityGroups { filters: filters.clone() }).await
     }
+    /// Tells the router host to fetch and apply its routers again.
+    pub async fn refresh_routers(&self, ctx: &Context, host: &str) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::RefreshRouters {}).await
+    }
     /// Cast, as nova's: the API reserved the volume (`attaching`); compute reports the outcome
     /// to the conductor.
     pub async fn attach_volume(
@@ -568,6 +706,54 @@ impl ComputeApi {
     }
     pub async fn restore_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
         self.cast(ctx, host, ComputeRequest::RestoreInstance { instance: instance.clone() }).await
+    }
+    // Issue 16: rebuild, resize and snapshot; casts, as nova's.
+    pub async fn rebuild_instance(
+        &self,
+        ctx: &Context,
+        host: &str,
+        instance: &Instance,
+        preserve_ephemeral: bool,
+    ) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::RebuildInstance { instance: instance.clone(), preserve_ephemeral }).await
+    }
+    pub async fn resize_instance(
+        &self,
+        ctx: &Context,
+        host: &str,
+        instance: &Instance,
+        migration: &crate::db::lifecycle::Migration,
+    ) -> Result<(), BusError> {
+        let request = ComputeRequest::ResizeInstance { instance: instance.clone(), migration: migration.clone() };
+        self.cast(ctx, host, request).await
+    }
+    pub async fn confirm_resize(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
+        self.cast(ctx, host, ComputeRequest::ConfirmResize { instance: instance.clone() }).await
+    }
+    pub async fn revert_resize(
+        &self,
+        ctx: &Context,
+        host: &str,
+        instance: &Instance,
+        migration: &crate::db::lifecycle::Migration,
+    ) -> Result<(), BusError> {
+        let request = ComputeRequest::RevertResize { instance: instance.clone(), migration: migration.clone() };
+        self.cast(ctx, host, request).await
+    }
+    pub async fn snapshot_instance(
+        &self,
+        ctx: &Context,
+        host: &str,
+        instance: &Instance,
+        image_id: &str,
+        rotation: Option<&BackupRotation>,
+    ) -> Result<(), BusError> {
+        let request = ComputeRequest::SnapshotInstance {
+            instance: instance.clone(),
+            image_id: image_id.into(),
+            rotation: rotation.cloned(),
+        };
+        self.cast(ctx, host, request).await
     }
 }
 
@@ -682,6 +868,7 @@ mod tests {
             ..Default::default()
         };
         let disk = VolumeDisk { volume_id: "v1".into(), path: "/tmp/v1.qcow2".into(), boot: false };
+        let migration = db.create_migration(&instance.uuid, "h1", &instance.flavor, &instance.flavor).unwrap();
 
         round_trips::<SchedulerRequest>(old(
             "build_instances",
@@ -699,6 +886,7 @@ mod tests {
             ("image_meta", json!({"image_id": "i1", "project_id": "p1"})),
             ("security_group_filters", json!({"host": "h1"})),
             ("port_devices", json!({})),
+            ("router_state", json!({"host": "h1"})),
             ("instance_volumes", json!({"uuid": "u1"})),
             ("prepare_block_devices", json!({"uuid": "u1"})),
             ("volumes_in_flight", json!({"host": "h1"})),
@@ -707,8 +895,22 @@ mod tests {
             ("deallocate_network", json!({"uuid": "u1"})),
             ("instances_on_host", json!({"host": "h1"})),
             ("action_finish", json!({"uuid": "u1", "message": null})),
+            (
+                "action_event_start",
+                json!({"uuid": "u1", "event": "compute_stop_instance", "host": "h1", "start_time": "2026-01-01T00:00:00Z"}),
+            ),
             ("record_spans", json!({"spans": []})),
             ("service_report", json!({"host": "h1", "binary": "novabox-compute", "topic": "compute", "node": null})),
+            ("migration_status", json!({"instance_uuid": "u1", "status": "finished"})),
+            ("action_start", json!({"uuid": "u1", "action": "confirmResize"})),
+            (
+                "image_upload",
+                json!({"image_id": "i1", "file": "/tmp/s", "disk_format": "qcow2",
+                "rotation": {"instance_uuid": "u1", "backup_type": "daily", "rotation": 2}}),
+            ),
+            ("image_discard", json!({"image_id": "i1"})),
+            ("latest_migration", json!({"instance_uuid": "u1"})),
+            ("discard_snapshots", json!({"instance_uuid": "u1"})),
         ] {
             round_trips::<ConductorRequest>(old(method, args));
         }
@@ -722,6 +924,7 @@ mod tests {
             ("detach_volume", json!({"instance": instance, "volume_id": "v1"})),
             ("get_console_output", json!({"instance": instance, "length": 10})),
             ("refresh_security_groups", json!({"filters": {"ports": [], "groups": {}}})),
+            ("refresh_routers", json!({})),
             ("pause_instance", json!({"instance": instance})),
             ("unpause_instance", json!({"instance": instance})),
             ("suspend_instance", json!({"instance": instance})),
@@ -729,6 +932,11 @@ mod tests {
             ("trigger_crash_dump", json!({"instance": instance})),
             ("soft_delete_instance", json!({"instance": instance})),
             ("restore_instance", json!({"instance": instance})),
+            ("rebuild_instance", json!({"instance": instance, "preserve_ephemeral": true})),
+            ("resize_instance", json!({"instance": instance, "migration": migration})),
+            ("confirm_resize", json!({"instance": instance})),
+            ("revert_resize", json!({"instance": instance, "migration": migration})),
+            ("snapshot_instance", json!({"instance": instance, "image_id": "i1", "rotation": null})),
         ] {
             round_trips::<ComputeRequest>(old(method, args));
         }

@@ -173,9 +173,12 @@ async fn host_network(config: &Config, home: &Home, driver: &str) -> Result<Opti
     let host_net = Arc::new(HostNet::new(home, config));
     let default = HostNet::default_net(config);
     let setup = host_net.clone();
-    tokio::task::spawn_blocking(move || setup.ensure_network(&default)).await.map_err(|e| {
-        StackError::Network(net::NetError::Command { command: "network setup".into(), detail: e.to_string() })
-    })??;
+    let public = HostNet::public_net(config);
+    tokio::task::spawn_blocking(move || setup.ensure_network(&default).and_then(|_| setup.ensure_network(&public)))
+        .await
+        .map_err(|e| {
+            StackError::Network(net::NetError::Command { command: "network setup".into(), detail: e.to_string() })
+        })??;
     tracing::info!(bridge = %config.network.bridge, cidr = %config.network.cidr, tag = host_net.tag(), "guest networking: bridge mode");
     Ok(Some(host_net))
 }
@@ -207,6 +210,10 @@ pub async fn run(
     {
         crate::conductor::recover_after_restart(db, &started_at)?;
         crate::volumes::recover(db, &home)?;
+    }
+    // Issue 19: homes made before the external network existed get it at their next start.
+    if let (Some(db), true) = (&db, services.contains(&Service::Api)) {
+        db.with(|d| d.ensure_public_network(&config))?;
     }
     let timeout = Duration::from_secs(config.bus.call_timeout_secs);
     let mut subscriptions: Vec<Subscription> = Vec::new();

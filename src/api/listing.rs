@@ -288,16 +288,23 @@ pub fn add_next_link(
     end: PageEnd,
     last_id: Option<&str>,
 ) {
+    let Some(link) = next_link(dialect, url, params, end, last_id) else { return };
+    match dialect {
+        Dialect::Glance => body["next"] = link["href"].clone(),
+        _ => body[format!("{collection}_links")] = json!([link]),
+    }
+}
+
+/// The next page's link (`{"rel": "next", "href": ...}`) of a page that ends as `end`, when the
+/// dialect gives one; for bodies that name their links otherwise (nova's instance actions
+/// call them `links`).
+pub fn next_link(dialect: Dialect, url: &str, params: &Params, end: PageEnd, last_id: Option<&str>) -> Option<Value> {
     let wanted = match dialect {
         Dialect::Neutron => end.more,
         Dialect::Nova | Dialect::Glance | Dialect::Cinder => end.full,
     };
-    let Some(last) = last_id.filter(|_| wanted) else { return };
-    let href = format!("{url}?{}", next_query(params, last));
-    match dialect {
-        Dialect::Glance => body["next"] = json!(href),
-        _ => body[format!("{collection}_links")] = json!([{"rel": "next", "href": href}]),
-    }
+    let last = last_id.filter(|_| wanted)?;
+    Some(json!({"rel": "next", "href": format!("{url}?{}", next_query(params, last))}))
 }
 
 #[cfg(test)]

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
     let faults = state.faults.clone();
     Router::new()
         .nest("/identity", service(identity::router(), Family::Identity))
+        .route("/identity/", axum::routing::get(identity::versions))
         .nest("/compute", service(compute::router(), Family::Compute))
         .route("/compute/", axum::routing::get(compute::versions))
         .nest("/image", service(image::router(), Family::Image))

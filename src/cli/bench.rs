@@ -31,6 +31,8 @@ pub enum BenchCommand {
     Up(super::bench_up::UpBenchArgs),
     /// Unrelated requests' latency while clients flood the API with wrong passwords
     Logins(super::bench_logins::LoginsArgs),
+    /// Floating IP associate to first reply from outside, next to the same DNAT made by hand (root)
+    Fip(super::bench_fip::FipArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +68,7 @@ pub fn run(global: &GlobalArgs, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Guest(args) => return super::bench_guest::run(global, args),
         BenchCommand::Up(args) => return super::bench_up::run(global, args),
         BenchCommand::Logins(args) => return super::bench_logins::run(args),
+        BenchCommand::Fip(args) => return super::bench_fip::run(global, args),
     };
     if args.messages == 0 || args.calls == 0 {
         bail!("--messages and --calls must be at least 1");
@@ -255,4 +258,44 @@ impl Drop for BenchBroker {
         }
         let _ = std::fs::remove_dir_all(self.home.root());
     }
+}
+
+/// Runs the whole stack of `home` inside this process, hands its readiness to `measure`, and
+/// stops it again (waiting up to 10 s), whatever `measure` returned: the benchmarks that time a
+/// real guest (`bench guest`, `bench fip`) measure against a stack they own.
+pub(super) async fn with_stack<F, Fut>(
+    home: &Home,
+    config: &Arc<Config>,
+    secrets: &Secrets,
+    measure: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(novabox::stack::Ready) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    use novabox::stack::{self, Service};
+    let bus = novabox::bus::connect(config, home, secrets).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let stack_task = tokio::spawn(stack::run(
+        home.clone(),
+        config.clone(),
+        bus,
+        &Service::ALL,
+        false,
+        stack::Hooks {
+            phase: Arc::new(|_| {}),
+            on_ready: move |ready| {
+                let _ = ready_tx.send(ready);
+            },
+        },
+        stop_rx,
+    ));
+    let result = match ready_rx.await {
+        Ok(ready) => measure(ready).await,
+        Err(_) => Err(anyhow::anyhow!("the stack did not start")),
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), stack_task).await;
+    result
 }

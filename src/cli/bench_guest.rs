@@ -22,7 +22,6 @@ use novabox::client::Client;
 use novabox::config::Config;
 use novabox::home::Home;
 use novabox::secrets::Secrets;
-use novabox::stack::{self, Service};
 
 use super::init::{AccelArg, BusArg, DriverArg, InitArgs, NetworkModeArg};
 use super::GlobalArgs;
@@ -97,28 +96,10 @@ fn guest_in(global: &GlobalArgs, args: &GuestArgs, dir: &Path) -> anyhow::Result
 }
 
 async fn bench(home: Home, config: Arc<Config>, secrets: Secrets, args: &GuestArgs) -> anyhow::Result<ExitCode> {
-    let bus = novabox::bus::connect(&config, &home, &secrets).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let stack_task = tokio::spawn(stack::run(
-        home.clone(),
-        config.clone(),
-        bus,
-        &Service::ALL,
-        false,
-        stack::Hooks {
-            phase: Arc::new(|_| {}),
-            on_ready: move |ready| {
-                let _ = ready_tx.send(ready);
-            },
-        },
-        stop_rx,
-    ));
-    let ready = ready_rx.await.context("the stack did not start")?;
-    let result = measure(&home, &config, &secrets, args, ready.driver).await;
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), stack_task).await;
-    result
+    super::bench::with_stack(&home, &config, &secrets, |ready| async {
+        measure(&home, &config, &secrets, args, ready.driver).await
+    })
+    .await
 }
 
 async fn measure(

@@ -9,6 +9,7 @@ use novabox::client::Resource;
 
 pub mod bench;
 pub mod bench_boot;
+pub mod bench_fip;
 pub mod bench_guest;
 pub mod bench_logins;
 pub mod bench_up;
@@ -107,7 +108,7 @@ pub enum Command {
     Fault(fault::FaultArgs),
     /// The running stack's test clock (admin; `up --faults`): `clock show|advance SECONDS|reset`
     Clock(clock::ClockArgs),
-    /// Measure novabox: `bench bus`, `bench boot`, `bench guest`, `bench up`, `bench logins`
+    /// Measure novabox: `bench bus`, `bench boot`, `bench guest`, `bench up`, `bench logins`, `bench fip`
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// Enable fault injection and the test clock for this run (as `[faults] enabled = true`)
     #[arg(long)]
     pub faults: bool,
+    /// A new home is made as `novabox init --devstack` makes it (DevStack's clouds, openrc,
+    /// flavors and networks); an existing one must have been
+    #[arg(long)]
+    pub devstack: bool,
 }
 
 #[derive(Debug, Args)]
@@ -142,7 +146,17 @@ pub fn up(global: &GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{} is new: initializing it first (phase provision)", home.root().display());
         // A run on the fake driver has no use for the (slow) probe boot.
         let fake = matches!(args.driver, Some(DriverArg::Fake));
-        super::init::run(global, InitArgs::for_up(args.yes, fake))?;
+        let mut init = InitArgs::for_up(args.yes, fake);
+        init.devstack = args.devstack;
+        init.summary_on_stderr = args.json;
+        super::init::run(global, init)?;
+    } else if args.devstack && !novabox::devstack::openrc_path(&home).exists() {
+        // init decides the clouds.yaml file and names; `up` would have to guess them.
+        bail!(
+            "{} was not made with --devstack. Nothing was changed. Run `novabox init --devstack` \
+             (with the --clouds-yaml you gave init, if any), then `novabox up`.",
+            home.root().display()
+        );
     }
     let mut config = effective_config(&home, args.bus, args.driver)?;
     config.faults.enabled |= args.faults;

@@ -275,6 +275,13 @@ pub enum ServerAction {
     Resume,
     TriggerCrashDump,
     Restore,
+    // Issue 16, items 4 to 6.
+    Rebuild,
+    Resize,
+    ConfirmResize,
+    RevertResize,
+    CreateImage,
+    CreateBackup,
 }
 
 /// What an action needs and sets: nova's `@check_instance_state` and the task it starts.
@@ -321,6 +328,33 @@ impl ServerAction {
                 name: "trigger_crash_dump",
                 vm_states: &[V::Active, V::Paused, V::Rescued, V::Resized, V::Error],
                 task: None,
+            },
+            ServerAction::Rebuild => Guard {
+                name: "rebuild",
+                vm_states: &[V::Active, V::Stopped, V::Error],
+                task: Some(TaskState::Rebuilding),
+            },
+            ServerAction::Resize => {
+                Guard { name: "resize", vm_states: &[V::Active, V::Stopped], task: Some(TaskState::ResizePrep) }
+            }
+            // nova marks a confirm on the migration only; novabox takes a task state too, so a
+            // second confirm or a revert cannot start while one runs (the status stays
+            // VERIFY_RESIZE, as nova's).
+            ServerAction::ConfirmResize => {
+                Guard { name: "confirmResize", vm_states: &[V::Resized], task: Some(TaskState::ResizeConfirming) }
+            }
+            ServerAction::RevertResize => {
+                Guard { name: "revertResize", vm_states: &[V::Resized], task: Some(TaskState::ResizeReverting) }
+            }
+            ServerAction::CreateImage => Guard {
+                name: "createImage",
+                vm_states: &[V::Active, V::Stopped, V::Paused, V::Suspended],
+                task: Some(TaskState::ImageSnapshot),
+            },
+            ServerAction::CreateBackup => Guard {
+                name: "createBackup",
+                vm_states: &[V::Active, V::Stopped, V::Paused, V::Suspended],
+                task: Some(TaskState::ImageBackup),
             },
         }
     }
@@ -401,6 +435,14 @@ mod tests {
             (ServerAction::Suspend, "suspend", &[VmState::Active][..], Some(TaskState::Suspending)),
             (ServerAction::Resume, "resume", &[VmState::Suspended][..], Some(TaskState::Resuming)),
             (ServerAction::Restore, "restore", &[VmState::SoftDeleted][..], Some(TaskState::Restoring)),
+            (
+                ServerAction::Rebuild,
+                "rebuild",
+                &[VmState::Active, VmState::Stopped, VmState::Error][..],
+                Some(TaskState::Rebuilding),
+            ),
+            (ServerAction::Resize, "resize", &[VmState::Active, VmState::Stopped][..], Some(TaskState::ResizePrep)),
+            (ServerAction::RevertResize, "revertResize", &[VmState::Resized][..], Some(TaskState::ResizeReverting)),
         ];
         for (action, name, states, task) in rows {
             let g = action.guard();

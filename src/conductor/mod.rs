@@ -13,7 +13,9 @@ use crate::db::services::NodeReport;
 use crate::db::{DbError, SharedDb};
 use crate::rpcapi::{ConductorRequest, NotificationMessage, RequestedNetworks, RpcRequest};
 
+mod lifecycle;
 pub(crate) mod network;
+pub(crate) mod routers;
 mod volumes;
 
 pub use network::{addresses, release_network};
@@ -262,6 +264,10 @@ impl Handler for Conductor {
             R::NetworkInfo { uuid } => self.network_info(&uuid),
             R::SecurityGroupFilters { host } => self.security_group_filters(&host),
             R::PortDevices {} => self.port_devices(),
+            R::RouterState { host } => {
+                let routers = self.db.with(|db| routers::host_routers(db, &self.config, &host)).map_err(db_error)?;
+                Ok(serde_json::to_value(routers).unwrap_or(Value::Null))
+            }
             R::ImageMeta { image_id, project_id } => {
                 self.image_meta(&image_id, project_id.as_deref().unwrap_or_default())
             }
@@ -273,6 +279,7 @@ impl Handler for Conductor {
                     volume_id: &volume_id,
                     instance_uuid: &instance_uuid,
                     error: error.as_deref(),
+                    request_id: &ctx.request_id,
                 })
             }
             R::VolumeDetachDone { volume_id, instance_uuid, error } => {
@@ -280,9 +287,24 @@ impl Handler for Conductor {
                     volume_id: &volume_id,
                     instance_uuid: &instance_uuid,
                     error: error.as_deref(),
+                    request_id: &ctx.request_id,
                 })
             }
             R::VolumesInFlight { host } => self.volumes_in_flight(&host),
+            R::ActionEventStart { uuid, event, host, start_time } => {
+                self.db
+                    .with(|db| db.start_action_event(&uuid, &ctx.request_id, &event, Some(&host), &start_time))
+                    .map_err(db_error)?;
+                Ok(Value::Null)
+            }
+            R::MigrationStatus { instance_uuid, status } => self.migration_status(&instance_uuid, &status),
+            R::ActionStart { uuid, action } => self.action_start(&ctx, &uuid, &action),
+            R::ImageUpload { image_id, file, disk_format, rotation } => {
+                self.image_upload(&image_id, &file, &disk_format, rotation.as_ref())
+            }
+            R::ImageDiscard { image_id } => self.image_discard(&image_id),
+            R::LatestMigration { instance_uuid } => self.latest_migration(&instance_uuid),
+            R::DiscardSnapshots { instance_uuid } => self.discard_snapshots(&instance_uuid),
         }
     }
 }

@@ -29,13 +29,18 @@ fn port_quota(db: &Db, project_id: &str) -> Result<(), RemoteError> {
     }
 }
 
-fn vif(db: &Db, p: &Port) -> Result<Vif, DbError> {
+pub(crate) fn vif(db: &Db, p: &Port) -> Result<Vif, DbError> {
     let network = db.network_by_id(&p.network_id)?;
     let subnet = match p.fixed_ips.first() {
         Some(f) => db.subnet_by_id(&f.subnet_id)?,
         None => None,
     };
-    Ok(Vif::of_port(p, network.as_ref(), subnet.as_ref()))
+    let mut vif = Vif::of_port(p, network.as_ref(), subnet.as_ref());
+    // Issue 19: when a router holds the subnet's gateway, the host keeps the DHCP port's address.
+    if let Some(s) = &subnet {
+        vif.host_address = db.host_address(s)?.map(|a| a.to_string());
+    }
+    Ok(vif)
 }
 
 fn vifs_of(db: &Db, ports: &[Port]) -> Result<Vec<Vif>, RemoteError> {
@@ -97,6 +102,20 @@ pub fn allocate(
                         db.bind_port(port_id, uuid, "compute:nova", host).map_err(remote)?
                     }
                     (None, Some(net)) => {
+                        // Issue 19: the external network is every project's to see, not to
+                        // plug a server into (neutron refuses the port nova would make).
+                        let n = db.network_by_id(net).map_err(remote)?;
+                        if n.as_ref().is_some_and(|n| {
+                            n.external
+                                && !n.shared
+                                && !caller.is_admin
+                                && caller.project_id.as_deref() != Some(&n.project_id)
+                        }) {
+                            return Err(RemoteError::new(
+                                RemoteErrorKind::PolicyNotAuthorized,
+                                "(rule:create_port) is disallowed by policy",
+                            ));
+                        }
                         let mut p = new_port(net.clone());
                         if let Some(ip) = &r.fixed_ip {
                             let owner =
@@ -144,7 +163,10 @@ pub fn release_network(db: &Db, uuid: &str) -> Result<(), DbError> {
 /// nova's `addresses`: network name -> list of fixed IPs with their MAC.
 pub fn addresses(db: &Db, uuid: &str) -> Result<Value, DbError> {
     let mut out = Map::new();
-    for p in db.instance_ports(uuid)? {
+    let ports = db.instance_ports(uuid)?;
+    let port_ids: Vec<String> = ports.iter().map(|p| p.id.clone()).collect();
+    let floating = db.floating_ips_of_ports(&port_ids)?;
+    for p in ports {
         let entry = out.entry(p.network_name.clone()).or_insert_with(|| json!([]));
         if let Some(list) = entry.as_array_mut() {
             for f in &p.fixed_ips {
@@ -152,6 +174,15 @@ pub fn addresses(db: &Db, uuid: &str) -> Result<Value, DbError> {
                     "version": 4,
                     "addr": f.ip_address.to_string(),
                     "OS-EXT-IPS:type": "fixed",
+                    "OS-EXT-IPS-MAC:mac_addr": p.mac_address,
+                }));
+            }
+            // Issue 19: a floating IP follows the fixed IP it maps to, as nova lists it.
+            for f in floating.iter().filter(|f| f.port_id.as_deref() == Some(p.id.as_str())) {
+                list.push(json!({
+                    "version": 4,
+                    "addr": f.floating_ip_address.to_string(),
+                    "OS-EXT-IPS:type": "floating",
                     "OS-EXT-IPS-MAC:mac_addr": p.mac_address,
                 }));
             }

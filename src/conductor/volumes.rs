@@ -39,6 +39,8 @@ pub(super) struct VolumeOutcome<'a> {
     pub instance_uuid: &'a str,
     /// `None` when it went through.
     pub error: Option<&'a str>,
+    /// The request that asked for it: its `attach_volume` or `detach_volume` action ends here.
+    pub request_id: &'a str,
 }
 
 impl Conductor {
@@ -139,7 +141,7 @@ impl Conductor {
                     }
                     Some(why) => tracing::info!(volume = %a.volume_id, "late attach failure ignored: {why}"),
                 }
-                Ok(())
+                db.finish_instance_action(a.request_id, a.instance_uuid, a.error)
             })
             .map_err(db_error)?;
         Ok(Value::Null)
@@ -153,13 +155,14 @@ impl Conductor {
                 match a.error {
                     None => {
                         let detaching = Some(VolumeStatus::Detaching);
-                        db.release_volume_attachment_from(a.volume_id, a.instance_uuid, detaching).map(|_| ())
+                        db.release_volume_attachment_from(a.volume_id, a.instance_uuid, detaching).map(|_| ())?
                     }
                     Some(why) => {
                         db.set_volume_status(a.volume_id, &[VolumeStatus::Detaching], VolumeStatus::InUse)?;
-                        db.add_instance_fault(a.instance_uuid, 500, &format!("Volume detach failed: {why}"), "", None)
+                        db.add_instance_fault(a.instance_uuid, 500, &format!("Volume detach failed: {why}"), "", None)?
                     }
                 }
+                db.finish_instance_action(a.request_id, a.instance_uuid, a.error)
             })
             .map_err(db_error)?;
         Ok(Value::Null)

@@ -534,6 +534,40 @@ impl Db {
         Ok(())
     }
 
+    /// Renames a role; keystone's 409 when another role has the name.
+    pub fn rename_role(&self, id: &str, name: &str) -> Result<Role> {
+        if self.role_by_name(name)?.is_some_and(|r| r.id != id) {
+            return Err(DbError::Conflict(format!(
+                "Conflict occurred attempting to store role - Duplicate entry found with name {name}."
+            )));
+        }
+        if self.conn().execute("UPDATE roles SET name = ?2 WHERE id = ?1", params![id, name])? == 0 {
+            return Err(DbError::NotFound(format!("Could not find role: {id}.")));
+        }
+        Ok(Role { id: id.into(), name: name.into() })
+    }
+
+    /// Whether `prior` implies `implied` directly.
+    pub fn implies(&self, prior_role_id: &str, implied_role_id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM implied_roles WHERE prior_role_id = ?1 AND implied_role_id = ?2",
+                params![prior_role_id, implied_role_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Forgets that `prior` implies `implied`; false when it did not.
+    pub fn delete_implied_role(&self, prior_role_id: &str, implied_role_id: &str) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM implied_roles WHERE prior_role_id = ?1 AND implied_role_id = ?2",
+            params![prior_role_id, implied_role_id],
+        )? > 0)
+    }
+
     /// Every (prior, implied) pair.
     pub fn implied_roles(&self) -> Result<Vec<(Role, Role)>> {
         let mut stmt = self.conn().prepare(

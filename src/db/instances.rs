@@ -52,6 +52,9 @@ pub struct Instance {
     /// The reason given to `lock` (2.73).
     #[serde(default)]
     pub locked_reason: Option<String>,
+    /// The `r-` id shared by the servers of one create request (multiple create).
+    #[serde(default)]
+    pub reservation_id: Option<String>,
 }
 
 /// The flavor as it was at boot; flavors may change or be deleted afterwards.
@@ -92,6 +95,8 @@ pub struct NewInstance {
     pub metadata: BTreeMap<String, String>,
     pub security_group_ids: Vec<String>,
     pub block_devices: Vec<NewBlockDevice>,
+    /// Tags given at create (2.52).
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +144,9 @@ pub struct InstanceUpdate {
     pub locked_by: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
     pub locked_reason: Option<Option<String>>,
+    /// A resize's new (or, reverted, old) flavor, with the columns usage sums read (issue 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<Box<FlavorSnapshot>>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_task_state: Option<Vec<Option<TaskState>>>,
@@ -189,10 +197,23 @@ pub struct InstanceFilter {
     /// must match.
     pub ip: Option<String>,
     pub ip6: Option<String>,
-    /// No instance can match (a filter on something no novabox instance has, such as tags).
-    pub nothing: bool,
+    /// The tag filters (2.26).
+    pub tags: TagFilter,
     /// Order, limit and marker (a uuid); no sort keys is nova's default order, newest first.
     pub page: crate::db::listing::ListSpec<InstanceSortKey>,
+}
+
+/// nova's tag filters: each list is what one query parameter named, split at commas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagFilter {
+    /// `tags`: the instance has every one of these.
+    pub all: Option<Vec<String>>,
+    /// `tags-any`: at least one.
+    pub any: Option<Vec<String>>,
+    /// `not-tags`: not every one of these (it may have some).
+    pub not_all: Option<Vec<String>>,
+    /// `not-tags-any`: none of these.
+    pub not_any: Option<Vec<String>>,
 }
 
 /// Columns an instance list can require to equal a value; the text of each is fixed here.
@@ -268,7 +289,7 @@ impl InstanceText {
             InstanceText::PowerState => "power_state",
             InstanceText::Progress => "progress",
             // What the server view shows for these.
-            InstanceText::ReservationId => "('r-' || substr(uuid, 1, 8))",
+            InstanceText::ReservationId => "coalesce(reservation_id, 'r-' || substr(uuid, 1, 8))",
             InstanceText::LaunchIndex => "'0'",
             InstanceText::RootDeviceName => "'/dev/vda'",
             InstanceText::AutoDiskConfig => "'0'",
@@ -388,7 +409,8 @@ impl crate::db::listing::SortColumn for InstanceSortKey {
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
     availability_zone, vm_state, task_state, power_state, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
-    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward, locked_by, locked_reason";
+    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward, locked_by, locked_reason,
+    reservation_id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
     let flavor: String = r.get(12)?;
@@ -428,6 +450,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         ssh_forward: r.get(31)?,
         locked_by: r.get(32)?,
         locked_reason: r.get(33)?,
+        reservation_id: r.get(34)?,
     })
 }
 
@@ -481,6 +504,9 @@ impl Db {
                 params![n.uuid, k, v],
             )?;
         }
+        for t in &n.tags {
+            tx.execute("INSERT OR IGNORE INTO instance_tags (instance_uuid, tag) VALUES (?1, ?2)", params![n.uuid, t])?;
+        }
         for sg in &n.security_group_ids {
             tx.execute(
                 "INSERT OR IGNORE INTO instance_security_groups (instance_uuid, security_group_id) VALUES (?1, ?2)",
@@ -506,8 +532,8 @@ impl Db {
             )?;
         }
         tx.execute(
-            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
-             VALUES ('create', ?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time, updated_at)
+             VALUES ('create', ?1, ?2, ?3, ?4, ?5, ?5)",
             params![n.uuid, n.request_id, n.user_id, n.project_id, ts],
         )?;
         tx.commit()?;
@@ -546,8 +572,34 @@ impl Db {
             args.push(v.to_string().into());
             format!("?{}", args.len())
         }
-        if f.nothing {
-            sql.push_str(" AND 0");
+        // Tags as nova's query builds them: "has all" is one EXISTS per tag, "has any" one
+        // EXISTS with IN; the `not-` forms negate them.
+        let has = |args: &mut Vec<rusqlite::types::Value>, tags: &[String]| {
+            let list: Vec<String> = tags.iter().map(|t| bind(args, t)).collect();
+            format!(
+                "EXISTS (SELECT 1 FROM instance_tags t WHERE t.instance_uuid = instances.uuid AND t.tag IN ({}))",
+                list.join(", ")
+            )
+        };
+        let has_all = |args: &mut Vec<rusqlite::types::Value>, tags: &[String]| {
+            let each: Vec<String> = tags.iter().map(|t| has(args, std::slice::from_ref(t))).collect();
+            format!("({})", each.join(" AND "))
+        };
+        if let Some(tags) = f.tags.all.as_deref().filter(|t| !t.is_empty()) {
+            let cond = has_all(&mut args, tags);
+            sql.push_str(&format!(" AND {cond}"));
+        }
+        if let Some(tags) = f.tags.any.as_deref().filter(|t| !t.is_empty()) {
+            let cond = has(&mut args, tags);
+            sql.push_str(&format!(" AND {cond}"));
+        }
+        if let Some(tags) = f.tags.not_all.as_deref().filter(|t| !t.is_empty()) {
+            let cond = has_all(&mut args, tags);
+            sql.push_str(&format!(" AND NOT {cond}"));
+        }
+        if let Some(tags) = f.tags.not_any.as_deref().filter(|t| !t.is_empty()) {
+            let cond = has(&mut args, tags);
+            sql.push_str(&format!(" AND NOT {cond}"));
         }
         if f.only_deleted {
             sql.push_str(" AND deleted != 0");
@@ -681,6 +733,13 @@ impl Db {
         if let Some(r) = &u.locked_reason {
             set("locked_reason", r.clone().map_or(rusqlite::types::Value::Null, Into::into));
         }
+        if let Some(f) = &u.flavor {
+            set("flavor", serde_json::to_string(f).unwrap_or_default().into());
+            set("memory_mb", f.memory_mb.into());
+            set("vcpus", f.vcpus.into());
+            set("root_gb", f.root_gb.into());
+            set("ephemeral_gb", f.ephemeral_gb.into());
+        }
         args.push(uuid.to_string().into());
         let sql = format!("UPDATE instances SET {} WHERE uuid = ?{} AND deleted = 0", sets.join(", "), args.len());
         tx.execute(&sql, rusqlite::params_from_iter(args))?;
@@ -743,9 +802,15 @@ impl Db {
                 params![uuid, message, ts],
             )?;
             tx.execute(
-                "UPDATE instance_actions SET finish_time = ?2, message = ?3
-                 WHERE instance_uuid = ?1 AND finish_time IS NULL",
+                "UPDATE instance_action_events SET finish_time = ?2, result = 'Error', traceback = ?3, details = ?3
+                 WHERE finish_time IS NULL AND action_id IN
+                     (SELECT id FROM instance_actions WHERE instance_uuid = ?1 AND finish_time IS NULL)",
                 params![uuid, ts, message],
+            )?;
+            tx.execute(
+                "UPDATE instance_actions SET finish_time = ?2, updated_at = ?2, message = 'Error'
+                 WHERE instance_uuid = ?1 AND finish_time IS NULL",
+                params![uuid, ts],
             )?;
         }
         tx.commit()?;
@@ -799,20 +864,27 @@ impl Db {
         project_id: &str,
     ) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id, start_time, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             params![action, uuid, request_id, user_id, project_id, now()],
         )?;
         Ok(())
     }
 
-    /// Closes the action a request started, with a message when it failed.
-    pub fn finish_instance_action(&self, request_id: &str, uuid: &str, message: Option<&str>) -> Result<()> {
+    /// Closes the action a request started and the events still running in it; `failure` is
+    /// what went wrong, kept in the events (nova's traceback and details) while the action's
+    /// message says "Error", as nova's.
+    pub fn finish_instance_action(&self, request_id: &str, uuid: &str, failure: Option<&str>) -> Result<()> {
+        use super::instance_actions::EventResult;
+        let tx = self.begin()?;
+        self.finish_action_events(uuid, request_id, failure.map_or(EventResult::Success, EventResult::Error))?;
+        let ts = now();
         self.conn().execute(
-            "UPDATE instance_actions SET finish_time = ?3, message = ?4
+            "UPDATE instance_actions SET finish_time = ?3, updated_at = ?3, message = coalesce(?4, message)
              WHERE request_id = ?1 AND instance_uuid = ?2 AND finish_time IS NULL",
-            params![request_id, uuid, now(), message],
+            params![request_id, uuid, ts, failure.map(|_| "Error")],
         )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{Migrations, M};
 
+pub mod aggregates;
 pub mod appcreds;
 mod conn;
 pub mod console_tokens;
@@ -14,13 +15,16 @@ pub(crate) use conn::Conn;
 pub mod flavors;
 pub mod identity;
 pub mod images;
+pub mod instance_actions;
 pub mod instances;
 pub mod keypairs;
+pub mod lifecycle;
 pub mod listing;
 pub mod network;
 pub mod notifications;
 pub mod quotas;
 pub mod server_groups;
+pub mod server_meta;
 pub mod services;
 pub mod tokens;
 pub mod trace;
@@ -46,8 +50,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_boot_path_indexes.sql"),
     include_str!("migrations/0015_server_groups.sql"),
     include_str!("migrations/0016_instance_lock.sql"),
+    include_str!("migrations/0017_routers_floating_ips.sql"),
     include_str!("migrations/0018_provider_networks.sql"),
     include_str!("migrations/0022_console_auth_tokens.sql"),
+    include_str!("migrations/0020_server_meta.sql"),
+    include_str!("migrations/0021_resizes_and_rebuilds.sql"),
+    include_str!("migrations/0023_aggregates.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -145,6 +145,8 @@ impl Db {
             ("port", "ports"),
             ("security_group", "security_groups"),
             ("security_group_rule", "security_group_rules"),
+            ("router", "routers"),
+            ("floatingip", "floatingips"),
         ] {
             used.insert(resource.to_string(), count(table)?);
         }

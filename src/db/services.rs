@@ -149,6 +149,13 @@ impl Db {
         Ok(())
     }
 
+    /// The uuids of the live instances placed on `host`, oldest first (nova's `with_servers`).
+    pub fn host_instance_uuids(&self, host: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn().prepare("SELECT uuid FROM instances WHERE host = ?1 AND deleted = 0 ORDER BY id")?;
+        let rows = stmt.query_map([host], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn compute_nodes(&self) -> Result<Vec<ComputeNode>> {
         let mut stmt = self.conn().prepare(
             "SELECT id, uuid, host, hypervisor_hostname, hypervisor_type, hypervisor_version, accel, host_ip, vcpus,

@@ -36,6 +36,13 @@ pub const STEPS: &[Step] = &[
     step("compute", "detach_volume", true),
     step("compute", "get_console_output", true),
     step("compute", "refresh_security_groups", false),
+    step("compute", "refresh_routers", false),
+    // Issue 16's long actions.
+    step("compute", "rebuild_instance", true),
+    step("compute", "resize_instance", true),
+    step("compute", "confirm_resize", true),
+    step("compute", "revert_resize", true),
+    step("compute", "snapshot_instance", true),
     // ...and the steps of a build, each after its task_state is recorded, so a delay holds
     // the server in that task_state.
     step("compute", "networking", true),
@@ -54,12 +61,20 @@ pub const STEPS: &[Step] = &[
     step("conductor", "network_info", true),
     step("conductor", "security_group_filters", false),
     step("conductor", "port_devices", false),
+    step("conductor", "router_state", false),
     step("conductor", "image_meta", false),
     step("conductor", "instance_volumes", true),
     step("conductor", "prepare_block_devices", true),
     step("conductor", "volume_attach_done", true),
     step("conductor", "volume_detach_done", true),
     step("conductor", "volumes_in_flight", false),
+    // Issue 16: resizes and snapshots.
+    step("conductor", "migration_status", true),
+    step("conductor", "action_start", true),
+    step("conductor", "image_upload", false),
+    step("conductor", "image_discard", false),
+    step("conductor", "latest_migration", true),
+    step("conductor", "discard_snapshots", true),
 ];
 
 pub const SERVICES: &[&str] = &["scheduler", "compute", "conductor"];

@@ -55,6 +55,55 @@ pub enum NetworkError {
     /// Every VLAN id of the physical network is taken.
     #[error("Unable to create the network. No tenant network is available for allocation.")]
     NoNetworkAvailable,
+    // Issue 19: routers and floating IPs (neutron-lib's l3 exceptions).
+    #[error("Router {0} could not be found")]
+    RouterNotFound(String),
+    #[error("Router {0} still has ports")]
+    RouterInUse(String),
+    #[error("Router {router_id} does not have an interface with id {port_id}")]
+    RouterInterfaceNotFound { router_id: String, port_id: String },
+    #[error("Router {router_id} has no interface on subnet {subnet_id}")]
+    RouterInterfaceNotFoundForSubnet { router_id: String, subnet_id: String },
+    #[error("Floating IP {0} could not be found")]
+    FloatingIpNotFound(String),
+    #[error(
+        "External network {external_network_id} is not reachable from subnet {subnet_id}.  Therefore, cannot \
+         associate Port {port_id} with a Floating IP."
+    )]
+    ExternalGatewayForFloatingIpNotFound { external_network_id: String, subnet_id: String, port_id: String },
+    #[error(
+        "Cannot associate floating IP {floating_ip_address} ({fip_id}) with port {port_id} using fixed IP \
+         {fixed_ip}, as that fixed IP already has a floating IP on external network {net_id}."
+    )]
+    FloatingIpPortAlreadyAssociated {
+        floating_ip_address: Ipv4Addr,
+        fip_id: String,
+        port_id: String,
+        fixed_ip: Ipv4Addr,
+        net_id: String,
+    },
+    #[error(
+        "Gateway cannot be updated for router {router_id}, since a gateway to external network {net_id} is \
+         required by one or more floating IPs."
+    )]
+    RouterExternalGatewayInUseByFloatingIp { router_id: String, net_id: String },
+    #[error(
+        "Router interface for subnet {subnet_id} on router {router_id} cannot be deleted, as it is required by \
+         one or more floating IPs."
+    )]
+    RouterInterfaceInUseByFloatingIp { router_id: String, subnet_id: String },
+    #[error(
+        "Router interface for subnet {subnet_id} on router {router_id} cannot be deleted, as it is required by \
+         one or more routes."
+    )]
+    RouterInterfaceInUseByRoute { router_id: String, subnet_id: String },
+    #[error("Unable to complete operation on port {port_id} for network {network_id}. Port already has an attached device {device_id}.")]
+    PortInUse { network_id: String, port_id: String, device_id: String },
+    #[error("Port {port_id} cannot be deleted directly via the port API: {reason}.")]
+    ServicePortInUse { port_id: String, reason: String },
+    /// neutron's generic `BadRequest`, worded per resource.
+    #[error("Bad {resource} request: {msg}.")]
+    BadRequest { resource: &'static str, msg: String },
 }
 
 /// neutron's `OverQuota` text, which a boot's fault repeats when its port is over quota.

@@ -6,6 +6,7 @@
 //! - [`ports`]: what a new port gets, planned before the database writes it;
 //! - [`vif`]: what a guest gets of a port, and the tap and bridge names;
 //! - [`provider`]: flat and VLAN provider networks on the host's physical networks;
+//! - [`routers`]: routers and floating IPs (neutron's L3), and what a host plumbs of them;
 //! - [`secgroups`]: security groups resolved into each port's allow rules;
 //! - [`error`]: what neutron refuses, in its words.
 //!
@@ -17,6 +18,7 @@ pub mod ipv6;
 pub mod model;
 pub mod ports;
 pub mod provider;
+pub mod routers;
 pub mod secgroups;
 pub mod vif;
 

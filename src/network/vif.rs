@@ -31,6 +31,10 @@ pub struct Vif {
     /// compute host connects to the bridge through its own `[network] physical_networks`.
     #[serde(default)]
     pub provider: Option<super::provider::Provider>,
+    /// The address the host keeps on the bridge when a router holds the subnet's gateway
+    /// (the network's DHCP port's); `None`: the host holds the gateway itself.
+    #[serde(default)]
+    pub host_address: Option<String>,
 }
 
 impl Vif {
@@ -49,6 +53,7 @@ impl Vif {
             gateway: subnet.and_then(|s| s.gateway_ip).map(|g| g.to_string()),
             tap: Some(tap_name(&port.id)),
             provider: network.and_then(|n| n.provider.clone()),
+            host_address: None,
         }
     }
 }

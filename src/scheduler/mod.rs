@@ -76,6 +76,7 @@ impl Scheduler {
         let down_after = self.config.compute.service_down_secs;
         self.db.with(|db| {
             let services = db.services()?;
+            let zones = crate::db::aggregates::Zones::load(db, &self.config.host.availability_zone)?;
             let mut states = Vec::new();
             for node in db.compute_nodes()? {
                 let Some(svc) = services.iter().find(|s| s.host == node.host && s.binary == crate::compute::BINARY)
@@ -89,7 +90,7 @@ impl Scheduler {
                     node: r.hypervisor_hostname.clone(),
                     enabled: !svc.disabled,
                     up: is_up(svc, down_after),
-                    availability_zone: self.config.host.availability_zone.clone(),
+                    availability_zone: zones.of(&node.host).to_string(),
                     hypervisor_type: r.hypervisor_type.clone(),
                     vcpus: r.vcpus,
                     memory_mb: r.memory_mb,
@@ -123,7 +124,6 @@ impl Scheduler {
 
     /// Chooses a host and records it on the instance. Err is the "no valid host" reason.
     async fn place(&self, instance: &Instance, spec: &RequestSpec) -> Result<Result<Instance, String>, RemoteError> {
-        let _one_at_a_time = self.placing.lock().await;
         let hosts = self.host_states().map_err(|e| RemoteError::new(RemoteErrorKind::DbError, e.to_string()))?;
         let hint = |key: &str| spec.scheduler_hints.get(key).and_then(Value::as_str);
         // Membership was written with the instance (the `group` hint), so the database, not
@@ -153,7 +153,19 @@ impl Scheduler {
             expected_task_state: Some(vec![Some(TaskState::Scheduling)]),
             ..Default::default()
         };
-        match self.db.with(|db| db.update_instance(&instance.uuid, &update)) {
+        // The instance is in its host's zone, whatever it asked for (nova's conductor sets it).
+        let zone = chosen.availability_zone.clone();
+        let placed = self.db.tx(|db| -> crate::db::Result<_> {
+            let placed = db.update_instance(&instance.uuid, &update)?;
+            if placed.is_ok() {
+                db.set_instance_availability_zone(&instance.uuid, &zone)?;
+            }
+            Ok(placed.map(|mut i| {
+                i.availability_zone = Some(zone.clone());
+                i
+            }))
+        });
+        match placed {
             Ok(Ok(i)) => Ok(Ok(i)),
             Ok(Err(UpdateError::NotFound)) => {
                 Err(RemoteError::new(RemoteErrorKind::InstanceNotFound, "deleted while scheduling"))
@@ -166,58 +178,100 @@ impl Scheduler {
         }
     }
 
-    /// Places each instance, or puts it into ERROR with a fault: whatever goes wrong here
-    /// (no host fits, the scheduler's own database errors), no instance stays in BUILD.
+    /// Places every instance of the request, then casts each build. As nova's scheduler, a
+    /// request is placed whole or not at all: when one instance finds no host (a full cloud,
+    /// an anti-affinity group with fewer hosts than members), every instance of the request
+    /// goes to ERROR with NoValidHost and none is built. Whatever else goes wrong here (the
+    /// scheduler's own database errors), no instance stays in BUILD.
     async fn build_instances(&self, ctx: &Context, uuids: &[String], spec: &RequestSpec) -> Result<Value, RemoteError> {
-        for uuid in uuids {
-            let instance = match self.db.with(|db| db.instance_by_uuid(uuid, false)) {
-                Ok(Some(i)) => i,
-                Ok(None) => {
-                    tracing::info!(instance = %uuid, "deleted before it was scheduled");
-                    continue;
-                }
-                Err(e) => {
-                    self.fail(ctx, uuid, NO_VALID_HOST, &format!("the instance could not be read: {e}")).await;
-                    continue;
-                }
-            };
-            let selecting = tracing::info_span!("select_host", instance = %uuid);
-            let placed = async {
-                match self.fault_at(ctx, &instance).await {
-                    None => Ok(self.place(&instance, spec).await),
-                    Some(injected) => Err(injected),
-                }
-            }
-            .instrument(selecting)
-            .await;
-            let placed = match placed {
-                Ok(placed) => placed,
-                // An injected fault's message is the whole fault (nova's exception text).
-                Err(crate::faults::Injected::Error(message)) => {
-                    self.fail(ctx, uuid, &message, "injected by a novabox fault rule").await;
-                    continue;
-                }
-                // A lost request: the instance stays `scheduling`, as when the cast never arrives.
-                Err(crate::faults::Injected::Drop | crate::faults::Injected::Kill) => continue,
-            };
-            match placed {
-                Ok(Ok(placed)) => {
-                    let host = placed.host.clone().unwrap_or_default();
-                    if let Err(e) = self.compute.build_and_run_instance(ctx, &host, &placed, spec).await {
-                        let msg = "Build of instance aborted: the build request could not reach its compute host.";
-                        self.fail(ctx, uuid, msg, &format!("compute host {host}: {e}")).await;
+        let mut placed_all: Vec<Instance> = Vec::new();
+        let mut no_host: Option<String> = None;
+        {
+            // One request at a time: what the first instances take counts for the next.
+            let _one_at_a_time = self.placing.lock().await;
+            for uuid in uuids {
+                let instance = match self.db.with(|db| db.instance_by_uuid(uuid, false)) {
+                    Ok(Some(i)) => i,
+                    Ok(None) => {
+                        tracing::info!(instance = %uuid, "deleted before it was scheduled");
+                        continue;
+                    }
+                    Err(e) => {
+                        self.fail(ctx, uuid, NO_VALID_HOST, &format!("the instance could not be read: {e}")).await;
+                        continue;
+                    }
+                };
+                let selecting = tracing::info_span!("select_host", instance = %uuid);
+                let placed = async {
+                    match self.fault_at(ctx, &instance).await {
+                        None => Ok(self.place(&instance, spec).await),
+                        Some(injected) => Err(injected),
                     }
                 }
-                // The reasons name hosts: they go to the fault's details, which only admins see.
-                Ok(Err(why)) => self.fail(ctx, uuid, NO_VALID_HOST, &why).await,
-                // Deleted, or its task state moved on (a delete), while it was being placed:
-                // the delete owns it now.
-                Err(e)
-                    if matches!(e.kind, RemoteErrorKind::InstanceNotFound | RemoteErrorKind::UnexpectedTaskState) =>
-                {
-                    tracing::info!(instance = %uuid, error = %e, "not scheduled")
+                .instrument(selecting)
+                .await;
+                let placed = match placed {
+                    Ok(placed) => placed,
+                    // An injected fault's message is the whole fault (nova's exception text).
+                    Err(crate::faults::Injected::Error(message)) => {
+                        self.fail(ctx, uuid, &message, "injected by a novabox fault rule").await;
+                        continue;
+                    }
+                    // A lost request: the instance stays `scheduling`, as when the cast never arrives.
+                    Err(crate::faults::Injected::Drop | crate::faults::Injected::Kill) => continue,
+                };
+                match placed {
+                    Ok(Ok(placed)) => placed_all.push(placed),
+                    // The reasons name hosts: they go to the fault's details, which only admins see.
+                    Ok(Err(why)) => {
+                        no_host = Some(why);
+                        break;
+                    }
+                    // Deleted, or its task state moved on (a delete), while it was being placed:
+                    // the delete owns it now.
+                    Err(e)
+                        if matches!(
+                            e.kind,
+                            RemoteErrorKind::InstanceNotFound | RemoteErrorKind::UnexpectedTaskState
+                        ) =>
+                    {
+                        tracing::info!(instance = %uuid, error = %e, "not scheduled")
+                    }
+                    Err(e) => self.fail(ctx, uuid, NO_VALID_HOST, &e.to_string()).await,
                 }
-                Err(e) => self.fail(ctx, uuid, NO_VALID_HOST, &e.to_string()).await,
+            }
+            if let Some(why) = &no_host {
+                // Give back what the placed ones took before anything else is placed.
+                for i in &placed_all {
+                    if let Err(e) = self.db.with(|db| db.unschedule_instance(&i.uuid)) {
+                        tracing::error!(instance = %i.uuid, error = %e, "could not give back its host");
+                    }
+                }
+                tracing::info!(count = uuids.len(), reason = %why, "the request cannot be placed whole");
+            }
+        }
+        if let Some(why) = no_host {
+            let details = if uuids.len() > 1 {
+                format!("{why} (the request's {} instances are placed all or none)", uuids.len())
+            } else {
+                why
+            };
+            for uuid in uuids {
+                let pending = matches!(
+                    self.db.with(|db| db.instance_by_uuid(uuid, false)),
+                    Ok(Some(i)) if i.vm_state == VmState::Building
+                );
+                if pending {
+                    self.fail(ctx, uuid, NO_VALID_HOST, &details).await;
+                }
+            }
+            return Ok(Value::Null);
+        }
+        for placed in placed_all {
+            let host = placed.host.clone().unwrap_or_default();
+            if let Err(e) = self.compute.build_and_run_instance(ctx, &host, &placed, spec).await {
+                let msg = "Build of instance aborted: the build request could not reach its compute host.";
+                self.fail(ctx, &placed.uuid, msg, &format!("compute host {host}: {e}")).await;
             }
         }
         Ok(Value::Null)
@@ -230,6 +284,9 @@ impl Scheduler {
         let update = InstanceUpdate { vm_state: Some(VmState::Error), task_state: Some(None), ..Default::default() };
         let result = self.db.tx(|db| -> Result<Option<Instance>, crate::db::DbError> {
             db.add_instance_fault(uuid, 500, message, details, None)?;
+            // nova's conductor reports its failed step as an event of the create action.
+            let host = Some(self.config.host.name.as_str());
+            db.start_action_event(uuid, &ctx.request_id, "conductor_schedule_and_build_instances", host, &now())?;
             db.finish_instance_action(&ctx.request_id, uuid, Some(message))?;
             Ok(db.update_instance(uuid, &update)?.ok())
         });

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-async fn raw(
+pub(crate) async fn raw(
     stack: &Stack,
     token: Option<&str>,
     method: Method,
@@ -35,7 +35,7 @@ async fn raw(
     (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-async fn token(stack: &Stack, user: &str) -> String {
+pub(crate) async fn token(stack: &Stack, user: &str) -> String {
     let body = json!({"auth": {
         "identity": {"methods": ["password"], "password": {"user": {"name": user, "domain": {"id": "default"}, "password": stack.password(user)}}},
         "scope": {"project": {"name": user, "domain": {"id": "default"}}},
@@ -46,7 +46,7 @@ async fn token(stack: &Stack, user: &str) -> String {
     resp.headers()["x-subject-token"].to_str().unwrap().to_string()
 }
 
-async fn first_image(stack: &Stack, tok: &str) -> String {
+pub(crate) async fn first_image(stack: &Stack, tok: &str) -> String {
     let (status, _, v) = raw(stack, Some(tok), Method::GET, "/image/v2/images", None, &[]).await;
     assert_eq!(status, 200);
     if let Some(id) = v["images"].as_array().and_then(|l| l.first()).and_then(|i| i["id"].as_str()) {
@@ -76,7 +76,7 @@ async fn first_image(stack: &Stack, tok: &str) -> String {
     id
 }
 
-fn server_body(image: &str, flavor: &str, name: &str) -> String {
+pub(crate) fn server_body(image: &str, flavor: &str, name: &str) -> String {
     json!({"server": {"name": name, "imageRef": image, "flavorRef": flavor, "networks": "none"}}).to_string()
 }
 

@@ -104,10 +104,14 @@ struct Up {
 
 impl Up {
     fn start(ns: &Netns, home: &TestHome) -> Up {
+        Up::start_cmd(ns.novabox(home), home)
+    }
+
+    /// `novabox up` as `cmd` (a `novabox --home ...` command) starts it.
+    fn start_cmd(mut cmd: Command, home: &TestHome) -> Up {
         let log = home.path().join(format!("up-{}.log", uuid::Uuid::new_v4().simple()));
         let f = std::fs::File::create(&log).unwrap();
-        let child = ns
-            .novabox(home)
+        let child = cmd
             .arg("up")
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
@@ -708,6 +712,308 @@ fn kill9_in_bridge_mode_leaves_no_tap_or_volume_without_a_row_needs_root_qemu() 
          the kill, then one guest orphaned by a local delete: taps, DHCP entries, qemu, instance dirs and volumes \
          matched the rows after every restart; lost 0",
         report.0, report.1, report.2, report.3
+    );
+}
+
+/// A process holding one mount namespace inside `ns` (made by `ip netns exec`, so /sys is the
+/// namespace's, with a /run/netns of its own), in which every `novabox` of a test runs: the
+/// routers' `qrouter-*` namespaces must be seen by each `up`, `down` and the test alike, and
+/// by nothing else on the host. Killed by pid on drop (its namespace's drop kills it too); the
+/// router namespaces go with the mount namespace.
+struct MountHolder {
+    child: Child,
+}
+
+impl MountHolder {
+    fn new(ns: &Netns) -> MountHolder {
+        // A tmpfs on /run/netns of its own: the router namespaces' files stay off the host's
+        // /run and go with the mount namespace, whatever way the test ends.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sh", "-c", "mount -t tmpfs tmpfs /run/netns && exec sleep 1000000"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("holder starts");
+        let mut holder = MountHolder { child };
+        // `sleep` runs once its mount namespace and tmpfs are in place.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{}/comm", holder.child.id())).unwrap_or_default().trim() != "sleep"
+        {
+            if let Ok(Some(status)) = holder.child.try_wait() {
+                panic!("the mount namespace holder exited ({status})");
+            }
+            assert!(Instant::now() < deadline, "the mount namespace holder did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        holder
+    }
+
+    /// `program` in the holder's mount and network namespaces.
+    fn cmd(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.child.id().to_string(), "-m", "-n", "--", program]);
+        cmd
+    }
+
+    fn novabox(&self, home: &TestHome) -> Command {
+        let mut cmd = self.cmd(env!("CARGO_BIN_EXE_novabox"));
+        cmd.env_remove("NOVABOX_HOME")
+            .env_remove("NOVABOX_LOG")
+            .env(novabox::home::CACHE_ENV, home.cache_dir())
+            .arg("--home")
+            .arg(home.path());
+        cmd
+    }
+
+    /// The `qrouter-*` namespaces novabox sees.
+    fn routers(&self) -> std::collections::BTreeSet<String> {
+        let out = common::run(self.cmd("ip").args(["netns", "list"]));
+        assert_ok(&out);
+        stdout(&out)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with("qrouter-"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The `qr-`/`qg-` devices in a router's namespace.
+    fn legs(&self, namespace: &str) -> std::collections::BTreeSet<String> {
+        let out = common::run(self.cmd("ip").args(["-n", namespace, "-json", "link", "show"]));
+        assert_ok(&out);
+        let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        links
+            .iter()
+            .filter_map(|l| l["ifname"].as_str())
+            .filter(|n| n.starts_with("qr-") || n.starts_with("qg-"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The `dnat to` targets of a router's nft table (prerouting and output each list them).
+    fn dnats(&self, namespace: &str) -> Vec<String> {
+        let out = common::run(self.cmd("ip").args([
+            "netns",
+            "exec",
+            namespace,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "novabox_router",
+        ]));
+        assert_ok(&out);
+        let mut d: Vec<String> =
+            stdout(&out).lines().filter_map(|l| l.trim().strip_prefix("ip daddr ").map(str::to_string)).collect();
+        d.sort();
+        d
+    }
+}
+
+impl Drop for MountHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An "outside" namespace joined to `ns` by a veth, with only a route to `public`'s CIDR
+/// through it, as a DevStack user's laptop reaches br-ex.
+fn outside_world(ns: &Netns) -> Netns {
+    let outside = Netns::new();
+    assert_ok(&ns.ip(&["link", "add", "nbx-out", "type", "veth", "peer", "name", "eth0", "netns", &outside.name]));
+    assert_ok(&ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "nbx-out"]));
+    assert_ok(&ns.ip(&["link", "set", "nbx-out", "up"]));
+    assert_ok(&outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]));
+    assert_ok(&outside.ip(&["link", "set", "eth0", "up"]));
+    assert_ok(&outside.ip(&["route", "add", "172.24.4.0/24", "via", "192.0.2.1"]));
+    outside
+}
+
+/// One ICMP echo from `from` to `to` answered.
+fn pings_once(from: &Netns, to: &str) -> bool {
+    from.exec("busybox", &["ping", "-c", "1", "-W", "2", to]).status.success()
+}
+
+/// The first line port 22 of `to` sends to a connection from `from`, if one is made.
+fn banner(from: &Netns, to: &str) -> Option<String> {
+    use std::io::Read;
+    let addr: std::net::SocketAddr = format!("{to}:22").parse().ok()?;
+    in_netns(from, || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })
+}
+
+fn eventually(what: &str, within: Duration, up: &Up, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}\n{}", up.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// After a restart, the router plumbing is exactly the rows: one namespace per router that is
+/// up, in it one `qr-` per interface port and one `qg-` for the gateway, and its NAT table DNATs
+/// exactly the associated floating IPs of that router.
+fn assert_routers_match_rows(holder: &MountHolder, home: &TestHome, up: &Up) {
+    let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+    let ids = strings(&db, "SELECT id FROM routers WHERE admin_state_up = 1");
+    let want: std::collections::BTreeSet<String> = ids.iter().map(|id| format!("qrouter-{id}")).collect();
+    assert_eq!(holder.routers(), want, "router namespaces vs router rows\n{}", up.log());
+    for id in &ids {
+        let ns = format!("qrouter-{id}");
+        let short = |p: &str| p.chars().take(11).collect::<String>();
+        let mut legs: std::collections::BTreeSet<String> = strings(
+            &db,
+            &format!("SELECT id FROM ports WHERE device_id = '{id}' AND device_owner = 'network:router_interface'"),
+        )
+        .iter()
+        .map(|p| format!("qr-{}", short(p)))
+        .collect();
+        legs.extend(
+            strings(&db, &format!("SELECT gw_port_id FROM routers WHERE id = '{id}' AND gw_port_id IS NOT NULL"))
+                .iter()
+                .map(|p| format!("qg-{}", short(p))),
+        );
+        assert_eq!(holder.legs(&ns), legs, "devices of {ns} vs its ports\n{}", up.log());
+        let mut dnats: Vec<String> = strings(
+            &db,
+            &format!(
+                "SELECT floating_ip_address || ' dnat to ' || fixed_ip_address FROM floatingips
+                  WHERE router_id = '{id}' AND port_id IS NOT NULL"
+            ),
+        )
+        .into_iter()
+        .flat_map(|d| [d.clone(), d])
+        .collect();
+        dnats.sort();
+        assert_eq!(holder.dnats(&ns), dnats, "NAT of {ns} vs its floating IPs\n{}", up.log());
+    }
+}
+
+/// Issue 19, as a DevStack user: a guest on `private`, a router from `private` to `public`,
+/// a floating IP on the guest; from an outside namespace with only a route to `public`, the
+/// floating IP answers pings and the guest's port 22 banner, until the security group rule
+/// that lets port 22 in is deleted. Then a kill -9 of `up` (after router and floating IP
+/// changes) and a restart leave router namespaces, legs and NAT exactly as the rows say, the
+/// floating IP still works, and `down` removes it all.
+#[test]
+fn floating_ip_reaches_a_guest_through_a_router_and_security_groups_still_apply_needs_root_qemu() {
+    let _turn = guest_turn();
+    crate::guests::require_qemu();
+    let ns = Netns::new();
+    let holder = MountHolder::new(&ns);
+    let home = TestHome::new();
+    init(&home, "qemu");
+    let mut up = Up::start_cmd(holder.novabox(&home), &home);
+    assert!(has_alias(&ns, "nbr-ex"), "the public bridge: {:?}", ns.link_names());
+    let addrs = stdout(&ns.ip(&["-4", "-o", "addr", "show", "dev", "nbr-ex"]));
+    assert!(addrs.contains("172.24.4.1/24"), "the host holds public's gateway: {addrs}");
+    let outside = outside_world(&ns);
+
+    let guest = create(&ns, &home, "fip-guest");
+    let id = guest["id"].as_str().unwrap().to_string();
+    let fixed = leased_ip(&wait_console(&home, &id, "novabox-guest: ip ", 1, &up), 1);
+
+    osc(&ns, &home, &["router", "create", "router1"]);
+    osc(&ns, &home, &["router", "set", "--external-gateway", "public", "router1"]);
+    osc(&ns, &home, &["router", "add", "subnet", "router1", "private-subnet"]);
+    let fip: Value =
+        serde_json::from_str(&osc(&ns, &home, &["floating", "ip", "create", "public", "-f", "json"])).unwrap();
+    let address = fip["floating_ip_address"].as_str().unwrap().to_string();
+    osc(&ns, &home, &["server", "add", "floating", "ip", &id, &address]);
+    let shown: Value = serde_json::from_str(&osc(&ns, &home, &["server", "show", &id, "-f", "json"])).unwrap();
+    let text = shown["addresses"].to_string();
+    assert!(text.contains(&address) && text.contains(&fixed), "the server shows both addresses: {text}");
+    // The host gave the gateway up to the router and kept another address for DHCP.
+    let addrs = stdout(&ns.ip(&["-4", "-o", "addr", "show", "dev", "nbr0"]));
+    assert!(!addrs.contains("10.42.0.1/24") && addrs.contains("10.42.0."), "{addrs}");
+
+    // The default group lets nothing in from outside; open ICMP and port 22.
+    osc(
+        &ns,
+        &home,
+        &["security", "group", "rule", "create", "default", "--protocol", "icmp", "--remote-ip", "0.0.0.0/0"],
+    );
+    let ssh: Value = serde_json::from_str(&osc(
+        &ns,
+        &home,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "default",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "22",
+            "--remote-ip",
+            "0.0.0.0/0",
+            "-f",
+            "json",
+        ],
+    ))
+    .unwrap();
+    eventually("a ping of the floating IP from outside", Duration::from_secs(90), &up, || {
+        pings_once(&outside, &address)
+    });
+    eventually("the guest's banner through the floating IP", Duration::from_secs(30), &up, || {
+        banner(&outside, &address).as_deref() == Some("SSH-2.0-novabox-test")
+    });
+    // The fixed address itself is not reachable from outside: only public is routed there.
+    assert!(banner(&outside, &fixed).is_none(), "the fixed IP must not be reachable from outside");
+
+    // Security groups still apply to DNATed traffic: without the rule, no banner; ICMP still in.
+    osc(&ns, &home, &["security", "group", "rule", "delete", ssh["id"].as_str().unwrap()]);
+    eventually("port 22 closed by the security group", Duration::from_secs(30), &up, || {
+        banner(&outside, &address).is_none()
+    });
+    assert!(banner(&outside, &address).is_none(), "still closed");
+    assert!(pings_once(&outside, &address), "ICMP is still allowed");
+    assert_routers_match_rows(&holder, &home, &up);
+
+    // kill -9 after more changes (a second router and floating IP, a disassociation), at a
+    // random moment; the restart makes the plumbing match whatever the rows say.
+    let delay = u64::from(std::process::id()) % 1500;
+    osc(&ns, &home, &["router", "create", "router2", "--external-gateway", "public"]);
+    let second: Value =
+        serde_json::from_str(&osc(&ns, &home, &["floating", "ip", "create", "public", "-f", "json"])).unwrap();
+    osc(&ns, &home, &["server", "remove", "floating", "ip", &id, &address]);
+    osc(&ns, &home, &["server", "add", "floating", "ip", &id, second["floating_ip_address"].as_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(delay));
+    up.kill9();
+    up = Up::start_cmd(holder.novabox(&home), &home);
+    eventually("the routers restored after kill -9", Duration::from_secs(60), &up, || {
+        let db = rusqlite::Connection::open(home.path().join("novabox.db")).expect("db");
+        holder.routers().len() == strings(&db, "SELECT id FROM routers").len()
+    });
+    assert_routers_match_rows(&holder, &home, &up);
+    let now = second["floating_ip_address"].as_str().unwrap().to_string();
+    eventually("a ping of the floating IP after the restart", Duration::from_secs(60), &up, || {
+        pings_once(&outside, &now)
+    });
+    assert!(!pings_once(&outside, &address), "the disassociated floating IP no longer reaches the guest");
+
+    // down removes the namespaces with the rest; nothing of them is left.
+    let down = common::run(holder.novabox(&home).arg("down"));
+    assert_ok(&down);
+    up.wait_exit();
+    assert!(holder.routers().is_empty(), "{:?}", holder.routers());
+    assert!(
+        !ns.link_names().iter().any(|n| n.starts_with("nbr") || n.starts_with("tap")),
+        "{:?}\n{}{}",
+        ns.link_names(),
+        stdout(&down),
+        stderr(&down)
+    );
+    println!(
+        "RELIABILITY kill9-routers: kill -9 of up {delay} ms after a router create, a floating IP create, a \
+         disassociate and an associate: router namespaces, qr/qg devices and DNAT rules matched the rows after the \
+         restart, the floating IP answered from outside; lost 0"
     );
 }
 

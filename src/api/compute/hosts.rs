@@ -1,11 +1,16 @@
 //! What the cloud is made of and how much a project may use: hypervisors, services,
 //! availability zones, limits and quota sets.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use std::collections::BTreeMap;
+
+use serde_json::Map;
+
+use super::aggregates::{Zones, INTERNAL_ZONE};
 use super::microversion::Microversion;
 use super::parse_body;
 use crate::api::context::Auth;
@@ -21,13 +26,12 @@ fn nova_time(ts: &Option<String>) -> Value {
     }
 }
 
-fn service_json(s: &Service, state: &AppState, v: Microversion) -> Value {
+fn service_json(s: &Service, state: &AppState, v: Microversion, zones: &Zones) -> Value {
     let up = is_up(s, state.config.compute.service_down_secs);
-    let zone =
-        if s.binary == crate::compute::BINARY { state.config.host.availability_zone.as_str() } else { "internal" };
+    let zone = if s.binary == crate::compute::BINARY { zones.of(&s.host) } else { INTERNAL_ZONE };
     let mut o = json!({
         "id": if v.at_least(53) { json!(s.uuid) } else { json!(s.id) },
-        "binary": s.binary,
+        "binary": nova_binary(&s.binary),
         "host": s.host,
         "zone": zone,
         "status": if s.disabled { "disabled" } else { "enabled" },
@@ -41,10 +45,31 @@ fn service_json(s: &Service, state: &AppState, v: Microversion) -> Value {
     o
 }
 
-pub async fn services(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
+/// A service's binary as nova names it (`nova-compute`, ...): what clients filter and act on.
+fn nova_binary(binary: &str) -> String {
+    binary.replace("novabox-", "nova-")
+}
+
+/// GET /os-services, with nova's `host` and `binary` filters.
+pub async fn services(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    let list = state.db.with(|db| db.services())?;
-    Ok(Json(json!({"services": list.iter().map(|s| service_json(s, &state, v)).collect::<Vec<_>>()})))
+    let default = state.config.host.availability_zone.as_str();
+    let (list, zones) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.services()?, Zones::load(db, default)?)) })?;
+    let wanted = |key: &str| query.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let (host, binary) = (wanted("host"), wanted("binary"));
+    let shown: Vec<Value> = list
+        .iter()
+        .filter(|s| host.is_none_or(|h| h == s.host))
+        .filter(|s| binary.is_none_or(|b| b == nova_binary(&s.binary) || b == s.binary))
+        .map(|s| service_json(s, &state, v, &zones))
+        .collect();
+    Ok(Json(json!({ "services": shown })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,7 +107,8 @@ pub async fn update_service(
     let forced = u.forced_down.unwrap_or(svc.forced_down);
     state.db.with(|db| db.set_service_status(svc.id, disabled, reason.as_deref(), forced))?;
     let svc = state.db.with(|db| db.service_by_id_or_uuid(&id))?.unwrap_or(svc);
-    Ok(Json(json!({"service": service_json(&svc, &state, v)})))
+    let zones = state.db.with(|db| Zones::load(db, &state.config.host.availability_zone))?;
+    Ok(Json(json!({"service": service_json(&svc, &state, v, &zones)})))
 }
 
 fn hypervisor_json(
@@ -104,7 +130,8 @@ fn hypervisor_json(
         let (vcpus_used, mem_used, disk_used, running) = state.db.with(|db| db.host_usage(&n.host))?;
         let r = &n.report;
         let memory_used = mem_used.saturating_add(r.reserved_host_memory_mb);
-        o["cpu_info"] = json!("{}");
+        // A JSON string before 2.28, an object from 2.28 (tempest's schemas check the type).
+        o["cpu_info"] = if v.at_least(28) { json!({}) } else { json!("{}") };
         o["current_workload"] = json!(0);
         o["disk_available_least"] = json!(r.local_gb.saturating_sub(disk_used));
         o["free_disk_gb"] = json!(r.local_gb.saturating_sub(disk_used));
@@ -129,25 +156,94 @@ fn hypervisor_json(
 }
 
 fn hypervisor_list(state: &AppState, v: Microversion, detail: bool) -> ApiResult<Vec<Value>> {
+    hypervisor_list_with(state, v, detail, false)
+}
+
+/// Every hypervisor; with `servers`, the servers on each (nova's `with_servers`, 2.53).
+fn hypervisor_list_with(state: &AppState, v: Microversion, detail: bool, servers: bool) -> ApiResult<Vec<Value>> {
     let (nodes, services) =
         state.db.with(|db| -> crate::db::Result<_> { Ok((db.compute_nodes()?, db.services()?)) })?;
     nodes
         .iter()
         .map(|n| {
             let svc = services.iter().find(|s| s.host == n.host && s.binary == crate::compute::BINARY);
-            hypervisor_json(n, svc, state, v, detail)
+            let mut o = hypervisor_json(n, svc, state, v, detail)?;
+            if servers {
+                let uuids = state.db.with(|db| db.host_instance_uuids(&n.host))?;
+                // Before 2.75 nova leaves the key out for a hypervisor with no servers.
+                if !uuids.is_empty() || v.at_least(75) {
+                    o["servers"] = uuids
+                        .iter()
+                        .map(|u| json!({"uuid": u, "name": format!("instance-{}", u.get(..8).unwrap_or(u))}))
+                        .collect();
+                }
+            }
+            Ok(o)
         })
         .collect()
 }
 
-pub async fn hypervisors(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
-    auth.require_admin()?;
-    Ok(Json(json!({"hypervisors": hypervisor_list(&state, v, false)?})))
+/// nova's 2.53 query of the hypervisor lists: `hypervisor_hostname_pattern` (a substring, not
+/// with paging) and `with_servers`; `limit` and `marker` (2.33).
+fn hypervisor_query(
+    state: &AppState,
+    v: Microversion,
+    detail: bool,
+    query: &[(String, String)],
+) -> ApiResult<Vec<Value>> {
+    let get = |key: &str| query.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let pattern = get("hypervisor_hostname_pattern").filter(|_| v.at_least(53));
+    let with_servers = match get("with_servers").filter(|_| v.at_least(53)) {
+        Some(b) => super::validation::boolean("with_servers", Some(&Value::String(b)))?.unwrap_or(false),
+        None => false,
+    };
+    let (limit, marker) = (get("limit").filter(|_| v.at_least(33)), get("marker").filter(|_| v.at_least(33)));
+    if pattern.is_some() && (limit.is_some() || marker.is_some()) {
+        return Err(ApiError::bad_request(
+            "Paging over hypervisors with the hypervisor_hostname_pattern query parameter is not supported.",
+        ));
+    }
+    let mut list = hypervisor_list_with(state, v, detail, with_servers)?;
+    if let Some(p) = &pattern {
+        list.retain(|h| h["hypervisor_hostname"].as_str().is_some_and(|n| n.contains(p.as_str())));
+        if list.is_empty() {
+            return Err(ApiError::not_found(format!("No hypervisor matching '{p}' could be found.")));
+        }
+    }
+    if let Some(m) = &marker {
+        let at = list
+            .iter()
+            .position(|h| h["id"].as_str() == Some(m) || h["id"].as_i64().is_some_and(|i| i.to_string() == *m))
+            .ok_or_else(|| ApiError::bad_request(format!("marker [{m}] not found")))?;
+        list.drain(..=at);
+    }
+    if let Some(l) = &limit {
+        let n: usize = l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("Invalid input for query parameters limit. Value: {l}.")))?;
+        list.truncate(n);
+    }
+    Ok(list)
 }
 
-pub async fn hypervisors_detail(State(state): State<AppState>, auth: Auth, v: Microversion) -> ApiResult<Json<Value>> {
+pub async fn hypervisors(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    Ok(Json(json!({"hypervisors": hypervisor_list(&state, v, true)?})))
+    Ok(Json(json!({"hypervisors": hypervisor_query(&state, v, false, &query)?})))
+}
+
+pub async fn hypervisors_detail(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    Ok(Json(json!({"hypervisors": hypervisor_query(&state, v, true, &query)?})))
 }
 
 pub async fn hypervisor(
@@ -155,9 +251,14 @@ pub async fn hypervisor(
     auth: Auth,
     v: Microversion,
     Path(id): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    let list = hypervisor_list(&state, v, true)?;
+    let with_servers = match query.iter().rev().find(|(k, _)| k == "with_servers").filter(|_| v.at_least(53)) {
+        Some((_, b)) => super::validation::boolean("with_servers", Some(&Value::String(b.clone())))?.unwrap_or(false),
+        None => false,
+    };
+    let list = hypervisor_list_with(&state, v, true, with_servers)?;
     let found = list
         .into_iter()
         .find(|h| h["id"].as_str() == Some(&id) || h["id"].as_i64().map(|i| i.to_string()) == Some(id.clone()))
@@ -194,32 +295,53 @@ pub async fn hypervisor_statistics(
     Ok(Json(json!({ "hypervisor_statistics": stats })))
 }
 
-pub async fn availability_zones(State(state): State<AppState>, _auth: Auth) -> Json<Value> {
-    Json(json!({"availabilityZoneInfo": [
-        {"zoneName": state.config.host.availability_zone, "zoneState": {"available": true}, "hosts": null}
-    ]}))
+/// GET /os-availability-zone: the zones of compute services, available while one of their
+/// services is enabled (nova's index; hosts only in the detail).
+pub async fn availability_zones(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<Value>> {
+    let default = state.config.host.availability_zone.as_str();
+    let (services, zones) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.services()?, Zones::load(db, default)?)) })?;
+    let mut available: BTreeMap<&str, bool> = BTreeMap::new();
+    for s in services.iter().filter(|s| s.binary == crate::compute::BINARY) {
+        *available.entry(zones.of(&s.host)).or_default() |= !s.disabled;
+    }
+    if available.is_empty() {
+        // Before the first compute service registers, the configured zone is the cloud's.
+        available.insert(default, true);
+    }
+    let list: Vec<Value> = available
+        .iter()
+        .map(|(zone, up)| json!({"zoneName": zone, "zoneState": {"available": up}, "hosts": null}))
+        .collect();
+    Ok(Json(json!({ "availabilityZoneInfo": list })))
 }
 
+/// GET /os-availability-zone/detail: each zone with its hosts and their services; the
+/// services that are not compute services are in nova's internal zone.
 pub async fn availability_zones_detail(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    let services = state.db.with(|db| db.services())?;
+    let default = state.config.host.availability_zone.as_str();
+    let (services, zones) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.services()?, Zones::load(db, default)?)) })?;
     let down_after = state.config.compute.service_down_secs;
-    let mut zones: Vec<Value> = Vec::new();
-    for (zone, compute) in [(state.config.host.availability_zone.as_str(), true), ("internal", false)] {
-        let mut hosts = serde_json::Map::new();
-        for s in services.iter().filter(|s| (s.binary == crate::compute::BINARY) == compute) {
-            let entry = hosts.entry(s.host.clone()).or_insert_with(|| json!({}));
-            entry[s.binary.replace("novabox-", "nova-")] = json!({
-                "available": is_up(s, down_after) && !s.disabled,
-                "active": !s.disabled,
-                "updated_at": nova_time(&s.last_seen_at),
-            });
-        }
-        if compute || !hosts.is_empty() {
-            zones.push(json!({"zoneName": zone, "zoneState": {"available": true}, "hosts": hosts}));
-        }
+    let mut by_zone: BTreeMap<&str, (bool, Map<String, Value>)> = BTreeMap::new();
+    for s in &services {
+        let compute = s.binary == crate::compute::BINARY;
+        let zone = if compute { zones.of(&s.host) } else { INTERNAL_ZONE };
+        let (available, hosts) = by_zone.entry(zone).or_insert_with(|| (false, Map::new()));
+        *available |= !compute || !s.disabled;
+        let entry = hosts.entry(s.host.clone()).or_insert_with(|| json!({}));
+        entry[s.binary.replace("novabox-", "nova-")] = json!({
+            "available": is_up(s, down_after) && !s.disabled,
+            "active": !s.disabled,
+            "updated_at": nova_time(&s.last_seen_at),
+        });
     }
-    Ok(Json(json!({ "availabilityZoneInfo": zones })))
+    let list: Vec<Value> = by_zone
+        .into_iter()
+        .map(|(zone, (available, hosts))| json!({"zoneName": zone, "zoneState": {"available": available}, "hosts": hosts}))
+        .collect();
+    Ok(Json(json!({ "availabilityZoneInfo": list })))
 }
 
 /// nova's quota resources at microversion `v`, as tempest's quotas schemas require them: 2.36
@@ -471,6 +593,32 @@ mod tests {
     const LIMITS_OPTIONAL: &[&str] = &["maxServerGroupMembers", "maxServerGroups", "totalServerGroupsUsed"];
 
     #[tokio::test]
+    async fn a_hypervisors_cpu_info_is_a_string_before_2_28_and_an_object_after() {
+        let c = Cloud::new();
+        let admin = c.token("admin").await;
+        let report = crate::db::services::NodeReport {
+            hypervisor_hostname: "vm".into(),
+            hypervisor_type: "fake".into(),
+            hypervisor_version: 1,
+            accel: "none".into(),
+            host_ip: "127.0.0.1".into(),
+            vcpus: 2,
+            memory_mb: 2048,
+            local_gb: 20,
+            cpu_allocation_ratio: 16.0,
+            ram_allocation_ratio: 1.5,
+            disk_allocation_ratio: 1.0,
+            reserved_host_memory_mb: 0,
+        };
+        c.state.db.with(|db| db.upsert_compute_node("vm", &report)).unwrap();
+        for (v, want) in [("2.1", json!("{}")), ("2.27", json!("{}")), ("2.28", json!({})), ("2.79", json!({}))] {
+            let r = at(&c, Method::GET, "/compute/v2.1/os-hypervisors/detail", &admin, v, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{v}: {}", r.text());
+            assert_eq!(r.json()["hypervisors"][0]["cpu_info"], want, "{v}");
+        }
+    }
+
+    #[tokio::test]
     async fn quota_sets_and_limits_have_novas_keys_per_microversion_and_nothing_else() {
         let c = Cloud::new();
         let (demo, admin) = (c.token("demo").await, c.token("admin").await);
@@ -524,5 +672,95 @@ mod tests {
         assert_eq!(r.json()["quota_set"]["floating_ips"], 3);
         let r = at(&c, Method::PUT, &url, &admin, "2.1", Some(json!({"quota_set": {"volumes": 3}}))).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "cinder's resource is not nova's: {}", r.text());
+    }
+
+    fn report(name: &str) -> crate::db::services::NodeReport {
+        crate::db::services::NodeReport {
+            hypervisor_hostname: name.into(),
+            hypervisor_type: "fake".into(),
+            hypervisor_version: 1,
+            accel: "none".into(),
+            host_ip: "127.0.0.1".into(),
+            vcpus: 4,
+            memory_mb: 4096,
+            local_gb: 40,
+            cpu_allocation_ratio: 1.0,
+            ram_allocation_ratio: 1.0,
+            disk_allocation_ratio: 1.0,
+            reserved_host_memory_mb: 0,
+        }
+    }
+
+    /// nova 2.53's services and hypervisors: nova's binary names and filters, the hostname
+    /// pattern (not with paging, 404 when nothing matches) and `with_servers`.
+    #[tokio::test]
+    async fn services_and_hypervisors_take_novas_2_53_queries() {
+        let c = Cloud::new();
+        let admin = c.token("admin").await;
+        let placed = c
+            .state
+            .db
+            .with(|db| -> crate::db::Result<String> {
+                for h in ["alpha", "beta"] {
+                    db.service_heartbeat(h, crate::compute::BINARY, &format!("compute.{h}"))?;
+                    db.upsert_compute_node(h, &report(&format!("{h}.node")))?;
+                }
+                db.service_heartbeat("alpha", crate::scheduler::BINARY, "scheduler")?;
+                let i = db.create_instance(&crate::db::instances::tests::new_instance(db, "on-beta"))?;
+                let u = crate::db::instances::InstanceUpdate { host: Some("beta".into()), ..Default::default() };
+                db.update_instance(&i.uuid, &u)?.map_err(|e| crate::db::DbError::Conflict(format!("{e:?}")))?;
+                Ok(i.uuid)
+            })
+            .unwrap();
+        let get = |uri: String| {
+            let admin = admin.clone();
+            let c = &c;
+            async move { at(c, Method::GET, &uri, &admin, "2.53", None).await }
+        };
+
+        let r = get("/compute/v2.1/os-services?binary=nova-compute".into()).await;
+        let services = r.json()["services"].clone();
+        let hosts: Vec<&str> = services.as_array().unwrap().iter().filter_map(|s| s["host"].as_str()).collect();
+        assert_eq!(hosts, ["alpha", "beta"], "{services}");
+        let r = get("/compute/v2.1/os-services?host=alpha&binary=nova-scheduler".into()).await;
+        let services = r.json()["services"].clone();
+        assert_eq!(services.as_array().map(Vec::len), Some(1), "{services}");
+        assert_eq!(
+            (services[0]["binary"].as_str(), services[0]["zone"].as_str()),
+            (Some("nova-scheduler"), Some("internal"))
+        );
+
+        let r = get("/compute/v2.1/os-hypervisors?hypervisor_hostname_pattern=bet".into()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let list = r.json()["hypervisors"].clone();
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+        assert_eq!(list[0]["hypervisor_hostname"], "beta.node");
+        assert!(list[0].get("servers").is_none(), "only with with_servers: {list}");
+        let r = get("/compute/v2.1/os-hypervisors?hypervisor_hostname_pattern=gamma".into()).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+        assert_eq!(r.json()["itemNotFound"]["message"], "No hypervisor matching 'gamma' could be found.");
+        let r = get("/compute/v2.1/os-hypervisors?hypervisor_hostname_pattern=a&limit=1".into()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+        let r = get("/compute/v2.1/os-hypervisors/detail?with_servers=true".into()).await;
+        let list = r.json()["hypervisors"].clone();
+        let beta = list.as_array().unwrap().iter().find(|h| h["hypervisor_hostname"] == "beta.node").cloned().unwrap();
+        assert_eq!(beta["servers"][0]["uuid"], placed.as_str(), "{beta}");
+        let alpha =
+            list.as_array().unwrap().iter().find(|h| h["hypervisor_hostname"] == "alpha.node").cloned().unwrap();
+        assert!(alpha.get("servers").is_none(), "nova leaves it out before 2.75: {alpha}");
+        let r = get("/compute/v2.1/os-hypervisors?with_servers=maybe".into()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+        // Paging by uuid: the one after the first.
+        let r = get("/compute/v2.1/os-hypervisors".into()).await;
+        let all = r.json()["hypervisors"].clone();
+        let first = all[0]["id"].as_str().unwrap().to_string();
+        let r = get(format!("/compute/v2.1/os-hypervisors?limit=1&marker={first}")).await;
+        let page = r.json()["hypervisors"].clone();
+        assert_eq!(page.as_array().map(Vec::len), Some(1), "{page}");
+        assert_eq!(page[0]["id"], all[1]["id"]);
+        let show = get(format!("/compute/v2.1/os-hypervisors/{}?with_servers=1", beta["id"].as_str().unwrap())).await;
+        assert_eq!(show.json()["hypervisor"]["servers"][0]["uuid"], placed.as_str(), "{}", show.text());
     }
 }

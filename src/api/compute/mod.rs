@@ -10,14 +10,20 @@ use serde_json::{json, Value};
 
 use super::{base_url, AppState};
 
+pub mod aggregates;
 pub mod flavors;
 pub mod hosts;
+pub mod instance_actions;
 pub mod keypairs;
 pub mod microversion;
 pub mod remote_consoles;
+pub mod migrations;
 pub mod server_groups;
 pub mod server_list;
+pub mod server_metadata;
+pub mod server_password;
 pub mod server_security_groups;
+pub mod server_tags;
 pub mod servers;
 pub mod usage;
 pub mod validation;
@@ -31,8 +37,22 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}", get(servers::show).put(servers::update).delete(servers::delete))
         .route("/servers/{id}/action", post(servers::action))
         .route("/servers/{id}/ips", get(servers::ips))
-        .route("/servers/{id}/metadata", get(servers::metadata))
-        .route("/servers/{id}/os-instance-actions", get(servers::instance_actions))
+        .route(
+            "/servers/{id}/metadata",
+            get(server_metadata::index).post(server_metadata::create).put(server_metadata::update_all),
+        )
+        .route(
+            "/servers/{id}/metadata/{key}",
+            get(server_metadata::show).put(server_metadata::update).delete(server_metadata::delete),
+        )
+        .route(
+            "/servers/{id}/tags",
+            get(server_tags::index).put(server_tags::update_all).delete(server_tags::delete_all),
+        )
+        .route("/servers/{id}/tags/{tag}", get(server_tags::show).put(server_tags::update).delete(server_tags::delete))
+        .route("/servers/{id}/os-server-password", get(server_password::show).delete(server_password::clear))
+        .route("/servers/{id}/os-instance-actions", get(instance_actions::index))
+        .route("/servers/{id}/os-instance-actions/{request_id}", get(instance_actions::show))
         .route("/servers/{id}/os-security-groups", get(server_security_groups::list))
         .route("/servers/{id}/remote-consoles", post(remote_consoles::create))
         .route("/servers/{id}/os-volume_attachments", get(volume_attachments::list).post(volume_attachments::create))
@@ -59,12 +79,17 @@ pub fn router() -> Router<AppState> {
         .route("/os-hypervisors/{id}", get(hosts::hypervisor))
         .route("/os-services", get(hosts::services))
         .route("/os-services/{id}", axum::routing::put(hosts::update_service))
+        .route("/os-aggregates", get(aggregates::list).post(aggregates::create))
+        .route("/os-aggregates/{id}", get(aggregates::show).put(aggregates::update).delete(aggregates::delete))
+        .route("/os-aggregates/{id}/action", post(aggregates::action))
         .route("/os-availability-zone", get(hosts::availability_zones))
         .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
         .route("/limits", get(hosts::limits))
         .route("/os-quota-sets/{project}", get(hosts::quota_set).put(hosts::update_quota_set))
         .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail))
-        .route("/os-quota-sets/{project}/defaults", get(hosts::quota_set_defaults));
+        .route("/os-quota-sets/{project}/defaults", get(hosts::quota_set_defaults))
+        // Issue 16: resizes as nova's migrations.
+        .route("/os-migrations", get(migrations::list));
     Router::new()
         .route("/", get(versions))
         .route("/v2.1/", get(version))

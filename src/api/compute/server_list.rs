@@ -15,7 +15,7 @@ use crate::api::fault::{ApiError, ApiResult};
 use crate::api::listing::{self, Dialect, Direction, ListSpec, PageEnd, Params};
 use crate::api::{base_url, AppState};
 use crate::compute::states::{self, VmState};
-use crate::db::instances::{Instance, InstanceExact, InstanceFilter, InstanceSortKey, InstanceText};
+use crate::db::instances::{Instance, InstanceExact, InstanceFilter, InstanceSortKey, InstanceText, TagFilter};
 use crate::policy::{Action, Target};
 
 /// The query parameters nova's schema knows, with the microversion that brought each.
@@ -302,10 +302,15 @@ pub(super) fn filter_of(params: &Params, auth: &Auth, v: Microversion) -> ApiRes
     if let Some(l) = kept.last("locked") {
         f.exact.push((InstanceExact::Locked, vec![if strict_bool(l)? { "1" } else { "0" }.to_string()]));
     }
-    // No novabox server has tags (the view shows `[]`): a server has every tag of an empty
-    // list and none of any other.
-    let has_tags = |key: &str| kept.last(key).is_some_and(|t| t.split(',').any(|t| !t.is_empty()));
-    f.nothing = has_tags("tags") || has_tags("tags-any");
+    // nova splits each at commas, empty parts included (`tags=` asks for the tag "", which no
+    // server can have).
+    let tags = |key: &str| kept.last(key).map(|t| t.split(',').map(str::to_string).collect::<Vec<_>>());
+    f.tags = TagFilter {
+        all: tags("tags"),
+        any: tags("tags-any"),
+        not_all: tags("not-tags"),
+        not_any: tags("not-tags-any"),
+    };
 
     let paging = listing::paging(params, Dialect::Nova)?;
     f.page = ListSpec { sort: sort_of(&kept, v, auth.is_admin())?, limit: paging.limit, marker: paging.marker };
@@ -420,8 +425,11 @@ mod tests {
         assert!(f.exact.is_empty() && f.ip6.is_some(), "locked comes at 2.73, ip6 at 2.5");
         let f = filter_of(&q("locked=yes&tags=a,b&not-tags=c"), &member, Microversion(73)).unwrap();
         assert_eq!(f.exact, vec![(InstanceExact::Locked, vec!["1".to_string()])]);
-        assert!(f.nothing, "no server has tags");
-        assert!(!filter_of(&q("not-tags-any=c&tags="), &member, Microversion(73)).unwrap().nothing);
+        assert_eq!(f.tags.all, Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!((f.tags.not_all, f.tags.any), (Some(vec!["c".to_string()]), None));
+        let f = filter_of(&q("not-tags-any=c&tags="), &member, Microversion(73)).unwrap();
+        assert_eq!((f.tags.all, f.tags.not_any), (Some(vec![String::new()]), Some(vec!["c".to_string()])));
+        assert_eq!(filter_of(&q("tags=a"), &member, Microversion(25)).unwrap().tags, TagFilter::default());
 
         let admin = caller(true);
         let f = filter_of(&q("all_tenants=&tenant_id=t&host=h&node=^n&user_id=x&deleted=1"), &admin, Microversion(1))

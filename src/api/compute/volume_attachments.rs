@@ -189,6 +189,14 @@ pub async fn create(
                 volume.status
             )));
         }
+        // nova records the attach as an instance action; compute's report ends it.
+        db.start_instance_action(
+            &inst.uuid,
+            "attach_volume",
+            &auth.context.request_id,
+            auth.user_id(),
+            auth.project_id(),
+        )?;
         Ok(VolumeAttachment {
             volume_id: volume_id.clone(),
             instance_uuid: inst.uuid.clone(),
@@ -208,7 +216,10 @@ pub async fn create(
     let disk = VolumeDisk { volume_id: volume_id.clone(), path: path.to_string_lossy().into_owned(), boot: false };
     if let Err(e) = state.compute_api().attach_volume(&auth.context, &host, &inst, &disk).await {
         tracing::warn!(volume = %volume_id, error = %e, "attach not delivered");
-        state.db.with(|db| db.release_volume_attachment(&volume_id, &inst.uuid))?;
+        state.db.tx(|db| -> crate::db::Result<()> {
+            db.release_volume_attachment(&volume_id, &inst.uuid)?;
+            db.finish_instance_action(&auth.context.request_id, &inst.uuid, Some(&format!("not delivered: {e}")))
+        })?;
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("The compute service did not take the request: {e}"),
@@ -229,7 +240,15 @@ pub async fn delete(
         return Err(ApiError::bad_request("Cannot detach a root device volume"));
     }
     let host = ready_host(&state, &inst, "detach_volume")?;
-    if !state.db.with(|db| db.set_volume_status(&volume_id, VolumeStatus::DETACHABLE, VolumeStatus::Detaching))? {
+    let detaching = state.db.tx(|db| -> crate::db::Result<bool> {
+        let moved = db.set_volume_status(&volume_id, VolumeStatus::DETACHABLE, VolumeStatus::Detaching)?;
+        if moved {
+            let ctx = &auth.context;
+            db.start_instance_action(&inst.uuid, "detach_volume", &ctx.request_id, auth.user_id(), auth.project_id())?;
+        }
+        Ok(moved)
+    })?;
+    if !detaching {
         return Err(ApiError::bad_request(format!(
             "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be \
              'attached' to detach; it is '{}'.",
@@ -238,7 +257,10 @@ pub async fn delete(
     }
     if let Err(e) = state.compute_api().detach_volume(&auth.context, &host, &inst, &volume_id).await {
         tracing::warn!(error = %e, "detach not delivered");
-        state.db.with(|db| db.set_volume_status(&volume_id, &[VolumeStatus::Detaching], VolumeStatus::InUse))?;
+        state.db.tx(|db| -> crate::db::Result<()> {
+            db.set_volume_status(&volume_id, &[VolumeStatus::Detaching], VolumeStatus::InUse)?;
+            db.finish_instance_action(&auth.context.request_id, &inst.uuid, Some(&format!("not delivered: {e}")))
+        })?;
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("The compute service did not take the request: {e}"),

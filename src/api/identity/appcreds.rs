@@ -28,7 +28,8 @@ fn render(headers: &HeaderMap, state: &AppState, db: &Db, a: &AppCred) -> ApiRes
         }
     }
     Ok(json!({
-        "id": a.id, "name": a.name, "description": a.description, "expires_at": a.expires_at,
+        "id": a.id, "name": a.name, "description": a.description,
+        "expires_at": a.expires_at.as_deref().map(keystone_time),
         "project_id": a.project_id, "user_id": a.user_id, "roles": roles, "unrestricted": a.unrestricted,
         "access_rules": [],
         "links": {"self": url(headers, state, &format!("users/{}/application_credentials/{}", a.user_id, a.id))},
@@ -139,13 +140,26 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(json!({"application_credential": cred}))))
 }
 
-/// An `expires_at` as the database compares it (`...Z`), or keystone's 400.
+/// An `expires_at` as the database compares it (`...Z`), to the microsecond keystone keeps,
+/// or keystone's 400.
 fn normalize_time(t: &str) -> ApiResult<String> {
     let parsed = chrono::DateTime::parse_from_rfc3339(t)
         .map(|d| d.with_timezone(&chrono::Utc))
         .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f").map(|n| n.and_utc()))
         .map_err(|_| invalid("expires_at", &format!("'{t}' is not a 'date-time'")))?;
-    Ok(parsed.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    Ok(parsed.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+}
+
+/// keystone shows an application credential's `expires_at` as oslo's `PERFECT_TIME_FORMAT`:
+/// microseconds and no zone (`2026-12-06T07:35:47.088331`); clients compare it with the
+/// `isoformat()` of the time they sent.
+fn keystone_time(stored: &str) -> String {
+    let t = stored.strip_suffix('Z').unwrap_or(stored);
+    if t.contains('.') {
+        t.to_string()
+    } else {
+        format!("{t}.000000")
+    }
 }
 
 pub(super) async fn list(

@@ -84,7 +84,15 @@ pub fn router() -> Router<AppState> {
         .route("/v3/users/{id}/password", post(users::change_password))
         .route("/v3/users/{id}/projects", get(projects::user_projects))
         .route("/v3/roles", get(roles::list).post(roles::create))
-        .route("/v3/roles/{id}", get(roles::show).delete(roles::delete))
+        .route("/v3/roles/{id}", get(roles::show).patch(roles::update).delete(roles::delete))
+        .route("/v3/roles/{prior}/implies", get(roles::list_inferences))
+        .route(
+            "/v3/roles/{prior}/implies/{implied}",
+            put(roles::create_inference)
+                .get(roles::show_inference)
+                .head(roles::check_inference)
+                .delete(roles::delete_inference),
+        )
         .route("/v3/role_inferences", get(roles::inferences))
         .route("/v3/role_assignments", get(roles::assignments))
         .fallback(|| async { ApiError::not_found("The resource could not be found.") })
@@ -100,7 +108,7 @@ fn version_doc(base: &str) -> Value {
     })
 }
 
-async fn versions(headers: HeaderMap, State(state): State<AppState>) -> Response {
+pub(super) async fn versions(headers: HeaderMap, State(state): State<AppState>) -> Response {
     let base = base_url(&headers, &state.config);
     (StatusCode::MULTIPLE_CHOICES, Json(json!({"versions": {"values": [version_doc(&base)]}}))).into_response()
 }

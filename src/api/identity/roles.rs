@@ -73,6 +73,132 @@ pub(super) async fn delete(State(state): State<AppState>, auth: Auth, Path(id): 
     Ok(StatusCode::NO_CONTENT)
 }
 
+pub(super) async fn update(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    auth.authorize(Action::IdentityAdmin("identity:update_role"), &Target::default())?;
+    let obj = member(body, "role")?;
+    let r = state.db.tx(|db| -> ApiResult<Role> {
+        let r = db.role_by_id(&id)?.ok_or_else(|| not_found("role", &id))?;
+        match name_field(&obj, false, 255)? {
+            Some(name) => Ok(db.rename_role(&id, &name)?),
+            None => Ok(r),
+        }
+    })?;
+    Ok(Json(json!({"role": render(&headers, &state, &r)})))
+}
+
+/// A role as an inference rule shows it.
+fn brief(headers: &HeaderMap, state: &AppState, r: &Role) -> Value {
+    json!({"id": r.id, "name": r.name, "links": {"self": url(headers, state, &format!("roles/{}", r.id))}})
+}
+
+/// The prior and implied roles of an inference rule's URL, each looked up (404 in keystone's words).
+fn inference_parts(db: &Db, prior: &str, implied: &str) -> ApiResult<(Role, Role)> {
+    let p = db.role_by_id(prior)?.ok_or_else(|| not_found("role", prior))?;
+    let i = db.role_by_id(implied)?.ok_or_else(|| not_found("role", implied))?;
+    Ok((p, i))
+}
+
+fn inference_json(headers: &HeaderMap, state: &AppState, p: &Role, i: &Role) -> Value {
+    json!({
+        "role_inference": {"prior_role": brief(headers, state, p), "implies": brief(headers, state, i)},
+        "links": {"self": url(headers, state, &format!("roles/{}/implies/{}", p.id, i.id))},
+    })
+}
+
+/// `PUT /v3/roles/{prior}/implies/{implied}`. As keystone's default `prohibited_implied_role`,
+/// nothing may imply `admin`, so no grant can make an admin by inference.
+pub(super) async fn create_inference(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((prior, implied)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    auth.authorize(Action::IdentityAdmin("identity:create_implied_role"), &Target::default())?;
+    let (p, i) = state.db.tx(|db| -> ApiResult<(Role, Role)> {
+        let (p, i) = inference_parts(db, &prior, &implied)?;
+        if i.name == "admin" {
+            return Err(ApiError::forbidden(format!("{} cannot be an implied roles.", i.id)));
+        }
+        db.ensure_implied_role(&p.id, &i.id)?;
+        Ok((p, i))
+    })?;
+    Ok((StatusCode::CREATED, Json(inference_json(&headers, &state, &p, &i))))
+}
+
+/// The rule, or keystone's 404 for a pair that is not one.
+fn existing_inference(db: &Db, prior: &str, implied: &str) -> ApiResult<(Role, Role)> {
+    let (p, i) = inference_parts(db, prior, implied)?;
+    if !db.implies(&p.id, &i.id)? {
+        return Err(ApiError::not_found(format!("{prior} does not imply {implied}.")));
+    }
+    Ok((p, i))
+}
+
+pub(super) async fn show_inference(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((prior, implied)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    auth.authorize(Action::IdentityAdmin("identity:get_implied_role"), &Target::default())?;
+    let (p, i) = state.db.with(|db| existing_inference(db, &prior, &implied))?;
+    Ok(Json(inference_json(&headers, &state, &p, &i)))
+}
+
+pub(super) async fn check_inference(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((prior, implied)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    auth.authorize(Action::IdentityAdmin("identity:check_implied_role"), &Target::default())?;
+    state.db.with(|db| existing_inference(db, &prior, &implied))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn delete_inference(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((prior, implied)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    auth.authorize(Action::IdentityAdmin("identity:delete_implied_role"), &Target::default())?;
+    state.db.tx(|db| -> ApiResult<()> {
+        let (p, i) = existing_inference(db, &prior, &implied)?;
+        db.delete_implied_role(&p.id, &i.id)?;
+        // admin implies nothing that makes an admin, but an admin may hold the cloud only
+        // through what a rule implied; the guard says so rather than strand the cloud.
+        ensure_an_admin_remains(db)
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v3/roles/{prior}/implies`: the roles `prior` implies directly.
+pub(super) async fn list_inferences(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(prior): Path<String>,
+) -> ApiResult<Json<Value>> {
+    auth.authorize(Action::IdentityAdmin("identity:list_implied_roles"), &Target::default())?;
+    let (p, implied) = state.db.with(|db| -> ApiResult<(Role, Vec<Role>)> {
+        let p = db.role_by_id(&prior)?.ok_or_else(|| not_found("role", &prior))?;
+        let implied = db.implied_roles()?.into_iter().filter(|(x, _)| x.id == p.id).map(|(_, i)| i).collect();
+        Ok((p, implied))
+    })?;
+    Ok(Json(json!({
+        "role_inference": {
+            "prior_role": brief(&headers, &state, &p),
+            "implies": implied.iter().map(|i| brief(&headers, &state, i)).collect::<Vec<_>>(),
+        },
+        "links": {"self": url(&headers, &state, &format!("roles/{}/implies", p.id))},
+    })))
+}
+
 /// `GET /v3/role_inferences`: each role that implies others, with the roles it implies.
 pub(super) async fn inferences(
     headers: HeaderMap,
@@ -81,7 +207,7 @@ pub(super) async fn inferences(
 ) -> ApiResult<Json<Value>> {
     auth.authorize(Action::IdentityAdmin("identity:list_role_inference_rules"), &Target::default())?;
     let pairs = state.db.with(|db| db.implied_roles())?;
-    let brief = |r: &Role| json!({"id": r.id, "name": r.name, "links": {"self": url(&headers, &state, &format!("roles/{}", r.id))}});
+    let brief = |r: &Role| brief(&headers, &state, r);
     let mut rules: Vec<(Role, Vec<Value>)> = Vec::new();
     for (prior, implied) in &pairs {
         match rules.iter_mut().find(|(p, _)| p.id == prior.id) {

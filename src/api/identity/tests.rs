@@ -611,3 +611,115 @@ async fn an_application_credential_logs_in_with_its_roles_only() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// What tempest's identity tests found: implied-role rules, role renames, a rescoped token's
+/// methods, a revoked token's 404, the versions at `/identity/` and an expiry's format.
+#[tokio::test]
+async fn implied_role_rules_are_made_checked_listed_and_removed() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let mut ids = Vec::new();
+    for name in ["r0", "r1", "r2"] {
+        let r = c.post("/identity/v3/roles", &admin, json!({"role": {"name": name}})).await;
+        ids.push(r.json()["role"]["id"].as_str().unwrap().to_string());
+    }
+    let rule = |p: &str, i: &str| format!("/identity/v3/roles/{p}/implies/{i}");
+    let r = c.put(&rule(&ids[0], &ids[1]), &admin, json!(null)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["role_inference"]["prior_role"]["name"], "r0");
+    assert_eq!(r.json()["role_inference"]["implies"]["name"], "r1");
+    assert!(r.json()["role_inference"]["implies"]["links"]["self"].is_string());
+    c.put(&rule(&ids[0], &ids[2]), &admin, json!(null)).await;
+    assert_eq!(c.call(Method::HEAD, &rule(&ids[0], &ids[1]), Some(&admin), None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(c.get(&rule(&ids[0], &ids[1]), &admin).await.status, StatusCode::OK);
+    let listed = c.get(&format!("/identity/v3/roles/{}/implies", ids[0]), &admin).await.json();
+    let mut implied: Vec<&str> =
+        listed["role_inference"]["implies"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    implied.sort();
+    assert_eq!(implied, ["r1", "r2"], "{listed}");
+    let all = c.get("/identity/v3/role_inferences", &admin).await.json();
+    assert_eq!(all["role_inferences"].as_array().unwrap().len(), 4, "admin's three and r0's: {all}");
+    // A grant of r0 carries r1 and r2 in the token.
+    let (pid, uid) = project_with_member(&c, &admin, "p1", "u1").await;
+    c.put(&format!("/identity/v3/projects/{pid}/users/{uid}/roles/{}", ids[0]), &admin, json!({})).await;
+    let token = login(&c, "u1", "pw-1", "p1").await.json();
+    let names: Vec<&str> =
+        token["token"]["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"r1") && names.contains(&"r2"), "{names:?}");
+
+    assert_eq!(c.delete(&rule(&ids[0], &ids[1]), &admin).await.status, StatusCode::NO_CONTENT);
+    keystone_error(&c.get(&rule(&ids[0], &ids[1]), &admin).await, 404);
+    keystone_error(&c.delete(&rule(&ids[0], &ids[1]), &admin).await, 404);
+    keystone_error(&c.put(&rule(&ids[0], "nope"), &admin, json!(null)).await, 404);
+    let admin_role =
+        c.get("/identity/v3/roles?name=admin", &admin).await.json()["roles"][0]["id"].as_str().unwrap().to_string();
+    keystone_error(&c.put(&rule(&ids[0], &admin_role), &admin, json!(null)).await, 403);
+    let demo = c.token("demo").await;
+    keystone_error(&c.put(&rule(&ids[1], &ids[2]), &demo, json!(null)).await, 403);
+}
+
+#[tokio::test]
+async fn a_role_is_renamed() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let r = c.post("/identity/v3/roles", &admin, json!({"role": {"name": "old"}})).await;
+    let id = r.json()["role"]["id"].as_str().unwrap().to_string();
+    let r = patch(&c, &format!("/identity/v3/roles/{id}"), &admin, json!({"role": {"name": "new"}})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["role"]["name"], "new");
+    assert_eq!(c.get(&format!("/identity/v3/roles/{id}"), &admin).await.json()["role"]["name"], "new");
+    let r = patch(&c, &format!("/identity/v3/roles/{id}"), &admin, json!({"role": {"name": "reader"}})).await;
+    assert!(keystone_error(&r, 409).contains("Duplicate entry"));
+    keystone_error(&patch(&c, "/identity/v3/roles/nope", &admin, json!({"role": {"name": "x"}})).await, 404);
+}
+
+#[tokio::test]
+async fn a_rescoped_token_keeps_its_methods_and_a_revoked_one_is_not_found() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    project_with_member(&c, &admin, "p1", "u1").await;
+    let unscoped = json!({"auth": {"identity": {"methods": ["password"],
+        "password": {"user": {"name": "u1", "domain": {"id": "default"}, "password": "pw-1"}}}}});
+    let r = c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(unscoped)).await;
+    let first = subject(&r);
+    let rescope = |t: &str| {
+        json!({"auth": {"identity": {"methods": ["token"], "token": {"id": t}},
+            "scope": {"project": {"name": "p1", "domain": {"id": "default"}}}}})
+    };
+    let r = c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(rescope(&first))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["token"]["methods"], json!(["password", "token"]));
+    let req = axum::http::Request::delete("/identity/v3/auth/tokens")
+        .header("x-auth-token", &admin)
+        .header("x-subject-token", &first)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(c.send(req).await.status, StatusCode::NO_CONTENT);
+    let r = c.call(Method::POST, "/identity/v3/auth/tokens", None, Some(rescope(&first))).await;
+    assert_eq!(keystone_error(&r, 404), "Failed to validate token");
+}
+
+#[tokio::test]
+async fn versions_answer_at_the_root_with_its_slash() {
+    let c = Cloud::new();
+    for uri in ["/identity", "/identity/"] {
+        let r = c.call(Method::GET, uri, None, None).await;
+        assert_eq!(r.status, StatusCode::MULTIPLE_CHOICES, "{uri}: {}", r.text());
+        assert_eq!(r.json()["versions"]["values"][0]["status"], "stable");
+    }
+}
+
+#[tokio::test]
+async fn an_application_credentials_expiry_is_shown_as_keystone_does() {
+    let c = Cloud::new();
+    let admin = c.token("admin").await;
+    let (_, uid) = project_with_member(&c, &admin, "p1", "u1").await;
+    let token = subject(&login(&c, "u1", "pw-1", "p1").await);
+    let uri = format!("/identity/v3/users/{uid}/application_credentials");
+    let body = json!({"application_credential": {"name": "a", "expires_at": "2999-01-02T03:04:05.123456"}});
+    let r = c.post(&uri, &token, body).await;
+    assert_eq!(r.json()["application_credential"]["expires_at"], "2999-01-02T03:04:05.123456", "{}", r.text());
+    let body = json!({"application_credential": {"name": "b", "expires_at": "2999-01-02T03:04:05Z"}});
+    let r = c.post(&uri, &token, body).await;
+    assert_eq!(r.json()["application_credential"]["expires_at"], "2999-01-02T03:04:05.000000", "{}", r.text());
+}

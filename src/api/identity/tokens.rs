@@ -104,6 +104,9 @@ struct Subject {
     expires_no_later_than: Option<String>,
     /// Set when the subject is an application credential: the token is bound to its project.
     app_cred: Option<String>,
+    /// The methods of the token a token was made from: keystone's new token lists them beside
+    /// `token` (a password token rescoped says `["password", "token"]`).
+    parent_methods: Vec<String>,
 }
 
 pub(super) async fn issue_token(
@@ -113,8 +116,13 @@ pub(super) async fn issue_token(
     body: Result<Json<AuthRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body.map_err(|e| ApiError::from_json_rejection(e, "Invalid authentication request"))?;
-    let methods = req.auth.identity.methods.clone();
     let subject = authenticate(&state, &req.auth.identity, peer.map(|Extension(ConnectInfo(addr))| addr.ip())).await?;
+    let mut methods = subject.parent_methods.clone();
+    for m in &req.auth.identity.methods {
+        if !methods.contains(m) {
+            methods.push(m.clone());
+        }
+    }
     let ttl = state.config.api.token_ttl_secs;
     let per_user = state.config.api.max_tokens_per_user;
 
@@ -237,16 +245,23 @@ async fn authenticate(state: &AppState, identity: &Identity, source: Option<std:
             default_project: user.default_project_id,
             expires_no_later_than: None,
             app_cred: None,
+            parent_methods: Vec::new(),
         })
     } else if identity.methods.iter().any(|m| m == "token") {
         let t = identity.token.as_ref().ok_or_else(|| ApiError::bad_request("Expecting to find token in identity."))?;
-        let rec = state.db.with(|db| db.valid_token(&token_hash(&t.id)))?.ok_or_else(unauthorized)?;
+        // keystone answers a token it cannot validate (revoked, expired, unknown) with its
+        // TokenNotFound, a 404, not a 401; tempest checks that after a password change.
+        let rec = state
+            .db
+            .with(|db| db.valid_token(&token_hash(&t.id)))?
+            .ok_or_else(|| ApiError::not_found("Failed to validate token"))?;
         // A token made from a token never outlives it, as in keystone.
         Ok(Subject {
             user_id: rec.user_id,
             default_project: rec.project_id,
             expires_no_later_than: Some(rec.expires_at),
             app_cred: rec.application_credential_id,
+            parent_methods: rec.methods,
         })
     } else if identity.methods.iter().any(|m| m == "application_credential") {
         let a = identity
@@ -293,6 +308,7 @@ async fn authenticate(state: &AppState, identity: &Identity, source: Option<std:
             default_project: Some(cred.project_id),
             expires_no_later_than: cred.expires_at,
             app_cred: Some(cred.id),
+            parent_methods: Vec::new(),
         })
     } else {
         Err(ApiError::unauthorized("Only the password, token and application_credential methods are supported."))

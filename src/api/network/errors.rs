@@ -35,6 +35,24 @@ impl From<NetworkError> for ApiError {
             E::VlanIdInUse { .. } => (StatusCode::CONFLICT, "VlanIdInUse"),
             E::FlatNetworkInUse(_) => (StatusCode::CONFLICT, "FlatNetworkInUse"),
             E::NoNetworkAvailable => (StatusCode::SERVICE_UNAVAILABLE, "NoNetworkAvailable"),
+            // Issue 19: routers and floating IPs.
+            E::RouterNotFound(_) => (StatusCode::NOT_FOUND, "RouterNotFound"),
+            E::RouterInUse(_) => (StatusCode::CONFLICT, "RouterInUse"),
+            E::RouterInterfaceNotFound { .. } => (StatusCode::NOT_FOUND, "RouterInterfaceNotFound"),
+            E::RouterInterfaceNotFoundForSubnet { .. } => (StatusCode::NOT_FOUND, "RouterInterfaceNotFoundForSubnet"),
+            E::FloatingIpNotFound(_) => (StatusCode::NOT_FOUND, "FloatingIPNotFound"),
+            E::ExternalGatewayForFloatingIpNotFound { .. } => {
+                (StatusCode::NOT_FOUND, "ExternalGatewayForFloatingIPNotFound")
+            }
+            E::FloatingIpPortAlreadyAssociated { .. } => (StatusCode::CONFLICT, "FloatingIPPortAlreadyAssociated"),
+            E::RouterExternalGatewayInUseByFloatingIp { .. } => {
+                (StatusCode::CONFLICT, "RouterExternalGatewayInUseByFloatingIp")
+            }
+            E::RouterInterfaceInUseByFloatingIp { .. } => (StatusCode::CONFLICT, "RouterInterfaceInUseByFloatingIP"),
+            E::RouterInterfaceInUseByRoute { .. } => (StatusCode::CONFLICT, "RouterInterfaceInUseByRoute"),
+            E::PortInUse { .. } => (StatusCode::CONFLICT, "PortInUse"),
+            E::ServicePortInUse { .. } => (StatusCode::CONFLICT, "ServicePortInUse"),
+            E::BadRequest { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
         };
         ApiError::new(status, e.to_string()).with_kind(kind)
     }

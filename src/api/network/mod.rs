@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
@@ -51,6 +51,13 @@ pub fn router() -> Router<AppState> {
         .route("/v2.0/security-groups/{id}", get(show_group).put(update_group).delete(delete_group))
         .route("/v2.0/security-group-rules", get(list_rules).post(create_rule))
         .route("/v2.0/security-group-rules/{id}", get(show_rule).delete(delete_rule))
+        // Issue 19: routers and floating IPs.
+        .route("/v2.0/routers", get(list_routers).post(create_router))
+        .route("/v2.0/routers/{id}", get(show_router).put(update_router).delete(delete_router))
+        .route("/v2.0/routers/{id}/add_router_interface", put(add_router_interface))
+        .route("/v2.0/routers/{id}/remove_router_interface", put(remove_router_interface))
+        .route("/v2.0/floatingips", get(list_floating_ips).post(create_floating_ip))
+        .route("/v2.0/floatingips/{id}", get(show_floating_ip).put(update_floating_ip).delete(delete_floating_ip))
         .route("/v2.0/quotas", get(quotas::list))
         .route("/v2.0/quotas/project", get(quotas::own_project))
         .route("/v2.0/quotas/tenant", get(quotas::own_tenant))
@@ -59,16 +66,20 @@ pub fn router() -> Router<AppState> {
         .route("/v2.0/quotas/{id}/details", get(quotas::details))
 }
 
+mod floating_ips;
 mod ipv6_subnets;
 mod networks;
 mod ports;
 mod provider;
 mod quotas;
+mod routers;
 mod security_groups;
 mod subnets;
 
+use floating_ips::*;
 use networks::*;
 use ports::*;
+use routers::*;
 pub(crate) use security_groups::push_security_groups;
 use security_groups::*;
 use subnets::*;
@@ -91,6 +102,8 @@ const COLLECTIONS: &[(&str, &str)] = &[
     ("port", "ports"),
     ("security_group", "security-groups"),
     ("security_group_rule", "security-group-rules"),
+    ("router", "routers"),
+    ("floatingip", "floatingips"),
 ];
 
 async fn resources(headers: HeaderMap, State(state): State<AppState>) -> Json<Value> {
@@ -131,6 +144,19 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
+    // Issue 19: what tempest's and openstacksdk's L3 tests look for.
+    (
+        "router",
+        "Neutron L3 Router",
+        "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via \
+         a NAT gateway.",
+    ),
+    ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
+    (
+        "ext-gw-mode",
+        "Neutron L3 Configurable external gateway mode",
+        "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway",
+    ),
 ];
 
 fn extension_json(alias: &str, name: &str, description: &str) -> Value {
@@ -415,5 +441,7 @@ fn port_visible(auth: &Auth, p: &Port, nets: &[Network]) -> bool {
     auth.owns(&p.project_id) || nets.iter().any(|n| n.id == p.network_id && auth.owns(&n.project_id))
 }
 
+#[cfg(test)]
+mod l3_tests;
 #[cfg(test)]
 mod tests;

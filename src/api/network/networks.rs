@@ -68,8 +68,10 @@ pub(super) fn apply_network_attrs(
         n.shared = shared;
     }
     if let Some(ext) = get_bool(obj, "router:external")? {
-        if !auth.is_admin() && ext != n.external {
-            return Err(policy("create_network:router:external"));
+        if ext != n.external {
+            use crate::policy::Action;
+            let action = if creating { Action::NetworkCreateExternal } else { Action::NetworkUpdateExternal };
+            auth.authorize(action, &crate::policy::Target { project_id: Some(&n.project_id), ..Default::default() })?;
         }
         n.external = ext;
     }

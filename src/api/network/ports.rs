@@ -202,6 +202,11 @@ pub(super) async fn create_port(State(state): State<AppState>, auth: Auth, body:
     let port_security = get_bool(&obj, "port_security_enabled")?;
     let p = state.db.tx(|db| -> ApiResult<Port> {
         let net = load_network(db, &auth, &network_id)?;
+        // An external network is seen by every project, but only its owner (and admins,
+        // routers, floating IPs) put ports on it, as DevStack's `public`.
+        if net.external && !net.shared && !auth.owns(&net.project_id) {
+            return Err(policy("create_port"));
+        }
         authorize_port_attrs(&auth, &obj, &net, false)?;
         let device_id = get_str(&obj, "device_id", 255)?.unwrap_or_default();
         check_device_id(db, &auth, &device_id, &project_id)?;
@@ -298,6 +303,7 @@ pub(super) async fn delete_port(
         if !auth.owns(&p.project_id) {
             return Err(policy("delete_port"));
         }
+        super::routers::check_port_deletable(&p)?;
         Ok(db.delete_port(&id)?)
     })?;
     push_security_groups(&state, &auth).await;

@@ -11,12 +11,16 @@ use crate::db::network::SecurityGroup;
 use crate::policy::{self, Target};
 
 /// What an accepted action gives back.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// Accepted; the work goes on on the compute host (202).
     Accepted,
     /// `os-getConsoleOutput`'s text.
     ConsoleOutput(String),
+    /// `rebuild`: the instance as it now is (REBUILD) and the admin password to show.
+    Rebuilt(Box<Instance>, String),
+    /// `createImage` and `createBackup`: the new image's id.
+    ImageCreated(String),
 }
 
 impl ComputeApi<'_> {
@@ -77,6 +81,14 @@ impl ComputeApi<'_> {
             Action::Lock { reason } => self.lock(auth, &inst, reason)?,
             Action::Unlock => self.unlock(auth, &inst)?,
             Action::ResetState { state } => self.reset_state(auth, &inst, state)?,
+            Action::Rebuild(req) => {
+                let (rebuilt, admin_pass) = self.rebuild(auth, &inst, &req).await?;
+                return Ok(Outcome::Rebuilt(Box::new(rebuilt), admin_pass));
+            }
+            Action::Resize { flavor_ref } => self.resize(auth, &inst, &flavor_ref).await?,
+            Action::ConfirmResize => self.finish_resize(auth, &inst, true).await?,
+            Action::RevertResize => self.finish_resize(auth, &inst, false).await?,
+            Action::CreateImage(req) => return Ok(Outcome::ImageCreated(self.create_image(auth, &inst, &req).await?)),
         }
         Ok(Outcome::Accepted)
     }

@@ -13,7 +13,7 @@ use crate::db::Db;
 use crate::rpcapi::{RequestSpec, RequestedNetworks, SchedulerApi};
 
 impl ComputeApi<'_> {
-    /// Boots `req.max_count` servers; they are written (building, scheduling) and cast to
+    /// Boots up to `req.max_count` servers (as many as the quota allows, at least `min_count`); they are written (building, scheduling) and cast to
     /// the scheduler before this returns.
     pub async fn create(&self, auth: &Auth, req: &CreateRequest) -> Result<Vec<Instance>> {
         let ctx = auth.context.clone();
@@ -48,8 +48,9 @@ impl ComputeApi<'_> {
                 return Err(invalid("Flavor's memory is too small for requested image."));
             }
             if let Some(az) = &req.availability_zone {
-                if az != &self.state.config.host.availability_zone {
-                    return Err(invalid(format!("The requested availability zone is not available: {az}")));
+                let default = &self.state.config.host.availability_zone;
+                if !db.available_zones(default)?.contains(az) {
+                    return Err(invalid("The requested availability zone is not available"));
                 }
             }
             let key_data = match &req.key_name {
@@ -71,23 +72,38 @@ impl ComputeApi<'_> {
             let (used_instances, used_cores, used_ram) = db.project_usage(auth.project_id())?;
             let limits = db.quota_limits(auth.project_id())?;
             validation::metadata_quota(req.metadata.len(), limits.get("metadata_items").copied().unwrap_or(-1))?;
-            let n = req.max_count as i64;
+            // nova's all-or-nothing check: as many as fit, up to max_count; fewer than min_count
+            // fitting refuses the request with the first resource that does not fit.
+            let mut count = req.max_count as i64;
+            let mut over = None;
             for (resource, used, each) in [
                 ("instances", used_instances, 1),
                 ("cores", used_cores, flavor.vcpus),
                 ("ram", used_ram, flavor.memory_mb),
             ] {
                 let limit = limits.get(resource).copied().unwrap_or(-1);
-                if limit >= 0 && used.saturating_add(each.saturating_mul(n)) > limit {
-                    return Err(ComputeError::QuotaExceeded(format!(
-                        "Quota exceeded for {resource}: Requested {}, but already used {used} of {limit} {resource}",
-                        each.saturating_mul(n)
-                    )));
+                if limit < 0 || each <= 0 {
+                    continue;
+                }
+                let fits = (limit - used).max(0) / each;
+                if fits < count {
+                    count = fits;
+                    over.get_or_insert((resource, used, each, limit));
                 }
             }
+            if count < req.min_count as i64 {
+                let (resource, used, each, limit) = over.unwrap_or(("instances", used_instances, 1, 0));
+                return Err(ComputeError::QuotaExceeded(format!(
+                    "Quota exceeded for {resource}: Requested {}, but already used {used} of {limit} {resource}",
+                    each.saturating_mul(req.max_count as i64)
+                )));
+            }
+            let count = count as usize;
+            // One id for the servers of this request (nova's `r-` plus eight characters).
+            let reservation_id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
 
             drop(validating);
-            let _creating = tracing::info_span!("db.instance_create", count = req.max_count).entered();
+            let _creating = tracing::info_span!("db.instance_create", count).entered();
             let snapshot = FlavorSnapshot {
                 flavorid: flavor.flavorid.clone(),
                 name: flavor.name.clone(),
@@ -99,8 +115,9 @@ impl ComputeApi<'_> {
                 extra_specs,
             };
             let mut created = Vec::new();
-            for i in 0..req.max_count {
-                let name = if req.max_count > 1 { format!("{}-{}", req.name, i + 1) } else { req.name.clone() };
+            for i in 0..count {
+                // nova's multi_instance_display_name_template, `%(name)s-%(count)d`, counting from 1.
+                let name = if count > 1 { format!("{}-{}", req.name, i + 1) } else { req.name.clone() };
                 let new = NewInstance {
                     uuid: uuid::Uuid::new_v4().to_string(),
                     hostname: sanitize_hostname(&name),
@@ -126,8 +143,11 @@ impl ComputeApi<'_> {
                     metadata: req.metadata.clone(),
                     security_group_ids: sg_ids.clone(),
                     block_devices: req.block_devices.clone(),
+                    tags: req.tags.clone(),
                 };
-                let instance = db.create_instance(&new)?;
+                let mut instance = db.create_instance(&new)?;
+                db.set_reservation_id(&instance.uuid, &reservation_id)?;
+                instance.reservation_id = Some(reservation_id.clone());
                 if let Some(g) = &group {
                     db.add_server_group_member(g.id, &instance.uuid)?;
                 }

@@ -18,11 +18,15 @@ use crate::db::{Db, DbError};
 mod actions;
 mod create;
 mod delete;
+mod instance_actions;
+mod lifecycle;
 pub mod requests;
+mod server_meta;
 
 pub use actions::Outcome;
 pub(crate) use create::bootable_image;
 pub use requests::{Action, CreateRequest, UpdateRequest};
+pub use server_meta::{tag_error, tag_list, MetadataChange, MAX_TAGS};
 
 pub type Result<T> = std::result::Result<T, ComputeError>;
 
@@ -113,6 +117,8 @@ pub struct ViewData {
     pub fault: Option<Fault>,
     pub host_up: Option<bool>,
     pub volumes: Vec<String>,
+    /// The server's tags (2.26).
+    pub tags: Vec<String>,
 }
 
 /// True when the compute service of `host` is among `services` and alive.
@@ -141,6 +147,7 @@ pub fn view_data(state: &AppState, db: &Db, services: &[Service], inst: &Instanc
         },
         host_up,
         volumes,
+        tags: db.instance_tags(&inst.uuid)?,
     })
 }
 
@@ -178,12 +185,6 @@ impl<'a> ComputeApi<'a> {
     pub fn addresses(&self, auth: &Auth, id: &str) -> Result<serde_json::Value> {
         let inst = self.get(auth, id)?;
         Ok(self.state.db.with(|db| crate::conductor::addresses(db, &inst.uuid))?)
-    }
-
-    /// The actions taken on a server, newest first (`os-instance-actions`).
-    pub fn instance_actions(&self, auth: &Auth, id: &str) -> Result<Vec<serde_json::Value>> {
-        let inst = self.get(auth, id)?;
-        Ok(self.state.db.with(|db| db.instance_actions(&inst.uuid))?)
     }
 
     /// Renames a server or changes its description or access addresses.

@@ -20,6 +20,7 @@ impl ComputeManager {
             R::DetachVolume { instance, .. } => ("detach_volume", Some(instance)),
             R::GetConsoleOutput { instance, .. } => ("get_console_output", Some(instance)),
             R::RefreshSecurityGroups { .. } => ("refresh_security_groups", None),
+            R::RefreshRouters {} => ("refresh_routers", None),
             R::PauseInstance { instance } => ("pause_instance", Some(instance)),
             R::UnpauseInstance { instance } => ("unpause_instance", Some(instance)),
             R::SuspendInstance { instance } => ("suspend_instance", Some(instance)),
@@ -27,6 +28,11 @@ impl ComputeManager {
             R::TriggerCrashDump { instance } => ("trigger_crash_dump", Some(instance)),
             R::SoftDeleteInstance { instance } => ("soft_delete_instance", Some(instance)),
             R::RestoreInstance { instance } => ("restore_instance", Some(instance)),
+            R::RebuildInstance { instance, .. } => ("rebuild_instance", Some(instance)),
+            R::ResizeInstance { instance, .. } => ("resize_instance", Some(instance)),
+            R::ConfirmResize { instance } => ("confirm_resize", Some(instance)),
+            R::RevertResize { instance, .. } => ("revert_resize", Some(instance)),
+            R::SnapshotInstance { instance, .. } => ("snapshot_instance", Some(instance)),
         };
         match instance {
             Some(inst) => self.fault_at(ctx, method, inst).await,
@@ -59,6 +65,10 @@ impl ComputeManager {
                 return Ok(Value::Null);
             }
         };
+        let request_kind = match &request {
+            R::ResizeInstance { .. } | R::ConfirmResize { .. } | R::RevertResize { .. } => Kind::Resize,
+            _ => Kind::Other,
+        };
         match request {
             R::BuildAndRunInstance { instance, .. } => {
                 let lock = self.lock_for(&instance.uuid);
@@ -85,6 +95,22 @@ impl ComputeManager {
                 let _ = self.conductor.instance_update(ctx, &instance.uuid, &u).await;
                 let _ = self.conductor.action_finish(ctx, &instance.uuid, Some(&message)).await;
             }
+            // As the real failures of issue 16's long actions end (see `lifecycle`).
+            R::RebuildInstance { instance, .. }
+            | R::ResizeInstance { instance, .. }
+            | R::ConfirmResize { instance }
+            | R::RevertResize { instance, .. } => {
+                let lock = self.lock_for(&instance.uuid);
+                let _held = lock.lock().await;
+                if matches!(request_kind, Kind::Resize) {
+                    let _ = self.conductor.migration_status(ctx, &instance.uuid, "error").await;
+                }
+                self.action_failed(ctx, &instance, &message, true).await;
+            }
+            R::SnapshotInstance { instance, image_id, .. } => {
+                let _ = self.conductor.image_discard(ctx, &image_id).await;
+                self.action_failed(ctx, &instance, &message, false).await;
+            }
             R::AttachVolume { instance, volume } => {
                 let _ = self.conductor.volume_attach_done(ctx, &volume.volume_id, &instance.uuid, Some(&message)).await;
             }
@@ -95,7 +121,14 @@ impl ComputeManager {
             R::RefreshSecurityGroups { .. } => {
                 return Err(RemoteError::new(RemoteErrorKind::SecurityGroupError, message))
             }
+            R::RefreshRouters {} => return Err(RemoteError::new(RemoteErrorKind::NetworkError, message)),
         }
         Ok(Value::Null)
     }
+}
+
+/// Which failed requests have a resize record to mark.
+enum Kind {
+    Resize,
+    Other,
 }

@@ -24,7 +24,9 @@ use crate::rpcapi::{
 use crate::volumes::VolumeStatus;
 
 mod actions;
+mod events;
 mod faults;
+mod lifecycle;
 
 use actions::{PowerAction, StateAction};
 
@@ -153,6 +155,20 @@ impl ComputeManager {
         fw.refresh(filters).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// Issue 19: fetches the routers this host plumbs from the conductor and makes the host
+    /// match them (a no-op without a bridge: the fake driver and user mode plug nothing). One
+    /// fetch-and-apply at a time, so an older answer never lands after a newer one.
+    async fn refresh_routers(&self, ctx: &Context) -> Result<(), String> {
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let Some(net) = self.net.clone() else { return Ok(()) };
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let want = self.conductor.router_state(ctx, &self.host).await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || net.apply_routers(&want))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("plumbing the routers failed: {e}"))
+    }
+
     /// Bridge mode: guests' ports are plugged into bridges through `net`.
     pub fn with_net(mut self, net: Arc<HostNet>) -> ComputeManager {
         self.net = Some(net);
@@ -236,6 +252,9 @@ impl ComputeManager {
         let ctx = Context::admin(Context::new_request_id());
         if let Err(e) = self.refresh_security_groups(&ctx).await {
             tracing::error!(error = %e, "security groups not applied at start");
+        }
+        if let Err(e) = self.refresh_routers(&ctx).await {
+            tracing::error!(error = %e, "routers not restored at start");
         }
         // Guests first: a guest is only made after its row names this host, so every guest in
         // this list is in the instance list that follows unless its row is gone.
@@ -324,6 +343,9 @@ impl ComputeManager {
     }
 
     async fn reconcile(&self, ctx: &Context, inst: &Instance, driver_has_it: bool) {
+        // Issue 16's long actions settle first; the guest is then brought in line below.
+        let settled = self.recover_interrupted(ctx, inst, driver_has_it).await;
+        let inst = settled.as_ref().unwrap_or(inst);
         let uuid = &inst.uuid;
         match (inst.vm_state, inst.task_state) {
             (_, Some(TaskState::Deleting)) => {
@@ -337,7 +359,9 @@ impl ComputeManager {
                 let _ = self.conductor.deallocate_network(ctx, uuid).await;
                 self.set_error(ctx, inst, "The compute service restarted while this instance was being built.").await;
             }
-            (VmState::Active, _) => {
+            // A server in VERIFY_RESIZE runs with its new flavor, as an active one.
+            (VmState::Resized, None) if inst.power_state != PowerState::Running => {}
+            (VmState::Active, _) | (VmState::Resized, None) => {
                 let state = if driver_has_it { self.driver.power_state(uuid).await } else { PowerState::NoState };
                 // Taps come back first (after `down` removed them), so the guest finds its link.
                 let plugged = match self.guest_spec(ctx, inst).await {
@@ -684,6 +708,9 @@ impl ComputeManager {
                 if let Err(e) = self.reclaim_queued_deletes().await {
                     tracing::warn!(error = %e, "soft-deleted instances not reclaimed");
                 }
+                if let Err(e) = self.confirm_expired_resizes().await {
+                    tracing::warn!(error = %e, "resizes past their confirm window not confirmed");
+                }
                 // After the sync, which reaps guests whose rows are gone: their taps go next.
                 self.sweep_network(&Context::admin(Context::new_request_id())).await;
             }
@@ -738,6 +765,7 @@ impl Handler for ComputeManager {
         if let Some(injected) = self.rpc_fault(&ctx, &request).await {
             return self.injected_rpc(&ctx, request, injected).await;
         }
+        self.start_event(&ctx, &request).await;
         match request {
             R::BuildAndRunInstance { instance, request_spec } => {
                 let spec = request_spec.map(|spec| *spec).unwrap_or(RequestSpec {
@@ -766,6 +794,9 @@ impl Handler for ComputeManager {
                         .map_err(|e| RemoteError::new(RemoteErrorKind::SecurityGroupError, e.to_string()))?;
                 }
             }
+            R::RefreshRouters {} => {
+                self.refresh_routers(&ctx).await.map_err(|e| RemoteError::new(RemoteErrorKind::NetworkError, e))?
+            }
             R::AttachVolume { instance, volume } => self.attach_volume(&ctx, &instance.uuid, &volume).await,
             R::DetachVolume { instance, volume_id } => self.detach_volume(&ctx, &instance.uuid, &volume_id).await,
             R::PauseInstance { instance } => self.state_action(&ctx, &instance, StateAction::Pause).await,
@@ -775,6 +806,15 @@ impl Handler for ComputeManager {
             R::TriggerCrashDump { instance } => self.trigger_crash_dump(&ctx, &instance).await,
             R::SoftDeleteInstance { instance } => self.state_action(&ctx, &instance, StateAction::SoftDelete).await,
             R::RestoreInstance { instance } => self.state_action(&ctx, &instance, StateAction::Restore).await,
+            R::RebuildInstance { instance, preserve_ephemeral } => {
+                self.rebuild_instance(&ctx, &instance, preserve_ephemeral).await
+            }
+            R::ResizeInstance { instance, migration } => self.resize_instance(&ctx, &instance, &migration).await,
+            R::ConfirmResize { instance } => self.confirm_resize(&ctx, &instance).await,
+            R::RevertResize { instance, migration } => self.revert_resize(&ctx, &instance, &migration).await,
+            R::SnapshotInstance { instance, image_id, rotation } => {
+                self.snapshot_instance(&ctx, &instance, &image_id, rotation.as_ref()).await
+            }
             R::GetConsoleOutput { instance, length } => {
                 let out = self
                     .driver

@@ -69,11 +69,13 @@ fn route_cidr(dst: &str) -> Option<Ipv4Cidr> {
     Ipv4Cidr::new_const((u32::from(addr) & mask).to_be_bytes(), prefix)
 }
 
-/// Creates (or completes) the bridge with the gateway address and brings it up.
+/// Creates (or completes) the bridge with the host's address (the gateway, or the DHCP
+/// port's when a router holds the gateway) and brings it up. Another address of `cidr` on
+/// our bridge is one the host held before a router took or gave back the gateway: removed.
 pub fn ensure_bridge(
     bridge: &str,
     cidr: &Ipv4Cidr,
-    gateway: Ipv4Addr,
+    address: Ipv4Addr,
     tag: &str,
     existing: Existing,
 ) -> Result<(), NetError> {
@@ -81,13 +83,26 @@ pub fn ensure_bridge(
         host::run("ip", &["link", "add", "name", bridge, "type", "bridge"])?;
         host::run("ip", &["link", "set", "dev", bridge, "alias", &alias(tag)])?;
     }
-    let addr = format!("{gateway}/{}", cidr.prefix());
+    let addr = format!("{address}/{}", cidr.prefix());
     let shown = host::run("ip", &["-4", "-o", "addr", "show", "dev", bridge])?;
+    for old in stale_addresses(&shown, cidr, &addr) {
+        host::run("ip", &["addr", "del", &old, "dev", bridge])?;
+    }
     if !shown.split_whitespace().any(|w| w == addr) {
         host::run("ip", &["addr", "add", &addr, "dev", bridge])?;
     }
     host::run("ip", &["link", "set", "dev", bridge, "up"])?;
     Ok(())
+}
+
+/// The addresses of `cidr` in `ip -4 -o addr show` output other than `keep`.
+fn stale_addresses(shown: &str, cidr: &Ipv4Cidr, keep: &str) -> Vec<String> {
+    shown
+        .split_whitespace()
+        .filter(|w| w.contains('/') && *w != keep)
+        .filter(|w| w.split_once('/').and_then(|(a, _)| a.parse::<Ipv4Addr>().ok()).is_some_and(|a| cidr.contains(a)))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Creates the guest's tap (unless it exists and is ours) and attaches it to `bridge`.
@@ -161,6 +176,15 @@ mod tests {
         // A VPN's host route inside the range overlaps as well.
         let err = preflight(&[], &[route("10.42.0.9", "tun0")], "nbr1", &cidr, "aaaaaa").unwrap_err();
         assert!(err.to_string().contains("tun0"));
+    }
+
+    #[test]
+    fn only_other_addresses_of_the_subnet_are_stale() {
+        let cidr: Ipv4Cidr = "10.42.0.0/24".parse().unwrap();
+        let shown =
+            "5: nbr0    inet 10.42.0.1/24 scope global nbr0\n5: nbr0    inet 169.254.169.254/32 scope global nbr0\n";
+        assert!(stale_addresses(shown, &cidr, "10.42.0.1/24").is_empty());
+        assert_eq!(stale_addresses(shown, &cidr, "10.42.0.2/24"), vec!["10.42.0.1/24".to_string()]);
     }
 
     #[test]

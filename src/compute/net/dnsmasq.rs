@@ -79,6 +79,30 @@ pub fn render_conf(
         .replace("{dns_hosts}", &p(files.dns_hosts()))
 }
 
+/// The config of a network whose gateway a router holds: dnsmasq listens on (and serves
+/// DNS from) the host's own address, guests keep the router as their default gateway, and
+/// a classless static route (option 121, which replaces option 3 where clients read it, so
+/// it repeats the default) leads to the metadata service through the host, as neutron's
+/// DHCP agent does for isolated metadata.
+pub fn routed(conf: &str, gateway: Ipv4Addr, host: Ipv4Addr) -> String {
+    let mut out = String::new();
+    for line in conf.lines() {
+        match line {
+            l if l.starts_with("listen-address=") => out.push_str(&format!("listen-address={host}")),
+            l if l.starts_with("dhcp-option=option:dns-server,") => {
+                out.push_str(&format!("dhcp-option=option:dns-server,{host}"))
+            }
+            l => out.push_str(l),
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "dhcp-option=option:classless-static-route,{}/32,{host},0.0.0.0/0,{gateway}\n",
+        crate::network::METADATA_ADDRESS
+    ));
+    out
+}
+
 /// `dhcp-hostsfile` lines (`mac,ip,hostname`) and `addn-hosts` lines (`ip name name.domain`).
 pub fn render_hosts(entries: &BTreeMap<String, HostEntry>, dns_domain: &str) -> (String, String) {
     let mut dhcp = String::new();
@@ -179,6 +203,23 @@ mod tests {
             assert!(conf.lines().any(|l| l == line), "{line} missing from\n{conf}");
         }
         assert!(!conf.contains('{'), "placeholder left:\n{conf}");
+    }
+
+    #[test]
+    fn a_routed_network_keeps_the_router_as_gateway_and_the_host_for_dns_and_metadata() {
+        let files = Files::new(Path::new("/h/net/nbr0"));
+        let cidr: Ipv4Cidr = "10.42.0.0/24".parse().unwrap();
+        let conf = render_conf(&files, "private", "nbr0", &cidr, cidr.gateway(), "novalocal");
+        let conf = routed(&conf, cidr.gateway(), "10.42.0.2".parse().unwrap());
+        for line in [
+            "listen-address=10.42.0.2",
+            "dhcp-option=option:dns-server,10.42.0.2",
+            "dhcp-option=option:router,10.42.0.1",
+            "dhcp-option=option:classless-static-route,169.254.169.254/32,10.42.0.2,0.0.0.0/0,10.42.0.1",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line} missing from\n{conf}");
+        }
+        assert!(!conf.contains("listen-address=10.42.0.1"), "{conf}");
     }
 
     #[test]

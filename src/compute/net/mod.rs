@@ -24,6 +24,7 @@ pub mod bridge;
 pub mod dnsmasq;
 pub mod host;
 pub mod nat;
+pub mod router;
 pub mod vlan;
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,17 @@ pub struct BridgeNet {
     /// A provider network's way onto its physical network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<vlan::Uplink>,
+    /// The host's address on the bridge when a router holds the gateway (issue 19); the
+    /// host holds the gateway itself otherwise.
+    #[serde(default)]
+    pub host_ip: Option<Ipv4Addr>,
+    /// Whether a dnsmasq serves the network (not the external network's bridge).
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl BridgeNet {
@@ -155,7 +167,13 @@ impl BridgeNet {
         let cidr = vif.cidr.clone().ok_or_else(|| missing("a subnet"))?;
         let gateway = vif.gateway.as_deref().and_then(|g| g.parse().ok()).ok_or_else(|| missing("a gateway"))?;
         let uplink = vif.provider.as_ref().map(|p| vlan::Uplink::of(p, physnets)).transpose()?;
-        Ok(BridgeNet { network: vif.network_name.clone(), bridge, cidr, gateway, uplink })
+        let host_ip = vif.host_address.as_deref().and_then(|a| a.parse().ok());
+        Ok(BridgeNet { network: vif.network_name.clone(), bridge, cidr, gateway, uplink, host_ip, dhcp: true })
+    }
+
+    /// The address the host holds on the bridge.
+    pub fn host_address(&self) -> Ipv4Addr {
+        self.host_ip.unwrap_or(self.gateway)
     }
 }
 
@@ -201,6 +219,22 @@ impl HostNet {
             cidr: config.network.cidr.to_string(),
             gateway: config.network.cidr.gateway(),
             uplink: None,
+            host_ip: None,
+            dhcp: true,
+        }
+    }
+
+    /// The external network's bridge (`[network] public_bridge`): the host holds its gateway,
+    /// as DevStack's br-ex holds 172.24.4.1; no DHCP.
+    pub fn public_net(config: &Config) -> BridgeNet {
+        BridgeNet {
+            network: crate::network::routers::PUBLIC_NETWORK.to_string(),
+            bridge: config.network.public_bridge.clone(),
+            cidr: config.network.public_cidr.to_string(),
+            gateway: config.network.public_cidr.gateway(),
+            uplink: None,
+            host_ip: None,
+            dhcp: false,
         }
     }
 
@@ -225,7 +259,7 @@ impl HostNet {
         }
         let dir = Self::dir(&self.home, &net.bridge);
         std::fs::create_dir_all(&dir).map_err(|e| NetError::Io(dir.clone(), e.to_string()))?;
-        bridge::ensure_bridge(&net.bridge, &cidr, net.gateway, &self.tag, existing)?;
+        bridge::ensure_bridge(&net.bridge, &cidr, net.host_address(), &self.tag, existing)?;
         if let Some(uplink) = &net.uplink {
             vlan::ensure_uplink(uplink, &net.bridge, &self.tag)?;
         }
@@ -233,7 +267,14 @@ impl HostNet {
         dnsmasq::write(&dir.join("network.json"), &state)?;
         nat::apply(&self.tag, &self.bridged()?)?;
         let files = dnsmasq::Files::new(&dir);
-        let conf = dnsmasq::render_conf(&files, &net.network, &net.bridge, &cidr, net.gateway, &self.dns_domain);
+        if !net.dhcp {
+            tracing::info!(bridge = %net.bridge, cidr = %net.cidr, "network ready (no DHCP)");
+            return Ok(());
+        }
+        let mut conf = dnsmasq::render_conf(&files, &net.network, &net.bridge, &cidr, net.gateway, &self.dns_domain);
+        if let Some(host_ip) = net.host_ip {
+            conf = dnsmasq::routed(&conf, net.gateway, host_ip);
+        }
         let changed = std::fs::read_to_string(files.conf()).ok().as_deref() != Some(conf.as_str());
         dnsmasq::write(&files.conf(), conf.as_bytes())?;
         if changed && dnsmasq::running(&files).is_some() {
@@ -276,7 +317,7 @@ impl HostNet {
             let known: Option<BridgeNet> =
                 std::fs::read(dir.join("network.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
             let files = dnsmasq::Files::new(&dir);
-            if known.as_ref() != Some(&net) || dnsmasq::running(&files).is_none() {
+            if known.as_ref() != Some(&net) || (net.dhcp && dnsmasq::running(&files).is_none()) {
                 self.ensure_network_locked(&net)?;
             }
             created |= bridge::ensure_tap(&host::links()?, &tap, &net.bridge, &self.tag)?;
@@ -367,7 +408,7 @@ impl HostNet {
         let mut restarted = Vec::new();
         for net in self.networks() {
             let files = dnsmasq::Files::new(&Self::dir(&self.home, &net.bridge));
-            if dnsmasq::running(&files).is_some() {
+            if !net.dhcp || dnsmasq::running(&files).is_some() {
                 continue;
             }
             tracing::warn!(bridge = %net.bridge, "dnsmasq is not running; restarting it");
@@ -418,6 +459,10 @@ pub fn down(home: &Home) -> Result<Removed, NetError> {
             }
         }
     }
+    // Routers first: deleting a namespace takes its veths with it.
+    if host::has("ip") && host::has_net_admin() {
+        removed.links.extend(router::down(home)?);
+    }
     let links = if host::has("ip") { host::links()? } else { Vec::new() };
     let ours: Vec<_> = bridge::ours(&links, &tag).into_iter().cloned().collect();
     if !host::has_net_admin() {
@@ -430,11 +475,14 @@ pub fn down(home: &Home) -> Result<Removed, NetError> {
     let (taps, bridges): (Vec<_>, Vec<_>) = ours.into_iter().partition(|l| l.master.is_some());
     for l in taps.iter().chain(bridges.iter()) {
         let _ = host::run("ip", &["addr", "del", "169.254.169.254/32", "dev", &l.ifname]);
-        // A veth's peer went with it (provider networks on a mapped bridge).
-        if host::run("ip", &["link", "show", "dev", &l.ifname]).is_err() {
-            continue;
+        if let Err(e) = host::run("ip", &["link", "del", "dev", &l.ifname]) {
+            // A router's veth goes with its namespace, which the kernel frees after
+            // `ip netns del` returns, and a provider veth with its peer: listed above, gone
+            // now, which is what was wanted.
+            if host::links()?.iter().any(|x| x.ifname == l.ifname) {
+                return Err(e);
+            }
         }
-        host::run("ip", &["link", "del", "dev", &l.ifname])?;
         removed.links.push(l.ifname.clone());
     }
     if host::has("nft") {
@@ -514,6 +562,11 @@ mod tests {
             network_name: "private".into(),
             ..Default::default()
         };
-        assert_eq!(BridgeNet::from_vif(&vif, &BTreeMap::new()).unwrap().gateway, Ipv4Addr::new(10, 42, 0, 1));
+        let none = BTreeMap::new();
+        assert_eq!(BridgeNet::from_vif(&vif, &none).unwrap().gateway, Ipv4Addr::new(10, 42, 0, 1));
+        assert_eq!(BridgeNet::from_vif(&vif, &none).unwrap().host_address(), Ipv4Addr::new(10, 42, 0, 1));
+        let routed = Vif { host_address: Some("10.42.0.2".into()), ..vif };
+        let net = BridgeNet::from_vif(&routed, &none).unwrap();
+        assert_eq!((net.gateway, net.host_address()), (Ipv4Addr::new(10, 42, 0, 1), Ipv4Addr::new(10, 42, 0, 2)));
     }
 }

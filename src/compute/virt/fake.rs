@@ -14,6 +14,12 @@ struct FakeGuest {
     volumes: Vec<String>,
     /// NMIs received (`trigger_crash_dump`).
     nmis: u32,
+    /// (memory_mb, vcpus, root_gb) of the machine, as a resize changes them.
+    size: (i64, i64, i64),
+    /// The size before a resize, until it is confirmed or reverted.
+    kept: Option<(i64, i64, i64)>,
+    /// The boot image's file and disk format: a snapshot of a fake guest is its image's bytes.
+    image: Option<(String, String)>,
 }
 
 pub struct FakeDriver {
@@ -66,11 +72,90 @@ impl VirtDriver for FakeDriver {
             spec.network_info.iter().flat_map(|v| v.ips.iter().cloned()).collect::<Vec<_>>().join(" ")
         );
         let volumes = spec.volumes.iter().map(|v| v.volume_id.clone()).collect();
-        self.guests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.uuid.clone(), FakeGuest { power_state: PowerState::Running, console, volumes, nmis: 0 });
+        let guest = FakeGuest {
+            power_state: PowerState::Running,
+            console,
+            volumes,
+            nmis: 0,
+            size: (spec.memory_mb, spec.vcpus, spec.root_gb),
+            kept: None,
+            image: image_of(spec),
+        };
+        self.guests.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.uuid.clone(), guest);
         Ok(())
+    }
+
+    async fn rebuild(&self, spec: &GuestSpec, preserve_ephemeral: bool) -> Result<(), VirtError> {
+        // A rebuild boots again: as slow as a first boot.
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let image = spec.image.as_ref().map(|i| i.id.clone()).unwrap_or_default();
+        if self.with_guest(&spec.uuid, |_| ()).is_err() {
+            // Gone (a server in ERROR after a restart): a rebuild makes it anew, as nova's.
+            return self.spawn(spec).await;
+        }
+        self.with_guest(&spec.uuid, |g| {
+            g.power_state = PowerState::Running;
+            g.image = image_of(spec);
+            let ephemeral = if preserve_ephemeral { "kept" } else { "new" };
+            g.console.push_str(&format!(
+                "rebuilt from image {image} (ephemeral disk {ephemeral})\nfake console of {} ({})\nhostname: {}\n",
+                spec.name, spec.uuid, spec.hostname
+            ));
+        })
+    }
+
+    async fn migrate_disk_and_power_off(&self, uuid: &str) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| {
+            g.kept.get_or_insert(g.size);
+            g.power_state = PowerState::Shutdown;
+            g.console.push_str("powered off for a resize\n");
+        })
+    }
+
+    async fn finish_migration(&self, spec: &GuestSpec, power_on: bool) -> Result<(), VirtError> {
+        self.with_guest(&spec.uuid, |g| {
+            let kept = g
+                .kept
+                .ok_or_else(|| VirtError::Failed(format!("guest {} was not prepared for a resize", spec.uuid)))?;
+            if spec.root_gb < kept.2 {
+                return Err(VirtError::Failed("Unable to resize disk down.".into()));
+            }
+            g.size = (spec.memory_mb, spec.vcpus, spec.root_gb);
+            g.console.push_str(&size_line(g.size));
+            if power_on {
+                g.power_state = PowerState::Running;
+            }
+            Ok(())
+        })?
+    }
+
+    async fn confirm_migration(&self, uuid: &str) -> Result<(), VirtError> {
+        self.with_guest(uuid, |g| g.kept = None)
+    }
+
+    async fn finish_revert_migration(&self, spec: &GuestSpec, power_on: bool) -> Result<(), VirtError> {
+        self.with_guest(&spec.uuid, |g| {
+            if let Some(kept) = g.kept.take() {
+                g.size = kept;
+            }
+            g.console.push_str(&format!("resize reverted\n{}", size_line(g.size)));
+            g.power_state = if power_on { PowerState::Running } else { PowerState::Shutdown };
+        })
+    }
+
+    /// The fake's disk is its boot image: the snapshot is a copy of that file.
+    async fn snapshot(&self, uuid: &str, image_id: &str) -> Result<super::Snapshot, VirtError> {
+        let image = self.with_guest(uuid, |g| g.image.clone())?;
+        let (source, disk_format) =
+            image.ok_or_else(|| VirtError::Failed(format!("guest {uuid} has no image file to snapshot")))?;
+        if uuid::Uuid::parse_str(image_id).is_err() {
+            return Err(VirtError::Failed(format!("image id {image_id:?} is not a uuid")));
+        }
+        let file = std::env::temp_dir().join(format!("novabox-fake-snapshot-{image_id}"));
+        std::fs::copy(&source, &file).map_err(|e| VirtError::Failed(format!("cannot copy {source}: {e}")))?;
+        Ok(super::Snapshot { file, disk_format })
     }
 
     async fn destroy(&self, uuid: &str) -> Result<(), VirtError> {
@@ -159,7 +244,24 @@ impl VirtDriver for FakeDriver {
     }
 }
 
+/// The image file and format a fake guest "boots".
+fn image_of(spec: &GuestSpec) -> Option<(String, String)> {
+    let image = spec.image.as_ref()?;
+    Some((image.file.clone()?, image.disk_format.clone().unwrap_or_else(|| "raw".into())))
+}
+
+/// What a fake guest's console says of its machine at boot, as the test image's
+/// `novabox-guest: memory` line does.
+fn size_line((memory_mb, vcpus, root_gb): (i64, i64, i64)) -> String {
+    format!("booted with {memory_mb} MB, {vcpus} vCPUs, a {root_gb} GiB root disk\n")
+}
+
 impl FakeDriver {
+    /// The guest's (memory_mb, vcpus, root_gb), for tests.
+    pub fn size(&self, uuid: &str) -> Option<(i64, i64, i64)> {
+        self.with_guest(uuid, |g| g.size).ok()
+    }
+
     /// Moves the guest from power state `from` to `to`, as a hypervisor refuses a pause of a
     /// guest that is not running.
     fn change_power(&self, uuid: &str, from: PowerState, to: PowerState, line: &str) -> Result<(), VirtError> {
@@ -217,6 +319,26 @@ mod tests {
         assert!(d.unpause("u1").await.is_err());
         d.resume("u1").await.unwrap();
         assert_eq!(d.power_state("u1").await, PowerState::Running);
+        // Issue 16: a resize keeps the old size until confirmed or reverted.
+        let mut bigger = spec.clone();
+        (bigger.memory_mb, bigger.root_gb) = (128, 2);
+        assert!(d.finish_migration(&bigger, true).await.is_err(), "not prepared");
+        d.migrate_disk_and_power_off("u1").await.unwrap();
+        assert_eq!(d.power_state("u1").await, PowerState::Shutdown);
+        d.finish_migration(&bigger, true).await.unwrap();
+        assert_eq!(d.size("u1"), Some((128, 1, 2)));
+        d.finish_revert_migration(&spec, true).await.unwrap();
+        assert_eq!((d.size("u1"), d.power_state("u1").await), (Some((64, 1, 1)), PowerState::Running));
+        d.migrate_disk_and_power_off("u1").await.unwrap();
+        let mut smaller = spec.clone();
+        smaller.root_gb = 0;
+        assert!(d.finish_migration(&smaller, true).await.unwrap_err().to_string().contains("resize disk down"));
+        d.finish_migration(&bigger, false).await.unwrap();
+        d.confirm_migration("u1").await.unwrap();
+        assert_eq!(d.size("u1"), Some((128, 1, 2)));
+        d.rebuild(&spec, true).await.unwrap();
+        assert!(d.console_output("u1").await.unwrap().contains("ephemeral disk kept"));
+        assert!(d.snapshot("u1", "6f0b1f43-5a4f-4f5e-9c1b-1f2e3d4c5b6a").await.is_err(), "no image file");
         d.destroy("u1").await.unwrap();
         d.destroy("u1").await.unwrap();
         assert_eq!(d.power_state("u1").await, PowerState::NoState);

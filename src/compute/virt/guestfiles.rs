@@ -234,7 +234,11 @@ impl GuestFiles {
         if spec.ephemeral_gb > 0 {
             let base = disks::ephemeral_base(&self.base_dir, spec.ephemeral_gb as u64).await.map_err(why)?;
             let eph = dir.join("disk.eph0");
-            self.overlay(&base, &eph, "the ephemeral disk").await?;
+            // A build starts from an empty dir; only a rebuild with `preserve_ephemeral` finds
+            // the disk it kept (see `clear_for_rebuild`).
+            if !eph.is_file() {
+                self.overlay(&base, &eph, "the ephemeral disk").await?;
+            }
             out.push(eph);
         }
         if spec.swap_mb > 0 {
@@ -244,6 +248,48 @@ impl GuestFiles {
             out.push(swap);
         }
         Ok(out)
+    }
+
+    // Issue 16: what rebuild, resize and snapshot do to a guest's disks, for every driver
+    // that runs qemu.
+
+    /// The root disk grown to `bytes` with `qemu-img resize`; a smaller size is refused with
+    /// nova's libvirt text.
+    pub async fn grow(&self, disk: &Path, bytes: u64) -> Result<(), VirtError> {
+        let have = self.disk_virtual_size(disk).await?;
+        if bytes < have {
+            return Err(failed("Unable to resize disk down."));
+        }
+        if bytes > have {
+            self.run_qemu_img(
+                &["resize", "-q", "-f", "qcow2", path_str(disk)?, &bytes.to_string()],
+                "the grown root disk",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// One self-contained qcow2 of `disk` and its backing chain at `to`. `-U`: qemu holds the
+    /// image's lock while it runs, so the caller stops the guest first for a consistent read.
+    pub async fn flatten(&self, disk: &Path, to: &Path) -> Result<(), VirtError> {
+        let out =
+            self.qemu_img(&["convert", "-U", "-f", "qcow2", "-O", "qcow2", path_str(disk)?, path_str(to)?]).await?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(to);
+            return Err(failed(format!("qemu-img convert failed: {}", last_line(&out.stderr))));
+        }
+        Ok(())
+    }
+
+    async fn disk_virtual_size(&self, disk: &Path) -> Result<u64, VirtError> {
+        let out = self.qemu_img(&["info", "-U", "-f", "qcow2", "--output=json", path_str(disk)?]).await?;
+        if !out.status.success() {
+            return Err(failed(format!("qemu-img info failed: {}", last_line(&out.stderr))));
+        }
+        let info: Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| failed(format!("cannot read qemu-img info: {e}")))?;
+        Ok(virtual_size(&info))
     }
 
     async fn overlay(&self, base: &Path, disk: &Path, what: &str) -> Result<(), VirtError> {
@@ -386,6 +432,44 @@ pub fn valid_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.split(':').collect();
     let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
     ok.then(|| mac.to_ascii_lowercase())
+}
+
+/// Empties a guest's dir for a rebuild: everything goes but the console log (so the console
+/// shows the guest booting again) and, with `preserve_ephemeral`, the ephemeral disk.
+pub fn clear_for_rebuild(dir: &Path, preserve_ephemeral: bool) -> Result<(), VirtError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| failed(format!("cannot read {}: {e}", dir.display())))?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let keep = name == "console.log" || (preserve_ephemeral && name == "disk.eph0");
+        if keep {
+            continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|err| failed(format!("cannot remove {}: {err}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The file a snapshot of the guest in `dir` is copied to for the image service.
+pub fn snapshot_file(dir: &Path, image_id: &str) -> Result<PathBuf, VirtError> {
+    // The id becomes a file name: only a uuid can never escape the dir.
+    if uuid::Uuid::parse_str(image_id).is_err() {
+        return Err(failed(format!("image id {image_id:?} is not a uuid")));
+    }
+    Ok(dir.join(format!("snapshot-{image_id}.qcow2")))
+}
+
+/// Removes the snapshot copies in `dir` (a restart cut their upload off).
+pub fn remove_snapshot_files(dir: &Path) -> Result<(), VirtError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("snapshot-") {
+            std::fs::remove_file(e.path())
+                .map_err(|err| failed(format!("cannot remove {}: {err}", e.path().display())))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

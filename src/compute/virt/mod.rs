@@ -149,6 +149,49 @@ pub trait VirtDriver: Send + Sync + 'static {
         let _ = uuid;
         Err(VirtError::Failed(format!("the {} driver cannot inject an NMI", self.name())))
     }
+    // Issue 16: rebuild, resize and snapshot. A driver that cannot do one says so, and the
+    // manager records that as the action's fault.
+    /// Stops the guest, replaces its root disk with a fresh one from `spec.image` and boots it
+    /// again with `spec` (ports and volumes as they are; the config drive written anew).
+    /// `preserve_ephemeral` keeps the ephemeral disk's contents.
+    async fn rebuild(&self, spec: &GuestSpec, preserve_ephemeral: bool) -> Result<(), VirtError> {
+        let _ = (spec, preserve_ephemeral);
+        Err(VirtError::Failed(format!("the {} driver cannot rebuild guests", self.name())))
+    }
+    /// The first half of a resize (nova's `migrate_disk_and_power_off`): the guest stops and
+    /// its disks and machine are kept aside for a revert.
+    async fn migrate_disk_and_power_off(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Err(VirtError::Failed(format!("the {} driver cannot resize guests", self.name())))
+    }
+    /// The second half (nova's `finish_migration`): the root disk grown to `spec.root_gb`, and
+    /// `spec`'s vCPUs and RAM from this boot on; started when `power_on`.
+    async fn finish_migration(&self, spec: &GuestSpec, power_on: bool) -> Result<(), VirtError> {
+        let _ = (spec, power_on);
+        Err(VirtError::Failed(format!("the {} driver cannot resize guests", self.name())))
+    }
+    /// Drops what `migrate_disk_and_power_off` kept aside. Idempotent.
+    async fn confirm_migration(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Err(VirtError::Failed(format!("the {} driver cannot resize guests", self.name())))
+    }
+    /// Back to the disks and machine kept aside (`spec` has the old flavor); started when
+    /// `power_on`.
+    async fn finish_revert_migration(&self, spec: &GuestSpec, power_on: bool) -> Result<(), VirtError> {
+        let _ = (spec, power_on);
+        Err(VirtError::Failed(format!("the {} driver cannot resize guests", self.name())))
+    }
+    /// Copies the guest's root disk, at one consistent point, to a file of its own for the
+    /// image service; the caller removes the file once it is stored.
+    async fn snapshot(&self, uuid: &str, image_id: &str) -> Result<Snapshot, VirtError> {
+        let _ = (uuid, image_id);
+        Err(VirtError::Failed(format!("the {} driver cannot snapshot guests", self.name())))
+    }
+    /// Removes snapshot copies a restart left (the upload they waited for died with it).
+    async fn discard_snapshot_files(&self, uuid: &str) -> Result<(), VirtError> {
+        let _ = uuid;
+        Ok(())
+    }
     /// Periodic housekeeping of cached images (nova's image cache manager). Drivers without
     /// an image cache have nothing to do.
     async fn manage_image_cache(&self) {}
@@ -160,6 +203,13 @@ pub trait VirtDriver: Send + Sync + 'static {
     async fn shutdown_all(&self, _timeout: std::time::Duration) -> Result<ShutdownReport, VirtError> {
         Ok(ShutdownReport::default())
     }
+}
+
+/// A snapshot's data: a file on this host and its disk format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub file: std::path::PathBuf,
+    pub disk_format: String,
 }
 
 /// How `shutdown_all` went: which guests shut down on the power button, which were stopped hard.

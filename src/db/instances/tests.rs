@@ -38,6 +38,7 @@ pub(crate) fn new_instance(db: &Db, name: &str) -> NewInstance {
         request_id: "req-1".into(),
         metadata: [("k".to_string(), "v".to_string())].into(),
         security_group_ids: vec![],
+        tags: vec![],
         block_devices: vec![NewBlockDevice {
             source_type: "image".into(),
             destination_type: "local".into(),

@@ -7,10 +7,15 @@
 //! [`Db::allocate_port`], [`Db::ports_for_device`] and [`Db::release_ports_for_device`]; the
 //! network API uses the rest. IPv4 only.
 
+mod floating_ips;
 mod networks;
 mod ports;
+mod routers;
 mod secgroups;
 mod subnets;
+
+pub use floating_ips::Association;
+pub use routers::GatewayRequest;
 
 use serde::Serialize;
 

@@ -158,6 +158,8 @@ impl Db {
     /// Deletes a network and its subnets; `NetworkInUse` while any port is on it.
     pub fn delete_network(&self, id: &str) -> Result<()> {
         let tx = self.begin()?;
+        // The network's DHCP port (issue 19) goes with the network, as neutron's does.
+        self.release_dhcp_allocations(None, Some(id))?;
         let ports: i64 = tx.query_row("SELECT count(*) FROM ports WHERE network_id = ?1", [id], |r| r.get(0))?;
         if ports > 0 {
             return Err(NetworkError::NetworkInUse(id.to_string()).into());

@@ -140,6 +140,8 @@ impl Db {
     /// `SubnetInUse` while any port holds an address from it.
     pub fn delete_subnet(&self, id: &str) -> Result<()> {
         let tx = self.begin()?;
+        // The network's DHCP port (issue 19) goes with the subnet, as neutron's does.
+        self.release_dhcp_allocations(Some(id), None)?;
         let used: i64 = tx.query_row("SELECT count(*) FROM ip_allocations WHERE subnet_id = ?1", [id], |r| r.get(0))?;
         if used > 0 {
             return Err(NetworkError::SubnetInUse(id.to_string()).into());

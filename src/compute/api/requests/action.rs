@@ -3,6 +3,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::lifecycle::{self, ImageRequest, Rebuild};
 use super::{invalid, present, typed};
 use crate::api::compute::microversion::Microversion;
 use crate::compute::api::{ComputeError, Result};
@@ -44,6 +45,15 @@ pub enum Action {
     Restore,
     /// `forceDelete`: delete now, even when deletes are deferred.
     ForceDelete,
+    // Issue 16's long actions (items 4 to 6); their bodies are read in `lifecycle.rs`.
+    Rebuild(Box<Rebuild>),
+    Resize {
+        flavor_ref: String,
+    },
+    ConfirmResize,
+    RevertResize,
+    /// `createImage` (`backup` none) and `createBackup`.
+    CreateImage(ImageRequest),
 }
 
 #[derive(Deserialize)]
@@ -191,6 +201,12 @@ impl Action {
             }
             "trigger_crash_dump" if !raw.is_null() => return Err(not_of_type("trigger_crash_dump", raw, "null")),
             "trigger_crash_dump" => Action::TriggerCrashDump,
+            "rebuild" => Action::Rebuild(Box::new(lifecycle::rebuild(raw, v)?)),
+            "resize" => Action::Resize { flavor_ref: lifecycle::resize(raw)? },
+            "confirmResize" => Action::ConfirmResize,
+            "revertResize" => Action::RevertResize,
+            "createImage" => Action::CreateImage(lifecycle::create_image(raw)?),
+            "createBackup" => Action::CreateImage(lifecycle::create_backup(raw)?),
             other => return Err(ComputeError::NoSuchAction(other.to_string())),
         })
     }
@@ -214,6 +230,12 @@ impl Action {
             Action::TriggerCrashDump => "trigger_crash_dump",
             Action::Restore => "restore",
             Action::ForceDelete => "forceDelete",
+            Action::Rebuild(_) => "rebuild",
+            Action::Resize { .. } => "resize",
+            Action::ConfirmResize => "confirmResize",
+            Action::RevertResize => "revertResize",
+            Action::CreateImage(ImageRequest { backup: None, .. }) => "createImage",
+            Action::CreateImage(_) => "createBackup",
         }
     }
 }

@@ -62,8 +62,8 @@ struct ServerBody {
     #[serde(rename = "OS-DCF:diskConfig")]
     _disk_config: Option<IgnoredAny>,
     description: Option<String>,
-    #[serde(rename = "tags")]
-    _tags: Option<IgnoredAny>,
+    #[serde(default, deserialize_with = "present")]
+    tags: Option<Value>,
     #[serde(rename = "personality")]
     _personality: Option<IgnoredAny>,
     #[serde(rename = "trusted_image_certificates")]
@@ -148,6 +148,8 @@ pub struct CreateRequest {
     pub access_ip_v4: Option<String>,
     pub access_ip_v6: Option<String>,
     pub admin_pass: Option<String>,
+    /// Fewer than this fitting in the project's quota refuses the request (nova's min_count).
+    pub min_count: usize,
     pub max_count: usize,
     pub block_devices: Vec<NewBlockDevice>,
     pub hints: Value,
@@ -158,6 +160,8 @@ pub struct CreateRequest {
     /// 2.74's `host` and `hypervisor_hostname`.
     pub requested: validation::Destination,
     pub return_reservation_id: bool,
+    /// The servers' tags (2.52).
+    pub tags: Vec<String>,
 }
 
 impl CreateRequest {
@@ -243,6 +247,11 @@ impl CreateRequest {
         if max_count > 100 {
             return Err(invalid("max_count must be at most 100"));
         }
+        let tags = match s.tags {
+            Some(_) if !v.at_least(52) => return Err(unexpected("tags")),
+            Some(t) => crate::compute::api::tag_list(&t)?,
+            None => Vec::new(),
+        };
         let config_drive = validation::boolean("config_drive", s.config_drive.as_ref())?.unwrap_or(false);
         let return_reservation_id =
             validation::boolean("return_reservation_id", s.return_reservation_id.as_ref())?.unwrap_or(false);
@@ -270,11 +279,13 @@ impl CreateRequest {
             access_ip_v4: ip("accessIPv4", s.access_ip_v4)?,
             access_ip_v6: ip("accessIPv6", s.access_ip_v6)?,
             admin_pass: s.admin_pass,
+            min_count,
             max_count,
             block_devices,
             group: group_hint(hints.as_ref().or(os_hints.as_ref()))?,
             hints: hints.or(os_hints).unwrap_or(json!({})),
             return_reservation_id,
+            tags,
         })
     }
 }

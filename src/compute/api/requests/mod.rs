@@ -15,6 +15,7 @@ use crate::api::compute::validation;
 
 mod action;
 mod create;
+pub mod lifecycle;
 
 pub use action::Action;
 pub use create::CreateRequest;

@@ -17,6 +17,8 @@
 //! | `disk.config`   | the config drive, ISO9660 `config-2` on a CD-ROM (iso9660 format) |
 //! | `config-drive/` | its files; shown as a vfat `config-2` disk with format vfat     |
 //! | `stopped`       | present while the guest is off because novabox turned it off    |
+//! | `resize-kept/`  | `disk` and `launch.json` from before a resize, until confirmed or reverted |
+//! | `snapshot-<image>.qcow2` | a snapshot's copy, until the image service has it       |
 //!
 //! Base images are hard links in `<home>/instances/_base/<image id>`, checked with `qemu-img`
 //! once, and kept when guests are destroyed (and when the image is deleted from the store).
@@ -42,6 +44,7 @@ use crate::hostpkgs;
 
 mod cmdline;
 mod console;
+mod lifecycle;
 mod process;
 mod shutdown;
 mod suspend;
@@ -317,6 +320,34 @@ impl VirtDriver for QemuDriver {
 
     async fn detach_volume(&self, uuid: &str, volume_id: &str) -> Result<(), VirtError> {
         self.detach_volume_from(uuid, volume_id).await
+    }
+
+    async fn rebuild(&self, spec: &GuestSpec, preserve_ephemeral: bool) -> Result<(), VirtError> {
+        self.rebuild_guest(spec, preserve_ephemeral).await
+    }
+
+    async fn migrate_disk_and_power_off(&self, uuid: &str) -> Result<(), VirtError> {
+        self.resize_power_off(uuid).await
+    }
+
+    async fn finish_migration(&self, spec: &GuestSpec, power_on: bool) -> Result<(), VirtError> {
+        self.finish_resize(spec, power_on).await
+    }
+
+    async fn confirm_migration(&self, uuid: &str) -> Result<(), VirtError> {
+        self.confirm_resize(uuid).await
+    }
+
+    async fn finish_revert_migration(&self, spec: &GuestSpec, power_on: bool) -> Result<(), VirtError> {
+        self.revert_resize(spec, power_on).await
+    }
+
+    async fn snapshot(&self, uuid: &str, image_id: &str) -> Result<super::Snapshot, VirtError> {
+        self.snapshot_disk(uuid, image_id).await
+    }
+
+    async fn discard_snapshot_files(&self, uuid: &str) -> Result<(), VirtError> {
+        self.remove_snapshot_files(uuid)
     }
 
     async fn ssh_forward(&self, uuid: &str) -> Option<String> {
