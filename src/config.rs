@@ -37,6 +37,7 @@ pub struct Config {
     pub db: DbConfig,
     pub metadata: MetadataConfig,
     pub faults: FaultsConfig,
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -308,6 +309,20 @@ pub struct FaultsConfig {
     pub enabled: bool,
 }
 
+/// The remote consoles (issue 22): nova's `[consoleauth] token_ttl`, here `[console]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// How long a console URL's token opens the console, in seconds (nova's default: 600).
+    pub token_ttl_secs: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { token_ttl_secs: 600 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImagesConfig {
@@ -399,6 +414,10 @@ impl Config {
         }
         if self.host.availability_zone.trim().is_empty() {
             return invalid("host.availability_zone", &"\"\"", "an availability zone name is required");
+        }
+        // A token must outlive the page load that uses it, and a day is far past nova's 600 s.
+        if !(10..=86_400).contains(&self.console.token_ttl_secs) {
+            return invalid("console.token_ttl_secs", &self.console.token_ttl_secs, "use 10 to 86400 seconds");
         }
         if self.api.port == 0 {
             return invalid("api.port", &0, "use a port from 1 to 65535");

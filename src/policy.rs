@@ -151,6 +151,9 @@ pub enum Action {
     // Issue 19, item 4: neutron's provider attributes of a network, by their policy name
     // (`create_network:provider:network_type`, `get_network:provider:segmentation_id`, ...).
     NetworkProviderAttribute(&'static str),
+    // Issue 22: nova's remote consoles (2.6's `remote-consoles` and the older actions).
+    /// Getting a console URL of a server: its project's members, or the admin.
+    ComputeRemoteConsoles,
     // Issue 19: external networks, routers' gateways and floating IPs (neutron's admin_only rules).
     /// `router:external` on a new network.
     NetworkCreateExternal,
@@ -225,6 +228,7 @@ impl Action {
             Action::ComputeServerGroupListAllProjects => "os_compute_api:os-server-groups:index:all_projects",
             Action::ComputeUsageList => "os_compute_api:os-simple-tenant-usage:list",
             Action::ComputeUsageShow => "os_compute_api:os-simple-tenant-usage:show",
+            Action::ComputeRemoteConsoles => "os_compute_api:os-remote-consoles",
             Action::NetworkCreateExternal => "create_network:router:external",
             Action::NetworkUpdateExternal => "update_network:router:external",
             Action::NetworkCreateRouterSnat => "create_router:external_gateway_info:enable_snat",
@@ -274,6 +278,7 @@ impl Action {
             ComputeServerGroupShow | ComputeServerGroupDelete | ComputeServerGroupListAllProjects => Service::Compute,
             ComputeUsageList | ComputeUsageShow => Service::Compute,
             NetworkProviderAttribute(_) => Service::Network,
+            ComputeRemoteConsoles => Service::Compute,
             NetworkCreateExternal
             | NetworkUpdateExternal
             | NetworkCreateRouterSnat
@@ -329,6 +334,9 @@ impl Action {
             ComputeUsageList => Rule::Admin,
             ComputeUsageShow => Rule::AdminOrOwner,
             NetworkProviderAttribute(_) => Rule::Admin,
+            // nova's PROJECT_MEMBER_OR_ADMIN: the member persona every POST needs is checked
+            // with the token; the project is the server's.
+            ComputeRemoteConsoles => Rule::AdminOrOwner,
             NetworkCreateExternal
             | NetworkUpdateExternal
             | NetworkCreateRouterSnat
@@ -432,6 +440,15 @@ mod tests {
         assert_eq!(err.to_string(), "(rule:create_port:port_security_enabled) is disallowed by policy");
         let own = Target { network_project_id: Some("alt"), ..shared_of_demo };
         assert!(check(&alt, Action::NetworkPortSecurity, &own).is_ok());
+    }
+
+    #[test]
+    fn remote_consoles_are_for_the_servers_project_or_an_admin() {
+        let server_of_p1 = Target { project_id: Some("p1"), ..Target::default() };
+        assert!(check(&caller("p1", "u1", false), Action::ComputeRemoteConsoles, &server_of_p1).is_ok());
+        assert!(check(&caller("p9", "u9", true), Action::ComputeRemoteConsoles, &server_of_p1).is_ok());
+        let err = check(&caller("p2", "u2", false), Action::ComputeRemoteConsoles, &server_of_p1).unwrap_err();
+        assert_eq!(err.to_string(), "Policy doesn't allow os_compute_api:os-remote-consoles to be performed.");
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::db::SharedDb;
 use crate::home::Home;
 
 pub mod compute;
+mod console_assets;
+pub mod console_proxy;
 pub mod context;
 pub mod fault;
 #[cfg(test)]
@@ -82,6 +84,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/volume", service(volume::router(), Family::Volume))
         .route("/volume/", axum::routing::get(volume::versions))
         .nest("/novabox", service(novabox::router(), Family::Compute))
+        // Issue 22: the console proxies and noVNC's client (plain answers, no service's body).
+        .nest("/console", console_proxy::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(faults))
         .layer(middleware::from_fn(context::request_id))

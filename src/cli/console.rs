@@ -73,6 +73,10 @@ async fn run_async(global: &GlobalArgs, args: ConsoleArgs) -> anyhow::Result<Exi
     if status != "ACTIVE" {
         bail!("server {name} is {status}, its guest is not running: `novabox server start {name}` first");
     }
+    // One client at a time (see `claim_serial`): a browser on the websocket proxy included.
+    let _claim =
+        novabox::compute::virt::qemu::claim_serial(&dir, &format!("novabox console (pid {})", std::process::id()))
+            .with_context(|| format!("cannot attach to server {name}"))?;
     let socket = dir.join(novabox::compute::virt::qemu::CONSOLE_SOCKET);
     let stream = match tokio::net::UnixStream::connect(&socket).await {
         Ok(s) => s,

@@ -195,6 +195,15 @@ mod with_libvirt {
         assert!(text.contains("novabox-guest: hostname lv-guest"), "config drive: {text}");
 
         step("booted");
+        // Issue 22: the screen through novabox's noVNC proxy (libvirt's VNC socket in the
+        // guest's dir); the serial port only writes console.log, and the API says so.
+        let novnc = crate::clients::osc_json(&home, &["console", "url", "show", "--novnc", "lv-guest"]);
+        let page = novnc["url"].as_str().unwrap_or_default().to_string();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        assert_eq!(rt.block_on(crate::consoles::first_vnc_bytes(&page)), b"RFB 003.008\n");
+        let serial = crate::clients::osc_output(&home, &["console", "url", "show", "--serial", "lv-guest"]);
+        assert!(!serial.status.success(), "{}", stdout(&serial));
+        assert!(common::stderr(&serial).contains("the novnc console works"), "{}", common::stderr(&serial));
         // Stopping the stack stops its guests (ACPI, then hard); libvirt keeps the domain
         // defined, and `up` starts it again (nova's resume_guests_state_on_host_boot).
         assert!(up.stop().is_some_and(|s| s.success()), "{}", up.log());

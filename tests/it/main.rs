@@ -7,6 +7,7 @@ mod clients;
 mod cloudimage;
 mod common;
 mod compute;
+mod consoles;
 mod devstack;
 mod doctor;
 mod faults;

@@ -17,6 +17,7 @@ pub mod instance_actions;
 pub mod keypairs;
 pub mod microversion;
 pub mod migrations;
+pub mod remote_consoles;
 pub mod server_groups;
 pub mod server_list;
 pub mod server_metadata;
@@ -53,6 +54,7 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}/os-instance-actions", get(instance_actions::index))
         .route("/servers/{id}/os-instance-actions/{request_id}", get(instance_actions::show))
         .route("/servers/{id}/os-security-groups", get(server_security_groups::list))
+        .route("/servers/{id}/remote-consoles", post(remote_consoles::create))
         .route("/servers/{id}/os-volume_attachments", get(volume_attachments::list).post(volume_attachments::create))
         .route(
             "/servers/{id}/os-volume_attachments/{volume_id}",

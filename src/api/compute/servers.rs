@@ -267,6 +267,10 @@ pub async fn action(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
     let (body, _) = parse_body::<Value>(body)?;
+    // Issue 22: the console actions below 2.6 answer a URL of novabox's console proxy.
+    if let Some(answer) = super::remote_consoles::legacy_action(&state, &headers, &auth, v, &id, &body).await? {
+        return Ok(answer);
+    }
     let action = Action::parse(&body, v)?;
     Ok(match ComputeApi::new(&state).action(&auth, &id, action).await? {
         Outcome::Accepted => StatusCode::ACCEPTED.into_response(),

@@ -225,6 +225,8 @@ impl LibvirtDriver {
                 ("disks", Value::Xml(disks)),
                 ("interfaces", Value::Xml(interfaces)),
                 ("console_log", Value::Text(path_str(&dir.join("console.log"))?.to_string())),
+                // Issue 22: the screen, for novabox's noVNC proxy (a unix socket, no TCP port).
+                ("vnc_socket", Value::Text(path_str(&dir.join("vnc.sock"))?.to_string())),
                 ("seclabel", Value::Xml(seclabel)),
             ],
         )
@@ -776,6 +778,7 @@ mod tests {
             ("disks", Value::Xml("    <disk/>\n".into())),
             ("interfaces", Value::Xml(String::new())),
             ("console_log", text("/h/it's <here>/console.log")),
+            ("vnc_socket", text("/h/vnc.sock")),
             ("seclabel", Value::Xml(String::new())),
         ]
     }
@@ -787,6 +790,7 @@ mod tests {
         assert!(xml.contains("<title>a&amp;b &lt;c&gt; &quot;d&quot;</title>"), "{xml}");
         assert!(xml.contains("<source path='/h/it&apos;s &lt;here&gt;/console.log' append='on'/>"), "{xml}");
         assert!(xml.contains("<domain type='qemu'>") && xml.contains("    <disk/>\n"), "{xml}");
+        assert!(xml.contains("<graphics type='vnc' socket='/h/vnc.sock'/>"), "{xml}");
     }
 
     #[test]

@@ -72,6 +72,9 @@ impl QemuDriver {
         push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&qmp)?)]);
         push(&["-chardev", &console::serial_chardev(dir)?]);
         push(&["-serial", "chardev:serial0"]);
+        // The graphical console (issue 22): a VGA card and qemu's VNC server on a unix socket
+        // only novabox's websocket proxy reaches, never a TCP port.
+        push(&["-vga", "std", "-vnc", &console::vnc_display(dir)?]);
         if let Some(k) = &prepared.kernel {
             push(&["-kernel", path_str(&k.kernel)?]);
             if let Some(ramdisk) = &k.ramdisk {
@@ -123,6 +126,19 @@ impl QemuDriver {
         launch.ssh_port = Some(port);
         self.save_launch(dir, &launch)?;
         tracing::info!(instance = %uuid, port, addr = SSH_FORWARD_ADDR, "ssh forward");
+        Ok(launch)
+    }
+
+    /// A guest created before novabox gave guests a screen (issue 22) gets one at its next
+    /// cold start, kept in `launch.json`; never on resume, since a saved machine must come back
+    /// on the devices it was saved with.
+    pub(super) fn with_vnc(&self, dir: &Path, launch: &Launch) -> Result<Launch, VirtError> {
+        if launch.args.iter().any(|a| a == "-vnc") {
+            return Ok(launch.clone());
+        }
+        let mut launch = launch.clone();
+        launch.args.extend(["-vga".to_string(), "std".to_string(), "-vnc".to_string(), console::vnc_display(dir)?]);
+        self.save_launch(dir, &launch)?;
         Ok(launch)
     }
 

@@ -53,7 +53,7 @@ mod tests;
 mod volumes;
 
 pub use cmdline::{saved_args, ssh_port, SSH_FORWARD_ADDR};
-pub use console::CONSOLE_SOCKET;
+pub use console::{claim_serial, SerialClaim, SerialClaimError, CONSOLE_SOCKET, VNC_SOCKET};
 pub use shutdown::stop_leftover_guests;
 
 use cmdline::accel_name;

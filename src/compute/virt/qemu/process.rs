@@ -41,7 +41,8 @@ impl QemuDriver {
             None => Vec::new(),
         };
         let launch = &self.keep_ssh_port(uuid, dir, launch)?;
-        for stale in ["qmp.sock", "console.sock", "stopped"] {
+        let launch = &if incoming.is_none() { self.with_vnc(dir, launch)? } else { launch.clone() };
+        for stale in ["qmp.sock", "console.sock", "vnc.sock", "stopped"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let log_path = dir.join("qemu.log");

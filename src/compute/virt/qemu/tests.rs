@@ -372,3 +372,24 @@ async fn pause_freezes_and_suspend_resume_keeps_the_guest_running_needs_qemu() {
     d.destroy(&uuid).await.unwrap();
     assert!(!dir.exists());
 }
+
+/// Issue 22: a guest whose `launch.json` predates the VNC server gets one at its next cold
+/// start, once; a launch that has one is left alone.
+#[test]
+fn an_old_launch_gets_a_vnc_server_once() {
+    let f = fixture();
+    let dir = f.home.instances_dir().join(new_uuid());
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = super::cmdline::Launch {
+        args: vec!["-name".into(), "guest=x".into()],
+        shutdown_timeout_secs: 1,
+        volumes: Vec::new(),
+        ssh_port: None,
+    };
+    let new = f.driver.with_vnc(&dir, &old).unwrap();
+    let vnc = format!("unix:{}", dir.join(super::VNC_SOCKET).display());
+    assert_eq!(new.args[2..], ["-vga", "std", "-vnc", vnc.as_str()]);
+    let saved = f.driver.launch(&dir, "x").unwrap();
+    assert_eq!(saved.args, new.args, "not kept in launch.json");
+    assert_eq!(f.driver.with_vnc(&dir, &saved).unwrap().args, new.args, "added twice");
+}
