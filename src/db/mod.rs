@@ -52,9 +52,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0016_instance_lock.sql"),
     include_str!("migrations/0017_routers_floating_ips.sql"),
     include_str!("migrations/0018_provider_networks.sql"),
-    include_str!("migrations/0022_console_auth_tokens.sql"),
     include_str!("migrations/0020_server_meta.sql"),
     include_str!("migrations/0021_resizes_and_rebuilds.sql"),
+    include_str!("migrations/0022_console_auth_tokens.sql"),
     include_str!("migrations/0023_aggregates.sql"),
 ];
 
