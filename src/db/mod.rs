@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0015_server_groups.sql"),
     include_str!("migrations/0016_instance_lock.sql"),
     include_str!("migrations/0018_provider_networks.sql"),
+    include_str!("migrations/0024_tempest_papercuts.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}", get(servers::show).put(servers::update).delete(servers::delete))
         .route("/servers/{id}/action", post(servers::action))
         .route("/servers/{id}/ips", get(servers::ips))
+        .route("/servers/{id}/ips/{network}", get(servers::ips_on_network))
         .route("/servers/{id}/metadata", get(servers::metadata))
         .route("/servers/{id}/os-instance-actions", get(servers::instance_actions))
         .route("/servers/{id}/os-security-groups", get(server_security_groups::list))
@@ -40,11 +41,14 @@ pub fn router() -> Router<AppState> {
         )
         .route("/flavors", get(flavors::list).post(flavors::create))
         .route("/flavors/detail", get(flavors::list_detail))
-        .route("/flavors/{id}", get(flavors::show).delete(flavors::delete))
+        .route("/flavors/{id}", get(flavors::show).put(flavors::update).delete(flavors::delete))
         .route("/flavors/{id}/action", post(flavors::action))
         .route("/flavors/{id}/os-flavor-access", get(flavors::access_list))
         .route("/flavors/{id}/os-extra_specs", get(flavors::extra_specs).post(flavors::set_extra_specs))
-        .route("/flavors/{id}/os-extra_specs/{key}", get(flavors::extra_spec).delete(flavors::delete_extra_spec))
+        .route(
+            "/flavors/{id}/os-extra_specs/{key}",
+            get(flavors::extra_spec).put(flavors::set_extra_spec).delete(flavors::delete_extra_spec),
+        )
         .route("/os-keypairs", get(keypairs::list).post(keypairs::create))
         .route("/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
         .route("/os-server-groups", get(server_groups::list).post(server_groups::create))
@@ -60,7 +64,11 @@ pub fn router() -> Router<AppState> {
         .route("/os-availability-zone", get(hosts::availability_zones))
         .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
         .route("/limits", get(hosts::limits))
-        .route("/os-quota-sets/{project}", get(hosts::quota_set).put(hosts::update_quota_set))
+        .route(
+            "/os-quota-sets/{project}",
+            get(hosts::quota_set).put(hosts::update_quota_set).delete(hosts::delete_quota_set),
+        )
+        .route("/os-quota-class-sets/{class}", get(hosts::quota_class_set).put(hosts::update_quota_class_set))
         .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail))
         .route("/os-quota-sets/{project}/defaults", get(hosts::quota_set_defaults));
     Router::new()
@@ -123,5 +131,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
     Ok((v, t))
 }
 
+#[cfg(test)]
+mod papercut_tests;
 #[cfg(test)]
 mod tests;

@@ -276,6 +276,20 @@ pub async fn ips(State(state): State<AppState>, auth: Auth, Path(id): Path<Strin
     Ok(Json(json!({ "addresses": addresses })))
 }
 
+/// GET /servers/{id}/ips/{network}: the server's addresses on one network, by its name.
+pub async fn ips_on_network(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((id, network)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let addresses = ComputeApi::new(&state).addresses(&auth, &id)?;
+    let on = addresses
+        .get(&network)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("Instance is not a member of specified network"))?;
+    Ok(Json(json!({ network: on })))
+}
+
 pub async fn metadata(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let inst = ComputeApi::new(&state).get(&auth, &id)?;
     Ok(Json(json!({ "metadata": inst.metadata })))

@@ -788,18 +788,16 @@ impl Handler for ComputeManager {
     }
 }
 
-/// The last `length` lines of `text` (all when None), as nova's console output.
+/// The last `length` lines of `text` (all when None), as nova's compute manager cuts them:
+/// split on newlines, so a trailing newline ends in an empty last line that counts (tempest
+/// asks for 3 and counts `output.split('\n')`).
 fn tail_lines(text: &str, length: Option<usize>) -> String {
     match length {
         None => text.to_string(),
+        Some(0) => String::new(),
         Some(n) => {
-            let lines: Vec<&str> = text.lines().collect();
-            let start = lines.len().saturating_sub(n);
-            let mut out = lines[start..].join("\n");
-            if text.ends_with('\n') && !out.is_empty() {
-                out.push('\n');
-            }
-            out
+            let lines: Vec<&str> = text.split('\n').collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
         }
     }
 }
@@ -808,7 +806,9 @@ fn tail_lines(text: &str, length: Option<usize>) -> String {
 mod tests {
     #[test]
     fn tail_lines_keeps_the_end() {
-        assert_eq!(super::tail_lines("a\nb\nc\n", Some(2)), "b\nc\n");
+        assert_eq!(super::tail_lines("a\nb\nc\n", Some(2)), "c\n");
+        assert_eq!(super::tail_lines("a\nb\nc\n", Some(3)).split('\n').count(), 3, "nova's count of lines");
+        assert_eq!(super::tail_lines("a\nb", Some(5)), "a\nb");
         assert_eq!(super::tail_lines("a\nb\nc\n", None), "a\nb\nc\n");
         assert_eq!(super::tail_lines("a\nb", Some(0)), "");
     }
