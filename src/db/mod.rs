@@ -12,6 +12,7 @@ mod conn;
 pub(crate) use conn::Conn;
 pub mod flavors;
 pub mod identity;
+mod identity_extra;
 pub mod images;
 pub mod instances;
 pub mod keypairs;
