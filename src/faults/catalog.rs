@@ -35,6 +35,7 @@ pub const STEPS: &[Step] = &[
     step("compute", "attach_volume", true),
     step("compute", "detach_volume", true),
     step("compute", "get_console_output", true),
+    step("compute", "get_host_uptime", false),
     step("compute", "refresh_security_groups", false),
     // ...and the steps of a build, each after its task_state is recorded, so a delay holds
     // the server in that task_state.

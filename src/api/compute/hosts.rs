@@ -191,6 +191,35 @@ pub async fn hypervisor(
     Ok(Json(json!({ "hypervisor": found })))
 }
 
+/// GET /os-hypervisors/{id}/uptime (below 2.88): the host's `uptime` line, asked of its
+/// compute service as nova asks it.
+pub async fn hypervisor_uptime(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let not_found = || ApiError::not_found(format!("Hypervisor with ID {id} could not be found."));
+    if v.at_least(88) {
+        return Err(not_found());
+    }
+    let (nodes, services) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.compute_nodes()?, db.services()?)) })?;
+    let node = nodes.iter().find(|n| n.uuid == id || n.id.to_string() == id).ok_or_else(not_found)?;
+    let svc = services.iter().find(|s| s.host == node.host && s.binary == crate::compute::BINARY);
+    if !svc.is_some_and(|s| is_up(s, state.config.compute.service_down_secs)) {
+        return Err(ApiError::bad_request("Compute service of host is unavailable at this time."));
+    }
+    let uptime = state.compute_api().get_host_uptime(&auth.context, &node.host).await.map_err(|e| match e {
+        crate::bus::BusError::Remote { error, .. } => ApiError::bad_request(error.message),
+        other => ApiError::bad_request(format!("Compute service of host is unavailable at this time: {other}")),
+    })?;
+    let mut o = hypervisor_json(node, svc, &state, v, false)?;
+    o["uptime"] = json!(uptime);
+    Ok(Json(json!({ "hypervisor": o })))
+}
+
 pub async fn hypervisor_statistics(
     State(state): State<AppState>,
     auth: Auth,

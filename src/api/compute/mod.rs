@@ -59,6 +59,7 @@ pub fn router() -> Router<AppState> {
         .route("/os-hypervisors/detail", get(hosts::hypervisors_detail))
         .route("/os-hypervisors/statistics", get(hosts::hypervisor_statistics))
         .route("/os-hypervisors/{id}", get(hosts::hypervisor))
+        .route("/os-hypervisors/{id}/uptime", get(hosts::hypervisor_uptime))
         .route("/os-services", get(hosts::services))
         .route("/os-services/{id}", axum::routing::put(hosts::update_service))
         .route("/os-availability-zone", get(hosts::availability_zones))

@@ -783,9 +783,26 @@ impl Handler for ComputeManager {
                     .map_err(|e| RemoteError::new(RemoteErrorKind::ConsoleNotAvailable, e.to_string()))?;
                 return Ok(json!(tail_lines(&out, length)));
             }
+            R::GetHostUptime {} => return Ok(json!(host_uptime().await?)),
         }
         Ok(Value::Null)
     }
+}
+
+/// The host's `uptime` line, read as nova's libvirt driver reads it (`env LANG=C uptime`):
+/// the fake driver's host is this real host too.
+async fn host_uptime() -> Result<String, RemoteError> {
+    let failed = |why: String| RemoteError::new(RemoteErrorKind::InvalidRequest, format!("uptime failed: {why}"));
+    let out = tokio::process::Command::new("uptime")
+        .env("LANG", "C")
+        .env("LC_ALL", "C")
+        .output()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
 }
 
 /// The last `length` lines of `text` (all when None), as nova's compute manager cuts them:
