@@ -52,6 +52,9 @@ pub struct Instance {
     /// The reason given to `lock` (2.73).
     #[serde(default)]
     pub locked_reason: Option<String>,
+    /// `OS-DCF:diskConfig`: AUTO when true, MANUAL when false.
+    #[serde(default)]
+    pub auto_disk_config: bool,
 }
 
 /// The flavor as it was at boot; flavors may change or be deleted afterwards.
@@ -89,6 +92,7 @@ pub struct NewInstance {
     pub access_ip_v4: Option<String>,
     pub access_ip_v6: Option<String>,
     pub request_id: String,
+    pub auto_disk_config: bool,
     pub metadata: BTreeMap<String, String>,
     pub security_group_ids: Vec<String>,
     pub block_devices: Vec<NewBlockDevice>,
@@ -139,6 +143,8 @@ pub struct InstanceUpdate {
     pub locked_by: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
     pub locked_reason: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_disk_config: Option<bool>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_task_state: Option<Vec<Option<TaskState>>>,
@@ -388,7 +394,7 @@ impl crate::db::listing::SortColumn for InstanceSortKey {
 const COLUMNS: &str = "uuid, display_name, display_description, hostname, project_id, user_id, host, node,
     availability_zone, vm_state, task_state, power_state, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
-    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward, locked_by, locked_reason";
+    launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward, locked_by, locked_reason, auto_disk_config";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
     let flavor: String = r.get(12)?;
@@ -428,6 +434,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         ssh_forward: r.get(31)?,
         locked_by: r.get(32)?,
         locked_reason: r.get(33)?,
+        auto_disk_config: r.get(34)?,
     })
 }
 
@@ -442,9 +449,9 @@ impl Db {
                 "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
                     availability_zone, vm_state, task_state, power_state, flavor, memory_mb, vcpus, root_gb,
                     ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data, config_drive,
-                    access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
+                    access_ip_v4, access_ip_v6, request_id, created_at, updated_at, auto_disk_config)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', '{}', {}, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?23)",
+                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?23, ?24)",
                 VmState::Building,
                 TaskState::Scheduling,
                 i64::from(PowerState::NoState),
@@ -473,6 +480,7 @@ impl Db {
                 n.access_ip_v6,
                 n.request_id,
                 ts,
+                n.auto_disk_config,
             ],
         )?;
         for (k, v) in &n.metadata {
@@ -680,6 +688,9 @@ impl Db {
         }
         if let Some(r) = &u.locked_reason {
             set("locked_reason", r.clone().map_or(rusqlite::types::Value::Null, Into::into));
+        }
+        if let Some(a) = u.auto_disk_config {
+            set("auto_disk_config", i64::from(a).into());
         }
         args.push(uuid.to_string().into());
         let sql = format!("UPDATE instances SET {} WHERE uuid = ?{} AND deleted = 0", sets.join(", "), args.len());

@@ -192,3 +192,38 @@ async fn an_admin_reaches_another_users_keypair_with_user_id_from_2_10() {
     assert_eq!(at(&c, "2.10", Method::DELETE, &show, &admin, None).await.status, StatusCode::NO_CONTENT);
     assert_eq!(c.get("/compute/v2.1/os-keypairs/k", &demo).await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn disk_config_is_kept_from_create_and_update() {
+    let c = cloud();
+    let demo = c.token("demo").await;
+    let src = c.state.home.root().join("img.src");
+    std::fs::write(&src, b"image bytes").unwrap();
+    let props = std::collections::BTreeMap::new();
+    let db = c.state.db.clone();
+    let image = db
+        .with(|db| {
+            crate::images::import_file(db, &c.state.home, &src, "img", "raw", "raw", &props, "public", &c.demo_project)
+        })
+        .unwrap()
+        .id;
+    let boot =
+        |dc: &str| json!({"server": {"name": "vm", "imageRef": image, "flavorRef": "1", "OS-DCF:diskConfig": dc}});
+    let r = c.post("/compute/v2.1/servers", &demo, boot("AUTO")).await;
+    assert_eq!((r.status, r.json()["server"]["OS-DCF:diskConfig"].clone()), (StatusCode::ACCEPTED, json!("AUTO")));
+    let id = r.json()["server"]["id"].as_str().unwrap().to_string();
+    let server = format!("/compute/v2.1/servers/{id}");
+    assert_eq!(c.get(&server, &demo).await.json()["server"]["OS-DCF:diskConfig"], "AUTO");
+    let r = c.put(&server, &demo, json!({"server": {"OS-DCF:diskConfig": "MANUAL"}})).await;
+    assert_eq!((r.status, r.json()["server"]["OS-DCF:diskConfig"].clone()), (StatusCode::OK, json!("MANUAL")));
+    assert_eq!(c.get(&server, &demo).await.json()["server"]["OS-DCF:diskConfig"], "MANUAL");
+    assert_eq!(
+        c.put(&server, &demo, json!({"server": {"OS-DCF:diskConfig": "auto"}})).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(c.post("/compute/v2.1/servers", &demo, boot("SOMETIMES")).await.status, StatusCode::BAD_REQUEST);
+    let r = c
+        .post("/compute/v2.1/servers", &demo, json!({"server": {"name": "m", "imageRef": image, "flavorRef": "1"}}))
+        .await;
+    assert_eq!(r.json()["server"]["OS-DCF:diskConfig"], "MANUAL", "nova's default");
+}

@@ -18,3 +18,7 @@ CREATE TABLE project_tags (
 
 -- keystone keeps a user's attributes it has no column for in `extra` (a JSON object).
 ALTER TABLE users ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';
+
+-- `OS-DCF:diskConfig` as the server was created or updated with it (nova's
+-- instances.auto_disk_config): AUTO is 1, MANUAL 0.
+ALTER TABLE instances ADD COLUMN auto_disk_config INTEGER NOT NULL DEFAULT 0;
