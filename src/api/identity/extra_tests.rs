@@ -48,8 +48,8 @@ async fn project_tags_are_kept_replaced_filtered_and_removed() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(ids("tags=x,y").await, [id.clone()]);
-    assert_eq!(ids("tags-any=y,zzz").await, [id.clone()]);
+    assert_eq!(ids("tags=x,y").await, vec![id.clone()]);
+    assert_eq!(ids("tags-any=y,zzz").await, vec![id.clone()]);
     assert!(ids("tags=x,zzz").await.is_empty());
     assert!(!ids("not-tags-any=x").await.contains(&id));
     assert!(ids("not-tags=x,zzz").await.contains(&id));
