@@ -299,6 +299,8 @@ pub enum ComputeRequest {
         #[serde(default)]
         rotation: Option<BackupRotation>,
     },
+    /// The host's `uptime` line (nova's get_host_uptime, for os-hypervisors' uptime).
+    GetHostUptime {},
 }
 
 /// What is published on [`NOTIFICATIONS_TOPIC`].
@@ -685,6 +687,10 @@ impl ComputeApi {
         let request = ComputeRequest::GetConsoleOutput { instance: instance.clone(), length };
         decode(traced_call(&*self.bus, &compute_topic(host), request.to_message(ctx)?, self.timeout).await?)
     }
+    pub async fn get_host_uptime(&self, ctx: &Context, host: &str) -> Result<String, BusError> {
+        let request = ComputeRequest::GetHostUptime {};
+        decode(traced_call(&*self.bus, &compute_topic(host), request.to_message(ctx)?, self.timeout).await?)
+    }
     // Issue 16: casts, as nova's; the host reports the outcome through the conductor.
     pub async fn pause_instance(&self, ctx: &Context, host: &str, instance: &Instance) -> Result<(), BusError> {
         self.cast(ctx, host, ComputeRequest::PauseInstance { instance: instance.clone() }).await
@@ -923,6 +929,7 @@ mod tests {
             ("attach_volume", json!({"instance": instance, "volume": disk})),
             ("detach_volume", json!({"instance": instance, "volume_id": "v1"})),
             ("get_console_output", json!({"instance": instance, "length": 10})),
+            ("get_host_uptime", json!({})),
             ("refresh_security_groups", json!({"filters": {"ports": [], "groups": {}}})),
             ("refresh_routers", json!({})),
             ("pause_instance", json!({"instance": instance})),

@@ -75,11 +75,10 @@ impl Dialect {
             });
         };
         match self {
-            // nova's schema: `^[0-9]*$`; 0 means "the maximum", more than it is capped.
+            // nova's schema: `^[0-9]*$`; more than the maximum is capped, and 0 is a page of
+            // nothing (nova takes `min(max_limit, limit)` and its lists stop at 0 rows).
             Dialect::Nova => match raw.parse::<u64>() {
-                Ok(n) if !raw.starts_with('+') => {
-                    Ok(Some(if n == 0 { MAX_LIMIT } else { usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT) }))
-                }
+                Ok(n) if !raw.starts_with('+') => Ok(Some(usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT))),
                 _ => Err(ApiError::bad_request(format!(
                     "Invalid input for query parameters limit. Value: {raw}. '{raw}' does not match '^[0-9]*$'"
                 ))),
@@ -320,7 +319,7 @@ mod tests {
         let nova = |v: &str| paging(&p(&[("limit", v)]), Dialect::Nova).map(|x| x.limit);
         assert_eq!(nova("2").unwrap(), Some(2));
         assert_eq!(nova("5000").unwrap(), Some(MAX_LIMIT), "nova caps silently");
-        assert_eq!(nova("0").unwrap(), Some(MAX_LIMIT));
+        assert_eq!(nova("0").unwrap(), Some(0), "nova lists nothing for 0");
         for bad in ["-1", "x", "1.5", "", "+3"] {
             let e = nova(bad).unwrap_err();
             assert_eq!(e.status, 400);

@@ -203,6 +203,13 @@ impl Db {
 }
 
 impl Db {
+    /// The one field of a flavor nova lets change after creation (2.55).
+    pub fn set_flavor_description(&self, flavor_row_id: i64, description: Option<&str>) -> Result<()> {
+        self.conn()
+            .execute("UPDATE flavors SET description = ?2 WHERE id = ?1", params![flavor_row_id, description])?;
+        Ok(())
+    }
+
     /// Removes a flavor; instances keep their snapshot of it.
     pub fn delete_flavor(&self, flavorid: &str) -> Result<bool> {
         Ok(self.conn().execute("DELETE FROM flavors WHERE flavorid = ?1", [flavorid])? > 0)

@@ -55,6 +55,9 @@ pub struct Instance {
     /// The `r-` id shared by the servers of one create request (multiple create).
     #[serde(default)]
     pub reservation_id: Option<String>,
+    /// `OS-DCF:diskConfig`: AUTO when true, MANUAL when false.
+    #[serde(default)]
+    pub auto_disk_config: bool,
 }
 
 /// The flavor as it was at boot; flavors may change or be deleted afterwards.
@@ -92,6 +95,7 @@ pub struct NewInstance {
     pub access_ip_v4: Option<String>,
     pub access_ip_v6: Option<String>,
     pub request_id: String,
+    pub auto_disk_config: bool,
     pub metadata: BTreeMap<String, String>,
     pub security_group_ids: Vec<String>,
     pub block_devices: Vec<NewBlockDevice>,
@@ -147,6 +151,8 @@ pub struct InstanceUpdate {
     /// A resize's new (or, reverted, old) flavor, with the columns usage sums read (issue 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flavor: Option<Box<FlavorSnapshot>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_disk_config: Option<bool>,
     /// Refuse the update unless the current task state is one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_task_state: Option<Vec<Option<TaskState>>>,
@@ -410,7 +416,7 @@ const COLUMNS: &str = "uuid, display_name, display_description, hostname, projec
     availability_zone, vm_state, task_state, power_state, flavor, image_ref, kernel_id, ramdisk_id,
     key_name, key_data, user_data, config_drive, access_ip_v4, access_ip_v6, locked, progress, request_id,
     launched_at, terminated_at, created_at, updated_at, deleted, id, ssh_forward, locked_by, locked_reason,
-    reservation_id";
+    reservation_id, auto_disk_config";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
     let flavor: String = r.get(12)?;
@@ -451,6 +457,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         locked_by: r.get(32)?,
         locked_reason: r.get(33)?,
         reservation_id: r.get(34)?,
+        auto_disk_config: r.get(35)?,
     })
 }
 
@@ -465,9 +472,9 @@ impl Db {
                 "INSERT INTO instances (uuid, display_name, display_description, hostname, project_id, user_id,
                     availability_zone, vm_state, task_state, power_state, flavor, memory_mb, vcpus, root_gb,
                     ephemeral_gb, image_ref, kernel_id, ramdisk_id, key_name, key_data, user_data, config_drive,
-                    access_ip_v4, access_ip_v6, request_id, created_at, updated_at)
+                    access_ip_v4, access_ip_v6, request_id, created_at, updated_at, auto_disk_config)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', '{}', {}, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?23)",
+                    ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?23, ?24)",
                 VmState::Building,
                 TaskState::Scheduling,
                 i64::from(PowerState::NoState),
@@ -496,6 +503,7 @@ impl Db {
                 n.access_ip_v6,
                 n.request_id,
                 ts,
+                n.auto_disk_config,
             ],
         )?;
         for (k, v) in &n.metadata {
@@ -739,6 +747,9 @@ impl Db {
             set("vcpus", f.vcpus.into());
             set("root_gb", f.root_gb.into());
             set("ephemeral_gb", f.ephemeral_gb.into());
+        }
+        if let Some(a) = u.auto_disk_config {
+            set("auto_disk_config", i64::from(a).into());
         }
         args.push(uuid.to_string().into());
         let sql = format!("UPDATE instances SET {} WHERE uuid = ?{} AND deleted = 0", sets.join(", "), args.len());

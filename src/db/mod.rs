@@ -14,6 +14,7 @@ pub mod console_tokens;
 pub(crate) use conn::Conn;
 pub mod flavors;
 pub mod identity;
+mod identity_extra;
 pub mod images;
 pub mod instance_actions;
 pub mod instances;
@@ -56,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0021_resizes_and_rebuilds.sql"),
     include_str!("migrations/0022_console_auth_tokens.sql"),
     include_str!("migrations/0023_aggregates.sql"),
+    include_str!("migrations/0024_tempest_papercuts.sql"),
 ];
 
 /// The schema version this build writes and understands.

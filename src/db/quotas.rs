@@ -29,10 +29,13 @@ pub const DEFAULTS: &[(&str, i64)] = &[
     ("security_group_rules", 20),
 ];
 
+/// The quota class whose limits are every project's defaults.
+pub const DEFAULT_CLASS: &str = "default";
+
 impl Db {
     /// Every quota of the project, defaults filled in. -1 means unlimited.
     pub fn quota_limits(&self, project_id: &str) -> Result<BTreeMap<String, i64>> {
-        let mut limits: BTreeMap<String, i64> = DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut limits = self.quota_class(DEFAULT_CLASS)?;
         let mut stmt = self.conn().prepare_cached(
             "SELECT resource, hard_limit FROM quotas
              WHERE project_id = ?1 AND resource NOT LIKE 'network.%' AND resource NOT LIKE 'volume.%'",
@@ -72,6 +75,37 @@ impl Db {
         Ok(self.conn().execute(
             "DELETE FROM quotas WHERE project_id = ?1 AND substr(resource, 1, length(?2)) = ?2",
             params![project_id, prefix],
+        )?)
+    }
+
+    /// The limits of a quota class: nova's built-in defaults, overridden by the class's rows.
+    /// The `default` class is every project's default.
+    pub fn quota_class(&self, class_name: &str) -> Result<BTreeMap<String, i64>> {
+        let mut limits: BTreeMap<String, i64> = DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut stmt =
+            self.conn().prepare_cached("SELECT resource, hard_limit FROM quota_classes WHERE class_name = ?1")?;
+        for row in stmt.query_map([class_name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (k, v) = row?;
+            limits.insert(k, v);
+        }
+        Ok(limits)
+    }
+
+    pub fn set_quota_class(&self, class_name: &str, resource: &str, hard_limit: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO quota_classes (class_name, resource, hard_limit) VALUES (?1, ?2, ?3)
+             ON CONFLICT (class_name, resource) DO UPDATE SET hard_limit = excluded.hard_limit",
+            params![class_name, resource, hard_limit],
+        )?;
+        Ok(())
+    }
+
+    /// Drops the project's own compute limits (nova's `DELETE os-quota-sets`): it is back on
+    /// the default class. neutron's and cinder's rows stay.
+    pub fn delete_quotas(&self, project_id: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM quotas WHERE project_id = ?1 AND resource NOT LIKE 'network.%' AND resource NOT LIKE 'volume.%'",
+            [project_id],
         )?)
     }
 

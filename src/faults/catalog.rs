@@ -35,6 +35,7 @@ pub const STEPS: &[Step] = &[
     step("compute", "attach_volume", true),
     step("compute", "detach_volume", true),
     step("compute", "get_console_output", true),
+    step("compute", "get_host_uptime", false),
     step("compute", "refresh_security_groups", false),
     step("compute", "refresh_routers", false),
     // Issue 16's long actions.

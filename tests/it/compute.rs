@@ -882,3 +882,32 @@ fn openstackclient_soft_delete_restore_force_delete_and_reclaim() {
     assert_ok(&run(home.novabox().args(["clock", "advance", "3601"])));
     assert!(gone(&reclaimed), "not reclaimed after the interval:\n{}", home.up_log());
 }
+
+/// `os-hypervisors/{id}/uptime` (below 2.88) asks the compute host for its `uptime` line over
+/// the bus, as nova does (tempest's test_get_hypervisor_uptime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hypervisors_uptime_comes_from_its_compute_host() {
+    let home = TestHome::new();
+    assert_ok(&home.init(&["--driver", "fake", "--bus", "local"]));
+    let stack = home.up(&[]);
+    let admin = token(&stack, "admin").await;
+    let demo = token(&stack, "demo").await;
+    let mut hypervisors = Value::Null;
+    for _ in 0..100 {
+        hypervisors = raw(&stack, Some(&admin), Method::GET, "/compute/v2.1/os-hypervisors", None, &[]).await.2;
+        if hypervisors["hypervisors"].as_array().is_some_and(|l| !l.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = hypervisors["hypervisors"][0]["id"].to_string();
+    let path = format!("/compute/v2.1/os-hypervisors/{id}/uptime");
+    let (s, _, v) = raw(&stack, Some(&admin), Method::GET, &path, None, &[]).await;
+    assert_eq!(s, 200, "{v}\n{}", home.up_log());
+    let h = &v["hypervisor"];
+    assert!(h["uptime"].as_str().is_some_and(|u| u.contains(" up ") && u.contains("load average")), "{v}");
+    assert_eq!(h["hypervisor_hostname"], hypervisors["hypervisors"][0]["hypervisor_hostname"]);
+    assert_eq!(raw(&stack, Some(&demo), Method::GET, &path, None, &[]).await.0, 403);
+    let (s, _, _) = raw(&stack, Some(&admin), Method::GET, "/compute/v2.1/os-hypervisors/999/uptime", None, &[]).await;
+    assert_eq!(s, 404);
+}

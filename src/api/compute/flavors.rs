@@ -97,11 +97,12 @@ fn listed(state: &AppState, auth: &Auth, params: &Params) -> ApiResult<Page<List
     })?;
     // nova honours `is_public` for admins only; others always get the public flavors and the
     // private ones their project may use.
+    // Admins' values are read as oslo's strict `bool_from_string`, and `none` is every flavor.
     let is_public = params.last("is_public");
-    let public_filter = match is_public.map(str::to_ascii_lowercase).as_deref() {
+    let public_filter = match is_public.map(|p| p.trim().to_ascii_lowercase()).as_deref() {
         _ if !sees_private(auth) => Some(true),
-        None | Some("true") | Some("1") | Some("yes") | Some("on") => Some(true),
-        Some("false") | Some("0") | Some("no") | Some("off") => Some(false),
+        None | Some("1" | "t" | "true" | "on" | "y" | "yes") => Some(true),
+        Some("0" | "f" | "false" | "off" | "n" | "no") => Some(false),
         Some("none") => None,
         Some(_) => {
             return Err(ApiError::bad_request(format!("Invalid is_public filter [{}]", is_public.unwrap_or_default())));
@@ -338,6 +339,81 @@ pub async fn set_extra_specs(
     let (f, _, _) = find(&state, &auth, &id)?;
     state.db.with(|db| db.set_flavor_extra_specs(f.id, &extra_specs))?;
     Ok(Json(json!({ "extra_specs": extra_specs })))
+}
+
+/// PUT /flavors/{id}/os-extra_specs/{key}: one spec, whose key the body must repeat.
+pub async fn set_extra_spec(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((id, key)): Path<(String, String)>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    auth.authorize(Action::ComputeFlavorManage, &Target::default())?;
+    let (_, item) = parse_body::<BTreeMap<String, Value>>(body)?;
+    if item.len() > 1 {
+        return Err(ApiError::bad_request("Request body contains too many items"));
+    }
+    let Some(value) = item.get(&key) else {
+        return Err(ApiError::bad_request("Request body and URI mismatch"));
+    };
+    // nova's schema takes strings and numbers and booleans, and stores them as text.
+    let value = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute {key}. Value: {other}. {other} is not of type 'string', 'number', \
+                 'boolean'"
+            )))
+        }
+    };
+    if key.is_empty() || key.len() > 255 || value.len() > 255 {
+        return Err(ApiError::bad_request("Extra spec keys and values must be 1 to 255 characters."));
+    }
+    let (f, _, _) = find(&state, &auth, &id)?;
+    let one = BTreeMap::from([(key.clone(), value.clone())]);
+    state.db.with(|db| db.set_flavor_extra_specs(f.id, &one))?;
+    Ok(Json(json!({ key: value })))
+}
+
+/// PUT /flavors/{id} (2.55): an admin changes a flavor's description, its one mutable field.
+pub async fn update(
+    headers: HeaderMap,
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    // Below 2.55 nova has no such method, and says 404 as for any versioned one.
+    if !v.at_least(55) {
+        return Err(ApiError::not_found("The resource could not be found."));
+    }
+    auth.authorize(Action::ComputeFlavorManage, &Target::default())?;
+    let (body, _) = parse_body::<Value>(body)?;
+    let b = body
+        .get("flavor")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_request("'flavor' is a required property"))?;
+    if let Some(k) = b.keys().find(|k| *k != "description") {
+        return Err(ApiError::bad_request(format!("Additional properties are not allowed ('{k}' was unexpected)")));
+    }
+    let description = match b.get("description") {
+        None => return Err(ApiError::bad_request("'description' is a required property")),
+        Some(Value::Null) => None,
+        Some(Value::String(d)) if d.chars().count() <= 65535 && !d.chars().any(char::is_control) => Some(d.clone()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for field/attribute description. Value: {other}. It must be printable text of at most \
+                 65535 characters"
+            )))
+        }
+    };
+    let (f, specs, _) = find(&state, &auth, &id)?;
+    state.db.with(|db| db.set_flavor_description(f.id, description.as_deref()))?;
+    let (f, _, _) = find(&state, &auth, &f.flavorid)?;
+    Ok(Json(json!({"flavor": view(&f, Some(&specs), &base_url(&headers, &state.config), v, true)})))
 }
 
 pub async fn delete_extra_spec(

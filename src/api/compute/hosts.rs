@@ -26,6 +26,16 @@ fn nova_time(ts: &Option<String>) -> Value {
     }
 }
 
+/// The binary as nova names it. novabox registers its services as `novabox-*` (what `novabox
+/// status` shows); nova's API says `nova-compute`, `nova-scheduler`, `nova-conductor`, and
+/// clients filter on those names (tempest lists `?binary=nova-compute`).
+pub(crate) fn nova_binary(binary: &str) -> String {
+    match binary.strip_prefix("novabox-") {
+        Some(rest) => format!("nova-{rest}"),
+        None => binary.to_string(),
+    }
+}
+
 fn service_json(s: &Service, state: &AppState, v: Microversion, zones: &Zones) -> Value {
     let up = is_up(s, state.config.compute.service_down_secs);
     let zone = if s.binary == crate::compute::BINARY { zones.of(&s.host) } else { INTERNAL_ZONE };
@@ -45,12 +55,8 @@ fn service_json(s: &Service, state: &AppState, v: Microversion, zones: &Zones) -
     o
 }
 
-/// A service's binary as nova names it (`nova-compute`, ...): what clients filter and act on.
-fn nova_binary(binary: &str) -> String {
-    binary.replace("novabox-", "nova-")
-}
-
-/// GET /os-services, with nova's `host` and `binary` filters.
+/// GET /os-services: nova filters on `host` and `binary` (exact matches) and ignores any other
+/// query parameter.
 pub async fn services(
     State(state): State<AppState>,
     auth: Auth,
@@ -266,6 +272,35 @@ pub async fn hypervisor(
     Ok(Json(json!({ "hypervisor": found })))
 }
 
+/// GET /os-hypervisors/{id}/uptime (below 2.88): the host's `uptime` line, asked of its
+/// compute service as nova asks it.
+pub async fn hypervisor_uptime(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let not_found = || ApiError::not_found(format!("Hypervisor with ID {id} could not be found."));
+    if v.at_least(88) {
+        return Err(not_found());
+    }
+    let (nodes, services) =
+        state.db.with(|db| -> crate::db::Result<_> { Ok((db.compute_nodes()?, db.services()?)) })?;
+    let node = nodes.iter().find(|n| n.uuid == id || n.id.to_string() == id).ok_or_else(not_found)?;
+    let svc = services.iter().find(|s| s.host == node.host && s.binary == crate::compute::BINARY);
+    if !svc.is_some_and(|s| is_up(s, state.config.compute.service_down_secs)) {
+        return Err(ApiError::bad_request("Compute service of host is unavailable at this time."));
+    }
+    let uptime = state.compute_api().get_host_uptime(&auth.context, &node.host).await.map_err(|e| match e {
+        crate::bus::BusError::Remote { error, .. } => ApiError::bad_request(error.message),
+        other => ApiError::bad_request(format!("Compute service of host is unavailable at this time: {other}")),
+    })?;
+    let mut o = hypervisor_json(node, svc, &state, v, false)?;
+    o["uptime"] = json!(uptime);
+    Ok(Json(json!({ "hypervisor": o })))
+}
+
 pub async fn hypervisor_statistics(
     State(state): State<AppState>,
     auth: Auth,
@@ -428,13 +463,102 @@ fn quota_view(state: &AppState, project: &str, v: Microversion, detail: bool) ->
     Ok(o)
 }
 
-/// GET /os-quota-sets/{project}/defaults: nova's defaults, whatever the project has set.
-pub async fn quota_set_defaults(_auth: Auth, v: Microversion, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+/// GET /os-quota-sets/{project}/defaults: the default class, whatever the project has set.
+pub async fn quota_set_defaults(
+    State(state): State<AppState>,
+    _auth: Auth,
+    v: Microversion,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let defaults = state.db.with(|db| db.quota_class(crate::db::quotas::DEFAULT_CLASS))?;
     let mut o = json!({ "id": project });
     for k in nova_quota_keys(v) {
-        o[k] = json!(crate::db::quotas::DEFAULTS.iter().find(|(name, _)| *name == k).map_or(-1, |(_, n)| *n));
+        o[k] = json!(defaults.get(k).copied().unwrap_or(-1));
     }
     Ok(Json(json!({ "quota_set": o })))
+}
+
+/// DELETE /os-quota-sets/{project}: the project's own limits go; the default class applies.
+pub async fn delete_quota_set(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(project): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    auth.require_admin()?;
+    state.db.with(|db| db.delete_quotas(&project))?;
+    Ok(axum::http::StatusCode::ACCEPTED)
+}
+
+/// The resources of a quota class at `v`, as nova's quota-class API shows them: the server
+/// group ones only from 2.50, which also drops the network ones; 2.57 drops the injected files.
+fn quota_class_keys(v: Microversion) -> Vec<&'static str> {
+    let mut keys = vec!["instances", "cores", "ram", "metadata_items", "key_pairs"];
+    if v.at_least(50) {
+        keys.extend(["server_groups", "server_group_members"]);
+    } else {
+        keys.extend(["floating_ips", "fixed_ips", "security_groups", "security_group_rules"]);
+    }
+    if !v.at_least(57) {
+        keys.extend(["injected_files", "injected_file_content_bytes", "injected_file_path_bytes"]);
+    }
+    keys
+}
+
+fn quota_class_view(state: &AppState, class: &str, v: Microversion) -> ApiResult<serde_json::Map<String, Value>> {
+    let limits = state.db.with(|db| db.quota_class(class))?;
+    Ok(quota_class_keys(v).into_iter().map(|k| (k.to_string(), json!(limits.get(k).copied().unwrap_or(-1)))).collect())
+}
+
+/// GET /os-quota-class-sets/{class}: a class's limits (`default` is every project's default).
+pub async fn quota_class_set(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(class): Path<String>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let mut o = quota_class_view(&state, &class, v)?;
+    o.insert("id".into(), json!(class));
+    Ok(Json(json!({ "quota_class_set": o })))
+}
+
+/// PUT /os-quota-class-sets/{class}: admins change a class's limits (-1 is unlimited).
+pub async fn update_quota_class_set(
+    State(state): State<AppState>,
+    auth: Auth,
+    v: Microversion,
+    Path(class): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    if class.is_empty() || class.len() > 255 {
+        return Err(ApiError::bad_request("The quota class name must be 1 to 255 characters."));
+    }
+    let (body, _) = parse_body::<Value>(body)?;
+    let set = body
+        .get("quota_class_set")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_request("'quota_class_set' is a required property"))?;
+    let known = quota_class_keys(v);
+    let mut changes = Vec::new();
+    for (k, val) in set {
+        if !known.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("Additional properties are not allowed ('{k}' was unexpected)")));
+        }
+        let n = val
+            .as_i64()
+            .or_else(|| val.as_str().and_then(|s| s.parse().ok()))
+            .filter(|n| *n >= -1 && *n <= i32::MAX as i64)
+            .ok_or_else(|| ApiError::bad_request(format!("Invalid input for field/attribute {k}: {val}")))?;
+        changes.push((k.clone(), n));
+    }
+    state.db.tx(|db| -> crate::db::Result<()> {
+        for (k, n) in &changes {
+            db.set_quota_class(&class, k, *n)?;
+        }
+        Ok(())
+    })?;
+    Ok(Json(json!({ "quota_class_set": quota_class_view(&state, &class, v)? })))
 }
 
 pub async fn quota_set(

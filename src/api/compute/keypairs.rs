@@ -173,16 +173,31 @@ pub async fn list(
     Ok(Json(body))
 }
 
+/// Whose keypair a show or delete means: from 2.10 an admin may name another user with
+/// `?user_id=` (nova ignores the parameter before 2.10).
+fn whose(auth: &Auth, v: Microversion, q: &[(String, String)]) -> ApiResult<String> {
+    let asked = q.iter().rev().find(|(k, _)| k == "user_id").map(|(_, u)| u.as_str()).filter(|_| v.at_least(10));
+    match asked {
+        Some(u) if u != auth.user_id() => {
+            auth.authorize(Action::ComputeKeypairsOtherUser, &Target { user_id: Some(u), ..Target::default() })?;
+            Ok(u.to_string())
+        }
+        _ => Ok(auth.user_id().to_string()),
+    }
+}
+
 pub async fn show(
     State(state): State<AppState>,
     auth: Auth,
     v: Microversion,
     Path(name): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
+    let user_id = whose(&auth, v, &q)?;
     let k = state
         .db
-        .with(|db| db.keypair(auth.user_id(), &name))?
-        .ok_or_else(|| ApiError::not_found(format!("Keypair {name} not found for user {}", auth.user_id())))?;
+        .with(|db| db.keypair(&user_id, &name))?
+        .ok_or_else(|| ApiError::not_found(format!("Keypair {name} not found for user {user_id}")))?;
     let mut o = view(&k, v);
     o["user_id"] = json!(k.user_id);
     o["id"] = json!(k.id);
@@ -199,9 +214,11 @@ pub async fn delete(
     auth: Auth,
     v: Microversion,
     Path(name): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> ApiResult<StatusCode> {
-    if !state.db.with(|db| db.delete_keypair(auth.user_id(), &name))? {
-        return Err(ApiError::not_found(format!("Keypair {name} not found for user {}", auth.user_id())));
+    let user_id = whose(&auth, v, &q)?;
+    if !state.db.with(|db| db.delete_keypair(&user_id, &name))? {
+        return Err(ApiError::not_found(format!("Keypair {name} not found for user {user_id}")));
     }
     Ok(if v.at_least(2) { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED })
 }

@@ -53,6 +53,7 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{id}/os-server-password", get(server_password::show).delete(server_password::clear))
         .route("/servers/{id}/os-instance-actions", get(instance_actions::index))
         .route("/servers/{id}/os-instance-actions/{request_id}", get(instance_actions::show))
+        .route("/servers/{id}/ips/{network}", get(servers::ips_on_network))
         .route("/servers/{id}/os-security-groups", get(server_security_groups::list))
         .route("/servers/{id}/remote-consoles", post(remote_consoles::create))
         .route("/servers/{id}/os-volume_attachments", get(volume_attachments::list).post(volume_attachments::create))
@@ -62,11 +63,14 @@ pub fn router() -> Router<AppState> {
         )
         .route("/flavors", get(flavors::list).post(flavors::create))
         .route("/flavors/detail", get(flavors::list_detail))
-        .route("/flavors/{id}", get(flavors::show).delete(flavors::delete))
+        .route("/flavors/{id}", get(flavors::show).put(flavors::update).delete(flavors::delete))
         .route("/flavors/{id}/action", post(flavors::action))
         .route("/flavors/{id}/os-flavor-access", get(flavors::access_list))
         .route("/flavors/{id}/os-extra_specs", get(flavors::extra_specs).post(flavors::set_extra_specs))
-        .route("/flavors/{id}/os-extra_specs/{key}", get(flavors::extra_spec).delete(flavors::delete_extra_spec))
+        .route(
+            "/flavors/{id}/os-extra_specs/{key}",
+            get(flavors::extra_spec).put(flavors::set_extra_spec).delete(flavors::delete_extra_spec),
+        )
         .route("/os-keypairs", get(keypairs::list).post(keypairs::create))
         .route("/os-keypairs/{name}", get(keypairs::show).delete(keypairs::delete))
         .route("/os-server-groups", get(server_groups::list).post(server_groups::create))
@@ -77,6 +81,7 @@ pub fn router() -> Router<AppState> {
         .route("/os-hypervisors/detail", get(hosts::hypervisors_detail))
         .route("/os-hypervisors/statistics", get(hosts::hypervisor_statistics))
         .route("/os-hypervisors/{id}", get(hosts::hypervisor))
+        .route("/os-hypervisors/{id}/uptime", get(hosts::hypervisor_uptime))
         .route("/os-services", get(hosts::services))
         .route("/os-services/{id}", axum::routing::put(hosts::update_service))
         .route("/os-aggregates", get(aggregates::list).post(aggregates::create))
@@ -85,7 +90,11 @@ pub fn router() -> Router<AppState> {
         .route("/os-availability-zone", get(hosts::availability_zones))
         .route("/os-availability-zone/detail", get(hosts::availability_zones_detail))
         .route("/limits", get(hosts::limits))
-        .route("/os-quota-sets/{project}", get(hosts::quota_set).put(hosts::update_quota_set))
+        .route(
+            "/os-quota-sets/{project}",
+            get(hosts::quota_set).put(hosts::update_quota_set).delete(hosts::delete_quota_set),
+        )
+        .route("/os-quota-class-sets/{class}", get(hosts::quota_class_set).put(hosts::update_quota_class_set))
         .route("/os-quota-sets/{project}/detail", get(hosts::quota_set_detail))
         .route("/os-quota-sets/{project}/defaults", get(hosts::quota_set_defaults))
         // Issue 16: resizes as nova's migrations.
@@ -150,5 +159,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
     Ok((v, t))
 }
 
+#[cfg(test)]
+mod papercut_tests;
 #[cfg(test)]
 mod tests;

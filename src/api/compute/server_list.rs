@@ -254,10 +254,14 @@ pub(super) fn filter_of(params: &Params, auth: &Auth, v: Microversion) -> ApiRes
     let statuses = kept.all("status");
     if !statuses.is_empty() {
         let mut vm_states: Vec<VmState> = Vec::new();
-        for s in statuses {
-            let found = states::vm_states_for_status(s)
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid status value: {s}")))?;
+        for s in &statuses {
+            let found = states::vm_states_for_status(s).unwrap_or_default();
             vm_states.extend(found.iter().filter(|st| !vm_states.contains(st)).collect::<Vec<_>>());
+        }
+        // nova skips the statuses it does not know; when none is known it lists nothing
+        // before 2.38 and answers 400 from 2.38.
+        if vm_states.is_empty() && v.at_least(38) {
+            return Err(ApiError::bad_request(format!("Invalid status value: {}", statuses.join(","))));
         }
         if vm_states == [VmState::Deleted] {
             if !auth.is_admin() {
@@ -375,7 +379,7 @@ fn respond(
             .collect()
     };
     let limit = listing::paging(&params, Dialect::Nova)?.limit;
-    let end = PageEnd { full: limit.is_some_and(|l| list.len() == l), more: false };
+    let end = PageEnd { full: limit.is_some_and(|l| l > 0 && list.len() == l), more: false };
     let mut body = json!({ "servers": servers });
     let path = if detail { "servers/detail" } else { "servers" };
     let url = format!("{base}/compute/v2.1/{path}");
@@ -462,6 +466,6 @@ mod tests {
         let admin = filter_of(&q("sort_key=node"), &caller(true), Microversion(79)).unwrap();
         assert_eq!(admin.page.sort, vec![(InstanceSortKey::Node, Direction::Desc)]);
         let f = filter_of(&q("limit=0&marker=m"), &member, Microversion(79)).unwrap();
-        assert_eq!((f.page.limit, f.page.marker.as_deref()), (Some(listing::MAX_LIMIT), Some("m")));
+        assert_eq!((f.page.limit, f.page.marker.as_deref()), (Some(0), Some("m")));
     }
 }

@@ -71,7 +71,7 @@ pub(super) fn server_view(inst: &Instance, d: &ViewData, base: &str, v: Microver
         "accessIPv4": inst.access_ip_v4.clone().unwrap_or_default(),
         "accessIPv6": inst.access_ip_v6.as_deref().map(shortened_ipv6).unwrap_or_default(),
         "links": links(base, "servers", &inst.uuid),
-        "OS-DCF:diskConfig": "MANUAL",
+        "OS-DCF:diskConfig": if inst.auto_disk_config { "AUTO" } else { "MANUAL" },
         "OS-EXT-AZ:availability_zone": inst.availability_zone.clone().unwrap_or_default(),
         "config_drive": inst.config_drive,
         "key_name": inst.key_name,
@@ -185,7 +185,7 @@ pub async fn create(
     let server = json!({
         "id": first.uuid,
         "links": links(&base, "servers", &first.uuid),
-        "OS-DCF:diskConfig": "MANUAL",
+        "OS-DCF:diskConfig": if first.auto_disk_config { "AUTO" } else { "MANUAL" },
         "security_groups": req.security_groups.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
         "adminPass": req.admin_pass.clone().unwrap_or_else(|| crate::secrets::random_token(12)),
     });
@@ -297,4 +297,18 @@ pub async fn action(
 pub async fn ips(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let addresses = ComputeApi::new(&state).addresses(&auth, &id)?;
     Ok(Json(json!({ "addresses": addresses })))
+}
+
+/// GET /servers/{id}/ips/{network}: the server's addresses on one network, by its name.
+pub async fn ips_on_network(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((id, network)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let addresses = ComputeApi::new(&state).addresses(&auth, &id)?;
+    let on = addresses
+        .get(&network)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("Instance is not a member of specified network"))?;
+    Ok(Json(json!({ network: on })))
 }

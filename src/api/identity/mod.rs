@@ -42,6 +42,14 @@ pub fn router() -> Router<AppState> {
         .route("/v3/domains/{id}", get(domains::show).patch(domains::update).delete(domains::delete))
         .route("/v3/projects", get(projects::list).post(projects::create))
         .route("/v3/projects/{id}", get(projects::show).patch(projects::update).delete(projects::delete))
+        .route(
+            "/v3/projects/{id}/tags",
+            get(projects::list_tags).put(projects::replace_tags).delete(projects::delete_tags),
+        )
+        .route(
+            "/v3/projects/{id}/tags/{tag}",
+            get(projects::check_tag_exists).put(projects::add_tag).delete(projects::delete_tag),
+        )
         .route("/v3/projects/{project}/users/{user}/roles", get(roles::list_grants))
         .route(
             "/v3/projects/{project}/users/{user}/roles/{role}",
@@ -195,5 +203,7 @@ fn ensure_an_admin_remains(db: &crate::db::Db) -> ApiResult<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod extra_tests;
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,40 @@ use crate::policy::{Action, Target};
 /// keystone's limit on a user's name.
 const NAME_MAX: usize = 255;
 
+/// The user attributes keystone has columns or meaning for; any other key of a create or
+/// update body is kept in `extra` and shown back beside them, as keystone does.
+const KNOWN: &[&str] = &[
+    "id",
+    "name",
+    "domain_id",
+    "enabled",
+    "password",
+    "default_project_id",
+    "description",
+    "email",
+    "options",
+    "links",
+    "password_expires_at",
+    "federated",
+];
+
+/// The extra attributes of a body: its keys keystone has no column for.
+fn extra_from(obj: &Map<String, Value>) -> Map<String, Value> {
+    obj.iter().filter(|(k, _)| !KNOWN.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A user as keystone shows it, its extra attributes beside the rest.
+pub(super) fn render_with_extra(headers: &HeaderMap, state: &AppState, u: &User) -> ApiResult<Value> {
+    let extra = state.db.with(|db| db.user_extra(&u.id))?;
+    let mut v = render(headers, state, u);
+    if let Some(o) = v.as_object_mut() {
+        for (k, val) in extra {
+            o.entry(k).or_insert(val);
+        }
+    }
+    Ok(v)
+}
+
 /// A user as keystone shows it: the optional attributes only when set, never the password.
 pub(super) fn render(headers: &HeaderMap, state: &AppState, u: &User) -> Value {
     let mut v = json!({
@@ -51,8 +85,9 @@ pub(super) async fn list(
         enabled: q.get("enabled").map(|v| query_bool(v)),
     };
     let users = state.db.with(|db| db.users_where(&filter))?;
+    let users = users.iter().map(|u| render_with_extra(&headers, &state, u)).collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(json!({
-        "users": users.iter().map(|u| render(&headers, &state, u)).collect::<Vec<_>>(),
+        "users": users,
         "links": list_links(url(&headers, &state, "users")),
     })))
 }
@@ -65,7 +100,7 @@ pub(super) async fn show(
 ) -> ApiResult<Json<Value>> {
     auth.authorize(Action::IdentityGetUser, &Target { user_id: Some(&id), ..Target::default() })?;
     let u = state.db.with(|db| db.user_by_id(&id))?.ok_or_else(|| not_found("user", &id))?;
-    Ok(Json(json!({"user": render(&headers, &state, &u)})))
+    Ok(Json(json!({"user": render_with_extra(&headers, &state, &u)?})))
 }
 
 /// The attributes a create or update body sets, the password hashed off the async threads.
@@ -114,11 +149,14 @@ pub(super) async fn create(
     let obj = member(body, "user")?;
     let change = change_from(&state, &obj, true).await?;
     let name = change.name.clone().ok_or_else(|| invalid("name", "'name' is a required property"))?;
+    let extra = extra_from(&obj);
     let u = state.db.tx(|db| -> ApiResult<User> {
         check_references(db, &change)?;
-        Ok(db.create_user(&name, &change)?)
+        let u = db.create_user(&name, &change)?;
+        db.set_user_extra(&u.id, &extra)?;
+        Ok(u)
     })?;
-    Ok((StatusCode::CREATED, Json(json!({"user": render(&headers, &state, &u)}))))
+    Ok((StatusCode::CREATED, Json(json!({"user": render_with_extra(&headers, &state, &u)?}))))
 }
 
 pub(super) async fn update(
@@ -132,16 +170,23 @@ pub(super) async fn update(
     let obj = member(body, "user")?;
     let change = change_from(&state, &obj, false).await?;
     // A disabled user's tokens stop working at once: every request checks the user.
+    let more = extra_from(&obj);
     let u = state.db.tx(|db| -> ApiResult<User> {
         check_references(db, &change)?;
         let u = db.update_user(&id, &change)?;
+        // keystone merges an update's extra attributes into those the user has.
+        if !more.is_empty() {
+            let mut extra = db.user_extra(&id)?;
+            extra.extend(more.clone());
+            db.set_user_extra(&id, &extra)?;
+        }
         if change.password_hash.is_some() {
             db.revoke_user_tokens(&id)?;
         }
         ensure_an_admin_remains(db)?;
         Ok(u)
     })?;
-    Ok(Json(json!({"user": render(&headers, &state, &u)})))
+    Ok(Json(json!({"user": render_with_extra(&headers, &state, &u)?})))
 }
 
 pub(super) async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {

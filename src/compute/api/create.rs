@@ -139,6 +139,7 @@ impl ComputeApi<'_> {
                     config_drive: req.config_drive,
                     access_ip_v4: req.access_ip_v4.clone(),
                     access_ip_v6: req.access_ip_v6.clone(),
+                    auto_disk_config: req.auto_disk_config,
                     request_id: ctx.request_id.clone(),
                     metadata: req.metadata.clone(),
                     security_group_ids: sg_ids.clone(),

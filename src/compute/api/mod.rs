@@ -195,6 +195,7 @@ impl<'a> ComputeApi<'a> {
             display_description: req.description.clone(),
             access_ip_v4: req.access_ip_v4.clone(),
             access_ip_v6: req.access_ip_v6.clone(),
+            auto_disk_config: req.auto_disk_config,
             ..Default::default()
         };
         let inst = self

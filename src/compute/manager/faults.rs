@@ -21,6 +21,7 @@ impl ComputeManager {
             R::GetConsoleOutput { instance, .. } => ("get_console_output", Some(instance)),
             R::RefreshSecurityGroups { .. } => ("refresh_security_groups", None),
             R::RefreshRouters {} => ("refresh_routers", None),
+            R::GetHostUptime {} => ("get_host_uptime", None),
             R::PauseInstance { instance } => ("pause_instance", Some(instance)),
             R::UnpauseInstance { instance } => ("unpause_instance", Some(instance)),
             R::SuspendInstance { instance } => ("suspend_instance", Some(instance)),
@@ -118,6 +119,7 @@ impl ComputeManager {
                 let _ = self.conductor.volume_detach_done(ctx, &volume_id, &instance.uuid, Some(&message)).await;
             }
             R::GetConsoleOutput { .. } => return Err(RemoteError::new(RemoteErrorKind::ConsoleNotAvailable, message)),
+            R::GetHostUptime {} => return Err(RemoteError::new(RemoteErrorKind::InvalidRequest, message)),
             R::RefreshSecurityGroups { .. } => {
                 return Err(RemoteError::new(RemoteErrorKind::SecurityGroupError, message))
             }

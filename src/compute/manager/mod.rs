@@ -823,23 +823,38 @@ impl Handler for ComputeManager {
                     .map_err(|e| RemoteError::new(RemoteErrorKind::ConsoleNotAvailable, e.to_string()))?;
                 return Ok(json!(tail_lines(&out, length)));
             }
+            R::GetHostUptime {} => return Ok(json!(host_uptime().await?)),
         }
         Ok(Value::Null)
     }
 }
 
-/// The last `length` lines of `text` (all when None), as nova's console output.
+/// The host's `uptime` line, read as nova's libvirt driver reads it (`env LANG=C uptime`):
+/// the fake driver's host is this real host too.
+async fn host_uptime() -> Result<String, RemoteError> {
+    let failed = |why: String| RemoteError::new(RemoteErrorKind::InvalidRequest, format!("uptime failed: {why}"));
+    let out = tokio::process::Command::new("uptime")
+        .env("LANG", "C")
+        .env("LC_ALL", "C")
+        .output()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
+/// The last `length` lines of `text` (all when None), as nova's compute manager cuts them:
+/// split on newlines, so a trailing newline ends in an empty last line that counts (tempest
+/// asks for 3 and counts `output.split('\n')`).
 fn tail_lines(text: &str, length: Option<usize>) -> String {
     match length {
         None => text.to_string(),
+        Some(0) => String::new(),
         Some(n) => {
-            let lines: Vec<&str> = text.lines().collect();
-            let start = lines.len().saturating_sub(n);
-            let mut out = lines[start..].join("\n");
-            if text.ends_with('\n') && !out.is_empty() {
-                out.push('\n');
-            }
-            out
+            let lines: Vec<&str> = text.split('\n').collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
         }
     }
 }
@@ -848,7 +863,9 @@ fn tail_lines(text: &str, length: Option<usize>) -> String {
 mod tests {
     #[test]
     fn tail_lines_keeps_the_end() {
-        assert_eq!(super::tail_lines("a\nb\nc\n", Some(2)), "b\nc\n");
+        assert_eq!(super::tail_lines("a\nb\nc\n", Some(2)), "c\n");
+        assert_eq!(super::tail_lines("a\nb\nc\n", Some(3)).split('\n').count(), 3, "nova's count of lines");
+        assert_eq!(super::tail_lines("a\nb", Some(5)), "a\nb");
         assert_eq!(super::tail_lines("a\nb\nc\n", None), "a\nb\nc\n");
         assert_eq!(super::tail_lines("a\nb", Some(0)), "");
     }

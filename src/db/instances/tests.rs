@@ -36,6 +36,7 @@ pub(crate) fn new_instance(db: &Db, name: &str) -> NewInstance {
         access_ip_v4: None,
         access_ip_v6: None,
         request_id: "req-1".into(),
+        auto_disk_config: false,
         metadata: [("k".to_string(), "v".to_string())].into(),
         security_group_ids: vec![],
         tags: vec![],

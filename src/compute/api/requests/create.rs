@@ -60,7 +60,7 @@ struct ServerBody {
     #[serde(rename = "accessIPv6")]
     access_ip_v6: Option<String>,
     #[serde(rename = "OS-DCF:diskConfig")]
-    _disk_config: Option<IgnoredAny>,
+    disk_config: Option<String>,
     description: Option<String>,
     #[serde(default, deserialize_with = "present")]
     tags: Option<Value>,
@@ -147,6 +147,8 @@ pub struct CreateRequest {
     pub config_drive: bool,
     pub access_ip_v4: Option<String>,
     pub access_ip_v6: Option<String>,
+    /// `OS-DCF:diskConfig`: AUTO is true; nova's default is MANUAL.
+    pub auto_disk_config: bool,
     pub admin_pass: Option<String>,
     /// Fewer than this fitting in the project's quota refuses the request (nova's min_count).
     pub min_count: usize,
@@ -278,6 +280,7 @@ impl CreateRequest {
             config_drive,
             access_ip_v4: ip("accessIPv4", s.access_ip_v4)?,
             access_ip_v6: ip("accessIPv6", s.access_ip_v6)?,
+            auto_disk_config: super::disk_config(s.disk_config.as_deref())?.unwrap_or(false),
             admin_pass: s.admin_pass,
             min_count,
             max_count,

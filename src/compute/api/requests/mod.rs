@@ -100,7 +100,7 @@ struct UpdateServer {
     #[serde(rename = "accessIPv6")]
     access_ip_v6: Option<String>,
     #[serde(rename = "OS-DCF:diskConfig")]
-    _disk_config: Option<String>,
+    disk_config: Option<String>,
 }
 
 /// `PUT /servers/{id}`: what to change; `description: Some(None)` clears it.
@@ -110,6 +110,21 @@ pub struct UpdateRequest {
     pub description: Option<Option<String>>,
     pub access_ip_v4: Option<String>,
     pub access_ip_v6: Option<String>,
+    /// `OS-DCF:diskConfig`: true for AUTO.
+    pub auto_disk_config: Option<bool>,
+}
+
+/// `OS-DCF:diskConfig` as nova's schema reads it: AUTO or MANUAL.
+pub(super) fn disk_config(value: Option<&str>) -> Result<Option<bool>> {
+    match value {
+        None => Ok(None),
+        Some("AUTO") => Ok(Some(true)),
+        Some("MANUAL") => Ok(Some(false)),
+        Some(other) => Err(invalid(format!(
+            "Invalid input for field/attribute OS-DCF:diskConfig. Value: {other}. '{other}' is not one of ['AUTO', \
+             'MANUAL']"
+        ))),
+    }
 }
 
 impl UpdateRequest {
@@ -129,6 +144,7 @@ impl UpdateRequest {
             description: u.description,
             access_ip_v4: u.access_ip_v4,
             access_ip_v6: u.access_ip_v6,
+            auto_disk_config: disk_config(u.disk_config.as_deref())?,
         })
     }
 }
