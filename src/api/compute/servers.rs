@@ -211,7 +211,7 @@ pub async fn update(
     Ok(Json(json!({ "server": server })))
 }
 
-/// What nova's `PUT /servers/{id}` answers below 2.75: the server without the extension
+/// What nova's `PUT /servers/{id}` and rebuild answer below 2.75: the server without the extension
 /// attributes GET shows (availability zone, config drive, key, usage, extended status and
 /// server attributes, volumes, security groups, host status) and addresses without their type
 /// and MAC. Tempest's `update_server` schema allows no other key; from 2.75 PUT shows all.
@@ -275,10 +275,26 @@ pub async fn action(
     Ok(match ComputeApi::new(&state).action(&auth, &id, action).await? {
         Outcome::Accepted => StatusCode::ACCEPTED.into_response(),
         Outcome::ConsoleOutput(output) => Json(json!({ "output": output })).into_response(),
-        // Issue 16: nova answers a rebuild with the server (REBUILD) and its admin password.
+        // Issue 16: nova answers a rebuild with the server (REBUILD) and its admin password,
+        // in the same view as PUT's (all of GET's keys only from 2.75; groups from 2.71).
         Outcome::Rebuilt(inst, admin_pass) => {
             let d = ComputeApi::new(&state).view(&inst)?;
-            let mut server = server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth);
+            let mut server = update_view(server_view(&inst, &d, &base_url(&headers, &state.config), v, &auth), v);
+            // The rebuilt key (2.54) and user data (2.57) are part of rebuild's answer.
+            if v.at_least(54) {
+                server["key_name"] = json!(inst.key_name);
+            }
+            if v.at_least(57) {
+                server["user_data"] = json!(inst.user_data);
+            }
+            // nova's rebuild view leaves the admin's `OS-EXT-SRV-ATTR:user_data` out (2.75's
+            // full view included): `user_data` above is the rebuilt one.
+            if let Some(o) = server.as_object_mut() {
+                o.remove("OS-EXT-SRV-ATTR:user_data");
+            }
+            if v.at_least(71) {
+                server["server_groups"] = server_groups_of(&state, &inst.uuid)?;
+            }
             server["adminPass"] = json!(admin_pass);
             (StatusCode::ACCEPTED, Json(json!({ "server": server }))).into_response()
         }

@@ -470,3 +470,45 @@ async fn access_ipv6_is_shown_shortened() {
     let shown = c.get(&format!("/compute/v2.1/servers/{id}"), &demo).await.json();
     assert_eq!(shown["server"]["accessIPv6"], "::babe:dc0c:1602", "{shown}");
 }
+
+/// Rebuild answers in PUT's view (tempest's `rebuild_server` schemas): no extension keys
+/// below 2.75, `key_name` from 2.54, `user_data` from 2.57, `server_groups` from 2.71, and
+/// never the admin's `OS-EXT-SRV-ATTR:user_data`.
+#[tokio::test]
+async fn a_rebuild_answers_in_the_update_view_per_microversion() {
+    use crate::compute::states::VmState;
+    use crate::db::instances::InstanceUpdate;
+    let c = cloud();
+    let admin = c.token("admin").await;
+    let img = image(&c, "disk", "raw", &c.admin_project, "public", &[]);
+    let r = c.post("/compute/v2.1/servers", &admin, boot(&img, "1")).await;
+    let id = r.json()["server"]["id"].as_str().unwrap().to_string();
+    let uri = format!("/compute/v2.1/servers/{id}/action");
+    let rebuild = json!({"rebuild": {"imageRef": img}});
+    // A compute host that is up, holding the server (no compute runs here: the cast is lost).
+    c.state.db.with(|db| db.service_heartbeat("h1", crate::compute::BINARY, "compute.h1")).unwrap();
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        ("2.1", &["adminPass", "image"], &["OS-EXT-STS:vm_state", "key_name", "user_data", "server_groups"]),
+        ("2.54", &["key_name"], &["OS-EXT-STS:vm_state", "user_data"]),
+        ("2.71", &["key_name", "user_data", "server_groups"], &["OS-EXT-SRV-ATTR:host"]),
+        ("2.75", &["OS-EXT-STS:vm_state", "OS-EXT-SRV-ATTR:host", "user_data"], &["OS-EXT-SRV-ATTR:user_data"]),
+    ];
+    for (v, shown, hidden) in cases {
+        let active = InstanceUpdate {
+            vm_state: Some(VmState::Active),
+            task_state: Some(None),
+            host: Some("h1".into()),
+            ..Default::default()
+        };
+        c.state.db.with(|db| db.update_instance(&id, &active)).unwrap().unwrap();
+        let r = call_at(&c, v, Method::POST, &uri, &admin, Some(rebuild.clone())).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{v}: {}", r.text());
+        let server = r.json()["server"].clone();
+        for k in shown {
+            assert!(server.get(*k).is_some(), "{v}: {k} missing: {server}");
+        }
+        for k in hidden {
+            assert!(server.get(*k).is_none(), "{v}: {k} shown: {server}");
+        }
+    }
+}
