@@ -972,27 +972,6 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// nova's `os-instance-actions` entries, newest first.
-    pub fn instance_actions(&self, uuid: &str) -> Result<Vec<serde_json::Value>> {
-        let mut stmt = self.conn().prepare(
-            "SELECT action, request_id, user_id, project_id, start_time, finish_time, message FROM instance_actions
-             WHERE instance_uuid = ?1 ORDER BY id DESC",
-        )?;
-        let rows = stmt.query_map([uuid], |r| {
-            Ok(serde_json::json!({
-                "action": r.get::<_, String>(0)?,
-                "instance_uuid": uuid,
-                "request_id": r.get::<_, String>(1)?,
-                "user_id": r.get::<_, Option<String>>(2)?,
-                "project_id": r.get::<_, Option<String>>(3)?,
-                "start_time": r.get::<_, String>(4)?,
-                "updated_at": r.get::<_, Option<String>>(5)?,
-                "message": r.get::<_, Option<String>>(6)?,
-            }))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// The names of the security groups of an instance.
     pub fn instance_security_group_names(&self, uuid: &str) -> Result<Vec<String>> {
         let mut stmt = self.conn().prepare_cached(

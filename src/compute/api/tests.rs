@@ -293,7 +293,7 @@ async fn the_state_table_refuses_with_nova_s_409_and_nothing_changes() {
         db.create_instance(&new).unwrap()
     });
     let api = ComputeApi::new(&c.state);
-    let actions = || c.state.db.with(|db| db.instance_actions(&inst.uuid)).unwrap().len();
+    let actions = || c.state.db.with(|db| db.list_instance_actions(&inst.uuid, &Default::default())).unwrap().len();
     let created = actions();
     let owner = caller(&inst.project_id, false);
     // Still building (and scheduling): stop is not allowed yet, in nova's words (which name the
@@ -390,8 +390,8 @@ async fn lock_unlock_and_reset_state_as_nova_s_api_does_them() {
     let admin = caller("admin-project", true);
     let row = || api.get(&admin, &inst.uuid).unwrap();
     let actions = || {
-        let list = c.state.db.with(|db| db.instance_actions(&inst.uuid)).unwrap();
-        list.iter().map(|a| a["action"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>()
+        let list = c.state.db.with(|db| db.list_instance_actions(&inst.uuid, &Default::default())).unwrap();
+        list.into_iter().map(|a| a.action).collect::<Vec<_>>()
     };
     let u = InstanceUpdate { vm_state: Some(VmState::Active), task_state: Some(None), ..Default::default() };
     c.state.db.with(|db| db.update_instance(&inst.uuid, &u)).unwrap().unwrap();
@@ -436,6 +436,6 @@ async fn lock_unlock_and_reset_state_as_nova_s_api_does_them() {
     let reset = row();
     assert_eq!((reset.vm_state, reset.task_state), (VmState::Error, None));
     assert_eq!(actions().first().map(String::as_str), Some("reset_state"));
-    let finished = c.state.db.with(|db| db.instance_actions(&inst.uuid)).unwrap();
-    assert!(finished[0]["updated_at"].is_string(), "an API-only action is finished at once: {}", finished[0]);
+    let finished = c.state.db.with(|db| db.list_instance_actions(&inst.uuid, &Default::default())).unwrap();
+    assert!(finished[0].finish_time.is_some(), "an API-only action is finished at once: {:?}", finished[0]);
 }
